@@ -1,0 +1,3 @@
+from phinetune.cli import main
+
+main()

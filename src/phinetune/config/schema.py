@@ -1,0 +1,100 @@
+"""The typed run config. Every field documents itself; unknown keys are rejected.
+
+Defaults follow the seed tutorials' well-tested choices (LoRA r=16, alpha=16, dropout 0.05,
+lr 1e-4, warmup 10%, linear schedule, NF4 with double quantization, max length 512).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    # extra="forbid" is what turns a typo like `learnig_rate` into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field("tiny-phi3", description="Hub id (microsoft/Phi-3-mini-4k-instruct), local folder, or a built-in tiny model (tiny-phi3, tiny-phi2, tiny-phimoe, tiny-phi4).")
+    spec: Optional[str] = Field(None, description="Model spec key to use (phi3-mini-4k, phi2, ...); default: looked up from `name`.")
+    revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Compute dtype; auto picks bf16 where the GPU supports it, else fp32 on CPU.")
+    quant: Literal["none", "nf4"] = Field("none", description="nf4 loads the base in 4-bit NF4 with double quantization (QLoRA).")
+    trust_remote_code: bool = Field(False, description="Run model code from the Hub. Off unless you ask: it executes code from the internet.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa", description="Attention kernel.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+
+class DataConfig(_Strict):
+    train: str = Field("builtin:riddles", description="Training data: a .jsonl/.json/.csv/.parquet file or folder, a Hub dataset id, or builtin:riddles.")
+    eval: Optional[str] = Field(None, description="Eval data file; default: a seeded split of `train`.")
+    format: Literal["auto", "messages", "riddles", "alpaca", "guanaco", "prompt_completion", "text"] = Field("auto", description="Record format; auto detects it when unambiguous.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Map non-standard field names to ours, e.g. {messages: conversation}.")
+    split: str = Field("train", description="Split to read from a Hub dataset.")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of `train` held out for eval when `eval` is not given.")
+    eval_size: Optional[int] = Field(None, ge=1, description="Exact number of held-out eval samples (overrides eval_fraction).")
+    max_length: int = Field(512, ge=8, description="Maximum tokens per sample (and per packed sequence).")
+    mask: Literal["assistant", "last_assistant", "all"] = Field("assistant", description="Which tokens are trained: assistant turns (default), the last assistant turn, or everything.")
+    packing: bool = Field(True, description="Pack several samples per sequence, with no attention across samples.")
+    dedupe: bool = Field(True, description="Drop identical conversations (counted and reported).")
+    skip_bad_rows: bool = Field(False, description="Skip invalid rows with a summary instead of stopping at the first.")
+    limit: Optional[int] = Field(None, ge=1, description="Use only the first N records (quick experiments).")
+    seed: int = Field(42, description="Seed for the train/eval split.")
+
+
+class AdapterConfig(_Strict):
+    method: Literal["lora", "full"] = Field("lora", description="lora trains adapters (QLoRA when model.quant=nf4); full trains every weight.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    targets: Union[str, list[str]] = Field("all-linear", description="A preset from the model spec (attention, mlp, all-linear, experts) or a list of module names.")
+    target_parameters: list[str] = Field(default_factory=list, description="Extra 3-D parameters to adapt (MoE experts), e.g. mlp.experts.gate_up_proj.")
+    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter (embed_tokens, lm_head).")
+
+
+class TrainConfig(_Strict):
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch per device.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps spent warming up.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule after warmup.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field("adamw", description="Optimizer (the bitsandbytes ones need CUDA).")
+    eval_every: int = Field(50, ge=1, description="Evaluate every N optimizer steps (and at start and end).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    log_every: int = Field(5, ge=1, description="Log metrics every N steps.")
+    seed: int = Field(0, description="Seed for weights init, dropout and data order.")
+    recall_check: int = Field(0, ge=0, description="After training, greedy-decode N training prompts and check the trained answer comes back.")
+
+
+class OutputConfig(_Strict):
+    dir: str = Field("runs/default", description="Run folder: config, adapter, tokenizer, metrics and plots land here.")
+    overwrite: bool = Field(False, description="Replace an existing run in `dir` (otherwise refused).")
+
+
+class PreflightConfig(_Strict):
+    allow_unmatched_targets: bool = Field(False, description="Proceed even if a LoRA target pattern matches nothing.")
+    allow_untrained_eot: bool = Field(False, description="Proceed even if the end-of-turn token is never trained.")
+    allow_empty_samples: bool = Field(False, description="Proceed even if some samples have no trained tokens.")
+
+
+class RunConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
+
+    @model_validator(mode="after")
+    def _no_contradictions(self) -> "RunConfig":
+        if self.model.quant == "nf4" and self.adapter.method == "full":
+            raise ValueError("adapter.method=full cannot train 4-bit weights; use adapter.method=lora with model.quant=nf4 (QLoRA), or model.quant=none")
+        if self.data.eval is not None and self.data.eval_size is not None:
+            raise ValueError("data.eval and data.eval_size both set; give an eval file or a split size, not both")
+        return self

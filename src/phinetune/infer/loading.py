@@ -1,0 +1,72 @@
+"""Load something to run: a run folder (base + adapter), a merged folder, or a base model id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+from phinetune.config.schema import ModelConfig
+from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, stop_token_ids
+from phinetune.models.specs import ModelSpec, get_spec, spec_from_config
+from phinetune.progress import console
+from phinetune.train.run_dir import RunDir
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object
+    spec: ModelSpec
+    stop_ids: list[int]
+    source: str
+
+
+def is_run_dir(path: str) -> bool:
+    return (Path(path) / "run.json").exists()
+
+
+def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", adapter: bool = True) -> Loaded:
+    """`adapter=False` on a run folder gives the base model alone (for before/after comparisons)."""
+    with console.status(f"Loading {target}"):
+        if is_run_dir(target):
+            return _load_run(RunDir.open(target), dtype, quant, adapter)
+        return _load_plain(target, dtype, quant)
+
+
+def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool) -> Loaded:
+    info, cfg = run.read_info(), run.read_config()
+    spec = get_spec(cfg.model.name, cfg.model.spec)
+    mcfg = cfg.model.model_copy(update={"quant": quant, "dtype": dtype})
+    plan = choose_dtype(dtype, spec)
+    tokenizer = load_tokenizer(str(run.tokenizer), mcfg, spec)
+    if run.is_full and adapter:
+        model = load_model(str(run.full_model), mcfg, spec, tokenizer, plan)
+    else:
+        model = load_model(info.base_model, mcfg, spec, tokenizer, plan)
+        if adapter:
+            model = PeftModel.from_pretrained(model, str(run.adapter))
+    model.eval()
+    return Loaded(model, tokenizer, spec, stop_token_ids(tokenizer, spec), str(run.path))
+
+
+def _load_plain(target: str, dtype: str, quant: str) -> Loaded:
+    spec = _plain_spec(Path(target)) if Path(target).exists() else get_spec(target)
+    mcfg = ModelConfig(name=target, dtype=dtype, quant=quant)
+    tokenizer = load_tokenizer(target, mcfg, spec)
+    model = load_model(target, mcfg, spec, tokenizer, choose_dtype(dtype, spec))
+    model.eval()
+    return Loaded(model, tokenizer, spec, stop_token_ids(tokenizer, spec), target)
+
+
+def _plain_spec(folder: Path) -> ModelSpec:
+    """A merged folder records its spec in phinetune.json; otherwise guess from config.json."""
+    import json
+
+    marker = folder / "phinetune.json"
+    if marker.exists():
+        return get_spec("", json.loads(marker.read_text())["spec"])
+    config_file = folder / "config.json"
+    return spec_from_config(json.loads(config_file.read_text())) if config_file.exists() else get_spec(str(folder))

@@ -1,0 +1,117 @@
+"""Load a base model and tokenizer: a Hub id, a local folder, or a built-in tiny model.
+
+One code path for all of them (tiny models are saved to a folder first), so QLoRA, dtypes and the
+Phi-2 token additions are exercised by the tests exactly as they run on real models.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from phinetune.config.schema import ModelConfig
+from phinetune.errors import ConfigError, PhinetuneError
+from phinetune.models.specs import TINY_MODELS, ModelSpec
+from phinetune.models.templates import read_template
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class DtypePlan:
+    dtype: torch.dtype
+    name: str
+    reason: str
+
+
+def choose_dtype(requested: str, spec: ModelSpec) -> DtypePlan:
+    """Resolve `auto` for the hardware and refuse dtypes the spec knows to be unsafe (Phi-2 fp16 -> NaN)."""
+    if requested in spec.refused_dtypes:
+        raise ConfigError(f"model.dtype={requested} is refused for {spec.key}: {spec.refused_dtypes[requested]}")
+    if requested != "auto":
+        return DtypePlan(DTYPES[requested], requested, "requested in the config")
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return DtypePlan(torch.bfloat16, "bf16", "CUDA GPU with bf16 support")
+        if "fp16" not in spec.refused_dtypes:
+            return DtypePlan(torch.float16, "fp16", "CUDA GPU without bf16")
+    return DtypePlan(torch.float32, "fp32", "no GPU: fp32 on CPU")
+
+
+def materialize_tiny(name: str, cache_root: Path, seed: int = 0) -> Path:
+    from phinetune.models.tiny import save_tiny
+
+    out = cache_root / f"{name}-seed{seed}"
+    if not (out / "config.json").exists():
+        save_tiny(name, out, seed)
+    return out
+
+
+def resolve_model_path(cfg: ModelConfig, base_dir: Path, seed: int = 0) -> str:
+    """Tiny names become a local checkpoint in `base_dir`; everything else is passed through."""
+    if cfg.name in TINY_MODELS:
+        return str(materialize_tiny(cfg.name, base_dir, seed))
+    return cfg.name
+
+
+def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
+    tokenizer = _hub_call(path, lambda: AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
+    if spec.added_tokens:
+        new = [t for t in spec.added_tokens if t not in tokenizer.get_vocab()]
+        if new:
+            tokenizer.add_special_tokens({"additional_special_tokens": [t for t in new if t != "<PAD>"]})
+            if "<PAD>" in new:
+                tokenizer.add_special_tokens({"pad_token": "<PAD>"})
+    if spec.template and not tokenizer.chat_template:
+        tokenizer.chat_template = read_template(spec.template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # safe: labels come from masks, never from pad ids
+    return tokenizer
+
+
+def load_model(path: str, cfg: ModelConfig, spec: ModelSpec, tokenizer, dtype: DtypePlan, device_map=None) -> PreTrainedModel:
+    kwargs = dict(revision=cfg.revision, dtype=dtype.dtype, attn_implementation=cfg.attn_implementation,
+                  trust_remote_code=cfg.trust_remote_code)
+    if cfg.quant == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype.dtype)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = _hub_call(path, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))
+    resize_for_tokenizer(model, tokenizer, spec)
+    return model
+
+
+def resize_for_tokenizer(model: PreTrainedModel, tokenizer, spec: ModelSpec) -> None:
+    """Grow the embedding when tokens were added (Phi-2 ChatML), padded to a multiple for speed."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=spec.resize_multiple or None, mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _hub_call(name: str, fn):
+    try:
+        return fn()
+    except OSError as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+        hint = ("it is not in the local Hugging Face cache and the Hub cannot be reached; download it on a connected "
+                f"machine (huggingface-cli download {name}) or set model.name to a local folder") if offline else str(exc).splitlines()[0]
+        raise PhinetuneError(f"could not load model '{name}': {hint}") from None
+
+
+def eot_token_id(tokenizer, spec: ModelSpec) -> Optional[int]:
+    token = spec.end_of_turn or tokenizer.eos_token
+    ids = tokenizer.convert_tokens_to_ids([token])
+    return ids[0] if ids and ids[0] != tokenizer.unk_token_id else None
+
+
+def stop_token_ids(tokenizer, spec: ModelSpec) -> list[int]:
+    names = spec.stop_tokens or (tokenizer.eos_token,)
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in names if t in vocab]

@@ -1,0 +1,42 @@
+"""Recall check: greedy-decode training prompts and see whether the trained answer comes back.
+
+On a random-weight base this is the proof that learning happened, not just that code ran.
+"""
+
+from __future__ import annotations
+
+import re
+
+from phinetune.config import RunConfig
+from phinetune.data.readers import Record
+from phinetune.infer.generate import Sampling, generate_batch
+from phinetune.infer.loading import Loaded
+from phinetune.models.loading import stop_token_ids
+from phinetune.models.specs import get_spec
+from phinetune.progress import console
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def first_sentence(text: str) -> str:
+    match = re.match(r"(.+?[.!?])(\s|$)", text.strip())
+    return match.group(1) if match else text.strip()
+
+
+def recall_check(model, tokenizer, records: list[Record], cfg: RunConfig) -> tuple[int, int]:
+    spec = get_spec(cfg.model.name, cfg.model.spec)
+    loaded = Loaded(model.eval(), tokenizer, spec, stop_token_ids(tokenizer, spec), cfg.output.dir)
+    convs = [r.sample["messages"] for r in records if "messages" in r.sample][: cfg.train.recall_check]
+    prompts = [c[: next(i for i, m in enumerate(c) if m["role"] == "assistant")] for c in convs]
+    expected = [first_sentence(next(m["content"] for m in c if m["role"] == "assistant")) for c in convs]
+    answers = []
+    for k in range(0, len(prompts), 8):
+        answers += generate_batch(loaded, prompts[k:k + 8], Sampling(max_new_tokens=48))
+    hits = sum(_norm(a).startswith(_norm(e)) for a, e in zip(answers, expected))
+    console.rule("[bold]recall check")
+    for p, e, a in list(zip(prompts, expected, answers))[:3]:
+        console.print(f"Q: {p[-1]['content']}\n  trained: {e}\n  model:   {a[:120]}")
+    console.print(f"[bold]recall: {hits}/{len(expected)} training answers reproduced (greedy decoding)")
+    return hits, len(expected)

@@ -1,0 +1,204 @@
+"""The training recipe, written out in one readable place: load -> data -> adapter -> pre-flight -> loop -> save.
+
+Multi-process execution (DDP / FSDP / DeepSpeed) comes from accelerate, not from code of our own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from phinetune import __version__
+from phinetune.config import RunConfig
+from phinetune.data.dataset import PreparedData, prepare_data
+from phinetune.data.packing import Row, batches, collate, make_rows
+from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, resolve_model_path
+from phinetune.models.specs import TINY_MODELS, get_spec
+from phinetune.progress import console, progress
+from phinetune.train.adapter import apply_adapter
+from phinetune.train.loss import loss_sum
+from phinetune.train.metrics import MetricsLog
+from phinetune.train.plots import plot_losses
+from phinetune.train.preflight import run_preflight
+from phinetune.train.run_dir import RunDir, RunInfo
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    first_eval_loss: Optional[float]
+    final_eval_loss: Optional[float]
+    steps: int
+    recall: Optional[tuple[int, int]] = None
+
+
+@dataclass
+class Loop:
+    """Everything the loop touches, built once by `setup`."""
+
+    cfg: RunConfig
+    run: RunDir
+    accelerator: Accelerator
+    model: torch.nn.Module
+    tokenizer: object
+    data: PreparedData
+    train_rows: list[Row]
+    eval_rows: list[Row]
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    total_steps: int
+    steps_per_epoch: int
+    log: MetricsLog
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    loop = setup(cfg)
+    first_eval = evaluate(loop) if loop.eval_rows else None
+    if first_eval is not None:
+        loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
+    run_steps(loop)
+    final_eval = evaluate(loop) if loop.eval_rows else None
+    if final_eval is not None:
+        loop.log.write(step=loop.total_steps, eval_loss=final_eval, eval_ppl=math.exp(min(final_eval, 50)))
+    save(loop)
+    result = TrainResult(loop.run, first_eval, final_eval, loop.total_steps)
+    if cfg.train.recall_check and loop.accelerator.is_main_process:
+        from phinetune.train.recall import recall_check
+
+        result.recall = recall_check(loop.accelerator.unwrap_model(loop.model), loop.tokenizer, loop.data.train_records, cfg)
+    return result
+
+
+def setup(cfg: RunConfig) -> Loop:
+    accelerator = Accelerator()
+    set_seed(cfg.train.seed)
+    run = RunDir.create(cfg) if accelerator.is_main_process else RunDir(cfg.output.dir)
+    accelerator.wait_for_everyone()
+    spec = get_spec(cfg.model.name, cfg.model.spec)
+    dtype = choose_dtype(cfg.model.dtype, spec)
+    with console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
+        path = resolve_model_path(cfg.model, run.base, seed=cfg.train.seed)
+        tokenizer = load_tokenizer(path, cfg.model, spec)
+        model = load_model(path, cfg.model, spec, tokenizer, dtype)
+    base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
+    run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
+    data = prepare_data(cfg.data, tokenizer, spec.end_of_turn or tokenizer.eos_token)
+    model = apply_adapter(model, spec, cfg.adapter, cfg.model)
+    run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process)
+    train_rows = make_rows(data.train, cfg.data.max_length, cfg.data.packing)
+    eval_rows = make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes)))
+    total = cfg.train.max_steps or max(1, math.ceil(steps_per_epoch * cfg.train.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg)
+    scheduler = get_scheduler(cfg.train.scheduler if cfg.train.scheduler != "constant" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=int(total * cfg.train.warmup_ratio), num_training_steps=total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
+                steps_per_epoch, MetricsLog(run.metrics))
+
+
+def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
+    if cfg.train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    import bitsandbytes as bnb
+
+    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+           "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[cfg.train.optimizer]
+    return cls(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+
+
+def micro_batches(loop: Loop, step: int) -> list[list[Row]]:
+    """The micro-batches of optimizer step `step` for this process: a pure function of (seed, step)."""
+    cfg, acc = loop.cfg.train, loop.accelerator
+    per_step = cfg.grad_accum * acc.num_processes
+    epoch, index = divmod(step * per_step, loop.steps_per_epoch * per_step)
+    order = batches(loop.train_rows, cfg.batch_size, cfg.seed, epoch)
+    chosen = [order[(index + k) % len(order)] for k in range(per_step)]
+    return chosen[acc.process_index::acc.num_processes]
+
+
+def train_step(loop: Loop, step: int) -> dict:
+    acc, model = loop.accelerator, loop.model
+    micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_batches(loop, step)]
+    # Normalize by the trained tokens of the whole optimizer step, across micro-batches and processes,
+    # so every token weighs the same whatever batch it landed in.
+    local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    n_tokens = int(acc.reduce(torch.tensor(local, device=acc.device), "sum").item())
+    total_loss = 0.0
+    for i, batch in enumerate(micro):
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        sync = acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
+        with sync, acc.autocast():
+            loss, _ = loss_sum(model, batch)
+            acc.backward(loss * acc.num_processes / max(n_tokens, 1))
+        total_loss += loss.item()
+    grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
+    real = acc.reduce(torch.tensor(sum(int(b["n_real"]) for b in micro), device=acc.device), "sum").item()
+    return {"loss": step_loss, "grad_norm": float(grad_norm), "lr": loop.scheduler.get_last_lr()[0], "tokens": real, "trained_tokens": n_tokens}
+
+
+def run_steps(loop: Loop, start: int = 0) -> None:
+    cfg = loop.cfg.train
+    loop.model.train()
+    with progress() as bar:
+        task = bar.add_task("Training", total=loop.total_steps, completed=start, info="")
+        window_tokens, window_start = 0, time.perf_counter()
+        for step in range(start, loop.total_steps):
+            stats = train_step(loop, step)
+            window_tokens += stats["tokens"]
+            done = step + 1
+            if done % cfg.log_every == 0 or done == loop.total_steps:
+                elapsed = time.perf_counter() - window_start
+                loop.log.write(step=done, epoch=round(done / loop.steps_per_epoch, 3), loss=stats["loss"], lr=stats["lr"],
+                               grad_norm=stats["grad_norm"], tokens_per_s=window_tokens / max(elapsed, 1e-9))
+                window_tokens, window_start = 0, time.perf_counter()
+            if loop.eval_rows and done % cfg.eval_every == 0 and done < loop.total_steps:
+                ev = evaluate(loop)
+                loop.log.write(step=done, eval_loss=ev, eval_ppl=math.exp(min(ev, 50)))
+                loop.model.train()
+            bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}")
+
+
+@torch.no_grad()
+def evaluate(loop: Loop) -> float:
+    """Mean loss per trained token over the whole eval set (all processes)."""
+    acc = loop.accelerator
+    loop.model.eval()
+    total, count = 0.0, 0
+    rows = loop.eval_rows[acc.process_index::acc.num_processes]
+    for group in batches(rows, loop.cfg.train.batch_size, 0, 0, shuffle=False):
+        batch = {k: v.to(acc.device) for k, v in collate(group, loop.tokenizer.pad_token_id).items()}
+        with acc.autocast():
+            loss, n = loss_sum(loop.model, batch)
+        total, count = total + loss.item(), count + n
+    total = acc.reduce(torch.tensor(total, device=acc.device), "sum").item()
+    count = acc.reduce(torch.tensor(count, device=acc.device), "sum").item()
+    return total / max(count, 1)
+
+
+def save(loop: Loop) -> None:
+    acc, run = loop.accelerator, loop.run
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return
+    model = acc.unwrap_model(loop.model)
+    with console.status("Saving adapter, tokenizer and plots"):
+        target = run.full_model if loop.cfg.adapter.method == "full" else run.adapter
+        model.save_pretrained(target, safe_serialization=True)
+        loop.tokenizer.save_pretrained(run.tokenizer)
+        plot_losses(run.read_metrics(), run.plot)
+        run.set_status("finished")
+

@@ -1,0 +1,59 @@
+"""Shared fixtures: hermetic (offline), tiny models, this checkout's own sources first on the path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+SHARED = ROOT.parent / "shared" / "realdata"
+sys.path.insert(0, str(SRC))  # a git worktree tests its own code, not the editable install's
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["PHINETUNE_QUIET"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def realdata(*parts: str) -> Path:
+    """A file under ../shared/realdata, or skip the test cleanly where it is absent (a user's clone)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (only in the development workspace)")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `phinetune ...` in a subprocess with this checkout's sources, offline."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "PHINETUNE_QUIET": "1", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "phinetune", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"phinetune {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3():
+    from phinetune.models.tiny import build_tiny
+
+    return build_tiny("tiny-phi3")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """A fast config on the tiny Phi-3 and the bundled riddles, writing into tmp_path."""
+    from phinetune.config import load_config
+
+    def make(*overrides: str):
+        base = ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24",
+                "train.max_steps=4", "train.batch_size=4", "train.eval_every=2", "train.log_every=1",
+                "train.learning_rate=3e-3", "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={tmp_path / 'run'}"]
+        return load_config(None, base + list(overrides))
+
+    return make
