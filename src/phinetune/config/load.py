@@ -77,6 +77,16 @@ def _explain(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# Names people bring from transformers/PEFT/TRL and other toolkits, mapped to ours.
+ALIASES = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets",
+    "lr": "learning_rate", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "max_seq_length": "max_length", "output_dir": "dir",
+    "lr_scheduler_type": "scheduler", "optim": "optimizer", "torch_dtype": "dtype", "load_in_4bit": "quant",
+    "eval_steps": "eval_every", "save_steps": "save_every", "logging_steps": "log_every",
+}
+
+
 def _closest(loc: tuple[Any, ...]) -> Optional[str]:
     """Walk the schema along `loc` and suggest the nearest valid key at the failing level."""
     model: type[BaseModel] = RunConfig
@@ -87,5 +97,8 @@ def _closest(loc: tuple[Any, ...]) -> Optional[str]:
             return None
         model = field.annotation
         prefix.append(str(part))
+    alias = ALIASES.get(str(loc[-1]))
+    if alias in model.model_fields:
+        return ".".join(prefix + [alias])
     match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
     return ".".join(prefix + match) if match else None

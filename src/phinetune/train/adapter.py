@@ -44,6 +44,7 @@ def apply_adapter(model, spec: ModelSpec, cfg: AdapterConfig, model_cfg: ModelCo
         return model
     if model_cfg.quant == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+        keep_4bit_layout_trainable(model)
     elif model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -54,3 +55,19 @@ def trainable_counts(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def keep_4bit_layout_trainable(model) -> int:
+    """Stop bitsandbytes from repacking NF4 weights into its CPU inference layout during training.
+
+    Why: on CPUs with avx512_bf16, bitsandbytes (0.50) repacks a Linear4bit weight on its first eval-mode
+    forward, and backward through the repacked weight then yields zero input gradients: after the first
+    mid-run evaluation, every layer below the last one silently stops training (measured: LoRA-B grad
+    norm 61.3 -> 0.0). The repack is a pure inference speed-up, so modules we train never use it.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count

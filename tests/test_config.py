@@ -1,0 +1,92 @@
+"""The typed config: every shipped config validates; typos and contradictions are named errors."""
+
+from pathlib import Path
+
+import pytest
+
+from phinetune.config import load_config
+from phinetune.errors import ConfigError
+from phinetune.models.specs import get_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "src/phinetune/assets/default.yaml"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    spec = get_spec(cfg.model.name, cfg.model.spec)
+    assert spec.key != "generic", f"{path.name} names a model phinetune has no spec for"
+    if isinstance(cfg.adapter.targets, str):
+        assert cfg.adapter.targets in spec.lora_presets
+
+
+def test_shipped_configs_cover_every_model_and_method():
+    pairs = {(load_config(p).model.name, load_config(p).model.quant) for p in SHIPPED}
+    for hub_id in ["microsoft/phi-2", "microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3.5-mini-instruct",
+                   "microsoft/Phi-3.5-MoE-instruct", "microsoft/Phi-4-mini-instruct"]:
+        assert (hub_id, "none") in pairs and (hub_id, "nf4") in pairs, hub_id
+
+
+def test_unknown_key_names_it_and_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown key 'train.learnig_rate'; did you mean 'train.learning_rate'"):
+        load_config(None, ["train.learnig_rate=2e-5"])
+
+
+def test_unknown_section_suggests_section():
+    with pytest.raises(ConfigError, match=r"'modle'; did you mean 'model'"):
+        load_config(None, ["modle.name=x"])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("adapter:\n  rank: 8\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'adapter.rank'; did you mean 'adapter.r'"):
+        load_config(bad)
+
+
+def test_wrong_type_names_field_and_value():
+    with pytest.raises(ConfigError, match=r"'train.batch_size'.*'many'"):
+        load_config(None, ["train.batch_size=many"])
+
+
+def test_contradiction_full_finetune_of_4bit_weights():
+    with pytest.raises(ConfigError, match="cannot train 4-bit weights"):
+        load_config(None, ["model.quant=nf4", "adapter.method=full"])
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.learning_rate=2e-5", "data.packing=false", "adapter.modules_to_save=[embed_tokens, lm_head]"])
+    assert cfg.train.learning_rate == 2e-5 and cfg.data.packing is False
+    assert cfg.adapter.modules_to_save == ["embed_tokens", "lm_head"]
+
+
+def test_override_without_equals_is_explained():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.learning_rate"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("train:\n  learning_rate: [1\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+: not valid YAML"):
+        load_config(bad)
+
+
+def test_defaults_follow_the_seeds():
+    cfg = load_config(None)
+    assert (cfg.adapter.r, cfg.adapter.alpha, cfg.adapter.dropout) == (16, 16, 0.05)
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.warmup_ratio == 0.1 and cfg.train.scheduler == "linear"
+    assert cfg.data.max_length == 512 and cfg.model.trust_remote_code is False
+
+
+@pytest.mark.parametrize("theirs,ours", [("train.lr", "train.learning_rate"), ("adapter.lora_r", "adapter.r"),
+                                         ("adapter.target_modules", "adapter.targets"), ("train.gradient_accumulation_steps", "train.grad_accum")])
+def test_names_from_other_toolkits_point_to_ours(theirs, ours):
+    with pytest.raises(ConfigError, match=f"did you mean '{ours}'"):
+        load_config(None, [f"{theirs}=1"])
