@@ -77,11 +77,16 @@ class Handler(BaseHTTPRequestHandler):
         status = srv.next_failure()
         if status:
             return self._send(status, {"error": {"message": "injected failure"}}, digest, "?", {"Retry-After": "0"})
+        with srv._lock:
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
         time.sleep(srv.delay_s)
+        with srv._lock:
+            srv.in_flight -= 1
         kind, text = reply_for(body)
         pt = sum(len(m["content"].split()) for m in body["messages"])
         usage = {"prompt_tokens": pt, "completion_tokens": len(text.split()), "total_tokens": pt + len(text.split())}
-        payload = {"id": digest[:12], "object": "chat.completion", "model": body["model"],
+        payload = {"id": digest, "object": "chat.completion", "model": body["model"],
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}], "usage": usage}
         self._send(200, payload, digest, kind)
 
@@ -104,6 +109,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.api_key, self.delay_s, self.log = api_key, delay_s, Log()
         self._failures, self._lock = list(failures), threading.Lock()
+        self.in_flight = self.max_in_flight = 0
 
     def next_failure(self) -> int | None:
         with self._lock:

@@ -59,10 +59,10 @@ def canonical(text: str) -> str:
 
 SHINGLE = 5
 NUM_PERM, BANDS = 64, 16  # 16 bands of 4 rows: pairs at Jaccard 0.7 share a band with probability ~0.98
-_PRIME = (1 << 61) - 1
+_PRIME = (1 << 31) - 1  # h < 2^32 and a < 2^31: a*h < 2^63 fits uint64, and the modulus really mixes
 _RNG = np.random.default_rng(20240131)
-_A = _RNG.integers(1, 1 << 29, NUM_PERM, dtype=np.uint64)
-_B = _RNG.integers(0, 1 << 29, NUM_PERM, dtype=np.uint64)
+_A = _RNG.integers(1, _PRIME, NUM_PERM, dtype=np.uint64)
+_B = _RNG.integers(0, _PRIME, NUM_PERM, dtype=np.uint64)
 
 
 def shingles(text: str) -> frozenset[int]:
@@ -77,7 +77,6 @@ def jaccard(a: frozenset, b: frozenset) -> float:
 
 def minhash(sh: frozenset[int]) -> np.ndarray:
     h = np.fromiter(sh, dtype=np.uint64, count=len(sh))
-    # a < 2^29 and h < 2^32, so a*h + b < 2^61: no uint64 overflow before the modulus
     return ((np.outer(_A, h) + _B[:, None]) % _PRIME).min(axis=1)
 
 

@@ -145,7 +145,8 @@ class OpenAITeacher:
         cost = usage.get("cost")  # some gateways (OpenRouter) report the charge itself
         if cost is None:
             cost = (pt * self.cfg.price_input_per_1m + ct * self.cfg.price_output_per_1m) / 1e6
-        return Entry(call.key, text, pt, ct, float(cost), choice.get("finish_reason"))
+        # The endpoint's response id is kept so a journal line can be matched with the provider's logs and bill.
+        return Entry(call.key, text, pt, ct, float(cost), choice.get("finish_reason"), {"response_id": data.get("id")})
 
     def close(self) -> None:
         self.client.close()
