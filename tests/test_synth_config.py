@@ -62,6 +62,7 @@ def test_unknown_keys_suggest_the_closest(tmp_path, override, expected):
     ("{a: {kind: assistant, prompt: '{message} {answer}'}}", "unknown placeholder"),
     ("{a: {kind: expand, calls: 1, prompt: 'x'}, b: {kind: assistant}}", "must contain {examples}"),
     ("{a: {kind: answer}}", "'stages.a.kind' must be one of"),
+    ("{a: {prompt: x}}", "'stages.a' has no 'kind'"),
 ])
 def test_bad_stages_are_refused(tmp_path, stages, expected):
     text = MINIMAL.split("stages:")[0] + f"stages: {stages}\n"

@@ -191,6 +191,8 @@ def _explain(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             hint = _closest(err["loc"])
             lines.append(f"{source}: unknown key '{loc}'" + (f"; did you mean '{hint}'?" if hint else ""))
+        elif err["type"] == "union_tag_not_found":
+            lines.append(f"{source}: '{loc}' has no 'kind'; set it to one of {sorted(STAGE_TYPES)} (a new stage name needs a kind)")
         elif err["type"] == "union_tag_invalid":
             lines.append(f"{source}: '{loc}.kind' must be one of {sorted(STAGE_TYPES)} (got {err.get('ctx', {}).get('tag')!r})")
         elif loc:
