@@ -105,8 +105,8 @@ class Handler(BaseHTTPRequestHandler):
 class FakeOpenAI(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, api_key: str | None = None, failures=(), delay_s: float = 0.0):
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, api_key: str | None = None, failures=(), delay_s: float = 0.0, port: int = 0):
+        super().__init__(("127.0.0.1", port), Handler)
         self.api_key, self.delay_s, self.log = api_key, delay_s, Log()
         self._failures, self._lock = list(failures), threading.Lock()
         self.in_flight = self.max_in_flight = 0
@@ -126,3 +126,12 @@ class FakeOpenAI(ThreadingHTTPServer):
     def __exit__(self, *exc) -> None:
         self.shutdown()
         self.server_close()
+
+
+
+if __name__ == "__main__":  # serve for manual trials: python tests/openai_server.py [PORT] [DELAY_S]
+    import sys
+
+    server = FakeOpenAI(delay_s=float(sys.argv[2]) if len(sys.argv) > 2 else 0.0, port=int(sys.argv[1]) if len(sys.argv) > 1 else 8077)
+    print(f"serving {server.base_url}", flush=True)
+    server.serve_forever()
