@@ -23,7 +23,8 @@ QA = str(ROOT / "configs" / "synth" / "qa_followup.yaml")
 
 
 def journal(out: Path) -> dict[str, dict]:
-    rows = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines() if line.strip()]
+    # Everything up to the last newline; text after it would be a line torn by the kill (the journal cuts it off).
+    rows = [json.loads(line) for line in (out / "journal.jsonl").read_text().split("\n")[:-1]]
     assert len(rows) == len({r["key"] for r in rows}), "a key was journaled twice"
     return {r["key"]: r for r in rows}
 
@@ -61,6 +62,7 @@ def test_changed_prompt_is_a_new_call_and_the_rest_is_reused(tmp_path):
     assert changed.calls_made == 8 and changed.calls_from_journal == 4  # answers to the questions were reused
 
 
+@pytest.mark.slow
 def test_kill_mid_run_then_resume_repeats_nothing_and_loses_nothing(tmp_path):
     concurrency = 2
     with FakeOpenAI(delay_s=0.02) as srv:
@@ -77,6 +79,7 @@ def test_kill_mid_run_then_resume_repeats_nothing_and_loses_nothing(tmp_path):
         assert proc.poll() is None, "synth finished before it could be killed: " + proc.stdout.read().decode()[-2000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        time.sleep(0.3)  # let the server finish requests that were in flight, so its log is complete
         before = journal(out)
         answered_at_kill = Counter(srv.log.answered())
         assert 30 <= len(before) < 100 and not (out / "conversations.jsonl").exists()
@@ -113,6 +116,7 @@ def test_kill_mid_run_then_resume_repeats_nothing_and_loses_nothing(tmp_path):
     assert (tmp_path / "run" / "run.json").exists()
 
 
+@pytest.mark.slow
 def test_local_tiny_model_as_teacher(tmp_path):
     seeds = tmp_path / "seeds.csv"
     seeds.write_text("question\nWhat has keys but no locks?\nWhat gets wetter as it dries?\n\"What runs, but never walks?\"\n")
@@ -121,7 +125,8 @@ def test_local_tiny_model_as_teacher(tmp_path):
     first = run_synth(load_synth_config(QA, args))
     again = run_synth(load_synth_config(QA, args))
     rows = journal(tmp_path / "out")
-    assert first.calls_made == len(rows) == 3 + 2 * first.stats["stages"]["followup"]["items_in"]
+    assert first.calls_made == len(rows) == sum(s["calls"] for s in first.stats["stages"].values())
+    assert first.stats["stages"]["answer"]["calls"] == 3
     assert again.calls_made == 0 and again.stats["calls"]["from_journal"] == len(rows)
     assert all(r["completion_tokens"] > 0 for r in rows.values())
     assert first.conversations == again.conversations >= 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 from phinetune.data.readers import read_rows, resolve_source
