@@ -105,3 +105,15 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+
+
+@app.command()
+def synth(args: List[str] = typer.Argument(..., help="A synth config (see configs/synth/), followed by dotted overrides like stages.riddles.calls=5.")) -> None:
+    """Grow seed questions into multi-turn conversations with a teacher model; re-run the same command to resume."""
+    from phinetune.synth.config import load_synth_config
+    from phinetune.synth.run import run_synth
+
+    config, overrides = split_args(args)
+    if config is None:
+        raise PhinetuneError("give a synth config first, e.g. phinetune synth configs/synth/riddles.yaml")
+    run_synth(load_synth_config(config, overrides))

@@ -1,0 +1,223 @@
+"""The typed synth config: seeds, teacher, sampling and an ordered mapping of named stages.
+
+Stages are a mapping (name -> stage) rather than a list so dotted overrides such as
+`stages.riddles.calls=5` work exactly like the run config's. Unknown keys are rejected with a
+did-you-mean hint; prompt placeholders and stage order are checked before any teacher call is paid for.
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from phinetune.config.load import _apply_override
+from phinetune.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SeedsConfig(_Strict):
+    path: str = Field(..., description="Seed file: any file the data readers accept (.jsonl/.json/.csv/.parquet, a folder, or builtin:riddles).")
+    field: str = Field("auto", description="Column or key holding the seed text (e.g. QUESTIONS, instruction); auto: the first user turn of a messages row, else one of question/instruction/prompt/text.")
+    limit: Optional[int] = Field(None, ge=1, description="Use only the first N seeds.")
+
+
+class TeacherConfig(_Strict):
+    kind: Literal["openai", "local"] = Field("openai", description="openai: any OpenAI-compatible chat-completions endpoint (vLLM, Ollama, llama.cpp, OpenAI); local: a Hugging Face model run in-process.")
+    model: str = Field(..., description="Model name at the endpoint (openai), or a run folder, merged folder, model id or tiny-* name (local).")
+    base_url: Optional[str] = Field(None, description="Endpoint base URL ending in /v1; default: $PHINETUNE_TEACHER_BASE_URL, $OPENAI_BASE_URL, else https://api.openai.com/v1.")
+    api_key: Optional[str] = Field(None, description="API key; prefer api_key_env so keys stay out of config files.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (used when api_key is not set).")
+    system: Optional[str] = Field(None, description="Optional system prompt sent with every teacher call.")
+    concurrency: int = Field(8, ge=1, le=256, description="Most requests in flight at once (openai).")
+    max_retries: int = Field(6, ge=0, description="Retries per call on 429, 5xx, timeouts and connection errors, with exponential backoff.")
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles each retry (a Retry-After header wins when larger).")
+    max_backoff_s: float = Field(60.0, ge=0, description="Longest single retry delay.")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.")
+    price_input_per_1m: float = Field(0.0, ge=0, description="USD per million prompt tokens, for the cost counter (0: not counted unless the endpoint reports usage.cost).")
+    price_output_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+    batch_size: int = Field(8, ge=1, description="Conversations per generate() batch (local).")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Weights dtype (local).")
+    quant: Literal["none", "nf4"] = Field("none", description="nf4 loads the local teacher in 4-bit.")
+
+
+class Sampling(_Strict):
+    max_tokens: int = Field(500, ge=1, description="Most tokens per teacher answer.")
+    temperature: float = Field(0.7, ge=0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+
+
+class SamplingOverride(_Strict):
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+
+
+class ExpandStage(_Strict):
+    kind: Literal["expand"] = "expand"
+    prompt: str = Field(..., description="Prompt with {examples} (the sampled seeds, one per paragraph) and optionally {n} (how many were shown).")
+    calls: int = Field(..., ge=1, description="Teacher calls to make; each sees a fresh random sample of seeds.")
+    examples: int = Field(10, ge=1, description="Seeds shown per call.")
+    keep_seeds: bool = Field(False, description="Also keep the seeds themselves as questions (the riddles recipe keeps only new ones).")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride)
+
+
+class CleanStage(_Strict):
+    kind: Literal["clean"] = "clean"
+    min_chars: int = Field(15, ge=0, description="Drop questions shorter than this.")
+    max_chars: int = Field(400, ge=1, description="Drop questions longer than this.")
+    require_question: bool = Field(True, description="Drop lines without a question mark (headers, chatter, answers).")
+    refusals: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS), description="Phrases (whole words, case-insensitive) that mark a refusal or meta-talk when found in the first 80 characters (teacher turns are checked for the refusal phrases only).")
+    near_duplicate: float = Field(0.7, gt=0, le=1, description="Jaccard similarity of character 5-gram sets at or above which two questions are near-duplicates.")
+    against_seeds: bool = Field(True, description="Also drop synthetic questions that duplicate a seed.")
+    max_items: Optional[int] = Field(None, ge=1, description="Keep at most this many questions after cleaning (in id order).")
+
+
+class AssistantStage(_Strict):
+    kind: Literal["assistant"] = "assistant"
+    prompt: Optional[str] = Field(None, description="Template for the last user turn as sent to the teacher, with {message}; the stored conversation keeps the plain turn. None: send the conversation as is.")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride)
+
+
+class UserStage(_Strict):
+    kind: Literal["user"] = "user"
+    prompt: str = Field(..., description="Prompt asking the teacher to write the next user turn, with {conversation} (the turns so far as 'user: ...' / 'assistant: ...').")
+    max_chars: int = Field(300, ge=1, description="Drop follow-ups longer than this.")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride)
+
+
+Stage = Annotated[Union[ExpandStage, CleanStage, AssistantStage, UserStage], Field(discriminator="kind")]
+STAGE_TYPES: dict[str, type[BaseModel]] = {"expand": ExpandStage, "clean": CleanStage, "assistant": AssistantStage, "user": UserStage}
+PLACEHOLDERS = {"expand": ({"examples"}, {"examples", "n"}), "assistant": ({"message"}, {"message"}), "user": ({"conversation"}, {"conversation"})}
+# Matched case-insensitively within the first 80 characters, where refusals and meta-talk begin.
+# Specific phrases only: riddles are often in the first person ("I cannot be seen..."), so plain "i cannot" would
+# throw away good data.
+REFUSALS = ("i'm sorry", "i am sorry", "i apologize", "as an ai", "as a language model", "i cannot help", "i can't help",
+            "i cannot assist", "i can't assist", "i'm unable to", "i am unable to")
+DEFAULT_REFUSALS = REFUSALS + ("here are", "here is", "sure, here")  # for questions, meta-talk lines too
+
+
+class OutputConfig(_Strict):
+    dir: str = Field("synth/out", description="Folder for journal.jsonl, conversations.jsonl, stats.json and clean_report.json. Re-running with the same folder resumes.")
+
+
+class SynthConfig(_Strict):
+    seeds: SeedsConfig
+    teacher: TeacherConfig
+    sampling: Sampling = Field(default_factory=Sampling)
+    stages: dict[str, Stage] = Field(..., description="Ordered stages: expand?, clean?, then turns alternating assistant/user, ending with assistant.")
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    seed: int = Field(0, description="Seed for which seeds each expand call sees and for sampling.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SynthConfig":
+        _check_order(self.stages)
+        for name, stage in self.stages.items():
+            _check_placeholders(name, stage)
+        return self
+
+    def sampling_for(self, stage) -> Sampling:
+        return self.sampling.model_copy(update=stage.sampling.model_dump(exclude_none=True))
+
+
+def _check_order(stages: dict) -> None:
+    kinds = [s.kind for s in stages.values()]
+    if not kinds:
+        raise ValueError("stages is empty; add at least one assistant stage")
+    turns = [k for k in kinds if k in ("assistant", "user")]
+    first_turn = next((i for i, k in enumerate(kinds) if k in ("assistant", "user")), len(kinds))
+    if kinds.count("expand") > 1 or kinds.count("clean") > 1:
+        raise ValueError("at most one expand stage and one clean stage are allowed")
+    if any(k in ("expand", "clean") for k in kinds[first_turn:]):
+        raise ValueError(f"expand and clean stages must come before the turn stages (order given: {', '.join(kinds)})")
+    if "expand" in kinds and "clean" in kinds and kinds.index("clean") < kinds.index("expand"):
+        raise ValueError("the clean stage must come after the expand stage")
+    expected = ["assistant" if i % 2 == 0 else "user" for i in range(len(turns))]
+    if turns != expected or not turns or turns[-1] != "assistant":
+        raise ValueError(f"turn stages must alternate assistant, user, assistant, ... and end with assistant so every conversation trains; got {turns}")
+
+
+def _check_placeholders(name: str, stage) -> None:
+    if stage.kind not in PLACEHOLDERS or getattr(stage, "prompt", None) is None:
+        return
+    required, allowed = PLACEHOLDERS[stage.kind]
+    try:
+        found = {f for _, f, _, _ in string.Formatter().parse(stage.prompt) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"stages.{name}.prompt: {exc} (write literal braces as {{{{ and }}}})") from None
+    if found - allowed:
+        raise ValueError(f"stages.{name}.prompt: unknown placeholder(s) {sorted(found - allowed)}; allowed: {sorted(allowed)} (write literal braces as {{{{ and }}}})")
+    if required - found:
+        raise ValueError(f"stages.{name}.prompt must contain {', '.join('{' + r + '}' for r in sorted(required))}")
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+def load_synth_config(path: str | Path, overrides: Iterable[str] = ()) -> SynthConfig:
+    raw = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        return SynthConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, str(path))) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"synth config {path} does not exist; see configs/synth/riddles.yaml for an example")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with seeds, teacher, stages at the top level")
+    return data
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if str(p) not in STAGE_TYPES)
+        if err["type"] == "extra_forbidden":
+            hint = _closest(err["loc"])
+            lines.append(f"{source}: unknown key '{loc}'" + (f"; did you mean '{hint}'?" if hint else ""))
+        elif err["type"] == "union_tag_not_found":
+            lines.append(f"{source}: '{loc}' has no 'kind'; set it to one of {sorted(STAGE_TYPES)} (a new stage name needs a kind)")
+        elif err["type"] == "union_tag_invalid":
+            lines.append(f"{source}: '{loc}.kind' must be one of {sorted(STAGE_TYPES)} (got {err.get('ctx', {}).get('tag')!r})")
+        elif loc:
+            lines.append(f"{source}: '{loc}': {err['msg']}" + ("" if err["type"] == "missing" else f" (got {err.get('input')!r:.80})"))
+        else:
+            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def _closest(loc: tuple[Any, ...]) -> Optional[str]:
+    """Walk the schema along `loc` (through the stages mapping and its kind tag) to suggest the nearest key."""
+    model: Any = SynthConfig
+    shown: list[str] = []
+    parts = list(loc[:-1])
+    while parts:
+        part = str(parts.pop(0))
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        shown.append(part)
+        model = field.annotation
+        if typing.get_origin(model) is dict:  # stages: <name> then the discriminator tag
+            shown.append(str(parts.pop(0)))
+            model = STAGE_TYPES.get(str(parts.pop(0))) if parts else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
+    return ".".join(shown + match) if match else None

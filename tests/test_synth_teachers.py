@@ -1,0 +1,77 @@
+"""Teachers against a real HTTP server on 127.0.0.1 (tests/openai_server.py), not a mocked client."""
+
+import pytest
+
+from openai_server import FakeOpenAI
+from phinetune.synth.config import Sampling, TeacherConfig
+from phinetune.synth.teachers import Call, OpenAITeacher, TeacherError
+
+
+def calls(n: int) -> list[Call]:
+    return [Call(f"answer/q{i}/0/h", [{"role": "user", "content": f"Riddle number {i}?"}], Sampling(max_tokens=20), i) for i in range(n)]
+
+
+def teacher(srv: FakeOpenAI, **kw) -> OpenAITeacher:
+    return OpenAITeacher(TeacherConfig(model="test-model", base_url=srv.base_url, backoff_s=0.01, **kw))
+
+
+def run(t: OpenAITeacher, cs: list[Call]) -> dict:
+    got = {}
+    t.run(cs, lambda call, entry: got.setdefault(call.key, entry))
+    return got
+
+
+def test_answers_usage_and_cost():
+    with FakeOpenAI() as srv:
+        t = teacher(srv, price_input_per_1m=2.0, price_output_per_1m=10.0)
+        got = run(t, calls(5))
+    assert len(got) == 5 and all(e.text.startswith("The answer is") for e in got.values())
+    e = got["answer/q0/0/h"]
+    assert e.prompt_tokens == 3 and e.completion_tokens == len(e.text.split())
+    assert e.cost == pytest.approx((3 * 2.0 + e.completion_tokens * 10.0) / 1e6)
+    assert e.extra["response_id"] in srv.log.answered()
+
+
+def test_retries_429_and_5xx_then_succeeds():
+    with FakeOpenAI(failures=[429, 500, 503, 429]) as srv:
+        t = teacher(srv, concurrency=1)
+        got = run(t, calls(3))
+    assert len(got) == 3
+    assert t.counters.retries == 4 and t.counters.errors == {"429": 2, "500": 1, "503": 1}
+    assert [c["status"] for c in srv.log.calls].count(200) == 3
+
+
+def test_gives_up_after_max_retries_with_a_clear_error():
+    with FakeOpenAI(failures=[500] * 10) as srv:
+        with pytest.raises(TeacherError, match=r"still failing \(500\) after 2 retries.*re-run to resume"):
+            run(teacher(srv, concurrency=1, max_retries=2), calls(1))
+        assert len(srv.log.calls) == 3  # first try + 2 retries
+
+
+def test_timeouts_are_retried():
+    with FakeOpenAI(delay_s=0.5) as srv:
+        with pytest.raises(TeacherError, match="timeout"):
+            run(teacher(srv, timeout_s=0.05, max_retries=1, concurrency=1), calls(1))
+
+
+def test_auth_failure_names_the_key_variable(monkeypatch):
+    monkeypatch.setenv("MY_TEACHER_KEY", "wrong")
+    with FakeOpenAI(api_key="right") as srv:
+        with pytest.raises(TeacherError, match=r"rejected the API key \(HTTP 401\); check \$MY_TEACHER_KEY"):
+            run(teacher(srv, api_key_env="MY_TEACHER_KEY"), calls(2))
+        assert all(c["status"] == 401 for c in srv.log.calls)  # no retries on auth errors
+        monkeypatch.setenv("MY_TEACHER_KEY", "right")
+        assert len(run(teacher(srv, api_key_env="MY_TEACHER_KEY"), calls(2))) == 2
+
+
+def test_concurrency_is_bounded():
+    with FakeOpenAI(delay_s=0.05) as srv:
+        run(teacher(srv, concurrency=3), calls(12))
+    assert srv.max_in_flight == 3
+
+
+def test_missing_key_for_the_openai_api_is_refused_before_any_call(monkeypatch):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PHINETUNE_TEACHER_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(TeacherError, match=r"no key was found; set \$OPENAI_API_KEY"):
+        OpenAITeacher(TeacherConfig(model="gpt-4o-mini"))
