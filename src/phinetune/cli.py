@@ -110,6 +110,16 @@ def eval_run(run: str = typer.Argument(..., help="A run folder from `phinetune t
     evaluate_run(run, EvalPlan(parse_tasks(tasks), limit, shots, data_dir, batch_size, harness))
 
 
+@app.command()
+def report(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
+           samples: int = typer.Option(3, min=0, help="Held-out prompts to answer with base and tuned model (0: none; RUN/compare.md wins if present).")) -> None:
+    """Write RUN/report.html (self-contained) and RUN/report.md: config, pre-flight, curves, benchmarks, sample answers."""
+    from phinetune.report.page import write_report
+
+    html_path, md_path = write_report(run, samples)
+    console.print(f"report: {html_path}  (markdown: {md_path})")
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
