@@ -102,7 +102,7 @@ def run_harness(lm, tasks: list[Task], limit: Optional[int], shots: int, data_di
     with tempfile.TemporaryDirectory(prefix="phinetune-harness-") as tmp:
         if data_dir is not None:
             names = {t.name: write_local_task(t, Path(data_dir), Path(tmp), limit) for t in tasks}
-            manager = TaskManager(include_path=tmp)
+            manager = TaskManager(include_path=tmp, include_defaults=False)  # indexing all of lm-eval's tasks takes ~20 s
         else:
             names, manager = {t.name: t.name for t in tasks}, TaskManager()
         res = lm_eval.simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, num_fewshot=shots,
