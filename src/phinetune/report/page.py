@@ -22,7 +22,7 @@ PLOTS_DIR = "report_plots"
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}.drop{color:#b00;font-weight:bold}
+th{background:#f4f4f4}td{overflow-wrap:anywhere;white-space:pre-wrap}table.wide{width:100%;table-layout:fixed}td.num{text-align:right;font-variant-numeric:tabular-nums}.drop{color:#b00;font-weight:bold}
 pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}.plots{display:flex;flex-wrap:wrap;gap:1em}
 .plots figure{margin:0;flex:1 1 480px}.plots img{max-width:100%}.muted{color:#777}"""
 
@@ -38,14 +38,14 @@ def esc(value) -> str:
     return html.escape(str(value))
 
 
-def html_table(header: list[str], rows: list[list], numeric: set[int] = frozenset(), row_class=None) -> str:
+def html_table(header: list[str], rows: list[list], numeric: set[int] = frozenset(), row_class=None, css: str = "") -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = []
     for k, row in enumerate(rows):
         cls = f' class="{row_class(k)}"' if row_class and row_class(k) else ""
         cells = "".join(f'<td class="num">{esc(c)}</td>' if i in numeric else f"<td>{esc(c)}</td>" for i, c in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<table{f' class={css}' if css else ''}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
@@ -136,7 +136,7 @@ def samples_section(run: RunDir, n: int) -> Optional[Section]:
     header = ["prompt", "reference", "base", "tuned"]
     table = [[r["prompt"], r["reference"], r["base"], r["tuned"]] for r in rows]
     note = "Held-out prompts of this run, answered greedily by the base model and by the fine-tuned one."
-    return Section("Sample answers: before vs after", f"<p>{esc(note)}</p>{html_table(header, table)}", f"{note}\n\n{md_table(header, table)}")
+    return Section("Sample answers: before vs after", f"<p>{esc(note)}</p>{html_table(header, table, css='wide')}", f"{note}\n\n{md_table(header, table)}")
 
 
 def build_sections(run: RunDir, samples: int) -> list[Section]:
