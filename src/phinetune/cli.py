@@ -95,6 +95,31 @@ def chat(target: str = typer.Argument(..., help="A run folder, a merged folder, 
     chat_loop(loaded, Sampling(max_new_tokens, temperature, 0, top_p), system)
 
 
+@app.command("eval")
+def eval_run(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
+             tasks: str = typer.Option("arc_easy,piqa,winogrande,hellaswag", help="Comma-separated: arc_easy, arc_challenge, hellaswag, piqa, winogrande."),
+             limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N items of each task."),
+             shots: int = typer.Option(0, min=0, help="Few-shot examples per prompt (from the training split)."),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the official eval files; default: the Hub."),
+             batch_size: int = typer.Option(16, min=1, help="Sequences per forward pass."),
+             harness: bool = typer.Option(False, "--harness", help="Score with the real lm-eval harness (pip install 'phinetune[eval]').")) -> None:
+    """Benchmark the base model and the fine-tuned one on the same items; flag drops larger than the standard error."""
+    from phinetune.eval.compare import EvalPlan, evaluate_run
+    from phinetune.eval.tasks import parse_tasks
+
+    evaluate_run(run, EvalPlan(parse_tasks(tasks), limit, shots, data_dir, batch_size, harness))
+
+
+@app.command()
+def report(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
+           samples: int = typer.Option(3, min=0, help="Held-out prompts to answer with base and tuned model (0: none; RUN/compare.md wins if present).")) -> None:
+    """Write RUN/report.html (self-contained) and RUN/report.md: config, pre-flight, curves, benchmarks, sample answers."""
+    from phinetune.report.page import write_report
+
+    html_path, md_path = write_report(run, samples)
+    console.print(f"report: {html_path}  (markdown: {md_path})")
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

@@ -1,0 +1,118 @@
+"""`phinetune eval RUN`: the same benchmark items scored on the base model and on the fine-tuned one.
+
+The delta's standard error is paired (per-item differences on the same items), which is the right error bar
+for "did fine-tuning change this score"; a drop larger than it is flagged as likely knowledge loss.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from rich.table import Table
+
+from phinetune.eval.scoring import TaskResult, evaluate_task
+from phinetune.eval.tasks import Task, load_docs
+from phinetune.progress import console
+from phinetune.train.run_dir import RunDir
+
+EVAL_FILE = "eval.json"
+
+
+@dataclass
+class EvalPlan:
+    tasks: list[Task]
+    limit: Optional[int] = None
+    shots: int = 0
+    data_dir: Optional[Path] = None
+    batch_size: int = 16
+    harness: bool = False
+
+
+def paired_stderr(base: list[float], tuned: list[float]) -> float:
+    """Standard error of mean(tuned - base) over the same items (sample sd of the differences / sqrt(n))."""
+    diffs = [t - b for b, t in zip(base, tuned)]
+    n = len(diffs)
+    if n < 2:
+        return 0.0
+    mu = sum(diffs) / n
+    return math.sqrt(sum((d - mu) ** 2 for d in diffs) / (n - 1)) / math.sqrt(n)
+
+
+def compare_rows(base: dict[str, TaskResult], tuned: dict[str, TaskResult]) -> list[dict]:
+    rows = []
+    for name, b in base.items():
+        t = tuned[name]
+        for metric in b.metrics:
+            delta = t.metrics[metric] - b.metrics[metric]
+            se = paired_stderr([i["hits"][metric] for i in b.items], [i["hits"][metric] for i in t.items])
+            rows.append({"task": name, "metric": metric, "n": b.n, "base": b.metrics[metric], "tuned": t.metrics[metric],
+                         "delta": delta, "stderr": se, "base_stderr": b.stderr[metric], "tuned_stderr": t.stderr[metric],
+                         "drop": delta < 0 and -delta > se + 1e-9})  # tolerance: 0.30 - 0.35 is not exactly -0.05
+    return rows
+
+
+def score_model(model, tokenizer, plan: EvalPlan, label: str) -> dict[str, TaskResult]:
+    results = {}
+    for task in plan.tasks:
+        docs = load_docs(task, plan.data_dir)[: plan.limit or None]
+        pool = load_docs(task, plan.data_dir, fewshot=True) if plan.shots else []
+        results[task.name] = evaluate_task(model, tokenizer, task, docs, pool, plan.shots, plan.batch_size, f"{label} {task.name}")
+    return results
+
+
+def score_ours(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
+    from phinetune.infer.loading import load_for_inference
+
+    out = {}
+    for label, adapter in (("base", False), ("tuned", True)):
+        loaded = load_for_inference(str(run.path), adapter=adapter)
+        out[label] = score_model(loaded.model, loaded.tokenizer, plan, label)
+        del loaded
+        gc.collect()  # one model in memory at a time
+    return out["base"], out["tuned"]
+
+
+def score_harness(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
+    from phinetune.eval.harness import harness_model, run_harness
+
+    info, tok = run.read_info(), str(run.tokenizer)
+    base = run_harness(harness_model(info.base_model, tok, None, plan.batch_size), plan.tasks, plan.limit, plan.shots, plan.data_dir)
+    tuned_lm = (harness_model(str(run.full_model), tok, None, plan.batch_size) if run.is_full
+                else harness_model(info.base_model, tok, str(run.adapter), plan.batch_size))
+    return base, run_harness(tuned_lm, plan.tasks, plan.limit, plan.shots, plan.data_dir)
+
+
+def evaluate_run(run_path: str, plan: EvalPlan) -> dict:
+    """Score base and tuned, print the table, save RUN/eval.json, and return what was saved."""
+    run = RunDir.open(run_path)
+    start = time.perf_counter()
+    base, tuned = (score_harness if plan.harness else score_ours)(run, plan)
+    report = {"run": str(run.path), "scorer": "lm-eval" if plan.harness else "phinetune", "tasks": [t.name for t in plan.tasks],
+              "limit": plan.limit, "shots": plan.shots, "data": str(plan.data_dir) if plan.data_dir else "hub",
+              "seconds": round(time.perf_counter() - start, 2), "rows": compare_rows(base, tuned),
+              "base": {k: v.as_dict() for k, v in base.items()}, "tuned": {k: v.as_dict() for k, v in tuned.items()}}
+    (run.path / EVAL_FILE).write_text(json.dumps(report, indent=1))
+    console.print(comparison_table(report))
+    drops = [r for r in report["rows"] if r["drop"]]
+    if drops:
+        console.print(f"[bold red]{len(drops)} score(s) dropped by more than their standard error[/bold red] "
+                      "(possible knowledge loss: " + ", ".join(f"{r['task']} {r['metric']}" for r in drops) + ")")
+    console.print(f"saved {run.path / EVAL_FILE}")
+    return report
+
+
+def comparison_table(report: dict) -> Table:
+    table = Table(title=f"base vs fine-tuned ({report['scorer']}, {report['shots']}-shot, "
+                        f"{'all' if not report['limit'] else report['limit']} items per task)")
+    for col in ("task", "metric", "n", "base", "tuned", "delta", "stderr", ""):
+        table.add_column(col, justify="left" if col in ("task", "metric", "") else "right")
+    for r in report["rows"]:
+        flag = "[bold red]DROP > stderr[/bold red]" if r["drop"] else ""
+        table.add_row(r["task"], r["metric"], str(r["n"]), f"{r['base']:.4f}", f"{r['tuned']:.4f}", f"{r['delta']:+.4f}", f"{r['stderr']:.4f}", flag)
+    return table

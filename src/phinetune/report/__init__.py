@@ -1,0 +1,1 @@
+"""`phinetune report RUN`: one self-contained HTML page (and Markdown) describing a run."""

@@ -1,0 +1,63 @@
+"""Training curves from RUN/metrics.jsonl as PNG bytes (matplotlib, headless), one chart per question."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Chart:
+    name: str  # file stem and anchor
+    title: str
+    ylabel: str
+    series: tuple[tuple[str, str, str], ...]  # (metrics key, legend label, matplotlib style)
+    log_y: bool = False
+
+
+CHARTS = (
+    Chart("loss", "Loss (train and eval)", "loss per trained token", (("loss", "train loss", "-"), ("eval_loss", "eval loss", "o-"))),
+    Chart("lr", "Learning rate", "learning rate", (("lr", "learning rate", "-"),)),
+    Chart("grad_norm", "Gradient norm (before clipping)", "L2 norm", (("grad_norm", "grad norm", "-"),)),
+    Chart("tokens_per_s", "Throughput", "tokens / s", (("tokens_per_s", "tokens/s", "-"),)),
+)
+
+
+def points(metrics: list[dict], key: str) -> list[tuple[float, float]]:
+    return [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float)) and "step" in m]
+
+
+def render(chart: Chart, metrics: list[dict]) -> Optional[bytes]:
+    """PNG bytes, or None when the run logged none of the chart's series."""
+    series = [(points(metrics, key), label, style) for key, label, style in chart.series]
+    if not any(pts for pts, _, _ in series):
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for pts, label, style in series:
+        if pts:
+            ax.plot(*zip(*pts), style, label=label, alpha=0.9)
+    ax.set_title(chart.title)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(chart.ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_all(metrics: list[dict]) -> dict[str, tuple[Chart, bytes]]:
+    out = {}
+    for chart in CHARTS:
+        png = render(chart, metrics)
+        if png is not None:
+            out[chart.name] = (chart, png)
+    return out

@@ -1,0 +1,160 @@
+"""Assemble the run report: every section is built once as (HTML, Markdown) from what the run folder holds.
+
+HTML is self-contained (plots inlined as base64 PNG, no scripts, no external assets) so it can be mailed or
+attached to an issue; the Markdown references the same plots saved as PNG files next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from phinetune.report.charts import render_all
+from phinetune.report.samples import cached_samples, generate_samples
+from phinetune.train.run_dir import RunDir
+
+PLOTS_DIR = "report_plots"
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td{overflow-wrap:anywhere;white-space:pre-wrap}table.wide{width:100%;table-layout:fixed}td.num{text-align:right;font-variant-numeric:tabular-nums}.drop{color:#b00;font-weight:bold}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}.plots{display:flex;flex-wrap:wrap;gap:1em}
+.plots figure{margin:0;flex:1 1 480px}.plots img{max-width:100%}.muted{color:#777}"""
+
+
+@dataclass
+class Section:
+    title: str
+    html: str
+    md: str
+
+
+def esc(value) -> str:
+    return html.escape(str(value))
+
+
+def html_table(header: list[str], rows: list[list], numeric: set[int] = frozenset(), row_class=None, css: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = []
+    for k, row in enumerate(rows):
+        cls = f' class="{row_class(k)}"' if row_class and row_class(k) else ""
+        cells = "".join(f'<td class="num">{esc(c)}</td>' if i in numeric else f"<td>{esc(c)}</td>" for i, c in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table{f' class={css}' if css else ''}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    cell = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+
+def fmt(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def summary_section(run: RunDir, metrics: list[dict]) -> Section:
+    info = run.read_info()
+    evals = [m for m in metrics if "eval_loss" in m]
+    speeds = [m["tokens_per_s"] for m in metrics if isinstance(m.get("tokens_per_s"), (int, float))]
+    steps = max((m["step"] for m in metrics if "loss" in m), default=0)
+    rows = [["run folder", str(run.path)], ["base model", info.base_model], ["model spec", info.spec],
+            ["method", f"{info.method} (quant: {info.quant}, dtype: {info.dtype})"], ["status", info.status],
+            ["optimizer steps", steps], ["phinetune", info.phinetune_version]]
+    if evals:
+        first, last = evals[0], evals[-1]
+        rows.append(["eval loss (perplexity)", f"{first['eval_loss']:.4f} ({math.exp(min(first['eval_loss'], 50)):.2f}) at step {first['step']} "
+                                                f"-> {last['eval_loss']:.4f} ({math.exp(min(last['eval_loss'], 50)):.2f}) at step {last['step']}"])
+    if speeds:
+        rows.append(["tokens/s (mean of logged windows)", f"{sum(speeds) / len(speeds):,.0f}"])
+    return Section("Summary", html_table(["field", "value"], rows), md_table(["field", "value"], rows))
+
+
+def config_section(run: RunDir) -> Section:
+    text = run.config.read_text() if run.config.exists() else "(no config.yaml)"
+    return Section("Config", f"<pre>{esc(text)}</pre>", f"```yaml\n{text.rstrip()}\n```")
+
+
+def preflight_section(run: RunDir) -> Optional[Section]:
+    """RUN/preflight.json (written by the pre-flight, when it ran); None when the run has none."""
+    path = run.path / "preflight.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return Section("Pre-flight", f"<p class=muted>{esc(path.name)} is not valid JSON; not shown.</p>", f"_{path.name} is not valid JSON; not shown._")
+    if not isinstance(data, dict):
+        data = {"pre-flight": data}
+    rows = [[k, v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v)] for k, v in data.items()]
+    return Section("Pre-flight", html_table(["check", "value"], rows), md_table(["check", "value"], rows))
+
+
+def curves_section(metrics: list[dict], plots_dir: Path) -> Section:
+    charts = render_all(metrics)
+    if not charts:
+        return Section("Training curves", "<p class=muted>No metrics logged.</p>", "_No metrics logged._")
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    figs, md = [], []
+    for name, (chart, png) in charts.items():
+        (plots_dir / f"{name}.png").write_bytes(png)
+        data = base64.b64encode(png).decode("ascii")
+        figs.append(f'<figure><img alt="{esc(chart.title)}" src="data:image/png;base64,{data}"></figure>')
+        md.append(f"![{chart.title}]({plots_dir.name}/{name}.png)")
+    return Section("Training curves", f"<div class=plots>{''.join(figs)}</div>", "\n\n".join(md))
+
+
+def eval_section(run: RunDir) -> Optional[Section]:
+    path = run.path / "eval.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    header = ["task", "metric", "n", "base", "tuned", "delta", "stderr (paired)", ""]
+    rows = [[r["task"], r["metric"], r["n"], fmt(r["base"]), fmt(r["tuned"]), f"{r['delta']:+.4f}", fmt(r["stderr"]),
+             "DROP > stderr" if r["drop"] else ""] for r in report["rows"]]
+    note = (f"Scored by {report['scorer']}, {report['shots']}-shot, "
+            f"{report['limit'] or 'all'} items per task, data: {report['data']}. A drop is flagged when the score fell by more than its standard error.")
+    table = html_table(header, rows, numeric={2, 3, 4, 5, 6}, row_class=lambda k: "drop" if report["rows"][k]["drop"] else "")
+    return Section("Benchmarks: base vs fine-tuned", f"<p>{esc(note)}</p>{table}", f"{note}\n\n{md_table(header, rows)}")
+
+
+def samples_section(run: RunDir, n: int) -> Optional[Section]:
+    compare = run.path / "compare.md"
+    if compare.exists():  # written by another verb: show it as it is
+        text = compare.read_text()
+        return Section("Sample answers: before vs after", f"<pre>{esc(text)}</pre>", text)
+    rows = cached_samples(run)
+    if rows is None and n > 0:
+        rows = generate_samples(run, n)
+    if not rows:
+        return None
+    header = ["prompt", "reference", "base", "tuned"]
+    table = [[r["prompt"], r["reference"], r["base"], r["tuned"]] for r in rows]
+    note = "Held-out prompts of this run, answered greedily by the base model and by the fine-tuned one."
+    return Section("Sample answers: before vs after", f"<p>{esc(note)}</p>{html_table(header, table, css='wide')}", f"{note}\n\n{md_table(header, table)}")
+
+
+def build_sections(run: RunDir, samples: int) -> list[Section]:
+    metrics = run.read_metrics()
+    sections = [summary_section(run, metrics), config_section(run), preflight_section(run),
+                curves_section(metrics, run.path / PLOTS_DIR), eval_section(run), samples_section(run, samples)]
+    return [s for s in sections if s is not None]
+
+
+def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:
+    """RUN/report.html and RUN/report.md."""
+    run = RunDir.open(run_path)
+    sections = build_sections(run, samples)
+    title = f"phinetune run report: {run.path.name}"
+    body = "".join(f"<section><h2>{esc(s.title)}</h2>{s.html}</section>" for s in sections)
+    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>\n")
+    html_path, md_path = run.path / "report.html", run.path / "report.md"
+    html_path.write_text(page, encoding="utf-8")
+    md_path.write_text(f"# {title}\n\n" + "\n\n".join(f"## {s.title}\n\n{s.md}" for s in sections) + "\n", encoding="utf-8")
+    return html_path, md_path

@@ -1,0 +1,83 @@
+"""The run report: sections from what the run folder holds, self-contained HTML, Markdown with plot files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from phinetune.report.charts import CHARTS, render
+from phinetune.report.page import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = [{"step": 0, "eval_loss": 6.9, "eval_ppl": 992.27}] + [
+    {"step": s, "epoch": s / 4, "loss": 7.0 - 0.3 * s, "lr": 1e-3 * (1 - s / 4), "grad_norm": 1.0 + 0.1 * s, "tokens_per_s": 900.0 + s}
+    for s in range(1, 5)] + [{"step": 4, "eval_loss": 5.9, "eval_ppl": 365.04}]
+
+
+def fake_run(tmp_path: Path, preflight: bool = True, eval_json: bool = True) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"base_model": "microsoft/Phi-3-mini-4k-instruct", "spec": "phi3-mini-4k", "method": "lora",
+                                              "quant": "nf4", "dtype": "bf16", "status": "finished", "phinetune_version": "0.1.0"}))
+    (run / "config.yaml").write_text("model:\n  name: microsoft/Phi-3-mini-4k-instruct\ntrain:\n  learning_rate: 0.0002  # <b>not bold</b>\n")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in METRICS))
+    if preflight:
+        (run / "preflight.json").write_text(json.dumps({"trainable": 1234, "eot_trained": True, "matches": {"qkv_proj": ["a", "b"]}}))
+    if eval_json:
+        rows = [{"task": "piqa", "metric": "acc", "n": 20, "base": 0.6, "tuned": 0.4, "delta": -0.2, "stderr": 0.09, "base_stderr": 0.1,
+                 "tuned_stderr": 0.1, "drop": True},
+                {"task": "arc_easy", "metric": "acc_norm", "n": 20, "base": 0.3, "tuned": 0.35, "delta": 0.05, "stderr": 0.05,
+                 "base_stderr": 0.1, "tuned_stderr": 0.1, "drop": False}]
+        (run / "eval.json").write_text(json.dumps({"scorer": "phinetune", "shots": 0, "limit": 20, "data": "hub", "rows": rows}))
+    (run / "compare.md").write_text("| prompt | base | tuned |\n|---|---|---|\n| 2+2? | 5 | 4 |\n")
+    return run
+
+
+def test_charts_render_only_what_was_logged():
+    for chart in CHARTS:
+        png = render(chart, METRICS)
+        assert png is not None and png.startswith(b"\x89PNG")
+    assert render(CHARTS[1], [{"step": 0, "eval_loss": 1.0}]) is None  # no learning rate logged: no empty chart
+
+
+def test_report_html_is_self_contained_with_every_section(tmp_path):
+    run = fake_run(tmp_path)
+    html_path, md_path = write_report(str(run), samples=0)
+    page = html_path.read_text()
+    for title in ("Summary", "Config", "Pre-flight", "Training curves", "Benchmarks: base vs fine-tuned", "Sample answers: before vs after"):
+        assert f"<h2>{title}</h2>" in page
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 4 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from elsewhere
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in page and "<b>not bold</b>" not in page  # config text is escaped
+    assert '<tr class="drop"><td>piqa</td>' in page and "DROP &gt; stderr" in page
+    assert "6.9000 (992.27) at step 0 -&gt; 5.9000 (365.04) at step 4" in page
+    assert "qkv_proj" in page and "2+2?" in page
+    md = md_path.read_text()
+    assert "![Loss (train and eval)](report_plots/loss.png)" in md and (run / "report_plots" / "loss.png").exists()
+    assert "| piqa | acc | 20 | 0.6000 | 0.4000 | -0.2000 | 0.0900 | DROP > stderr |" in md
+
+
+def test_missing_preflight_and_eval_are_skipped(tmp_path):
+    run = fake_run(tmp_path, preflight=False, eval_json=False)
+    page = write_report(str(run), samples=0)[0].read_text()
+    assert "Pre-flight" not in page and "Benchmarks" not in page and "Training curves" in page
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    from PIL import Image
+
+    html_path, _ = write_report(str(fake_run(tmp_path)), samples=0)
+    shot = tmp_path / "shot.png"
+    subprocess.run([str(ROOT / "scripts" / "render_report.sh"), str(html_path), str(shot), "1000x2400"], check=True, timeout=120)
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1000, 2400)
+    # the plots drew: matplotlib's default blue line (#1f77b4) appears in the rendered page
+    assert any(abs(r - 31) < 20 and abs(g - 119) < 20 and abs(b - 180) < 20 for r, g, b in img.getdata())
