@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from phinetune.errors import PhinetuneError
-from phinetune.infer.generate import Sampling, chat_prompt, complete, generate_batch
+from phinetune.infer.generate import Sampling, chat_prompt, complete, generate_batch, stream_reply
 from phinetune.infer.loading import Loaded, load_for_inference
 
 CONVS = [[{"role": "user", "content": "What has keys but cannot open locks?"}],
@@ -96,3 +96,8 @@ def test_merged_folder_answers_like_the_run(tiny_run, tmp_path):
     assert torch.allclose(merged_logits, tuned, atol=1e-4)
     assert not torch.allclose(before, tuned, atol=1e-2)  # and the adapter did change the model
     assert generate_batch(flat, CONVS, Sampling(max_new_tokens=10)) == generate_batch(run, CONVS, Sampling(max_new_tokens=10))
+
+
+def test_streamed_reply_equals_the_batch_answer(base):
+    greedy = Sampling(max_new_tokens=12)
+    assert "".join(stream_reply(base, CONVS[0], greedy)).strip() == generate_batch(base, CONVS[:1], greedy)[0]

@@ -179,3 +179,16 @@ def test_load_240_requests_16_way_no_5xx(server):
     assert all(400 <= code < 500 for bad, code, _ in results if bad)
     assert all(code == 200 for bad, code, _ in results if not bad)
     assert sum(bad for bad, _, _ in results) == 60 and elapsed < 300
+
+
+def test_max_tokens_defaults_and_cap():
+    from phinetune.serve.app import APIError, _sampling
+    from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest
+
+    settings = ServeSettings("tiny", max_tokens=8)
+    chat = ChatCompletionRequest(messages=MESSAGES)
+    assert _sampling(chat, settings).max_new_tokens == 8  # chat: up to the cap
+    assert _sampling(CompletionRequest(prompt="x"), ServeSettings("tiny", max_tokens=100)).max_new_tokens == 16  # as OpenAI
+    assert _sampling(CompletionRequest(prompt="x"), settings).max_new_tokens == 8  # the default never exceeds the cap
+    with pytest.raises(APIError, match="over this server's limit of 8"):
+        _sampling(ChatCompletionRequest(messages=MESSAGES, max_completion_tokens=9), settings)

@@ -123,7 +123,8 @@ def _sampling(req, settings: ServeSettings) -> Sampling:
     wanted = req.requested_tokens()
     if wanted is not None and wanted > settings.max_tokens:
         raise APIError(400, f"max_tokens={wanted} is over this server's limit of {settings.max_tokens} (serve --max-tokens)", param="max_tokens")
-    return Sampling(wanted or settings.max_tokens, req.temperature, req.top_k, req.top_p, req.seed)
+    default = min(req.default_tokens or settings.max_tokens, settings.max_tokens)
+    return Sampling(wanted or default, req.temperature, req.top_k, req.top_p, req.seed)
 
 
 async def _respond(worker: Worker, job: Job, req, settings: ServeSettings, kind: str):

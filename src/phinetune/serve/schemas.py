@@ -4,7 +4,7 @@ never silently ignored (a client sending `logprobs` or `n=3` must learn that thi
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -73,10 +73,12 @@ class ChatCompletionRequest(_Sampling):
     def requested_tokens(self) -> Optional[int]:
         return self.max_completion_tokens or self.max_tokens
 
+    default_tokens: ClassVar[Optional[int]] = None  # chat: up to the server's cap
+
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str]] = Field(..., description="A prompt or a list of at most 16 prompts.")
-    max_tokens: Optional[int] = Field(16, ge=1, description="OpenAI's default for completions is 16.")
+    max_tokens: Optional[int] = Field(None, ge=1, description="Default 16, as OpenAI's completions.")
     echo: Literal[False] = False
 
     @field_validator("prompt")
@@ -92,3 +94,5 @@ class CompletionRequest(_Sampling):
 
     def requested_tokens(self) -> Optional[int]:
         return self.max_tokens
+
+    default_tokens: ClassVar[Optional[int]] = 16
