@@ -43,3 +43,18 @@ def test_bad_settings_are_refused(tmp_path):
         bench_infer("tiny-phi3", ["int3"], BenchSettings(), tmp_path / "x.json")
     with pytest.raises(PhinetuneError, match="new-tokens"):
         BenchSettings(new_tokens=1)
+
+
+def test_a_refused_dtype_is_skipped_and_reported(monkeypatch, tmp_path):
+    import phinetune.infer.bench as bench
+
+    def fake_child(fn, target, name, settings, limit):
+        if name == "fp16":
+            raise PhinetuneError("model.dtype=fp16 is refused for phi2: NaN")
+        return bench.DtypeResult(name, "float32", 1.0, 2.0, [bench.BatchResult(1, 0.1, 10.0, 3.0, 0.5, None)])
+
+    monkeypatch.setattr(bench, "_in_child", fake_child)
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    report = bench.bench_infer("tiny-phi2", ["fp16", "fp32"], BenchSettings(), tmp_path / "b.json")
+    assert [r["dtype"] for r in report["results"]] == ["fp32"] and "refused" in report["skipped"]["fp16"]
+    assert json.loads((tmp_path / "b.json").read_text())["skipped"] == report["skipped"]

@@ -224,21 +224,32 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
     if unknown or not dtypes:
         raise PhinetuneError(f"--dtype: unknown {unknown or 'empty list'}; choose from {', '.join(BENCH_DTYPES)} (comma-separated)")
     cuda = torch.cuda.is_available()
+    if not cuda:
+        try:
+            import psutil  # noqa: F401
+        except ImportError:
+            raise PhinetuneError("bench infer on CPU measures memory with psutil: pip install 'phinetune[bench]'") from None
     bandwidth = device_bandwidth()
     limit = bandwidth.get("datasheet_gbs") or bandwidth.get("measured_copy_gbs")
     if not cuda and "nf4" in dtypes:
         import bitsandbytes  # noqa: F401  imported here, so the children's memory does not count the library
     from phinetune.infer.loading import load_for_inference  # noqa: F401  same: libraries load before the baseline
 
-    results = []
+    results, skipped = [], {}
     for name in dtypes:
         with console.status(f"bench infer: {name}"):
             run = (lambda: bench_one(target, name, settings, limit)) if cuda else (lambda: _in_child(bench_one, target, name, settings, limit))
-            results.append(run())
+            try:
+                results.append(run())
+            except PhinetuneError as exc:  # e.g. a dtype the model's spec refuses (Phi-2 in fp16): the others still run
+                skipped[name] = str(exc)
+                console.print(f"[yellow]skipped {name}:[/yellow] {exc}")
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    report = {"model": target, "settings": asdict(settings), "machine": _machine(), "bandwidth": bandwidth,
+    if not results:
+        raise PhinetuneError(f"bench infer: no dtype could be measured ({skipped})")
+    report = {"model": target, "settings": asdict(settings), "machine": _machine(), "bandwidth": bandwidth, "skipped": skipped,
               "memory_method": "torch.cuda allocator (exact)" if cuda else "process RSS above the pre-load baseline (sampled every 2 ms)",
               "results": [asdict(r) for r in results]}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,11 @@ def tiny_cache() -> Path:
     return Path(os.environ.get("PHINETUNE_CACHE", Path.home() / ".cache" / "phinetune")) / "tiny"
 
 
+def device_map():
+    """Inference runs on the first GPU when there is one (without this, weights would stay on the CPU)."""
+    return {"": 0} if torch.cuda.is_available() else None
+
+
 def is_run_dir(path: str) -> bool:
     return (Path(path) / "run.json").exists()
 
@@ -48,9 +53,9 @@ def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool) -> Loaded:
     plan = choose_dtype(dtype, spec)
     tokenizer = load_tokenizer(str(run.tokenizer), mcfg, spec)
     if run.is_full and adapter:
-        model = load_model(str(run.full_model), mcfg, spec, tokenizer, plan)
+        model = load_model(str(run.full_model), mcfg, spec, tokenizer, plan, device_map())
     else:
-        model = load_model(info.base_model, mcfg, spec, tokenizer, plan)
+        model = load_model(info.base_model, mcfg, spec, tokenizer, plan, device_map())
         if adapter:
             model = PeftModel.from_pretrained(model, str(run.adapter))
     model.eval()
@@ -64,7 +69,7 @@ def _load_plain(target: str, dtype: str, quant: str) -> Loaded:
         target = str(materialize_tiny(target, tiny_cache()))
     mcfg = ModelConfig(name=target, dtype=dtype, quant=quant)
     tokenizer = load_tokenizer(target, mcfg, spec)
-    model = load_model(target, mcfg, spec, tokenizer, choose_dtype(dtype, spec))
+    model = load_model(target, mcfg, spec, tokenizer, choose_dtype(dtype, spec), device_map())
     model.eval()
     return Loaded(model, tokenizer, spec, stop_token_ids(tokenizer, spec), target)
 

@@ -29,7 +29,11 @@ def is_loopback(host: str) -> bool:
 def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None, model_name: Optional[str] = None,
           max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
           dtype: str = "auto", quant: str = "none") -> None:
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise PhinetuneError("phinetune serve needs FastAPI and uvicorn: pip install 'phinetune[serve]'") from None
 
     limits = {"--port": (port, 0, 65535), "--max-tokens": (max_tokens, 1, 1 << 20), "--max-body-kb": (max_body_kb, 1, 1 << 20),
               "--max-queue": (max_queue, 1, 1 << 16), "--max-batch": (max_batch, 1, 1024)}
