@@ -58,3 +58,20 @@ def tiny_cfg(tmp_path):
         return load_config(None, base + list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A LoRA run of the tiny Phi-3 (4 steps), trained once per session and shared by the inference tests.
+
+    Also points PHINETUNE_CACHE (where tiny base models named by id are built) into the session's temp folder.
+    """
+    from phinetune.config import load_config
+    from phinetune.train.recipe import train
+
+    os.environ.setdefault("PHINETUNE_CACHE", str(tmp_path_factory.mktemp("phinetune-cache")))
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    cfg = load_config(None, ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24",
+                             "train.max_steps=4", "train.batch_size=4", "train.eval_every=2", "train.log_every=1",
+                             "train.learning_rate=3e-3", "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={out}"])
+    return train(cfg).run.path

@@ -40,7 +40,7 @@ def resolve_config(args: Optional[List[str]]):
 
 @app.command()
 def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False)) -> None:
-    """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, about 3 minutes)."""
+    """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
     from phinetune.train.recipe import train as run_train
 
     cfg = resolve_config(args)
@@ -120,18 +120,6 @@ def report(run: str = typer.Argument(..., help="A run folder from `phinetune tra
     console.print(f"report: {html_path}  (markdown: {md_path})")
 
 
-def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        app()
-    except PhinetuneError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
-
-
 @app.command()
 def synth(args: List[str] = typer.Argument(..., help="A synth config (see configs/synth/), followed by dotted overrides like stages.riddles.calls=5.")) -> None:
     """Grow seed questions into multi-turn conversations with a teacher model; re-run the same command to resume."""
@@ -142,3 +130,67 @@ def synth(args: List[str] = typer.Argument(..., help="A synth config (see config
     if config is None:
         raise PhinetuneError("give a synth config first, e.g. phinetune synth configs/synth/riddles.yaml")
     run_synth(load_synth_config(config, overrides))
+
+
+@app.command()
+def compare(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
+            prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL of prompts ({\"prompt\"} or {\"messages\"}, optional \"reference\"); default: the run's eval data."),
+            n: int = typer.Option(5, "--n", help="How many default prompts to take from the eval data."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Markdown file (default RUN/compare.md)."),
+            max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0, help="0 = greedy."),
+            top_k: int = typer.Option(0), top_p: float = typer.Option(1.0), seed: Optional[int] = typer.Option(None),
+            batch_size: int = typer.Option(8), dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
+    """Base vs fine-tuned answers to the same prompts, side by side (terminal table + Markdown)."""
+    from phinetune.infer.compare import compare_run
+    from phinetune.infer.generate import Sampling
+
+    compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, dtype, quant, out)
+
+
+@app.command()
+def serve(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
+          host: str = typer.Option("127.0.0.1", help="Bind address; anything but loopback exposes the model to the network."),
+          port: int = typer.Option(8000),
+          api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' (or set PHINETUNE_API_KEY)."),
+          model_name: Optional[str] = typer.Option(None, help="The model id clients pass (default: the folder name or model id)."),
+          max_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for (and the chat default)."),
+          max_body_kb: int = typer.Option(1024, help="Largest request body in KiB (413 above)."),
+          max_queue: int = typer.Option(64, help="Requests that may wait for the model (429 above)."),
+          max_batch: int = typer.Option(8, help="Prompts generated together when compatible requests wait together."),
+          dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
+    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming), /v1/completions, /v1/models, /health."""
+    from phinetune.serve.run import serve as run_serve
+
+    run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant)
+
+
+bench_app = typer.Typer(help="Speed and memory benchmarks.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("infer")
+def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
+                dtype: str = typer.Option("bf16,fp32,nf4", "--dtype", help="Comma-separated: bf16, fp16, fp32, nf4."),
+                prompt_tokens: int = typer.Option(128), new_tokens: int = typer.Option(64),
+                batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),
+                out: Path = typer.Option(Path("bench-infer.json"), "--out", help="JSON results file.")) -> None:
+    """Memory after load, peak memory, time to first token and decode tokens/s per dtype (and % of memory bandwidth on a GPU)."""
+    from phinetune.infer.bench import BenchSettings, bench_infer as run_bench
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError:
+        raise PhinetuneError(f"--batch-sizes must be comma-separated integers like 1,8 (got {batch_sizes!r})") from None
+    run_bench(target, [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes), out)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except PhinetuneError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

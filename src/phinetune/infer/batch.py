@@ -1,4 +1,8 @@
-"""`phinetune generate`: one prompt, or JSONL in -> JSONL out, in batches."""
+"""`phinetune generate`: one prompt, or JSONL in -> JSONL out, in batches.
+
+Each output line is the input line (other fields such as an `id` kept) plus `response`, `finish_reason`
+("stop" at an end-of-turn token, "length" at --max-new-tokens) and `completion_tokens`.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,16 @@ from pathlib import Path
 from typing import Optional
 
 from phinetune.errors import DataError, PhinetuneError
-from phinetune.infer.generate import Sampling, generate_batch
-from phinetune.infer.loading import load_for_inference
+from phinetune.infer.generate import Completion, Sampling, chat_prompt, complete
+from phinetune.infer.loading import Loaded, load_for_inference
 from phinetune.progress import console, track
 
 
-def read_prompts(path: Path) -> list[list[dict]]:
+def read_prompt_rows(path: Path) -> list[dict]:
+    """Rows with `messages` (a conversation ending in a user turn) or `prompt` (one user message)."""
     if not path.exists():
         raise DataError(f"prompt file {path} does not exist")
-    convs = []
+    rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -23,28 +28,47 @@ def read_prompts(path: Path) -> list[list[dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-        if isinstance(row, dict) and isinstance(row.get("messages"), list):
-            convs.append(row["messages"])
-        elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
-            convs.append([{"role": "user", "content": row["prompt"]}])
-        else:
-            raise DataError(f"{path}:{n}: expected a field 'prompt' (string) or 'messages' (list)")
-    return convs
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            row = {**row, "messages": [{"role": "user", "content": row["prompt"]}]}
+        if not (isinstance(row, dict) and _valid_messages(row.get("messages"))):
+            raise DataError(f"{path}:{n}: expected a field 'prompt' (string) or 'messages' (list of {{role, content}} strings)")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"prompt file {path} holds no prompts")
+    return rows
+
+
+def read_prompts(path: Path) -> list[list[dict]]:
+    return [row["messages"] for row in read_prompt_rows(path)]
+
+
+def _valid_messages(messages) -> bool:
+    return isinstance(messages, list) and bool(messages) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
+
+
+def answer_all(loaded: Loaded, convs: list[list[dict]], sampling: Sampling, batch_size: int, label: str = "Generating") -> list[Completion]:
+    if batch_size < 1:
+        raise PhinetuneError(f"--batch-size must be >= 1 (got {batch_size})")
+    groups = [convs[k:k + batch_size] for k in range(0, len(convs), batch_size)]
+    return [c for group in track(groups, label) for c in complete(loaded, [chat_prompt(loaded, m) for m in group], sampling)]
 
 
 def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], max_new_tokens: int,
                  temperature: float, top_k: int, top_p: float, seed: Optional[int], batch_size: int, dtype: str, quant: str) -> list[str]:
     if (prompt is None) == (input is None):
         raise PhinetuneError("give either a PROMPT or --input FILE.jsonl (exactly one)")
-    convs = read_prompts(input) if input else [[{"role": "user", "content": prompt}]]
+    rows = read_prompt_rows(input) if input else [{"messages": [{"role": "user", "content": prompt}]}]
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
     loaded = load_for_inference(target, dtype, quant)
-    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
-    groups = [convs[k:k + batch_size] for k in range(0, len(convs), batch_size)]
-    answers = [a for group in track(groups, "Generating") for a in generate_batch(loaded, group, sampling)]
+    results = answer_all(loaded, [r["messages"] for r in rows], sampling, batch_size)
+    answers = [r.text.strip() for r in results]
     if output:
-        with output.open("w") as fh:
-            for conv, answer in zip(convs, answers):
-                fh.write(json.dumps({"messages": conv, "response": answer}) + "\n")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w", encoding="utf-8") as fh:
+            for row, res, answer in zip(rows, results, answers):
+                out = {**row, "response": answer, "finish_reason": res.finish_reason, "completion_tokens": res.completion_tokens}
+                fh.write(json.dumps(out, ensure_ascii=False) + "\n")
         console.print(f"{len(answers)} answers written to {output}")
     else:
         for answer in answers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import torch
 from peft import PeftModel
 
 from phinetune.config.schema import ModelConfig
-from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, stop_token_ids
-from phinetune.models.specs import ModelSpec, get_spec, spec_from_config
+from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny, stop_token_ids
+from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
 from phinetune.progress import console
 from phinetune.train.run_dir import RunDir
 
@@ -22,6 +23,15 @@ class Loaded:
     spec: ModelSpec
     stop_ids: list[int]
     source: str
+
+
+def tiny_cache() -> Path:
+    return Path(os.environ.get("PHINETUNE_CACHE", Path.home() / ".cache" / "phinetune")) / "tiny"
+
+
+def device_map():
+    """Inference runs on the first GPU when there is one (without this, weights would stay on the CPU)."""
+    return {"": 0} if torch.cuda.is_available() else None
 
 
 def is_run_dir(path: str) -> bool:
@@ -43,9 +53,9 @@ def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool) -> Loaded:
     plan = choose_dtype(dtype, spec)
     tokenizer = load_tokenizer(str(run.tokenizer), mcfg, spec)
     if run.is_full and adapter:
-        model = load_model(str(run.full_model), mcfg, spec, tokenizer, plan)
+        model = load_model(str(run.full_model), mcfg, spec, tokenizer, plan, device_map())
     else:
-        model = load_model(info.base_model, mcfg, spec, tokenizer, plan)
+        model = load_model(info.base_model, mcfg, spec, tokenizer, plan, device_map())
         if adapter:
             model = PeftModel.from_pretrained(model, str(run.adapter))
     model.eval()
@@ -54,9 +64,12 @@ def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool) -> Loaded:
 
 def _load_plain(target: str, dtype: str, quant: str) -> Loaded:
     spec = _plain_spec(Path(target)) if Path(target).exists() else get_spec(target)
+    if target in TINY_MODELS and not Path(target).exists():
+        # A built-in tiny name has no Hub repo: build it once into a local cache folder, as training does.
+        target = str(materialize_tiny(target, tiny_cache()))
     mcfg = ModelConfig(name=target, dtype=dtype, quant=quant)
     tokenizer = load_tokenizer(target, mcfg, spec)
-    model = load_model(target, mcfg, spec, tokenizer, choose_dtype(dtype, spec))
+    model = load_model(target, mcfg, spec, tokenizer, choose_dtype(dtype, spec), device_map())
     model.eval()
     return Loaded(model, tokenizer, spec, stop_token_ids(tokenizer, spec), target)
 

@@ -1,0 +1,1 @@
+"""`phinetune serve`: an OpenAI-compatible HTTP API over a base model, a run folder or a merged folder."""

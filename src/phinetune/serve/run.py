@@ -1,0 +1,52 @@
+"""Load a model and run the API with uvicorn (127.0.0.1 unless told otherwise)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Optional
+
+from phinetune.errors import PhinetuneError
+from phinetune.infer.loading import load_for_inference
+from phinetune.progress import console
+from phinetune.serve.app import ServeSettings, create_app
+
+
+def default_model_name(target: str) -> str:
+    """The id clients pass as `model`: a folder's name, or the model id itself."""
+    path = Path(target)
+    return path.resolve().name if path.exists() else target
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None, model_name: Optional[str] = None,
+          max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
+          dtype: str = "auto", quant: str = "none") -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise PhinetuneError("phinetune serve needs FastAPI and uvicorn: pip install 'phinetune[serve]'") from None
+
+    limits = {"--port": (port, 0, 65535), "--max-tokens": (max_tokens, 1, 1 << 20), "--max-body-kb": (max_body_kb, 1, 1 << 20),
+              "--max-queue": (max_queue, 1, 1 << 16), "--max-batch": (max_batch, 1, 1024)}
+    for flag, (value, low, high) in limits.items():
+        if not low <= value <= high:
+            raise PhinetuneError(f"{flag} must be between {low} and {high} (got {value})")
+    api_key = api_key or os.environ.get("PHINETUNE_API_KEY") or None
+    if not is_loopback(host) and not api_key:
+        console.print(f"[bold yellow]warning:[/bold yellow] serving on {host} without an API key: anyone who can reach this "
+                      "address can use the model (set --api-key or PHINETUNE_API_KEY)")
+    loaded = load_for_inference(target, dtype, quant)
+    settings = ServeSettings(model_name or default_model_name(target), api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch)
+    app = create_app(loaded, settings)
+    console.print(f"serving '{settings.model_name}' at http://{host}:{port}/v1 (OpenAI-compatible; /health, /docs)"
+                  f"{'; API key required' if api_key else ''}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,60 @@
+"""infer/bench.py and `phinetune bench infer`: the table is printed and the JSON holds measured, sane numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from phinetune.errors import PhinetuneError
+from phinetune.infer.bench import BenchSettings, bench_infer, weight_bytes
+
+
+def test_bench_infer_cpu_bf16_fp32_nf4(tiny_run, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "infer", str(tiny_run), "--dtype", "bf16,fp32,nf4", "--prompt-tokens", "16", "--new-tokens", "6",
+                   "--batch-sizes", "1,3", "--out", str(out))
+    assert "bench infer" in proc.stdout and "decode tok/s" in proc.stdout
+    for name in ["bf16", "fp32", "nf4"]:
+        assert f" {name} " in proc.stdout
+    report = json.loads(out.read_text())
+    rows = {r["dtype"]: r for r in report["results"]}
+    assert list(rows) == ["bf16", "fp32", "nf4"]
+    for r in rows.values():
+        assert r["weight_mb"] > 0 and r["after_load_mb"] > 0 and [b["batch"] for b in r["batches"]] == [1, 3]
+        for b in r["batches"]:
+            assert b["ttft_s"] > 0 and b["decode_tokens_per_s"] > 0 and b["peak_mb"] > 0 and b["bandwidth_gbs"] > 0
+            assert b["bandwidth_ratio"] is None  # no GPU: no bandwidth limit to compare with
+    # the base weights shrink with the dtype (PEFT keeps the adapter's own weights in fp32, so not exactly 2x)
+    assert rows["bf16"]["weight_mb"] < rows["fp32"]["weight_mb"] < 2.05 * rows["bf16"]["weight_mb"]
+    assert rows["nf4"]["weight_mb"] < rows["fp32"]["weight_mb"]
+    assert rows["fp32"]["compute_dtype"] == "float32" and rows["bf16"]["compute_dtype"] == "bfloat16"
+
+
+def test_weight_bytes_counts_storage(tiny_phi3):
+    model, _ = tiny_phi3
+    n = sum(p.numel() for p in model.parameters())
+    assert weight_bytes(model) >= 4 * n and weight_bytes(model.to(dtype=__import__("torch").bfloat16)) < 4 * n
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(PhinetuneError, match="unknown"):
+        bench_infer("tiny-phi3", ["int3"], BenchSettings(), tmp_path / "x.json")
+    with pytest.raises(PhinetuneError, match="new-tokens"):
+        BenchSettings(new_tokens=1)
+
+
+def test_a_refused_dtype_is_skipped_and_reported(monkeypatch, tmp_path):
+    import phinetune.infer.bench as bench
+
+    def fake_child(fn, target, name, settings, limit):
+        if name == "fp16":
+            raise PhinetuneError("model.dtype=fp16 is refused for phi2: NaN")
+        return bench.DtypeResult(name, "float32", 1.0, 2.0, [bench.BatchResult(1, 0.1, 10.0, 3.0, 0.5, None)])
+
+    monkeypatch.setattr(bench, "_in_child", fake_child)
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    report = bench.bench_infer("tiny-phi2", ["fp16", "fp32"], BenchSettings(), tmp_path / "b.json")
+    assert [r["dtype"] for r in report["results"]] == ["fp32"] and "refused" in report["skipped"]["fp16"]
+    assert json.loads((tmp_path / "b.json").read_text())["skipped"] == report["skipped"]
