@@ -22,6 +22,7 @@ class Rendered:
     labels: list[int]  # IGNORE where not trained
     text: str
     truncated: bool = False
+    full_length: int = 0  # tokens before truncation (for length histograms)
 
     @property
     def n_trained(self) -> int:
@@ -62,7 +63,7 @@ def render_sample(tokenizer, sample: dict, max_length: int, policy: MaskPolicy =
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [tid if _inside(off, spans) else IGNORE for tid, off in zip(ids, offsets)]
     truncated = len(ids) > max_length
-    return Rendered(ids[:max_length], labels[:max_length], text, truncated)
+    return Rendered(ids[:max_length], labels[:max_length], text, truncated, len(ids))
 
 
 def _inside(offset: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
