@@ -69,11 +69,15 @@ def check_turns(msgs: list[dict], where: str, name: str = "messages") -> dict:
         if role != expected:
             n = i + (len(msgs) - len(turns))
             raise RowError(where, f"two {role} turns in a row" if i and turns[i - 1] == role else f"turn order ({role} first)",
-                           f"field '{name}[{n}]' is a {role} turn but a {expected} turn was expected (turns must alternate user/assistant)")
+                           f"field '{name}[{n}]' is {_a(role)} turn but {_a(expected)} turn was expected (turns must alternate user/assistant)")
     if not turns or turns[-1] != "assistant":
         raise RowError(where, "ends on a user turn" if turns else "no user/assistant turns",
                        f"field '{name}' must end with an assistant turn (it ends with {turns[-1] if turns else 'no turn'}); nothing would be trained")
     return {"messages": msgs}
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
 def messages(row: dict, where: str) -> dict:
