@@ -6,7 +6,7 @@ import pytest
 
 from phinetune.data.formats import FORMATS, NOTE, RowError, detect_format
 from phinetune.errors import DataError
-from tests.conftest import realdata
+from conftest import realdata
 
 U, A, S = "user", "assistant", "system"
 
