@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -133,3 +134,24 @@ def test_cli_train_on_alpaca_with_a_bad_row_skipped(tmp_path, monkeypatch):
                    "train.batch_size=2", "train.eval_every=2", f"output.dir={tmp_path / 'run'}", "data.max_length=96")
     assert f"skipped 1 bad row(s): wrong type in 'output' x1 ({path}:4)" in proc.stdout.replace("\n", "")
     assert (tmp_path / "run" / "adapter").exists()
+
+
+def test_templates_that_trim_content_still_get_exact_masks(tiny_phi3, tmp_path):
+    _, tokenizer = tiny_phi3
+    trimming = copy.deepcopy(tokenizer)
+    trimming.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | trim")
+    assert trimming.chat_template != tokenizer.chat_template
+    path = write(tmp_path / "ws.jsonl", [{"prompt": "  What has keys?  ", "completion": "  A piano.  \n"}] * 1 + rows_for("prompt_completion"))
+    data = prepare_data(data_cfg(path, eval_size=None, eval_fraction=0.0), trimming, EOT)
+    assert trained_text(data.train[0], trimming) == "A piano." + EOT
+
+
+def test_a_template_that_rewrites_content_is_reported_at_the_row(tiny_phi3, tmp_path):
+    from phinetune.errors import DataError
+
+    _, tokenizer = tiny_phi3
+    shouting = copy.deepcopy(tokenizer)
+    shouting.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | upper")
+    path = write(tmp_path / "a.jsonl", rows_for("alpaca"))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:\d: the chat template dropped or rewrote part of a user message"):
+        prepare_data(data_cfg(path), shouting, EOT)

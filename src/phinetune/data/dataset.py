@@ -105,10 +105,18 @@ def _prepare(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
     return PreparedData(train, evals, train_recs, info)
 
 
+def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str) -> Rendered:
+    """render_sample, with any rendering problem reported at the record's file:line."""
+    try:
+        return render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot)
+    except DataError as exc:
+        raise DataError(f"{rec.where}: {exc}") from None
+
+
 def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str) -> list[Rendered]:
     out = []
     for rec in track(records, f"Tokenizing {name}"):
-        r = render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot)
+        r = render_at(rec, tokenizer, cfg, eot)
         info.truncated += r.truncated
         if r.n_trained == 0:
             # Left out of training, but counted and named: the pre-flight refuses the run unless

@@ -17,9 +17,9 @@ from typing import Optional
 from rich.text import Text
 
 from phinetune.config.schema import DataConfig, ModelConfig
-from phinetune.data.dataset import find_duplicates
+from phinetune.data.dataset import find_duplicates, render_at
 from phinetune.data.readers import ReadReport, Record, read_records
-from phinetune.data.render import IGNORE, Rendered, render_sample
+from phinetune.data.render import IGNORE, Rendered
 from phinetune.progress import console, track
 
 # Chat markup inside plain-text rows: as `text` every token of it (user turns included) is trained.
@@ -74,7 +74,7 @@ def inspect_data(cfg: DataConfig, tokenizer, eot: str, n_samples: int = 3) -> In
     eot_id = tokenizer.convert_tokens_to_ids(eot) if eot else None
     chat, eot_hits = 0, 0
     for rec in track(records, "Tokenizing"):
-        r = render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot)
+        r = render_at(rec, tokenizer, cfg, eot)
         out.lengths.append(r.full_length)
         out.tokens += len(r.input_ids)
         out.trained += r.n_trained

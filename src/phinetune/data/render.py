@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from phinetune.errors import DataError
+
 IGNORE = -100
 MaskPolicy = Literal["assistant", "last_assistant", "all"]
 
@@ -37,10 +39,14 @@ def trained_spans(text: str, messages: list[dict], eot: str, policy: MaskPolicy)
     """Character spans of the trained assistant content (+ end-of-turn token when it directly follows)."""
     spans, cursor = [], 0
     for msg in messages:
-        start = text.find(msg["content"], cursor)
+        content = msg["content"]
+        start = text.find(content, cursor)
+        if start < 0:  # templates that `| trim` the content (Phi-3.5's, several Hub ones) render it stripped
+            content = content.strip()
+            start = text.find(content, cursor)
         if start < 0:
-            raise ValueError(f"the chat template dropped part of a {msg['role']} message")
-        end = start + len(msg["content"])
+            raise DataError(f"the chat template dropped or rewrote part of a {msg['role']} message, so its loss mask cannot be placed")
+        end = start + len(content)
         cursor = end
         if msg["role"] == "assistant":
             if eot and text.startswith(eot, end):
