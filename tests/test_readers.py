@@ -168,3 +168,15 @@ def test_saved_dataset_folder(tmp_path):
     [rec] = read_records(str(tmp_path / "saved"))
     assert rec.sample["messages"][0]["content"] == "p"
     assert "no split 'eval'" in error_of(tmp_path / "saved", split="eval")
+
+
+def test_json_file_with_one_wrapping_object(tmp_path):
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"version": 1, "data": [ALPACA]}, indent=2))
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: holds one JSON object") and "under 'data'" in msg
+
+
+def test_json_lines_saved_as_json(tmp_path):
+    path = jsonl(tmp_path / "lines.json", ALPACA, ALPACA)
+    assert [r.where for r in read_records(str(path))] == [f"{path}:1", f"{path}:2"]

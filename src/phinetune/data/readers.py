@@ -97,6 +97,7 @@ def _read_json(path: Path) -> Iterator[tuple[Row, str]]:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); re-save the file as UTF-8") from None
     if not text.lstrip().startswith("["):
+        _refuse_single_object(text, path)
         yield from _read_jsonl(path)
         return
     decoder, i = json.JSONDecoder(), text.index("[") + 1
@@ -119,6 +120,18 @@ def _read_json(path: Path) -> Iterator[tuple[Row, str]]:
         elif k >= len(text) or text[k] != "]":
             raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']' after the record)")
         i = k
+
+
+def _refuse_single_object(text: str, path: Path) -> None:
+    """A .json holding one object (e.g. {"data": [...]}) is neither an array nor JSON Lines: say so."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return  # JSON Lines (or broken JSON, reported line by line)
+    if isinstance(obj, dict) and len(text.strip().splitlines()) > 1:
+        lists = [k for k, v in obj.items() if isinstance(v, list)]
+        hint = f"; the records look like they are under '{lists[0]}': save that list as the file" if lists else ""
+        raise DataError(f"{path}: holds one JSON object (keys {sorted(obj)[:5]}), expected a JSON array of records or one object per line{hint}")
 
 
 def _skip_space(text: str, i: int) -> int:

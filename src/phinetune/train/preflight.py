@@ -96,7 +96,8 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
     share = 100.0 * report.trainable / max(report.total, 1)
     console.print(f"trainable parameters: {report.trainable:,} of {report.total:,} ({share:.2f}%)")
     console.print(f"data: {data.info.read} read, {data.info.duplicates} duplicates removed, {len(data.info.skipped)} skipped, "
-                  f"{data.info.train} train / {data.info.eval} eval, {data.info.truncated} truncated")
+                  f"{data.info.train} train / {data.info.eval} eval, {data.info.truncated} truncated"
+                  + (" (tokenized data from cache)" if data.info.cached else ""))
     if data.info.read_summary:
         console.print(f"[yellow]{data.info.read_summary}[/yellow]")
     console.print(f"end-of-turn token trained: {'yes' if report.eot_trained else '[red]NO[/red]'}")
