@@ -194,3 +194,56 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+
+
+# ---------------------------------------------------------------- phinetune data ...
+
+data_app = typer.Typer(help="Look at training data before training on it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def data_config(**fields):
+    """A DataConfig from CLI options, with the same one-line errors as a YAML config."""
+    from pydantic import ValidationError
+
+    from phinetune.config.schema import DataConfig
+    from phinetune.errors import ConfigError
+
+    try:
+        return DataConfig(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"--{'-'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+
+
+def parse_columns(pairs: List[str]) -> dict[str, str]:
+    """--column prompt=QUESTIONS -> {prompt: QUESTIONS}."""
+    from phinetune.errors import ConfigError
+
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise ConfigError(f"--column {bad[0]!r}: expected OURS=THEIRS, e.g. --column prompt=QUESTIONS")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+@data_app.command("inspect")
+def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a Hub dataset id, or builtin:riddles."),
+                 model: str = typer.Option(..., "--model", help="Whose tokenizer and chat template: tiny-*, a Hub id in the local cache, or a local folder."),
+                 format: str = typer.Option("auto", "--format", help="Record format (auto detects when unambiguous)."),
+                 column: List[str] = typer.Option([], "--column", help="Field mapping OURS=THEIRS, repeatable (e.g. prompt=QUESTIONS)."),
+                 max_length: int = typer.Option(512, help="Tokens per sample (longer ones are truncated)."),
+                 mask: str = typer.Option("assistant", help="assistant, last_assistant or all."),
+                 split: str = typer.Option("train", help="Split of a Hub dataset."),
+                 limit: Optional[int] = typer.Option(None, help="Only the first N records."),
+                 skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
+                 samples: int = typer.Option(3, help="Rendered samples to show with their masks."),
+                 spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
+                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt.")) -> None:
+    """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
+    from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, print_inspection, write_outputs
+
+    cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
+                      split=split, limit=limit, skip_bad_rows=skip_bad_rows)
+    tokenizer, eot = load_inspect_tokenizer(model, spec)
+    ins = inspect_data(cfg, tokenizer, eot, samples)
+    print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))

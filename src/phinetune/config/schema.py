@@ -30,8 +30,8 @@ class ModelConfig(_Strict):
 class DataConfig(_Strict):
     train: str = Field("builtin:riddles", description="Training data: a .jsonl/.json/.csv/.parquet file or folder, a Hub dataset id, or builtin:riddles.")
     eval: Optional[str] = Field(None, description="Eval data file; default: a seeded split of `train`.")
-    format: Literal["auto", "messages", "riddles", "alpaca", "guanaco", "prompt_completion", "text"] = Field("auto", description="Record format; auto detects it when unambiguous.")
-    columns: dict[str, str] = Field(default_factory=dict, description="Map non-standard field names to ours, e.g. {messages: conversation}.")
+    format: Literal["auto", "messages", "riddles", "sharegpt", "alpaca", "guanaco", "prompt_completion", "text"] = Field("auto", description="Record format; auto detects it when unambiguous (see docs/data.md).")
+    columns: dict[str, str] = Field(default_factory=dict, description="Map our field names to yours, e.g. {prompt: QUESTIONS, completion: ANSWERS}.")
     split: str = Field("train", description="Split to read from a Hub dataset.")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of `train` held out for eval when `eval` is not given.")
     eval_size: Optional[int] = Field(None, ge=1, description="Exact number of held-out eval samples (overrides eval_fraction).")
@@ -42,6 +42,8 @@ class DataConfig(_Strict):
     skip_bad_rows: bool = Field(False, description="Skip invalid rows with a summary instead of stopping at the first.")
     limit: Optional[int] = Field(None, ge=1, description="Use only the first N records (quick experiments).")
     seed: int = Field(42, description="Seed for the train/eval split.")
+    cache: bool = Field(True, description="Cache tokenized data, keyed by data content + tokenizer + template + these settings.")
+    cache_dir: Optional[str] = Field(None, description="Tokenized-data cache folder; default $PHINETUNE_CACHE/data or ~/.cache/phinetune/data.")
 
 
 class AdapterConfig(_Strict):

@@ -1,4 +1,4 @@
-"""From config to tokenized train/eval sets: read, deduplicate, split, render with masks."""
+"""From config to tokenized train/eval sets: read, deduplicate, split, render with masks (cached)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ from phinetune.progress import track
 @dataclass
 class DataInfo:
     read: int = 0
+    format: str = ""
     duplicates: int = 0
     skipped: list[str] = field(default_factory=list)
+    read_summary: str = ""  # rows repaired or skipped, grouped by reason, with where they were
     train: int = 0
     eval: int = 0
     truncated: int = 0
     empty: int = 0  # samples with no trained tokens (after truncation)
+    empty_where: list[str] = field(default_factory=list)  # file:line of each of them
+    cached: bool = False  # loaded from the tokenized-data cache
 
 
 @dataclass
@@ -32,10 +36,27 @@ class PreparedData:
     info: DataInfo
 
 
+def sample_key(rec: Record) -> str:
+    return json.dumps(rec.sample, sort_keys=True, ensure_ascii=False)
+
+
+def find_duplicates(records: list[Record]) -> list[tuple[str, str]]:
+    """(where of the duplicate, where of its first occurrence) for every repeated sample."""
+    first: dict[str, str] = {}
+    dups = []
+    for rec in records:
+        key = sample_key(rec)
+        if key in first:
+            dups.append((rec.where, first[key]))
+        else:
+            first[key] = rec.where
+    return dups
+
+
 def dedupe(records: list[Record]) -> tuple[list[Record], int]:
     seen, kept = set(), []
     for rec in records:
-        key = json.dumps(rec.sample, sort_keys=True)
+        key = sample_key(rec)
         if key not in seen:
             seen.add(key)
             kept.append(rec)
@@ -54,29 +75,54 @@ def split(records: list[Record], cfg: DataConfig) -> tuple[list[Record], list[Re
 
 
 def prepare_data(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
+    """Tokenized train/eval sets; reuses the cache when data, tokenizer, template and settings all match."""
+    from phinetune.data import cache
+
+    key = cache.cache_key(cfg, tokenizer, eot) if cfg.cache else None
+    hit = cache.load(cfg, key) if key else None
+    if hit is not None:
+        return hit
+    data = _prepare(cfg, tokenizer, eot)
+    if key:
+        cache.save(cfg, key, data)
+    return data
+
+
+def _prepare(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
     info, report = DataInfo(), ReadReport()
-    records = read_records(cfg.train, cfg.format, cfg.columns, cfg.skip_bad_rows, cfg.limit, report)
-    info.read, info.skipped = report.read, report.skipped
+    records = read_records(cfg.train, cfg.format, cfg.columns, cfg.skip_bad_rows, cfg.limit, report, cfg.split)
     if cfg.dedupe:
         records, info.duplicates = dedupe(records)
     if cfg.eval:
         train_recs = records
-        eval_recs = read_records(cfg.eval, cfg.format, cfg.columns, cfg.skip_bad_rows)
+        eval_recs = read_records(cfg.eval, cfg.format, cfg.columns, cfg.skip_bad_rows, report=report, split=cfg.split)
     else:
         train_recs, eval_recs = split(records, cfg)
+    info.read, info.format, info.skipped, info.read_summary = report.read, report.format, report.skipped, report.summary()
     train = tokenize(train_recs, tokenizer, cfg, eot, info, "train")
     evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval")
     info.train, info.eval = len(train), len(evals)
     return PreparedData(train, evals, train_recs, info)
 
 
+def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str) -> Rendered:
+    """render_sample, with any rendering problem reported at the record's file:line."""
+    try:
+        return render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot)
+    except DataError as exc:
+        raise DataError(f"{rec.where}: {exc}") from None
+
+
 def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str) -> list[Rendered]:
     out = []
     for rec in track(records, f"Tokenizing {name}"):
-        r = render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot)
+        r = render_at(rec, tokenizer, cfg, eot)
         info.truncated += r.truncated
         if r.n_trained == 0:
+            # Left out of training, but counted and named: the pre-flight refuses the run unless
+            # preflight.allow_empty_samples, so truncation never silently empties a sample.
             info.empty += 1
-            continue  # reported by the pre-flight; a sample with no trained tokens adds nothing
+            info.empty_where.append(rec.where)
+            continue
         out.append(r)
     return out

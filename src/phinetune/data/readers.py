@@ -1,20 +1,30 @@
-"""Read training records from files, folders, the Hub or the bundled data, into one shape:
-{"messages": [{"role", "content"}, ...]} for conversations, or {"text": ...} for plain text.
+"""Read training records from files, folders, the Hub or the bundled data, into one shape (see formats.py).
 
-Each format is a converter in FORMATS (a dict, not an if/elif chain). Errors name file:line and field.
+Every row keeps where it came from ("file:line", "file:row N", "owner/name[train]:row N") so each error
+names it. File-level problems (missing, empty, unsupported type) always stop; row-level problems stop at
+the first bad row, or with data.skip_bad_rows are skipped and summarised by reason: nothing is dropped
+silently.
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional, Union
 
+from phinetune.data.formats import FORMATS, NOTE, RowError, detect_format
 from phinetune.errors import DataError
 
-ROLES = ("system", "user", "assistant")
+# One JSONL line larger than this is refused rather than read: a line that size is almost always a
+# file that is not JSON Lines at all (a whole JSON array or a binary dump), and reading it would hold
+# it all in memory. Genuine long documents fit easily (16 MiB is ~4M tokens).
+MAX_LINE_BYTES = 16 * 1024 * 1024
+FIELDS = ("messages", "conversations", "instruction", "input", "output", "system", "prompt", "completion", "text")
+
+Row = Union[dict, RowError]  # a parsed row, or the error that stopped it from parsing
 
 
 @dataclass
@@ -26,149 +36,285 @@ class Record:
 @dataclass
 class ReadReport:
     read: int = 0
-    skipped: list[str] = field(default_factory=list)  # one reason per skipped row
+    format: str = ""
+    skipped: list[str] = field(default_factory=list)  # one message per skipped row
+    reasons: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # reason -> where
+    notes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # repair made -> where
+
+    def skip(self, exc: RowError) -> None:
+        self.skipped.append(str(exc))
+        self.reasons[exc.kind].append(exc.where)
+
+    def summary(self) -> str:
+        """'skipped 3 bad row(s): invalid JSON x2 (a.jsonl:3, a.jsonl:7); missing field 'output' x1 (a.jsonl:9)'."""
+        lines = [f"{note} in {len(wheres)} row(s) ({_some(wheres)})" for note, wheres in self.notes.items()]
+        if self.skipped:
+            parts = [f"{kind} x{len(wheres)} ({_some(wheres)})" for kind, wheres in sorted(self.reasons.items(), key=lambda kv: -len(kv[1]))]
+            lines.append(f"skipped {len(self.skipped)} bad row(s): " + "; ".join(parts))
+        return "\n".join(lines)
 
 
-def _messages(row: dict, where: str) -> dict:
-    msgs = row.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise DataError(f"{where}: field 'messages' must be a non-empty list, got {type(msgs).__name__}")
-    if all(isinstance(m, str) for m in msgs):  # riddles_evolved shape: alternating user/assistant strings
-        msgs = [{"role": ROLES[1 + i % 2], "content": m} for i, m in enumerate(msgs)]
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: field 'messages[{i}]' must be {{role: system|user|assistant, content: str}}, got {m!r:.80}")
-    _check_turns(msgs, where)
-    return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}
+def _some(wheres: list[str], n: int = 3) -> str:
+    return ", ".join(wheres[:n]) + (", ..." if len(wheres) > n else "")
 
 
-def _check_turns(msgs: list[dict], where: str) -> None:
-    turns = [m["role"] for m in msgs if m["role"] != "system"]
-    for i, role in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if role != expected:
-            raise DataError(f"{where}: field 'messages': turn {i + 1} is '{role}' but '{expected}' was expected (turns must alternate user/assistant)")
-    if not turns or turns[-1] != "assistant":
-        raise DataError(f"{where}: field 'messages': the conversation must end with an assistant turn")
+# ---------------------------------------------------------------- files
+
+def _read_jsonl(path: Path) -> Iterator[tuple[Row, str]]:
+    with path.open("rb") as fh:
+        n = 0
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            n += 1
+            where = f"{path}:{n}"
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise DataError(f"{where}: line is longer than the {MAX_LINE_BYTES // 2**20} MiB limit per JSON line; "
+                                "is this really a JSON Lines file? split the record or convert the file")
+            yield _parse_line(raw, where), where
 
 
-def _text(row: dict, where: str) -> dict:
-    text = row.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: field 'text' must be a non-empty string")
-    return {"text": text}
+def _parse_line(raw: bytes, where: str) -> Optional[Row]:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RowError(where, "not UTF-8", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); re-save the file as UTF-8")
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return RowError(where, "invalid JSON", f"invalid JSON at column {exc.colno} ({exc.msg})")
+    if not isinstance(row, dict):
+        return RowError(where, "not a JSON object", f"expected a JSON object per line, got {type(row).__name__}")
+    return row
 
 
-FORMATS: dict[str, Callable[[dict, str], dict]] = {"messages": _messages, "riddles": _messages, "text": _text}
+def _read_json(path: Path) -> Iterator[tuple[Row, str]]:
+    """A JSON array of records (each named by the line it starts on), or JSON Lines saved as .json."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); re-save the file as UTF-8") from None
+    if not text.lstrip().startswith("["):
+        _refuse_single_object(text, path)
+        yield from _read_jsonl(path)
+        return
+    decoder, i = json.JSONDecoder(), text.index("[") + 1
+    line = text.count("\n", 0, i) + 1
+    while True:
+        j = _skip_space(text, i)
+        line += text.count("\n", i, j)
+        if j < len(text) and text[j] == "]":
+            return
+        try:
+            row, end = decoder.raw_decode(text, j)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: invalid JSON at column {exc.colno} ({exc.msg})") from None
+        where = f"{path}:{line}"
+        yield (row if isinstance(row, dict) else RowError(where, "not a JSON object", f"expected a JSON object, got {type(row).__name__}")), where
+        k = _skip_space(text, end)
+        line += text.count("\n", j, k)
+        if k < len(text) and text[k] == ",":
+            k += 1
+        elif k >= len(text) or text[k] != "]":
+            raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']' after the record)")
+        i = k
 
 
-def detect_format(row: dict) -> Optional[str]:
-    if "messages" in row:
-        return "messages"
-    if "text" in row:
-        return "text"
-    return None
+def _refuse_single_object(text: str, path: Path) -> None:
+    """A .json holding one object (e.g. {"data": [...]}) is neither an array nor JSON Lines: say so."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return  # JSON Lines (or broken JSON, reported line by line)
+    if isinstance(obj, dict) and len(text.strip().splitlines()) > 1:
+        lists = [k for k, v in obj.items() if isinstance(v, list)]
+        hint = f"; the records look like they are under '{lists[0]}': save that list as the file" if lists else ""
+        raise DataError(f"{path}: holds one JSON object (keys {sorted(obj)[:5]}), expected a JSON array of records or one object per line{hint}")
 
 
-def read_rows(path: Path) -> Iterator[tuple[dict, str]]:
-    """Yield (row, 'file:line') from a .jsonl/.json/.csv/.parquet file or every such file in a folder."""
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _read_csv(path: Path) -> Iterator[tuple[Row, str]]:
+    import pandas as pd
+
+    try:
+        # dtype=str, keep_default_na=False: an empty cell stays "" (reported as empty), never a float NaN.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 (byte offset {exc.start}); re-save the file as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({str(exc).strip()})") from None
+    for i, row in enumerate(frame.to_dict(orient="records")):
+        yield row, f"{path}:row {i + 1}"
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[Row, str]]:
+    import pyarrow.parquet as pq
+
+    # to_pylist gives plain Python lists/dicts (pandas would give numpy arrays for list columns).
+    for i, row in enumerate(pq.read_table(path).to_pylist()):
+        yield row, f"{path}:row {i + 1}"
+
+
+_LOADERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def read_rows(path: Path) -> Iterator[tuple[Row, str]]:
+    """Yield (row or RowError, where) from a supported file, or every supported file in a folder."""
     if path.is_dir():
-        for child in sorted(p for p in path.iterdir() if p.suffix in _LOADERS):
+        children = sorted(p for p in path.rglob("*") if p.suffix in _LOADERS and p.is_file())
+        if not children:
+            raise DataError(f"{path}: folder has no .jsonl, .json, .csv or .parquet files")
+        for child in children:
             yield from read_rows(child)
         return
     loader = _LOADERS.get(path.suffix)
     if loader is None:
         raise DataError(f"{path}: unsupported file type '{path.suffix}'; expected .jsonl, .json, .csv or .parquet")
-    yield from loader(path)
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[dict, str]]:
-    with path.open("rb") as fh:
-        for n, raw in enumerate(fh, start=1):
-            where = f"{path}:{n}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON at column {exc.colno} ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); expected records")
+    for row, where in loader(path):
+        if row is not None:
             yield row, where
 
 
-def _read_json(path: Path) -> Iterator[tuple[dict, str]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a valid UTF-8 JSON file ({exc})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records")
-    for i, row in enumerate(data):
-        yield row, f"{path}:record {i + 1}"
-
-
-def _read_table(path: Path) -> Iterator[tuple[dict, str]]:
-    import pandas as pd
-
-    frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-    offset = 2 if path.suffix == ".csv" else 1  # csv: header is line 1
-    for i, row in enumerate(frame.to_dict(orient="records")):
-        yield row, f"{path}:{i + offset}"
-
-
-_LOADERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_table, ".parquet": _read_table}
-
+# ---------------------------------------------------------------- sources
 
 def builtin_path(name: str) -> Path:
     return Path(str(resources.files("phinetune.assets").joinpath(f"{name}.jsonl")))
 
 
-def resolve_source(source: str) -> Path:
+def source_rows(source: str, split: str = "train") -> Iterator[tuple[Row, str]]:
+    """Rows of a data source: builtin:NAME, a local file or folder, a saved dataset folder, or a Hub id (hf:ID forces the Hub)."""
     if source.startswith("builtin:"):
         path = builtin_path(source.split(":", 1)[1])
         if not path.exists():
             raise DataError(f"{source}: no such bundled dataset; the bundled one is builtin:riddles")
-        return path
+        return read_rows(path)
+    if source.startswith("hf:"):
+        return _hub_dataset(source[3:], split)
     path = Path(source).expanduser()
+    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        return _disk_dataset(path, split)
     if path.exists():
-        return path
-    return _hub_dataset(source)
+        return read_rows(path)
+    if path.suffix in _LOADERS or source.startswith((".", "/", "~")):
+        raise DataError(f"data file '{source}' does not exist; check data.train / data.eval")
+    return _hub_dataset(source, split)
 
 
-def _hub_dataset(source: str) -> Path:
-    raise DataError(f"data file '{source}' does not exist (and is not a Hub dataset id reachable offline); check data.train / data.eval")
+def _hub_dataset(source: str, split: str) -> Iterator[tuple[Row, str]]:
+    """A Hub dataset id (or anything `datasets.load_dataset` takes) read through `datasets`, which owns
+    the download, caching and offline logic; we only iterate the rows."""
+    return _dataset_rows(_load_hub(source, split), f"{source}[{split}]")
 
+
+def _load_hub(source: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as exc:  # datasets raises many types (not found, offline, bad split); all mean the same to the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"data source '{source}' is not a local file or folder, and `datasets` could not load it "
+                        f"(split '{split}'): {first}") from None
+
+
+def _disk_dataset(path: Path, split: str) -> Iterator[tuple[Row, str]]:
+    """A folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path}: saved dataset has no split '{split}' (it has {', '.join(ds)}); set data.split")
+        ds = ds[split]
+    return _dataset_rows(ds, f"{path}[{split}]")
+
+
+def _dataset_rows(ds, name: str) -> Iterator[tuple[Row, str]]:
+    if len(ds) == 0:
+        raise DataError(f"{name}: the dataset split is empty")
+    for i, row in enumerate(ds):
+        yield row, f"{name}:row {i + 1}"
+
+
+def content_fingerprint(source: str, split: str = "train") -> str:
+    """A string that changes whenever the data a source yields may change (for the tokenized cache)."""
+    import hashlib
+
+    if source.startswith("builtin:"):
+        paths = [builtin_path(source.split(":", 1)[1])]
+    else:
+        path = Path(source.removeprefix("hf:")).expanduser()
+        if not path.exists() or source.startswith("hf:"):
+            return f"hub:{source}:{split}:{_load_hub(source.removeprefix('hf:'), split)._fingerprint}"
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(str(p.name).encode())
+        with p.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- records
 
 def read_records(source: str, fmt: str = "auto", columns: Optional[dict] = None, skip_bad: bool = False,
-                 limit: Optional[int] = None, report: Optional[ReadReport] = None) -> list[Record]:
+                 limit: Optional[int] = None, report: Optional[ReadReport] = None, split: str = "train") -> list[Record]:
     """Read and validate every row of `source`; stop at the first bad row unless skip_bad."""
     report = report if report is not None else ReadReport()
-    records = []
-    for row, where in read_rows(resolve_source(source)):
-        row = {_rename(k, columns): v for k, v in row.items()} if columns else row
+    columns = _check_columns(columns or {})
+    records: list[Record] = []
+    name = "" if fmt == "auto" else fmt  # detected once per source, from its first row
+    for row, where in source_rows(source, split):
         try:
-            name = detect_format(row) if fmt == "auto" else fmt
-            if name is None:
-                raise DataError(f"{where}: cannot tell the format from fields {sorted(row)}; set data.format")
-            records.append(Record(FORMATS[name](row, where), where))
-        except DataError as exc:
+            if isinstance(row, RowError):
+                raise row
+            row = _rename(row, columns, where)
+            name = name or detect_format(row)
+            sample = FORMATS[name](row, where)
+            if NOTE in sample:
+                report.notes[sample.pop(NOTE)].append(where)
+            records.append(Record(sample, where))
+        except RowError as exc:
             if not skip_bad:
                 raise
-            report.skipped.append(str(exc))
+            report.skip(exc)
+        except DataError as exc:  # format detection: name the row that could not be placed
+            raise DataError(f"{where}: {exc}") from None
         if limit and len(records) >= limit:
             break
-    report.read = len(records)
+    report.read += len(records)
+    report.format = report.format or name
     if not records:
-        raise DataError(f"{source}: no usable records (file empty or every row invalid)")
+        why = f" ({report.summary()})" if report.skipped else ""
+        raise DataError(f"{source}: no usable records{why}")
     return records
 
 
-def _rename(key: str, columns: dict) -> str:
-    # columns maps our field name -> the user's field name, e.g. {messages: conversation}
-    inverse = {v: k for k, v in columns.items()}
-    return inverse.get(key, key)
+def _check_columns(columns: dict) -> dict:
+    unknown = [k for k in columns if k not in FIELDS]
+    if unknown:
+        raise DataError(f"data.columns: '{unknown[0]}' is not a field phinetune reads; keys are our field names "
+                        f"({', '.join(FIELDS)}) and values are the names in your data, e.g. {{prompt: QUESTIONS}}")
+    return columns
+
+
+def _rename(row: dict, columns: dict, where: str) -> dict:
+    """columns maps our field name -> the user's field name, e.g. {prompt: QUESTIONS}."""
+    if not columns:
+        return row
+    for ours, theirs in columns.items():
+        if theirs not in row:
+            raise RowError(where, f"missing column '{theirs}'", f"missing field '{theirs}' (mapped to '{ours}' by data.columns); "
+                           f"fields present: {', '.join(sorted(row))}")
+    inverse = {theirs: ours for ours, theirs in columns.items()}
+    return {inverse.get(k, k): v for k, v in row.items() if k not in columns or k in inverse}

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from phinetune.errors import DataError
+
 IGNORE = -100
 MaskPolicy = Literal["assistant", "last_assistant", "all"]
 
@@ -22,6 +24,7 @@ class Rendered:
     labels: list[int]  # IGNORE where not trained
     text: str
     truncated: bool = False
+    full_length: int = 0  # tokens before truncation (for length histograms)
 
     @property
     def n_trained(self) -> int:
@@ -36,10 +39,14 @@ def trained_spans(text: str, messages: list[dict], eot: str, policy: MaskPolicy)
     """Character spans of the trained assistant content (+ end-of-turn token when it directly follows)."""
     spans, cursor = [], 0
     for msg in messages:
-        start = text.find(msg["content"], cursor)
+        content = msg["content"]
+        start = text.find(content, cursor)
+        if start < 0:  # templates that `| trim` the content (Phi-3.5's, several Hub ones) render it stripped
+            content = content.strip()
+            start = text.find(content, cursor)
         if start < 0:
-            raise ValueError(f"the chat template dropped part of a {msg['role']} message")
-        end = start + len(msg["content"])
+            raise DataError(f"the chat template dropped or rewrote part of a {msg['role']} message, so its loss mask cannot be placed")
+        end = start + len(content)
         cursor = end
         if msg["role"] == "assistant":
             if eot and text.startswith(eot, end):
@@ -62,7 +69,7 @@ def render_sample(tokenizer, sample: dict, max_length: int, policy: MaskPolicy =
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [tid if _inside(off, spans) else IGNORE for tid, off in zip(ids, offsets)]
     truncated = len(ids) > max_length
-    return Rendered(ids[:max_length], labels[:max_length], text, truncated)
+    return Rendered(ids[:max_length], labels[:max_length], text, truncated, len(ids))
 
 
 def _inside(offset: tuple[int, int], spans: list[tuple[int, int]]) -> bool:

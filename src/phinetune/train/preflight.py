@@ -66,7 +66,8 @@ def check(cfg: RunConfig, spec: ModelSpec, model, tokenizer, data: PreparedData)
         report.problems.append(f"the end-of-turn token {eot} is never trained, so the model would never learn to stop; check the chat template and data.mask (override: preflight.allow_untrained_eot=true)")
     report.empty_samples = data.info.empty
     if report.empty_samples and not cfg.preflight.allow_empty_samples:
-        report.problems.append(f"{report.empty_samples} sample(s) have no trained tokens after masking/truncation at data.max_length={cfg.data.max_length}; raise max_length or fix the data (override: preflight.allow_empty_samples=true)")
+        where = ", ".join(data.info.empty_where[:5]) + (", ..." if len(data.info.empty_where) > 5 else "")
+        report.problems.append(f"{report.empty_samples} sample(s) have no trained tokens after masking/truncation at data.max_length={cfg.data.max_length} ({where}); raise max_length or fix the data (override: preflight.allow_empty_samples=true)")
     if not data.train:
         report.problems.append("no training sample has a trained token")
     return report
@@ -95,7 +96,10 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
     share = 100.0 * report.trainable / max(report.total, 1)
     console.print(f"trainable parameters: {report.trainable:,} of {report.total:,} ({share:.2f}%)")
     console.print(f"data: {data.info.read} read, {data.info.duplicates} duplicates removed, {len(data.info.skipped)} skipped, "
-                  f"{data.info.train} train / {data.info.eval} eval, {data.info.truncated} truncated")
+                  f"{data.info.train} train / {data.info.eval} eval, {data.info.truncated} truncated"
+                  + (" (tokenized data from cache)" if data.info.cached else ""))
+    if data.info.read_summary:
+        console.print(f"[yellow]{data.info.read_summary}[/yellow]")
     console.print(f"end-of-turn token trained: {'yes' if report.eot_trained else '[red]NO[/red]'}")
     if data.train:
         console.print("one sample, trained tokens in green:")

@@ -1,0 +1,100 @@
+"""Cache of tokenized datasets, so a second run with the same inputs starts at once.
+
+The key hashes everything the tokenized output depends on: the data's content (file bytes, or the
+`datasets` fingerprint of a Hub set), the tokenizer (its full serialized vocabulary/merges and special
+tokens), the chat template, the end-of-turn token, and every data setting. Change any of them and the
+key changes, so a stale entry can never be reused. Entries are plain JSON (never pickle: a cache folder
+may be shared, and loading it must not run code). Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from phinetune.config.schema import DataConfig
+from phinetune.data.readers import Record, content_fingerprint
+from phinetune.data.render import Rendered
+
+VERSION = 1  # bump when the rendering or the entry layout changes
+# Settings that do not change the tokenized output stay out of the key.
+NOT_IN_KEY = {"cache", "cache_dir", "packing"}
+
+
+def cache_dir(cfg: DataConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    root = os.environ.get("PHINETUNE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "phinetune")
+    return Path(root).expanduser() / "data"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([tokenizer.chat_template, tokenizer.all_special_tokens, type(tokenizer).__name__,
+                        getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None)], default=str)
+    return hashlib.sha256((body + extra).encode()).hexdigest()
+
+
+def key_parts(cfg: DataConfig, tokenizer, eot: str) -> dict:
+    settings = cfg.model_dump(exclude=NOT_IN_KEY)
+    return {
+        "version": VERSION,
+        "train_data": content_fingerprint(cfg.train, cfg.split),
+        "eval_data": content_fingerprint(cfg.eval, cfg.split) if cfg.eval else None,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "template": tokenizer.chat_template,
+        "eot": eot,
+        "settings": settings,
+    }
+
+
+def cache_key(cfg: DataConfig, tokenizer, eot: str) -> str:
+    return hashlib.sha256(json.dumps(key_parts(cfg, tokenizer, eot), sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _path(cfg: DataConfig, key: str) -> Path:
+    return cache_dir(cfg) / f"{key}.json"
+
+
+def save(cfg: DataConfig, key: str, data) -> Path:
+    path = _path(cfg, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "version": VERSION,
+        "train": [asdict(r) for r in data.train],
+        "eval": [asdict(r) for r in data.eval],
+        "train_records": [asdict(r) for r in data.train_records],
+        "info": asdict(data.info),
+    }
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(entry, ensure_ascii=False))
+    tmp.replace(path)
+    return path
+
+
+def load(cfg: DataConfig, key: str):
+    """The cached PreparedData for `key`, or None (absent, unreadable or an older layout)."""
+    from phinetune.data.dataset import DataInfo, PreparedData
+
+    path = _path(cfg, key)
+    if not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+        if entry.get("version") != VERSION:
+            return None
+        info = DataInfo(**{**entry["info"], "cached": True})
+        return PreparedData([Rendered(**r) for r in entry["train"]], [Rendered(**r) for r in entry["eval"]],
+                            [Record(**r) for r in entry["train_records"]], info)
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged entry is rebuilt, never trusted
+
+
+def entry_path(cfg: DataConfig, tokenizer, eot: str) -> Optional[Path]:
+    path = _path(cfg, cache_key(cfg, tokenizer, eot))
+    return path if path.exists() else None

@@ -1,0 +1,238 @@
+"""`phinetune data inspect`: what the model will actually see and learn from, before any training.
+
+Counts, a token-length histogram (PNG and text), the share of tokens trained, the share truncated, a few
+rendered samples with their masks, and the duplicates found. Uses the same reader and renderer as
+training, so what it shows is what `train` will do with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from rich.text import Text
+
+from phinetune.config.schema import DataConfig, ModelConfig
+from phinetune.data.dataset import find_duplicates, render_at
+from phinetune.data.readers import ReadReport, Record, read_records
+from phinetune.data.render import IGNORE, Rendered
+from phinetune.progress import console, track
+
+# Chat markup inside plain-text rows: as `text` every token of it (user turns included) is trained.
+CHAT_MARKERS = re.compile(r"<\|(user|assistant|system|im_start)\|>|### (Human|Assistant):")
+PROBE = ("PHINETUNE_PROBE_QUESTION", "PHINETUNE_PROBE_ANSWER")
+
+
+@dataclass
+class Inspection:
+    source: str
+    format: str
+    settings: dict
+    read_summary: str
+    records: int
+    samples: list[tuple[Record, Rendered]]
+    duplicates: list[tuple[str, str]]
+    lengths: list[int] = field(default_factory=list)  # tokens per sample before truncation
+    tokens: int = 0  # tokens kept after truncation
+    trained: int = 0
+    truncated: int = 0
+    lost_tokens: int = 0  # tokens cut by truncation
+    empty_where: list[str] = field(default_factory=list)
+    eot_trained: Optional[float] = None  # share of chat samples whose end-of-turn token is trained
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        n = max(len(self.lengths), 1)
+        return {
+            "source": self.source, "format": self.format, "records": self.records, "settings": self.settings,
+            "duplicates": len(self.duplicates), "tokens": self.tokens, "trained_tokens": self.trained,
+            "trained_share": round(self.trained / max(self.tokens, 1), 4),
+            "truncated_samples": self.truncated, "truncated_share": round(self.truncated / n, 4),
+            "tokens_lost_to_truncation": self.lost_tokens,
+            "length": _stats(self.lengths), "empty_samples": self.empty_where,
+            "eot_trained_share": self.eot_trained, "read_summary": self.read_summary, "warnings": self.warnings,
+        }
+
+
+def _stats(lengths: list[int]) -> dict:
+    if not lengths:
+        return {}
+    s = sorted(lengths)
+    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731 (nearest-rank percentile)
+    return {"min": s[0], "median": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": s[-1], "mean": round(sum(s) / len(s), 1)}
+
+
+def inspect_data(cfg: DataConfig, tokenizer, eot: str, n_samples: int = 3) -> Inspection:
+    report = ReadReport()
+    records = read_records(cfg.train, cfg.format, cfg.columns, cfg.skip_bad_rows, cfg.limit, report, cfg.split)
+    settings = {"max_length": cfg.max_length, "mask": cfg.mask, "eot": eot}
+    out = Inspection(cfg.train, report.format, settings, report.summary(), len(records), [], find_duplicates(records))
+    eot_id = tokenizer.convert_tokens_to_ids(eot) if eot else None
+    chat, eot_hits = 0, 0
+    for rec in track(records, "Tokenizing"):
+        r = render_at(rec, tokenizer, cfg, eot)
+        out.lengths.append(r.full_length)
+        out.tokens += len(r.input_ids)
+        out.trained += r.n_trained
+        out.truncated += r.truncated
+        out.lost_tokens += r.full_length - len(r.input_ids)
+        if r.n_trained == 0:
+            out.empty_where.append(rec.where)
+        if "messages" in rec.sample:
+            chat += 1
+            eot_hits += eot_id is not None and eot_id in r.labels
+        if len(out.samples) < n_samples:
+            out.samples.append((rec, r))
+    out.eot_trained = round(eot_hits / chat, 4) if chat else None
+    out.warnings = _warnings(out, records, cfg)
+    return out
+
+
+def _warnings(ins: Inspection, records: list[Record], cfg: DataConfig) -> list[str]:
+    warns = []
+    marked = [r.where for r in records if "text" in r.sample and CHAT_MARKERS.search(r.sample["text"])]
+    if marked:
+        warns.append(f"{len(marked)} plain-text row(s) contain chat markup (e.g. {marked[0]}); as `text` every token is trained, "
+                     "user turns included; convert them to messages for assistant-only loss")
+    if ins.empty_where:
+        warns.append(f"{len(ins.empty_where)} sample(s) have no trained tokens at max_length={cfg.max_length} "
+                     f"(e.g. {', '.join(ins.empty_where[:3])}); training refuses them unless preflight.allow_empty_samples")
+    if ins.eot_trained is not None and ins.eot_trained < 1.0:
+        warns.append(f"the end-of-turn token is trained in only {ins.eot_trained:.0%} of conversations")
+    return warns
+
+
+# ---------------------------------------------------------------- tokenizer for a model name
+
+def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
+    """(tokenizer, end-of-turn token) for a tiny-* name, a Hub id in the local cache, or a local folder."""
+    from phinetune.models.loading import load_tokenizer
+    from phinetune.models.specs import SPECS, TINY_MODELS, get_spec, spec_from_config
+
+    spec = get_spec(model, spec_key)
+    cfg = ModelConfig(name=model, spec=spec_key)
+    if model in TINY_MODELS:
+        from phinetune.models.tiny import build_tokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:  # through load_tokenizer, so Phi-2's added tokens apply
+            build_tokenizer(SPECS[TINY_MODELS[model]]).save_pretrained(tmp)
+            tokenizer = load_tokenizer(tmp, cfg, spec)
+    else:
+        config = Path(model).expanduser() / "config.json"
+        if spec.key == "generic" and config.exists():
+            spec = spec_from_config(json.loads(config.read_text()))
+        tokenizer = load_tokenizer(model, cfg, spec)
+    return tokenizer, spec.end_of_turn or infer_eot(tokenizer)
+
+
+def infer_eot(tokenizer) -> str:
+    """The special token the chat template puts right after an assistant message (else eos).
+
+    For a tokenizer we have no spec for (a bare tokenizer folder), this reads the end-of-turn token
+    off the template itself instead of guessing from names.
+    """
+    if not tokenizer.chat_template:
+        return tokenizer.eos_token
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROBE[0]}, {"role": "assistant", "content": PROBE[1]}], tokenize=False)
+    after = text[text.find(PROBE[1]) + len(PROBE[1]):]
+    specials = sorted(set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True)
+    return next((t for t in specials if after.startswith(t)), tokenizer.eos_token)
+
+
+# ---------------------------------------------------------------- output
+
+def text_histogram(lengths: list[int], max_length: int, bins: int = 12, width: int = 40) -> str:
+    if not lengths:
+        return "(no samples)"
+    top = max(max(lengths), 1)
+    step = max(1, -(-top // bins))
+    counts = [0] * (-(-(top + 1) // step))
+    for n in lengths:
+        counts[n // step] += 1
+    peak = max(counts)
+    lines = []
+    for i, c in enumerate(counts):
+        lo, hi = i * step, (i + 1) * step - 1
+        flag = "  > max_length" if lo > max_length else ""
+        lines.append(f"{lo:>7}-{hi:<7} {'#' * round(width * c / peak):<{width}} {c}{flag}")
+    return "\n".join(lines)
+
+
+def save_histogram_png(lengths: list[int], max_length: int, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(lengths, bins=min(50, max(5, len(set(lengths)))), color="#4477aa")
+    ax.axvline(max_length, color="#cc3311", linestyle="--", label=f"max_length={max_length}")
+    ax.set_xlabel("tokens per sample (before truncation)")
+    ax.set_ylabel("samples")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def mask_segments(rendered: Rendered, tokenizer) -> list[tuple[str, bool]]:
+    """(text, trained) runs; decoded per run, not per token, so multi-byte characters stay whole."""
+    runs: list[tuple[list[int], bool]] = []
+    for tid, label in zip(rendered.input_ids, rendered.labels):
+        trained = label != IGNORE
+        if runs and runs[-1][1] == trained:
+            runs[-1][0].append(tid)
+        else:
+            runs.append(([tid], trained))
+    return [(tokenizer.decode(ids), trained) for ids, trained in runs]
+
+
+def mask_plain(rendered: Rendered, tokenizer) -> str:
+    """The sample with trained text between [[ and ]]."""
+    return "".join(f"[[{t}]]" if trained else t for t, trained in mask_segments(rendered, tokenizer))
+
+
+def mask_rich(rendered: Rendered, tokenizer) -> Text:
+    out = Text()
+    for t, trained in mask_segments(rendered, tokenizer):
+        out.append(f"[[{t}]]" if trained else t, style="bold green" if trained else "dim")
+    return out
+
+
+def write_outputs(ins: Inspection, tokenizer, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"report": out_dir / "report.json", "histogram_png": out_dir / "lengths.png",
+             "histogram_txt": out_dir / "lengths.txt", "samples": out_dir / "samples.txt"}
+    paths["report"].write_text(json.dumps({**ins.summary(), "duplicate_pairs": ins.duplicates}, indent=2, ensure_ascii=False))
+    save_histogram_png(ins.lengths, ins.settings["max_length"], paths["histogram_png"])
+    paths["histogram_txt"].write_text(text_histogram(ins.lengths, ins.settings["max_length"]) + "\n")
+    paths["samples"].write_text("\n\n".join(f"--- {rec.where} ({len(r.input_ids)} tokens, {r.n_trained} trained)\n{mask_plain(r, tokenizer)}"
+                                            for rec, r in ins.samples) + "\n")
+    return paths
+
+
+def print_inspection(ins: Inspection, tokenizer, paths: dict[str, Path]) -> None:
+    s = ins.summary()
+    console.rule(f"[bold]data inspect: {ins.source}")
+    console.print(f"format: {ins.format}   records: {ins.records}   duplicates: {s['duplicates']}   "
+                  f"mask: {ins.settings['mask']}   max_length: {ins.settings['max_length']}   end-of-turn: {ins.settings['eot']}", highlight=False)
+    if ins.read_summary:
+        console.print(ins.read_summary, style="yellow", highlight=False)
+    for dup, first in ins.duplicates[:3]:
+        console.print(f"  duplicate: {dup} repeats {first}", highlight=False)
+    console.print(f"tokens: {s['tokens']:,} kept, {s['trained_tokens']:,} trained ({s['trained_share']:.1%})   "
+                  f"truncated: {s['truncated_samples']} sample(s) ({s['truncated_share']:.1%}), {s['tokens_lost_to_truncation']:,} tokens cut", highlight=False)
+    console.print(f"length (tokens, before truncation): {s['length']}", highlight=False)
+    console.print(text_histogram(ins.lengths, ins.settings["max_length"]), highlight=False, markup=False)
+    for rec, r in ins.samples:
+        console.print(f"--- {rec.where} ({len(r.input_ids)} tokens, {r.n_trained} trained; trained text in [[ ]])", highlight=False)
+        console.print(mask_rich(r, tokenizer))
+    for w in ins.warnings:
+        console.print(f"warning: {w}", style="yellow", highlight=False)
+    console.print(f"written: {', '.join(str(p) for p in paths.values())}", highlight=False)

@@ -1,0 +1,157 @@
+"""Every format trains end to end on the tiny Phi-3; masks train only what the policy says; truncation
+that leaves nothing to train is reported with the samples it hit."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import run_cli
+from phinetune.config.schema import DataConfig
+from phinetune.data.dataset import prepare_data
+from phinetune.data.packing import make_rows
+from phinetune.data.render import IGNORE
+
+QA = [("What has keys but opens no lock?", "A piano."), ("What gets wetter as it dries?", "A towel."),
+      ("What has a neck but no head?", "A bottle."), ("What has hands but cannot clap?", "A clock."),
+      ("What goes up but never comes down?", "Your age."), ("What has one eye but cannot see?", "A needle.")]
+EOT = "<|end|>"
+
+
+def rows_for(fmt: str) -> list:
+    makers = {
+        "messages": lambda q, a: {"messages": [{"role": "system", "content": "Answer riddles."}, {"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+        "riddles": lambda q, a: {"messages": [q, a, "Sure?", "Yes, " + a]},
+        "sharegpt": lambda q, a: {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]},
+        "alpaca": lambda q, a: {"instruction": q, "input": "", "output": a},
+        "guanaco": lambda q, a: {"text": f"### Human: {q}### Assistant: {a}"},
+        "prompt_completion": lambda q, a: {"prompt": q, "completion": a},
+        "text": lambda q, a: {"text": f"{q} {a}"},
+    }
+    return [makers[fmt](q, a) for q, a in QA]
+
+
+def write(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def data_cfg(path: Path, **kw) -> DataConfig:
+    return DataConfig(**{"train": str(path), "eval_size": 1, "max_length": 96, "cache": False, **kw})
+
+
+def trained_text(rendered, tokenizer) -> str:
+    return tokenizer.decode([t for t in rendered.labels if t != IGNORE])
+
+
+@pytest.mark.parametrize("fmt", ["messages", "riddles", "sharegpt", "alpaca", "guanaco", "prompt_completion", "text"])
+def test_each_format_trains_end_to_end(tiny_phi3, tmp_path, fmt):
+    from accelerate import Accelerator
+
+    from phinetune.config import load_config
+    from phinetune.train.recipe import train_step
+
+    base, tokenizer = tiny_phi3
+    data = prepare_data(data_cfg(write(tmp_path / f"{fmt}.jsonl", rows_for(fmt))), tokenizer, EOT)
+    assert data.info.format == fmt and data.info.read == 6 and data.info.train == 5 and data.info.empty == 0
+    for rec, r in zip(data.train_records, data.train):
+        if "messages" in rec.sample:  # assistant turns and their end-of-turn token, nothing else
+            assert trained_text(r, tokenizer) == "".join(m["content"] + EOT for m in rec.sample["messages"] if m["role"] == "assistant")
+        else:
+            assert r.n_trained == len(r.input_ids)
+    model = copy.deepcopy(base).train()
+    cfg = load_config(None, ["train.batch_size=8"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loop = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, tokenizer=tokenizer, optimizer=optimizer,
+                           scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+                           train_rows=make_rows(data.train, 96, packing=True), steps_per_epoch=1)
+    losses = [train_step(loop, step)["loss"] for step in range(3)]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
+
+
+def test_last_assistant_and_all_policies(tiny_phi3, tmp_path):
+    _, tokenizer = tiny_phi3
+    path = write(tmp_path / "r.jsonl", rows_for("riddles"))
+    last = prepare_data(data_cfg(path, mask="last_assistant", dedupe=False), tokenizer, EOT)
+    rec, r = last.train_records[0], last.train[0]
+    assert trained_text(r, tokenizer) == rec.sample["messages"][-1]["content"] + EOT
+    everything = prepare_data(data_cfg(path, mask="all"), tokenizer, EOT)
+    assert all(r.n_trained == len(r.input_ids) for r in everything.train)
+
+
+def test_truncation_that_empties_a_sample_is_counted_named_and_refused(tiny_phi3, tmp_path, tiny_cfg):
+    from phinetune.models.specs import get_spec
+    from phinetune.train.preflight import check
+
+    model, tokenizer = tiny_phi3
+    rows = rows_for("prompt_completion")
+    rows[2] = {"prompt": "Tell me more. " * 40, "completion": "No."}  # the answer falls past max_length
+    path = write(tmp_path / "long.jsonl", rows)
+    data = prepare_data(data_cfg(path, eval_fraction=0.0, eval_size=None), tokenizer, EOT)
+    assert data.info.empty == 1 and data.info.empty_where == [f"{path}:3"] and data.info.truncated == 1
+    assert len(data.train) == 5
+    cfg = tiny_cfg("adapter.method=full", f"data.train={path}")
+    problems = check(cfg, get_spec("tiny-phi3"), model, tokenizer, data).problems
+    assert any(f"1 sample(s) have no trained tokens" in p and f"{path}:3" in p for p in problems), problems
+    cfg = tiny_cfg("adapter.method=full", "preflight.allow_empty_samples=true")
+    assert check(cfg, get_spec("tiny-phi3"), model, tokenizer, data).problems == []
+
+
+def test_duplicates_are_removed_and_counted(tiny_phi3, tmp_path):
+    _, tokenizer = tiny_phi3
+    rows = rows_for("alpaca")
+    path = write(tmp_path / "dup.jsonl", rows + rows[:2])
+    data = prepare_data(data_cfg(path), tokenizer, EOT)
+    assert data.info.read == 8 and data.info.duplicates == 2 and data.info.train + data.info.eval == 6
+
+
+def test_split_is_seeded_and_eval_file_is_used(tiny_phi3, tmp_path):
+    _, tokenizer = tiny_phi3
+    path = write(tmp_path / "a.jsonl", rows_for("alpaca"))
+    evals = lambda seed: [r.input_ids for r in prepare_data(data_cfg(path, seed=seed, eval_size=2), tokenizer, EOT).eval]  # noqa: E731
+    assert evals(1) == evals(1)
+    assert len({str(evals(seed)) for seed in range(5)}) > 1  # the seed does choose the held-out samples
+    eval_path = write(tmp_path / "e.jsonl", rows_for("sharegpt")[:3])
+    data = prepare_data(DataConfig(train=str(path), eval=str(eval_path), cache=False), tokenizer, EOT)
+    assert data.info.train == 6 and data.info.eval == 3
+
+
+def test_cli_train_on_alpaca_with_a_bad_row_skipped(tmp_path, monkeypatch):
+    """The real `phinetune train` path: the skip summary is printed in the pre-flight, and training runs."""
+    rows = rows_for("alpaca")
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + '{"instruction": "x", "output": 5}\n'
+                    + "".join(json.dumps(r) + "\n" for r in rows[3:]))
+    monkeypatch.setenv("PHINETUNE_CACHE", str(tmp_path / "cache"))
+    proc = run_cli("train", f"data.train={path}", "data.skip_bad_rows=true", "data.eval_size=1", "train.max_steps=2",
+                   "train.batch_size=2", "train.eval_every=2", f"output.dir={tmp_path / 'run'}", "data.max_length=96")
+    assert f"skipped 1 bad row(s): wrong type in 'output' x1 ({path}:4)" in proc.stdout.replace("\n", "")
+    assert (tmp_path / "run" / "adapter").exists()
+
+
+def test_templates_that_trim_content_still_get_exact_masks(tiny_phi3, tmp_path):
+    _, tokenizer = tiny_phi3
+    trimming = copy.deepcopy(tokenizer)
+    trimming.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | trim")
+    assert trimming.chat_template != tokenizer.chat_template
+    path = write(tmp_path / "ws.jsonl", [{"prompt": "  What has keys?  ", "completion": "  A piano.  \n"}] * 1 + rows_for("prompt_completion"))
+    data = prepare_data(data_cfg(path, eval_size=None, eval_fraction=0.0), trimming, EOT)
+    assert trained_text(data.train[0], trimming) == "A piano." + EOT
+
+
+def test_a_template_that_rewrites_content_is_reported_at_the_row(tiny_phi3, tmp_path):
+    from phinetune.errors import DataError
+
+    _, tokenizer = tiny_phi3
+    shouting = copy.deepcopy(tokenizer)
+    shouting.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | upper")
+    path = write(tmp_path / "a.jsonl", rows_for("alpaca"))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:\d: the chat template dropped or rewrote part of a user message"):
+        prepare_data(data_cfg(path), shouting, EOT)

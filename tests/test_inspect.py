@@ -1,0 +1,99 @@
+"""`phinetune data inspect`: counts, histogram (PNG + text), shares trained/truncated, masked samples, duplicates."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import realdata, run_cli
+from phinetune.config.schema import DataConfig
+from phinetune.data.inspect import infer_eot, inspect_data, load_inspect_tokenizer, mask_plain, text_histogram, write_outputs
+
+PHI3_TOKENIZER = ("phi3-mini-4k-instruct_tokenizer",)
+
+
+@pytest.fixture(scope="module")
+def tiny_tok():
+    return load_inspect_tokenizer("tiny-phi3")
+
+
+def test_counts_shares_duplicates_and_masks(tiny_tok, tmp_path):
+    tokenizer, eot = tiny_tok
+    rows = [{"prompt": "What has keys?", "completion": "A piano."}, {"prompt": "Tell me more. " * 30, "completion": "No."},
+            {"prompt": "What has keys?", "completion": "A piano."}, {"prompt": "Why?", "completion": "Because it plays music and more music."}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ins = inspect_data(DataConfig(train=str(path), max_length=40), tokenizer, eot, n_samples=2)
+    s = ins.summary()
+    assert eot == "<|end|>" and s["records"] == 4 and s["format"] == "prompt_completion"
+    assert ins.duplicates == [(f"{path}:3", f"{path}:1")]
+    assert s["truncated_samples"] == 1 and s["truncated_share"] == 0.25 and s["empty_samples"] == [f"{path}:2"]
+    assert s["tokens"] == sum(min(n, 40) for n in ins.lengths) and 0 < s["trained_share"] < 0.5
+    assert "[[A piano.<|end|>]]" in mask_plain(ins.samples[0][1], tokenizer)
+    assert "What has keys?" in mask_plain(ins.samples[0][1], tokenizer).split("[[")[0]
+    assert any("no trained tokens" in w for w in ins.warnings)
+    paths = write_outputs(ins, tokenizer, tmp_path / "out")
+    assert paths["histogram_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(paths["report"].read_text())["duplicate_pairs"] == [[f"{path}:3", f"{path}:1"]]
+    assert "[[A piano.<|end|>]]" in paths["samples"].read_text()
+
+
+def test_text_histogram_counts_every_sample():
+    hist = text_histogram([5, 6, 50, 51, 52, 300], max_length=100, bins=6)
+    counts = [int(line.split()[-1]) if not line.endswith("max_length") else int(line.split()[-3]) for line in hist.splitlines()]
+    assert sum(counts) == 6
+    assert hist.splitlines()[-1].endswith("> max_length")
+
+
+def test_eot_is_read_off_the_real_phi3_template():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(realdata(*PHI3_TOKENIZER)))
+    assert infer_eot(tokenizer) == "<|end|>"
+
+
+@pytest.mark.parametrize("name, model, kwargs, fmt", [
+    ("openassistant-guanaco/openassistant_best_replies_eval.jsonl", "phi3", {"limit": 60, "max_length": 4096}, "guanaco"),
+    ("huanhuan/huanhuan.json", "tiny-phi3", {"limit": 200}, "alpaca"),
+    ("phi3cookbook_mlx/valid.jsonl", "phi3", {}, "text"),
+    ("riddles_crawsome/riddles.csv", "phi3", {"columns": {"prompt": "QUESTIONS", "completion": "ANSWERS"}}, "prompt_completion"),
+])
+def test_real_files(name, model, kwargs, fmt, tmp_path):
+    path = realdata("datasets", name)
+    tokenizer, eot = load_inspect_tokenizer(str(realdata(*PHI3_TOKENIZER)) if model == "phi3" else model)
+    ins = inspect_data(DataConfig(train=str(path), **kwargs), tokenizer, eot)
+    assert ins.format == fmt and ins.records > 40 and ins.trained > 0
+    if fmt != "text":
+        assert ins.eot_trained > 0.95
+        for rec, r in ins.samples:  # one trained span per assistant turn, each closed by the end-of-turn token
+            answers = [m for m in rec.sample["messages"] if m["role"] == "assistant"]
+            assert mask_plain(r, tokenizer).count("<|end|>]]") == len(answers) >= 1
+    else:
+        assert any("chat markup" in w for w in ins.warnings)  # the cookbook's text rows train the user turns too
+    write_outputs(ins, tokenizer, tmp_path)
+
+
+def test_cli_on_real_riddles_csv_with_phi3_tokenizer(tmp_path):
+    csv = realdata("datasets", "riddles_crawsome", "riddles.csv")
+    proc = run_cli("data", "inspect", str(csv), "--model", str(realdata(*PHI3_TOKENIZER)), "--column", "prompt=QUESTIONS",
+                   "--column", "completion=ANSWERS", "--out", str(tmp_path / "out"), "--samples", "1")
+    out = " ".join(proc.stdout.split())
+    assert "format: prompt_completion" in out and "records: 386" in out and "[[advice<|end|>]]" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["records"] == 386 and report["eot_trained_share"] == 1.0
+    assert (tmp_path / "out" / "lengths.png").exists() and (tmp_path / "out" / "lengths.txt").read_text().strip()
+
+
+def test_cli_bad_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from phinetune import cli
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "p"}\n')
+    monkeypatch.setattr(sys, "argv", ["phinetune", "data", "inspect", str(path), "--model", "tiny-phi3", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out = " ".join(capsys.readouterr().out.split())  # undo the console's line wrapping
+    assert exit_info.value.code == 2
+    assert out.startswith("error:") and f"{path}:2: missing field 'completion'" in out and "Traceback" not in out
