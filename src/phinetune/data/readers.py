@@ -204,9 +204,14 @@ def source_rows(source: str, split: str = "train") -> Iterator[tuple[Row, str]]:
         return _disk_dataset(path, split)
     if path.exists():
         return read_rows(path)
-    if path.suffix in _LOADERS or source.startswith((".", "/", "~")):
-        raise DataError(f"data file '{source}' does not exist; check data.train / data.eval")
+    _refuse_missing_file(source)
     return _hub_dataset(source, split)
+
+
+def _refuse_missing_file(source: str) -> None:
+    """Something shaped like a file path that does not exist is a typo, not a Hub id to try."""
+    if Path(source).suffix in _LOADERS or source.startswith((".", "/", "~")):
+        raise DataError(f"data file '{source}' does not exist; check data.train / data.eval")
 
 
 def _hub_dataset(source: str, split: str) -> Iterator[tuple[Row, str]]:
@@ -253,6 +258,8 @@ def content_fingerprint(source: str, split: str = "train") -> str:
         paths = [builtin_path(source.split(":", 1)[1])]
     else:
         path = Path(source.removeprefix("hf:")).expanduser()
+        if not path.exists() and not source.startswith("hf:"):
+            _refuse_missing_file(source)
         if not path.exists() or source.startswith("hf:"):
             return f"hub:{source}:{split}:{_load_hub(source.removeprefix('hf:'), split)._fingerprint}"
         paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
