@@ -41,3 +41,13 @@ def launch(nproc: int, train_args: list[str], accelerate_config: Optional[Path] 
         raise PhinetuneError("--nproc given inside a launched process; pass it once, to the outer `phinetune train`")
     cmd, env = launch_command(nproc, train_args, accelerate_config)
     return subprocess.run(cmd, env=env).returncode
+
+
+def check_distributed(accelerator, cfg) -> None:
+    """Settings phinetune's loop does not support under a given engine, refused before any step."""
+    kind = str(accelerator.distributed_type).split(".")[-1]
+    if kind == "DEEPSPEED" and cfg.train.grad_accum > 1:
+        raise PhinetuneError(f"DeepSpeed steps its engine on every backward, so train.grad_accum={cfg.train.grad_accum} would "
+                             "silently step each micro-batch; use train.grad_accum=1 and a larger train.batch_size")
+    if kind == "FSDP" and cfg.model.quant == "nf4" and cfg.model.dtype not in ("bf16", "fp16"):
+        raise PhinetuneError("QLoRA + FSDP needs model.dtype=bf16 (or fp16): the 4-bit weights are stored in that dtype to be sharded")

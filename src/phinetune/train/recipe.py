@@ -26,6 +26,7 @@ from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.adapter import apply_adapter
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
+from phinetune.train.launch import check_distributed
 from phinetune.train.guards import StopRequests, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
 from phinetune.train.metrics import MetricsLog
@@ -92,6 +93,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
     accelerator = Accelerator(step_scheduler_with_optimizer=False)
     set_seed(cfg.train.seed)
+    check_distributed(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
     spec = get_spec(cfg.model.name, cfg.model.spec)
     dtype = choose_dtype(cfg.model.dtype, spec)
