@@ -98,7 +98,8 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     spec = get_spec(cfg.model.name, cfg.model.spec)
     dtype = choose_dtype(cfg.model.dtype, spec)
     with console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
-        path = resolve_model_path(cfg.model, run.base, seed=cfg.train.seed)
+        with accelerator.main_process_first():  # a tiny base is written once, then read by the others
+            path = resolve_model_path(cfg.model, run.base, seed=cfg.train.seed)
         tokenizer = load_tokenizer(path, cfg.model, spec)
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
     base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
