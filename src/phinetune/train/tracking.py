@@ -38,6 +38,9 @@ class MLflowTracker:
         import mlflow
 
         self.mlflow = mlflow
+        # MLflow 3 prefers a database store; a plain file store keeps the run folder self-contained with no
+        # extra services or packages (sqlalchemy), so opt in to it unless the user chose a tracking URI.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or (run_path / "mlruns").resolve().as_uri())
         mlflow.set_experiment("phinetune")
         id_file = run_path / "mlflow_run_id"
