@@ -89,7 +89,7 @@ def logged_step(run: Path) -> int:
 
 
 def stop_at_random(run: Path, pid: int, rng: random.Random, sig: int) -> dict:
-    target = rng.randint(0, MAX_STEPS - 2)
+    target = rng.randint(1, MAX_STEPS - 2)  # after step 1 is logged: most kills then resume mid-run
     while logged_step(run) < target:
         if os.waitpid(pid, os.WNOHANG) != (0, 0):
             return {"target_step": target, "exit": "finished early"}
