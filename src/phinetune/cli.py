@@ -39,12 +39,19 @@ def resolve_config(args: Optional[List[str]]):
 
 
 @app.command()
-def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False)) -> None:
+def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
+          resume: bool = typer.Option(False, "--resume", help="Continue the run in output.dir from its latest checkpoint (also automatic when it holds the same config)."),
+          nproc: int = typer.Option(1, "--nproc", min=1, help="Processes to train on (GPUs; on CPU, DDP over gloo) through accelerate / torchrun."),
+          accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml.")) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
     from phinetune.train.recipe import train as run_train
 
-    cfg = resolve_config(args)
-    result = run_train(cfg)
+    cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
+    if nproc > 1 or accelerate_config is not None:
+        from phinetune.train.launch import launch
+
+        raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
+    result = run_train(cfg, resume=resume)
     if result.first_eval_loss is not None:
         console.print(f"eval loss: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
     console.print(f"run folder: {result.run.path}  (next: phinetune generate {result.run.path} \"...\", phinetune merge {result.run.path} --out DIR)")
@@ -190,7 +197,7 @@ def main() -> None:
         app()
     except PhinetuneError as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # a stop on SIGTERM/Ctrl-C exits 143/130, after its checkpoint
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

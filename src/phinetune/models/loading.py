@@ -80,7 +80,10 @@ def load_model(path: str, cfg: ModelConfig, spec: ModelSpec, tokenizer, dtype: D
     if cfg.quant == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype.dtype)
+            bnb_4bit_compute_dtype=dtype.dtype,
+            # FSDP flattens each wrapped layer into one tensor of one dtype: 4-bit packed weights must then be
+            # stored in the compute dtype (QLoRA + FSDP). accelerate launch sets ACCELERATE_USE_FSDP.
+            bnb_4bit_quant_storage=dtype.dtype if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else torch.uint8)
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = _hub_call(path, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))

@@ -20,15 +20,20 @@ from phinetune import __version__
 from phinetune.config import RunConfig
 from phinetune.data.dataset import PreparedData, prepare_data
 from phinetune.data.packing import Row, batches, collate, make_rows
+from phinetune.errors import PhinetuneError
 from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, resolve_model_path
 from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.adapter import apply_adapter
+from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
+from phinetune.train.launch import check_distributed
+from phinetune.train.guards import StopRequests, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
 from phinetune.train.metrics import MetricsLog
 from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
 from phinetune.train.run_dir import RunDir, RunInfo
+from phinetune.train.tracking import Trackers
 
 
 @dataclass
@@ -57,18 +62,25 @@ class Loop:
     total_steps: int
     steps_per_epoch: int
     log: MetricsLog
+    start_step: int = 0  # > 0 when resumed from a checkpoint
 
 
-def train(cfg: RunConfig) -> TrainResult:
-    loop = setup(cfg)
-    first_eval = evaluate(loop) if loop.eval_rows else None
-    if first_eval is not None:
-        loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
-    run_steps(loop)
+def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
+    loop = setup(cfg, resume)
+    if loop.start_step:
+        first_eval = next((r["eval_loss"] for r in loop.run.read_metrics() if r.get("step") == 0 and "eval_loss" in r), None)
+        console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
+    else:
+        first_eval = evaluate(loop) if loop.eval_rows else None
+        if first_eval is not None:
+            loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
+    run_steps(loop, loop.start_step)
     final_eval = evaluate(loop) if loop.eval_rows else None
     if final_eval is not None:
         loop.log.write(step=loop.total_steps, eval_loss=final_eval, eval_ppl=math.exp(min(final_eval, 50)))
     save(loop)
+    if loop.log.trackers is not None:
+        loop.log.trackers.close()
     result = TrainResult(loop.run, first_eval, final_eval, loop.total_steps)
     if cfg.train.recall_check and loop.accelerator.is_main_process:
         from phinetune.train.recall import recall_check
@@ -77,15 +89,17 @@ def train(cfg: RunConfig) -> TrainResult:
     return result
 
 
-def setup(cfg: RunConfig) -> Loop:
-    accelerator = Accelerator()
+def setup(cfg: RunConfig, resume: bool = False) -> Loop:
+    # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
+    accelerator = Accelerator(step_scheduler_with_optimizer=False)
     set_seed(cfg.train.seed)
-    run = RunDir.create(cfg) if accelerator.is_main_process else RunDir(cfg.output.dir)
-    accelerator.wait_for_everyone()
+    check_distributed(accelerator, cfg)
+    run, checkpoint = start_or_resume(cfg, resume, accelerator)
     spec = get_spec(cfg.model.name, cfg.model.spec)
     dtype = choose_dtype(cfg.model.dtype, spec)
     with console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
-        path = resolve_model_path(cfg.model, run.base, seed=cfg.train.seed)
+        with accelerator.main_process_first():  # a tiny base is written once, then read by the others
+            path = resolve_model_path(cfg.model, run.base, seed=cfg.train.seed)
         tokenizer = load_tokenizer(path, cfg.model, spec)
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
     base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
@@ -102,8 +116,16 @@ def setup(cfg: RunConfig) -> Loop:
     scheduler = get_scheduler(cfg.train.scheduler if cfg.train.scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=int(total * cfg.train.warmup_ratio), num_training_steps=total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    return Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
-                steps_per_epoch, MetricsLog(run.metrics))
+    register_trainable_only(accelerator, model)
+    loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
+                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process))
+    if checkpoint is not None:
+        loop.start_step = load_checkpoint(loop, checkpoint)
+        if accelerator.is_main_process:
+            truncate_metrics(run, loop.start_step)
+    if accelerator.is_main_process and cfg.train.report_to:
+        loop.log.trackers = Trackers(cfg.train.report_to, run.path, cfg, loop.start_step)
+    return loop
 
 
 def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -128,7 +150,8 @@ def micro_batches(loop: Loop, step: int) -> list[list[Row]]:
 
 def train_step(loop: Loop, step: int) -> dict:
     acc, model = loop.accelerator, loop.model
-    micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_batches(loop, step)]
+    micro_rows = micro_batches(loop, step)
+    micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_rows]
     # Normalize by the trained tokens of the whole optimizer step, across micro-batches and processes,
     # so every token weighs the same whatever batch it landed in.
     local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
@@ -141,11 +164,12 @@ def train_step(loop: Loop, step: int) -> dict:
             loss, _ = loss_sum(model, batch)
             acc.backward(loss * acc.num_processes / max(n_tokens, 1))
         total_loss += loss.item()
+    step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
+    check_finite(step_loss, step, micro_rows, loop.tokenizer)  # before the optimizer step: weights stay finite
     grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
     loop.optimizer.step()
     loop.scheduler.step()
     loop.optimizer.zero_grad(set_to_none=True)
-    step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
     real = acc.reduce(torch.tensor(sum(int(b["n_real"]) for b in micro), device=acc.device), "sum").item()
     return {"loss": step_loss, "grad_norm": float(grad_norm), "lr": loop.scheduler.get_last_lr()[0], "tokens": real, "trained_tokens": n_tokens}
 
@@ -153,11 +177,16 @@ def train_step(loop: Loop, step: int) -> dict:
 def run_steps(loop: Loop, start: int = 0) -> None:
     cfg = loop.cfg.train
     loop.model.train()
-    with progress() as bar:
+    with progress() as bar, StopRequests() as stop:
         task = bar.add_task("Training", total=loop.total_steps, completed=start, info="")
         window_tokens, window_start = 0, time.perf_counter()
         for step in range(start, loop.total_steps):
-            stats = train_step(loop, step)
+            try:
+                stats = train_step(loop, step)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not is_oom(exc):
+                    raise
+                raise PhinetuneError(oom_message(loop.cfg, step)) from None
             window_tokens += stats["tokens"]
             done = step + 1
             if done % cfg.log_every == 0 or done == loop.total_steps:
@@ -169,6 +198,9 @@ def run_steps(loop: Loop, start: int = 0) -> None:
                 ev = evaluate(loop)
                 loop.log.write(step=done, eval_loss=ev, eval_ppl=math.exp(min(ev, 50)))
                 loop.model.train()
+            saved = save_checkpoint(loop, done) if cfg.save_every and done % cfg.save_every == 0 else None
+            if stop.requested(loop.accelerator):
+                raise stop.stopped(done, saved or save_checkpoint(loop, done))
             bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}")
 
 
@@ -195,7 +227,7 @@ def save(loop: Loop) -> None:
     if not acc.is_main_process:
         return
     model = acc.unwrap_model(loop.model)
-    with console.status("Saving adapter, tokenizer and plots"):
+    with console.status("Saving adapter, tokenizer and plots"), disk_guard(f"final weights in {run.path}/"):
         target = run.full_model if loop.cfg.adapter.method == "full" else run.adapter
         model.save_pretrained(target, safe_serialization=True)
         loop.tokenizer.save_pretrained(run.tokenizer)

@@ -1,0 +1,222 @@
+"""Checkpoints that survive kill -9, and the decision to start a run or resume one.
+
+    RUN/checkpoints/step-N/   model.safetensors (trainable weights only), optimizer.bin, scheduler.bin,
+                              random_states_<rank>.pkl (accelerate save_state), trainer_state.json (ours)
+
+accelerate's save_state/load_state does the saving: it knows DDP, FSDP and DeepSpeed layouts, writes weights
+as safetensors, and loads optimizer, scheduler and RNG files with torch.load(weights_only=True). What it
+does not do, we add here: (1) atomicity: a checkpoint is written under a temporary name, every file is
+fsynced, then one rename publishes it, so a kill during a save leaves the previous checkpoint as the latest;
+(2) trainable-only weights for LoRA (a frozen 7 GB base is never copied into every checkpoint);
+(3) run identity: a folder resumes only with the same config and the same training rows.
+The data order needs no saved state of its own: micro_batches() is a pure function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from safetensors.torch import load_file
+
+from phinetune.config import RunConfig
+from phinetune.errors import PhinetuneError
+from phinetune.train.guards import disk_guard
+from phinetune.train.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from phinetune.train.recipe import Loop
+
+PREFIX, TMP_PREFIX, STATE = "step-", ".tmp-step-", "trainer_state.json"
+# Keys that change how a run is saved or reported, not what it computes: a resume may change them.
+IGNORED_FOR_IDENTITY = {("output", "overwrite"), ("train", "keep_checkpoints"), ("train", "save_every"),
+                        ("train", "report_to"), ("train", "log_every"), ("train", "recall_check")}
+
+
+# ---------------------------------------------------------------- start or resume
+
+def start_or_resume(cfg: RunConfig, resume: bool, accelerator) -> tuple[RunDir, Optional[Path]]:
+    """Create the run folder, or reopen it to resume. Returns the checkpoint to load (None: start at step 0).
+
+    An existing folder resumes when it holds the same run (same config) that has not finished. Without a
+    checkpoint (killed before its first save) there is nothing to keep, so the folder is started afresh.
+    Every process decides from the folder as it was; only then does the main process change anything.
+    """
+    run = RunDir(Path(cfg.output.dir))
+    checkpoint = _decide(run, cfg, resume)
+    accelerator.wait_for_everyone()
+    if checkpoint is None and accelerator.is_main_process:
+        if run.path.exists():
+            shutil.rmtree(run.path)
+        RunDir.create(cfg)
+    accelerator.wait_for_everyone()
+    return run, checkpoint
+
+
+def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
+    occupied = run.path.exists() and any(run.path.iterdir())
+    if not occupied or (cfg.output.overwrite and not resume):
+        if resume:
+            raise PhinetuneError(f"--resume: {run.path} holds no run to resume; drop --resume to start a new run there")
+        return None
+    differences = config_differences(run, cfg)
+    if differences:
+        raise PhinetuneError(f"output folder {run.path} already holds a different run ({'; '.join(differences[:4])}); "
+                             "resume it with its own config, choose another output.dir, or pass output.overwrite=true to replace it")
+    if run.info_file.exists() and run.read_info().status == "finished":
+        raise PhinetuneError(f"the run in {run.path} already finished; choose another output.dir or pass output.overwrite=true to train it again")
+    return latest_checkpoint(run)
+
+
+def config_differences(run: RunDir, cfg: RunConfig) -> list[str]:
+    if not run.config.exists():
+        return ["no config.yaml"]
+    try:
+        saved = run.read_config().model_dump(mode="json")
+    except PhinetuneError as exc:
+        return [f"its config.yaml is unreadable: {exc}"]
+    now = cfg.model_dump(mode="json")
+    return [f"{section}.{key}: {saved[section].get(key)!r} there, {value!r} now"
+            for section, fields in now.items() for key, value in fields.items()
+            if (section, key) not in IGNORED_FOR_IDENTITY and saved.get(section, {}).get(key) != value]
+
+
+# ---------------------------------------------------------------- listing
+
+def checkpoints(run: RunDir) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first. A folder counts only once its rename published it."""
+    if not run.checkpoints.exists():
+        return []
+    found = [(int(p.name[len(PREFIX):]), p) for p in run.checkpoints.iterdir()
+             if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and (p / STATE).exists()]
+    return sorted(found)
+
+
+def latest_checkpoint(run: RunDir) -> Optional[Path]:
+    found = checkpoints(run)
+    return found[-1][1] if found else None
+
+
+def rows_digest(rows) -> str:
+    """Fingerprint of the packed training rows: resuming on different data would silently train on other samples."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps([row.input_ids, row.labels]).encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- save
+
+def save_checkpoint(loop: "Loop", step: int) -> Path:
+    """Write RUN/checkpoints/step-<step> atomically (all processes call this), then keep the newest N."""
+    acc, run = loop.accelerator, loop.run
+    final = run.checkpoints / f"{PREFIX}{step}"
+    tmp = run.checkpoints / f"{TMP_PREFIX}{step}"
+    with disk_guard(f"checkpoint {final}", latest_checkpoint(run)):
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                state = {"step": step, "num_processes": acc.num_processes, "rows": rows_digest(loop.train_rows),
+                         "total_steps": loop.total_steps}
+                (tmp / STATE).write_text(json.dumps(state, indent=2))
+                _fsync_tree(tmp)
+                shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step after a resume
+                os.replace(tmp, final)
+                _fsync(run.checkpoints)
+                prune(run, loop.cfg.train.keep_checkpoints)
+        except BaseException:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    acc.wait_for_everyone()
+    return final
+
+
+def prune(run: RunDir, keep: int) -> None:
+    for _, path in checkpoints(run)[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+    for stale in run.checkpoints.glob(f"{TMP_PREFIX}*"):  # left by a kill mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
+
+
+# ---------------------------------------------------------------- load
+
+def load_checkpoint(loop: "Loop", path: Path) -> int:
+    """Restore model, optimizer, scheduler and RNG state; return the step to continue from."""
+    state = json.loads((path / STATE).read_text())
+    acc = loop.accelerator
+    if state["num_processes"] != acc.num_processes:
+        raise PhinetuneError(f"{path} was written by {state['num_processes']} process(es), this run has {acc.num_processes}; "
+                             f"resume with --nproc {state['num_processes']}")
+    if state["rows"] != rows_digest(loop.train_rows):
+        raise PhinetuneError(f"{path}: the training data changed since this checkpoint (different packed rows); "
+                             "resume with the same data files, or start a new run")
+    acc.load_state(str(path))
+    return int(state["step"])
+
+
+def register_trainable_only(accelerator, model: torch.nn.Module) -> None:
+    """Make save_state/load_state keep only trainable weights (LoRA, modules_to_save) for DDP and single process.
+
+    FSDP and DeepSpeed save through their own sharded paths (the hooks see no weights there)."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def keep_trainable(models, weights, output_dir):
+        for state in weights:
+            for key in [k for k in state if k not in trainable]:
+                del state[key]
+
+    def load_trainable(models, input_dir):
+        for i, m in enumerate(list(models)):
+            file = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            saved = load_file(str(file))
+            missing = trainable - set(saved)
+            if missing:
+                raise PhinetuneError(f"{file} lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); it belongs to another run")
+            m.load_state_dict(saved, strict=False)
+        models.clear()  # loaded here; accelerate must not load them again with strict=True
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+    accelerator.register_load_state_pre_hook(load_trainable)
+
+
+def truncate_metrics(run: RunDir, step: int) -> None:
+    """Drop metric records past `step` (and a half-written last line): a resumed run writes them again."""
+    if not run.metrics.exists():
+        return
+    kept = []
+    for line in run.metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line a kill cut in half
+        if record.get("step", 0) <= step:
+            kept.append(json.dumps(record))
+    tmp = run.metrics.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, run.metrics)

@@ -1,0 +1,53 @@
+"""`phinetune train --nproc N`: re-run the same command under a multi-process launcher.
+
+No distributed engine of our own: on GPUs the launcher is `accelerate launch` (which reads an accelerate
+config for DDP, FSDP or DeepSpeed: configs/accelerate/*.yaml); on CPU it is torch.distributed.run with
+ACCELERATE_USE_CPU=true, because `accelerate launch --cpu` runs one process unless mpirun is set up, while
+torchrun + that flag gives accelerate's MULTI_CPU mode over gloo.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from phinetune.errors import PhinetuneError
+
+
+def launch_command(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None,
+                   use_gpu: Optional[bool] = None) -> tuple[list[str], dict]:
+    """The command and environment that run `phinetune train TRAIN_ARGS` on `nproc` processes."""
+    use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+    env = {**os.environ, "PHINETUNE_LAUNCHED": "1"}
+    target = ["-m", "phinetune", "train", *train_args]
+    if accelerate_config is not None and not accelerate_config.exists():
+        raise PhinetuneError(f"--accelerate-config {accelerate_config} does not exist; see configs/accelerate/ for DDP, FSDP and DeepSpeed configs")
+    if use_gpu:
+        config = ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"]
+        return [sys.executable, "-m", "accelerate.commands.launch", *config, "--num_processes", str(nproc), *target], env
+    if accelerate_config is not None:
+        raise PhinetuneError("--accelerate-config needs GPUs (FSDP and DeepSpeed do not run on CPU); drop it to train with DDP over gloo on CPU")
+    env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone", *target], env
+
+
+def launch(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None) -> int:
+    if os.environ.get("PHINETUNE_LAUNCHED") == "1":
+        raise PhinetuneError("--nproc given inside a launched process; pass it once, to the outer `phinetune train`")
+    cmd, env = launch_command(nproc, train_args, accelerate_config)
+    return subprocess.run(cmd, env=env).returncode
+
+
+def check_distributed(accelerator, cfg) -> None:
+    """Settings phinetune's loop does not support under a given engine, refused before any step."""
+    kind = str(accelerator.distributed_type).split(".")[-1]
+    if kind == "DEEPSPEED" and cfg.train.grad_accum > 1:
+        raise PhinetuneError(f"DeepSpeed steps its engine on every backward, so train.grad_accum={cfg.train.grad_accum} would "
+                             "silently step each micro-batch; use train.grad_accum=1 and a larger train.batch_size")
+    if kind == "FSDP" and cfg.model.quant == "nf4" and cfg.model.dtype not in ("bf16", "fp16"):
+        raise PhinetuneError("QLoRA + FSDP needs model.dtype=bf16 (or fp16): the 4-bit weights are stored in that dtype to be sharded")

@@ -1,0 +1,97 @@
+"""Multi-process training: launcher commands, accelerate configs, and 1-process vs 2-process parity on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import ROOT, run_cli
+from phinetune.config import dump_config
+from phinetune.errors import PhinetuneError
+from phinetune.train.launch import launch_command
+from phinetune.train.recipe import micro_batches
+
+CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+EXPECTED = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "fsdp-qlora": "FSDP", "deepspeed-zero2": "DEEPSPEED", "deepspeed-zero3": "DEEPSPEED"}
+
+
+def test_cpu_launch_uses_torchrun_with_accelerate_cpu_mode():
+    cmd, env = launch_command(2, ["cfg.yaml", "train.max_steps=3"], use_gpu=False)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert cmd[-5:] == ["-m", "phinetune", "train", "cfg.yaml", "train.max_steps=3"]
+    assert env["ACCELERATE_USE_CPU"] == "true" and env["PHINETUNE_LAUNCHED"] == "1"
+
+
+def test_gpu_launch_uses_accelerate_launch_with_the_config():
+    cfg = ROOT / "configs" / "accelerate" / "fsdp.yaml"
+    cmd, _ = launch_command(4, ["x.yaml"], cfg, use_gpu=True)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[3:7] == ["--config_file", str(cfg), "--num_processes", "4"]
+    with pytest.raises(PhinetuneError, match="needs GPUs"):
+        launch_command(2, [], cfg, use_gpu=False)
+    with pytest.raises(PhinetuneError, match="does not exist"):
+        launch_command(2, [], Path("nope.yaml"), use_gpu=True)
+
+
+def test_every_accelerate_config_is_shipped_and_parses():
+    assert {c.stem for c in CONFIGS} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_accelerate_config_is_accepted_by_accelerate(path):
+    """accelerate's own parsing: ClusterConfig rejects unknown keys, the launcher turns it into plugin settings."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    config = load_config_from_file(str(path))
+    assert str(config.distributed_type).split(".")[-1] == EXPECTED[path.stem]
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "phinetune", "train"])
+    args, defaults, _ = _validate_launch_command(args)
+    assert args.use_fsdp == (EXPECTED[path.stem] == "FSDP") and args.use_deepspeed == (EXPECTED[path.stem] == "DEEPSPEED")
+    if args.use_fsdp:
+        assert args.fsdp_use_orig_params == "true" or args.fsdp_use_orig_params is True  # LoRA mixes frozen and trainable
+    if path.stem == "fsdp-qlora":
+        assert args.mixed_precision == "no"
+    if args.use_deepspeed:
+        assert int(args.zero_stage) == int(path.stem[-1]) and float(args.gradient_clipping) == 1.0
+
+
+def fake_loop(rows, processes, rank, batch_size, grad_accum):
+    import math
+
+    cfg = SimpleNamespace(train=SimpleNamespace(batch_size=batch_size, grad_accum=grad_accum, seed=3))
+    steps_per_epoch = max(1, math.ceil(len(rows) / (batch_size * grad_accum * processes)))
+    return SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(num_processes=processes, process_index=rank),
+                           train_rows=rows, steps_per_epoch=steps_per_epoch)
+
+
+def test_micro_batches_cover_the_same_global_rows_for_any_process_count():
+    rows = [SimpleNamespace(id=i) for i in range(37)]
+    for step in range(12):  # crosses epoch boundaries
+        one = fake_loop(rows, 1, 0, 4, 4)
+        single = sorted(r.id for mb in micro_batches(one, step) for r in mb)
+        for n in (2, 4):
+            parts = [micro_batches(fake_loop(rows, n, rank, 4, 4 // n), step) for rank in range(n)]
+            assert all(len(p) == 4 // n for p in parts)
+            assert sorted(r.id for p in parts for mb in p for r in mb) == single
+
+
+def losses(run: Path) -> list[tuple]:
+    return [(r["step"], r.get("loss", r.get("eval_loss")), r.get("lr"), r.get("grad_norm")) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tiny_cfg, tmp_path):
+    from phinetune.train.recipe import train
+
+    common = ["train.batch_size=2", "train.max_steps=3", "adapter.dropout=0", "train.eval_every=2", "data.packing=false"]
+    one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
+    two_cfg = tmp_path / "two.yaml"
+    dump_config(tiny_cfg(*common, "train.grad_accum=1", f"output.dir={tmp_path / 'two'}"), two_cfg)
+    run_cli("train", str(two_cfg), "--nproc", "2")
+    expected, got = losses(one.run.path), losses(tmp_path / "two")
+    assert [r[0] for r in got] == [r[0] for r in expected] and len(got) >= 5
+    for a, b in zip(expected, got):  # loss, lr and grad norm of every step, eval losses
+        assert b[1:] == pytest.approx(a[1:], rel=2e-5, abs=2e-5), f"step {a[0]}: 1 process {a}, 2 processes {b}"
