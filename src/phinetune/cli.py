@@ -105,3 +105,17 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+
+
+# ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------
+
+@app.command()
+def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
+          save: Optional[Path] = typer.Option(None, "--save", help="Also write the report as JSON here.")) -> None:
+    """Load, read the data and attach the adapter exactly as `train` would, print the pre-flight, and stop.
+
+    Exits non-zero when the pre-flight finds a problem (the `preflight.*` overrides apply)."""
+    from phinetune.train.check import check_config
+
+    check_config(resolve_config(args), save)
+    console.print("[bold green]pre-flight passed[/bold green]: nothing silently misconfigured was found")
