@@ -11,7 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-SHARED = ROOT.parent / "shared" / "realdata"
+# ../shared next to the checkout; a git worktree under wt/ finds it one level further up.
+SHARED = next((p for p in (ROOT.parent / "shared" / "realdata", ROOT.parent.parent / "shared" / "realdata") if p.exists()),
+              ROOT.parent / "shared" / "realdata")
 sys.path.insert(0, str(SRC))  # a git worktree tests its own code, not the editable install's
 
 os.environ["HF_HUB_OFFLINE"] = "1"
