@@ -11,8 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-SHARED = next((p for p in (ROOT.parent / "shared" / "realdata", ROOT.parents[1] / "shared" / "realdata") if p.exists()),
-              ROOT.parent / "shared" / "realdata")  # a clone beside shared/, or a worktree one level deeper
+SHARED = ROOT.parent / "shared" / "realdata"  # ../shared beside the checkout (the development workspace only)
 sys.path.insert(0, str(SRC))  # a git worktree tests its own code, not the editable install's
 
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -18,7 +18,7 @@ def cli_run(tmp_path_factory):
 
 def test_train_with_embedded_default_prints_eval_drop_and_recall(cli_run):
     out, stdout = cli_run
-    assert "pre-flight" in stdout and "end-of-turn token trained: yes" in stdout
+    assert "pre-flight" in stdout and "end-of-turn token <|end|> trained: yes" in stdout
     assert "recall:" in stdout and "eval loss:" in stdout
     first, final = [float(x) for x in stdout.split("eval loss:")[1].split("after")[0].replace("at step 0", "").split("->")]
     assert final < first

@@ -191,18 +191,6 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
     run_bench(target, [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes), out)
 
 
-def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        app()
-    except PhinetuneError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
-        sys.exit(getattr(exc, "exit_code", 2))  # a stop on SIGTERM/Ctrl-C exits 143/130, after its checkpoint
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
-
-
 # ---------------------------------------------------------------- phinetune data ...
 
 data_app = typer.Typer(help="Look at training data before training on it.", no_args_is_help=True)
@@ -254,3 +242,80 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
     tokenizer, eot = load_inspect_tokenizer(model, spec)
     ins = inspect_data(cfg, tokenizer, eot, samples)
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+
+# ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------
+
+@app.command()
+def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
+          save: Optional[Path] = typer.Option(None, "--save", help="Also write the report as JSON here.")) -> None:
+    """Load, read the data and attach the adapter exactly as `train` would, print the pre-flight, and stop.
+
+    Exits non-zero when the pre-flight finds a problem (the `preflight.*` overrides apply)."""
+    from phinetune.train.check import check_config
+
+    check_config(resolve_config(args), save)
+    console.print("[bold green]pre-flight passed[/bold green]: nothing silently misconfigured was found")
+
+
+@app.command()
+def inspect(model: str = typer.Argument(..., help="A spec key (phi3.5-moe), a Phi Hub id, a tiny-* name, or a config.json / model folder.")) -> None:
+    """Print the model analysis: architecture, parameters (total and active per token), attention layout,
+    context and rope scaling, vocab, special tokens, LoRA target presets and dtypes. Needs no weights."""
+    from phinetune.models.inspect import analysis, load_facts
+
+    for label, value in analysis(load_facts(model)).items():
+        console.print(f"[bold]{label:>15}[/bold]  {value}", highlight=False)
+
+
+@app.command()
+def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub id or config.json (as for inspect)."),
+         method: str = typer.Option("lora", help="lora, qlora or full."),
+         seq: int = typer.Option(2048, help="Tokens per sequence."),
+         batch: int = typer.Option(1, help="Sequences per micro-batch."),
+         grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
+         r: int = typer.Option(16, "--r", help="LoRA rank."),
+         targets: str = typer.Option("all-linear", help="LoRA target preset."),
+         validate: bool = typer.Option(False, "--validate", help="Measure peak memory of small random models on CPU and print the estimate's error.")) -> None:
+    """Which GPU do I need? Memory breakdown and the smallest common GPU that fits."""
+    from phinetune.models import plan as planner
+    from phinetune.models.inspect import load_facts
+
+    if validate:
+        return _print_validation()
+    if model is None:
+        raise PhinetuneError("plan needs a MODEL (a spec key such as phi3.5-mini, a Hub id or a config.json), or --validate")
+    facts = load_facts(model)
+    dtype = "fp32" if "bf16" not in facts.spec.dtypes else "bf16"
+    est = planner.estimate(facts, method, seq, batch, grad_checkpointing, dtype, r, targets)
+    console.print(f"{facts.spec.key}: {method}, seq {seq} x batch {batch}, {dtype}, gradient checkpointing {'on' if grad_checkpointing else 'off'}")
+    for part, size in est.parts.items():
+        console.print(f"  {part:<12} {size / planner.GiB:8.2f} GiB")
+    console.print(f"  {'total':<12} {est.total / planner.GiB:8.2f} GiB   (activations with checkpointing "
+                  f"{'off' if grad_checkpointing else 'on'}: {est.activations_other / planner.GiB:.2f} GiB)")
+    console.print(f"  needed       {est.needed() / planner.GiB:8.2f} GiB   (+{planner.MARGIN:.0%} fragmentation, +{planner.OVERHEAD_GIB:g} GiB CUDA context)")
+    gpu, gpu_dtype = planner.smallest_gpu(facts, method, seq, batch, grad_checkpointing, facts.spec.refused_dtypes, r, targets)
+    if gpu is None:
+        console.print("smallest GPU: none of the common single GPUs fits; try --method qlora, --grad-checkpointing, a shorter --seq, or several GPUs")
+        raise typer.Exit(1)
+    console.print(f"smallest GPU: {gpu.name}" + (f" (runs in {gpu_dtype}: no bf16 on this card)" if gpu_dtype != dtype else ""))
+
+
+def _print_validation() -> None:
+    from phinetune.models.plan_measure import validate
+
+    console.print("plan estimate vs measured peak memory (one steady-state training step, fp32 on CPU, peak RSS):")
+    for m in validate():
+        console.print(f"  {m.name:<13} {m.method:<5} seq {m.seq} x {m.batch}{' ckpt' if m.checkpointing else '     '}  "
+                      f"estimate {m.estimate_bytes / 2**20:8.1f} MiB  measured {m.measured_bytes / 2**20:8.1f} MiB  error {m.error:+.1%}")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except PhinetuneError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        sys.exit(getattr(exc, "exit_code", 2))  # a stop on SIGTERM/Ctrl-C exits 143/130, after its checkpoint
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

@@ -54,6 +54,7 @@ class AdapterConfig(_Strict):
     targets: Union[str, list[str]] = Field("all-linear", description="A preset from the model spec (attention, mlp, all-linear, experts) or a list of module names.")
     target_parameters: list[str] = Field(default_factory=list, description="Extra 3-D parameters to adapt (MoE experts), e.g. mlp.experts.gate_up_proj.")
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter (embed_tokens, lm_head).")
+    train_new_tokens: Literal["rows", "full", "off"] = Field("rows", description="Tokens the model spec adds (Phi-2 ChatML): train only their embedding/lm_head rows (PEFT trainable tokens), the full matrices (modules_to_save), or not at all.")
 
 
 class TrainConfig(_Strict):
@@ -85,6 +86,7 @@ class PreflightConfig(_Strict):
     allow_unmatched_targets: bool = Field(False, description="Proceed even if a LoRA target pattern matches nothing.")
     allow_untrained_eot: bool = Field(False, description="Proceed even if the end-of-turn token is never trained.")
     allow_empty_samples: bool = Field(False, description="Proceed even if some samples have no trained tokens.")
+    allow_untrained_new_tokens: bool = Field(False, description="Proceed even if tokens added to the vocabulary (Phi-2 ChatML) keep untrained embedding rows.")
 
 
 class RunConfig(_Strict):

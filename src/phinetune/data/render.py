@@ -67,16 +67,19 @@ def render_sample(tokenizer, sample: dict, max_length: int, policy: MaskPolicy =
         spans = [(0, len(text))]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [tid if _inside(off, spans) else IGNORE for tid, off in zip(ids, offsets)]
+    labels = [tid if _inside(off, spans, text) else IGNORE for tid, off in zip(ids, offsets)]
     truncated = len(ids) > max_length
     return Rendered(ids[:max_length], labels[:max_length], text, truncated, len(ids))
 
 
-def _inside(offset: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+def _inside(offset: tuple[int, int], spans: list[tuple[int, int]], text: str = "") -> bool:
     # A token that overlaps a span is trained: a merge across the template/content boundary
-    # (e.g. "\nThe") still carries content the model must learn to produce.
+    # (e.g. "\nThe") still carries content the model must learn to produce. But a template marker that
+    # overlaps only by whitespace is not: Phi-3's <|assistant|> has rstrip=True and swallows the leading
+    # space of the reply, which would otherwise put the marker itself into the trained span.
     lo, hi = offset
-    return any(lo < e and hi > s for s, e in spans)
+    return any(lo < e and hi > s and ((s <= lo and hi <= e) or not text or text[max(lo, s):min(hi, e)].strip())
+               for s, e in spans)
 
 
 def eot_trained(rendered: Rendered, eot_id: Optional[int]) -> bool:

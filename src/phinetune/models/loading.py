@@ -40,6 +40,7 @@ def choose_dtype(requested: str, spec: ModelSpec) -> DtypePlan:
             return DtypePlan(torch.bfloat16, "bf16", "CUDA GPU with bf16 support")
         if "fp16" not in spec.refused_dtypes:
             return DtypePlan(torch.float16, "fp16", "CUDA GPU without bf16")
+        return DtypePlan(torch.float32, "fp32", f"GPU without bf16, and fp16 is refused for {spec.key}: {spec.refused_dtypes['fp16']}")
     return DtypePlan(torch.float32, "fp32", "no GPU: fp32 on CPU")
 
 

@@ -18,6 +18,27 @@ PHI2_MLP = ["fc1", "fc2"]
 MOE_ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MOE_EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 
+# Names people carry over from other architectures or from the old remote code, and what the native
+# module is really called in this family. Used to turn "matches nothing" into "you meant X".
+PHI3_WRONG = {
+    "q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "Wqkv": "qkv_proj", "query_key_value": "qkv_proj",
+    "out_proj": "o_proj", "dense": "o_proj", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj",
+    "fc1": "gate_up_proj", "fc2": "down_proj", "w1": "gate_up_proj", "w3": "gate_up_proj", "w2": "down_proj",
+}
+PHI2_WRONG = {
+    "Wqkv": "q_proj, k_proj, v_proj", "qkv_proj": "q_proj, k_proj, v_proj", "out_proj": "dense", "o_proj": "dense",
+    "gate_up_proj": "fc1", "gate_proj": "fc1", "up_proj": "fc1", "down_proj": "fc2",
+    "w1": "fc1", "w3": "fc1", "w2": "fc2",
+}
+MOE_WRONG = {
+    "qkv_proj": "q_proj, k_proj, v_proj", "Wqkv": "q_proj, k_proj, v_proj", "dense": "o_proj", "out_proj": "o_proj",
+    "w1": "target_parameters mlp.experts.gate_up_proj", "w3": "target_parameters mlp.experts.gate_up_proj",
+    "w2": "target_parameters mlp.experts.down_proj", "gate_proj": "target_parameters mlp.experts.gate_up_proj",
+    "up_proj": "target_parameters mlp.experts.gate_up_proj", "gate_up_proj": "target_parameters mlp.experts.gate_up_proj",
+    "down_proj": "target_parameters mlp.experts.down_proj", "experts": "target_parameters mlp.experts.gate_up_proj, mlp.experts.down_proj",
+    "gate": "mlp.router (the router; no preset adapts it: LoRA on a router shifts expert choice)",
+}
+
 
 @dataclass(frozen=True)
 class LoraPreset:
@@ -57,6 +78,13 @@ class ModelSpec:
     stop_tokens: tuple[str, ...]
     lora_presets: dict[str, LoraPreset]
     default_preset: str = "all-linear"
+    wrong_names: dict[str, str] = field(default_factory=dict)  # name from elsewhere -> the real name here
+    original_context: int = 0  # context the rope scaling stretches from (longrope)
+    rope_theta: float = 10000.0
+    attention_bias: bool = False
+    lm_head_bias: bool = False
+    norm: str = "rms"  # rms (weight) or layer (weight + bias): matters for parameter counts
+    hidden_act: str = "silu"
     num_experts: int = 0
     experts_per_token: int = 0
     pad_policy: str = "existing"  # existing: reuse the tokenizer's pad; add: add a dedicated pad token
@@ -68,12 +96,31 @@ class ModelSpec:
     partial_rotary_factor: float = 1.0
     notes: str = ""
 
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads if self.num_heads else 0
+
+    def as_config(self) -> dict:
+        """The spec's facts in the shape of a transformers config.json (one counting path for both)."""
+        rope = {"type": self.rope_scaling, "original_max_position_embeddings": self.original_context} if self.rope_scaling else None
+        return {
+            "architectures": [self.architecture], "model_type": self.model_type, "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads, "intermediate_size": self.intermediate_size,
+            "vocab_size": self.vocab_size, "max_position_embeddings": self.context_length,
+            "original_max_position_embeddings": self.original_context or self.context_length, "rope_scaling": rope,
+            "rope_theta": self.rope_theta, "partial_rotary_factor": self.partial_rotary_factor,
+            "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": self.attention_bias,
+            "lm_head_bias": self.lm_head_bias, "num_local_experts": self.num_experts,
+            "num_experts_per_tok": self.experts_per_token, "hidden_act": self.hidden_act,
+        }
+
 
 _PHI3_COMMON = dict(
     architecture="Phi3ForCausalLM", model_type="phi3", hidden_size=3072, num_layers=32, num_heads=32,
     num_kv_heads=32, intermediate_size=8192, vocab_size=32064, end_of_turn="<|end|>",
     stop_tokens=("<|end|>", "<|endoftext|>"), lora_presets=_presets(PHI3_ATTN, PHI3_MLP),
-    dtypes=("bf16", "fp16", "fp32"),
+    dtypes=("bf16", "fp16", "fp32"), wrong_names=PHI3_WRONG,
 )
 
 SPECS: dict[str, ModelSpec] = {
@@ -82,7 +129,8 @@ SPECS: dict[str, ModelSpec] = {
         hidden_size=2560, num_layers=32, num_heads=32, num_kv_heads=32, intermediate_size=10240,
         vocab_size=51200, context_length=2048, rope_scaling=None, template="chatml.jinja",
         end_of_turn="<|im_end|>", stop_tokens=("<|im_end|>", "<|endoftext|>"),
-        lora_presets=_presets(PHI2_ATTN, PHI2_MLP), pad_policy="add",
+        lora_presets=_presets(PHI2_ATTN, PHI2_MLP), pad_policy="add", wrong_names=PHI2_WRONG,
+        attention_bias=True, lm_head_bias=True, norm="layer", hidden_act="gelu_new",
         added_tokens=("<|im_start|>", "<|im_end|>", "<PAD>"), resize_multiple=64,
         dtypes=("bf16", "fp32"), partial_rotary_factor=0.4,
         refused_dtypes={"fp16": "Phi-2 overflows to NaN losses in fp16 (reported by the Phinetuning 2.0 seed); use bf16 or fp32"},
@@ -91,22 +139,25 @@ SPECS: dict[str, ModelSpec] = {
     "phi3-mini-4k": ModelSpec(key="phi3-mini-4k", hub_id="microsoft/Phi-3-mini-4k-instruct", context_length=4096,
                               rope_scaling=None, template="phi3.jinja", **_PHI3_COMMON),
     "phi3-mini-128k": ModelSpec(key="phi3-mini-128k", hub_id="microsoft/Phi-3-mini-128k-instruct", context_length=131072,
-                                rope_scaling="longrope", template="phi3-128k.jinja", **_PHI3_COMMON),
+                                rope_scaling="longrope", original_context=4096, template="phi3-128k.jinja", **_PHI3_COMMON),
     "phi3.5-mini": ModelSpec(key="phi3.5-mini", hub_id="microsoft/Phi-3.5-mini-instruct", context_length=131072,
-                             rope_scaling="longrope", template="phi3.5.jinja", **_PHI3_COMMON),
+                             rope_scaling="longrope", original_context=4096, template="phi3.5.jinja", **_PHI3_COMMON),
     "phi3.5-moe": ModelSpec(
         key="phi3.5-moe", hub_id="microsoft/Phi-3.5-MoE-instruct", architecture="PhimoeForCausalLM",
         model_type="phimoe", hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8,
         intermediate_size=6400, vocab_size=32064, context_length=131072, rope_scaling="longrope",
+        original_context=4096, attention_bias=True, lm_head_bias=True, norm="layer", wrong_names=MOE_WRONG,
         template="phi3.5.jinja", end_of_turn="<|end|>", stop_tokens=("<|end|>", "<|endoftext|>"),
         lora_presets=_presets(MOE_ATTN, [], MOE_EXPERTS), num_experts=16, experts_per_token=2,
         dtypes=("bf16", "fp32"),
+        notes="16 experts, 2 active per token. Experts are fused 3-D parameters: LoRA reaches them only through "
+              "PEFT target_parameters, which does not support LoRA dropout (set adapter.dropout=0).",
     ),
     "phi4-mini": ModelSpec(
         key="phi4-mini", hub_id="microsoft/Phi-4-mini-instruct", architecture="Phi3ForCausalLM",
         model_type="phi3", hidden_size=3072, num_layers=32, num_heads=24, num_kv_heads=8,
         intermediate_size=8192, vocab_size=200064, context_length=131072, rope_scaling="longrope",
-        template="phi4.jinja", end_of_turn="<|end|>", stop_tokens=("<|end|>", "<|endoftext|>"),
+        original_context=4096, wrong_names=PHI3_WRONG, template="phi4.jinja", end_of_turn="<|end|>", stop_tokens=("<|end|>", "<|endoftext|>"),
         lora_presets=_presets(PHI3_ATTN, PHI3_MLP), tie_word_embeddings=True, partial_rotary_factor=0.75,
         dtypes=("bf16", "fp32"),
     ),
@@ -143,9 +194,17 @@ def get_spec(name: str, spec_key: Optional[str] = None) -> ModelSpec:
 
 
 def spec_from_config(config_json: dict) -> ModelSpec:
-    """Guess the spec from a local config.json (architecture + sizes), falling back to generic."""
-    arch = (config_json.get("architectures") or [""])[0]
+    """Guess the spec from a local config.json, falling back to generic.
+
+    The name recorded in the config (`_name_or_path`) decides first, because Phi-3-mini-128k and
+    Phi-3.5-mini share every size and differ only in their chat template; then architecture + sizes.
+    """
+    recorded = str(config_json.get("_name_or_path", "")).lower().rstrip("/").rsplit("/", 1)[-1]
     for spec in SPECS.values():
+        if spec.hub_id and recorded and spec.hub_id.lower().rsplit("/", 1)[-1] == recorded:
+            return spec
+    arch = (config_json.get("architectures") or [""])[0]
+    for spec in sorted(SPECS.values(), key=lambda s: s.key != "phi3.5-mini"):  # the newer release wins a tie
         if (spec.architecture.lower() == arch.lower() and spec.vocab_size == config_json.get("vocab_size")
                 and spec.num_heads == config_json.get("num_attention_heads")
                 and (spec.context_length == config_json.get("max_position_embeddings"))):

@@ -28,7 +28,8 @@ def tiny_config(spec: ModelSpec, vocab_size: int, special_ids: dict[str, int], *
     builders = {
         "phi": lambda: PhiConfig(partial_rotary_factor=spec.partial_rotary_factor, **common),
         "phi3": lambda: Phi3Config(partial_rotary_factor=spec.partial_rotary_factor, **common),
-        "phimoe": lambda: PhimoeConfig(num_local_experts=4, num_experts_per_tok=2, **common),
+        "phimoe": lambda: PhimoeConfig(num_local_experts=4, num_experts_per_tok=2, attention_bias=spec.attention_bias,
+                                       lm_head_bias=spec.lm_head_bias, **common),
     }
     return builders[spec.model_type]()
 

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-from phinetune.config.schema import AdapterConfig, ModelConfig
-from phinetune.errors import ConfigError
+from phinetune.config.schema import AdapterConfig, ModelConfig, PreflightConfig
+from phinetune.errors import ConfigError, PreflightError
 from phinetune.models.specs import ModelSpec
+from phinetune.train.targets import match_targets, target_problems
+
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")
 
 
 @dataclass
 class Targets:
     modules: list[str]
     parameters: list[str]
+    # Rows of the embedding / lm_head trained through PEFT trainable tokens (Phi-2's added ChatML tokens).
+    token_rows: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def all_linear(self) -> bool:
+        return self.modules == ["all-linear"]
 
 
 def resolve_targets(spec: ModelSpec, cfg: AdapterConfig) -> Targets:
@@ -27,28 +37,70 @@ def resolve_targets(spec: ModelSpec, cfg: AdapterConfig) -> Targets:
     return Targets(list(cfg.targets), list(cfg.target_parameters))
 
 
-def lora_config(spec: ModelSpec, cfg: AdapterConfig) -> LoraConfig:
-    targets = resolve_targets(spec, cfg)
-    modules = targets.modules[0] if targets.modules == ["all-linear"] else targets.modules
+def new_token_rows(model, tokenizer, spec: ModelSpec, cfg: AdapterConfig) -> dict[str, list[int]]:
+    """Embedding/lm_head rows of the tokens the spec adds (Phi-2 ChatML) that must be trained.
+
+    Those rows are random (or mean-initialized) padding: without training them the model can neither read
+    <|im_start|> nor learn to emit <|im_end|>. PEFT trainable tokens train exactly those rows (a few
+    thousand parameters) instead of the whole matrices that modules_to_save would copy and train.
+    """
+    if tokenizer is None or not spec.added_tokens or cfg.train_new_tokens != "rows":
+        return {}
+    if set(EMBEDDING_MODULES) & set(cfg.modules_to_save):
+        return {}  # already trained in full
+    ids = sorted(set(tokenizer.convert_tokens_to_ids(list(spec.added_tokens))))
+    names = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    rows = {names[id(model.get_input_embeddings())]: ids}
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not model.get_input_embeddings().weight:
+        rows[names[id(output)]] = ids  # untied head (Phi-2): its rows decide whether <|im_end|> is ever emitted
+    return rows
+
+
+def modules_to_save(spec: ModelSpec, cfg: AdapterConfig) -> list[str]:
+    extra = list(EMBEDDING_MODULES) if spec.added_tokens and cfg.train_new_tokens == "full" else []
+    return list(dict.fromkeys(list(cfg.modules_to_save) + extra))
+
+
+def lora_config(spec: ModelSpec, cfg: AdapterConfig, targets: Optional[Targets] = None) -> LoraConfig:
+    targets = targets or resolve_targets(spec, cfg)
+    if targets.parameters and cfg.dropout:
+        raise ConfigError(f"adapter.dropout={cfg.dropout} cannot be used with target_parameters ({', '.join(targets.parameters)}): "
+                          "PEFT adapts fused MoE experts without LoRA dropout; set adapter.dropout=0 or adapter.targets=attention")
+    modules = targets.modules[0] if targets.all_linear else targets.modules
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules or None,
-                      target_parameters=targets.parameters or None, modules_to_save=cfg.modules_to_save or None,
-                      task_type="CAUSAL_LM", bias="none")
+                      target_parameters=targets.parameters or None, modules_to_save=modules_to_save(spec, cfg) or None,
+                      trainable_token_indices=targets.token_rows or None, task_type="CAUSAL_LM", bias="none")
 
 
-def apply_adapter(model, spec: ModelSpec, cfg: AdapterConfig, model_cfg: ModelConfig):
+def check_targets(model, spec: ModelSpec, targets: Targets, preflight: Optional[PreflightConfig]) -> None:
+    """Refuse dead target names before PEFT, which would silently skip them when others match."""
+    if targets.all_linear or (preflight and preflight.allow_unmatched_targets):
+        return
+    problems = target_problems(match_targets(model, targets.modules, targets.parameters), spec)
+    if problems:
+        raise PreflightError("pre-flight failed:\n  " + "\n  ".join(problems))
+
+
+def apply_adapter(model, spec: ModelSpec, cfg: AdapterConfig, model_cfg: ModelConfig, tokenizer=None,
+                  preflight: Optional[PreflightConfig] = None):
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         if model_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         return model
+    targets = resolve_targets(spec, cfg)
+    check_targets(model, spec, targets, preflight)
+    targets.token_rows = new_token_rows(model, tokenizer, spec, cfg)
+    config = lora_config(spec, cfg, targets)
     if model_cfg.quant == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
         keep_4bit_layout_trainable(model)
     elif model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    return get_peft_model(model, lora_config(spec, cfg))
+    return get_peft_model(model, config)
 
 
 def trainable_counts(model) -> tuple[int, int]:

@@ -1,14 +1,20 @@
 """The pre-flight: prove the run trains what the user thinks it trains, before spending GPU time.
 
 Refuses (unless explicitly overridden in `preflight.*`): a LoRA target that matches nothing, samples with
-no trained tokens, and an end-of-turn token that is never trained (the model would never learn to stop).
+no trained tokens, an end-of-turn token that is never trained (the model would never learn to stop), and
+tokens added to the vocabulary whose embedding rows would stay untrained. Everything it saw is printed
+and saved as RUN/preflight.json.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
 
+from rich.table import Table
 from rich.text import Text
 
 from phinetune.config import RunConfig
@@ -18,98 +24,221 @@ from phinetune.errors import PreflightError
 from phinetune.models.specs import ModelSpec
 from phinetune.progress import console
 from phinetune.train.adapter import resolve_targets, trainable_counts
+from phinetune.train.targets import layer_type, peft_matches, unmatched_message
+
+
+@dataclass
+class LayerRow:
+    """One layer type (`layers.*.self_attn.qkv_proj`) and how it is trained."""
+
+    layer_type: str
+    kind: str  # lora, lora-parameter, token-rows, full
+    count: int  # how many layers of this type
+    trainable: int  # trainable parameters added/unfrozen for this layer type
 
 
 @dataclass
 class PreflightReport:
-    matches: dict[str, list[str]] = field(default_factory=dict)  # pattern -> matched module/param names
+    matches: dict[str, list[str]] = field(default_factory=dict)  # pattern -> adapted module/param names
+    layers: list[LayerRow] = field(default_factory=list)
+    not_adapted: list[str] = field(default_factory=list)  # spec targets this run leaves alone
     trainable: int = 0
     total: int = 0
+    eot_token: str = ""
     eot_trained: bool = True
+    eot_samples: tuple[int, int] = (0, 0)  # chat samples with a trained end-of-turn / chat samples
+    new_tokens: dict[str, str] = field(default_factory=dict)  # added token -> how its rows are trained
     empty_samples: int = 0
+    sample: list[tuple[str, bool]] = field(default_factory=list)  # (text piece, trained)
+    dtype: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
+    @property
+    def share(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
 
-def target_matches(model, patterns: list[str], parameters: list[str]) -> dict[str, list[str]]:
-    """Which adapted modules / parameters each pattern ended up on (read back from the PEFT model)."""
-    found: dict[str, list[str]] = defaultdict(list)
-    names = [n for n, _ in model.named_modules()]
-    for pattern in patterns:
-        found[pattern] = [n for n in names if n.endswith("." + pattern) and _has_lora(model, n)]
-    param_names = [n for n, _ in model.named_parameters()] + names
-    for pattern in parameters:
-        found[pattern] = sorted({n for n in names if n.endswith(pattern.rsplit(".", 1)[0]) and _has_lora(model, n)}
-                                | {n for n in param_names if pattern in n and "lora" in n})
-    return dict(found)
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["share_percent"] = round(self.share, 4)
+        return out
 
 
-def _has_lora(model, name: str) -> bool:
-    module = model.get_submodule(name)
-    return hasattr(module, "lora_A") or hasattr(module, "lora_B")
+# ---- what is trained, read back from the (PEFT) model ------------------------------------------------
+
+def _clean(name: str) -> str:
+    return name.removeprefix("base_model.model.").replace(".base_layer", "")
 
 
-def check(cfg: RunConfig, spec: ModelSpec, model, tokenizer, data: PreparedData) -> PreflightReport:
+def trained_target(model, param_name: str) -> tuple[str, str]:
+    """(adapted module or parameter name, kind) that a trainable parameter belongs to."""
+    for marker in (".lora_A.", ".lora_B."):
+        if marker in param_name:
+            owner = param_name.split(marker)[0]
+            wrapped = getattr(model.get_submodule(owner), "parameter_name", None)  # PEFT ParamWrapper (3-D experts)
+            return (_clean(owner) + "." + wrapped, "lora-parameter") if wrapped else (_clean(owner), "lora")
+    if ".token_adapter." in param_name:
+        return _clean(param_name.split(".token_adapter.")[0]), "token-rows"
+    if ".modules_to_save." in param_name:
+        return _clean(param_name.split(".modules_to_save.")[0]), "full"
+    return _clean(param_name.rsplit(".", 1)[0]), "full"
+
+
+def layer_rows(model) -> list[LayerRow]:
+    targets: dict[tuple[str, str], set[str]] = defaultdict(set)
+    params: dict[tuple[str, str], int] = defaultdict(int)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            target, kind = trained_target(model, name)
+            key = (layer_type(target), kind)
+            targets[key].add(target)
+            params[key] += p.numel()
+    return [LayerRow(lt, kind, len(targets[(lt, kind)]), params[(lt, kind)]) for lt, kind in sorted(targets)]
+
+
+def adapted_names(model) -> list[str]:
+    return sorted({trained_target(model, n)[0] for n, p in model.named_parameters()
+                   if p.requires_grad and trained_target(model, n)[1].startswith("lora")})
+
+
+def target_report(model, spec: ModelSpec, cfg: RunConfig, report: PreflightReport) -> None:
+    targets = resolve_targets(spec, cfg.adapter)
+    adapted = adapted_names(model)
+    patterns = ([] if targets.all_linear else targets.modules) + targets.parameters
+    report.matches = {pat: [n for n in adapted if peft_matches(n, pat)] for pat in patterns}
+    for pattern, hits in report.matches.items():
+        if not hits and not cfg.preflight.allow_unmatched_targets:
+            report.problems.append(unmatched_message(pattern, spec, "parameter" if pattern in targets.parameters else "module"))
+    preset = spec.lora_presets.get("all-linear")
+    if preset and spec.key != "generic":
+        report.not_adapted = [n for n in preset.modules + preset.parameters if not any(peft_matches(a, n) for a in adapted)]
+
+
+def new_token_report(model, tokenizer, spec: ModelSpec, cfg: RunConfig, report: PreflightReport) -> None:
+    """Tokens the spec adds (Phi-2 ChatML) must have their embedding rows trained one way or another."""
+    if not spec.added_tokens:
+        return
+    kinds = {row.kind for row in report.layers if row.layer_type in ("embed_tokens", "lm_head")}
+    how = ("trained in full" if "full" in kinds else "rows trained (PEFT trainable tokens)" if "token-rows" in kinds else "")
+    for token in spec.added_tokens:
+        report.new_tokens[token] = f"id {tokenizer.convert_tokens_to_ids(token)}: {how or 'NOT trained'}"
+    if not how and not cfg.preflight.allow_untrained_new_tokens:
+        report.problems.append(f"the tokens {', '.join(spec.added_tokens)} were added to {spec.key}'s vocabulary but their embedding rows "
+                               "are not trained (adapter.train_new_tokens=off); use adapter.train_new_tokens=rows "
+                               "(override: preflight.allow_untrained_new_tokens=true)")
+
+
+# ---- data side ----------------------------------------------------------------------------------------
+
+def eot_report(tokenizer, spec: ModelSpec, cfg: RunConfig, data: PreparedData, report: PreflightReport) -> None:
+    report.eot_token = spec.end_of_turn or tokenizer.eos_token
+    eot_id = tokenizer.convert_tokens_to_ids(report.eot_token)
+    chat = [r for r, rec in zip(data.train, data.train_records) if "messages" in rec.sample]
+    with_eot = sum(1 for r in chat if eot_id in r.labels)
+    report.eot_samples = (with_eot, len(chat))
+    report.eot_trained = not chat or with_eot > 0
+    if not report.eot_trained and not cfg.preflight.allow_untrained_eot:
+        report.problems.append(f"the end-of-turn token {report.eot_token} is never trained, so the model would never learn to stop; check the chat template and data.mask (override: preflight.allow_untrained_eot=true)")
+
+
+def mask_pieces(rendered: Rendered, tokenizer) -> list[tuple[str, bool]]:
+    """The sample as (text, trained) runs: consecutive tokens with the same mask state are merged."""
+    pieces: list[tuple[str, bool]] = []
+    for tid, label in zip(rendered.input_ids, rendered.labels):
+        text, trained = tokenizer.decode([tid]), label != IGNORE
+        if pieces and pieces[-1][1] == trained:
+            pieces[-1] = (pieces[-1][0] + text, trained)
+        else:
+            pieces.append((text, trained))
+    return pieces
+
+
+def show_mask(pieces: list[tuple[str, bool]], plain: bool = False) -> Text:
+    """Trained tokens in bold green (or between [[ ]] when there is no colour), the rest dimmed."""
+    out = Text()
+    for text, trained in pieces:
+        if plain and trained:
+            text = f"[[{text}]]"
+        out.append(text, style="bold green" if trained else "dim")
+    return out
+
+
+def check(cfg: RunConfig, spec: ModelSpec, model, tokenizer, data: PreparedData, dtype=None) -> PreflightReport:
     report = PreflightReport()
     report.trainable, report.total = trainable_counts(model)
+    report.layers = layer_rows(model)
     if cfg.adapter.method == "lora":
-        targets = resolve_targets(spec, cfg.adapter)
-        patterns = [] if targets.modules == ["all-linear"] else targets.modules
-        report.matches = target_matches(model, patterns, targets.parameters)
-        for pattern, hits in report.matches.items():
-            if not hits and not cfg.preflight.allow_unmatched_targets:
-                report.problems.append(_unmatched_message(pattern, spec))
-    eot = spec.end_of_turn or tokenizer.eos_token
-    eot_id = tokenizer.convert_tokens_to_ids(eot)
-    has_chat = any("messages" in r.sample for r in data.train_records)
-    report.eot_trained = (not has_chat) or any(eot_id in r.labels for r in data.train)
-    if not report.eot_trained and not cfg.preflight.allow_untrained_eot:
-        report.problems.append(f"the end-of-turn token {eot} is never trained, so the model would never learn to stop; check the chat template and data.mask (override: preflight.allow_untrained_eot=true)")
+        target_report(model, spec, cfg, report)
+    new_token_report(model, tokenizer, spec, cfg, report)
+    eot_report(tokenizer, spec, cfg, data, report)
     report.empty_samples = data.info.empty
     if report.empty_samples and not cfg.preflight.allow_empty_samples:
         where = ", ".join(data.info.empty_where[:5]) + (", ..." if len(data.info.empty_where) > 5 else "")
         report.problems.append(f"{report.empty_samples} sample(s) have no trained tokens after masking/truncation at data.max_length={cfg.data.max_length} ({where}); raise max_length or fix the data (override: preflight.allow_empty_samples=true)")
     if not data.train:
         report.problems.append("no training sample has a trained token")
+    else:
+        report.sample = mask_pieces(data.train[0], tokenizer)
+    report.dtype = dtype_plan(cfg, spec, dtype)
     return report
 
 
-def _unmatched_message(pattern: str, spec: ModelSpec) -> str:
-    preset = spec.lora_presets.get("all-linear")
-    right = ", ".join((preset.modules + preset.parameters) if preset else ())
-    return f"LoRA target '{pattern}' matches nothing in {spec.key}; its real names are: {right} (override: preflight.allow_unmatched_targets=true)"
+def dtype_plan(cfg: RunConfig, spec: ModelSpec, dtype) -> dict[str, str]:
+    plan = {"dtype": getattr(dtype, "name", "?"), "reason": getattr(dtype, "reason", ""), "quant": cfg.model.quant}
+    if cfg.model.quant == "nf4":
+        plan["quant"] = f"nf4 base weights (double quantization), LoRA and compute in {plan['dtype']}"
+    plan.update({f"refused {name}": why for name, why in spec.refused_dtypes.items()})
+    return plan
 
 
-def show_mask(rendered: Rendered, tokenizer) -> Text:
-    """The sample as text with trained tokens highlighted (green) and the rest dimmed."""
-    out = Text()
-    for tid, label in zip(rendered.input_ids, rendered.labels):
-        piece = tokenizer.decode([tid])
-        out.append(piece, style="bold green" if label != IGNORE else "dim")
-    return out
+# ---- output -------------------------------------------------------------------------------------------
 
-
-def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data: PreparedData, tokenizer, dtype) -> None:
+def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data: PreparedData) -> None:
     console.rule("[bold]pre-flight")
-    console.print(f"model spec: {spec.key}   method: {cfg.adapter.method}   dtype: {dtype.name} ({dtype.reason})   quant: {cfg.model.quant}")
+    d = report.dtype
+    console.print(f"model spec: {spec.key}   method: {cfg.adapter.method}   dtype: {d.get('dtype')} ({d.get('reason')})   quant: {d.get('quant')}")
+    for key, why in d.items():
+        if key.startswith("refused"):
+            console.print(f"  {key}: {why}")
     for pattern, hits in report.matches.items():
         console.print(f"  target {pattern!r}: {len(hits)} match(es)" + (f", e.g. {hits[0]}" if hits else "  [red]NONE[/red]"))
-    share = 100.0 * report.trainable / max(report.total, 1)
-    console.print(f"trainable parameters: {report.trainable:,} of {report.total:,} ({share:.2f}%)")
+    console.print(layers_table(report))
+    if report.not_adapted:
+        console.print(f"not adapted (by choice of targets): {', '.join(report.not_adapted)}")
+    for token, how in report.new_tokens.items():
+        console.print(f"  added token {token}: {how}")
+    console.print(f"trainable parameters: {report.trainable:,} of {report.total:,} ({report.share:.2f}%)")
     console.print(f"data: {data.info.read} read, {data.info.duplicates} duplicates removed, {len(data.info.skipped)} skipped, "
-                  f"{data.info.train} train / {data.info.eval} eval, {data.info.truncated} truncated"
+                  f"{data.info.train} train / {data.info.eval} eval, {data.info.truncated} truncated, {report.empty_samples} with no trained token"
                   + (" (tokenized data from cache)" if data.info.cached else ""))
     if data.info.read_summary:
         console.print(f"[yellow]{data.info.read_summary}[/yellow]")
-    console.print(f"end-of-turn token trained: {'yes' if report.eot_trained else '[red]NO[/red]'}")
-    if data.train:
-        console.print("one sample, trained tokens in green:")
-        console.print(show_mask(data.train[0], tokenizer))
+    with_eot, chat = report.eot_samples
+    console.print(f"end-of-turn token {report.eot_token} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot}/{chat} chat samples)")
+    if report.sample:
+        plain = not console.is_terminal
+        console.print("one sample, trained tokens " + ("between [[ ]]:" if plain else "in green:"), markup=False)
+        console.print(show_mask(report.sample, plain))
 
 
-def run_preflight(cfg, spec, model, tokenizer, data, dtype, verbose: bool = True) -> PreflightReport:
-    report = check(cfg, spec, model, tokenizer, data)
+def layers_table(report: PreflightReport) -> Table:
+    table = Table(title="trained, per layer type", title_justify="left")
+    for col in ("layer type", "how", "layers", "trainable params"):
+        table.add_column(col, justify="right" if col in ("layers", "trainable params") else "left")
+    for row in report.layers:
+        table.add_row(row.layer_type, row.kind, str(row.count), f"{row.trainable:,}")
+    return table
+
+
+def save_report(report: PreflightReport, path: Path) -> None:
+    path.write_text(json.dumps(report.to_json(), indent=2))
+
+
+def run_preflight(cfg, spec, model, tokenizer, data, dtype, verbose: bool = True, save_to: Optional[Path] = None) -> PreflightReport:
+    report = check(cfg, spec, model, tokenizer, data, dtype)
     if verbose:
-        print_report(report, cfg, spec, data, tokenizer, dtype)
+        print_report(report, cfg, spec, data)
+    if save_to is not None:
+        save_report(report, save_to)
     if report.problems:
         raise PreflightError("pre-flight failed:\n  " + "\n  ".join(report.problems))
     return report

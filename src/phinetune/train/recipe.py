@@ -105,8 +105,9 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
     data = prepare_data(cfg.data, tokenizer, spec.end_of_turn or tokenizer.eos_token)
-    model = apply_adapter(model, spec, cfg.adapter, cfg.model)
-    run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process)
+    model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
+    run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process,
+                  save_to=run.path / "preflight.json" if accelerator.is_main_process else None)
     train_rows = make_rows(data.train, cfg.data.max_length, cfg.data.packing)
     eval_rows = make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes)))

@@ -1,0 +1,116 @@
+"""Check `plan` against reality: run one training step of a random-weight model in a fresh process and
+compare its peak memory with the estimate for the same config.
+
+On CPU the peak is the process's resident-set high-water mark (Linux VmHWM, reset through
+/proc/self/clear_refs once the model is built); on a CUDA GPU it is torch.cuda.max_memory_allocated.
+Both are measured from a baseline taken before the model is created, so they cover weights, adapters,
+gradients, optimizer states and activations -- what the estimate covers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from phinetune.models.inspect import ModelFacts
+from phinetune.models.plan import estimate
+from phinetune.models.specs import SPECS, TINY_MODELS
+from phinetune.models.tiny import TINY_SIZES
+
+# What --validate runs: the tiny test models and a "small" one 16x their hidden size product, both on CPU.
+SMALL_SIZES = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=16, max_position_embeddings=2048)
+CASES = (("tiny-phi3", TINY_SIZES, 1024, "lora", 256, 4, False), ("tiny-phi3", TINY_SIZES, 1024, "full", 256, 4, False),
+         ("small-phi3", SMALL_SIZES, 8192, "lora", 512, 4, False), ("small-phi3", SMALL_SIZES, 8192, "full", 512, 4, False),
+         ("small-phi3", SMALL_SIZES, 8192, "lora", 512, 4, True), ("small-phi2", SMALL_SIZES, 8192, "lora", 512, 4, False),
+         ("small-phimoe", SMALL_SIZES, 8192, "lora", 512, 4, False))
+
+
+@dataclass
+class Measurement:
+    name: str
+    method: str
+    seq: int
+    batch: int
+    checkpointing: bool
+    device: str
+    estimate_bytes: float
+    measured_bytes: float
+
+    @property
+    def error(self) -> float:
+        """Relative error of the estimate: positive means the plan over-estimates (the safe side)."""
+        return (self.estimate_bytes - self.measured_bytes) / self.measured_bytes
+
+
+def spec_key(name: str) -> str:
+    return TINY_MODELS.get(name) or TINY_MODELS["tiny-" + name.split("-", 1)[1]]
+
+
+def build_config(name: str, sizes: dict, vocab: int):
+    from phinetune.models.tiny import tiny_config
+
+    return tiny_config(SPECS[spec_key(name)], vocab, dict(bos_token_id=0, eos_token_id=0, pad_token_id=0), **sizes)
+
+
+def measure(name: str, sizes: dict, vocab: int, method: str, seq: int, batch: int, checkpointing: bool, device: str = "cpu") -> Measurement:
+    """Run the step in a subprocess (a clean heap), and estimate the same run in fp32 (CPU) or bf16 (GPU)."""
+    args = json.dumps(dict(name=name, sizes=sizes, vocab=vocab, method=method, seq=seq, batch=batch, ckpt=checkpointing, device=device))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", f"from phinetune.models.plan_measure import _child; _child({args!r})"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measurement of {name} failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    config = build_config(name, sizes, vocab).to_dict()
+    facts = ModelFacts(name, config, SPECS[spec_key(name)])
+    dtype = "fp32" if device == "cpu" else "bf16"
+    est = estimate(facts, method, seq, batch, checkpointing, dtype, r=16)
+    return Measurement(name, method, seq, batch, checkpointing, device, est.total, result["peak"] - result["base"])
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _child(args_json: str) -> None:
+    """One LoRA/full training step; prints {"base": bytes, "peak": bytes}."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from phinetune.config.schema import AdapterConfig, ModelConfig
+    from phinetune.train.adapter import apply_adapter
+
+    a = json.loads(args_json)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cuda = a["device"] == "cuda"
+    config = build_config(a["name"], a["sizes"], a["vocab"])
+    base = torch.cuda.memory_allocated() if cuda else _status("VmRSS")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32).to(a["device"])
+    method = "full" if a["method"] == "full" else "lora"
+    model = apply_adapter(model, SPECS[spec_key(a["name"])], AdapterConfig(method=method, r=16, alpha=16, dropout=0.0, targets="all-linear"),
+                          ModelConfig(gradient_checkpointing=a["ckpt"]))
+    model.train()
+    ids = torch.randint(1, a["vocab"], (a["batch"], a["seq"]), device=a["device"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    for step in range(2):  # the second step is the steady state: optimizer states exist during backward
+        if step == 1 and cuda:
+            torch.cuda.reset_peak_memory_stats()
+        elif step == 1:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
+    print(json.dumps({"base": base, "peak": peak}))
+
+
+def validate(device: str = "cpu", cases=CASES) -> list[Measurement]:
+    return [measure(name, sizes, vocab, method, seq, batch, ckpt, device) for name, sizes, vocab, method, seq, batch, ckpt in cases]

@@ -1,0 +1,56 @@
+"""`inspect`: parameter counts from config arithmetic (exact on the tiny models, the published figures on
+the real configs), attention layout, rope scaling, special tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import realdata, run_cli
+from phinetune.models.inspect import ModelFacts, analysis, count_params, load_facts
+from phinetune.models.specs import SPECS, TINY_MODELS
+
+
+@pytest.mark.parametrize("name", list(TINY_MODELS))
+def test_count_is_exact_on_each_architecture(name):
+    from phinetune.models.tiny import build_tiny
+
+    model, _ = build_tiny(name)
+    count = count_params(ModelFacts(name, model.config.to_dict(), SPECS[TINY_MODELS[name]]))
+    assert count.total == sum(p.numel() for p in model.parameters())
+
+
+def test_moe_total_and_active():
+    count = count_params(load_facts("phi3.5-moe"))
+    assert round(count.total / 1e9, 1) == 41.9 and round(count.active / 1e9, 1) == 6.6
+    lines = analysis(load_facts("microsoft/Phi-3.5-MoE-instruct"))
+    assert lines["parameters"] == "41.87B total, 6.64B active per token"
+    assert "GQA, 4 query heads per kv head" in lines["attention"] and "longrope scaling from 4,096" in lines["context"]
+
+
+@pytest.mark.parametrize("config_file,billions", [("phi-2_config.json", 2.8), ("phi-3-mini-4k-instruct_config.RECONSTRUCTED.json", 3.8),
+                                                 ("phi-3.5-mini-instruct_config.RECONSTRUCTED.json", 3.8), ("phi-4-mini-instruct_config.json", 3.8)])
+def test_real_configs(config_file, billions):
+    facts = load_facts(str(realdata("configs", config_file)))
+    count = count_params(facts)
+    assert round(count.total / 1e9, 1) == billions and count.active == count.total
+    assert facts.spec.key != "generic"
+    # the spec's own facts agree with the real config
+    assert count_params(load_facts(facts.spec.key)).total == pytest.approx(count.total, rel=1e-6)
+
+
+def test_phi4_layout_and_tokens():
+    lines = analysis(load_facts(str(realdata("configs", "phi-4-mini-instruct_config.json"))))
+    assert lines["attention"] == "24 heads x 128 dims, 8 kv heads (GQA, 3 query heads per kv head)"
+    assert "rotary on 75%" in lines["context"] and "tied" in lines["vocab"]
+    assert "end of turn <|end|>" in lines["special tokens"] and "eos=199999" in lines["special tokens"]
+
+
+def test_cli_inspect_and_errors(tmp_path):
+    out = run_cli("inspect", str(realdata("configs", "phi-2_config.json"))).stdout
+    assert "PhiForCausalLM" in out and "2.78B total" in out and "<|im_start|>" in out and "fp16 refused" in out
+    bad = tmp_path / "config.json"
+    bad.write_text('{"hidden_size": 8,\n "oops"}')
+    proc = run_cli("inspect", str(bad), check=False)
+    assert proc.returncode == 2 and "config.json:2" in proc.stdout and "Traceback" not in proc.stderr
+    proc = run_cli("inspect", "no-such-model", check=False)
+    assert proc.returncode == 2 and "phi3.5-moe" in proc.stdout

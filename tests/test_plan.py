@@ -1,0 +1,70 @@
+"""`plan`: memory breakdown, the smallest GPU, and the estimate checked against a measured peak."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_cli
+from phinetune.models.inspect import load_facts
+from phinetune.models.plan import GPUS, GiB, estimate, smallest_gpu
+from phinetune.models.plan_measure import measure
+from phinetune.models.tiny import TINY_SIZES
+
+
+def gpu_for(model: str, method: str, seq=2048, batch=1, ckpt=True):
+    facts = load_facts(model)
+    gpu, _ = smallest_gpu(facts, method, seq, batch, ckpt, facts.spec.refused_dtypes)
+    return gpu.name if gpu else None
+
+
+def test_breakdown_follows_the_method():
+    facts = load_facts("phi3.5-mini")
+    lora, qlora, full = (estimate(facts, m, 1024, 2) for m in ("lora", "qlora", "full"))
+    assert lora.parts["weights"] == pytest.approx(3.82e9 * 2, rel=0.01)  # bf16
+    assert qlora.parts["weights"] < lora.parts["weights"] / 3  # NF4 Linear layers
+    assert full.parts["adapters"] == 0 and full.parts["optimizer"] == 2 * full.parts["gradients"]
+    assert lora.parts["gradients"] < full.parts["gradients"] / 50
+    ckpt = estimate(facts, "lora", 1024, 2, checkpointing=True)
+    assert ckpt.parts["activations"] < lora.parts["activations"] and ckpt.activations_other == lora.parts["activations"]
+    assert estimate(facts, "lora", 2048, 2).parts["activations"] == pytest.approx(2 * lora.parts["activations"])
+
+
+def test_smallest_gpu_answers():
+    assert gpu_for("phi3.5-mini", "qlora") == "T4 16GB"
+    assert gpu_for("phi3.5-mini", "full") in ("A100 40GB", "A100 80GB")
+    # NF4 quantizes only nn.Linear: the fused 3-D experts stay bf16 (40B params, ~80 GB)
+    assert gpu_for("phi3.5-moe", "qlora") == "H200 141GB"
+    assert gpu_for("phi3.5-moe", "full") is None
+    assert [g.gib for g in GPUS] == sorted(g.gib for g in GPUS)
+
+
+def test_nf4_leaves_moe_experts_unquantized(tmp_path):
+    """The fact the MoE QLoRA plan rests on, checked on the installed transformers/bitsandbytes."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from phinetune.models.tiny import save_tiny
+
+    path = save_tiny("tiny-phimoe", tmp_path / "moe")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16))
+    layer = model.model.layers[0]
+    assert type(layer.self_attn.q_proj.weight).__name__ == "Params4bit"
+    assert layer.mlp.experts.gate_up_proj.dtype == torch.bfloat16
+
+
+def test_estimate_error_is_measured_not_assumed():
+    m = measure("tiny-phi3", TINY_SIZES, 1024, "lora", 64, 2, False)
+    assert m.measured_bytes > 590_464 * 4  # covers at least the fp32 weights of tiny-phi3
+    assert m.error == pytest.approx((m.estimate_bytes - m.measured_bytes) / m.measured_bytes)
+    assert -1 < m.error < 10  # a real, finite comparison
+
+
+def test_cli_plan():
+    out = run_cli("plan", "phi3.5-moe", "--method", "qlora", "--seq", "2048", "--batch", "1", "--grad-checkpointing").stdout
+    for part in ("weights", "adapters", "gradients", "optimizer", "activations", "smallest GPU: H200 141GB"):
+        assert part in out
+    proc = run_cli("plan", "phi3.5-moe", "--method", "full", check=False)
+    assert proc.returncode == 1 and "none of the common single GPUs fits" in proc.stdout
+    proc = run_cli("plan", "phi2", "--method", "dora", check=False)
+    assert proc.returncode == 2 and "lora, qlora, full" in proc.stdout
