@@ -55,7 +55,7 @@ def test_training_proof_catches_a_run_that_does_not_train():
     assert report["zero_grad_tensors"] and report["unchanged_tensors"]
     with pytest.raises(PhinetuneError, match="did not train"):
         check_trained("baseline", {"proof": report})
-    (lin(torch.ones(1, 4)).sum() + (lin.lora_A.sum() * lin.lora_B.sum()) + lin.lora_B.sum()).backward()
+    ((lin.lora_A ** 2).sum() + (lin.lora_B - 1).pow(2).sum()).backward()  # both get a non-zero gradient
     with torch.no_grad():
         lin.lora_A -= 0.1 * lin.lora_A.grad
         lin.lora_B -= 0.1 * lin.lora_B.grad
