@@ -171,7 +171,7 @@ def serve(target: str = typer.Argument(..., help="A run folder, a merged folder,
     run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant)
 
 
-bench_app = typer.Typer(help="Speed and memory benchmarks.", no_args_is_help=True)
+bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -319,3 +319,18 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+
+
+
+
+@bench_app.command("train")
+def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
+                out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
+                parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
+                rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
+                realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
+                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
+    """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
+    from phinetune.bench.train import bench_train as run_bench
+
+    run_bench(workload, out, parity, rows, realdata, work_dir)

@@ -1,6 +1,12 @@
 """Token-level loss, summed (not averaged) so the caller can normalize by trained tokens across the
 whole batch and every gradient-accumulation step (the transformers#34191 class of bug comes from
 averaging per micro-batch and then again across micro-batches).
+
+The fast path never builds the full-vocabulary logits: it runs the decoder for hidden states, keeps only
+the trained positions, and applies the LM head chunk by chunk. In training, each chunk's gradient is
+computed right away (inside the forward) and the chunk's logits are freed, so at most one chunk of
+fp32 logits is alive at a time, instead of batch x length x vocab of them kept for the backward.
+The LM head is called as a module, so a PEFT `modules_to_save` copy or a LoRA on `lm_head` is honoured.
 """
 
 from __future__ import annotations
@@ -10,13 +16,112 @@ import torch.nn.functional as F
 
 from phinetune.data.render import IGNORE
 
+# Logit elements per chunk (fp32): 2**25 is 128 MiB, i.e. ~1,000 positions of Phi-3's 32k vocabulary
+# or ~170 of Phi-4-mini's 200k.
+CHUNK_ELEMENTS = 2**25
+
 
 def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over trained positions, and how many there were."""
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
+    parts = split_head(model)
+    if parts is None:
+        return full_logits_loss_sum(model, batch)
+    decoder, head = parts
+    out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    hidden = out[0][:, :-1][keep]
+    return chunked_head_loss(hidden, head, labels[keep]), int(keep.sum())
+
+
+def full_logits_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The plain path: the model's own forward builds every logit; used where the fast path cannot apply."""
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-    # Only trained positions are scored, so full-vocabulary logits for prompt tokens are never
-    # upcast to fp32 (Phi-4-mini's 200k vocabulary makes that the largest tensor in the step).
     logits = out.logits[:, :-1][keep].float()
     return F.cross_entropy(logits, labels[keep], reduction="sum"), int(keep.sum())
+
+
+def split_head(model):
+    """(decoder, lm_head) of a causal LM, or None where calling them apart would not be equivalent.
+
+    DDP/FSDP wrappers are refused: their gradient synchronisation hooks run only through the wrapper's
+    own forward. Models that post-process logits (scaling, soft-capping) are refused too.
+    """
+    if not hasattr(model, "get_base_model") and type(model).__module__.startswith("torch.nn.parallel"):
+        return None
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = getattr(lm, "model", None), getattr(lm, "lm_head", None)
+    config = getattr(lm, "config", None)
+    if decoder is None or head is None or config is None or type(lm).__name__ not in PLAIN_HEAD_MODELS:
+        return None
+    return decoder, head
+
+
+# Causal LMs whose forward is exactly `lm_head(model(...).last_hidden_state)` (read in transformers v5):
+# no logit scaling or soft-capping. Others fall back to the full-logits path.
+PLAIN_HEAD_MODELS = {"Phi3ForCausalLM", "PhiForCausalLM", "PhimoeForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(64, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def chunked_head_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    vocab = _out_features(head)
+    rows = chunk_rows(vocab)
+    params = [p for p in head.parameters() if p.requires_grad]
+    if torch.is_grad_enabled() and (hidden.requires_grad or params):
+        return _ChunkedHeadCE.apply(hidden, labels, head, rows, *params)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], rows):
+        logits = head(hidden[start:start + rows]).float()
+        total = total + F.cross_entropy(logits, labels[start:start + rows], reduction="sum")
+    return total
+
+
+def _out_features(head: torch.nn.Module) -> int:
+    for module in head.modules():
+        if isinstance(module, torch.nn.Linear):
+            return module.out_features
+    return 32_000
+
+
+class _ChunkedHeadCE(torch.autograd.Function):
+    """Sum CE over chunks of the head; gradients for the head input and head parameters come from the forward.
+
+    Written by hand because torch has no fused linear+cross-entropy that accepts an arbitrary head module
+    (Liger's kernels are Triton/CUDA only and take a bare weight matrix, which a PEFT-wrapped head is not).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, labels, head, rows, *params):
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_params = [torch.zeros_like(p) for p in params]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], rows):
+            with torch.enable_grad():
+                h = hidden[start:start + rows].detach().requires_grad_(grad_hidden is not None)
+                loss = F.cross_entropy(head(h).float(), labels[start:start + rows], reduction="sum")
+            wrt = ([h] if grad_hidden is not None else []) + list(params)
+            grads = torch.autograd.grad(loss, wrt, allow_unused=True) if wrt else []
+            if grad_hidden is not None:
+                grad_hidden[start:start + rows] = grads[0]
+                grads = grads[1:]
+            for acc, g in zip(grad_params, grads):
+                if g is not None:
+                    acc += g
+            total += loss.detach()
+        ctx.save_for_backward(*([grad_hidden] if grad_hidden is not None else []), *grad_params)
+        ctx.has_hidden = grad_hidden is not None
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = list(ctx.saved_tensors)
+        grad_hidden = None
+        if ctx.has_hidden:
+            g = saved.pop(0)
+            grad_hidden = (g.float() * grad_out).to(g.dtype)
+        return (grad_hidden, None, None, None, *(g * grad_out.to(g.dtype) for g in saved))

@@ -21,7 +21,7 @@ from phinetune.config import RunConfig
 from phinetune.data.dataset import PreparedData, prepare_data
 from phinetune.data.packing import Row, batches, collate, make_rows
 from phinetune.errors import PhinetuneError
-from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, resolve_model_path
+from phinetune.models.loading import load_model, load_tokenizer, resolve_model_path
 from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.adapter import apply_adapter
@@ -31,6 +31,7 @@ from phinetune.train.guards import StopRequests, check_finite, disk_guard, is_oo
 from phinetune.train.loss import loss_sum
 from phinetune.train.metrics import MetricsLog
 from phinetune.train.plots import plot_losses
+from phinetune.train.precision import choose_train_dtype
 from phinetune.train.preflight import run_preflight
 from phinetune.train.run_dir import RunDir, RunInfo
 from phinetune.train.tracking import Trackers
@@ -96,10 +97,10 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     check_distributed(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
     spec = get_spec(cfg.model.name, cfg.model.spec)
-    dtype = choose_dtype(cfg.model.dtype, spec)
+    with accelerator.main_process_first():  # a tiny base is written once, then read by the others
+        path = resolve_model_path(cfg.model, run.base, seed=cfg.train.seed)
+    dtype = choose_train_dtype(cfg, spec, path)
     with console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
-        with accelerator.main_process_first():  # a tiny base is written once, then read by the others
-            path = resolve_model_path(cfg.model, run.base, seed=cfg.train.seed)
         tokenizer = load_tokenizer(path, cfg.model, spec)
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
     base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
