@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from phinetune.data.readers import read_rows, resolve_source
+from phinetune.data.readers import source_rows
 from phinetune.errors import DataError
 from phinetune.synth.clean import clean_items, is_refusal, normalize_turn, split_lines
 from phinetune.synth.config import REFUSALS, SeedsConfig, SynthConfig
@@ -54,7 +54,7 @@ class StageReport:
 def read_seeds(cfg: SeedsConfig) -> tuple[list[str], int]:
     """The seed texts and how many rows had none (empty or missing values are skipped, and counted)."""
     seeds, skipped = [], 0
-    for row, where in read_rows(resolve_source(cfg.path)):
+    for row, where in source_rows(cfg.path):
         text = _seed_text(row, where, cfg.field)
         if text:
             seeds.append(text)
