@@ -89,8 +89,15 @@ def test_truncate_metrics_drops_later_steps_and_a_cut_line(tmp_path):
     run = RunDir(tmp_path)
     run.metrics.write_text('{"step": 0, "eval_loss": 5}\n{"step": 1, "loss": 4}\n{"step": 2, "loss": 3}\n'
                            '{"step": 2, "eval_loss": 3}\n{"step": 3, "loss": 2}\n{"step": 4, "lo')
-    ck.truncate_metrics(run, 2)
+    ck.truncate_metrics(run, 2, last_step=4)
     assert [(r["step"], list(r)[1]) for r in run.read_metrics()] == [(0, "eval_loss"), (1, "loss"), (2, "loss"), (2, "eval_loss")]
+
+
+def test_resuming_from_the_last_step_drops_the_final_eval_it_will_redo(tmp_path):
+    run = RunDir(tmp_path)
+    run.metrics.write_text('{"step": 0, "eval_loss": 5}\n{"step": 4, "loss": 2}\n{"step": 4, "eval_loss": 2.5}\n')
+    ck.truncate_metrics(run, 4, last_step=4)
+    assert [(r["step"], list(r)[1]) for r in run.read_metrics()] == [(0, "eval_loss"), (4, "loss")]
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_latest(tiny_cfg, monkeypatch):

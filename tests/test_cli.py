@@ -76,7 +76,7 @@ def test_bad_input_is_one_clear_sentence(args, message, tmp_path):
 def test_existing_run_folder_is_refused(cli_run):
     out, _ = cli_run
     proc = run_cli("train", *FAST, f"output.dir={out}", check=False)
-    assert proc.returncode == 2 and "already holds a run" in " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and "already finished; choose another output.dir" in " ".join(proc.stdout.split())
 
 
 def test_help_explains_every_verb():

@@ -78,8 +78,10 @@ def test_existing_run_is_never_overwritten_silently(tiny_cfg):
 
     cfg = tiny_cfg("train.max_steps=1")
     train(cfg)
-    with pytest.raises(PhinetuneError, match="already holds a run"):
+    with pytest.raises(PhinetuneError, match="already finished; choose another output.dir or pass output.overwrite=true"):
         train(cfg)
+    with pytest.raises(PhinetuneError, match=r"already holds a different run \(.*learning_rate"):
+        train(tiny_cfg("train.max_steps=1", "train.learning_rate=1e-5"))
 
 
 def test_qlora_gradients_survive_a_mid_run_evaluation(tiny_cfg):

@@ -16,7 +16,7 @@ def test_seeds_from_bundled_conversations_take_the_first_user_turn():
 def test_seed_field_errors_name_the_row_and_suggest(tmp_path):
     path = tmp_path / "s.csv"
     path.write_text("Question,answer\nWhat runs but never walks?,river\n,empty\n")
-    with pytest.raises(DataError, match=r"s.csv:2: no field 'question'.*did you mean 'Question'"):
+    with pytest.raises(DataError, match=r"s.csv:row 1: no field 'question'.*did you mean 'Question'"):
         read_seeds(SeedsConfig(path=str(path), field="question"))
     seeds, skipped = read_seeds(SeedsConfig(path=str(path), field="Question"))
     assert seeds == ["What runs but never walks?"] and skipped == 1  # the empty cell is counted, not kept

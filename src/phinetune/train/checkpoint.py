@@ -205,8 +205,11 @@ def register_trainable_only(accelerator, model: torch.nn.Module) -> None:
     accelerator.register_load_state_pre_hook(load_trainable)
 
 
-def truncate_metrics(run: RunDir, step: int) -> None:
-    """Drop metric records past `step` (and a half-written last line): a resumed run writes them again."""
+def truncate_metrics(run: RunDir, step: int, last_step: int) -> None:
+    """Drop metric records past `step` (and a half-written last line): a resumed run writes them again.
+
+    The final evaluation runs after the last step, so when resuming from the last step it runs again:
+    its record (eval at `last_step`) goes too, or the curve would hold it twice."""
     if not run.metrics.exists():
         return
     kept = []
@@ -215,7 +218,8 @@ def truncate_metrics(run: RunDir, step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # the line a kill cut in half
-        if record.get("step", 0) <= step:
+        rerun_final_eval = step >= last_step and record.get("step") == last_step and "eval_loss" in record
+        if record.get("step", 0) <= step and not rerun_final_eval:
             kept.append(json.dumps(record))
     tmp = run.metrics.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))

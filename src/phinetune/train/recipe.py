@@ -124,7 +124,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     if checkpoint is not None:
         loop.start_step = load_checkpoint(loop, checkpoint)
         if accelerator.is_main_process:
-            truncate_metrics(run, loop.start_step)
+            truncate_metrics(run, loop.start_step, loop.total_steps)
     if accelerator.is_main_process and cfg.train.report_to:
         loop.log.trackers = Trackers(cfg.train.report_to, run.path, cfg, loop.start_step)
     return loop
