@@ -18,9 +18,9 @@ from phinetune.errors import ConfigError
 
 def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()) -> RunConfig:
     """Read `path` (or the embedded defaults when None), apply `key.sub=value` overrides, validate."""
-    raw = _read_yaml(Path(path)) if path else {}
+    raw = read_yaml(Path(path)) if path else {}
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     return validate_config(raw, source=str(path) if path else "defaults")
 
 
@@ -35,9 +35,11 @@ def dump_config(cfg: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "config file", example: str = "configs/phi3-mini-4k-lora.yaml",
+              sections: str = "model, data, adapter, train, output") -> dict:
+    """A YAML mapping from `path`, or a ConfigError naming the file (and line) and what was expected."""
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/phi3-mini-4k-lora.yaml")
+        raise ConfigError(f"{what} {path} does not exist; pass a YAML file such as {example}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -45,11 +47,12 @@ def _read_yaml(path: Path) -> dict:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, data, adapter, train, output) at the top level")
+        raise ConfigError(f"{path}: expected a mapping of sections ({sections}) at the top level")
     return data
 
 
-def _apply_override(raw: dict, item: str) -> None:
+def apply_override(raw: dict, item: str) -> None:
+    """Set `section.key=value` in the raw mapping (the value parsed as YAML)."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.learning_rate=2e-5")
     dotted, value = item.split("=", 1)

@@ -13,10 +13,9 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from phinetune.config.load import _apply_override
+from phinetune.config.load import apply_override, read_yaml
 from phinetune.errors import ConfigError
 
 
@@ -162,26 +161,13 @@ def _check_placeholders(name: str, stage) -> None:
 # --- loading ---------------------------------------------------------------------------------------
 
 def load_synth_config(path: str | Path, overrides: Iterable[str] = ()) -> SynthConfig:
-    raw = _read_yaml(Path(path))
+    raw = read_yaml(Path(path), "synth config", "configs/synth/riddles.yaml", "seeds, teacher, stages")
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     try:
         return SynthConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, str(path))) from None
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.exists():
-        raise ConfigError(f"synth config {path} does not exist; see configs/synth/riddles.yaml for an example")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with seeds, teacher, stages at the top level")
-    return data
 
 
 def _explain(exc: ValidationError, source: str) -> str:
