@@ -69,7 +69,7 @@ class TrainConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field("adamw", description="Optimizer (the bitsandbytes ones need CUDA).")
     eval_every: int = Field(50, ge=1, description="Evaluate every N optimizer steps (and at start and end).")
-    save_every: int = Field(0, ge=0, description="Write a resumable checkpoint to RUN/checkpoints/step-N every N steps (0: none; SIGTERM/Ctrl-C still save one).")
+    save_every: int = Field(100, ge=0, description="Write a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position) to RUN/checkpoints/step-N every N steps, so a crash loses at most N steps (0: none; SIGTERM/Ctrl-C still save one).")
     keep_checkpoints: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list, description="Trackers besides metrics.jsonl: tensorboard (RUN/tensorboard), mlflow (local store RUN/mlruns).")
     log_every: int = Field(5, ge=1, description="Log metrics every N steps.")
