@@ -100,7 +100,7 @@ def print_table(results: dict, ratios: dict, peaks: dict, w: Workload, memory_na
     say(f"{'':10} {'dtype':>8} {'tokens/s':>10} {memory_name:>12} {'MFU':>7} {'first loss':>11} {'final loss':>11} {'steps':>6}")
     for side in SIDES:
         r = results[side]
-        say(f"{side:10} {r['dtype']:>8} {r['tokens_per_s']:10.1f} {r['memory'] / 2**30:9.2f} GB {100 * r['mfu']:6.1f}% "
+        say(f"{side:10} {r['dtype']:>8} {r['tokens_per_s']:10.1f} {r['memory'] / 2**30:9.2f} GiB {100 * r['mfu']:6.1f}% "
                       f"{r['losses'][0]:11.4f} {r['losses'][-1]:11.4f} {len(r['losses']):6d}")
     verdict = "meets" if ratios["meets_targets"] else "MISSES"
     say(f"ratios: {ratios['speed']:.2f}x tokens/s, {ratios['memory']:.2f}x peak memory "
