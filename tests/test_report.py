@@ -20,6 +20,14 @@ METRICS = [{"step": 0, "eval_loss": 6.9, "eval_ppl": 992.27}] + [
     for s in range(1, 5)] + [{"step": 4, "eval_loss": 5.9, "eval_ppl": 365.04}]
 
 
+# The shape PreflightReport.to_json() writes (train/preflight.py).
+PREFLIGHT = {"trainable": 1234, "total": 5678, "share_percent": 21.73, "eot_token": "<|end|>", "eot_trained": True,
+             "eot_samples": [3, 3], "empty_samples": 0, "not_adapted": [], "problems": [],
+             "dtype": {"dtype": "fp32", "reason": "no GPU", "quant": "none"},
+             "layers": [{"layer_type": "layers.*.self_attn.qkv_proj", "kind": "lora", "count": 2, "trainable": 1234}],
+             "sample": [["<|user|>\nHi<|end|>\n<|assistant|>\n", False], ["Hello.<|end|>", True], ["\n<|endoftext|>", False]]}
+
+
 def fake_run(tmp_path: Path, preflight: bool = True, eval_json: bool = True) -> Path:
     run = tmp_path / "run"
     run.mkdir()
@@ -28,7 +36,7 @@ def fake_run(tmp_path: Path, preflight: bool = True, eval_json: bool = True) -> 
     (run / "config.yaml").write_text("model:\n  name: microsoft/Phi-3-mini-4k-instruct\ntrain:\n  learning_rate: 0.0002  # <b>not bold</b>\n")
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in METRICS))
     if preflight:
-        (run / "preflight.json").write_text(json.dumps({"trainable": 1234, "eot_trained": True, "matches": {"qkv_proj": ["a", "b"]}}))
+        (run / "preflight.json").write_text(json.dumps(PREFLIGHT))
     if eval_json:
         rows = [{"task": "piqa", "metric": "acc", "n": 20, "base": 0.6, "tuned": 0.4, "delta": -0.2, "stderr": 0.09, "base_stderr": 0.1,
                  "tuned_stderr": 0.1, "drop": True},
@@ -62,6 +70,15 @@ def test_report_html_is_self_contained_with_every_section(tmp_path):
     md = md_path.read_text()
     assert "![Loss (train and eval)](report_plots/loss.png)" in md and (run / "report_plots" / "loss.png").exists()
     assert "| piqa | acc | 20 | 0.6000 | 0.4000 | -0.2000 | 0.0900 | DROP > stderr |" in md
+
+
+def test_preflight_section_shows_layers_and_marks_trained_tokens(tmp_path):
+    run = fake_run(tmp_path)
+    html_path, md_path = write_report(str(run), samples=0)
+    page, md = html_path.read_text(), md_path.read_text()
+    assert "layers.*.self_attn.qkv_proj" in page and "1,234 of 5,678 (21.73%)" in page
+    assert "<mark>Hello.&lt;|end|&gt;</mark>" in page and "Hi&lt;|end|&gt;" in page and "<mark>&lt;|user|&gt;" not in page
+    assert "**Hello.<|end|>**" in md
 
 
 def test_missing_preflight_and_eval_are_skipped(tmp_path):

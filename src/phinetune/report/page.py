@@ -23,7 +23,7 @@ CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f4f4f4}td{overflow-wrap:anywhere;white-space:pre-wrap}table.wide{width:100%;table-layout:fixed}td.num{text-align:right;font-variant-numeric:tabular-nums}.drop{color:#b00;font-weight:bold}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}.plots{display:flex;flex-wrap:wrap;gap:1em}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}mark{background:#c8f0c8}.plots{display:flex;flex-wrap:wrap;gap:1em}
 .plots figure{margin:0;flex:1 1 480px}.plots img{max-width:100%}.muted{color:#777}"""
 
 
@@ -89,10 +89,30 @@ def preflight_section(run: RunDir) -> Optional[Section]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
         return Section("Pre-flight", f"<p class=muted>{esc(path.name)} is not valid JSON; not shown.</p>", f"_{path.name} is not valid JSON; not shown._")
-    if not isinstance(data, dict):
-        data = {"pre-flight": data}
-    rows = [[k, v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v)] for k, v in data.items()]
-    return Section("Pre-flight", html_table(["check", "value"], rows), md_table(["check", "value"], rows))
+    if not isinstance(data, dict) or "layers" not in data:  # an older or foreign file: show it as it is
+        text = json.dumps(data, indent=2)
+        return Section("Pre-flight", f"<pre>{esc(text)}</pre>", f"```json\n{text}\n```")
+    return _preflight_view(data)
+
+
+def _preflight_view(data: dict) -> Section:
+    """Facts first, then what is trained per layer type, then the sample with its trained tokens marked."""
+    eot_with, eot_chat = data.get("eot_samples", [0, 0])
+    facts = [["trainable parameters", f"{data['trainable']:,} of {data['total']:,} ({data.get('share_percent', 0):.2f}%)"],
+             ["end-of-turn token trained", f"{'yes' if data.get('eot_trained') else 'NO'}: {data.get('eot_token', '')} in {eot_with}/{eot_chat} chat samples"],
+             ["samples with no trained token", data.get("empty_samples", 0)],
+             ["dtype", f"{data.get('dtype', {}).get('dtype', '')} ({data.get('dtype', {}).get('reason', '')}), quant {data.get('dtype', {}).get('quant', '')}"],
+             ["not adapted (by choice of targets)", ", ".join(data.get("not_adapted") or []) or "nothing"],
+             ["problems", "; ".join(data.get("problems") or []) or "none"]]
+    layers = [[r["layer_type"], r["kind"], r["count"], f"{r['trainable']:,}"] for r in data["layers"]]
+    layer_head = ["layer type", "how it is trained", "modules", "trainable parameters"]
+    marked = "".join(f"<mark>{esc(piece)}</mark>" if trained else esc(piece) for piece, trained in data.get("sample", []))
+    md_sample = "".join(f"**{piece}**" if trained else piece for piece, trained in data.get("sample", []))
+    page = (html_table(["check", "value"], facts) + html_table(layer_head, layers, numeric={2, 3})
+            + f"<p>One training sample; trained tokens are highlighted:</p><pre>{marked}</pre>")
+    md = (md_table(["check", "value"], facts) + "\n\n" + md_table(layer_head, layers)
+          + f"\n\nOne training sample; trained tokens in bold:\n\n```\n{md_sample}\n```")
+    return Section("Pre-flight", page, md)
 
 
 def curves_section(metrics: list[dict], plots_dir: Path) -> Section:
