@@ -90,3 +90,33 @@ def test_defaults_follow_the_seeds():
 def test_names_from_other_toolkits_point_to_ours(theirs, ours):
     with pytest.raises(ConfigError, match=f"did you mean '{ours}'"):
         load_config(None, [f"{theirs}=1"])
+
+
+# The tiny model of the same architecture as each spec (same module and parameter names).
+TINY_FOR_SPEC = {"phi2": "tiny-phi2", "phi3-mini-4k": "tiny-phi3", "phi3-mini-128k": "tiny-phi3", "phi3.5-mini": "tiny-phi3",
+                 "phi3.5-moe": "tiny-phimoe", "phi4-mini": "tiny-phi4"}
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    from phinetune.models.loading import materialize_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {name: materialize_tiny(name, root) for name in set(TINY_FOR_SPEC.values())}
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.parent.name == "configs"], ids=lambda p: p.name)
+def test_every_shipped_adapter_config_applies_to_its_architecture(path, tiny_folders):
+    """The shipped targets, dropout and token settings work on a model with the real module names."""
+    from phinetune.models.loading import choose_dtype, load_model, load_tokenizer
+    from phinetune.train.adapter import apply_adapter, trainable_counts
+
+    cfg = load_config(path)
+    spec = get_spec(cfg.model.name, cfg.model.spec)
+    folder = str(tiny_folders[TINY_FOR_SPEC[spec.key]])
+    model_cfg = cfg.model.model_copy(update={"name": folder, "quant": "none", "gradient_checkpointing": False})
+    tokenizer = load_tokenizer(folder, model_cfg, spec)
+    model = load_model(folder, model_cfg, spec, tokenizer, choose_dtype("fp32", spec))
+    peft_model = apply_adapter(model, spec, cfg.adapter, model_cfg, tokenizer, cfg.preflight)
+    trainable, total = trainable_counts(peft_model)
+    assert 0 < trainable < total
