@@ -155,3 +155,16 @@ def test_a_template_that_rewrites_content_is_reported_at_the_row(tiny_phi3, tmp_
     path = write(tmp_path / "a.jsonl", rows_for("alpaca"))
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:\d: the chat template dropped or rewrote part of a user message"):
         prepare_data(data_cfg(path), shouting, EOT)
+
+
+def test_held_out_records_are_the_ones_training_held_out(tiny_phi3, tmp_path):
+    """compare and the report take prompts from split_records: it must give training's exact split."""
+    from phinetune.data.dataset import split_records
+
+    _, tokenizer = tiny_phi3
+    cfg = DataConfig(eval_size=6, cache=False)
+    prepared = prepare_data(cfg, tokenizer, "<|end|>")
+    train, held, duplicates = split_records(cfg, skip_bad=True)
+    assert [r.where for r in train] == [r.where for r in prepared.train_records]
+    assert len(held) == 6 and not {r.where for r in held} & {r.where for r in train}
+    assert duplicates == prepared.info.duplicates

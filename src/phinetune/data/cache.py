@@ -19,6 +19,7 @@ from typing import Optional
 from phinetune.config.schema import DataConfig
 from phinetune.data.readers import Record, content_fingerprint
 from phinetune.data.render import Rendered
+from phinetune.paths import cache_root
 
 VERSION = 1  # bump when the rendering or the entry layout changes
 # Settings that do not change the tokenized output stay out of the key.
@@ -28,8 +29,7 @@ NOT_IN_KEY = {"cache", "cache_dir", "packing"}
 def cache_dir(cfg: DataConfig) -> Path:
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()
-    root = os.environ.get("PHINETUNE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "phinetune")
-    return Path(root).expanduser() / "data"
+    return cache_root() / "data"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
+from typing import Optional
 
 from phinetune.config.schema import DataConfig
 from phinetune.data.readers import ReadReport, Record, read_records
@@ -88,16 +89,24 @@ def prepare_data(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
     return data
 
 
+def split_records(cfg: DataConfig, skip_bad: bool, report: Optional[ReadReport] = None) -> tuple[list[Record], list[Record], int]:
+    """(train records, eval records, duplicates removed): read, deduplicated, then the seeded split or data.eval.
+
+    The one place this is decided, so compare and the report take their held-out prompts from exactly the
+    records training held out."""
+    records = read_records(cfg.train, cfg.format, cfg.columns, skip_bad, cfg.limit, report, cfg.split)
+    duplicates = 0
+    if cfg.dedupe:
+        records, duplicates = dedupe(records)
+    if cfg.eval:
+        return records, read_records(cfg.eval, cfg.format, cfg.columns, skip_bad, report=report, split=cfg.split), duplicates
+    train_recs, eval_recs = split(records, cfg)
+    return train_recs, eval_recs, duplicates
+
+
 def _prepare(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
     info, report = DataInfo(), ReadReport()
-    records = read_records(cfg.train, cfg.format, cfg.columns, cfg.skip_bad_rows, cfg.limit, report, cfg.split)
-    if cfg.dedupe:
-        records, info.duplicates = dedupe(records)
-    if cfg.eval:
-        train_recs = records
-        eval_recs = read_records(cfg.eval, cfg.format, cfg.columns, cfg.skip_bad_rows, report=report, split=cfg.split)
-    else:
-        train_recs, eval_recs = split(records, cfg)
+    train_recs, eval_recs, info.duplicates = split_records(cfg, cfg.skip_bad_rows, report)
     info.read, info.format, info.skipped, info.read_summary = report.read, report.format, report.skipped, report.summary()
     train = tokenize(train_recs, tokenizer, cfg, eot, info, "train")
     evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval")

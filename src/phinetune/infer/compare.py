@@ -15,8 +15,7 @@ from typing import Optional
 
 from rich.table import Table
 
-from phinetune.data.dataset import dedupe, split
-from phinetune.data.readers import read_records
+from phinetune.data.dataset import split_records
 from phinetune.errors import PhinetuneError
 from phinetune.infer.batch import answer_all, read_prompt_rows
 from phinetune.infer.generate import Sampling
@@ -37,11 +36,7 @@ def default_prompts(run: RunDir, n: int) -> list[tuple[list[dict], Optional[str]
     """The first user turns of the run's held-out eval conversations (the same seeded split as training)."""
     data = run.read_config().data
     try:
-        if data.eval:
-            records = read_records(data.eval, data.format, data.columns, True)
-        else:
-            records = read_records(data.train, data.format, data.columns, True, data.limit)
-            records = split(dedupe(records)[0] if data.dedupe else records, data)[1]
+        records = split_records(data, skip_bad=True)[1]
     except PhinetuneError as exc:
         raise PhinetuneError(f"cannot read the run's eval data for default prompts ({exc}); pass --prompts FILE.jsonl") from None
     convs = [r.sample["messages"] for r in records if "messages" in r.sample]

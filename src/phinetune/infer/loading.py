@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from peft import PeftModel
 from phinetune.config.schema import ModelConfig
 from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny, stop_token_ids
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
+from phinetune.paths import cache_root
 from phinetune.progress import console
 from phinetune.train.run_dir import RunDir
 
@@ -26,7 +26,7 @@ class Loaded:
 
 
 def tiny_cache() -> Path:
-    return Path(os.environ.get("PHINETUNE_CACHE", Path.home() / ".cache" / "phinetune")) / "tiny"
+    return cache_root() / "tiny"
 
 
 def device_map():

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from phinetune.config import RunConfig
-from phinetune.data.dataset import dedupe, split
-from phinetune.data.readers import read_records
+from phinetune.data.dataset import split_records
 from phinetune.train.run_dir import RunDir
 
 SAMPLES_FILE = "samples.json"  # cached in the run folder, so re-rendering the report does not regenerate
@@ -16,13 +15,8 @@ SAMPLES_FILE = "samples.json"  # cached in the run folder, so re-rendering the r
 
 def held_out_prompts(cfg: RunConfig, n: int) -> list[tuple[list[dict], str]]:
     """(conversation up to the last user turn, the reference answer) for the first n eval records with messages."""
-    data = cfg.data
-    records = read_records(data.train, data.format, data.columns, True, data.limit)
-    if data.eval:
-        held = read_records(data.eval, data.format, data.columns, True)
-    else:
-        records = dedupe(records)[0] if data.dedupe else records
-        held = split(records, data)[1] or records
+    train, held, _ = split_records(cfg.data, skip_bad=True)
+    held = held or train  # no eval split (eval_fraction 0): fall back to training prompts
     out = []
     for rec in held:
         msgs = rec.sample.get("messages") or []
