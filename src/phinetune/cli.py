@@ -108,12 +108,20 @@ def eval_run(run: str = typer.Argument(..., help="A run folder from `phinetune t
              shots: int = typer.Option(0, min=0, help="Few-shot examples per prompt (from the training split)."),
              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the official eval files; default: the Hub."),
              batch_size: int = typer.Option(16, min=1, help="Sequences per forward pass."),
-             harness: bool = typer.Option(False, "--harness", help="Score with the real lm-eval harness (pip install 'phinetune[eval]').")) -> None:
+             harness: bool = typer.Option(False, "--harness", help="Score with the real lm-eval harness (pip install 'phinetune[eval]')."),
+             decontaminate: bool = typer.Option(False, "--decontaminate", help="Score only the items no training sample overlaps (13-gram / MinHash); contaminated items are counted either way."),
+             checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="'all' or a list like step-10,best: also score each kept checkpoint and plot task score against step next to the loss curves.")) -> None:
     """Benchmark the base model and the fine-tuned one on the same items; flag drops larger than the standard error."""
     from phinetune.eval.compare import EvalPlan, evaluate_run
     from phinetune.eval.tasks import parse_tasks
 
-    evaluate_run(run, EvalPlan(parse_tasks(tasks), limit, shots, data_dir, batch_size, harness))
+    plan = EvalPlan(parse_tasks(tasks), limit, shots, data_dir, batch_size, harness, decontaminate)
+    if checkpoints:
+        from phinetune.eval.checkpoints import evaluate_checkpoints
+
+        evaluate_checkpoints(run, plan, checkpoints)
+        return
+    evaluate_run(run, plan)
 
 
 @app.command()
@@ -232,15 +240,28 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
                  samples: int = typer.Option(3, help="Rendered samples to show with their masks."),
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
-                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt.")) -> None:
-    """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
+                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt."),
+                 against: Optional[str] = typer.Option(None, "--against", help="Benchmarks to check the data against for contamination (13-gram overlap + MinHash near-duplicates), e.g. arc_easy,hellaswag,piqa,winogrande."),
+                 against_dir: Optional[Path] = typer.Option(None, "--against-dir", help="Folder with the official eval files (as eval --data-dir); default: the Hub.")) -> None:
+    """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates; with --against, benchmark overlaps."""
     from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, print_inspection, write_outputs
+
+    from phinetune.eval.tasks import parse_tasks
 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
                       split=split, limit=limit, skip_bad_rows=skip_bad_rows)
+    benchmarks = parse_tasks(against) if against else []  # a typo fails before any tokenizing
     tokenizer, eot = load_inspect_tokenizer(model, spec)
     ins = inspect_data(cfg, tokenizer, eot, samples)
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+    if benchmarks:
+        from phinetune.data import contamination
+        from phinetune.data.readers import read_records
+
+        records = read_records(cfg.train, cfg.format, cfg.columns, cfg.skip_bad_rows, cfg.limit, None, cfg.split)
+        result = contamination.check_tasks(records, benchmarks, against_dir)
+        contamination.print_contamination(result)
+        console.print(f"written: {contamination.save(result, out / 'contamination.json')}", highlight=False)
 
 # ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------
 

@@ -75,6 +75,23 @@ class TrainConfig(_Strict):
     log_every: int = Field(5, ge=1, description="Log metrics every N steps.")
     seed: int = Field(0, description="Seed for weights init, dropout and data order.")
     recall_check: int = Field(0, ge=0, description="After training, greedy-decode N training prompts and check the trained answer comes back.")
+    keep: list[str] = Field(default_factory=list, description="Also keep the best checkpoint by each of these, on top of the newest keep_checkpoints: eval_loss (lowest), or a task of eval.tasks, optionally with its metric (arc_easy, piqa:acc_norm; highest). Scored at every checkpoint save.")
+
+
+class EvalConfig(_Strict):
+    tasks: list[str] = Field(default_factory=list, description="Benchmarks this run is judged by (arc_easy, hellaswag, piqa, winogrande, arc_challenge): the pre-flight checks the training data against their items, and train.keep may rank checkpoints by them.")
+    data_dir: Optional[str] = Field(None, description="Folder with the official eval files (as `phinetune eval --data-dir`); default: the Hub.")
+    limit: Optional[int] = Field(None, ge=1, description="Items per task scored at each checkpoint for train.keep (all when unset).")
+    contamination: Literal["warn", "refuse", "off"] = Field("warn", description="Training samples overlapping eval.tasks items: warn (listed in the pre-flight and RUN/contamination.json), refuse to train, or do not check.")
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> "EvalConfig":
+        from phinetune.eval.tasks import TASKS
+
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"eval.tasks: unknown task {unknown[0]!r}; known tasks: {', '.join(TASKS)}")
+        return self
 
 
 class OutputConfig(_Strict):
@@ -96,6 +113,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _no_contradictions(self) -> "RunConfig":
@@ -103,4 +121,7 @@ class RunConfig(_Strict):
             raise ValueError("adapter.method=full cannot train 4-bit weights; use adapter.method=lora with model.quant=nf4 (QLoRA), or model.quant=none")
         if self.data.eval is not None and self.data.eval_size is not None:
             raise ValueError("data.eval and data.eval_size both set; give an eval file or a split size, not both")
+        tasks = {t.split(":")[0] for t in self.train.keep if t != "eval_loss"}
+        if tasks - set(self.eval.tasks):
+            raise ValueError(f"train.keep names {sorted(tasks - set(self.eval.tasks))[0]!r}, which is not in eval.tasks {self.eval.tasks}; add it there so checkpoints get scored on it")
         return self

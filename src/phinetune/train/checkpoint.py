@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 PREFIX, TMP_PREFIX, STATE = "step-", ".tmp-step-", "trainer_state.json"
 # Keys that change how a run is saved or reported, not what it computes: a resume may change them.
 IGNORED_FOR_IDENTITY = {("output", "overwrite"), ("train", "keep_checkpoints"), ("train", "save_every"),
-                        ("train", "report_to"), ("train", "log_every"), ("train", "recall_check")}
+                        ("train", "report_to"), ("train", "log_every"), ("train", "recall_check"), ("train", "keep"),
+                        ("eval", "tasks"), ("eval", "data_dir"), ("eval", "limit"), ("eval", "contamination")}
 
 
 # ---------------------------------------------------------------- start or resume

@@ -108,6 +108,10 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
     data = prepare_data(cfg.data, tokenizer, spec.end_of_turn or tokenizer.eos_token)
+    if cfg.eval.tasks and cfg.eval.contamination != "off" and accelerator.is_main_process:
+        from phinetune.data.contamination import preflight_check
+
+        preflight_check(cfg, data.train_records, run.contamination)
     model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
     run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process,
                   save_to=run.path / "preflight.json" if accelerator.is_main_process else None)
