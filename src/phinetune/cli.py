@@ -61,11 +61,12 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
           out: str = typer.Option(..., "--out", help="Folder for the merged model."),
           dtype: str = typer.Option("auto", help="Weights dtype of the merged model: auto, bf16, fp16 or fp32."),
           max_shard_size: str = typer.Option("2GB", help="Largest safetensors shard."),
-          overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder.")) -> None:
+          overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="step-N, best or last (default): which weights of the run to merge.")) -> None:
     """Merge a LoRA/QLoRA run into a standalone model (QLoRA merges into a dequantized base)."""
     from phinetune.export.merge import merge_run
 
-    merge_run(run, out, dtype, max_shard_size, overwrite)
+    merge_run(run, out, dtype, max_shard_size, overwrite, checkpoint)
 
 
 @app.command()
@@ -153,12 +154,17 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
             out: Optional[Path] = typer.Option(None, "--out", help="Markdown file (default RUN/compare.md)."),
             max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0, help="0 = greedy."),
             top_k: int = typer.Option(0), top_p: float = typer.Option(1.0), seed: Optional[int] = typer.Option(None),
-            batch_size: int = typer.Option(8), dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
+            batch_size: int = typer.Option(8), dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+            checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="'all' (base, every kept checkpoint, last) or a list like base,step-10,best,last: one column each (Markdown: RUN/compare_checkpoints.md).")) -> None:
     """Base vs fine-tuned answers to the same prompts, side by side (terminal table + Markdown)."""
-    from phinetune.infer.compare import compare_run
+    from phinetune.infer.compare import compare_checkpoints, compare_run
     from phinetune.infer.generate import Sampling
 
-    compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, dtype, quant, out)
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    if checkpoints:
+        compare_checkpoints(run, checkpoints, prompts, n, sampling, batch_size, dtype, quant, out)
+        return
+    compare_run(run, prompts, n, sampling, batch_size, dtype, quant, out)
 
 
 @app.command()
@@ -171,11 +177,12 @@ def serve(target: str = typer.Argument(..., help="A run folder, a merged folder,
           max_body_kb: int = typer.Option(1024, help="Largest request body in KiB (413 above)."),
           max_queue: int = typer.Option(64, help="Requests that may wait for the model (429 above)."),
           max_batch: int = typer.Option(8, help="Prompts generated together when compatible requests wait together."),
-          dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
+          dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="For a run folder: step-N, best or last (default): which weights to serve.")) -> None:
     """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming), /v1/completions, /v1/models, /health."""
     from phinetune.serve.run import serve as run_serve
 
-    run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant)
+    run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant, checkpoint)
 
 
 bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from phinetune.errors import PhinetuneError
 from phinetune.infer.loading import load_for_inference
@@ -15,7 +16,8 @@ from phinetune.progress import console
 from phinetune.train.run_dir import RunDir
 
 
-def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str = "2GB", overwrite: bool = False) -> Path:
+def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str = "2GB", overwrite: bool = False,
+              checkpoint: Optional[str] = None) -> Path:
     run = RunDir.open(run_path)
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -23,7 +25,7 @@ def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str 
     if run.is_full:
         raise PhinetuneError(f"{run.path} is a full fine-tune: its model/ folder is already a standalone model")
     # quant="none" is the point: the base is loaded dequantized even when training used nf4.
-    loaded = load_for_inference(str(run.path), dtype=dtype, quant="none", adapter=True)
+    loaded = load_for_inference(str(run.path), dtype=dtype, quant="none", adapter=True, checkpoint=checkpoint)
     with console.status("Merging adapter into the base weights"):
         merged = loaded.model.merge_and_unload()
     with console.status(f"Writing {out_dir}"):
@@ -32,7 +34,7 @@ def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str 
         # so later verbs know the chat format without guessing from config.json.
         merged.generation_config.eos_token_id = loaded.stop_ids
         merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
-        (out_dir / "phinetune.json").write_text(json.dumps({"spec": loaded.spec.key, "merged_from": str(run.path)}))
+        (out_dir / "phinetune.json").write_text(json.dumps({"spec": loaded.spec.key, "merged_from": loaded.source}))
         loaded.tokenizer.save_pretrained(out_dir)
     console.print(f"merged model written to {out_dir}")
     return out_dir

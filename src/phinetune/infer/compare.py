@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -106,3 +107,42 @@ def render_markdown(rows: list[Row], run: str, sampling: Sampling) -> str:
         cells = [str(k), _last_user(r.prompt), *([r.reference or ""] if with_ref else []), r.base, r.tuned]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- compare --checkpoints
+
+def compare_checkpoints(run_path: str, spec: str, prompts_file: Optional[Path] = None, n: int = 5, sampling: Optional[Sampling] = None,
+                        batch_size: int = 8, dtype: str = "auto", quant: str = "none", out: Optional[Path] = None) -> dict:
+    """The same prompts answered by the base, each selected checkpoint and the final weights: one column each.
+
+    Loaded one at a time (a checkpoint's trainable weights over the run's model), so memory stays that of one model."""
+    from phinetune.eval.checkpoints import select
+
+    run = RunDir.open(run_path)
+    points = select(run, spec)
+    pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
+    sampling = sampling or Sampling(max_new_tokens=128)
+    columns = {}
+    for point in points:
+        loaded = load_for_inference(str(run.path), dtype, quant, adapter=point.adapter, checkpoint=point.checkpoint)
+        columns[point.label] = [a.text.strip() for a in answer_all(loaded, [p for p, _ in pairs], sampling, batch_size, point.label)]
+        del loaded
+        gc.collect()
+    result = {"run": str(run.path), "points": [{"label": p.label, "step": p.step} for p in points],
+              "rows": [{"prompt": _last_user(p), "reference": ref, "answers": {k: v[i] for k, v in columns.items()}}
+                       for i, (p, ref) in enumerate(pairs)]}
+    table = Table(title=f"answers per checkpoint: {run.path.name}", show_lines=True, expand=True)
+    for name in ["prompt", *columns]:
+        table.add_column(name, overflow="fold", ratio=1)
+    for row in result["rows"]:
+        table.add_row(row["prompt"], *row["answers"].values())
+    console.print(table)
+    run.checkpoint_answers.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    head = ["#", "prompt", *(f"{p.label} (step {p.step})" for p in points)]
+    lines = [f"# Answers per checkpoint: `{run.path}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k, row in enumerate(result["rows"], start=1):
+        lines.append("| " + " | ".join(_cell(c) for c in [str(k), row["prompt"], *row["answers"].values()]) + " |")
+    out = out or run.checkpoint_compare
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    console.print(f"Markdown written to {out}")
+    return result

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from peft import PeftModel
 
 from phinetune.config.schema import ModelConfig
+from phinetune.errors import PhinetuneError
 from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny, stop_token_ids
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
 from phinetune.paths import cache_root
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.train.run_dir import RunDir, resolve_checkpoint
 
 
 @dataclass
@@ -38,12 +40,37 @@ def is_run_dir(path: str) -> bool:
     return (Path(path) / "run.json").exists()
 
 
-def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", adapter: bool = True) -> Loaded:
-    """`adapter=False` on a run folder gives the base model alone (for before/after comparisons)."""
+def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", adapter: bool = True,
+                       checkpoint: Optional[str] = None) -> Loaded:
+    """`adapter=False` on a run folder gives the base model alone (for before/after comparisons);
+    `checkpoint` (step-N, best, last) loads a kept checkpoint's weights instead of the final ones."""
     with console.status(f"Loading {target}"):
         if is_run_dir(target):
-            return _load_run(RunDir.open(target), dtype, quant, adapter)
+            run = RunDir.open(target)
+            loaded = _load_run(run, dtype, quant, adapter)
+            path = resolve_checkpoint(run, checkpoint) if checkpoint and adapter else None
+            if path is not None:
+                apply_checkpoint(loaded.model, path)
+                loaded.source = f"{run.path} ({path.name})"
+            return loaded
+        if checkpoint and checkpoint != "last":
+            raise PhinetuneError(f"--checkpoint {checkpoint}: {target} is not a run folder, so it has no checkpoints")
         return _load_plain(target, dtype, quant)
+
+
+def apply_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """Overwrite the trainable weights with those saved in RUN/checkpoints/step-N (the rest is the same frozen base).
+
+    Checkpoints hold the trainable tensors under the training model's names (PeftModel's, as loaded here); a
+    name this model lacks means a checkpoint from another run, refused rather than half-applied."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path / "model.safetensors"))
+    own = model.state_dict()
+    missing = [k for k in saved if k not in own]
+    if missing:
+        raise PhinetuneError(f"{path}: {len(missing)} of its tensors are not in this model (e.g. {missing[0]}); it belongs to another run")
+    model.load_state_dict(saved, strict=False)
 
 
 def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool) -> Loaded:

@@ -28,7 +28,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None, model_name: Optional[str] = None,
           max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
-          dtype: str = "auto", quant: str = "none") -> None:
+          dtype: str = "auto", quant: str = "none", checkpoint: Optional[str] = None) -> None:
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -44,7 +44,7 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optio
     if not is_loopback(host) and not api_key:
         console.print(f"[bold yellow]warning:[/bold yellow] serving on {host} without an API key: anyone who can reach this "
                       "address can use the model (set --api-key or PHINETUNE_API_KEY)")
-    loaded = load_for_inference(target, dtype, quant)
+    loaded = load_for_inference(target, dtype, quant, checkpoint=checkpoint)
     settings = ServeSettings(model_name or default_model_name(target), api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch)
     app = create_app(loaded, settings)
     console.print(f"serving '{settings.model_name}' at http://{host}:{port}/v1 (OpenAI-compatible; /health, /docs)"

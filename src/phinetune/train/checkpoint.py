@@ -113,8 +113,10 @@ def rows_digest(rows) -> str:
 
 # ---------------------------------------------------------------- save
 
-def save_checkpoint(loop: "Loop", step: int) -> Path:
-    """Write RUN/checkpoints/step-<step> atomically (all processes call this), then keep the newest N."""
+def save_checkpoint(loop: "Loop", step: int, scores: Optional[dict] = None) -> Path:
+    """Write RUN/checkpoints/step-<step> atomically (all processes call this), then keep the newest N and the train.keep bests.
+
+    `scores` (eval_loss, task:metric -> value) go into trainer_state.json, where pruning and `--checkpoint best` read them."""
     acc, run = loop.accelerator, loop.run
     final = run.checkpoints / f"{PREFIX}{step}"
     tmp = run.checkpoints / f"{TMP_PREFIX}{step}"
@@ -128,13 +130,13 @@ def save_checkpoint(loop: "Loop", step: int) -> Path:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 state = {"step": step, "num_processes": acc.num_processes, "rows": rows_digest(loop.train_rows),
-                         "total_steps": loop.total_steps}
+                         "total_steps": loop.total_steps, "scores": scores or {}}
                 (tmp / STATE).write_text(json.dumps(state, indent=2))
                 _fsync_tree(tmp)
                 shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step after a resume
                 os.replace(tmp, final)
                 _fsync(run.checkpoints)
-                prune(run, loop.cfg.train.keep_checkpoints)
+                prune(run, loop.cfg.train.keep_checkpoints, loop.cfg.train.keep)
         except BaseException:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -143,9 +145,33 @@ def save_checkpoint(loop: "Loop", step: int) -> Path:
     return final
 
 
-def prune(run: RunDir, keep: int) -> None:
-    for _, path in checkpoints(run)[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+def checkpoint_scores(path: Path) -> dict:
+    return json.loads((path / STATE).read_text()).get("scores") or {}
+
+
+def score_key(criterion: str) -> str:
+    """train.keep entry -> the key in a checkpoint's scores: eval_loss, or task:metric (acc by default)."""
+    return criterion if criterion == "eval_loss" or ":" in criterion else f"{criterion}:acc"
+
+
+def best_checkpoint(found: list[tuple[int, Path]], criterion: str) -> Optional[Path]:
+    """The checkpoint with the lowest eval loss or the highest task score; the earliest one wins a tie."""
+    key, sign = score_key(criterion), (1 if criterion == "eval_loss" else -1)
+    scored = [(sign * checkpoint_scores(p)[key], step, p) for step, p in found if key in checkpoint_scores(p)]
+    return min(scored)[2] if scored else None
+
+
+def kept_checkpoints(found: list[tuple[int, Path]], keep: int, criteria: list[str]) -> set[Path]:
+    kept = {p for _, p in found[-keep:]} if keep > 0 else set()
+    return kept | {b for b in (best_checkpoint(found, c) for c in criteria) if b is not None}
+
+
+def prune(run: RunDir, keep: int, criteria: Optional[list[str]] = None) -> None:
+    found = checkpoints(run)
+    kept = kept_checkpoints(found, keep, criteria or [])
+    for _, path in found:
+        if path not in kept:
+            shutil.rmtree(path, ignore_errors=True)
     for stale in run.checkpoints.glob(f"{TMP_PREFIX}*"):  # left by a kill mid-save
         shutil.rmtree(stale, ignore_errors=True)
 

@@ -202,14 +202,36 @@ def run_steps(loop: Loop, start: int = 0) -> None:
                 loop.log.write(step=done, epoch=round(done / loop.steps_per_epoch, 3), loss=stats["loss"], lr=stats["lr"],
                                grad_norm=stats["grad_norm"], tokens_per_s=window_tokens / max(elapsed, 1e-9))
                 window_tokens, window_start = 0, time.perf_counter()
+            ev = None
             if loop.eval_rows and done % cfg.eval_every == 0 and done < loop.total_steps:
                 ev = evaluate(loop)
                 loop.log.write(step=done, eval_loss=ev, eval_ppl=math.exp(min(ev, 50)))
                 loop.model.train()
-            saved = save_checkpoint(loop, done) if cfg.save_every and done % cfg.save_every == 0 else None
+            saved = None
+            if cfg.save_every and done % cfg.save_every == 0:
+                saved = save_checkpoint(loop, done, checkpoint_scores(loop, done, ev) if cfg.keep else None)
             if stop.requested(loop.accelerator):
                 raise stop.stopped(done, saved or save_checkpoint(loop, done))
             bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}")
+
+
+def checkpoint_scores(loop: Loop, step: int, eval_loss: Optional[float]) -> dict:
+    """What train.keep ranks this checkpoint by: eval loss (evaluated now if this step had none) and eval.tasks scores."""
+    scores = {}
+    if any(c == "eval_loss" for c in loop.cfg.train.keep) and loop.eval_rows:
+        if eval_loss is None:
+            eval_loss = evaluate(loop)
+            if step < loop.total_steps:  # the last step's eval loss is logged once, by the final evaluation
+                loop.log.write(step=step, eval_loss=eval_loss, eval_ppl=math.exp(min(eval_loss, 50)))
+        scores["eval_loss"] = eval_loss
+    if any(c != "eval_loss" for c in loop.cfg.train.keep) and loop.accelerator.is_main_process:
+        from phinetune.eval.checkpoints import score_during_training
+
+        tasks = score_during_training(loop.accelerator.unwrap_model(loop.model), loop.tokenizer, loop.cfg.eval)
+        loop.log.write(step=step, **tasks)  # task score against step, beside the loss curve
+        scores.update(tasks)
+    loop.model.train()
+    return scores
 
 
 @torch.no_grad()

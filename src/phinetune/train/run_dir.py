@@ -94,3 +94,32 @@ class RunDir:
 
     def weights_dir(self) -> Optional[Path]:
         return self.full_model if self.is_full else self.adapter
+
+
+def resolve_checkpoint(run: RunDir, which: str) -> Optional[Path]:
+    """`--checkpoint step-N|best|last` -> the checkpoint folder to load over the run's weights (None: the final weights).
+
+    last: the final weights of a finished run (else its newest checkpoint). best: the checkpoint with the lowest eval
+    loss, else the best by the first train.keep criterion (train.keep records these scores). step-N: that checkpoint.
+    The one place these names are resolved, for every verb that takes --checkpoint."""
+    from phinetune.train.checkpoint import PREFIX, best_checkpoint, checkpoints
+
+    found = checkpoints(run)
+    names = ", ".join(p.name for _, p in found) or "none"
+    if which == "last":
+        if run.read_info().status == "finished" or not found:
+            return None
+        return found[-1][1]
+    if which == "best":
+        criteria = ["eval_loss"] + [c for c in run.read_config().train.keep if c != "eval_loss"]
+        best = next((b for b in (best_checkpoint(found, c) for c in criteria) if b is not None), None)
+        if best is None:
+            raise PhinetuneError(f"--checkpoint best: no checkpoint of {run.path} has scores (kept: {names}); "
+                                 "train with train.keep=[eval_loss] to record them, or pass --checkpoint step-N")
+        return best
+    if which.startswith(PREFIX) and which[len(PREFIX):].isdigit():
+        hit = next((p for step, p in found if step == int(which[len(PREFIX):])), None)
+        if hit is None:
+            raise PhinetuneError(f"--checkpoint {which}: {run.path} has no such checkpoint (kept: {names})")
+        return hit
+    raise PhinetuneError(f"--checkpoint {which!r}: expected step-N, best or last")
