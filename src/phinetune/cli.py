@@ -168,6 +168,37 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
 
 
 @app.command()
+def judge(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
+          judge_model: str = typer.Option(..., "--judge-model", help="The judge: a model name at an OpenAI-compatible endpoint, or (with --judge-kind local) a run/merged folder, model id or tiny-* name."),
+          judge_kind: str = typer.Option("openai", "--judge-kind", help="openai (any OpenAI-compatible endpoint, e.g. `phinetune serve`) or local."),
+          base_url: Optional[str] = typer.Option(None, "--base-url", help="Endpoint base URL ending in /v1 (default: $PHINETUNE_TEACHER_BASE_URL, $OPENAI_BASE_URL, else OpenAI)."),
+          api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the judge's API key."),
+          a: str = typer.Option("base", "--a", help="First model: base, last, best or step-N."),
+          b: str = typer.Option("last", "--b", help="Second model (the one whose win rate is reported): base, last, best or step-N."),
+          prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL of prompts; default: the run's held-out prompts."),
+          n: int = typer.Option(10, "--n", min=1, help="How many held-out prompts to judge."),
+          max_new_tokens: int = typer.Option(128, help="Most tokens per answer being judged."),
+          judge_max_tokens: int = typer.Option(512, help="Most tokens per judge verdict (its reasons, then [[A]]/[[B]]/[[C]])."),
+          concurrency: int = typer.Option(8, help="Judge requests in flight at once (openai)."),
+          price_input_per_1m: float = typer.Option(0.0, help="USD per million prompt tokens, for the cost counter."),
+          price_output_per_1m: float = typer.Option(0.0, help="USD per million completion tokens.")) -> None:
+    """A judge model compares two models' answers pairwise, in both orders: win/tie/loss rates with 95% intervals and its reasons."""
+    from pydantic import ValidationError
+
+    from phinetune.errors import ConfigError
+    from phinetune.eval.judge import Sides, judge_run
+    from phinetune.synth.config import TeacherConfig
+
+    try:
+        teacher = TeacherConfig(kind=judge_kind, model=judge_model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                                price_input_per_1m=price_input_per_1m, price_output_per_1m=price_output_per_1m)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"--judge-{'-'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    judge_run(run, teacher, Sides(a, b), prompts, n, max_new_tokens, judge_max_tokens=judge_max_tokens)
+
+
+@app.command()
 def serve(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
           host: str = typer.Option("127.0.0.1", help="Bind address; anything but loopback exposes the model to the network."),
           port: int = typer.Option(8000),
