@@ -1,4 +1,4 @@
-"""infer/generate.py + infer/loading.py: batching, sampling, stopping, and every kind of target and dtype."""
+"""infer/complete.py + runs/loading.py: batching, sampling, stopping, and every kind of target and dtype."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from phinetune.errors import PhinetuneError
-from phinetune.infer.generate import Sampling, chat_prompt, complete, generate_batch, stream_reply
-from phinetune.infer.loading import Loaded, load_for_inference
+from phinetune.infer.complete import Sampling, chat_prompt, complete, generate_batch, stream_reply
+from phinetune.runs.loading import Loaded, load_for_inference
 
 CONVS = [[{"role": "user", "content": "What has keys but cannot open locks?"}],
          [{"role": "user", "content": "Hi"}],

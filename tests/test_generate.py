@@ -1,4 +1,4 @@
-"""infer/batch.py and `phinetune generate`: JSONL in -> JSONL out, in order, with clear errors for bad lines."""
+"""infer/generate.py and `phinetune generate`: JSONL in -> JSONL out, in order, with clear errors for bad lines."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from phinetune.cli import app
 from phinetune.errors import DataError, PhinetuneError
-from phinetune.infer.batch import read_prompt_rows, run_generate
+from phinetune.infer.generate import read_prompt_rows, run_generate
 
 
 def _write(path, rows):

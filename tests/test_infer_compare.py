@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from phinetune.cli import app
 from phinetune.infer.compare import compare_run, default_prompts
-from phinetune.infer.generate import Sampling, generate_batch
-from phinetune.infer.loading import load_for_inference
-from phinetune.train.run_dir import RunDir
+from phinetune.infer.complete import Sampling, generate_batch
+from phinetune.runs.loading import load_for_inference
+from phinetune.runs.run_dir import RunDir
 
 
 def test_base_column_is_the_base_model_and_tuned_column_the_adapter(tiny_run, tmp_path):

@@ -19,7 +19,7 @@ from rich.table import Table
 from phinetune.eval.scoring import TaskResult, evaluate_task
 from phinetune.eval.tasks import Task, load_docs
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 EVAL_FILE = "eval.json"
 
@@ -67,7 +67,7 @@ def score_model(model, tokenizer, plan: EvalPlan, label: str) -> dict[str, TaskR
 
 
 def score_ours(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.runs.loading import load_for_inference
 
     out = {}
     for label, adapter in (("base", False), ("tuned", True)):

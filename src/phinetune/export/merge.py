@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 from phinetune.errors import PhinetuneError
-from phinetune.infer.loading import load_for_inference
+from phinetune.runs.loading import load_for_inference
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 
 def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str = "2GB", overwrite: bool = False) -> Path:

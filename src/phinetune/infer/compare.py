@@ -17,11 +17,11 @@ from rich.table import Table
 
 from phinetune.data.dataset import split_records
 from phinetune.errors import PhinetuneError
-from phinetune.infer.batch import answer_all, read_prompt_rows
-from phinetune.infer.generate import Sampling
-from phinetune.infer.loading import load_for_inference
+from phinetune.infer.generate import answer_all, read_prompt_rows
+from phinetune.infer.complete import Sampling
+from phinetune.runs.loading import load_for_inference
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 
 @dataclass

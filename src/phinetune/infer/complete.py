@@ -15,7 +15,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, TextStreamer
 
 from phinetune.errors import PhinetuneError
-from phinetune.infer.loading import Loaded
+from phinetune.runs.loading import Loaded
 
 
 @dataclass

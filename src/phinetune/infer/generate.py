@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from phinetune.errors import DataError, PhinetuneError
-from phinetune.infer.generate import Completion, Sampling, chat_prompt, complete
-from phinetune.infer.loading import Loaded, load_for_inference
+from phinetune.infer.complete import Completion, Sampling, chat_prompt, complete
+from phinetune.runs.loading import Loaded, load_for_inference
 from phinetune.progress import console, track
 
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 from phinetune.report.charts import render_all
 from phinetune.report.samples import cached_samples, generate_samples
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 PLOTS_DIR = "report_plots"
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

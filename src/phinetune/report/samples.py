@@ -8,7 +8,7 @@ from pathlib import Path
 
 from phinetune.config import RunConfig
 from phinetune.data.dataset import split_records
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 SAMPLES_FILE = "samples.json"  # cached in the run folder, so re-rendering the report does not regenerate
 
@@ -29,8 +29,8 @@ def held_out_prompts(cfg: RunConfig, n: int) -> list[tuple[list[dict], str]]:
 
 
 def generate_samples(run: RunDir, n: int = 3, max_new_tokens: int = 64) -> list[dict]:
-    from phinetune.infer.generate import Sampling, generate_batch
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.infer.complete import Sampling, generate_batch
+    from phinetune.runs.loading import load_for_inference
 
     prompts = held_out_prompts(run.read_config(), n)
     if not prompts:

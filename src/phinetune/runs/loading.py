@@ -13,7 +13,7 @@ from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, m
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
 from phinetune.paths import cache_root
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 
 @dataclass

@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phinetune import __version__
-from phinetune.infer.generate import Completion, Sampling, chat_prompt
-from phinetune.infer.loading import Loaded
+from phinetune.infer.complete import Completion, Sampling, chat_prompt
+from phinetune.runs.loading import Loaded
 from phinetune.serve.limits import BodySizeLimit
 from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest
 from phinetune.serve.stream import SSE_DONE, StopFilter, sse

@@ -158,7 +158,7 @@ class LocalTeacher:
     """Batched generate() with the model's own chat template; a run folder, merged folder, model id or tiny-* name."""
 
     def __init__(self, cfg: TeacherConfig, cache_dir: Path):
-        from phinetune.infer.loading import load_for_inference
+        from phinetune.runs.loading import load_for_inference
         from phinetune.models.loading import materialize_tiny
         from phinetune.models.specs import TINY_MODELS
 
@@ -169,7 +169,7 @@ class LocalTeacher:
         self.describe = f"local model {cfg.model}"
 
     def run(self, calls: list[Call], on_done: OnDone) -> None:
-        from phinetune.infer.generate import Sampling as GenSampling, generate_batch
+        from phinetune.infer.complete import Sampling as GenSampling, generate_batch
 
         groups: dict[tuple, list[Call]] = {}
         for call in calls:  # one generate() per batch needs one sampling setting

@@ -9,8 +9,8 @@ import re
 
 from phinetune.config import RunConfig
 from phinetune.data.readers import Record
-from phinetune.infer.generate import Sampling, generate_batch
-from phinetune.infer.loading import Loaded
+from phinetune.infer.complete import Sampling, generate_batch
+from phinetune.runs.loading import Loaded
 from phinetune.models.loading import stop_token_ids
 from phinetune.models.specs import get_spec
 from phinetune.progress import console

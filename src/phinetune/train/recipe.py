@@ -34,7 +34,7 @@ from phinetune.train.metrics import MetricsLog
 from phinetune.train.plots import plot_losses
 from phinetune.train.precision import choose_train_dtype
 from phinetune.train.preflight import run_preflight
-from phinetune.train.run_dir import RunDir, RunInfo
+from phinetune.runs.run_dir import RunDir, RunInfo
 from phinetune.train.tracking import Trackers
 
 
