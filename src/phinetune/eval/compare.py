@@ -6,7 +6,6 @@ for "did fine-tuning change this score"; a drop larger than it is flagged as lik
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import time
@@ -20,9 +19,6 @@ from phinetune.eval.scoring import TaskResult, evaluate_task
 from phinetune.eval.tasks import Task, load_docs
 from phinetune.progress import console
 from phinetune.runs.run_dir import RunDir
-
-EVAL_FILE = "eval.json"
-
 
 @dataclass
 class EvalPlan:
@@ -67,14 +63,9 @@ def score_model(model, tokenizer, plan: EvalPlan, label: str) -> dict[str, TaskR
 
 
 def score_ours(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
-    from phinetune.runs.loading import load_for_inference
+    from phinetune.runs.loading import base_and_tuned
 
-    out = {}
-    for label, adapter in (("base", False), ("tuned", True)):
-        loaded = load_for_inference(str(run.path), adapter=adapter)
-        out[label] = score_model(loaded.model, loaded.tokenizer, plan, label)
-        del loaded
-        gc.collect()  # one model in memory at a time
+    out = {label: score_model(loaded.model, loaded.tokenizer, plan, label) for label, loaded in base_and_tuned(run)}
     return out["base"], out["tuned"]
 
 
@@ -97,13 +88,13 @@ def evaluate_run(run_path: str, plan: EvalPlan) -> dict:
               "limit": plan.limit, "shots": plan.shots, "data": str(plan.data_dir) if plan.data_dir else "hub",
               "seconds": round(time.perf_counter() - start, 2), "rows": compare_rows(base, tuned),
               "base": {k: v.as_dict() for k, v in base.items()}, "tuned": {k: v.as_dict() for k, v in tuned.items()}}
-    (run.path / EVAL_FILE).write_text(json.dumps(report, indent=1))
+    run.eval_report.write_text(json.dumps(report, indent=1))
     console.print(comparison_table(report))
     drops = [r for r in report["rows"] if r["drop"]]
     if drops:
         console.print(f"[bold red]{len(drops)} score(s) dropped by more than their standard error[/bold red] "
                       "(possible knowledge loss: " + ", ".join(f"{r['task']} {r['metric']}" for r in drops) + ")")
-    console.print(f"saved {run.path / EVAL_FILE}")
+    console.print(f"saved {run.eval_report}")
     return report
 
 

@@ -38,10 +38,6 @@ def read_prompt_rows(path: Path) -> list[dict]:
     return rows
 
 
-def read_prompts(path: Path) -> list[list[dict]]:
-    return [row["messages"] for row in read_prompt_rows(path)]
-
-
 def _valid_messages(messages) -> bool:
     return isinstance(messages, list) and bool(messages) and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
