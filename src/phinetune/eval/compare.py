@@ -7,7 +7,6 @@ for "did fine-tuning change this score"; a drop larger than it is flagged as lik
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Optional
 
 from rich.table import Table
 
-from phinetune.eval.scoring import TaskResult, evaluate_task
+from phinetune.eval.scoring import TaskResult, evaluate_task, mean_stderr
 from phinetune.eval.tasks import Task, load_docs
 from phinetune.progress import console
 from phinetune.runs.run_dir import RunDir
@@ -30,23 +29,14 @@ class EvalPlan:
     harness: bool = False
 
 
-def paired_stderr(base: list[float], tuned: list[float]) -> float:
-    """Standard error of mean(tuned - base) over the same items (sample sd of the differences / sqrt(n))."""
-    diffs = [t - b for b, t in zip(base, tuned)]
-    n = len(diffs)
-    if n < 2:
-        return 0.0
-    mu = sum(diffs) / n
-    return math.sqrt(sum((d - mu) ** 2 for d in diffs) / (n - 1)) / math.sqrt(n)
-
-
 def compare_rows(base: dict[str, TaskResult], tuned: dict[str, TaskResult]) -> list[dict]:
     rows = []
     for name, b in base.items():
         t = tuned[name]
         for metric in b.metrics:
             delta = t.metrics[metric] - b.metrics[metric]
-            se = paired_stderr([i["hits"][metric] for i in b.items], [i["hits"][metric] for i in t.items])
+            # paired: the standard error of the per-item differences on the same items
+            se = mean_stderr([ti["hits"][metric] - bi["hits"][metric] for bi, ti in zip(b.items, t.items)])
             rows.append({"task": name, "metric": metric, "n": b.n, "base": b.metrics[metric], "tuned": t.metrics[metric],
                          "delta": delta, "stderr": se, "base_stderr": b.stderr[metric], "tuned_stderr": t.stderr[metric],
                          "drop": delta < 0 and -delta > se + 1e-9})  # tolerance: 0.30 - 0.35 is not exactly -0.05
