@@ -20,7 +20,7 @@ from phinetune.data.readers import Record, content_fingerprint
 from phinetune.data.render import Rendered
 from phinetune.paths import cache_root
 
-VERSION = 1  # bump when the rendering or the entry layout changes
+VERSION = 2  # bump when the rendering or the entry layout changes
 # Settings that do not change the tokenized output stay out of the key.
 NOT_IN_KEY = {"cache", "cache_dir", "packing"}
 
