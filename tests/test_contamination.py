@@ -119,12 +119,13 @@ def test_unknown_task_is_one_line_error(tmp_path):
 
 def test_train_preflight_refuses_when_asked(tmp_path, tiny_cfg):
     from phinetune.errors import PreflightError
+    from phinetune.eval.checkpoints import training_hooks
     from phinetune.train.recipe import train
 
     path, _ = planted_file(tmp_path)
     cfg = tiny_cfg(f"data.train={path}", "data.limit=null", "data.eval_size=null", f"data.eval={held_out(tmp_path)}", "eval.tasks=[arc_easy,piqa]", f"eval.data_dir={EVALSETS}", "eval.contamination=refuse")
     with pytest.raises(PreflightError, match="3 training sample.s. overlap benchmark items"):
-        train(cfg)
+        train(cfg, hooks=training_hooks(cfg))
     saved = json.loads((Path(cfg.output.dir) / "contamination.json").read_text())
     assert saved["per_task"]["arc_easy"]["samples"] == 2 and saved["per_task"]["piqa"]["contaminated"] == 1
 

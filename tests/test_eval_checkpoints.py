@@ -11,7 +11,8 @@ import torch
 from conftest import ROOT, run_cli
 from phinetune.errors import PhinetuneError
 from phinetune.train import checkpoint as ck
-from phinetune.train.run_dir import RunDir, resolve_checkpoint
+from phinetune.runs.checkpoints import resolve_checkpoint
+from phinetune.runs.run_dir import RunDir
 
 EVALSETS = ROOT / "tests" / "fixtures" / "evalsets"
 
@@ -40,6 +41,7 @@ def test_prune_keeps_newest_and_best_by_each_criterion(tmp_path):
 def kept_run(tmp_path_factory):
     """6 steps, a checkpoint every step, keep the newest 1 + best eval loss + best arc_easy acc_norm."""
     from phinetune.config import load_config
+    from phinetune.eval.checkpoints import training_hooks
     from phinetune.train.recipe import train
 
     out = tmp_path_factory.mktemp("keep") / "run"
@@ -47,7 +49,7 @@ def kept_run(tmp_path_factory):
                              "train.batch_size=4", "train.eval_every=100", "train.log_every=1", "train.learning_rate=3e-3",
                              "adapter.modules_to_save=[embed_tokens,lm_head]", "train.save_every=1", "train.keep_checkpoints=1",
                              "train.keep=[eval_loss,arc_easy:acc_norm]", "eval.tasks=[arc_easy]", f"eval.data_dir={EVALSETS}", f"output.dir={out}"])
-    return train(cfg).run
+    return train(cfg, hooks=training_hooks(cfg)).run
 
 
 def test_kept_checkpoints_match_the_logged_scores(kept_run):
@@ -68,7 +70,7 @@ def test_kept_checkpoints_match_the_logged_scores(kept_run):
 
 
 def test_checkpoint_weights_are_loaded(kept_run):
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.runs.loading import load_for_inference
 
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     logits = {name: load_for_inference(str(kept_run.path), checkpoint=name).model(input_ids=ids).logits
@@ -79,7 +81,7 @@ def test_checkpoint_weights_are_loaded(kept_run):
 
 
 def test_select_all_lists_base_kept_and_last_once(kept_run):
-    from phinetune.eval.checkpoints import select
+    from phinetune.runs.checkpoints import select
 
     steps = [s for s, _ in ck.checkpoints(kept_run)]
     points = select(kept_run, "all")

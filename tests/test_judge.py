@@ -19,7 +19,7 @@ from conftest import SRC
 from openai_server import FakeOpenAI
 from phinetune.eval import judge as J
 from phinetune.synth.config import TeacherConfig
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 
 def test_both_orders_must_agree_for_a_win_or_a_loss():
@@ -114,7 +114,7 @@ def test_local_tiny_model_as_judge(run):
 def test_the_projects_own_server_as_judge(run, tiny_run):
     import uvicorn
 
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.runs.loading import load_for_inference
     from phinetune.serve.app import ServeSettings, create_app
 
     with socket.socket() as s:

@@ -50,7 +50,9 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
         from phinetune.train.launch import launch
 
         raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
-    result = run_train(cfg, resume=resume)
+    from phinetune.eval.checkpoints import training_hooks
+
+    result = run_train(cfg, resume=resume, hooks=training_hooks(cfg))
     if result.first_eval_loss is not None:
         console.print(f"eval loss: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
     console.print(f"run folder: {result.run.path}  (next: phinetune generate {result.run.path} \"...\", phinetune merge {result.run.path} --out DIR)")
@@ -83,7 +85,7 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
              quant: str = typer.Option("none", help="none or nf4.")) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
-    from phinetune.infer.batch import run_generate
+    from phinetune.infer.generate import run_generate
 
     run_generate(target, prompt, input, output, max_new_tokens, temperature, top_k, top_p, seed, batch_size, dtype, quant)
 
@@ -95,8 +97,8 @@ def chat(target: str = typer.Argument(..., help="A run folder, a merged folder, 
          dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
     """Chat interactively; tokens stream as they are generated."""
     from phinetune.infer.chat import chat_loop
-    from phinetune.infer.generate import Sampling
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.infer.complete import Sampling
+    from phinetune.runs.loading import load_for_inference
 
     loaded = load_for_inference(target, dtype, quant)
     chat_loop(loaded, Sampling(max_new_tokens, temperature, 0, top_p), system)
@@ -158,7 +160,7 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
             checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="'all' (base, every kept checkpoint, last) or a list like base,step-10,best,last: one column each (Markdown: RUN/compare_checkpoints.md).")) -> None:
     """Base vs fine-tuned answers to the same prompts, side by side (terminal table + Markdown)."""
     from phinetune.infer.compare import compare_checkpoints, compare_run
-    from phinetune.infer.generate import Sampling
+    from phinetune.infer.complete import Sampling
 
     sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
     if checkpoints:
@@ -227,7 +229,7 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
                 batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),
                 out: Path = typer.Option(Path("bench-infer.json"), "--out", help="JSON results file.")) -> None:
     """Memory after load, peak memory, time to first token and decode tokens/s per dtype (and % of memory bandwidth on a GPU)."""
-    from phinetune.infer.bench import BenchSettings, bench_infer as run_bench
+    from phinetune.bench.infer import BenchSettings, bench_infer as run_bench
 
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
@@ -359,7 +361,7 @@ def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub i
 
 
 def _print_validation() -> None:
-    from phinetune.models.plan_measure import validate
+    from phinetune.bench.plan import validate
 
     console.print("plan estimate vs measured peak memory (one steady-state training step, fp32 on CPU, peak RSS):")
     for m in validate():

@@ -37,6 +37,7 @@ class DataConfig(_Strict):
     eval_size: Optional[int] = Field(None, ge=1, description="Exact number of held-out eval samples (overrides eval_fraction).")
     max_length: int = Field(512, ge=8, description="Maximum tokens per sample (and per packed sequence).")
     mask: Literal["assistant", "last_assistant", "all"] = Field("assistant", description="Which tokens are trained: assistant turns (default), the last assistant turn, or everything.")
+    fold_system: bool = Field(False, description="Fold a leading system message into the first user turn (system text, blank line, user text); for templates that drop system messages (Phi-3-mini-128k's original), which are refused otherwise.")
     packing: bool = Field(True, description="Pack several samples per sequence, with no attention across samples.")
     dedupe: bool = Field(True, description="Drop identical conversations (counted and reported).")
     skip_bad_rows: bool = Field(False, description="Skip invalid rows with a summary instead of stopping at the first.")

@@ -117,9 +117,11 @@ def _prepare(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
 def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str) -> Rendered:
     """render_sample, with any rendering problem reported at the record's file:line."""
     try:
-        return render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot)
+        rendered = render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot, cfg.fold_system)
     except DataError as exc:
         raise DataError(f"{rec.where}: {exc}") from None
+    rendered.where = rec.where
+    return rendered
 
 
 def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str) -> list[Rendered]:

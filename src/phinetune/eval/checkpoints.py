@@ -11,51 +11,33 @@ from __future__ import annotations
 import gc
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from rich.table import Table
 
 from phinetune.errors import PhinetuneError
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.checkpoints import select
+
+if TYPE_CHECKING:
+    from phinetune.train.recipe import TrainHooks
+from phinetune.runs.run_dir import RunDir
 
 
-@dataclass(frozen=True)
-class Point:
-    """One model to look at: the base, a kept checkpoint, or the final weights."""
+def training_hooks(cfg) -> Optional["TrainHooks"]:
+    """What eval.tasks adds to `phinetune train`: the contamination pre-flight, and task scores at each checkpoint (train.keep)."""
+    from phinetune.data.contamination import preflight_check
+    from phinetune.train.recipe import TrainHooks
 
-    label: str  # base, step-N, last
-    step: int
-    adapter: bool  # False: the base model alone
-    checkpoint: Optional[str]  # passed to load_for_inference
+    if not cfg.eval.tasks:
+        return None
 
+    def check_data(run_cfg, records, run) -> None:
+        if run_cfg.eval.contamination != "off":
+            preflight_check(run_cfg, records, run.contamination)
 
-def select(run: RunDir, spec: str) -> list[Point]:
-    """'all' -> base, every kept checkpoint, last; or a comma list of base, last, best, step-N (in step order)."""
-    from phinetune.train.checkpoint import checkpoints
-    from phinetune.train.run_dir import resolve_checkpoint
-
-    found = checkpoints(run)
-    final_step = max((m["step"] for m in run.read_metrics() if "step" in m), default=found[-1][0] if found else 0)
-    names = ["base", *(p.name for _, p in found), "last"] if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        raise PhinetuneError("--checkpoints is empty; pass all, or a list like base,step-10,best,last")
-    points: dict[str, Point] = {}
-    for name in names:
-        if name == "base":
-            points["base"] = Point("base", 0, False, None)
-            continue
-        path = resolve_checkpoint(run, name)
-        if path is None:  # the final weights
-            points["last"] = Point("last", final_step, True, None)
-        else:
-            step = int(path.name.split("-")[-1])
-            if step == final_step and "last" in names:
-                continue  # the final checkpoint holds the final weights: listed once, as last
-            points[path.name] = Point(path.name, step, True, path.name)
-    return sorted(points.values(), key=lambda p: (p.step, p.label != "base", p.label == "last"))
+    return TrainHooks(check_data, lambda model, tokenizer: score_during_training(model, tokenizer, cfg.eval))
 
 
 def score_during_training(model, tokenizer, eval_cfg) -> dict[str, float]:
@@ -79,7 +61,7 @@ def score_during_training(model, tokenizer, eval_cfg) -> dict[str, float]:
 def evaluate_checkpoints(run_path: str, plan, spec: str) -> dict:
     """Score plan.tasks at each selected point; save RUN/checkpoint_eval.json and the plot RUN/checkpoint_scores.png."""
     from phinetune.eval.compare import find_contamination, score_model
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.runs.loading import load_for_inference
 
     run = RunDir.open(run_path)
     if plan.harness:

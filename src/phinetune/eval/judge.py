@@ -27,7 +27,7 @@ from phinetune.progress import console
 from phinetune.synth.config import Sampling as JudgeSampling, TeacherConfig
 from phinetune.synth.journal import Journal, call_hash, call_key
 from phinetune.synth.teachers import Call
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 # MT-Bench's pairwise judge prompt ("pair-v2"), which asks for an explanation first and then a fixed verdict format.
 SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user "
@@ -88,10 +88,10 @@ class Sides:
 
 def answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> dict[str, list[str]]:
     """Greedy answers of both sides, cached in RUN/judge/answers.json (reused while prompts, sides and length match)."""
-    from phinetune.eval.checkpoints import select
-    from phinetune.infer.batch import answer_all
-    from phinetune.infer.generate import Sampling
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.infer.complete import Sampling
+    from phinetune.infer.generate import answer_all
+    from phinetune.runs.checkpoints import select
+    from phinetune.runs.loading import load_for_inference
 
     digest = hashlib.sha256(json.dumps([prompts, sides.a, sides.b, max_new_tokens]).encode()).hexdigest()[:16]
     path = run.judge_answers
@@ -129,7 +129,7 @@ def judge_calls(teacher: TeacherConfig, sampling: JudgeSampling, prompts: list[l
 
 def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), prompts_file=None, n: int = 10,
               max_new_tokens: int = 128, batch_size: int = 8, judge_max_tokens: int = 512) -> dict:
-    from phinetune.infer.batch import read_prompt_rows
+    from phinetune.infer.generate import read_prompt_rows
     from phinetune.infer.compare import default_prompts
     from phinetune.paths import cache_root
     from phinetune.synth.teachers import make_teacher

@@ -27,12 +27,12 @@ from safetensors.torch import load_file
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError
 from phinetune.train.guards import disk_guard
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.checkpoints import PREFIX, STATE, TMP_PREFIX, best_checkpoint, checkpoints  # noqa: F401 (re-exported)
+from phinetune.runs.run_dir import RunDir
 
 if TYPE_CHECKING:
     from phinetune.train.recipe import Loop
 
-PREFIX, TMP_PREFIX, STATE = "step-", ".tmp-step-", "trainer_state.json"
 # Keys that change how a run is saved or reported, not what it computes: a resume may change them.
 IGNORED_FOR_IDENTITY = {("output", "overwrite"), ("train", "keep_checkpoints"), ("train", "save_every"),
                         ("train", "report_to"), ("train", "log_every"), ("train", "recall_check"), ("train", "keep"),
@@ -89,15 +89,6 @@ def config_differences(run: RunDir, cfg: RunConfig) -> list[str]:
 
 # ---------------------------------------------------------------- listing
 
-def checkpoints(run: RunDir) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first. A folder counts only once its rename published it."""
-    if not run.checkpoints.exists():
-        return []
-    found = [(int(p.name[len(PREFIX):]), p) for p in run.checkpoints.iterdir()
-             if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and (p / STATE).exists()]
-    return sorted(found)
-
-
 def latest_checkpoint(run: RunDir) -> Optional[Path]:
     found = checkpoints(run)
     return found[-1][1] if found else None
@@ -143,22 +134,6 @@ def save_checkpoint(loop: "Loop", step: int, scores: Optional[dict] = None) -> P
             raise
     acc.wait_for_everyone()
     return final
-
-
-def checkpoint_scores(path: Path) -> dict:
-    return json.loads((path / STATE).read_text()).get("scores") or {}
-
-
-def score_key(criterion: str) -> str:
-    """train.keep entry -> the key in a checkpoint's scores: eval_loss, or task:metric (acc by default)."""
-    return criterion if criterion == "eval_loss" or ":" in criterion else f"{criterion}:acc"
-
-
-def best_checkpoint(found: list[tuple[int, Path]], criterion: str) -> Optional[Path]:
-    """The checkpoint with the lowest eval loss or the highest task score; the earliest one wins a tie."""
-    key, sign = score_key(criterion), (1 if criterion == "eval_loss" else -1)
-    scored = [(sign * checkpoint_scores(p)[key], step, p) for step, p in found if key in checkpoint_scores(p)]
-    return min(scored)[2] if scored else None
 
 
 def kept_checkpoints(found: list[tuple[int, Path]], keep: int, criteria: list[str]) -> set[Path]:

@@ -9,7 +9,8 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
@@ -34,8 +35,8 @@ from phinetune.train.metrics import MetricsLog
 from phinetune.train.plots import plot_losses
 from phinetune.train.precision import choose_train_dtype
 from phinetune.train.preflight import run_preflight
-from phinetune.train.run_dir import RunDir, RunInfo
-from phinetune.train.tracking import Trackers
+from phinetune.runs.run_dir import RunDir, RunInfo
+from phinetune.train.tracking import Trackers, accelerator_kwargs
 
 
 @dataclass
@@ -65,10 +66,21 @@ class Loop:
     steps_per_epoch: int
     log: MetricsLog
     start_step: int = 0  # > 0 when resumed from a checkpoint
+    hooks: Optional["TrainHooks"] = None
 
 
-def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
-    loop = setup(cfg, resume)
+@dataclass
+class TrainHooks:
+    """What the benchmarks of eval.tasks add to training, passed in from above (eval/ sits above train/ in the layers):
+    a check of the training records before training (contamination), and scores of the model at a checkpoint (train.keep)."""
+
+    check_data: Callable[[RunConfig, list, "RunDir"], None]
+    score: Callable[[torch.nn.Module, object], dict]
+
+
+def train(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> TrainResult:
+    """`hooks`: phinetune.eval.hooks.training_hooks(cfg), which `phinetune train` passes (needed when eval.tasks is set)."""
+    loop = setup(cfg, resume, hooks)
     if loop.start_step:
         first_eval = next((r["eval_loss"] for r in loop.run.read_metrics() if r.get("step") == 0 and "eval_loss" in r), None)
         console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
@@ -91,10 +103,10 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     return result
 
 
-def setup(cfg: RunConfig, resume: bool = False) -> Loop:
+def setup(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> Loop:
     release_freed_memory()  # freed activations go back to the OS (see train/memory.py)
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
-    accelerator = Accelerator(step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(step_scheduler_with_optimizer=False, **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
     set_seed(cfg.train.seed)
     check_distributed(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
@@ -105,16 +117,17 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     with console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
         tokenizer = load_tokenizer(path, cfg.model, spec)
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
-    base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
+    base_ref = str(Path(path).resolve()) if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
     data = prepare_data(cfg.data, tokenizer, spec.end_of_turn or tokenizer.eos_token)
-    if cfg.eval.tasks and cfg.eval.contamination != "off" and accelerator.is_main_process:
-        from phinetune.data.contamination import preflight_check
-
-        preflight_check(cfg, data.train_records, run.contamination)
+    if cfg.eval.tasks and hooks is None and cfg.eval.contamination != "off":
+        raise PhinetuneError("eval.tasks is set but this training call was given no eval hooks; train with `phinetune train`, or pass "
+                             "hooks=phinetune.eval.hooks.training_hooks(cfg) to train()")
+    if hooks is not None and accelerator.is_main_process:
+        hooks.check_data(cfg, data.train_records, run)
     model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
     run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process,
-                  save_to=run.path / "preflight.json" if accelerator.is_main_process else None)
+                  save_to=run.preflight if accelerator.is_main_process else None)
     train_rows = make_rows(data.train, cfg.data.max_length, cfg.data.packing)
     eval_rows = make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes)))
@@ -126,13 +139,13 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     register_trainable_only(accelerator, model)
     loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
-                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process))
+                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), hooks=hooks)
     if checkpoint is not None:
         loop.start_step = load_checkpoint(loop, checkpoint)
         if accelerator.is_main_process:
             truncate_metrics(run, loop.start_step, loop.total_steps)
     if accelerator.is_main_process and cfg.train.report_to:
-        loop.log.trackers = Trackers(cfg.train.report_to, run.path, cfg, loop.start_step)
+        loop.log.trackers = Trackers(accelerator, run, cfg, loop.start_step)
     return loop
 
 
@@ -225,9 +238,10 @@ def checkpoint_scores(loop: Loop, step: int, eval_loss: Optional[float]) -> dict
                 loop.log.write(step=step, eval_loss=eval_loss, eval_ppl=math.exp(min(eval_loss, 50)))
         scores["eval_loss"] = eval_loss
     if any(c != "eval_loss" for c in loop.cfg.train.keep) and loop.accelerator.is_main_process:
-        from phinetune.eval.checkpoints import score_during_training
-
-        tasks = score_during_training(loop.accelerator.unwrap_model(loop.model), loop.tokenizer, loop.cfg.eval)
+        if loop.hooks is None:
+            raise PhinetuneError("train.keep ranks checkpoints by a task, which needs eval hooks; train with `phinetune train`, or pass "
+                                 "hooks=phinetune.eval.hooks.training_hooks(cfg) to train()")
+        tasks = loop.hooks.score(loop.accelerator.unwrap_model(loop.model), loop.tokenizer)
         loop.log.write(step=step, **tasks)  # task score against step, beside the loss curve
         scores.update(tasks)
     loop.model.train()
