@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ROOT, run_cli
-from phinetune.data import contamination
+from phinetune.eval import contamination
 from phinetune.data.readers import Record, read_records
 from phinetune.eval.tasks import TASKS, load_docs
 
@@ -105,7 +105,7 @@ def test_data_inspect_against_reports_counts_and_lines(tmp_path):
                    "--out", str(tmp_path / "out"))
     assert f"{path}:{at['exact']}: arc_easy item 1 (13-gram" in proc.stdout
     assert f"{path}:{at['reworded']}: arc_easy item 1 (minhash" in proc.stdout
-    saved = json.loads((tmp_path / "out" / "contamination.json").read_text())
+    saved = json.loads((tmp_path / "out" / "benchmark-contamination.json").read_text())
     assert saved["per_task"]["arc_easy"]["contaminated"] == 1 and saved["per_task"]["arc_easy"]["samples"] == 2
     assert saved["per_task"]["piqa"]["contaminated"] == 1 and saved["per_task"]["winogrande"]["contaminated"] == 2
     assert saved["per_task"]["hellaswag"]["contaminated"] == 0

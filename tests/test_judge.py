@@ -17,7 +17,7 @@ import pytest
 
 from conftest import SRC
 from openai_server import FakeOpenAI
-from phinetune.eval import judge as J
+from phinetune.synth import judge as J
 from phinetune.synth.config import TeacherConfig
 from phinetune.runs.run_dir import RunDir
 

@@ -188,7 +188,7 @@ def judge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
     from pydantic import ValidationError
 
     from phinetune.errors import ConfigError
-    from phinetune.eval.judge import Sides, judge_run
+    from phinetune.synth.judge import Sides, judge_run
     from phinetune.synth.config import TeacherConfig
 
     try:
@@ -295,13 +295,13 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
     ins = inspect_data(cfg, tokenizer, eot, samples)
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
     if benchmarks:
-        from phinetune.data import contamination
+        from phinetune.eval import contamination
         from phinetune.data.readers import read_records
 
         records = read_records(cfg.train, cfg.format, cfg.columns, cfg.skip_bad_rows, cfg.limit, None, cfg.split)
         result = contamination.check_tasks(records, benchmarks, against_dir)
         contamination.print_contamination(result)
-        console.print(f"written: {contamination.save(result, out / 'contamination.json')}", highlight=False)
+        console.print(f"written: {contamination.save(result, out / 'benchmark-contamination.json')}", highlight=False)
 
 # ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------
 

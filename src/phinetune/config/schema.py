@@ -85,15 +85,6 @@ class EvalConfig(_Strict):
     limit: Optional[int] = Field(None, ge=1, description="Items per task scored at each checkpoint for train.keep (all when unset).")
     contamination: Literal["warn", "refuse", "off"] = Field("warn", description="Training samples overlapping eval.tasks items: warn (listed in the pre-flight and RUN/contamination.json), refuse to train, or do not check.")
 
-    @model_validator(mode="after")
-    def _known_tasks(self) -> "EvalConfig":
-        from phinetune.eval.tasks import TASKS
-
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown:
-            raise ValueError(f"eval.tasks: unknown task {unknown[0]!r}; known tasks: {', '.join(TASKS)}")
-        return self
-
 
 class OutputConfig(_Strict):
     dir: str = Field("runs/default", description="Run folder: config, adapter, tokenizer, metrics and plots land here.")

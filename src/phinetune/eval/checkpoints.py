@@ -27,11 +27,15 @@ from phinetune.runs.run_dir import RunDir
 
 def training_hooks(cfg) -> Optional["TrainHooks"]:
     """What eval.tasks adds to `phinetune train`: the contamination pre-flight, and task scores at each checkpoint (train.keep)."""
-    from phinetune.data.contamination import preflight_check
+    from phinetune.eval.contamination import preflight_check
     from phinetune.train.recipe import TrainHooks
+
+    from phinetune.eval.tasks import get_task
 
     if not cfg.eval.tasks:
         return None
+    for name in cfg.eval.tasks:  # a typo in eval.tasks fails here, before any model is loaded
+        get_task(name)
 
     def check_data(run_cfg, records, run) -> None:
         if run_cfg.eval.contamination != "off":

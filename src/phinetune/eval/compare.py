@@ -33,8 +33,8 @@ class EvalPlan:
 
 
 def find_contamination(run: RunDir, plan: EvalPlan) -> dict[str, set[int]]:
-    """Items of each task that overlap this run's training samples (data/contamination.py); saved as RUN/contamination.json."""
-    from phinetune.data import contamination
+    """Items of each task that overlap this run's training samples (eval/contamination.py); saved as RUN/contamination.json."""
+    from phinetune.eval import contamination
     from phinetune.data.dataset import split_records
     from phinetune.errors import PhinetuneError
 

@@ -8,6 +8,8 @@ and a tie otherwise (MT-Bench's "inconsistent verdicts are ties"). Rates come wi
 
 The judge is any synth teacher (an OpenAI-compatible endpoint or a local model), and every verdict is journaled
 like a synth answer (synth/journal.py): re-running the same command resumes and never repeats a paid call.
+It lives in synth/ beside the teachers and the journal it uses (eval/ and synth/ share a layer and may not
+import each other).
 """
 
 from __future__ import annotations
