@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from phinetune.report import before_after
 from phinetune.report.charts import render_all
 from phinetune.report.samples import cached_samples, generate_samples
 from phinetune.runs.run_dir import RunDir
@@ -160,9 +161,15 @@ def samples_section(run: RunDir, n: int) -> Optional[Section]:
 
 def build_sections(run: RunDir, samples: int) -> list[Section]:
     metrics = run.read_metrics()
-    sections = [summary_section(run, metrics), config_section(run), preflight_section(run),
-                curves_section(metrics, run.report_plots), eval_section(run), samples_section(run, samples)]
+    sections = [summary_section(run, metrics), _before_after(before_after.glance_section(run)), config_section(run), preflight_section(run),
+                curves_section(metrics, run.report_plots), eval_section(run), _before_after(before_after.judge_section(run)),
+                _before_after(before_after.checkpoints_section(run)), samples_section(run, samples),
+                _before_after(before_after.conversations_section(run))]
     return [s for s in sections if s is not None]
+
+
+def _before_after(parts: Optional[tuple[str, str, str]]) -> Optional[Section]:
+    return Section(*parts) if parts else None
 
 
 def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:
