@@ -107,3 +107,19 @@ def test_eval_and_compare_over_checkpoints(kept_run):
     assert [p["label"] for p in answers["points"]] == labels and len(answers["rows"]) == 2
     assert all(set(r["answers"]) == set(labels) for r in answers["rows"])
     assert "| # | prompt | base (step 0)" in kept_run.checkpoint_compare.read_text()
+
+
+def test_merge_a_kept_checkpoint(kept_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from phinetune.export.merge import merge_run
+    from phinetune.runs.loading import load_for_inference
+
+    best = resolve_checkpoint(kept_run, "best").name
+    out = merge_run(str(kept_run.path), str(tmp_path / "merged"), dtype="fp32", checkpoint="best")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()(input_ids=ids).logits
+    expected = load_for_inference(str(kept_run.path), dtype="fp32", checkpoint=best).model(input_ids=ids).logits
+    assert torch.allclose(merged, expected, atol=1e-4)
+    with pytest.raises(PhinetuneError, match="no such checkpoint"):
+        merge_run(str(kept_run.path), str(tmp_path / "other"), checkpoint="step-999")

@@ -101,15 +101,13 @@ def answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens
         cached = json.loads(path.read_text())
         if cached.get("digest") == digest:
             return cached["answers"]
-    points = {p.label: p for p in select(run, f"{sides.a},{sides.b}")}
-    labels = [select(run, side)[0].label for side in (sides.a, sides.b)]
-    if labels[0] == labels[1]:
-        raise PhinetuneError(f"judge: --a {sides.a} and --b {sides.b} are the same weights ({labels[0]}); pick two different ones")
+    points = [select(run, side)[0] for side in (sides.a, sides.b)]
+    if points[0] == points[1]:
+        raise PhinetuneError(f"judge: --a {sides.a} and --b {sides.b} are the same weights ({points[0].label}); pick two different ones")
     out = {}
-    for side, label in zip(("a", "b"), labels):
-        p = points[label]
+    for side, p in zip(("a", "b"), points):
         loaded = load_for_inference(str(run.path), adapter=p.adapter, checkpoint=p.checkpoint)
-        out[side] = [a.text.strip() for a in answer_all(loaded, prompts, Sampling(max_new_tokens=max_new_tokens), batch_size, label)]
+        out[side] = [a.text.strip() for a in answer_all(loaded, prompts, Sampling(max_new_tokens=max_new_tokens), batch_size, p.label)]
         del loaded
         gc.collect()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +131,6 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
               max_new_tokens: int = 128, batch_size: int = 8, judge_max_tokens: int = 512) -> dict:
     from phinetune.infer.generate import read_prompt_rows
     from phinetune.infer.compare import default_prompts
-    from phinetune.paths import cache_root
     from phinetune.synth.teachers import make_teacher
 
     run = RunDir.open(run_path)
@@ -146,7 +143,7 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
         todo = [c for c in calls if c.key not in journal]
         reused = len(calls) - len(todo)
         if todo:
-            judge = make_teacher(teacher, cache_root() / "tiny")
+            judge = make_teacher(teacher)
             console.print(f"judging {len(prompts)} prompt(s) in both orders with {judge.describe}: {len(todo)} call(s) to make, {reused} from the journal")
             try:
                 judge.run(todo, lambda call, entry: journal.append(entry))
