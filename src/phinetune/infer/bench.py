@@ -28,7 +28,7 @@ from rich.table import Table
 from transformers.generation.streamers import BaseStreamer
 
 from phinetune.errors import PhinetuneError
-from phinetune.progress import console
+from phinetune.progress import console, escape
 
 BENCH_DTYPES = {"bf16": ("bf16", "none"), "fp16": ("fp16", "none"), "fp32": ("fp32", "none"), "nf4": ("auto", "nf4")}
 
@@ -243,7 +243,7 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
                 results.append(run())
             except PhinetuneError as exc:  # e.g. a dtype the model's spec refuses (Phi-2 in fp16): the others still run
                 skipped[name] = str(exc)
-                console.print(f"[yellow]skipped {name}:[/yellow] {exc}")
+                console.print(f"[yellow]skipped {escape(name)}:[/yellow] {escape(str(exc))}", markup=True)
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()

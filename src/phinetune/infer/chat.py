@@ -11,7 +11,7 @@ from phinetune.progress import console
 
 def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, read: Callable[[str], str] = input) -> None:
     history: list[dict] = [{"role": "system", "content": system}] if system else []
-    console.print("[dim]Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits.[/dim]")
+    console.print("[dim]Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits.[/dim]", markup=True)
     while True:
         try:
             text = read("you> ").strip()
@@ -26,7 +26,7 @@ def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, 
         if not text:
             continue
         history.append({"role": "user", "content": text})
-        console.print("[bold]phi>[/bold] ", end="")
+        console.print("[bold]phi>[/bold] ", end="", markup=True)
         reply = ""
         for piece in stream_reply(loaded, history, sampling):
             reply += piece
