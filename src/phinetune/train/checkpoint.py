@@ -64,6 +64,8 @@ def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
         if resume:
             raise PhinetuneError(f"--resume: {run.path} holds no run to resume; drop --resume to start a new run there")
         return None
+    if never_trained(run):
+        return None  # nothing to keep (a wrong data path, a failed pre-flight): the corrected command replaces it
     differences = config_differences(run, cfg)
     if differences:
         raise PhinetuneError(f"output folder {run.path} already holds a different run ({'; '.join(differences[:4])}); "
@@ -71,6 +73,24 @@ def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
     if run.info_file.exists() and run.read_info().status == "finished":
         raise PhinetuneError(f"the run in {run.path} already finished; choose another output.dir or pass output.overwrite=true to train it again")
     return latest_checkpoint(run)
+
+
+# Files other stages write into a run folder (the names RunDir defines are known from RunDir itself).
+LATER_FILES = {"preflight.json", "eval.json", "report.html", "report.md", "compare.md", "tensorboard", "mlruns", "mlflow_run_id"}
+
+
+def never_trained(run: RunDir) -> bool:
+    """A run folder of ours that holds no completed work: no checkpoint, no final weights, not finished.
+
+    Only folders that hold nothing but run-folder files count, so an output.dir pointed at a folder with
+    other files in it is never deleted."""
+    known = {value.fget(run).name for value in vars(RunDir).values()
+             if isinstance(value, property) and isinstance(value.fget(run), Path)} | LATER_FILES
+    if not run.config.exists() or any(p.name not in known for p in run.path.iterdir()):
+        return False
+    weights = run.weights_dir()
+    finished = run.info_file.exists() and run.read_info().status == "finished"
+    return not finished and latest_checkpoint(run) is None and not (weights is not None and weights.exists())
 
 
 def config_differences(run: RunDir, cfg: RunConfig) -> list[str]:
