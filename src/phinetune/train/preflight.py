@@ -19,7 +19,7 @@ from rich.text import Text
 
 from phinetune.config import RunConfig
 from phinetune.data.dataset import PreparedData
-from phinetune.data.render import IGNORE, Rendered
+from phinetune.data.render import Rendered
 from phinetune.errors import PreflightError
 from phinetune.models.specs import ModelSpec
 from phinetune.progress import console, escape
@@ -141,15 +141,11 @@ def eot_report(tokenizer, spec: ModelSpec, cfg: RunConfig, data: PreparedData, r
 
 
 def mask_pieces(rendered: Rendered, tokenizer) -> list[tuple[str, bool]]:
-    """The sample as (text, trained) runs: consecutive tokens with the same mask state are merged."""
-    pieces: list[tuple[str, bool]] = []
-    for tid, label in zip(rendered.input_ids, rendered.labels):
-        text, trained = tokenizer.decode([tid]), label != IGNORE
-        if pieces and pieces[-1][1] == trained:
-            pieces[-1] = (pieces[-1][0] + text, trained)
-        else:
-            pieces.append((text, trained))
-    return pieces
+    """The sample as (text, trained) runs, decoded per run as `data inspect` does: a character split over
+    several byte-level tokens (é, emoji, CJK) decodes whole instead of as replacement characters."""
+    from phinetune.data.inspect import mask_segments
+
+    return mask_segments(rendered, tokenizer)
 
 
 def show_mask(pieces: list[tuple[str, bool]], plain: bool = False) -> Text:
