@@ -283,8 +283,25 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
                       split=split, limit=limit, skip_bad_rows=skip_bad_rows)
     tokenizer, eot = load_inspect_tokenizer(model, spec)
-    ins = inspect_data(cfg, tokenizer, eot, samples)
+    try:
+        ins = inspect_data(cfg, tokenizer, eot, samples)
+    except PhinetuneError as exc:  # the readers speak config keys; this verb's user typed flags
+        raise PhinetuneError(as_inspect_flags(str(exc))) from None
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+
+
+# data.* keys as `phinetune data inspect` spells them (longest first: data.eval_size before data.eval).
+INSPECT_FLAGS = {"data.skip_bad_rows": "--skip-bad-rows", "data.max_length": "--max-length", "data.columns": "--column",
+                 "data.format": "--format", "data.split": "--split", "data.limit": "--limit", "data.mask": "--mask",
+                 "data.train / data.eval": "DATA", "data.train": "DATA"}
+
+
+def as_inspect_flags(message: str) -> str:
+    import re
+
+    for key, flag in INSPECT_FLAGS.items():
+        message = re.sub(rf"(?<![\w.]){re.escape(key)}(?!\w)", flag, message)
+    return message
 
 # ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------
 

@@ -71,3 +71,12 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance(task)
+
+
+def print_table(table) -> None:
+    """A table of numbers at its natural width: rich would squeeze it to the terminal (80 columns when piped)
+    and cut its figures to `1…`; a wide line that wraps in a narrow terminal still shows every digit."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    console.print(table, width=max(needed, console.width))

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from phinetune.eval.scoring import TaskResult, evaluate_task
 from phinetune.eval.tasks import Task, load_docs
-from phinetune.progress import console, escape
+from phinetune.progress import console, escape, print_table
 from phinetune.train.run_dir import RunDir
 
 EVAL_FILE = "eval.json"
@@ -99,7 +99,7 @@ def evaluate_run(run_path: str, plan: EvalPlan) -> dict:
               "seconds": round(time.perf_counter() - start, 2), "rows": compare_rows(base, tuned),
               "base": {k: v.as_dict() for k, v in base.items()}, "tuned": {k: v.as_dict() for k, v in tuned.items()}}
     (run.path / EVAL_FILE).write_text(json.dumps(report, indent=1))
-    console.print(comparison_table(report))
+    print_table(comparison_table(report))
     drops = [r for r in report["rows"] if r["drop"]]
     if drops:
         console.print(f"[bold red]{len(drops)} score(s) dropped by more than their standard error[/bold red] "

@@ -22,6 +22,7 @@ def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, 
             return
         if text == "/reset":
             history = history[:1] if system else []
+            console.print("[dim]conversation cleared" + (" (system prompt kept)" if system else "") + "[/dim]", markup=True)
             continue
         if not text:
             continue
