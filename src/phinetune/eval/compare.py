@@ -102,7 +102,7 @@ def evaluate_run(run_path: str, plan: EvalPlan) -> dict:
     print_table(comparison_table(report))
     drops = [r for r in report["rows"] if r["drop"]]
     if drops:
-        console.print(f"[bold red]{len(drops)} score(s) dropped by more than their standard error[/bold red] "
+        console.print(f"[bold red]{len(drops):d} score(s) dropped by more than their standard error[/bold red] "
                       + escape("(possible knowledge loss: " + ", ".join(f"{r['task']} {r['metric']}" for r in drops) + ")"), markup=True)
     console.print(f"saved {run.path / EVAL_FILE}")
     return report

@@ -209,7 +209,7 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
     if data.info.read_summary:
         console.print(data.info.read_summary, style="yellow")
     with_eot, chat = report.eot_samples
-    console.print(f"end-of-turn token {escape(str(report.eot_token))} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot}/{chat} chat samples)", markup=True)
+    console.print(f"end-of-turn token {escape(str(report.eot_token))} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot:d}/{chat:d} chat samples)", markup=True)
     if report.sample:
         plain = not console.is_terminal
         console.print("one sample, trained tokens " + ("between [[ ]]:" if plain else "in green:"), markup=False)

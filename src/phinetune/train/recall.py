@@ -40,5 +40,5 @@ def recall_check(model, tokenizer, records: list[Record], cfg: RunConfig) -> tup
     console.rule(Text("recall check", style="bold"))
     for p, e, a in list(zip(prompts, expected, answers))[:3]:
         console.print(f"Q: {p[-1]['content']}\n  trained: {e}\n  model:   {a[:120]}")
-    console.print(f"[bold]recall: {hits}/{len(expected)} training answers reproduced (greedy decoding)", markup=True)
+    console.print(f"[bold]recall: {hits:d}/{len(expected):d} training answers reproduced (greedy decoding)", markup=True)
     return hits, len(expected)
