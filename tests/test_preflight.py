@@ -65,3 +65,18 @@ def test_train_saves_preflight_json(tiny_cfg):
     assert saved["problems"] == [] and saved["trainable"] > 0 and 0 < saved["share_percent"] < 100
     assert {row["layer_type"] for row in saved["layers"]} >= {"layers.*.self_attn.qkv_proj", "embed_tokens", "lm_head"}
     assert saved["eot_trained"] and any(on for _, on in saved["sample"])
+
+
+def test_sample_preview_keeps_non_ascii_characters_whole():
+    """Byte-level BPE splits é, 猫 and emoji over several tokens: the preview must decode runs, not tokens."""
+    from phinetune.data.render import IGNORE, Rendered
+    from phinetune.models.tiny import build_tokenizer
+    from phinetune.train.preflight import mask_pieces
+
+    tok = build_tokenizer(SPECS["phi3-mini-4k"])
+    prompt, answer = "Qu'est-ce que c'est ? ", "Schrödinger's 猫 dit 👋 — déjà vu"
+    p_ids, a_ids = tok(prompt, add_special_tokens=False).input_ids, tok(answer, add_special_tokens=False).input_ids
+    assert any("\ufffd" in tok.decode([t]) for t in a_ids)  # the bug's precondition: single tokens are partial bytes
+    pieces = mask_pieces(Rendered(p_ids + a_ids, [IGNORE] * len(p_ids) + a_ids, prompt + answer), tok)
+    assert pieces == [(tok.decode(p_ids), False), (tok.decode(a_ids), True)]
+    assert "\ufffd" not in "".join(text for text, _ in pieces) and answer in "".join(text for text, _ in pieces)

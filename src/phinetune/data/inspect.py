@@ -219,7 +219,7 @@ def write_outputs(ins: Inspection, tokenizer, out_dir: Path) -> dict[str, Path]:
 
 def print_inspection(ins: Inspection, tokenizer, paths: dict[str, Path]) -> None:
     s = ins.summary()
-    console.rule(f"[bold]data inspect: {ins.source}")
+    console.rule(Text(f"data inspect: {ins.source}", style="bold"))
     console.print(f"format: {ins.format}   records: {ins.records}   duplicates: {s['duplicates']}   "
                   f"mask: {ins.settings['mask']}   max_length: {ins.settings['max_length']}   end-of-turn: {ins.settings['eot']}", highlight=False)
     if ins.read_summary:

@@ -19,10 +19,10 @@ from rich.text import Text
 
 from phinetune.config import RunConfig
 from phinetune.data.dataset import PreparedData
-from phinetune.data.render import IGNORE, Rendered
+from phinetune.data.render import Rendered
 from phinetune.errors import PreflightError
 from phinetune.models.specs import ModelSpec
-from phinetune.progress import console
+from phinetune.progress import console, escape
 from phinetune.train.adapter import resolve_targets, trainable_counts
 from phinetune.train.targets import layer_type, peft_matches, unmatched_message
 
@@ -141,15 +141,11 @@ def eot_report(tokenizer, spec: ModelSpec, cfg: RunConfig, data: PreparedData, r
 
 
 def mask_pieces(rendered: Rendered, tokenizer) -> list[tuple[str, bool]]:
-    """The sample as (text, trained) runs: consecutive tokens with the same mask state are merged."""
-    pieces: list[tuple[str, bool]] = []
-    for tid, label in zip(rendered.input_ids, rendered.labels):
-        text, trained = tokenizer.decode([tid]), label != IGNORE
-        if pieces and pieces[-1][1] == trained:
-            pieces[-1] = (pieces[-1][0] + text, trained)
-        else:
-            pieces.append((text, trained))
-    return pieces
+    """The sample as (text, trained) runs, decoded per run as `data inspect` does: a character split over
+    several byte-level tokens (é, emoji, CJK) decodes whole instead of as replacement characters."""
+    from phinetune.data.inspect import mask_segments
+
+    return mask_segments(rendered, tokenizer)
 
 
 def show_mask(pieces: list[tuple[str, bool]], plain: bool = False) -> Text:
@@ -193,14 +189,14 @@ def dtype_plan(cfg: RunConfig, spec: ModelSpec, dtype) -> dict[str, str]:
 # ---- output -------------------------------------------------------------------------------------------
 
 def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data: PreparedData) -> None:
-    console.rule("[bold]pre-flight")
+    console.rule(Text("pre-flight", style="bold"))
     d = report.dtype
     console.print(f"model spec: {spec.key}   method: {cfg.adapter.method}   dtype: {d.get('dtype')} ({d.get('reason')})   quant: {d.get('quant')}")
     for key, why in d.items():
         if key.startswith("refused"):
             console.print(f"  {key}: {why}")
     for pattern, hits in report.matches.items():
-        console.print(f"  target {pattern!r}: {len(hits)} match(es)" + (f", e.g. {hits[0]}" if hits else "  [red]NONE[/red]"))
+        console.print(escape(f"  target {pattern!r}: {len(hits)} match(es)") + (escape(f", e.g. {hits[0]}") if hits else "  [red]NONE[/red]"), markup=True)
     console.print(layers_table(report))
     if report.not_adapted:
         console.print(f"not adapted (by choice of targets): {', '.join(report.not_adapted)}")
@@ -211,9 +207,9 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
                   f"{data.info.train} train / {data.info.eval} eval, {data.info.truncated} truncated, {report.empty_samples} with no trained token"
                   + (" (tokenized data from cache)" if data.info.cached else ""))
     if data.info.read_summary:
-        console.print(f"[yellow]{data.info.read_summary}[/yellow]")
+        console.print(data.info.read_summary, style="yellow")
     with_eot, chat = report.eot_samples
-    console.print(f"end-of-turn token {report.eot_token} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot}/{chat} chat samples)")
+    console.print(f"end-of-turn token {escape(str(report.eot_token))} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot:d}/{chat:d} chat samples)", markup=True)
     if report.sample:
         plain = not console.is_terminal
         console.print("one sample, trained tokens " + ("between [[ ]]:" if plain else "in green:"), markup=False)
