@@ -82,7 +82,7 @@ def config_section(run: RunDir) -> Section:
 
 def preflight_section(run: RunDir) -> Optional[Section]:
     """RUN/preflight.json (written by the pre-flight, when it ran); None when the run has none."""
-    path = run.path / "preflight.json"
+    path = run.preflight
     if not path.exists():
         return None
     try:

@@ -42,6 +42,7 @@ class RunDir:
     plot = property(lambda self: self.path / "loss.png")
     base = property(lambda self: self.path / "base")
     checkpoints = property(lambda self: self.path / "checkpoints")
+    preflight = property(lambda self: self.path / "preflight.json")
 
     @classmethod
     def create(cls, cfg: RunConfig) -> "RunDir":
