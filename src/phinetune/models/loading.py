@@ -115,9 +115,3 @@ def _hub_call(name: str, revision: Optional[str], fn):
         hint = ("it is not in the local Hugging Face cache and the Hub cannot be reached; download it on a connected "
                 f"machine (huggingface-cli download {name}) or set model.name to a local folder") if offline else str(exc).splitlines()[0]
         raise PhinetuneError(f"could not load model '{name}': {hint} ({builtin_hint(name)})") from None
-
-
-def stop_token_ids(tokenizer, spec: ModelSpec) -> list[int]:
-    names = spec.stop_tokens or (tokenizer.eos_token,)
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in names if t in vocab]

@@ -13,7 +13,8 @@ from peft import PeftModel
 
 from phinetune.config.schema import ModelConfig
 from phinetune.errors import PhinetuneError
-from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny, stop_token_ids
+from phinetune.data.end_of_turn import stop_token_ids
+from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
 from phinetune.progress import progress_console
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key

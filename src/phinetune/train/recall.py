@@ -12,7 +12,7 @@ from phinetune.data.readers import Record
 from phinetune.infer.complete import Sampling, generate_batch
 from phinetune.runs.held_out import prompts_of
 from phinetune.runs.loading import Loaded
-from phinetune.models.loading import stop_token_ids
+from phinetune.data.end_of_turn import stop_token_ids
 from phinetune.models.specs import get_spec
 from rich.text import Text
 

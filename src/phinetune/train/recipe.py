@@ -19,13 +19,11 @@ from transformers import get_scheduler
 
 from phinetune import __version__
 from phinetune.config import RunConfig
-from phinetune.data.dataset import PreparedData, prepare_data
+from phinetune.data.dataset import PreparedData
 from phinetune.data.packing import Row, batches, collate, make_rows
 from phinetune.errors import PhinetuneError, PreflightError
-from phinetune.models.loading import load_model, load_tokenizer, resolve_model_path
-from phinetune.models.specs import TINY_MODELS, get_spec
+from phinetune.models.specs import TINY_MODELS
 from phinetune.progress import console, progress
-from phinetune.train.adapter import apply_adapter
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
 from phinetune.train.launch import check_distributed
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
@@ -33,9 +31,9 @@ from phinetune.train.loss import loss_sum
 from phinetune.train.memory import release_freed_memory
 from phinetune.train.metrics import MetricsLog
 from phinetune.train.plots import plot_losses
-from phinetune.train.precision import choose_train_dtype
 from phinetune.train.preflight import run_preflight
 from phinetune.runs.run_dir import RunDir, RunInfo
+from phinetune.train.prepare import prepare
 from phinetune.train.tracking import Trackers, accelerator_kwargs
 
 
@@ -137,18 +135,11 @@ def record_stop(run: RunDir, accelerator, exc: BaseException, done: Optional[int
 
 
 def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator) -> Loop:
-    spec = get_spec(cfg.model.name, cfg.model.spec)
-    with accelerator.main_process_first():  # a tiny base is written once, then read by the others
-        path = resolve_model_path(cfg.model, run.base, seed=cfg.train.seed)
-    dtype = choose_train_dtype(cfg, spec, path)
-    with console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
-        tokenizer = load_tokenizer(path, cfg.model, spec)
-        model = load_model(path, cfg.model, spec, tokenizer, dtype)
-    base_ref = str(Path(path).resolve()) if cfg.model.name in TINY_MODELS else cfg.model.name
-    run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
-    data = prepare_data(cfg.data, tokenizer, spec.end_of_turn or tokenizer.eos_token)
-    model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
-    run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process,
+    prepared = prepare(cfg, run.base, accelerator.main_process_first)
+    model, tokenizer, data = prepared.model, prepared.tokenizer, prepared.data
+    base_ref = str(Path(prepared.path).resolve()) if cfg.model.name in TINY_MODELS else cfg.model.name
+    run.write_info(RunInfo(base_ref, prepared.spec.key, cfg.adapter.method, cfg.model.quant, prepared.dtype.name, phinetune_version=__version__))
+    run_preflight(cfg, prepared, accelerator.is_main_process,
                   save_to=run.preflight if accelerator.is_main_process else None)
     train_rows = make_rows(data.train, cfg.data.max_length, cfg.data.packing)
     eval_rows = make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
