@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, run_cli
 from phinetune.errors import PhinetuneError
 from phinetune.train import checkpoint as ck
-from phinetune.runs.checkpoints import resolve_checkpoint
+from phinetune.runs.loading import pick_checkpoint
 from phinetune.runs.run_dir import RunDir
 
 EVALSETS = ROOT / "tests" / "fixtures" / "evalsets"
@@ -61,12 +61,10 @@ def test_kept_checkpoints_match_the_logged_scores(kept_run):
     best_loss = min(losses, key=lambda s: (losses[s], s))
     best_arc = min(arc, key=lambda s: (-arc[s], s))
     assert [s for s, _ in ck.checkpoints(kept_run)] == sorted({6, best_loss, best_arc})
-    assert resolve_checkpoint(kept_run, "best").name == f"step-{best_loss}"
-    assert resolve_checkpoint(kept_run, "last") is None  # finished: the final weights
-    with pytest.raises(PhinetuneError, match="no such checkpoint.*kept: step-"):
-        resolve_checkpoint(kept_run, "step-999")
-    with pytest.raises(PhinetuneError, match="expected step-N, best or last"):
-        resolve_checkpoint(kept_run, "newest")
+    assert pick_checkpoint(kept_run, "best").name == f"step-{best_loss}"
+    assert pick_checkpoint(kept_run, "last").name == "step-6" and pick_checkpoint(kept_run, None) is None  # None: the final weights
+    with pytest.raises(PhinetuneError, match="no such checkpoint.*step-6"):
+        pick_checkpoint(kept_run, "step-999")
 
 
 def test_checkpoint_weights_are_loaded(kept_run):
@@ -115,7 +113,7 @@ def test_merge_a_kept_checkpoint(kept_run, tmp_path):
     from phinetune.export.merge import merge_run
     from phinetune.runs.loading import load_for_inference
 
-    best = resolve_checkpoint(kept_run, "best").name
+    best = pick_checkpoint(kept_run, "best").name
     out = merge_run(str(kept_run.path), str(tmp_path / "merged"), dtype="fp32", checkpoint="best")
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     merged = AutoModelForCausalLM.from_pretrained(out).eval()(input_ids=ids).logits

@@ -1,9 +1,9 @@
-"""Which checkpoints a run folder holds, their scores, and what `--checkpoint step-N|best|last` means.
+"""The scores of a run's checkpoints, the best of them, and the list of models `--checkpoints all` looks at.
 
     RUN/checkpoints/step-N/trainer_state.json   {"step", ..., "scores": {"eval_loss": .., "arc_easy:acc": ..}}
 
-Training writes checkpoints (train/checkpoint.py has the save/resume contract); every later verb only reads
-them, through this module, so the names step-N, best and last are resolved in one place.
+Training writes checkpoints and their scores (train/checkpoint.py has the save/resume contract, train.keep what
+is scored); `--checkpoint step-N|best|last` is resolved in one place, runs/loading.pick_checkpoint.
 """
 
 from __future__ import annotations
@@ -14,22 +14,11 @@ from pathlib import Path
 from typing import Optional
 
 from phinetune.errors import PhinetuneError
-from phinetune.runs.run_dir import RunDir
-
-PREFIX, TMP_PREFIX, STATE = "step-", ".tmp-step-", "trainer_state.json"
-
-
-def checkpoints(run: RunDir) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first. A folder counts only once its rename published it."""
-    if not run.checkpoints.exists():
-        return []
-    found = [(int(p.name[len(PREFIX):]), p) for p in run.checkpoints.iterdir()
-             if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and (p / STATE).exists()]
-    return sorted(found)
+from phinetune.runs.run_dir import CHECKPOINT_PREFIX, CHECKPOINT_STATE, RunDir
 
 
 def checkpoint_scores(path: Path) -> dict:
-    return json.loads((path / STATE).read_text()).get("scores") or {}
+    return json.loads((path / CHECKPOINT_STATE).read_text()).get("scores") or {}
 
 
 def score_key(criterion: str) -> str:
@@ -48,30 +37,16 @@ def best_checkpoint(found: list[tuple[int, Path]], criterion: str) -> Optional[P
     return min(scored)[2] if scored else None
 
 
-def resolve_checkpoint(run: RunDir, which: str) -> Optional[Path]:
-    """`--checkpoint step-N|best|last` -> the checkpoint folder to load over the run's weights (None: the final weights).
-
-    last: the final weights of a finished run (else its newest checkpoint). best: the checkpoint with the lowest eval
-    loss, else the best by the first train.keep criterion (train.keep records these scores). step-N: that checkpoint."""
-    found = checkpoints(run)
-    names = ", ".join(p.name for _, p in found) or "none"
-    if which == "last":
-        if run.read_info().status == "finished" or not found:
-            return None
-        return found[-1][1]
-    if which == "best":
-        criteria = ["eval_loss"] + [c for c in run.read_config().train.keep if c != "eval_loss"]
-        best = next((b for b in (best_checkpoint(found, c) for c in criteria) if b is not None), None)
-        if best is None:
-            raise PhinetuneError(f"--checkpoint best: no checkpoint of {run.path} has scores (kept: {names}); "
-                                 "train with train.keep=[eval_loss] to record them, or pass --checkpoint step-N")
-        return best
-    if which.startswith(PREFIX) and which[len(PREFIX):].isdigit():
-        hit = next((p for step, p in found if step == int(which[len(PREFIX):])), None)
-        if hit is None:
-            raise PhinetuneError(f"--checkpoint {which}: {run.path} has no such checkpoint (kept: {names})")
-        return hit
-    raise PhinetuneError(f"--checkpoint {which!r}: expected step-N, best or last")
+def best_of_run(run: RunDir) -> Path:
+    """`--checkpoint best`: the lowest eval loss, else the best by the first task of train.keep."""
+    found = run.checkpoint_dirs()
+    criteria = ["eval_loss"] + [c for c in run.read_config().train.keep if c != "eval_loss"]
+    best = next((b for b in (best_checkpoint(found, c) for c in criteria) if b is not None), None)
+    if best is None:
+        names = ", ".join(p.name for _, p in found) or "none"
+        raise PhinetuneError(f"--checkpoint best: no checkpoint of {run.path} has scores (kept: {names}); "
+                             "train with train.keep=[eval_loss] to record them, or pass --checkpoint step-N")
+    return best
 
 
 @dataclass(frozen=True)
@@ -85,8 +60,13 @@ class Point:
 
 
 def select(run: RunDir, spec: str) -> list[Point]:
-    """'all' -> base, every kept checkpoint, last; or a comma list of base, last, best, step-N (in step order)."""
-    found = checkpoints(run)
+    """'all' -> base, every kept checkpoint, last; or a comma list of base, last, best, step-N (in step order).
+
+    Here `last` is the final weights of a finished run (runs/loading.pick_checkpoint's `last`, the newest checkpoint,
+    for a run that has none), so a column of answers "at the end" means what was actually saved at the end."""
+    from phinetune.runs.loading import pick_checkpoint
+
+    found = run.checkpoint_dirs()
     final_step = max((m["step"] for m in run.read_metrics() if "step" in m), default=found[-1][0] if found else 0)
     names = ["base", *(p.name for _, p in found), "last"] if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
@@ -96,11 +76,11 @@ def select(run: RunDir, spec: str) -> list[Point]:
         if name == "base":
             points["base"] = Point("base", 0, False, None)
             continue
-        path = resolve_checkpoint(run, name)
+        path = None if name == "last" and run.has_final_weights else pick_checkpoint(run, name)
         if path is None:  # the final weights
             points["last"] = Point("last", final_step, True, None)
         else:
-            step = int(path.name[len(PREFIX):])
+            step = int(path.name[len(CHECKPOINT_PREFIX):])
             if step == final_step and "last" in names:
                 continue  # the final checkpoint holds the final weights: listed once, as last
             points[path.name] = Point(path.name, step, True, path.name)

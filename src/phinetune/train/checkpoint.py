@@ -27,8 +27,9 @@ from safetensors.torch import load_file
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError
 from phinetune.train.guards import disk_guard
-from phinetune.runs.checkpoints import PREFIX, STATE, TMP_PREFIX, best_checkpoint, checkpoints  # noqa: F401 (re-exported)
-from phinetune.runs.run_dir import RunDir
+from phinetune.runs.run_dir import (ADAPTER_CONFIG, CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
+                                    CHECKPOINT_TMP_PREFIX as TMP_PREFIX, CHECKPOINT_WEIGHTS, RunDir)
+from phinetune.runs.checkpoints import best_checkpoint
 
 if TYPE_CHECKING:
     from phinetune.train.recipe import Loop
@@ -65,6 +66,8 @@ def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
         if resume:
             raise PhinetuneError(f"--resume: {run.path} holds no run to resume; drop --resume to start a new run there")
         return None
+    if never_trained(run):
+        return None  # nothing to keep (a wrong data path, a failed pre-flight): the corrected command replaces it
     differences = config_differences(run, cfg)
     if differences:
         raise PhinetuneError(f"output folder {run.path} already holds a different run ({'; '.join(differences[:4])}); "
@@ -72,6 +75,19 @@ def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
     if run.info_file.exists() and run.read_info().status == "finished":
         raise PhinetuneError(f"the run in {run.path} already finished; choose another output.dir or pass output.overwrite=true to train it again")
     return latest_checkpoint(run)
+
+
+def never_trained(run: RunDir) -> bool:
+    """A run folder of ours that holds no completed work: no checkpoint, no final weights, not finished.
+
+    Only folders that hold nothing but run-folder files count, so an output.dir pointed at a folder with
+    other files in it is never deleted."""
+    known = {value.fget(run).name for value in vars(RunDir).values()
+             if isinstance(value, property) and isinstance(value.fget(run), Path)}
+    if not run.config.exists() or any(p.name not in known for p in run.path.iterdir()):
+        return False
+    finished = run.info_file.exists() and run.read_info().status == "finished"
+    return not finished and latest_checkpoint(run) is None and not run.has_final_weights
 
 
 def config_differences(run: RunDir, cfg: RunConfig) -> list[str]:
@@ -88,6 +104,10 @@ def config_differences(run: RunDir, cfg: RunConfig) -> list[str]:
 
 
 # ---------------------------------------------------------------- listing
+
+def checkpoints(run: RunDir) -> list[tuple[int, Path]]:
+    return run.checkpoint_dirs()
+
 
 def latest_checkpoint(run: RunDir) -> Optional[Path]:
     found = checkpoints(run)
@@ -123,6 +143,7 @@ def save_checkpoint(loop: "Loop", step: int, scores: Optional[dict] = None) -> P
                 state = {"step": step, "num_processes": acc.num_processes, "rows": rows_digest(loop.train_rows),
                          "total_steps": loop.total_steps, "scores": scores or {}}
                 (tmp / STATE).write_text(json.dumps(state, indent=2))
+                _save_adapter_config(acc.unwrap_model(loop.model), tmp)
                 _fsync_tree(tmp)
                 shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step after a resume
                 os.replace(tmp, final)
@@ -136,7 +157,15 @@ def save_checkpoint(loop: "Loop", step: int, scores: Optional[dict] = None) -> P
     return final
 
 
+def _save_adapter_config(model, folder: Path) -> None:
+    """A PEFT model's own config beside its weights: inference rebuilds the adapter from it (runs/loading.py)."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is not None:
+        config.save_pretrained(str(folder))
+
+
 def kept_checkpoints(found: list[tuple[int, Path]], keep: int, criteria: list[str]) -> set[Path]:
+    """The newest `keep`, plus the best by each train.keep criterion (the newest is always kept: resume starts there)."""
     kept = {p for _, p in found[-keep:]} if keep > 0 else set()
     return kept | {b for b in (best_checkpoint(found, c) for c in criteria) if b is not None}
 
@@ -195,7 +224,7 @@ def register_trainable_only(accelerator, model: torch.nn.Module) -> None:
 
     def load_trainable(models, input_dir):
         for i, m in enumerate(list(models)):
-            file = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            file = Path(input_dir) / (CHECKPOINT_WEIGHTS if i == 0 else f"model_{i}.safetensors")
             saved = load_file(str(file))
             missing = trainable - set(saved)
             if missing:
