@@ -68,6 +68,12 @@ def test_win_rate_follows_the_judge_and_resumes_without_calls(run):
     journal = [json.loads(line) for line in run.judge_journal.read_text().splitlines()]
     assert len(journal) == 8 and result["spend"]["cost"] == pytest.approx(
         sum(e["prompt_tokens"] * 1e-6 + e["completion_tokens"] * 2e-6 for e in journal))
+    from phinetune.report.page import write_report
+
+    page = write_report(str(run.path), samples=0)[0].read_text()  # the report shows the win rate and the judged conversations
+    win = result["rates"]["win"]
+    assert f"last beats base on {win['rate']:.0%} of 4 prompts (95% interval {win['ci95'][0]:.0%}-{win['ci95'][1]:.0%})" in page
+    assert "<h2>Judge: last vs base</h2>" in page and page.count("<div class=convo>") == 3
 
 
 def test_a_judge_that_always_picks_position_a_gives_only_ties(run):
