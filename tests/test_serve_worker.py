@@ -39,7 +39,7 @@ def test_waiting_compatible_requests_share_a_batch_and_results_go_back_to_each()
             Job(["e"], Sampling(max_new_tokens=5)), Job(["f"], greedy, on_text=lambda t: None)]
     futures = [worker.submit(j) for j in jobs]
     gate.release.set()
-    assert [f.result(10)[0].text for f in [first, *futures]] == ["A", "B", "C", "D", "E", "F"]
+    assert [f.result(10)[0].completion.text for f in [first, *futures]] == ["A", "B", "C", "D", "E", "F"]
     # b and d share sampling settings; the seeded, the differently-sized and the streaming requests run alone
     assert gate.groups == [["a"], ["b", "d"], ["c"], ["e"], ["f"]]
     worker.stop()
@@ -70,7 +70,7 @@ def test_model_errors_reach_the_request_and_the_worker_survives():
     worker._generate = flaky
     with pytest.raises(RuntimeError, match="boom"):
         worker.submit(Job(["a"], Sampling(seed=1))).result(10)
-    assert worker.submit(Job(["b"], Sampling(seed=1))).result(10)[0].text == "ok"
+    assert worker.submit(Job(["b"], Sampling(seed=1))).result(10)[0].completion.text == "ok"
     worker.stop()
 
 
@@ -81,5 +81,5 @@ def test_prompt_plus_max_tokens_over_the_context_is_refused(tiny_run):
     worker = Worker(loaded, context_length=20)
     with pytest.raises(PromptTooLong, match="context of 20 tokens"):
         worker.submit(Job(["word " * 30], Sampling(max_new_tokens=4))).result(30)
-    assert worker.submit(Job(["word"], Sampling(max_new_tokens=2))).result(30)[0].completion_tokens <= 2
+    assert worker.submit(Job(["word"], Sampling(max_new_tokens=2))).result(30)[0].completion.completion_tokens <= 2
     worker.stop()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from phinetune.errors import PhinetuneError
-from phinetune.infer.loading import load_for_inference
 from phinetune.progress import console
+from phinetune.serve.adapters import load_served
 from phinetune.serve.app import ServeSettings, create_app
+from phinetune.serve.observe import configure_access_log
 
 
 def default_model_name(target: str) -> str:
@@ -26,11 +27,14 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None, model_name: Optional[str] = None,
-          max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
-          dtype: str = "auto", quant: str = "none") -> None:
+def serve(target: Union[str, list[str]], host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
+          model_name: Optional[str] = None, max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
+          dtype: str = "auto", quant: str = "none", request_timeout: float = 300.0, cors_origins: Sequence[str] = (),
+          access_log: str = "-", log_prompts: bool = False) -> None:
+    """`target`: one run folder, merged folder or model id, or several LoRA run folders on one base (one model id each)."""
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn
     except ImportError:
         raise PhinetuneError("phinetune serve needs FastAPI and uvicorn: pip install 'phinetune[serve]'") from None
@@ -44,9 +48,18 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optio
     if not is_loopback(host) and not api_key:
         console.print(f"[bold yellow]warning:[/bold yellow] serving on {host} without an API key: anyone who can reach this "
                       "address can use the model (set --api-key or PHINETUNE_API_KEY)")
-    loaded = load_for_inference(target, dtype, quant)
-    settings = ServeSettings(model_name or default_model_name(target), api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch)
-    app = create_app(loaded, settings)
-    console.print(f"serving '{settings.model_name}' at http://{host}:{port}/v1 (OpenAI-compatible; /health, /docs)"
-                  f"{'; API key required' if api_key else ''}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if not request_timeout > 0:
+        raise PhinetuneError(f"--request-timeout must be a positive number of seconds (got {request_timeout})")
+    targets = [target] if isinstance(target, str) else list(target)
+    served = load_served(targets, dtype, quant, model_name)
+    for line in served.memory:
+        console.print(f"memory: {line}")
+    settings = ServeSettings(served.default, api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch, request_timeout,
+                             list(cors_origins), log_prompts)
+    app = create_app(served, settings)
+    configure_access_log(access_log)
+    console.print(f"serving {', '.join(repr(m) for m in served.models)} at http://{host}:{port}/v1 (OpenAI-compatible; "
+                  f"/health, /metrics, /docs){'; API key required' if api_key else ''}")
+    # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests finish (up to the request timeout), then
+    # runs the app's shutdown, where the worker drains what is still queued.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(request_timeout) + 1)
