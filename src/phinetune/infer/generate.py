@@ -51,7 +51,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int  # generated tokens, the stop token included
     finish_reason: str  # "stop" (end-of-turn token or stop string) or "length"
-    token_ids: list[int] = field(default_factory=list)  # the generated tokens behind `text` (no stop token)
+    token_ids: list[int] = field(default_factory=list)  # the generated tokens behind `text`, and the stop token if any
 
 
 def chat_prompt(loaded: Loaded, messages: list[dict]) -> str:
@@ -110,6 +110,8 @@ def _finish(loaded: Loaded, row: list[int], prompt_tokens: int, stop: Sequence[s
         text, reason = text[:min(hits)], "stop"
         while kept and len(loaded.tokenizer.decode(kept, skip_special_tokens=True)) > len(text):
             kept = kept[:-1]  # the tokens behind the text that is kept
+    elif cut is not None:
+        kept = row[:cut + 1]  # the stop token was generated too (its logprob is what lm-eval's echo scoring drops last)
     return Completion(text, int(prompt_tokens), len(row) if cut is None else cut + 1, reason, list(kept))
 
 

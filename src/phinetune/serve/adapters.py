@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from peft import PeftModel
@@ -81,7 +82,7 @@ def load_served(targets: list[str], dtype: str = "auto", quant: str = "none", fi
 
 def _add_adapter(loaded: Loaded, run: RunDir, base_model: str, adapter_name: str) -> str:
     info = run.read_info()
-    if info.base_model != base_model:
+    if not same_base(info.base_model, base_model):
         raise PhinetuneError(f"{run.path}: trained on {info.base_model}, not on {base_model} like the first run; "
                              "only runs on the same base can share it")
     tokenizer = _tokenizer(run)
@@ -89,6 +90,35 @@ def _add_adapter(loaded: Loaded, run: RunDir, base_model: str, adapter_name: str
         raise PhinetuneError(f"{run.path}: its tokenizer or chat template differs from the first run's; serve it separately")
     loaded.model.load_adapter(str(run.adapter), adapter_name=adapter_name)
     return adapter_name
+
+
+def same_base(a: str, b: str) -> bool:
+    """The same id, or two local folders holding byte-identical config and weights (tiny bases are built into
+    each run's own folder, so two runs on one base may name two copies of it)."""
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    if not (pa.is_dir() and pb.is_dir()):
+        return False
+    def listing(folder: Path) -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".safetensors"))
+
+    files = listing(pa)
+    if files != listing(pb) or "config.json" not in files:
+        return False
+    weights = [f for f in files if f.endswith(".safetensors")]
+    return (pa / "config.json").read_bytes() == (pb / "config.json").read_bytes() and all(
+        (pa / f).stat().st_size == (pb / f).stat().st_size and _digest(pa / f) == _digest(pb / f) for f in weights)
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _tokenizer(run: RunDir):

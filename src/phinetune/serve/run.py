@@ -60,6 +60,7 @@ def serve(target: Union[str, list[str]], host: str = "127.0.0.1", port: int = 80
     configure_access_log(access_log)
     console.print(f"serving {', '.join(repr(m) for m in served.models)} at http://{host}:{port}/v1 (OpenAI-compatible; "
                   f"/health, /metrics, /docs){'; API key required' if api_key else ''}")
+    app.router.add_event_handler("shutdown", lambda: console.print(f"stopped after answering {app.state.worker.served} requests"))
     # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests finish (up to the request timeout), then
     # runs the app's shutdown, where the worker drains what is still queued.
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(request_timeout) + 1)
