@@ -18,6 +18,9 @@ from phinetune.errors import PhinetuneError
 from phinetune.infer.loading import Loaded
 
 
+GREEDY_BELOW = 1e-5  # temperatures under this sample as greedy (vLLM's _SAMPLING_EPS): logits / 1e-240 overflow to inf -> NaN
+
+
 @dataclass
 class Sampling:
     max_new_tokens: int = 256
@@ -36,7 +39,7 @@ class Sampling:
             raise PhinetuneError(f"invalid sampling setting: {bad[0]} (got {self})")
 
     def kwargs(self) -> dict:
-        if self.temperature <= 0:
+        if self.temperature < GREEDY_BELOW:
             return {"do_sample": False}
         return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k or None, "top_p": self.top_p}
 

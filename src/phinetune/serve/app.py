@@ -59,23 +59,26 @@ def error_body(status: int, message: str, type: str = "invalid_request_error", p
     return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # pydantic names the union member it tried in `loc`
+
+
 def validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]:
     """One clear sentence for the first problem, naming the field."""
     err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body" and "[" not in str(p) and str(p) not in _UNION_TAGS]
     field_ = ".".join(loc) or None
-    kind = err.get("type", "")
+    kind, msg = err.get("type", ""), str(err.get("msg")).removeprefix("Value error, ")
     if kind == "json_invalid":
-        return f"request body is not valid JSON ({err.get('ctx', {}).get('error', err.get('msg'))})", None
+        return f"request body is not valid JSON ({err.get('ctx', {}).get('error', msg)})", None
     if kind == "extra_forbidden":
         return f"unknown field '{field_}': this server does not support it (see GET /docs for the accepted fields)", field_
     if kind == "missing":
         return f"missing required field '{field_}'", field_
     if kind == "value_error" and not loc:  # a check across fields (schemas.py's model validators)
-        return str(err.get("msg")).removeprefix("Value error, "), None
+        return msg, None
     if not loc:
-        return f"request body must be a JSON object ({err.get('msg')})", None
-    return f"invalid value for '{field_}': {err.get('msg')} (got {str(err.get('input'))[:80]!r})", field_
+        return f"request body must be a JSON object ({msg})", None
+    return f"invalid value for '{field_}': {msg} (got {str(err.get('input'))[:80]!r})", field_
 
 
 def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAPI:

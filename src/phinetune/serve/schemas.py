@@ -4,14 +4,26 @@ never silently ignored (a client sending a field this server does not implement 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP = 4  # as OpenAI
 MAX_PROMPTS = 16  # prompts in one /v1/completions request
 MAX_CHOICES = 16  # prompts x n in one request
 MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API (completions allows 5; vLLM allows 20 in both, and so do we)
+
+
+def _encodable(text: str) -> str:
+    """JSON can carry lone surrogates (\\ud800) that are no text at all: the tokenizer would fail on them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode text: a lone surrogate {text[exc.start:exc.end]!r} at character {exc.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class _Strict(BaseModel):
@@ -20,13 +32,13 @@ class _Strict(BaseModel):
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant"]
-    content: Union[str, list[TextPart]]
-    name: Optional[str] = None
+    content: Union[Text, list[TextPart]]
+    name: Optional[Text] = None
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -48,7 +60,7 @@ class _Sampling(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="Extension (vLLM-style): top-k sampling, 0 = off.")
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Same seed, same request: same sampled answer.")
-    stop: Optional[Union[str, list[str]]] = None
+    stop: Optional[Union[Text, list[Text]]] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
@@ -112,7 +124,7 @@ TokenIds = list[int]
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str], TokenIds, list[TokenIds]] = Field(
+    prompt: Union[Text, list[Text], TokenIds, list[TokenIds]] = Field(
         ..., description="A prompt, a list of at most 16 prompts, or the same as token ids (what lm-eval sends).")
     max_tokens: Optional[int] = Field(None, ge=0, description="Default 16, as OpenAI's completions; 0 (with echo) scores the prompt only.")
     echo: bool = Field(False, description="Return the prompt before the completion (and its tokens' logprobs).")

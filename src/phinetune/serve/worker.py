@@ -143,8 +143,12 @@ class Worker:
     def _run(self, group: list[Job]) -> None:
         live = []
         for job in group:
+            # A future its waiter cancelled (a client gone, a timeout) is skipped; one marked running can no longer be
+            # cancelled, so setting its result below cannot fail (and kill this thread).
+            if not job.future.set_running_or_notify_cancel():
+                continue
             if job.cancel.is_set():
-                job.future.set_result([]) if not job.future.done() else None
+                job.future.set_result([])
             elif self._admit(job):
                 live.append(job)
         if not live:
