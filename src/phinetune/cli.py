@@ -196,6 +196,25 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
     run_bench(target, [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes), out)
 
 
+@bench_app.command("serve")
+def bench_serve(target: Optional[str] = typer.Argument(None, help="A run folder, merged folder or model id to serve here (or use --url)."),
+                url: Optional[str] = typer.Option(None, help="A running server's base URL instead, e.g. http://127.0.0.1:8000."),
+                concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
+                requests: int = typer.Option(64, help="Requests per concurrency level (at least one per client)."),
+                max_tokens: int = typer.Option(32, help="max_tokens of each request."),
+                model: Optional[str] = typer.Option(None, help="The model id to ask for (default: the server's first)."),
+                api_key: Optional[str] = typer.Option(None, help="For --url servers that require one."),
+                out: Optional[Path] = typer.Option(None, "--out", help="Also write the rows as JSON here.")) -> None:
+    """HTTP throughput and p50/p95 latency of `phinetune serve` at several concurrency levels."""
+    from phinetune.bench.serve import bench_serve as run_bench
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        raise PhinetuneError(f"--concurrency must be comma-separated integers like 1,8,32 (got {concurrency!r})") from None
+    run_bench(target, url, levels, requests, max_tokens, model, api_key, out=out)
+
+
 # ---------------------------------------------------------------- phinetune data ...
 
 data_app = typer.Typer(help="Look at training data before training on it.", no_args_is_help=True)
