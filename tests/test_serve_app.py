@@ -449,6 +449,7 @@ def _bodies():
 
 
 def test_generated_bodies_never_get_a_5xx_and_valid_ones_get_content(server, app):
+    pytest.importorskip("hypothesis_jsonschema", reason="pip install hypothesis-jsonschema (in the dev extra)")
     from hypothesis import HealthCheck, given, settings
 
     from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest

@@ -134,6 +134,7 @@ def _lm_eval_scores(url: str, model: str, tokenizer: Path):
 def test_lm_eval_local_completions_through_the_server_equals_phinetune_eval(server, runs, tmp_path, monkeypatch):
     """The server scores what lm-eval asks (token ids, echo, logprobs=1, max_tokens=1), for the adapter and the base."""
     pytest.importorskip("lm_eval")
+    pytest.importorskip("tenacity", reason="lm-eval's API models need its [api] extra: pip install 'lm-eval[api]'")
     from phinetune.eval.compare import EvalPlan, evaluate_run
     from phinetune.eval.tasks import TASKS
 
