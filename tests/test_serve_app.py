@@ -483,3 +483,13 @@ def test_generated_bodies_never_get_a_5xx_and_valid_ones_get_content(server, app
 
     check()
     assert seen["served"] >= 10, seen  # the generator does reach the model, not only the validators
+
+
+def test_prompts_reach_the_access_log_only_with_log_prompts(loaded, caplog):
+    from starlette.testclient import TestClient
+
+    caplog.set_level(logging.INFO, logger="phinetune.serve.access")
+    with TestClient(create_app(loaded, ServeSettings("tiny", log_prompts=True))) as tc:
+        r = tc.post("/v1/completions", json={"prompt": "private words", "max_tokens": 2})
+    entry = json.loads([rec.getMessage() for rec in caplog.records if rec.name == "phinetune.serve.access"][-1])
+    assert entry["prompt"] == ["private words"] and entry["request_id"] == r.headers["x-request-id"]

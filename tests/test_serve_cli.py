@@ -22,6 +22,8 @@ import pytest
 
 from conftest import SRC
 
+pytestmark = pytest.mark.slow  # a trained run, a server process and two lm-eval runs: about a minute
+
 FIXTURE = Path(__file__).parent / "fixtures" / "evalsets"
 LIMIT = 8
 
