@@ -83,7 +83,9 @@ def server(runs, tmp_path_factory):
 
 
 def _base_name(run: Path) -> str:
-    return Path(json.loads((run / "run.json").read_text())["base_model"]).name
+    from phinetune.runs.run_dir import RunDir
+
+    return Path(RunDir.open(run).read_info().base_model).name
 
 
 def test_models_lists_each_adapter_and_the_base(server, runs):
@@ -92,8 +94,8 @@ def test_models_lists_each_adapter_and_the_base(server, runs):
 
 
 def test_each_name_answers_with_its_own_adapter(server, runs):
-    from phinetune.infer.generate import Sampling, complete
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.infer.complete import Sampling, complete
+    from phinetune.runs.loading import load_for_inference
 
     prompts = ["The piano", "A riddle: what has keys", "Water"]
     got, base = {}, _base_name(runs[0])
@@ -111,13 +113,14 @@ def test_each_name_answers_with_its_own_adapter(server, runs):
 def test_startup_prints_what_each_adapter_costs(server, runs):
     """Memory grows by the adapter's weights, not by another base: the growth is close to adapter_model.safetensors."""
     # (the banner the server printed is checked at its shutdown, last test; here the same code, in process)
+    from phinetune.runs.run_dir import RunDir
     from phinetune.serve.adapters import load_served, tensor_bytes
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.runs.loading import load_for_inference
 
     one = tensor_bytes(load_for_inference(str(runs[0]), "auto").model)
     served = load_served([str(runs[0]), str(runs[1])])
     grown = tensor_bytes(served.loaded.model) - one
-    adapter_file = (runs[1] / "adapter" / "adapter_model.safetensors").stat().st_size
+    adapter_file = sum(f.stat().st_size for f in RunDir(runs[1]).adapter.glob("*.safetensors"))
     assert 0.9 * adapter_file <= grown <= 1.1 * adapter_file + 4096
     assert served.memory[1].startswith("+ adapter 'run-b': +")
 
@@ -139,11 +142,12 @@ def test_lm_eval_local_completions_through_the_server_equals_phinetune_eval(serv
     pytest.importorskip("tenacity", reason="lm-eval's API models need its [api] extra: pip install 'lm-eval[api]'")
     from phinetune.eval.compare import EvalPlan, evaluate_run
     from phinetune.eval.tasks import TASKS
+    from phinetune.runs.run_dir import RunDir
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     ours = evaluate_run(str(runs[0]), EvalPlan([TASKS["arc_easy"]], LIMIT, 0, FIXTURE, 8, False))  # what `phinetune eval` runs
     for label, model in (("tuned", "run-a"), ("base", _base_name(runs[0]))):
-        theirs = _lm_eval_scores(server["url"], model, runs[0] / "tokenizer")
+        theirs = _lm_eval_scores(server["url"], model, RunDir(runs[0]).tokenizer)
         mine = ours[label]["arc_easy"]
         assert theirs.n == mine["n"] == LIMIT
         for a, b in zip(mine["items"], theirs.items):  # per item and option: the same log-likelihoods

@@ -15,8 +15,8 @@ from typing import Optional
 from peft import PeftModel
 
 from phinetune.errors import PhinetuneError
-from phinetune.infer.loading import Loaded, is_run_dir, load_for_inference
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.loading import Loaded, is_run_dir, load_for_inference
+from phinetune.runs.run_dir import RunDir
 
 
 @dataclass

@@ -23,12 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from phinetune import __version__
-from phinetune.infer.generate import Completion, Sampling, chat_prompt
-from phinetune.infer.loading import Loaded
+from phinetune.infer.complete import Completion, Sampling, chat_prompt
+from phinetune.runs.loading import Loaded
 from phinetune.serve.adapters import Served
-from phinetune.serve.formats import CHAT, COMPLETION, _Format, usage
 from phinetune.serve.limits import BodySizeLimit
 from phinetune.serve.observe import AccessLog, Metrics
+from phinetune.serve.responses import CHAT, TEXT, TextFormat, usage
 from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest
 from phinetune.serve.stream import SSE_DONE, StopFilter, sse
 from phinetune.serve.worker import Job, Output, QueueFull, Refused, Worker
@@ -143,7 +143,7 @@ def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAP
         job = Job(prompts, api.sampling(req), req.stops(), adapter=adapter, logprobs=req.logprobs, echo=req.echo,
                   generate=req.max_tokens != 0)
         api.note(request, name, req, req.prompts())
-        return await api.respond(job, req, name, COMPLETION, request)
+        return await api.respond(job, req, name, TEXT, request)
 
     return app
 
@@ -200,7 +200,7 @@ class _Api:
         except QueueFull as exc:
             raise APIError(429, str(exc), type="rate_limit_error", code="queue_full") from None
 
-    async def respond(self, job: Job, req, name: str, fmt: _Format, request: Request):
+    async def respond(self, job: Job, req, name: str, fmt: TextFormat, request: Request):
         deadline = time.monotonic() + self.settings.request_timeout
         if req.stream:
             queue: asyncio.Queue = asyncio.Queue()
@@ -231,12 +231,12 @@ class _Api:
             job.cancel.set()
             raise
 
-    async def stream(self, job: Job, queue: asyncio.Queue, name: str, fmt: _Format, include_usage: bool, deadline: float,
+    async def stream(self, job: Job, queue: asyncio.Queue, name: str, fmt: TextFormat, include_usage: bool, deadline: float,
                      request: Request) -> AsyncIterator[str]:
         ident, stops, started = fmt.new_id(), StopFilter(job.stop), time.monotonic()
         try:
-            if (opening := fmt.delta(None, None, first=True)) is not None:
-                yield sse(fmt.chunk(ident, name, opening))
+            if (opening := fmt.opening()) is not None:
+                yield sse(fmt.chunk(ident, name, [opening]))
             first = True
             while True:
                 try:
@@ -250,8 +250,8 @@ class _Api:
                 if first:
                     self.metrics.first_token.observe(time.monotonic() - started)
                     first = False
-                if (text := stops.feed(piece)) and (choice := fmt.delta(text, None)):
-                    yield sse(fmt.chunk(ident, name, choice))
+                if text := stops.feed(piece):
+                    yield sse(fmt.chunk(ident, name, [fmt.delta(text, None)]))
             try:
                 outputs = job.future.result()
             except Refused as exc:  # headers are sent: the error can only travel inside the stream
@@ -261,14 +261,14 @@ class _Api:
                 log.exception("generation failed during a stream")
                 yield sse(_error_event(f"generation failed: {exc}", "server_error"))
                 return
-            if (tail := stops.flush()) and (choice := fmt.delta(tail, None)):
-                yield sse(fmt.chunk(ident, name, choice))
+            if tail := stops.flush():
+                yield sse(fmt.chunk(ident, name, [fmt.delta(tail, None)]))
             result = outputs[0].completion if outputs else Completion("", 0, 0, "stop")
-            yield sse(fmt.chunk(ident, name, fmt.delta(None, "stop" if stops.stopped else result.finish_reason)))
+            yield sse(fmt.chunk(ident, name, [fmt.delta(None, "stop" if stops.stopped else result.finish_reason)]))
             counts = usage(outputs)
             self.account(request, name, counts)
             if include_usage:
-                yield sse(fmt.chunk(ident, name, None, counts))
+                yield sse(fmt.chunk(ident, name, [], usage=counts))
             yield SSE_DONE
         finally:
             job.cancel.set()  # a client that went away stops the generation at the next token

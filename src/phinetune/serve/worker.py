@@ -20,8 +20,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
-from phinetune.infer.generate import CallbackStreamer, Completion, Sampling, complete
-from phinetune.infer.loading import Loaded
+from phinetune.infer.complete import CallbackStreamer, Completion, Sampling, complete
+from phinetune.runs.loading import Loaded
 from phinetune.serve.logprobs import TokenLogprob, score_tokens
 
 
