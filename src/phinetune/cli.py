@@ -194,7 +194,8 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
 
 
 @app.command()
-def serve(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
+def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged folder, or a base model id; or several LoRA runs "
+                                                          "on one base (each served under its folder name, plus the base)."),
           host: str = typer.Option("127.0.0.1", help="Bind address; anything but loopback exposes the model to the network."),
           port: int = typer.Option(8000),
           api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' (or set PHINETUNE_API_KEY)."),
@@ -203,12 +204,18 @@ def serve(target: str = typer.Argument(..., help="A run folder, a merged folder,
           max_body_kb: int = typer.Option(1024, help="Largest request body in KiB (413 above)."),
           max_queue: int = typer.Option(64, help="Requests that may wait for the model (429 above)."),
           max_batch: int = typer.Option(8, help="Prompts generated together when compatible requests wait together."),
-          dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
-    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming), /v1/completions, /v1/models, /health."""
-    check_source(target)
+          dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+          request_timeout: float = typer.Option(300.0, help="Seconds a request may take, queue wait included (504 after)."),
+          cors_origin: list[str] = typer.Option([], help="Allow browser pages from this origin (repeat; '*' for any). Default: no CORS."),
+          access_log: str = typer.Option("-", help="One JSON line per request: '-' stderr, 'off', or a file path."),
+          log_prompts: bool = typer.Option(False, help="Also write prompt text into the access log.")) -> None:
+    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming), /v1/completions, /v1/models, /health, /metrics."""
+    for target in targets:
+        check_source(target)
     from phinetune.serve.run import serve as run_serve
 
-    run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant)
+    run_serve(targets, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant,
+              request_timeout, cors_origin, access_log, log_prompts)
 
 
 bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True,
@@ -231,6 +238,25 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
     except ValueError:
         raise PhinetuneError(f"--batch-sizes must be comma-separated integers like 1,8 (got {batch_sizes!r})") from None
     run_bench(target, [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes), out)
+
+
+@bench_app.command("serve")
+def bench_serve(target: Optional[str] = typer.Argument(None, help="A run folder, merged folder or model id to serve here (or use --url)."),
+                url: Optional[str] = typer.Option(None, help="A running server's base URL instead, e.g. http://127.0.0.1:8000."),
+                concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
+                requests: int = typer.Option(64, help="Requests per concurrency level (at least one per client)."),
+                max_tokens: int = typer.Option(32, help="max_tokens of each request."),
+                model: Optional[str] = typer.Option(None, help="The model id to ask for (default: the server's first)."),
+                api_key: Optional[str] = typer.Option(None, help="For --url servers that require one."),
+                out: Optional[Path] = typer.Option(None, "--out", help="Also write the rows as JSON here.")) -> None:
+    """HTTP throughput and p50/p95 latency of `phinetune serve` at several concurrency levels."""
+    from phinetune.bench.serve import bench_serve as run_bench
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        raise PhinetuneError(f"--concurrency must be comma-separated integers like 1,8,32 (got {concurrency!r})") from None
+    run_bench(target, url, levels, requests, max_tokens, model, api_key, out=out)
 
 
 # ---------------------------------------------------------------- phinetune data ...
