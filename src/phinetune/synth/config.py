@@ -37,9 +37,8 @@ class TeacherConfig(_Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (used when api_key is not set).")
     system: Optional[str] = Field(None, description="Optional system prompt sent with every teacher call.")
     concurrency: int = Field(8, ge=1, le=256, description="Most requests in flight at once (openai).")
-    max_retries: int = Field(6, ge=0, description="Retries per call on 429, 5xx, timeouts and connection errors, with exponential backoff.")
-    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles each retry (a Retry-After header wins when larger).")
-    max_backoff_s: float = Field(60.0, ge=0, description="Longest single retry delay.")
+    max_retries: int = Field(6, ge=0, description="Retries per call on 408/409/429, 5xx, timeouts and connection errors: the openai SDK's "
+                             "exponential backoff with jitter (0.5 s doubling, at most 8 s), or what a Retry-After header asks.")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.")
     price_input_per_1m: float = Field(0.0, ge=0, description="USD per million prompt tokens, for the cost counter (0: not counted unless the endpoint reports usage.cost).")
     price_output_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens.")
