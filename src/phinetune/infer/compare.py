@@ -16,6 +16,7 @@ from rich.table import Table
 from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling
 from phinetune.infer.generate import answer_all, read_prompt_rows
+from phinetune.markdown import md_table
 from phinetune.progress import console
 from phinetune.runs.held_out import held_out_prompts
 from phinetune.runs.loading import base_and_tuned
@@ -76,18 +77,10 @@ def render_table(rows: list[Row], title: str) -> Table:
     return table
 
 
-def _cell(text: str) -> str:
-    return (text or "").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
-
-
 def render_markdown(rows: list[Row], run: str, sampling: Sampling) -> str:
     with_ref = any(r.reference for r in rows)
     head = ["#", "prompt", *(["reference"] if with_ref else []), "base", "fine-tuned"]
-    lines = [f"# Base vs fine-tuned: `{run}`", "",
-             f"Sampling: temperature={sampling.temperature}, top_k={sampling.top_k}, top_p={sampling.top_p}, "
-             f"max_new_tokens={sampling.max_new_tokens}, seed={sampling.seed}.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for k, r in enumerate(rows, start=1):
-        cells = [str(k), _last_user(r.prompt), *([r.reference or ""] if with_ref else []), r.base, r.tuned]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [[k, _last_user(r.prompt), *([r.reference or ""] if with_ref else []), r.base, r.tuned] for k, r in enumerate(rows, start=1)]
+    return "\n".join([f"# Base vs fine-tuned: `{run}`", "",
+                      f"Sampling: temperature={sampling.temperature}, top_k={sampling.top_k}, top_p={sampling.top_p}, "
+                      f"max_new_tokens={sampling.max_new_tokens}, seed={sampling.seed}.", "", md_table(head, cells)]) + "\n"
