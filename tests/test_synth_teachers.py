@@ -5,12 +5,12 @@ import time
 import pytest
 
 from openai_server import FakeOpenAI
-from phinetune.synth.config import Sampling, TeacherConfig
+from phinetune.synth.config import RequestSampling, TeacherConfig
 from phinetune.synth.teachers import Call, OpenAITeacher, TeacherError
 
 
 def calls(n: int) -> list[Call]:
-    return [Call(f"answer/q{i}/0/h", [{"role": "user", "content": f"Riddle number {i}?"}], Sampling(max_tokens=20), i) for i in range(n)]
+    return [Call(f"answer/q{i}/0/h", [{"role": "user", "content": f"Riddle number {i}?"}], RequestSampling(max_tokens=20), i) for i in range(n)]
 
 
 def teacher(srv: FakeOpenAI, **kw) -> OpenAITeacher:

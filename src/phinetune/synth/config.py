@@ -47,7 +47,10 @@ class TeacherConfig(_Strict):
     quant: Literal["none", "nf4"] = Field("none", description="nf4 loads the local teacher in 4-bit.")
 
 
-class Sampling(_Strict):
+class RequestSampling(_Strict):
+    """What a chat-completions request asks the teacher for (OpenAI's names: `max_tokens`); the local teacher
+    turns it into phinetune.infer.complete.Sampling (transformers' names: `max_new_tokens`)."""
+
     max_tokens: int = Field(500, ge=1, description="Most tokens per teacher answer.")
     temperature: float = Field(0.7, ge=0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
@@ -110,7 +113,7 @@ class OutputConfig(_Strict):
 class SynthConfig(_Strict):
     seeds: SeedsConfig
     teacher: TeacherConfig
-    sampling: Sampling = Field(default_factory=Sampling)
+    sampling: RequestSampling = Field(default_factory=RequestSampling)
     stages: dict[str, Stage] = Field(..., description="Ordered stages: expand?, clean?, then turns alternating assistant/user, ending with assistant.")
     output: OutputConfig = Field(default_factory=OutputConfig)
     seed: int = Field(0, description="Seed for which seeds each expand call sees and for sampling.")
@@ -122,7 +125,7 @@ class SynthConfig(_Strict):
             _check_placeholders(name, stage)
         return self
 
-    def sampling_for(self, stage) -> Sampling:
+    def sampling_for(self, stage) -> RequestSampling:
         return self.sampling.model_copy(update=stage.sampling.model_dump(exclude_none=True))
 
 

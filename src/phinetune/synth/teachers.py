@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from phinetune.errors import PhinetuneError
-from phinetune.synth.config import Sampling, TeacherConfig
+from phinetune.synth.config import RequestSampling, TeacherConfig
 from phinetune.synth.journal import Entry
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -27,7 +27,7 @@ class TeacherError(PhinetuneError):
 class Call:
     key: str
     messages: list[dict]
-    sampling: Sampling
+    sampling: RequestSampling
     seed: int  # per-call sampling seed derived from the key: reproducible where the endpoint honours it
 
 
@@ -175,7 +175,7 @@ class LocalTeacher:
         self.describe = f"local model {cfg.model}"
 
     def run(self, calls: list[Call], on_done: OnDone) -> None:
-        from phinetune.infer.complete import Sampling as GenSampling, generate_batch
+        from phinetune.infer.complete import Sampling, generate_batch
 
         groups: dict[tuple, list[Call]] = {}
         for call in calls:  # one generate() per batch needs one sampling setting
@@ -184,7 +184,7 @@ class LocalTeacher:
             sampling = group[0].sampling
             for k in range(0, len(group), self.cfg.batch_size):
                 batch = group[k:k + self.cfg.batch_size]
-                gen = GenSampling(sampling.max_tokens, sampling.temperature, 0, sampling.top_p, seed=batch[0].seed)
+                gen = Sampling(sampling.max_tokens, sampling.temperature, 0, sampling.top_p, seed=batch[0].seed)
                 for call, text in zip(batch, generate_batch(self.loaded, [c.messages for c in batch], gen)):
                     on_done(call, Entry(call.key, text, self._count(call.messages), self._count(text), 0.0, None))
 
