@@ -7,6 +7,7 @@ Each output line is the input line (other fields such as an `id` kept) plus `res
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -51,11 +52,11 @@ def answer_all(loaded: Loaded, convs: list[list[dict]], sampling: Sampling, batc
 
 
 def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], sampling: Sampling,
-                 batch_size: int = 8, load: LoadOptions = LoadOptions()) -> list[str]:
+                 batch_size: int = 8, load: LoadOptions = LoadOptions(), checkpoint: Optional[str] = None) -> list[str]:
     if (prompt is None) == (input is None):
         raise PhinetuneError("give either a PROMPT or --input FILE.jsonl (exactly one)")
     rows = read_prompt_rows(input) if input else [{"messages": [{"role": "user", "content": prompt}]}]
-    loaded = load_for_inference(target, load.dtype, load.quant)
+    loaded = load_for_inference(target, load.dtype, load.quant, checkpoint=checkpoint)
     results = answer_all(loaded, [r["messages"] for r in rows], sampling, batch_size)
     answers = [r.text.strip() for r in results]
     if output:
@@ -66,6 +67,7 @@ def run_generate(target: str, prompt: Optional[str], input: Optional[Path], outp
                 fh.write(json.dumps(out, ensure_ascii=False) + "\n")
         console.print(f"{len(answers)} answers written to {output}")
     else:
-        for answer in answers:
-            console.print(answer, markup=False, highlight=False)
+        for answer in answers:  # the result, as is: no markup, no wrapping at the terminal width
+            sys.stdout.write(answer + "\n")
+        sys.stdout.flush()
     return answers

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from dataclasses import dataclass
-from pathlib import Path
 from importlib import resources
+from pathlib import Path
 from typing import Optional
 
 import jinja2
+from markupsafe import Markup
 
 from phinetune.markdown import md_table
 from phinetune.train.plots import render_all
@@ -126,11 +128,34 @@ def eval_section(run: RunDir) -> Optional[Section]:
     return Section("Benchmarks: base vs fine-tuned", BLOCKS.note(note) + table, f"{note}\n\n{md_table(header, rows)}")
 
 
+def markdown_tables_html(text: str) -> str:
+    """compare.md as HTML: its `| a | b |` tables as tables (cells keep their `<br>` line breaks, escaped `\\|`
+    stays a bar), headings and other lines as paragraphs. Only the Markdown compare.md writes, not Markdown at large."""
+    out, table = [], []
+
+    def flush() -> None:
+        if len(table) >= 2:  # the cells are escaped by the template; only their <br> line breaks come back
+            out.append(str(html_table(table[0], table[2:] if set(table[1]) <= {"---", ""} else table[1:], css="wide"))
+                       .replace("&lt;br&gt;", "<br>"))
+        table.clear()
+
+    for line in text.splitlines():
+        if line.strip().startswith("|"):
+            cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+            table.append([c.strip().replace("\\|", "|") for c in cells])
+            continue
+        flush()
+        if line.strip():
+            out.append(str(BLOCKS.note(line.lstrip("# ").strip())))
+    flush()
+    return Markup("".join(out))
+
+
 def samples_section(run: RunDir, n: int) -> Optional[Section]:
     compare = run.compare
-    if compare.exists():  # written by another verb: show it as it is
+    if compare.exists():  # written by `phinetune compare`: its Markdown tables become HTML tables
         text = compare.read_text()
-        return Section("Sample answers: before vs after", BLOCKS.pre(text), text)
+        return Section("Sample answers: before vs after", markdown_tables_html(text), text)
     rows = cached_samples(run)
     if rows is None and n > 0:
         rows = generate_samples(run, n)
