@@ -76,7 +76,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(401, {"error": {"message": "invalid api key"}}, digest, "?")
         status = srv.next_failure()
         if status:
-            return self._send(status, {"error": {"message": "injected failure"}}, digest, "?", {"Retry-After": "0"})
+            return self._send(status, {"error": {"message": "injected failure"}}, digest, "?", {"Retry-After": srv.retry_after})
         with srv._lock:
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
@@ -105,9 +105,9 @@ class Handler(BaseHTTPRequestHandler):
 class FakeOpenAI(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, api_key: str | None = None, failures=(), delay_s: float = 0.0, port: int = 0):
+    def __init__(self, api_key: str | None = None, failures=(), delay_s: float = 0.0, port: int = 0, retry_after: str = "0.01"):
         super().__init__(("127.0.0.1", port), Handler)
-        self.api_key, self.delay_s, self.log = api_key, delay_s, Log()
+        self.api_key, self.delay_s, self.log, self.retry_after = api_key, delay_s, Log(), retry_after
         self._failures, self._lock = list(failures), threading.Lock()
         self.in_flight = self.max_in_flight = 0
 

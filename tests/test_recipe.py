@@ -7,6 +7,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from phinetune.runs.run_dir import RunDir
 from phinetune.train.recipe import run_steps, save, setup, train
 
 
@@ -50,9 +51,8 @@ def test_qlora_on_cpu_trains_adapters_over_frozen_4bit_base(tiny_cfg):
     assert any(not torch.equal(lora_before[n], trained[n].detach()) for n in lora_before if "lora_B" in n)
 
 
-def test_train_writes_a_self_describing_run_folder(tiny_cfg):
-    result = train(tiny_cfg())
-    run = result.run
+def test_train_writes_a_self_describing_run_folder(tiny_run):
+    run = RunDir.open(tiny_run)  # the session's shared run: the same config as tiny_cfg()
     for path in [run.config, run.info_file, run.adapter / "adapter_config.json", run.adapter / "adapter_model.safetensors",
                  run.tokenizer / "tokenizer_config.json", run.metrics, run.plot]:
         assert path.exists(), path
@@ -61,12 +61,13 @@ def test_train_writes_a_self_describing_run_folder(tiny_cfg):
     assert train_rows and all({"loss", "lr", "grad_norm", "tokens_per_s"} <= r.keys() for r in train_rows)
     assert [r["step"] for r in records if "eval_loss" in r][0] == 0
     assert json.loads(run.info_file.read_text())["status"] == "finished"
-    assert result.final_eval_loss < result.first_eval_loss
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert evals[-1] < evals[0]
     assert "<|assistant|>" in (run.tokenizer / "chat_template.jinja").read_text()
 
 
-def test_adapter_loads_with_plain_peft(tiny_cfg):
-    run = train(tiny_cfg()).run
+def test_adapter_loads_with_plain_peft(tiny_run):
+    run = RunDir.open(tiny_run)
     base = AutoModelForCausalLM.from_pretrained(run.read_info().base_model)
     model = PeftModel.from_pretrained(base, str(run.adapter))
     ids = torch.tensor([[3, 10, 20, 30]])

@@ -110,9 +110,12 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
     check_source(target)
+    from phinetune.infer.complete import Sampling
     from phinetune.infer.generate import run_generate
+    from phinetune.runs.loading import LoadOptions
 
-    run_generate(target, prompt, input, output, max_new_tokens, temperature, top_k, top_p, seed, batch_size, dtype, quant, checkpoint)
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
+    run_generate(target, prompt, input, output, sampling, batch_size, LoadOptions(dtype, quant), checkpoint)
 
 
 @app.command()
@@ -189,8 +192,9 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
     check_run(run)
     from phinetune.infer.compare import compare_run
     from phinetune.infer.complete import Sampling
+    from phinetune.runs.loading import LoadOptions
 
-    compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, dtype, quant, out)
+    compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, LoadOptions(dtype, quant), out)
 
 
 @app.command()
@@ -257,6 +261,19 @@ def bench_serve(target: Optional[str] = typer.Argument(None, help="A run folder,
     except ValueError:
         raise PhinetuneError(f"--concurrency must be comma-separated integers like 1,8,32 (got {concurrency!r})") from None
     run_bench(target, url, levels, requests, max_tokens, model, api_key, out=out)
+
+
+@bench_app.command("train")
+def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
+                out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
+                parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
+                rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
+                realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
+                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
+    """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
+    from phinetune.bench.train import bench_train as run_bench
+
+    run_bench(workload, out, parity, rows, realdata, work_dir)
 
 
 # ---------------------------------------------------------------- phinetune data ...
@@ -425,18 +442,3 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
-
-
-
-
-@bench_app.command("train")
-def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
-                out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
-                parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
-                rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
-                realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
-                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
-    """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
-    from phinetune.bench.train import bench_train as run_bench
-
-    run_bench(workload, out, parity, rows, realdata, work_dir)

@@ -20,6 +20,14 @@ from phinetune.progress import progress_console
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a target for inference (the --dtype/--quant options every inference verb has)."""
+
+    dtype: str = "auto"  # auto, bf16, fp16 or fp32
+    quant: str = "none"  # none or nf4
+
+
 @dataclass
 class Loaded:
     model: torch.nn.Module

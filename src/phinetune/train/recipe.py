@@ -28,7 +28,7 @@ from phinetune.train.checkpoint import load_checkpoint, register_trainable_only,
 from phinetune.train.launch import check_distributed
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
-from phinetune.train.memory import release_freed_memory
+from phinetune.train.memory import pin_malloc_thresholds
 from phinetune.train.metrics import MetricsLog
 from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
@@ -97,7 +97,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
 
 
 def setup(cfg: RunConfig, resume: bool = False) -> Loop:
-    release_freed_memory()  # freed activations go back to the OS (see train/memory.py)
+    pin_malloc_thresholds()  # freed activations go back to the OS (see train/memory.py)
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
     accelerator = Accelerator(step_scheduler_with_optimizer=False, **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
     set_seed(cfg.train.seed)
