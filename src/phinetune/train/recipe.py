@@ -145,6 +145,8 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
     base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
+    if accelerator.is_main_process:  # now, not at the end: a run interrupted later is still usable from a checkpoint
+        tokenizer.save_pretrained(run.tokenizer)
     data = prepare_data(cfg.data, tokenizer, spec.end_of_turn or tokenizer.eos_token)
     model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
     run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process,
