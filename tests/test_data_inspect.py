@@ -97,3 +97,18 @@ def test_cli_bad_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     out = " ".join(capsys.readouterr().out.split())  # undo the console's line wrapping
     assert exit_info.value.code == 2
     assert out.startswith("error:") and f"{path}:2: missing field 'completion'" in out and "Traceback" not in out
+
+
+def test_errors_name_this_verbs_flags_not_config_keys(tmp_path):
+    from typer.testing import CliRunner
+
+    from phinetune.cli import app, as_inspect_flags
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"QUESTIONS": "2+2?", "ANSWERS": "4"}\n')
+    result = CliRunner().invoke(app, ["data", "inspect", str(data), "--model", "tiny-phi3", "--column", "bogus=QUESTIONS",
+                                      "--out", str(tmp_path / "out")])
+    message = str(result.exception)
+    assert "--column" in message and "data.columns" not in message, message
+    assert as_inspect_flags("set data.format, data.columns and data.skip_bad_rows (see phinetune.data.formats)") == \
+        "set --format, --column and --skip-bad-rows (see phinetune.data.formats)"
