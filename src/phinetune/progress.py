@@ -79,4 +79,9 @@ def print_table(table) -> None:
     from rich.measure import Measurement
 
     needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    console.print(table, width=max(needed, console.width))
+    auto = console._width  # None: follow the terminal (print(width=...) cannot exceed it, so widen the console itself)
+    console.width = max(needed, console.width)
+    try:
+        console.print(table)
+    finally:
+        console._width = auto
