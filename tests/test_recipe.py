@@ -1,6 +1,7 @@
 """Training behaviour on a tiny model: adapters learn, base weights never move, the run folder is complete."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -134,3 +135,12 @@ def test_plan_is_printed_and_many_epochs_over_a_big_file_warn():
         announce_plan(_fake_loop(56, 14, 30))  # the embedded default itself: 56 training riddles
     assert "plan: 420 optimizer steps" in default.get() and "warning" not in default.get()
     assert eta_message(0.5, 2517) == "ETA: ~21.0 min for the remaining 2,517 steps (0.50 s per step so far)"
+
+
+def test_a_run_prints_its_plan_and_an_eta_from_its_first_steps(tiny_cfg, capsys):
+    from phinetune.train.recipe import train
+
+    train(tiny_cfg("train.max_steps=6", "train.eval_every=10"))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "plan: 6 optimizer steps" in out
+    assert re.search(r"ETA: ~[\d.]+ (s|min|h) for the remaining 2 steps \([\d.]+ s per step so far\)", out), out[-2000:]
