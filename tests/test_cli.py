@@ -98,3 +98,11 @@ def test_unusable_output_dir_is_one_sentence_naming_it(out_dir, why, monkeypatch
         main()
     out = " ".join(capsys.readouterr().out.split())
     assert stop.value.code == 2 and f"error: {out_dir}" in out and why in out and "Traceback" not in out
+
+
+def test_chat_reset_confirms(capsys):
+    from phinetune.infer.chat import chat_loop
+
+    typed = iter(["/reset", "/exit"])
+    chat_loop(None, None, system="Be brief.", read=lambda prompt: next(typed))  # commands never touch the model
+    assert "conversation cleared (system prompt kept)" in capsys.readouterr().out
