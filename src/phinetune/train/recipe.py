@@ -71,6 +71,7 @@ class Loop:
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     loop = setup(cfg, resume)
     try:
+        announce_plan(loop)  # before the first evaluation, which on a large eval set takes a while itself
         if loop.start_step:
             first_eval = next((r["eval_loss"] for r in loop.run.read_metrics() if r.get("step") == 0 and "eval_loss" in r), None)
             console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
@@ -78,7 +79,6 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
             first_eval = evaluate(loop) if loop.eval_rows else None
             if first_eval is not None:
                 loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
-        announce_plan(loop)
         run_steps(loop, loop.start_step)
         final_eval = evaluate(loop) if loop.eval_rows else None
         if final_eval is not None:
