@@ -65,3 +65,34 @@ def test_cli_generate_on_a_run_folder(tiny_run, tmp_path):
     assert one.exit_code == 0, one.output
     bad = CliRunner().invoke(app, ["generate", str(tiny_run), "hi", "--top-p", "1.5"])
     assert isinstance(bad.exception, PhinetuneError) and "top_p must be in (0, 1]" in str(bad.exception)
+
+
+def test_stdout_holds_only_the_answer(tiny_run):
+    """`phinetune generate RUN "..." > answer.txt` captures the answer alone: bars, spinners and library
+    noise (bitsandbytes' kernels-community line, FutureWarnings, weight-loading bars) stay off stdout, and
+    the library noise off stderr too unless --verbose."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SRC
+    from phinetune.infer.complete import Sampling, generate_batch
+    from phinetune.runs.loading import load_for_inference
+
+    prompt = "What has keys but can't open a single lock?"
+    env = {k: v for k, v in os.environ.items() if k != "PHINETUNE_QUIET"}  # progress bars on, as for a user
+    proc = subprocess.run([sys.executable, "-m", "phinetune", "generate", str(tiny_run), prompt, "--max-new-tokens", "40"],
+                          env={**env, "PYTHONPATH": str(SRC), "COLUMNS": "60"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    expected = generate_batch(load_for_inference(str(tiny_run)), [[{"role": "user", "content": prompt}]], Sampling(max_new_tokens=40))[0]
+    assert proc.stdout == expected + "\n"  # whole: not wrapped at the 60 columns either
+    assert "Generating" in proc.stderr  # the bar is there, on stderr
+    for noise in ("gemm_4bit_forward", "kernels-community", "FutureWarning", "Loading weights", "Traceback"):
+        assert noise not in proc.stderr, noise
+
+
+def test_bad_sampling_setting_names_the_flag_value_only():
+    from phinetune.infer.complete import Sampling
+
+    with pytest.raises(PhinetuneError, match=r"^temperature must be >= 0 \(0 = greedy\) \(got -1.0\)$"):
+        Sampling(temperature=-1.0)

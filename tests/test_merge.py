@@ -1,5 +1,7 @@
 """Merge parity: the merged model's logits equal base+adapter logits (LoRA and QLoRA)."""
 
+import os
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -30,6 +32,10 @@ def test_merged_logits_equal_adapter_logits(tiny_cfg, tmp_path, quant):
     assert not torch.allclose(_logits(merged), _logits(base_only), atol=1e-3), "the adapter must change the logits"
     assert (out / "chat_template.jinja").exists() and list(out.glob("*.safetensors"))
     assert not list(out.glob("*.bin")), "weights are written as safetensors only"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in out.glob("*.safetensors")} == \
+        {f.name: oct(0o666 & ~umask) for f in out.glob("*.safetensors")}  # not transformers' private 0600
 
 
 def test_merge_refuses_non_empty_output(tiny_cfg, tmp_path):

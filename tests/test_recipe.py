@@ -1,6 +1,7 @@
 """Training behaviour on a tiny model: adapters learn, base weights never move, the run folder is complete."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -108,3 +109,39 @@ def test_qlora_gradients_survive_a_mid_run_evaluation(tiny_cfg):
     assert all(g.norm() > 0 for g in before.values())
     for name, grad in before.items():
         torch.testing.assert_close(after[name], grad, msg=f"gradient of {name} changed after an eval pass")
+
+
+def _fake_loop(samples: int, steps_per_epoch: int, epochs: float):
+    from types import SimpleNamespace
+
+    from phinetune.config import load_config
+
+    cfg = load_config(None, [f"train.epochs={epochs}", "train.batch_size=4"])
+    return SimpleNamespace(cfg=cfg, total_steps=int(steps_per_epoch * epochs), steps_per_epoch=steps_per_epoch,
+                           train_rows=[[0] * 100] * steps_per_epoch * 4, data=SimpleNamespace(train=[None] * samples),
+                           accelerator=SimpleNamespace(is_main_process=True, num_processes=1))
+
+
+def test_plan_is_printed_and_many_epochs_over_a_big_file_warn():
+    """The issue's case: the default's 30 epochs copied onto a 500-row file is 2,520 steps (84 per epoch)."""
+    from phinetune.progress import console
+    from phinetune.train.recipe import announce_plan, eta_message
+
+    with console.capture() as big:
+        announce_plan(_fake_loop(500, 84, 30))
+    text = " ".join(big.get().split())
+    assert "plan: 2,520 optimizer steps (30 epochs x 84 steps, 4 sequences each), ~1,008,000 tokens over 500 training samples" in text
+    assert "warning: 30 epochs over 500 samples is 15,000 sample passes, 8x the embedded default's" in text
+    with console.capture() as default:
+        announce_plan(_fake_loop(56, 14, 30))  # the embedded default itself: 56 training riddles
+    assert "plan: 420 optimizer steps" in default.get() and "warning" not in default.get()
+    assert eta_message(0.5, 2517) == "ETA: ~21.0 min for the remaining 2,517 steps (0.50 s per step so far)"
+
+
+def test_a_run_prints_its_plan_and_an_eta_from_its_first_steps(tiny_cfg, capsys):
+    from phinetune.train.recipe import train
+
+    train(tiny_cfg("train.max_steps=6", "train.eval_every=10"))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "plan: 6 optimizer steps" in out
+    assert re.search(r"ETA: ~[\d.]+ (s|min|h) for the remaining 2 steps \([\d.]+ s per step so far\)", out), out[-2000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from typing import Iterable, Iterator, TypeVar
 
@@ -45,17 +46,17 @@ def silence_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*", module="transformers")
+    # Read when each library is imported (transformers' "Loading weights" / "Writing model shards" bars follow
+    # huggingface_hub's switch), so setting them here costs no import: a quick error stays quick.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    try:  # transformers 5 draws "Loading weights" / "Writing" bars through its own switch
+    if "transformers" in sys.modules:  # imported already: switch it directly
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def progress() -> Progress:
@@ -79,4 +80,9 @@ def print_table(table) -> None:
     from rich.measure import Measurement
 
     needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    console.print(table, width=max(needed, console.width))
+    auto = console._width  # None: follow the terminal (print(width=...) cannot exceed it, so widen the console itself)
+    console.width = max(needed, console.width)
+    try:
+        console.print(table)
+    finally:
+        console._width = auto

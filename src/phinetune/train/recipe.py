@@ -70,6 +70,7 @@ class Loop:
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     loop = setup(cfg, resume)
     try:
+        announce_plan(loop)  # before the first evaluation, which on a large eval set takes a while itself
         if loop.start_step:
             first_eval = next((r["eval_loss"] for r in loop.run.read_metrics() if r.get("step") == 0 and "eval_loss" in r), None)
             console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
@@ -77,7 +78,6 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
             first_eval = evaluate(loop) if loop.eval_rows else None
             if first_eval is not None:
                 loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
-        announce_plan(loop)
         run_steps(loop, loop.start_step)
         final_eval = evaluate(loop) if loop.eval_rows else None
         if final_eval is not None:
@@ -139,6 +139,8 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
     model, tokenizer, data = prepared.model, prepared.tokenizer, prepared.data
     base_ref = str(Path(prepared.path).resolve()) if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, prepared.spec.key, cfg.adapter.method, cfg.model.quant, prepared.dtype.name, phinetune_version=__version__))
+    if accelerator.is_main_process:  # now, not at the end: a run interrupted later is still usable from a checkpoint
+        tokenizer.save_pretrained(run.tokenizer)
     run_preflight(cfg, prepared, accelerator.is_main_process,
                   save_to=run.preflight if accelerator.is_main_process else None)
     train_rows = make_rows(data.train, cfg.data.max_length, cfg.data.packing)
