@@ -205,13 +205,13 @@ _GPT4O = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p
 def _bpe_pre(tok_json: dict, model_dir: Path) -> str:
     """llama.cpp's pre-tokenizer name, read from the pre-tokenizer's structure rather than a hash.
 
-    GPT-2's byte-level regex (Phi-2, and phinetune's tiny tokenizers) is llama.cpp's "gpt2"; Phi-4-mini's
+    GPT-2's byte-level regex (Phi-2, and phinetune's tiny tokenizers) is llama.cpp's "gpt-2"; Phi-4-mini's
     split regex is "gpt-4o". Anything else would tokenize differently in llama.cpp, so it is refused.
     """
     pre = tok_json.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre])
     if len(parts) == 1 and parts[0].get("type") == "ByteLevel" and parts[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     splits = [p for p in parts if p.get("type") == "Split"]
     if splits and str(splits[0].get("pattern", {}).get("Regex", "")).startswith(_GPT4O):
         return "gpt-4o"
