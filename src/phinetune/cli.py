@@ -346,7 +346,10 @@ def main() -> None:
     try:
         app()
     except PhinetuneError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        # escape: a message may hold brackets (pip install 'phinetune[export]') that rich would eat as markup
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))  # a stop on SIGTERM/Ctrl-C exits 143/130, after its checkpoint
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -99,10 +99,12 @@ def _check_target(plan: ExportPlan, spec: ModelSpec, out_dir: Path) -> None:
 
 
 def _require(module: str, package: str) -> None:
-    import importlib.util
+    import importlib
 
-    if importlib.util.find_spec(module) is None:
-        raise PhinetuneError(f"this export needs the '{package}' package, which is not installed; {EXTRA_HINT}")
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise PhinetuneError(f"this export needs the '{package}' package, which is not installed; {EXTRA_HINT}") from None
 
 
 def merged_folder(run: RunDir, dest: Path) -> Path:
