@@ -1,8 +1,8 @@
 """GGUF export, proven by llama.cpp itself (llama-cpp-python): same tokens, same logits, same answer, same stop.
 
 Tolerances (max |logit difference| over every position of three chat prompts, the PyTorch fp32 merged
-model as reference; logits of these tiny models span about +-10):
-  f32 5e-3 (float rounding; llama.cpp sums in another order), f16 0.02, bf16 0.1, q8_0 0.3, q4_0 1.5 (4-bit
+model as reference; logits of these trained tiny models span about -7 to +15):
+  f32 5e-3 (float rounding; llama.cpp sums in another order), f16 0.02, bf16 0.1, q8_0 0.3, q4_0 2.5 (4-bit
   weights). Greedy answers must match PyTorch token for token for f32/f16/q8_0 and still contain the
   trained answer for q4_0; every greedy answer stops at the end-of-turn token.
 """
@@ -24,7 +24,7 @@ from phinetune.models.specs import SPECS
 SKIP_REASON = ("llama-cpp-python is not installed (pip install 'phinetune[export]'; it builds llama.cpp from source, "
                "and .ci/llama-cpp-python caches the wheel under ~/.cache/phinetune/wheels)")
 
-TOLERANCE = {"f32": 5e-3, "f16": 0.02, "bf16": 0.1, "q8_0": 0.3, "q4_0": 1.5}
+TOLERANCE = {"f32": 5e-3, "f16": 0.02, "bf16": 0.1, "q8_0": 0.3, "q4_0": 2.5}
 RIDDLES = 3
 
 
@@ -239,6 +239,26 @@ def test_real_phi3_vocabulary_is_sentencepiece_style(tmp_path):
     assert reader.fields["tokenizer.ggml.model"].contents() == "llama" and len(tokens) == 32064
     assert tokens[tokenizer.convert_tokens_to_ids("<|end|>")] == "<|end|>"
     assert reader.fields["tokenizer.ggml.eot_token_id"].contents() == tokenizer.convert_tokens_to_ids("<|end|>")
+
+
+@pytest.mark.xfail(strict=True, reason="llama.cpp's phimoe graph is its phi3 graph: RMSNorm (+bias) where transformers' "
+                                      "Phimoe uses LayerNorm, and softmax top-k routing where it uses sparsemixer")
+def test_phimoe_in_llama_cpp_agrees_with_pytorch(llama_cpp, tmp_path):
+    """Measured divergence, kept as a strict xfail so that a llama.cpp that fixes it turns this test red."""
+    from transformers import AutoModelForCausalLM
+
+    from phinetune.models.tiny import save_tiny
+
+    folder = save_tiny("tiny-phimoe", tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    llm = load(write_gguf(folder, tmp_path / "m.gguf", "f32"))
+    ids = list(range(3, 40))
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    worst = float(np.abs(expected - runtime_logits(llm, ids)).max())
+    print(f"PARITY tiny-phimoe f32 max|dlogit|={worst:.4g}")
+    llm.close()
+    assert worst <= TOLERANCE["f32"]
 
 
 def test_unsupported_architecture_is_one_sentence():
