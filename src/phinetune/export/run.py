@@ -116,6 +116,8 @@ def merged_folder(run: RunDir, dest: Path) -> Path:
     shutil.copytree(run.full_model, dest)
     for item in run.tokenizer.iterdir():
         shutil.copy2(item, dest / item.name)
+    cfg = run.read_config()  # what merge_run records: the spec (end-of-turn token) for the converters
+    (dest / "phinetune.json").write_text(json.dumps({"spec": get_spec(cfg.model.name, cfg.model.spec).key, "merged_from": str(run.path)}))
     return dest
 
 
