@@ -95,6 +95,39 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
 
 
 @app.command()
+def export(run: str = typer.Argument(..., help="A finished run folder from `phinetune train`."),
+           to: str = typer.Option(..., "--to", help="gguf (llama.cpp), ollama (GGUF + Modelfile) or onnx (ONNX Runtime GenAI)."),
+           out: str = typer.Option(..., "--out", help="Folder to create; it must not exist yet."),
+           quant: str = typer.Option("f16", help="GGUF types, comma-separated: f16, bf16, q8_0, q4_0, f32 (ollama: one)."),
+           precision: str = typer.Option("fp32", help="ONNX precisions, comma-separated: fp32, fp16, bf16, int8, int4."),
+           device: str = typer.Option("cpu", help="ONNX execution provider: cpu or cuda."),
+           overwrite: bool = typer.Option(False, help="Replace an existing --out.")) -> None:
+    """Merge the run and convert it for another runtime; DIR appears only when everything is written."""
+    from phinetune.export.run import ExportPlan, export_run
+
+    split = lambda s: tuple(p.strip() for p in s.split(",") if p.strip())  # noqa: E731
+    export_run(run, out, ExportPlan(to, split(quant), split(precision), device, overwrite))
+
+
+@app.command()
+def push(run: str = typer.Argument(..., help="A finished run folder from `phinetune train`."),
+         repo_id: str = typer.Argument(..., help="Hub repository, e.g. you/phi3-riddles."),
+         merged: bool = typer.Option(False, "--merged", help="Upload the merged model instead of the adapter."),
+         adapter: bool = typer.Option(False, "--adapter", help="Upload the PEFT adapter (the default)."),
+         gguf: bool = typer.Option(False, "--gguf", help="Upload a GGUF file and an Ollama Modelfile."),
+         quant: str = typer.Option("q8_0", help="GGUF type for --gguf."),
+         dry_run: bool = typer.Option(False, "--dry-run", help="Write the folder that would be uploaded to --out; upload nothing."),
+         out: Optional[str] = typer.Option(None, "--out", help="Folder for --dry-run."),
+         private: bool = typer.Option(False, help="Create the repository as private.")) -> None:
+    """Upload to the Hugging Face Hub with a generated model card (needs a token: `hf auth login` or HF_TOKEN)."""
+    from phinetune.export.hub import push as run_push
+
+    if merged + adapter + gguf > 1:
+        raise PhinetuneError("choose one of --adapter, --merged and --gguf")
+    run_push(run, repo_id, "merged" if merged else "gguf" if gguf else "adapter", dry_run, out, quant, private)
+
+
+@app.command()
 def generate(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
              prompt: Optional[str] = typer.Argument(None, help="One prompt (omit when using --input)."),
              input: Optional[Path] = typer.Option(None, "--input", help="JSONL of prompts: {\"prompt\": ...} or {\"messages\": [...]} per line."),
