@@ -19,7 +19,8 @@ LAYERS = [
     {"runs"},  # the run folder: names, loading base and tuned, held-out prompts
     {"infer"},
     {"train"},
-    {"eval", "report", "export", "serve", "synth"},
+    {"eval", "report", "serve", "synth"},
+    {"export"},  # the model card reuses the report's sections
     {"bench"},
     {"cli"},
     {"__main__"},
