@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -31,6 +31,7 @@ from phinetune.train.guards import StopRequests, check_finite, disk_guard, is_oo
 from phinetune.train.loss import loss_sum
 from phinetune.train.memory import release_freed_memory
 from phinetune.train.metrics import MetricsLog
+from phinetune.train.objectives import Objective, objective
 from phinetune.train.plots import plot_losses
 from phinetune.train.precision import choose_train_dtype
 from phinetune.train.preflight import run_preflight
@@ -65,6 +66,8 @@ class Loop:
     steps_per_epoch: int
     log: MetricsLog
     start_step: int = 0  # > 0 when resumed from a checkpoint
+    objective: Optional[Objective] = None  # train.objective's data, step and evaluation (train/objectives.py)
+    extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
 
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
@@ -73,11 +76,11 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
         first_eval = next((r["eval_loss"] for r in loop.run.read_metrics() if r.get("step") == 0 and "eval_loss" in r), None)
         console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
     else:
-        first_eval = evaluate(loop) if loop.eval_rows else None
+        first_eval = loop.objective.evaluate(loop) if loop.eval_rows else None
         if first_eval is not None:
             loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
     run_steps(loop, loop.start_step)
-    final_eval = evaluate(loop) if loop.eval_rows else None
+    final_eval = loop.objective.evaluate(loop) if loop.eval_rows else None
     if final_eval is not None:
         loop.log.write(step=loop.total_steps, eval_loss=final_eval, eval_ppl=math.exp(min(final_eval, 50)))
     save(loop)
@@ -107,22 +110,22 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
     base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
-    data = prepare_data(cfg.data, tokenizer, spec.end_of_turn or tokenizer.eos_token)
+    goal = objective(cfg.train.objective)
+    data = goal.prepare(cfg, tokenizer, spec.end_of_turn or tokenizer.eos_token)
     model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
     run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process,
                   save_to=run.path / "preflight.json" if accelerator.is_main_process else None)
-    train_rows = make_rows(data.train, cfg.data.max_length, cfg.data.packing)
-    eval_rows = make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
+    train_rows, eval_rows = goal.rows(data, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes)))
     total = cfg.train.max_steps or max(1, math.ceil(steps_per_epoch * cfg.train.epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg)
+    optimizer = make_optimizer(model, cfg)
     scheduler = get_scheduler(cfg.train.scheduler if cfg.train.scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=int(total * cfg.train.warmup_ratio), num_training_steps=total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     register_trainable_only(accelerator, model)
     loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
-                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process))
+                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), objective=goal)
+    goal.begin(loop)
     if checkpoint is not None:
         loop.start_step = load_checkpoint(loop, checkpoint)
         if accelerator.is_main_process:
@@ -132,7 +135,12 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     return loop
 
 
-def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.adapter.loraplus_ratio is not None:
+        from phinetune.train.adapter import loraplus_optimizer
+
+        return loraplus_optimizer(model, cfg)
     if cfg.train.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     import bitsandbytes as bnb
@@ -186,7 +194,7 @@ def run_steps(loop: Loop, start: int = 0) -> None:
         window_tokens, window_start = 0, time.perf_counter()
         for step in range(start, loop.total_steps):
             try:
-                stats = train_step(loop, step)
+                stats = loop.objective.step(loop, step)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not is_oom(exc):
                     raise
@@ -196,16 +204,30 @@ def run_steps(loop: Loop, start: int = 0) -> None:
             if done % cfg.log_every == 0 or done == loop.total_steps:
                 elapsed = time.perf_counter() - window_start
                 loop.log.write(step=done, epoch=round(done / loop.steps_per_epoch, 3), loss=stats["loss"], lr=stats["lr"],
-                               grad_norm=stats["grad_norm"], tokens_per_s=window_tokens / max(elapsed, 1e-9))
+                               grad_norm=stats["grad_norm"], tokens_per_s=window_tokens / max(elapsed, 1e-9), **stats.get("metrics", {}))
                 window_tokens, window_start = 0, time.perf_counter()
             if loop.eval_rows and done % cfg.eval_every == 0 and done < loop.total_steps:
-                ev = evaluate(loop)
+                ev = loop.objective.evaluate(loop)
                 loop.log.write(step=done, eval_loss=ev, eval_ppl=math.exp(min(ev, 50)))
                 loop.model.train()
             saved = save_checkpoint(loop, done) if cfg.save_every and done % cfg.save_every == 0 else None
             if stop.requested(loop.accelerator):
                 raise stop.stopped(done, saved or save_checkpoint(loop, done))
             bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}")
+
+
+# ---------------------------------------------------------------- the sft objective (train/objectives.py)
+
+def prepare(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
+    return prepare_data(cfg.data, tokenizer, eot)
+
+
+def rows(data: PreparedData, cfg: RunConfig) -> tuple[list[Row], list[Row]]:
+    return make_rows(data.train, cfg.data.max_length, cfg.data.packing), make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
+
+
+def begin(loop: Loop) -> None:
+    pass
 
 
 @torch.no_grad()

@@ -4,6 +4,8 @@
     RUN/run.json         base model, spec, status RUN/tokenizer/   tokenizer with its chat template
     RUN/metrics.jsonl    one JSON object per log  RUN/loss.png     train/eval loss curves
     RUN/base/            the base weights, only for built-in tiny models (no Hub to fetch them from)
+    RUN/reference_logps.safetensors   preference runs with preference.reference=cached: the reference
+                         model's log-probs of every pair, computed once before step 1
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class RunDir:
     plot = property(lambda self: self.path / "loss.png")
     base = property(lambda self: self.path / "base")
     checkpoints = property(lambda self: self.path / "checkpoints")
+    reference_logps = property(lambda self: self.path / "reference_logps.safetensors")
 
     @classmethod
     def create(cls, cfg: RunConfig) -> "RunDir":
