@@ -280,8 +280,13 @@ class _Totals:
 
     def reduce(self, acc) -> dict:
         s = acc.reduce(torch.cat([self.sums, torch.tensor([self.loss, getattr(self, "pairs", 0)], dtype=torch.float64)]).to(acc.device), "sum").cpu()
-        chosen, rejected = (s[0] / s[1]).item() if s[1] else float("nan"), (s[2] / s[3]).item() if s[3] else float("nan")
-        out = {"loss": s[5].item(), "rewards_chosen": chosen, "rewards_rejected": rejected, "margin": chosen - rejected}
+        out = {"loss": s[5].item()}
+        if s[1]:
+            out["rewards_chosen"] = (s[0] / s[1]).item()
+        if s[3]:
+            out["rewards_rejected"] = (s[2] / s[3]).item()
+        if s[1] and s[3]:
+            out["margin"] = out["rewards_chosen"] - out["rewards_rejected"]
         if s[6]:
             out["accuracy"] = (s[4] / s[6]).item()
         return out
