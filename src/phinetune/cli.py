@@ -52,7 +52,8 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
         raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
     result = run_train(cfg, resume=resume)
     if result.first_eval_loss is not None:
-        console.print(f"eval loss: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
+        name = {"grpo": "eval reward"}.get(cfg.train.objective, "eval loss")
+        console.print(f"{name}: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
     console.print(f"run folder: {result.run.path}  (next: phinetune generate {result.run.path} \"...\", phinetune merge {result.run.path} --out DIR)")
 
 

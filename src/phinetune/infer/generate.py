@@ -51,6 +51,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int  # generated tokens, the stop token included
     finish_reason: str  # "stop" (end-of-turn token or stop string) or "length"
+    token_ids: tuple[int, ...] = ()  # the generated ids up to and including the stop token (GRPO trains on them)
 
 
 def chat_prompt(loaded: Loaded, messages: list[dict]) -> str:
@@ -99,7 +100,7 @@ def _finish(loaded: Loaded, row: list[int], prompt_tokens: int, stop: Sequence[s
     hits = [text.index(s) for s in stop if s in text]
     if hits:
         text, reason = text[:min(hits)], "stop"
-    return Completion(text, int(prompt_tokens), len(row) if cut is None else cut + 1, reason)
+    return Completion(text, int(prompt_tokens), len(row) if cut is None else cut + 1, reason, tuple(row if cut is None else row[:cut + 1]))
 
 
 def generate_batch(loaded: Loaded, conversations: list[list[dict]], sampling: Sampling) -> list[str]:

@@ -19,6 +19,7 @@ class Objective:
     begin: Callable  # (loop) -> None: reference model / cached log-probs, before a checkpoint is loaded
     step: Callable  # (loop, step) -> stats dict: loss, grad_norm, lr, tokens, trained_tokens, metrics
     evaluate: Callable  # (loop) -> float
+    eval_key: str = "eval_loss"  # the metrics.jsonl name of what evaluate returns
 
 
 MODULES = {"sft": "phinetune.train.recipe", "dpo": "phinetune.train.preference", "ipo": "phinetune.train.preference",
@@ -28,4 +29,5 @@ MODULES = {"sft": "phinetune.train.recipe", "dpo": "phinetune.train.preference",
 
 def objective(name: str) -> Objective:
     module = importlib.import_module(MODULES[name])
-    return Objective(name, module.prepare, module.rows, module.begin, module.train_step, module.evaluate)
+    return Objective(name, module.prepare, module.rows, module.begin, module.train_step, module.evaluate,
+                     getattr(module, "EVAL_KEY", "eval_loss"))

@@ -97,7 +97,14 @@ def _token_logps(head, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of log-probs of each row's trained tokens, their count), shape (rows,).
+    """(sum of log-probs of each row's trained tokens, their count), shape (rows,)."""
+    tok, row_of, keep = token_logps(model, batch)
+    sums = torch.zeros(keep.shape[0], dtype=torch.float32, device=tok.device).index_add(0, row_of, tok)
+    return sums, keep.sum(dim=1).float()
+
+
+def token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-prob of every trained token (flat, in row order), the row each belongs to, and the trained mask.
 
     Only trained positions go through the LM head, chunk by chunk, each chunk recomputed in backward
     (torch checkpoint) so at most one chunk of full-vocabulary logits is alive at a time."""
@@ -117,9 +124,7 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
             h, y = hidden[s:s + step], labels[keep][s:s + step]
             pieces.append(checkpoint(_token_logps, head, h, y, use_reentrant=False) if torch.is_grad_enabled() else _token_logps(head, h, y))
         tok = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    n = labels.shape[0]
-    sums = torch.zeros(n, dtype=torch.float32, device=tok.device).index_add(0, row_of, tok)
-    return sums, keep.sum(dim=1).float()
+    return tok, row_of, keep
 
 
 def _collate(items: list[PrefRow], pad_id: int, device) -> dict[str, torch.Tensor]:

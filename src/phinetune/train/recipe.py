@@ -73,16 +73,17 @@ class Loop:
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     loop = setup(cfg, resume)
     if loop.start_step:
-        first_eval = next((r["eval_loss"] for r in loop.run.read_metrics() if r.get("step") == 0 and "eval_loss" in r), None)
+        key = loop.objective.eval_key
+        first_eval = next((r[key] for r in loop.run.read_metrics() if r.get("step") == 0 and key in r), None)
         console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
     else:
         first_eval = loop.objective.evaluate(loop) if loop.eval_rows else None
         if first_eval is not None:
-            loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
+            log_eval(loop, 0, first_eval)
     run_steps(loop, loop.start_step)
     final_eval = loop.objective.evaluate(loop) if loop.eval_rows else None
     if final_eval is not None:
-        loop.log.write(step=loop.total_steps, eval_loss=final_eval, eval_ppl=math.exp(min(final_eval, 50)))
+        log_eval(loop, loop.total_steps, final_eval)
     save(loop)
     if loop.log.trackers is not None:
         loop.log.trackers.close()
@@ -92,6 +93,11 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
 
         result.recall = recall_check(loop.accelerator.unwrap_model(loop.model), loop.tokenizer, loop.data.train_records, cfg)
     return result
+
+
+def log_eval(loop: Loop, step: int, value: float) -> None:
+    extra = {"eval_ppl": math.exp(min(value, 50))} if loop.objective.name == "sft" else {}
+    loop.log.write(step=step, **{loop.objective.eval_key: value}, **extra)
 
 
 def setup(cfg: RunConfig, resume: bool = False) -> Loop:
@@ -208,7 +214,7 @@ def run_steps(loop: Loop, start: int = 0) -> None:
                 window_tokens, window_start = 0, time.perf_counter()
             if loop.eval_rows and done % cfg.eval_every == 0 and done < loop.total_steps:
                 ev = loop.objective.evaluate(loop)
-                loop.log.write(step=done, eval_loss=ev, eval_ppl=math.exp(min(ev, 50)))
+                log_eval(loop, done, ev)
                 loop.model.train()
             saved = save_checkpoint(loop, done) if cfg.save_every and done % cfg.save_every == 0 else None
             if stop.requested(loop.accelerator):
