@@ -81,3 +81,27 @@ def test_kto_trains_on_unpaired_labels(tiny_cfg, tmp_path):
     assert curve[0]["loss"] == pytest.approx(0.5, abs=1e-5), "KTO at the reference: 1 - sigmoid(0) per sample"
     assert "rewards_chosen" in curve[-1] and "rewards_rejected" in curve[-1]
     assert result.final_eval_loss < result.first_eval_loss
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process_for_dpo(tiny_cfg, tmp_path):
+    """2-process DDP over gloo (global batch = 2 x 2 pairs) equals 1 process with grad_accum=2, step for step."""
+    import json
+
+    from conftest import run_cli
+    from phinetune.config import dump_config
+
+    common = [*PREF, "train.batch_size=2", "train.max_steps=3", "train.eval_every=2"]
+    one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
+    two_cfg = tmp_path / "two.yaml"
+    dump_config(tiny_cfg(*common, "train.grad_accum=1", f"output.dir={tmp_path / 'two'}"), two_cfg)
+    run_cli("train", str(two_cfg), "--nproc", "2")
+
+    keys = ("loss", "eval_loss", "grad_norm", "lr", "margin", "rewards_chosen", "rewards_rejected", "accuracy")
+    curve = lambda run: [(r["step"], *(r.get(k) for k in keys)) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    expected, got = curve(one.run.path), curve(tmp_path / "two")
+    assert [r[0] for r in got] == [r[0] for r in expected] and len(got) >= 5
+    for a, b in zip(expected, got):
+        assert [x is None for x in b] == [x is None for x in a], f"step {a[0]}: {a} vs {b}"
+        assert [x for x in b[1:] if x is not None] == pytest.approx([x for x in a[1:] if x is not None], rel=2e-5, abs=2e-5), \
+            f"step {a[0]}: 1 process {a}, 2 processes {b}"

@@ -102,3 +102,19 @@ def test_truncation_that_removes_a_reply_is_counted_not_trained(tiny_phi3):
     short = prompt_length(render_pair(tok, recs[0].prompt, recs[0].chosen, recs[0].rejected, "", 512, "<|end|>").chosen)
     out = render_preferences(recs, tok, short, "<|end|>", info)
     assert len(out) + len(info.skipped) == 3 and info.skipped and "no reply token left" in info.skipped[0]
+
+
+def test_data_inspect_reports_reply_lengths_length_bias_and_overlap(tmp_path):
+    from conftest import run_cli
+
+    rows = [{"prompt": USER, "chosen": GOOD + " It has many keys.", "rejected": BAD},
+            {"prompt": "Why?", "chosen": "Because.", "rejected": "Because."}]
+    path = _write(tmp_path, rows)
+    run_cli("data", "inspect", path, "--model", "tiny-phi3", "--objective", "dpo", "--out", str(tmp_path / "o"))
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["usable"] == 2 and report["identical_pairs"] == 1 and report["chosen_longer_share"] == 0.5
+    assert report["word_overlap"]["max"] == 1.0  # the identical pair
+    assert report["chosen_tokens"]["max"] > report["rejected_tokens"]["max"]
+    bad = run_cli("data", "inspect", _write(tmp_path, [{"prompt": USER, "chosen": GOOD}], "b.jsonl"), "--model", "tiny-phi3",
+                  "--objective", "dpo", "--out", str(tmp_path / "b"), check=False)
+    assert bad.returncode == 2 and "b.jsonl:1" in bad.stdout + bad.stderr

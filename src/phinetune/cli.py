@@ -233,15 +233,40 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
                  samples: int = typer.Option(3, help="Rendered samples to show with their masks."),
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
-                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt.")) -> None:
+                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt."),
+                 objective: str = typer.Option("sft", "--objective", help="sft, or dpo/ipo/orpo/simpo (preference pairs) / kto (unpaired): chosen/rejected lengths and overlap.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
     from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, print_inspection, write_outputs
+
+    if objective != "sft":
+        return _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out)
 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
                       split=split, limit=limit, skip_bad_rows=skip_bad_rows)
     tokenizer, eot = load_inspect_tokenizer(model, spec)
     ins = inspect_data(cfg, tokenizer, eot, samples)
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+
+def _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out: Path) -> None:
+    import json
+
+    from phinetune.data.inspect import load_inspect_tokenizer
+    from phinetune.data.preference import UNPAIRED, inspect_preferences
+
+    if objective not in ("dpo", "ipo", "orpo", "simpo", "kto"):
+        raise PhinetuneError(f"--objective {objective}: expected sft, dpo, ipo, orpo, simpo or kto")
+    tokenizer, eot = load_inspect_tokenizer(model, spec)
+    stats = inspect_preferences(data, UNPAIRED if objective == "kto" else "pairs", tokenizer, max_length, eot, limit, skip_bad_rows, split)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    console.rule(f"[bold]data inspect ({objective}): {data}")
+    for key, value in stats.items():
+        if key not in ("source", "dropped") and value not in ({}, "", []):
+            console.print(f"{key}: {value}", highlight=False)
+    for line in stats["dropped"][:5]:
+        console.print(f"dropped: {line}", style="yellow", highlight=False)
+    console.print(f"written: {out / 'report.json'}", highlight=False)
+
 
 # ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------
 

@@ -204,3 +204,31 @@ def overlap(a: str, b: str) -> float:
     """Share of word tokens two replies have in common (Jaccard): near 1 means the pair barely differs."""
     wa, wb = set(a.lower().split()), set(b.lower().split())
     return len(wa & wb) / max(len(wa | wb), 1)
+
+
+# ---------------------------------------------------------------- inspection
+
+def inspect_preferences(source: str, kind: str, tokenizer, max_length: int, eot: str, limit: Optional[int] = None,
+                        skip_bad: bool = False, split: str = "train") -> dict:
+    """What `data inspect --objective dpo|kto` reports: reply lengths, length bias, overlap, truncation."""
+    from phinetune.data.inspect import _stats
+
+    report = ReadReport()
+    records = read_preferences(source, kind, skip_bad, limit, split, report)
+    info = PrefInfo(read=len(records), kind=kind)
+    samples = render_preferences(records, tokenizer, max_length, eot, info)
+    chosen = [s.chosen.n_trained for s in samples]
+    out = {"source": source, "kind": kind, "records": len(records), "usable": len(samples), "read_summary": report.summary(),
+           "truncated": info.truncated, "dropped": info.skipped, "prompt_tokens": _stats([s.prompt_tokens for s in samples]),
+           "prompt_identical_token_for_token": len(samples)}  # render_pair refuses any pair where it is not
+    if kind == UNPAIRED:
+        out["desirable"] = sum(r.desirable for r in records)
+        out["undesirable"] = len(records) - out["desirable"]
+        out["completion_tokens"] = _stats(chosen)
+        return out
+    rejected = [s.rejected.n_trained for s in samples]
+    overlaps = [overlap(r.chosen, r.rejected) for r in records]
+    out.update(chosen_tokens=_stats(chosen), rejected_tokens=_stats(rejected),
+               chosen_longer_share=round(sum(c > r for c, r in zip(chosen, rejected)) / max(len(samples), 1), 4),
+               word_overlap=_stats([round(o, 3) for o in overlaps]) if overlaps else {}, identical_pairs=info.identical)
+    return out
