@@ -55,6 +55,7 @@ def test_grpo_raises_the_expected_reward_of_a_dotted_path_reward(tiny_cfg, tmp_p
     assert len(curve) == 4 and {"reward_std", "zero_std_groups", "completion_tokens"} <= set(curve[0])
 
 
+@pytest.mark.slow
 def test_grpo_with_kl_to_the_adapter_off_reference_runs_from_the_cli_config(tiny_cfg):
     """The riddles with the built-in exact-answer reward: logs KL (0 at step 1: policy == reference) and eval reward."""
     result = train(tiny_cfg("train.objective=grpo", "data.train=builtin:riddles_qa", "data.limit=8", "data.eval_size=2",

@@ -66,7 +66,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("objective,loss_type,beta", [("dpo", "sigmoid", 0.5), ("ipo", "ipo", 0.2)])
+@pytest.mark.parametrize("objective,loss_type,beta", [("dpo", "sigmoid", 0.5), pytest.param("ipo", "ipo", 0.2, marks=pytest.mark.slow)])
 def test_loss_and_gradients_equal_trl_dpo_trainer(trl_setup, objective, loss_type, beta):
     make, tok, items = trl_setup
     trainer = make(loss_type, beta)

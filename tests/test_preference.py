@@ -39,7 +39,7 @@ def test_lora_reference_is_the_adapter_switched_off_and_matches_cached_logps(tin
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
 
 
-@pytest.mark.parametrize("reference", ["copy", "cached"])
+@pytest.mark.parametrize("reference", [pytest.param("copy", marks=pytest.mark.slow), "cached"])
 def test_full_fine_tuning_reference_is_the_starting_model(tiny_cfg, tmp_path, reference):
     loop = setup(tiny_cfg(*PREF, "adapter.method=full", "adapter.modules_to_save=[]", "train.learning_rate=1e-3",
                           f"preference.reference={reference}", "train.max_steps=2"))
