@@ -37,6 +37,7 @@ class DataConfig(_Strict):
     eval_size: Optional[int] = Field(None, ge=1, description="Exact number of held-out eval samples (overrides eval_fraction).")
     max_length: int = Field(512, ge=8, description="Maximum tokens per sample (and per packed sequence).")
     mask: Literal["assistant", "last_assistant", "all"] = Field("assistant", description="Which tokens are trained: assistant turns (default), the last assistant turn, or everything.")
+    fold_system: bool = Field(False, description="Fold a leading system message into the first user turn (system text, blank line, user text); for templates that drop system messages (Phi-3-mini-128k's original), which are refused otherwise.")
     packing: bool = Field(True, description="Pack several samples per sequence, with no attention across samples.")
     dedupe: bool = Field(True, description="Drop identical conversations (counted and reported).")
     skip_bad_rows: bool = Field(False, description="Skip invalid rows with a summary instead of stopping at the first.")
@@ -89,7 +90,8 @@ class OutputConfig(_Strict):
 
 class PreflightConfig(_Strict):
     allow_unmatched_targets: bool = Field(False, description="Proceed even if a LoRA target pattern matches nothing.")
-    allow_untrained_eot: bool = Field(False, description="Proceed even if the end-of-turn token is never trained.")
+    allow_untrained_eot: bool = Field(False, description="Proceed even if the end-of-turn token is never trained, or too few samples keep it.")
+    min_eot_share: float = Field(0.95, ge=0.0, le=1.0, description="Refuse the run when fewer than this share of chat samples keep their last end-of-turn token after truncation at data.max_length (the pre-flight names the max_length that would keep it); 0 turns the check off.")
     allow_empty_samples: bool = Field(False, description="Proceed even if some samples have no trained tokens.")
     allow_untrained_new_tokens: bool = Field(False, description="Proceed even if tokens added to the vocabulary (Phi-2 ChatML) keep untrained embedding rows.")
 

@@ -35,6 +35,7 @@ class PreparedData:
     eval: list[Rendered]
     train_records: list[Record]
     info: DataInfo
+    dropped: list[Rendered] = field(default_factory=list)  # rendered samples left out: no trained token (counted by the pre-flight)
 
 
 def sample_key(rec: Record) -> str:
@@ -108,22 +109,26 @@ def _prepare(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
     info, report = DataInfo(), ReadReport()
     train_recs, eval_recs, info.duplicates = split_records(cfg, cfg.skip_bad_rows, report)
     info.read, info.format, info.skipped, info.read_summary = report.read, report.format, report.skipped, report.summary()
-    train = tokenize(train_recs, tokenizer, cfg, eot, info, "train")
-    evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval")
+    dropped: list[Rendered] = []
+    train = tokenize(train_recs, tokenizer, cfg, eot, info, "train", dropped)
+    evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval", dropped)
     info.train, info.eval = len(train), len(evals)
-    return PreparedData(train, evals, train_recs, info)
+    return PreparedData(train, evals, train_recs, info, dropped)
 
 
 def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str) -> Rendered:
     """render_sample, with any rendering problem reported at the record's file:line."""
     try:
-        return render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot)
+        rendered = render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot, cfg.fold_system)
     except DataError as exc:
         raise DataError(f"{rec.where}: {exc}") from None
+    rendered.where = rec.where
+    return rendered
 
 
-def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str) -> list[Rendered]:
-    out = []
+def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str,
+             dropped: Optional[list[Rendered]] = None) -> list[Rendered]:
+    out, dropped = [], dropped if dropped is not None else []
     for rec in track(records, f"Tokenizing {name}"):
         r = render_at(rec, tokenizer, cfg, eot)
         info.truncated += r.truncated
@@ -132,6 +137,7 @@ def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: 
             # preflight.allow_empty_samples, so truncation never silently empties a sample.
             info.empty += 1
             info.empty_where.append(rec.where)
+            dropped.append(r)
             continue
         out.append(r)
     return out

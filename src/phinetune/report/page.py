@@ -10,15 +10,15 @@ import base64
 import html
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from phinetune.report.charts import render_all
 from phinetune.report.samples import cached_samples, generate_samples
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
-PLOTS_DIR = "report_plots"
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
@@ -82,7 +82,7 @@ def config_section(run: RunDir) -> Section:
 
 def preflight_section(run: RunDir) -> Optional[Section]:
     """RUN/preflight.json (written by the pre-flight, when it ran); None when the run has none."""
-    path = run.path / "preflight.json"
+    path = run.preflight
     if not path.exists():
         return None
     try:
@@ -130,7 +130,7 @@ def curves_section(metrics: list[dict], plots_dir: Path) -> Section:
 
 
 def eval_section(run: RunDir) -> Optional[Section]:
-    path = run.path / "eval.json"
+    path = run.eval_report
     if not path.exists():
         return None
     report = json.loads(path.read_text())
@@ -143,11 +143,34 @@ def eval_section(run: RunDir) -> Optional[Section]:
     return Section("Benchmarks: base vs fine-tuned", f"<p>{esc(note)}</p>{table}", f"{note}\n\n{md_table(header, rows)}")
 
 
+def markdown_tables_html(text: str) -> str:
+    """compare.md as HTML: its `| a | b |` tables as tables (cells keep their `<br>` line breaks, escaped `\\|`
+    stays a bar), headings and other lines as paragraphs. Only the Markdown compare.md writes, not Markdown at large."""
+    out, table = [], []
+
+    def flush() -> None:
+        if len(table) >= 2:
+            out.append(html_table(table[0], table[2:] if set(table[1]) <= {"---", ""} else table[1:], css="wide")
+                       .replace("&lt;br&gt;", "<br>"))
+        table.clear()
+
+    for line in text.splitlines():
+        if line.strip().startswith("|"):
+            cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+            table.append([c.strip().replace("\\|", "|") for c in cells])
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{esc(line.lstrip('# ').strip())}</p>")
+    flush()
+    return "".join(out)
+
+
 def samples_section(run: RunDir, n: int) -> Optional[Section]:
-    compare = run.path / "compare.md"
-    if compare.exists():  # written by another verb: show it as it is
+    compare = run.compare
+    if compare.exists():  # written by `phinetune compare`: its Markdown tables become HTML tables
         text = compare.read_text()
-        return Section("Sample answers: before vs after", f"<pre>{esc(text)}</pre>", text)
+        return Section("Sample answers: before vs after", markdown_tables_html(text), text)
     rows = cached_samples(run)
     if rows is None and n > 0:
         rows = generate_samples(run, n)
@@ -162,7 +185,7 @@ def samples_section(run: RunDir, n: int) -> Optional[Section]:
 def build_sections(run: RunDir, samples: int) -> list[Section]:
     metrics = run.read_metrics()
     sections = [summary_section(run, metrics), config_section(run), preflight_section(run),
-                curves_section(metrics, run.path / PLOTS_DIR), eval_section(run), samples_section(run, samples)]
+                curves_section(metrics, run.report_plots), eval_section(run), samples_section(run, samples)]
     return [s for s in sections if s is not None]
 
 
@@ -174,7 +197,7 @@ def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:
     body = "".join(f"<section><h2>{esc(s.title)}</h2>{s.html}</section>" for s in sections)
     page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>\n")
-    html_path, md_path = run.path / "report.html", run.path / "report.md"
+    html_path, md_path = run.report_html, run.report_md
     html_path.write_text(page, encoding="utf-8")
     md_path.write_text(f"# {title}\n\n" + "\n\n".join(f"## {s.title}\n\n{s.md}" for s in sections) + "\n", encoding="utf-8")
     return html_path, md_path

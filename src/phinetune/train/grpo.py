@@ -1,7 +1,7 @@
 """GRPO (Shao et al. 2024, as TRL's GRPOTrainer computes it) as a step of the one recipe (train/recipe.py).
 
 Each optimizer step: for every prompt of the step's micro-batches, sample grpo.group_size completions
-through phinetune's one generation path (infer/generate.complete), score them with the reward functions
+through phinetune's one generation path (infer/complete.complete), score them with the reward functions
 (train/rewards.py), and turn the scores into advantages relative to their group, (r - mean) / (std + 1e-4).
 The loss is the clipped policy-gradient term plus beta times the k3 estimate of the KL to the reference
 (the adapter switched off for LoRA, a frozen copy for full fine-tuning), averaged over every completion
@@ -49,6 +49,9 @@ class PromptRow:
     labels = property(lambda self: [ord(c) for c in self.answer])
     position_ids = property(lambda self: list(range(len(self.prompt_ids))))
 
+    def __len__(self) -> int:  # prompt tokens (completions are sampled), as the recipe's plan counts them
+        return len(self.prompt_ids)
+
 
 # ---------------------------------------------------------------- data
 
@@ -60,7 +63,7 @@ def split_prompt(messages: list[dict], where: str) -> tuple[list[dict], str]:
     return messages[:last], messages[last]["content"]
 
 
-def prepare(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
+def load_data(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
     report = ReadReport()
     train_recs, eval_recs, dups = split_records(cfg.data, cfg.data.skip_bad_rows, report)
     # The pre-flight checks the reference answers render with a trained end-of-turn token, as for SFT.
@@ -89,8 +92,8 @@ def _prompt_rows(records, tokenizer) -> list[PromptRow]:
 
 
 def begin(loop: "Loop") -> None:
-    from phinetune.infer.loading import Loaded
-    from phinetune.models.loading import stop_token_ids
+    from phinetune.runs.loading import Loaded
+    from phinetune.data.end_of_turn import stop_token_ids
     from phinetune.models.specs import get_spec
 
     cfg, tok = loop.cfg, loop.tokenizer
@@ -110,7 +113,7 @@ def _prompt_text(tok, prompt: list[dict]) -> str:
 
 @torch.no_grad()
 def sample(loop: "Loop", items: list[PromptRow], seed: int, greedy: bool = False):
-    from phinetune.infer.generate import Sampling, complete
+    from phinetune.infer.complete import Sampling, complete
 
     g = loop.cfg.grpo
     loaded = loop.extra["loaded"]

@@ -14,7 +14,7 @@ from typing import Callable
 @dataclass(frozen=True)
 class Objective:
     name: str
-    prepare: Callable  # (cfg, tokenizer, eot) -> PreparedData (its .train/.train_records feed the pre-flight)
+    load_data: Callable  # (cfg, tokenizer, eot) -> PreparedData (its .train/.train_records feed the pre-flight)
     rows: Callable  # (data, cfg) -> (train rows, eval rows)
     begin: Callable  # (loop) -> None: reference model / cached log-probs, before a checkpoint is loaded
     step: Callable  # (loop, step) -> stats dict: loss, grad_norm, lr, tokens, trained_tokens, metrics
@@ -29,5 +29,5 @@ MODULES = {"sft": "phinetune.train.recipe", "dpo": "phinetune.train.preference",
 
 def objective(name: str) -> Objective:
     module = importlib.import_module(MODULES[name])
-    return Objective(name, module.prepare, module.rows, module.begin, module.train_step, module.evaluate,
+    return Objective(name, module.load_data, module.rows, module.begin, module.train_step, module.evaluate,
                      getattr(module, "EVAL_KEY", "eval_loss"))

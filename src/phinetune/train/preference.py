@@ -53,6 +53,9 @@ class PrefRow:
     labels = property(lambda self: self.chosen.labels + self.rejected.labels + [int(self.desirable)])
     position_ids = property(lambda self: self.chosen.position_ids + self.rejected.position_ids)
 
+    def __len__(self) -> int:  # tokens, as the recipe's plan counts them
+        return len(self.chosen) + len(self.rejected)
+
 
 @dataclass
 class PrefData(PreparedData):
@@ -63,7 +66,7 @@ class PrefData(PreparedData):
 
 # ---------------------------------------------------------------- data
 
-def prepare(cfg: RunConfig, tokenizer, eot: str) -> PrefData:
+def load_data(cfg: RunConfig, tokenizer, eot: str) -> PrefData:
     kind = UNPAIRED if cfg.train.objective == "kto" else "pairs"
     d, report = cfg.data, ReadReport()
     records = read_preferences(d.train, kind, d.skip_bad_rows, d.limit, d.split, report)
