@@ -54,6 +54,11 @@ def reply_for(body: dict) -> tuple[str, str]:
             lines.append(f'{j + 1}. "{riddle}"' if j % 3 == 0 else riddle)
         lines += [first_example, "I'm sorry, I can't help with more riddles."]  # a copied seed and a refusal
         return "expand", "\n".join(lines)
+    if "Reply A:" in prompt and "Reply B:" in prompt:
+        # A judge that prefers the longer reply (a rule the tests can check independently of the order shown).
+        a = prompt.split("Reply A:\n", 1)[1].split("\n\nReply B:", 1)[0]
+        b = prompt.split("Reply B:\n", 1)[1].split("\n\nWhich reply", 1)[0]
+        return "judge", "A" if len(a) >= len(b) else "Reply B is better."
     if "user says" in prompt or "follow-up" in prompt:
         return "user", f'user: "Cool! So why does the {_pick(h, 0, WORDS)} do that?"'
     return "assistant", (f"The answer is a {_pick(h, 0, WORDS)}. Step by step: the clue points to something you can touch, "

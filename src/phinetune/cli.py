@@ -76,7 +76,8 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
         raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
     result = run_train(cfg, resume=resume)
     if result.first_eval_loss is not None:
-        console.print(f"eval loss: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
+        name = {"grpo": "eval reward"}.get(cfg.train.objective, "eval loss")
+        console.print(f"{name}: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
     console.print(f"run folder: {result.run.path}  (next: phinetune generate {result.run.path} \"...\", phinetune merge {result.run.path} --out DIR)")
 
 
@@ -351,10 +352,14 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
                  samples: int = typer.Option(3, help="Rendered samples to show with their masks."),
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
-                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt.")) -> None:
+                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt."),
+                 objective: str = typer.Option("sft", "--objective", help="sft, or dpo/ipo/orpo/simpo (preference pairs) / kto (unpaired): chosen/rejected lengths and overlap.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
     check_source(model)
     from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, print_inspection, write_outputs
+
+    if objective != "sft":
+        return _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out)
 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
                       split=split, limit=limit, skip_bad_rows=skip_bad_rows)
@@ -364,6 +369,26 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
     except PhinetuneError as exc:  # the readers speak config keys; this verb's user typed flags
         raise PhinetuneError(as_inspect_flags(str(exc))) from None
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+
+def _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out: Path) -> None:
+    import json
+
+    from phinetune.data.inspect import load_inspect_tokenizer
+    from phinetune.data.preference import UNPAIRED, inspect_preferences
+
+    if objective not in ("dpo", "ipo", "orpo", "simpo", "kto"):
+        raise PhinetuneError(f"--objective {objective}: expected sft, dpo, ipo, orpo, simpo or kto")
+    tokenizer, eot = load_inspect_tokenizer(model, spec)
+    stats = inspect_preferences(data, UNPAIRED if objective == "kto" else "pairs", tokenizer, max_length, eot, limit, skip_bad_rows, split)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    console.rule(f"[bold]data inspect ({objective}): {data}")
+    for key, value in stats.items():
+        if key not in ("source", "dropped") and value not in ({}, "", []):
+            console.print(f"{key}: {value}", highlight=False)
+    for line in stats["dropped"][:5]:
+        console.print(f"dropped: {line}", style="yellow", highlight=False)
+    console.print(f"written: {out / 'report.json'}", highlight=False)
 
 
 # data.* keys as `phinetune data inspect` spells them (longest first: data.eval_size before data.eval).

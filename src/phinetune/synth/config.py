@@ -95,9 +95,37 @@ class UserStage(_Strict):
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
 
 
-Stage = Annotated[Union[ExpandStage, CleanStage, AssistantStage, UserStage], Field(discriminator="kind")]
-STAGE_TYPES: dict[str, type[BaseModel]] = {"expand": ExpandStage, "clean": CleanStage, "assistant": AssistantStage, "user": UserStage}
-PLACEHOLDERS = {"expand": ({"examples"}, {"examples", "n"}), "assistant": ({"message"}, {"message"}), "user": ({"conversation"}, {"conversation"})}
+class PairsStage(_Strict):
+    kind: Literal["pairs"] = "pairs"
+    prompt: Optional[str] = Field(None, description="As for an assistant stage, with {message}; two replies are sampled per conversation (different seeds).")
+    sampling: SamplingOverride = Field(default_factory=lambda: SamplingOverride(temperature=1.0))
+
+
+JUDGE_PROMPT = """Here is a question and two replies.
+
+Question:
+{question}
+
+Reply A:
+{a}
+
+Reply B:
+{b}
+
+Which reply is better: more correct, clearer and more helpful? Answer with the single letter A or B."""
+
+
+class JudgeStage(_Strict):
+    kind: Literal["judge"] = "judge"
+    prompt: str = Field(JUDGE_PROMPT, description="Prompt with {question}, {a} and {b}; the answer must name A or B. The two replies are shown in an order set per conversation by the seed, so a judge that favours a position does not favour a sample.")
+    sampling: SamplingOverride = Field(default_factory=lambda: SamplingOverride(temperature=0.0))
+
+
+Stage = Annotated[Union[ExpandStage, CleanStage, AssistantStage, UserStage, PairsStage, JudgeStage], Field(discriminator="kind")]
+STAGE_TYPES: dict[str, type[BaseModel]] = {"expand": ExpandStage, "clean": CleanStage, "assistant": AssistantStage, "user": UserStage,
+                                           "pairs": PairsStage, "judge": JudgeStage}
+PLACEHOLDERS = {"expand": ({"examples"}, {"examples", "n"}), "assistant": ({"message"}, {"message"}), "user": ({"conversation"}, {"conversation"}),
+                "pairs": ({"message"}, {"message"}), "judge": ({"question", "a", "b"}, {"question", "a", "b"})}
 # Matched case-insensitively within the first 80 characters, where refusals and meta-talk begin.
 # Specific phrases only: riddles are often in the first person ("I cannot be seen..."), so plain "i cannot" would
 # throw away good data.
@@ -131,6 +159,11 @@ class SynthConfig(_Strict):
 
 def _check_order(stages: dict) -> None:
     kinds = [s.kind for s in stages.values()]
+    if "pairs" in kinds or "judge" in kinds:
+        # A preference recipe: the last reply is sampled twice and judged; the stages before are as usual.
+        if kinds[-2:] != ["pairs", "judge"] or kinds.count("pairs") + kinds.count("judge") != 2:
+            raise ValueError(f"a preference recipe ends with one pairs stage then one judge stage (order given: {', '.join(kinds)})")
+        kinds = kinds[:-2] + ["assistant"]
     if not kinds:
         raise ValueError("stages is empty; add at least one assistant stage")
     turns = [k for k in kinds if k in ("assistant", "user")]

@@ -30,6 +30,11 @@ CHARTS = (
     Chart("lr", "Learning rate", "learning rate", (("lr", "learning rate", "-"),)),
     Chart("grad_norm", "Gradient norm (before clipping)", "L2 norm", (("grad_norm", "grad norm", "-"),)),
     Chart("tokens_per_s", "Throughput", "tokens / s", (("tokens_per_s", "tokens/s", "-"),)),
+    # Preference objectives (train/preference.py) and GRPO (train/grpo.py); absent from SFT runs, so not drawn there.
+    Chart("rewards", "Preference rewards (beta x log-ratio to the reference)", "reward",
+          (("rewards_chosen", "chosen", "-"), ("rewards_rejected", "rejected", "-"), ("margin", "margin", "--"))),
+    Chart("accuracy", "Preference accuracy (chosen reward > rejected)", "share of pairs", (("accuracy", "accuracy", "-"),)),
+    Chart("reward", "GRPO reward", "mean reward per completion", (("reward_mean", "mean reward", "-"), ("eval_reward", "eval reward", "o-"))),
 )
 
 
