@@ -62,7 +62,7 @@ def test_a_refused_dtype_is_skipped_and_reported(monkeypatch, tmp_path):
 
 def test_table_keeps_every_figure_in_80_columns():
     """Piped output is 80 columns wide; the table must not squeeze its own numbers into `1…`."""
-    from phinetune.infer.bench import render_table
+    from phinetune.bench.infer import render_table
     from phinetune.progress import console, print_table
 
     batch = {"batch": 8, "peak_mb": 123456.7, "ttft_s": 1.23456, "decode_tokens_per_s": 98765.4, "bandwidth_gbs": 1234.56,

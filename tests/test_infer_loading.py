@@ -7,7 +7,7 @@ import torch
 
 from conftest import run_cli
 from phinetune.errors import PhinetuneError
-from phinetune.infer.loading import load_for_inference
+from phinetune.runs.loading import load_for_inference
 from phinetune.train import recipe
 
 IDS = torch.tensor([[3, 11, 42, 99, 7, 250, 4, 18]])
