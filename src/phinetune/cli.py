@@ -61,11 +61,12 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
           out: str = typer.Option(..., "--out", help="Folder for the merged model."),
           dtype: str = typer.Option("auto", help="Weights dtype of the merged model: auto, bf16, fp16 or fp32."),
           max_shard_size: str = typer.Option("2GB", help="Largest safetensors shard."),
-          overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder.")) -> None:
-    """Merge a LoRA/QLoRA run into a standalone model (QLoRA merges into a dequantized base)."""
+          overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+          base: Optional[str] = typer.Option(None, "--base", help="QLoRA runs: dequantized (default: the NF4 base weights dequantized, exactly the model that was trained) or original (the full-precision checkpoint). The logit gap between the two is printed.")) -> None:
+    """Merge a LoRA/QLoRA run into a standalone 16/32-bit model (QLoRA: into the dequantized NF4 base or the original one, --base)."""
     from phinetune.export.merge import merge_run
 
-    merge_run(run, out, dtype, max_shard_size, overwrite)
+    merge_run(run, out, dtype, max_shard_size, overwrite, base)
 
 
 @app.command()
