@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
@@ -130,12 +129,6 @@ def end_of_turn(tokenizer, spec: ModelSpec) -> str:
     start, end, _ = turns[0]
     specials = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
     return next((tokenizer.convert_ids_to_tokens(t) for t in ids[start:end] if t in specials), tokenizer.eos_token)
-
-
-def eot_token_id(tokenizer, spec: ModelSpec) -> Optional[int]:
-    from phinetune.data.render import token_id
-
-    return token_id(tokenizer, end_of_turn(tokenizer, spec))
 
 
 def stop_token_ids(tokenizer, spec: ModelSpec) -> list[int]:
