@@ -233,12 +233,13 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
                  samples: int = typer.Option(3, help="Rendered samples to show with their masks."),
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
+                 fold_system: bool = typer.Option(False, help="Fold a system message into the first user turn (data.fold_system)."),
                  out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
     from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, print_inspection, write_outputs
 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
-                      split=split, limit=limit, skip_bad_rows=skip_bad_rows)
+                      split=split, limit=limit, skip_bad_rows=skip_bad_rows, fold_system=fold_system)
     tokenizer, eot = load_inspect_tokenizer(model, spec)
     ins = inspect_data(cfg, tokenizer, eot, samples)
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
