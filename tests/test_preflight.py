@@ -148,14 +148,16 @@ def test_guanaco_at_256_tokens_is_refused_with_the_max_length_that_keeps_95_perc
 
     path = realdata("datasets", "openassistant-guanaco", "openassistant_best_replies_eval.jsonl")
     tokenizer = real_tokenizer("phi3-mini-4k")
-    shares = {}
-    for max_length in (256, None):
-        cfg = load_config(None, [f"data.train={path}", f"data.max_length={max_length or suggested}", "data.cache=false"])
+    def share_at(max_length):
+        cfg = load_config(None, [f"data.train={path}", f"data.max_length={max_length}", "data.cache=false"])
         report = PreflightReport()
         eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, "<|end|>"), report)
         with_eot, chat = report.eot_samples
-        shares[max_length] = with_eot / chat
-        suggested = report.max_length_for_share
-        if max_length == 256:
-            assert any("data.max_length=256, below preflight.min_eot_share=0.95" in p for p in report.problems)
+        return with_eot / chat, report
+
+    share_256, report = share_at(256)
+    assert any("data.max_length=256, below preflight.min_eot_share=0.95" in p for p in report.problems)
+    share_suggested, report = share_at(report.max_length_for_share)
+    assert report.problems == []
+    shares = {256: share_256, None: share_suggested}
     assert shares[256] < 0.5 and shares[None] >= 0.95

@@ -87,12 +87,13 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
           dtype: str = typer.Option("auto", help="Weights dtype of the merged model: auto, bf16, fp16 or fp32."),
           max_shard_size: str = typer.Option("2GB", help="Largest safetensors shard."),
           overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
-          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
-    """Merge a LoRA/QLoRA run into a standalone model (QLoRA merges into a dequantized base)."""
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+          base: Optional[str] = typer.Option(None, "--base", help="QLoRA runs: dequantized (default: the NF4 base weights dequantized, exactly the model that was trained) or original (the full-precision checkpoint). The logit gap between the two is printed.")) -> None:
+    """Merge a LoRA/QLoRA run into a standalone 16/32-bit model (QLoRA: into the dequantized NF4 base or the original one, --base)."""
     check_run(run)
     from phinetune.export.merge import merge_run
 
-    merge_run(run, out, dtype, max_shard_size, overwrite, checkpoint)
+    merge_run(run, out, dtype, max_shard_size, overwrite, base, checkpoint)
 
 
 @app.command()
@@ -352,6 +353,7 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
                  samples: int = typer.Option(3, help="Rendered samples to show with their masks."),
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
+                 fold_system: bool = typer.Option(False, help="Fold a system message into the first user turn (data.fold_system)."),
                  out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt."),
                  objective: str = typer.Option("sft", "--objective", help="sft, or dpo/ipo/orpo/simpo (preference pairs) / kto (unpaired): chosen/rejected lengths and overlap.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
@@ -362,7 +364,7 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
         return _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out)
 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
-                      split=split, limit=limit, skip_bad_rows=skip_bad_rows)
+                      split=split, limit=limit, skip_bad_rows=skip_bad_rows, fold_system=fold_system)
     tokenizer, eot = load_inspect_tokenizer(model, spec)
     try:
         ins = inspect_data(cfg, tokenizer, eot, samples)

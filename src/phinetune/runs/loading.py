@@ -91,7 +91,7 @@ def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool, checkpoint: Op
     tokenizer = load_tokenizer(str(run.tokenizer), mcfg, spec)
     if checkpoint is not None:
         model = load_model(info.base_model, mcfg, spec, tokenizer, plan, device_map())
-        model = _apply_checkpoint(model, checkpoint)
+        model = apply_checkpoint(model, checkpoint)
     elif run.is_full and adapter:
         model = load_model(str(run.full_model), mcfg, spec, tokenizer, plan, device_map())
     else:
@@ -102,7 +102,7 @@ def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool, checkpoint: Op
     return Loaded(model, tokenizer, spec, stop_token_ids(tokenizer, spec), str(run.path))
 
 
-def _apply_checkpoint(model, checkpoint: Path):
+def apply_checkpoint(model, checkpoint: Path):
     """Rebuild the run's adapter from the config the checkpoint carries, then load its trainable weights.
 
     A checkpoint holds only what was trained (train/checkpoint.py), under the names of the trained model,

@@ -123,8 +123,9 @@ class RunDir:
         return sorted(found)
 
 
-def write_merged_marker(folder: Path, spec_key: str, run: RunDir) -> None:
-    (Path(folder) / MERGED_MARKER).write_text(json.dumps({"spec": spec_key, "merged_from": str(run.path)}))
+def write_merged_marker(folder: Path, spec_key: str, run: RunDir, **details) -> None:
+    """`details`: what else the merge records (which base a QLoRA run merged into, the measured logit gap)."""
+    (Path(folder) / MERGED_MARKER).write_text(json.dumps({"spec": spec_key, "merged_from": str(run.path), **details}, indent=2))
 
 
 def merged_spec_key(folder: Path) -> str | None:
