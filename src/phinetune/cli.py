@@ -44,12 +44,12 @@ def resolve_config(args: Optional[List[str]]):
     return load_config(config or default_config_path(), overrides)
 
 
-def check_source(target: str) -> None:
+def check_source(target: str, revision: Optional[str] = None) -> None:
     """A TARGET or model.name that is a missing path or an unreachable, uncached Hub id fails here, in seconds,
     before torch and transformers are imported."""
     from phinetune.models.hub import check_model_name
 
-    check_model_name(target)
+    check_model_name(target, revision)
 
 
 def check_run(run: str) -> None:
@@ -67,7 +67,7 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
           accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml.")) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
-    check_source(cfg.model.name)
+    check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.recipe import train as run_train
 
     if nproc > 1 or accelerate_config is not None:
@@ -415,7 +415,7 @@ def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
 
     Exits non-zero when the pre-flight finds a problem (the `preflight.*` overrides apply)."""
     cfg = resolve_config(args)
-    check_source(cfg.model.name)
+    check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.check import check_config
 
     check_config(cfg, save)
