@@ -73,7 +73,7 @@ def test_planted_overlaps_are_found_with_file_and_line(tmp_path, docs):
                      # 13-gram convention, training on one twin contaminates the other.
                      ("winogrande", 2, f"{path}:{at['winogrande']}"): "13-gram"}
     per = result.per_task()
-    assert per["arc_easy"] == {"items": 6, "contaminated": 1, "samples": 2, "source": ""}
+    assert per["arc_easy"] == {"items": 8, "contaminated": 1, "samples": 2, "source": ""}
     assert per["hellaswag"]["contaminated"] == 0 and per["piqa"]["contaminated"] == 1
     assert result.contaminated("arc_easy") == {0}
 
@@ -142,14 +142,14 @@ def test_train_warns_and_eval_scores_the_clean_items(tmp_path):
     base = ["eval", str(run), "--tasks", "arc_easy,winogrande", "--data-dir", str(EVALSETS)]
     run_cli(*base)
     rows = {r["task"]: r for r in json.loads((run / "eval.json").read_text())["rows"]}
-    assert rows["arc_easy"]["n"] == 6 and rows["winogrande"]["n"] == 6
+    assert rows["arc_easy"]["n"] == 8 and rows["winogrande"]["n"] == 6
     assert rows["winogrande"]["contaminated"] == winogrande
     arc_dirty = rows["arc_easy"]["contaminated"]
     assert arc_dirty == 1
     run_cli(*base, "--decontaminate")
     saved = json.loads((run / "eval.json").read_text())
     rows = {r["task"]: r for r in saved["rows"]}
-    assert saved["decontaminated"] and rows["arc_easy"]["n"] == 6 - arc_dirty and rows["winogrande"]["n"] == 6 - winogrande
+    assert saved["decontaminated"] and rows["arc_easy"]["n"] == 8 - arc_dirty and rows["winogrande"]["n"] == 6 - winogrande
     assert rows["arc_easy"]["contaminated"] == 0 and [i["item"] for i in saved["base"]["arc_easy"]["items"]][0] == 2
 
 

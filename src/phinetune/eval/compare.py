@@ -96,18 +96,16 @@ def score_ours(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
 
 def score_harness(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
     from phinetune.eval.harness import harness_model, run_harness
+    from phinetune.runs.loading import base_and_tuned
 
-    info, tok = run.read_info(), str(run.tokenizer)
-    base = run_harness(harness_model(info.base_model, tok, None, plan.batch_size), plan.tasks, plan.limit, plan.shots, plan.data_dir)
-    tuned_lm = (harness_model(str(run.full_model), tok, None, plan.batch_size) if run.is_full
-                else harness_model(info.base_model, tok, str(run.adapter), plan.batch_size))
-    tuned = run_harness(tuned_lm, plan.tasks, plan.limit, plan.shots, plan.data_dir)
-    for results in (base, tuned):  # lm-eval returns items in the tasks' order, as we read them
+    out = {label: run_harness(harness_model(loaded.model, loaded.tokenizer, plan.batch_size), plan.tasks, plan.limit, plan.shots, plan.data_dir)
+           for label, loaded in base_and_tuned(run)}
+    for results in out.values():  # lm-eval returns items in the tasks' order, as we read them
         for name, result in results.items():
             dirty = (plan.contaminated or {}).get(name, set())
             for i, item in enumerate(result.items):
                 item["item"], item["contaminated"] = i + 1, i in dirty
-    return base, tuned
+    return out["base"], out["tuned"]
 
 
 def evaluate_run(run_path: str, plan: EvalPlan) -> dict:

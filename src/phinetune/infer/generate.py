@@ -13,7 +13,7 @@ from typing import Optional
 
 from phinetune.errors import DataError, PhinetuneError
 from phinetune.infer.complete import Completion, Sampling, chat_prompt, complete
-from phinetune.runs.loading import Loaded, load_for_inference
+from phinetune.runs.loading import LoadOptions, Loaded, load_for_inference
 from phinetune.progress import console, track
 
 
@@ -51,14 +51,12 @@ def answer_all(loaded: Loaded, convs: list[list[dict]], sampling: Sampling, batc
     return [c for group in track(groups, label) for c in complete(loaded, [chat_prompt(loaded, m) for m in group], sampling)]
 
 
-def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], max_new_tokens: int,
-                 temperature: float, top_k: int, top_p: float, seed: Optional[int], batch_size: int, dtype: str, quant: str,
-                 checkpoint: Optional[str] = None) -> list[str]:
+def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], sampling: Sampling,
+                 batch_size: int = 8, load: LoadOptions = LoadOptions(), checkpoint: Optional[str] = None) -> list[str]:
     if (prompt is None) == (input is None):
         raise PhinetuneError("give either a PROMPT or --input FILE.jsonl (exactly one)")
     rows = read_prompt_rows(input) if input else [{"messages": [{"role": "user", "content": prompt}]}]
-    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
-    loaded = load_for_inference(target, dtype, quant, checkpoint=checkpoint)
+    loaded = load_for_inference(target, load.dtype, load.quant, checkpoint=checkpoint)
     results = answer_all(loaded, [r["messages"] for r in rows], sampling, batch_size)
     answers = [r.text.strip() for r in results]
     if output:
