@@ -26,7 +26,7 @@ from rich.table import Table
 
 from phinetune.errors import PhinetuneError
 from phinetune.progress import console
-from phinetune.synth.config import Sampling as JudgeSampling, TeacherConfig
+from phinetune.synth.config import RequestSampling as JudgeSampling, TeacherConfig
 from phinetune.synth.journal import Journal, call_hash, call_key
 from phinetune.synth.teachers import Call
 from phinetune.runs.run_dir import RunDir
