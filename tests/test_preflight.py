@@ -31,7 +31,8 @@ def test_report_contents(tiny_phi3):
     assert rows[("layers.*.self_attn.o_proj", "lora")].trainable == 2 * 4 * (128 + 128)  # 2 layers x r*(in+out)
     assert report.trainable == sum(r.trainable for r in report.layers) and 0 < report.share < 5
     assert report.not_adapted == ["gate_up_proj", "down_proj"]
-    assert report.eot_trained and report.eot_samples == (10, 10)
+    assert report.eot_trained and report.eot_samples == (12, 12)  # train + eval, each keeps its last end-of-turn
+    assert report.eot_turns == (report.coverage["turns"], report.coverage["turns"]) and report.coverage["violations"] == []
     trained = "".join(t for t, on in report.sample if on)
     assert trained.endswith("<|end|>") and "<|user|>" not in trained and "<|assistant|>" not in trained
     assert report.dtype["dtype"] == "fp32"
@@ -51,17 +52,112 @@ def test_check_cli_fails_on_the_seed_list():
 
 
 def test_check_cli_fails_when_end_of_turn_is_cut_off():
-    proc = run_cli("check", "model.name=tiny-phi3", *FAST, "data.max_length=24", check=False)
+    # Empty samples are allowed here, so the one failure left is the one this test is about.
+    proc = run_cli("check", "model.name=tiny-phi3", *FAST, "data.max_length=24", "preflight.allow_empty_samples=true", check=False)
     assert proc.returncode == 2 and "pre-flight failed" in proc.stdout
-    assert "allow_empty_samples" in proc.stdout or "allow_untrained_eot" in proc.stdout
+    assert "the end-of-turn token <|end|> is never trained" in proc.stdout and "allow_untrained_eot" in proc.stdout
+    assert "have no trained tokens" not in proc.stdout
 
 
-def test_train_saves_preflight_json(tiny_cfg):
-    from phinetune.train.recipe import train
+def test_train_saves_preflight_json(tiny_run):
+    from phinetune.runs.run_dir import RunDir
 
-    cfg = tiny_cfg("train.max_steps=1", "train.eval_every=1")
-    result = train(cfg)
-    saved = json.loads((result.run.path / "preflight.json").read_text())
+    saved = json.loads(RunDir.open(tiny_run).preflight.read_text())  # the session's shared run
     assert saved["problems"] == [] and saved["trainable"] > 0 and 0 < saved["share_percent"] < 100
     assert {row["layer_type"] for row in saved["layers"]} >= {"layers.*.self_attn.qkv_proj", "embed_tokens", "lm_head"}
     assert saved["eot_trained"] and any(on for _, on in saved["sample"])
+
+
+def test_sample_preview_keeps_non_ascii_characters_whole():
+    """Byte-level BPE splits é, 猫 and emoji over several tokens: the preview must decode runs, not tokens."""
+    from phinetune.data.render import IGNORE, Rendered
+    from phinetune.models.tiny import build_tokenizer
+    from phinetune.train.preflight import mask_pieces
+
+    tok = build_tokenizer(SPECS["phi3-mini-4k"])
+    prompt, answer = "Qu'est-ce que c'est ? ", "Schrödinger's 猫 dit 👋 — déjà vu"
+    p_ids, a_ids = tok(prompt, add_special_tokens=False).input_ids, tok(answer, add_special_tokens=False).input_ids
+    assert any("\ufffd" in tok.decode([t]) for t in a_ids)  # the bug's precondition: single tokens are partial bytes
+    pieces = mask_pieces(Rendered(p_ids + a_ids, [IGNORE] * len(p_ids) + a_ids, prompt + answer), tok)
+    assert pieces == [(tok.decode(p_ids), False), (tok.decode(a_ids), True)]
+    assert "\ufffd" not in "".join(text for text, _ in pieces) and answer in "".join(text for text, _ in pieces)
+
+
+# ---- per-turn end-of-turn coverage (data/coverage.py) ------------------------------------------------
+
+def _data(samples, cfg):
+    from phinetune.data.dataset import DataInfo, PreparedData
+
+    return PreparedData(samples, [], [], DataInfo())
+
+
+def test_a_mis_placed_mask_is_an_error_naming_file_line_and_turn(tiny_phi3):
+    """What the old text search did with a reply of `d`: the user's <|end|> trained, the reply's own not."""
+    from phinetune.data.render import IGNORE, render_sample
+    from phinetune.train.preflight import PreflightReport, eot_report
+
+    _, tokenizer = tiny_phi3
+    spec, cfg = SPECS["phi3-mini-4k"], load_config(None, [])
+    messages = [{"role": "user", "content": "a, b, c or d?"}, {"role": "assistant", "content": "d"}]
+    good = render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>")
+    good.where = "mc.jsonl:3"
+    eot_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    bad = render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>")
+    bad.where = "mc.jsonl:4"
+    user_end = bad.input_ids.index(eot_id)  # the user turn's <|end|>, before the reply
+    own = bad.turns[0][2]
+    bad.labels[user_end], bad.labels[own] = eot_id, IGNORE
+    report = PreflightReport()
+    eot_report(tokenizer, spec, cfg, _data([good, bad], cfg), report)
+    assert report.eot_turns == (1, 2)
+    assert f"mc.jsonl:4: assistant turn 1: its own end-of-turn token <|end|> (position {own}) is not trained" in report.problems
+    assert f"mc.jsonl:4: 1 token(s) trained outside the assistant turns (first at position {user_end}, policy assistant)" in report.problems
+    assert not any("mc.jsonl:3" in p for p in report.problems)
+
+
+def test_too_few_samples_keeping_their_last_eot_refuses_and_names_the_max_length(tiny_phi3, tmp_path):
+    import math
+
+    from phinetune.train.preflight import PreflightReport, eot_report
+
+    _, tokenizer = tiny_phi3
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "word " * (3 * i + 1)}]} for i in range(20)]
+    path = tmp_path / "lengths.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    eot_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    # independent: where apply_chat_template puts each conversation's last <|end|>
+    needed = sorted(max(i for i, t in enumerate(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) if t == eot_id) + 1
+                    for r in rows)
+    expected = needed[math.ceil(0.95 * len(needed)) - 1]
+    for max_length, refused in ((needed[10], True), (expected, False)):
+        cfg = load_config(None, [f"data.train={path}", f"data.max_length={max_length}", "data.cache=false", "data.eval_size=2"])
+        report = PreflightReport()
+        eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, "<|end|>"), report)
+        assert any(f"data.max_length={expected} keeps 95%" in p for p in report.problems) == refused, report.problems
+    cfg = load_config(None, [f"data.train={path}", f"data.max_length={needed[10]}", "data.cache=false", "data.eval_size=2", "preflight.min_eot_share=0"])
+    report = PreflightReport()
+    eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, "<|end|>"), report)
+    assert not any("min_eot_share" in p for p in report.problems)
+
+
+def test_guanaco_at_256_tokens_is_refused_with_the_max_length_that_keeps_95_percent():
+    """The issue's case: at max_length=256 most guanaco samples lose their last <|end|>."""
+    from conftest import realdata
+    from test_render import real_tokenizer
+    from phinetune.train.preflight import PreflightReport, eot_report
+
+    path = realdata("datasets", "openassistant-guanaco", "openassistant_best_replies_eval.jsonl")
+    tokenizer = real_tokenizer("phi3-mini-4k")
+    def share_at(max_length):
+        cfg = load_config(None, [f"data.train={path}", f"data.max_length={max_length}", "data.cache=false"])
+        report = PreflightReport()
+        eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, "<|end|>"), report)
+        with_eot, chat = report.eot_samples
+        return with_eot / chat, report
+
+    share_256, report = share_at(256)
+    assert any("data.max_length=256, below preflight.min_eot_share=0.95" in p for p in report.problems)
+    share_suggested, report = share_at(report.max_length_for_share)
+    assert report.problems == []
+    shares = {256: share_256, None: share_suggested}
+    assert shares[256] < 0.5 and shares[None] >= 0.95

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from phinetune.report.charts import CHARTS, render
+from phinetune.train.plots import CHARTS, render
 from phinetune.report.page import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +48,13 @@ def fake_run(tmp_path: Path, preflight: bool = True, eval_json: bool = True) -> 
 
 
 def test_charts_render_only_what_was_logged():
+    objective_only = {"rewards", "accuracy", "reward"}  # preference / GRPO curves: an SFT run logs none of them
     for chart in CHARTS:
         png = render(chart, METRICS)
-        assert png is not None and png.startswith(b"\x89PNG")
+        if chart.name in objective_only:
+            assert png is None
+        else:
+            assert png is not None and png.startswith(b"\x89PNG")
     assert render(CHARTS[1], [{"step": 0, "eval_loss": 1.0}]) is None  # no learning rate logged: no empty chart
 
 
@@ -98,3 +102,13 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert img.size == (1000, 2400)
     # the plots drew: matplotlib's default blue line (#1f77b4) appears in the rendered page
     assert any(abs(r - 31) < 20 and abs(g - 119) < 20 and abs(b - 180) < 20 for r, g, b in img.getdata())
+
+
+def test_compare_markdown_is_rendered_as_a_table(tmp_path):
+    run = fake_run(tmp_path)
+    (run / "compare.md").write_text("# Base vs fine-tuned: `r`\n\n| # | prompt | base | fine-tuned |\n|---|---|---|---|\n"
+                                    "| 1 | a \\| b | one<br>two | <b>x</b> |\n")
+    page = write_report(str(run), samples=0)[0].read_text()
+    assert "<th>prompt</th><th>base</th><th>fine-tuned</th>" in page
+    assert "<td>a | b</td><td>one<br>two</td><td>&lt;b&gt;x&lt;/b&gt;</td>" in page  # cell text still escaped
+    assert "| # | prompt |" not in page  # no raw Markdown block

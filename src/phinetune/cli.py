@@ -11,10 +11,17 @@ from typing import List, Optional
 import typer
 
 from phinetune.errors import PhinetuneError
-from phinetune.progress import console
+from phinetune.progress import console, escape, silence_libraries
 
+# rich_markup_mode=None: help text is shown as written. Rich markup would read `phinetune[eval]` or
+# `[CONFIG]` as style tags and drop them.
 app = typer.Typer(help="Fine-tune Microsoft Phi models (LoRA, QLoRA, full) with no silent misconfiguration.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+@app.callback()
+def _global_options(verbose: bool = typer.Option(False, "--verbose", help="Show library warnings, logs and weight-loading bars (silenced by default).")) -> None:
+    """Options for every verb (main() reads --verbose before any library is imported)."""
 
 CONFIG_HELP = "A YAML run config (see configs/), followed by any number of dotted overrides like train.learning_rate=2e-5."
 
@@ -37,22 +44,40 @@ def resolve_config(args: Optional[List[str]]):
     return load_config(config or default_config_path(), overrides)
 
 
+def check_source(target: str, revision: Optional[str] = None) -> None:
+    """A TARGET or model.name that is a missing path or an unreachable, uncached Hub id fails here, in seconds,
+    before torch and transformers are imported."""
+    from phinetune.models.hub import check_model_name
+
+    check_model_name(target, revision)
+
+
+def check_run(run: str) -> None:
+    if not Path(run).expanduser().exists():
+        raise PhinetuneError(f"run folder {run} does not exist; pass the output.dir of a `phinetune train` (e.g. runs/default)")
+
+
+CHECKPOINT_HELP = "For a run folder: 'last' (or step-N) uses that training checkpoint instead of the final adapter, e.g. of an interrupted run."
+
+
 @app.command()
 def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
           resume: bool = typer.Option(False, "--resume", help="Continue the run in output.dir from its latest checkpoint (also automatic when it holds the same config)."),
           nproc: int = typer.Option(1, "--nproc", min=1, help="Processes to train on (GPUs; on CPU, DDP over gloo) through accelerate / torchrun."),
           accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml.")) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
+    cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
+    check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.recipe import train as run_train
 
-    cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
     if nproc > 1 or accelerate_config is not None:
         from phinetune.train.launch import launch
 
         raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
     result = run_train(cfg, resume=resume)
     if result.first_eval_loss is not None:
-        console.print(f"eval loss: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
+        name = {"grpo": "eval reward"}.get(cfg.train.objective, "eval loss")
+        console.print(f"{name}: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
     console.print(f"run folder: {result.run.path}  (next: phinetune generate {result.run.path} \"...\", phinetune merge {result.run.path} --out DIR)")
 
 
@@ -61,11 +86,14 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
           out: str = typer.Option(..., "--out", help="Folder for the merged model."),
           dtype: str = typer.Option("auto", help="Weights dtype of the merged model: auto, bf16, fp16 or fp32."),
           max_shard_size: str = typer.Option("2GB", help="Largest safetensors shard."),
-          overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder.")) -> None:
-    """Merge a LoRA/QLoRA run into a standalone model (QLoRA merges into a dequantized base)."""
+          overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+          base: Optional[str] = typer.Option(None, "--base", help="QLoRA runs: dequantized (default: the NF4 base weights dequantized, exactly the model that was trained) or original (the full-precision checkpoint). The logit gap between the two is printed.")) -> None:
+    """Merge a LoRA/QLoRA run into a standalone 16/32-bit model (QLoRA: into the dequantized NF4 base or the original one, --base)."""
+    check_run(run)
     from phinetune.export.merge import merge_run
 
-    merge_run(run, out, dtype, max_shard_size, overwrite)
+    merge_run(run, out, dtype, max_shard_size, overwrite, base, checkpoint)
 
 
 @app.command()
@@ -113,25 +141,32 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              seed: Optional[int] = typer.Option(None, help="Sampling seed."),
              batch_size: int = typer.Option(8, help="Prompts per generation batch."),
              dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
-             quant: str = typer.Option("none", help="none or nf4.")) -> None:
+             quant: str = typer.Option("none", help="none or nf4."),
+             checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
-    from phinetune.infer.batch import run_generate
+    check_source(target)
+    from phinetune.infer.complete import Sampling
+    from phinetune.infer.generate import run_generate
+    from phinetune.runs.loading import LoadOptions
 
-    run_generate(target, prompt, input, output, max_new_tokens, temperature, top_k, top_p, seed, batch_size, dtype, quant)
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
+    run_generate(target, prompt, input, output, sampling, batch_size, LoadOptions(dtype, quant), checkpoint)
 
 
 @app.command()
 def chat(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
          system: Optional[str] = typer.Option(None, help="Optional system prompt."),
          max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.7), top_p: float = typer.Option(0.95),
-         dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
+         dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
     """Chat interactively; tokens stream as they are generated."""
+    check_source(target)
     from phinetune.infer.chat import chat_loop
-    from phinetune.infer.generate import Sampling
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.infer.complete import Sampling
+    from phinetune.runs.loading import load_for_inference
 
-    loaded = load_for_inference(target, dtype, quant)
-    chat_loop(loaded, Sampling(max_new_tokens, temperature, 0, top_p), system)
+    sampling = Sampling(max_new_tokens, temperature, 0, top_p)  # validated before the slow load
+    chat_loop(load_for_inference(target, dtype, quant, checkpoint=checkpoint), sampling, system)
 
 
 @app.command("eval")
@@ -139,20 +174,29 @@ def eval_run(run: str = typer.Argument(..., help="A run folder from `phinetune t
              tasks: str = typer.Option("arc_easy,piqa,winogrande,hellaswag", help="Comma-separated: arc_easy, arc_challenge, hellaswag, piqa, winogrande."),
              limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N items of each task."),
              shots: int = typer.Option(0, min=0, help="Few-shot examples per prompt (from the training split)."),
-             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the official eval files; default: the Hub."),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the official eval files (ARC-Easy-Test.jsonl, piqa/valid.jsonl, hellaswag_val.jsonl, dev.jsonl ...: see docs/eval.md); default: lm-eval's Hub datasets (allenai/ai2_arc, baber/piqa, Rowan/hellaswag, allenai/winogrande) through `datasets`."),
              batch_size: int = typer.Option(16, min=1, help="Sequences per forward pass."),
              harness: bool = typer.Option(False, "--harness", help="Score with the real lm-eval harness (pip install 'phinetune[eval]').")) -> None:
     """Benchmark the base model and the fine-tuned one on the same items; flag drops larger than the standard error."""
-    from phinetune.eval.compare import EvalPlan, evaluate_run
     from phinetune.eval.tasks import parse_tasks
 
-    evaluate_run(run, EvalPlan(parse_tasks(tasks), limit, shots, data_dir, batch_size, harness))
+    check_run(run)
+    chosen = parse_tasks(tasks)
+    if data_dir is None:
+        from phinetune.models.hub import require_datasets
+
+        require_datasets(sorted({t.hub[0] for t in chosen}), "eval without --data-dir",
+                         "pass --data-dir with the official files (see docs/eval.md)")
+    from phinetune.eval.compare import EvalPlan, evaluate_run
+
+    evaluate_run(run, EvalPlan(chosen, limit, shots, data_dir, batch_size, harness))
 
 
 @app.command()
 def report(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
            samples: int = typer.Option(3, min=0, help="Held-out prompts to answer with base and tuned model (0: none; RUN/compare.md wins if present).")) -> None:
     """Write RUN/report.html (self-contained) and RUN/report.md: config, pre-flight, curves, benchmarks, sample answers."""
+    check_run(run)
     from phinetune.report.page import write_report
 
     html_path, md_path = write_report(run, samples)
@@ -180,14 +224,17 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
             top_k: int = typer.Option(0), top_p: float = typer.Option(1.0), seed: Optional[int] = typer.Option(None),
             batch_size: int = typer.Option(8), dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
     """Base vs fine-tuned answers to the same prompts, side by side (terminal table + Markdown)."""
+    check_run(run)
     from phinetune.infer.compare import compare_run
-    from phinetune.infer.generate import Sampling
+    from phinetune.infer.complete import Sampling
+    from phinetune.runs.loading import LoadOptions
 
-    compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, dtype, quant, out)
+    compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, LoadOptions(dtype, quant), out)
 
 
 @app.command()
-def serve(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
+def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged folder, or a base model id; or several LoRA runs "
+                                                          "on one base (each served under its folder name, plus the base)."),
           host: str = typer.Option("127.0.0.1", help="Bind address; anything but loopback exposes the model to the network."),
           port: int = typer.Option(8000),
           api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' (or set PHINETUNE_API_KEY)."),
@@ -196,14 +243,22 @@ def serve(target: str = typer.Argument(..., help="A run folder, a merged folder,
           max_body_kb: int = typer.Option(1024, help="Largest request body in KiB (413 above)."),
           max_queue: int = typer.Option(64, help="Requests that may wait for the model (429 above)."),
           max_batch: int = typer.Option(8, help="Prompts generated together when compatible requests wait together."),
-          dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
-    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming), /v1/completions, /v1/models, /health."""
+          dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+          request_timeout: float = typer.Option(300.0, help="Seconds a request may take, queue wait included (504 after)."),
+          cors_origin: list[str] = typer.Option([], help="Allow browser pages from this origin (repeat; '*' for any). Default: no CORS."),
+          access_log: str = typer.Option("-", help="One JSON line per request: '-' stderr, 'off', or a file path."),
+          log_prompts: bool = typer.Option(False, help="Also write prompt text into the access log.")) -> None:
+    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming), /v1/completions, /v1/models, /health, /metrics."""
+    for target in targets:
+        check_source(target)
     from phinetune.serve.run import serve as run_serve
 
-    run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant)
+    run_serve(targets, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant,
+              request_timeout, cors_origin, access_log, log_prompts)
 
 
-bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True)
+bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
 
@@ -214,7 +269,8 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
                 batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),
                 out: Path = typer.Option(Path("bench-infer.json"), "--out", help="JSON results file.")) -> None:
     """Memory after load, peak memory, time to first token and decode tokens/s per dtype (and % of memory bandwidth on a GPU)."""
-    from phinetune.infer.bench import BenchSettings, bench_infer as run_bench
+    check_source(target)
+    from phinetune.bench.infer import BenchSettings, bench_infer as run_bench
 
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
@@ -223,9 +279,41 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
     run_bench(target, [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes), out)
 
 
+@bench_app.command("serve")
+def bench_serve(target: Optional[str] = typer.Argument(None, help="A run folder, merged folder or model id to serve here (or use --url)."),
+                url: Optional[str] = typer.Option(None, help="A running server's base URL instead, e.g. http://127.0.0.1:8000."),
+                concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
+                requests: int = typer.Option(64, help="Requests per concurrency level (at least one per client)."),
+                max_tokens: int = typer.Option(32, help="max_tokens of each request."),
+                model: Optional[str] = typer.Option(None, help="The model id to ask for (default: the server's first)."),
+                api_key: Optional[str] = typer.Option(None, help="For --url servers that require one."),
+                out: Optional[Path] = typer.Option(None, "--out", help="Also write the rows as JSON here.")) -> None:
+    """HTTP throughput and p50/p95 latency of `phinetune serve` at several concurrency levels."""
+    from phinetune.bench.serve import bench_serve as run_bench
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        raise PhinetuneError(f"--concurrency must be comma-separated integers like 1,8,32 (got {concurrency!r})") from None
+    run_bench(target, url, levels, requests, max_tokens, model, api_key, out=out)
+
+
+@bench_app.command("train")
+def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
+                out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
+                parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
+                rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
+                realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
+                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
+    """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
+    from phinetune.bench.train import bench_train as run_bench
+
+    run_bench(workload, out, parity, rows, realdata, work_dir)
+
+
 # ---------------------------------------------------------------- phinetune data ...
 
-data_app = typer.Typer(help="Look at training data before training on it.", no_args_is_help=True)
+data_app = typer.Typer(help="Look at training data before training on it.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
@@ -265,15 +353,58 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
                  samples: int = typer.Option(3, help="Rendered samples to show with their masks."),
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
-                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt.")) -> None:
+                 fold_system: bool = typer.Option(False, help="Fold a system message into the first user turn (data.fold_system)."),
+                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt."),
+                 objective: str = typer.Option("sft", "--objective", help="sft, or dpo/ipo/orpo/simpo (preference pairs) / kto (unpaired): chosen/rejected lengths and overlap.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
+    check_source(model)
     from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, print_inspection, write_outputs
 
+    if objective != "sft":
+        return _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out)
+
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
-                      split=split, limit=limit, skip_bad_rows=skip_bad_rows)
+                      split=split, limit=limit, skip_bad_rows=skip_bad_rows, fold_system=fold_system)
     tokenizer, eot = load_inspect_tokenizer(model, spec)
-    ins = inspect_data(cfg, tokenizer, eot, samples)
+    try:
+        ins = inspect_data(cfg, tokenizer, eot, samples)
+    except PhinetuneError as exc:  # the readers speak config keys; this verb's user typed flags
+        raise PhinetuneError(as_inspect_flags(str(exc))) from None
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+
+def _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out: Path) -> None:
+    import json
+
+    from phinetune.data.inspect import load_inspect_tokenizer
+    from phinetune.data.preference import UNPAIRED, inspect_preferences
+
+    if objective not in ("dpo", "ipo", "orpo", "simpo", "kto"):
+        raise PhinetuneError(f"--objective {objective}: expected sft, dpo, ipo, orpo, simpo or kto")
+    tokenizer, eot = load_inspect_tokenizer(model, spec)
+    stats = inspect_preferences(data, UNPAIRED if objective == "kto" else "pairs", tokenizer, max_length, eot, limit, skip_bad_rows, split)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    console.rule(f"[bold]data inspect ({objective}): {data}")
+    for key, value in stats.items():
+        if key not in ("source", "dropped") and value not in ({}, "", []):
+            console.print(f"{key}: {value}", highlight=False)
+    for line in stats["dropped"][:5]:
+        console.print(f"dropped: {line}", style="yellow", highlight=False)
+    console.print(f"written: {out / 'report.json'}", highlight=False)
+
+
+# data.* keys as `phinetune data inspect` spells them (longest first: data.eval_size before data.eval).
+INSPECT_FLAGS = {"data.skip_bad_rows": "--skip-bad-rows", "data.max_length": "--max-length", "data.columns": "--column",
+                 "data.format": "--format", "data.split": "--split", "data.limit": "--limit", "data.mask": "--mask",
+                 "data.train / data.eval": "DATA", "data.train": "DATA"}
+
+
+def as_inspect_flags(message: str) -> str:
+    import re
+
+    for key, flag in INSPECT_FLAGS.items():
+        message = re.sub(rf"(?<![\w.]){re.escape(key)}(?!\w)", flag, message)
+    return message
 
 # ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------
 
@@ -283,10 +414,12 @@ def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
     """Load, read the data and attach the adapter exactly as `train` would, print the pre-flight, and stop.
 
     Exits non-zero when the pre-flight finds a problem (the `preflight.*` overrides apply)."""
+    cfg = resolve_config(args)
+    check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.check import check_config
 
-    check_config(resolve_config(args), save)
-    console.print("[bold green]pre-flight passed[/bold green]: nothing silently misconfigured was found")
+    check_config(cfg, save)
+    console.print("[bold green]pre-flight passed[/bold green]: nothing silently misconfigured was found", markup=True)
 
 
 @app.command()
@@ -296,7 +429,7 @@ def inspect(model: str = typer.Argument(..., help="A spec key (phi3.5-moe), a Ph
     from phinetune.models.inspect import analysis, load_facts
 
     for label, value in analysis(load_facts(model)).items():
-        console.print(f"[bold]{label:>15}[/bold]  {value}", highlight=False)
+        console.print(f"[bold]{label:>15}[/bold]  {escape(str(value))}", markup=True, highlight=False)
 
 
 @app.command()
@@ -333,7 +466,7 @@ def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub i
 
 
 def _print_validation() -> None:
-    from phinetune.models.plan_measure import validate
+    from phinetune.bench.plan import validate
 
     console.print("plan estimate vs measured peak memory (one steady-state training step, fp32 on CPU, peak RSS):")
     for m in validate():
@@ -341,31 +474,31 @@ def _print_validation() -> None:
                       f"estimate {m.estimate_bytes / 2**20:8.1f} MiB  measured {m.measured_bytes / 2**20:8.1f} MiB  error {m.error:+.1%}")
 
 
+def print_error(message: str) -> None:
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False)
+
+
+def path_error(exc: OSError) -> str:
+    """An OSError at a path (output.dir=/proc/x, a file where a folder should be) as one sentence."""
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return f"{where}: {exc.strerror or exc}; check the path (its parent folders must exist and be writable folders)"
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "--verbose" in sys.argv[1:2]:  # known before any library is imported (bitsandbytes logs at import)
+        os.environ["PHINETUNE_VERBOSE"] = "1"
+    silence_libraries()
     try:
         app()
     except PhinetuneError as exc:
-        from rich.markup import escape
-
-        # escape: a message may hold brackets (pip install 'phinetune[export]') that rich would eat as markup
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, highlight=False)
+        print_error(str(exc))
         sys.exit(getattr(exc, "exit_code", 2))  # a stop on SIGTERM/Ctrl-C exits 143/130, after its checkpoint
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug, keep its traceback
+            raise
+        print_error(path_error(exc))
+        sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
-
-
-
-
-@bench_app.command("train")
-def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
-                out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
-                parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
-                rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
-                realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
-                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
-    """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
-    from phinetune.bench.train import bench_train as run_bench
-
-    run_bench(workload, out, parity, rows, realdata, work_dir)

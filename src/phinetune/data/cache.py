@@ -14,14 +14,13 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 from phinetune.config.schema import DataConfig
 from phinetune.data.readers import Record, content_fingerprint
 from phinetune.data.render import Rendered
 from phinetune.paths import cache_root
 
-VERSION = 1  # bump when the rendering or the entry layout changes
+VERSION = 2  # bump when the rendering or the entry layout changes
 # Settings that do not change the tokenized output stay out of the key.
 NOT_IN_KEY = {"cache", "cache_dir", "packing"}
 
@@ -68,6 +67,7 @@ def save(cfg: DataConfig, key: str, data) -> Path:
         "version": VERSION,
         "train": [asdict(r) for r in data.train],
         "eval": [asdict(r) for r in data.eval],
+        "dropped": [asdict(r) for r in data.dropped],
         "train_records": [asdict(r) for r in data.train_records],
         "info": asdict(data.info),
     }
@@ -90,11 +90,6 @@ def load(cfg: DataConfig, key: str):
             return None
         info = DataInfo(**{**entry["info"], "cached": True})
         return PreparedData([Rendered(**r) for r in entry["train"]], [Rendered(**r) for r in entry["eval"]],
-                            [Record(**r) for r in entry["train_records"]], info)
+                            [Record(**r) for r in entry["train_records"]], info, [Rendered(**r) for r in entry["dropped"]])
     except (ValueError, KeyError, TypeError):
         return None  # a damaged entry is rebuilt, never trusted
-
-
-def entry_path(cfg: DataConfig, tokenizer, eot: str) -> Optional[Path]:
-    path = _path(cfg, cache_key(cfg, tokenizer, eot))
-    return path if path.exists() else None

@@ -35,6 +35,7 @@ class PreparedData:
     eval: list[Rendered]
     train_records: list[Record]
     info: DataInfo
+    dropped: list[Rendered] = field(default_factory=list)  # rendered samples left out: no trained token (counted by the pre-flight)
 
 
 def sample_key(rec: Record) -> str:
@@ -64,8 +65,10 @@ def dedupe(records: list[Record]) -> tuple[list[Record], int]:
     return kept, len(records) - len(kept)
 
 
-def split(records: list[Record], cfg: DataConfig) -> tuple[list[Record], list[Record]]:
-    """Seeded split: the same data and seed always give the same eval set."""
+def hold_out(records: list[Record], cfg: DataConfig) -> tuple[list[Record], list[Record]]:
+    """(train, held out): a seeded split, so the same data and seed always hold out the same eval records.
+
+    Not to be confused with `data.split`, which names the split of a Hub dataset to read."""
     order = list(range(len(records)))
     random.Random(cfg.seed).shuffle(order)
     n_eval = cfg.eval_size if cfg.eval_size is not None else int(round(len(records) * cfg.eval_fraction))
@@ -100,7 +103,7 @@ def split_records(cfg: DataConfig, skip_bad: bool, report: Optional[ReadReport] 
         records, duplicates = dedupe(records)
     if cfg.eval:
         return records, read_records(cfg.eval, cfg.format, cfg.columns, skip_bad, report=report, split=cfg.split), duplicates
-    train_recs, eval_recs = split(records, cfg)
+    train_recs, eval_recs = hold_out(records, cfg)
     return train_recs, eval_recs, duplicates
 
 
@@ -108,22 +111,26 @@ def _prepare(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
     info, report = DataInfo(), ReadReport()
     train_recs, eval_recs, info.duplicates = split_records(cfg, cfg.skip_bad_rows, report)
     info.read, info.format, info.skipped, info.read_summary = report.read, report.format, report.skipped, report.summary()
-    train = tokenize(train_recs, tokenizer, cfg, eot, info, "train")
-    evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval")
+    dropped: list[Rendered] = []
+    train = tokenize(train_recs, tokenizer, cfg, eot, info, "train", dropped)
+    evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval", dropped)
     info.train, info.eval = len(train), len(evals)
-    return PreparedData(train, evals, train_recs, info)
+    return PreparedData(train, evals, train_recs, info, dropped)
 
 
 def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str) -> Rendered:
     """render_sample, with any rendering problem reported at the record's file:line."""
     try:
-        return render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot)
+        rendered = render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot, cfg.fold_system)
     except DataError as exc:
         raise DataError(f"{rec.where}: {exc}") from None
+    rendered.where = rec.where
+    return rendered
 
 
-def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str) -> list[Rendered]:
-    out = []
+def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str,
+             dropped: Optional[list[Rendered]] = None) -> list[Rendered]:
+    out, dropped = [], dropped if dropped is not None else []
     for rec in track(records, f"Tokenizing {name}"):
         r = render_at(rec, tokenizer, cfg, eot)
         info.truncated += r.truncated
@@ -132,6 +139,7 @@ def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: 
             # preflight.allow_empty_samples, so truncation never silently empties a sample.
             info.empty += 1
             info.empty_where.append(rec.where)
+            dropped.append(r)
             continue
         out.append(r)
     return out

@@ -168,11 +168,12 @@ def _vocab(w, model_dir: Path, tokenizer, n_vocab: int) -> None:
 
 
 def _end_of_turn(model_dir: Path, tokenizer):
-    """The spec's end-of-turn token (recorded by merge in phinetune.json); llama.cpp stops there."""
+    """The spec's end-of-turn token (recorded by merge in the merged folder's marker); llama.cpp stops there."""
     from phinetune.models.specs import SPECS
 
-    meta = model_dir / "phinetune.json"
-    spec = SPECS.get(json.loads(meta.read_text()).get("spec", "")) if meta.exists() else None
+    from phinetune.runs.run_dir import merged_spec_key
+
+    spec = SPECS.get(merged_spec_key(model_dir) or "")
     name = spec.end_of_turn if spec else None
     return tokenizer.get_vocab().get(name) if name else None
 

@@ -17,11 +17,10 @@ from typing import Optional
 from phinetune.errors import PhinetuneError
 from phinetune.export.run import ExportPlan, check_run, gguf_name, merged_folder, ollama_name, write_ggufs
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 MODES = ("adapter", "merged", "gguf")
 CARD = "README.md"  # the Hub shows a repository's README.md as its model card
-PLOT = "loss.png"
 
 
 def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = False, out: Optional[str] = None,
@@ -100,7 +99,7 @@ def build_folder(run: RunDir, spec, repo_id: str, mode: str, quant: str, dest: P
         gguf_files = [gguf_name(run.path.name, quant)]
     has_plot = run.plot.exists()
     if has_plot:
-        shutil.copy2(run.plot, dest / PLOT)
+        shutil.copy2(run.plot, dest / run.plot.name)
     (dest / CARD).write_text(model_card(run, spec, repo_id, mode, gguf_files, has_plot))
     return dest
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from phinetune.errors import PhinetuneError
 from phinetune.models.specs import ModelSpec, get_spec
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir, write_merged_marker
 
 TARGETS = ("gguf", "ollama", "onnx")
 EXTRA_HINT = "pip install 'phinetune[export]'"
@@ -117,7 +117,7 @@ def merged_folder(run: RunDir, dest: Path) -> Path:
     for item in run.tokenizer.iterdir():
         shutil.copy2(item, dest / item.name)
     cfg = run.read_config()  # what merge_run records: the spec (end-of-turn token) for the converters
-    (dest / "phinetune.json").write_text(json.dumps({"spec": get_spec(cfg.model.name, cfg.model.spec).key, "merged_from": str(run.path)}))
+    write_merged_marker(dest, get_spec(cfg.model.name, cfg.model.spec).key, run)
     return dest
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from phinetune.infer.generate import Sampling, stream_reply
-from phinetune.infer.loading import Loaded
+from phinetune.infer.complete import Sampling, stream_reply
+from phinetune.runs.loading import Loaded
 from phinetune.progress import console
 
 
 def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, read: Callable[[str], str] = input) -> None:
     history: list[dict] = [{"role": "system", "content": system}] if system else []
-    console.print("[dim]Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits.[/dim]")
+    console.print("[dim]Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits.[/dim]", markup=True)
     while True:
         try:
             text = read("you> ").strip()
@@ -22,11 +22,12 @@ def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, 
             return
         if text == "/reset":
             history = history[:1] if system else []
+            console.print("[dim]conversation cleared" + (" (system prompt kept)" if system else "") + "[/dim]", markup=True)
             continue
         if not text:
             continue
         history.append({"role": "user", "content": text})
-        console.print("[bold]phi>[/bold] ", end="")
+        console.print("[bold]phi>[/bold] ", end="", markup=True)
         reply = ""
         for piece in stream_reply(loaded, history, sampling):
             reply += piece

@@ -9,16 +9,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from phinetune.config.schema import ModelConfig
 from phinetune.errors import ConfigError, PhinetuneError
+from phinetune.models.hub import builtin_hint, check_model_name
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
+from phinetune.paths import cache_root
 
+PAD_TOKEN = "<PAD>"  # what pad_policy="add" adds
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -44,33 +46,38 @@ def choose_dtype(requested: str, spec: ModelSpec) -> DtypePlan:
     return DtypePlan(torch.float32, "fp32", "no GPU: fp32 on CPU")
 
 
-def materialize_tiny(name: str, cache_root: Path, seed: int = 0) -> Path:
+def materialize_tiny(name: str, seed: int = 0, folder: Optional[Path] = None) -> Path:
+    """The one place a built-in tiny base is built: saved once as a Hugging Face folder, then reused.
+
+    Into `folder` when given (training passes RUN/base, so a run needs nothing outside itself), else into the
+    shared cache (check, generate/serve on a tiny name, the synth teacher), built once for all of them.
+    """
     from phinetune.models.tiny import save_tiny
 
-    out = cache_root / f"{name}-seed{seed}"
+    out = (folder if folder is not None else cache_root() / "tiny") / f"{name}-seed{seed}"
     if not (out / "config.json").exists():
         save_tiny(name, out, seed)
     return out
 
 
-def resolve_model_path(cfg: ModelConfig, base_dir: Path, seed: int = 0) -> str:
-    """Tiny names become a local checkpoint in `base_dir`; everything else is passed through."""
+def resolve_model_path(cfg: ModelConfig, base_dir: Optional[Path] = None, seed: int = 0) -> str:
+    """Tiny names become a local checkpoint (in `base_dir`, else the cache); everything else is passed through."""
     if cfg.name in TINY_MODELS:
-        return str(materialize_tiny(cfg.name, base_dir, seed))
+        return str(materialize_tiny(cfg.name, seed, base_dir))
     return cfg.name
 
 
 def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
-    tokenizer = _hub_call(path, lambda: AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
-    if spec.added_tokens:
-        new = [t for t in spec.added_tokens if t not in tokenizer.get_vocab()]
-        if new:
-            tokenizer.add_special_tokens({"additional_special_tokens": [t for t in new if t != "<PAD>"]})
-            if "<PAD>" in new:
-                tokenizer.add_special_tokens({"pad_token": "<PAD>"})
+    tokenizer = _hub_call(path, cfg.revision, lambda: AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
+    new = [t for t in spec.added_tokens if t not in tokenizer.get_vocab() and t != PAD_TOKEN]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new})
     if spec.template and not tokenizer.chat_template:
         tokenizer.chat_template = read_template(spec.template)
-    if tokenizer.pad_token is None:
+    if spec.pad_policy == "add":  # a dedicated pad token (Phi-2: its eos is also its only separator)
+        if tokenizer.pad_token != PAD_TOKEN:
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    elif tokenizer.pad_token is None:  # "existing": the tokenizer's own pad, else its eos
         tokenizer.pad_token = tokenizer.eos_token  # safe: labels come from masks, never from pad ids
     return tokenizer
 
@@ -87,7 +94,7 @@ def load_model(path: str, cfg: ModelConfig, spec: ModelSpec, tokenizer, dtype: D
             bnb_4bit_quant_storage=dtype.dtype if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else torch.uint8)
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = _hub_call(path, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))
+    model = _hub_call(path, cfg.revision, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))
     resize_for_tokenizer(model, tokenizer, spec)
     return model
 
@@ -99,23 +106,12 @@ def resize_for_tokenizer(model: PreTrainedModel, tokenizer, spec: ModelSpec) -> 
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def _hub_call(name: str, fn):
+def _hub_call(name: str, revision: Optional[str], fn):
+    check_model_name(name, revision)  # a path-like name or an unreachable Hub: one sentence now, not after 50 s of retries
     try:
         return fn()
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
         hint = ("it is not in the local Hugging Face cache and the Hub cannot be reached; download it on a connected "
                 f"machine (huggingface-cli download {name}) or set model.name to a local folder") if offline else str(exc).splitlines()[0]
-        raise PhinetuneError(f"could not load model '{name}': {hint}") from None
-
-
-def eot_token_id(tokenizer, spec: ModelSpec) -> Optional[int]:
-    token = spec.end_of_turn or tokenizer.eos_token
-    ids = tokenizer.convert_tokens_to_ids([token])
-    return ids[0] if ids and ids[0] != tokenizer.unk_token_id else None
-
-
-def stop_token_ids(tokenizer, spec: ModelSpec) -> list[int]:
-    names = spec.stop_tokens or (tokenizer.eos_token,)
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in names if t in vocab]
+        raise PhinetuneError(f"could not load model '{name}': {hint} ({builtin_hint(name)})") from None

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from phinetune.errors import PhinetuneError
-from phinetune.infer.loading import load_for_inference
-from phinetune.progress import console
-from phinetune.serve.app import ServeSettings, create_app
+from phinetune.extras import require
+from phinetune.progress import console, escape
 
 
 def default_model_name(target: str) -> str:
@@ -26,27 +26,55 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None, model_name: Optional[str] = None,
-          max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
-          dtype: str = "auto", quant: str = "none") -> None:
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn
-    except ImportError:
-        raise PhinetuneError("phinetune serve needs FastAPI and uvicorn: pip install 'phinetune[serve]'") from None
+def check_port_free(host: str, port: int) -> None:
+    """Bind and release the address uvicorn will bind (port 0 means any free port: nothing to check)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "busy"
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PhinetuneError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (another server there?); "
+                                 "pass another --port or stop the other server") from None
+
+
+def serve(target: Union[str, list[str]], host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
+          model_name: Optional[str] = None, max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
+          dtype: str = "auto", quant: str = "none", request_timeout: float = 300.0, cors_origins: Sequence[str] = (),
+          access_log: str = "-", log_prompts: bool = False) -> None:
+    """`target`: one run folder, merged folder or model id, or several LoRA run folders on one base (one model id each)."""
+    require("phinetune serve", "serve", "fastapi", "uvicorn", "prometheus_client")  # core dependencies; a trimmed install may lack them
+    import uvicorn
+
+    from phinetune.serve.adapters import load_served
+    from phinetune.serve.app import ServeSettings, create_app
+    from phinetune.serve.observe import configure_access_log
 
     limits = {"--port": (port, 0, 65535), "--max-tokens": (max_tokens, 1, 1 << 20), "--max-body-kb": (max_body_kb, 1, 1 << 20),
               "--max-queue": (max_queue, 1, 1 << 16), "--max-batch": (max_batch, 1, 1024)}
     for flag, (value, low, high) in limits.items():
         if not low <= value <= high:
             raise PhinetuneError(f"{flag} must be between {low} and {high} (got {value})")
+    if not request_timeout > 0:
+        raise PhinetuneError(f"--request-timeout must be a positive number of seconds (got {request_timeout})")
     api_key = api_key or os.environ.get("PHINETUNE_API_KEY") or None
     if not is_loopback(host) and not api_key:
-        console.print(f"[bold yellow]warning:[/bold yellow] serving on {host} without an API key: anyone who can reach this "
-                      "address can use the model (set --api-key or PHINETUNE_API_KEY)")
-    loaded = load_for_inference(target, dtype, quant)
-    settings = ServeSettings(model_name or default_model_name(target), api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch)
-    app = create_app(loaded, settings)
-    console.print(f"serving '{settings.model_name}' at http://{host}:{port}/v1 (OpenAI-compatible; /health, /docs)"
-                  f"{'; API key required' if api_key else ''}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+        console.print(f"[bold yellow]warning:[/bold yellow] serving on {escape(host)} without an API key: anyone who can reach this "
+                      "address can use the model (set --api-key or PHINETUNE_API_KEY)", markup=True)
+    check_port_free(host, port)  # before the slow model load, not as uvicorn's Errno 98 after it
+    targets = [target] if isinstance(target, str) else list(target)
+    served = load_served(targets, dtype, quant, model_name)
+    for line in served.memory:
+        console.print(f"memory: {line}")
+    settings = ServeSettings(served.default, api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch, request_timeout,
+                             list(cors_origins), log_prompts)
+    app = create_app(served, settings)
+    configure_access_log(access_log)
+    console.print(f"serving {', '.join(repr(m) for m in served.models)} at http://{host}:{port}/v1 (OpenAI-compatible; "
+                  f"/health, /metrics, /docs){'; API key required' if api_key else ''}")
+    app.router.add_event_handler("shutdown", lambda: console.print(f"stopped after answering {app.state.worker.served} requests"))
+    # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests finish (up to the request timeout), then
+    # runs the app's shutdown, where the worker drains what is still queued.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(request_timeout) + 1)
