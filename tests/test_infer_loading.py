@@ -76,6 +76,6 @@ def test_merge_and_generate_take_the_checkpoint(runs, tmp_path):
 
 
 def load_generate(run_path) -> str:
-    from phinetune.infer.generate import Sampling, generate_batch
+    from phinetune.infer.complete import Sampling, generate_batch
 
     return generate_batch(load_for_inference(str(run_path)), [[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=2))[0]

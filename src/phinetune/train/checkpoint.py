@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError
 from phinetune.train.guards import disk_guard
-from phinetune.runs.run_dir import (ADAPTER_CONFIG, CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
+from phinetune.runs.run_dir import (CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
                                     CHECKPOINT_TMP_PREFIX as TMP_PREFIX, CHECKPOINT_WEIGHTS, RunDir)
 from phinetune.runs.checkpoints import best_checkpoint
 
