@@ -9,7 +9,7 @@ import pytest
 
 from conftest import realdata, run_cli
 from phinetune.config.schema import DataConfig
-from phinetune.data.inspect import infer_eot, inspect_data, load_inspect_tokenizer, mask_plain, text_histogram, write_outputs
+from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, mask_plain, text_histogram, write_outputs
 
 PHI3_TOKENIZER = ("phi3-mini-4k-instruct_tokenizer",)
 
@@ -50,8 +50,11 @@ def test_text_histogram_counts_every_sample():
 def test_eot_is_read_off_the_real_phi3_template():
     from transformers import AutoTokenizer
 
+    from phinetune.models.specs import GENERIC
+    from phinetune.models.turns import end_of_turn
+
     tokenizer = AutoTokenizer.from_pretrained(str(realdata(*PHI3_TOKENIZER)))
-    assert infer_eot(tokenizer) == "<|end|>"
+    assert end_of_turn(tokenizer, GENERIC) == "<|end|>"
 
 
 @pytest.mark.parametrize("name, model, kwargs, fmt", [

@@ -24,7 +24,6 @@ from phinetune.progress import console, track
 
 # Chat markup inside plain-text rows: as `text` every token of it (user turns included) is trained.
 CHAT_MARKERS = re.compile(r"<\|(user|assistant|system|im_start)\|>|### (Human|Assistant):")
-PROBE = ("PHINETUNE_PROBE_QUESTION", "PHINETUNE_PROBE_ANSWER")
 
 
 @dataclass
@@ -112,6 +111,7 @@ def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
     """(tokenizer, end-of-turn token) for a tiny-* name, a Hub id in the local cache, or a local folder."""
     from phinetune.models.loading import load_tokenizer
     from phinetune.models.specs import SPECS, TINY_MODELS, get_spec, spec_from_config
+    from phinetune.models.turns import end_of_turn
 
     spec = get_spec(model, spec_key)
     cfg = ModelConfig(name=model, spec=spec_key)
@@ -126,21 +126,7 @@ def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
         if spec.key == "generic" and config.exists():
             spec = spec_from_config(json.loads(config.read_text()))
         tokenizer = load_tokenizer(model, cfg, spec)
-    return tokenizer, spec.end_of_turn or infer_eot(tokenizer)
-
-
-def infer_eot(tokenizer) -> str:
-    """The special token the chat template puts right after an assistant message (else eos).
-
-    For a tokenizer we have no spec for (a bare tokenizer folder), this reads the end-of-turn token
-    off the template itself instead of guessing from names.
-    """
-    if not tokenizer.chat_template:
-        return tokenizer.eos_token
-    text = tokenizer.apply_chat_template([{"role": "user", "content": PROBE[0]}, {"role": "assistant", "content": PROBE[1]}], tokenize=False)
-    after = text[text.find(PROBE[1]) + len(PROBE[1]):]
-    specials = sorted(set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True)
-    return next((t for t in specials if after.startswith(t)), tokenizer.eos_token)
+    return tokenizer, end_of_turn(tokenizer, spec)
 
 
 # ---------------------------------------------------------------- output

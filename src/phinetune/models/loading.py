@@ -18,6 +18,7 @@ from phinetune.config.schema import ModelConfig
 from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
+from phinetune.models.turns import end_of_turn, fix_pad
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -70,8 +71,7 @@ def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
                 tokenizer.add_special_tokens({"pad_token": "<PAD>"})
     if spec.template and not tokenizer.chat_template:
         tokenizer.chat_template = read_template(spec.template)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # safe: labels come from masks, never from pad ids
+    fix_pad(tokenizer, spec, end_of_turn(tokenizer, spec, cfg.end_of_turn))
     return tokenizer
 
 
@@ -109,8 +109,8 @@ def _hub_call(name: str, fn):
         raise PhinetuneError(f"could not load model '{name}': {hint}") from None
 
 
-def eot_token_id(tokenizer, spec: ModelSpec) -> Optional[int]:
-    token = spec.end_of_turn or tokenizer.eos_token
+def eot_token_id(tokenizer, spec: ModelSpec, configured: Optional[str] = None) -> Optional[int]:
+    token = end_of_turn(tokenizer, spec, configured)
     ids = tokenizer.convert_tokens_to_ids([token])
     return ids[0] if ids and ids[0] != tokenizer.unk_token_id else None
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from phinetune.config import RunConfig
 from phinetune.data.dataset import prepare_data
 from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, resolve_model_path
+from phinetune.models.turns import end_of_turn
 from phinetune.models.specs import get_spec
 from phinetune.progress import console
 from phinetune.train.adapter import apply_adapter
@@ -24,6 +25,6 @@ def check_config(cfg: RunConfig, save_to: Path | None = None) -> PreflightReport
             path = resolve_model_path(cfg.model, Path(tmp), seed=cfg.train.seed)
             tokenizer = load_tokenizer(path, cfg.model, spec)
             model = load_model(path, cfg.model, spec, tokenizer, dtype)
-        data = prepare_data(cfg.data, tokenizer, spec.end_of_turn or tokenizer.eos_token)
+        data = prepare_data(cfg.data, tokenizer, end_of_turn(tokenizer, spec, cfg.model.end_of_turn), spec)
         model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
         return run_preflight(cfg, spec, model, tokenizer, data, dtype, verbose=True, save_to=save_to)

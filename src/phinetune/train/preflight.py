@@ -22,6 +22,7 @@ from phinetune.data.dataset import PreparedData
 from phinetune.data.render import IGNORE, Rendered
 from phinetune.errors import PreflightError
 from phinetune.models.specs import ModelSpec
+from phinetune.models.turns import end_of_turn
 from phinetune.progress import console
 from phinetune.train.adapter import resolve_targets, trainable_counts
 from phinetune.train.targets import layer_type, peft_matches, unmatched_message
@@ -47,6 +48,9 @@ class PreflightReport:
     eot_token: str = ""
     eot_trained: bool = True
     eot_samples: tuple[int, int] = (0, 0)  # chat samples with a trained end-of-turn / chat samples
+    eot_id: Optional[int] = None
+    pad_token: str = ""
+    pad_id: Optional[int] = None
     new_tokens: dict[str, str] = field(default_factory=dict)  # added token -> how its rows are trained
     empty_samples: int = 0
     sample: list[tuple[str, bool]] = field(default_factory=list)  # (text piece, trained)
@@ -130,8 +134,12 @@ def new_token_report(model, tokenizer, spec: ModelSpec, cfg: RunConfig, report: 
 # ---- data side ----------------------------------------------------------------------------------------
 
 def eot_report(tokenizer, spec: ModelSpec, cfg: RunConfig, data: PreparedData, report: PreflightReport) -> None:
-    report.eot_token = spec.end_of_turn or tokenizer.eos_token
-    eot_id = tokenizer.convert_tokens_to_ids(report.eot_token)
+    report.eot_token = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
+    eot_id = report.eot_id = tokenizer.convert_tokens_to_ids(report.eot_token)
+    report.pad_token, report.pad_id = tokenizer.pad_token or "", tokenizer.pad_token_id
+    if report.pad_id is not None and report.pad_id == eot_id:
+        report.problems.append(f"the pad token {report.pad_token} is the end-of-turn token (id {eot_id}): padding would hide the token that "
+                               "teaches the model to stop; give the tokenizer a distinct pad token")
     chat = [r for r, rec in zip(data.train, data.train_records) if "messages" in rec.sample]
     with_eot = sum(1 for r in chat if eot_id in r.labels)
     report.eot_samples = (with_eot, len(chat))
@@ -213,7 +221,9 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
     if data.info.read_summary:
         console.print(f"[yellow]{data.info.read_summary}[/yellow]")
     with_eot, chat = report.eot_samples
-    console.print(f"end-of-turn token {report.eot_token} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot}/{chat} chat samples)")
+    console.print(f"end-of-turn token {report.eot_token} (id {report.eot_id}) trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot}/{chat} chat samples)")
+    distinct = report.pad_id != report.eot_id
+    console.print(f"pad token {report.pad_token} (id {report.pad_id}) distinct from end-of-turn: {'yes' if distinct else '[red]NO[/red]'}")
     if report.sample:
         plain = not console.is_terminal
         console.print("one sample, trained tokens " + ("between [[ ]]:" if plain else "in green:"), markup=False)

@@ -22,6 +22,7 @@ from phinetune.data.dataset import PreparedData, prepare_data
 from phinetune.data.packing import Row, batches, collate, make_rows
 from phinetune.errors import PhinetuneError
 from phinetune.models.loading import load_model, load_tokenizer, resolve_model_path
+from phinetune.models.turns import end_of_turn
 from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.adapter import apply_adapter
@@ -107,7 +108,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
     base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
-    data = prepare_data(cfg.data, tokenizer, spec.end_of_turn or tokenizer.eos_token)
+    data = prepare_data(cfg.data, tokenizer, end_of_turn(tokenizer, spec, cfg.model.end_of_turn), spec)
     model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
     run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process,
                   save_to=run.path / "preflight.json" if accelerator.is_main_process else None)
