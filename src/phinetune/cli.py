@@ -227,6 +227,7 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  column: List[str] = typer.Option([], "--column", help="Field mapping OURS=THEIRS, repeatable (e.g. prompt=QUESTIONS)."),
                  max_length: int = typer.Option(512, help="Tokens per sample (longer ones are truncated)."),
                  mask: str = typer.Option("assistant", help="assistant, last_assistant or all."),
+                 reasoning: str = typer.Option("train", help="Reasoning traces: train (default) or answer (train only the final answer)."),
                  split: str = typer.Option("train", help="Split of a Hub dataset."),
                  limit: Optional[int] = typer.Option(None, help="Only the first N records."),
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
@@ -234,12 +235,12 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
                  out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
-    from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, print_inspection, write_outputs
+    from phinetune.data.inspect import inspect_data, inspect_spec, load_inspect_tokenizer, print_inspection, write_outputs
 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
-                      split=split, limit=limit, skip_bad_rows=skip_bad_rows)
+                      reasoning=reasoning, split=split, limit=limit, skip_bad_rows=skip_bad_rows)
     tokenizer, eot = load_inspect_tokenizer(model, spec)
-    ins = inspect_data(cfg, tokenizer, eot, samples)
+    ins = inspect_data(cfg, tokenizer, eot, samples, inspect_spec(model, spec))
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
 
 # ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------

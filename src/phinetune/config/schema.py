@@ -38,6 +38,7 @@ class DataConfig(_Strict):
     eval_size: Optional[int] = Field(None, ge=1, description="Exact number of held-out eval samples (overrides eval_fraction).")
     max_length: int = Field(512, ge=8, description="Maximum tokens per sample (and per packed sequence).")
     mask: Literal["assistant", "last_assistant", "all"] = Field("assistant", description="Which tokens are trained: assistant turns (default), the last assistant turn, or everything.")
+    reasoning: Literal["train", "answer"] = Field("train", description="Reasoning traces (<think>...</think> in assistant turns, or a reasoning/thinking field): train them (default: the model must learn to write them) or train only the final answer.")
     packing: bool = Field(True, description="Pack several samples per sequence, with no attention across samples.")
     dedupe: bool = Field(True, description="Drop identical conversations (counted and reported).")
     skip_bad_rows: bool = Field(False, description="Skip invalid rows with a summary instead of stopping at the first.")

@@ -40,7 +40,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((body + extra).encode()).hexdigest()
 
 
-def key_parts(cfg: DataConfig, tokenizer, eot: str) -> dict:
+def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None) -> dict:
     settings = cfg.model_dump(exclude=NOT_IN_KEY)
     return {
         "version": VERSION,
@@ -49,12 +49,13 @@ def key_parts(cfg: DataConfig, tokenizer, eot: str) -> dict:
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": tokenizer.chat_template,
         "eot": eot,
+        "dialect": dialect,  # how traces, tools and default system prompts are written (data/normalize.py)
         "settings": settings,
     }
 
 
-def cache_key(cfg: DataConfig, tokenizer, eot: str) -> str:
-    return hashlib.sha256(json.dumps(key_parts(cfg, tokenizer, eot), sort_keys=True, default=str).encode()).hexdigest()[:32]
+def cache_key(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None) -> str:
+    return hashlib.sha256(json.dumps(key_parts(cfg, tokenizer, eot, dialect), sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _path(cfg: DataConfig, key: str) -> Path:
@@ -95,6 +96,6 @@ def load(cfg: DataConfig, key: str):
         return None  # a damaged entry is rebuilt, never trusted
 
 
-def entry_path(cfg: DataConfig, tokenizer, eot: str) -> Optional[Path]:
-    path = _path(cfg, cache_key(cfg, tokenizer, eot))
+def entry_path(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None) -> Optional[Path]:
+    path = _path(cfg, cache_key(cfg, tokenizer, eot, dialect))
     return path if path.exists() else None
