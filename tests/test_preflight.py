@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_cli
 from phinetune.config import load_config
 from phinetune.data.dataset import prepare_data
@@ -65,3 +67,30 @@ def test_train_saves_preflight_json(tiny_cfg):
     assert saved["problems"] == [] and saved["trainable"] > 0 and 0 < saved["share_percent"] < 100
     assert {row["layer_type"] for row in saved["layers"]} >= {"layers.*.self_attn.qkv_proj", "embed_tokens", "lm_head"}
     assert saved["eot_trained"] and any(on for _, on in saved["sample"])
+
+
+NEW_TINY = ["tiny-phi4-14b", "tiny-phi4-reasoning", "tiny-phi4-mini-reasoning", "tiny-phi3-medium"]
+
+
+@pytest.mark.parametrize("name", NEW_TINY)
+def test_check_on_each_new_phi_family_tiny_model(name):
+    """The right targets, and an end-of-turn token that is trained and distinct from pad."""
+    from phinetune.models.specs import get_spec
+    from phinetune.train.check import check_config
+
+    cfg = load_config(None, [f"model.name={name}", *FAST, "data.max_length=2048", "model.dtype=fp32"])
+    report = check_config(cfg)
+    spec = get_spec(name)
+    assert report.problems == []
+    assert {r.layer_type for r in report.layers if r.kind == "lora"} == {
+        f"layers.*.{t}" for t in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+    assert report.eot_token == spec.end_of_turn and report.eot_trained and report.eot_samples == (10, 10)
+    assert report.pad_id is not None and report.pad_id != report.eot_id
+    trained = "".join(t for t, on in report.sample if on)
+    assert trained.endswith(spec.end_of_turn) and "<|im_start|>" not in trained and "<|user|>" not in trained
+
+
+def test_check_cli_on_phi4_shows_its_pad_fix():
+    out = run_cli("check", "model.name=tiny-phi4-14b", *FAST).stdout
+    assert "end-of-turn token <|im_end|>" in out and "trained: yes (10/10 chat samples)" in out
+    assert "pad token <|dummy_85|>" in out and "distinct from end-of-turn: yes" in out and "pre-flight passed" in out
