@@ -80,25 +80,30 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              seed: Optional[int] = typer.Option(None, help="Sampling seed."),
              batch_size: int = typer.Option(8, help="Prompts per generation batch."),
              dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
-             quant: str = typer.Option("none", help="none or nf4.")) -> None:
+             quant: str = typer.Option("none", help="none or nf4."),
+             reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
     from phinetune.infer.batch import run_generate
 
-    run_generate(target, prompt, input, output, max_new_tokens, temperature, top_k, top_p, seed, batch_size, dtype, quant)
+    run_generate(target, prompt, input, output, max_new_tokens, temperature, top_k, top_p, seed, batch_size, dtype, quant, reasoning)
 
 
 @app.command()
 def chat(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
          system: Optional[str] = typer.Option(None, help="Optional system prompt."),
          max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.7), top_p: float = typer.Option(0.95),
-         dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
+         dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+         reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Chat interactively; tokens stream as they are generated."""
+    from phinetune.errors import PhinetuneError
     from phinetune.infer.chat import chat_loop
     from phinetune.infer.generate import Sampling
     from phinetune.infer.loading import load_for_inference
 
+    if reasoning not in ("show", "hide"):
+        raise PhinetuneError(f"--reasoning must be show or hide (got {reasoning})")
     loaded = load_for_inference(target, dtype, quant)
-    chat_loop(loaded, Sampling(max_new_tokens, temperature, 0, top_p), system)
+    chat_loop(loaded, Sampling(max_new_tokens, temperature, 0, top_p), system, reasoning=reasoning)
 
 
 @app.command("eval")
@@ -163,11 +168,12 @@ def serve(target: str = typer.Argument(..., help="A run folder, a merged folder,
           max_body_kb: int = typer.Option(1024, help="Largest request body in KiB (413 above)."),
           max_queue: int = typer.Option(64, help="Requests that may wait for the model (429 above)."),
           max_batch: int = typer.Option(8, help="Prompts generated together when compatible requests wait together."),
-          dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
-    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming), /v1/completions, /v1/models, /health."""
+          dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+          reasoning: str = typer.Option("separate", help="A reply's <think> trace: separate (reasoning_content, as vLLM), hide, or inline (left in content).")) -> None:
+    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming; tools for Phi-4-mini), /v1/completions, /v1/models, /health."""
     from phinetune.serve.run import serve as run_serve
 
-    run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant)
+    run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant, reasoning)
 
 
 bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True)

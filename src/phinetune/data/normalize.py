@@ -68,8 +68,8 @@ def _message(m: dict, spec: ModelSpec) -> dict:
     if role == "tool" and spec.tool_format != "phi4-mini":
         raise DataError(f"this record has a tool turn, but the {spec.key} chat template has no tool role; "
                         "tool calling is supported for Phi-4-mini (model.name=microsoft/Phi-4-mini-instruct)")
-    if role != "assistant":
-        return {"role": role, "content": content}
+    if role != "assistant":  # a system turn already in template form keeps its tools (normalizing twice is a no-op)
+        return {"role": role, "content": content, **({"tools": m["tools"]} if role == "system" and m.get("tools") else {})}
     if m.get("reasoning"):
         content = reasoning_text(m["reasoning"], content, spec)
     if m.get("tool_calls"):

@@ -26,6 +26,7 @@ from phinetune.infer.loading import Loaded
 from phinetune.serve.limits import BodySizeLimit
 from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest
 from phinetune.serve.stream import SSE_DONE, StopFilter, sse
+from phinetune.serve.tools import ToolRequestError, assistant_message, request_messages
 from phinetune.serve.worker import Job, PromptTooLong, QueueFull, Worker
 
 log = logging.getLogger("phinetune.serve")
@@ -39,6 +40,7 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20
     max_queue: int = 64
     max_batch: int = 8
+    reasoning: str = "separate"  # a reply's <think> trace: reasoning_content (separate), dropped (hide) or left inline
 
 
 class APIError(Exception):
@@ -94,9 +96,17 @@ def create_app(loaded: Loaded, settings: ServeSettings) -> FastAPI:
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(req: ChatCompletionRequest):
         _check_model(req.model, settings)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        tools = req.tool_defs()
+        if tools and req.stream:
+            raise APIError(400, "stream=true with tools is not supported: tool calls are parsed from the finished reply; "
+                                "send stream=false", param="stream")
+        try:
+            messages = request_messages([m.template_dict() for m in req.messages], tools, loaded.spec)
+        except ToolRequestError as exc:
+            raise APIError(400, str(exc), param=exc.param) from None
         job = Job([chat_prompt(loaded, messages)], _sampling(req, settings), req.stops())
-        return await _respond(worker, job, req, settings, "chat")
+        shape = lambda text: assistant_message(text, loaded.spec, settings.reasoning, bool(tools))  # noqa: E731
+        return await _respond(worker, job, req, settings, "chat", shape)
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(req: CompletionRequest):
@@ -127,7 +137,7 @@ def _sampling(req, settings: ServeSettings) -> Sampling:
     return Sampling(wanted or default, req.temperature, req.top_k, req.top_p, req.seed)
 
 
-async def _respond(worker: Worker, job: Job, req, settings: ServeSettings, kind: str):
+async def _respond(worker: Worker, job: Job, req, settings: ServeSettings, kind: str, shape=None):
     if req.stream:
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -138,7 +148,7 @@ async def _respond(worker: Worker, job: Job, req, settings: ServeSettings, kind:
         return StreamingResponse(_stream(job, queue, settings.model_name, kind, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     results = await _wait(job, _submit(worker, job))
-    return _response(results, settings.model_name, kind)
+    return _response(results, settings.model_name, kind, shape)
 
 
 def _submit(worker: Worker, job: Job):
@@ -163,10 +173,14 @@ def _usage(results: list[Completion]) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
-def _response(results: list[Completion], model: str, kind: str) -> dict:
+def _response(results: list[Completion], model: str, kind: str, shape=None) -> dict:
+    """`shape(text) -> (message, finish_reason or None)` splits reasoning and tool calls off a chat reply (serve/tools.py)."""
     if kind == "chat":
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason, "logprobs": None}
-                   for i, r in enumerate(results)]
+        shape = shape or (lambda text: ({"role": "assistant", "content": text}, None))
+        choices = []
+        for i, r in enumerate(results):
+            message, finish = shape(r.text)
+            choices.append({"index": i, "message": message, "finish_reason": finish or r.finish_reason, "logprobs": None})
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": model,
                 "choices": choices, "usage": _usage(results)}
     choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)]

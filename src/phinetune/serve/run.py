@@ -11,6 +11,7 @@ from phinetune.errors import PhinetuneError
 from phinetune.infer.loading import load_for_inference
 from phinetune.progress import console
 from phinetune.serve.app import ServeSettings, create_app
+from phinetune.serve.tools import REASONING_MODES
 
 
 def default_model_name(target: str) -> str:
@@ -28,7 +29,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None, model_name: Optional[str] = None,
           max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
-          dtype: str = "auto", quant: str = "none") -> None:
+          dtype: str = "auto", quant: str = "none", reasoning: str = "separate") -> None:
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -40,12 +41,15 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optio
     for flag, (value, low, high) in limits.items():
         if not low <= value <= high:
             raise PhinetuneError(f"{flag} must be between {low} and {high} (got {value})")
+    if reasoning not in REASONING_MODES:
+        raise PhinetuneError(f"--reasoning must be one of {', '.join(REASONING_MODES)} (got {reasoning})")
     api_key = api_key or os.environ.get("PHINETUNE_API_KEY") or None
     if not is_loopback(host) and not api_key:
         console.print(f"[bold yellow]warning:[/bold yellow] serving on {host} without an API key: anyone who can reach this "
                       "address can use the model (set --api-key or PHINETUNE_API_KEY)")
     loaded = load_for_inference(target, dtype, quant)
-    settings = ServeSettings(model_name or default_model_name(target), api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch)
+    settings = ServeSettings(model_name or default_model_name(target), api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch,
+                             reasoning=reasoning)
     app = create_app(loaded, settings)
     console.print(f"serving '{settings.model_name}' at http://{host}:{port}/v1 (OpenAI-compatible; /health, /docs)"
                   f"{'; API key required' if api_key else ''}")
