@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-# ../shared beside the checkout (the development workspace only); PHINETUNE_REALDATA points elsewhere (a git worktree)
-SHARED = Path(os.environ.get("PHINETUNE_REALDATA", ROOT.parent / "shared" / "realdata"))
+# ../shared beside the checkout (the development workspace only); PHINETUNE_REALDATA points elsewhere (a worktree)
+SHARED = Path(os.environ.get("PHINETUNE_REALDATA") or ROOT.parent / "shared" / "realdata")
 sys.path.insert(0, str(SRC))  # a git worktree tests its own code, not the editable install's
 
 os.environ["HF_HUB_OFFLINE"] = "1"

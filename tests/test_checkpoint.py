@@ -17,7 +17,7 @@ from conftest import ROOT
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
 from phinetune.train import checkpoint as ck
-from phinetune.train.run_dir import RunDir, RunInfo
+from phinetune.runs.run_dir import RunDir, RunInfo
 
 
 class OneProcess:

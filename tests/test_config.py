@@ -106,7 +106,7 @@ def tiny_folders(tmp_path_factory):
     from phinetune.models.loading import materialize_tiny
 
     root = tmp_path_factory.mktemp("tiny")
-    return {name: materialize_tiny(name, root) for name in set(TINY_FOR_SPEC.values())}
+    return {name: materialize_tiny(name, folder=root) for name in set(TINY_FOR_SPEC.values())}
 
 
 @pytest.mark.parametrize("path", [p for p in SHIPPED if p.parent.name == "configs"], ids=lambda p: p.name)

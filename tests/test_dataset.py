@@ -146,15 +146,30 @@ def test_templates_that_trim_content_still_get_exact_masks(tiny_phi3, tmp_path):
     assert trained_text(data.train[0], trimming) == "A piano." + EOT
 
 
-def test_a_template_that_rewrites_content_is_reported_at_the_row(tiny_phi3, tmp_path):
-    from phinetune.errors import DataError
-
+def test_a_template_that_rewrites_content_trains_what_it_renders(tiny_phi3, tmp_path):
+    """The rule (data/render.py): the trained tokens are the template's rendering of the reply."""
     _, tokenizer = tiny_phi3
     shouting = copy.deepcopy(tokenizer)
     shouting.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | upper")
-    path = write(tmp_path / "a.jsonl", rows_for("alpaca"))
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:\d: the chat template dropped or rewrote part of a user message"):
-        prepare_data(data_cfg(path), shouting, EOT)
+    path = write(tmp_path / "a.jsonl", [{"prompt": "what has keys?", "completion": "a piano."}] + rows_for("prompt_completion"))
+    data = prepare_data(data_cfg(path, eval_size=None, eval_fraction=0.0), shouting, EOT)
+    assert trained_text(data.train[0], shouting) == "A PIANO." + EOT
+
+
+def test_a_template_that_drops_a_message_is_reported_at_the_row(tiny_phi3, tmp_path):
+    from phinetune.errors import DataError
+    from phinetune.models.templates import read_template
+
+    _, tokenizer = tiny_phi3
+    no_system = copy.deepcopy(tokenizer)
+    no_system.chat_template = read_template("phi3-128k.jinja")  # Phi-3-mini-128k's original: no system role
+    path = write(tmp_path / "a.jsonl", [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                                                      {"role": "assistant", "content": "yo"}]}] + rows_for("messages"))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: the chat template drops system messages.*data.fold_system=true"):
+        prepare_data(data_cfg(path), no_system, EOT)
+    data = prepare_data(data_cfg(path, eval_size=None, eval_fraction=0.0, fold_system=True), no_system, EOT)
+    first = next(r for r in data.train if r.where.endswith(":1"))
+    assert "Be brief.\n\nhi" in first.text and trained_text(first, no_system) == "yo" + EOT
 
 
 def test_held_out_records_are_the_ones_training_held_out(tiny_phi3, tmp_path):
@@ -168,3 +183,32 @@ def test_held_out_records_are_the_ones_training_held_out(tiny_phi3, tmp_path):
     assert [r.where for r in train] == [r.where for r in prepared.train_records]
     assert len(held) == 6 and not {r.where for r in held} & {r.where for r in train}
     assert duplicates == prepared.info.duplicates
+
+
+# one-letter answers and empty-ish replies the readers accept (an empty or whitespace-only turn is refused
+# at its row by data/formats.py; render_sample itself handles those too, see tests/test_render.py)
+ANSWERS = ["d", "a", "e", ">", "end", "assistant", " d", "d\n", ".", "\u200b", " \n>"]
+
+
+@pytest.mark.parametrize("spec_key", ["phi3-mini-4k", "phi3-mini-128k", "phi3.5-mini", "phi4-mini", "phi2"])
+@pytest.mark.parametrize("source", ["tiny", "real"])
+def test_one_letter_answers_file_trains_exactly_answers_and_their_own_eot(spec_key, source, tmp_path):
+    """A multiple-choice SFT file through the whole data pipeline, on every Phi template: trained are each
+    answer's tokens and its own end-of-turn token, nothing else (expected mask written by hand per template)."""
+    from mask_by_hand import expected_labels
+    from phinetune.models.specs import SPECS
+    from test_render import real_tokenizer, tiny_tokenizer
+
+    spec = SPECS[spec_key]
+    tokenizer = tiny_tokenizer(spec_key) if source == "tiny" else real_tokenizer(spec_key)
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}: a, b, c, d or e?"}, {"role": "assistant", "content": a},
+                          {"role": "user", "content": a}, {"role": "assistant", "content": a}]} for i, a in enumerate(ANSWERS)]
+    path = write(tmp_path / "mc.jsonl", rows)
+    data = prepare_data(data_cfg(path, eval_size=None, eval_fraction=0.0, max_length=4096, dedupe=False), tokenizer, spec.end_of_turn)
+    assert len(data.train) == len(rows)
+    eot_id = tokenizer.convert_tokens_to_ids(spec.end_of_turn)
+    for rendered, record in zip(data.train, data.train_records):
+        ids, trained = expected_labels(tokenizer, spec.template, record.sample["messages"], "assistant")
+        assert rendered.input_ids == ids
+        assert [label != IGNORE for label in rendered.labels] == trained, record.sample
+        assert [rendered.labels[e] for _, _, e in rendered.turns] == [eot_id, eot_id]

@@ -7,8 +7,9 @@ import statistics
 
 import pytest
 
-from phinetune.eval.compare import compare_rows, comparison_table, paired_stderr
-from phinetune.eval.scoring import TaskResult
+from phinetune.eval.compare import compare_rows, comparison_table
+from phinetune.eval.scoring import TaskResult, mean_stderr
+from hypothesis import given, strategies as st
 
 
 def result(name: str, hits: list[float]) -> TaskResult:
@@ -17,11 +18,27 @@ def result(name: str, hits: list[float]) -> TaskResult:
     return TaskResult(name, len(hits), 0, {"acc": mean}, {"acc": statistics.stdev(hits) / math.sqrt(len(hits))}, items)
 
 
-def test_paired_stderr_is_stderr_of_per_item_differences():
-    base, tuned = [1, 0, 1, 1, 0, 1], [1, 1, 0, 1, 0, 0]
+def _paired_by_hand(base: list[float], tuned: list[float]) -> float:
+    """The paired standard error as the old hand-written code computed it: sd(differences, n-1) / sqrt(n)."""
     diffs = [t - b for b, t in zip(base, tuned)]
-    assert paired_stderr(base, tuned) == pytest.approx(statistics.stdev(diffs) / math.sqrt(len(diffs)))
-    assert paired_stderr(base, base) == 0.0
+    n = len(diffs)
+    if n < 2:
+        return 0.0
+    mu = sum(diffs) / n
+    return math.sqrt(sum((d - mu) ** 2 for d in diffs) / (n - 1)) / math.sqrt(n)
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 1.0]), st.sampled_from([0.0, 1.0])), min_size=2, max_size=40))
+def test_row_stderr_is_the_stderr_of_per_item_differences(pairs):
+    base, tuned = [b for b, _ in pairs], [t for _, t in pairs]
+    [row] = compare_rows({"t": result("t", base)}, {"t": result("t", tuned)})
+    assert row["stderr"] == pytest.approx(_paired_by_hand(base, tuned), abs=1e-12)
+
+
+def test_mean_stderr_equals_lm_eval_on_differences():
+    lm_metrics = pytest.importorskip("lm_eval.api.metrics")
+    diffs = [t - b for b, t in zip([1, 0, 1, 1, 0, 1], [1, 1, 0, 1, 0, 0])]
+    assert mean_stderr(diffs) == pytest.approx(lm_metrics.mean_stderr(diffs)) == pytest.approx(statistics.stdev(diffs) / math.sqrt(6))
 
 
 def test_drops_larger_than_stderr_are_flagged_and_others_not():

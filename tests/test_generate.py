@@ -1,103 +1,63 @@
-"""infer/generate.py + infer/loading.py: batching, sampling, stopping, and every kind of target and dtype."""
+"""infer/generate.py and `phinetune generate`: JSONL in -> JSONL out, in order, with clear errors for bad lines."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-import torch
 
-from phinetune.errors import PhinetuneError
-from phinetune.infer.generate import Sampling, chat_prompt, complete, generate_batch, stream_reply
-from phinetune.infer.loading import Loaded, load_for_inference
+from typer.testing import CliRunner
 
-CONVS = [[{"role": "user", "content": "What has keys but cannot open locks?"}],
-         [{"role": "user", "content": "Hi"}],
-         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What gets wetter the more it dries? Think."}]]
+from phinetune.cli import app
+from phinetune.errors import DataError, PhinetuneError
+from phinetune.infer.generate import read_prompt_rows, run_generate
 
 
-@pytest.fixture(scope="module")
-def base(tiny_run):
-    """The random-weight tiny base, by its id: varied tokens, so batching mistakes would show."""
-    return load_for_inference("tiny-phi3", "fp32")
+def _write(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
 
 
-def test_batched_answers_equal_one_by_one(base):
-    greedy = Sampling(max_new_tokens=12)
-    together = generate_batch(base, CONVS, greedy)
-    alone = [generate_batch(base, [c], greedy)[0] for c in CONVS]
-    assert together == alone
-    assert len(set(alone)) > 1  # the prompts really lead to different answers
+def test_jsonl_in_jsonl_out_keeps_order_and_fields(tiny_run, tmp_path):
+    rows = [{"id": "a", "prompt": "What has keys?"}, {"id": "b", "messages": [{"role": "user", "content": "Hi"}]},
+            {"id": "c", "prompt": "What gets wetter the more it dries?"}]
+    out = tmp_path / "out" / "answers.jsonl"
+    answers = run_generate("tiny-phi3", None, _write(tmp_path / "in.jsonl", rows), out, 6, 0.0, 0, 1.0, None, 2, "fp32", "none")
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == ["a", "b", "c"] and [g["response"] for g in got] == answers
+    assert all(g["finish_reason"] in ("stop", "length") and 1 <= g["completion_tokens"] <= 6 for g in got)
+    assert got[0]["messages"] == [{"role": "user", "content": "What has keys?"}]
+    # batch size must not change greedy answers
+    again = run_generate("tiny-phi3", None, tmp_path / "in.jsonl", None, 6, 0.0, 0, 1.0, None, 1, "fp32", "none")
+    assert again == answers
 
 
-def _raw_tokens(loaded: Loaded, conv, n: int) -> list[int]:
-    enc = loaded.tokenizer(chat_prompt(loaded, conv), return_tensors="pt", add_special_tokens=False)
-    out = loaded.model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return out[0, enc["input_ids"].shape[1]:].tolist()
+@pytest.mark.parametrize("line,match", [("{not json", r"in.jsonl:2: invalid JSON"), ('{"text": "x"}', r"in.jsonl:2: expected a field 'prompt'"),
+                                        ('{"messages": [{"role": "user"}]}', r"in.jsonl:2: expected")])
+def test_bad_lines_name_file_and_line(tmp_path, line, match):
+    with pytest.raises(DataError, match=match):
+        read_prompt_rows(_write(tmp_path / "in.jsonl", [{"prompt": "ok"}, line]))
 
 
-def test_stops_at_the_stop_token_and_counts_it(base):
-    tokens = _raw_tokens(base, CONVS[0], 10)
-    k = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])
-    stopped = Loaded(base.model, base.tokenizer, base.spec, [tokens[k]], base.source)
-    [res] = complete(stopped, [chat_prompt(base, CONVS[0])], Sampling(max_new_tokens=10))
-    assert res.finish_reason == "stop" and res.completion_tokens == k + 1
-    assert res.text == base.tokenizer.decode(tokens[:k], skip_special_tokens=True)
-    unstopped = Loaded(base.model, base.tokenizer, base.spec, [], base.source)
-    [full] = complete(unstopped, [chat_prompt(base, CONVS[0])], Sampling(max_new_tokens=10))
-    assert full.finish_reason == "length" and full.completion_tokens == 10
+def test_prompt_xor_input(tmp_path):
+    with pytest.raises(PhinetuneError, match="exactly one"):
+        run_generate("tiny-phi3", "hi", tmp_path / "x.jsonl", None, 4, 0.0, 0, 1.0, None, 1, "fp32", "none")
+    with pytest.raises(PhinetuneError, match="temperature"):
+        run_generate("tiny-phi3", "hi", None, None, 4, -1.0, 0, 1.0, None, 1, "fp32", "none")
 
 
-def test_stop_string_cuts_the_text(base):
-    unstopped = Loaded(base.model, base.tokenizer, base.spec, [], base.source)
-    prompt = [chat_prompt(base, CONVS[0])]
-    [full] = complete(unstopped, prompt, Sampling(max_new_tokens=12))
-    stop = full.text[len(full.text) // 2:len(full.text) // 2 + 2]
-    [cut] = complete(unstopped, prompt, Sampling(max_new_tokens=12), stop=[stop])
-    assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
-
-
-def test_sampling_seed_topk_and_validation(base):
-    hot = Sampling(max_new_tokens=12, temperature=1.5, seed=7)
-    first, again = generate_batch(base, CONVS[:1], hot), generate_batch(base, CONVS[:1], hot)
-    other = generate_batch(base, CONVS[:1], Sampling(max_new_tokens=12, temperature=1.5, seed=8))
-    assert first == again and first != other
-    top1 = generate_batch(base, CONVS, Sampling(max_new_tokens=12, temperature=1.0, top_k=1, seed=3))
-    assert top1 == generate_batch(base, CONVS, Sampling(max_new_tokens=12))  # top-1 sampling is greedy
-    for bad in [dict(temperature=-1), dict(top_p=0.0), dict(top_k=-2), dict(max_new_tokens=0)]:
-        with pytest.raises(PhinetuneError, match="invalid sampling"):
-            Sampling(**bad)
-
-
-@pytest.mark.parametrize("dtype,quant,expect", [("bf16", "none", torch.bfloat16), ("fp16", "none", torch.float16),
-                                                ("fp32", "none", torch.float32), ("auto", "nf4", None)])
-def test_run_folder_in_every_dtype(tiny_run, dtype, quant, expect):
-    loaded = load_for_inference(str(tiny_run), dtype, quant)
-    kinds = {type(m).__name__ for m in loaded.model.modules()}
-    assert any("lora_A" in name for name, _ in loaded.model.named_parameters())  # the adapter is on
-    if quant == "nf4":
-        assert "Linear4bit" in kinds
-    else:
-        assert loaded.model.get_base_model().model.layers[0].self_attn.qkv_proj.base_layer.weight.dtype == expect
-    [res] = complete(loaded, [chat_prompt(loaded, CONVS[0])], Sampling(max_new_tokens=4))
-    assert 1 <= res.completion_tokens <= 4
-
-
-def test_merged_folder_answers_like_the_run(tiny_run, tmp_path):
-    from phinetune.export.merge import merge_run
-
-    merged = merge_run(str(tiny_run), str(tmp_path / "merged"), dtype="fp32")
-    run, flat = load_for_inference(str(tiny_run), "fp32"), load_for_inference(str(merged), "fp32")
-    assert not hasattr(flat.model, "disable_adapter") and flat.spec.key == run.spec.key
-    assert flat.stop_ids == run.stop_ids
-    enc = run.tokenizer(chat_prompt(run, CONVS[0]), return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        tuned, merged_logits = run.model(**enc).logits, flat.model(**enc).logits
-        with run.model.disable_adapter():
-            before = run.model(**enc).logits
-    assert torch.allclose(merged_logits, tuned, atol=1e-4)
-    assert not torch.allclose(before, tuned, atol=1e-2)  # and the adapter did change the model
-    assert generate_batch(flat, CONVS, Sampling(max_new_tokens=10)) == generate_batch(run, CONVS, Sampling(max_new_tokens=10))
-
-
-def test_streamed_reply_equals_the_batch_answer(base):
-    greedy = Sampling(max_new_tokens=12)
-    assert "".join(stream_reply(base, CONVS[0], greedy)).strip() == generate_batch(base, CONVS[:1], greedy)[0]
+def test_cli_generate_on_a_run_folder(tiny_run, tmp_path):
+    """The verb's wiring, in-process (a subprocess would spend seconds importing torch again)."""
+    src = _write(tmp_path / "in.jsonl", [{"prompt": "What has keys?"}, {"prompt": "Hi"}])
+    out = tmp_path / "out.jsonl"
+    args = ["generate", str(tiny_run), "--input", str(src), "--output", str(out), "--max-new-tokens", "5",
+            "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--batch-size", "2"]
+    first = CliRunner().invoke(app, [*args, "--dtype", "bf16"])
+    assert first.exit_code == 0, first.output
+    sampled = out.read_text()
+    assert len(sampled.splitlines()) == 2 and "2 answers written" in first.output
+    assert CliRunner().invoke(app, [*args, "--dtype", "bf16"]).exit_code == 0 and out.read_text() == sampled  # seeded
+    one = CliRunner().invoke(app, ["generate", str(tiny_run), "What has keys?", "--max-new-tokens", "3", "--quant", "nf4"])
+    assert one.exit_code == 0, one.output
+    bad = CliRunner().invoke(app, ["generate", str(tiny_run), "hi", "--top-p", "1.5"])
+    assert isinstance(bad.exception, PhinetuneError) and "top_p must be in (0, 1]" in str(bad.exception)

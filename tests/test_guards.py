@@ -15,7 +15,7 @@ from phinetune.train import checkpoint as ck
 from phinetune.train import recipe
 from phinetune.train.guards import StopRequests, oom_message
 from phinetune.train.metrics import MetricsLog
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 
 def poison_loss_at(monkeypatch, call: int, exc=None):

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from phinetune.cli import app
 from phinetune.infer.compare import compare_run, default_prompts
-from phinetune.infer.generate import Sampling, generate_batch
-from phinetune.infer.loading import load_for_inference
-from phinetune.train.run_dir import RunDir
+from phinetune.infer.complete import Sampling, generate_batch
+from phinetune.runs.loading import load_for_inference
+from phinetune.runs.run_dir import RunDir
 
 
 def test_base_column_is_the_base_model_and_tuned_column_the_adapter(tiny_run, tmp_path):
@@ -27,11 +27,11 @@ def test_base_column_is_the_base_model_and_tuned_column_the_adapter(tiny_run, tm
     assert md.count("\n| ") == 4 and "| # | prompt | reference | base | fine-tuned |" in md
 
 
-def test_default_prompts_are_first_user_turns_of_the_eval_split(tiny_run):
+def test_default_prompts_end_before_the_last_answer_of_the_eval_split(tiny_run):
     pairs = default_prompts(RunDir.open(tiny_run), 10)
     assert len(pairs) == 4  # data.eval_size=4
-    for prompt, reference in pairs:
-        assert prompt[-1]["role"] == "user" and all(m["role"] != "assistant" for m in prompt) and reference
+    for prompt, reference in pairs:  # the riddles are two-turn: the prompt holds the first exchange
+        assert [m["role"] for m in prompt] == ["user", "assistant", "user"] and reference
 
 
 def test_cli_compare_with_a_prompts_file(tiny_run, tmp_path):

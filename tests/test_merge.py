@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from phinetune.errors import PhinetuneError
 from phinetune.export.merge import merge_run
-from phinetune.infer.loading import load_for_inference
+from phinetune.runs.loading import load_for_inference
 from phinetune.train.recipe import train
 
 IDS = torch.tensor([[3, 11, 42, 99, 7, 250, 4, 18]])

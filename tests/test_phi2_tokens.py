@@ -18,7 +18,7 @@ SPEC = SPECS["phi2"]
 
 @pytest.fixture(scope="module")
 def phi2(tmp_path_factory):
-    path = str(materialize_tiny("tiny-phi2", tmp_path_factory.mktemp("base")))
+    path = str(materialize_tiny("tiny-phi2", folder=tmp_path_factory.mktemp("base")))
     cfg = ModelConfig(name="tiny-phi2", dtype="fp32")
     tokenizer = load_tokenizer(path, cfg, SPEC)
     return path, cfg, tokenizer

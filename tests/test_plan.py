@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli
 from phinetune.models.inspect import load_facts
 from phinetune.models.plan import GPUS, GiB, estimate, smallest_gpu
-from phinetune.models.plan_measure import measure
+from phinetune.bench.plan import measure
 from phinetune.models.tiny import TINY_SIZES
 
 

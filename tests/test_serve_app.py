@@ -13,7 +13,7 @@ import openai
 import pytest
 import uvicorn
 
-from phinetune.infer.loading import load_for_inference
+from phinetune.runs.loading import load_for_inference
 from phinetune.serve.app import ServeSettings, create_app
 
 KEY = "test-key"

@@ -14,7 +14,7 @@ import openai
 import pytest
 import uvicorn
 
-from phinetune.infer.generate import Completion
+from phinetune.infer.complete import Completion
 from phinetune.models.specs import SPECS
 from phinetune.serve.tools import assistant_message, parse_tool_calls
 
@@ -36,7 +36,7 @@ def scripted_complete(loaded, prompts, sampling, stop=(), streamer=None, cancel=
 
 @pytest.fixture(scope="module")
 def served():
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.runs.loading import load_for_inference
     from phinetune.serve.app import ServeSettings, create_app
 
     loaded = load_for_inference("tiny-phi4", "fp32")
@@ -131,7 +131,7 @@ def test_assistant_message_inline_keeps_the_trace():
 
 def test_real_tiny_generation_with_tools_answers(served):
     """The unscripted path: the tiny model really generates from the tools prompt (its text is noise)."""
-    from phinetune.infer.generate import complete
+    from phinetune.infer.complete import complete
 
     client, _, _ = served
     with pytest.MonkeyPatch.context() as mp:

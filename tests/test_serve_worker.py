@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from phinetune.infer.generate import Completion, Sampling
+from phinetune.infer.complete import Completion, Sampling
 from phinetune.serve.worker import Job, PromptTooLong, QueueFull, Worker
 
 
@@ -75,7 +75,7 @@ def test_model_errors_reach_the_request_and_the_worker_survives():
 
 
 def test_prompt_plus_max_tokens_over_the_context_is_refused(tiny_run):
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.runs.loading import load_for_inference
 
     loaded = load_for_inference(str(tiny_run), "fp32")
     worker = Worker(loaded, context_length=20)

@@ -19,15 +19,15 @@ def test_tensorboard_and_mlflow_get_every_logged_step(tiny_cfg):
 
     run = train(tiny_cfg("train.report_to=[tensorboard,mlflow]")).run
     jsonl = {r["step"]: r["loss"] for r in run.read_metrics() if "loss" in r}
-    events = EventAccumulator(str(run.path / "tensorboard"))
+    events = EventAccumulator(str(run.tensorboard / tracking.PROJECT))
     events.Reload()
     assert {e.step: round(e.value, 4) for e in events.Scalars("loss")} == {k: round(v, 4) for k, v in jsonl.items()}
     assert [e.step for e in events.Scalars("eval_loss")] == [0, 2, 4]
 
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=(run.path / "mlruns").resolve().as_uri())
-    run_id = (run.path / "mlflow_run_id").read_text().strip()
+    client = mlflow.MlflowClient(tracking_uri=run.mlruns.resolve().as_uri())
+    run_id = run.mlflow_run_id.read_text().strip()
     history = client.get_metric_history(run_id, "loss")
     assert {m.step: round(m.value, 4) for m in history} == {k: round(v, 4) for k, v in jsonl.items()}
     assert client.get_run(run_id).data.params["train.learning_rate"] == "0.003"

@@ -83,7 +83,7 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              quant: str = typer.Option("none", help="none or nf4."),
              reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
-    from phinetune.infer.batch import run_generate
+    from phinetune.infer.generate import run_generate
 
     run_generate(target, prompt, input, output, max_new_tokens, temperature, top_k, top_p, seed, batch_size, dtype, quant, reasoning)
 
@@ -97,8 +97,8 @@ def chat(target: str = typer.Argument(..., help="A run folder, a merged folder, 
     """Chat interactively; tokens stream as they are generated."""
     from phinetune.errors import PhinetuneError
     from phinetune.infer.chat import chat_loop
-    from phinetune.infer.generate import Sampling
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.infer.complete import Sampling
+    from phinetune.runs.loading import load_for_inference
 
     if reasoning not in ("show", "hide"):
         raise PhinetuneError(f"--reasoning must be show or hide (got {reasoning})")
@@ -153,7 +153,7 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
             batch_size: int = typer.Option(8), dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
     """Base vs fine-tuned answers to the same prompts, side by side (terminal table + Markdown)."""
     from phinetune.infer.compare import compare_run
-    from phinetune.infer.generate import Sampling
+    from phinetune.infer.complete import Sampling
 
     compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, dtype, quant, out)
 
@@ -187,7 +187,7 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
                 batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),
                 out: Path = typer.Option(Path("bench-infer.json"), "--out", help="JSON results file.")) -> None:
     """Memory after load, peak memory, time to first token and decode tokens/s per dtype (and % of memory bandwidth on a GPU)."""
-    from phinetune.infer.bench import BenchSettings, bench_infer as run_bench
+    from phinetune.bench.infer import BenchSettings, bench_infer as run_bench
 
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
@@ -307,7 +307,7 @@ def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub i
 
 
 def _print_validation() -> None:
-    from phinetune.models.plan_measure import validate
+    from phinetune.bench.plan import validate
 
     console.print("plan estimate vs measured peak memory (one steady-state training step, fp32 on CPU, peak RSS):")
     for m in validate():

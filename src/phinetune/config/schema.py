@@ -39,6 +39,7 @@ class DataConfig(_Strict):
     max_length: int = Field(512, ge=8, description="Maximum tokens per sample (and per packed sequence).")
     mask: Literal["assistant", "last_assistant", "all"] = Field("assistant", description="Which tokens are trained: assistant turns (default), the last assistant turn, or everything.")
     reasoning: Literal["train", "answer"] = Field("train", description="Reasoning traces (<think>...</think> in assistant turns, or a reasoning/thinking field): train them (default: the model must learn to write them) or train only the final answer.")
+    fold_system: bool = Field(False, description="Fold a leading system message into the first user turn (system text, blank line, user text); for templates that drop system messages (Phi-3-mini-128k's original), which are refused otherwise.")
     packing: bool = Field(True, description="Pack several samples per sequence, with no attention across samples.")
     dedupe: bool = Field(True, description="Drop identical conversations (counted and reported).")
     skip_bad_rows: bool = Field(False, description="Skip invalid rows with a summary instead of stopping at the first.")

@@ -14,14 +14,13 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 from phinetune.config.schema import DataConfig
 from phinetune.data.readers import Record, content_fingerprint
 from phinetune.data.render import Rendered
 from phinetune.paths import cache_root
 
-VERSION = 1  # bump when the rendering or the entry layout changes
+VERSION = 2  # bump when the rendering or the entry layout changes
 # Settings that do not change the tokenized output stay out of the key.
 NOT_IN_KEY = {"cache", "cache_dir", "packing"}
 
@@ -94,8 +93,3 @@ def load(cfg: DataConfig, key: str):
                             [Record(**r) for r in entry["train_records"]], info)
     except (ValueError, KeyError, TypeError):
         return None  # a damaged entry is rebuilt, never trusted
-
-
-def entry_path(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None) -> Optional[Path]:
-    path = _path(cfg, cache_key(cfg, tokenizer, eot, dialect))
-    return path if path.exists() else None

@@ -130,12 +130,13 @@ def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str, spec: Optional[
     """render_sample of the record in template form, with any rendering problem reported at its file:line."""
     spec = spec or GENERIC
     try:
-        rendered = render_sample(tokenizer, for_template(rec.sample, spec), cfg.max_length, cfg.mask, eot)
+        rendered = render_sample(tokenizer, for_template(rec.sample, spec), cfg.max_length, cfg.mask, eot, cfg.fold_system)
         if cfg.reasoning == "answer" and "messages" in rec.sample:
             rendered = mask_traces(rendered, tokenizer, spec.reasoning_tags)
-        return rendered
     except DataError as exc:
         raise DataError(f"{rec.where}: {exc}") from None
+    rendered.where = rec.where
+    return rendered
 
 
 def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str,

@@ -6,9 +6,7 @@ for "did fine-tuning change this score"; a drop larger than it is flagged as lik
 
 from __future__ import annotations
 
-import gc
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +14,10 @@ from typing import Optional
 
 from rich.table import Table
 
-from phinetune.eval.scoring import TaskResult, evaluate_task
+from phinetune.eval.scoring import TaskResult, evaluate_task, mean_stderr
 from phinetune.eval.tasks import Task, load_docs
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
-
-EVAL_FILE = "eval.json"
-
+from phinetune.runs.run_dir import RunDir
 
 @dataclass
 class EvalPlan:
@@ -34,23 +29,14 @@ class EvalPlan:
     harness: bool = False
 
 
-def paired_stderr(base: list[float], tuned: list[float]) -> float:
-    """Standard error of mean(tuned - base) over the same items (sample sd of the differences / sqrt(n))."""
-    diffs = [t - b for b, t in zip(base, tuned)]
-    n = len(diffs)
-    if n < 2:
-        return 0.0
-    mu = sum(diffs) / n
-    return math.sqrt(sum((d - mu) ** 2 for d in diffs) / (n - 1)) / math.sqrt(n)
-
-
 def compare_rows(base: dict[str, TaskResult], tuned: dict[str, TaskResult]) -> list[dict]:
     rows = []
     for name, b in base.items():
         t = tuned[name]
         for metric in b.metrics:
             delta = t.metrics[metric] - b.metrics[metric]
-            se = paired_stderr([i["hits"][metric] for i in b.items], [i["hits"][metric] for i in t.items])
+            # paired: the standard error of the per-item differences on the same items
+            se = mean_stderr([ti["hits"][metric] - bi["hits"][metric] for bi, ti in zip(b.items, t.items)])
             rows.append({"task": name, "metric": metric, "n": b.n, "base": b.metrics[metric], "tuned": t.metrics[metric],
                          "delta": delta, "stderr": se, "base_stderr": b.stderr[metric], "tuned_stderr": t.stderr[metric],
                          "drop": delta < 0 and -delta > se + 1e-9})  # tolerance: 0.30 - 0.35 is not exactly -0.05
@@ -67,14 +53,9 @@ def score_model(model, tokenizer, plan: EvalPlan, label: str) -> dict[str, TaskR
 
 
 def score_ours(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.runs.loading import base_and_tuned
 
-    out = {}
-    for label, adapter in (("base", False), ("tuned", True)):
-        loaded = load_for_inference(str(run.path), adapter=adapter)
-        out[label] = score_model(loaded.model, loaded.tokenizer, plan, label)
-        del loaded
-        gc.collect()  # one model in memory at a time
+    out = {label: score_model(loaded.model, loaded.tokenizer, plan, label) for label, loaded in base_and_tuned(run)}
     return out["base"], out["tuned"]
 
 
@@ -97,13 +78,13 @@ def evaluate_run(run_path: str, plan: EvalPlan) -> dict:
               "limit": plan.limit, "shots": plan.shots, "data": str(plan.data_dir) if plan.data_dir else "hub",
               "seconds": round(time.perf_counter() - start, 2), "rows": compare_rows(base, tuned),
               "base": {k: v.as_dict() for k, v in base.items()}, "tuned": {k: v.as_dict() for k, v in tuned.items()}}
-    (run.path / EVAL_FILE).write_text(json.dumps(report, indent=1))
+    run.eval_report.write_text(json.dumps(report, indent=1))
     console.print(comparison_table(report))
     drops = [r for r in report["rows"] if r["drop"]]
     if drops:
         console.print(f"[bold red]{len(drops)} score(s) dropped by more than their standard error[/bold red] "
                       "(possible knowledge loss: " + ", ".join(f"{r['task']} {r['metric']}" for r in drops) + ")")
-    console.print(f"saved {run.path / EVAL_FILE}")
+    console.print(f"saved {run.eval_report}")
     return report
 
 

@@ -6,13 +6,12 @@ the sum and silently lose most of the adapter's change.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from phinetune.errors import PhinetuneError
-from phinetune.infer.loading import load_for_inference
+from phinetune.runs.loading import load_for_inference
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir, write_merged_marker
 
 
 def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str = "2GB", overwrite: bool = False) -> Path:
@@ -32,7 +31,7 @@ def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str 
         # so later verbs know the chat format without guessing from config.json.
         merged.generation_config.eos_token_id = loaded.stop_ids
         merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
-        (out_dir / "phinetune.json").write_text(json.dumps({"spec": loaded.spec.key, "merged_from": str(run.path)}))
+        write_merged_marker(out_dir, loaded.spec.key, run)
         loaded.tokenizer.save_pretrained(out_dir)
     console.print(f"merged model written to {out_dir}")
     return out_dir

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from phinetune.data.reasoning import split_reasoning
-from phinetune.infer.generate import Sampling, stream_reply
-from phinetune.infer.loading import Loaded
+from phinetune.infer.complete import Sampling, stream_reply
+from phinetune.runs.loading import Loaded
 from phinetune.progress import console
 
 

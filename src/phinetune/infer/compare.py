@@ -7,21 +7,19 @@ is loaded once and the base answers come from the same weights with the adapter 
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from rich.table import Table
 
-from phinetune.data.dataset import split_records
 from phinetune.errors import PhinetuneError
-from phinetune.infer.batch import answer_all, read_prompt_rows
-from phinetune.infer.generate import Sampling
-from phinetune.infer.loading import load_for_inference
+from phinetune.infer.complete import Sampling
+from phinetune.infer.generate import answer_all, read_prompt_rows
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.held_out import held_out_prompts
+from phinetune.runs.loading import base_and_tuned
+from phinetune.runs.run_dir import RunDir
 
 
 @dataclass
@@ -33,21 +31,14 @@ class Row:
 
 
 def default_prompts(run: RunDir, n: int) -> list[tuple[list[dict], Optional[str]]]:
-    """The first user turns of the run's held-out eval conversations (the same seeded split as training)."""
-    data = run.read_config().data
+    """The run's held-out prompts (runs/held_out.py: the conversation up to its last answer, and that answer)."""
     try:
-        records = split_records(data, skip_bad=True)[1]
+        pairs = held_out_prompts(run, n)
     except PhinetuneError as exc:
-        raise PhinetuneError(f"cannot read the run's eval data for default prompts ({exc}); pass --prompts FILE.jsonl") from None
-    convs = [r.sample["messages"] for r in records if "messages" in r.sample]
-    if not convs:
+        raise PhinetuneError(f"{exc}; pass --prompts FILE.jsonl") from None
+    if not pairs:
         raise PhinetuneError(f"the eval data of {run.path} holds no conversations to take prompts from; pass --prompts FILE.jsonl")
-    return [_first_turn(c) for c in convs[:n]]
-
-
-def _first_turn(conv: list[dict]) -> tuple[list[dict], Optional[str]]:
-    at = next((i for i, m in enumerate(conv) if m["role"] == "assistant"), len(conv))
-    return conv[:at], (conv[at]["content"] if at < len(conv) else None)
+    return pairs
 
 
 def compare_run(run_path: str, prompts_file: Optional[Path] = None, n: int = 5, sampling: Optional[Sampling] = None,
@@ -59,22 +50,16 @@ def compare_run(run_path: str, prompts_file: Optional[Path] = None, n: int = 5, 
     base, tuned = _answers(run, convs, sampling, batch_size, dtype, quant)
     rows = [Row(p, ref, b.text.strip(), t.text.strip()) for (p, ref), b, t in zip(pairs, base, tuned)]
     console.print(render_table(rows, run.path.name))
-    out = out or run.path / "compare.md"
+    out = out or run.compare
     out.write_text(render_markdown(rows, str(run.path), sampling), encoding="utf-8")
     console.print(f"Markdown written to {out}")
     return rows
 
 
 def _answers(run: RunDir, convs, sampling, batch_size, dtype, quant):
-    if run.is_full:  # two different weight sets: load one at a time
-        base = answer_all(load_for_inference(str(run.path), dtype, quant, adapter=False), convs, sampling, batch_size, "Base model")
-        gc.collect()
-        return base, answer_all(load_for_inference(str(run.path), dtype, quant), convs, sampling, batch_size, "Fine-tuned")
-    loaded = load_for_inference(str(run.path), dtype, quant)
-    tuned = answer_all(loaded, convs, sampling, batch_size, "Fine-tuned")
-    with loaded.model.disable_adapter() if hasattr(loaded.model, "disable_adapter") else contextlib.nullcontext():
-        base = answer_all(loaded, convs, sampling, batch_size, "Base model")
-    return base, tuned
+    answers = {label: answer_all(loaded, convs, sampling, batch_size, "Base model" if label == "base" else "Fine-tuned")
+               for label, loaded in base_and_tuned(run, dtype, quant)}
+    return answers["base"], answers["tuned"]
 
 
 def _last_user(prompt: list[dict]) -> str:

@@ -1,158 +1,81 @@
-"""Generation with the model's chat template, stopping at its end-of-turn token(s).
+"""`phinetune generate`: one prompt, or JSONL in -> JSONL out, in batches.
 
-`complete` is the one generation path: `generate` (CLI), `compare`, `chat` and `serve` all go through it,
-so batching, sampling, stop tokens and token counting behave the same everywhere.
+Each output line is the input line (other fields such as an `id` kept) plus `response`, `finish_reason`
+("stop" at an end-of-turn token, "length" at --max-new-tokens) and `completion_tokens`.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
-from threading import Thread
-from typing import Callable, Iterator, Optional, Sequence
+import json
+from pathlib import Path
+from typing import Optional
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, TextStreamer
-
-from phinetune.data.normalize import TOOL_CALL, for_template
-from phinetune.errors import PhinetuneError
-from phinetune.infer.loading import Loaded
+from phinetune.data.reasoning import split_reasoning
+from phinetune.errors import DataError, PhinetuneError
+from phinetune.infer.complete import Completion, Sampling, chat_prompt, complete
+from phinetune.runs.loading import Loaded, load_for_inference
+from phinetune.progress import console, track
 
 
-@dataclass
-class Sampling:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 means greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        checks = {"max_new_tokens must be >= 1": self.max_new_tokens >= 1,
-                  "temperature must be >= 0 (0 = greedy)": self.temperature >= 0,
-                  "top_k must be >= 0 (0 = off)": self.top_k >= 0,
-                  "top_p must be in (0, 1]": 0 < self.top_p <= 1}
-        bad = [msg for msg, ok in checks.items() if not ok]
-        if bad:
-            raise PhinetuneError(f"invalid sampling setting: {bad[0]} (got {self})")
-
-    def kwargs(self) -> dict:
-        if self.temperature <= 0:
-            return {"do_sample": False}
-        return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k or None, "top_p": self.top_p}
-
-    def batch_key(self) -> Optional[tuple]:
-        """Requests with the same key can share one batch; a seeded request runs alone (its seed must rule)."""
-        return None if self.seed is not None else (self.max_new_tokens, self.temperature, self.top_k, self.top_p)
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int  # generated tokens, the stop token included
-    finish_reason: str  # "stop" (end-of-turn token or stop string) or "length"
-
-
-def chat_prompt(loaded: Loaded, messages: list[dict]) -> str:
-    """The prompt for a conversation, written as in training (data/normalize.py: the spec's default system prompt)."""
-    messages = for_template({"messages": messages}, loaded.spec)["messages"]
-    return loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def decode(loaded: Loaded, ids: list[int]) -> str:
-    """Text of generated ids without special tokens, except the markers a reply is parsed by (reasoning tags,
-    Phi-4-mini's tool-call markers), which some tokenizers register as special and would otherwise vanish."""
-    tok = loaded.tokenizer
-    keep = {t for t in (*loaded.spec.reasoning_tags, *TOOL_CALL) if t in tok.all_special_tokens}
-    if not keep:
-        return tok.decode(ids, skip_special_tokens=True)
-    drop = set(tok.all_special_ids) - set(tok.convert_tokens_to_ids(sorted(keep)))
-    return tok.decode([i for i in ids if i not in drop], skip_special_tokens=False)
-
-
-def _generate_kwargs(loaded: Loaded, sampling: Sampling) -> dict:
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
-    return dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=loaded.stop_ids or None, pad_token_id=pad, **sampling.kwargs())
-
-
-class _Cancelled(StoppingCriteria):
-    """Ends generation early when the caller gives up (a client that disconnected mid-stream)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-@torch.no_grad()
-def complete(loaded: Loaded, prompts: list[str], sampling: Sampling, stop: Sequence[str] = (),
-             streamer=None, cancel: Optional[threading.Event] = None) -> list[Completion]:
-    """Continue already-templated prompt texts, as one left-padded batch (every prompt ends where generation starts)."""
-    if sampling.seed is not None:
-        torch.manual_seed(sampling.seed)
-    tok = loaded.tokenizer
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(loaded.model))
-    extra = dict(stop_strings=list(stop), tokenizer=tok) if stop else {}
-    if cancel is not None:
-        extra["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancel)])
-    out = loaded.model.generate(**enc, **_generate_kwargs(loaded, sampling), streamer=streamer, **extra)
-    new = out[:, enc["input_ids"].shape[1]:]
-    prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-    return [_finish(loaded, row, n, stop) for row, n in zip(new.tolist(), prompt_lens)]
-
-
-def _finish(loaded: Loaded, row: list[int], prompt_tokens: int, stop: Sequence[str]) -> Completion:
-    """Cut a generated row at its first stop token (what follows is padding) and at the first stop string."""
-    cut = next((i for i, t in enumerate(row) if t in set(loaded.stop_ids)), None)
-    kept = row if cut is None else row[:cut]
-    text = decode(loaded, kept)
-    reason = "length" if cut is None else "stop"
-    hits = [text.index(s) for s in stop if s in text]
-    if hits:
-        text, reason = text[:min(hits)], "stop"
-    return Completion(text, int(prompt_tokens), len(row) if cut is None else cut + 1, reason)
-
-
-def generate_batch(loaded: Loaded, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
-    """Answer a batch of conversations with the chat template."""
-    results = complete(loaded, [chat_prompt(loaded, c) for c in conversations], sampling)
-    return [r.text.strip() for r in results]
-
-
-class CallbackStreamer(TextStreamer):
-    """A TextStreamer that hands each finished piece of text to a callback instead of printing it."""
-
-    def __init__(self, tokenizer, on_text: Callable[[str], None]):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.on_text = on_text
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.on_text(text)
-
-
-def stream_reply(loaded: Loaded, messages: list[dict], sampling: Sampling) -> Iterator[str]:
-    """Yield text pieces as they are generated (for the terminal chat)."""
-    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    failure: list[BaseException] = []
-
-    def work() -> None:
+def read_prompt_rows(path: Path) -> list[dict]:
+    """Rows with `messages` (a conversation ending in a user turn) or `prompt` (one user message)."""
+    if not path.exists():
+        raise DataError(f"prompt file {path} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            complete(loaded, [chat_prompt(loaded, messages)], sampling, streamer=streamer)
-        except BaseException as exc:  # surface it in the caller's thread instead of hanging the iterator
-            failure.append(exc)
-            streamer.end()
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            row = {**row, "messages": [{"role": "user", "content": row["prompt"]}]}
+        if not (isinstance(row, dict) and _valid_messages(row.get("messages"))):
+            raise DataError(f"{path}:{n}: expected a field 'prompt' (string) or 'messages' (list of {{role, content}} strings)")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"prompt file {path} holds no prompts")
+    return rows
 
-    thread = Thread(target=work, daemon=True)
-    thread.start()
-    yield from streamer
-    thread.join()
-    if failure:
-        raise failure[0]
+
+def _valid_messages(messages) -> bool:
+    return isinstance(messages, list) and bool(messages) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+def answer_all(loaded: Loaded, convs: list[list[dict]], sampling: Sampling, batch_size: int, label: str = "Generating") -> list[Completion]:
+    if batch_size < 1:
+        raise PhinetuneError(f"--batch-size must be >= 1 (got {batch_size})")
+    groups = [convs[k:k + batch_size] for k in range(0, len(convs), batch_size)]
+    return [c for group in track(groups, label) for c in complete(loaded, [chat_prompt(loaded, m) for m in group], sampling)]
+
+
+def shown_reply(text: str, loaded: Loaded, reasoning: str) -> str:
+    if reasoning not in ("show", "hide"):
+        raise PhinetuneError(f"--reasoning must be show or hide (got {reasoning})")
+    return (split_reasoning(text, loaded.spec.reasoning_tags)[1] if reasoning == "hide" else text).strip()
+
+
+def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], max_new_tokens: int,
+                 temperature: float, top_k: int, top_p: float, seed: Optional[int], batch_size: int, dtype: str, quant: str,
+                 reasoning: str = "show") -> list[str]:
+    """`reasoning`: show a reply's <think> trace (default) or hide it (keep the final answer only)."""
+    if (prompt is None) == (input is None):
+        raise PhinetuneError("give either a PROMPT or --input FILE.jsonl (exactly one)")
+    rows = read_prompt_rows(input) if input else [{"messages": [{"role": "user", "content": prompt}]}]
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
+    loaded = load_for_inference(target, dtype, quant)
+    results = answer_all(loaded, [r["messages"] for r in rows], sampling, batch_size)
+    answers = [shown_reply(r.text, loaded, reasoning) for r in results]
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w", encoding="utf-8") as fh:
+            for row, res, answer in zip(rows, results, answers):
+                out = {**row, "response": answer, "finish_reason": res.finish_reason, "completion_tokens": res.completion_tokens}
+                fh.write(json.dumps(out, ensure_ascii=False) + "\n")
+        console.print(f"{len(answers)} answers written to {output}")
+    else:
+        for answer in answers:
+            console.print(answer, markup=False, highlight=False)
+    return answers

@@ -19,6 +19,7 @@ from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
 from phinetune.models.turns import end_of_turn, fix_pad
+from phinetune.paths import cache_root
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -45,19 +46,24 @@ def choose_dtype(requested: str, spec: ModelSpec) -> DtypePlan:
     return DtypePlan(torch.float32, "fp32", "no GPU: fp32 on CPU")
 
 
-def materialize_tiny(name: str, cache_root: Path, seed: int = 0) -> Path:
+def materialize_tiny(name: str, seed: int = 0, folder: Optional[Path] = None) -> Path:
+    """The one place a built-in tiny base is built: saved once as a Hugging Face folder, then reused.
+
+    Into `folder` when given (training passes RUN/base, so a run needs nothing outside itself), else into the
+    shared cache (check, generate/serve on a tiny name, the synth teacher), built once for all of them.
+    """
     from phinetune.models.tiny import save_tiny
 
-    out = cache_root / f"{name}-seed{seed}"
+    out = (folder if folder is not None else cache_root() / "tiny") / f"{name}-seed{seed}"
     if not (out / "config.json").exists():
         save_tiny(name, out, seed)
     return out
 
 
-def resolve_model_path(cfg: ModelConfig, base_dir: Path, seed: int = 0) -> str:
-    """Tiny names become a local checkpoint in `base_dir`; everything else is passed through."""
+def resolve_model_path(cfg: ModelConfig, base_dir: Optional[Path] = None, seed: int = 0) -> str:
+    """Tiny names become a local checkpoint (in `base_dir`, else the cache); everything else is passed through."""
     if cfg.name in TINY_MODELS:
-        return str(materialize_tiny(cfg.name, base_dir, seed))
+        return str(materialize_tiny(cfg.name, seed, base_dir))
     return cfg.name
 
 
@@ -107,12 +113,6 @@ def _hub_call(name: str, fn):
         hint = ("it is not in the local Hugging Face cache and the Hub cannot be reached; download it on a connected "
                 f"machine (huggingface-cli download {name}) or set model.name to a local folder") if offline else str(exc).splitlines()[0]
         raise PhinetuneError(f"could not load model '{name}': {hint}") from None
-
-
-def eot_token_id(tokenizer, spec: ModelSpec, configured: Optional[str] = None) -> Optional[int]:
-    token = end_of_turn(tokenizer, spec, configured)
-    ids = tokenizer.convert_tokens_to_ids([token])
-    return ids[0] if ids and ids[0] != tokenizer.unk_token_id else None
 
 
 def stop_token_ids(tokenizer, spec: ModelSpec) -> list[int]:

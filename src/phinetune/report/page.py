@@ -16,9 +16,8 @@ from typing import Optional
 
 from phinetune.report.charts import render_all
 from phinetune.report.samples import cached_samples, generate_samples
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
-PLOTS_DIR = "report_plots"
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
@@ -82,7 +81,7 @@ def config_section(run: RunDir) -> Section:
 
 def preflight_section(run: RunDir) -> Optional[Section]:
     """RUN/preflight.json (written by the pre-flight, when it ran); None when the run has none."""
-    path = run.path / "preflight.json"
+    path = run.preflight
     if not path.exists():
         return None
     try:
@@ -130,7 +129,7 @@ def curves_section(metrics: list[dict], plots_dir: Path) -> Section:
 
 
 def eval_section(run: RunDir) -> Optional[Section]:
-    path = run.path / "eval.json"
+    path = run.eval_report
     if not path.exists():
         return None
     report = json.loads(path.read_text())
@@ -144,7 +143,7 @@ def eval_section(run: RunDir) -> Optional[Section]:
 
 
 def samples_section(run: RunDir, n: int) -> Optional[Section]:
-    compare = run.path / "compare.md"
+    compare = run.compare
     if compare.exists():  # written by another verb: show it as it is
         text = compare.read_text()
         return Section("Sample answers: before vs after", f"<pre>{esc(text)}</pre>", text)
@@ -162,7 +161,7 @@ def samples_section(run: RunDir, n: int) -> Optional[Section]:
 def build_sections(run: RunDir, samples: int) -> list[Section]:
     metrics = run.read_metrics()
     sections = [summary_section(run, metrics), config_section(run), preflight_section(run),
-                curves_section(metrics, run.path / PLOTS_DIR), eval_section(run), samples_section(run, samples)]
+                curves_section(metrics, run.report_plots), eval_section(run), samples_section(run, samples)]
     return [s for s in sections if s is not None]
 
 
@@ -174,7 +173,7 @@ def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:
     body = "".join(f"<section><h2>{esc(s.title)}</h2>{s.html}</section>" for s in sections)
     page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>\n")
-    html_path, md_path = run.path / "report.html", run.path / "report.md"
+    html_path, md_path = run.report_html, run.report_md
     html_path.write_text(page, encoding="utf-8")
     md_path.write_text(f"# {title}\n\n" + "\n\n".join(f"## {s.title}\n\n{s.md}" for s in sections) + "\n", encoding="utf-8")
     return html_path, md_path

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
-import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
@@ -21,12 +19,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phinetune import __version__
-from phinetune.infer.generate import Completion, Sampling, chat_prompt
-from phinetune.infer.loading import Loaded
+from phinetune.infer.complete import Completion, Sampling, chat_prompt
+from phinetune.runs.loading import Loaded
 from phinetune.serve.limits import BodySizeLimit
+from phinetune.serve.responses import TEXT, TextFormat, usage
 from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest
 from phinetune.serve.stream import SSE_DONE, StopFilter, sse
-from phinetune.serve.tools import ToolRequestError, assistant_message, request_messages
+from phinetune.serve.tools import ReplyFormat, ToolRequestError, request_messages
 from phinetune.serve.worker import Job, PromptTooLong, QueueFull, Worker
 
 log = logging.getLogger("phinetune.serve")
@@ -105,8 +104,7 @@ def create_app(loaded: Loaded, settings: ServeSettings) -> FastAPI:
         except ToolRequestError as exc:
             raise APIError(400, str(exc), param=exc.param) from None
         job = Job([chat_prompt(loaded, messages)], _sampling(req, settings), req.stops())
-        shape = lambda text: assistant_message(text, loaded.spec, settings.reasoning, bool(tools))  # noqa: E731
-        return await _respond(worker, job, req, settings, "chat", shape)
+        return await _respond(worker, job, req, settings, ReplyFormat(loaded.spec, settings.reasoning, bool(tools)))
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(req: CompletionRequest):
@@ -114,7 +112,7 @@ def create_app(loaded: Loaded, settings: ServeSettings) -> FastAPI:
         if req.stream and len(req.prompts()) > 1:
             raise APIError(400, "stream=true supports a single prompt; send one request per prompt", param="prompt")
         job = Job(req.prompts(), _sampling(req, settings), req.stops())
-        return await _respond(worker, job, req, settings, "text")
+        return await _respond(worker, job, req, settings, TEXT)
 
     return app
 
@@ -137,7 +135,7 @@ def _sampling(req, settings: ServeSettings) -> Sampling:
     return Sampling(wanted or default, req.temperature, req.top_k, req.top_p, req.seed)
 
 
-async def _respond(worker: Worker, job: Job, req, settings: ServeSettings, kind: str, shape=None):
+async def _respond(worker: Worker, job: Job, req, settings: ServeSettings, fmt: TextFormat):
     if req.stream:
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -145,10 +143,10 @@ async def _respond(worker: Worker, job: Job, req, settings: ServeSettings, kind:
         job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))  # end of stream
         _submit(worker, job)  # before the response starts, so a full queue is still a clean 429
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_stream(job, queue, settings.model_name, kind, include_usage), media_type="text/event-stream",
+        return StreamingResponse(_stream(job, queue, settings.model_name, fmt, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     results = await _wait(job, _submit(worker, job))
-    return _response(results, settings.model_name, kind, shape)
+    return fmt.response(results, settings.model_name)
 
 
 def _submit(worker: Worker, job: Job):
@@ -168,45 +166,16 @@ async def _wait(job: Job, future) -> list[Completion]:
         raise
 
 
-def _usage(results: list[Completion]) -> dict:
-    prompt, done = sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results)
-    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
-
-
-def _response(results: list[Completion], model: str, kind: str, shape=None) -> dict:
-    """`shape(text) -> (message, finish_reason or None)` splits reasoning and tool calls off a chat reply (serve/tools.py)."""
-    if kind == "chat":
-        shape = shape or (lambda text: ({"role": "assistant", "content": text}, None))
-        choices = []
-        for i, r in enumerate(results):
-            message, finish = shape(r.text)
-            choices.append({"index": i, "message": message, "finish_reason": finish or r.finish_reason, "logprobs": None})
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": _usage(results)}
-    choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)]
-    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": _usage(results)}
-
-
-def _chunk(kind: str, ident: str, model: str, text: Optional[str], finish: Optional[str], first: bool = False) -> dict:
-    if kind == "chat":
-        delta = ({"role": "assistant", "content": ""} if first else {}) | ({"content": text} if text else {})
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": model, "choices": [choice]}
-    choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-    return {"id": ident, "object": "text_completion", "created": int(time.time()), "model": model, "choices": [choice]}
-
-
-async def _stream(job: Job, queue: asyncio.Queue, model: str, kind: str, include_usage: bool) -> AsyncIterator[str]:
-    ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+async def _stream(job: Job, queue: asyncio.Queue, model: str, fmt: TextFormat, include_usage: bool) -> AsyncIterator[str]:
+    ident = fmt.new_id()
     stops = StopFilter(job.stop)
     try:
-        if kind == "chat":
-            yield sse(_chunk(kind, ident, model, None, None, first=True))
+        if (opening := fmt.opening()) is not None:
+            yield sse(fmt.chunk(ident, model, [opening]))
         while (piece := await queue.get()) is not None:
             text = stops.feed(piece)
             if text:
-                yield sse(_chunk(kind, ident, model, text, None))
+                yield sse(fmt.chunk(ident, model, [fmt.delta(text, None)]))
         try:
             results = job.future.result()
         except Exception as exc:  # headers are sent: the error can only travel inside the stream
@@ -215,12 +184,11 @@ async def _stream(job: Job, queue: asyncio.Queue, model: str, kind: str, include
             return
         tail = stops.flush()
         if tail:
-            yield sse(_chunk(kind, ident, model, tail, None))
+            yield sse(fmt.chunk(ident, model, [fmt.delta(tail, None)]))
         result = results[0] if results else Completion("", 0, 0, "stop")
-        yield sse(_chunk(kind, ident, model, None, "stop" if stops.stopped else result.finish_reason))
+        yield sse(fmt.chunk(ident, model, [fmt.delta(None, "stop" if stops.stopped else result.finish_reason)]))
         if include_usage:
-            yield sse({"id": ident, "object": "chat.completion.chunk" if kind == "chat" else "text_completion", "created": int(time.time()),
-                       "model": model, "choices": [], "usage": _usage(results)})
+            yield sse(fmt.chunk(ident, model, [], usage=usage(results)))
         yield SSE_DONE
     finally:
         job.cancel.set()  # a client that went away stops the generation at the next token

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from phinetune.errors import PhinetuneError
-from phinetune.infer.loading import load_for_inference
+from phinetune.runs.loading import load_for_inference
 from phinetune.progress import console
 from phinetune.serve.app import ServeSettings, create_app
 from phinetune.serve.tools import REASONING_MODES

@@ -18,7 +18,9 @@ from typing import Optional
 from phinetune.data.normalize import TOOL_CALL, canonical_tool_calls, canonical_tools, for_template
 from phinetune.data.reasoning import split_reasoning
 from phinetune.errors import DataError
+from phinetune.infer.complete import Completion
 from phinetune.models.specs import ModelSpec
+from phinetune.serve.responses import ChatFormat
 
 REASONING_MODES = ("separate", "hide", "inline")  # reasoning_content field / dropped / left in content
 _CALL_BLOCK = re.compile(re.escape(TOOL_CALL[0]) + r"(.*?)(?:" + re.escape(TOOL_CALL[1]) + r"|$)", re.S)
@@ -106,3 +108,16 @@ def assistant_message(text: str, spec: ModelSpec, reasoning: str = "separate", t
             message["tool_calls"] = calls
             return message, "tool_calls"
     return message, None
+
+
+class ReplyFormat(ChatFormat):
+    """The chat response shape, with each reply split by assistant_message (reasoning, tool calls).
+
+    Streams are not split: their chunks carry the text as generated (trace inline)."""
+
+    def __init__(self, spec: ModelSpec, reasoning: str = "separate", tools: bool = False):
+        self.spec, self.reasoning, self.tools = spec, reasoning, tools
+
+    def choice(self, index: int, result: Completion) -> dict:
+        message, finish = assistant_message(result.text, self.spec, self.reasoning, self.tools)
+        return {"index": index, "message": message, "finish_reason": finish or result.finish_reason, "logprobs": None}

@@ -14,8 +14,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from phinetune.infer.generate import CallbackStreamer, Completion, Sampling, complete
-from phinetune.infer.loading import Loaded
+from phinetune.infer.complete import CallbackStreamer, Completion, Sampling, complete
+from phinetune.runs.loading import Loaded
 
 
 class QueueFull(Exception):

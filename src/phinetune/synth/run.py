@@ -57,7 +57,7 @@ class _Session:
         if self.teacher is None:
             from phinetune.synth.teachers import make_teacher
 
-            self.teacher = make_teacher(self.cfg.teacher, self.out / "teacher-cache")
+            self.teacher = make_teacher(self.cfg.teacher)
         return self.teacher
 
     @property

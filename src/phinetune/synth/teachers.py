@@ -11,7 +11,6 @@ import random
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 from phinetune.errors import PhinetuneError
@@ -157,19 +156,16 @@ class OpenAITeacher:
 class LocalTeacher:
     """Batched generate() with the model's own chat template; a run folder, merged folder, model id or tiny-* name."""
 
-    def __init__(self, cfg: TeacherConfig, cache_dir: Path):
-        from phinetune.infer.loading import load_for_inference
-        from phinetune.models.loading import materialize_tiny
-        from phinetune.models.specs import TINY_MODELS
+    def __init__(self, cfg: TeacherConfig):
+        from phinetune.runs.loading import load_for_inference
 
-        target = str(materialize_tiny(cfg.model, cache_dir)) if cfg.model in TINY_MODELS else cfg.model
         self.cfg = cfg
-        self.loaded = load_for_inference(target, cfg.dtype, cfg.quant)
+        self.loaded = load_for_inference(cfg.model, cfg.dtype, cfg.quant)  # a tiny-* name is built once into the cache
         self.counters = Counters()
         self.describe = f"local model {cfg.model}"
 
     def run(self, calls: list[Call], on_done: OnDone) -> None:
-        from phinetune.infer.generate import Sampling as GenSampling, generate_batch
+        from phinetune.infer.complete import Sampling as GenSampling, generate_batch
 
         groups: dict[tuple, list[Call]] = {}
         for call in calls:  # one generate() per batch needs one sampling setting
@@ -191,6 +187,6 @@ class LocalTeacher:
         pass
 
 
-def make_teacher(cfg: TeacherConfig, cache_dir: Path):
-    builders = {"openai": lambda: OpenAITeacher(cfg), "local": lambda: LocalTeacher(cfg, cache_dir)}
+def make_teacher(cfg: TeacherConfig):
+    builders = {"openai": lambda: OpenAITeacher(cfg), "local": lambda: LocalTeacher(cfg)}
     return builders[cfg.kind]()

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError
 from phinetune.train.guards import disk_guard
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir
 
 if TYPE_CHECKING:
     from phinetune.train.recipe import Loop

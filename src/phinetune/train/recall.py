@@ -9,8 +9,9 @@ import re
 
 from phinetune.config import RunConfig
 from phinetune.data.readers import Record
-from phinetune.infer.generate import Sampling, generate_batch
-from phinetune.infer.loading import Loaded
+from phinetune.infer.complete import Sampling, generate_batch
+from phinetune.runs.held_out import prompts_of
+from phinetune.runs.loading import Loaded
 from phinetune.models.loading import stop_token_ids
 from phinetune.models.specs import get_spec
 from phinetune.progress import console
@@ -28,9 +29,9 @@ def first_sentence(text: str) -> str:
 def recall_check(model, tokenizer, records: list[Record], cfg: RunConfig) -> tuple[int, int]:
     spec = get_spec(cfg.model.name, cfg.model.spec)
     loaded = Loaded(model.eval(), tokenizer, spec, stop_token_ids(tokenizer, spec), cfg.output.dir)
-    convs = [r.sample["messages"] for r in records if "messages" in r.sample][: cfg.train.recall_check]
-    prompts = [c[: next(i for i, m in enumerate(c) if m["role"] == "assistant")] for c in convs]
-    expected = [first_sentence(next(m["content"] for m in c if m["role"] == "assistant")) for c in convs]
+    pairs = prompts_of(records, cfg.train.recall_check)
+    prompts = [conv for conv, _ in pairs]
+    expected = [first_sentence(answer) for _, answer in pairs]
     answers = []
     for k in range(0, len(prompts), 8):
         answers += generate_batch(loaded, prompts[k:k + 8], Sampling(max_new_tokens=48))

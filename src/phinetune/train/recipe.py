@@ -9,6 +9,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -35,8 +36,8 @@ from phinetune.train.metrics import MetricsLog
 from phinetune.train.plots import plot_losses
 from phinetune.train.precision import choose_train_dtype
 from phinetune.train.preflight import run_preflight
-from phinetune.train.run_dir import RunDir, RunInfo
-from phinetune.train.tracking import Trackers
+from phinetune.runs.run_dir import RunDir, RunInfo
+from phinetune.train.tracking import Trackers, accelerator_kwargs
 
 
 @dataclass
@@ -95,7 +96,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
 def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     release_freed_memory()  # freed activations go back to the OS (see train/memory.py)
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
-    accelerator = Accelerator(step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(step_scheduler_with_optimizer=False, **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
     set_seed(cfg.train.seed)
     check_distributed(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
@@ -106,12 +107,12 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     with console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
         tokenizer = load_tokenizer(path, cfg.model, spec)
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
-    base_ref = str(run.base.resolve() / f"{cfg.model.name}-seed{cfg.train.seed}") if cfg.model.name in TINY_MODELS else cfg.model.name
+    base_ref = str(Path(path).resolve()) if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
     data = prepare_data(cfg.data, tokenizer, end_of_turn(tokenizer, spec, cfg.model.end_of_turn), spec)
     model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
     run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process,
-                  save_to=run.path / "preflight.json" if accelerator.is_main_process else None)
+                  save_to=run.preflight if accelerator.is_main_process else None)
     train_rows = make_rows(data.train, cfg.data.max_length, cfg.data.packing)
     eval_rows = make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes)))
@@ -129,7 +130,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
         if accelerator.is_main_process:
             truncate_metrics(run, loop.start_step, loop.total_steps)
     if accelerator.is_main_process and cfg.train.report_to:
-        loop.log.trackers = Trackers(cfg.train.report_to, run.path, cfg, loop.start_step)
+        loop.log.trackers = Trackers(accelerator, run, cfg, loop.start_step)
     return loop
 
 

@@ -1,21 +1,29 @@
 """The self-describing run folder: later verbs (merge, generate, chat, eval) need only its path.
 
+Every name a run folder holds is an attribute here, and nowhere else spelled out:
+
     RUN/config.yaml      resolved config          RUN/adapter/     PEFT adapter (or RUN/model/ for full FT)
     RUN/run.json         base model, spec, status RUN/tokenizer/   tokenizer with its chat template
     RUN/metrics.jsonl    one JSON object per log  RUN/loss.png     train/eval loss curves
     RUN/base/            the base weights, only for built-in tiny models (no Hub to fetch them from)
+    RUN/checkpoints/     resumable states         RUN/preflight.json  the pre-flight report (train)
+    RUN/eval.json        base vs tuned benchmarks (eval)            RUN/compare.md  base vs tuned answers (compare)
+    RUN/samples.json     the report's cached sample answers         RUN/report.html, report.md, report_plots/ (report)
+    RUN/tensorboard/, RUN/mlruns/, RUN/mlflow_run_id   experiment trackers (train.report_to)
+
+A merged folder (`phinetune merge`) is a plain Hugging Face folder plus MERGED_MARKER, which records its spec.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 from phinetune.config import RunConfig, dump_config, load_config
 from phinetune.errors import PhinetuneError
+
+MERGED_MARKER = "phinetune.json"  # in a merged folder: {"spec": key, "merged_from": run path}
 
 
 @dataclass
@@ -42,14 +50,24 @@ class RunDir:
     plot = property(lambda self: self.path / "loss.png")
     base = property(lambda self: self.path / "base")
     checkpoints = property(lambda self: self.path / "checkpoints")
+    preflight = property(lambda self: self.path / "preflight.json")
+    eval_report = property(lambda self: self.path / "eval.json")
+    compare = property(lambda self: self.path / "compare.md")
+    samples = property(lambda self: self.path / "samples.json")
+    report_html = property(lambda self: self.path / "report.html")
+    report_md = property(lambda self: self.path / "report.md")
+    report_plots = property(lambda self: self.path / "report_plots")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    mlruns = property(lambda self: self.path / "mlruns")
+    mlflow_run_id = property(lambda self: self.path / "mlflow_run_id")
 
     @classmethod
     def create(cls, cfg: RunConfig) -> "RunDir":
+        """Start an empty run folder. Whether an existing one may be replaced or resumed is decided before
+        (train/checkpoint.py start_or_resume, which removes it); here it must be absent or empty."""
         run = cls(Path(cfg.output.dir))
         if run.path.exists() and any(run.path.iterdir()):
-            if not cfg.output.overwrite:
-                raise PhinetuneError(f"output folder {run.path} already holds a run; choose another output.dir or pass output.overwrite=true to replace it")
-            shutil.rmtree(run.path)
+            raise PhinetuneError(f"output folder {run.path} is not empty; a new run starts only in an absent or empty folder")
         run.path.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run.config)
         return run
@@ -84,5 +102,12 @@ class RunDir:
     def is_full(self) -> bool:
         return self.full_model.exists()
 
-    def weights_dir(self) -> Optional[Path]:
-        return self.full_model if self.is_full else self.adapter
+
+def write_merged_marker(folder: Path, spec_key: str, run: RunDir) -> None:
+    (Path(folder) / MERGED_MARKER).write_text(json.dumps({"spec": spec_key, "merged_from": str(run.path)}))
+
+
+def merged_spec_key(folder: Path) -> str | None:
+    """The spec a merged folder records, or None for any other folder."""
+    marker = Path(folder) / MERGED_MARKER
+    return json.loads(marker.read_text())["spec"] if marker.exists() else None

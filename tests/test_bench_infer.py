@@ -1,4 +1,4 @@
-"""infer/bench.py and `phinetune bench infer`: the table is printed and the JSON holds measured, sane numbers."""
+"""bench/infer.py and `phinetune bench infer`: the table is printed and the JSON holds measured, sane numbers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from phinetune.errors import PhinetuneError
-from phinetune.infer.bench import BenchSettings, bench_infer, weight_bytes
+from phinetune.bench.infer import BenchSettings, bench_infer, weight_bytes
 
 
 def test_bench_infer_cpu_bf16_fp32_nf4(tiny_run, tmp_path):
@@ -46,7 +46,7 @@ def test_bad_settings_are_refused(tmp_path):
 
 
 def test_a_refused_dtype_is_skipped_and_reported(monkeypatch, tmp_path):
-    import phinetune.infer.bench as bench
+    import phinetune.bench.infer as bench
 
     def fake_child(fn, target, name, settings, limit):
         if name == "fp16":

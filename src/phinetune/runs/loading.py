@@ -1,9 +1,12 @@
-"""Load something to run: a run folder (base + adapter), a merged folder, or a base model id."""
+"""Load something to run: a run folder (base + adapter), a merged folder, or a base model id; and a run's
+base and tuned models for before/after comparisons (`base_and_tuned`, used by compare, eval and the report)."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from peft import PeftModel
@@ -11,9 +14,8 @@ from peft import PeftModel
 from phinetune.config.schema import ModelConfig
 from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny, stop_token_ids
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
-from phinetune.paths import cache_root
 from phinetune.progress import console
-from phinetune.train.run_dir import RunDir
+from phinetune.runs.run_dir import RunDir, merged_spec_key
 
 
 @dataclass
@@ -25,17 +27,13 @@ class Loaded:
     source: str
 
 
-def tiny_cache() -> Path:
-    return cache_root() / "tiny"
-
-
 def device_map():
     """Inference runs on the first GPU when there is one (without this, weights would stay on the CPU)."""
     return {"": 0} if torch.cuda.is_available() else None
 
 
 def is_run_dir(path: str) -> bool:
-    return (Path(path) / "run.json").exists()
+    return RunDir(Path(path)).info_file.exists()
 
 
 def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", adapter: bool = True) -> Loaded:
@@ -66,7 +64,7 @@ def _load_plain(target: str, dtype: str, quant: str) -> Loaded:
     spec = _plain_spec(Path(target)) if Path(target).exists() else get_spec(target)
     if target in TINY_MODELS and not Path(target).exists():
         # A built-in tiny name has no Hub repo: build it once into a local cache folder, as training does.
-        target = str(materialize_tiny(target, tiny_cache()))
+        target = str(materialize_tiny(target))
     mcfg = ModelConfig(name=target, dtype=dtype, quant=quant)
     tokenizer = load_tokenizer(target, mcfg, spec)
     model = load_model(target, mcfg, spec, tokenizer, choose_dtype(dtype, spec), device_map())
@@ -75,11 +73,36 @@ def _load_plain(target: str, dtype: str, quant: str) -> Loaded:
 
 
 def _plain_spec(folder: Path) -> ModelSpec:
-    """A merged folder records its spec in phinetune.json; otherwise guess from config.json."""
+    """A merged folder records its spec (MERGED_MARKER); otherwise guess from config.json."""
     import json
 
-    marker = folder / "phinetune.json"
-    if marker.exists():
-        return get_spec("", json.loads(marker.read_text())["spec"])
+    key = merged_spec_key(folder)
+    if key is not None:
+        return get_spec("", key)
     config_file = folder / "config.json"
     return spec_from_config(json.loads(config_file.read_text())) if config_file.exists() else get_spec(str(folder))
+
+
+def base_and_tuned(run: RunDir, dtype: str = "auto", quant: str = "none") -> Iterator[tuple[str, Loaded]]:
+    """Yield ("base", model) then ("tuned", model) for the same run; use each before asking for the next.
+
+    A LoRA/QLoRA run is loaded once: the base is the same weights with the adapter switched off (PEFT
+    `disable_adapter`, which also bypasses modules_to_save), so no second copy of the base is in memory.
+    A full fine-tune has two different weight sets: they are loaded one at a time, the first freed before
+    the second is loaded.
+    """
+    if run.is_full:
+        with console.status(f"Loading the base of {run.path}"):
+            base = _load_run(run, dtype, quant, adapter=False)
+        yield "base", base
+        del base
+        gc.collect()
+        with console.status(f"Loading {run.path}"):
+            tuned = _load_run(run, dtype, quant, adapter=True)
+        yield "tuned", tuned
+        return
+    with console.status(f"Loading {run.path}"):
+        loaded = _load_run(run, dtype, quant, adapter=True)
+    with loaded.model.disable_adapter():
+        yield "base", loaded
+    yield "tuned", loaded

@@ -149,7 +149,7 @@ def device_bandwidth() -> dict:
 
 def bench_one(target: str, name: str, settings: BenchSettings, limit_gbs: Optional[float]) -> DtypeResult:
     """Load `target` in one dtype, then time and measure generation at each batch size."""
-    from phinetune.infer.loading import load_for_inference
+    from phinetune.runs.loading import load_for_inference
 
     cuda = torch.cuda.is_available()
     dtype, quant = BENCH_DTYPES[name]
@@ -233,7 +233,7 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
     limit = bandwidth.get("datasheet_gbs") or bandwidth.get("measured_copy_gbs")
     if not cuda and "nf4" in dtypes:
         import bitsandbytes  # noqa: F401  imported here, so the children's memory does not count the library
-    from phinetune.infer.loading import load_for_inference  # noqa: F401  same: libraries load before the baseline
+    from phinetune.runs.loading import load_for_inference  # noqa: F401  same: libraries load before the baseline
 
     results, skipped = [], {}
     for name in dtypes:

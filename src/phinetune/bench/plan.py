@@ -61,7 +61,7 @@ def measure(name: str, sizes: dict, vocab: int, method: str, seq: int, batch: in
     args = json.dumps(dict(name=name, sizes=sizes, vocab=vocab, method=method, seq=seq, batch=batch, ckpt=checkpointing, device=device))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", f"from phinetune.models.plan_measure import _child; _child({args!r})"],
+    proc = subprocess.run([sys.executable, "-c", f"from phinetune.bench.plan import _child; _child({args!r})"],
                           capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement of {name} failed:\n{proc.stderr[-2000:]}")
