@@ -148,3 +148,14 @@ def test_reasoning_system_prompt_is_the_one_its_template_inserts():
     template = read_template(SPECS["phi4-reasoning"].template)
     assert f"<|im_start|>system<|im_sep|>{PHI4_REASONING_PROMPT}<|im_end|>" in template
     assert PHI4_REASONING_PROMPT.startswith("You are Phi, a language model trained by Microsoft") and "<think>" in PHI4_REASONING_PROMPT
+
+
+def test_docs_table_lists_every_spec_with_its_tokens():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines() if line.startswith("| `")}
+    for key, spec in SPECS.items():
+        row = rows[key]
+        assert spec.hub_id in row and f"`{spec.template}`" in row and spec.end_of_turn.replace("|", "\\|") in row, key
+        assert spec.pad_token.replace("|", "\\|") in row and f"{spec.num_layers} x {spec.hidden_size}" in row, key
