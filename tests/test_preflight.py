@@ -92,5 +92,5 @@ def test_check_on_each_new_phi_family_tiny_model(name):
 
 def test_check_cli_on_phi4_shows_its_pad_fix():
     out = run_cli("check", "model.name=tiny-phi4-14b", *FAST).stdout
-    assert "end-of-turn token <|im_end|>" in out and "trained: yes (10/10 chat samples)" in out
+    assert "end-of-turn token <|im_end|> trained: yes (10/10 chat samples" in out
     assert "pad token <|dummy_85|>" in out and "distinct from end-of-turn: yes" in out and "pre-flight passed" in out

@@ -221,7 +221,7 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
     if data.info.read_summary:
         console.print(f"[yellow]{data.info.read_summary}[/yellow]")
     with_eot, chat = report.eot_samples
-    console.print(f"end-of-turn token {report.eot_token} (id {report.eot_id}) trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot}/{chat} chat samples)")
+    console.print(f"end-of-turn token {report.eot_token} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot}/{chat} chat samples; id {report.eot_id})")
     distinct = report.pad_id != report.eot_id
     console.print(f"pad token {report.pad_token} (id {report.pad_id}) distinct from end-of-turn: {'yes' if distinct else '[red]NO[/red]'}")
     if report.sample:
