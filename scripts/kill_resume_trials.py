@@ -101,7 +101,7 @@ def stop_at_random(run: Path, pid: int, rng: random.Random, sig: int) -> dict:
 
 def latest(run: Path):
     from phinetune.train.checkpoint import latest_checkpoint
-    from phinetune.train.run_dir import RunDir
+    from phinetune.runs.run_dir import RunDir
 
     path = latest_checkpoint(RunDir(run))
     return path.name if path else None

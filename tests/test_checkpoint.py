@@ -145,3 +145,50 @@ def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tmp_path):
     assert term["exit"] == 143 and term["latest_after_stop"] is not None and not term["temp_left"], where
     assert int(term["latest_after_stop"].split("-")[1]) >= term["logged_before_stop"], where
     assert proc.returncode == 0, where
+
+
+def test_a_run_that_never_trained_is_replaced_by_its_fix(tmp_path, tiny_cfg):
+    """A wrong data path or a failed pre-flight leaves config.yaml and run.json but no step: the corrected
+    command (a different config) replaces the folder without output.overwrite."""
+    run = write_run(tmp_path, tiny_cfg("data.train=/wrong/path.jsonl"), status="failed before training: data file ...")
+    (run.path / "preflight.json").write_text("{}")
+    got_run, got = ck.start_or_resume(tiny_cfg(), False, OneProcess())
+    assert got is None and got_run.read_config().data.train == "builtin:riddles" and not run.info_file.exists()
+
+
+def test_never_trained_folder_with_foreign_files_is_kept(tmp_path, tiny_cfg):
+    run = write_run(tmp_path, tiny_cfg("train.learning_rate=1e-3"))
+    (run.path / "my-notes.txt").write_text("not ours to delete")
+    with pytest.raises(PhinetuneError, match="different run"):
+        ck.start_or_resume(tiny_cfg(), False, OneProcess())
+    assert (run.path / "my-notes.txt").exists()
+
+
+def test_a_run_with_a_completed_step_is_not_replaced(tmp_path, tiny_cfg):
+    write_run(tmp_path, tiny_cfg("train.learning_rate=1e-3"), status="interrupted at step 4", with_checkpoint=True)
+    with pytest.raises(PhinetuneError, match="different run"):
+        ck.start_or_resume(tiny_cfg(), False, OneProcess())
+
+
+def test_stop_status_says_what_happened():
+    from phinetune.errors import PreflightError
+    from phinetune.train.guards import TrainingStopped
+    from phinetune.train.recipe import stop_status
+
+    assert stop_status(PreflightError("pre-flight failed:\n  target 'q_proj' matches nothing"), None) == \
+        "failed at pre-flight: target 'q_proj' matches nothing"
+    assert stop_status(TrainingStopped("stopped by SIGTERM after step 3", 143), 3) == "interrupted at step 3"
+    assert stop_status(KeyboardInterrupt(), 7) == "interrupted at step 7"
+    assert stop_status(PhinetuneError("loss became nan at step 3"), 2) == "failed at step 3: loss became nan at step 3"
+    assert stop_status(PhinetuneError("data file 'x' does not exist"), None) == "failed before training: data file 'x' does not exist"
+
+
+def test_failed_start_is_recorded_then_the_fixed_command_trains(tiny_cfg):
+    from phinetune.train.recipe import train
+
+    with pytest.raises(PhinetuneError, match="does not exist"):
+        train(tiny_cfg("data.train=/nonexistent/data.jsonl", "train.max_steps=1"))
+    bad = RunDir(tiny_cfg().output.dir)
+    assert bad.read_info().status.startswith("failed before training: data file '/nonexistent/data.jsonl' does not exist")
+    result = train(tiny_cfg("train.max_steps=1"))  # no output.overwrite needed
+    assert result.run.read_info().status == "finished"

@@ -1,5 +1,6 @@
 """The typed config: every shipped config validates; typos and contradictions are named errors."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_unknown_section_suggests_section():
 def test_unknown_key_in_yaml_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("adapter:\n  rank: 8\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'adapter.rank'; did you mean 'adapter.r'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: unknown key 'adapter.rank'; did you mean 'adapter.r'"):
         load_config(bad)
 
 
@@ -124,3 +125,25 @@ def test_every_shipped_adapter_config_applies_to_its_architecture(path, tiny_fol
     peft_model = apply_adapter(model, spec, cfg.adapter, model_cfg, tokenizer, cfg.preflight)
     trainable, total = trainable_counts(peft_model)
     assert 0 < trainable < total
+
+
+@pytest.mark.parametrize("item,hint", [("lr=1e-3", "train.learning_rate"), ("lora_r=8", "adapter.r"),
+                                       ("target_modules=[qkv_proj]", "adapter.targets"), ("load_in_4bit=true", "model.quant=nf4"),
+                                       ("adapter.quant=nf4", "model.quant"), ("epochs=3", "train.epochs"),
+                                       ("train.max_length=128", "data.max_length"), ("learnig_rate=1", "train.learning_rate")])
+def test_foreign_and_misplaced_names_point_to_ours_without_a_section(item, hint):
+    with pytest.raises(ConfigError, match=re.escape(f"did you mean '{hint}'")):
+        load_config(None, [item])
+
+
+def test_error_names_where_the_value_came_from(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model:\n  name: tiny-phi3\ntrain:\n  batch_size: 4\n  learnig_rate: 1\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{cfg}:5: unknown key 'train.learnig_rate'")):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match=re.escape("command line (train.batch_size=many): 'train.batch_size'")) as err:
+        load_config(cfg, ["train.batch_size=many"])
+    blamed = [line for line in str(err.value).splitlines() if "train.batch_size" in line]
+    assert blamed and not any(f"{cfg}:" in line for line in blamed)  # the file is not blamed for a command-line value
+    with pytest.raises(ConfigError, match=re.escape("command line (modle.name=x): unknown key 'modle'")):
+        load_config(cfg, ["modle.name=x"])

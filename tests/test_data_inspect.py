@@ -50,11 +50,11 @@ def test_text_histogram_counts_every_sample():
 def test_eot_is_read_off_the_real_phi3_template():
     from transformers import AutoTokenizer
 
+    from phinetune.data.end_of_turn import end_of_turn
     from phinetune.models.specs import GENERIC
-    from phinetune.models.turns import end_of_turn
 
     tokenizer = AutoTokenizer.from_pretrained(str(realdata(*PHI3_TOKENIZER)))
-    assert end_of_turn(tokenizer, GENERIC) == "<|end|>"
+    assert end_of_turn(tokenizer, GENERIC) == "<|end|>"  # no spec: read off the template's structure
 
 
 @pytest.mark.parametrize("name, model, kwargs, fmt", [
@@ -100,3 +100,28 @@ def test_cli_bad_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     out = " ".join(capsys.readouterr().out.split())  # undo the console's line wrapping
     assert exit_info.value.code == 2
     assert out.startswith("error:") and f"{path}:2: missing field 'completion'" in out and "Traceback" not in out
+
+
+def test_inspect_reports_the_pre_flight_per_turn_counts(tiny_tok, tmp_path):
+    """Over the whole data set, `data inspect` and the pre-flight count turns and end-of-turn tokens alike."""
+    from phinetune.config import load_config
+    from phinetune.data.dataset import prepare_data
+    from phinetune.models.specs import SPECS
+    from phinetune.train.preflight import PreflightReport, eot_report
+
+    tokenizer, eot = tiny_tok
+    rows = [{"messages": [{"role": "user", "content": f"q{i} " * (1 + i % 5)}, {"role": "assistant", "content": "d"},
+                          {"role": "user", "content": "and?"}, {"role": "assistant", "content": "word " * (2 * i + 1)}]} for i in range(16)]
+    path = tmp_path / "turns.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [f"data.train={path}", "data.max_length=40", "data.cache=false", "data.eval_size=3", "preflight.min_eot_share=0"])
+    ins = inspect_data(cfg.data, tokenizer, eot)
+    report = PreflightReport()
+    eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, eot), report)
+    assert ins.summary()["end_of_turn"] == report.coverage
+    assert report.coverage["turns"] == 32 and 0 < report.coverage["turns_cut_by_max_length"] < 16
+    assert report.coverage["turns_eot_trained"] + report.coverage["turns_cut_by_max_length"] == 32
+    out = run_cli("data", "inspect", str(path), "--model", "tiny-phi3", "--max-length", "40", "--out", str(tmp_path / "out")).stdout
+    c = report.coverage
+    assert (f"own token trained in {c['turns_eot_trained']}/32 assistant turns ({c['turns_cut_by_max_length']} cut by max_length); "
+            f"last one kept in {c['last_eot_trained']}/16 chat samples; 0 mask violation(s)") in " ".join(out.split())

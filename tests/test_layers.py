@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "phinetune"
 
 LAYERS = [
     {"errors", "paths", "progress", "assets", "templates", "__init__"},  # no phinetune imports but each other
-    {"config"},
+    {"config", "extras"},  # extras: which optional dependency a verb needs
     {"models"},
     {"data"},
     {"runs"},  # the run folder: names, loading base and tuned, held-out prompts

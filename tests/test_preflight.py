@@ -4,6 +4,7 @@ end-of-turn check, the dtype plan; `phinetune check`; RUN/preflight.json."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -33,7 +34,8 @@ def test_report_contents(tiny_phi3):
     assert rows[("layers.*.self_attn.o_proj", "lora")].trainable == 2 * 4 * (128 + 128)  # 2 layers x r*(in+out)
     assert report.trainable == sum(r.trainable for r in report.layers) and 0 < report.share < 5
     assert report.not_adapted == ["gate_up_proj", "down_proj"]
-    assert report.eot_trained and report.eot_samples == (10, 10)
+    assert report.eot_trained and report.eot_samples == (12, 12)  # train + eval, each keeps its last end-of-turn
+    assert report.eot_turns == (report.coverage["turns"], report.coverage["turns"]) and report.coverage["violations"] == []
     trained = "".join(t for t, on in report.sample if on)
     assert trained.endswith("<|end|>") and "<|user|>" not in trained and "<|assistant|>" not in trained
     assert report.dtype["dtype"] == "fp32"
@@ -69,6 +71,99 @@ def test_train_saves_preflight_json(tiny_cfg):
     assert saved["eot_trained"] and any(on for _, on in saved["sample"])
 
 
+def test_sample_preview_keeps_non_ascii_characters_whole():
+    """Byte-level BPE splits é, 猫 and emoji over several tokens: the preview must decode runs, not tokens."""
+    from phinetune.data.render import IGNORE, Rendered
+    from phinetune.models.tiny import build_tokenizer
+    from phinetune.train.preflight import mask_pieces
+
+    tok = build_tokenizer(SPECS["phi3-mini-4k"])
+    prompt, answer = "Qu'est-ce que c'est ? ", "Schrödinger's 猫 dit 👋 — déjà vu"
+    p_ids, a_ids = tok(prompt, add_special_tokens=False).input_ids, tok(answer, add_special_tokens=False).input_ids
+    assert any("\ufffd" in tok.decode([t]) for t in a_ids)  # the bug's precondition: single tokens are partial bytes
+    pieces = mask_pieces(Rendered(p_ids + a_ids, [IGNORE] * len(p_ids) + a_ids, prompt + answer), tok)
+    assert pieces == [(tok.decode(p_ids), False), (tok.decode(a_ids), True)]
+    assert "\ufffd" not in "".join(text for text, _ in pieces) and answer in "".join(text for text, _ in pieces)
+
+
+# ---- per-turn end-of-turn coverage (data/coverage.py) ------------------------------------------------
+
+def _data(samples, cfg):
+    from phinetune.data.dataset import DataInfo, PreparedData
+
+    return PreparedData(samples, [], [], DataInfo())
+
+
+def test_a_mis_placed_mask_is_an_error_naming_file_line_and_turn(tiny_phi3):
+    """What the old text search did with a reply of `d`: the user's <|end|> trained, the reply's own not."""
+    from phinetune.data.render import IGNORE, render_sample
+    from phinetune.train.preflight import PreflightReport, eot_report
+
+    _, tokenizer = tiny_phi3
+    spec, cfg = SPECS["phi3-mini-4k"], load_config(None, [])
+    messages = [{"role": "user", "content": "a, b, c or d?"}, {"role": "assistant", "content": "d"}]
+    good = render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>")
+    good.where = "mc.jsonl:3"
+    eot_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    bad = render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>")
+    bad.where = "mc.jsonl:4"
+    user_end = bad.input_ids.index(eot_id)  # the user turn's <|end|>, before the reply
+    own = bad.turns[0][2]
+    bad.labels[user_end], bad.labels[own] = eot_id, IGNORE
+    report = PreflightReport()
+    eot_report(tokenizer, spec, cfg, _data([good, bad], cfg), report)
+    assert report.eot_turns == (1, 2)
+    assert f"mc.jsonl:4: assistant turn 1: its own end-of-turn token <|end|> (position {own}) is not trained" in report.problems
+    assert f"mc.jsonl:4: 1 token(s) trained outside the assistant turns (first at position {user_end}, policy assistant)" in report.problems
+    assert not any("mc.jsonl:3" in p for p in report.problems)
+
+
+def test_too_few_samples_keeping_their_last_eot_refuses_and_names_the_max_length(tiny_phi3, tmp_path):
+    import math
+
+    from phinetune.train.preflight import PreflightReport, eot_report
+
+    _, tokenizer = tiny_phi3
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "word " * (3 * i + 1)}]} for i in range(20)]
+    path = tmp_path / "lengths.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    eot_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    # independent: where apply_chat_template puts each conversation's last <|end|>
+    needed = sorted(max(i for i, t in enumerate(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) if t == eot_id) + 1
+                    for r in rows)
+    expected = needed[math.ceil(0.95 * len(needed)) - 1]
+    for max_length, refused in ((needed[10], True), (expected, False)):
+        cfg = load_config(None, [f"data.train={path}", f"data.max_length={max_length}", "data.cache=false", "data.eval_size=2"])
+        report = PreflightReport()
+        eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, "<|end|>"), report)
+        assert any(f"data.max_length={expected} keeps 95%" in p for p in report.problems) == refused, report.problems
+    cfg = load_config(None, [f"data.train={path}", f"data.max_length={needed[10]}", "data.cache=false", "data.eval_size=2", "preflight.min_eot_share=0"])
+    report = PreflightReport()
+    eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, "<|end|>"), report)
+    assert not any("min_eot_share" in p for p in report.problems)
+
+
+def test_guanaco_at_256_tokens_is_refused_with_the_max_length_that_keeps_95_percent():
+    """The issue's case: at max_length=256 most guanaco samples lose their last <|end|>."""
+    from conftest import realdata
+    from test_render import real_tokenizer
+    from phinetune.train.preflight import PreflightReport, eot_report
+
+    path = realdata("datasets", "openassistant-guanaco", "openassistant_best_replies_eval.jsonl")
+    tokenizer = real_tokenizer("phi3-mini-4k")
+    shares = {}
+    for max_length in (256, None):
+        cfg = load_config(None, [f"data.train={path}", f"data.max_length={max_length or suggested}", "data.cache=false"])
+        report = PreflightReport()
+        eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, "<|end|>"), report)
+        with_eot, chat = report.eot_samples
+        shares[max_length] = with_eot / chat
+        suggested = report.max_length_for_share
+        if max_length == 256:
+            assert any("data.max_length=256, below preflight.min_eot_share=0.95" in p for p in report.problems)
+    assert shares[256] < 0.5 and shares[None] >= 0.95
+
+
 NEW_TINY = ["tiny-phi4-14b", "tiny-phi4-reasoning", "tiny-phi4-mini-reasoning", "tiny-phi3-medium"]
 
 
@@ -92,5 +187,6 @@ def test_check_on_each_new_phi_family_tiny_model(name):
 
 def test_check_cli_on_phi4_shows_its_pad_fix():
     out = run_cli("check", "model.name=tiny-phi4-14b", *FAST).stdout
-    assert "end-of-turn token <|im_end|> trained: yes (10/10 chat samples" in out
-    assert "pad token <|dummy_85|>" in out and "distinct from end-of-turn: yes" in out and "pre-flight passed" in out
+    assert "end-of-turn token <|im_end|> trained: yes" in out and "last one kept in 10/10 chat samples" in out
+    assert re.search(r"pad token <\|dummy_85\|> \(id \d+\) distinct from end-of-turn token \(id \d+\): yes", out)
+    assert "pre-flight passed" in out

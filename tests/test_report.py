@@ -98,3 +98,13 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert img.size == (1000, 2400)
     # the plots drew: matplotlib's default blue line (#1f77b4) appears in the rendered page
     assert any(abs(r - 31) < 20 and abs(g - 119) < 20 and abs(b - 180) < 20 for r, g, b in img.getdata())
+
+
+def test_compare_markdown_is_rendered_as_a_table(tmp_path):
+    run = fake_run(tmp_path)
+    (run / "compare.md").write_text("# Base vs fine-tuned: `r`\n\n| # | prompt | base | fine-tuned |\n|---|---|---|---|\n"
+                                    "| 1 | a \\| b | one<br>two | <b>x</b> |\n")
+    page = write_report(str(run), samples=0)[0].read_text()
+    assert "<th>prompt</th><th>base</th><th>fine-tuned</th>" in page
+    assert "<td>a | b</td><td>one<br>two</td><td>&lt;b&gt;x&lt;/b&gt;</td>" in page  # cell text still escaped
+    assert "| # | prompt |" not in page  # no raw Markdown block

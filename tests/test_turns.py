@@ -14,7 +14,8 @@ from phinetune.errors import ConfigError
 from phinetune.models.loading import load_tokenizer
 from phinetune.models.specs import GENERIC, SPECS
 from phinetune.models.tiny import build_tokenizer
-from phinetune.models.turns import FALLBACK_PAD, end_of_turn, fix_pad, template_end_of_turn
+from phinetune.data.end_of_turn import end_of_turn
+from phinetune.models.turns import FALLBACK_PAD, fix_pad
 
 
 def loaded(spec, tmp_path, tokenizer=None, **cfg):
@@ -27,7 +28,7 @@ def test_every_spec_closes_turns_with_its_end_of_turn_and_pads_with_another_toke
     spec = SPECS[key]
     tok = loaded(spec, tmp_path)
     eot = end_of_turn(tok, spec)
-    assert eot == spec.end_of_turn == template_end_of_turn(tok)  # the template itself writes it after a reply
+    assert eot == spec.end_of_turn == end_of_turn(tok, GENERIC)  # the template itself writes it after a reply
     eot_id = tok.convert_tokens_to_ids(eot)
     assert tok.encode(eot, add_special_tokens=False) == [eot_id]  # one token, so it can be trained
     assert tok.pad_token_id is not None and tok.pad_token_id != eot_id
@@ -49,7 +50,7 @@ def test_real_phi4_mini_tokenizer_keeps_a_distinct_pad():
     tok = GPT2TokenizerFast.from_pretrained(str(folder))
     tok.chat_template = json.loads((folder / "tokenizer_config.json").read_text())["chat_template"]
     spec = SPECS["phi4-mini"]
-    assert template_end_of_turn(tok) == "<|end|>" and tok.eos_token == "<|endoftext|>"  # eos does not close turns
+    assert end_of_turn(tok, GENERIC) == "<|end|>" and tok.eos_token == "<|endoftext|>"  # eos does not close turns
     assert fix_pad(tok, spec, end_of_turn(tok, spec)) is None
     assert tok.pad_token_id == 199999 and tok.convert_tokens_to_ids("<|end|>") == 200020
 
@@ -69,10 +70,9 @@ def test_unknown_checkpoint_gets_the_end_of_turn_its_template_writes(tmp_path):
 def test_unknown_checkpoint_with_no_closing_token_names_the_field(tmp_path):
     tok = build_tokenizer(SPECS["phi4"])
     tok.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
-    tok.save_pretrained(tmp_path)
+    tok = loaded(GENERIC, tmp_path, tok)
     with pytest.raises(ConfigError, match="set model.end_of_turn"):
-        load_tokenizer(str(tmp_path), ModelConfig(name=str(tmp_path)), GENERIC)
-    tok = load_tokenizer(str(tmp_path), ModelConfig(name=str(tmp_path), end_of_turn="<|im_end|>"), GENERIC)
+        end_of_turn(tok, GENERIC)
     assert end_of_turn(tok, GENERIC, "<|im_end|>") == "<|im_end|>"
 
 

@@ -11,10 +11,17 @@ from typing import List, Optional
 import typer
 
 from phinetune.errors import PhinetuneError
-from phinetune.progress import console
+from phinetune.progress import console, escape, silence_libraries
 
+# rich_markup_mode=None: help text is shown as written. Rich markup would read `phinetune[eval]` or
+# `[CONFIG]` as style tags and drop them.
 app = typer.Typer(help="Fine-tune Microsoft Phi models (LoRA, QLoRA, full) with no silent misconfiguration.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+@app.callback()
+def _global_options(verbose: bool = typer.Option(False, "--verbose", help="Show library warnings, logs and weight-loading bars (silenced by default).")) -> None:
+    """Options for every verb (main() reads --verbose before any library is imported)."""
 
 CONFIG_HELP = "A YAML run config (see configs/), followed by any number of dotted overrides like train.learning_rate=2e-5."
 
@@ -37,15 +44,32 @@ def resolve_config(args: Optional[List[str]]):
     return load_config(config or default_config_path(), overrides)
 
 
+def check_source(target: str) -> None:
+    """A TARGET or model.name that is a missing path or an unreachable, uncached Hub id fails here, in seconds,
+    before torch and transformers are imported."""
+    from phinetune.models.hub import check_model_name
+
+    check_model_name(target)
+
+
+def check_run(run: str) -> None:
+    if not Path(run).expanduser().exists():
+        raise PhinetuneError(f"run folder {run} does not exist; pass the output.dir of a `phinetune train` (e.g. runs/default)")
+
+
+CHECKPOINT_HELP = "For a run folder: 'last' (or step-N) uses that training checkpoint instead of the final adapter, e.g. of an interrupted run."
+
+
 @app.command()
 def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
           resume: bool = typer.Option(False, "--resume", help="Continue the run in output.dir from its latest checkpoint (also automatic when it holds the same config)."),
           nproc: int = typer.Option(1, "--nproc", min=1, help="Processes to train on (GPUs; on CPU, DDP over gloo) through accelerate / torchrun."),
           accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml.")) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
+    cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
+    check_source(cfg.model.name)
     from phinetune.train.recipe import train as run_train
 
-    cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
     if nproc > 1 or accelerate_config is not None:
         from phinetune.train.launch import launch
 
@@ -61,11 +85,13 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
           out: str = typer.Option(..., "--out", help="Folder for the merged model."),
           dtype: str = typer.Option("auto", help="Weights dtype of the merged model: auto, bf16, fp16 or fp32."),
           max_shard_size: str = typer.Option("2GB", help="Largest safetensors shard."),
-          overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder.")) -> None:
+          overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
     """Merge a LoRA/QLoRA run into a standalone model (QLoRA merges into a dequantized base)."""
+    check_run(run)
     from phinetune.export.merge import merge_run
 
-    merge_run(run, out, dtype, max_shard_size, overwrite)
+    merge_run(run, out, dtype, max_shard_size, overwrite, checkpoint)
 
 
 @app.command()
@@ -81,11 +107,13 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              batch_size: int = typer.Option(8, help="Prompts per generation batch."),
              dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
              quant: str = typer.Option("none", help="none or nf4."),
+             checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
              reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
+    check_source(target)
     from phinetune.infer.generate import run_generate
 
-    run_generate(target, prompt, input, output, max_new_tokens, temperature, top_k, top_p, seed, batch_size, dtype, quant, reasoning)
+    run_generate(target, prompt, input, output, max_new_tokens, temperature, top_k, top_p, seed, batch_size, dtype, quant, checkpoint, reasoning)
 
 
 @app.command()
@@ -93,17 +121,18 @@ def chat(target: str = typer.Argument(..., help="A run folder, a merged folder, 
          system: Optional[str] = typer.Option(None, help="Optional system prompt."),
          max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.7), top_p: float = typer.Option(0.95),
          dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
          reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Chat interactively; tokens stream as they are generated."""
-    from phinetune.errors import PhinetuneError
+    check_source(target)
     from phinetune.infer.chat import chat_loop
     from phinetune.infer.complete import Sampling
     from phinetune.runs.loading import load_for_inference
 
     if reasoning not in ("show", "hide"):
         raise PhinetuneError(f"--reasoning must be show or hide (got {reasoning})")
-    loaded = load_for_inference(target, dtype, quant)
-    chat_loop(loaded, Sampling(max_new_tokens, temperature, 0, top_p), system, reasoning=reasoning)
+    sampling = Sampling(max_new_tokens, temperature, 0, top_p)  # validated before the slow load
+    chat_loop(load_for_inference(target, dtype, quant, checkpoint=checkpoint), sampling, system, reasoning=reasoning)
 
 
 @app.command("eval")
@@ -111,20 +140,29 @@ def eval_run(run: str = typer.Argument(..., help="A run folder from `phinetune t
              tasks: str = typer.Option("arc_easy,piqa,winogrande,hellaswag", help="Comma-separated: arc_easy, arc_challenge, hellaswag, piqa, winogrande."),
              limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N items of each task."),
              shots: int = typer.Option(0, min=0, help="Few-shot examples per prompt (from the training split)."),
-             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the official eval files; default: the Hub."),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the official eval files (ARC-Easy-Test.jsonl, piqa/valid.jsonl, hellaswag_val.jsonl, dev.jsonl ...: see docs/eval.md); default: lm-eval's Hub datasets (allenai/ai2_arc, baber/piqa, Rowan/hellaswag, allenai/winogrande) through `datasets`."),
              batch_size: int = typer.Option(16, min=1, help="Sequences per forward pass."),
              harness: bool = typer.Option(False, "--harness", help="Score with the real lm-eval harness (pip install 'phinetune[eval]').")) -> None:
     """Benchmark the base model and the fine-tuned one on the same items; flag drops larger than the standard error."""
-    from phinetune.eval.compare import EvalPlan, evaluate_run
     from phinetune.eval.tasks import parse_tasks
 
-    evaluate_run(run, EvalPlan(parse_tasks(tasks), limit, shots, data_dir, batch_size, harness))
+    check_run(run)
+    chosen = parse_tasks(tasks)
+    if data_dir is None:
+        from phinetune.models.hub import require_datasets
+
+        require_datasets(sorted({t.hub[0] for t in chosen}), "eval without --data-dir",
+                         "pass --data-dir with the official files (see docs/eval.md)")
+    from phinetune.eval.compare import EvalPlan, evaluate_run
+
+    evaluate_run(run, EvalPlan(chosen, limit, shots, data_dir, batch_size, harness))
 
 
 @app.command()
 def report(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
            samples: int = typer.Option(3, min=0, help="Held-out prompts to answer with base and tuned model (0: none; RUN/compare.md wins if present).")) -> None:
     """Write RUN/report.html (self-contained) and RUN/report.md: config, pre-flight, curves, benchmarks, sample answers."""
+    check_run(run)
     from phinetune.report.page import write_report
 
     html_path, md_path = write_report(run, samples)
@@ -152,6 +190,7 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
             top_k: int = typer.Option(0), top_p: float = typer.Option(1.0), seed: Optional[int] = typer.Option(None),
             batch_size: int = typer.Option(8), dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
     """Base vs fine-tuned answers to the same prompts, side by side (terminal table + Markdown)."""
+    check_run(run)
     from phinetune.infer.compare import compare_run
     from phinetune.infer.complete import Sampling
 
@@ -171,12 +210,14 @@ def serve(target: str = typer.Argument(..., help="A run folder, a merged folder,
           dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
           reasoning: str = typer.Option("separate", help="A reply's <think> trace: separate (reasoning_content, as vLLM), hide, or inline (left in content).")) -> None:
     """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming; tools for Phi-4-mini), /v1/completions, /v1/models, /health."""
+    check_source(target)
     from phinetune.serve.run import serve as run_serve
 
     run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant, reasoning)
 
 
-bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True)
+bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
 
@@ -187,6 +228,7 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
                 batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),
                 out: Path = typer.Option(Path("bench-infer.json"), "--out", help="JSON results file.")) -> None:
     """Memory after load, peak memory, time to first token and decode tokens/s per dtype (and % of memory bandwidth on a GPU)."""
+    check_source(target)
     from phinetune.bench.infer import BenchSettings, bench_infer as run_bench
 
     try:
@@ -198,7 +240,7 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
 
 # ---------------------------------------------------------------- phinetune data ...
 
-data_app = typer.Typer(help="Look at training data before training on it.", no_args_is_help=True)
+data_app = typer.Typer(help="Look at training data before training on it.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
@@ -241,13 +283,31 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
                  out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
+    check_source(model)
     from phinetune.data.inspect import inspect_data, inspect_spec, load_inspect_tokenizer, print_inspection, write_outputs
 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
                       reasoning=reasoning, split=split, limit=limit, skip_bad_rows=skip_bad_rows)
     tokenizer, eot = load_inspect_tokenizer(model, spec)
-    ins = inspect_data(cfg, tokenizer, eot, samples, inspect_spec(model, spec))
+    try:
+        ins = inspect_data(cfg, tokenizer, eot, samples, inspect_spec(model, spec))
+    except PhinetuneError as exc:  # the readers speak config keys; this verb's user typed flags
+        raise PhinetuneError(as_inspect_flags(str(exc))) from None
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+
+
+# data.* keys as `phinetune data inspect` spells them (longest first: data.eval_size before data.eval).
+INSPECT_FLAGS = {"data.skip_bad_rows": "--skip-bad-rows", "data.max_length": "--max-length", "data.columns": "--column",
+                 "data.format": "--format", "data.split": "--split", "data.limit": "--limit", "data.mask": "--mask", "data.reasoning": "--reasoning",
+                 "data.train / data.eval": "DATA", "data.train": "DATA"}
+
+
+def as_inspect_flags(message: str) -> str:
+    import re
+
+    for key, flag in INSPECT_FLAGS.items():
+        message = re.sub(rf"(?<![\w.]){re.escape(key)}(?!\w)", flag, message)
+    return message
 
 # ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------
 
@@ -257,10 +317,12 @@ def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
     """Load, read the data and attach the adapter exactly as `train` would, print the pre-flight, and stop.
 
     Exits non-zero when the pre-flight finds a problem (the `preflight.*` overrides apply)."""
+    cfg = resolve_config(args)
+    check_source(cfg.model.name)
     from phinetune.train.check import check_config
 
-    check_config(resolve_config(args), save)
-    console.print("[bold green]pre-flight passed[/bold green]: nothing silently misconfigured was found")
+    check_config(cfg, save)
+    console.print("[bold green]pre-flight passed[/bold green]: nothing silently misconfigured was found", markup=True)
 
 
 @app.command()
@@ -270,7 +332,7 @@ def inspect(model: str = typer.Argument(..., help="A spec key (phi3.5-moe), a Ph
     from phinetune.models.inspect import analysis, load_facts
 
     for label, value in analysis(load_facts(model)).items():
-        console.print(f"[bold]{label:>15}[/bold]  {value}", highlight=False)
+        console.print(f"[bold]{label:>15}[/bold]  {escape(str(value))}", markup=True, highlight=False)
 
 
 @app.command()
@@ -315,13 +377,31 @@ def _print_validation() -> None:
                       f"estimate {m.estimate_bytes / 2**20:8.1f} MiB  measured {m.measured_bytes / 2**20:8.1f} MiB  error {m.error:+.1%}")
 
 
+def print_error(message: str) -> None:
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False)
+
+
+def path_error(exc: OSError) -> str:
+    """An OSError at a path (output.dir=/proc/x, a file where a folder should be) as one sentence."""
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return f"{where}: {exc.strerror or exc}; check the path (its parent folders must exist and be writable folders)"
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "--verbose" in sys.argv[1:2]:  # known before any library is imported (bitsandbytes logs at import)
+        os.environ["PHINETUNE_VERBOSE"] = "1"
+    silence_libraries()
     try:
         app()
     except PhinetuneError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        print_error(str(exc))
         sys.exit(getattr(exc, "exit_code", 2))  # a stop on SIGTERM/Ctrl-C exits 143/130, after its checkpoint
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug, keep its traceback
+            raise
+        print_error(path_error(exc))
+        sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

@@ -1,24 +1,67 @@
-"""Progress bars and console output shared by every long step (rich)."""
+"""Console output shared by every verb (rich): results on stdout, progress on stderr, library noise off.
+
+`console` has markup off: messages carry paths, config values and lists like `[q_proj, o_proj]` that rich
+would otherwise read as style tags and silently drop. A call that styles text passes markup=True and wraps
+every dynamic part in `escape()`.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
+from rich.markup import escape  # noqa: F401  (re-exported: the one escape for styled messages)
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
-console = Console(stderr=False, highlight=False)
+console = Console(stderr=False, highlight=False, markup=False)
+# Bars and spinners go to stderr, so `phinetune generate ... > answer.txt` captures only the answer.
+progress_console = Console(stderr=True, highlight=False, markup=False)
+
+# Loggers of libraries that print at import or load time what a user cannot act on (bitsandbytes'
+# "Failed to load CPU gemm_4bit_forward from kernels-community" even without quantization, ...).
+NOISY_LOGGERS = ("bitsandbytes", "accelerate", "torch.distributed", "peft", "datasets", "httpx", "urllib3")
 
 
 def quiet() -> bool:
     return os.environ.get("PHINETUNE_QUIET") == "1"
 
 
+def verbose() -> bool:
+    return os.environ.get("PHINETUNE_VERBOSE") == "1"
+
+
+def silence_libraries() -> None:
+    """Library warnings, info logs and weight-loading bars off, unless PHINETUNE_VERBOSE=1 (`--verbose`).
+
+    Called before transformers/peft/bitsandbytes are imported (the bitsandbytes line is logged at import)."""
+    if verbose():
+        return
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*", module="transformers")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:  # transformers 5 draws "Loading weights" / "Writing" bars through its own switch
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet(), transient=False)
+    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=progress_console, disable=quiet(), transient=False)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
@@ -28,3 +71,12 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance(task)
+
+
+def print_table(table) -> None:
+    """A table of numbers at its natural width: rich would squeeze it to the terminal (80 columns when piped)
+    and cut its figures to `1…`; a wide line that wraps in a narrow terminal still shows every digit."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    console.print(table, width=max(needed, console.width))

@@ -28,7 +28,7 @@ from rich.table import Table
 from transformers.generation.streamers import BaseStreamer
 
 from phinetune.errors import PhinetuneError
-from phinetune.progress import console
+from phinetune.progress import console, escape, print_table
 
 BENCH_DTYPES = {"bf16": ("bf16", "none"), "fp16": ("fp16", "none"), "fp32": ("fp32", "none"), "nf4": ("auto", "nf4")}
 
@@ -243,7 +243,7 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
                 results.append(run())
             except PhinetuneError as exc:  # e.g. a dtype the model's spec refuses (Phi-2 in fp16): the others still run
                 skipped[name] = str(exc)
-                console.print(f"[yellow]skipped {name}:[/yellow] {exc}")
+                console.print(f"[yellow]skipped {escape(name)}:[/yellow] {escape(str(exc))}", markup=True)
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
@@ -254,7 +254,7 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
               "results": [asdict(r) for r in results]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    console.print(render_table(report))
+    print_table(render_table(report))
     console.print(f"JSON written to {out}")
     return report
 

@@ -1,5 +1,6 @@
 """Check `plan` against reality: run one training step of a random-weight model in a fresh process and
-compare its peak memory with the estimate for the same config.
+compare its peak memory with the estimate for the same config. The model is saved to a temporary folder
+and loaded by train.prepare.prepare, the very preparation `train` and `check` use.
 
 On CPU the peak is the process's resident-set high-water mark (Linux VmHWM, reset through
 /proc/self/clear_refs once the model is built); on a CUDA GPU it is torch.cuda.max_memory_allocated.
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +58,29 @@ def build_config(name: str, sizes: dict, vocab: int):
     return tiny_config(SPECS[spec_key(name)], vocab, dict(bos_token_id=0, eos_token_id=0, pad_token_id=0), **sizes)
 
 
+def save_random_model(name: str, sizes: dict, vocab: int, folder: Path) -> Path:
+    """A random-weight checkpoint of the case (config + weights + the built-in tokenizer of its family), so the
+    child loads it through train.prepare exactly as a training run loads its base."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    from phinetune.models.tiny import build_tokenizer
+
+    logging.disable_progress_bar()  # "Writing model shards" bars would interleave with the table
+    AutoModelForCausalLM.from_config(build_config(name, sizes, vocab)).save_pretrained(folder)
+    build_tokenizer(SPECS[spec_key(name)]).save_pretrained(folder)
+    return folder
+
+
 def measure(name: str, sizes: dict, vocab: int, method: str, seq: int, batch: int, checkpointing: bool, device: str = "cpu") -> Measurement:
     """Run the step in a subprocess (a clean heap), and estimate the same run in fp32 (CPU) or bf16 (GPU)."""
-    args = json.dumps(dict(name=name, sizes=sizes, vocab=vocab, method=method, seq=seq, batch=batch, ckpt=checkpointing, device=device))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", f"from phinetune.bench.plan import _child; _child({args!r})"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    with tempfile.TemporaryDirectory(prefix="phinetune-plan-") as tmp:
+        folder = save_random_model(name, sizes, vocab, Path(tmp) / "model")
+        args = json.dumps(dict(name=name, folder=str(folder), vocab=vocab, method=method, seq=seq, batch=batch, ckpt=checkpointing, device=device))
+        proc = subprocess.run([sys.executable, "-c", f"from phinetune.bench.plan import _child; _child({args!r})"],
+                              capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement of {name} failed:\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -81,22 +99,21 @@ def _status(field: str) -> int:
 
 
 def _child(args_json: str) -> None:
-    """One LoRA/full training step; prints {"base": bytes, "peak": bytes}."""
+    """One LoRA/full training step of the model train.prepare loads; prints {"base": bytes, "peak": bytes}."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from phinetune.config.schema import AdapterConfig, ModelConfig
-    from phinetune.train.adapter import apply_adapter
+    from phinetune.config.schema import AdapterConfig, ModelConfig, RunConfig
+    from phinetune.train.prepare import prepare
 
     a = json.loads(args_json)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cuda = a["device"] == "cuda"
-    config = build_config(a["name"], a["sizes"], a["vocab"])
+    cfg = RunConfig(model=ModelConfig(name=a["folder"], spec=spec_key(a["name"]), dtype="bf16" if cuda else "fp32",
+                                      gradient_checkpointing=a["ckpt"]),
+                    adapter=AdapterConfig(method="full" if a["method"] == "full" else "lora", r=16, alpha=16, dropout=0.0,
+                                          targets="all-linear", train_new_tokens="off"))  # the estimate counts no token rows
     base = torch.cuda.memory_allocated() if cuda else _status("VmRSS")
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32).to(a["device"])
-    method = "full" if a["method"] == "full" else "lora"
-    model = apply_adapter(model, SPECS[spec_key(a["name"])], AdapterConfig(method=method, r=16, alpha=16, dropout=0.0, targets="all-linear"),
-                          ModelConfig(gradient_checkpointing=a["ckpt"]))
+    model = prepare(cfg, Path(a["folder"]).parent, with_data=False).model.to(a["device"])  # random ids below: no data
     model.train()
     ids = torch.randint(1, a["vocab"], (a["batch"], a["seq"]), device=a["device"])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

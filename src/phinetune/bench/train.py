@@ -23,6 +23,7 @@ from typing import Optional
 from phinetune.bench.peak import measured_peaks
 from phinetune.bench.workloads import WORKLOADS, Materialized, Workload, materialize
 from phinetune.errors import ConfigError, PhinetuneError
+from phinetune.extras import require
 from phinetune.progress import console
 
 SIDES = ("baseline", "phinetune")
@@ -125,6 +126,7 @@ def bench_train(workload: str = "cpu-reference", out: Optional[str] = None, pari
     if workload not in WORKLOADS:
         raise ConfigError(f"bench train --workload '{workload}' is unknown; choose one of {', '.join(WORKLOADS)}")
     w = WORKLOADS[workload]
+    require("phinetune bench train", "bench", "trl", "psutil")  # the seeds' recipe it compares against is TRL's
     if w.device == "cuda":
         import torch
 

@@ -17,18 +17,50 @@ from phinetune.errors import ConfigError
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read `path` (or the embedded defaults when None), apply `key.sub=value` overrides, validate."""
+    """Read `path` (or the embedded defaults when None), apply `key.sub=value` overrides, validate.
+
+    Errors say where the bad value came from: `FILE:LINE` for a key in the file, `command line (key=value)`
+    for an override."""
     raw = read_yaml(Path(path)) if path else {}
+    origins = {key: f"{path}:{line}" for key, line in key_lines(Path(path)).items()} if path else {}
     for item in overrides:
         apply_override(raw, item)
-    return validate_config(raw, source=str(path) if path else "defaults")
+        origins[tuple(item.split("=", 1)[0].strip().split("."))] = f"command line ({item})"
+    return validate_config(raw, source=str(path) if path else "defaults", origins=origins)
 
 
-def validate_config(raw: dict, source: str = "config") -> RunConfig:
+def validate_config(raw: dict, source: str = "config", origins: Optional[dict[tuple, str]] = None) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source)) from None
+        raise ConfigError(_explain(exc, source, origins or {})) from None
+
+
+def key_lines(path: Path) -> dict[tuple, int]:
+    """(section, key, ...) -> 1-based line of each mapping key in a YAML file (read_yaml has checked it parses)."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                here = prefix + (str(key.value),)
+                lines[here] = key.start_mark.line + 1
+                walk(value, here)
+
+    try:
+        walk(yaml.compose(path.read_text()), ())
+    except (OSError, yaml.YAMLError):
+        pass
+    return lines
+
+
+def origin_of(loc: tuple, origins: dict[tuple, str], source: str) -> str:
+    """The longest known prefix of `loc` (an override of `train` as a whole covers `train.x`), else the file."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origins:
+            return origins[loc[:n]]
+    deeper = [where for key, where in origins.items() if key[:len(loc)] == loc]  # `modle.name=x` makes `modle`
+    return deeper[-1] if deeper else source
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
@@ -66,32 +98,51 @@ def apply_override(raw: dict, item: str) -> None:
     node[keys[-1]] = yaml.safe_load(value) if value.strip() else None
 
 
-def _explain(exc: ValidationError, source: str) -> str:
+def _explain(exc: ValidationError, source: str, origins: dict[tuple, str]) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
+        where = origin_of(tuple(str(p) for p in err["loc"]), origins, source)
         if err["type"] == "extra_forbidden":
             hint = _closest(err["loc"])
-            lines.append(f"{source}: unknown key '{loc}'" + (f"; did you mean '{hint}'?" if hint else ""))
+            lines.append(f"{where}: unknown key '{loc}'" + (f"; did you mean '{hint}'?" if hint else ""))
         elif loc:
-            lines.append(f"{source}: '{loc}': {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{where}: '{loc}': {err['msg']} (got {err.get('input')!r})")
         else:
-            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
+            overridden = any(o.startswith("command line") for o in origins.values())
+            lines.append(f"{source}{' with the command-line overrides' if overridden else ''}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
-# Names people bring from transformers/PEFT/TRL and other toolkits, mapped to ours.
+# Names people bring from transformers/PEFT/TRL/axolotl and other toolkits, mapped to ours (a full dotted path,
+# with the value when the meaning is a value of ours), so `lr=1e-3` works without a section prefix.
 ALIASES = {
-    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets",
-    "lr": "learning_rate", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
-    "gradient_accumulation_steps": "grad_accum", "max_seq_length": "max_length", "output_dir": "dir",
-    "lr_scheduler_type": "scheduler", "optim": "optimizer", "torch_dtype": "dtype", "load_in_4bit": "quant",
-    "eval_steps": "eval_every", "save_steps": "save_every", "logging_steps": "log_every",
+    "rank": "adapter.r", "lora_r": "adapter.r", "lora_rank": "adapter.r", "lora_alpha": "adapter.alpha",
+    "lora_dropout": "adapter.dropout", "target_modules": "adapter.targets", "lora_target_modules": "adapter.targets",
+    "lr": "train.learning_rate", "num_train_epochs": "train.epochs", "num_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size", "micro_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum", "max_seq_length": "data.max_length", "max_seq_len": "data.max_length",
+    "sequence_len": "data.max_length", "cutoff_len": "data.max_length", "output_dir": "output.dir",
+    "lr_scheduler_type": "train.scheduler", "lr_scheduler": "train.scheduler", "optim": "train.optimizer",
+    "torch_dtype": "model.dtype", "load_in_4bit": "model.quant=nf4", "bnb_4bit_quant_type": "model.quant",
+    "quantization": "model.quant", "eval_steps": "train.eval_every", "save_steps": "train.save_every",
+    "logging_steps": "train.log_every", "model_name_or_path": "model.name", "base_model": "model.name",
+    "dataset": "data.train", "dataset_name": "data.train", "train_file": "data.train", "packing": "data.packing",
 }
 
 
+def _field_paths() -> dict[str, list[str]]:
+    """Every field name of every section -> its dotted paths (`quant` -> [model.quant])."""
+    paths: dict[str, list[str]] = {}
+    for section, field in RunConfig.model_fields.items():
+        for name in field.annotation.model_fields:
+            paths.setdefault(name, []).append(f"{section}.{name}")
+    return paths
+
+
 def _closest(loc: tuple[Any, ...]) -> Optional[str]:
-    """Walk the schema along `loc` and suggest the nearest valid key at the failing level."""
+    """Suggest the key meant: a known foreign name, our own name in another section (`adapter.quant` ->
+    `model.quant`), the nearest name at the failing level, else the nearest dotted name anywhere."""
     model: type[BaseModel] = RunConfig
     prefix = []
     for part in loc[:-1]:
@@ -100,8 +151,15 @@ def _closest(loc: tuple[Any, ...]) -> Optional[str]:
             return None
         model = field.annotation
         prefix.append(str(part))
-    alias = ALIASES.get(str(loc[-1]))
-    if alias in model.model_fields:
-        return ".".join(prefix + [alias])
-    match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
-    return ".".join(prefix + match) if match else None
+    key = str(loc[-1])
+    if key.lower() in ALIASES:
+        return ALIASES[key.lower()]
+    elsewhere = _field_paths().get(key, [])
+    if len(elsewhere) == 1:
+        return elsewhere[0]
+    match = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.5)
+    if match:
+        return ".".join(prefix + match)
+    paths = [p for ps in _field_paths().values() for p in ps]
+    anywhere = difflib.get_close_matches(key, [p.split(".")[1] for p in paths], n=1, cutoff=0.7)
+    return next((p for p in paths if p.split(".")[1] == anywhere[0]), None) if anywhere else None

@@ -87,7 +87,8 @@ class OutputConfig(_Strict):
 
 class PreflightConfig(_Strict):
     allow_unmatched_targets: bool = Field(False, description="Proceed even if a LoRA target pattern matches nothing.")
-    allow_untrained_eot: bool = Field(False, description="Proceed even if the end-of-turn token is never trained.")
+    allow_untrained_eot: bool = Field(False, description="Proceed even if the end-of-turn token is never trained, or too few samples keep it.")
+    min_eot_share: float = Field(0.95, ge=0.0, le=1.0, description="Refuse the run when fewer than this share of chat samples keep their last end-of-turn token after truncation at data.max_length (the pre-flight names the max_length that would keep it); 0 turns the check off.")
     allow_empty_samples: bool = Field(False, description="Proceed even if some samples have no trained tokens.")
     allow_untrained_new_tokens: bool = Field(False, description="Proceed even if tokens added to the vocabulary (Phi-2 ChatML) keep untrained embedding rows.")
 

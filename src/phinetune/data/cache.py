@@ -68,6 +68,7 @@ def save(cfg: DataConfig, key: str, data) -> Path:
         "version": VERSION,
         "train": [asdict(r) for r in data.train],
         "eval": [asdict(r) for r in data.eval],
+        "dropped": [asdict(r) for r in data.dropped],
         "train_records": [asdict(r) for r in data.train_records],
         "info": asdict(data.info),
     }
@@ -90,6 +91,6 @@ def load(cfg: DataConfig, key: str):
             return None
         info = DataInfo(**{**entry["info"], "cached": True})
         return PreparedData([Rendered(**r) for r in entry["train"]], [Rendered(**r) for r in entry["eval"]],
-                            [Record(**r) for r in entry["train_records"]], info)
+                            [Record(**r) for r in entry["train_records"]], info, [Rendered(**r) for r in entry["dropped"]])
     except (ValueError, KeyError, TypeError):
         return None  # a damaged entry is rebuilt, never trusted

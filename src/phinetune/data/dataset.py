@@ -38,6 +38,7 @@ class PreparedData:
     eval: list[Rendered]
     train_records: list[Record]
     info: DataInfo
+    dropped: list[Rendered] = field(default_factory=list)  # rendered samples left out: no trained token (counted by the pre-flight)
 
 
 def sample_key(rec: Record) -> str:
@@ -120,10 +121,11 @@ def _prepare(cfg: DataConfig, tokenizer, eot: str, spec: ModelSpec) -> PreparedD
     info, report = DataInfo(), ReadReport()
     train_recs, eval_recs, info.duplicates = split_records(cfg, cfg.skip_bad_rows, report)
     info.read, info.format, info.skipped, info.read_summary = report.read, report.format, report.skipped, report.summary()
-    train = tokenize(train_recs, tokenizer, cfg, eot, info, "train", spec)
-    evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval", spec)
+    dropped: list[Rendered] = []
+    train = tokenize(train_recs, tokenizer, cfg, eot, info, "train", dropped, spec)
+    evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval", dropped, spec)
     info.train, info.eval = len(train), len(evals)
-    return PreparedData(train, evals, train_recs, info)
+    return PreparedData(train, evals, train_recs, info, dropped)
 
 
 def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str, spec: Optional[ModelSpec] = None) -> Rendered:
@@ -140,8 +142,8 @@ def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str, spec: Optional[
 
 
 def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str,
-             spec: Optional[ModelSpec] = None) -> list[Rendered]:
-    out = []
+             dropped: Optional[list[Rendered]] = None, spec: Optional[ModelSpec] = None) -> list[Rendered]:
+    out, dropped = [], dropped if dropped is not None else []
     for rec in track(records, f"Tokenizing {name}"):
         r = render_at(rec, tokenizer, cfg, eot, spec)
         info.truncated += r.truncated
@@ -150,6 +152,7 @@ def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: 
             # preflight.allow_empty_samples, so truncation never silently empties a sample.
             info.empty += 1
             info.empty_where.append(rec.where)
+            dropped.append(r)
             continue
         out.append(r)
     return out

@@ -16,7 +16,8 @@ from typing import Optional
 
 from rich.text import Text
 
-from phinetune.config.schema import DataConfig, ModelConfig
+from phinetune.config.schema import DataConfig, ModelConfig, PreflightConfig
+from phinetune.data.coverage import Coverage, add_sample
 from phinetune.data.dataset import find_duplicates, render_at
 from phinetune.data.readers import ReadReport, Record, read_records
 from phinetune.data.reasoning import trace_positions
@@ -43,7 +44,8 @@ class Inspection:
     truncated: int = 0
     lost_tokens: int = 0  # tokens cut by truncation
     empty_where: list[str] = field(default_factory=list)
-    eot_trained: Optional[float] = None  # share of chat samples whose end-of-turn token is trained
+    eot_trained: Optional[float] = None  # share of chat samples whose last end-of-turn token is trained
+    coverage: Coverage = field(default_factory=Coverage)  # per turn, the same counts as the pre-flight
     trace_trained: int = 0  # trained tokens inside reasoning traces (<think>...</think>)
     warnings: list[str] = field(default_factory=list)
 
@@ -58,7 +60,7 @@ class Inspection:
             "truncated_samples": self.truncated, "truncated_share": round(self.truncated / n, 4),
             "tokens_lost_to_truncation": self.lost_tokens,
             "length": _stats(self.lengths), "empty_samples": self.empty_where,
-            "eot_trained_share": self.eot_trained, "read_summary": self.read_summary, "warnings": self.warnings,
+            "eot_trained_share": self.eot_trained, "end_of_turn": self.coverage.summary(), "read_summary": self.read_summary, "warnings": self.warnings,
         }
 
 
@@ -76,8 +78,6 @@ def inspect_data(cfg: DataConfig, tokenizer, eot: str, n_samples: int = 3, spec=
     settings = {"max_length": cfg.max_length, "mask": cfg.mask, "eot": eot, "reasoning": cfg.reasoning}
     tags = (spec or GENERIC).reasoning_tags
     out = Inspection(cfg.train, report.format, settings, report.summary(), len(records), [], find_duplicates(records))
-    eot_id = tokenizer.convert_tokens_to_ids(eot) if eot else None
-    chat, eot_hits = 0, 0
     for rec in track(records, "Tokenizing"):
         r = render_at(rec, tokenizer, cfg, eot, spec)
         if "messages" in rec.sample:
@@ -89,12 +89,10 @@ def inspect_data(cfg: DataConfig, tokenizer, eot: str, n_samples: int = 3, spec=
         out.lost_tokens += r.full_length - len(r.input_ids)
         if r.n_trained == 0:
             out.empty_where.append(rec.where)
-        if "messages" in rec.sample:
-            chat += 1
-            eot_hits += eot_id is not None and eot_id in r.labels
+        add_sample(out.coverage, r, cfg.mask, eot)
         if len(out.samples) < n_samples:
             out.samples.append((rec, r))
-    out.eot_trained = round(eot_hits / chat, 4) if chat else None
+    out.eot_trained = round(out.coverage.last_eot_share, 4) if out.coverage.chat_samples else None
     out.warnings = _warnings(out, records, cfg)
     return out
 
@@ -108,8 +106,15 @@ def _warnings(ins: Inspection, records: list[Record], cfg: DataConfig) -> list[s
     if ins.empty_where:
         warns.append(f"{len(ins.empty_where)} sample(s) have no trained tokens at max_length={cfg.max_length} "
                      f"(e.g. {', '.join(ins.empty_where[:3])}); training refuses them unless preflight.allow_empty_samples")
+    cov, floor = ins.coverage, PreflightConfig().min_eot_share
+    warns += [f"mask violation: {v}" for v in cov.violations[:5]]
+    if cov.turns_without_eot:
+        warns.append(f"{len(cov.turns_without_eot)} assistant turn(s) end without the end-of-turn token {ins.settings['eot']} "
+                     f"(e.g. {cov.turns_without_eot[0]})")
     if ins.eot_trained is not None and ins.eot_trained < 1.0:
-        warns.append(f"the end-of-turn token is trained in only {ins.eot_trained:.0%} of conversations")
+        warns.append(f"the last end-of-turn token is trained in only {ins.eot_trained:.0%} of conversations at max_length={cfg.max_length}"
+                     + (f"; training refuses below {floor:.0%} (preflight.min_eot_share): max_length={cov.max_length_for(floor)} keeps {floor:.0%}"
+                        if ins.eot_trained < floor else ""))
     return warns
 
 
@@ -117,9 +122,9 @@ def _warnings(ins: Inspection, records: list[Record], cfg: DataConfig) -> list[s
 
 def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
     """(tokenizer, end-of-turn token) for a tiny-* name, a Hub id in the local cache, or a local folder."""
+    from phinetune.data.end_of_turn import end_of_turn
     from phinetune.models.loading import load_tokenizer
     from phinetune.models.specs import SPECS, TINY_MODELS
-    from phinetune.models.turns import end_of_turn
 
     spec = inspect_spec(model, spec_key)
     cfg = ModelConfig(name=model, spec=spec_key)
@@ -134,15 +139,9 @@ def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
     return tokenizer, end_of_turn(tokenizer, spec)
 
 
-def inspect_spec(model: str, spec_key: Optional[str] = None):
-    """The spec for --model: by name, else from a local folder's config.json."""
-    from phinetune.models.specs import get_spec, spec_from_config
-
-    spec = get_spec(model, spec_key)
-    config = Path(model).expanduser() / "config.json"
-    if spec.key == "generic" and config.exists():
-        spec = spec_from_config(json.loads(config.read_text()))
-    return spec
+    eot_trained: Optional[float] = None  # share of chat samples whose last end-of-turn token is trained
+    coverage: Coverage = field(default_factory=Coverage)  # per turn, the same counts as the pre-flight
+    trace_trained: int = 0  # trained tokens inside reasoning traces (<think>...</think>)
 
 
 # ---------------------------------------------------------------- output
@@ -221,7 +220,7 @@ def write_outputs(ins: Inspection, tokenizer, out_dir: Path) -> dict[str, Path]:
 
 def print_inspection(ins: Inspection, tokenizer, paths: dict[str, Path]) -> None:
     s = ins.summary()
-    console.rule(f"[bold]data inspect: {ins.source}")
+    console.rule(Text(f"data inspect: {ins.source}", style="bold"))
     console.print(f"format: {ins.format}   records: {ins.records}   duplicates: {s['duplicates']}   "
                   f"mask: {ins.settings['mask']}   max_length: {ins.settings['max_length']}   end-of-turn: {ins.settings['eot']}", highlight=False)
     if ins.read_summary:
@@ -233,6 +232,11 @@ def print_inspection(ins: Inspection, tokenizer, paths: dict[str, Path]) -> None
     console.print(f"reasoning traces: {s['reasoning_trained_tokens']:,} trained tokens inside <think>...</think> "
                   f"({s['reasoning_share_of_trained']:.1%} of trained tokens; data.reasoning={ins.settings['reasoning']})", highlight=False)
     console.print(f"length (tokens, before truncation): {s['length']}", highlight=False)
+    cov = ins.coverage
+    if cov.chat_samples:
+        console.print(f"end-of-turn {ins.settings['eot']}: own token trained in {cov.turns_eot_trained}/{cov.turns} assistant turns"
+                      f"{f' ({cov.turns_cut} cut by max_length)' if cov.turns_cut else ''}; last one kept in "
+                      f"{cov.last_eot_trained}/{cov.chat_samples} chat samples; {len(cov.violations)} mask violation(s)", highlight=False)
     console.print(text_histogram(ins.lengths, ins.settings["max_length"]), highlight=False, markup=False)
     for rec, r in ins.samples:
         console.print(f"--- {rec.where} ({len(r.input_ids)} tokens, {r.n_trained} trained; trained text in [[ ]])", highlight=False)

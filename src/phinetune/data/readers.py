@@ -17,6 +17,7 @@ from typing import Iterator, Optional, Union
 
 from phinetune.data.formats import FORMATS, NOTE, RowError, detect_format
 from phinetune.errors import DataError
+from phinetune.models.hub import check_dataset_access, looks_like_path
 
 # One JSONL line larger than this is refused rather than read: a line that size is almost always a
 # file that is not JSON Lines at all (a whole JSON array or a binary dump), and reading it would hold
@@ -210,7 +211,7 @@ def source_rows(source: str, split: str = "train") -> Iterator[tuple[Row, str]]:
 
 def _refuse_missing_file(source: str) -> None:
     """Something shaped like a file path that does not exist is a typo, not a Hub id to try."""
-    if Path(source).suffix in _LOADERS or source.startswith((".", "/", "~")):
+    if Path(source).suffix in _LOADERS or looks_like_path(source):
         raise DataError(f"data file '{source}' does not exist; check data.train / data.eval")
 
 
@@ -223,6 +224,7 @@ def _hub_dataset(source: str, split: str) -> Iterator[tuple[Row, str]]:
 def _load_hub(source: str, split: str):
     import datasets
 
+    check_dataset_access()  # an unreachable Hub: cache only, no minute of retries
     try:
         return datasets.load_dataset(source, split=split)
     except Exception as exc:  # datasets raises many types (not found, offline, bad split); all mean the same to the user

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 from rich.table import Table
+from rich.text import Text
 
 from phinetune.eval.scoring import TaskResult, evaluate_task, mean_stderr
 from phinetune.eval.tasks import Task, load_docs
-from phinetune.progress import console
+from phinetune.progress import console, escape, print_table
 from phinetune.runs.run_dir import RunDir
 
 @dataclass
@@ -79,11 +80,11 @@ def evaluate_run(run_path: str, plan: EvalPlan) -> dict:
               "seconds": round(time.perf_counter() - start, 2), "rows": compare_rows(base, tuned),
               "base": {k: v.as_dict() for k, v in base.items()}, "tuned": {k: v.as_dict() for k, v in tuned.items()}}
     run.eval_report.write_text(json.dumps(report, indent=1))
-    console.print(comparison_table(report))
+    print_table(comparison_table(report))
     drops = [r for r in report["rows"] if r["drop"]]
     if drops:
-        console.print(f"[bold red]{len(drops)} score(s) dropped by more than their standard error[/bold red] "
-                      "(possible knowledge loss: " + ", ".join(f"{r['task']} {r['metric']}" for r in drops) + ")")
+        console.print(f"[bold red]{len(drops):d} score(s) dropped by more than their standard error[/bold red] "
+                      + escape("(possible knowledge loss: " + ", ".join(f"{r['task']} {r['metric']}" for r in drops) + ")"), markup=True)
     console.print(f"saved {run.eval_report}")
     return report
 
@@ -91,9 +92,9 @@ def evaluate_run(run_path: str, plan: EvalPlan) -> dict:
 def comparison_table(report: dict) -> Table:
     table = Table(title=f"base vs fine-tuned ({report['scorer']}, {report['shots']}-shot, "
                         f"{'all' if not report['limit'] else report['limit']} items per task)")
-    for col in ("task", "metric", "n", "base", "tuned", "delta", "stderr", ""):
-        table.add_column(col, justify="left" if col in ("task", "metric", "") else "right")
+    for col in ("task", "metric", "n", "base", "tuned", "delta", "stderr", "flag"):
+        table.add_column(col, justify="right" if col in ("n", "base", "tuned", "delta", "stderr") else "left")
     for r in report["rows"]:
-        flag = "[bold red]DROP > stderr[/bold red]" if r["drop"] else ""
+        flag = Text("DROP > stderr", style="bold red") if r["drop"] else ""
         table.add_row(r["task"], r["metric"], str(r["n"]), f"{r['base']:.4f}", f"{r['tuned']:.4f}", f"{r['delta']:+.4f}", f"{r['stderr']:.4f}", flag)
     return table

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from phinetune.errors import DataError, PhinetuneError
+from phinetune.models.hub import check_dataset_access
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ def docs_from_hub(task: Task, split: str) -> list[Doc]:
     import datasets
 
     path, name, _ = task.hub
+    check_dataset_access()  # an unreachable Hub: cache only, no minute of retries
     try:
         rows = datasets.load_dataset(path, name, split=split)
     except Exception as exc:  # offline, no cache, renamed dataset: say which and how to work around it

@@ -15,7 +15,7 @@ def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, 
     """`reasoning=hide` prints only what follows a reply's </think>; the history keeps the answer only either way
     (earlier traces are not fed back, as reasoning models are prompted)."""
     history: list[dict] = [{"role": "system", "content": system}] if system else []
-    console.print("[dim]Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits.[/dim]")
+    console.print("[dim]Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits.[/dim]", markup=True)
     while True:
         try:
             text = read("you> ").strip()
@@ -26,11 +26,12 @@ def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, 
             return
         if text == "/reset":
             history = history[:1] if system else []
+            console.print("[dim]conversation cleared" + (" (system prompt kept)" if system else "") + "[/dim]", markup=True)
             continue
         if not text:
             continue
         history.append({"role": "user", "content": text})
-        console.print("[bold]phi>[/bold] ", end="")
+        console.print("[bold]phi>[/bold] ", end="", markup=True)
         reply, shown = "", 0
         for piece in stream_reply(loaded, history, sampling):
             reply += piece

@@ -28,13 +28,13 @@ class Sampling:
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
-        checks = {"max_new_tokens must be >= 1": self.max_new_tokens >= 1,
-                  "temperature must be >= 0 (0 = greedy)": self.temperature >= 0,
-                  "top_k must be >= 0 (0 = off)": self.top_k >= 0,
-                  "top_p must be in (0, 1]": 0 < self.top_p <= 1}
-        bad = [msg for msg, ok in checks.items() if not ok]
-        if bad:
-            raise PhinetuneError(f"invalid sampling setting: {bad[0]} (got {self})")
+        checks = [("max_new_tokens", "must be >= 1", self.max_new_tokens >= 1),
+                  ("temperature", "must be >= 0 (0 = greedy)", self.temperature >= 0),
+                  ("top_k", "must be >= 0 (0 = off)", self.top_k >= 0),
+                  ("top_p", "must be in (0, 1]", 0 < self.top_p <= 1)]
+        for name, rule, ok in checks:
+            if not ok:
+                raise PhinetuneError(f"{name} {rule} (got {getattr(self, name)})")
 
     def kwargs(self) -> dict:
         if self.temperature <= 0:

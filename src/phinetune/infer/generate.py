@@ -7,6 +7,7 @@ Each output line is the input line (other fields such as an `id` kept) plus `res
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -59,13 +60,13 @@ def shown_reply(text: str, loaded: Loaded, reasoning: str) -> str:
 
 def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], max_new_tokens: int,
                  temperature: float, top_k: int, top_p: float, seed: Optional[int], batch_size: int, dtype: str, quant: str,
-                 reasoning: str = "show") -> list[str]:
+                 checkpoint: Optional[str] = None, reasoning: str = "show") -> list[str]:
     """`reasoning`: show a reply's <think> trace (default) or hide it (keep the final answer only)."""
     if (prompt is None) == (input is None):
         raise PhinetuneError("give either a PROMPT or --input FILE.jsonl (exactly one)")
     rows = read_prompt_rows(input) if input else [{"messages": [{"role": "user", "content": prompt}]}]
     sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
-    loaded = load_for_inference(target, dtype, quant)
+    loaded = load_for_inference(target, dtype, quant, checkpoint=checkpoint)
     results = answer_all(loaded, [r["messages"] for r in rows], sampling, batch_size)
     answers = [shown_reply(r.text, loaded, reasoning) for r in results]
     if output:
@@ -76,6 +77,7 @@ def run_generate(target: str, prompt: Optional[str], input: Optional[Path], outp
                 fh.write(json.dumps(out, ensure_ascii=False) + "\n")
         console.print(f"{len(answers)} answers written to {output}")
     else:
-        for answer in answers:
-            console.print(answer, markup=False, highlight=False)
+        for answer in answers:  # the result, as is: no markup, no wrapping at the terminal width
+            sys.stdout.write(answer + "\n")
+        sys.stdout.flush()
     return answers

@@ -16,9 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from phinetune.config.schema import ModelConfig
 from phinetune.errors import ConfigError, PhinetuneError
+from phinetune.models.hub import builtin_hint, check_model_name
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
-from phinetune.models.turns import end_of_turn, fix_pad
+from phinetune.models.turns import fix_pad
 from phinetune.paths import cache_root
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -68,7 +69,7 @@ def resolve_model_path(cfg: ModelConfig, base_dir: Optional[Path] = None, seed: 
 
 
 def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
-    tokenizer = _hub_call(path, lambda: AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
+    tokenizer = _hub_call(path, cfg.revision, lambda: AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
     if spec.added_tokens:
         new = [t for t in spec.added_tokens if t not in tokenizer.get_vocab()]
         if new:
@@ -77,7 +78,9 @@ def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
                 tokenizer.add_special_tokens({"pad_token": "<PAD>"})
     if spec.template and not tokenizer.chat_template:
         tokenizer.chat_template = read_template(spec.template)
-    fix_pad(tokenizer, spec, end_of_turn(tokenizer, spec, cfg.end_of_turn))
+    # The end of turn as the model layer knows it (data/end_of_turn.py reads unknown templates; the pre-flight
+    # refuses a pad that still equals it): the case that matters, pad = eos = end of turn, is caught here.
+    fix_pad(tokenizer, spec, cfg.end_of_turn or spec.end_of_turn or tokenizer.eos_token)
     return tokenizer
 
 
@@ -93,7 +96,7 @@ def load_model(path: str, cfg: ModelConfig, spec: ModelSpec, tokenizer, dtype: D
             bnb_4bit_quant_storage=dtype.dtype if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else torch.uint8)
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = _hub_call(path, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))
+    model = _hub_call(path, cfg.revision, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))
     resize_for_tokenizer(model, tokenizer, spec)
     return model
 
@@ -105,17 +108,12 @@ def resize_for_tokenizer(model: PreTrainedModel, tokenizer, spec: ModelSpec) -> 
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def _hub_call(name: str, fn):
+def _hub_call(name: str, revision: Optional[str], fn):
+    check_model_name(name, revision)  # a path-like name or an unreachable Hub: one sentence now, not after 50 s of retries
     try:
         return fn()
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
         hint = ("it is not in the local Hugging Face cache and the Hub cannot be reached; download it on a connected "
                 f"machine (huggingface-cli download {name}) or set model.name to a local folder") if offline else str(exc).splitlines()[0]
-        raise PhinetuneError(f"could not load model '{name}': {hint}") from None
-
-
-def stop_token_ids(tokenizer, spec: ModelSpec) -> list[int]:
-    names = spec.stop_tokens or (tokenizer.eos_token,)
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in names if t in vocab]
+        raise PhinetuneError(f"could not load model '{name}': {hint} ({builtin_hint(name)})") from None

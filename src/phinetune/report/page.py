@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -142,11 +143,34 @@ def eval_section(run: RunDir) -> Optional[Section]:
     return Section("Benchmarks: base vs fine-tuned", f"<p>{esc(note)}</p>{table}", f"{note}\n\n{md_table(header, rows)}")
 
 
+def markdown_tables_html(text: str) -> str:
+    """compare.md as HTML: its `| a | b |` tables as tables (cells keep their `<br>` line breaks, escaped `\\|`
+    stays a bar), headings and other lines as paragraphs. Only the Markdown compare.md writes, not Markdown at large."""
+    out, table = [], []
+
+    def flush() -> None:
+        if len(table) >= 2:
+            out.append(html_table(table[0], table[2:] if set(table[1]) <= {"---", ""} else table[1:], css="wide")
+                       .replace("&lt;br&gt;", "<br>"))
+        table.clear()
+
+    for line in text.splitlines():
+        if line.strip().startswith("|"):
+            cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+            table.append([c.strip().replace("\\|", "|") for c in cells])
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{esc(line.lstrip('# ').strip())}</p>")
+    flush()
+    return "".join(out)
+
+
 def samples_section(run: RunDir, n: int) -> Optional[Section]:
     compare = run.compare
-    if compare.exists():  # written by another verb: show it as it is
+    if compare.exists():  # written by `phinetune compare`: its Markdown tables become HTML tables
         text = compare.read_text()
-        return Section("Sample answers: before vs after", f"<pre>{esc(text)}</pre>", text)
+        return Section("Sample answers: before vs after", markdown_tables_html(text), text)
     rows = cached_samples(run)
     if rows is None and n > 0:
         rows = generate_samples(run, n)

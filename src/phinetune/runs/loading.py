@@ -6,16 +6,18 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from peft import PeftModel
 
 from phinetune.config.schema import ModelConfig
-from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny, stop_token_ids
+from phinetune.errors import PhinetuneError
+from phinetune.data.end_of_turn import stop_token_ids
+from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
-from phinetune.progress import console
-from phinetune.runs.run_dir import RunDir, merged_spec_key
+from phinetune.progress import progress_console
+from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key
 
 
 @dataclass
@@ -36,21 +38,53 @@ def is_run_dir(path: str) -> bool:
     return RunDir(Path(path)).info_file.exists()
 
 
-def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", adapter: bool = True) -> Loaded:
-    """`adapter=False` on a run folder gives the base model alone (for before/after comparisons)."""
-    with console.status(f"Loading {target}"):
+def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", adapter: bool = True,
+                       checkpoint: Optional[str] = None) -> Loaded:
+    """`adapter=False` on a run folder gives the base model alone (for before/after comparisons).
+
+    `checkpoint` ('last', 'step-N' or 'N') takes a run's trainable weights from that training checkpoint
+    instead of its final adapter: the way to use a run that was interrupted before it finished."""
+    if checkpoint is not None and not is_run_dir(target):
+        raise PhinetuneError(f"--checkpoint needs a run folder from `phinetune train`; {target} is not one")
+    with progress_console.status(f"Loading {target}"):
         if is_run_dir(target):
-            return _load_run(RunDir.open(target), dtype, quant, adapter)
+            run = RunDir.open(target)
+            return _load_run(run, dtype, quant, adapter, pick_checkpoint(run, checkpoint) if adapter else None)
         return _load_plain(target, dtype, quant)
 
 
-def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool) -> Loaded:
+def pick_checkpoint(run: RunDir, choice: Optional[str]) -> Optional[Path]:
+    """The checkpoint `choice` names; None (final weights) when not asked and the run finished."""
+    found = run.checkpoint_dirs()
+    if choice is None:
+        if run.has_final_weights:
+            return None
+        status = run.read_info().status
+        offer = (f"pass --checkpoint last to use its last checkpoint ({found[-1][1].name})" if found else
+                 "it saved no checkpoint to use; re-run its `phinetune train` command to finish it")
+        raise PhinetuneError(f"{run.path} is an unfinished run ({status}) with no final weights; {offer}")
+    if not found:
+        raise PhinetuneError(f"--checkpoint {choice}: {run.path} holds no checkpoint (none under {run.checkpoints})")
+    if choice == "last":
+        return found[-1][1]
+    step = choice.removeprefix("step-")
+    for n, path in found:
+        if step.isdigit() and n == int(step):
+            return path
+    raise PhinetuneError(f"--checkpoint {choice}: no such checkpoint in {run.path}; it has "
+                         f"{', '.join(p.name for _, p in found)} (or pass 'last')")
+
+
+def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool, checkpoint: Optional[Path] = None) -> Loaded:
     info, cfg = run.read_info(), run.read_config()
     spec = get_spec(cfg.model.name, cfg.model.spec)
     mcfg = cfg.model.model_copy(update={"quant": quant, "dtype": dtype})
     plan = choose_dtype(dtype, spec)
     tokenizer = load_tokenizer(str(run.tokenizer), mcfg, spec)
-    if run.is_full and adapter:
+    if checkpoint is not None:
+        model = load_model(info.base_model, mcfg, spec, tokenizer, plan, device_map())
+        model = _apply_checkpoint(model, checkpoint)
+    elif run.is_full and adapter:
         model = load_model(str(run.full_model), mcfg, spec, tokenizer, plan, device_map())
     else:
         model = load_model(info.base_model, mcfg, spec, tokenizer, plan, device_map())
@@ -58,6 +92,28 @@ def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool) -> Loaded:
             model = PeftModel.from_pretrained(model, str(run.adapter))
     model.eval()
     return Loaded(model, tokenizer, spec, stop_token_ids(tokenizer, spec), str(run.path))
+
+
+def _apply_checkpoint(model, checkpoint: Path):
+    """Rebuild the run's adapter from the config the checkpoint carries, then load its trainable weights.
+
+    A checkpoint holds only what was trained (train/checkpoint.py), under the names of the trained model,
+    so every saved tensor must land on a parameter: an unexpected name means another run's checkpoint.
+    A full fine-tune's checkpoint carries no adapter config: its weights load into the base itself."""
+    from peft import PeftConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    if (checkpoint / ADAPTER_CONFIG).exists():
+        model = get_peft_model(model, PeftConfig.from_pretrained(str(checkpoint)))
+    saved = load_file(str(checkpoint / CHECKPOINT_WEIGHTS), device=str(_device(model)))
+    unexpected = model.load_state_dict(saved, strict=False).unexpected_keys
+    if unexpected:
+        raise PhinetuneError(f"{checkpoint} holds weights this run's model does not have (e.g. {unexpected[0]}); it belongs to another run")
+    return model
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _load_plain(target: str, dtype: str, quant: str) -> Loaded:
@@ -92,16 +148,16 @@ def base_and_tuned(run: RunDir, dtype: str = "auto", quant: str = "none") -> Ite
     the second is loaded.
     """
     if run.is_full:
-        with console.status(f"Loading the base of {run.path}"):
+        with progress_console.status(f"Loading the base of {run.path}"):
             base = _load_run(run, dtype, quant, adapter=False)
         yield "base", base
         del base
         gc.collect()
-        with console.status(f"Loading {run.path}"):
+        with progress_console.status(f"Loading {run.path}"):
             tuned = _load_run(run, dtype, quant, adapter=True)
         yield "tuned", tuned
         return
-    with console.status(f"Loading {run.path}"):
+    with progress_console.status(f"Loading {run.path}"):
         loaded = _load_run(run, dtype, quant, adapter=True)
     with loaded.model.disable_adapter():
         yield "base", loaded

@@ -24,6 +24,10 @@ from phinetune.config import RunConfig, dump_config, load_config
 from phinetune.errors import PhinetuneError
 
 MERGED_MARKER = "phinetune.json"  # in a merged folder: {"spec": key, "merged_from": run path}
+# RUN/checkpoints/step-N/ (published by one rename from .tmp-step-N/) holds STATE once complete, and for a
+# PEFT run the adapter's own config (ADAPTER_CONFIG), so the checkpoint loads without the training code.
+CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX, CHECKPOINT_STATE = "step-", ".tmp-step-", "trainer_state.json"
+CHECKPOINT_WEIGHTS, ADAPTER_CONFIG = "model.safetensors", "adapter_config.json"
 
 
 @dataclass
@@ -101,6 +105,19 @@ class RunDir:
     @property
     def is_full(self) -> bool:
         return self.full_model.exists()
+
+    @property
+    def has_final_weights(self) -> bool:
+        return self.adapter.exists() or self.full_model.exists()
+
+    def checkpoint_dirs(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints, oldest first. A folder counts only once its rename published it."""
+        if not self.checkpoints.exists():
+            return []
+        n = len(CHECKPOINT_PREFIX)
+        found = [(int(p.name[n:]), p) for p in self.checkpoints.iterdir()
+                 if p.name.startswith(CHECKPOINT_PREFIX) and p.name[n:].isdigit() and (p / CHECKPOINT_STATE).exists()]
+        return sorted(found)
 
 
 def write_merged_marker(folder: Path, spec_key: str, run: RunDir) -> None:

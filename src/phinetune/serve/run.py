@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Optional
 
 from phinetune.errors import PhinetuneError
+from phinetune.extras import require
+from phinetune.progress import console, escape
 from phinetune.runs.loading import load_for_inference
-from phinetune.progress import console
-from phinetune.serve.app import ServeSettings, create_app
-from phinetune.serve.tools import REASONING_MODES
 
 
 def default_model_name(target: str) -> str:
@@ -27,14 +27,28 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Bind and release the address uvicorn will bind (port 0 means any free port: nothing to check)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "busy"
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PhinetuneError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (another server there?); "
+                                 "pass another --port or stop the other server") from None
+
+
 def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None, model_name: Optional[str] = None,
           max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
           dtype: str = "auto", quant: str = "none", reasoning: str = "separate") -> None:
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn
-    except ImportError:
-        raise PhinetuneError("phinetune serve needs FastAPI and uvicorn: pip install 'phinetune[serve]'") from None
+    require("phinetune serve", "serve", "fastapi", "uvicorn")  # core dependencies; a trimmed install may lack them
+    import uvicorn
+
+    from phinetune.serve.app import ServeSettings, create_app
+    from phinetune.serve.tools import REASONING_MODES
 
     limits = {"--port": (port, 0, 65535), "--max-tokens": (max_tokens, 1, 1 << 20), "--max-body-kb": (max_body_kb, 1, 1 << 20),
               "--max-queue": (max_queue, 1, 1 << 16), "--max-batch": (max_batch, 1, 1024)}
@@ -45,8 +59,9 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optio
         raise PhinetuneError(f"--reasoning must be one of {', '.join(REASONING_MODES)} (got {reasoning})")
     api_key = api_key or os.environ.get("PHINETUNE_API_KEY") or None
     if not is_loopback(host) and not api_key:
-        console.print(f"[bold yellow]warning:[/bold yellow] serving on {host} without an API key: anyone who can reach this "
-                      "address can use the model (set --api-key or PHINETUNE_API_KEY)")
+        console.print(f"[bold yellow]warning:[/bold yellow] serving on {escape(host)} without an API key: anyone who can reach this "
+                      "address can use the model (set --api-key or PHINETUNE_API_KEY)", markup=True)
+    check_port_free(host, port)  # before the slow model load, not as uvicorn's Errno 98 after it
     loaded = load_for_inference(target, dtype, quant)
     settings = ServeSettings(model_name or default_model_name(target), api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch,
                              reasoning=reasoning)

@@ -27,12 +27,12 @@ from safetensors.torch import load_file
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError
 from phinetune.train.guards import disk_guard
-from phinetune.runs.run_dir import RunDir
+from phinetune.runs.run_dir import (ADAPTER_CONFIG, CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
+                                    CHECKPOINT_TMP_PREFIX as TMP_PREFIX, CHECKPOINT_WEIGHTS, RunDir)
 
 if TYPE_CHECKING:
     from phinetune.train.recipe import Loop
 
-PREFIX, TMP_PREFIX, STATE = "step-", ".tmp-step-", "trainer_state.json"
 # Keys that change how a run is saved or reported, not what it computes: a resume may change them.
 IGNORED_FOR_IDENTITY = {("output", "overwrite"), ("train", "keep_checkpoints"), ("train", "save_every"),
                         ("train", "report_to"), ("train", "log_every"), ("train", "recall_check")}
@@ -64,6 +64,8 @@ def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
         if resume:
             raise PhinetuneError(f"--resume: {run.path} holds no run to resume; drop --resume to start a new run there")
         return None
+    if never_trained(run):
+        return None  # nothing to keep (a wrong data path, a failed pre-flight): the corrected command replaces it
     differences = config_differences(run, cfg)
     if differences:
         raise PhinetuneError(f"output folder {run.path} already holds a different run ({'; '.join(differences[:4])}); "
@@ -71,6 +73,19 @@ def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
     if run.info_file.exists() and run.read_info().status == "finished":
         raise PhinetuneError(f"the run in {run.path} already finished; choose another output.dir or pass output.overwrite=true to train it again")
     return latest_checkpoint(run)
+
+
+def never_trained(run: RunDir) -> bool:
+    """A run folder of ours that holds no completed work: no checkpoint, no final weights, not finished.
+
+    Only folders that hold nothing but run-folder files count, so an output.dir pointed at a folder with
+    other files in it is never deleted."""
+    known = {value.fget(run).name for value in vars(RunDir).values()
+             if isinstance(value, property) and isinstance(value.fget(run), Path)}
+    if not run.config.exists() or any(p.name not in known for p in run.path.iterdir()):
+        return False
+    finished = run.info_file.exists() and run.read_info().status == "finished"
+    return not finished and latest_checkpoint(run) is None and not run.has_final_weights
 
 
 def config_differences(run: RunDir, cfg: RunConfig) -> list[str]:
@@ -89,12 +104,7 @@ def config_differences(run: RunDir, cfg: RunConfig) -> list[str]:
 # ---------------------------------------------------------------- listing
 
 def checkpoints(run: RunDir) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first. A folder counts only once its rename published it."""
-    if not run.checkpoints.exists():
-        return []
-    found = [(int(p.name[len(PREFIX):]), p) for p in run.checkpoints.iterdir()
-             if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and (p / STATE).exists()]
-    return sorted(found)
+    return run.checkpoint_dirs()
 
 
 def latest_checkpoint(run: RunDir) -> Optional[Path]:
@@ -129,6 +139,7 @@ def save_checkpoint(loop: "Loop", step: int) -> Path:
                 state = {"step": step, "num_processes": acc.num_processes, "rows": rows_digest(loop.train_rows),
                          "total_steps": loop.total_steps}
                 (tmp / STATE).write_text(json.dumps(state, indent=2))
+                _save_adapter_config(acc.unwrap_model(loop.model), tmp)
                 _fsync_tree(tmp)
                 shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step after a resume
                 os.replace(tmp, final)
@@ -140,6 +151,13 @@ def save_checkpoint(loop: "Loop", step: int) -> Path:
             raise
     acc.wait_for_everyone()
     return final
+
+
+def _save_adapter_config(model, folder: Path) -> None:
+    """A PEFT model's own config beside its weights: inference rebuilds the adapter from it (runs/loading.py)."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is not None:
+        config.save_pretrained(str(folder))
 
 
 def prune(run: RunDir, keep: int) -> None:
@@ -193,7 +211,7 @@ def register_trainable_only(accelerator, model: torch.nn.Module) -> None:
 
     def load_trainable(models, input_dir):
         for i, m in enumerate(list(models)):
-            file = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            file = Path(input_dir) / (CHECKPOINT_WEIGHTS if i == 0 else f"model_{i}.safetensors")
             saved = load_file(str(file))
             missing = trainable - set(saved)
             if missing:

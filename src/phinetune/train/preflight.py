@@ -1,8 +1,11 @@
 """The pre-flight: prove the run trains what the user thinks it trains, before spending GPU time.
 
 Refuses (unless explicitly overridden in `preflight.*`): a LoRA target that matches nothing, samples with
-no trained tokens, an end-of-turn token that is never trained (the model would never learn to stop), and
-tokens added to the vocabulary whose embedding rows would stay untrained. Everything it saw is printed
+no trained tokens, an end-of-turn token that is never trained (the model would never learn to stop), fewer
+than preflight.min_eot_share of the chat samples keeping their last end-of-turn token after truncation
+(naming the max_length that would), and tokens added to the vocabulary whose embedding rows would stay
+untrained. Always refused: an assistant turn whose own end-of-turn token is kept but not trained, or a
+token trained outside the assistant turns (data/coverage.py; each named by file:line and turn). Everything it saw is printed
 and saved as RUN/preflight.json.
 """
 
@@ -18,12 +21,13 @@ from rich.table import Table
 from rich.text import Text
 
 from phinetune.config import RunConfig
+from phinetune.data.coverage import coverage
 from phinetune.data.dataset import PreparedData
-from phinetune.data.render import IGNORE, Rendered
+from phinetune.data.render import Rendered
 from phinetune.errors import PreflightError
+from phinetune.data.end_of_turn import end_of_turn
 from phinetune.models.specs import ModelSpec
-from phinetune.models.turns import end_of_turn
-from phinetune.progress import console
+from phinetune.progress import console, escape
 from phinetune.train.adapter import resolve_targets, trainable_counts
 from phinetune.train.targets import layer_type, peft_matches, unmatched_message
 
@@ -47,7 +51,10 @@ class PreflightReport:
     total: int = 0
     eot_token: str = ""
     eot_trained: bool = True
-    eot_samples: tuple[int, int] = (0, 0)  # chat samples with a trained end-of-turn / chat samples
+    eot_samples: tuple[int, int] = (0, 0)  # chat samples whose LAST end-of-turn is trained / chat samples
+    eot_turns: tuple[int, int] = (0, 0)  # assistant turns whose own end-of-turn is trained / turns the mask trains
+    coverage: dict = field(default_factory=dict)  # data.coverage.Coverage.summary(): the same counts as `data inspect`
+    max_length_for_share: int = 0  # set when too few samples keep their last end-of-turn token
     eot_id: Optional[int] = None
     pad_token: str = ""
     pad_id: Optional[int] = None
@@ -133,31 +140,42 @@ def new_token_report(model, tokenizer, spec: ModelSpec, cfg: RunConfig, report: 
 
 # ---- data side ----------------------------------------------------------------------------------------
 
-def eot_report(tokenizer, spec: ModelSpec, cfg: RunConfig, data: PreparedData, report: PreflightReport) -> None:
-    report.eot_token = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
-    eot_id = report.eot_id = tokenizer.convert_tokens_to_ids(report.eot_token)
+def eot_report(tokenizer, spec: ModelSpec, cfg: RunConfig, data: PreparedData, report: PreflightReport, eot: str = "") -> None:
+    """Per turn: each assistant turn's own end-of-turn token trained, nothing trained outside the turns,
+    and enough samples keeping their last end-of-turn token after truncation (else it never learns to stop)."""
+    report.eot_token = eot or end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
+    report.eot_id = tokenizer.convert_tokens_to_ids(report.eot_token)
     report.pad_token, report.pad_id = tokenizer.pad_token or "", tokenizer.pad_token_id
-    if report.pad_id is not None and report.pad_id == eot_id:
-        report.problems.append(f"the pad token {report.pad_token} is the end-of-turn token (id {eot_id}): padding would hide the token that "
-                               "teaches the model to stop; give the tokenizer a distinct pad token")
-    chat = [r for r, rec in zip(data.train, data.train_records) if "messages" in rec.sample]
-    with_eot = sum(1 for r in chat if eot_id in r.labels)
-    report.eot_samples = (with_eot, len(chat))
-    report.eot_trained = not chat or with_eot > 0
-    if not report.eot_trained and not cfg.preflight.allow_untrained_eot:
+    if report.pad_id is not None and report.pad_id == report.eot_id:
+        report.problems.append(f"the pad token {report.pad_token} is the end-of-turn token (id {report.eot_id}): padding would hide the "
+                               "token that teaches the model to stop; give the tokenizer a distinct pad token")
+    cov = coverage([*data.train, *data.eval, *data.dropped], cfg.data.mask, report.eot_token)  # the whole data set
+    report.coverage = cov.summary()
+    report.eot_turns = (cov.turns_eot_trained, cov.turns)
+    report.eot_samples = (cov.last_eot_trained, cov.chat_samples)
+    report.eot_trained = not cov.chat_samples or cov.turns_eot_trained > 0
+    report.problems += cov.violations[:5] + ([f"... and {len(cov.violations) - 5} more mask violation(s)"] if len(cov.violations) > 5 else [])
+    if cov.turns_without_eot and not cfg.preflight.allow_untrained_eot:
+        report.problems.append(f"{len(cov.turns_without_eot)} assistant turn(s) end without the end-of-turn token {report.eot_token} "
+                               f"(e.g. {cov.turns_without_eot[0]}), so the model would never learn to stop; check the chat template "
+                               "and model.spec (override: preflight.allow_untrained_eot=true)")
+    elif not report.eot_trained and not cfg.preflight.allow_untrained_eot:
         report.problems.append(f"the end-of-turn token {report.eot_token} is never trained, so the model would never learn to stop; check the chat template and data.mask (override: preflight.allow_untrained_eot=true)")
+    floor = cfg.preflight.min_eot_share
+    if cov.chat_samples and cov.last_eot_share < floor and not cfg.preflight.allow_untrained_eot:
+        report.max_length_for_share = cov.max_length_for(floor)
+        report.problems.append(
+            f"only {cov.last_eot_trained}/{cov.chat_samples} chat samples ({cov.last_eot_share:.0%}) keep their last end-of-turn token "
+            f"{report.eot_token} at data.max_length={cfg.data.max_length}, below preflight.min_eot_share={floor:g}: the others never "
+            f"learn to stop; data.max_length={report.max_length_for_share} keeps {floor:.0%} (override: preflight.min_eot_share=0)")
 
 
 def mask_pieces(rendered: Rendered, tokenizer) -> list[tuple[str, bool]]:
-    """The sample as (text, trained) runs: consecutive tokens with the same mask state are merged."""
-    pieces: list[tuple[str, bool]] = []
-    for tid, label in zip(rendered.input_ids, rendered.labels):
-        text, trained = tokenizer.decode([tid]), label != IGNORE
-        if pieces and pieces[-1][1] == trained:
-            pieces[-1] = (pieces[-1][0] + text, trained)
-        else:
-            pieces.append((text, trained))
-    return pieces
+    """The sample as (text, trained) runs, decoded per run as `data inspect` does: a character split over
+    several byte-level tokens (é, emoji, CJK) decodes whole instead of as replacement characters."""
+    from phinetune.data.inspect import mask_segments
+
+    return mask_segments(rendered, tokenizer)
 
 
 def show_mask(pieces: list[tuple[str, bool]], plain: bool = False) -> Text:
@@ -170,14 +188,14 @@ def show_mask(pieces: list[tuple[str, bool]], plain: bool = False) -> Text:
     return out
 
 
-def check(cfg: RunConfig, spec: ModelSpec, model, tokenizer, data: PreparedData, dtype=None) -> PreflightReport:
+def check(cfg: RunConfig, spec: ModelSpec, model, tokenizer, data: PreparedData, dtype=None, eot: str = "") -> PreflightReport:
     report = PreflightReport()
     report.trainable, report.total = trainable_counts(model)
     report.layers = layer_rows(model)
     if cfg.adapter.method == "lora":
         target_report(model, spec, cfg, report)
     new_token_report(model, tokenizer, spec, cfg, report)
-    eot_report(tokenizer, spec, cfg, data, report)
+    eot_report(tokenizer, spec, cfg, data, report, eot)
     report.empty_samples = data.info.empty
     if report.empty_samples and not cfg.preflight.allow_empty_samples:
         where = ", ".join(data.info.empty_where[:5]) + (", ..." if len(data.info.empty_where) > 5 else "")
@@ -201,14 +219,14 @@ def dtype_plan(cfg: RunConfig, spec: ModelSpec, dtype) -> dict[str, str]:
 # ---- output -------------------------------------------------------------------------------------------
 
 def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data: PreparedData) -> None:
-    console.rule("[bold]pre-flight")
+    console.rule(Text("pre-flight", style="bold"))
     d = report.dtype
     console.print(f"model spec: {spec.key}   method: {cfg.adapter.method}   dtype: {d.get('dtype')} ({d.get('reason')})   quant: {d.get('quant')}")
     for key, why in d.items():
         if key.startswith("refused"):
             console.print(f"  {key}: {why}")
     for pattern, hits in report.matches.items():
-        console.print(f"  target {pattern!r}: {len(hits)} match(es)" + (f", e.g. {hits[0]}" if hits else "  [red]NONE[/red]"))
+        console.print(escape(f"  target {pattern!r}: {len(hits)} match(es)") + (escape(f", e.g. {hits[0]}") if hits else "  [red]NONE[/red]"), markup=True)
     console.print(layers_table(report))
     if report.not_adapted:
         console.print(f"not adapted (by choice of targets): {', '.join(report.not_adapted)}")
@@ -219,11 +237,15 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
                   f"{data.info.train} train / {data.info.eval} eval, {data.info.truncated} truncated, {report.empty_samples} with no trained token"
                   + (" (tokenized data from cache)" if data.info.cached else ""))
     if data.info.read_summary:
-        console.print(f"[yellow]{data.info.read_summary}[/yellow]")
-    with_eot, chat = report.eot_samples
-    console.print(f"end-of-turn token {report.eot_token} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} ({with_eot}/{chat} chat samples; id {report.eot_id})")
+        console.print(data.info.read_summary, style="yellow")
+    (with_eot, chat), (turns_ok, turns) = report.eot_samples, report.eot_turns
+    cut = report.coverage.get("turns_cut_by_max_length", 0)
+    console.print(f"end-of-turn token {escape(str(report.eot_token))} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} "
+                  f"(own token of {turns_ok:d}/{turns:d} assistant turns{f', {cut:d} cut by max_length' if cut else ''}; "
+                  f"last one kept in {with_eot:d}/{chat:d} chat samples)", markup=True, highlight=False)
     distinct = report.pad_id != report.eot_id
-    console.print(f"pad token {report.pad_token} (id {report.pad_id}) distinct from end-of-turn: {'yes' if distinct else '[red]NO[/red]'}")
+    console.print(f"pad token {escape(str(report.pad_token))} (id {report.pad_id}) distinct from end-of-turn token (id {report.eot_id}): "
+                  f"{'yes' if distinct else '[red]NO[/red]'}", markup=True, highlight=False)
     if report.sample:
         plain = not console.is_terminal
         console.print("one sample, trained tokens " + ("between [[ ]]:" if plain else "in green:"), markup=False)
@@ -243,10 +265,11 @@ def save_report(report: PreflightReport, path: Path) -> None:
     path.write_text(json.dumps(report.to_json(), indent=2))
 
 
-def run_preflight(cfg, spec, model, tokenizer, data, dtype, verbose: bool = True, save_to: Optional[Path] = None) -> PreflightReport:
-    report = check(cfg, spec, model, tokenizer, data, dtype)
+def run_preflight(cfg, prepared, verbose: bool = True, save_to: Optional[Path] = None) -> PreflightReport:
+    """The pre-flight of a train.prepare.Prepared run (train and check both come here)."""
+    report = check(cfg, prepared.spec, prepared.model, prepared.tokenizer, prepared.data, prepared.dtype, prepared.eot)
     if verbose:
-        print_report(report, cfg, spec, data)
+        print_report(report, cfg, prepared.spec, prepared.data)
     if save_to is not None:
         save_report(report, save_to)
     if report.problems:

@@ -12,8 +12,10 @@ from phinetune.data.readers import Record
 from phinetune.infer.complete import Sampling, generate_batch
 from phinetune.runs.held_out import prompts_of
 from phinetune.runs.loading import Loaded
-from phinetune.models.loading import stop_token_ids
+from phinetune.data.end_of_turn import stop_token_ids
 from phinetune.models.specs import get_spec
+from rich.text import Text
+
 from phinetune.progress import console
 
 
@@ -36,8 +38,8 @@ def recall_check(model, tokenizer, records: list[Record], cfg: RunConfig) -> tup
     for k in range(0, len(prompts), 8):
         answers += generate_batch(loaded, prompts[k:k + 8], Sampling(max_new_tokens=48))
     hits = sum(_norm(a).startswith(_norm(e)) for a, e in zip(answers, expected))
-    console.rule("[bold]recall check")
+    console.rule(Text("recall check", style="bold"))
     for p, e, a in list(zip(prompts, expected, answers))[:3]:
         console.print(f"Q: {p[-1]['content']}\n  trained: {e}\n  model:   {a[:120]}")
-    console.print(f"[bold]recall: {hits}/{len(expected)} training answers reproduced (greedy decoding)")
+    console.print(f"[bold]recall: {hits:d}/{len(expected):d} training answers reproduced (greedy decoding)", markup=True)
     return hits, len(expected)

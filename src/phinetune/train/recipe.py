@@ -19,24 +19,21 @@ from transformers import get_scheduler
 
 from phinetune import __version__
 from phinetune.config import RunConfig
-from phinetune.data.dataset import PreparedData, prepare_data
+from phinetune.data.dataset import PreparedData
 from phinetune.data.packing import Row, batches, collate, make_rows
-from phinetune.errors import PhinetuneError
-from phinetune.models.loading import load_model, load_tokenizer, resolve_model_path
-from phinetune.models.turns import end_of_turn
-from phinetune.models.specs import TINY_MODELS, get_spec
+from phinetune.errors import PhinetuneError, PreflightError
+from phinetune.models.specs import TINY_MODELS
 from phinetune.progress import console, progress
-from phinetune.train.adapter import apply_adapter
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
 from phinetune.train.launch import check_distributed
-from phinetune.train.guards import StopRequests, check_finite, disk_guard, is_oom, oom_message
+from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
 from phinetune.train.memory import release_freed_memory
 from phinetune.train.metrics import MetricsLog
 from phinetune.train.plots import plot_losses
-from phinetune.train.precision import choose_train_dtype
 from phinetune.train.preflight import run_preflight
 from phinetune.runs.run_dir import RunDir, RunInfo
+from phinetune.train.prepare import prepare
 from phinetune.train.tracking import Trackers, accelerator_kwargs
 
 
@@ -67,22 +64,28 @@ class Loop:
     steps_per_epoch: int
     log: MetricsLog
     start_step: int = 0  # > 0 when resumed from a checkpoint
+    done: int = 0  # optimizer steps completed so far (what run.json's status reports when a run stops)
 
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     loop = setup(cfg, resume)
-    if loop.start_step:
-        first_eval = next((r["eval_loss"] for r in loop.run.read_metrics() if r.get("step") == 0 and "eval_loss" in r), None)
-        console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
-    else:
-        first_eval = evaluate(loop) if loop.eval_rows else None
-        if first_eval is not None:
-            loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
-    run_steps(loop, loop.start_step)
-    final_eval = evaluate(loop) if loop.eval_rows else None
-    if final_eval is not None:
-        loop.log.write(step=loop.total_steps, eval_loss=final_eval, eval_ppl=math.exp(min(final_eval, 50)))
-    save(loop)
+    try:
+        if loop.start_step:
+            first_eval = next((r["eval_loss"] for r in loop.run.read_metrics() if r.get("step") == 0 and "eval_loss" in r), None)
+            console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
+        else:
+            first_eval = evaluate(loop) if loop.eval_rows else None
+            if first_eval is not None:
+                loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
+        announce_plan(loop)
+        run_steps(loop, loop.start_step)
+        final_eval = evaluate(loop) if loop.eval_rows else None
+        if final_eval is not None:
+            loop.log.write(step=loop.total_steps, eval_loss=final_eval, eval_ppl=math.exp(min(final_eval, 50)))
+        save(loop)
+    except BaseException as exc:
+        record_stop(loop.run, loop.accelerator, exc, loop.done)
+        raise
     if loop.log.trackers is not None:
         loop.log.trackers.close()
     result = TrainResult(loop.run, first_eval, final_eval, loop.total_steps)
@@ -100,18 +103,43 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     set_seed(cfg.train.seed)
     check_distributed(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
-    spec = get_spec(cfg.model.name, cfg.model.spec)
-    with accelerator.main_process_first():  # a tiny base is written once, then read by the others
-        path = resolve_model_path(cfg.model, run.base, seed=cfg.train.seed)
-    dtype = choose_train_dtype(cfg, spec, path)
-    with console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
-        tokenizer = load_tokenizer(path, cfg.model, spec)
-        model = load_model(path, cfg.model, spec, tokenizer, dtype)
-    base_ref = str(Path(path).resolve()) if cfg.model.name in TINY_MODELS else cfg.model.name
-    run.write_info(RunInfo(base_ref, spec.key, cfg.adapter.method, cfg.model.quant, dtype.name, phinetune_version=__version__))
-    data = prepare_data(cfg.data, tokenizer, end_of_turn(tokenizer, spec, cfg.model.end_of_turn), spec)
-    model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
-    run_preflight(cfg, spec, model, tokenizer, data, dtype, accelerator.is_main_process,
+    try:  # the folder is ours from here: a failure is recorded in run.json, and the next start replaces it
+        return build_loop(cfg, run, checkpoint, accelerator)
+    except BaseException as exc:
+        record_stop(run, accelerator, exc, None, cfg)
+        raise
+
+
+def stop_status(exc: BaseException, done: Optional[int]) -> str:
+    """run.json's status for a run that stopped: failed at pre-flight / interrupted at step N / failed at step N."""
+    reason = " ".join(line.strip() for line in str(exc).splitlines()).removeprefix("pre-flight failed:").strip()
+    reason = reason[:300] or type(exc).__name__
+    if isinstance(exc, PreflightError):
+        return f"failed at pre-flight: {reason}"
+    if isinstance(exc, (TrainingStopped, KeyboardInterrupt)):
+        return "interrupted before training" if done is None else f"interrupted at step {done}"
+    return f"failed before training: {reason}" if done is None else f"failed at step {done + 1}: {reason}"
+
+
+def record_stop(run: RunDir, accelerator, exc: BaseException, done: Optional[int], cfg: Optional[RunConfig] = None) -> None:
+    if not accelerator.is_main_process or not run.path.exists():
+        return
+    try:
+        if run.info_file.exists():
+            run.set_status(stop_status(exc, done))
+        elif cfg is not None:  # stopped before the model loaded: say so all the same
+            run.write_info(RunInfo(cfg.model.name, cfg.model.spec or "", cfg.adapter.method, cfg.model.quant, cfg.model.dtype,
+                                   status=stop_status(exc, done), phinetune_version=__version__))
+    except OSError:
+        pass  # recording is best effort: the original error is what the user needs
+
+
+def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator) -> Loop:
+    prepared = prepare(cfg, run.base, accelerator.main_process_first)
+    model, tokenizer, data = prepared.model, prepared.tokenizer, prepared.data
+    base_ref = str(Path(prepared.path).resolve()) if cfg.model.name in TINY_MODELS else cfg.model.name
+    run.write_info(RunInfo(base_ref, prepared.spec.key, cfg.adapter.method, cfg.model.quant, prepared.dtype.name, phinetune_version=__version__))
+    run_preflight(cfg, prepared, accelerator.is_main_process,
                   save_to=run.preflight if accelerator.is_main_process else None)
     train_rows = make_rows(data.train, cfg.data.max_length, cfg.data.packing)
     eval_rows = make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
@@ -126,12 +154,42 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
                 steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process))
     if checkpoint is not None:
-        loop.start_step = load_checkpoint(loop, checkpoint)
+        loop.start_step = loop.done = load_checkpoint(loop, checkpoint)
         if accelerator.is_main_process:
             truncate_metrics(run, loop.start_step, loop.total_steps)
     if accelerator.is_main_process and cfg.train.report_to:
         loop.log.trackers = Trackers(accelerator, run, cfg, loop.start_step)
     return loop
+
+
+# The embedded default trains 30 epochs over the 64 bundled riddles: right for memorising a toy set, far too
+# many passes for a real data file (500 rows x 30 epochs is 2,520 steps, ~20 min on CPU) if copied unchanged.
+DEFAULT_SAMPLE_PASSES = 30 * 64
+ETA_STEPS = 3  # steps timed (after the first, which warms up) for the time estimate
+
+
+def announce_plan(loop: Loop) -> None:
+    """Steps, tokens and sample passes before the bar, and a warning when the passes dwarf the default's."""
+    if not loop.accelerator.is_main_process:
+        return
+    cfg = loop.cfg.train
+    epochs = loop.total_steps / loop.steps_per_epoch
+    tokens = sum(len(r) for r in loop.train_rows) * epochs
+    samples = len(loop.data.train)
+    console.print(f"plan: {loop.total_steps:,} optimizer steps ({epochs:.3g} epochs x {loop.steps_per_epoch:,} steps, "
+                  f"{cfg.batch_size * cfg.grad_accum * loop.accelerator.num_processes} sequences each), "
+                  f"~{tokens:,.0f} tokens over {samples:,} training samples")
+    passes = samples * epochs
+    if cfg.max_steps is None and epochs >= 5 and passes > 4 * DEFAULT_SAMPLE_PASSES:
+        console.print(f"[bold yellow]warning:[/bold yellow] {epochs:.3g} epochs over {samples:,} samples is {passes:,.0f} sample "
+                      f"passes, {passes / DEFAULT_SAMPLE_PASSES:.0f}x the embedded default's (30 epochs over 64 riddles); for a "
+                      "real data set 1-3 epochs is usual: set train.epochs or train.max_steps", markup=True)
+
+
+def eta_message(seconds_per_step: float, remaining: int) -> str:
+    total = seconds_per_step * remaining
+    when = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min" if total >= 60 else f"{total:.0f} s"
+    return f"ETA: ~{when} for the remaining {remaining:,} steps ({seconds_per_step:.2f} s per step so far)"
 
 
 def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -186,7 +244,10 @@ def run_steps(loop: Loop, start: int = 0) -> None:
     with progress() as bar, StopRequests() as stop:
         task = bar.add_task("Training", total=loop.total_steps, completed=start, info="")
         window_tokens, window_start = 0, time.perf_counter()
+        eta_from, eta_start = start + 1, None
         for step in range(start, loop.total_steps):
+            if step == eta_from:
+                eta_start = time.perf_counter()
             try:
                 stats = train_step(loop, step)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -194,7 +255,7 @@ def run_steps(loop: Loop, start: int = 0) -> None:
                     raise
                 raise PhinetuneError(oom_message(loop.cfg, step)) from None
             window_tokens += stats["tokens"]
-            done = step + 1
+            done = loop.done = step + 1
             if done % cfg.log_every == 0 or done == loop.total_steps:
                 elapsed = time.perf_counter() - window_start
                 loop.log.write(step=done, epoch=round(done / loop.steps_per_epoch, 3), loss=stats["loss"], lr=stats["lr"],
@@ -208,6 +269,8 @@ def run_steps(loop: Loop, start: int = 0) -> None:
             if stop.requested(loop.accelerator):
                 raise stop.stopped(done, saved or save_checkpoint(loop, done))
             bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}")
+            if eta_start is not None and done == eta_from + ETA_STEPS and done < loop.total_steps and loop.accelerator.is_main_process:
+                console.print(eta_message((time.perf_counter() - eta_start) / ETA_STEPS, loop.total_steps - done))
 
 
 @torch.no_grad()

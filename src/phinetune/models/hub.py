@@ -1,0 +1,129 @@
+"""Before anything asks the Hugging Face Hub for a name: is it a local path, a built-in model, cached, or reachable?
+
+Without this, every uncached name on a machine without network costs ~50 s of retries inside
+huggingface_hub before an error, and a mistyped folder (`runs/nope`) is tried as a Hub id and answered with
+`huggingface-cli download runs/nope`. Here a path-like name is never sent to the Hub, and one short probe
+(a HEAD of the endpoint, PROBE_TIMEOUT seconds) decides whether the Hub is there; when it is not, the process
+switches the libraries to offline mode, so cached names load at once and uncached ones fail at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+from pathlib import Path
+from typing import Optional
+
+from phinetune.errors import PhinetuneError
+
+PROBE_TIMEOUT = 3.0
+
+
+def endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def looks_like_path(name: str) -> bool:
+    """`./x`, `/abs`, `~/x`, `a\\b`, `runs/a/b`, or `runs/nope` when `runs/` is a local folder: never a Hub id.
+
+    A Hub id is `name` or `owner/name`; `owner/name` counts as a path only when `owner` exists here."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/"):
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
+
+
+def offline_env() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    """One HEAD request with a short timeout (no retries): any HTTP answer means the Hub is there."""
+    if offline_env():
+        return False
+    import httpx
+
+    try:
+        httpx.head(endpoint(), timeout=PROBE_TIMEOUT)
+        return True
+    except httpx.HTTPError:
+        go_offline()
+        return False
+
+
+def go_offline() -> None:
+    """Offline mode for this process: huggingface_hub, transformers and datasets then use only the cache."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True  # read at import; transformers asks huggingface_hub.is_offline_mode()
+    try:
+        import datasets.config
+
+        datasets.config.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
+def is_cached(repo_id: str, revision: Optional[str] = None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "tokenizer_config.json"):
+        try:
+            if isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str):
+                return True
+        except Exception:  # an id huggingface_hub rejects (bad characters) is not cached
+            return False
+    return False
+
+
+def builtin_hint(name: str) -> str:
+    from phinetune.models.specs import TINY_MODELS
+
+    close = difflib.get_close_matches(name, list(TINY_MODELS), n=1, cutoff=0.6)
+    return (f"did you mean {close[0]}? " if close else "") + f"built-in models: {', '.join(TINY_MODELS)}"
+
+
+def check_model_name(name: str, revision: Optional[str] = None, what: str = "model") -> None:
+    """Return when `name` can be loaded without a long wait; else one sentence saying what to do.
+
+    Local folders and built-in tiny names pass; a cached Hub id passes (offline mode is switched on when the
+    Hub is unreachable, so loading it does not wait on retries); an uncached Hub id passes only when the Hub
+    answers the probe."""
+    from phinetune.models.specs import TINY_MODELS
+
+    if name in TINY_MODELS or Path(name).expanduser().exists():
+        return
+    if looks_like_path(name):
+        raise PhinetuneError(f"could not load {what} '{name}': no such folder; pass a run folder from `phinetune train`, "
+                             f"a merged or model folder, a Hub id, or a built-in model ({builtin_hint(name)})")
+    reachable = hub_reachable()
+    if reachable or is_cached(name, revision):
+        return
+    raise PhinetuneError(f"could not load {what} '{name}': it is not a local folder, a built-in model ({builtin_hint(name)}) "
+                         f"or in the local Hugging Face cache, and the Hub ({endpoint()}) cannot be reached; on a connected "
+                         f"machine run `huggingface-cli download {name}`, or pass a local folder")
+
+
+def check_dataset_access() -> None:
+    """Before `datasets` asks the Hub for a dataset: switch to offline mode (cache only) when it is unreachable."""
+    hub_reachable()
+
+
+def dataset_cached(repo_id: str) -> bool:
+    """Whether `datasets` may find `repo_id` offline: its files in the Hub cache or its arrow cache (a folder check)."""
+    from huggingface_hub import constants
+
+    hub = Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}"
+    arrow = Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets")) / repo_id.replace("/", "___")
+    return hub.exists() or arrow.exists()
+
+
+def require_datasets(repo_ids: list[str], what: str, instead: str) -> None:
+    """Fail in seconds, before loading any model, when Hub datasets are neither reachable nor cached."""
+    missing = [r for r in repo_ids if not dataset_cached(r)]
+    if missing and not hub_reachable():
+        raise PhinetuneError(f"{what} reads {', '.join(missing)} from the Hub ({endpoint()}), which cannot be reached, "
+                             f"and they are not in the local cache; {instead}")

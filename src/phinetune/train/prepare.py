@@ -1,0 +1,52 @@
+"""THE preparation of a run: spec, dtype plan, tokenizer, model (with its adapter) and tokenized data.
+
+`train` (train/recipe.py), `check` (train/check.py), `bench train` (bench/train_child.py, through
+recipe.setup) and `plan --validate` (models/plan_measure.py) all call `prepare`, so what `check` reports
+is what `train` runs: the same dtype choice (choose_train_dtype: bf16 on a CPU with bf16 units where it is
+sound; `check` once used choose_dtype and reported fp32 there), the same end-of-turn token (end_of_turn),
+the same data and the same adapter. Nothing here writes to a run folder; the caller decides that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Optional
+
+from phinetune.config import RunConfig
+from phinetune.data.dataset import PreparedData, prepare_data
+from phinetune.data.end_of_turn import end_of_turn
+from phinetune.models.loading import DtypePlan, load_model, load_tokenizer, resolve_model_path
+from phinetune.models.specs import ModelSpec, get_spec
+from phinetune.progress import progress_console
+from phinetune.train.adapter import apply_adapter
+from phinetune.train.precision import choose_train_dtype
+
+
+@dataclass
+class Prepared:
+    spec: ModelSpec
+    dtype: DtypePlan
+    tokenizer: object
+    model: object  # the base with its adapter applied (PEFT model for LoRA)
+    data: Optional[PreparedData]  # None when prepare(..., with_data=False)
+    path: str  # where the base was loaded from (a built-in tiny model's materialized folder)
+    eot: str  # end_of_turn(tokenizer, spec): the token every assistant turn must end with
+
+
+def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[], ContextManager] = contextlib.nullcontext,
+            with_data: bool = True) -> Prepared:
+    """Load, tokenize and adapt exactly as training does. `base_dir` receives a built-in tiny model's
+    weights (training passes RUN/base; None: the shared cache); `first` guards writing them (accelerate's main_process_first when several processes start)."""
+    spec = get_spec(cfg.model.name, cfg.model.spec)
+    with first():  # a tiny base is written once, then read by the others
+        path = resolve_model_path(cfg.model, base_dir, seed=cfg.train.seed)
+    dtype = choose_train_dtype(cfg, spec, path)
+    with progress_console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
+        tokenizer = load_tokenizer(path, cfg.model, spec)
+        model = load_model(path, cfg.model, spec, tokenizer, dtype)
+    eot = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
+    data = prepare_data(cfg.data, tokenizer, eot, spec) if with_data else None
+    model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
+    return Prepared(spec, dtype, tokenizer, model, data, path, eot)

@@ -1,0 +1,96 @@
+"""Names that are paths never go to the Hub, and an unreachable Hub costs seconds, not a minute of retries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from conftest import SRC
+from phinetune.errors import PhinetuneError
+from phinetune.models.hub import check_model_name, looks_like_path
+
+
+@pytest.mark.parametrize("name", ["./x", "../x", "/abs/model", "~/models/x", "runs/a/b", "a\\b", "folder/"])
+def test_path_shapes_are_never_hub_ids(name):
+    assert looks_like_path(name)
+
+
+def test_owner_slash_name_is_a_path_only_when_the_owner_folder_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert not looks_like_path("runs/nope") and not looks_like_path("microsoft/phi-2")
+    (tmp_path / "runs").mkdir()
+    assert looks_like_path("runs/nope") and not looks_like_path("microsoft/phi-2")
+
+
+@given(st.from_regex(r"[a-z][a-z0-9-]{0,12}/[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True))
+def test_hub_shaped_ids_are_not_paths_here(name):
+    """`owner/name` where no folder `owner` exists here (the test's cwd has none of these) is a Hub id."""
+    if not Path(name.split("/")[0]).exists():
+        assert not looks_like_path(name)
+
+
+def test_missing_folder_is_one_sentence_listing_the_builtin_models(tmp_path):
+    with pytest.raises(PhinetuneError, match=r"could not load model '.*nope': no such folder.*tiny-phi3, tiny-phi2"):
+        check_model_name(str(tmp_path / "nope"))
+
+
+def test_offline_uncached_id_says_what_to_do_and_suggests_the_builtin_name(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PhinetuneError, match=r"did you mean tiny-phi\d\?.*tiny-phi3, tiny-phi2.*huggingface-cli download tiny-phi5"):
+        check_model_name("tiny-phi5")
+
+
+def _online_env(tmp_path: Path) -> dict:
+    """The environment of a user who never set HF_HUB_OFFLINE, with an empty Hugging Face cache."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    return {**env, "PYTHONPATH": str(SRC), "HF_HOME": str(tmp_path / "hf-home"), "PHINETUNE_QUIET": "1", "COLUMNS": "200"}
+
+
+UNCACHED = "phinetune-test/no-such-model"
+COMMANDS = [
+    (["generate", "runs/nope", "hi"], "runs/nope"),
+    (["generate", UNCACHED, "hi"], UNCACHED),
+    (["chat", "./nope"], "./nope"),
+    (["serve", "/nonexistent/run"], "/nonexistent/run"),
+    (["generate", "tiny-phi5", "hi"], "tiny-phi5"),
+    (["merge", "runs/nope", "--out", "merged"], "runs/nope"),
+    (["train", f"model.name={UNCACHED}", "output.dir=out"], UNCACHED),
+    (["data", "inspect", "builtin:riddles", "--model", UNCACHED], UNCACHED),
+]
+
+
+@pytest.mark.parametrize("args,name", COMMANDS, ids=[" ".join(a[:2]) for a, _ in COMMANDS])
+def test_no_command_waits_on_the_hub(args, name, tmp_path):
+    """Without HF_HUB_OFFLINE (this machine has no route to the Hub; elsewhere the Hub answers 404 quickly)."""
+    (tmp_path / "runs").mkdir()
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "phinetune", *args], cwd=tmp_path, env=_online_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - start
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and name in out
+    assert "huggingface-cli download runs/" not in out and "huggingface-cli download ./" not in out
+    assert elapsed < 10, f"{elapsed:.1f} s: {out}"
+
+
+def test_eval_without_data_dir_fails_fast_when_the_hub_is_unreachable(tiny_run, tmp_path):
+    from phinetune.models.hub import hub_reachable
+
+    env = _online_env(tmp_path)
+    hub_reachable.cache_clear()
+    if subprocess.run([sys.executable, "-c", "from phinetune.models.hub import hub_reachable; raise SystemExit(hub_reachable())"],
+                      env=env).returncode:
+        pytest.skip("the Hub is reachable from here")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "phinetune", "eval", str(tiny_run), "--limit", "2"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and "cannot be reached" in out and "--data-dir" in out, out
+    assert time.perf_counter() - start < 10
