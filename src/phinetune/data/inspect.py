@@ -139,9 +139,15 @@ def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
     return tokenizer, end_of_turn(tokenizer, spec)
 
 
-    eot_trained: Optional[float] = None  # share of chat samples whose last end-of-turn token is trained
-    coverage: Coverage = field(default_factory=Coverage)  # per turn, the same counts as the pre-flight
-    trace_trained: int = 0  # trained tokens inside reasoning traces (<think>...</think>)
+def inspect_spec(model: str, spec_key: Optional[str] = None):
+    """The spec for --model: by name, else from a local folder's config.json."""
+    from phinetune.models.specs import get_spec, spec_from_config
+
+    spec = get_spec(model, spec_key)
+    config = Path(model).expanduser() / "config.json"
+    if spec.key == "generic" and config.exists():
+        spec = spec_from_config(json.loads(config.read_text()))
+    return spec
 
 
 # ---------------------------------------------------------------- output
