@@ -15,7 +15,7 @@ from phinetune.models.loading import load_tokenizer
 from phinetune.models.specs import GENERIC, SPECS
 from phinetune.models.tiny import build_tokenizer
 from phinetune.data.end_of_turn import end_of_turn
-from phinetune.models.turns import FALLBACK_PAD, fix_pad
+from phinetune.models.pad import FALLBACK_PAD, fix_pad
 
 
 def loaded(spec, tmp_path, tokenizer=None, **cfg):

@@ -19,7 +19,7 @@ from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.models.hub import builtin_hint, check_model_name
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
-from phinetune.models.turns import fix_pad
+from phinetune.models.pad import fix_pad
 from phinetune.paths import cache_root
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
