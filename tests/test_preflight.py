@@ -179,7 +179,8 @@ def test_check_on_each_new_phi_family_tiny_model(name):
     assert report.problems == []
     assert {r.layer_type for r in report.layers if r.kind == "lora"} == {
         f"layers.*.{t}" for t in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
-    assert report.eot_token == spec.end_of_turn and report.eot_trained and report.eot_samples == (10, 10)
+    assert report.eot_token == spec.end_of_turn and report.eot_trained
+    assert report.eot_samples[0] == report.eot_samples[1] > 0 and report.eot_turns[0] == report.eot_turns[1] > 0
     assert report.pad_id is not None and report.pad_id != report.eot_id
     trained = "".join(t for t, on in report.sample if on)
     assert trained.endswith(spec.end_of_turn) and "<|im_start|>" not in trained and "<|user|>" not in trained
@@ -187,6 +188,6 @@ def test_check_on_each_new_phi_family_tiny_model(name):
 
 def test_check_cli_on_phi4_shows_its_pad_fix():
     out = run_cli("check", "model.name=tiny-phi4-14b", *FAST).stdout
-    assert "end-of-turn token <|im_end|> trained: yes" in out and "last one kept in 10/10 chat samples" in out
+    assert re.search(r"end-of-turn token <\|im_end\|> trained: yes \(own token of (\d+)/\1 assistant turns", out)
     assert re.search(r"pad token <\|dummy_85\|> \(id \d+\) distinct from end-of-turn token \(id \d+\): yes", out)
     assert "pre-flight passed" in out
