@@ -151,7 +151,7 @@ _PHI4_COMMON = dict(
 )
 PHI4_SOURCES = (
     "config: mehmetcc/pal:phi-4/config.json (copy of microsoft/phi-4 config.json, transformers 4.47.0)",
-    "template: unslothai/unsloth:unsloth/chat_templates.py (phi4_template, the fixed template microsoft/phi-4 ships); "
+    "template: unslothai/unsloth:unsloth/chat_templates.py (phi4_template; not diffed against the Hub file); "
     "the first release's template (ggerganov/llama.cpp tests/test-chat-template.cpp, 'phi-4') gives the same tokens for a finished conversation",
     "tokens: pytorch/torchtune:torchtune/models/phi4/_tokenizer.py (eos <|im_end|> 100265, pad <|dummy_85|> 100349, "
     "<|im_start|> 100264, <|im_sep|> 100266)",
