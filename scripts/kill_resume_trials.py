@@ -1,6 +1,6 @@
 """Kill training at random points, resume it, and check the loss curve matches an uninterrupted run.
 
-    python scripts/kill_resume_trials.py --trials 20 --seed 1 [--json report.json] [--workdir DIR]
+    python scripts/kill_resume_trials.py --trials 20 --seed 1 [--json report.json] [--workdir DIR] [--objective dpo|grpo]
 
 Each run is a real process: forked from this one after the imports (so a trial costs seconds, not an
 interpreter start), it runs the actual `phinetune train` command-line entry point, and is stopped from
@@ -34,6 +34,11 @@ MAX_STEPS = 8
 ARGS = ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24", f"train.max_steps={MAX_STEPS}",
         "train.batch_size=2", "train.grad_accum=2", "train.eval_every=3", "train.log_every=1", "train.learning_rate=3e-3",
         "train.save_every=1", "train.keep_checkpoints=2", "adapter.modules_to_save=[embed_tokens,lm_head]"]
+# --objective: the same run trained with a preference loss or GRPO (sampling is seeded per step, so it replays).
+OBJECTIVE_ARGS = {"sft": [],
+                  "dpo": ["train.objective=dpo", "data.train=builtin:riddles_preferences"],
+                  "grpo": ["train.objective=grpo", "data.train=builtin:riddles_qa", "grpo.group_size=2",
+                           "grpo.max_completion_length=4", "data.eval_size=2"]}
 
 
 def spawn(out: Path, kill_in_save_at: int = 0) -> int:
@@ -78,7 +83,9 @@ def wait(pid: int) -> int:
 
 def losses(run: Path) -> list[tuple]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], "loss" in r, r.get("loss", r.get("eval_loss"))) for r in rows]
+    # The loss (or eval loss / eval reward) and the objective's own curves: margins, rewards.
+    extra = ("margin", "rewards_chosen", "reward_mean", "zero_std_groups")
+    return [(r["step"], "loss" in r, r.get("loss", r.get("eval_loss", r.get("eval_reward"))), *(r.get(k) for k in extra)) for r in rows]
 
 
 def logged_step(run: Path) -> int:
@@ -127,7 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
+    p.add_argument("--objective", choices=sorted(OBJECTIVE_ARGS), default="sft", help="train.objective of the runs")
     a = p.parse_args(argv)
+    ARGS.extend(OBJECTIVE_ARGS[a.objective])  # later overrides win
     work = a.workdir or Path(tempfile.mkdtemp(prefix="kill-resume-"))
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(a.seed)

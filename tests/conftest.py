@@ -75,3 +75,29 @@ def tiny_run(tmp_path_factory):
                              "train.max_steps=4", "train.batch_size=4", "train.eval_every=2", "train.log_every=1",
                              "train.learning_rate=3e-3", "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={out}"])
     return train(cfg).run.path
+
+
+@pytest.fixture(scope="session")
+def memorized_run(tmp_path_factory):
+    """`memorized_run("tiny-phi3")`: a LoRA run trained until it answers its six riddles from memory.
+
+    For tests that need a trained answer to come back and generation to stop at the end-of-turn token
+    (the 4-step `tiny_run` never emits it). Built once per model name per session.
+    """
+    from phinetune.config import load_config
+    from phinetune.train.recipe import train
+
+    os.environ.setdefault("PHINETUNE_CACHE", str(tmp_path_factory.mktemp("phinetune-cache")))
+    runs: dict[str, Path] = {}
+
+    def make(name: str = "tiny-phi3") -> Path:
+        if name not in runs:
+            out = tmp_path_factory.mktemp(f"memorized-{name}") / name
+            cfg = load_config(None, [f"model.name={name}", "data.train=builtin:riddles", "data.eval_size=2", "data.limit=8",
+                                     "data.max_length=128", "train.max_steps=60", "train.batch_size=4", "train.eval_every=1000",
+                                     "train.log_every=10", "train.learning_rate=1e-2", "adapter.dropout=0",
+                                     "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={out}"])
+            runs[name] = train(cfg).run.path
+        return runs[name]
+
+    return make

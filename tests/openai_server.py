@@ -54,6 +54,11 @@ def reply_for(body: dict) -> tuple[str, str]:
             lines.append(f'{j + 1}. "{riddle}"' if j % 3 == 0 else riddle)
         lines += [first_example, "I'm sorry, I can't help with more riddles."]  # a copied seed and a refusal
         return "expand", "\n".join(lines)
+    if "Reply A:" in prompt and "Reply B:" in prompt:
+        # A judge that prefers the longer reply (a rule the tests can check independently of the order shown).
+        a = prompt.split("Reply A:\n", 1)[1].split("\n\nReply B:", 1)[0]
+        b = prompt.split("Reply B:\n", 1)[1].split("\n\nWhich reply", 1)[0]
+        return "judge", "A" if len(a) >= len(b) else "Reply B is better."
     if "user says" in prompt or "follow-up" in prompt:
         return "user", f'user: "Cool! So why does the {_pick(h, 0, WORDS)} do that?"'
     return "assistant", (f"The answer is a {_pick(h, 0, WORDS)}. Step by step: the clue points to something you can touch, "
@@ -76,7 +81,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(401, {"error": {"message": "invalid api key"}}, digest, "?")
         status = srv.next_failure()
         if status:
-            return self._send(status, {"error": {"message": "injected failure"}}, digest, "?", {"Retry-After": "0"})
+            return self._send(status, {"error": {"message": "injected failure"}}, digest, "?", {"Retry-After": srv.retry_after})
         with srv._lock:
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
@@ -105,9 +110,9 @@ class Handler(BaseHTTPRequestHandler):
 class FakeOpenAI(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, api_key: str | None = None, failures=(), delay_s: float = 0.0, port: int = 0):
+    def __init__(self, api_key: str | None = None, failures=(), delay_s: float = 0.0, port: int = 0, retry_after: str = "0.01"):
         super().__init__(("127.0.0.1", port), Handler)
-        self.api_key, self.delay_s, self.log = api_key, delay_s, Log()
+        self.api_key, self.delay_s, self.log, self.retry_after = api_key, delay_s, Log(), retry_after
         self._failures, self._lock = list(failures), threading.Lock()
         self.in_flight = self.max_in_flight = 0
 

@@ -58,3 +58,20 @@ def test_a_refused_dtype_is_skipped_and_reported(monkeypatch, tmp_path):
     report = bench.bench_infer("tiny-phi2", ["fp16", "fp32"], BenchSettings(), tmp_path / "b.json")
     assert [r["dtype"] for r in report["results"]] == ["fp32"] and "refused" in report["skipped"]["fp16"]
     assert json.loads((tmp_path / "b.json").read_text())["skipped"] == report["skipped"]
+
+
+def test_table_keeps_every_figure_in_80_columns():
+    """Piped output is 80 columns wide; the table must not squeeze its own numbers into `1…`."""
+    from phinetune.bench.infer import render_table
+    from phinetune.progress import console, print_table
+
+    batch = {"batch": 8, "peak_mb": 123456.7, "ttft_s": 1.23456, "decode_tokens_per_s": 98765.4, "bandwidth_gbs": 1234.56,
+             "bandwidth_ratio": 0.875}
+    report = {"model": "runs/some-long-run-name", "settings": {"prompt_tokens": 128, "new_tokens": 64}, "machine": {"threads": 2},
+              "results": [{"dtype": "bf16", "compute_dtype": "bfloat16", "weight_mb": 7654.3, "after_load_mb": 8765.4, "batches": [batch]}]}
+    with console.capture() as captured:
+        print_table(render_table(report))
+    text = captured.get()
+    for figure in ["7654.3", "8765.4", "123456.7", "1234.6", "98765.4", "1234.56", "88%", "decode tok/s", "% of BW limit"]:
+        assert figure in text, figure
+    assert "…" not in text

@@ -84,3 +84,25 @@ def test_help_explains_every_verb():
     for verb in ["train", "merge", "generate", "chat"]:
         assert verb in top
         assert "Usage" in run_cli(verb, "--help").stdout
+
+
+@pytest.mark.parametrize("out_dir,why", [("/proc/phinetune-x", "No such file or directory"), ("/etc/passwd/run", "Not a directory")])
+def test_unusable_output_dir_is_one_sentence_naming_it(out_dir, why, monkeypatch, capsys):
+    """An OSError at a user-given path (FileNotFoundError, NotADirectoryError) is exit 2 and one sentence, in-process."""
+    import sys
+
+    from phinetune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["phinetune", "train", *FAST, f"output.dir={out_dir}"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    out = " ".join(capsys.readouterr().out.split())
+    assert stop.value.code == 2 and f"error: {out_dir}" in out and why in out and "Traceback" not in out
+
+
+def test_chat_reset_confirms(capsys):
+    from phinetune.infer.chat import chat_loop
+
+    typed = iter(["/reset", "/exit"])
+    chat_loop(None, None, system="Be brief.", read=lambda prompt: next(typed))  # commands never touch the model
+    assert "conversation cleared (system prompt kept)" in capsys.readouterr().out

@@ -63,7 +63,8 @@ def test_sampling_seed_topk_and_validation(base):
     top1 = generate_batch(base, CONVS, Sampling(max_new_tokens=12, temperature=1.0, top_k=1, seed=3))
     assert top1 == generate_batch(base, CONVS, Sampling(max_new_tokens=12))  # top-1 sampling is greedy
     for bad in [dict(temperature=-1), dict(top_p=0.0), dict(top_k=-2), dict(max_new_tokens=0)]:
-        with pytest.raises(PhinetuneError, match="invalid sampling"):
+        (name, value), = bad.items()
+        with pytest.raises(PhinetuneError, match=rf"^{name} must .*\(got {value}\)$"):  # names the setting, not the whole object
             Sampling(**bad)
 
 

@@ -125,3 +125,18 @@ def test_inspect_reports_the_pre_flight_per_turn_counts(tiny_tok, tmp_path):
     c = report.coverage
     assert (f"own token trained in {c['turns_eot_trained']}/32 assistant turns ({c['turns_cut_by_max_length']} cut by max_length); "
             f"last one kept in {c['last_eot_trained']}/16 chat samples; 0 mask violation(s)") in " ".join(out.split())
+
+
+def test_errors_name_this_verbs_flags_not_config_keys(tmp_path):
+    from typer.testing import CliRunner
+
+    from phinetune.cli import app, as_inspect_flags
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"QUESTIONS": "2+2?", "ANSWERS": "4"}\n')
+    result = CliRunner().invoke(app, ["data", "inspect", str(data), "--model", "tiny-phi3", "--column", "bogus=QUESTIONS",
+                                      "--out", str(tmp_path / "out")])
+    message = str(result.exception)
+    assert "--column" in message and "data.columns" not in message, message
+    assert as_inspect_flags("set data.format, data.columns and data.skip_bad_rows (see phinetune.data.formats)") == \
+        "set --format, --column and --skip-bad-rows (see phinetune.data.formats)"

@@ -51,3 +51,5 @@ def test_drops_larger_than_stderr_are_flagged_and_others_not():
     assert one_loss["delta"] == pytest.approx(-0.1) and one_loss["stderr"] == pytest.approx(0.1) and not one_loss["drop"]  # equal: not flagged
     table = comparison_table({"scorer": "phinetune", "shots": 0, "limit": 10, "rows": list(rows.values())})
     assert table.row_count == 2
+    assert all(c.header for c in table.columns)  # every column is named, the drop flag's too
+    assert [str(cell) for cell in table.columns[-1].cells] == ["DROP > stderr", ""]

@@ -10,7 +10,11 @@ from typer.testing import CliRunner
 
 from phinetune.cli import app
 from phinetune.errors import DataError, PhinetuneError
+from phinetune.infer.complete import Sampling
 from phinetune.infer.generate import read_prompt_rows, run_generate
+from phinetune.runs.loading import LoadOptions
+
+FP32 = LoadOptions("fp32")
 
 
 def _write(path, rows):
@@ -22,13 +26,13 @@ def test_jsonl_in_jsonl_out_keeps_order_and_fields(tiny_run, tmp_path):
     rows = [{"id": "a", "prompt": "What has keys?"}, {"id": "b", "messages": [{"role": "user", "content": "Hi"}]},
             {"id": "c", "prompt": "What gets wetter the more it dries?"}]
     out = tmp_path / "out" / "answers.jsonl"
-    answers = run_generate("tiny-phi3", None, _write(tmp_path / "in.jsonl", rows), out, 6, 0.0, 0, 1.0, None, 2, "fp32", "none")
+    answers = run_generate("tiny-phi3", None, _write(tmp_path / "in.jsonl", rows), out, Sampling(6), 2, FP32)
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [g["id"] for g in got] == ["a", "b", "c"] and [g["response"] for g in got] == answers
     assert all(g["finish_reason"] in ("stop", "length") and 1 <= g["completion_tokens"] <= 6 for g in got)
     assert got[0]["messages"] == [{"role": "user", "content": "What has keys?"}]
     # batch size must not change greedy answers
-    again = run_generate("tiny-phi3", None, tmp_path / "in.jsonl", None, 6, 0.0, 0, 1.0, None, 1, "fp32", "none")
+    again = run_generate("tiny-phi3", None, tmp_path / "in.jsonl", None, Sampling(6), 1, FP32)
     assert again == answers
 
 
@@ -41,9 +45,9 @@ def test_bad_lines_name_file_and_line(tmp_path, line, match):
 
 def test_prompt_xor_input(tmp_path):
     with pytest.raises(PhinetuneError, match="exactly one"):
-        run_generate("tiny-phi3", "hi", tmp_path / "x.jsonl", None, 4, 0.0, 0, 1.0, None, 1, "fp32", "none")
+        run_generate("tiny-phi3", "hi", tmp_path / "x.jsonl", None, Sampling(4), 1, FP32)
     with pytest.raises(PhinetuneError, match="temperature"):
-        run_generate("tiny-phi3", "hi", None, None, 4, -1.0, 0, 1.0, None, 1, "fp32", "none")
+        run_generate("tiny-phi3", "hi", None, None, Sampling(4, -1.0), 1, FP32)
 
 
 def test_cli_generate_on_a_run_folder(tiny_run, tmp_path):
@@ -61,3 +65,34 @@ def test_cli_generate_on_a_run_folder(tiny_run, tmp_path):
     assert one.exit_code == 0, one.output
     bad = CliRunner().invoke(app, ["generate", str(tiny_run), "hi", "--top-p", "1.5"])
     assert isinstance(bad.exception, PhinetuneError) and "top_p must be in (0, 1]" in str(bad.exception)
+
+
+def test_stdout_holds_only_the_answer(tiny_run):
+    """`phinetune generate RUN "..." > answer.txt` captures the answer alone: bars, spinners and library
+    noise (bitsandbytes' kernels-community line, FutureWarnings, weight-loading bars) stay off stdout, and
+    the library noise off stderr too unless --verbose."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SRC
+    from phinetune.infer.complete import Sampling, generate_batch
+    from phinetune.runs.loading import load_for_inference
+
+    prompt = "What has keys but can't open a single lock?"
+    env = {k: v for k, v in os.environ.items() if k != "PHINETUNE_QUIET"}  # progress bars on, as for a user
+    proc = subprocess.run([sys.executable, "-m", "phinetune", "generate", str(tiny_run), prompt, "--max-new-tokens", "40"],
+                          env={**env, "PYTHONPATH": str(SRC), "COLUMNS": "60"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    expected = generate_batch(load_for_inference(str(tiny_run)), [[{"role": "user", "content": prompt}]], Sampling(max_new_tokens=40))[0]
+    assert proc.stdout == expected + "\n"  # whole: not wrapped at the 60 columns either
+    assert "Generating" in proc.stderr  # the bar is there, on stderr
+    for noise in ("gemm_4bit_forward", "kernels-community", "FutureWarning", "Loading weights", "Traceback"):
+        assert noise not in proc.stderr, noise
+
+
+def test_bad_sampling_setting_names_the_flag_value_only():
+    from phinetune.infer.complete import Sampling
+
+    with pytest.raises(PhinetuneError, match=r"^temperature must be >= 0 \(0 = greedy\) \(got -1.0\)$"):
+        Sampling(temperature=-1.0)

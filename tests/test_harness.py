@@ -43,3 +43,15 @@ def test_our_scores_equal_lm_eval(names, shots, tiny_phi3, harness_lm, tmp_path,
             assert mine["hits"] == other["hits"]
         assert ours.metrics == pytest.approx(theirs.metrics, abs=1e-9)
         assert ours.stderr == pytest.approx(theirs.stderr, abs=1e-9)
+
+
+def test_harness_scores_the_same_base_and_tuned_as_ours(tiny_run, tmp_path, monkeypatch):
+    """`eval --harness` and `eval` load base and tuned one way (runs.loading.base_and_tuned): the same rows."""
+    from phinetune.eval.compare import EvalPlan, evaluate_run
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    data = realdata("evalsets")
+    ours = evaluate_run(str(tiny_run), EvalPlan([TASKS["arc_easy"]], limit=8, data_dir=data))["rows"]
+    theirs = evaluate_run(str(tiny_run), EvalPlan([TASKS["arc_easy"]], limit=8, data_dir=data, harness=True))["rows"]
+    for mine, other in zip(ours, theirs):
+        assert (mine["base"], mine["tuned"], mine["stderr"]) == pytest.approx((other["base"], other["tuned"], other["stderr"]), abs=1e-9)

@@ -9,13 +9,13 @@ from typer.testing import CliRunner
 from phinetune.cli import app
 from phinetune.infer.compare import compare_run, default_prompts
 from phinetune.infer.complete import Sampling, generate_batch
-from phinetune.runs.loading import load_for_inference
+from phinetune.runs.loading import LoadOptions, load_for_inference
 from phinetune.runs.run_dir import RunDir
 
 
 def test_base_column_is_the_base_model_and_tuned_column_the_adapter(tiny_run, tmp_path):
     out = tmp_path / "cmp.md"
-    rows = compare_run(str(tiny_run), n=3, sampling=Sampling(max_new_tokens=8), dtype="fp32", out=out)
+    rows = compare_run(str(tiny_run), n=3, sampling=Sampling(max_new_tokens=8), load=LoadOptions("fp32"), out=out)
     assert len(rows) == 3 and all(r.reference for r in rows)
     convs = [r.prompt for r in rows]
     base = load_for_inference(str(tiny_run), "fp32", adapter=False)

@@ -12,14 +12,15 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "phinetune"
 
 LAYERS = [
-    {"errors", "paths", "progress", "assets", "templates", "__init__"},  # no phinetune imports but each other
+    {"errors", "paths", "progress", "markdown", "assets", "templates", "__init__"},  # no phinetune imports but each other
     {"config", "extras"},  # extras: which optional dependency a verb needs
     {"models"},
     {"data"},
     {"runs"},  # the run folder: names, loading base and tuned, held-out prompts
     {"infer"},
     {"train"},
-    {"eval", "report", "export", "serve", "synth"},
+    {"eval", "report", "serve", "synth"},
+    {"export"},  # the model card reuses the report's sections
     {"bench"},
     {"cli"},
     {"__main__"},

@@ -11,9 +11,9 @@ from conftest import SRC
 PROBE = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {src!r})
-    from phinetune.train.memory import release_freed_memory
+    from phinetune.train.memory import pin_malloc_thresholds
     if {pin}:
-        assert release_freed_memory()
+        assert pin_malloc_thresholds()
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * 4096
     big = torch.ones(16 * 2**20 // 4)  # freeing a mapped block (<= 32 MiB) raises glibc's threshold to its size

@@ -53,11 +53,13 @@ def test_nf4_leaves_moe_experts_unquantized(tmp_path):
     assert layer.mlp.experts.gate_up_proj.dtype == torch.bfloat16
 
 
-def test_estimate_error_is_measured_not_assumed():
-    m = measure("tiny-phi3", TINY_SIZES, 1024, "lora", 64, 2, False)
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_estimate_is_within_40_percent_of_the_measured_peak(method):
+    """The case docs/models.md reports (tiny-phi3, 256 x 4; -28 % / -16 % there, read as +-30 %, ~7 % run-to-run
+    noise): the estimate must land within 40 % of a peak measured in a fresh process."""
+    m = measure("tiny-phi3", TINY_SIZES, 1024, method, 256, 4, False)
     assert m.measured_bytes > 590_464 * 4  # covers at least the fp32 weights of tiny-phi3
-    assert m.error == pytest.approx((m.estimate_bytes - m.measured_bytes) / m.measured_bytes)
-    assert -1 < m.error < 10  # a real, finite comparison
+    assert abs(m.estimate_bytes - m.measured_bytes) < 0.4 * m.measured_bytes, (m.estimate_bytes, m.measured_bytes)
 
 
 def test_cli_plan():

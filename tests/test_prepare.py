@@ -44,7 +44,7 @@ def test_prepare_is_what_train_check_bench_and_plan_call():
     import inspect
 
     from phinetune.bench import train_child
-    from phinetune.models import plan_measure
+    from phinetune.bench import plan as plan_measure
     from phinetune.train import check, recipe
 
     for module in (recipe, check, plan_measure):

@@ -1,12 +1,14 @@
 """Training behaviour on a tiny model: adapters learn, base weights never move, the run folder is complete."""
 
 import json
+import re
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from phinetune.runs.run_dir import RunDir
 from phinetune.train.recipe import run_steps, save, setup, train
 
 
@@ -50,9 +52,8 @@ def test_qlora_on_cpu_trains_adapters_over_frozen_4bit_base(tiny_cfg):
     assert any(not torch.equal(lora_before[n], trained[n].detach()) for n in lora_before if "lora_B" in n)
 
 
-def test_train_writes_a_self_describing_run_folder(tiny_cfg):
-    result = train(tiny_cfg())
-    run = result.run
+def test_train_writes_a_self_describing_run_folder(tiny_run):
+    run = RunDir.open(tiny_run)  # the session's shared run: the same config as tiny_cfg()
     for path in [run.config, run.info_file, run.adapter / "adapter_config.json", run.adapter / "adapter_model.safetensors",
                  run.tokenizer / "tokenizer_config.json", run.metrics, run.plot]:
         assert path.exists(), path
@@ -61,12 +62,13 @@ def test_train_writes_a_self_describing_run_folder(tiny_cfg):
     assert train_rows and all({"loss", "lr", "grad_norm", "tokens_per_s"} <= r.keys() for r in train_rows)
     assert [r["step"] for r in records if "eval_loss" in r][0] == 0
     assert json.loads(run.info_file.read_text())["status"] == "finished"
-    assert result.final_eval_loss < result.first_eval_loss
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert evals[-1] < evals[0]
     assert "<|assistant|>" in (run.tokenizer / "chat_template.jinja").read_text()
 
 
-def test_adapter_loads_with_plain_peft(tiny_cfg):
-    run = train(tiny_cfg()).run
+def test_adapter_loads_with_plain_peft(tiny_run):
+    run = RunDir.open(tiny_run)
     base = AutoModelForCausalLM.from_pretrained(run.read_info().base_model)
     model = PeftModel.from_pretrained(base, str(run.adapter))
     ids = torch.tensor([[3, 10, 20, 30]])
@@ -107,3 +109,39 @@ def test_qlora_gradients_survive_a_mid_run_evaluation(tiny_cfg):
     assert all(g.norm() > 0 for g in before.values())
     for name, grad in before.items():
         torch.testing.assert_close(after[name], grad, msg=f"gradient of {name} changed after an eval pass")
+
+
+def _fake_loop(samples: int, steps_per_epoch: int, epochs: float):
+    from types import SimpleNamespace
+
+    from phinetune.config import load_config
+
+    cfg = load_config(None, [f"train.epochs={epochs}", "train.batch_size=4"])
+    return SimpleNamespace(cfg=cfg, total_steps=int(steps_per_epoch * epochs), steps_per_epoch=steps_per_epoch,
+                           train_rows=[[0] * 100] * steps_per_epoch * 4, data=SimpleNamespace(train=[None] * samples),
+                           accelerator=SimpleNamespace(is_main_process=True, num_processes=1))
+
+
+def test_plan_is_printed_and_many_epochs_over_a_big_file_warn():
+    """The issue's case: the default's 30 epochs copied onto a 500-row file is 2,520 steps (84 per epoch)."""
+    from phinetune.progress import console
+    from phinetune.train.recipe import announce_plan, eta_message
+
+    with console.capture() as big:
+        announce_plan(_fake_loop(500, 84, 30))
+    text = " ".join(big.get().split())
+    assert "plan: 2,520 optimizer steps (30 epochs x 84 steps, 4 sequences each), ~1,008,000 tokens over 500 training samples" in text
+    assert "warning: 30 epochs over 500 samples is 15,000 sample passes, 8x the embedded default's" in text
+    with console.capture() as default:
+        announce_plan(_fake_loop(56, 14, 30))  # the embedded default itself: 56 training riddles
+    assert "plan: 420 optimizer steps" in default.get() and "warning" not in default.get()
+    assert eta_message(0.5, 2517) == "ETA: ~21.0 min for the remaining 2,517 steps (0.50 s per step so far)"
+
+
+def test_a_run_prints_its_plan_and_an_eta_from_its_first_steps(tiny_cfg, capsys):
+    from phinetune.train.recipe import train
+
+    train(tiny_cfg("train.max_steps=6", "train.eval_every=10"))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "plan: 6 optimizer steps" in out
+    assert re.search(r"ETA: ~[\d.]+ (s|min|h) for the remaining 2 steps \([\d.]+ s per step so far\)", out), out[-2000:]

@@ -116,7 +116,7 @@ def check_conversation(tokenizer, template: str, eot: str, messages: list[dict])
         assert all(r.labels[e] == eot_id for _, _, e in chosen)
 
 
-PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module", params=TEMPLATES)

@@ -39,7 +39,7 @@ def test_waiting_compatible_requests_share_a_batch_and_results_go_back_to_each()
             Job(["e"], Sampling(max_new_tokens=5)), Job(["f"], greedy, on_text=lambda t: None)]
     futures = [worker.submit(j) for j in jobs]
     gate.release.set()
-    assert [f.result(10)[0].text for f in [first, *futures]] == ["A", "B", "C", "D", "E", "F"]
+    assert [f.result(10)[0].completion.text for f in [first, *futures]] == ["A", "B", "C", "D", "E", "F"]
     # b and d share sampling settings; the seeded, the differently-sized and the streaming requests run alone
     assert gate.groups == [["a"], ["b", "d"], ["c"], ["e"], ["f"]]
     worker.stop()
@@ -70,7 +70,7 @@ def test_model_errors_reach_the_request_and_the_worker_survives():
     worker._generate = flaky
     with pytest.raises(RuntimeError, match="boom"):
         worker.submit(Job(["a"], Sampling(seed=1))).result(10)
-    assert worker.submit(Job(["b"], Sampling(seed=1))).result(10)[0].text == "ok"
+    assert worker.submit(Job(["b"], Sampling(seed=1))).result(10)[0].completion.text == "ok"
     worker.stop()
 
 
@@ -81,5 +81,44 @@ def test_prompt_plus_max_tokens_over_the_context_is_refused(tiny_run):
     worker = Worker(loaded, context_length=20)
     with pytest.raises(PromptTooLong, match="context of 20 tokens"):
         worker.submit(Job(["word " * 30], Sampling(max_new_tokens=4))).result(30)
-    assert worker.submit(Job(["word"], Sampling(max_new_tokens=2))).result(30)[0].completion_tokens <= 2
+    assert worker.submit(Job(["word"], Sampling(max_new_tokens=2))).result(30)[0].completion.completion_tokens <= 2
+    worker.stop()
+
+
+def test_batches_are_grouped_by_adapter_and_each_runs_with_its_own(monkeypatch):
+    """As vLLM's multi-LoRA: requests for different adapters never share a generate call, and each call runs with its adapter."""
+    worker, gate = _worker()
+    active = []
+
+    class Switch:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            active.append(self.name)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(worker, "_adapter", Switch)
+    greedy = Sampling(max_new_tokens=4)
+    first = worker.submit(Job(["a"], greedy, adapter="x"))
+    assert gate.entered.wait(10)
+    jobs = [Job(["b"], greedy, adapter="y"), Job(["c"], greedy, adapter="x"), Job(["d"], greedy, adapter="y"), Job(["e"], greedy)]
+    futures = [worker.submit(j) for j in jobs]
+    gate.release.set()
+    assert [f.result(10)[0].completion.text for f in [first, *futures]] == ["A", "B", "C", "D", "E"]
+    assert gate.groups == [["a"], ["b", "d"], ["c"], ["e"]] and active == ["x", "y", "x", None]
+    worker.stop()
+
+
+def test_a_cancelled_waiter_does_not_kill_the_worker():
+    worker, gate = _worker()
+    worker.submit(Job(["a"], Sampling(seed=1)))
+    assert gate.entered.wait(10)
+    gone = Job(["b"], Sampling(seed=1))
+    worker.submit(gone)
+    assert gone.future.cancel()  # its client went away while it waited (asyncio.wrap_future cancels like this)
+    gate.release.set()
+    assert worker.submit(Job(["c"], Sampling(seed=1))).result(10)[0].completion.text == "C" and worker.alive
     worker.stop()

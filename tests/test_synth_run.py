@@ -31,7 +31,7 @@ def journal(out: Path) -> dict[str, dict]:
 
 def overrides(srv: FakeOpenAI, out: Path, *extra: str) -> list[str]:
     return [f"teacher.base_url={srv.base_url}", f"output.dir={out}", "teacher.concurrency=2",
-            "teacher.backoff_s=0.01", "teacher.price_input_per_1m=1.0", "teacher.price_output_per_1m=2.0", *extra]
+            "teacher.price_input_per_1m=1.0", "teacher.price_output_per_1m=2.0", *extra]
 
 
 def test_riddles_recipe_over_http_and_resume_in_process(tmp_path):

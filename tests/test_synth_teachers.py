@@ -1,18 +1,20 @@
 """Teachers against a real HTTP server on 127.0.0.1 (tests/openai_server.py), not a mocked client."""
 
+import time
+
 import pytest
 
 from openai_server import FakeOpenAI
-from phinetune.synth.config import Sampling, TeacherConfig
+from phinetune.synth.config import RequestSampling, TeacherConfig
 from phinetune.synth.teachers import Call, OpenAITeacher, TeacherError
 
 
 def calls(n: int) -> list[Call]:
-    return [Call(f"answer/q{i}/0/h", [{"role": "user", "content": f"Riddle number {i}?"}], Sampling(max_tokens=20), i) for i in range(n)]
+    return [Call(f"answer/q{i}/0/h", [{"role": "user", "content": f"Riddle number {i}?"}], RequestSampling(max_tokens=20), i) for i in range(n)]
 
 
 def teacher(srv: FakeOpenAI, **kw) -> OpenAITeacher:
-    return OpenAITeacher(TeacherConfig(model="test-model", base_url=srv.base_url, backoff_s=0.01, **kw))
+    return OpenAITeacher(TeacherConfig(model="test-model", base_url=srv.base_url, **kw))
 
 
 def run(t: OpenAITeacher, cs: list[Call]) -> dict:
@@ -39,6 +41,15 @@ def test_retries_429_and_5xx_then_succeeds():
     assert len(got) == 3
     assert t.counters.retries == 4 and t.counters.errors == {"429": 2, "500": 1, "503": 1}
     assert [c["status"] for c in srv.log.calls].count(200) == 3
+
+
+def test_retry_after_is_honoured():
+    with FakeOpenAI(failures=[429], retry_after="1.0") as srv:
+        start = time.perf_counter()
+        got = run(teacher(srv, concurrency=1), calls(1))
+        waited = time.perf_counter() - start
+    assert len(got) == 1 and [c["status"] for c in srv.log.calls] == [429, 200]
+    assert 1.0 <= waited < 3.0  # the server's 1 s, not the client's own 0.5 s first backoff
 
 
 def test_gives_up_after_max_retries_with_a_clear_error():

@@ -10,6 +10,7 @@ from phinetune.errors import ConfigError
 from phinetune.train import tracking
 
 
+@pytest.mark.slow
 def test_tensorboard_and_mlflow_get_every_logged_step(tiny_cfg):
     pytest.importorskip("tensorboard", reason="optional extra 'track' not installed")
     pytest.importorskip("mlflow", reason="optional extra 'track' not installed")

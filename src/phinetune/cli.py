@@ -44,12 +44,12 @@ def resolve_config(args: Optional[List[str]]):
     return load_config(config or default_config_path(), overrides)
 
 
-def check_source(target: str) -> None:
+def check_source(target: str, revision: Optional[str] = None) -> None:
     """A TARGET or model.name that is a missing path or an unreachable, uncached Hub id fails here, in seconds,
     before torch and transformers are imported."""
     from phinetune.models.hub import check_model_name
 
-    check_model_name(target)
+    check_model_name(target, revision)
 
 
 def check_run(run: str) -> None:
@@ -67,7 +67,7 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
           accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml.")) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
-    check_source(cfg.model.name)
+    check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.recipe import train as run_train
 
     if nproc > 1 or accelerate_config is not None:
@@ -76,7 +76,8 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
         raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
     result = run_train(cfg, resume=resume)
     if result.first_eval_loss is not None:
-        console.print(f"eval loss: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
+        name = {"grpo": "eval reward"}.get(cfg.train.objective, "eval loss")
+        console.print(f"{name}: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
     console.print(f"run folder: {result.run.path}  (next: phinetune generate {result.run.path} \"...\", phinetune merge {result.run.path} --out DIR)")
 
 
@@ -86,12 +87,46 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
           dtype: str = typer.Option("auto", help="Weights dtype of the merged model: auto, bf16, fp16 or fp32."),
           max_shard_size: str = typer.Option("2GB", help="Largest safetensors shard."),
           overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
-          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
-    """Merge a LoRA/QLoRA run into a standalone model (QLoRA merges into a dequantized base)."""
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+          base: Optional[str] = typer.Option(None, "--base", help="QLoRA runs: dequantized (default: the NF4 base weights dequantized, exactly the model that was trained) or original (the full-precision checkpoint). The logit gap between the two is printed.")) -> None:
+    """Merge a LoRA/QLoRA run into a standalone 16/32-bit model (QLoRA: into the dequantized NF4 base or the original one, --base)."""
     check_run(run)
     from phinetune.export.merge import merge_run
 
-    merge_run(run, out, dtype, max_shard_size, overwrite, checkpoint)
+    merge_run(run, out, dtype, max_shard_size, overwrite, base, checkpoint)
+
+
+@app.command()
+def export(run: str = typer.Argument(..., help="A finished run folder from `phinetune train`."),
+           to: str = typer.Option(..., "--to", help="gguf (llama.cpp), ollama (GGUF + Modelfile) or onnx (ONNX Runtime GenAI)."),
+           out: str = typer.Option(..., "--out", help="Folder to create; it must not exist yet."),
+           quant: str = typer.Option("f16", help="GGUF types, comma-separated: f16, bf16, q8_0, q4_0, f32 (ollama: one)."),
+           precision: str = typer.Option("fp32", help="ONNX precisions, comma-separated: fp32, fp16, bf16, int8, int4."),
+           device: str = typer.Option("cpu", help="ONNX execution provider: cpu or cuda."),
+           overwrite: bool = typer.Option(False, help="Replace an existing --out.")) -> None:
+    """Merge the run and convert it for another runtime; DIR appears only when everything is written."""
+    from phinetune.export.run import ExportPlan, export_run
+
+    split = lambda s: tuple(p.strip() for p in s.split(",") if p.strip())  # noqa: E731
+    export_run(run, out, ExportPlan(to, split(quant), split(precision), device, overwrite))
+
+
+@app.command()
+def push(run: str = typer.Argument(..., help="A finished run folder from `phinetune train`."),
+         repo_id: str = typer.Argument(..., help="Hub repository, e.g. you/phi3-riddles."),
+         merged: bool = typer.Option(False, "--merged", help="Upload the merged model instead of the adapter."),
+         adapter: bool = typer.Option(False, "--adapter", help="Upload the PEFT adapter (the default)."),
+         gguf: bool = typer.Option(False, "--gguf", help="Upload a GGUF file and an Ollama Modelfile."),
+         quant: str = typer.Option("q8_0", help="GGUF type for --gguf."),
+         dry_run: bool = typer.Option(False, "--dry-run", help="Write the folder that would be uploaded to --out; upload nothing."),
+         out: Optional[str] = typer.Option(None, "--out", help="Folder for --dry-run."),
+         private: bool = typer.Option(False, help="Create the repository as private.")) -> None:
+    """Upload to the Hugging Face Hub with a generated model card (needs a token: `hf auth login` or HF_TOKEN)."""
+    from phinetune.export.hub import push as run_push
+
+    if merged + adapter + gguf > 1:
+        raise PhinetuneError("choose one of --adapter, --merged and --gguf")
+    run_push(run, repo_id, "merged" if merged else "gguf" if gguf else "adapter", dry_run, out, quant, private)
 
 
 @app.command()
@@ -111,9 +146,12 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
     check_source(target)
+    from phinetune.infer.complete import Sampling
     from phinetune.infer.generate import run_generate
+    from phinetune.runs.loading import LoadOptions
 
-    run_generate(target, prompt, input, output, max_new_tokens, temperature, top_k, top_p, seed, batch_size, dtype, quant, checkpoint, reasoning)
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
+    run_generate(target, prompt, input, output, sampling, batch_size, LoadOptions(dtype, quant), checkpoint, reasoning)
 
 
 @app.command()
@@ -193,12 +231,14 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
     check_run(run)
     from phinetune.infer.compare import compare_run
     from phinetune.infer.complete import Sampling
+    from phinetune.runs.loading import LoadOptions
 
-    compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, dtype, quant, out)
+    compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, LoadOptions(dtype, quant), out)
 
 
 @app.command()
-def serve(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
+def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged folder, or a base model id; or several LoRA runs "
+                                                          "on one base (each served under its folder name, plus the base)."),
           host: str = typer.Option("127.0.0.1", help="Bind address; anything but loopback exposes the model to the network."),
           port: int = typer.Option(8000),
           api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' (or set PHINETUNE_API_KEY)."),
@@ -208,12 +248,18 @@ def serve(target: str = typer.Argument(..., help="A run folder, a merged folder,
           max_queue: int = typer.Option(64, help="Requests that may wait for the model (429 above)."),
           max_batch: int = typer.Option(8, help="Prompts generated together when compatible requests wait together."),
           dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+          request_timeout: float = typer.Option(300.0, help="Seconds a request may take, queue wait included (504 after)."),
+          cors_origin: list[str] = typer.Option([], help="Allow browser pages from this origin (repeat; '*' for any). Default: no CORS."),
+          access_log: str = typer.Option("-", help="One JSON line per request: '-' stderr, 'off', or a file path."),
+          log_prompts: bool = typer.Option(False, help="Also write prompt text into the access log."),
           reasoning: str = typer.Option("separate", help="A reply's <think> trace: separate (reasoning_content, as vLLM), hide, or inline (left in content).")) -> None:
-    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming; tools for Phi-4-mini), /v1/completions, /v1/models, /health."""
-    check_source(target)
+    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming; tools for Phi-4-mini), /v1/completions, /v1/models, /health, /metrics."""
+    for target in targets:
+        check_source(target)
     from phinetune.serve.run import serve as run_serve
 
-    run_serve(target, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant, reasoning)
+    run_serve(targets, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant,
+              request_timeout, cors_origin, access_log, log_prompts, reasoning)
 
 
 bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True,
@@ -236,6 +282,38 @@ def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged f
     except ValueError:
         raise PhinetuneError(f"--batch-sizes must be comma-separated integers like 1,8 (got {batch_sizes!r})") from None
     run_bench(target, [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes), out)
+
+
+@bench_app.command("serve")
+def bench_serve(target: Optional[str] = typer.Argument(None, help="A run folder, merged folder or model id to serve here (or use --url)."),
+                url: Optional[str] = typer.Option(None, help="A running server's base URL instead, e.g. http://127.0.0.1:8000."),
+                concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
+                requests: int = typer.Option(64, help="Requests per concurrency level (at least one per client)."),
+                max_tokens: int = typer.Option(32, help="max_tokens of each request."),
+                model: Optional[str] = typer.Option(None, help="The model id to ask for (default: the server's first)."),
+                api_key: Optional[str] = typer.Option(None, help="For --url servers that require one."),
+                out: Optional[Path] = typer.Option(None, "--out", help="Also write the rows as JSON here.")) -> None:
+    """HTTP throughput and p50/p95 latency of `phinetune serve` at several concurrency levels."""
+    from phinetune.bench.serve import bench_serve as run_bench
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        raise PhinetuneError(f"--concurrency must be comma-separated integers like 1,8,32 (got {concurrency!r})") from None
+    run_bench(target, url, levels, requests, max_tokens, model, api_key, out=out)
+
+
+@bench_app.command("train")
+def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
+                out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
+                parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
+                rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
+                realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
+                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
+    """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
+    from phinetune.bench.train import bench_train as run_bench
+
+    run_bench(workload, out, parity, rows, realdata, work_dir)
 
 
 # ---------------------------------------------------------------- phinetune data ...
@@ -281,19 +359,44 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
                  samples: int = typer.Option(3, help="Rendered samples to show with their masks."),
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
-                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt.")) -> None:
+                 fold_system: bool = typer.Option(False, help="Fold a system message into the first user turn (data.fold_system)."),
+                 out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt."),
+                 objective: str = typer.Option("sft", "--objective", help="sft, or dpo/ipo/orpo/simpo (preference pairs) / kto (unpaired): chosen/rejected lengths and overlap.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
     check_source(model)
     from phinetune.data.inspect import inspect_data, inspect_spec, load_inspect_tokenizer, print_inspection, write_outputs
 
+    if objective != "sft":
+        return _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out)
+
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
-                      reasoning=reasoning, split=split, limit=limit, skip_bad_rows=skip_bad_rows)
+                      split=split, limit=limit, skip_bad_rows=skip_bad_rows, fold_system=fold_system, reasoning=reasoning)
     tokenizer, eot = load_inspect_tokenizer(model, spec)
     try:
         ins = inspect_data(cfg, tokenizer, eot, samples, inspect_spec(model, spec))
     except PhinetuneError as exc:  # the readers speak config keys; this verb's user typed flags
         raise PhinetuneError(as_inspect_flags(str(exc))) from None
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+
+def _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out: Path) -> None:
+    import json
+
+    from phinetune.data.inspect import load_inspect_tokenizer
+    from phinetune.data.preference import UNPAIRED, inspect_preferences
+
+    if objective not in ("dpo", "ipo", "orpo", "simpo", "kto"):
+        raise PhinetuneError(f"--objective {objective}: expected sft, dpo, ipo, orpo, simpo or kto")
+    tokenizer, eot = load_inspect_tokenizer(model, spec)
+    stats = inspect_preferences(data, UNPAIRED if objective == "kto" else "pairs", tokenizer, max_length, eot, limit, skip_bad_rows, split)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    console.rule(f"[bold]data inspect ({objective}): {data}")
+    for key, value in stats.items():
+        if key not in ("source", "dropped") and value not in ({}, "", []):
+            console.print(f"{key}: {value}", highlight=False)
+    for line in stats["dropped"][:5]:
+        console.print(f"dropped: {line}", style="yellow", highlight=False)
+    console.print(f"written: {out / 'report.json'}", highlight=False)
 
 
 # data.* keys as `phinetune data inspect` spells them (longest first: data.eval_size before data.eval).
@@ -318,7 +421,7 @@ def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
 
     Exits non-zero when the pre-flight finds a problem (the `preflight.*` overrides apply)."""
     cfg = resolve_config(args)
-    check_source(cfg.model.name)
+    check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.check import check_config
 
     check_config(cfg, save)
@@ -405,18 +508,3 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
-
-
-
-
-@bench_app.command("train")
-def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
-                out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
-                parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
-                rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
-                realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
-                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
-    """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
-    from phinetune.bench.train import bench_train as run_bench
-
-    run_bench(workload, out, parity, rows, realdata, work_dir)

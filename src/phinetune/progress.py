@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from typing import Iterable, Iterator, TypeVar
 
@@ -17,9 +18,9 @@ from rich.markup import escape  # noqa: F401  (re-exported: the one escape for s
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
-console = Console(stderr=False, highlight=False, markup=False)
+console = Console(stderr=False, highlight=False, markup=False, emoji=False)  # ":a:" in a message stays text
 # Bars and spinners go to stderr, so `phinetune generate ... > answer.txt` captures only the answer.
-progress_console = Console(stderr=True, highlight=False, markup=False)
+progress_console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 # Loggers of libraries that print at import or load time what a user cannot act on (bitsandbytes'
 # "Failed to load CPU gemm_4bit_forward from kernels-community" even without quantization, ...).
@@ -45,17 +46,17 @@ def silence_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*", module="transformers")
+    # Read when each library is imported (transformers' "Loading weights" / "Writing model shards" bars follow
+    # huggingface_hub's switch), so setting them here costs no import: a quick error stays quick.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    try:  # transformers 5 draws "Loading weights" / "Writing" bars through its own switch
+    if "transformers" in sys.modules:  # imported already: switch it directly
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def progress() -> Progress:
@@ -79,4 +80,9 @@ def print_table(table) -> None:
     from rich.measure import Measurement
 
     needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    console.print(table, width=max(needed, console.width))
+    auto = console._width  # None: follow the terminal (print(width=...) cannot exceed it, so widen the console itself)
+    console.width = max(needed, console.width)
+    try:
+        console.print(table)
+    finally:
+        console._width = auto

@@ -58,6 +58,10 @@ class AdapterConfig(_Strict):
     target_parameters: list[str] = Field(default_factory=list, description="Extra 3-D parameters to adapt (MoE experts), e.g. mlp.experts.gate_up_proj.")
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter (embed_tokens, lm_head).")
     train_new_tokens: Literal["rows", "full", "off"] = Field("rows", description="Tokens the model spec adds (Phi-2 ChatML): train only their embedding/lm_head rows (PEFT trainable tokens), the full matrices (modules_to_save), or not at all.")
+    dora: bool = Field(False, description="DoRA: learn each adapted weight's magnitude apart from its LoRA direction (PEFT use_dora).")
+    rslora: bool = Field(False, description="rsLoRA: scale the update by alpha/sqrt(r) instead of alpha/r, so higher ranks keep learning (PEFT use_rslora).")
+    loraplus_ratio: Optional[float] = Field(None, gt=0, description="LoRA+: the LoRA B matrices learn this many times faster than A (e.g. 16; PEFT create_loraplus_optimizer).")
+    neftune_alpha: Optional[float] = Field(None, gt=0, description="NEFTune: add uniform noise of scale alpha/sqrt(length*hidden) to the input embeddings while training (e.g. 5).")
 
 
 class TrainConfig(_Strict):
@@ -78,6 +82,7 @@ class TrainConfig(_Strict):
     log_every: int = Field(5, ge=1, description="Log metrics every N steps.")
     seed: int = Field(0, description="Seed for weights init, dropout and data order.")
     recall_check: int = Field(0, ge=0, description="After training, greedy-decode N training prompts and check the trained answer comes back.")
+    objective: Literal["sft", "dpo", "ipo", "orpo", "simpo", "kto", "grpo"] = Field("sft", description="What is optimised: sft (next-token loss on the replies), a preference loss on {prompt, chosen, rejected} data (dpo, ipo, orpo, simpo; kto on {prompt, completion, label}), or grpo (sampled replies scored by reward functions); see docs/preference.md.")
 
 
 class OutputConfig(_Strict):
@@ -93,6 +98,29 @@ class PreflightConfig(_Strict):
     allow_untrained_new_tokens: bool = Field(False, description="Proceed even if tokens added to the vocabulary (Phi-2 ChatML) keep untrained embedding rows.")
 
 
+class PreferenceConfig(_Strict):
+    beta: float = Field(0.1, gt=0, description="DPO/IPO/KTO: strength of the pull towards the reference (IPO's tau); SimPO: reward scale.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="DPO/SimPO: probability that a preference label is flipped (conservative DPO).")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO: target reward margin gamma.")
+    orpo_lambda: float = Field(0.1, gt=0, description="ORPO: weight of the odds-ratio term added to the chosen reply's NLL.")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of desirable (label=true) samples.")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of undesirable (label=false) samples.")
+    reference: Literal["auto", "adapter_off", "copy", "cached"] = Field("auto", description="Reference log-probabilities: the base with the adapter switched off (LoRA; no second copy), a frozen copy of the starting model, or computed once and cached in RUN/reference_logps.safetensors. auto: adapter_off for LoRA, cached for full.")
+
+
+class GRPOConfig(_Strict):
+    rewards: list[str] = Field(default_factory=lambda: ["exact_answer"], description="Reward functions: built-ins (exact_answer, contains_answer, format, length) or dotted paths (mypkg.rewards:score) to fn(completion, answer, prompt) -> float.")
+    reward_weights: Optional[list[float]] = Field(None, description="One weight per reward function (default: all 1).")
+    group_size: int = Field(4, ge=2, description="Completions sampled per prompt; advantages are rewards relative to their group.")
+    max_completion_length: int = Field(64, ge=1, description="Most tokens generated per completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    beta: float = Field(0.04, ge=0, description="Weight of the KL penalty towards the reference (0: no reference forward).")
+    epsilon: float = Field(0.2, gt=0, description="PPO-style clipping of the probability ratio.")
+    format_regex: str = Field(r"^The answer is .+", description="Pattern the `format` reward checks (re.search).")
+    target_length: int = Field(32, ge=1, description="Words the `length` reward aims at.")
+
+
 class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -100,6 +128,8 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
 
     @model_validator(mode="after")
     def _no_contradictions(self) -> "RunConfig":

@@ -68,8 +68,10 @@ def dedupe(records: list[Record]) -> tuple[list[Record], int]:
     return kept, len(records) - len(kept)
 
 
-def split(records: list[Record], cfg: DataConfig) -> tuple[list[Record], list[Record]]:
-    """Seeded split: the same data and seed always give the same eval set."""
+def hold_out(records: list[Record], cfg: DataConfig) -> tuple[list[Record], list[Record]]:
+    """(train, held out): a seeded split, so the same data and seed always hold out the same eval records.
+
+    Not to be confused with `data.split`, which names the split of a Hub dataset to read."""
     order = list(range(len(records)))
     random.Random(cfg.seed).shuffle(order)
     n_eval = cfg.eval_size if cfg.eval_size is not None else int(round(len(records) * cfg.eval_fraction))
@@ -107,7 +109,7 @@ def split_records(cfg: DataConfig, skip_bad: bool, report: Optional[ReadReport] 
         records, duplicates = dedupe(records)
     if cfg.eval:
         return records, read_records(cfg.eval, cfg.format, cfg.columns, skip_bad, report=report, split=cfg.split), duplicates
-    train_recs, eval_recs = split(records, cfg)
+    train_recs, eval_recs = hold_out(records, cfg)
     return train_recs, eval_recs, duplicates
 
 

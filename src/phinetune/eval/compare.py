@@ -62,12 +62,11 @@ def score_ours(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
 
 def score_harness(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
     from phinetune.eval.harness import harness_model, run_harness
+    from phinetune.runs.loading import base_and_tuned
 
-    info, tok = run.read_info(), str(run.tokenizer)
-    base = run_harness(harness_model(info.base_model, tok, None, plan.batch_size), plan.tasks, plan.limit, plan.shots, plan.data_dir)
-    tuned_lm = (harness_model(str(run.full_model), tok, None, plan.batch_size) if run.is_full
-                else harness_model(info.base_model, tok, str(run.adapter), plan.batch_size))
-    return base, run_harness(tuned_lm, plan.tasks, plan.limit, plan.shots, plan.data_dir)
+    out = {label: run_harness(harness_model(loaded.model, loaded.tokenizer, plan.batch_size), plan.tasks, plan.limit, plan.shots, plan.data_dir)
+           for label, loaded in base_and_tuned(run)}
+    return out["base"], out["tuned"]
 
 
 def evaluate_run(run_path: str, plan: EvalPlan) -> dict:

@@ -81,17 +81,13 @@ def write_local_task(task: Task, data_dir: Path, out: Path, limit: Optional[int]
     return name
 
 
-def harness_model(pretrained: str, tokenizer: str, peft: Optional[str], batch_size: int):
+def harness_model(model, tokenizer, batch_size: int):
+    """lm-eval's HF model around weights we loaded (runs.loading.base_and_tuned), so the harness scores exactly
+    the base and tuned models our own scorer does, loaded the same one way."""
     require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=pretrained, tokenizer=tokenizer, peft=peft, batch_size=batch_size, device="cpu" if not _cuda() else "cuda")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
 def run_harness(lm, tasks: list[Task], limit: Optional[int], shots: int, data_dir: Optional[Path]) -> dict[str, TaskResult]:

@@ -16,9 +16,10 @@ from rich.table import Table
 from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling
 from phinetune.infer.generate import answer_all, read_prompt_rows
+from phinetune.markdown import md_table
 from phinetune.progress import console
 from phinetune.runs.held_out import held_out_prompts
-from phinetune.runs.loading import base_and_tuned
+from phinetune.runs.loading import LoadOptions, base_and_tuned
 from phinetune.runs.run_dir import RunDir
 
 
@@ -42,12 +43,12 @@ def default_prompts(run: RunDir, n: int) -> list[tuple[list[dict], Optional[str]
 
 
 def compare_run(run_path: str, prompts_file: Optional[Path] = None, n: int = 5, sampling: Optional[Sampling] = None,
-                batch_size: int = 8, dtype: str = "auto", quant: str = "none", out: Optional[Path] = None) -> list[Row]:
+                batch_size: int = 8, load: LoadOptions = LoadOptions(), out: Optional[Path] = None) -> list[Row]:
     run = RunDir.open(run_path)
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
     sampling = sampling or Sampling(max_new_tokens=128)
     convs = [p for p, _ in pairs]
-    base, tuned = _answers(run, convs, sampling, batch_size, dtype, quant)
+    base, tuned = _answers(run, convs, sampling, batch_size, load)
     rows = [Row(p, ref, b.text.strip(), t.text.strip()) for (p, ref), b, t in zip(pairs, base, tuned)]
     console.print(render_table(rows, run.path.name))
     out = out or run.compare
@@ -56,9 +57,9 @@ def compare_run(run_path: str, prompts_file: Optional[Path] = None, n: int = 5, 
     return rows
 
 
-def _answers(run: RunDir, convs, sampling, batch_size, dtype, quant):
+def _answers(run: RunDir, convs, sampling, batch_size, load: LoadOptions):
     answers = {label: answer_all(loaded, convs, sampling, batch_size, "Base model" if label == "base" else "Fine-tuned")
-               for label, loaded in base_and_tuned(run, dtype, quant)}
+               for label, loaded in base_and_tuned(run, load.dtype, load.quant)}
     return answers["base"], answers["tuned"]
 
 
@@ -76,18 +77,10 @@ def render_table(rows: list[Row], title: str) -> Table:
     return table
 
 
-def _cell(text: str) -> str:
-    return (text or "").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
-
-
 def render_markdown(rows: list[Row], run: str, sampling: Sampling) -> str:
     with_ref = any(r.reference for r in rows)
     head = ["#", "prompt", *(["reference"] if with_ref else []), "base", "fine-tuned"]
-    lines = [f"# Base vs fine-tuned: `{run}`", "",
-             f"Sampling: temperature={sampling.temperature}, top_k={sampling.top_k}, top_p={sampling.top_p}, "
-             f"max_new_tokens={sampling.max_new_tokens}, seed={sampling.seed}.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for k, r in enumerate(rows, start=1):
-        cells = [str(k), _last_user(r.prompt), *([r.reference or ""] if with_ref else []), r.base, r.tuned]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [[k, _last_user(r.prompt), *([r.reference or ""] if with_ref else []), r.base, r.tuned] for k, r in enumerate(rows, start=1)]
+    return "\n".join([f"# Base vs fine-tuned: `{run}`", "",
+                      f"Sampling: temperature={sampling.temperature}, top_k={sampling.top_k}, top_p={sampling.top_p}, "
+                      f"max_new_tokens={sampling.max_new_tokens}, seed={sampling.seed}.", "", md_table(head, cells)]) + "\n"

@@ -7,9 +7,9 @@ so batching, sampling, stop tokens and token counting behave the same everywhere
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from threading import Thread
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, TextStreamer
@@ -17,6 +17,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from phinetune.data.normalize import TOOL_CALL, for_template
 from phinetune.errors import PhinetuneError
 from phinetune.runs.loading import Loaded
+
+
+GREEDY_BELOW = 1e-5  # temperatures under this sample as greedy (vLLM's _SAMPLING_EPS): logits / 1e-240 overflow to inf -> NaN
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Sampling:
                 raise PhinetuneError(f"{name} {rule} (got {getattr(self, name)})")
 
     def kwargs(self) -> dict:
-        if self.temperature <= 0:
+        if self.temperature < GREEDY_BELOW:
             return {"do_sample": False}
         return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k or None, "top_p": self.top_p}
 
@@ -52,6 +55,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int  # generated tokens, the stop token included
     finish_reason: str  # "stop" (end-of-turn token or stop string) or "length"
+    token_ids: list[int] = field(default_factory=list)  # the generated tokens behind `text`, and the stop token if any
 
 
 def chat_prompt(loaded: Loaded, messages: list[dict]) -> str:
@@ -87,14 +91,14 @@ class _Cancelled(StoppingCriteria):
 
 
 @torch.no_grad()
-def complete(loaded: Loaded, prompts: list[str], sampling: Sampling, stop: Sequence[str] = (),
+def complete(loaded: Loaded, prompts: Sequence[Union[str, list[int]]], sampling: Sampling, stop: Sequence[str] = (),
              streamer=None, cancel: Optional[threading.Event] = None) -> list[Completion]:
-    """Continue already-templated prompt texts, as one left-padded batch (every prompt ends where generation starts)."""
+    """Continue already-templated prompt texts (or token ids), as one left-padded batch (every prompt ends where generation starts)."""
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)
     tok = loaded.tokenizer
     tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(loaded.model))
+    enc = encode_prompts(tok, prompts).to(_device(loaded.model))
     extra = dict(stop_strings=list(stop), tokenizer=tok) if stop else {}
     if cancel is not None:
         extra["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancel)])
@@ -102,6 +106,14 @@ def complete(loaded: Loaded, prompts: list[str], sampling: Sampling, stop: Seque
     new = out[:, enc["input_ids"].shape[1]:]
     prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
     return [_finish(loaded, row, n, stop) for row, n in zip(new.tolist(), prompt_lens)]
+
+
+def encode_prompts(tok, prompts: Sequence[Union[str, list[int]]]):
+    """Left-padded input_ids and attention_mask; a prompt given as token ids is used as it is (what lm-eval sends)."""
+    if all(isinstance(p, str) for p in prompts):
+        return tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    ids = [tok(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
+    return tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")
 
 
 def _finish(loaded: Loaded, row: list[int], prompt_tokens: int, stop: Sequence[str]) -> Completion:
@@ -113,7 +125,11 @@ def _finish(loaded: Loaded, row: list[int], prompt_tokens: int, stop: Sequence[s
     hits = [text.index(s) for s in stop if s in text]
     if hits:
         text, reason = text[:min(hits)], "stop"
-    return Completion(text, int(prompt_tokens), len(row) if cut is None else cut + 1, reason)
+        while kept and len(loaded.tokenizer.decode(kept, skip_special_tokens=True)) > len(text):
+            kept = kept[:-1]  # the tokens behind the text that is kept
+    elif cut is not None:
+        kept = row[:cut + 1]  # the stop token was generated too (its logprob is what lm-eval's echo scoring drops last)
+    return Completion(text, int(prompt_tokens), len(row) if cut is None else cut + 1, reason, list(kept))
 
 
 def generate_batch(loaded: Loaded, conversations: list[list[dict]], sampling: Sampling) -> list[str]:

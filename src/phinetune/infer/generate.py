@@ -14,7 +14,7 @@ from typing import Optional
 from phinetune.data.reasoning import split_reasoning
 from phinetune.errors import DataError, PhinetuneError
 from phinetune.infer.complete import Completion, Sampling, chat_prompt, complete
-from phinetune.runs.loading import Loaded, load_for_inference
+from phinetune.runs.loading import LoadOptions, Loaded, load_for_inference
 from phinetune.progress import console, track
 
 
@@ -58,15 +58,14 @@ def shown_reply(text: str, loaded: Loaded, reasoning: str) -> str:
     return (split_reasoning(text, loaded.spec.reasoning_tags)[1] if reasoning == "hide" else text).strip()
 
 
-def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], max_new_tokens: int,
-                 temperature: float, top_k: int, top_p: float, seed: Optional[int], batch_size: int, dtype: str, quant: str,
-                 checkpoint: Optional[str] = None, reasoning: str = "show") -> list[str]:
+def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], sampling: Sampling,
+                 batch_size: int = 8, load: LoadOptions = LoadOptions(), checkpoint: Optional[str] = None,
+                 reasoning: str = "show") -> list[str]:
     """`reasoning`: show a reply's <think> trace (default) or hide it (keep the final answer only)."""
     if (prompt is None) == (input is None):
         raise PhinetuneError("give either a PROMPT or --input FILE.jsonl (exactly one)")
     rows = read_prompt_rows(input) if input else [{"messages": [{"role": "user", "content": prompt}]}]
-    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
-    loaded = load_for_inference(target, dtype, quant, checkpoint=checkpoint)
+    loaded = load_for_inference(target, load.dtype, load.quant, checkpoint=checkpoint)
     results = answer_all(loaded, [r["messages"] for r in rows], sampling, batch_size)
     answers = [shown_reply(r.text, loaded, reasoning) for r in results]
     if output:

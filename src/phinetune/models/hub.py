@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -54,17 +55,13 @@ def hub_reachable() -> bool:
 
 def go_offline() -> None:
     """Offline mode for this process: huggingface_hub, transformers and datasets then use only the cache."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"  # read by each library at its import (and inherited by child processes)
     os.environ["HF_DATASETS_OFFLINE"] = "1"
-    from huggingface_hub import constants
-
-    constants.HF_HUB_OFFLINE = True  # read at import; transformers asks huggingface_hub.is_offline_mode()
-    try:
-        import datasets.config
-
-        datasets.config.HF_HUB_OFFLINE = True
-    except ImportError:
-        pass
+    # Libraries imported already keep the value they read: patch them (transformers asks huggingface_hub).
+    if "huggingface_hub.constants" in sys.modules:
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
+    if "datasets.config" in sys.modules:
+        sys.modules["datasets.config"].HF_HUB_OFFLINE = True
 
 
 def is_cached(repo_id: str, revision: Optional[str] = None) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
@@ -22,6 +21,7 @@ from phinetune.models.templates import read_template
 from phinetune.models.pad import fix_pad
 from phinetune.paths import cache_root
 
+PAD_TOKEN = "<PAD>"  # what pad_policy="add" adds
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -70,16 +70,18 @@ def resolve_model_path(cfg: ModelConfig, base_dir: Optional[Path] = None, seed: 
 
 def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
     tokenizer = _hub_call(path, cfg.revision, lambda: AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
-    if spec.added_tokens:
-        new = [t for t in spec.added_tokens if t not in tokenizer.get_vocab()]
-        if new:
-            tokenizer.add_special_tokens({"additional_special_tokens": [t for t in new if t != "<PAD>"]})
-            if "<PAD>" in new:
-                tokenizer.add_special_tokens({"pad_token": "<PAD>"})
+    new = [t for t in spec.added_tokens if t not in tokenizer.get_vocab() and t != PAD_TOKEN]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new})
     if spec.template and not tokenizer.chat_template:
         tokenizer.chat_template = read_template(spec.template)
-    # The end of turn as the model layer knows it (data/end_of_turn.py reads unknown templates; the pre-flight
-    # refuses a pad that still equals it): the case that matters, pad = eos = end of turn, is caught here.
+    if spec.pad_policy == "add":  # a dedicated pad token (Phi-2: its eos is also its only separator)
+        if tokenizer.pad_token != PAD_TOKEN:
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    elif tokenizer.pad_token is None:  # "existing": the tokenizer's own pad, else its eos
+        tokenizer.pad_token = tokenizer.eos_token  # safe: labels come from masks, never from pad ids
+    # Pad is never the end of turn (models/pad.py); the end of turn as the model layer knows it (data/end_of_turn.py
+    # reads unknown templates, and the pre-flight refuses a pad that still equals it).
     fix_pad(tokenizer, spec, cfg.end_of_turn or spec.end_of_turn or tokenizer.eos_token)
     return tokenizer
 

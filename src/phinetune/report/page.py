@@ -1,30 +1,32 @@
 """Assemble the run report: every section is built once as (HTML, Markdown) from what the run folder holds.
 
 HTML is self-contained (plots inlined as base64 PNG, no scripts, no external assets) so it can be mailed or
-attached to an issue; the Markdown references the same plots saved as PNG files next to it.
+attached to an issue; the Markdown references the same plots saved as PNG files next to it. The HTML comes
+from Jinja2 templates in report/templates/ (the page, and the blocks a section is made of), escaped by Jinja.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-from phinetune.report.charts import render_all
+import jinja2
+from markupsafe import Markup
+
+from phinetune.markdown import md_table
+from phinetune.train.plots import render_all
 from phinetune.report.samples import cached_samples, generate_samples
 from phinetune.runs.run_dir import RunDir
 
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td{overflow-wrap:anywhere;white-space:pre-wrap}table.wide{width:100%;table-layout:fixed}td.num{text-align:right;font-variant-numeric:tabular-nums}.drop{color:#b00;font-weight:bold}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}mark{background:#c8f0c8}.plots{display:flex;flex-wrap:wrap;gap:1em}
-.plots figure{margin:0;flex:1 1 480px}.plots img{max-width:100%}.muted{color:#777}"""
+ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.files("phinetune.report") / "templates")),
+                         autoescape=True, keep_trailing_newline=True)
+BLOCKS = ENV.get_template("blocks.html.jinja").module  # macros: table, pre, note, muted, marked, figures
 
 
 @dataclass
@@ -34,24 +36,9 @@ class Section:
     md: str
 
 
-def esc(value) -> str:
-    return html.escape(str(value))
-
-
 def html_table(header: list[str], rows: list[list], numeric: set[int] = frozenset(), row_class=None, css: str = "") -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = []
-    for k, row in enumerate(rows):
-        cls = f' class="{row_class(k)}"' if row_class and row_class(k) else ""
-        cells = "".join(f'<td class="num">{esc(c)}</td>' if i in numeric else f"<td>{esc(c)}</td>" for i, c in enumerate(row))
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table{f' class={css}' if css else ''}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def md_table(header: list[str], rows: list[list]) -> str:
-    cell = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+    classes = [row_class(k) or "" for k in range(len(rows))] if row_class else []
+    return BLOCKS.table(header, rows, numeric, classes, css)
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -77,7 +64,7 @@ def summary_section(run: RunDir, metrics: list[dict]) -> Section:
 
 def config_section(run: RunDir) -> Section:
     text = run.config.read_text() if run.config.exists() else "(no config.yaml)"
-    return Section("Config", f"<pre>{esc(text)}</pre>", f"```yaml\n{text.rstrip()}\n```")
+    return Section("Config", BLOCKS.pre(text), f"```yaml\n{text.rstrip()}\n```")
 
 
 def preflight_section(run: RunDir) -> Optional[Section]:
@@ -88,10 +75,10 @@ def preflight_section(run: RunDir) -> Optional[Section]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
-        return Section("Pre-flight", f"<p class=muted>{esc(path.name)} is not valid JSON; not shown.</p>", f"_{path.name} is not valid JSON; not shown._")
+        return Section("Pre-flight", BLOCKS.muted(f"{path.name} is not valid JSON; not shown."), f"_{path.name} is not valid JSON; not shown._")
     if not isinstance(data, dict) or "layers" not in data:  # an older or foreign file: show it as it is
         text = json.dumps(data, indent=2)
-        return Section("Pre-flight", f"<pre>{esc(text)}</pre>", f"```json\n{text}\n```")
+        return Section("Pre-flight", BLOCKS.pre(text), f"```json\n{text}\n```")
     return _preflight_view(data)
 
 
@@ -106,10 +93,9 @@ def _preflight_view(data: dict) -> Section:
              ["problems", "; ".join(data.get("problems") or []) or "none"]]
     layers = [[r["layer_type"], r["kind"], r["count"], f"{r['trainable']:,}"] for r in data["layers"]]
     layer_head = ["layer type", "how it is trained", "modules", "trainable parameters"]
-    marked = "".join(f"<mark>{esc(piece)}</mark>" if trained else esc(piece) for piece, trained in data.get("sample", []))
     md_sample = "".join(f"**{piece}**" if trained else piece for piece, trained in data.get("sample", []))
     page = (html_table(["check", "value"], facts) + html_table(layer_head, layers, numeric={2, 3})
-            + f"<p>One training sample; trained tokens are highlighted:</p><pre>{marked}</pre>")
+            + BLOCKS.note("One training sample; trained tokens are highlighted:") + BLOCKS.marked(data.get("sample", [])))
     md = (md_table(["check", "value"], facts) + "\n\n" + md_table(layer_head, layers)
           + f"\n\nOne training sample; trained tokens in bold:\n\n```\n{md_sample}\n```")
     return Section("Pre-flight", page, md)
@@ -118,15 +104,14 @@ def _preflight_view(data: dict) -> Section:
 def curves_section(metrics: list[dict], plots_dir: Path) -> Section:
     charts = render_all(metrics)
     if not charts:
-        return Section("Training curves", "<p class=muted>No metrics logged.</p>", "_No metrics logged._")
+        return Section("Training curves", BLOCKS.muted("No metrics logged."), "_No metrics logged._")
     plots_dir.mkdir(parents=True, exist_ok=True)
     figs, md = [], []
     for name, (chart, png) in charts.items():
         (plots_dir / f"{name}.png").write_bytes(png)
-        data = base64.b64encode(png).decode("ascii")
-        figs.append(f'<figure><img alt="{esc(chart.title)}" src="data:image/png;base64,{data}"></figure>')
+        figs.append((chart.title, base64.b64encode(png).decode("ascii")))
         md.append(f"![{chart.title}]({plots_dir.name}/{name}.png)")
-    return Section("Training curves", f"<div class=plots>{''.join(figs)}</div>", "\n\n".join(md))
+    return Section("Training curves", BLOCKS.figures(figs), "\n\n".join(md))
 
 
 def eval_section(run: RunDir) -> Optional[Section]:
@@ -140,7 +125,7 @@ def eval_section(run: RunDir) -> Optional[Section]:
     note = (f"Scored by {report['scorer']}, {report['shots']}-shot, "
             f"{report['limit'] or 'all'} items per task, data: {report['data']}. A drop is flagged when the score fell by more than its standard error.")
     table = html_table(header, rows, numeric={2, 3, 4, 5, 6}, row_class=lambda k: "drop" if report["rows"][k]["drop"] else "")
-    return Section("Benchmarks: base vs fine-tuned", f"<p>{esc(note)}</p>{table}", f"{note}\n\n{md_table(header, rows)}")
+    return Section("Benchmarks: base vs fine-tuned", BLOCKS.note(note) + table, f"{note}\n\n{md_table(header, rows)}")
 
 
 def markdown_tables_html(text: str) -> str:
@@ -149,8 +134,8 @@ def markdown_tables_html(text: str) -> str:
     out, table = [], []
 
     def flush() -> None:
-        if len(table) >= 2:
-            out.append(html_table(table[0], table[2:] if set(table[1]) <= {"---", ""} else table[1:], css="wide")
+        if len(table) >= 2:  # the cells are escaped by the template; only their <br> line breaks come back
+            out.append(str(html_table(table[0], table[2:] if set(table[1]) <= {"---", ""} else table[1:], css="wide"))
                        .replace("&lt;br&gt;", "<br>"))
         table.clear()
 
@@ -161,9 +146,9 @@ def markdown_tables_html(text: str) -> str:
             continue
         flush()
         if line.strip():
-            out.append(f"<p>{esc(line.lstrip('# ').strip())}</p>")
+            out.append(str(BLOCKS.note(line.lstrip("# ").strip())))
     flush()
-    return "".join(out)
+    return Markup("".join(out))
 
 
 def samples_section(run: RunDir, n: int) -> Optional[Section]:
@@ -179,7 +164,7 @@ def samples_section(run: RunDir, n: int) -> Optional[Section]:
     header = ["prompt", "reference", "base", "tuned"]
     table = [[r["prompt"], r["reference"], r["base"], r["tuned"]] for r in rows]
     note = "Held-out prompts of this run, answered greedily by the base model and by the fine-tuned one."
-    return Section("Sample answers: before vs after", f"<p>{esc(note)}</p>{html_table(header, table, css='wide')}", f"{note}\n\n{md_table(header, table)}")
+    return Section("Sample answers: before vs after", BLOCKS.note(note) + html_table(header, table, css="wide"), f"{note}\n\n{md_table(header, table)}")
 
 
 def build_sections(run: RunDir, samples: int) -> list[Section]:
@@ -194,9 +179,7 @@ def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:
     run = RunDir.open(run_path)
     sections = build_sections(run, samples)
     title = f"phinetune run report: {run.path.name}"
-    body = "".join(f"<section><h2>{esc(s.title)}</h2>{s.html}</section>" for s in sections)
-    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>\n")
+    page = ENV.get_template("report.html.jinja").render(title=title, sections=sections)
     html_path, md_path = run.report_html, run.report_md
     html_path.write_text(page, encoding="utf-8")
     md_path.write_text(f"# {title}\n\n" + "\n\n".join(f"## {s.title}\n\n{s.md}" for s in sections) + "\n", encoding="utf-8")

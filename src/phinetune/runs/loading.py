@@ -20,6 +20,14 @@ from phinetune.progress import progress_console
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a target for inference (the --dtype/--quant options every inference verb has)."""
+
+    dtype: str = "auto"  # auto, bf16, fp16 or fp32
+    quant: str = "none"  # none or nf4
+
+
 @dataclass
 class Loaded:
     model: torch.nn.Module
@@ -83,7 +91,7 @@ def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool, checkpoint: Op
     tokenizer = load_tokenizer(str(run.tokenizer), mcfg, spec)
     if checkpoint is not None:
         model = load_model(info.base_model, mcfg, spec, tokenizer, plan, device_map())
-        model = _apply_checkpoint(model, checkpoint)
+        model = apply_checkpoint(model, checkpoint)
     elif run.is_full and adapter:
         model = load_model(str(run.full_model), mcfg, spec, tokenizer, plan, device_map())
     else:
@@ -94,7 +102,7 @@ def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool, checkpoint: Op
     return Loaded(model, tokenizer, spec, stop_token_ids(tokenizer, spec), str(run.path))
 
 
-def _apply_checkpoint(model, checkpoint: Path):
+def apply_checkpoint(model, checkpoint: Path):
     """Rebuild the run's adapter from the config the checkpoint carries, then load its trainable weights.
 
     A checkpoint holds only what was trained (train/checkpoint.py), under the names of the trained model,

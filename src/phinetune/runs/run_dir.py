@@ -10,6 +10,8 @@ Every name a run folder holds is an attribute here, and nowhere else spelled out
     RUN/eval.json        base vs tuned benchmarks (eval)            RUN/compare.md  base vs tuned answers (compare)
     RUN/samples.json     the report's cached sample answers         RUN/report.html, report.md, report_plots/ (report)
     RUN/tensorboard/, RUN/mlruns/, RUN/mlflow_run_id   experiment trackers (train.report_to)
+    RUN/reference_logps.safetensors   preference runs with preference.reference=cached: the reference
+                         model's log-probs of every pair, computed once before step 1
 
 A merged folder (`phinetune merge`) is a plain Hugging Face folder plus MERGED_MARKER, which records its spec.
 """
@@ -64,6 +66,7 @@ class RunDir:
     tensorboard = property(lambda self: self.path / "tensorboard")
     mlruns = property(lambda self: self.path / "mlruns")
     mlflow_run_id = property(lambda self: self.path / "mlflow_run_id")
+    reference_logps = property(lambda self: self.path / "reference_logps.safetensors")
 
     @classmethod
     def create(cls, cfg: RunConfig) -> "RunDir":
@@ -120,8 +123,9 @@ class RunDir:
         return sorted(found)
 
 
-def write_merged_marker(folder: Path, spec_key: str, run: RunDir) -> None:
-    (Path(folder) / MERGED_MARKER).write_text(json.dumps({"spec": spec_key, "merged_from": str(run.path)}))
+def write_merged_marker(folder: Path, spec_key: str, run: RunDir, **details) -> None:
+    """`details`: what else the merge records (which base a QLoRA run merged into, the measured logit gap)."""
+    (Path(folder) / MERGED_MARKER).write_text(json.dumps({"spec": spec_key, "merged_from": str(run.path), **details}, indent=2))
 
 
 def merged_spec_key(folder: Path) -> str | None:

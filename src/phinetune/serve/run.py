@@ -6,12 +6,11 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from phinetune.errors import PhinetuneError
 from phinetune.extras import require
 from phinetune.progress import console, escape
-from phinetune.runs.loading import load_for_inference
 
 
 def default_model_name(target: str) -> str:
@@ -41,13 +40,17 @@ def check_port_free(host: str, port: int) -> None:
                                  "pass another --port or stop the other server") from None
 
 
-def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None, model_name: Optional[str] = None,
-          max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
-          dtype: str = "auto", quant: str = "none", reasoning: str = "separate") -> None:
-    require("phinetune serve", "serve", "fastapi", "uvicorn")  # core dependencies; a trimmed install may lack them
+def serve(target: Union[str, list[str]], host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
+          model_name: Optional[str] = None, max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
+          dtype: str = "auto", quant: str = "none", request_timeout: float = 300.0, cors_origins: Sequence[str] = (),
+          access_log: str = "-", log_prompts: bool = False, reasoning: str = "separate") -> None:
+    """`target`: one run folder, merged folder or model id, or several LoRA run folders on one base (one model id each)."""
+    require("phinetune serve", "serve", "fastapi", "uvicorn", "prometheus_client")  # core dependencies; a trimmed install may lack them
     import uvicorn
 
+    from phinetune.serve.adapters import load_served
     from phinetune.serve.app import ServeSettings, create_app
+    from phinetune.serve.observe import configure_access_log
     from phinetune.serve.tools import REASONING_MODES
 
     limits = {"--port": (port, 0, 65535), "--max-tokens": (max_tokens, 1, 1 << 20), "--max-body-kb": (max_body_kb, 1, 1 << 20),
@@ -55,6 +58,8 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optio
     for flag, (value, low, high) in limits.items():
         if not low <= value <= high:
             raise PhinetuneError(f"{flag} must be between {low} and {high} (got {value})")
+    if not request_timeout > 0:
+        raise PhinetuneError(f"--request-timeout must be a positive number of seconds (got {request_timeout})")
     if reasoning not in REASONING_MODES:
         raise PhinetuneError(f"--reasoning must be one of {', '.join(REASONING_MODES)} (got {reasoning})")
     api_key = api_key or os.environ.get("PHINETUNE_API_KEY") or None
@@ -62,10 +67,18 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optio
         console.print(f"[bold yellow]warning:[/bold yellow] serving on {escape(host)} without an API key: anyone who can reach this "
                       "address can use the model (set --api-key or PHINETUNE_API_KEY)", markup=True)
     check_port_free(host, port)  # before the slow model load, not as uvicorn's Errno 98 after it
-    loaded = load_for_inference(target, dtype, quant)
-    settings = ServeSettings(model_name or default_model_name(target), api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch,
-                             reasoning=reasoning)
-    app = create_app(loaded, settings)
-    console.print(f"serving '{settings.model_name}' at http://{host}:{port}/v1 (OpenAI-compatible; /health, /docs)"
-                  f"{'; API key required' if api_key else ''}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    targets = [target] if isinstance(target, str) else list(target)
+    served = load_served(targets, dtype, quant, model_name)
+    for line in served.memory:
+        console.print(f"memory: {line}")
+    settings = ServeSettings(served.default, api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch, request_timeout,
+                             list(cors_origins), log_prompts)
+    app = create_app(served, settings)
+    configure_access_log(access_log)
+    console.print(f"serving {', '.join(repr(m) for m in served.models)} at http://{host}:{port}/v1 (OpenAI-compatible; "
+                  f"/health, /metrics, /docs){'; API key required' if api_key else ''}")
+    app.router.add_event_handler("shutdown", lambda: console.print(f"stopped after answering {app.state.worker.served} requests"))
+    # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests finish (up to the request timeout), then
+    # runs the app's shutdown, where the worker drains what is still queued.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(request_timeout) + 1)
+    from phinetune.serve.tools import REASONING_MODES

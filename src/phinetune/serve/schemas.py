@@ -1,15 +1,29 @@
 """Request bodies of the OpenAI-compatible API, strict: an unknown field or an out-of-range value is a 400,
-never silently ignored (a client sending `logprobs` or `n=3` must learn that this server does not do it).
+never silently ignored (a client sending a field this server does not implement must learn that it does not).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP = 4  # as OpenAI
 MAX_PROMPTS = 16  # prompts in one /v1/completions request
+MAX_CHOICES = 16  # prompts x n in one request
+MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API (completions allows 5; vLLM allows 20 in both, and so do we)
+
+
+def _encodable(text: str) -> str:
+    """JSON can carry lone surrogates (\\ud800) that are no text at all: the tokenizer would fail on them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode text: a lone surrogate {text[exc.start:exc.end]!r} at character {exc.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class _Strict(BaseModel):
@@ -18,7 +32,7 @@ class _Strict(BaseModel):
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class FunctionCall(_Strict):
@@ -46,8 +60,8 @@ class ToolDef(_Strict):
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "tool"]
-    content: Optional[Union[str, list[TextPart]]] = None
-    name: Optional[str] = None
+    content: Optional[Union[Text, list[TextPart]]] = None
+    name: Optional[Text] = None
     tool_calls: Optional[list[ToolCall]] = Field(None, description="Calls an assistant turn made (tool calling, Phi-4-mini).")
     tool_call_id: Optional[str] = Field(None, description="On a tool turn: the call it answers.")
     reasoning_content: Optional[str] = Field(None, description="An assistant turn's reasoning trace, as this server returns it.")
@@ -79,17 +93,22 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object"] = Field(..., description="json_object: the reply is validated as a JSON object "
+                                                 "(not constrained): a reply that is not one is a 400 json_validate_failed.")
+
+
 class _Sampling(_Strict):
-    model: Optional[str] = Field(None, description="Must name the served model when given.")
+    model: Optional[str] = Field(None, description="One of the ids GET /v1/models lists (an adapter or the base); default: the first.")
     max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate; capped by the server's --max-tokens.")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="Extension (vLLM-style): top-k sampling, 0 = off.")
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
-    stop: Optional[Union[str, list[str]]] = None
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Same seed, same request: same sampled answer.")
+    stop: Optional[Union[Text, list[Text]]] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    n: Literal[1] = Field(1, description="Only one choice per request is generated.")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
     user: Optional[str] = None
 
     @field_validator("stop")
@@ -100,6 +119,14 @@ class _Sampling(_Strict):
             raise ValueError(f"stop must be a non-empty string or a list of at most {MAX_STOP} non-empty strings")
         return stops
 
+    @model_validator(mode="after")
+    def _stream_alone(self):
+        if self.stream and self.n > 1:
+            raise ValueError("stream=true supports n=1 only; send one request per choice")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream=true")
+        return self
+
     def stops(self) -> list[str]:
         return list(self.stop or [])
 
@@ -107,6 +134,9 @@ class _Sampling(_Strict):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=256)
     max_completion_tokens: Optional[int] = Field(None, ge=1, description="Newer name of max_tokens.")
+    logprobs: bool = Field(False, description="Return each generated token's log-probability.")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="Also the k most likely tokens at each position.")
+    response_format: Optional[ResponseFormat] = None
     tools: Optional[list[ToolDef]] = Field(None, max_length=128, description="Functions the model may call (models with a tool format: Phi-4-mini).")
     tool_choice: Optional[Literal["none", "auto"]] = Field(None, description="auto (default with tools) or none; forcing a call is not supported.")
     parallel_tool_calls: Optional[bool] = None
@@ -123,27 +153,63 @@ class ChatCompletionRequest(_Sampling):
             raise ValueError("the last message must be from the user or the system, not the assistant")
         return value
 
+    @model_validator(mode="after")
+    def _logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
+        if self.logprobs and self.stream:
+            raise ValueError("logprobs are not streamed by this server; use stream=false")
+        return self
+
     def requested_tokens(self) -> Optional[int]:
         return self.max_completion_tokens or self.max_tokens
+
+    def top_k_logprobs(self) -> Optional[int]:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def wants_json(self) -> bool:
+        return self.response_format is not None and self.response_format.type == "json_object"
 
     default_tokens: ClassVar[Optional[int]] = None  # chat: up to the server's cap
 
 
+TokenIds = list[int]
+
+
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str]] = Field(..., description="A prompt or a list of at most 16 prompts.")
-    max_tokens: Optional[int] = Field(None, ge=1, description="Default 16, as OpenAI's completions.")
-    echo: Literal[False] = False
+    prompt: Union[Text, list[Text], TokenIds, list[TokenIds]] = Field(
+        ..., description="A prompt, a list of at most 16 prompts, or the same as token ids (what lm-eval sends).")
+    max_tokens: Optional[int] = Field(None, ge=0, description="Default 16, as OpenAI's completions; 0 (with echo) scores the prompt only.")
+    echo: bool = Field(False, description="Return the prompt before the completion (and its tokens' logprobs).")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                    description="Log-probabilities of the chosen tokens and of the k most likely at each position.")
 
     @field_validator("prompt")
     @classmethod
     def _prompts(cls, value):
-        prompts = [value] if isinstance(value, str) else value
+        prompts = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
         if not 1 <= len(prompts) <= MAX_PROMPTS:
-            raise ValueError(f"prompt must be a string or a list of 1 to {MAX_PROMPTS} strings")
+            raise ValueError(f"prompt must be a string, a list of token ids, or a list of 1 to {MAX_PROMPTS} of either")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("an empty prompt gives the model nothing to continue; send at least one character (or token id)")
         return value
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    @model_validator(mode="after")
+    def _scoring(self):
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens=0 generates nothing: use it with echo=true (and logprobs) to score the prompt")
+        if self.stream and (self.echo or self.logprobs is not None):
+            raise ValueError("echo and logprobs are not streamed by this server; use stream=false")
+        if self.stream and len(self.prompts()) > 1:
+            raise ValueError("stream=true supports a single prompt; send one request per prompt")
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise ValueError(f"prompts x n must be at most {MAX_CHOICES} (got {len(self.prompts())} x {self.n})")
+        return self
+
+    def prompts(self) -> list[Union[str, TokenIds]]:
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
 
     def requested_tokens(self) -> Optional[int]:
         return self.max_tokens

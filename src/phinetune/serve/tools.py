@@ -18,7 +18,6 @@ from typing import Optional
 from phinetune.data.normalize import TOOL_CALL, canonical_tool_calls, canonical_tools, for_template
 from phinetune.data.reasoning import split_reasoning
 from phinetune.errors import DataError
-from phinetune.infer.complete import Completion
 from phinetune.models.specs import ModelSpec
 from phinetune.serve.responses import ChatFormat
 
@@ -118,6 +117,11 @@ class ReplyFormat(ChatFormat):
     def __init__(self, spec: ModelSpec, reasoning: str = "separate", tools: bool = False):
         self.spec, self.reasoning, self.tools = spec, reasoning, tools
 
-    def choice(self, index: int, result: Completion) -> dict:
-        message, finish = assistant_message(result.text, self.spec, self.reasoning, self.tools)
-        return {"index": index, "message": message, "finish_reason": finish or result.finish_reason, "logprobs": None}
+    def message(self, out) -> dict:
+        return assistant_message(out.completion.text, self.spec, self.reasoning, self.tools)[0]
+
+    def choice(self, index: int, out) -> dict:
+        choice = super().choice(index, out)
+        if choice["message"].get("tool_calls"):
+            choice["finish_reason"] = "tool_calls"
+        return choice

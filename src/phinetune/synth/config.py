@@ -37,9 +37,8 @@ class TeacherConfig(_Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (used when api_key is not set).")
     system: Optional[str] = Field(None, description="Optional system prompt sent with every teacher call.")
     concurrency: int = Field(8, ge=1, le=256, description="Most requests in flight at once (openai).")
-    max_retries: int = Field(6, ge=0, description="Retries per call on 429, 5xx, timeouts and connection errors, with exponential backoff.")
-    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles each retry (a Retry-After header wins when larger).")
-    max_backoff_s: float = Field(60.0, ge=0, description="Longest single retry delay.")
+    max_retries: int = Field(6, ge=0, description="Retries per call on 408/409/429, 5xx, timeouts and connection errors: the openai SDK's "
+                             "exponential backoff with jitter (0.5 s doubling, at most 8 s), or what a Retry-After header asks.")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.")
     price_input_per_1m: float = Field(0.0, ge=0, description="USD per million prompt tokens, for the cost counter (0: not counted unless the endpoint reports usage.cost).")
     price_output_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens.")
@@ -48,7 +47,10 @@ class TeacherConfig(_Strict):
     quant: Literal["none", "nf4"] = Field("none", description="nf4 loads the local teacher in 4-bit.")
 
 
-class Sampling(_Strict):
+class RequestSampling(_Strict):
+    """What a chat-completions request asks the teacher for (OpenAI's names: `max_tokens`); the local teacher
+    turns it into phinetune.infer.complete.Sampling (transformers' names: `max_new_tokens`)."""
+
     max_tokens: int = Field(500, ge=1, description="Most tokens per teacher answer.")
     temperature: float = Field(0.7, ge=0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
@@ -93,9 +95,37 @@ class UserStage(_Strict):
     sampling: SamplingOverride = Field(default_factory=SamplingOverride)
 
 
-Stage = Annotated[Union[ExpandStage, CleanStage, AssistantStage, UserStage], Field(discriminator="kind")]
-STAGE_TYPES: dict[str, type[BaseModel]] = {"expand": ExpandStage, "clean": CleanStage, "assistant": AssistantStage, "user": UserStage}
-PLACEHOLDERS = {"expand": ({"examples"}, {"examples", "n"}), "assistant": ({"message"}, {"message"}), "user": ({"conversation"}, {"conversation"})}
+class PairsStage(_Strict):
+    kind: Literal["pairs"] = "pairs"
+    prompt: Optional[str] = Field(None, description="As for an assistant stage, with {message}; two replies are sampled per conversation (different seeds).")
+    sampling: SamplingOverride = Field(default_factory=lambda: SamplingOverride(temperature=1.0))
+
+
+JUDGE_PROMPT = """Here is a question and two replies.
+
+Question:
+{question}
+
+Reply A:
+{a}
+
+Reply B:
+{b}
+
+Which reply is better: more correct, clearer and more helpful? Answer with the single letter A or B."""
+
+
+class JudgeStage(_Strict):
+    kind: Literal["judge"] = "judge"
+    prompt: str = Field(JUDGE_PROMPT, description="Prompt with {question}, {a} and {b}; the answer must name A or B. The two replies are shown in an order set per conversation by the seed, so a judge that favours a position does not favour a sample.")
+    sampling: SamplingOverride = Field(default_factory=lambda: SamplingOverride(temperature=0.0))
+
+
+Stage = Annotated[Union[ExpandStage, CleanStage, AssistantStage, UserStage, PairsStage, JudgeStage], Field(discriminator="kind")]
+STAGE_TYPES: dict[str, type[BaseModel]] = {"expand": ExpandStage, "clean": CleanStage, "assistant": AssistantStage, "user": UserStage,
+                                           "pairs": PairsStage, "judge": JudgeStage}
+PLACEHOLDERS = {"expand": ({"examples"}, {"examples", "n"}), "assistant": ({"message"}, {"message"}), "user": ({"conversation"}, {"conversation"}),
+                "pairs": ({"message"}, {"message"}), "judge": ({"question", "a", "b"}, {"question", "a", "b"})}
 # Matched case-insensitively within the first 80 characters, where refusals and meta-talk begin.
 # Specific phrases only: riddles are often in the first person ("I cannot be seen..."), so plain "i cannot" would
 # throw away good data.
@@ -111,7 +141,7 @@ class OutputConfig(_Strict):
 class SynthConfig(_Strict):
     seeds: SeedsConfig
     teacher: TeacherConfig
-    sampling: Sampling = Field(default_factory=Sampling)
+    sampling: RequestSampling = Field(default_factory=RequestSampling)
     stages: dict[str, Stage] = Field(..., description="Ordered stages: expand?, clean?, then turns alternating assistant/user, ending with assistant.")
     output: OutputConfig = Field(default_factory=OutputConfig)
     seed: int = Field(0, description="Seed for which seeds each expand call sees and for sampling.")
@@ -123,12 +153,17 @@ class SynthConfig(_Strict):
             _check_placeholders(name, stage)
         return self
 
-    def sampling_for(self, stage) -> Sampling:
+    def sampling_for(self, stage) -> RequestSampling:
         return self.sampling.model_copy(update=stage.sampling.model_dump(exclude_none=True))
 
 
 def _check_order(stages: dict) -> None:
     kinds = [s.kind for s in stages.values()]
+    if "pairs" in kinds or "judge" in kinds:
+        # A preference recipe: the last reply is sampled twice and judged; the stages before are as usual.
+        if kinds[-2:] != ["pairs", "judge"] or kinds.count("pairs") + kinds.count("judge") != 2:
+            raise ValueError(f"a preference recipe ends with one pairs stage then one judge stage (order given: {', '.join(kinds)})")
+        kinds = kinds[:-2] + ["assistant"]
     if not kinds:
         raise ValueError("stages is empty; add at least one assistant stage")
     turns = [k for k in kinds if k in ("assistant", "user")]

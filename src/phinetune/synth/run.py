@@ -16,6 +16,8 @@ from phinetune.synth.journal import Entry, Journal
 from phinetune.synth.stages import STAGES, Item, StageReport, read_seeds, seed_items
 from phinetune.synth.teachers import Call
 
+PREFERENCES = "preferences.jsonl"  # written when the recipe ends with pairs + judge stages
+
 
 @dataclass
 class Spend:
@@ -141,6 +143,12 @@ def _stats(cfg, seeds, skipped, items: list[Item], reports: dict[str, StageRepor
 def _write_outputs(out: Path, items: list[Item], stats: dict, reports: dict[str, StageReport]) -> None:
     rows = [json.dumps({"id": it.id, "origin": it.origin, "messages": it.messages()}, ensure_ascii=False) for it in items]
     _atomic_write(out / "conversations.jsonl", "".join(r + "\n" for r in rows))
+    if any(it.rejected is not None for it in items):
+        # TRL's conversational preference layout: what `train.objective: dpo` reads as is (data/preference.py).
+        prefs = [json.dumps({"id": it.id, "origin": it.origin, "prompt": it.messages()[:-1],
+                             "chosen": [{"role": "assistant", "content": it.turns[-1]}],
+                             "rejected": [{"role": "assistant", "content": it.rejected}]}, ensure_ascii=False) for it in items]
+        _atomic_write(out / PREFERENCES, "".join(r + "\n" for r in prefs))
     _atomic_write(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     cleaning = {name: {"removed": r.removed, "examples": r.examples, "items_in": r.items_in, "items_out": r.items_out}
                 for name, r in reports.items()}

@@ -8,6 +8,7 @@ plans the very same calls, finds the finished ones in the journal and makes only
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -28,6 +29,8 @@ class Item:
     id: str
     origin: str  # "seed" or "synthetic"
     turns: list[str]  # alternating user / assistant, starting with the question
+    candidates: list[str] = field(default_factory=list)  # the pairs stage's two sampled replies
+    rejected: Optional[str] = None  # after the judge: the losing reply (the winner is the last turn)
 
     def messages(self) -> list[dict]:
         return [{"role": ROLES[i % 2], "content": t} for i, t in enumerate(self.turns)]
@@ -188,10 +191,70 @@ def _turn_problem(text: str, stage) -> Optional[str]:
     return next((name for name, bad in checks if bad(text)), None)
 
 
+def plan_pairs(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Call]]:
+    cfg, name, _ = ctx
+    calls = []
+    for item in items:
+        messages = item.messages()
+        if stage.prompt is not None:
+            messages[-1] = {"role": "user", "content": stage.prompt.format(message=messages[-1]["content"])}
+        calls += [(item.id, make_call(cfg, name, item.id, k, messages, stage)) for k in (0, 1)]
+    return calls
+
+
+def apply_pairs(stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport) -> list[Item]:
+    out = []
+    for k, item in enumerate(items):
+        texts = [answers[planned[2 * k + j][1].key].text.strip() for j in (0, 1)]
+        reason = next((r for r in map(lambda t: _turn_problem(t, stage), texts) if r), None)
+        if reason is None and texts[0] == texts[1]:
+            reason = "identical_replies"  # a pair with no difference teaches nothing
+        if reason:
+            report.drop(reason, texts[0])
+            continue
+        out.append(Item(item.id, item.origin, item.turns, candidates=texts))
+    return out
+
+
+def judge_order(cfg: SynthConfig, item: str) -> bool:
+    """True when the second sample is shown as reply A (seeded per conversation, against position bias)."""
+    return bool(zlib.crc32(f"{cfg.seed}:judge:{item}".encode()) & 1)
+
+
+def plan_judge(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Call]]:
+    cfg, name, _ = ctx
+    calls = []
+    for item in items:
+        a, b = item.candidates[::-1] if judge_order(cfg, item.id) else item.candidates
+        prompt = stage.prompt.format(question=render_conversation(item), a=a, b=b)
+        calls.append((item.id, make_call(cfg, name, item.id, 0, [{"role": "user", "content": prompt}], stage)))
+    return calls
+
+
+VERDICT = re.compile(r"\b([AB])\b")
+
+
+def apply_judge(stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport) -> list[Item]:
+    cfg = ctx[0]
+    out = []
+    for item, (_, call) in zip(items, planned):
+        raw = answers[call.key].text
+        letters = set(VERDICT.findall(raw))
+        if len(letters) != 1:
+            report.drop("judge_unclear", raw)  # neither or both letters: no verdict to trust
+            continue
+        shown = item.candidates[::-1] if judge_order(cfg, item.id) else item.candidates
+        win = 0 if letters.pop() == "A" else 1
+        out.append(Item(item.id, item.origin, item.turns + [shown[win]], rejected=shown[1 - win]))
+    return out
+
+
 Planner = Callable[..., list]
 STAGES: dict[str, tuple[Planner, Callable[..., list[Item]]]] = {
     "expand": (plan_expand, apply_expand),
     "clean": (plan_clean, apply_clean),
     "assistant": (plan_assistant, apply_turn),
     "user": (plan_user, apply_turn),
+    "pairs": (plan_pairs, apply_pairs),
+    "judge": (plan_judge, apply_judge),
 }

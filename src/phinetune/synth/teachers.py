@@ -7,18 +7,16 @@ caller can journal it before anything else can go wrong.
 from __future__ import annotations
 
 import os
-import random
-import time
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from phinetune.errors import PhinetuneError
-from phinetune.synth.config import Sampling, TeacherConfig
+from phinetune.synth.config import RequestSampling, TeacherConfig
 from phinetune.synth.journal import Entry
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 class TeacherError(PhinetuneError):
@@ -29,7 +27,7 @@ class TeacherError(PhinetuneError):
 class Call:
     key: str
     messages: list[dict]
-    sampling: Sampling
+    sampling: RequestSampling
     seed: int  # per-call sampling seed derived from the key: reproducible where the endpoint honours it
 
 
@@ -45,21 +43,41 @@ OnDone = Callable[[Call, Entry], None]
 # --- OpenAI-compatible endpoint ---------------------------------------------------------------------
 
 class OpenAITeacher:
-    """Bounded concurrency (a thread pool of `concurrency`), retries with exponential backoff and jitter."""
+    """Bounded concurrency (a thread pool of `concurrency`); retries are the openai SDK's own.
+
+    The SDK retries 408, 409, 429, 5xx, timeouts and connection errors `max_retries` times with exponential
+    backoff and jitter, and waits what a Retry-After header asks. We only count the attempts it makes (httpx
+    event hooks, per thread) so the progress bar can show retries, and turn its final errors into sentences.
+    """
 
     def __init__(self, cfg: TeacherConfig):
-        import httpx
+        import openai
 
         self.cfg = cfg
         self.base_url = (cfg.base_url or os.environ.get("PHINETUNE_TEACHER_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.api_key = cfg.api_key or os.environ.get(cfg.api_key_env)
         if self.base_url == DEFAULT_BASE_URL and not self.api_key:
             raise TeacherError(f"teacher.base_url is the OpenAI API but no key was found; set ${cfg.api_key_env} or teacher.api_key (or point teacher.base_url at a local server)")
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self.client = httpx.Client(timeout=cfg.timeout_s, headers=headers,
-                                   limits=httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency))
-        self.counters = Counters()
+        self.counters, self._lock, self._mine = Counters(), threading.Lock(), threading.local()
+        # No connection limit of our own: the thread pool already bounds the requests in flight.
+        http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request], "response": [self._on_response]})
+        # A keyless local server still needs a non-empty key for the SDK; it sends no header we rely on.
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "none", max_retries=cfg.max_retries,
+                                    timeout=cfg.timeout_s, http_client=http)
         self.describe = f"{cfg.model} at {self.base_url}"
+
+    def _on_request(self, request) -> None:
+        self._mine.attempts = getattr(self._mine, "attempts", 0) + 1
+
+    def _on_response(self, response) -> None:
+        self._mine.responses = getattr(self._mine, "responses", 0) + 1
+        if response.status_code != 200:
+            self._count(str(response.status_code))
+
+    def _count(self, reason: str, n: int = 1) -> None:
+        if n > 0:
+            with self._lock:
+                self.counters.errors[reason] = self.counters.errors.get(reason, 0) + n
 
     def run(self, calls: list[Call], on_done: OnDone) -> None:
         pool = ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="teacher")
@@ -84,53 +102,44 @@ class OpenAITeacher:
             raise failure
 
     def ask(self, call: Call) -> Entry:
-        import httpx
+        import openai
 
-        body = {"model": self.cfg.model, "messages": call.messages, "max_tokens": call.sampling.max_tokens,
-                "temperature": call.sampling.temperature, "top_p": call.sampling.top_p, "seed": call.seed}
         url = f"{self.base_url}/chat/completions"
-        for attempt in range(self.cfg.max_retries + 1):
-            last = attempt == self.cfg.max_retries
-            try:
-                resp = self.client.post(url, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                reason, retry_after = ("timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"), None
-                if last:
-                    raise TeacherError(f"teacher {url}: {reason} ({exc}) after {attempt} retries; answers so far are journaled, re-run to resume") from None
-            else:
-                if resp.status_code == 200:
-                    entry = self._parse(resp, call)
-                    if entry is not None:
-                        return entry
-                    reason, retry_after = "malformed 200 response", None
-                else:
-                    self._raise_if_fatal(resp, url)
-                    reason, retry_after = str(resp.status_code), resp.headers.get("retry-after")
-                if last:
-                    raise TeacherError(f"teacher {url}: still failing ({reason}) after {attempt} retries; answers so far are journaled, re-run to resume")
-            self.counters.retries += 1
-            self.counters.errors[reason] = self.counters.errors.get(reason, 0) + 1
-            time.sleep(self._delay(attempt, retry_after))
-        raise AssertionError("unreachable")
-
-    def _delay(self, attempt: int, retry_after: Optional[str]) -> float:
-        delay = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+        self._mine.attempts = self._mine.responses = 0
         try:
-            return max(delay, min(float(retry_after), self.cfg.max_backoff_s)) if retry_after else delay
-        except ValueError:  # an HTTP-date Retry-After: fall back to our own backoff
-            return delay
+            for _ in range(self.cfg.max_retries + 1):  # the SDK retries failures; a malformed 200 is ours to retry
+                resp = self.client.chat.completions.with_raw_response.create(
+                    model=self.cfg.model, messages=call.messages, max_tokens=call.sampling.max_tokens,
+                    temperature=call.sampling.temperature, top_p=call.sampling.top_p, seed=call.seed)
+                entry = self._parse(resp.http_response, call)
+                if entry is not None:
+                    return entry
+                self._count("malformed 200 response")
+            raise TeacherError(f"teacher {url}: still failing (malformed 200 response) after {self.cfg.max_retries} retries; "
+                               "answers so far are journaled, re-run to resume")
+        except openai.APITimeoutError:
+            raise TeacherError(f"teacher {url}: timeout (over {self.cfg.timeout_s}s) after {self.cfg.max_retries} retries; "
+                               "answers so far are journaled, re-run to resume") from None
+        except openai.APIConnectionError as exc:
+            raise TeacherError(f"teacher {url}: connection error ({exc.__cause__ or exc}) after {self.cfg.max_retries} retries; "
+                               "answers so far are journaled, re-run to resume") from None
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, url) from None
+        finally:
+            self._count("timeout or connection error", self._mine.attempts - self._mine.responses)
+            with self._lock:
+                self.counters.retries += max(0, self._mine.attempts - 1)
 
-    def _raise_if_fatal(self, resp, url: str) -> None:
-        code = resp.status_code
-        if code in RETRYABLE or code >= 500:
-            return
-        detail = resp.text[:200].replace("\n", " ")
+    def _status_error(self, exc, url: str) -> TeacherError:
+        code, detail = exc.status_code, exc.response.text[:200].replace("\n", " ")
         if code in (401, 403):
             source = "teacher.api_key" if self.cfg.api_key else f"${self.cfg.api_key_env}"
-            raise TeacherError(f"teacher {url} rejected the API key (HTTP {code}); check {source} ({detail})")
+            return TeacherError(f"teacher {url} rejected the API key (HTTP {code}); check {source} ({detail})")
         if code == 404:
-            raise TeacherError(f"teacher {url} answered 404: check teacher.base_url (it should end in /v1) and teacher.model={self.cfg.model!r} ({detail})")
-        raise TeacherError(f"teacher {url} refused the request (HTTP {code}): {detail}")
+            return TeacherError(f"teacher {url} answered 404: check teacher.base_url (it should end in /v1) and teacher.model={self.cfg.model!r} ({detail})")
+        if code in (408, 409, 429) or code >= 500:  # retryable: the SDK gave up after max_retries
+            return TeacherError(f"teacher {url}: still failing ({code}) after {self.cfg.max_retries} retries; answers so far are journaled, re-run to resume")
+        return TeacherError(f"teacher {url} refused the request (HTTP {code}): {detail}")
 
     def _parse(self, resp, call: Call) -> Optional[Entry]:
         try:
@@ -151,6 +160,7 @@ class OpenAITeacher:
         self.client.close()
 
 
+
 # --- local Hugging Face model ---------------------------------------------------------------------
 
 class LocalTeacher:
@@ -165,7 +175,7 @@ class LocalTeacher:
         self.describe = f"local model {cfg.model}"
 
     def run(self, calls: list[Call], on_done: OnDone) -> None:
-        from phinetune.infer.complete import Sampling as GenSampling, generate_batch
+        from phinetune.infer.complete import Sampling, generate_batch
 
         groups: dict[tuple, list[Call]] = {}
         for call in calls:  # one generate() per batch needs one sampling setting
@@ -174,7 +184,7 @@ class LocalTeacher:
             sampling = group[0].sampling
             for k in range(0, len(group), self.cfg.batch_size):
                 batch = group[k:k + self.cfg.batch_size]
-                gen = GenSampling(sampling.max_tokens, sampling.temperature, 0, sampling.top_p, seed=batch[0].seed)
+                gen = Sampling(sampling.max_tokens, sampling.temperature, 0, sampling.top_p, seed=batch[0].seed)
                 for call, text in zip(batch, generate_batch(self.loaded, [c.messages for c in batch], gen)):
                     on_done(call, Entry(call.key, text, self._count(call.messages), self._count(text), 0.0, None))
 

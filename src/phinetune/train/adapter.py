@@ -70,7 +70,8 @@ def lora_config(spec: ModelSpec, cfg: AdapterConfig, targets: Optional[Targets] 
     modules = targets.modules[0] if targets.all_linear else targets.modules
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules or None,
                       target_parameters=targets.parameters or None, modules_to_save=modules_to_save(spec, cfg) or None,
-                      trainable_token_indices=targets.token_rows or None, task_type="CAUSAL_LM", bias="none")
+                      trainable_token_indices=targets.token_rows or None, task_type="CAUSAL_LM", bias="none",
+                      use_dora=cfg.dora, use_rslora=cfg.rslora)
 
 
 def check_targets(model, spec: ModelSpec, targets: Targets, preflight: Optional[PreflightConfig]) -> None:
@@ -84,6 +85,42 @@ def check_targets(model, spec: ModelSpec, targets: Targets, preflight: Optional[
 
 def apply_adapter(model, spec: ModelSpec, cfg: AdapterConfig, model_cfg: ModelConfig, tokenizer=None,
                   preflight: Optional[PreflightConfig] = None):
+    model = _apply_adapter(model, spec, cfg, model_cfg, tokenizer, preflight)
+    if cfg.neftune_alpha is not None:
+        add_neftune(model, cfg.neftune_alpha)
+    return model
+
+
+def add_neftune(model, alpha: float):
+    """NEFTune (Jain et al. 2023): uniform noise of scale alpha/sqrt(length*hidden) on the input embeddings,
+    in training mode only (eval and generation see clean embeddings). A forward hook, as transformers'
+    Trainer does it; written here because that hook lives inside Trainer, which the recipe does not use."""
+    import torch
+
+    def hook(module, inputs, output):
+        if not module.training:
+            return output
+        scale = alpha / (output.size(1) * output.size(2)) ** 0.5
+        return output + torch.zeros_like(output).uniform_(-scale, scale)
+
+    return model.get_input_embeddings().register_forward_hook(hook)
+
+
+def loraplus_optimizer(model, cfg):
+    """LoRA+ (Hayou et al. 2024): B matrices at loraplus_ratio times the learning rate of A (PEFT's optimizer)."""
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    if cfg.adapter.method != "lora":
+        raise ConfigError("adapter.loraplus_ratio needs adapter.method=lora")
+    if cfg.train.optimizer != "adamw":
+        raise ConfigError(f"adapter.loraplus_ratio is implemented with torch AdamW; set train.optimizer=adamw (got {cfg.train.optimizer})")
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.train.learning_rate, loraplus_lr_ratio=cfg.adapter.loraplus_ratio,
+                                     weight_decay=cfg.train.weight_decay)
+
+
+def _apply_adapter(model, spec: ModelSpec, cfg: AdapterConfig, model_cfg: ModelConfig, tokenizer=None,
+                   preflight: Optional[PreflightConfig] = None):
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)

@@ -236,7 +236,7 @@ def truncate_metrics(run: RunDir, step: int, last_step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # the line a kill cut in half
-        rerun_final_eval = step >= last_step and record.get("step") == last_step and "eval_loss" in record
+        rerun_final_eval = step >= last_step and record.get("step") == last_step and ("eval_loss" in record or "eval_reward" in record)
         if record.get("step", 0) <= step and not rerun_final_eval:
             kept.append(json.dumps(record))
     tmp = run.metrics.with_suffix(".tmp")

@@ -18,7 +18,7 @@ M_MMAP_THRESHOLD = -3
 THRESHOLD = 128 * 1024
 
 
-def release_freed_memory() -> bool:
+def pin_malloc_thresholds() -> bool:
     """Pin glibc's mmap and trim thresholds; False where there is no glibc (macOS, musl, Windows)."""
     if not sys.platform.startswith("linux"):
         return False

@@ -240,8 +240,9 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
         console.print(data.info.read_summary, style="yellow")
     (with_eot, chat), (turns_ok, turns) = report.eot_samples, report.eot_turns
     cut = report.coverage.get("turns_cut_by_max_length", 0)
+    cut_note = f", {cut:d} cut by max_length" if cut else ""
     console.print(f"end-of-turn token {escape(str(report.eot_token))} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} "
-                  f"(own token of {turns_ok:d}/{turns:d} assistant turns{f', {cut:d} cut by max_length' if cut else ''}; "
+                  f"(own token of {turns_ok:d}/{turns:d} assistant turns{escape(cut_note)}; "
                   f"last one kept in {with_eot:d}/{chat:d} chat samples)", markup=True, highlight=False)
     distinct = report.pad_id != report.eot_id
     console.print(f"pad token {escape(str(report.pad_token))} (id {report.pad_id}) distinct from end-of-turn token (id {report.eot_id}): "

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Callable, ContextManager, Optional
 
 from phinetune.config import RunConfig
-from phinetune.data.dataset import PreparedData, prepare_data
+from phinetune.data.dataset import PreparedData
 from phinetune.data.end_of_turn import end_of_turn
 from phinetune.models.loading import DtypePlan, load_model, load_tokenizer, resolve_model_path
 from phinetune.models.specs import ModelSpec, get_spec
 from phinetune.progress import progress_console
 from phinetune.train.adapter import apply_adapter
+from phinetune.train.objectives import objective
 from phinetune.train.precision import choose_train_dtype
 
 
@@ -47,6 +48,7 @@ def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[],
         tokenizer = load_tokenizer(path, cfg.model, spec)
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
     eot = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
-    data = prepare_data(cfg.data, tokenizer, eot, spec) if with_data else None
+    # The data train.objective reads (SFT conversations, preference pairs, GRPO prompts): train/objectives.py.
+    data = objective(cfg.train.objective).load_data(cfg, tokenizer, eot) if with_data else None
     model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
     return Prepared(spec, dtype, tokenizer, model, data, path, eot)

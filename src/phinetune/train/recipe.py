@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -19,17 +19,18 @@ from transformers import get_scheduler
 
 from phinetune import __version__
 from phinetune.config import RunConfig
-from phinetune.data.dataset import PreparedData
+from phinetune.data.dataset import PreparedData, prepare_data
 from phinetune.data.packing import Row, batches, collate, make_rows
 from phinetune.errors import PhinetuneError, PreflightError
-from phinetune.models.specs import TINY_MODELS
+from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
 from phinetune.train.launch import check_distributed
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
-from phinetune.train.memory import release_freed_memory
+from phinetune.train.memory import pin_malloc_thresholds
 from phinetune.train.metrics import MetricsLog
+from phinetune.train.objectives import Objective, objective
 from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
 from phinetune.runs.run_dir import RunDir, RunInfo
@@ -65,23 +66,26 @@ class Loop:
     log: MetricsLog
     start_step: int = 0  # > 0 when resumed from a checkpoint
     done: int = 0  # optimizer steps completed so far (what run.json's status reports when a run stops)
+    objective: Optional[Objective] = None  # train.objective's data, step and evaluation (train/objectives.py)
+    extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
 
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     loop = setup(cfg, resume)
     try:
+        announce_plan(loop)  # before the first evaluation, which on a large eval set takes a while itself
         if loop.start_step:
-            first_eval = next((r["eval_loss"] for r in loop.run.read_metrics() if r.get("step") == 0 and "eval_loss" in r), None)
+            key = loop.objective.eval_key
+            first_eval = next((r[key] for r in loop.run.read_metrics() if r.get("step") == 0 and key in r), None)
             console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
         else:
-            first_eval = evaluate(loop) if loop.eval_rows else None
+            first_eval = loop.objective.evaluate(loop) if loop.eval_rows else None
             if first_eval is not None:
-                loop.log.write(step=0, eval_loss=first_eval, eval_ppl=math.exp(min(first_eval, 50)))
-        announce_plan(loop)
+                log_eval(loop, 0, first_eval)
         run_steps(loop, loop.start_step)
-        final_eval = evaluate(loop) if loop.eval_rows else None
+        final_eval = loop.objective.evaluate(loop) if loop.eval_rows else None
         if final_eval is not None:
-            loop.log.write(step=loop.total_steps, eval_loss=final_eval, eval_ppl=math.exp(min(final_eval, 50)))
+            log_eval(loop, loop.total_steps, final_eval)
         save(loop)
     except BaseException as exc:
         record_stop(loop.run, loop.accelerator, exc, loop.done)
@@ -96,8 +100,13 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     return result
 
 
+def log_eval(loop: Loop, step: int, value: float) -> None:
+    extra = {"eval_ppl": math.exp(min(value, 50))} if loop.objective.name == "sft" else {}
+    loop.log.write(step=step, **{loop.objective.eval_key: value}, **extra)
+
+
 def setup(cfg: RunConfig, resume: bool = False) -> Loop:
-    release_freed_memory()  # freed activations go back to the OS (see train/memory.py)
+    pin_malloc_thresholds()  # freed activations go back to the OS (see train/memory.py)
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
     accelerator = Accelerator(step_scheduler_with_optimizer=False, **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
     set_seed(cfg.train.seed)
@@ -139,20 +148,22 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
     model, tokenizer, data = prepared.model, prepared.tokenizer, prepared.data
     base_ref = str(Path(prepared.path).resolve()) if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, prepared.spec.key, cfg.adapter.method, cfg.model.quant, prepared.dtype.name, phinetune_version=__version__))
+    if accelerator.is_main_process:  # now, not at the end: a run interrupted later is still usable from a checkpoint
+        tokenizer.save_pretrained(run.tokenizer)
     run_preflight(cfg, prepared, accelerator.is_main_process,
                   save_to=run.preflight if accelerator.is_main_process else None)
-    train_rows = make_rows(data.train, cfg.data.max_length, cfg.data.packing)
-    eval_rows = make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
+    goal = objective(cfg.train.objective)
+    train_rows, eval_rows = goal.rows(data, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes)))
     total = cfg.train.max_steps or max(1, math.ceil(steps_per_epoch * cfg.train.epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg)
+    optimizer = make_optimizer(model, cfg)
     scheduler = get_scheduler(cfg.train.scheduler if cfg.train.scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=int(total * cfg.train.warmup_ratio), num_training_steps=total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     register_trainable_only(accelerator, model)
     loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
-                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process))
+                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), objective=goal)
+    goal.begin(loop)
     if checkpoint is not None:
         loop.start_step = loop.done = load_checkpoint(loop, checkpoint)
         if accelerator.is_main_process:
@@ -192,7 +203,12 @@ def eta_message(seconds_per_step: float, remaining: int) -> str:
     return f"ETA: ~{when} for the remaining {remaining:,} steps ({seconds_per_step:.2f} s per step so far)"
 
 
-def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.adapter.loraplus_ratio is not None:
+        from phinetune.train.adapter import loraplus_optimizer
+
+        return loraplus_optimizer(model, cfg)
     if cfg.train.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     import bitsandbytes as bnb
@@ -249,7 +265,7 @@ def run_steps(loop: Loop, start: int = 0) -> None:
             if step == eta_from:
                 eta_start = time.perf_counter()
             try:
-                stats = train_step(loop, step)
+                stats = loop.objective.step(loop, step)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not is_oom(exc):
                     raise
@@ -259,11 +275,11 @@ def run_steps(loop: Loop, start: int = 0) -> None:
             if done % cfg.log_every == 0 or done == loop.total_steps:
                 elapsed = time.perf_counter() - window_start
                 loop.log.write(step=done, epoch=round(done / loop.steps_per_epoch, 3), loss=stats["loss"], lr=stats["lr"],
-                               grad_norm=stats["grad_norm"], tokens_per_s=window_tokens / max(elapsed, 1e-9))
+                               grad_norm=stats["grad_norm"], tokens_per_s=window_tokens / max(elapsed, 1e-9), **stats.get("metrics", {}))
                 window_tokens, window_start = 0, time.perf_counter()
             if loop.eval_rows and done % cfg.eval_every == 0 and done < loop.total_steps:
-                ev = evaluate(loop)
-                loop.log.write(step=done, eval_loss=ev, eval_ppl=math.exp(min(ev, 50)))
+                ev = loop.objective.evaluate(loop)
+                log_eval(loop, done, ev)
                 loop.model.train()
             saved = save_checkpoint(loop, done) if cfg.save_every and done % cfg.save_every == 0 else None
             if stop.requested(loop.accelerator):
@@ -271,6 +287,20 @@ def run_steps(loop: Loop, start: int = 0) -> None:
             bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}")
             if eta_start is not None and done == eta_from + ETA_STEPS and done < loop.total_steps and loop.accelerator.is_main_process:
                 console.print(eta_message((time.perf_counter() - eta_start) / ETA_STEPS, loop.total_steps - done))
+
+
+# ---------------------------------------------------------------- the sft objective (train/objectives.py)
+
+def load_data(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
+    return prepare_data(cfg.data, tokenizer, eot, get_spec(cfg.model.name, cfg.model.spec))
+
+
+def rows(data: PreparedData, cfg: RunConfig) -> tuple[list[Row], list[Row]]:
+    return make_rows(data.train, cfg.data.max_length, cfg.data.packing), make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
+
+
+def begin(loop: Loop) -> None:
+    pass
 
 
 @torch.no_grad()

@@ -1,0 +1,136 @@
+"""`phinetune push RUN REPO_ID`: the adapter, the merged model or a GGUF, with a generated model card.
+
+The folder to upload is assembled first (in a staging folder renamed into place, like every export);
+`--dry-run --out DIR` stops there, so the card can be read before anything leaves the machine. The card
+is rendered from templates/model_card.md.jinja with the same pre-flight and eval tables as the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from phinetune.errors import PhinetuneError
+from phinetune.export.run import ExportPlan, check_run, gguf_name, merged_folder, ollama_name, write_ggufs
+from phinetune.progress import console
+from phinetune.runs.run_dir import RunDir
+
+MODES = ("adapter", "merged", "gguf")
+CARD = "README.md"  # the Hub shows a repository's README.md as its model card
+
+
+def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = False, out: Optional[str] = None,
+         quant: str = "q8_0", private: bool = False, token: Optional[str] = None) -> Path:
+    if mode not in MODES:
+        raise PhinetuneError(f"push mode must be one of {', '.join(MODES)} (got '{mode}')")
+    run, spec = check_run(run_path)
+    if mode == "adapter" and run.is_full:
+        raise PhinetuneError(f"{run.path} is a full fine-tune with no adapter; push it with --merged")
+    if dry_run:
+        if out is None:
+            raise PhinetuneError("--dry-run needs --out DIR: the folder that would be uploaded is written there")
+        if Path(out).exists():
+            raise PhinetuneError(f"push output {out} already exists; choose another --out")
+    else:
+        token = token or _token()
+    parent = Path(out).parent if dry_run else Path(tempfile.mkdtemp(prefix="phinetune-push-"))
+    staging = parent / f".push.partial-{os.getpid()}"
+    try:
+        folder = build_folder(run, spec, repo_id, mode, quant, staging)
+        if dry_run:
+            folder.rename(out)
+            console.print(f"dry run: the folder that would be uploaded to {repo_id} is {out} (card: {Path(out) / CARD})")
+            return Path(out)
+        _upload(folder, repo_id, private, token)
+        console.print(f"pushed {mode} of {run.path} to https://huggingface.co/{repo_id}")
+        return folder
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not dry_run:
+            shutil.rmtree(parent, ignore_errors=True)
+
+
+def _token() -> str:
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise PhinetuneError("pushing to the Hub needs a token and none is set: run `hf auth login` or set HF_TOKEN "
+                             "(nothing was uploaded; --dry-run --out DIR shows what would be)")
+    return token
+
+
+def _upload(folder: Path, repo_id: str, private: bool, token: str) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload with phinetune push")
+    except OfflineModeIsEnabled:
+        raise PhinetuneError("cannot push while HF_HUB_OFFLINE=1 is set; unset it to upload (nothing was uploaded)") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise PhinetuneError(f"upload to {repo_id} failed: {str(exc).splitlines()[0]}") from None
+
+
+def build_folder(run: RunDir, spec, repo_id: str, mode: str, quant: str, dest: Path) -> Path:
+    """The repository's files: weights of the chosen kind, tokenizer, README.md (the card), loss.png."""
+    shutil.rmtree(dest, ignore_errors=True)
+    gguf_files: list[str] = []
+    if mode == "adapter":
+        shutil.copytree(run.adapter, dest)
+        for item in run.tokenizer.iterdir():
+            shutil.copy2(item, dest / item.name)
+    elif mode == "merged":
+        merged_folder(run, dest)
+    else:
+        work = dest.parent / f"{dest.name}-merged"
+        try:
+            model_dir = merged_folder(run, work)
+            dest.mkdir(parents=True)
+            write_ggufs(model_dir, dest, run.path.name, spec, ExportPlan(to="ollama", quants=(quant,)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        gguf_files = [gguf_name(run.path.name, quant)]
+    has_plot = run.plot.exists()
+    if has_plot:
+        shutil.copy2(run.plot, dest / run.plot.name)
+    (dest / CARD).write_text(model_card(run, spec, repo_id, mode, gguf_files, has_plot))
+    return dest
+
+
+def model_card(run: RunDir, spec, repo_id: str, mode: str, gguf_files: list[str], has_plot: bool) -> str:
+    from jinja2 import Environment, StrictUndefined
+
+    from phinetune.models.templates import read_template
+    from phinetune.report.page import eval_section, preflight_section
+
+    info, cfg = run.read_info(), run.read_config()
+    metrics = run.read_metrics()
+    evals = [m["eval_loss"] for m in metrics if m.get("eval_loss") is not None]
+    steps = max((m.get("step", 0) for m in metrics), default=0)
+    preflight, evaluated = preflight_section(run), eval_section(run)
+    tokenizer_dir = run.tokenizer
+    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text()).get("added_tokens", []) if (tokenizer_dir / "tokenizer.json").exists() else []
+    stop_ids = [t["id"] for t in vocab if t["content"] in spec.stop_tokens]
+    base_is_hub = "/" in info.base_model and not Path(info.base_model).exists()
+    contents = {"adapter": "PEFT LoRA adapter", "merged": "merged model (safetensors)", "gguf": f"GGUF file for llama.cpp and Ollama ({', '.join(gguf_files)})"}[mode]
+    flag = {"adapter": "--adapter", "merged": "--merged", "gguf": "--gguf"}[mode]
+    template = read_template("model_card.md.jinja")
+    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(template).render(
+        repo_id=repo_id, base_model=info.base_model, base_is_hub=base_is_hub, spec_key=spec.key, model_type=spec.model_type,
+        method=info.method, quant=info.quant, data=cfg.data.train, steps=steps,
+        eval_loss=(f"{evals[0]:.4f} at the start -> {evals[-1]:.4f} at the end" if evals else "not measured"),
+        end_of_turn=spec.end_of_turn, config_yaml=run.config.read_text().rstrip(),
+        preflight=preflight.md if preflight else "_No pre-flight report in the run folder._",
+        eval_table=evaluated.md if evaluated else f"_Not evaluated yet: `phinetune eval {run.path.name}` writes this table._",
+        has_plot=has_plot, library="peft" if mode == "adapter" else ("gguf" if mode == "gguf" else "transformers"),
+        extra_tags=["lora"] if mode == "adapter" else (["gguf"] if mode == "gguf" else []), contents=contents,
+        run_name=run.path.name, gguf_files=gguf_files, gguf_stem=run.path.name, ollama_name=ollama_name(run.path.name),
+        stop_ids=stop_ids, command=f"phinetune push {run.path.name} {repo_id} {flag}")

@@ -1,0 +1,310 @@
+"""Offline preference objectives (dpo, ipo, orpo, simpo, kto) as steps of the one recipe (train/recipe.py).
+
+What the recipe gives them unchanged: pre-flight (the chosen replies' masks and end-of-turn token), the
+deterministic micro-batch order (a pure function of seed and step, so resume is exact), gradient
+accumulation and multi-process through accelerate, atomic checkpoints, the run folder and its report.
+
+What is theirs: a batch is [chosen..., rejected...] of unpacked rows (each pair's two sequences share the
+prompt token for token, see data/preference.py); the loss is a mean over the pairs of the whole optimizer
+step (every pair weighs the same whatever micro-batch or process it landed in, like SFT's tokens); and the
+reference log-probabilities come from (preference.reference):
+    adapter_off  the same model with the LoRA adapter switched off (PEFT disable_adapter): no second copy
+    copy         a frozen copy of the starting weights (full fine-tuning)
+    cached       computed once before step 1 and stored in RUN/reference_logps.safetensors, read on resume
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
+
+from phinetune.config import RunConfig
+from phinetune.data.dataset import DataInfo, PreparedData, split
+from phinetune.data.packing import Row, batches, collate, unpacked
+from phinetune.data.preference import UNPAIRED, PrefInfo, PrefSample, as_sft_records, read_preferences, render_preferences
+from phinetune.data.readers import ReadReport
+from phinetune.data.render import IGNORE
+from phinetune.errors import ConfigError
+from phinetune.train.loss import chunk_rows, split_head
+from phinetune.train.pref_losses import LOSSES, REFERENCE_FREE, Logps
+
+if TYPE_CHECKING:
+    from phinetune.train.recipe import Loop
+
+
+@dataclass
+class PrefRow:
+    """One training item: the chosen and rejected sequences (KTO: the completion and its KL twin)."""
+
+    chosen: Row
+    rejected: Row
+    desirable: bool = True
+    ref: Optional[tuple[float, float]] = None  # cached reference log-probs (chosen, rejected)
+
+    # The views checkpoint.rows_digest and guards.describe_batch read (position ids restart per sequence).
+    input_ids = property(lambda self: self.chosen.input_ids + self.rejected.input_ids)
+    labels = property(lambda self: self.chosen.labels + self.rejected.labels + [int(self.desirable)])
+    position_ids = property(lambda self: self.chosen.position_ids + self.rejected.position_ids)
+
+    def __len__(self) -> int:  # tokens, as the recipe's plan counts them
+        return len(self.chosen) + len(self.rejected)
+
+
+@dataclass
+class PrefData(PreparedData):
+    pairs: list[PrefSample] = None
+    eval_pairs: list[PrefSample] = None
+    pref_info: PrefInfo = None
+
+
+# ---------------------------------------------------------------- data
+
+def load_data(cfg: RunConfig, tokenizer, eot: str) -> PrefData:
+    kind = UNPAIRED if cfg.train.objective == "kto" else "pairs"
+    d, report = cfg.data, ReadReport()
+    records = read_preferences(d.train, kind, d.skip_bad_rows, d.limit, d.split, report)
+    if d.eval:
+        train_recs, eval_recs = records, read_preferences(d.eval, kind, d.skip_bad_rows, None, d.split, report)
+    else:
+        train_recs, eval_recs = split(records, d)
+    pinfo = PrefInfo(read=report.read, kind=kind, skipped=list(report.skipped))
+    pairs = render_preferences(train_recs, tokenizer, d.max_length, eot, pinfo)
+    eval_pairs = render_preferences(eval_recs, tokenizer, d.max_length, eot, pinfo) if eval_recs else []
+    info = DataInfo(read=report.read, format=f"preference ({kind})", skipped=pinfo.skipped, read_summary=report.summary(),
+                    train=len(pairs), eval=len(eval_pairs), truncated=pinfo.truncated)
+    # The pre-flight reads the chosen (KTO: the completion) renders, in step with their records.
+    kept = {p.where for p in pairs}
+    sft_records = [r for r in as_sft_records(train_recs) if r.where in kept]
+    return PrefData([p.chosen for p in pairs], [p.chosen for p in eval_pairs], sft_records, info,
+                    pairs=pairs, eval_pairs=eval_pairs, pref_info=pinfo)
+
+
+def rows(data: PrefData, cfg: RunConfig) -> tuple[list[PrefRow], list[PrefRow]]:
+    def convert(samples):
+        return [PrefRow(unpacked([s.chosen])[0], unpacked([s.rejected])[0], s.desirable) for s in samples]
+
+    return convert(data.pairs), convert(data.eval_pairs)
+
+
+# ---------------------------------------------------------------- log-probabilities
+
+def _token_logps(head, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(head(h).float(), y, reduction="none")
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of log-probs of each row's trained tokens, their count), shape (rows,)."""
+    tok, row_of, keep = token_logps(model, batch)
+    sums = torch.zeros(keep.shape[0], dtype=torch.float32, device=tok.device).index_add(0, row_of, tok)
+    return sums, keep.sum(dim=1).float()
+
+
+def token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-prob of every trained token (flat, in row order), the row each belongs to, and the trained mask.
+
+    Only trained positions go through the LM head, chunk by chunk, each chunk recomputed in backward
+    (torch checkpoint) so at most one chunk of full-vocabulary logits is alive at a time."""
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    row_of = keep.nonzero()[:, 0]
+    parts = split_head(model)
+    if parts is None:  # DDP wrapper (gradient sync runs through its forward) or a post-processing head
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[:, :-1]
+        tok = -F.cross_entropy(logits[keep].float(), labels[keep], reduction="none")
+    else:
+        decoder, head = parts
+        hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)[0][:, :-1][keep]
+        step = chunk_rows(head.weight.shape[0] if hasattr(head, "weight") else 32_000)
+        pieces = []
+        for s in range(0, hidden.shape[0], step):
+            h, y = hidden[s:s + step], labels[keep][s:s + step]
+            pieces.append(checkpoint(_token_logps, head, h, y, use_reentrant=False) if torch.is_grad_enabled() else _token_logps(head, h, y))
+        tok = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    return tok, row_of, keep
+
+
+def _collate(items: list[PrefRow], pad_id: int, device) -> dict[str, torch.Tensor]:
+    batch = collate([r.chosen for r in items] + [r.rejected for r in items], pad_id)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- reference
+
+def reference_mode(cfg: RunConfig) -> Optional[str]:
+    if cfg.train.objective in REFERENCE_FREE:
+        return None
+    mode = cfg.preference.reference
+    if mode == "auto":
+        return "adapter_off" if cfg.adapter.method == "lora" else "cached"
+    if mode == "adapter_off" and cfg.adapter.method != "lora":
+        raise ConfigError("preference.reference=adapter_off needs adapter.method=lora (full fine-tuning has no adapter to switch off); use copy or cached")
+    return mode
+
+
+@torch.no_grad()
+def reference_logps(loop: "Loop", model_batch: dict, items: list[PrefRow]) -> tuple[torch.Tensor, torch.Tensor]:
+    mode, acc = loop.extra["reference"], loop.accelerator
+    b = len(items)
+    if mode == "cached":
+        ref = torch.tensor([r.ref for r in items], dtype=torch.float32, device=acc.device)
+        return ref[:, 0], ref[:, 1]
+    if mode == "copy":
+        sums, _ = sequence_logps(loop.extra["ref_model"], model_batch)
+    else:
+        model = acc.unwrap_model(loop.model)
+        with model.disable_adapter():
+            sums, _ = sequence_logps(model, model_batch)
+    return sums[:b], sums[b:]
+
+
+def begin(loop: "Loop") -> None:
+    """Make the reference ready before step 1 (and before a checkpoint is loaded: it is the starting model)."""
+    mode = reference_mode(loop.cfg)
+    loop.extra["reference"] = mode
+    if mode == "copy":
+        ref = copy.deepcopy(loop.accelerator.unwrap_model(loop.model)).eval()
+        loop.extra["ref_model"] = ref.requires_grad_(False)
+    elif mode == "cached":
+        cache_reference(loop)
+
+
+def cache_reference(loop: "Loop") -> None:
+    """RUN/reference_logps.safetensors: computed by the main process the first time, read by everyone after."""
+    acc, path = loop.accelerator, loop.run.reference_logps
+    if acc.is_main_process and not path.exists():
+        model = acc.unwrap_model(loop.model)
+        was_training = model.training
+        model.eval()
+        tensors = {}
+        for name, items in (("train", loop.train_rows), ("eval", loop.eval_rows)):
+            out = []
+            for group in batches(items, loop.cfg.train.batch_size, 0, 0, shuffle=False):
+                with torch.no_grad(), acc.autocast():
+                    sums, _ = sequence_logps(model, _collate(group, loop.tokenizer.pad_token_id, acc.device))
+                out.append(torch.stack(sums.chunk(2), dim=1).cpu())
+            tensors[name] = torch.cat(out) if out else torch.zeros(0, 2)
+        model.train(was_training)
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    acc.wait_for_everyone()
+    saved = load_file(str(path))
+    for name, items in (("train", loop.train_rows), ("eval", loop.eval_rows)):
+        if saved[name].shape[0] != len(items):
+            raise ConfigError(f"{path} holds reference log-probs for {saved[name].shape[0]} {name} pairs, this run has {len(items)}; delete it to recompute")
+        for row, (c, r) in zip(items, saved[name].tolist()):
+            row.ref = (c, r)
+
+
+# ---------------------------------------------------------------- loss
+
+def pair_losses(loop: "Loop", items: list[PrefRow], grad: bool = True):
+    """PrefLoss of one micro-batch, and the trained tokens of its chosen replies."""
+    cfg, acc = loop.cfg, loop.accelerator
+    batch = _collate(items, loop.tokenizer.pad_token_id, acc.device)
+    b = len(items)
+    with acc.autocast():
+        if cfg.train.objective == "kto":
+            # KTO scores only the completion; the twin (same prompt, another completion) estimates the KL term.
+            chosen_batch = {k: v[:b] if v.dim() else v for k, v in batch.items()}
+            sums, counts = sequence_logps(loop.model, chosen_batch)
+            with torch.no_grad():
+                twin = {k: v[b:] if v.dim() else v for k, v in batch.items()}
+                twin_sums, _ = sequence_logps(loop.model, twin)
+                ref_c, ref_twin = reference_logps(loop, batch, items)
+                kl = acc.reduce((twin_sums - ref_twin).mean(), "mean").clamp(min=0)
+            lp = Logps(sums, sums, counts, counts, ref_c, ref_c,
+                       torch.tensor([r.desirable for r in items], device=acc.device), kl)
+        else:
+            sums, counts = sequence_logps(loop.model, batch)
+            ref = reference_logps(loop, batch, items) if loop.extra["reference"] else (None, None)
+            lp = Logps(sums[:b], sums[b:], counts[:b], counts[b:], *ref)
+        out = LOSSES[cfg.train.objective](lp, cfg.preference)
+    return out, lp.chosen_n
+
+
+def train_step(loop: "Loop", step: int) -> dict:
+    from phinetune.train.guards import check_finite
+    from phinetune.train.recipe import micro_batches
+
+    acc, model = loop.accelerator, loop.model
+    micro = micro_batches(loop, step)
+    n_pairs = _global(acc, sum(len(m) for m in micro))
+    n_tokens = _global(acc, sum(sum(int((r.chosen.labels[i] != IGNORE)) for i in range(1, len(r.chosen.labels))) for m in micro for r in m))
+    totals = _Totals()
+    for i, items in enumerate(micro):
+        sync = acc.no_sync(model) if i < len(micro) - 1 else _null()
+        with sync:
+            out, _ = pair_losses(loop, items)
+            loss = out.per_pair.sum() / n_pairs + out.token_sum / max(n_tokens, 1)
+            acc.backward(loss * acc.num_processes)
+        totals.add(out, loss.detach())
+    stats = totals.reduce(acc)
+    check_finite(stats["loss"], step, micro, loop.tokenizer)
+    grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    tokens = _global(acc, sum(len(r.chosen) + len(r.rejected) for m in micro for r in m))
+    return {"loss": stats.pop("loss"), "grad_norm": float(grad_norm), "lr": loop.scheduler.get_last_lr()[0],
+            "tokens": tokens, "trained_tokens": n_tokens, "metrics": stats}
+
+
+@torch.no_grad()
+def evaluate(loop: "Loop") -> float:
+    """Mean preference loss per pair over the whole eval set (all processes)."""
+    acc = loop.accelerator
+    loop.model.eval()
+    totals, count = _Totals(), 0
+    for group in batches(loop.eval_rows[acc.process_index::acc.num_processes], loop.cfg.train.batch_size, 0, 0, shuffle=False):
+        out, n = pair_losses(loop, group)
+        totals.add(out, out.per_pair.sum() + out.token_sum / max(float(n.sum()), 1) * len(group))
+        count += len(group)
+    loss = acc.reduce(torch.tensor(totals.loss, device=acc.device), "sum").item()
+    return loss / max(_global(acc, count), 1)
+
+
+class _Totals:
+    """Sums of per-pair metrics; means are taken over all pairs of the step (NaN entries: KTO's other kind)."""
+
+    def __init__(self):
+        self.loss = 0.0
+        self.sums = torch.zeros(5, dtype=torch.float64)  # chosen reward, n, rejected reward, n, correct
+
+    def add(self, out, loss) -> None:
+        self.loss += float(loss)
+        c, r = out.reward_chosen.double().cpu(), out.reward_rejected.double().cpu()
+        both = ~(c.isnan() | r.isnan())
+        self.sums += torch.stack([c.nan_to_num().sum(), (~c.isnan()).sum(), r.nan_to_num().sum(), (~r.isnan()).sum(),
+                                  ((c > r) & both).sum()]).double()
+        self.pairs = getattr(self, "pairs", 0) + int(both.sum())
+
+    def reduce(self, acc) -> dict:
+        s = acc.reduce(torch.cat([self.sums, torch.tensor([self.loss, getattr(self, "pairs", 0)], dtype=torch.float64)]).to(acc.device), "sum").cpu()
+        out = {"loss": s[5].item()}
+        if s[1]:
+            out["rewards_chosen"] = (s[0] / s[1]).item()
+        if s[3]:
+            out["rewards_rejected"] = (s[2] / s[3]).item()
+        if s[1] and s[3]:
+            out["margin"] = out["rewards_chosen"] - out["rewards_rejected"]
+        if s[6]:
+            out["accuracy"] = (s[4] / s[6]).item()
+        return out
+
+
+def _global(acc, n: int) -> int:
+    return int(acc.reduce(torch.tensor(n, device=acc.device), "sum").item())
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -1,0 +1,83 @@
+"""`phinetune push --dry-run`: the folder that would be uploaded, with a complete model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+import yaml
+
+from conftest import run_cli
+
+
+def card_parts(folder):
+    text = (folder / "README.md").read_text()
+    front, body = re.match(r"^---\n(.*?)\n---\n(.*)$", text, re.S).groups()
+    return yaml.safe_load(front), body
+
+
+def test_adapter_dry_run_writes_a_loadable_adapter_and_a_complete_card(tiny_run, tmp_path):
+    from peft import PeftConfig
+
+    out = tmp_path / "upload"
+    run_cli("push", str(tiny_run), "me/riddles", "--dry-run", "--out", str(out))
+    files = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja", "README.md", "loss.png"} <= files
+    assert PeftConfig.from_pretrained(str(out)).peft_type == "LORA"
+    front, body = card_parts(out)
+    assert front["library_name"] == "peft" and "phinetune" in front["tags"] and front["pipeline_tag"] == "text-generation"
+    config = (tiny_run / "config.yaml").read_text().rstrip()
+    for expected in ["# me/riddles", "builtin:riddles", config, "## Pre-flight", "trainable parameters", "end-of-turn token trained",
+                     "## Evaluation: base vs fine-tuned", f"phinetune eval {tiny_run.name}", "![training and eval loss](loss.png)",
+                     'AutoPeftModelForCausalLM.from_pretrained("me/riddles")', 'PeftModel.from_pretrained(base, "me/riddles")',
+                     f"phinetune export {tiny_run.name} --to gguf", "llama-cli -m", "ollama create", "`<|end|>`"]:
+        assert expected in body, expected
+    assert "{{" not in body and "{%" not in body
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_eval_table_appears_when_the_run_was_evaluated(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "evaluated"
+    shutil.copytree(tiny_run, run)
+    report = {"scorer": "phinetune", "shots": 0, "limit": 10, "data": "arc_easy", "rows": [
+        {"task": "arc_easy", "metric": "acc", "n": 10, "base": 0.3, "tuned": 0.4, "delta": 0.1, "stderr": 0.05, "drop": False}]}
+    (run / "eval.json").write_text(json.dumps(report))
+    run_cli("push", str(run), "me/riddles", "--dry-run", "--out", str(tmp_path / "up"))
+    _, body = card_parts(tmp_path / "up")
+    assert "| arc_easy | acc | 10 | 0.3000 | 0.4000 | +0.1000 | 0.0500 |" in body
+
+
+@pytest.mark.slow
+def test_merged_dry_run_has_weights_and_transformers_usage(tiny_run, tmp_path):
+    out = tmp_path / "merged"
+    run_cli("push", str(tiny_run), "me/riddles-merged", "--merged", "--dry-run", "--out", str(out))
+    assert list(out.glob("*.safetensors")) and (out / "config.json").exists()
+    front, body = card_parts(out)
+    assert front["library_name"] == "transformers"
+    assert 'AutoModelForCausalLM.from_pretrained("me/riddles-merged")' in body and "not a PEFT adapter" in body
+
+
+def test_push_without_a_token_says_so(tiny_run, tmp_path):
+    env_home = tmp_path / "hf-home"
+    env_home.mkdir()
+    saved = {k: os.environ.pop(k, None) for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    os.environ["HF_HOME"] = str(env_home)
+    try:
+        proc = run_cli("push", str(tiny_run), "me/riddles", check=False)
+    finally:
+        os.environ.pop("HF_HOME")
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "needs a token" in " ".join(proc.stdout.split())
+
+
+def test_existing_dry_run_output_and_conflicting_modes_are_refused(tiny_run, tmp_path):
+    (tmp_path / "taken").mkdir()
+    proc = run_cli("push", str(tiny_run), "me/x", "--dry-run", "--out", str(tmp_path / "taken"), check=False)
+    assert proc.returncode == 2 and "already exists" in proc.stdout
+    proc = run_cli("push", str(tiny_run), "me/x", "--merged", "--gguf", "--dry-run", "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and "choose one of" in proc.stdout

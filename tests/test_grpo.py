@@ -1,0 +1,84 @@
+"""GRPO through the one recipe: group advantages, zero-signal groups counted, and expected reward rising."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from phinetune.train.grpo import advantages
+from phinetune.train.recipe import run_steps, setup, train
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+GOOD = "abcdefghijklm"
+REWARD = f"def first_letter(completion):\n    return float(bool(completion) and completion[0].lower() in {GOOD!r})\n"
+
+
+def test_advantages_are_relative_to_the_group_and_flat_groups_are_counted():
+    rewards = torch.tensor([[1.0, 0.0, 1.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 3.0]])
+    adv, flat = advantages(rewards)
+    assert flat == 1
+    std = torch.tensor([1.0, 0.0, 0.0, 1.0]).std()
+    torch.testing.assert_close(adv[:4], torch.tensor([0.5, -0.5, 0.5, -0.5]) / (std + 1e-4))
+    assert torch.equal(adv[4:8], torch.zeros(4))
+    assert adv[8:].sum().abs() < 1e-5 and adv[11] > 0
+
+
+def _good_mass(loop) -> float:
+    """The policy's exact expected reward for a one-token completion: P(first token starts with a-m), mean over prompts."""
+    tok = loop.tokenizer
+    good = torch.tensor([bool(tok.decode([i]).strip()) and tok.decode([i]).strip()[0].lower() in GOOD for i in range(len(tok))])
+    model = loop.accelerator.unwrap_model(loop.model)
+    model.eval()
+    with torch.no_grad():
+        mass = [torch.softmax(model(input_ids=torch.tensor([r.prompt_ids])).logits[0, -1, :len(tok)].float(), -1)[good].sum().item()
+                for r in loop.train_rows[:8]]
+    model.train()
+    return sum(mass) / len(mass)
+
+
+def test_grpo_raises_the_expected_reward_of_a_dotted_path_reward(tiny_cfg, tmp_path, monkeypatch):
+    (tmp_path / "firstletter.py").write_text(REWARD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loop = setup(tiny_cfg("train.objective=grpo", "data.train=builtin:riddles_qa", "data.limit=16", "data.eval_size=2",
+                          "grpo.rewards=[firstletter:first_letter]", "grpo.group_size=8", "grpo.max_completion_length=1",
+                          "grpo.beta=0", "train.max_steps=4", "train.learning_rate=3e-2", "train.warmup_ratio=0",
+                          "train.scheduler=constant", "adapter.modules_to_save=[lm_head]", "adapter.dropout=0", "train.recall_check=0"))
+    before = _good_mass(loop)
+    run_steps(loop)
+    after = _good_mass(loop)
+    assert after > before + 0.15, (before, after)
+    curve = [m for m in loop.run.read_metrics() if "reward_mean" in m]
+    assert len(curve) == 4 and {"reward_std", "zero_std_groups", "completion_tokens"} <= set(curve[0])
+
+
+@pytest.mark.slow
+def test_grpo_with_kl_to_the_adapter_off_reference_runs_from_the_cli_config(tiny_cfg):
+    """The riddles with the built-in exact-answer reward: logs KL (0 at step 1: policy == reference) and eval reward."""
+    result = train(tiny_cfg("train.objective=grpo", "data.train=builtin:riddles_qa", "data.limit=8", "data.eval_size=2",
+                            "grpo.group_size=2", "grpo.max_completion_length=8", "train.max_steps=2", "train.batch_size=2",
+                            "train.recall_check=0"))
+    metrics = result.run.read_metrics()
+    steps = [m for m in metrics if "reward_mean" in m]
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert [m["step"] for m in metrics if "eval_reward" in m] == [0, 2]
+    assert 0.0 <= result.final_eval_loss <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["dpo", "grpo"])
+def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path, objective):
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "kill_resume_trials.py"), "--trials", "1", "--save-kills", "1",
+                           "--sigterms", "0", "--seed", "3", "--objective", objective, "--workdir", str(tmp_path / "w"),
+                           "--json", str(report)], capture_output=True, text=True, timeout=900)
+    where = f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    data = json.loads(report.read_text())
+    assert len(data["reference"]) >= 8, where
+    assert any(r[3] is not None or r[5] is not None for r in data["reference"]), "the curve must carry the objective's metrics"
+    for t in data["trials"]:
+        assert t["exit"] == -9 and t["resume_exit"] == 0, where
+        assert t["curve"] == data["reference"], where

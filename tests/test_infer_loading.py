@@ -1,0 +1,81 @@
+"""Loading a run for inference: an unfinished run says so and offers its checkpoint; --checkpoint loads it exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import run_cli
+from phinetune.errors import PhinetuneError
+from phinetune.runs.loading import load_for_inference
+from phinetune.train import recipe
+
+IDS = torch.tensor([[3, 11, 42, 99, 7, 250, 4, 18]])
+
+
+def _logits(loaded):
+    with torch.no_grad():
+        return loaded.model(IDS).logits.float()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same 4-step run twice: once finished, once interrupted (Ctrl-C) just before its final save."""
+    from phinetune.config import load_config
+
+    root = tmp_path_factory.mktemp("interrupted")
+    fast = ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24", "train.max_steps=4",
+            "train.batch_size=4", "train.eval_every=10", "train.log_every=1", "train.learning_rate=3e-3", "train.save_every=2",
+            "adapter.modules_to_save=[embed_tokens,lm_head]"]
+    finished = recipe.train(load_config(None, fast + [f"output.dir={root / 'finished'}"])).run
+    real_save = recipe.save
+
+    def interrupted_save(loop):
+        raise KeyboardInterrupt
+
+    recipe.save = interrupted_save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            recipe.train(load_config(None, fast + [f"output.dir={root / 'cut'}"]))
+    finally:
+        recipe.save = real_save
+    return finished, root / "cut"
+
+
+def test_unfinished_run_says_so_and_offers_its_last_checkpoint(runs):
+    _, cut = runs
+    with pytest.raises(PhinetuneError, match=r"unfinished run \(interrupted at step 4\).*--checkpoint last.*step-4"):
+        load_for_inference(str(cut))
+
+
+def test_checkpoint_last_is_the_model_the_run_would_have_saved(runs):
+    """Independent reference: the identical run that finished saved its adapter at step 4 too."""
+    finished, cut = runs
+    expected = _logits(load_for_inference(str(finished.path), dtype="fp32"))
+    got = _logits(load_for_inference(str(cut), dtype="fp32", checkpoint="last"))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    earlier = _logits(load_for_inference(str(cut), dtype="fp32", checkpoint="step-2"))
+    assert not torch.allclose(earlier, expected, atol=1e-4)  # step-2 is really another checkpoint
+    with pytest.raises(PhinetuneError, match=r"--checkpoint step-3: no such checkpoint.*step-2, step-4"):
+        load_for_inference(str(cut), checkpoint="step-3")
+
+
+def test_merge_and_generate_take_the_checkpoint(runs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from phinetune.export.merge import merge_run
+
+    finished, cut = runs
+    out = merge_run(str(cut), str(tmp_path / "merged"), dtype="fp32", checkpoint="last")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(IDS).logits.float(), _logits(load_for_inference(str(finished.path), dtype="fp32")),
+                                   rtol=1e-4, atol=1e-4)
+    answered = run_cli("generate", str(cut), "hi", "--max-new-tokens", "2", "--checkpoint", "last")
+    assert answered.stdout.strip() == load_generate(finished.path)
+
+
+def load_generate(run_path) -> str:
+    from phinetune.infer.generate import Sampling, generate_batch
+
+    return generate_batch(load_for_inference(str(run_path)), [[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=2))[0]
