@@ -30,7 +30,8 @@ class Script:
 
 
 def scripted_complete(loaded, prompts, sampling, stop=(), streamer=None, cancel=None):
-    Script.prompts = list(prompts)
+    # The worker hands over token ids (or texts): kept as the text they are, to compare with the layout by hand.
+    Script.prompts = [p if isinstance(p, str) else loaded.tokenizer.decode(p) for p in prompts]
     return [Completion(Script.reply, 10, 5, "stop") for _ in prompts]
 
 
