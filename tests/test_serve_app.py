@@ -437,6 +437,13 @@ def _bodies():
             body.pop("model", None)  # mostly address the served model, so valid bodies reach the model
             body = body | ({"max_tokens": min(body["max_tokens"], 16)} if isinstance(body.get("max_tokens"), int) else {})
             body.pop("max_completion_tokens", None)
+            # Tool use is for models with a tool format (this tiny Phi-3 has none: a 400), and a message without
+            # content is valid only as an assistant tool call: mostly left out, so valid bodies reach the model.
+            for key in ("tools", "tool_choice", "parallel_tool_calls"):
+                body.pop(key, None)
+            if isinstance(body.get("messages"), list):
+                body["messages"] = [{k: v for k, v in m.items() if k not in ("tool_calls", "tool_call_id", "reasoning_content")}
+                                    for m in body["messages"] if isinstance(m, dict) and m.get("role") != "tool" and m.get("content") is not None]
         elif choice == 1:
             body[extra] = 1  # an unknown field
         elif choice == 2 and body:

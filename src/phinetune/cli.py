@@ -145,7 +145,8 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              batch_size: int = typer.Option(8, help="Prompts per generation batch."),
              dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
              quant: str = typer.Option("none", help="none or nf4."),
-             checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
+             checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+             reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
     check_source(target)
     from phinetune.infer.complete import Sampling
@@ -153,7 +154,7 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
     from phinetune.runs.loading import LoadOptions
 
     sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
-    run_generate(target, prompt, input, output, sampling, batch_size, LoadOptions(dtype, quant), checkpoint)
+    run_generate(target, prompt, input, output, sampling, batch_size, LoadOptions(dtype, quant), checkpoint, reasoning)
 
 
 @app.command()
@@ -161,15 +162,18 @@ def chat(target: str = typer.Argument(..., help="A run folder, a merged folder, 
          system: Optional[str] = typer.Option(None, help="Optional system prompt."),
          max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.7), top_p: float = typer.Option(0.95),
          dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
-         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
+         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+         reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Chat interactively; tokens stream as they are generated."""
     check_source(target)
     from phinetune.infer.chat import chat_loop
     from phinetune.infer.complete import Sampling
     from phinetune.runs.loading import load_for_inference
 
+    if reasoning not in ("show", "hide"):
+        raise PhinetuneError(f"--reasoning must be show or hide (got {reasoning})")
     sampling = Sampling(max_new_tokens, temperature, 0, top_p)  # validated before the slow load
-    chat_loop(load_for_inference(target, dtype, quant, checkpoint=checkpoint), sampling, system)
+    chat_loop(load_for_inference(target, dtype, quant, checkpoint=checkpoint), sampling, system, reasoning=reasoning)
 
 
 @app.command("eval")
@@ -296,14 +300,15 @@ def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged 
           cors_origin: list[str] = typer.Option([], help="Allow browser pages from this origin (repeat; '*' for any). Default: no CORS."),
           access_log: str = typer.Option("-", help="One JSON line per request: '-' stderr, 'off', or a file path."),
           log_prompts: bool = typer.Option(False, help="Also write prompt text into the access log."),
-          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP + " One run folder only.")) -> None:
-    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming), /v1/completions, /v1/models, /health, /metrics."""
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP + " One run folder only."),
+          reasoning: str = typer.Option("separate", help="A reply's <think> trace: separate (reasoning_content, as vLLM), hide, or inline (left in content).")) -> None:
+    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming; tools for Phi-4-mini), /v1/completions, /v1/models, /health, /metrics."""
     for target in targets:
         check_source(target)
     from phinetune.serve.run import serve as run_serve
 
     run_serve(targets, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant,
-              request_timeout, cors_origin, access_log, log_prompts, checkpoint)
+              request_timeout, cors_origin, access_log, log_prompts, checkpoint, reasoning)
 
 
 bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True,
@@ -397,6 +402,7 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  column: List[str] = typer.Option([], "--column", help="Field mapping OURS=THEIRS, repeatable (e.g. prompt=QUESTIONS)."),
                  max_length: int = typer.Option(512, help="Tokens per sample (longer ones are truncated)."),
                  mask: str = typer.Option("assistant", help="assistant, last_assistant or all."),
+                 reasoning: str = typer.Option("train", help="Reasoning traces: train (default) or answer (train only the final answer)."),
                  split: str = typer.Option("train", help="Split of a Hub dataset."),
                  limit: Optional[int] = typer.Option(None, help="Only the first N records."),
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
@@ -409,18 +415,18 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  against_dir: Optional[Path] = typer.Option(None, "--against-dir", help="Folder with the official eval files (as eval --data-dir); default: the Hub.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates; with --against, benchmark overlaps."""
     check_source(model)
-    from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, print_inspection, write_outputs
+    from phinetune.data.inspect import inspect_data, inspect_spec, load_inspect_tokenizer, print_inspection, write_outputs
     from phinetune.eval.tasks import parse_tasks
 
     if objective != "sft":
         return _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out)
 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
-                      split=split, limit=limit, skip_bad_rows=skip_bad_rows, fold_system=fold_system)
+                      split=split, limit=limit, skip_bad_rows=skip_bad_rows, fold_system=fold_system, reasoning=reasoning)
     benchmarks = parse_tasks(against) if against else []  # a typo fails before any tokenizing
     tokenizer, eot = load_inspect_tokenizer(model, spec)
     try:
-        ins = inspect_data(cfg, tokenizer, eot, samples)
+        ins = inspect_data(cfg, tokenizer, eot, samples, inspect_spec(model, spec))
     except PhinetuneError as exc:  # the readers speak config keys; this verb's user typed flags
         raise PhinetuneError(as_inspect_flags(str(exc))) from None
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
@@ -456,7 +462,7 @@ def _inspect_preferences(data, objective, model, spec, max_length, limit, skip_b
 
 # data.* keys as `phinetune data inspect` spells them (longest first: data.eval_size before data.eval).
 INSPECT_FLAGS = {"data.skip_bad_rows": "--skip-bad-rows", "data.max_length": "--max-length", "data.columns": "--column",
-                 "data.format": "--format", "data.split": "--split", "data.limit": "--limit", "data.mask": "--mask",
+                 "data.format": "--format", "data.split": "--split", "data.limit": "--limit", "data.mask": "--mask", "data.reasoning": "--reasoning",
                  "data.train / data.eval": "DATA", "data.train": "DATA"}
 
 

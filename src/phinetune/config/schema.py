@@ -17,7 +17,7 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    name: str = Field("tiny-phi3", description="Hub id (microsoft/Phi-3-mini-4k-instruct), local folder, or a built-in tiny model (tiny-phi3, tiny-phi2, tiny-phimoe, tiny-phi4).")
+    name: str = Field("tiny-phi3", description="Hub id (microsoft/Phi-3-mini-4k-instruct), local folder, or a built-in tiny model (tiny-phi3, tiny-phi2, tiny-phimoe, tiny-phi4, tiny-phi4-14b, tiny-phi4-reasoning, tiny-phi4-mini-reasoning, tiny-phi3-medium).")
     spec: Optional[str] = Field(None, description="Model spec key to use (phi3-mini-4k, phi2, ...); default: looked up from `name`.")
     revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) to load.")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Compute dtype; auto picks bf16 where the GPU supports it, else fp32 on CPU.")
@@ -25,6 +25,7 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = Field(False, description="Run model code from the Hub. Off unless you ask: it executes code from the internet.")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa", description="Attention kernel.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    end_of_turn: Optional[str] = Field(None, description="Token that closes each assistant turn (trained, so the model learns to stop); default: the spec's, or read off the chat template.")
 
 
 class DataConfig(_Strict):
@@ -37,6 +38,7 @@ class DataConfig(_Strict):
     eval_size: Optional[int] = Field(None, ge=1, description="Exact number of held-out eval samples (overrides eval_fraction).")
     max_length: int = Field(512, ge=8, description="Maximum tokens per sample (and per packed sequence).")
     mask: Literal["assistant", "last_assistant", "all"] = Field("assistant", description="Which tokens are trained: assistant turns (default), the last assistant turn, or everything.")
+    reasoning: Literal["train", "answer"] = Field("train", description="Reasoning traces (<think>...</think> in assistant turns, or a reasoning/thinking field): train them (default: the model must learn to write them) or train only the final answer.")
     fold_system: bool = Field(False, description="Fold a leading system message into the first user turn (system text, blank line, user text); for templates that drop system messages (Phi-3-mini-128k's original), which are refused otherwise.")
     packing: bool = Field(True, description="Pack several samples per sequence, with no attention across samples.")
     dedupe: bool = Field(True, description="Drop identical conversations (counted and reported).")

@@ -28,9 +28,10 @@ from phinetune.runs.loading import Loaded
 from phinetune.serve.adapters import Served
 from phinetune.serve.limits import BodySizeLimit
 from phinetune.serve.observe import AccessLog, Metrics
-from phinetune.serve.responses import CHAT, TEXT, TextFormat, usage
+from phinetune.serve.responses import TEXT, TextFormat, usage
 from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest
 from phinetune.serve.stream import SSE_DONE, StopFilter, sse
+from phinetune.serve.tools import ReplyFormat, ToolRequestError, request_messages
 from phinetune.serve.worker import Job, Output, QueueFull, Refused, Worker
 
 log = logging.getLogger("phinetune.serve")
@@ -47,6 +48,7 @@ class ServeSettings:
     request_timeout: float = 300.0  # seconds from arrival to the last byte of the answer (504 after)
     cors_origins: list[str] = field(default_factory=list)  # none: no CORS headers, browsers on other origins are refused
     log_prompts: bool = False  # put prompt text in the access log
+    reasoning: str = "separate"  # a reply's <think> trace: reasoning_content (separate), dropped (hide) or left inline
 
 
 class APIError(Exception):
@@ -127,14 +129,21 @@ def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAP
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         name, adapter = api.resolve(req.model)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        tools, spec = req.tool_defs(), loaded.spec
+        if tools and req.stream:
+            raise APIError(400, "stream=true with tools is not supported: tool calls are parsed from the finished reply; "
+                                "send stream=false", param="stream")
+        try:  # tools, tool calls and reasoning written as the model was trained to see them (serve/tools.py)
+            messages = request_messages([m.template_dict() for m in req.messages], tools, spec)
+        except ToolRequestError as exc:
+            raise APIError(400, str(exc), param=exc.param) from None
         if req.wants_json() and not any("json" in m["content"].lower() for m in messages):
             raise APIError(400, "response_format json_object needs the word 'JSON' in the messages (as OpenAI requires): "
                                 "tell the model to answer in JSON", param="messages")
         job = Job([api.render(messages)] * req.n, api.sampling(req), req.stops(), adapter=adapter, logprobs=req.top_k_logprobs(),
                   param="messages")
         api.note(request, name, req, messages)
-        return await api.respond(job, req, name, CHAT, request)
+        return await api.respond(job, req, name, ReplyFormat(spec, settings.reasoning, bool(tools)), request)
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(req: CompletionRequest, request: Request):

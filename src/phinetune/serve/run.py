@@ -43,7 +43,7 @@ def check_port_free(host: str, port: int) -> None:
 def serve(target: Union[str, list[str]], host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
           model_name: Optional[str] = None, max_tokens: int = 512, max_body_kb: int = 1024, max_queue: int = 64, max_batch: int = 8,
           dtype: str = "auto", quant: str = "none", request_timeout: float = 300.0, cors_origins: Sequence[str] = (),
-          access_log: str = "-", log_prompts: bool = False, checkpoint: Optional[str] = None) -> None:
+          access_log: str = "-", log_prompts: bool = False, checkpoint: Optional[str] = None, reasoning: str = "separate") -> None:
     """`target`: one run folder, merged folder or model id, or several LoRA run folders on one base (one model id each)."""
     require("phinetune serve", "serve", "fastapi", "uvicorn", "prometheus_client")  # core dependencies; a trimmed install may lack them
     import uvicorn
@@ -51,6 +51,7 @@ def serve(target: Union[str, list[str]], host: str = "127.0.0.1", port: int = 80
     from phinetune.serve.adapters import load_served
     from phinetune.serve.app import ServeSettings, create_app
     from phinetune.serve.observe import configure_access_log
+    from phinetune.serve.tools import REASONING_MODES
 
     limits = {"--port": (port, 0, 65535), "--max-tokens": (max_tokens, 1, 1 << 20), "--max-body-kb": (max_body_kb, 1, 1 << 20),
               "--max-queue": (max_queue, 1, 1 << 16), "--max-batch": (max_batch, 1, 1024)}
@@ -59,6 +60,8 @@ def serve(target: Union[str, list[str]], host: str = "127.0.0.1", port: int = 80
             raise PhinetuneError(f"{flag} must be between {low} and {high} (got {value})")
     if not request_timeout > 0:
         raise PhinetuneError(f"--request-timeout must be a positive number of seconds (got {request_timeout})")
+    if reasoning not in REASONING_MODES:
+        raise PhinetuneError(f"--reasoning must be one of {', '.join(REASONING_MODES)} (got {reasoning})")
     api_key = api_key or os.environ.get("PHINETUNE_API_KEY") or None
     if not is_loopback(host) and not api_key:
         console.print(f"[bold yellow]warning:[/bold yellow] serving on {escape(host)} without an API key: anyone who can reach this "
@@ -69,7 +72,7 @@ def serve(target: Union[str, list[str]], host: str = "127.0.0.1", port: int = 80
     for line in served.memory:
         console.print(f"memory: {line}")
     settings = ServeSettings(served.default, api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch, request_timeout,
-                             list(cors_origins), log_prompts)
+                             list(cors_origins), log_prompts, reasoning)
     app = create_app(served, settings)
     configure_access_log(access_log)
     console.print(f"serving {', '.join(repr(m) for m in served.models)} at http://{host}:{port}/v1 (OpenAI-compatible; "

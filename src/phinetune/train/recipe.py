@@ -22,7 +22,7 @@ from phinetune.config import RunConfig
 from phinetune.data.dataset import PreparedData, prepare_data
 from phinetune.data.packing import Row, batches, collate, make_rows
 from phinetune.errors import PhinetuneError, PreflightError
-from phinetune.models.specs import TINY_MODELS
+from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
 from phinetune.train.launch import check_distributed
@@ -331,7 +331,7 @@ def checkpoint_scores(loop: Loop, step: int, eval_loss: Optional[float]) -> dict
 # ---------------------------------------------------------------- the sft objective (train/objectives.py)
 
 def load_data(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
-    return prepare_data(cfg.data, tokenizer, eot)
+    return prepare_data(cfg.data, tokenizer, eot, get_spec(cfg.model.name, cfg.model.spec))
 
 
 def rows(data: PreparedData, cfg: RunConfig) -> tuple[list[Row], list[Row]]:
