@@ -245,7 +245,7 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
                   f"(own token of {turns_ok:d}/{turns:d} assistant turns{escape(cut_note)}; "
                   f"last one kept in {with_eot:d}/{chat:d} chat samples)", markup=True, highlight=False)
     distinct = report.pad_id != report.eot_id
-    console.print(f"pad token {escape(str(report.pad_token))} (id {report.pad_id}) distinct from end-of-turn token (id {report.eot_id}): "
+    console.print(f"pad token {escape(str(report.pad_token))} (id {escape(str(report.pad_id))}) distinct from end-of-turn token (id {escape(str(report.eot_id))}): "
                   f"{'yes' if distinct else '[red]NO[/red]'}", markup=True, highlight=False)
     if report.sample:
         plain = not console.is_terminal
