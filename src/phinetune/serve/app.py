@@ -217,6 +217,7 @@ class _Api:
             job.on_text = lambda text: loop.call_soon_threadsafe(queue.put_nowait, text)
             job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))  # end of stream
             self.submit(job)  # before the response starts, so a full queue is still a clean 429
+            await self.wait(job, job.admitted, deadline)  # and a refused prompt a clean 400
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(self.stream(job, queue, name, fmt, include_usage, deadline, request), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
