@@ -106,12 +106,13 @@ def export(run: str = typer.Argument(..., help="A finished run folder from `phin
            quant: str = typer.Option("f16", help="GGUF types, comma-separated: f16, bf16, q8_0, q4_0, f32 (ollama: one)."),
            precision: str = typer.Option("fp32", help="ONNX precisions, comma-separated: fp32, fp16, bf16, int8, int4."),
            device: str = typer.Option("cpu", help="ONNX execution provider: cpu or cuda."),
-           overwrite: bool = typer.Option(False, help="Replace an existing --out.")) -> None:
+           overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+           checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
     """Merge the run and convert it for another runtime; DIR appears only when everything is written."""
     from phinetune.export.run import ExportPlan, export_run
 
     split = lambda s: tuple(p.strip() for p in s.split(",") if p.strip())  # noqa: E731
-    export_run(run, out, ExportPlan(to, split(quant), split(precision), device, overwrite))
+    export_run(run, out, ExportPlan(to, split(quant), split(precision), device, overwrite, checkpoint))
 
 
 @app.command()
