@@ -306,10 +306,13 @@ def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged 
     """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming; tools for Phi-4-mini), /v1/completions, /v1/models, /health, /metrics."""
     for target in targets:
         check_source(target)
+    from phinetune.runs.loading import LoadOptions
     from phinetune.serve.run import serve as run_serve
+    from phinetune.serve.settings import Listen, ServeSettings
 
-    run_serve(targets, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant,
-              request_timeout, cors_origin, access_log, log_prompts, checkpoint, reasoning)
+    settings = ServeSettings(model_name, api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch, request_timeout,
+                             list(cors_origin), log_prompts, reasoning)
+    run_serve(targets, settings, Listen(host, port, access_log), LoadOptions(dtype, quant), checkpoint)
 
 
 bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True,

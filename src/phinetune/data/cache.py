@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict
+from typing import Optional
 from pathlib import Path
 
 from phinetune.config.schema import DataConfig

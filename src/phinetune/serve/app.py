@@ -13,7 +13,6 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional, Union
 
 from fastapi import Depends, FastAPI, Request
@@ -30,25 +29,12 @@ from phinetune.serve.limits import BodySizeLimit
 from phinetune.serve.observe import AccessLog, Metrics
 from phinetune.serve.responses import TEXT, TextFormat, usage
 from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest
+from phinetune.serve.settings import ServeSettings
 from phinetune.serve.stream import SSE_DONE, StopFilter, sse
 from phinetune.serve.tools import ReplyFormat, ToolRequestError, request_messages
 from phinetune.serve.worker import Job, Output, QueueFull, Refused, Worker
 
 log = logging.getLogger("phinetune.serve")
-
-
-@dataclass
-class ServeSettings:
-    model_name: Optional[str] = None  # id of a single served model (None: its folder name or id)
-    api_key: Optional[str] = None
-    max_tokens: int = 512  # cap on max_tokens of one request; also the default for chat
-    max_body_bytes: int = 1 << 20
-    max_queue: int = 64
-    max_batch: int = 8
-    request_timeout: float = 300.0  # seconds from arrival to the last byte of the answer (504 after)
-    cors_origins: list[str] = field(default_factory=list)  # none: no CORS headers, browsers on other origins are refused
-    log_prompts: bool = False  # put prompt text in the access log
-    reasoning: str = "separate"  # a reply's <think> trace: reasoning_content (separate), dropped (hide) or left inline
 
 
 class APIError(Exception):
