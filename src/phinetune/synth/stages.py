@@ -154,15 +154,17 @@ def apply_clean(stage, ctx: Context, items: list[Item], planned, answers, report
     return [Item(ident, origin, [text]) for ident, text, origin in kept]
 
 
+def assistant_messages(stage, item: Item) -> list[dict]:
+    """The conversation the teacher answers: the last user turn wrapped in the stage's prompt, if it has one."""
+    messages = item.messages()
+    if stage.prompt is not None:
+        messages[-1] = {"role": "user", "content": stage.prompt.format(message=messages[-1]["content"])}
+    return messages
+
+
 def plan_assistant(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Call]]:
     cfg, name, _ = ctx
-    calls = []
-    for item in items:
-        messages = item.messages()
-        if stage.prompt is not None:
-            messages[-1] = {"role": "user", "content": stage.prompt.format(message=messages[-1]["content"])}
-        calls.append((item.id, make_call(cfg, name, item.id, 0, messages, stage)))
-    return calls
+    return [(item.id, make_call(cfg, name, item.id, 0, assistant_messages(stage, item), stage)) for item in items]
 
 
 def plan_user(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Call]]:
@@ -192,14 +194,9 @@ def _turn_problem(text: str, stage) -> Optional[str]:
 
 
 def plan_pairs(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Call]]:
+    """Two samples of the same conversation (call index 0 and 1: two seeds), for a judge to choose between."""
     cfg, name, _ = ctx
-    calls = []
-    for item in items:
-        messages = item.messages()
-        if stage.prompt is not None:
-            messages[-1] = {"role": "user", "content": stage.prompt.format(message=messages[-1]["content"])}
-        calls += [(item.id, make_call(cfg, name, item.id, k, messages, stage)) for k in (0, 1)]
-    return calls
+    return [(item.id, make_call(cfg, name, item.id, k, assistant_messages(stage, item), stage)) for item in items for k in (0, 1)]
 
 
 def apply_pairs(stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport) -> list[Item]:
