@@ -29,8 +29,17 @@ def test_gpu_launch_uses_accelerate_launch_with_the_config():
     cfg = ROOT / "configs" / "accelerate" / "fsdp.yaml"
     cmd, _ = launch_command(4, ["x.yaml"], cfg, use_gpu=True)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[3:7] == ["--config_file", str(cfg), "--num_processes", "4"]
+    with pytest.raises(PhinetuneError, match="needs GPUs"):  # FSDP1 + 4-bit base, DeepSpeed: GPUs only
+        launch_command(2, [], cfg.with_name("fsdp-qlora.yaml"), use_gpu=False)
     with pytest.raises(PhinetuneError, match="needs GPUs"):
-        launch_command(2, [], cfg, use_gpu=False)
+        launch_command(2, [], cfg.with_name("deepspeed-zero2.yaml"), use_gpu=False)
+
+
+def test_cpu_launch_of_the_fsdp2_config_shards_with_fully_shard():
+    cmd, env = launch_command(2, ["x.yaml"], ROOT / "configs" / "accelerate" / "fsdp.yaml", use_gpu=False)
+    assert cmd[1:3] == ["-m", "torch.distributed.run"] and env["PHINETUNE_FSDP2_CPU"] == "1" and env["ACCELERATE_USE_CPU"] == "true"
+    _, plain = launch_command(2, ["x.yaml"], use_gpu=False)
+    assert "PHINETUNE_FSDP2_CPU" not in plain or plain["PHINETUNE_FSDP2_CPU"] != "1"
     with pytest.raises(PhinetuneError, match="does not exist"):
         launch_command(2, [], Path("nope.yaml"), use_gpu=True)
 
@@ -50,8 +59,10 @@ def test_accelerate_config_is_accepted_by_accelerate(path):
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "phinetune", "train"])
     args, defaults, _ = _validate_launch_command(args)
     assert args.use_fsdp == (EXPECTED[path.stem] == "FSDP") and args.use_deepspeed == (EXPECTED[path.stem] == "DEEPSPEED")
-    if args.use_fsdp:
+    if args.use_fsdp and str(args.fsdp_version) == "1":
         assert args.fsdp_use_orig_params == "true" or args.fsdp_use_orig_params is True  # LoRA mixes frozen and trainable
+    if path.stem == "fsdp":
+        assert str(args.fsdp_version) == "2"  # FSDP2: the one that also runs on CPU (train/sharding.py)
     if path.stem == "fsdp-qlora":
         assert args.mixed_precision == "no"
     if args.use_deepspeed:

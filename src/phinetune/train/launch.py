@@ -3,7 +3,9 @@
 No distributed engine of our own: on GPUs the launcher is `accelerate launch` (which reads an accelerate
 config for DDP, FSDP or DeepSpeed: configs/accelerate/*.yaml); on CPU it is torch.distributed.run with
 ACCELERATE_USE_CPU=true, because `accelerate launch --cpu` runs one process unless mpirun is set up, while
-torchrun + that flag gives accelerate's MULTI_CPU mode over gloo.
+torchrun + that flag gives accelerate's MULTI_CPU mode over gloo. An FSDP version-2 config on CPU runs
+PyTorch's fully_shard over gloo (train/sharding.py: accelerate does not select FSDP on CPU); the other
+configs (FSDP1, QLoRA + FSDP, DeepSpeed) need GPUs and are refused on CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Optional
 import torch
 
 from phinetune.errors import PhinetuneError
+from phinetune.train.sharding import ENV as SHARDING_ENV
 
 
 def launch_command(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None,
@@ -31,9 +34,21 @@ def launch_command(nproc: int, train_args: list[str], accelerate_config: Optiona
         config = ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"]
         return [sys.executable, "-m", "accelerate.commands.launch", *config, "--num_processes", str(nproc), *target], env
     if accelerate_config is not None:
-        raise PhinetuneError("--accelerate-config needs GPUs (FSDP and DeepSpeed do not run on CPU); drop it to train with DDP over gloo on CPU")
+        if not is_fsdp2(accelerate_config):
+            raise PhinetuneError(f"--accelerate-config {accelerate_config} needs GPUs (on CPU only an FSDP config with fsdp_version: 2 "
+                                 "runs, e.g. configs/accelerate/fsdp.yaml); drop it to train with DDP over gloo on CPU")
+        env[SHARDING_ENV] = "1"
     env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone", *target], env
+
+
+def is_fsdp2(path: Path) -> bool:
+    """An accelerate config asking for FSDP version 2 (and nothing CPU cannot do: no 4-bit base)."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text()) or {}
+    fsdp = config.get("fsdp_config") or {}
+    return config.get("distributed_type") == "FSDP" and int(fsdp.get("fsdp_version", 1)) == 2
 
 
 def launch(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None) -> int:
