@@ -108,3 +108,15 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tiny_cfg
         assert [x is None for x in b] == [x is None for x in a], f"step {a[0]}: 1 process {a}, 2 processes {b}"
         numbers_a, numbers_b = [x for x in a[1:] if x is not None], [x for x in b[1:] if x is not None]
         assert numbers_b == pytest.approx(numbers_a, rel=2e-5, abs=2e-5), f"step {a[0]}: 1 process {a}, 2 processes {b}"
+
+
+def test_a_killed_rank_is_named_in_one_sentence():
+    """torchrun's own report of a 2-process run whose rank 1 was SIGKILLed (recorded by hand from
+    `phinetune train ... --nproc 2` and `kill -9` of rank 1: the job ended 2 s later, checkpoints intact)."""
+    from phinetune.train.launch import failure_sentence
+
+    block = (ROOT / "tests" / "fixtures" / "torchrun_sigkill_rank1.txt").read_text()
+    assert failure_sentence(block, 1).startswith("training failed: rank 1 was killed by SIGKILL;")
+    raised = "[rank0]: ValueError: loss became nan at step 3\n" + block.replace("exitcode  : -9", "exitcode  : 1").replace("rank      : 1 (local_rank: 1)", "rank      : 0 (local_rank: 0)")
+    assert "rank 0 failed with ValueError: loss became nan at step 3" in failure_sentence(raised, 1)
+    assert "exited with code 1" in failure_sentence("nothing torchrun wrote", 1)

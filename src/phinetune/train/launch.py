@@ -52,10 +52,47 @@ def is_fsdp2(path: Path) -> bool:
 
 
 def launch(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None) -> int:
+    """Run the launcher, passing its output through; when a rank fails, end with one sentence naming it.
+
+    Bounded time: torchrun (and accelerate launch, which runs it) stops every other worker as soon as one
+    exits non-zero or is killed, so no rank waits in a collective for a peer that is gone; a rank that is
+    alive but stuck is ended by the process-group timeout (DIST_TIMEOUT_S, set in train/recipe.py)."""
     if os.environ.get("PHINETUNE_LAUNCHED") == "1":
         raise PhinetuneError("--nproc given inside a launched process; pass it once, to the outer `phinetune train`")
     cmd, env = launch_command(nproc, train_args, accelerate_config)
-    return subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    tail: list[str] = []
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        tail = (tail + [line])[-400:]
+    code = proc.wait()
+    if code != 0:
+        print(failure_sentence("".join(tail), code), file=sys.stderr)
+    return code
+
+
+DIST_TIMEOUT_S = int(os.environ.get("PHINETUNE_DIST_TIMEOUT", "600"))  # a collective waits at most this long
+
+
+def failure_sentence(stderr: str, code: int) -> str:
+    """torchrun's 'Root Cause (first observed failure)' block, in one sentence."""
+    import re
+    import signal as signals
+
+    block = stderr.split("Root Cause (first observed failure)")[-1]
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    exitcode = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+    errors = re.findall(r"^\[rank(\d+)\]:\s*(\w+(?:Error|Exception|Stopped)\w*:.*)$", stderr, re.M)
+    if rank is None or exitcode is None:
+        return f"training failed: the launcher exited with code {code}; the same command resumes from the latest checkpoint"
+    r, ec = int(rank.group(1)), int(exitcode.group(1))
+    if ec < 0:
+        cause = f"was killed by {signals.Signals(-ec).name}"
+    else:
+        own = [msg for who, msg in errors if int(who) == r]
+        cause = f"failed with {own[-1].strip()[:300]}" if own else f"exited with code {ec}"
+    return (f"training failed: rank {r} {cause}; the launcher stopped the other ranks. "
+            "Run the same command again to resume from the latest checkpoint")
 
 
 def check_distributed(accelerator, cfg) -> None:

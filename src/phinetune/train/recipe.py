@@ -9,12 +9,13 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from transformers import get_scheduler
 
 from phinetune import __version__
@@ -25,7 +26,7 @@ from phinetune.errors import PhinetuneError, PreflightError
 from phinetune.models.specs import TINY_MODELS
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
-from phinetune.train.launch import check_distributed
+from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
 from phinetune.train.memory import pin_malloc_thresholds
@@ -112,7 +113,10 @@ def log_eval(loop: Loop, step: int, value: float) -> None:
 def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     pin_malloc_thresholds()  # freed activations go back to the OS (see train/memory.py)
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
-    accelerator = Accelerator(step_scheduler_with_optimizer=False, **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
+    # A bounded wait in every collective: a rank that is alive but stuck cannot hold the others for ever.
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    accelerator = Accelerator(step_scheduler_with_optimizer=False, kwargs_handlers=[timeout],
+                              **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
     set_seed(cfg.train.seed)
     check_distributed(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
