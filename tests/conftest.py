@@ -94,7 +94,7 @@ def memorized_run(tmp_path_factory):
         if name not in runs:
             out = tmp_path_factory.mktemp(f"memorized-{name}") / name
             cfg = load_config(None, [f"model.name={name}", "data.train=builtin:riddles", "data.eval_size=2", "data.limit=8",
-                                     "data.max_length=128", "train.max_steps=60", "train.batch_size=4", "train.eval_every=1000",
+                                     "data.max_length=192", "train.max_steps=60", "train.batch_size=4", "train.eval_every=1000",
                                      "train.log_every=10", "train.learning_rate=1e-2", "adapter.dropout=0",
                                      "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={out}"])
             runs[name] = train(cfg).run.path

@@ -54,7 +54,27 @@ def _chatml(messages, bos, eos):
     return segs
 
 
+def _phi4_chatml(messages, bos, eos):
+    segs = []
+    for m in messages:
+        role = m["role"]
+        kind = {"system": SYSTEM, "user": USER, "assistant": REPLY}[role]
+        segs += [(f"<|im_start|>{role}<|im_sep|>", MARKUP), (m["content"], kind), ("<|im_end|>", EOT if role == "assistant" else MARKUP)]
+    return segs
+
+
+def _phi4_reasoning(messages, bos, eos):
+    # Phi-4-reasoning: Phi-4's turns, with the model card's reasoning system prompt first when there is no system turn.
+    from phinetune.models.specs import PHI4_REASONING_PROMPT
+
+    lead = [] if messages and messages[0]["role"] == "system" else \
+        [("<|im_start|>system<|im_sep|>", MARKUP), (PHI4_REASONING_PROMPT, MARKUP), ("<|im_end|>", MARKUP)]
+    return lead + _phi4_chatml(messages, bos, eos)
+
+
 LAYOUTS = {
+    "phi4-chatml.jinja": _phi4_chatml,
+    "phi4-reasoning.jinja": _phi4_reasoning,
     "phi3.jinja": _phi3,
     "phi3.5.jinja": lambda m, b, e: _phi3(m, b, e, system_if_content=True),
     "phi3-128k.jinja": _phi3_128k,

@@ -41,10 +41,23 @@ def _pick(h: bytes, i: int, options):
     return options[h[i % len(h)] % len(options)]
 
 
-def reply_for(body: dict) -> tuple[str, str]:
-    """(kind, text) for a request: riddle lists, follow-up questions or answers, chosen by the prompt's wording."""
+def judge_reply(prompt: str, policy: str) -> str:
+    """A pairwise verdict: 'longer' prefers the longer answer wherever it is shown; 'first' always picks position A."""
+    first = prompt.split("[The Start of Assistant A's Answer]\n", 1)[1].split("\n[The End of Assistant A's Answer]", 1)[0]
+    second = prompt.split("[The Start of Assistant B's Answer]\n", 1)[1].split("\n[The End of Assistant B's Answer]", 1)[0]
+    if policy == "first":
+        return "Assistant A answers first, which I like. [[A]]"
+    if len(first) == len(second):
+        return "Both answers are equally long. [[C]]"
+    return f"The {'first' if len(first) > len(second) else 'second'} answer says more. [[{'A' if len(first) > len(second) else 'B'}]]"
+
+
+def reply_for(body: dict, judge: str = "longer") -> tuple[str, str]:
+    """(kind, text) for a request: riddle lists, follow-up questions, answers or judge verdicts, chosen by the prompt's wording."""
     prompt = body["messages"][-1]["content"]
     h = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+    if "[The Start of Assistant A's Answer]" in prompt:
+        return "judge", judge_reply(prompt, judge)
     if "new riddles" in prompt:
         first_example = prompt.split("\n\n")[1] if "\n\n" in prompt else ""
         lines = ["Here are 10 new riddles:", ""]
@@ -88,7 +101,7 @@ class Handler(BaseHTTPRequestHandler):
         time.sleep(srv.delay_s)
         with srv._lock:
             srv.in_flight -= 1
-        kind, text = reply_for(body)
+        kind, text = reply_for(body, srv.judge)
         pt = sum(len(m["content"].split()) for m in body["messages"])
         usage = {"prompt_tokens": pt, "completion_tokens": len(text.split()), "total_tokens": pt + len(text.split())}
         payload = {"id": digest, "object": "chat.completion", "model": body["model"],
@@ -110,9 +123,10 @@ class Handler(BaseHTTPRequestHandler):
 class FakeOpenAI(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, api_key: str | None = None, failures=(), delay_s: float = 0.0, port: int = 0, retry_after: str = "0.01"):
+    def __init__(self, api_key: str | None = None, failures=(), delay_s: float = 0.0, port: int = 0, retry_after: str = "0.01",
+                 judge: str = "longer"):
         super().__init__(("127.0.0.1", port), Handler)
-        self.api_key, self.delay_s, self.log, self.retry_after = api_key, delay_s, Log(), retry_after
+        self.api_key, self.delay_s, self.log, self.retry_after, self.judge = api_key, delay_s, Log(), retry_after, judge
         self._failures, self._lock = list(failures), threading.Lock()
         self.in_flight = self.max_in_flight = 0
 

@@ -25,7 +25,9 @@ def test_every_shipped_config_validates(path):
 def test_shipped_configs_cover_every_model_and_method():
     pairs = {(load_config(p).model.name, load_config(p).model.quant) for p in SHIPPED}
     for hub_id in ["microsoft/phi-2", "microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3.5-mini-instruct",
-                   "microsoft/Phi-3.5-MoE-instruct", "microsoft/Phi-4-mini-instruct"]:
+                   "microsoft/Phi-3.5-MoE-instruct", "microsoft/Phi-4-mini-instruct", "microsoft/phi-4", "microsoft/Phi-4-reasoning",
+                   "microsoft/Phi-4-reasoning-plus", "microsoft/Phi-4-mini-reasoning", "microsoft/Phi-3-medium-4k-instruct",
+                   "microsoft/Phi-3-medium-128k-instruct"]:
         assert (hub_id, "none") in pairs and (hub_id, "nf4") in pairs, hub_id
 
 
@@ -95,7 +97,9 @@ def test_names_from_other_toolkits_point_to_ours(theirs, ours):
 
 # The tiny model of the same architecture as each spec (same module and parameter names).
 TINY_FOR_SPEC = {"phi2": "tiny-phi2", "phi3-mini-4k": "tiny-phi3", "phi3-mini-128k": "tiny-phi3", "phi3.5-mini": "tiny-phi3",
-                 "phi3.5-moe": "tiny-phimoe", "phi4-mini": "tiny-phi4"}
+                 "phi3.5-moe": "tiny-phimoe", "phi4-mini": "tiny-phi4", "phi4": "tiny-phi4-14b", "phi4-reasoning": "tiny-phi4-reasoning",
+                 "phi4-reasoning-plus": "tiny-phi4-reasoning", "phi4-mini-reasoning": "tiny-phi4-mini-reasoning",
+                 "phi3-medium-4k": "tiny-phi3-medium", "phi3-medium-128k": "tiny-phi3-medium"}
 
 
 @pytest.fixture(scope="module")

@@ -241,6 +241,20 @@ def test_real_phi3_vocabulary_is_sentencepiece_style(tmp_path):
     assert reader.fields["tokenizer.ggml.eot_token_id"].contents() == tokenizer.convert_tokens_to_ids("<|end|>")
 
 
+@pytest.mark.xfail(strict=True, reason="measured: llama.cpp tokenizes the real Phi-3 SentencePiece vocabulary differently from "
+                                      "transformers v5 (whitespace after added tokens such as <|user|>, leading spaces)")
+def test_real_phi3_tokenization_in_llama_cpp_matches_transformers(llama_cpp, tmp_path):
+    from transformers import AutoTokenizer
+
+    test_real_phi3_vocabulary_is_sentencepiece_style(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
+    texts = ["Hello world! What has keys but can't open locks?", "<|user|>\nRiddle: 12 apples<|end|>\n<|assistant|>\n", "  two spaces\tand\ttabs"]
+    mismatched = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=True) != tokenizer(t, add_special_tokens=False)["input_ids"]]
+    llm.close()
+    assert mismatched == []
+
+
 @pytest.mark.xfail(strict=True, reason="llama.cpp's phimoe graph is its phi3 graph: RMSNorm (+bias) where transformers' "
                                       "Phimoe uses LayerNorm, and softmax top-k routing where it uses sparsemixer")
 def test_phimoe_in_llama_cpp_agrees_with_pytorch(llama_cpp, tmp_path):

@@ -35,6 +35,9 @@ def jinja(tokenizer, template_file: str, messages: list[dict]) -> str:
 
 
 def go(template_file: str, messages: list[dict]) -> str:
+    spec = SPEC_BY_TEMPLATE.get(template_file)
+    if spec is not None and spec.system_prompt_in_template and (not messages or messages[0]["role"] != "system"):
+        messages = [{"role": "system", "content": spec.system_prompt}] + messages  # what Ollama does with SYSTEM
     return render(GO_TEMPLATES[template_file], {"Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]})
 
 
@@ -80,6 +83,8 @@ def test_modelfile_has_template_stops_and_sampling():
     assert [line for line in text.splitlines() if line.startswith("PARAMETER stop")] == ['PARAMETER stop "<|end|>"', 'PARAMETER stop "<|endoftext|>"']
     assert "PARAMETER num_ctx 1024" in text and "PARAMETER temperature" in text
     assert 'PARAMETER stop "<|im_end|>"' in modelfile("x.gguf", SPECS["phi2"])
+    assert f'SYSTEM """{SPECS["phi4-reasoning"].system_prompt}"""' in modelfile("x.gguf", SPECS["phi4-reasoning"])
+    assert "SYSTEM" not in text  # only where the chat template itself writes a default system prompt
 
 
 def test_model_without_a_known_template_is_refused():

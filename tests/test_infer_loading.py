@@ -76,6 +76,28 @@ def test_merge_and_generate_take_the_checkpoint(runs, tmp_path):
 
 
 def load_generate(run_path) -> str:
-    from phinetune.infer.generate import Sampling, generate_batch
+    from phinetune.infer.complete import Sampling, generate_batch
 
     return generate_batch(load_for_inference(str(run_path)), [[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=2))[0]
+
+
+def test_export_takes_the_checkpoint(runs, tmp_path):
+    """export --checkpoint last of the interrupted run writes the same GGUF tensors as the finished run's export."""
+    gguf = pytest.importorskip("gguf")
+    from phinetune.export.run import ExportPlan, export_run
+
+    finished, cut = runs
+
+    def tensors(run_path, name, checkpoint=None):
+        out = export_run(str(run_path), str(tmp_path / name), ExportPlan("gguf", ("f32",), checkpoint=checkpoint))
+        reader = gguf.GGUFReader(str(next(out.glob("*.gguf"))))
+        return {t.name: torch.tensor(t.data.copy()) for t in reader.tensors}
+
+    expected, got = tensors(finished.path, "finished"), tensors(cut, "last", "last")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    earlier = tensors(cut, "step2", "step-2")
+    assert any(not torch.allclose(earlier[k], expected[k], atol=1e-5) for k in expected)  # step-2 is another model
+    with pytest.raises(PhinetuneError, match="has not finished"):
+        export_run(str(cut), str(tmp_path / "none"), ExportPlan("gguf", ("f32",)))

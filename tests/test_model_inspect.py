@@ -3,6 +3,8 @@ the real configs), attention layout, rope scaling, special tokens."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import realdata, run_cli
@@ -54,3 +56,26 @@ def test_cli_inspect_and_errors(tmp_path):
     assert proc.returncode == 2 and "config.json:2" in proc.stdout and "Traceback" not in proc.stderr
     proc = run_cli("inspect", "no-such-model", check=False)
     assert proc.returncode == 2 and "phi3.5-moe" in proc.stdout
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "configs"
+
+
+@pytest.mark.parametrize("config_file,key,total", [("phi-4_config.json", "phi4", "14.66B"),
+                                                   ("phi-3-medium-4k-instruct_config.json", "phi3-medium-4k", "13.96B")])
+def test_cited_configs_of_the_14b_models(config_file, key, total):
+    """Figures from the public configs (tests/fixtures/configs/SOURCE.txt), not from our specs."""
+    facts = load_facts(str(FIXTURES / config_file))
+    assert facts.spec.key == key
+    lines = analysis(facts)
+    assert lines["parameters"].startswith(f"{total} total")
+    assert lines["attention"] == "40 heads x 128 dims, 10 kv heads (GQA, 4 query heads per kv head)"
+    assert count_params(load_facts(key)).total == count_params(facts).total  # the spec agrees with the config
+    assert "sources" in analysis(load_facts(key))
+
+
+def test_phi4_family_inspect_lines():
+    lines = analysis(load_facts("microsoft/Phi-4-reasoning"))
+    assert "32,768 tokens; RoPE theta 500000" in lines["context"] and "<think>trace</think>" in lines["reasoning"]
+    assert "pad <|dummy_85|>" in lines["special tokens"] and "end of turn <|im_end|>" in lines["special tokens"]
+    assert "tools" in analysis(load_facts("phi4-mini")) and "Your name is Phi" in analysis(load_facts("phi4-mini-reasoning"))["reasoning"]

@@ -70,3 +70,23 @@ def test_cli_plan():
     assert proc.returncode == 1 and "none of the common single GPUs fits" in proc.stdout
     proc = run_cli("plan", "phi2", "--method", "dora", check=False)
     assert proc.returncode == 2 and "lora, qlora, full" in proc.stdout
+
+
+# The table in docs/models.md ("Which GPU"), gradient checkpointing on, batch 1: kept in step with plan here.
+PHI_FAMILY_GPUS = {
+    ("phi4", "lora", 2048): "A100 40GB", ("phi4", "qlora", 2048): "24GB consumer (RTX 3090/4090)",
+    ("phi4", "lora", 16384): "A100 80GB", ("phi4", "qlora", 16384): "A100 80GB",
+    ("phi4-mini-reasoning", "lora", 2048): "24GB consumer (RTX 3090/4090)", ("phi4-mini-reasoning", "qlora", 16384): "A100 80GB",
+    ("phi3-medium-128k", "qlora", 2048): "T4 16GB", ("phi3-medium-128k", "qlora", 16384): "A100 40GB",
+}
+
+
+@pytest.mark.parametrize("key,method,seq", list(PHI_FAMILY_GPUS))
+def test_smallest_gpu_for_the_phi_family(key, method, seq):
+    from phinetune.models.inspect import load_facts
+    from phinetune.models.plan import estimate, smallest_gpu
+
+    facts = load_facts(key)
+    gpu, _ = smallest_gpu(facts, method, seq, 1, True, facts.spec.refused_dtypes)
+    assert gpu.name == PHI_FAMILY_GPUS[(key, method, seq)]
+    assert estimate(facts, "qlora", seq, 1, True).needed() < estimate(facts, "lora", seq, 1, True).needed()

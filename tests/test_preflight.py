@@ -4,6 +4,9 @@ end-of-turn check, the dtype plan; `phinetune check`; RUN/preflight.json."""
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
 
 from conftest import run_cli
 from phinetune.config import load_config
@@ -161,3 +164,32 @@ def test_guanaco_at_256_tokens_is_refused_with_the_max_length_that_keeps_95_perc
     assert report.problems == []
     shares = {256: share_256, None: share_suggested}
     assert shares[256] < 0.5 and shares[None] >= 0.95
+
+
+NEW_TINY = ["tiny-phi4-14b", "tiny-phi4-reasoning", "tiny-phi4-mini-reasoning", "tiny-phi3-medium"]
+
+
+@pytest.mark.parametrize("name", NEW_TINY)
+def test_check_on_each_new_phi_family_tiny_model(name):
+    """The right targets, and an end-of-turn token that is trained and distinct from pad."""
+    from phinetune.models.specs import get_spec
+    from phinetune.train.check import check_config
+
+    cfg = load_config(None, [f"model.name={name}", *FAST, "data.max_length=2048", "model.dtype=fp32"])
+    report = check_config(cfg)
+    spec = get_spec(name)
+    assert report.problems == []
+    assert {r.layer_type for r in report.layers if r.kind == "lora"} == {
+        f"layers.*.{t}" for t in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+    assert report.eot_token == spec.end_of_turn and report.eot_trained
+    assert report.eot_samples[0] == report.eot_samples[1] > 0 and report.eot_turns[0] == report.eot_turns[1] > 0
+    assert report.pad_id is not None and report.pad_id != report.eot_id
+    trained = "".join(t for t, on in report.sample if on)
+    assert trained.endswith(spec.end_of_turn) and "<|im_start|>" not in trained and "<|user|>" not in trained
+
+
+def test_check_cli_on_phi4_shows_its_pad_fix():
+    out = run_cli("check", "model.name=tiny-phi4-14b", *FAST).stdout
+    assert re.search(r"end-of-turn token <\|im_end\|> trained: yes \(own token of (\d+)/\1 assistant turns", out)
+    assert re.search(r"pad token <\|dummy_85\|> \(id \d+\) distinct from end-of-turn token \(id \d+\): yes", out)
+    assert "pre-flight passed" in out

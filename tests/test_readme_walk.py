@@ -40,11 +40,14 @@ def table_commands() -> list[str]:
     section = README.split("## CLI at a glance", 1)[1].split("\n## ", 1)[0]
     commands: list[str] = []
     for line in section.splitlines():
-        cells = [c.strip() for c in line.split("|")]
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]  # `a\|b` inside a cell is one cell
         if len(cells) < 4 or not cells[2].startswith("`"):
             continue
         for span in re.findall(r"`([^`]+)`", cells[2]):
-            commands.append(f"{stem(commands[-1])} {span}" if span.startswith("--") else span)
+            if span.startswith("--"):  # more flags for the command before it
+                commands.append(f"{stem(commands[-1])} {span}")
+            elif span.startswith("phinetune "):  # not the other words in backticks (`ipo`, `kto`, ...)
+                commands.append(span)
     return commands
 
 
@@ -57,6 +60,8 @@ def stem(command: str) -> str:
 
 def verb_of(command: str) -> str:
     words = command.split()[1:]
+    if words[0] == "train" and any(w.startswith("train.objective=") for w in words):
+        return "train objective"  # the after-SFT row: a second run of its own
     return " ".join(words[:2]) if words[0] in ("data", "bench") else words[0]
 
 
@@ -77,9 +82,14 @@ def fill(command: str, root: Path, config: Path) -> list[str]:
     command = re.sub(r"\s*\[[^\]]*\]", "", command)
     words = shlex.split(command)[1:]
     run = str(root / "run")
+    verb = verb_of(command)
     values = {"RUN": run, "CONFIG": str(config), "DATA": "builtin:riddles", "M": "tiny-phi3", "MODEL": "tiny-phi3",
-              "DIR": str(root / "merged"), "prompts.jsonl": str(root / "prompts.jsonl"), "answers.jsonl": str(root / "answers.jsonl")}
+              "DIR": str(root / ("export-gguf" if verb == "export" else "merged")), "REPO_ID": "you/phi3-riddles",
+              "gguf|ollama|onnx": "gguf", "data.train=PAIRS.jsonl": "data.train=builtin:riddles_preferences",
+              "prompts.jsonl": str(root / "prompts.jsonl"), "answers.jsonl": str(root / "answers.jsonl")}
     words = [values.get(w, str(ROOT / w) if w.startswith("configs/") else w) for w in words]
+    if verb == "train objective":  # the config first (the one argument without '='), then the row's overrides
+        return words[:1] + [str(config)] + words[1:] + [f"output.dir={root / 'after-sft'}"]
     extra = {
         "train": [str(config), f"output.dir={run}"],
         "check": [],
@@ -96,7 +106,11 @@ def fill(command: str, root: Path, config: Path) -> list[str]:
         "synth": [f"output.dir={root / 'synth'}", "stages.riddles.calls=1"],
         "bench train": ["--workload", "tiny", "--work-dir", str(root / "bench")],
         "bench infer": ["--prompt-tokens", "8", "--new-tokens", "4", "--batch-sizes", "1", "--out", str(root / "bench-infer.json")],
-    }[verb_of(command)]
+        "bench serve": ["--concurrency", "1", "--requests", "2", "--max-tokens", "4"],
+        "export": [],
+        "push": [],
+        "judge": ["--n", "1", "--max-new-tokens", "4"],
+    }[verb]
     return words + extra
 
 
@@ -170,7 +184,10 @@ def check_promises(root: Path, outcomes: dict) -> None:
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     # The run-folder block: every file it lists is there (eval.json only when eval could run here).
     block = README.split("## The run folder", 1)[1].split("```")[1]
-    listed = set(re.findall(r"runs/NAME/([\w.]+)", block))
+    # Lines for what only other runs write (preference, eval.tasks, --checkpoints, a judge with a key) are not this run's.
+    conditional = ("preference", "eval.tasks", "--checkpoints", "phinetune judge")
+    listed = {name for line in block.splitlines() if not any(c in line for c in conditional)
+              for name in re.findall(r"runs/NAME/([\w.]+)", line)}
     if outcomes["eval"].returncode != 0:
         listed.discard("eval.json")
     assert listed and not {name for name in listed if not (run / name).exists()}, listed
@@ -185,5 +202,10 @@ def check_promises(root: Path, outcomes: dict) -> None:
     assert (root / "data-inspect" / "report.json").exists()
     assert outcomes["bench infer"].returncode == 0 and (root / "bench-infer.json").exists()
     assert outcomes["bench train"].returncode == 0 and "tokens/s" in flat["bench train"]
+    assert outcomes["train objective"].returncode == 0, flat["train objective"][-2000:]
+    assert json.loads((root / "after-sft" / "run.json").read_text())["status"] == "finished"
+    assert list((root / "export-gguf").glob("*.gguf")), flat["export"][-2000:]
+    assert outcomes["push"].returncode == 2 and "token" in flat["push"]  # offline, no token: one sentence saying so
+    assert outcomes["bench serve"].returncode == 0 and "p95" in flat["bench serve"]
     if outcomes["eval"].returncode == 2:  # no network here: the sentence says what to do instead
         assert "--data-dir" in flat["eval"]

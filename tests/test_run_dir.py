@@ -13,7 +13,9 @@ from phinetune.runs.run_dir import MERGED_MARKER, RunDir, merged_spec_key, write
 SRC = Path(__file__).resolve().parents[1] / "src" / "phinetune"
 OWNER = SRC / "runs" / "run_dir.py"
 FILE_NAMES = ["config.yaml", "run.json", "metrics.jsonl", "loss.png", "preflight.json", "eval.json", "compare.md",
-              "samples.json", "report.html", "report.md", "report_plots", "mlruns", "mlflow_run_id", MERGED_MARKER]
+              "samples.json", "report.html", "report.md", "report_plots", "mlruns", "mlflow_run_id", MERGED_MARKER,
+              "contamination.json", "checkpoint_eval.json", "checkpoint_scores.png", "compare_checkpoints.md", "compare_checkpoints.json",
+              "judge.json"]
 
 
 def _string_constants(path: Path):

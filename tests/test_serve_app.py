@@ -258,6 +258,10 @@ def _post(server: str, path: str, body, **kw) -> httpx.Response:
     ("/v1/completions", {"prompt": []}, "prompt must be", None),
     ("/v1/completions", {"prompt": [[]]}, "empty prompt", None),
     ("/v1/completions", {"prompt": [3, -1]}, "outside this model's vocabulary", None),
+    # streamed: refused before the 200 starts, not as an error event inside the stream (found by the fuzz test)
+    ("/v1/completions", {"prompt": [[-1]], "stream": True}, "outside this model's vocabulary", None),
+    ("/v1/completions", {"prompt": "word " * 1500, "max_tokens": 1, "stream": True}, "shorten the prompt", "context_length_exceeded"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 1500}], "stream": True}, "context of 1024", "context_length_exceeded"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens=0 generates nothing", None),
     ("/v1/completions", {"prompt": "word " * 505, "max_tokens": 16}, "lower max_tokens to at most", "context_length_exceeded"),
     ("/v1/completions", {"prompt": "word " * 1500, "max_tokens": 1}, "shorten the prompt", "context_length_exceeded"),
@@ -437,6 +441,13 @@ def _bodies():
             body.pop("model", None)  # mostly address the served model, so valid bodies reach the model
             body = body | ({"max_tokens": min(body["max_tokens"], 16)} if isinstance(body.get("max_tokens"), int) else {})
             body.pop("max_completion_tokens", None)
+            # Tool use is for models with a tool format (this tiny Phi-3 has none: a 400), and a message without
+            # content is valid only as an assistant tool call: mostly left out, so valid bodies reach the model.
+            for key in ("tools", "tool_choice", "parallel_tool_calls"):
+                body.pop(key, None)
+            if isinstance(body.get("messages"), list):
+                body["messages"] = [{k: v for k, v in m.items() if k not in ("tool_calls", "tool_call_id", "reasoning_content")}
+                                    for m in body["messages"] if isinstance(m, dict) and m.get("role") != "tool" and m.get("content") is not None]
         elif choice == 1:
             body[extra] = 1  # an unknown field
         elif choice == 2 and body:
@@ -454,9 +465,10 @@ def test_generated_bodies_never_get_a_5xx_and_valid_ones_get_content(server, app
 
     from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest
 
-    seen = {"valid": 0, "served": 0}
+    seen = {"served": 0}
 
-    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomize: the same 200 bodies every run, so "enough of them reach the model" is not left to chance
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
     @given(_bodies())
     def check(pair):
         path, body = pair
@@ -483,6 +495,7 @@ def test_generated_bodies_never_get_a_5xx_and_valid_ones_get_content(server, app
 
     check()
     assert seen["served"] >= 10, seen  # the generator does reach the model, not only the validators
+    print(f"fuzz: {seen['served']} of 200 generated bodies served")
 
 
 def test_prompts_reach_the_access_log_only_with_log_prompts(loaded, caplog):

@@ -8,6 +8,7 @@ import pytest
 
 from phinetune.errors import PhinetuneError
 from phinetune.serve.run import check_port_free, serve
+from phinetune.serve.settings import Listen
 
 
 def test_busy_port_is_refused_before_loading_the_model():
@@ -19,7 +20,7 @@ def test_busy_port_is_refused_before_loading_the_model():
             check_port_free("127.0.0.1", port)
         # The target does not exist: reaching the port error proves nothing was loaded first.
         with pytest.raises(PhinetuneError, match="cannot serve on"):
-            serve("/nonexistent/model", port=port)
+            serve("/nonexistent/model", listen=Listen(port=port))
 
 
 def test_free_port_passes():

@@ -19,10 +19,20 @@ PHI3 = {"attention": ATTN3, "mlp": MLP3, "all-linear": ATTN3 | MLP3}
 # Written out by hand from the transformers modeling files, not derived from the specs under test.
 EXPECTED = {
     "phi2": {"attention": ATTN2, "mlp": MLP2, "all-linear": ATTN2 | MLP2},
-    "phi3-mini-4k": PHI3, "phi3-mini-128k": PHI3, "phi3.5-mini": PHI3, "phi4-mini": PHI3,
+    "phi3-mini-4k": PHI3, "phi3-mini-128k": PHI3, "phi3.5-mini": PHI3, "phi4-mini": PHI3, "phi4-mini-reasoning": PHI3,
+    "phi4": PHI3, "phi4-reasoning": PHI3, "phi4-reasoning-plus": PHI3, "phi3-medium-4k": PHI3, "phi3-medium-128k": PHI3,
     "phi3.5-moe": {"attention": ATTN_MOE, "mlp": EXPERTS, "experts": EXPERTS, "all-linear": ATTN_MOE | EXPERTS},
 }
-CASES = [(key, preset) for key, presets in EXPECTED.items() for preset in presets]
+def _tiny_signature(key: str) -> tuple:
+    # What tiny_config builds from a spec: specs that agree on these give the same tiny model, tested once.
+    spec = SPECS[key]
+    return spec.model_type, spec.num_kv_heads == spec.num_heads, spec.tie_word_embeddings, spec.partial_rotary_factor
+
+
+_FIRST = {}
+for _key in EXPECTED:
+    _FIRST.setdefault(_tiny_signature(_key), _key)
+CASES = [(key, preset) for key, presets in EXPECTED.items() if _FIRST[_tiny_signature(key)] == key for preset in presets]
 LAYERS = 2
 
 
@@ -41,7 +51,9 @@ def test_every_spec_has_its_presets_and_facts():
     for key, spec in SPECS.items():
         assert set(spec.lora_presets) == set(EXPECTED[key]), key
         assert spec.hub_id.startswith("microsoft/") and spec.end_of_turn and spec.template
-        assert spec.rope_scaling in (None, "longrope") and (spec.rope_scaling is None) == (spec.context_length <= 4096)
+        assert spec.rope_scaling in (None, "longrope")
+        # longrope stretches a 4k original context; Phi-4 was trained at 16k/32k directly (no scaling)
+        assert (spec.rope_scaling is None) == (spec.context_length <= 4096 or spec.key.startswith("phi4-reasoning") or spec.key == "phi4")
     assert SPECS["phi3.5-moe"].lora_presets["experts"].parameters == ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
     assert SPECS["phi3.5-moe"].lora_presets["experts"].modules == ()
     assert "fp16" in SPECS["phi2"].refused_dtypes and "NaN" in SPECS["phi2"].refused_dtypes["fp16"]
@@ -98,3 +110,52 @@ def test_spec_lookup_by_name_hub_id_and_config():
     assert spec_from_config({"_name_or_path": "microsoft/Phi-3-mini-128k-instruct"}).key == "phi3-mini-128k"
     assert spec_from_config({"architectures": ["Phi3ForCausalLM"], "vocab_size": 32064, "num_attention_heads": 32,
                              "max_position_embeddings": 131072}).key == "phi3.5-mini"
+
+
+# Figures written out by hand from the configs cited in docs/models.md (not read from the specs under test).
+CITED = {
+    # key: (layers, hidden, heads, kv heads, intermediate, vocab, context, rope theta)
+    "phi4": (40, 5120, 40, 10, 17920, 100352, 16384, 250000.0),
+    "phi4-reasoning": (40, 5120, 40, 10, 17920, 100352, 32768, 500000.0),
+    "phi4-reasoning-plus": (40, 5120, 40, 10, 17920, 100352, 32768, 500000.0),
+    "phi4-mini-reasoning": (32, 3072, 24, 8, 8192, 200064, 131072, 10000.0),
+    "phi3-medium-4k": (40, 5120, 40, 10, 17920, 32064, 4096, 10000.0),
+    "phi3-medium-128k": (40, 5120, 40, 10, 17920, 32064, 131072, 10000.0),
+}
+
+
+@pytest.mark.parametrize("key", list(CITED))
+def test_new_specs_match_their_cited_configs(key):
+    s = SPECS[key]
+    assert (s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.intermediate_size, s.vocab_size, s.context_length,
+            s.rope_theta) == CITED[key]
+    assert s.architecture == "Phi3ForCausalLM" and s.sources
+
+
+def test_phi4_family_lookup():
+    assert get_spec("microsoft/phi-4").key == "phi4" and get_spec("tiny-phi4-14b").key == "phi4"
+    assert get_spec("microsoft/Phi-4-reasoning-plus").key == "phi4-reasoning-plus"
+    assert spec_from_config({"_name_or_path": "microsoft/phi-4"}).key == "phi4"
+    assert spec_from_config({"_name_or_path": "Phi-3-medium-128k-instruct"}).key == "phi3-medium-128k"
+    assert spec_from_config({"architectures": ["Phi3ForCausalLM"], "vocab_size": 100352, "num_attention_heads": 40,
+                             "max_position_embeddings": 32768}).key == "phi4-reasoning"
+
+
+def test_reasoning_system_prompt_is_the_one_its_template_inserts():
+    from phinetune.models.specs import PHI4_REASONING_PROMPT
+    from phinetune.models.templates import read_template
+
+    template = read_template(SPECS["phi4-reasoning"].template)
+    assert f"<|im_start|>system<|im_sep|>{PHI4_REASONING_PROMPT}<|im_end|>" in template
+    assert PHI4_REASONING_PROMPT.startswith("You are Phi, a language model trained by Microsoft") and "<think>" in PHI4_REASONING_PROMPT
+
+
+def test_docs_table_lists_every_spec_with_its_tokens():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines() if line.startswith("| `")}
+    for key, spec in SPECS.items():
+        row = rows[key]
+        assert spec.hub_id in row and f"`{spec.template}`" in row and spec.end_of_turn.replace("|", "\\|") in row, key
+        assert spec.pad_token.replace("|", "\\|") in row and f"{spec.num_layers} x {spec.hidden_size}" in row, key

@@ -14,7 +14,7 @@ RECIPE = str(ROOT / "configs" / "synth" / "riddles_preferences.yaml")
 
 
 def _overrides(srv, out, *extra):
-    return [f"teacher.base_url={srv.base_url}", f"output.dir={out}", "teacher.concurrency=2", "teacher.backoff_s=0.01",
+    return [f"teacher.base_url={srv.base_url}", f"output.dir={out}", "teacher.concurrency=2",
             "seeds.limit=6", *extra]
 
 
@@ -50,7 +50,7 @@ def test_unclear_verdicts_and_identical_replies_are_dropped_and_counted(tmp_path
 
     real = openai_server.reply_for
     monkeypatch.setattr(openai_server, "reply_for",
-                        lambda body: ("judge", "Both A and B are fine.") if "Reply A:" in body["messages"][-1]["content"] else real(body))
+                        lambda body, *judge: ("judge", "Both A and B are fine.") if "Reply A:" in body["messages"][-1]["content"] else real(body, *judge))
     with FakeOpenAI() as srv:
         run_synth(load_synth_config(RECIPE, _overrides(srv, tmp_path, "seeds.limit=3")))
     stats = json.loads((tmp_path / "stats.json").read_text())

@@ -57,7 +57,8 @@ def check_run(run: str) -> None:
         raise PhinetuneError(f"run folder {run} does not exist; pass the output.dir of a `phinetune train` (e.g. runs/default)")
 
 
-CHECKPOINT_HELP = "For a run folder: 'last' (or step-N) uses that training checkpoint instead of the final adapter, e.g. of an interrupted run."
+CHECKPOINT_HELP = ("For a run folder: 'last' (or step-N) uses that training checkpoint instead of the final adapter, e.g. of an interrupted run; "
+                   "'best' the checkpoint train.keep scored best (lowest eval loss, else its first task).")
 
 
 @app.command()
@@ -74,7 +75,9 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
         from phinetune.train.launch import launch
 
         raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
-    result = run_train(cfg, resume=resume)
+    from phinetune.eval.checkpoints import training_hooks
+
+    result = run_train(cfg, resume=resume, hooks=training_hooks(cfg))
     if result.first_eval_loss is not None:
         name = {"grpo": "eval reward"}.get(cfg.train.objective, "eval loss")
         console.print(f"{name}: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
@@ -103,12 +106,13 @@ def export(run: str = typer.Argument(..., help="A finished run folder from `phin
            quant: str = typer.Option("f16", help="GGUF types, comma-separated: f16, bf16, q8_0, q4_0, f32 (ollama: one)."),
            precision: str = typer.Option("fp32", help="ONNX precisions, comma-separated: fp32, fp16, bf16, int8, int4."),
            device: str = typer.Option("cpu", help="ONNX execution provider: cpu or cuda."),
-           overwrite: bool = typer.Option(False, help="Replace an existing --out.")) -> None:
+           overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+           checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
     """Merge the run and convert it for another runtime; DIR appears only when everything is written."""
     from phinetune.export.run import ExportPlan, export_run
 
     split = lambda s: tuple(p.strip() for p in s.split(",") if p.strip())  # noqa: E731
-    export_run(run, out, ExportPlan(to, split(quant), split(precision), device, overwrite))
+    export_run(run, out, ExportPlan(to, split(quant), split(precision), device, overwrite, checkpoint))
 
 
 @app.command()
@@ -142,7 +146,8 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              batch_size: int = typer.Option(8, help="Prompts per generation batch."),
              dtype: str = typer.Option("auto", help="auto, bf16, fp16 or fp32."),
              quant: str = typer.Option("none", help="none or nf4."),
-             checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
+             checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+             reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
     check_source(target)
     from phinetune.infer.complete import Sampling
@@ -150,7 +155,7 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
     from phinetune.runs.loading import LoadOptions
 
     sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)  # validated before the slow load
-    run_generate(target, prompt, input, output, sampling, batch_size, LoadOptions(dtype, quant), checkpoint)
+    run_generate(target, prompt, input, output, sampling, batch_size, LoadOptions(dtype, quant), checkpoint, reasoning)
 
 
 @app.command()
@@ -158,15 +163,18 @@ def chat(target: str = typer.Argument(..., help="A run folder, a merged folder, 
          system: Optional[str] = typer.Option(None, help="Optional system prompt."),
          max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.7), top_p: float = typer.Option(0.95),
          dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
-         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
+         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+         reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Chat interactively; tokens stream as they are generated."""
     check_source(target)
     from phinetune.infer.chat import chat_loop
     from phinetune.infer.complete import Sampling
     from phinetune.runs.loading import load_for_inference
 
+    if reasoning not in ("show", "hide"):
+        raise PhinetuneError(f"--reasoning must be show or hide (got {reasoning})")
     sampling = Sampling(max_new_tokens, temperature, 0, top_p)  # validated before the slow load
-    chat_loop(load_for_inference(target, dtype, quant, checkpoint=checkpoint), sampling, system)
+    chat_loop(load_for_inference(target, dtype, quant, checkpoint=checkpoint), sampling, system, reasoning=reasoning)
 
 
 @app.command("eval")
@@ -176,7 +184,9 @@ def eval_run(run: str = typer.Argument(..., help="A run folder from `phinetune t
              shots: int = typer.Option(0, min=0, help="Few-shot examples per prompt (from the training split)."),
              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the official eval files (ARC-Easy-Test.jsonl, piqa/valid.jsonl, hellaswag_val.jsonl, dev.jsonl ...: see docs/eval.md); default: lm-eval's Hub datasets (allenai/ai2_arc, baber/piqa, Rowan/hellaswag, allenai/winogrande) through `datasets`."),
              batch_size: int = typer.Option(16, min=1, help="Sequences per forward pass."),
-             harness: bool = typer.Option(False, "--harness", help="Score with the real lm-eval harness (pip install 'phinetune[eval]').")) -> None:
+             harness: bool = typer.Option(False, "--harness", help="Score with the real lm-eval harness (pip install 'phinetune[eval]')."),
+             decontaminate: bool = typer.Option(False, "--decontaminate", help="Score only the items no training sample overlaps (13-gram / MinHash); contaminated items are counted either way."),
+             checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="'all' or a list like base,step-10,best,last: also score each kept checkpoint and plot task score against step next to the loss curves.")) -> None:
     """Benchmark the base model and the fine-tuned one on the same items; flag drops larger than the standard error."""
     from phinetune.eval.tasks import parse_tasks
 
@@ -189,7 +199,13 @@ def eval_run(run: str = typer.Argument(..., help="A run folder from `phinetune t
                          "pass --data-dir with the official files (see docs/eval.md)")
     from phinetune.eval.compare import EvalPlan, evaluate_run
 
-    evaluate_run(run, EvalPlan(chosen, limit, shots, data_dir, batch_size, harness))
+    plan = EvalPlan(chosen, limit, shots, data_dir, batch_size, harness, decontaminate)
+    if checkpoints:
+        from phinetune.eval.checkpoints import evaluate_checkpoints
+
+        evaluate_checkpoints(run, plan, checkpoints)
+        return
+    evaluate_run(run, plan)
 
 
 @app.command()
@@ -222,14 +238,51 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
             out: Optional[Path] = typer.Option(None, "--out", help="Markdown file (default RUN/compare.md)."),
             max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0, help="0 = greedy."),
             top_k: int = typer.Option(0), top_p: float = typer.Option(1.0), seed: Optional[int] = typer.Option(None),
-            batch_size: int = typer.Option(8), dtype: str = typer.Option("auto"), quant: str = typer.Option("none")) -> None:
+            batch_size: int = typer.Option(8), dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
+            checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="'all' (base, every kept checkpoint, last) or a list like base,step-10,best,last: one column each (Markdown: RUN/compare_checkpoints.md).")) -> None:
     """Base vs fine-tuned answers to the same prompts, side by side (terminal table + Markdown)."""
     check_run(run)
-    from phinetune.infer.compare import compare_run
+    from phinetune.infer.compare import compare_checkpoints, compare_run
     from phinetune.infer.complete import Sampling
     from phinetune.runs.loading import LoadOptions
 
-    compare_run(run, prompts, n, Sampling(max_new_tokens, temperature, top_k, top_p, seed), batch_size, LoadOptions(dtype, quant), out)
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    if checkpoints:
+        compare_checkpoints(run, checkpoints, prompts, n, sampling, batch_size, dtype, quant, out)
+        return
+    compare_run(run, prompts, n, sampling, batch_size, LoadOptions(dtype, quant), out)
+
+
+@app.command()
+def judge(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
+          judge_model: str = typer.Option(..., "--judge-model", help="The judge: a model name at an OpenAI-compatible endpoint, or (with --judge-kind local) a run/merged folder, model id or tiny-* name."),
+          judge_kind: str = typer.Option("openai", "--judge-kind", help="openai (any OpenAI-compatible endpoint, e.g. `phinetune serve`) or local."),
+          base_url: Optional[str] = typer.Option(None, "--base-url", help="Endpoint base URL ending in /v1 (default: $PHINETUNE_TEACHER_BASE_URL, $OPENAI_BASE_URL, else OpenAI)."),
+          api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the judge's API key."),
+          a: str = typer.Option("base", "--a", help="First model: base, last, best or step-N."),
+          b: str = typer.Option("last", "--b", help="Second model (the one whose win rate is reported): base, last, best or step-N."),
+          prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL of prompts; default: the run's held-out prompts."),
+          n: int = typer.Option(10, "--n", min=1, help="How many held-out prompts to judge."),
+          max_new_tokens: int = typer.Option(128, help="Most tokens per answer being judged."),
+          judge_max_tokens: int = typer.Option(512, help="Most tokens per judge verdict (its reasons, then [[A]]/[[B]]/[[C]])."),
+          concurrency: int = typer.Option(8, help="Judge requests in flight at once (openai)."),
+          price_input_per_1m: float = typer.Option(0.0, help="USD per million prompt tokens, for the cost counter."),
+          price_output_per_1m: float = typer.Option(0.0, help="USD per million completion tokens.")) -> None:
+    """A judge model compares two models' answers pairwise, in both orders: win/tie/loss rates with 95% intervals and its reasons."""
+    check_run(run)
+    from pydantic import ValidationError
+
+    from phinetune.errors import ConfigError
+    from phinetune.synth.config import TeacherConfig
+    from phinetune.synth.judge import Sides, judge_run
+
+    try:
+        teacher = TeacherConfig(kind=judge_kind, model=judge_model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                                price_input_per_1m=price_input_per_1m, price_output_per_1m=price_output_per_1m)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"--judge-{'-'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    judge_run(run, teacher, Sides(a, b), prompts, n, max_new_tokens, judge_max_tokens=judge_max_tokens)
 
 
 @app.command()
@@ -247,14 +300,19 @@ def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged 
           request_timeout: float = typer.Option(300.0, help="Seconds a request may take, queue wait included (504 after)."),
           cors_origin: list[str] = typer.Option([], help="Allow browser pages from this origin (repeat; '*' for any). Default: no CORS."),
           access_log: str = typer.Option("-", help="One JSON line per request: '-' stderr, 'off', or a file path."),
-          log_prompts: bool = typer.Option(False, help="Also write prompt text into the access log.")) -> None:
-    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming), /v1/completions, /v1/models, /health, /metrics."""
+          log_prompts: bool = typer.Option(False, help="Also write prompt text into the access log."),
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP + " One run folder only."),
+          reasoning: str = typer.Option("separate", help="A reply's <think> trace: separate (reasoning_content, as vLLM), hide, or inline (left in content).")) -> None:
+    """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming; tools for Phi-4-mini), /v1/completions, /v1/models, /health, /metrics."""
     for target in targets:
         check_source(target)
+    from phinetune.runs.loading import LoadOptions
     from phinetune.serve.run import serve as run_serve
+    from phinetune.serve.settings import Listen, ServeSettings
 
-    run_serve(targets, host, port, api_key, model_name, max_tokens, max_body_kb, max_queue, max_batch, dtype, quant,
-              request_timeout, cors_origin, access_log, log_prompts)
+    settings = ServeSettings(model_name, api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch, request_timeout,
+                             list(cors_origin), log_prompts, reasoning)
+    run_serve(targets, settings, Listen(host, port, access_log), LoadOptions(dtype, quant), checkpoint)
 
 
 bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True,
@@ -348,6 +406,7 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  column: List[str] = typer.Option([], "--column", help="Field mapping OURS=THEIRS, repeatable (e.g. prompt=QUESTIONS)."),
                  max_length: int = typer.Option(512, help="Tokens per sample (longer ones are truncated)."),
                  mask: str = typer.Option("assistant", help="assistant, last_assistant or all."),
+                 reasoning: str = typer.Option("train", help="Reasoning traces: train (default) or answer (train only the final answer)."),
                  split: str = typer.Option("train", help="Split of a Hub dataset."),
                  limit: Optional[int] = typer.Option(None, help="Only the first N records."),
                  skip_bad_rows: bool = typer.Option(False, help="Skip invalid rows (summarised) instead of stopping."),
@@ -355,22 +414,34 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  spec: Optional[str] = typer.Option(None, help="Model spec key when it cannot be looked up from --model."),
                  fold_system: bool = typer.Option(False, help="Fold a system message into the first user turn (data.fold_system)."),
                  out: Path = typer.Option(Path("data-inspect"), "--out", help="Folder for report.json, lengths.png/.txt, samples.txt."),
-                 objective: str = typer.Option("sft", "--objective", help="sft, or dpo/ipo/orpo/simpo (preference pairs) / kto (unpaired): chosen/rejected lengths and overlap.")) -> None:
-    """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates."""
+                 objective: str = typer.Option("sft", "--objective", help="sft, or dpo/ipo/orpo/simpo (preference pairs) / kto (unpaired): chosen/rejected lengths and overlap."),
+                 against: Optional[str] = typer.Option(None, "--against", help="Benchmarks to check the data against for contamination (13-gram overlap + MinHash near-duplicates), e.g. arc_easy,hellaswag,piqa,winogrande."),
+                 against_dir: Optional[Path] = typer.Option(None, "--against-dir", help="Folder with the official eval files (as eval --data-dir); default: the Hub.")) -> None:
+    """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates; with --against, benchmark overlaps."""
     check_source(model)
-    from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, print_inspection, write_outputs
+    from phinetune.data.inspect import inspect_data, inspect_spec, load_inspect_tokenizer, print_inspection, write_outputs
+    from phinetune.eval.tasks import parse_tasks
 
     if objective != "sft":
         return _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out)
 
     cfg = data_config(train=data, format=format, columns=parse_columns(column), max_length=max_length, mask=mask,
-                      split=split, limit=limit, skip_bad_rows=skip_bad_rows, fold_system=fold_system)
+                      split=split, limit=limit, skip_bad_rows=skip_bad_rows, fold_system=fold_system, reasoning=reasoning)
+    benchmarks = parse_tasks(against) if against else []  # a typo fails before any tokenizing
     tokenizer, eot = load_inspect_tokenizer(model, spec)
     try:
-        ins = inspect_data(cfg, tokenizer, eot, samples)
+        ins = inspect_data(cfg, tokenizer, eot, samples, inspect_spec(model, spec))
     except PhinetuneError as exc:  # the readers speak config keys; this verb's user typed flags
         raise PhinetuneError(as_inspect_flags(str(exc))) from None
     print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+    if benchmarks:
+        from phinetune.data.readers import read_records
+        from phinetune.eval import contamination
+
+        records = read_records(cfg.train, cfg.format, cfg.columns, cfg.skip_bad_rows, cfg.limit, None, cfg.split)
+        result = contamination.check_tasks(records, benchmarks, against_dir)
+        contamination.print_contamination(result)
+        console.print(f"written: {contamination.save(result, out / 'benchmark-contamination.json')}", highlight=False)
 
 def _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out: Path) -> None:
     import json
@@ -395,7 +466,7 @@ def _inspect_preferences(data, objective, model, spec, max_length, limit, skip_b
 
 # data.* keys as `phinetune data inspect` spells them (longest first: data.eval_size before data.eval).
 INSPECT_FLAGS = {"data.skip_bad_rows": "--skip-bad-rows", "data.max_length": "--max-length", "data.columns": "--column",
-                 "data.format": "--format", "data.split": "--split", "data.limit": "--limit", "data.mask": "--mask",
+                 "data.format": "--format", "data.split": "--split", "data.limit": "--limit", "data.mask": "--mask", "data.reasoning": "--reasoning",
                  "data.train / data.eval": "DATA", "data.train": "DATA"}
 
 

@@ -18,7 +18,7 @@ from rich.markup import escape  # noqa: F401  (re-exported: the one escape for s
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
-console = Console(stderr=False, highlight=False, markup=False, emoji=False)  # ":a:" in a message stays text
+console = Console(stderr=False, highlight=False, markup=False, emoji=False)  # `:a:` in a message stays `:a:`
 # Bars and spinners go to stderr, so `phinetune generate ... > answer.txt` captures only the answer.
 progress_console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 

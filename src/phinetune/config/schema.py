@@ -17,7 +17,7 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    name: str = Field("tiny-phi3", description="Hub id (microsoft/Phi-3-mini-4k-instruct), local folder, or a built-in tiny model (tiny-phi3, tiny-phi2, tiny-phimoe, tiny-phi4).")
+    name: str = Field("tiny-phi3", description="Hub id (microsoft/Phi-3-mini-4k-instruct), local folder, or a built-in tiny model (tiny-phi3, tiny-phi2, tiny-phimoe, tiny-phi4, tiny-phi4-14b, tiny-phi4-reasoning, tiny-phi4-mini-reasoning, tiny-phi3-medium).")
     spec: Optional[str] = Field(None, description="Model spec key to use (phi3-mini-4k, phi2, ...); default: looked up from `name`.")
     revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) to load.")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Compute dtype; auto picks bf16 where the GPU supports it, else fp32 on CPU.")
@@ -25,6 +25,7 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = Field(False, description="Run model code from the Hub. Off unless you ask: it executes code from the internet.")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa", description="Attention kernel.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    end_of_turn: Optional[str] = Field(None, description="Token that closes each assistant turn (trained, so the model learns to stop); default: the spec's, or read off the chat template.")
 
 
 class DataConfig(_Strict):
@@ -37,6 +38,7 @@ class DataConfig(_Strict):
     eval_size: Optional[int] = Field(None, ge=1, description="Exact number of held-out eval samples (overrides eval_fraction).")
     max_length: int = Field(512, ge=8, description="Maximum tokens per sample (and per packed sequence).")
     mask: Literal["assistant", "last_assistant", "all"] = Field("assistant", description="Which tokens are trained: assistant turns (default), the last assistant turn, or everything.")
+    reasoning: Literal["train", "answer"] = Field("train", description="Reasoning traces (<think>...</think> in assistant turns, or a reasoning/thinking field): train them (default: the model must learn to write them) or train only the final answer.")
     fold_system: bool = Field(False, description="Fold a leading system message into the first user turn (system text, blank line, user text); for templates that drop system messages (Phi-3-mini-128k's original), which are refused otherwise.")
     packing: bool = Field(True, description="Pack several samples per sequence, with no attention across samples.")
     dedupe: bool = Field(True, description="Drop identical conversations (counted and reported).")
@@ -80,7 +82,15 @@ class TrainConfig(_Strict):
     log_every: int = Field(5, ge=1, description="Log metrics every N steps.")
     seed: int = Field(0, description="Seed for weights init, dropout and data order.")
     recall_check: int = Field(0, ge=0, description="After training, greedy-decode N training prompts and check the trained answer comes back.")
+    keep: list[str] = Field(default_factory=list, description="Also keep the best checkpoint by each of these, on top of the newest keep_checkpoints: eval_loss (lowest), or a task of eval.tasks, optionally with its metric (arc_easy, piqa:acc_norm; highest). Scored at every checkpoint save.")
     objective: Literal["sft", "dpo", "ipo", "orpo", "simpo", "kto", "grpo"] = Field("sft", description="What is optimised: sft (next-token loss on the replies), a preference loss on {prompt, chosen, rejected} data (dpo, ipo, orpo, simpo; kto on {prompt, completion, label}), or grpo (sampled replies scored by reward functions); see docs/preference.md.")
+
+
+class EvalConfig(_Strict):
+    tasks: list[str] = Field(default_factory=list, description="Benchmarks this run is judged by (arc_easy, hellaswag, piqa, winogrande, arc_challenge): the pre-flight checks the training data against their items, and train.keep may rank checkpoints by them.")
+    data_dir: Optional[str] = Field(None, description="Folder with the official eval files (as `phinetune eval --data-dir`); default: the Hub.")
+    limit: Optional[int] = Field(None, ge=1, description="Items per task scored at each checkpoint for train.keep (all when unset).")
+    contamination: Literal["warn", "refuse", "off"] = Field("warn", description="Training samples overlapping eval.tasks items: warn (listed in the pre-flight and RUN/contamination.json), refuse to train, or do not check.")
 
 
 class OutputConfig(_Strict):
@@ -128,6 +138,7 @@ class RunConfig(_Strict):
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _no_contradictions(self) -> "RunConfig":
@@ -135,4 +146,7 @@ class RunConfig(_Strict):
             raise ValueError("adapter.method=full cannot train 4-bit weights; use adapter.method=lora with model.quant=nf4 (QLoRA), or model.quant=none")
         if self.data.eval is not None and self.data.eval_size is not None:
             raise ValueError("data.eval and data.eval_size both set; give an eval file or a split size, not both")
+        tasks = {t.split(":")[0] for t in self.train.keep if t != "eval_loss"}
+        if tasks - set(self.eval.tasks):
+            raise ValueError(f"train.keep names {sorted(tasks - set(self.eval.tasks))[0]!r}, which is not in eval.tasks {self.eval.tasks}; add it there so checkpoints get scored on it")
         return self

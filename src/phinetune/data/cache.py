@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict
+from typing import Optional
 from pathlib import Path
 
 from phinetune.config.schema import DataConfig
@@ -39,7 +40,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((body + extra).encode()).hexdigest()
 
 
-def key_parts(cfg: DataConfig, tokenizer, eot: str) -> dict:
+def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None) -> dict:
     settings = cfg.model_dump(exclude=NOT_IN_KEY)
     return {
         "version": VERSION,
@@ -48,12 +49,13 @@ def key_parts(cfg: DataConfig, tokenizer, eot: str) -> dict:
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": tokenizer.chat_template,
         "eot": eot,
+        "dialect": dialect,  # how traces, tools and default system prompts are written (data/normalize.py)
         "settings": settings,
     }
 
 
-def cache_key(cfg: DataConfig, tokenizer, eot: str) -> str:
-    return hashlib.sha256(json.dumps(key_parts(cfg, tokenizer, eot), sort_keys=True, default=str).encode()).hexdigest()[:32]
+def cache_key(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None) -> str:
+    return hashlib.sha256(json.dumps(key_parts(cfg, tokenizer, eot, dialect), sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _path(cfg: DataConfig, key: str) -> Path:

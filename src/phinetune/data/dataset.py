@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from phinetune.config.schema import DataConfig
+from phinetune.data.normalize import for_template
 from phinetune.data.readers import ReadReport, Record, read_records
+from phinetune.data.reasoning import mask_traces
 from phinetune.data.render import Rendered, render_sample
 from phinetune.errors import DataError
+from phinetune.models.specs import GENERIC, ModelSpec
 from phinetune.progress import track
 
 
@@ -78,15 +81,18 @@ def hold_out(records: list[Record], cfg: DataConfig) -> tuple[list[Record], list
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def prepare_data(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
-    """Tokenized train/eval sets; reuses the cache when data, tokenizer, template and settings all match."""
+def prepare_data(cfg: DataConfig, tokenizer, eot: str, spec: Optional[ModelSpec] = None) -> PreparedData:
+    """Tokenized train/eval sets; reuses the cache when data, tokenizer, template and settings all match.
+
+    `spec` says how reasoning traces, tools and the default system prompt are written (data/normalize.py)."""
     from phinetune.data import cache
 
-    key = cache.cache_key(cfg, tokenizer, eot) if cfg.cache else None
+    spec = spec or GENERIC
+    key = cache.cache_key(cfg, tokenizer, eot, None if spec is GENERIC else dialect(spec)) if cfg.cache else None
     hit = cache.load(cfg, key) if key else None
     if hit is not None:
         return hit
-    data = _prepare(cfg, tokenizer, eot)
+    data = _prepare(cfg, tokenizer, eot, spec)
     if key:
         cache.save(cfg, key, data)
     return data
@@ -107,21 +113,30 @@ def split_records(cfg: DataConfig, skip_bad: bool, report: Optional[ReadReport] 
     return train_recs, eval_recs, duplicates
 
 
-def _prepare(cfg: DataConfig, tokenizer, eot: str) -> PreparedData:
+def dialect(spec: ModelSpec) -> dict:
+    """The spec facts normalization uses: they change the tokens, so they are part of the cache key."""
+    return {"reasoning_tags": spec.reasoning_tags, "tool_format": spec.tool_format,
+            "system_prompt": "" if spec.system_prompt_in_template else spec.system_prompt}
+
+
+def _prepare(cfg: DataConfig, tokenizer, eot: str, spec: ModelSpec) -> PreparedData:
     info, report = DataInfo(), ReadReport()
     train_recs, eval_recs, info.duplicates = split_records(cfg, cfg.skip_bad_rows, report)
     info.read, info.format, info.skipped, info.read_summary = report.read, report.format, report.skipped, report.summary()
     dropped: list[Rendered] = []
-    train = tokenize(train_recs, tokenizer, cfg, eot, info, "train", dropped)
-    evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval", dropped)
+    train = tokenize(train_recs, tokenizer, cfg, eot, info, "train", dropped, spec)
+    evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval", dropped, spec)
     info.train, info.eval = len(train), len(evals)
     return PreparedData(train, evals, train_recs, info, dropped)
 
 
-def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str) -> Rendered:
-    """render_sample, with any rendering problem reported at the record's file:line."""
+def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str, spec: Optional[ModelSpec] = None) -> Rendered:
+    """render_sample of the record in template form, with any rendering problem reported at its file:line."""
+    spec = spec or GENERIC
     try:
-        rendered = render_sample(tokenizer, rec.sample, cfg.max_length, cfg.mask, eot, cfg.fold_system)
+        rendered = render_sample(tokenizer, for_template(rec.sample, spec), cfg.max_length, cfg.mask, eot, cfg.fold_system)
+        if cfg.reasoning == "answer" and "messages" in rec.sample:
+            rendered = mask_traces(rendered, tokenizer, spec.reasoning_tags)
     except DataError as exc:
         raise DataError(f"{rec.where}: {exc}") from None
     rendered.where = rec.where
@@ -129,10 +144,10 @@ def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str) -> Rendered:
 
 
 def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str,
-             dropped: Optional[list[Rendered]] = None) -> list[Rendered]:
+             dropped: Optional[list[Rendered]] = None, spec: Optional[ModelSpec] = None) -> list[Rendered]:
     out, dropped = [], dropped if dropped is not None else []
     for rec in track(records, f"Tokenizing {name}"):
-        r = render_at(rec, tokenizer, cfg, eot)
+        r = render_at(rec, tokenizer, cfg, eot, spec)
         info.truncated += r.truncated
         if r.n_trained == 0:
             # Left out of training, but counted and named: the pre-flight refuses the run unless

@@ -6,20 +6,31 @@ structure (data/render.py's prefix renders); every verb asks these functions, ne
 
 from __future__ import annotations
 
+from typing import Optional
+
 from phinetune.data.render import assistant_turns
+from phinetune.errors import ConfigError
 from phinetune.models.specs import ModelSpec
 
 PROBE = [{"role": "user", "content": "PHINETUNE PROBE QUESTION"}, {"role": "assistant", "content": "PHINETUNE PROBE ANSWER"}]
 
 
-def end_of_turn(tokenizer, spec: ModelSpec) -> str:
+def end_of_turn(tokenizer, spec: ModelSpec, configured: Optional[str] = None) -> str:
     """THE end-of-turn token of a model: the one every assistant turn must end with, trained and stopped on.
 
-    The spec's when it has one (every Phi model). Otherwise (a model we have no spec for) it is read off
-    the chat template's structure: the first special token of a probe assistant turn (data/render.py
-    places the turn by prefix renders, not by searching for the probe's text). Without a chat template,
-    or when the turn holds no special token, it is the eos token. Every verb calls this one function.
+    `model.end_of_turn` when set (it must be one token of the vocabulary); else the spec's (every Phi model).
+    Otherwise (a model we have no spec for) it is read off the chat template's structure: the first special
+    token of a probe assistant turn (data/render.py places the turn by prefix renders, not by searching for
+    the probe's text); never guessed from eos, since several templates close turns with another token
+    (Phi-4 with <|im_end|> while its first tokenizer's eos is <|endoftext|>). Without a chat template it is
+    eos (plain text); a template whose turn holds no special token is a ConfigError naming model.end_of_turn.
+    Every verb calls this one function.
     """
+    if configured:
+        if configured not in tokenizer.get_vocab():
+            raise ConfigError(f"model.end_of_turn={configured!r} is not a single token of this tokenizer's vocabulary; "
+                              "set it to the token the chat template writes after each assistant reply")
+        return configured
     if spec.end_of_turn:
         return spec.end_of_turn
     if not tokenizer.chat_template:
@@ -27,10 +38,18 @@ def end_of_turn(tokenizer, spec: ModelSpec) -> str:
     _, ids, turns = assistant_turns(tokenizer, PROBE, None)
     start, end, _ = turns[0]
     specials = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
-    return next((tokenizer.convert_ids_to_tokens(t) for t in ids[start:end] if t in specials), tokenizer.eos_token)
+    found = next((tokenizer.convert_ids_to_tokens(t) for t in ids[start:end] if t in specials), None)
+    if found is None:
+        raise ConfigError("cannot tell this model's end-of-turn token: its chat template writes no special token after an "
+                          "assistant reply; set model.end_of_turn to the token that closes assistant turns")
+    return found
 
 
 def stop_token_ids(tokenizer, spec: ModelSpec) -> list[int]:
-    names = spec.stop_tokens or (end_of_turn(tokenizer, spec), tokenizer.eos_token)
+    try:
+        eot = end_of_turn(tokenizer, spec)
+    except ConfigError:  # generation of a model whose template names no end of turn: eos is all there is
+        eot = tokenizer.eos_token
+    names = spec.stop_tokens or (eot, tokenizer.eos_token)
     vocab = tokenizer.get_vocab()
     return [vocab[t] for t in names if t in vocab]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Optional
 
+from phinetune.data.normalize import canonical_tool_calls, canonical_tools
 from phinetune.errors import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -57,13 +58,21 @@ def _list_field(row: dict, name: str, where: str) -> list:
 
 
 def check_turns(msgs: list[dict], where: str, name: str = "messages") -> dict:
-    """Optional leading system turn, then user/assistant strictly alternating, ending on assistant."""
+    """Optional leading system turn, then user/assistant strictly alternating, ending on assistant.
+
+    Tool use counts as part of one assistant turn: an assistant turn with tool_calls, the tool results
+    (`tool` turns), then the assistant again."""
     for i, m in enumerate(msgs):
-        if not m["content"].strip():
+        if not m["content"].strip() and not m.get("tool_calls"):
             raise RowError(where, "empty turn", f"field '{name}[{i}]' ({m['role']}) has empty content")
         if m["role"] == "system" and i != 0:
             raise RowError(where, "misplaced system turn", f"field '{name}[{i}]' is a system turn; only the first turn may be a system prompt")
-    turns = [m["role"] for m in msgs if m["role"] != "system"]
+        if m["role"] == "tool" and not (i and (msgs[i - 1]["role"] == "tool" or msgs[i - 1].get("tool_calls"))):
+            raise RowError(where, "misplaced tool turn", f"field '{name}[{i}]' is a tool result but does not follow an assistant turn with tool_calls")
+        if m["role"] == "tool" and (i + 1 == len(msgs) or msgs[i + 1]["role"] not in ("tool", "assistant")):
+            raise RowError(where, "unanswered tool turn", f"field '{name}[{i}]' is a tool result with no assistant turn after it")
+    turns = [m["role"] for j, m in enumerate(msgs) if m["role"] not in ("system", "tool")
+             and not (m["role"] == "assistant" and j and msgs[j - 1]["role"] == "tool")]
     for i, role in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if role != expected:
@@ -80,17 +89,46 @@ def _a(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
+REASONING_FIELDS = ("reasoning", "thinking", "reasoning_content")  # names datasets use for an assistant's trace
+
+
 def messages(row: dict, where: str) -> dict:
-    """OpenAI style: messages = [{role, content}, ...], optional system prompt, multi-turn."""
+    """OpenAI style: messages = [{role, content}, ...], optional system prompt, multi-turn; assistant turns may
+    carry a reasoning trace (reasoning / thinking / reasoning_content) and tool_calls, followed by `tool` turns
+    with the results; the record may carry `tools` (definitions)."""
     msgs = _list_field(row, "messages", where)
     if all(isinstance(m, str) for m in msgs):
         return riddles(row, where)
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise RowError(where, "bad turn", f"field 'messages[{i}]' must be {{role: system|user|assistant, content: str}}, got {m!r:.80}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return check_turns(out, where)
+    out = [_turn(m, i, where) for i, m in enumerate(msgs)]
+    record = check_turns(out, where)
+    try:
+        tools = canonical_tools(row.get("tools"), where)
+    except DataError as exc:
+        raise RowError(where, "bad tools", str(exc).removeprefix(f"{where}: ")) from None
+    return {**record, "tools": tools} if tools else record
+
+
+def _turn(m, i: int, where: str) -> dict:
+    calls = m.get("tool_calls") if isinstance(m, dict) else None
+    content = m.get("content") if isinstance(m, dict) else None
+    if calls and content is None:
+        content = ""  # OpenAI writes content: null on a turn that only calls tools
+    if not isinstance(m, dict) or m.get("role") not in ROLES + ("tool",) or not isinstance(content, str):
+        raise RowError(where, "bad turn", f"field 'messages[{i}]' must be {{role: system|user|assistant|tool, content: str}}, got {m!r:.80}")
+    turn = {"role": m["role"], "content": content}
+    traces = [f for f in REASONING_FIELDS if m.get(f)]
+    if traces and m["role"] == "assistant":
+        if not isinstance(m[traces[0]], str):
+            raise RowError(where, f"wrong type in '{traces[0]}'", f"field 'messages[{i}].{traces[0]}' must be a string (the reasoning trace)")
+        turn["reasoning"] = m[traces[0]]
+    if calls:
+        if m["role"] != "assistant":
+            raise RowError(where, "misplaced tool_calls", f"field 'messages[{i}].tool_calls' is on a {m['role']} turn; only assistant turns call tools")
+        try:
+            turn["tool_calls"] = canonical_tool_calls(calls, where, f"messages[{i}].tool_calls")
+        except DataError as exc:
+            raise RowError(where, "bad tool_calls", str(exc).removeprefix(f"{where}: ")) from None
+    return turn
 
 
 def riddles(row: dict, where: str) -> dict:

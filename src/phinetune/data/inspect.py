@@ -20,7 +20,9 @@ from phinetune.config.schema import DataConfig, ModelConfig, PreflightConfig
 from phinetune.data.coverage import Coverage, add_sample
 from phinetune.data.dataset import find_duplicates, render_at
 from phinetune.data.readers import ReadReport, Record, read_records
+from phinetune.data.reasoning import trace_positions
 from phinetune.data.render import IGNORE, Rendered
+from phinetune.models.specs import GENERIC
 from phinetune.progress import console, track
 
 # Chat markup inside plain-text rows: as `text` every token of it (user turns included) is trained.
@@ -44,6 +46,7 @@ class Inspection:
     empty_where: list[str] = field(default_factory=list)
     eot_trained: Optional[float] = None  # share of chat samples whose last end-of-turn token is trained
     coverage: Coverage = field(default_factory=Coverage)  # per turn, the same counts as the pre-flight
+    trace_trained: int = 0  # trained tokens inside reasoning traces (<think>...</think>)
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -52,6 +55,8 @@ class Inspection:
             "source": self.source, "format": self.format, "records": self.records, "settings": self.settings,
             "duplicates": len(self.duplicates), "tokens": self.tokens, "trained_tokens": self.trained,
             "trained_share": round(self.trained / max(self.tokens, 1), 4),
+            "reasoning_trained_tokens": self.trace_trained,
+            "reasoning_share_of_trained": round(self.trace_trained / max(self.trained, 1), 4),
             "truncated_samples": self.truncated, "truncated_share": round(self.truncated / n, 4),
             "tokens_lost_to_truncation": self.lost_tokens,
             "length": _stats(self.lengths), "empty_samples": self.empty_where,
@@ -67,13 +72,16 @@ def _stats(lengths: list[int]) -> dict:
     return {"min": s[0], "median": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": s[-1], "mean": round(sum(s) / len(s), 1)}
 
 
-def inspect_data(cfg: DataConfig, tokenizer, eot: str, n_samples: int = 3) -> Inspection:
+def inspect_data(cfg: DataConfig, tokenizer, eot: str, n_samples: int = 3, spec=None) -> Inspection:
     report = ReadReport()
     records = read_records(cfg.train, cfg.format, cfg.columns, cfg.skip_bad_rows, cfg.limit, report, cfg.split)
-    settings = {"max_length": cfg.max_length, "mask": cfg.mask, "eot": eot}
+    settings = {"max_length": cfg.max_length, "mask": cfg.mask, "eot": eot, "reasoning": cfg.reasoning}
+    tags = (spec or GENERIC).reasoning_tags
     out = Inspection(cfg.train, report.format, settings, report.summary(), len(records), [], find_duplicates(records))
     for rec in track(records, "Tokenizing"):
-        r = render_at(rec, tokenizer, cfg, eot)
+        r = render_at(rec, tokenizer, cfg, eot, spec)
+        if "messages" in rec.sample:
+            out.trace_trained += len(trace_positions(r, tokenizer, tags))
         out.lengths.append(r.full_length)
         out.tokens += len(r.input_ids)
         out.trained += r.n_trained
@@ -116,9 +124,9 @@ def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
     """(tokenizer, end-of-turn token) for a tiny-* name, a Hub id in the local cache, or a local folder."""
     from phinetune.data.end_of_turn import end_of_turn
     from phinetune.models.loading import load_tokenizer
-    from phinetune.models.specs import SPECS, TINY_MODELS, get_spec, spec_from_config
+    from phinetune.models.specs import SPECS, TINY_MODELS
 
-    spec = get_spec(model, spec_key)
+    spec = inspect_spec(model, spec_key)
     cfg = ModelConfig(name=model, spec=spec_key)
     if model in TINY_MODELS:
         from phinetune.models.tiny import build_tokenizer
@@ -127,13 +135,19 @@ def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
             build_tokenizer(SPECS[TINY_MODELS[model]]).save_pretrained(tmp)
             tokenizer = load_tokenizer(tmp, cfg, spec)
     else:
-        config = Path(model).expanduser() / "config.json"
-        if spec.key == "generic" and config.exists():
-            spec = spec_from_config(json.loads(config.read_text()))
         tokenizer = load_tokenizer(model, cfg, spec)
     return tokenizer, end_of_turn(tokenizer, spec)
 
 
+def inspect_spec(model: str, spec_key: Optional[str] = None):
+    """The spec for --model: by name, else from a local folder's config.json."""
+    from phinetune.models.specs import get_spec, spec_from_config
+
+    spec = get_spec(model, spec_key)
+    config = Path(model).expanduser() / "config.json"
+    if spec.key == "generic" and config.exists():
+        spec = spec_from_config(json.loads(config.read_text()))
+    return spec
 
 
 # ---------------------------------------------------------------- output
@@ -221,6 +235,8 @@ def print_inspection(ins: Inspection, tokenizer, paths: dict[str, Path]) -> None
         console.print(f"  duplicate: {dup} repeats {first}", highlight=False)
     console.print(f"tokens: {s['tokens']:,} kept, {s['trained_tokens']:,} trained ({s['trained_share']:.1%})   "
                   f"truncated: {s['truncated_samples']} sample(s) ({s['truncated_share']:.1%}), {s['tokens_lost_to_truncation']:,} tokens cut", highlight=False)
+    console.print(f"reasoning traces: {s['reasoning_trained_tokens']:,} trained tokens inside <think>...</think> "
+                  f"({s['reasoning_share_of_trained']:.1%} of trained tokens; data.reasoning={ins.settings['reasoning']})", highlight=False)
     console.print(f"length (tokens, before truncation): {s['length']}", highlight=False)
     cov = ins.coverage
     if cov.chat_samples:

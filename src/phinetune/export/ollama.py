@@ -25,7 +25,13 @@ _PHI3_128K = ('{{- range .Messages }}{{ if eq .Role "user" }}<|user|>\n{{ .Conte
 _PHI4 = '{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>'
 _CHATML = '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n'
 
-GO_TEMPLATES = {"phi3.jinja": _PHI3, "phi3.5.jinja": _PHI35, "phi3-128k.jinja": _PHI3_128K, "phi4.jinja": _PHI4, "chatml.jinja": _CHATML}
+# Phi-4 (and the reasoning models): ChatML with <|im_sep|> after the role, no newlines.
+_PHI4_CHATML = ('{{- range .Messages }}{{ if or (eq .Role "system") (eq .Role "user") (eq .Role "assistant") }}'
+                '<|im_start|>{{ .Role }}<|im_sep|>{{ .Content }}<|im_end|>{{ end }}{{ end }}<|im_start|>assistant<|im_sep|>')
+# phi4-reasoning.jinja also writes the model card's system prompt when a conversation has none; Ollama does that
+# through the Modelfile's SYSTEM line (its default system message), so the Go template is Phi-4's.
+GO_TEMPLATES = {"phi3.jinja": _PHI3, "phi3.5.jinja": _PHI35, "phi3-128k.jinja": _PHI3_128K, "phi4.jinja": _PHI4, "chatml.jinja": _CHATML,
+                "phi4-chatml.jinja": _PHI4_CHATML, "phi4-reasoning.jinja": _PHI4_CHATML}
 
 # Ollama's own default temperature is 0.8; an instruction fine-tune answers more faithfully nearer greedy.
 # num_ctx: Ollama's default window is shorter than Phi's; 4096 unless the model's own context is shorter.
@@ -43,6 +49,8 @@ def modelfile(gguf_name: str, spec: ModelSpec, num_ctx: int | None = None) -> st
     """The Modelfile text, FROM a GGUF file in the same folder."""
     params = {**SAMPLING, "num_ctx": min(num_ctx or SAMPLING["num_ctx"], SAMPLING["num_ctx"])}
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{go_template(spec)}"""']
+    if spec.system_prompt_in_template:  # the chat template's own default system message, as Ollama's SYSTEM
+        lines.append(f'SYSTEM """{spec.system_prompt}"""')
     lines += [f'PARAMETER stop "{token}"' for token in spec.stop_tokens]
     lines += [f"PARAMETER {key} {value}" for key, value in params.items()]
     return "\n".join(lines) + "\n"

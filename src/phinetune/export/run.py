@@ -12,6 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from phinetune.errors import PhinetuneError
 from phinetune.models.specs import ModelSpec, get_spec
@@ -29,16 +30,17 @@ class ExportPlan:
     precisions: tuple[str, ...] = ("fp32",)  # onnx
     device: str = "cpu"  # onnx execution provider
     overwrite: bool = False
+    checkpoint: Optional[str] = None  # 'last', 'step-N', 'best': export that training checkpoint instead of the final weights
 
 
 def export_run(run_path: str, out: str, plan: ExportPlan) -> Path:
-    run, spec = check_run(run_path)
+    run, spec = check_run(run_path, plan.checkpoint)
     out_dir = Path(out)
     _check_target(plan, spec, out_dir)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        model_dir = merged_folder(run, staging / "merged")
+        model_dir = merged_folder(run, staging / "merged", plan.checkpoint)
         result = staging / "result"
         result.mkdir()
         stop_ids = json.loads((model_dir / "generation_config.json").read_text()).get("eos_token_id") or []
@@ -58,10 +60,11 @@ def export_run(run_path: str, out: str, plan: ExportPlan) -> Path:
     return out_dir
 
 
-def check_run(run_path: str) -> tuple[RunDir, ModelSpec]:
+def check_run(run_path: str, checkpoint: Optional[str] = None) -> tuple[RunDir, ModelSpec]:
+    """A finished run, or any run when a checkpoint of it is asked for (as generate and merge take them)."""
     run = RunDir.open(run_path)
     info = run.read_info()
-    if info.status != "finished":
+    if info.status != "finished" and checkpoint is None:
         raise PhinetuneError(f"{run.info_file} says status '{info.status}': the run has not finished; resume it "
                              f"(phinetune train ... --resume) or export a finished run")
     cfg = run.read_config()
@@ -107,12 +110,15 @@ def _require(module: str, package: str) -> None:
         raise PhinetuneError(f"this export needs the '{package}' package, which is not installed; {EXTRA_HINT}") from None
 
 
-def merged_folder(run: RunDir, dest: Path) -> Path:
+def merged_folder(run: RunDir, dest: Path, checkpoint: Optional[str] = None) -> Path:
     """A standalone transformers folder of the run: the adapter merged in fp32 (merge.py), or the full model."""
     if not run.is_full:
         from phinetune.export.merge import merge_run
 
-        return merge_run(str(run.path), str(dest), dtype="fp32")
+        return merge_run(str(run.path), str(dest), dtype="fp32", checkpoint=checkpoint)
+    if checkpoint is not None:
+        raise PhinetuneError(f"--checkpoint {checkpoint}: {run.path} is a full fine-tune; export takes its final model/ folder "
+                             "(a checkpoint holds only training state there)")
     shutil.copytree(run.full_model, dest)
     for item in run.tokenizer.iterdir():
         shutil.copy2(item, dest / item.name)

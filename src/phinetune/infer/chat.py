@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from phinetune.data.reasoning import split_reasoning
 from phinetune.infer.complete import Sampling, stream_reply
 from phinetune.runs.loading import Loaded
 from phinetune.progress import console
 
 
-def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, read: Callable[[str], str] = input) -> None:
+def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, read: Callable[[str], str] = input,
+              reasoning: str = "show") -> None:
+    """`reasoning=hide` prints only what follows a reply's </think>; the history keeps the answer only either way
+    (earlier traces are not fed back, as reasoning models are prompted)."""
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     console.print("[dim]Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits.[/dim]", markup=True)
     while True:
@@ -28,9 +32,19 @@ def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, 
             continue
         history.append({"role": "user", "content": text})
         console.print("[bold]phi>[/bold] ", end="", markup=True)
-        reply = ""
+        reply, shown = "", 0
         for piece in stream_reply(loaded, history, sampling):
             reply += piece
-            console.print(piece, end="", markup=False, highlight=False)
+            visible = reply if reasoning == "show" else _after_trace(reply, loaded.spec.reasoning_tags)
+            console.print(visible[shown:], end="", markup=False, highlight=False)
+            shown = len(visible)
         console.print()
-        history.append({"role": "assistant", "content": reply.strip()})
+        history.append({"role": "assistant", "content": split_reasoning(reply, loaded.spec.reasoning_tags)[1].strip()})
+
+
+def _after_trace(reply: str, tags: tuple[str, str]) -> str:
+    """What to show of a reply so far with the trace hidden: nothing while a trace may be open."""
+    if reply.lstrip().startswith(tags[0]) or (tags[0].startswith(reply.lstrip()) and reply.strip()):
+        close = reply.find(tags[1])
+        return "" if close < 0 else reply[close + len(tags[1]):].lstrip()
+    return reply

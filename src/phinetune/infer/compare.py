@@ -7,6 +7,8 @@ is loaded once and the base answers come from the same weights with the adapter 
 
 from __future__ import annotations
 
+import gc
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,7 +21,8 @@ from phinetune.infer.generate import answer_all, read_prompt_rows
 from phinetune.markdown import md_table
 from phinetune.progress import console
 from phinetune.runs.held_out import held_out_prompts
-from phinetune.runs.loading import LoadOptions, base_and_tuned
+from phinetune.runs.checkpoints import select
+from phinetune.runs.loading import LoadOptions, base_and_tuned, load_for_inference
 from phinetune.runs.run_dir import RunDir
 
 
@@ -84,3 +87,38 @@ def render_markdown(rows: list[Row], run: str, sampling: Sampling) -> str:
     return "\n".join([f"# Base vs fine-tuned: `{run}`", "",
                       f"Sampling: temperature={sampling.temperature}, top_k={sampling.top_k}, top_p={sampling.top_p}, "
                       f"max_new_tokens={sampling.max_new_tokens}, seed={sampling.seed}.", "", md_table(head, cells)]) + "\n"
+
+
+# ---------------------------------------------------------------- compare --checkpoints
+
+def compare_checkpoints(run_path: str, spec: str, prompts_file: Optional[Path] = None, n: int = 5, sampling: Optional[Sampling] = None,
+                        batch_size: int = 8, dtype: str = "auto", quant: str = "none", out: Optional[Path] = None) -> dict:
+    """The same prompts answered by the base, each selected checkpoint and the final weights: one column each.
+
+    Loaded one at a time (a checkpoint's trainable weights over the run's model), so memory stays that of one model."""
+    run = RunDir.open(run_path)
+    points = select(run, spec)
+    pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
+    sampling = sampling or Sampling(max_new_tokens=128)
+    columns = {}
+    for point in points:
+        loaded = load_for_inference(str(run.path), dtype, quant, adapter=point.adapter, checkpoint=point.checkpoint)
+        columns[point.label] = [a.text.strip() for a in answer_all(loaded, [p for p, _ in pairs], sampling, batch_size, point.label)]
+        del loaded
+        gc.collect()
+    result = {"run": str(run.path), "points": [{"label": p.label, "step": p.step} for p in points],
+              "rows": [{"prompt": _last_user(p), "reference": ref, "answers": {k: v[i] for k, v in columns.items()}}
+                       for i, (p, ref) in enumerate(pairs)]}
+    table = Table(title=f"answers per checkpoint: {run.path.name}", show_lines=True, expand=True)
+    for name in ["prompt", *columns]:
+        table.add_column(name, overflow="fold", ratio=1)
+    for row in result["rows"]:
+        table.add_row(row["prompt"], *row["answers"].values())
+    console.print(table)
+    run.checkpoint_answers.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    head = ["#", "prompt", *(f"{p.label} (step {p.step})" for p in points)]
+    cells = [[k, row["prompt"], *row["answers"].values()] for k, row in enumerate(result["rows"], start=1)]
+    out = out or run.checkpoint_compare
+    out.write_text("\n".join([f"# Answers per checkpoint: `{run.path}`", "", md_table(head, cells)]) + "\n", encoding="utf-8")
+    console.print(f"Markdown written to {out}")
+    return result

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, TextStreamer
 
+from phinetune.data.normalize import TOOL_CALL, for_template
 from phinetune.errors import PhinetuneError
 from phinetune.runs.loading import Loaded
 
@@ -58,7 +59,20 @@ class Completion:
 
 
 def chat_prompt(loaded: Loaded, messages: list[dict]) -> str:
+    """The prompt for a conversation, written as in training (data/normalize.py: the spec's default system prompt)."""
+    messages = for_template({"messages": messages}, loaded.spec)["messages"]
     return loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def decode(loaded: Loaded, ids: list[int]) -> str:
+    """Text of generated ids without special tokens, except the markers a reply is parsed by (reasoning tags,
+    Phi-4-mini's tool-call markers), which some tokenizers register as special and would otherwise vanish."""
+    tok = loaded.tokenizer
+    keep = {t for t in (*loaded.spec.reasoning_tags, *TOOL_CALL) if t in tok.all_special_tokens}
+    if not keep:
+        return tok.decode(ids, skip_special_tokens=True)
+    drop = set(tok.all_special_ids) - set(tok.convert_tokens_to_ids(sorted(keep)))
+    return tok.decode([i for i in ids if i not in drop], skip_special_tokens=False)
 
 
 def _generate_kwargs(loaded: Loaded, sampling: Sampling) -> dict:
@@ -106,7 +120,7 @@ def _finish(loaded: Loaded, row: list[int], prompt_tokens: int, stop: Sequence[s
     """Cut a generated row at its first stop token (what follows is padding) and at the first stop string."""
     cut = next((i for i, t in enumerate(row) if t in set(loaded.stop_ids)), None)
     kept = row if cut is None else row[:cut]
-    text = loaded.tokenizer.decode(kept, skip_special_tokens=True)
+    text = decode(loaded, kept)
     reason = "length" if cut is None else "stop"
     hits = [text.index(s) for s in stop if s in text]
     if hits:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from phinetune.data.reasoning import split_reasoning
 from phinetune.errors import DataError, PhinetuneError
 from phinetune.infer.complete import Completion, Sampling, chat_prompt, complete
 from phinetune.runs.loading import LoadOptions, Loaded, load_for_inference
@@ -51,14 +52,22 @@ def answer_all(loaded: Loaded, convs: list[list[dict]], sampling: Sampling, batc
     return [c for group in track(groups, label) for c in complete(loaded, [chat_prompt(loaded, m) for m in group], sampling)]
 
 
+def shown_reply(text: str, loaded: Loaded, reasoning: str) -> str:
+    if reasoning not in ("show", "hide"):
+        raise PhinetuneError(f"--reasoning must be show or hide (got {reasoning})")
+    return (split_reasoning(text, loaded.spec.reasoning_tags)[1] if reasoning == "hide" else text).strip()
+
+
 def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], sampling: Sampling,
-                 batch_size: int = 8, load: LoadOptions = LoadOptions(), checkpoint: Optional[str] = None) -> list[str]:
+                 batch_size: int = 8, load: LoadOptions = LoadOptions(), checkpoint: Optional[str] = None,
+                 reasoning: str = "show") -> list[str]:
+    """`reasoning`: show a reply's <think> trace (default) or hide it (keep the final answer only)."""
     if (prompt is None) == (input is None):
         raise PhinetuneError("give either a PROMPT or --input FILE.jsonl (exactly one)")
     rows = read_prompt_rows(input) if input else [{"messages": [{"role": "user", "content": prompt}]}]
     loaded = load_for_inference(target, load.dtype, load.quant, checkpoint=checkpoint)
     results = answer_all(loaded, [r["messages"] for r in rows], sampling, batch_size)
-    answers = [r.text.strip() for r in results]
+    answers = [shown_reply(r.text, loaded, reasoning) for r in results]
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", encoding="utf-8") as fh:

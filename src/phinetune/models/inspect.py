@@ -172,8 +172,16 @@ def analysis(facts: ModelFacts) -> dict[str, str]:
                                   for name, p in spec.lora_presets.items()),
         "dtypes": ", ".join(spec.dtypes) + "".join(f"; {d} refused: {why}" for d, why in spec.refused_dtypes.items()),
     }
+    if spec.reasons:
+        lines["reasoning"] = f"writes {spec.reasoning_tags[0]}trace{spec.reasoning_tags[1]} before each answer" + (
+            "; its template inserts the model card's system prompt" if spec.system_prompt_in_template else
+            f"; system prompt (model card): {spec.system_prompt}" if spec.system_prompt else "")
+    if spec.tool_format:
+        lines["tools"] = f"{spec.tool_format}: definitions in the system turn (<|tool|>...<|/tool|>), calls as <|tool_call|>[...]<|/tool_call|>"
     if spec.notes:
         lines["notes"] = spec.notes
+    if spec.sources:
+        lines["sources"] = " | ".join(spec.sources)
     return lines
 
 
@@ -182,7 +190,8 @@ def special_tokens(facts: ModelFacts) -> str:
     ids = ", ".join(f"{k.removesuffix('_token_id')}={facts.get(k)}" for k in ("bos_token_id", "eos_token_id", "pad_token_id") if facts.get(k) is not None)
     parts = [f"end of turn {spec.end_of_turn}" if spec.end_of_turn else "end of turn = eos",
              f"stop on {', '.join(spec.stop_tokens)}" if spec.stop_tokens else "",
-             f"adds {', '.join(spec.added_tokens)} (pad policy: {spec.pad_policy})" if spec.added_tokens else f"pad policy: {spec.pad_policy}",
+             f"adds {', '.join(spec.added_tokens)} (pad policy: {spec.pad_policy})" if spec.added_tokens else
+             (f"pad {spec.pad_token} (the shipped pad is eos)" if spec.pad_token else f"pad policy: {spec.pad_policy}"),
              ids]
     return "; ".join(p for p in parts if p)
 

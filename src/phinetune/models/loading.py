@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.models.hub import builtin_hint, check_model_name
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
+from phinetune.models.pad import fix_pad
 from phinetune.paths import cache_root
 
 PAD_TOKEN = "<PAD>"  # what pad_policy="add" adds
@@ -79,6 +81,9 @@ def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
             tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     elif tokenizer.pad_token is None:  # "existing": the tokenizer's own pad, else its eos
         tokenizer.pad_token = tokenizer.eos_token  # safe: labels come from masks, never from pad ids
+    # Pad is never the end of turn (models/pad.py); the end of turn as the model layer knows it (data/end_of_turn.py
+    # reads unknown templates, and the pre-flight refuses a pad that still equals it).
+    fix_pad(tokenizer, spec, cfg.end_of_turn or spec.end_of_turn or tokenizer.eos_token)
     return tokenizer
 
 

@@ -88,6 +88,17 @@ class ModelSpec:
     num_experts: int = 0
     experts_per_token: int = 0
     pad_policy: str = "existing"  # existing: reuse the tokenizer's pad; add: add a dedicated pad token
+    # A token of the vocabulary used as pad instead of the tokenizer's own when that one is missing or is
+    # eos/end-of-turn (Phi-4 ships pad = eos; torchtune's Phi-4 tokenizer pads with <|dummy_85|>, id 100349).
+    pad_token: str = ""
+    # The system prompt the model card prescribes; `system_prompt_in_template` when the chat template
+    # inserts it by itself (Phi-4-reasoning), otherwise phinetune inserts it when a conversation has none.
+    system_prompt: str = ""
+    system_prompt_in_template: bool = False
+    reasoning_tags: tuple[str, str] = ("<think>", "</think>")  # how a reasoning trace is written before the answer
+    reasons: bool = False  # trained to write a reasoning trace before every answer
+    tool_format: str = ""  # "phi4-mini": tools in the system turn, calls as <|tool_call|>[...]<|/tool_call|>
+    sources: tuple[str, ...] = ()  # where each figure was checked (repo:path), shown by inspect and docs/models.md
     added_tokens: tuple[str, ...] = ()  # tokens to add to the tokenizer before training (Phi-2 ChatML)
     resize_multiple: int = 0  # pad the embedding to a multiple of this after adding tokens
     dtypes: tuple[str, ...] = ("bf16", "fp32")
@@ -123,6 +134,60 @@ _PHI3_COMMON = dict(
     dtypes=("bf16", "fp16", "fp32"), wrong_names=PHI3_WRONG,
 )
 
+PHI4_MINI_SOURCE = "shared realdata: microsoft/onnxruntime-genai:test/python/fixtures/phi-4-mini/{config,tokenizer_config}.json"
+_PHI4_MINI_COMMON = dict(
+    architecture="Phi3ForCausalLM", model_type="phi3", hidden_size=3072, num_layers=32, num_heads=24, num_kv_heads=8,
+    intermediate_size=8192, vocab_size=200064, context_length=131072, rope_scaling="longrope", original_context=4096,
+    wrong_names=PHI3_WRONG, template="phi4.jinja", end_of_turn="<|end|>", stop_tokens=("<|end|>", "<|endoftext|>"),
+    lora_presets=_presets(PHI3_ATTN, PHI3_MLP), tie_word_embeddings=True, partial_rotary_factor=0.75, dtypes=("bf16", "fp32"),
+)
+# Phi-4 (14B) and the reasoning models fine-tuned from it: Phi-3 architecture with GQA, no rope scaling,
+# ChatML-style turns <|im_start|>ROLE<|im_sep|>CONTENT<|im_end|> (ids 100264/100266/100265).
+_PHI4_COMMON = dict(
+    architecture="Phi3ForCausalLM", model_type="phi3", hidden_size=5120, num_layers=40, num_heads=40, num_kv_heads=10,
+    intermediate_size=17920, vocab_size=100352, rope_scaling=None, end_of_turn="<|im_end|>",
+    stop_tokens=("<|im_end|>", "<|endoftext|>"), pad_token="<|dummy_85|>", lora_presets=_presets(PHI3_ATTN, PHI3_MLP),
+    wrong_names=PHI3_WRONG, dtypes=("bf16", "fp32"),
+)
+PHI4_SOURCES = (
+    "config: mehmetcc/pal:phi-4/config.json (copy of microsoft/phi-4 config.json, transformers 4.47.0)",
+    "template: unslothai/unsloth:unsloth/chat_templates.py (phi4_template; not diffed against the Hub file); "
+    "the first release's template (ggerganov/llama.cpp tests/test-chat-template.cpp, 'phi-4') gives the same tokens for a finished conversation",
+    "tokens: pytorch/torchtune:torchtune/models/phi4/_tokenizer.py (eos <|im_end|> 100265, pad <|dummy_85|> 100349, "
+    "<|im_start|> 100264, <|im_sep|> 100266)",
+)
+# The model card's reasoning system prompt; phi4-reasoning.jinja inserts it (tests check the two agree).
+PHI4_REASONING_PROMPT = (
+    'You are Phi, a language model trained by Microsoft to help users. Your role as an assistant involves '
+    'thoroughly exploring questions through a systematic thinking process before providing the final precise and '
+    'accurate solutions. This requires engaging in a comprehensive cycle of analysis, summarizing, exploration, '
+    'reassessment, reflection, backtracing, and iteration to develop well-considered thinking process. Please '
+    'structure your response into two main sections: Thought and Solution using the specified format: <think> '
+    '{Thought section} </think> {Solution section}. In the Thought section, detail your reasoning process in steps. '
+    'Each step should include detailed considerations such as analysing questions, summarizing relevant findings, '
+    'brainstorming new ideas, verifying the accuracy of the current steps, refining any errors, and revisiting '
+    'previous steps. In the Solution section, based on various attempts, explorations, and reflections from the '
+    'Thought section, systematically present the final solution that you deem correct. The Solution section should '
+    'be logical, accurate, and concise and detail necessary steps needed to reach the conclusion. Now, try to solve '
+    'the following question through the above guidelines:'
+)
+_PHI4_REASONING = dict(
+    context_length=32768, rope_theta=500000.0, template="phi4-reasoning.jinja", reasons=True,
+    system_prompt=PHI4_REASONING_PROMPT, system_prompt_in_template=True,
+    notes="Phi-4 fine-tuned on reasoning traces (the -plus model adds RL): answers are <think>trace</think> then the "
+          "solution. Its template inserts the model card's reasoning system prompt when a conversation has none.",
+    sources=PHI4_SOURCES[2:] + (
+        "config: 32k context and RoPE theta 500000 as read from a Phi-4-reasoning GGUF header + config.json in a public port's notes "
+        "(find_string id 58333996503); model card 'Context length 32k tokens' (www.fitmyllm.com/model/phi-4-reasoning-14b mirrors it)",
+        "template: reconstructed from a public copy of its chat_template (find_string id 5353746783, whose author added "
+        "{% generation %} markers, removed here); the system prompt matches the model card and PhiCookBook copies",
+    ),
+    **_PHI4_COMMON,
+)
+PHI3_MEDIUM_CARD = ("model card chat format <|user|>\\n...<|end|>\\n<|assistant|>: "
+                    "YinanWusoymilk/hf-readme:training_and_application/readme_files/microsoft_Phi-3-medium-128k-instruct.md")
+_PHI3_MEDIUM = dict(_PHI3_COMMON, hidden_size=5120, num_layers=40, num_heads=40, num_kv_heads=10, intermediate_size=17920)
+
 SPECS: dict[str, ModelSpec] = {
     "phi2": ModelSpec(
         key="phi2", hub_id="microsoft/phi-2", architecture="PhiForCausalLM", model_type="phi",
@@ -153,14 +218,28 @@ SPECS: dict[str, ModelSpec] = {
         notes="16 experts, 2 active per token. Experts are fused 3-D parameters: LoRA reaches them only through "
               "PEFT target_parameters, which does not support LoRA dropout (set adapter.dropout=0).",
     ),
-    "phi4-mini": ModelSpec(
-        key="phi4-mini", hub_id="microsoft/Phi-4-mini-instruct", architecture="Phi3ForCausalLM",
-        model_type="phi3", hidden_size=3072, num_layers=32, num_heads=24, num_kv_heads=8,
-        intermediate_size=8192, vocab_size=200064, context_length=131072, rope_scaling="longrope",
-        original_context=4096, wrong_names=PHI3_WRONG, template="phi4.jinja", end_of_turn="<|end|>", stop_tokens=("<|end|>", "<|endoftext|>"),
-        lora_presets=_presets(PHI3_ATTN, PHI3_MLP), tie_word_embeddings=True, partial_rotary_factor=0.75,
-        dtypes=("bf16", "fp32"),
-    ),
+    "phi4-mini": ModelSpec(key="phi4-mini", hub_id="microsoft/Phi-4-mini-instruct", tool_format="phi4-mini",
+                           sources=(PHI4_MINI_SOURCE,), **_PHI4_MINI_COMMON),
+    "phi4-mini-reasoning": ModelSpec(
+        key="phi4-mini-reasoning", hub_id="microsoft/Phi-4-mini-reasoning", reasons=True,
+        system_prompt="Your name is Phi, an AI math expert developed by Microsoft.",
+        notes="Phi-4-mini fine-tuned on math reasoning traces: answers start with <think>...</think>. The model card's "
+              "chat format puts its system prompt first; phinetune inserts it when a conversation has none.",
+        sources=(PHI4_MINI_SOURCE, "model card chat format and system prompt: https://huggingface.co/microsoft/Phi-4-mini-reasoning "
+                                   "(mirrored at model.aibase.com/en/models/details/1924737630994698240); architecture as Phi-4-mini (vocab 200064)"),
+        **_PHI4_MINI_COMMON),
+    "phi4": ModelSpec(key="phi4", hub_id="microsoft/phi-4", context_length=16384, rope_theta=250000.0,
+                      template="phi4-chatml.jinja", sources=PHI4_SOURCES, **_PHI4_COMMON),
+    "phi4-reasoning": ModelSpec(key="phi4-reasoning", hub_id="microsoft/Phi-4-reasoning", **_PHI4_REASONING),
+    "phi4-reasoning-plus": ModelSpec(key="phi4-reasoning-plus", hub_id="microsoft/Phi-4-reasoning-plus", **_PHI4_REASONING),
+    "phi3-medium-4k": ModelSpec(key="phi3-medium-4k", hub_id="microsoft/Phi-3-medium-4k-instruct", context_length=4096,
+                                rope_scaling=None, template="phi3.jinja",
+                                sources=("dotnet/machinelearning:src/Microsoft.ML.GenAI.Phi/Resource/Config/phi-3-medium-4k-instruct-config.json",
+                                         PHI3_MEDIUM_CARD), **_PHI3_MEDIUM),
+    "phi3-medium-128k": ModelSpec(key="phi3-medium-128k", hub_id="microsoft/Phi-3-medium-128k-instruct", context_length=131072,
+                                  rope_scaling="longrope", original_context=4096, template="phi3-128k.jinja",
+                                  sources=("dotnet/machinelearning:src/Microsoft.ML.GenAI.Phi/Resource/Config/phi-3-medium-128k-instruct-config.json",
+                                           PHI3_MEDIUM_CARD), **_PHI3_MEDIUM),
 }
 
 # Generic fallback for any other Hub causal LM: PEFT's own "all-linear" discovery, chat template from
@@ -173,7 +252,9 @@ GENERIC = ModelSpec(
 )
 
 # Built-in tiny models: same architecture and chat format as the real ones, random weights, no download.
-TINY_MODELS: dict[str, str] = {"tiny-phi3": "phi3-mini-4k", "tiny-phi2": "phi2", "tiny-phimoe": "phi3.5-moe", "tiny-phi4": "phi4-mini"}
+TINY_MODELS: dict[str, str] = {"tiny-phi3": "phi3-mini-4k", "tiny-phi2": "phi2", "tiny-phimoe": "phi3.5-moe", "tiny-phi4": "phi4-mini",
+                               "tiny-phi4-14b": "phi4", "tiny-phi4-reasoning": "phi4-reasoning",
+                               "tiny-phi4-mini-reasoning": "phi4-mini-reasoning", "tiny-phi3-medium": "phi3-medium-4k"}
 
 _BY_HUB_ID = {spec.hub_id.lower(): spec for spec in SPECS.values() if spec.hub_id}
 

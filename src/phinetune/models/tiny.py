@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PhiConfig, Phi3Config, PhimoeConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from phinetune.models.specs import SPECS, TINY_MODELS, ModelSpec
@@ -34,12 +34,41 @@ def tiny_config(spec: ModelSpec, vocab_size: int, special_ids: dict[str, int], *
     return builders[spec.model_type]()
 
 
+CHATML_SEP = ("<|im_start|>", "<|im_sep|>", "<|im_end|>", "<|dummy_85|>")  # Phi-4 (14B) turn markers and its pad
+TOOL_TOKENS = ("<|tool|>", "<|/tool|>", "<|tool_call|>", "<|/tool_call|>", "<|tool_response|>")  # Phi-4-mini, not special
+
+
+def uses_im_sep(spec: ModelSpec) -> bool:
+    return spec.template.startswith("phi4-") and spec.end_of_turn == "<|im_end|>"
+
+
 def tiny_special_tokens(spec: ModelSpec) -> list[str]:
     # Phi-2 is a base model: its tokenizer has only <|endoftext|>; ChatML tokens are added at load time
     # exactly as for the real model, so the tiny version exercises that path too.
     if spec.model_type == "phi":
         return ["<|endoftext|>"]
+    if uses_im_sep(spec):
+        return ["<|endoftext|>", *CHATML_SEP]
     return ["<|endoftext|>", "<unk>", "<s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+
+
+def tiny_plain_tokens(spec: ModelSpec) -> list[str]:
+    """Added tokens the real tokenizer has but does not mark special (decode keeps them): Phi-4-mini's tool
+    markers, and the reasoning tags of Phi-4-reasoning (placeholder tokens repurposed as <think>/</think>)."""
+    plain = list(TOOL_TOKENS) if spec.tool_format == "phi4-mini" else []
+    return plain + (list(spec.reasoning_tags) if spec.reasons and uses_im_sep(spec) else [])
+
+
+def tiny_token_names(spec: ModelSpec) -> dict[str, str]:
+    """eos/bos/unk/pad as the real tokenizer ships them, pitfalls included, so loading has to fix them here too:
+    Phi-4's first tokenizer has pad = eos = <|endoftext|> (not the end of an assistant turn); Phi-4-reasoning's
+    has eos <|im_end|> and pad <|dummy_85|>."""
+    names = dict(eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    if uses_im_sep(spec) and spec.reasons:
+        names.update(eos_token="<|im_end|>", pad_token="<|dummy_85|>")
+    elif spec.model_type != "phi" and not uses_im_sep(spec):
+        names.update(bos_token="<s>", unk_token="<unk>")
+    return names
 
 
 def training_corpus() -> list[str]:
@@ -58,10 +87,9 @@ def build_tokenizer(spec: ModelSpec, vocab_size: int = 1024) -> PreTrainedTokeni
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(training_corpus(), trainer=trainer)
-    names = dict(eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>")
-    if spec.model_type != "phi":
-        names.update(bos_token="<s>", unk_token="<unk>")
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, **names)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, **tiny_token_names(spec))
+    if tiny_plain_tokens(spec):
+        hf.add_tokens([AddedToken(t, special=False, normalized=False) for t in tiny_plain_tokens(spec)])
     if spec.model_type != "phi":
         hf.chat_template = read_template(spec.template)
     return hf

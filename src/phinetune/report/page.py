@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from phinetune.markdown import md_table
 from phinetune.train.plots import render_all
+from phinetune.report import before_after
 from phinetune.report.samples import cached_samples, generate_samples
 from phinetune.runs.run_dir import RunDir
 
@@ -169,9 +170,19 @@ def samples_section(run: RunDir, n: int) -> Optional[Section]:
 
 def build_sections(run: RunDir, samples: int) -> list[Section]:
     metrics = run.read_metrics()
-    sections = [summary_section(run, metrics), config_section(run), preflight_section(run),
-                curves_section(metrics, run.report_plots), eval_section(run), samples_section(run, samples)]
+    sections = [summary_section(run, metrics), _before_after(before_after.glance_section(run)), config_section(run), preflight_section(run),
+                curves_section(metrics, run.report_plots), eval_section(run), _before_after(before_after.judge_section(run)),
+                _before_after(before_after.checkpoints_section(run)), samples_section(run, samples),
+                _before_after(before_after.conversations_section(run))]
     return [s for s in sections if s is not None]
+
+
+def _before_after(parts: Optional[tuple[str, str, str]]) -> Optional[Section]:
+    """report/before_after.py builds its HTML itself, escaping every value (html.escape), so it is marked safe here."""
+    if not parts:
+        return None
+    title, page, md = parts
+    return Section(title, Markup(page), md)
 
 
 def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:

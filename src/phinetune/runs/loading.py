@@ -50,7 +50,7 @@ def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", ad
                        checkpoint: Optional[str] = None) -> Loaded:
     """`adapter=False` on a run folder gives the base model alone (for before/after comparisons).
 
-    `checkpoint` ('last', 'step-N' or 'N') takes a run's trainable weights from that training checkpoint
+    `checkpoint` ('last', 'best', 'step-N' or 'N') takes a run's trainable weights from that training checkpoint
     instead of its final adapter: the way to use a run that was interrupted before it finished."""
     if checkpoint is not None and not is_run_dir(target):
         raise PhinetuneError(f"--checkpoint needs a run folder from `phinetune train`; {target} is not one")
@@ -75,12 +75,16 @@ def pick_checkpoint(run: RunDir, choice: Optional[str]) -> Optional[Path]:
         raise PhinetuneError(f"--checkpoint {choice}: {run.path} holds no checkpoint (none under {run.checkpoints})")
     if choice == "last":
         return found[-1][1]
+    if choice == "best":
+        from phinetune.runs.checkpoints import best_of_run
+
+        return best_of_run(run)
     step = choice.removeprefix("step-")
     for n, path in found:
         if step.isdigit() and n == int(step):
             return path
     raise PhinetuneError(f"--checkpoint {choice}: no such checkpoint in {run.path}; it has "
-                         f"{', '.join(p.name for _, p in found)} (or pass 'last')")
+                         f"{', '.join(p.name for _, p in found)} (or pass 'last' or 'best')")
 
 
 def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool, checkpoint: Optional[Path] = None) -> Loaded:

@@ -68,6 +68,14 @@ class RunDir:
     mlruns = property(lambda self: self.path / "mlruns")
     mlflow_run_id = property(lambda self: self.path / "mlflow_run_id")
     reference_logps = property(lambda self: self.path / "reference_logps.safetensors")
+    contamination = property(lambda self: self.path / "contamination.json")  # training samples overlapping eval.tasks
+    checkpoint_eval = property(lambda self: self.path / "checkpoint_eval.json")  # `eval --checkpoints`: task scores per step
+    checkpoint_plot = property(lambda self: self.path / "checkpoint_scores.png")
+    checkpoint_compare = property(lambda self: self.path / "compare_checkpoints.md")  # `compare --checkpoints`
+    checkpoint_answers = property(lambda self: self.path / "compare_checkpoints.json")
+    judge_journal = property(lambda self: self.path / "judge" / "journal.jsonl")  # one line per judge call (resume)
+    judge_answers = property(lambda self: self.path / "judge" / "answers.json")  # the answers being judged
+    judge_result = property(lambda self: self.path / "judge.json")  # win/tie/loss rates with intervals and reasons
 
     @classmethod
     def create(cls, cfg: RunConfig) -> "RunDir":

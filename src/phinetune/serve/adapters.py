@@ -50,8 +50,10 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def load_served(targets: list[str], dtype: str = "auto", quant: str = "none", first_name: Optional[str] = None) -> Served:
-    """One model for all targets: a single base/merged/run target, or several LoRA runs on the same base."""
+def load_served(targets: list[str], dtype: str = "auto", quant: str = "none", first_name: Optional[str] = None,
+                checkpoint: Optional[str] = None) -> Served:
+    """One model for all targets: a single base/merged/run target, or several LoRA runs on the same base.
+    `checkpoint` (step-N, best, last) serves that checkpoint of a single run folder."""
     from phinetune.serve.run import default_model_name  # here: run.py imports this module's users
 
     if not targets:
@@ -65,7 +67,9 @@ def load_served(targets: list[str], dtype: str = "auto", quant: str = "none", fi
             if not is_run_dir(t) or RunDir.open(t).is_full:
                 raise PhinetuneError(f"{t}: serving several targets needs LoRA run folders (with adapter/) on one base; "
                                      "serve a merged folder or full fine-tune on its own")
-    loaded = load_for_inference(targets[0], dtype, quant)
+    if checkpoint is not None and len(targets) > 1:
+        raise PhinetuneError("--checkpoint applies to one run folder; serve several runs with their final adapters")
+    loaded = load_for_inference(targets[0], dtype, quant, checkpoint=checkpoint)
     if not isinstance(loaded.model, PeftModel):
         return Served(loaded, {names[0]: None})
     base_model = RunDir.open(targets[0]).read_info().base_model

@@ -13,7 +13,6 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional, Union
 
 from fastapi import Depends, FastAPI, Request
@@ -28,25 +27,14 @@ from phinetune.runs.loading import Loaded
 from phinetune.serve.adapters import Served
 from phinetune.serve.limits import BodySizeLimit
 from phinetune.serve.observe import AccessLog, Metrics
-from phinetune.serve.responses import CHAT, TEXT, TextFormat, usage
+from phinetune.serve.responses import TEXT, TextFormat, usage
 from phinetune.serve.schemas import ChatCompletionRequest, CompletionRequest
+from phinetune.serve.settings import ServeSettings
 from phinetune.serve.stream import SSE_DONE, StopFilter, sse
+from phinetune.serve.tools import ReplyFormat, ToolRequestError, request_messages
 from phinetune.serve.worker import Job, Output, QueueFull, Refused, Worker
 
 log = logging.getLogger("phinetune.serve")
-
-
-@dataclass
-class ServeSettings:
-    model_name: Optional[str] = None  # id of a single served model (None: its folder name or id)
-    api_key: Optional[str] = None
-    max_tokens: int = 512  # cap on max_tokens of one request; also the default for chat
-    max_body_bytes: int = 1 << 20
-    max_queue: int = 64
-    max_batch: int = 8
-    request_timeout: float = 300.0  # seconds from arrival to the last byte of the answer (504 after)
-    cors_origins: list[str] = field(default_factory=list)  # none: no CORS headers, browsers on other origins are refused
-    log_prompts: bool = False  # put prompt text in the access log
 
 
 class APIError(Exception):
@@ -127,14 +115,21 @@ def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAP
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         name, adapter = api.resolve(req.model)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        tools, spec = req.tool_defs(), loaded.spec
+        if tools and req.stream:
+            raise APIError(400, "stream=true with tools is not supported: tool calls are parsed from the finished reply; "
+                                "send stream=false", param="stream")
+        try:  # tools, tool calls and reasoning written as the model was trained to see them (serve/tools.py)
+            messages = request_messages([m.template_dict() for m in req.messages], tools, spec)
+        except ToolRequestError as exc:
+            raise APIError(400, str(exc), param=exc.param) from None
         if req.wants_json() and not any("json" in m["content"].lower() for m in messages):
             raise APIError(400, "response_format json_object needs the word 'JSON' in the messages (as OpenAI requires): "
                                 "tell the model to answer in JSON", param="messages")
         job = Job([api.render(messages)] * req.n, api.sampling(req), req.stops(), adapter=adapter, logprobs=req.top_k_logprobs(),
                   param="messages")
         api.note(request, name, req, messages)
-        return await api.respond(job, req, name, CHAT, request)
+        return await api.respond(job, req, name, ReplyFormat(spec, settings.reasoning, bool(tools)), request)
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(req: CompletionRequest, request: Request):
@@ -208,6 +203,7 @@ class _Api:
             job.on_text = lambda text: loop.call_soon_threadsafe(queue.put_nowait, text)
             job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))  # end of stream
             self.submit(job)  # before the response starts, so a full queue is still a clean 429
+            await self.wait(job, job.admitted, deadline)  # and a refused prompt a clean 400
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(self.stream(job, queue, name, fmt, include_usage, deadline, request), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -35,13 +35,58 @@ class TextPart(_Strict):
     text: Text
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str = Field("{}", description="The call's arguments as a JSON string (OpenAI's format).")
+
+
+class ToolCall(_Strict):
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(_Strict):
+    name: str
+    description: Optional[str] = None
+    parameters: Optional[dict] = None
+    strict: Optional[bool] = None
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
-    content: Union[Text, list[TextPart]]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Optional[Union[Text, list[TextPart]]] = None
     name: Optional[Text] = None
+    tool_calls: Optional[list[ToolCall]] = Field(None, description="Calls an assistant turn made (tool calling, Phi-4-mini).")
+    tool_call_id: Optional[str] = Field(None, description="On a tool turn: the call it answers.")
+    reasoning_content: Optional[str] = Field(None, description="An assistant turn's reasoning trace, as this server returns it.")
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> "ChatMessage":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content (only an assistant message with tool_calls may omit it)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def template_dict(self) -> dict:
+        """The message for serve/tools.request_messages: text content plus the tool and reasoning fields."""
+        out = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.reasoning_content:
+            out["reasoning_content"] = self.reasoning_content
+        return out
 
 
 class StreamOptions(_Strict):
@@ -92,6 +137,14 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = Field(False, description="Return each generated token's log-probability.")
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="Also the k most likely tokens at each position.")
     response_format: Optional[ResponseFormat] = None
+    tools: Optional[list[ToolDef]] = Field(None, max_length=128, description="Functions the model may call (models with a tool format: Phi-4-mini).")
+    tool_choice: Optional[Literal["none", "auto"]] = Field(None, description="auto (default with tools) or none; forcing a call is not supported.")
+    parallel_tool_calls: Optional[bool] = None
+
+    def tool_defs(self) -> Optional[list[dict]]:
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
 
     @field_validator("messages")
     @classmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
@@ -62,12 +62,24 @@ class Job:
     on_text: Optional[Callable[[str], None]] = None  # set for streaming: called from the worker thread
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
+    # Resolved once the prompts are admitted (None) or refused (Refused): a stream waits for it before its
+    # response starts, so a refusal is still a clean 400 rather than an error inside a 200 stream.
+    admitted: Future = field(default_factory=Future)
     adapter: Optional[str] = None  # the PEFT adapter to run (None: the model without adapters)
     logprobs: Optional[int] = None  # top-k alternatives to return per token (None: no logprobs)
     echo: bool = False  # also score the prompt's tokens (completions' echo)
     generate: bool = True  # False: max_tokens=0, score the prompt only
     param: str = "prompt"  # the request field the prompts came from, for error messages
     ids: list[list[int]] = field(default_factory=list)  # filled by the worker
+
+    def __post_init__(self) -> None:
+        self.future.add_done_callback(self._settle_admission)  # finished or failed unadmitted: nothing to wait for
+
+    def _settle_admission(self, _future) -> None:
+        try:
+            self.admitted.set_result(None)
+        except InvalidStateError:  # already admitted or refused
+            pass
 
     def key(self) -> Optional[tuple]:
         """Jobs with equal non-None keys may be batched together."""
@@ -175,8 +187,10 @@ class Worker:
             job.ids = [self._encode(p, i, job) for i, p in enumerate(job.prompts)]
             self._check_fits(job)
         except Refused as exc:
+            job.admitted.set_exception(exc)
             job.future.set_exception(exc)
             return False
+        job.admitted.set_result(None)
         return True
 
     def _encode(self, prompt: Union[str, list[int]], index: int, job: Job) -> list[int]:

@@ -30,13 +30,15 @@ from phinetune.train.guards import disk_guard
 from phinetune.train.sharding import load_sharded, save_sharded
 from phinetune.runs.run_dir import (CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
                                     CHECKPOINT_TMP_PREFIX as TMP_PREFIX, CHECKPOINT_WEIGHTS, RunDir)
+from phinetune.runs.checkpoints import best_checkpoint
 
 if TYPE_CHECKING:
     from phinetune.train.recipe import Loop
 
 # Keys that change how a run is saved or reported, not what it computes: a resume may change them.
 IGNORED_FOR_IDENTITY = {("output", "overwrite"), ("train", "keep_checkpoints"), ("train", "save_every"),
-                        ("train", "report_to"), ("train", "log_every"), ("train", "recall_check")}
+                        ("train", "report_to"), ("train", "log_every"), ("train", "recall_check"), ("train", "keep"),
+                        ("eval", "tasks"), ("eval", "data_dir"), ("eval", "limit"), ("eval", "contamination")}
 
 
 # ---------------------------------------------------------------- start or resume
@@ -123,8 +125,10 @@ def rows_digest(rows) -> str:
 
 # ---------------------------------------------------------------- save
 
-def save_checkpoint(loop: "Loop", step: int) -> Path:
-    """Write RUN/checkpoints/step-<step> atomically (all processes call this), then keep the newest N."""
+def save_checkpoint(loop: "Loop", step: int, scores: Optional[dict] = None) -> Path:
+    """Write RUN/checkpoints/step-<step> atomically (all processes call this), then keep the newest N and the train.keep bests.
+
+    `scores` (eval_loss, task:metric -> value) go into trainer_state.json, where pruning and `--checkpoint best` read them."""
     acc, run = loop.accelerator, loop.run
     final = run.checkpoints / f"{PREFIX}{step}"
     tmp = run.checkpoints / f"{TMP_PREFIX}{step}"
@@ -140,14 +144,14 @@ def save_checkpoint(loop: "Loop", step: int) -> Path:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 state = {"step": step, "num_processes": acc.num_processes, "rows": rows_digest(loop.train_rows),
-                         "total_steps": loop.total_steps}
+                         "total_steps": loop.total_steps, "scores": scores or {}}
                 (tmp / STATE).write_text(json.dumps(state, indent=2))
                 _save_adapter_config(acc.unwrap_model(loop.model), tmp)
                 _fsync_tree(tmp)
                 shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step after a resume
                 os.replace(tmp, final)
                 _fsync(run.checkpoints)
-                prune(run, loop.cfg.train.keep_checkpoints)
+                prune(run, loop.cfg.train.keep_checkpoints, loop.cfg.train.keep)
         except BaseException:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -163,9 +167,18 @@ def _save_adapter_config(model, folder: Path) -> None:
         config.save_pretrained(str(folder))
 
 
-def prune(run: RunDir, keep: int) -> None:
-    for _, path in checkpoints(run)[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+def kept_checkpoints(found: list[tuple[int, Path]], keep: int, criteria: list[str]) -> set[Path]:
+    """The newest `keep`, plus the best by each train.keep criterion (the newest is always kept: resume starts there)."""
+    kept = {p for _, p in found[-keep:]} if keep > 0 else set()
+    return kept | {b for b in (best_checkpoint(found, c) for c in criteria) if b is not None}
+
+
+def prune(run: RunDir, keep: int, criteria: Optional[list[str]] = None) -> None:
+    found = checkpoints(run)
+    kept = kept_checkpoints(found, keep, criteria or [])
+    for _, path in found:
+        if path not in kept:
+            shutil.rmtree(path, ignore_errors=True)
     for stale in run.checkpoints.glob(f"{TMP_PREFIX}*"):  # left by a kill mid-save
         shutil.rmtree(stale, ignore_errors=True)
 

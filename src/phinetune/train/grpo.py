@@ -25,7 +25,7 @@ from phinetune.config import RunConfig
 from phinetune.data.dataset import DataInfo, PreparedData, split_records
 from phinetune.data.packing import Row, batches, collate
 from phinetune.data.readers import ReadReport
-from phinetune.data.render import IGNORE, Rendered, render_sample
+from phinetune.data.render import IGNORE, render_sample
 from phinetune.errors import DataError
 from phinetune.progress import console
 from phinetune.train.preference import token_logps

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
 from phinetune.config import RunConfig
-from phinetune.data.dataset import DataInfo, PreparedData, split
+from phinetune.data.dataset import DataInfo, PreparedData, hold_out
 from phinetune.data.packing import Row, batches, collate, unpacked
 from phinetune.data.preference import UNPAIRED, PrefInfo, PrefSample, as_sft_records, read_preferences, render_preferences
 from phinetune.data.readers import ReadReport
@@ -73,7 +73,7 @@ def load_data(cfg: RunConfig, tokenizer, eot: str) -> PrefData:
     if d.eval:
         train_recs, eval_recs = records, read_preferences(d.eval, kind, d.skip_bad_rows, None, d.split, report)
     else:
-        train_recs, eval_recs = split(records, d)
+        train_recs, eval_recs = hold_out(records, d)
     pinfo = PrefInfo(read=report.read, kind=kind, skipped=list(report.skipped))
     pairs = render_preferences(train_recs, tokenizer, d.max_length, eot, pinfo)
     eval_pairs = render_preferences(eval_recs, tokenizer, d.max_length, eot, pinfo) if eval_recs else []

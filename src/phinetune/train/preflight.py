@@ -55,6 +55,9 @@ class PreflightReport:
     eot_turns: tuple[int, int] = (0, 0)  # assistant turns whose own end-of-turn is trained / turns the mask trains
     coverage: dict = field(default_factory=dict)  # data.coverage.Coverage.summary(): the same counts as `data inspect`
     max_length_for_share: int = 0  # set when too few samples keep their last end-of-turn token
+    eot_id: Optional[int] = None
+    pad_token: str = ""
+    pad_id: Optional[int] = None
     new_tokens: dict[str, str] = field(default_factory=dict)  # added token -> how its rows are trained
     empty_samples: int = 0
     sample: list[tuple[str, bool]] = field(default_factory=list)  # (text piece, trained)
@@ -140,7 +143,12 @@ def new_token_report(model, tokenizer, spec: ModelSpec, cfg: RunConfig, report: 
 def eot_report(tokenizer, spec: ModelSpec, cfg: RunConfig, data: PreparedData, report: PreflightReport, eot: str = "") -> None:
     """Per turn: each assistant turn's own end-of-turn token trained, nothing trained outside the turns,
     and enough samples keeping their last end-of-turn token after truncation (else it never learns to stop)."""
-    report.eot_token = eot or end_of_turn(tokenizer, spec)
+    report.eot_token = eot or end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
+    report.eot_id = tokenizer.convert_tokens_to_ids(report.eot_token)
+    report.pad_token, report.pad_id = tokenizer.pad_token or "", tokenizer.pad_token_id
+    if report.pad_id is not None and report.pad_id == report.eot_id:
+        report.problems.append(f"the pad token {report.pad_token} is the end-of-turn token (id {report.eot_id}): padding would hide the "
+                               "token that teaches the model to stop; give the tokenizer a distinct pad token")
     cov = coverage([*data.train, *data.eval, *data.dropped], cfg.data.mask, report.eot_token)  # the whole data set
     report.coverage = cov.summary()
     report.eot_turns = (cov.turns_eot_trained, cov.turns)
@@ -236,6 +244,9 @@ def print_report(report: PreflightReport, cfg: RunConfig, spec: ModelSpec, data:
     console.print(f"end-of-turn token {escape(str(report.eot_token))} trained: {'yes' if report.eot_trained else '[red]NO[/red]'} "
                   f"(own token of {turns_ok:d}/{turns:d} assistant turns{escape(cut_note)}; "
                   f"last one kept in {with_eot:d}/{chat:d} chat samples)", markup=True, highlight=False)
+    distinct = report.pad_id != report.eot_id
+    console.print(f"pad token {escape(str(report.pad_token))} (id {escape(str(report.pad_id))}) distinct from end-of-turn token (id {escape(str(report.eot_id))}): "
+                  f"{'yes' if distinct else '[red]NO[/red]'}", markup=True, highlight=False)
     if report.sample:
         plain = not console.is_terminal
         console.print("one sample, trained tokens " + ("between [[ ]]:" if plain else "in green:"), markup=False)

@@ -47,7 +47,7 @@ def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[],
     with progress_console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
         tokenizer = load_tokenizer(path, cfg.model, spec)
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
-    eot = end_of_turn(tokenizer, spec)
+    eot = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
     # The data train.objective reads (SFT conversations, preference pairs, GRPO prompts): train/objectives.py.
     data = objective(cfg.train.objective).load_data(cfg, tokenizer, eot) if with_data else None
     model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)

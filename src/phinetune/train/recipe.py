@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
@@ -23,7 +23,7 @@ from phinetune.config import RunConfig
 from phinetune.data.dataset import PreparedData, prepare_data
 from phinetune.data.packing import Row, batches, collate, make_rows
 from phinetune.errors import PhinetuneError, PreflightError
-from phinetune.models.specs import TINY_MODELS
+from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
 from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed
@@ -70,11 +70,22 @@ class Loop:
     done: int = 0  # optimizer steps completed so far (what run.json's status reports when a run stops)
     objective: Optional[Objective] = None  # train.objective's data, step and evaluation (train/objectives.py)
     extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
+    hooks: Optional["TrainHooks"] = None
     sharded: bool = False  # FSDP2 applied by us on CPU (train/sharding.py): the model is not accelerate-prepared
 
 
-def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
-    loop = setup(cfg, resume)
+@dataclass
+class TrainHooks:
+    """What the benchmarks of eval.tasks add to training, passed in from above (eval/ sits above train/ in the layers):
+    a check of the training records before training (contamination), and scores of the model at a checkpoint (train.keep)."""
+
+    check_data: Callable[[RunConfig, list, RunDir], None]
+    score: Callable[[torch.nn.Module, object], dict]
+
+
+def train(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> TrainResult:
+    """`hooks`: phinetune.eval.checkpoints.training_hooks(cfg), which `phinetune train` passes (needed when eval.tasks is set)."""
+    loop = setup(cfg, resume, hooks)
     try:
         announce_plan(loop)  # before the first evaluation, which on a large eval set takes a while itself
         if loop.start_step:
@@ -110,7 +121,7 @@ def log_eval(loop: Loop, step: int, value: float) -> None:
     loop.log.write(step=step, **{loop.objective.eval_key: value}, **extra)
 
 
-def setup(cfg: RunConfig, resume: bool = False) -> Loop:
+def setup(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> Loop:
     pin_malloc_thresholds()  # freed activations go back to the OS (see train/memory.py)
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
     # A bounded wait in every collective: a rank that is alive but stuck cannot hold the others for ever.
@@ -121,7 +132,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Loop:
     check_distributed(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
     try:  # the folder is ours from here: a failure is recorded in run.json, and the next start replaces it
-        return build_loop(cfg, run, checkpoint, accelerator)
+        return build_loop(cfg, run, checkpoint, accelerator, hooks)
     except BaseException as exc:
         record_stop(run, accelerator, exc, None, cfg)
         raise
@@ -151,9 +162,14 @@ def record_stop(run: RunDir, accelerator, exc: BaseException, done: Optional[int
         pass  # recording is best effort: the original error is what the user needs
 
 
-def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator) -> Loop:
+def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator, hooks: Optional[TrainHooks] = None) -> Loop:
     prepared = prepare(cfg, run.base, accelerator.main_process_first)
     model, tokenizer, data = prepared.model, prepared.tokenizer, prepared.data
+    if cfg.eval.tasks and hooks is None and cfg.eval.contamination != "off":
+        raise PhinetuneError("eval.tasks is set but this training call was given no eval hooks; train with `phinetune train`, or pass "
+                             "hooks=phinetune.eval.checkpoints.training_hooks(cfg) to train()")
+    if hooks is not None and accelerator.is_main_process:
+        hooks.check_data(cfg, data.train_records, run)
     base_ref = str(Path(prepared.path).resolve()) if cfg.model.name in TINY_MODELS else cfg.model.name
     run.write_info(RunInfo(base_ref, prepared.spec.key, cfg.adapter.method, cfg.model.quant, prepared.dtype.name, phinetune_version=__version__))
     if accelerator.is_main_process:  # now, not at the end: a run interrupted later is still usable from a checkpoint
@@ -178,7 +194,8 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         register_trainable_only(accelerator, model)
     loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
-                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), objective=goal, sharded=sharded)
+                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), objective=goal, hooks=hooks,
+                sharded=sharded)
     goal.begin(loop)
     if checkpoint is not None:
         loop.start_step = loop.done = load_checkpoint(loop, checkpoint)
@@ -294,11 +311,14 @@ def run_steps(loop: Loop, start: int = 0) -> None:
                 loop.log.write(step=done, epoch=round(done / loop.steps_per_epoch, 3), loss=stats["loss"], lr=stats["lr"],
                                grad_norm=stats["grad_norm"], tokens_per_s=window_tokens / max(elapsed, 1e-9), **stats.get("metrics", {}))
                 window_tokens, window_start = 0, time.perf_counter()
+            ev = None
             if loop.eval_rows and done % cfg.eval_every == 0 and done < loop.total_steps:
                 ev = loop.objective.evaluate(loop)
                 log_eval(loop, done, ev)
                 loop.model.train()
-            saved = save_checkpoint(loop, done) if cfg.save_every and done % cfg.save_every == 0 else None
+            saved = None
+            if cfg.save_every and done % cfg.save_every == 0:
+                saved = save_checkpoint(loop, done, checkpoint_scores(loop, done, ev) if cfg.keep else None)
             if stop.requested(loop.accelerator):
                 raise stop.stopped(done, saved or save_checkpoint(loop, done))
             bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}")
@@ -306,10 +326,30 @@ def run_steps(loop: Loop, start: int = 0) -> None:
                 console.print(eta_message((time.perf_counter() - eta_start) / ETA_STEPS, loop.total_steps - done))
 
 
+def checkpoint_scores(loop: Loop, step: int, eval_loss: Optional[float]) -> dict:
+    """What train.keep ranks this checkpoint by: eval loss (evaluated now if this step had none) and eval.tasks scores."""
+    scores = {}
+    if any(c == "eval_loss" for c in loop.cfg.train.keep) and loop.eval_rows:
+        if eval_loss is None:
+            eval_loss = evaluate(loop)
+            if step < loop.total_steps:  # the last step's eval loss is logged once, by the final evaluation
+                log_eval(loop, step, eval_loss)
+        scores["eval_loss"] = eval_loss
+    if any(c != "eval_loss" for c in loop.cfg.train.keep) and loop.accelerator.is_main_process:
+        if loop.hooks is None:
+            raise PhinetuneError("train.keep ranks checkpoints by a task, which needs eval hooks; train with `phinetune train`, or pass "
+                                 "hooks=phinetune.eval.checkpoints.training_hooks(cfg) to train()")
+        tasks = loop.hooks.score(loop.accelerator.unwrap_model(loop.model), loop.tokenizer)
+        loop.log.write(step=step, **tasks)  # task score against step, beside the loss curve
+        scores.update(tasks)
+    loop.model.train()
+    return scores
+
+
 # ---------------------------------------------------------------- the sft objective (train/objectives.py)
 
 def load_data(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
-    return prepare_data(cfg.data, tokenizer, eot)
+    return prepare_data(cfg.data, tokenizer, eot, get_spec(cfg.model.name, cfg.model.spec))
 
 
 def rows(data: PreparedData, cfg: RunConfig) -> tuple[list[Row], list[Row]]:

@@ -1,8 +1,8 @@
-"""models.loading.end_of_turn: the one end-of-turn rule every verb uses (spec, else the template's, else eos)."""
+"""data/end_of_turn.end_of_turn: the one end-of-turn rule every verb uses (spec, else the template's, else eos)."""
 
 from __future__ import annotations
 
-from phinetune.models.loading import end_of_turn
+from phinetune.data.end_of_turn import end_of_turn
 from phinetune.models.specs import GENERIC, SPECS
 from test_render import tiny_tokenizer
 

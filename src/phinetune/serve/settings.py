@@ -1,0 +1,31 @@
+"""What `phinetune serve` is told: how to answer (ServeSettings) and where to listen (Listen).
+
+Plain dataclasses with no FastAPI import, so the CLI builds them before serve/run.py checks that the
+serving dependencies are installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ServeSettings:
+    model_name: Optional[str] = None  # id of a single served model (None: its folder name or id)
+    api_key: Optional[str] = None
+    max_tokens: int = 512  # cap on max_tokens of one request; also the default for chat
+    max_body_bytes: int = 1 << 20
+    max_queue: int = 64
+    max_batch: int = 8
+    request_timeout: float = 300.0  # seconds from arrival to the last byte of the answer (504 after)
+    cors_origins: list[str] = field(default_factory=list)  # none: no CORS headers, browsers on other origins are refused
+    log_prompts: bool = False  # put prompt text in the access log
+    reasoning: str = "separate"  # a reply's <think> trace: reasoning_content (separate), dropped (hide) or left inline
+
+
+@dataclass
+class Listen:
+    host: str = "127.0.0.1"  # loopback: anything else exposes the model to the network
+    port: int = 8000
+    access_log: str = "-"  # one JSON line per request: '-' stderr, 'off', or a file path

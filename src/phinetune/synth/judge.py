@@ -1,0 +1,189 @@
+"""`phinetune judge RUN`: a teacher model compares two models' answers to the run's held-out prompts, pairwise.
+
+Chat quality is judged by reading conversations; this has a judge read them. Model A (default: the base) and
+model B (default: the final weights; or any two of base, last, best, step-N) answer the same prompts greedily.
+The judge sees each pair twice, once in each order, because LLM judges favour a position (MT-Bench, Zheng et
+al. 2023): a prompt counts as a win for B only when B is preferred in both orders, a loss only when A is,
+and a tie otherwise (MT-Bench's "inconsistent verdicts are ties"). Rates come with Wilson 95% intervals.
+
+The judge is any synth teacher (an OpenAI-compatible endpoint or a local model), and every verdict is journaled
+like a synth answer (synth/journal.py): re-running the same command resumes and never repeats a paid call.
+It lives in synth/ beside the teachers and the journal it uses (eval/ and synth/ share a layer and may not
+import each other).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from rich.table import Table
+
+from phinetune.errors import PhinetuneError
+from phinetune.progress import console
+from phinetune.synth.config import RequestSampling as JudgeSampling, TeacherConfig
+from phinetune.synth.journal import Journal, call_hash, call_key
+from phinetune.synth.teachers import Call
+from phinetune.runs.run_dir import RunDir
+
+# MT-Bench's pairwise judge prompt ("pair-v2"), which asks for an explanation first and then a fixed verdict format.
+SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user "
+          "question displayed below. You should choose the assistant that follows the user's instructions and answers the user's "
+          "question better. Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, "
+          "and level of detail of their responses. Begin your evaluation by comparing the two responses and provide a short "
+          "explanation. Avoid any position biases and ensure that the order in which the responses were presented does not "
+          "influence your decision. Do not allow the length of the responses to influence your evaluation. Be as objective as "
+          "possible. After providing your explanation, output your final verdict by strictly following this format: \"[[A]]\" if "
+          "assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie.")
+PAIR = ("[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{first}\n[The End of Assistant A's Answer]\n\n"
+        "[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]")
+VERDICT = re.compile(r"\[\[([ABC])\]\]")
+Z95 = 1.959964
+
+
+def parse_verdict(text: str) -> Optional[str]:
+    """'first', 'second' or 'tie' from the judge's last [[A]]/[[B]]/[[C]]; None when it gave none."""
+    found = VERDICT.findall(text or "")
+    return {"A": "first", "B": "second", "C": "tie"}[found[-1]] if found else None
+
+
+def combine(ab: Optional[str], ba: Optional[str]) -> str:
+    """Outcome for B from the verdicts with B second (ab) and B first (ba): win, loss, tie, or invalid."""
+    if ab is None or ba is None:
+        return "invalid"
+    b_in_ab = {"second": "b", "first": "a", "tie": "tie"}[ab]
+    b_in_ba = {"first": "b", "second": "a", "tie": "tie"}[ba]
+    if b_in_ab == b_in_ba == "b":
+        return "win"
+    if b_in_ab == b_in_ba == "a":
+        return "loss"
+    return "tie"
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (stays inside [0, 1] and is sane for small n, unlike p ± z·se)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def question_text(prompt: list[dict]) -> str:
+    """The conversation up to the answer: the last user turn alone, or every turn when there are several."""
+    if len(prompt) == 1:
+        return prompt[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+@dataclass
+class Sides:
+    a: str = "base"
+    b: str = "last"
+
+
+def answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> dict[str, list[str]]:
+    """Greedy answers of both sides, cached in RUN/judge/answers.json (reused while prompts, sides and length match)."""
+    from phinetune.infer.complete import Sampling
+    from phinetune.infer.generate import answer_all
+    from phinetune.runs.checkpoints import select
+    from phinetune.runs.loading import load_for_inference
+
+    digest = hashlib.sha256(json.dumps([prompts, sides.a, sides.b, max_new_tokens]).encode()).hexdigest()[:16]
+    path = run.judge_answers
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("digest") == digest:
+            return cached["answers"]
+    points = [select(run, side)[0] for side in (sides.a, sides.b)]
+    if points[0] == points[1]:
+        raise PhinetuneError(f"judge: --a {sides.a} and --b {sides.b} are the same weights ({points[0].label}); pick two different ones")
+    out = {}
+    for side, p in zip(("a", "b"), points):
+        loaded = load_for_inference(str(run.path), adapter=p.adapter, checkpoint=p.checkpoint)
+        out[side] = [a.text.strip() for a in answer_all(loaded, prompts, Sampling(max_new_tokens=max_new_tokens), batch_size, p.label)]
+        del loaded
+        gc.collect()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"digest": digest, "a": sides.a, "b": sides.b, "prompts": prompts, "answers": out}, indent=1, ensure_ascii=False))
+    return out
+
+
+def judge_calls(teacher: TeacherConfig, sampling: JudgeSampling, prompts: list[list[dict]], ans: dict[str, list[str]]) -> list[Call]:
+    """Two calls per prompt: B second ("ab"), then B first ("ba"). Keys hash everything sent, as synth's do."""
+    calls = []
+    for i, prompt in enumerate(prompts):
+        q, a, b = question_text(prompt), ans["a"][i], ans["b"][i]
+        for order, (first, second) in (("ab", (a, b)), ("ba", (b, a))):
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PAIR.format(question=q, first=first, second=second)}]
+            payload = {"model": teacher.model, "messages": messages, "sampling": sampling.model_dump()}
+            calls.append(Call(call_key("judge", str(i), {"ab": 0, "ba": 1}[order], call_hash(payload)), messages, sampling, seed=0))
+    return calls
+
+
+def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), prompts_file=None, n: int = 10,
+              max_new_tokens: int = 128, batch_size: int = 8, judge_max_tokens: int = 512) -> dict:
+    from phinetune.infer.generate import read_prompt_rows
+    from phinetune.infer.compare import default_prompts
+    from phinetune.synth.teachers import make_teacher
+
+    run = RunDir.open(run_path)
+    pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
+    prompts = [p for p, _ in pairs]
+    ans = answers(run, sides, prompts, max_new_tokens, batch_size)
+    sampling = JudgeSampling(max_tokens=judge_max_tokens, temperature=0.0, top_p=1.0)
+    calls = judge_calls(teacher, sampling, prompts, ans)
+    with Journal(run.judge_journal) as journal:
+        todo = [c for c in calls if c.key not in journal]
+        reused = len(calls) - len(todo)
+        if todo:
+            judge = make_teacher(teacher)
+            console.print(f"judging {len(prompts)} prompt(s) in both orders with {judge.describe}: {len(todo)} call(s) to make, {reused} from the journal")
+            try:
+                judge.run(todo, lambda call, entry: journal.append(entry))
+            finally:
+                judge.close()
+        entries = [journal.get(c.key) for c in calls]
+    result = summarise(run, teacher, sides, prompts, ans, entries)
+    result["calls"] = {"made": len(todo), "from_journal": reused}
+    run.judge_result.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    console.print(result_table(result))
+    console.print(f"saved {run.judge_result} (journal: {run.judge_journal})")
+    return result
+
+
+def summarise(run: RunDir, teacher: TeacherConfig, sides: Sides, prompts, ans, entries) -> dict:
+    rows, counts = [], {"win": 0, "tie": 0, "loss": 0, "invalid": 0}
+    for i, prompt in enumerate(prompts):
+        ab, ba = entries[2 * i], entries[2 * i + 1]
+        va, vb = parse_verdict(ab.text), parse_verdict(ba.text)
+        outcome = combine(va, vb)
+        counts[outcome] += 1
+        rows.append({"prompt": question_text(prompt), "a": ans["a"][i], "b": ans["b"][i], "outcome": outcome,
+                     "verdict_b_second": va, "verdict_b_first": vb, "reason_b_second": ab.text, "reason_b_first": ba.text})
+    judged = counts["win"] + counts["tie"] + counts["loss"]
+    rates = {k: {"rate": counts[k] / judged if judged else 0.0, "ci95": list(wilson(counts[k], judged))} for k in ("win", "tie", "loss")}
+    consistent = sum(1 for r in rows if r["outcome"] in ("win", "loss") or (r["verdict_b_second"] == r["verdict_b_first"] == "tie"))
+    spend = {"prompt_tokens": sum(e.prompt_tokens for e in entries), "completion_tokens": sum(e.completion_tokens for e in entries),
+             "cost": round(sum(e.cost for e in entries), 6)}
+    return {"run": str(run.path), "a": sides.a, "b": sides.b, "judge": f"{teacher.kind}:{teacher.model}", "prompts": len(prompts),
+            "judged": judged, "counts": counts, "rates": rates, "consistent_share": consistent / judged if judged else 0.0,
+            "spend": spend, "rows": rows}
+
+
+def result_table(result: dict) -> Table:
+    table = Table(title=f"judge {result['judge']}: {result['b']} vs {result['a']} on {result['prompts']} prompt(s), both orders")
+    for col in ("outcome for " + result["b"], "count", "rate", "95% interval"):
+        table.add_column(col, justify="left" if col.startswith("outcome") else "right")
+    for k in ("win", "tie", "loss"):
+        r = result["rates"][k]
+        table.add_row(k, str(result["counts"][k]), f"{r['rate']:.1%}", f"{r['ci95'][0]:.1%} - {r['ci95'][1]:.1%}")
+    if result["counts"]["invalid"]:
+        table.add_row("no verdict", str(result["counts"]["invalid"]), "", "not counted")
+    return table
