@@ -29,8 +29,17 @@ def test_gpu_launch_uses_accelerate_launch_with_the_config():
     cfg = ROOT / "configs" / "accelerate" / "fsdp.yaml"
     cmd, _ = launch_command(4, ["x.yaml"], cfg, use_gpu=True)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[3:7] == ["--config_file", str(cfg), "--num_processes", "4"]
+    with pytest.raises(PhinetuneError, match="needs GPUs"):  # FSDP1 + 4-bit base, DeepSpeed: GPUs only
+        launch_command(2, [], cfg.with_name("fsdp-qlora.yaml"), use_gpu=False)
     with pytest.raises(PhinetuneError, match="needs GPUs"):
-        launch_command(2, [], cfg, use_gpu=False)
+        launch_command(2, [], cfg.with_name("deepspeed-zero2.yaml"), use_gpu=False)
+
+
+def test_cpu_launch_of_the_fsdp2_config_shards_with_fully_shard():
+    cmd, env = launch_command(2, ["x.yaml"], ROOT / "configs" / "accelerate" / "fsdp.yaml", use_gpu=False)
+    assert cmd[1:3] == ["-m", "torch.distributed.run"] and env["PHINETUNE_FSDP2_CPU"] == "1" and env["ACCELERATE_USE_CPU"] == "true"
+    _, plain = launch_command(2, ["x.yaml"], use_gpu=False)
+    assert "PHINETUNE_FSDP2_CPU" not in plain or plain["PHINETUNE_FSDP2_CPU"] != "1"
     with pytest.raises(PhinetuneError, match="does not exist"):
         launch_command(2, [], Path("nope.yaml"), use_gpu=True)
 
@@ -50,8 +59,10 @@ def test_accelerate_config_is_accepted_by_accelerate(path):
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "phinetune", "train"])
     args, defaults, _ = _validate_launch_command(args)
     assert args.use_fsdp == (EXPECTED[path.stem] == "FSDP") and args.use_deepspeed == (EXPECTED[path.stem] == "DEEPSPEED")
-    if args.use_fsdp:
+    if args.use_fsdp and str(args.fsdp_version) == "1":
         assert args.fsdp_use_orig_params == "true" or args.fsdp_use_orig_params is True  # LoRA mixes frozen and trainable
+    if path.stem == "fsdp":
+        assert str(args.fsdp_version) == "2"  # FSDP2: the one that also runs on CPU (train/sharding.py)
     if path.stem == "fsdp-qlora":
         assert args.mixed_precision == "no"
     if args.use_deepspeed:
@@ -97,3 +108,15 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tiny_cfg
         assert [x is None for x in b] == [x is None for x in a], f"step {a[0]}: 1 process {a}, 2 processes {b}"
         numbers_a, numbers_b = [x for x in a[1:] if x is not None], [x for x in b[1:] if x is not None]
         assert numbers_b == pytest.approx(numbers_a, rel=2e-5, abs=2e-5), f"step {a[0]}: 1 process {a}, 2 processes {b}"
+
+
+def test_a_killed_rank_is_named_in_one_sentence():
+    """torchrun's own report of a 2-process run whose rank 1 was SIGKILLed (recorded by hand from
+    `phinetune train ... --nproc 2` and `kill -9` of rank 1: the job ended 2 s later, checkpoints intact)."""
+    from phinetune.train.launch import failure_sentence
+
+    block = (ROOT / "tests" / "fixtures" / "torchrun_sigkill_rank1.txt").read_text()
+    assert failure_sentence(block, 1).startswith("training failed: rank 1 was killed by SIGKILL;")
+    raised = "[rank0]: ValueError: loss became nan at step 3\n" + block.replace("exitcode  : -9", "exitcode  : 1").replace("rank      : 1 (local_rank: 1)", "rank      : 0 (local_rank: 0)")
+    assert "rank 0 failed with ValueError: loss became nan at step 3" in failure_sentence(raised, 1)
+    assert "exited with code 1" in failure_sentence("nothing torchrun wrote", 1)

@@ -65,7 +65,7 @@ CHECKPOINT_HELP = ("For a run folder: 'last' (or step-N) uses that training chec
 def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
           resume: bool = typer.Option(False, "--resume", help="Continue the run in output.dir from its latest checkpoint (also automatic when it holds the same config)."),
           nproc: int = typer.Option(1, "--nproc", min=1, help="Processes to train on (GPUs; on CPU, DDP over gloo) through accelerate / torchrun."),
-          accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml.")) -> None:
+          accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml (FSDP2; the one that also runs on CPU).")) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
     check_source(cfg.model.name, cfg.model.revision)

@@ -30,6 +30,7 @@ MERGED_MARKER = "phinetune.json"  # in a merged folder: {"spec": key, "merged_fr
 # PEFT run the adapter's own config (ADAPTER_CONFIG), so the checkpoint loads without the training code.
 CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX, CHECKPOINT_STATE = "step-", ".tmp-step-", "trainer_state.json"
 CHECKPOINT_WEIGHTS, ADAPTER_CONFIG = "model.safetensors", "adapter_config.json"
+CHECKPOINT_SHARDED = "sharded"  # inside a checkpoint of an FSDP2-on-CPU run: torch.distributed.checkpoint shards (train/sharding.py)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError
 from phinetune.train.guards import disk_guard
+from phinetune.train.sharding import load_sharded, save_sharded
 from phinetune.runs.run_dir import (CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
                                     CHECKPOINT_TMP_PREFIX as TMP_PREFIX, CHECKPOINT_WEIGHTS, RunDir)
 from phinetune.runs.checkpoints import best_checkpoint
@@ -138,6 +139,8 @@ def save_checkpoint(loop: "Loop", step: int, scores: Optional[dict] = None) -> P
         acc.wait_for_everyone()
         try:
             acc.save_state(str(tmp))
+            if loop.sharded:  # FSDP2 on CPU: trainable weights and optimizer state as DCP shards, every rank writing
+                save_sharded(loop.model, loop.optimizer, tmp)
             acc.wait_for_everyone()
             if acc.is_main_process:
                 state = {"step": step, "num_processes": acc.num_processes, "rows": rows_digest(loop.train_rows),
@@ -208,6 +211,8 @@ def load_checkpoint(loop: "Loop", path: Path) -> int:
         raise PhinetuneError(f"{path}: the training data changed since this checkpoint (different packed rows); "
                              "resume with the same data files, or start a new run")
     acc.load_state(str(path))
+    if loop.sharded:
+        load_sharded(loop.model, loop.optimizer, path)
     return int(state["step"])
 
 

@@ -3,7 +3,9 @@
 No distributed engine of our own: on GPUs the launcher is `accelerate launch` (which reads an accelerate
 config for DDP, FSDP or DeepSpeed: configs/accelerate/*.yaml); on CPU it is torch.distributed.run with
 ACCELERATE_USE_CPU=true, because `accelerate launch --cpu` runs one process unless mpirun is set up, while
-torchrun + that flag gives accelerate's MULTI_CPU mode over gloo.
+torchrun + that flag gives accelerate's MULTI_CPU mode over gloo. An FSDP version-2 config on CPU runs
+PyTorch's fully_shard over gloo (train/sharding.py: accelerate does not select FSDP on CPU); the other
+configs (FSDP1, QLoRA + FSDP, DeepSpeed) need GPUs and are refused on CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Optional
 import torch
 
 from phinetune.errors import PhinetuneError
+from phinetune.train.sharding import ENV as SHARDING_ENV
 
 
 def launch_command(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None,
@@ -31,16 +34,65 @@ def launch_command(nproc: int, train_args: list[str], accelerate_config: Optiona
         config = ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"]
         return [sys.executable, "-m", "accelerate.commands.launch", *config, "--num_processes", str(nproc), *target], env
     if accelerate_config is not None:
-        raise PhinetuneError("--accelerate-config needs GPUs (FSDP and DeepSpeed do not run on CPU); drop it to train with DDP over gloo on CPU")
+        if not is_fsdp2(accelerate_config):
+            raise PhinetuneError(f"--accelerate-config {accelerate_config} needs GPUs (on CPU only an FSDP config with fsdp_version: 2 "
+                                 "runs, e.g. configs/accelerate/fsdp.yaml); drop it to train with DDP over gloo on CPU")
+        env[SHARDING_ENV] = "1"
     env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone", *target], env
 
 
+def is_fsdp2(path: Path) -> bool:
+    """An accelerate config asking for FSDP version 2 (and nothing CPU cannot do: no 4-bit base)."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text()) or {}
+    fsdp = config.get("fsdp_config") or {}
+    return config.get("distributed_type") == "FSDP" and int(fsdp.get("fsdp_version", 1)) == 2
+
+
 def launch(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None) -> int:
+    """Run the launcher, passing its output through; when a rank fails, end with one sentence naming it.
+
+    Bounded time: torchrun (and accelerate launch, which runs it) stops every other worker as soon as one
+    exits non-zero or is killed, so no rank waits in a collective for a peer that is gone; a rank that is
+    alive but stuck is ended by the process-group timeout (DIST_TIMEOUT_S, set in train/recipe.py)."""
     if os.environ.get("PHINETUNE_LAUNCHED") == "1":
         raise PhinetuneError("--nproc given inside a launched process; pass it once, to the outer `phinetune train`")
     cmd, env = launch_command(nproc, train_args, accelerate_config)
-    return subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    tail: list[str] = []
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        tail = (tail + [line])[-400:]
+    code = proc.wait()
+    if code != 0:
+        print(failure_sentence("".join(tail), code), file=sys.stderr)
+    return code
+
+
+DIST_TIMEOUT_S = int(os.environ.get("PHINETUNE_DIST_TIMEOUT", "600"))  # a collective waits at most this long
+
+
+def failure_sentence(stderr: str, code: int) -> str:
+    """torchrun's 'Root Cause (first observed failure)' block, in one sentence."""
+    import re
+    import signal as signals
+
+    block = stderr.split("Root Cause (first observed failure)")[-1]
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    exitcode = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+    errors = re.findall(r"^\[rank(\d+)\]:\s*(\w+(?:Error|Exception|Stopped)\w*:.*)$", stderr, re.M)
+    if rank is None or exitcode is None:
+        return f"training failed: the launcher exited with code {code}; the same command resumes from the latest checkpoint"
+    r, ec = int(rank.group(1)), int(exitcode.group(1))
+    if ec < 0:
+        cause = f"was killed by {signals.Signals(-ec).name}"
+    else:
+        own = [msg for who, msg in errors if int(who) == r]
+        cause = f"failed with {own[-1].strip()[:300]}" if own else f"exited with code {ec}"
+    return (f"training failed: rank {r} {cause}; the launcher stopped the other ranks. "
+            "Run the same command again to resume from the latest checkpoint")
 
 
 def check_distributed(accelerator, cfg) -> None:

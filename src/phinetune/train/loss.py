@@ -46,10 +46,12 @@ def full_logits_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.T
 def split_head(model):
     """(decoder, lm_head) of a causal LM, or None where calling them apart would not be equivalent.
 
-    DDP/FSDP wrappers are refused: their gradient synchronisation hooks run only through the wrapper's
-    own forward. Models that post-process logits (scaling, soft-capping) are refused too.
+    DDP/FSDP wrappers and FSDP2-sharded models are refused: their gradient synchronisation (and FSDP2's
+    weight gathering) hooks run only through the wrapper's own forward. Models that post-process logits (scaling, soft-capping) are refused too.
     """
     if not hasattr(model, "get_base_model") and type(model).__module__.startswith("torch.nn.parallel"):
+        return None
+    if _is_fsdp2(model):  # FSDP2 gathers the root's weights (embeddings, lm_head) only in the root's own forward
         return None
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = getattr(lm, "model", None), getattr(lm, "lm_head", None)
@@ -57,6 +59,12 @@ def split_head(model):
     if decoder is None or head is None or config is None or type(lm).__name__ not in PLAIN_HEAD_MODELS:
         return None
     return decoder, head
+
+
+def _is_fsdp2(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 # Causal LMs whose forward is exactly `lm_head(model(...).last_hidden_state)` (read in transformers v5):

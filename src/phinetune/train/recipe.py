@@ -9,12 +9,13 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from transformers import get_scheduler
 
 from phinetune import __version__
@@ -25,7 +26,7 @@ from phinetune.errors import PhinetuneError, PreflightError
 from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
-from phinetune.train.launch import check_distributed
+from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
 from phinetune.train.memory import pin_malloc_thresholds
@@ -35,6 +36,7 @@ from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
 from phinetune.runs.run_dir import RunDir, RunInfo
 from phinetune.train.prepare import prepare
+from phinetune.train.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
 from phinetune.train.tracking import Trackers, accelerator_kwargs
 
 
@@ -69,6 +71,7 @@ class Loop:
     objective: Optional[Objective] = None  # train.objective's data, step and evaluation (train/objectives.py)
     extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
     hooks: Optional["TrainHooks"] = None
+    sharded: bool = False  # FSDP2 applied by us on CPU (train/sharding.py): the model is not accelerate-prepared
 
 
 @dataclass
@@ -104,7 +107,9 @@ def train(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = No
     if loop.log.trackers is not None:
         loop.log.trackers.close()
     result = TrainResult(loop.run, first_eval, final_eval, loop.total_steps)
-    if cfg.train.recall_check and loop.accelerator.is_main_process:
+    if cfg.train.recall_check and loop.sharded and loop.accelerator.is_main_process:
+        console.print("recall check skipped: a sharded model generates only with every rank taking part; run `phinetune eval` on the run")
+    if cfg.train.recall_check and loop.accelerator.is_main_process and not loop.sharded:
         from phinetune.train.recall import recall_check
 
         result.recall = recall_check(loop.accelerator.unwrap_model(loop.model), loop.tokenizer, loop.data.train_records, cfg)
@@ -119,7 +124,10 @@ def log_eval(loop: Loop, step: int, value: float) -> None:
 def setup(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> Loop:
     pin_malloc_thresholds()  # freed activations go back to the OS (see train/memory.py)
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
-    accelerator = Accelerator(step_scheduler_with_optimizer=False, **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
+    # A bounded wait in every collective: a rank that is alive but stuck cannot hold the others for ever.
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    accelerator = Accelerator(step_scheduler_with_optimizer=False, kwargs_handlers=[timeout],
+                              **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
     set_seed(cfg.train.seed)
     check_distributed(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
@@ -172,13 +180,22 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
     train_rows, eval_rows = goal.rows(data, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes)))
     total = cfg.train.max_steps or max(1, math.ceil(steps_per_epoch * cfg.train.epochs))
+    sharded = fsdp2_on_cpu()
+    if sharded:  # before the optimizer, so that it is built on (and keeps state for) this rank's shards only
+        model = shard(model)
+        held, whole = local_share(model)
+        console.print(f"FSDP2 (CPU, gloo): rank {accelerator.process_index} holds {held:,} of {whole:,} parameters")
     optimizer = make_optimizer(model, cfg)
     scheduler = get_scheduler(cfg.train.scheduler if cfg.train.scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=int(total * cfg.train.warmup_ratio), num_training_steps=total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    register_trainable_only(accelerator, model)
+    if sharded:  # model and optimizer are checkpointed with DCP (train/checkpoint.py); the schedule by accelerate
+        accelerator.register_for_checkpointing(scheduler)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        register_trainable_only(accelerator, model)
     loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
-                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), objective=goal, hooks=hooks)
+                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), objective=goal, hooks=hooks,
+                sharded=sharded)
     goal.begin(loop)
     if checkpoint is not None:
         loop.start_step = loop.done = load_checkpoint(loop, checkpoint)
@@ -263,6 +280,7 @@ def train_step(loop: Loop, step: int) -> dict:
     step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
     check_finite(step_loss, step, micro_rows, loop.tokenizer)  # before the optimizer step: weights stay finite
     grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
     loop.optimizer.step()
     loop.scheduler.step()
     loop.optimizer.zero_grad(set_to_none=True)
@@ -348,12 +366,16 @@ def evaluate(loop: Loop) -> float:
     acc = loop.accelerator
     loop.model.eval()
     total, count = 0.0, 0
-    rows = loop.eval_rows[acc.process_index::acc.num_processes]
+    # Under FSDP2 every rank must run the same forwards (each gathers weights from all ranks), so every
+    # rank evaluates all rows and nothing is summed across ranks.
+    rows = loop.eval_rows if loop.sharded else loop.eval_rows[acc.process_index::acc.num_processes]
     for group in batches(rows, loop.cfg.train.batch_size, 0, 0, shuffle=False):
         batch = {k: v.to(acc.device) for k, v in collate(group, loop.tokenizer.pad_token_id).items()}
         with acc.autocast():
             loss, n = loss_sum(loop.model, batch)
         total, count = total + loss.item(), count + n
+    if loop.sharded:
+        return total / max(count, 1)
     total = acc.reduce(torch.tensor(total, device=acc.device), "sum").item()
     count = acc.reduce(torch.tensor(count, device=acc.device), "sum").item()
     return total / max(count, 1)
@@ -362,12 +384,14 @@ def evaluate(loop: Loop) -> float:
 def save(loop: Loop) -> None:
     acc, run = loop.accelerator, loop.run
     acc.wait_for_everyone()
+    full = loop.cfg.adapter.method == "full"
+    state = full_state_dict(loop.model) if loop.sharded else None  # a collective: every rank takes part; PEFT picks its keys
     if not acc.is_main_process:
         return
     model = acc.unwrap_model(loop.model)
     with console.status("Saving adapter, tokenizer and plots"), disk_guard(f"final weights in {run.path}/"):
-        target = run.full_model if loop.cfg.adapter.method == "full" else run.adapter
-        model.save_pretrained(target, safe_serialization=True)
+        target = run.full_model if full else run.adapter
+        model.save_pretrained(target, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
         loop.tokenizer.save_pretrained(run.tokenizer)
         plot_losses(run.read_metrics(), run.plot)
         run.set_status("finished")
