@@ -414,7 +414,12 @@ def test_access_log_lines_and_prompts_only_when_asked(server, caplog):
     caplog.set_level(logging.INFO, logger="phinetune.serve.access")
     _post(server, "/v1/completions", {"prompt": "private words", "max_tokens": 2})
     _post(server, "/v1/completions", b"{not json")
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "phinetune.serve.access"]
+    deadline = time.monotonic() + 10  # the server thread logs a request just after its answer is sent
+    while True:
+        lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "phinetune.serve.access"]
+        if [e["status"] for e in lines][-2:] == [200, 400] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert [e["status"] for e in lines][-2:] == [200, 400]
     assert lines[-2]["model"] == "tiny" and lines[-2]["prompt_tokens"] >= 1 and "private" not in caplog.text
 
