@@ -39,6 +39,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, check: bool
     return proc
 
 
+# The tiny LoRA run most tests train (4 steps on 24 riddles); a test changes it by appending overrides (the last wins).
+TINY_OVERRIDES = ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24",
+                  "train.max_steps=4", "train.batch_size=4", "train.eval_every=2", "train.log_every=1",
+                  "train.learning_rate=3e-3", "adapter.modules_to_save=[embed_tokens,lm_head]"]
+
+
 @pytest.fixture(scope="session")
 def tiny_phi3():
     from phinetune.models.tiny import build_tiny
@@ -52,10 +58,7 @@ def tiny_cfg(tmp_path):
     from phinetune.config import load_config
 
     def make(*overrides: str):
-        base = ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24",
-                "train.max_steps=4", "train.batch_size=4", "train.eval_every=2", "train.log_every=1",
-                "train.learning_rate=3e-3", "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={tmp_path / 'run'}"]
-        return load_config(None, base + list(overrides))
+        return load_config(None, TINY_OVERRIDES + [f"output.dir={tmp_path / 'run'}", *overrides])
 
     return make
 
@@ -71,10 +74,7 @@ def tiny_run(tmp_path_factory):
 
     os.environ.setdefault("PHINETUNE_CACHE", str(tmp_path_factory.mktemp("phinetune-cache")))
     out = tmp_path_factory.mktemp("tiny-run") / "run"
-    cfg = load_config(None, ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24",
-                             "train.max_steps=4", "train.batch_size=4", "train.eval_every=2", "train.log_every=1",
-                             "train.learning_rate=3e-3", "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={out}"])
-    return train(cfg).run.path
+    return train(load_config(None, TINY_OVERRIDES + [f"output.dir={out}"])).run.path
 
 
 @pytest.fixture(scope="session")

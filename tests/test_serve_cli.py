@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SRC
+from conftest import SRC, TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow  # a trained run, a server process and two lm-eval runs: about a minute
 
@@ -35,9 +35,7 @@ def run_b(tmp_path_factory):
     from phinetune.train.recipe import train
 
     out = tmp_path_factory.mktemp("tiny-run-b") / "run-b"
-    cfg = load_config(None, ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=16",
-                             "train.max_steps=4", "train.batch_size=4", "train.eval_every=2", "train.log_every=1",
-                             "train.learning_rate=3e-2", "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={out}"])
+    cfg = load_config(None, TINY_OVERRIDES + ["data.limit=16", "train.learning_rate=3e-2", f"output.dir={out}"])
     return train(cfg).run.path
 
 
