@@ -67,7 +67,7 @@ def test_table_keeps_every_figure_in_80_columns():
 
     batch = {"batch": 8, "peak_mb": 123456.7, "ttft_s": 1.23456, "decode_tokens_per_s": 98765.4, "bandwidth_gbs": 1234.56,
              "bandwidth_ratio": 0.875}
-    report = {"model": "runs/some-long-run-name", "settings": {"prompt_tokens": 128, "new_tokens": 64}, "machine": {"threads": 2},
+    report = {"model": "runs/some-long-run-name", "settings": {"prompt_tokens": 128, "new_tokens": 64}, "machine": {"torch_threads": 2},
               "results": [{"dtype": "bf16", "compute_dtype": "bfloat16", "weight_mb": 7654.3, "after_load_mb": 8765.4, "batches": [batch]}]}
     with console.capture() as captured:
         print_table(render_table(report))

@@ -15,8 +15,6 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing as mp
-import os
-import platform
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +25,7 @@ import torch
 from rich.table import Table
 from transformers.generation.streamers import BaseStreamer
 
+from phinetune.bench.machine import machine
 from phinetune.errors import PhinetuneError
 from phinetune.progress import console, escape, print_table
 
@@ -249,7 +248,7 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
             torch.cuda.empty_cache()
     if not results:
         raise PhinetuneError(f"bench infer: no dtype could be measured ({skipped})")
-    report = {"model": target, "settings": asdict(settings), "machine": _machine(), "bandwidth": bandwidth, "skipped": skipped,
+    report = {"model": target, "settings": asdict(settings), "machine": machine(), "bandwidth": bandwidth, "skipped": skipped,
               "memory_method": "torch.cuda allocator (exact)" if cuda else "process RSS above the pre-load baseline (sampled every 2 ms)",
               "results": [asdict(r) for r in results]}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -259,16 +258,9 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
     return report
 
 
-def _machine() -> dict:
-    info = {"platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def render_table(report: dict) -> Table:
     s = report["settings"]
-    where = report["machine"].get("gpu") or f"CPU, {report['machine']['threads']} threads"
+    where = report["machine"].get("gpu") or f"CPU, {report['machine']['torch_threads']} threads"
     table = Table(title=f"bench infer: {report['model']} on {where} (prompt {s['prompt_tokens']} tokens, {s['new_tokens']} new)")
     for col in ["dtype", "compute", "weights MB", "after load MB", "batch", "peak MB", "TTFT ms", "decode tok/s", "weights GB/s", "% of BW limit"]:
         table.add_column(col, justify="right")

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
+from phinetune.bench.machine import machine
 from phinetune.bench.peak import measured_peaks
 from phinetune.bench.workloads import WORKLOADS, Materialized, Workload, materialize
 from phinetune.errors import ConfigError, PhinetuneError
@@ -158,15 +159,3 @@ def bench_train(workload: str = "cpu-reference", out: Optional[str] = None, pari
         console.print(f"wrote {out}")
     return report
 
-
-def machine() -> dict:
-    import platform
-
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    info = {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info

@@ -1,0 +1,62 @@
+"""The machine a benchmark ran on, and its load, so every printed figure names both.
+
+Ratios between two sides mean something only when the load did not change between them: `LoadWindow`
+records `os.getloadavg()` (what `uptime` prints) at the start and end of a measurement, and `steady` says
+whether the 1-minute load moved by more than `MAX_LOAD_CHANGE` (a benchmark must not print a ratio as met when
+it did not hold).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MAX_LOAD_CHANGE = 0.75  # 1-minute load average, in runnable processes: about one busy core on a 2-core machine
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+
+
+@dataclass
+class LoadWindow:
+    """`uptime`'s load averages at the start and end of a measurement."""
+
+    start: tuple[float, float, float] = field(default_factory=load_average)
+    end: tuple[float, float, float] | None = None
+
+    def close(self) -> "LoadWindow":
+        self.end = load_average()
+        return self
+
+    @property
+    def steady(self) -> bool:
+        return self.end is not None and abs(self.end[0] - self.start[0]) <= MAX_LOAD_CHANGE
+
+    def describe(self) -> str:
+        end = "still running" if self.end is None else f"{self.end[0]:.2f} {self.end[1]:.2f} {self.end[2]:.2f}"
+        return f"load average at start {self.start[0]:.2f} {self.start[1]:.2f} {self.start[2]:.2f}, at end {end}"
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "steady": self.steady}
