@@ -43,7 +43,7 @@ def load_average() -> tuple[float, float, float]:
 class LoadWindow:
     """`uptime`'s load averages at the start and end of a measurement."""
 
-    start: tuple[float, float, float] = field(default_factory=load_average)
+    start: tuple[float, float, float] = field(default_factory=lambda: load_average())
     end: tuple[float, float, float] | None = None
 
     def close(self) -> "LoadWindow":
