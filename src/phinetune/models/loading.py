@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from phinetune.config.schema import ModelConfig
 from phinetune.errors import ConfigError, PhinetuneError
+from phinetune.models.attention import implementation
 from phinetune.models.hub import builtin_hint, check_model_name
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
@@ -88,7 +89,7 @@ def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
 
 
 def load_model(path: str, cfg: ModelConfig, spec: ModelSpec, tokenizer, dtype: DtypePlan, device_map=None) -> PreTrainedModel:
-    kwargs = dict(revision=cfg.revision, dtype=dtype.dtype, attn_implementation=cfg.attn_implementation,
+    kwargs = dict(revision=cfg.revision, dtype=dtype.dtype, attn_implementation=implementation(cfg.attn_implementation),
                   trust_remote_code=cfg.trust_remote_code)
     if cfg.quant == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
