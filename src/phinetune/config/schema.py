@@ -24,7 +24,7 @@ class ModelConfig(_Strict):
     quant: Literal["none", "nf4"] = Field("none", description="nf4 loads the base in 4-bit NF4 with double quantization (QLoRA).")
     trust_remote_code: bool = Field(False, description="Run model code from the Hub. Off unless you ask: it executes code from the internet.")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa", description="Attention kernel.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    gradient_checkpointing: Union[bool, Literal["auto"]] = Field("auto", description="Recompute activations in backward to save memory; auto turns it on when `plan` says the run would not fit in the free device memory (train/recompute.py).")
     end_of_turn: Optional[str] = Field(None, description="Token that closes each assistant turn (trained, so the model learns to stop); default: the spec's, or read off the chat template.")
 
 

@@ -91,7 +91,7 @@ def oom_message(cfg, step: int) -> str:
         half = max(1, t.batch_size // 2)
         tips.append(f"train.batch_size={half} train.grad_accum={t.grad_accum * t.batch_size // half} (same global batch)")
     tips.append(f"data.max_length={max(8, cfg.data.max_length // 2)}")
-    if not m.gradient_checkpointing:
+    if m.gradient_checkpointing is not True:
         tips.append("model.gradient_checkpointing=true")
     if cfg.adapter.method == "full":
         tips.append("adapter.method=lora")

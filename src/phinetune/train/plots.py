@@ -77,3 +77,24 @@ def plot_losses(metrics: list[dict], out: Path) -> Path:
     """RUN/loss.png: the loss chart (train and eval), written even before anything was logged (empty axes)."""
     out.write_bytes(render(CHARTS[0], metrics, empty_ok=True))
     return out
+
+
+def render_series(title: str, xlabel: str, ylabel: str, series: list[tuple[str, list[tuple[float, float]], str]],
+                  log_x: bool = False) -> bytes:
+    """PNG bytes of (label, points, style) lines against any x (bench train --sweep: memory against tokens)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for label, pts, style in series:
+        if pts:
+            ax.plot(*zip(*pts), style, label=label, alpha=0.9)
+    if log_x:
+        ax.set_xscale("log", base=2)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()

@@ -269,6 +269,7 @@ def save_report(report: PreflightReport, path: Path) -> None:
 def run_preflight(cfg, prepared, verbose: bool = True, save_to: Optional[Path] = None) -> PreflightReport:
     """The pre-flight of a train.prepare.Prepared run (train and check both come here)."""
     report = check(cfg, prepared.spec, prepared.model, prepared.tokenizer, prepared.data, prepared.dtype, prepared.eot)
+    report.dtype["gradient checkpointing"] = prepared.checkpointing.describe()  # the auto choice, recorded (train/recompute.py)
     if verbose:
         print_report(report, cfg, prepared.spec, prepared.data)
     if save_to is not None:

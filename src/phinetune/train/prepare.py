@@ -23,6 +23,7 @@ from phinetune.progress import progress_console
 from phinetune.train.adapter import apply_adapter
 from phinetune.train.objectives import objective
 from phinetune.train.precision import choose_train_dtype
+from phinetune.train.recompute import Checkpointing, choose_checkpointing
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Prepared:
     data: Optional[PreparedData]  # None when prepare(..., with_data=False)
     path: str  # where the base was loaded from (a built-in tiny model's materialized folder)
     eot: str  # end_of_turn(tokenizer, spec): the token every assistant turn must end with
+    checkpointing: Checkpointing = Checkpointing(False, "")  # gradient checkpointing as chosen (train/recompute.py)
 
 
 def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[], ContextManager] = contextlib.nullcontext,
@@ -50,5 +52,8 @@ def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[],
     eot = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
     # The data train.objective reads (SFT conversations, preference pairs, GRPO prompts): train/objectives.py.
     data = objective(cfg.train.objective).load_data(cfg, tokenizer, eot) if with_data else None
-    model = apply_adapter(model, spec, cfg.adapter, cfg.model, tokenizer, cfg.preflight)
-    return Prepared(spec, dtype, tokenizer, model, data, path, eot)
+    checkpointing = choose_checkpointing(cfg, path, dtype.name)
+    progress_console.print(f"gradient checkpointing: {checkpointing.describe()}", highlight=False, markup=False)
+    model_cfg = cfg.model.model_copy(update={"gradient_checkpointing": checkpointing.on})
+    model = apply_adapter(model, spec, cfg.adapter, model_cfg, tokenizer, cfg.preflight)
+    return Prepared(spec, dtype, tokenizer, model, data, path, eot, checkpointing)

@@ -1,0 +1,69 @@
+"""`model.gradient_checkpointing: auto` (the default): recompute activations in backward only when the plan says
+the run would not fit in the memory this device has free.
+
+The decision uses models/plan.py's estimate of the run without checkpointing (micro-batch = train.batch_size
+rows of data.max_length tokens, which packing fills), with plan's margin (and, on a GPU, its CUDA overhead),
+against the free memory now: torch.cuda.mem_get_info on a GPU, MemAvailable of /proc/meminfo on a CPU. An
+explicit true/false is kept as given. The choice and its reason are printed, and recorded in RUN/preflight.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from phinetune.config.schema import RunConfig
+from phinetune.errors import PhinetuneError
+from phinetune.models.plan import GiB, MARGIN, estimate
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    on: bool
+    reason: str
+
+    def describe(self) -> str:
+        return f"{'on' if self.on else 'off'} ({self.reason})"
+
+
+def free_memory() -> tuple[Optional[int], str]:
+    """Bytes free on the training device now, and what they are; None where it cannot be read."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0], "GPU memory free"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "RAM available"
+    except OSError:
+        pass
+    return None, "free memory unknown"
+
+
+def plan_method(cfg: RunConfig) -> str:
+    return "full" if cfg.adapter.method == "full" else ("qlora" if cfg.model.quant == "nf4" else "lora")
+
+
+def choose_checkpointing(cfg: RunConfig, path: str, dtype: str) -> Checkpointing:
+    setting = cfg.model.gradient_checkpointing
+    if setting != "auto":
+        return Checkpointing(bool(setting), "model.gradient_checkpointing set in the config")
+    import torch
+
+    from phinetune.models.inspect import load_facts
+
+    try:
+        facts = load_facts(path)
+    except PhinetuneError as exc:
+        return Checkpointing(False, f"auto: plan cannot read the model ({exc}); left off")
+    preset = cfg.adapter.targets if isinstance(cfg.adapter.targets, str) else "all-linear"
+    est = estimate(facts, plan_method(cfg), cfg.data.max_length, cfg.train.batch_size, False,
+                   dtype if dtype in ("bf16", "fp16", "fp32") else "bf16", cfg.adapter.r, preset)
+    need = est.needed() if torch.cuda.is_available() else est.total * (1 + MARGIN)
+    free, what = free_memory()
+    if free is None:
+        return Checkpointing(False, f"auto: plan {need / GiB:.1f} GiB without it, {what}; left off")
+    on = need > free
+    return Checkpointing(on, f"auto: plan {need / GiB:.1f} GiB without it {'>' if on else '<='} {free / GiB:.1f} GiB {what}")
