@@ -26,7 +26,9 @@ def test_breakdown_follows_the_method():
     assert lora.parts["gradients"] < full.parts["gradients"] / 50
     ckpt = estimate(facts, "lora", 1024, 2, checkpointing=True)
     assert ckpt.parts["activations"] < lora.parts["activations"] and ckpt.activations_other == lora.parts["activations"]
-    assert estimate(facts, "lora", 2048, 2).parts["activations"] == pytest.approx(2 * lora.parts["activations"])
+    # linear in tokens: no seq x seq term, and the loss holds one chunk of logits (full beyond ~1k positions)
+    acts = [estimate(facts, "lora", seq, 2).parts["activations"] for seq in (1024, 2048, 4096)]
+    assert acts[2] - acts[1] == pytest.approx(2 * (acts[1] - acts[0]))
 
 
 def test_smallest_gpu_answers():
@@ -74,9 +76,9 @@ def test_cli_plan():
 
 # The table in docs/models.md ("Which GPU"), gradient checkpointing on, batch 1: kept in step with plan here.
 PHI_FAMILY_GPUS = {
-    ("phi4", "lora", 2048): "A100 40GB", ("phi4", "qlora", 2048): "24GB consumer (RTX 3090/4090)",
-    ("phi4", "lora", 16384): "A100 80GB", ("phi4", "qlora", 16384): "A100 80GB",
-    ("phi4-mini-reasoning", "lora", 2048): "24GB consumer (RTX 3090/4090)", ("phi4-mini-reasoning", "qlora", 16384): "A100 80GB",
+    ("phi4", "lora", 2048): "A100 40GB", ("phi4", "qlora", 2048): "T4 16GB",
+    ("phi4", "lora", 16384): "A100 80GB", ("phi4", "qlora", 16384): "A100 40GB",
+    ("phi4-mini-reasoning", "lora", 2048): "T4 16GB", ("phi4-mini-reasoning", "qlora", 16384): "T4 16GB",
     ("phi3-medium-128k", "qlora", 2048): "T4 16GB", ("phi3-medium-128k", "qlora", 16384): "A100 40GB",
 }
 

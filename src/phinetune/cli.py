@@ -362,8 +362,17 @@ def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-referenc
                 parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
                 rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
                 realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
-                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
+                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder)."),
+                sweep: bool = typer.Option(False, "--sweep", help="Instead: one phinetune training step per (tokens x layers) point; tokens/s, peak memory and plan's estimate, as a table, JSON (--out) and PNG beside it."),
+                seq: str = typer.Option("512,2048,8192", "--seq", help="--sweep: comma-separated tokens per row (32768 is optional: ~10 min for its 4-layer point)."),
+                layers: str = typer.Option("1,2,4", "--layers", help="--sweep: comma-separated decoder layer counts."),
+                width: str = typer.Option("reference", "--width", help="--sweep: reference (Phi-3-mini width) or tiny (seconds; for tests)."),
+                checkpointing: str = typer.Option("auto", "--checkpointing", help="--sweep: gradient checkpointing auto (as train decides), on or off.")) -> None:
     """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
+    if sweep:  # issue 20 part 2: cost as the work grows (bench/sweep.py)
+        from phinetune.bench.sweep import bench_sweep, parse_grid
+
+        return bench_sweep(width, parse_grid(seq, "seq"), parse_grid(layers, "layers"), out, work_dir, checkpointing) and None
     from phinetune.bench.train import bench_train as run_bench
 
     run_bench(workload, out, parity, rows, realdata, work_dir)

@@ -87,7 +87,7 @@ def measure(name: str, sizes: dict, vocab: int, method: str, seq: int, batch: in
     config = build_config(name, sizes, vocab).to_dict()
     facts = ModelFacts(name, config, SPECS[spec_key(name)])
     dtype = "fp32" if device == "cpu" else "bf16"
-    est = estimate(facts, method, seq, batch, checkpointing, dtype, r=16)
+    est = estimate(facts, method, seq, batch, checkpointing, dtype, r=16, lora_dropout=False, device=device)
     return Measurement(name, method, seq, batch, checkpointing, device, est.total, result["peak"] - result["base"])
 
 
@@ -103,9 +103,12 @@ def _child(args_json: str) -> None:
     import torch
 
     from phinetune.config.schema import AdapterConfig, ModelConfig, RunConfig
+    from phinetune.train.loss import loss_sum
+    from phinetune.train.memory import pin_malloc_thresholds
     from phinetune.train.prepare import prepare
 
     a = json.loads(args_json)
+    pin_malloc_thresholds()  # as train/recipe.py does: freed activations leave the RSS
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cuda = a["device"] == "cuda"
     cfg = RunConfig(model=ModelConfig(name=a["folder"], spec=spec_key(a["name"]), dtype="bf16" if cuda else "fp32",
@@ -116,13 +119,15 @@ def _child(args_json: str) -> None:
     model = prepare(cfg, Path(a["folder"]).parent, with_data=False).model.to(a["device"])  # random ids below: no data
     model.train()
     ids = torch.randint(1, a["vocab"], (a["batch"], a["seq"]), device=a["device"])
+    positions = torch.arange(a["seq"], device=a["device"]).expand(a["batch"], -1)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for step in range(2):  # the second step is the steady state: optimizer states exist during backward
         if step == 1 and cuda:
             torch.cuda.reset_peak_memory_stats()
         elif step == 1:
             Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
-        model(input_ids=ids, labels=ids).loss.backward()
+        loss, n = loss_sum(model, {"input_ids": ids, "labels": ids, "position_ids": positions})  # the recipe's loss
+        (loss / n).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")

@@ -144,7 +144,7 @@ def predicted(width: Width, layers: int, seq: int, checkpointing: bool, dtype: s
     from phinetune.models.specs import SPECS
 
     facts = ModelFacts(f"sweep-{width.name}", model_config(width, layers, seq).to_dict(), SPECS[SPEC])
-    return estimate(facts, "lora", seq, 1, checkpointing, dtype, r=16, preset="all-linear").total
+    return estimate(facts, "lora", seq, 1, checkpointing, dtype, r=16, preset="all-linear", device="cpu").total
 
 
 def run_point(folder: Path, width: Width, layers: int, seq: int, checkpointing: str) -> Point:
@@ -226,12 +226,13 @@ def say(text: str) -> None:
     console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
-def print_table(points: list[Point]) -> None:
+def print_header() -> None:
     say(f"{'tokens':>7} {'layers':>6} {'dtype':>5} {'ckpt':>4} {'tokens/s':>9} {'peak RSS':>9} {'measured':>9} {'plan':>9} {'error':>7}")
-    for p in points:
-        say(f"{p.seq:7d} {p.layers:6d} {p.dtype:>5} {'on' if p.checkpointing else 'off':>4} {p.tokens_per_s:9.1f} "
-            f"{p.peak_bytes / 2**30:5.2f} GiB {p.measured_bytes / 2**30:5.2f} GiB {p.predicted_bytes / 2**30:5.2f} GiB {p.error:+7.1%}")
-    say("measured = peak RSS above the process baseline (before the model is built); plan = `plan`'s estimate of the same run")
+
+
+def print_row(p: Point) -> None:
+    say(f"{p.seq:7d} {p.layers:6d} {p.dtype:>5} {'on' if p.checkpointing else 'off':>4} {p.tokens_per_s:9.1f} "
+        f"{p.peak_bytes / 2**30:5.2f} GiB {p.measured_bytes / 2**30:5.2f} GiB {p.predicted_bytes / 2**30:5.2f} GiB {p.error:+7.1%}")
 
 
 def linearity(points: list[Point]) -> dict[int, list[float]]:
@@ -275,13 +276,16 @@ def bench_sweep(width: str = "reference", seqs=DEFAULT_SEQ, layers=DEFAULT_LAYER
         f"estimated runtime ~{estimate_runtime(w, seqs, layers) / 60:.0f} min at {ASSUMED_FLOPS / 1e9:.0f} GFLOP/s")
     work = Path(work_dir or tempfile.mkdtemp(prefix="phinetune-sweep-"))
     points = []
+    print_header()
     for n in layers:
         with console.status(f"sweep: building the {n}-layer model"):
             folder = save_model(w, n, max(seqs), work / f"model-{n}")
         for seq in seqs:
             with console.status(f"sweep: {seq} tokens x {n} layers"):
                 points.append(run_point(folder, w, n, seq, checkpointing))
-    print_table(points)
+            print_row(points[-1])
+    say("measured = peak RSS above the process baseline (before the model is built); plan = `plan`'s estimate of the same run; "
+        "checkpointing reasons: " + "; ".join(sorted({p.checkpointing_reason for p in points})))
     steps = linearity(points)
     for n, row in steps.items():
         if row:

@@ -3,7 +3,7 @@ activations, from config arithmetic, and the smallest common GPU that fits.
 
 The figures model phinetune's own recipe: weights in the compute dtype (bf16 on GPUs that have it),
 LoRA adapters kept in fp32 by PEFT, torch AdamW (two states per trainable parameter, in the parameter's
-dtype), SDPA attention (no seq x seq matrix kept), and the loss computed on fp32 logits.
+dtype), SDPA attention (no seq x seq matrix kept, models/attention.py), and the chunked loss (train/loss.py).
 """
 
 from __future__ import annotations
@@ -12,18 +12,31 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from phinetune.errors import PhinetuneError
-from phinetune.models.inspect import ModelFacts, count_params, lora_params
+from phinetune.models.inspect import SHAPES, ModelFacts, count_params, lora_params
 
 GiB = 1024**3
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 NF4_BYTES = 4.127 / 8  # 4-bit codes + double-quantized absmax (8 bits per 64 + fp32 per 256 blocks)
 ADAPTER_BYTES = 4  # PEFT keeps LoRA weights in fp32 even on a bf16 base (autocast_adapter_dtype)
 OVERHEAD_GIB, MARGIN = 1.0, 0.10  # CUDA context + allocator fragmentation, on top of the estimate
-# The tensor count below is what the layers save for backward; measured peaks (plan --validate, small
-# Phi-3 on CPU: 88 KB per token-layer measured vs 47 KB counted) are ~1.8x that, from gradient buffers
-# and kernel workspaces alive during backward. Scaled by this factor rather than under-promising memory.
-ACTIVATION_FACTOR = 1.8
-MLP_TENSORS = {"phi": 6, "phi3": 4, "phimoe": 4}  # I-sized tensors one MLP keeps for backward (see below)
+# What one decoder layer keeps for backward, per token, in bytes: counted tensor by tensor and checked with
+# torch.autograd.graph.saved_tensors_hooks (fp32 and bf16 bases, LoRA dropout on and off, hidden 512) and
+# against peak RSS (bench train --sweep, docs/speed.md). A frozen Linear keeps no input (it needs none for
+# its input gradient); a LoRA'd one keeps, for lora_A, its input cast to fp32 (4 bytes an element) and, with
+# dropout, the fp32 dropout noise (4 more); an RMSNorm keeps its input upcast to fp32, whatever the dtype.
+NORM_INPUT_BYTES = 4
+ADAPTED_INPUT_BYTES = {False: 4, True: 8}  # keyed by "LoRA dropout > 0"
+MLP_TENSORS = {"phi": 6, "phi3": 4, "phimoe": 4}  # I-sized tensors one MLP computes (the last is down_proj's input)
+# The loss (train/loss.py) never holds full-vocabulary logits: one chunk of CHUNK_ELEMENTS logits at a time
+# (keep in step with train/loss.py's CHUNK_ELEMENTS; tests/test_plan.py checks they agree), 12 bytes per
+# logit alive at once (fp32 logits, log-softmax, gradient; measured on fp32 and bf16 heads).
+LOSS_CHUNK_ELEMENTS = 2**25
+LOGIT_BYTES = 12
+# On CPU, what a training process holds beyond the tensors counted here once it has run a step: torch's kernel
+# and thread-pool state, the model-loading and autograd machinery. Measured by bench train --sweep as the constant
+# left between peak RSS and the counted parts at tiny width (34 MiB at every point, 256 to 2048 tokens, 1-2
+# layers). On a GPU, OVERHEAD_GIB (the CUDA context) is added by Estimate.needed() instead.
+CPU_RUNTIME_BYTES = 34 * 2**20
 
 
 @dataclass(frozen=True)
@@ -57,26 +70,60 @@ class Estimate:
         return self.total * (1 + MARGIN) + OVERHEAD_GIB * GiB
 
 
-def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int) -> float:
-    """Tensors one decoder layer keeps for backward, per token (counted from the native implementations).
+def linear_inputs(facts: ModelFacts, names=None) -> int:
+    """Input elements per token of one layer's Linear layers (all, or those named); an MoE token reaches its
+    routed experts only."""
+    h, inter = facts.get("hidden_size"), facts.get("intermediate_size") or 4 * facts.get("hidden_size")
+    q, kv = facts.get("num_attention_heads") * facts.head_dim, facts.kv_heads * facts.head_dim
+    routed = facts.get("num_experts_per_tok") or 1
+    shapes = SHAPES.get(facts.get("model_type"), SHAPES["phi3"])(h, q, kv, inter, 1)
+    return sum(i * (routed if "experts" in name else 1) for name, (i, o, n) in shapes.items() if names is None or name in names)
 
-    Attention: the two norm inputs/outputs and residual (4 x hidden), the fused q/k/v output, the rotated
-    q and k, the attention output and its reshaped copy fed to o_proj. MLP: gate_up output (2 x I), the
-    activation and the gated product (I each); Phi-2's fc1 output plus gelu_new, whose tanh formula keeps
-    about four more I-sized intermediates; an MoE token runs through `num_experts_per_tok` experts, plus
-    its router logits.
+
+def adapted_names(facts: ModelFacts, preset: str) -> list[str]:
+    chosen = facts.spec.lora_presets.get(preset)
+    if chosen and chosen.modules != ("all-linear",):
+        return list(chosen.modules) + list(chosen.parameters)
+    h = facts.get("hidden_size")
+    return list(SHAPES.get(facts.get("model_type"), SHAPES["phi3"])(h, h, h, h, 1))
+
+
+def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method: str = "lora", preset: str = "all-linear",
+                                     lora_dropout: bool = True) -> float:
+    """Bytes one decoder layer keeps for backward, per token (see NORM_INPUT_BYTES above for the rules).
+
+    Always kept, in the model dtype: the fused q/k/v output, the rotated q and k, the attention output; MLP:
+    gate_up output (2 x I) and the activation (I); Phi-2's fc1 output plus gelu_new's tanh intermediates; an
+    MoE token runs through `num_experts_per_tok` experts, plus its router logits. Linear inputs: LoRA'd ones
+    in fp32 (ADAPTED_INPUT_BYTES); a trained weight (full fine-tuning) keeps its input in the model dtype,
+    and so does bitsandbytes' 4-bit matmul (QLoRA) for every Linear; full fine-tuning also keeps the norm
+    outputs (for the norm weights' gradient).
     """
     h = facts.get("hidden_size")
     q, kv = facts.get("num_attention_heads") * facts.head_dim, facts.kv_heads * facts.head_dim
     inter = facts.get("intermediate_size") or 4 * h
     routed = facts.get("num_experts_per_tok") or 1
-    attention = 4 * h + (q + 2 * kv) + (q + kv) + 2 * q
-    mlp = routed * inter * MLP_TENSORS.get(facts.get("model_type"), 4) + (facts.get("num_local_experts") or 0)
-    return (attention + mlp) * dtype_bytes
+    always = (q + 2 * kv) + (q + kv) + q + routed * inter * (MLP_TENSORS.get(facts.get("model_type"), 4) - 1)
+    always += facts.get("num_local_experts") or 0
+    out = 2 * h * NORM_INPUT_BYTES + always * dtype_bytes
+    if method == "full":
+        return out + (linear_inputs(facts) + 2 * h) * dtype_bytes
+    out += linear_inputs(facts, adapted_names(facts, preset)) * ADAPTED_INPUT_BYTES[lora_dropout]
+    if method == "qlora":
+        out += linear_inputs(facts) * dtype_bytes
+    return out
+
+
+def loss_bytes(facts: ModelFacts, tokens: int, dtype_bytes: int) -> tuple[float, float]:
+    """The loss path's memory (train/loss.py): one chunk of logits, alive during the forward only; and, kept into
+    the backward, the final norm's fp32 input, the gathered hidden states and their gradient."""
+    vocab = facts.get("vocab_size")
+    rows = min(tokens, max(64, LOSS_CHUNK_ELEMENTS // vocab))
+    return rows * vocab * LOGIT_BYTES, tokens * facts.get("hidden_size") * (NORM_INPUT_BYTES + 2 * dtype_bytes)
 
 
 def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing: bool = False, dtype: str = "bf16",
-             r: int = 16, preset: str = "all-linear") -> Estimate:
+             r: int = 16, preset: str = "all-linear", lora_dropout: bool = True, device: str = "cuda") -> Estimate:
     if method not in ("lora", "qlora", "full"):
         raise PhinetuneError(f"--method {method} is not one of lora, qlora, full")
     if seq < 1 or batch < 1:
@@ -87,20 +134,23 @@ def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing
     trainable = count.total if method == "full" else lora_params(facts, preset, r)
     state_bytes = e if method == "full" else ADAPTER_BYTES  # grads and AdamW states follow the parameter dtype
     tokens, layers = seq * batch, facts.get("num_hidden_layers")
-    per_layer = ACTIVATION_FACTOR * activation_bytes_per_token_layer(facts, e) * tokens
+    per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout) * tokens
     boundary = facts.get("hidden_size") * e * tokens  # what checkpointing keeps per layer: its input
-    full_acts = layers * per_layer
-    ckpt_acts = layers * boundary + per_layer  # plus one layer recomputed at a time in backward
-    # logits and their gradient in the model dtype, plus the fp32 upcast, log-softmax and its gradient
-    logits = tokens * facts.get("vocab_size") * (2 * e + 12)
+    chunk, kept = loss_bytes(facts, tokens, e)
+    # The peak: without checkpointing, the end of the forward (every layer's activations and a logits chunk);
+    # with it, the larger of that moment (layer inputs only) and one layer recomputed in the backward.
+    full_acts = layers * per_layer + chunk + kept
+    ckpt_acts = layers * boundary + max(per_layer, chunk) + kept
     parts = {
         "weights": weights,
         "adapters": 0 if method == "full" else trainable * ADAPTER_BYTES,
         "gradients": trainable * state_bytes,
         "optimizer": 2 * trainable * state_bytes,
-        "activations": (ckpt_acts if checkpointing else full_acts) + logits,
+        "activations": ckpt_acts if checkpointing else full_acts,
     }
-    return Estimate(method, dtype, seq, batch, checkpointing, parts, (full_acts if checkpointing else ckpt_acts) + logits)
+    if device == "cpu":
+        parts["runtime"] = CPU_RUNTIME_BYTES
+    return Estimate(method, dtype, seq, batch, checkpointing, parts, full_acts if checkpointing else ckpt_acts)
 
 
 def smallest_gpu(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing: bool, refused: dict,

@@ -59,9 +59,11 @@ def choose_checkpointing(cfg: RunConfig, path: str, dtype: str) -> Checkpointing
     except PhinetuneError as exc:
         return Checkpointing(False, f"auto: plan cannot read the model ({exc}); left off")
     preset = cfg.adapter.targets if isinstance(cfg.adapter.targets, str) else "all-linear"
+    cuda = torch.cuda.is_available()
     est = estimate(facts, plan_method(cfg), cfg.data.max_length, cfg.train.batch_size, False,
-                   dtype if dtype in ("bf16", "fp16", "fp32") else "bf16", cfg.adapter.r, preset)
-    need = est.needed() if torch.cuda.is_available() else est.total * (1 + MARGIN)
+                   dtype if dtype in ("bf16", "fp16", "fp32") else "bf16", cfg.adapter.r, preset, cfg.adapter.dropout > 0,
+                   "cuda" if cuda else "cpu")
+    need = est.needed() if cuda else est.total * (1 + MARGIN)
     free, what = free_memory()
     if free is None:
         return Checkpointing(False, f"auto: plan {need / GiB:.1f} GiB without it, {what}; left off")

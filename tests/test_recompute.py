@@ -1,0 +1,59 @@
+"""train/recompute.py: `model.gradient_checkpointing: auto` turns checkpointing on exactly when plan's estimate
+does not fit in the free memory; explicit settings are kept; the choice reaches the run's preflight.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from phinetune.config import load_config
+from phinetune.models.inspect import load_facts
+from phinetune.models.plan import MARGIN, estimate
+from phinetune.train import recompute
+
+
+def config(*overrides: str):
+    return load_config(None, ["model.name=phi3.5-mini", "data.max_length=4096", "train.batch_size=2", *overrides])
+
+
+def need_without_checkpointing(cfg) -> float:
+    """The figure the rule compares, computed here from plan directly (CPU: margin, no CUDA overhead)."""
+    return estimate(load_facts("phi3.5-mini"), "lora", 4096, 2, False, "bf16", 16, "all-linear").total * (1 + MARGIN)
+
+
+@pytest.mark.parametrize("free_factor,expected", [(0.5, True), (2.0, False)])
+def test_auto_follows_plan_against_free_memory(monkeypatch, free_factor, expected):
+    cfg = config()
+    assert cfg.model.gradient_checkpointing == "auto"  # the default
+    need = need_without_checkpointing(cfg)
+    monkeypatch.setattr(recompute, "free_memory", lambda: (int(need * free_factor), "RAM available"))
+    choice = recompute.choose_checkpointing(cfg, "phi3.5-mini", "bf16")
+    assert choice.on is expected
+    assert choice.reason.startswith("auto: plan") and "RAM available" in choice.reason
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_explicit_setting_is_kept(monkeypatch, value):
+    monkeypatch.setattr(recompute, "free_memory", lambda: (1, "RAM available"))  # would force "on" under auto
+    choice = recompute.choose_checkpointing(config(f"model.gradient_checkpointing={str(value).lower()}"), "phi3.5-mini", "bf16")
+    assert choice.on is value and "set in the config" in choice.reason
+
+
+def test_unknown_free_memory_leaves_it_off(monkeypatch):
+    monkeypatch.setattr(recompute, "free_memory", lambda: (None, "free memory unknown"))
+    assert recompute.choose_checkpointing(config(), "phi3.5-mini", "bf16").on is False
+
+
+def test_bad_value_is_one_sentence():
+    from phinetune.errors import PhinetuneError
+
+    with pytest.raises(PhinetuneError, match="gradient_checkpointing"):
+        config("model.gradient_checkpointing=sometimes")
+
+
+def test_the_choice_is_recorded_in_the_run(tiny_run):
+    from phinetune.runs.run_dir import RunDir
+
+    report = json.loads(RunDir(tiny_run).preflight.read_text())
+    assert report["dtype"]["gradient checkpointing"].startswith("off (auto: plan")  # a tiny model fits anywhere
