@@ -92,3 +92,10 @@ def test_smallest_gpu_for_the_phi_family(key, method, seq):
     gpu, _ = smallest_gpu(facts, method, seq, 1, True, facts.spec.refused_dtypes)
     assert gpu.name == PHI_FAMILY_GPUS[(key, method, seq)]
     assert estimate(facts, "qlora", seq, 1, True).needed() < estimate(facts, "lora", seq, 1, True).needed()
+
+
+def test_plan_counts_the_loss_chunk_train_uses():
+    from phinetune.models.plan import LOSS_CHUNK_ELEMENTS
+    from phinetune.train.loss import CHUNK_ELEMENTS
+
+    assert LOSS_CHUNK_ELEMENTS == CHUNK_ELEMENTS
