@@ -37,6 +37,11 @@ LOGIT_BYTES = 12
 # left between peak RSS and the counted parts at tiny width (34 MiB at every point, 256 to 2048 tokens, 1-2
 # layers). On a GPU, OVERHEAD_GIB (the CUDA context) is added by Estimate.needed() instead.
 CPU_RUNTIME_BYTES = 34 * 2**20
+# The backward's own working set, on top of what the forward kept: the gradient buffers of one MLP (gate_up,
+# the activation, down_proj's input, LoRA's fp32 branch), per token and intermediate element. Measured at the
+# reference width in bf16 (bench train --sweep: 97 KiB per token, the step from 2048 to 8192 tokens, where it
+# outgrows the loss chunk); not separately measured in fp32, where the loss chunk dominated every point.
+BACKWARD_MLP_BYTES = 12
 
 
 @dataclass(frozen=True)
@@ -137,10 +142,12 @@ def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing
     per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout) * tokens
     boundary = facts.get("hidden_size") * e * tokens  # what checkpointing keeps per layer: its input
     chunk, kept = loss_bytes(facts, tokens, e)
-    # The peak: without checkpointing, the end of the forward (every layer's activations and a logits chunk);
-    # with it, the larger of that moment (layer inputs only) and one layer recomputed in the backward.
-    full_acts = layers * per_layer + chunk + kept
-    ckpt_acts = layers * boundary + max(per_layer, chunk) + kept
+    backward = tokens * (facts.get("intermediate_size") or 4 * facts.get("hidden_size")) * (facts.get("num_experts_per_tok") or 1) * BACKWARD_MLP_BYTES
+    # The peak is the larger of the forward's end (a logits chunk alive) and the start of the backward (its
+    # gradient buffers); without checkpointing every layer's activations are alive at both, with it only the
+    # layer inputs, plus one layer recomputed at a time in the backward.
+    full_acts = layers * per_layer + kept + max(chunk, backward)
+    ckpt_acts = layers * boundary + kept + max(chunk, per_layer + backward)
     parts = {
         "weights": weights,
         "adapters": 0 if method == "full" else trainable * ADAPTER_BYTES,
