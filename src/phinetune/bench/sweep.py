@@ -252,12 +252,13 @@ def plot(points: list[Point], path: Path) -> Path:
     from phinetune.train.plots import render_series
 
     series = []
-    for layers in sorted({p.layers for p in points}):
+    for i, layers in enumerate(sorted({p.layers for p in points})):
         row = sorted((p for p in points if p.layers == layers), key=lambda p: p.seq)
-        series.append((f"{layers} layer{'s' if layers > 1 else ''}: measured", [(p.seq, p.measured_bytes / 2**30) for p in row], "o-"))
-        series.append((f"{layers} layer{'s' if layers > 1 else ''}: plan", [(p.seq, p.predicted_bytes / 2**30) for p in row], "x--"))
+        name = f"{layers} layer{'s' if layers > 1 else ''}"
+        series.append((f"{name}: measured", [(p.seq, p.measured_bytes / 2**30) for p in row], f"C{i}o-"))
+        series.append((f"{name}: plan", [(p.seq, p.predicted_bytes / 2**30) for p in row], f"C{i}x--"))
     path.write_bytes(render_series("Peak memory of one training step (above the process baseline)", "tokens per row",
-                                   "GiB", series, log_x=True))
+                                   "GiB", series))
     return path
 
 
