@@ -357,7 +357,7 @@ def bench_serve(target: Optional[str] = typer.Argument(None, help="A run folder,
 
 
 @bench_app.command("train")
-def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
+def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA, QLoRA), gpu-reference-bf16 (CUDA, bf16 LoRA) or tiny (seconds; for tests)."),
                 out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
                 parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
                 rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
