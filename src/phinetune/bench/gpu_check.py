@@ -38,9 +38,9 @@ REPORT_JSON, REPORT_MD = "gpu-check.json", "gpu-check.md"
 GPU_BUDGET_S = 470  # under 8 minutes on one H100/H200, with 10 s left for the report
 SMOKE_BUDGET_S = 900  # CPU smoke: a loaded shared CPU, not a time claim
 TAIL_CHARS = 3000
-# phinetune's targets against each baseline side, by device (issue 20): the seeds' recipe and TRL tuned for speed.
-TARGETS = {"cuda": {"baseline": {"speed": 2.5, "memory": 0.3}, "tuned": {"speed": 1.5}},
-           "cpu": {"baseline": {"speed": 4.0, "memory": 0.5}, "tuned": {"speed": 3.0, "memory": 0.5}}}
+# phinetune's targets against a TRL side tuned for speed, by device (issue 20); those against the seeds' recipe are
+# the workload's own (target_speedup, target_memory in bench/workloads.py).
+TARGETS = {"cuda": {"tuned": {"speed": 1.5}}, "cpu": {"tuned": {"speed": 3.0, "memory": 0.5}}}
 DECODE_BANDWIDTH_TARGET = {"cuda": 0.6, "cpu": 0.5}  # batch-1 decode, share of the memory-bandwidth limit
 
 
@@ -212,12 +212,13 @@ def train_section(step: str, data: dict) -> dict:
 
 
 def _targets(side: str, device: str, w: dict) -> dict:
-    """The seeds' recipe: the workload's own targets; a TRL side tuned for speed: the issue's (none for tiny)."""
+    """The seeds' recipe: the workload's own targets; a TRL side tuned for speed: the issue's. None for the tiny
+    workload, whose targets are placeholders (0x, 99x) for tests."""
+    if w.get("name") == "tiny":
+        return {}
     if side == "baseline":
         return {"speed": w.get("target_speedup"), "memory": w.get("target_memory")}
-    if "tuned" in side and w.get("name") != "tiny":
-        return dict(TARGETS[device]["tuned"])
-    return {}
+    return dict(TARGETS[device]["tuned"]) if "tuned" in side else {}
 
 
 def infer_section(step: str, data: dict) -> dict:
