@@ -117,6 +117,12 @@ def test_a_step_past_its_budget_is_stopped_with_its_children(tmp_path):
         pytest.fail(f"the step's child {grandchild} is still running")
 
 
+def test_a_json_left_by_an_earlier_check_does_not_pass_for_this_one(tmp_path):
+    (tmp_path / "stale.json").write_text("{}")
+    record = gpu_check.run_step(python_step("stale", "pass"), tmp_path, tmp_path, timeout_s=30)
+    assert record["status"] == "failed" and "was not written" in record["note"]
+
+
 def test_a_step_whose_input_is_missing_fails_without_running(tmp_path):
     step = python_step("infer", "raise SystemExit('must not run')", needs="train/model")
     record = gpu_check.run_step(step, tmp_path / "out", tmp_path / "work", timeout_s=30)

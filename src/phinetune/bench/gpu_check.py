@@ -96,8 +96,6 @@ def smoke_steps() -> list[Step]:
             Step("nproc", "nproc", 0, (), "", skip="CPU smoke: no GPU; DDP vs FSDP2 runs on a machine with two or more")]
 
 
-
-
 # ---------------------------------------------------------------- running
 
 def run_step(step: Step, folder: Path, work: Path, timeout_s: float) -> dict:
@@ -115,6 +113,7 @@ def run_step(step: Step, folder: Path, work: Path, timeout_s: float) -> dict:
         note = f"needs {step.needs}, which an earlier step did not make"
         log.write_text(note + "\n")
         return {**record, "status": "failed", "note": note, "tail": note}
+    (folder / step.out).unlink(missing_ok=True)  # a JSON left by an earlier check must not pass for this one's
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
     start = time.monotonic()
     with open(log, "w") as handle:
