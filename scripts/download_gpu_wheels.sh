@@ -78,6 +78,7 @@ for name in ("torch", "transformers", "peft", "accelerate"):  # the box's four, 
         except metadata.PackageNotFoundError:
             have[name] = "9999"  # "any version": satisfies every floor in our requirements
 constraints = []
+have.pop("setuptools", None)  # always fetched: the installer builds phinetune with it where the box's cannot
 for name, version in sorted(have.items()):
     stub = f"{version.split('+')[0]}+have"
     dist = name.replace("-", "_")

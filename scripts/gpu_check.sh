@@ -107,10 +107,17 @@ install() {
     "$PY" -m pip install --no-index --no-deps --no-compile --disable-pip-version-check -q "${target[@]}" "${wheels[@]}" \
       || die "pip could not install the wheels of $WHEELS (its message is above)"
   fi
-  # phinetune from this tree. A box with setuptools >= 64 builds it in place; otherwise pip builds it in an isolated
-  # environment with the setuptools wheel from the folder (download_gpu_wheels.sh fetches one).
+  # phinetune from this tree. A box whose setuptools can build a wheel (>= 70.1, or >= 64 with the wheel package)
+  # builds it in place; otherwise pip builds it in an isolated environment with the setuptools wheel from the folder
+  # (download_gpu_wheels.sh always fetches one).
   local build=(--find-links "$WHEELS")
-  if "$PY" -c 'import sys, setuptools; sys.exit(int(setuptools.__version__.split(".")[0]) < 64)' 2>/dev/null; then
+  if "$PY" - 2>/dev/null <<'PYTHON'
+import importlib.util, sys
+import setuptools
+v = tuple(int(x) for x in setuptools.__version__.split(".")[:2])
+sys.exit(0 if v >= (70, 1) or (v >= (64, 0) and importlib.util.find_spec("wheel")) else 1)
+PYTHON
+  then
     build=(--no-build-isolation)
   fi
   "$PY" -m pip install --no-index --no-deps --upgrade --disable-pip-version-check -q "${build[@]}" "${target[@]}" "$REPO" \
