@@ -172,6 +172,17 @@ def test_three_sides_each_ratio_against_its_own_targets():
     assert "| baseline | 3.00x | 0.25x | speed >= 2.5x, memory <= 0.3x | yes |" in md
 
 
+def test_decode_target_is_judged_per_dtype_at_batch_1():
+    def dtype(name, ratios):
+        return {"dtype": name, "compute_dtype": "bfloat16", "weight_mb": 7000.0,
+                "batches": [{"batch": b, "ttft_s": 0.02, "decode_tokens_per_s": 100.0, "peak_mb": 8000.0, "bandwidth_gbs": 4800 * r,
+                             "bandwidth_ratio": r} for b, r in ratios]}
+    data = {"model": "m", "machine": {"gpu": "NVIDIA H200"}, "bandwidth": {"datasheet_gbs": 4800},
+            "results": [dtype("bf16", [(1, 0.65), (8, 0.2)]), dtype("nf4", [(1, 0.3), (8, 0.9)])]}
+    i = gpu_check.infer_section("infer", data)
+    assert i["decode_met"] == {"bf16": True, "nf4": False} and len(i["rows"]) == 4  # batch 8 does not count
+
+
 def test_a_json_of_an_unknown_shape_fails_its_step_and_keeps_the_others(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"unexpected": True}))
     (tmp_path / "b.json").write_text(json.dumps({"measurements": []}))

@@ -228,11 +228,10 @@ def infer_section(step: str, data: dict) -> dict:
             rows.append({"dtype": r["dtype"], "compute": r.get("compute_dtype"), "weight_mb": r.get("weight_mb"), "batch": b["batch"],
                          "peak_mb": b.get("peak_mb"), "ttft_s": b.get("ttft_s"), "decode_tokens_per_s": b.get("decode_tokens_per_s"),
                          "bandwidth_gbs": b.get("bandwidth_gbs"), "bandwidth_ratio": b.get("bandwidth_ratio")})
-    batch1 = [r["bandwidth_ratio"] for r in rows if r["batch"] == 1 and r["bandwidth_ratio"] is not None]
     target = DECODE_BANDWIDTH_TARGET[device]
+    met = {r["dtype"]: r["bandwidth_ratio"] >= target for r in rows if r["batch"] == 1 and r["bandwidth_ratio"] is not None}
     return {"step": step, "model": data.get("model"), "device": device, "bandwidth": data.get("bandwidth"),
-            "skipped": data.get("skipped", {}), "rows": rows, "decode_target": target,
-            "decode_met": (max(batch1) >= target) if batch1 else None}
+            "skipped": data.get("skipped", {}), "rows": rows, "decode_target": target, "decode_met": met}
 
 
 def plan_section(step: str, data: dict) -> dict:
@@ -296,7 +295,7 @@ def markdown(report: dict) -> str:
         lines += ["", f"## bench infer ({i['step']})", "",
                   f"Bandwidth limit: datasheet {bw.get('datasheet_gbs') or '-'} GB/s, measured copy {bw.get('measured_copy_gbs') or '-'} GB/s. "
                   f"Batch-1 decode target: >= {i['decode_target']:.0%} of the limit: "
-                  f"{'-' if i['decode_met'] is None else ('met' if i['decode_met'] else 'NOT met')}."
+                  f"{', '.join(f'{d} ' + ('met' if ok else 'NOT met') for d, ok in i['decode_met'].items()) or '- (no limit known)'}."
                   + (f" Skipped dtypes: {i['skipped']}." if i["skipped"] else ""), "",
                   md_table(["dtype", "compute", "weights MB", "batch", "peak MB", "TTFT ms", "decode tok/s", "weights GB/s", "% of BW limit"],
                            [[r["dtype"], r["compute"], _f(r["weight_mb"], ".1f"), r["batch"], _f(r["peak_mb"], ".1f"), _f(r["ttft_s"], ".1f", 1000),
