@@ -9,7 +9,7 @@
 #   --platform  a pip platform tag, repeatable (default: manylinux x86_64, glibc 2.17 to 2.35)
 #   --have      the box's `python3 -m pip list --format=freeze` (name==version lines): what it already has is
 #               not downloaded. Without it the box is assumed to have torch, transformers, peft and accelerate
-#               (at the versions installed here, or the newest the index has) and nothing else.
+#               (at the versions installed here; any version where one is not) and nothing else.
 #
 # How: pip resolves phinetune[bench]'s requirements for the target with the box's packages stood in for by empty
 # "stub" wheels (same names, versions NAME==V+have, no dependencies), so their own dependencies (torch's CUDA
@@ -30,7 +30,7 @@ while [ "$#" -gt 0 ]; do
     --python) need_value "$@"; TARGET_PY=$2; shift 2 ;;
     --platform) need_value "$@"; PLATFORMS+=("$2"); shift 2 ;;
     --have) need_value "$@"; HAVE=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1'; see scripts/download_gpu_wheels.sh --help" ;;
   esac
 done

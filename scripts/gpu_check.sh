@@ -36,7 +36,7 @@ while [ "$#" -gt 0 ]; do
     --cpu-smoke) SMOKE=1; shift ;;
     --no-install) INSTALL=no; shift ;;
     --install-only) ONLY_INSTALL=1; shift ;;
-    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1'; see scripts/gpu_check.sh --help" ;;
   esac
 done
