@@ -544,6 +544,11 @@ def _print_validation(device: str, quick: bool, out: Optional[Path]) -> None:
 
     if device not in ("cpu", "cuda"):
         raise PhinetuneError(f"plan --device must be cpu or cuda (got {device!r})")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PhinetuneError("plan --validate --device cuda needs a CUDA GPU and none is visible; use --device cpu")
     how = "fp32 on CPU, peak RSS" if device == "cpu" else "bf16 on the GPU, torch.cuda.max_memory_allocated"
     console.print(f"plan estimate vs measured peak memory (one steady-state training step, {how}):")
     measurements = validate(device, [c for c in CASES if c[0] == "tiny-phi3"] if quick else CASES)
