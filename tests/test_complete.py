@@ -134,6 +134,16 @@ def test_batch1_decode_steps_switch_kernels_and_keep_greedy_tokens(tiny_run, dty
         assert res.token_ids == _reference_greedy(loaded.model, ids, 10)
 
 
+def test_a_run_folder_with_a_saved_embedding_switches_too(tiny_run):
+    """The tiny run trains embed_tokens and lm_head (PEFT wraps them): the hook must still see every forward."""
+    run = load_for_inference(str(tiny_run), "bf16")
+    unstopped = Loaded(run.model, run.tokenizer, run.spec, [], run.source)
+    seen, hook = _spy_mkldnn(run.model)
+    complete(unstopped, [chat_prompt(run, CONVS[1])], Sampling(max_new_tokens=5))
+    hook.remove()
+    assert seen == [True] + [False] * 4 and torch.backends.mkldnn.enabled
+
+
 def test_batched_and_fp32_generation_keep_onednn(base, tiny_run):
     seen, hook = _spy_mkldnn(base.model)  # fp32: the switch is for 16-bit weights only
     complete(base, [chat_prompt(base, CONVS[0])], Sampling(max_new_tokens=4))

@@ -134,7 +134,8 @@ def decode_kernels(model, batch: int):
     prior = torch.backends.mkldnn.enabled
 
     def choose(_module, args):
-        torch.backends.mkldnn.enabled = prior and args[0].numel() != 1
+        if args:  # the token ids (every Phi model passes them positionally)
+            torch.backends.mkldnn.enabled = prior and args[0].numel() != 1
 
     handle = embed.register_forward_pre_hook(choose)
     try:
