@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,17 @@ def test_decode_read_bytes_counts_what_a_step_reads():
 def test_cpu_read_bandwidth_is_measured():
     first = cpu_read_bandwidth(64 * 1024 * 1024, reps=2)
     assert 0.1 < first < 10_000  # GB/s: some real figure, not a constant or a unit slip
+
+
+def test_peak_rss_catches_a_freed_allocation():
+    """A 64 MiB tensor made and freed inside the block shows in the peak (the kernel's high-water mark on Linux)."""
+    import torch
+
+    from phinetune.bench.infer import _RssPeak
+
+    with _RssPeak() as rss:
+        start = rss.peak
+        x = torch.ones(64 * 1024 * 1024 // 4)
+        del x
+    assert rss.peak - start >= 60 * 1024 * 1024
+    assert rss.kernel == Path("/proc/self/clear_refs").exists()  # Linux: the kernel's figure, no sampling thread
