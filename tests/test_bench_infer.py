@@ -16,6 +16,8 @@ def _check_split_and_ratio(b: dict, r: dict, prompt_tokens: int, new_tokens: int
     """The prefill/decode split and the bandwidth share follow from the measured times and bytes, on CPU too."""
     assert b["prefill_tokens_per_s"] == pytest.approx(b["batch"] * prompt_tokens / b["ttft_s"])
     assert b["decode_steps"] == new_tokens - 1  # every step decoded: no early stop
+    native = b["batch"] == 1 and r["dtype"] in ("bf16", "fp16")  # CPU: the batch-1 16-bit decode switch
+    assert b["decode_kernel"].startswith("torch native GEMV") == native
     assert b["bandwidth_before_gbs"] > 0 and b["bandwidth_after_gbs"] > 0
     assert b["limit_gbs"] == max(b["bandwidth_before_gbs"], b["bandwidth_after_gbs"])  # the conservative limit
     assert b["bandwidth_ratio"] == pytest.approx(b["bandwidth_gbs"] / b["limit_gbs"])

@@ -74,6 +74,7 @@ class BatchResult:
     limit_gbs: Optional[float] = None  # the bandwidth limit the ratio is taken against
     bandwidth_before_gbs: Optional[float] = None  # CPU: read bandwidth measured just before this run
     bandwidth_after_gbs: Optional[float] = None  # ... and just after
+    decode_kernel: str = ""  # which matmul kernel the decode steps ran on (infer/complete.py decode_kernels)
 
 
 @dataclass
@@ -221,6 +222,7 @@ def device_bandwidth() -> dict:
 def bench_one(target: str, name: str, settings: BenchSettings, limit_gbs: Optional[float]) -> DtypeResult:
     """Load `target` in one dtype, then time and measure generation at each batch size (`limit_gbs`: the GPU's
     bandwidth; None on CPU, where it is measured around each run)."""
+    from phinetune.infer.complete import uses_native_gemv
     from phinetune.runs.loading import load_for_inference
 
     cuda = torch.cuda.is_available()
@@ -244,8 +246,9 @@ def bench_one(target: str, name: str, settings: BenchSettings, limit_gbs: Option
         steps_per_s = steps / (last - first)
         bandwidth = decode_read_bytes(loaded.model, b) * steps_per_s / 1e9
         ttft = first - stamps.times[0]
+        kernel = "torch native GEMV (oneDNN off)" if uses_native_gemv(loaded.model, b) else "torch's default for the dtype and device"
         batches.append(BatchResult(b, ttft, b * steps_per_s, peak / MB, bandwidth, bandwidth / limit, b * len(ids) / ttft,
-                                   steps, limit, before, after_bw))
+                                   steps, limit, before, after_bw, kernel))
     model = loaded.model
     compute = str(next(p for p in model.parameters() if p.is_floating_point()).dtype).replace("torch.", "")
     return DtypeResult(name, compute, weight_bytes(model) / MB, after / MB, batches, decode_read_bytes(model) / MB)

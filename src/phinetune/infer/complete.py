@@ -128,7 +128,7 @@ def decode_kernels(model, batch: int):
     mkldnn's flag is process-wide: generation owns the model in one thread (serve/worker.py), and the flag is
     restored on the way out, also on errors."""
     embed = model.get_input_embeddings()
-    if batch != 1 or embed.weight.device.type != "cpu" or embed.weight.dtype not in NATIVE_GEMV_DTYPES or _quantized(model):
+    if not uses_native_gemv(model, batch):
         yield
         return
     prior = torch.backends.mkldnn.enabled
@@ -143,6 +143,12 @@ def decode_kernels(model, batch: int):
     finally:
         handle.remove()
         torch.backends.mkldnn.enabled = prior
+
+
+def uses_native_gemv(model, batch: int) -> bool:
+    """Whether `decode_kernels` switches this generation's decode steps to torch's native GEMV."""
+    weight = model.get_input_embeddings().weight
+    return batch == 1 and weight.device.type == "cpu" and weight.dtype in NATIVE_GEMV_DTYPES and not _quantized(model)
 
 
 def _quantized(model) -> bool:
