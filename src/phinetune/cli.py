@@ -321,20 +321,29 @@ app.add_typer(bench_app, name="bench")
 
 
 @bench_app.command("infer")
-def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
+def bench_infer(target: Optional[str] = typer.Argument(None, help="A run folder, a merged folder, or a base model id (or use --workload)."),
+                workload: Optional[str] = typer.Option(None, help="Instead of TARGET, a random-weight model built here: cpu-decode "
+                                                       "(Phi-3-mini width, 2 layers) or tiny (seconds; for tests)."),
                 dtype: str = typer.Option("bf16,fp32,nf4", "--dtype", help="Comma-separated: bf16, fp16, fp32, nf4."),
                 prompt_tokens: int = typer.Option(128), new_tokens: int = typer.Option(64),
                 batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),
                 out: Path = typer.Option(Path("bench-infer.json"), "--out", help="JSON results file.")) -> None:
-    """Memory after load, peak memory, time to first token and decode tokens/s per dtype (and % of memory bandwidth on a GPU)."""
-    check_source(target)
-    from phinetune.bench.infer import BenchSettings, bench_infer as run_bench
+    """Memory, prefill (TTFT, tokens/s) and decode tokens/s per dtype and batch size, and decode's share of the memory bandwidth measured in the same run."""
+    if (target is None) == (workload is None):
+        raise PhinetuneError("bench infer needs either a TARGET (run folder, merged folder or model id) or --workload NAME, not both")
+    if target is not None:
+        check_source(target)
+    from phinetune.bench.infer import BenchSettings, bench_infer as run_bench, bench_workload
 
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
     except ValueError:
         raise PhinetuneError(f"--batch-sizes must be comma-separated integers like 1,8 (got {batch_sizes!r})") from None
-    run_bench(target, [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes), out)
+    dtypes, settings = [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes)
+    if workload is not None:
+        bench_workload(workload, dtypes, settings, out)
+    else:
+        run_bench(target, dtypes, settings, out)
 
 
 @bench_app.command("serve")

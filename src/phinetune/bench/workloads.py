@@ -51,6 +51,9 @@ WORKLOADS: dict[str, Workload] = {
     "gpu-reference": Workload("gpu-reference", 3072, 8192, 32, 32, 32, 32064, quant="nf4", device="cuda",
                               target_speedup=2.5, target_memory=0.3,
                               phinetune_overrides=("model.gradient_checkpointing=true",)),
+    # bench infer's CPU decode workload (issue 20 part 3): Phi-3-mini width, 2 layers, random weights. Batch-1
+    # decode reads about 650 MB per step in bf16 (2 layers of 226 MB + the 197 MB LM head), far past any cache.
+    "cpu-decode": Workload("cpu-decode", 3072, 8192, 32, 32, 2, 32064, rows=1, target_speedup=0.0, target_memory=99.0),
     # For tests: seconds on CPU.
     "tiny": Workload("tiny", 64, 128, 4, 4, 1, 1024, rows=12, max_length=48, batch_size=4, learning_rate=1e-2,
                      target_speedup=0.0, target_memory=99.0),
