@@ -99,6 +99,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+@pytest.mark.slow
 def test_grpo_with_exact_answer_raises_the_riddles_expected_reward(half_trained, tmp_path, monkeypatch):
     """The built-in example. Control: the same start with the reward inverted (1 - exact_answer) must lower it."""
     grpo = [f"model.name={half_trained}", "model.spec=null"]  # the spec must come from the merged folder's marker
