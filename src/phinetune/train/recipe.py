@@ -35,7 +35,7 @@ from phinetune.train.objectives import Objective, objective
 from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
 from phinetune.runs.run_dir import RunDir, RunInfo
-from phinetune.train.prepare import prepare
+from phinetune.train.prepare import prepare, with_merged_spec
 from phinetune.train.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
 from phinetune.train.tracking import Trackers, accelerator_kwargs
 
@@ -123,6 +123,7 @@ def log_eval(loop: Loop, step: int, value: float) -> None:
 
 def setup(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> Loop:
     pin_malloc_thresholds()  # freed activations go back to the OS (see train/memory.py)
+    cfg = with_merged_spec(cfg)  # before the run folder records the config: a resume reads the same spec
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
     # A bounded wait in every collective: a rank that is alive but stuck cannot hold the others for ever.
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=DIST_TIMEOUT_S))
