@@ -153,3 +153,21 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path, objective):
     for t in data["trials"]:
         assert t["exit"] == -9 and t["resume_exit"] == 0, where
         assert t["curve"] == data["reference"], where
+
+
+def test_prompts_are_written_as_sft_writes_them(tiny_cfg, monkeypatch):
+    """GRPO samples from the prompt SFT trained and inference sends: with the spec's default system prompt."""
+    import dataclasses
+
+    from phinetune.models.loading import load_tokenizer, resolve_model_path
+    from phinetune.models.specs import get_spec
+    from phinetune.train import grpo
+
+    cfg = tiny_cfg("train.objective=grpo", "data.train=builtin:riddles_qa", "data.limit=4", "data.eval_size=1")
+    spec = dataclasses.replace(get_spec(cfg.model.name, cfg.model.spec), system_prompt="Answer in one sentence.")
+    monkeypatch.setattr(grpo, "get_spec", lambda *a: spec)
+    tok = load_tokenizer(resolve_model_path(cfg.model, None), cfg.model, spec)
+    data = grpo.load_data(cfg, tok, "<|end|>")
+    for row in data.prompt_rows + data.eval_prompt_rows:
+        assert row.prompt[0] == {"role": "system", "content": "Answer in one sentence."}
+        assert "Answer in one sentence." in tok.decode(row.prompt_ids)

@@ -455,13 +455,14 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
 def _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out: Path) -> None:
     import json
 
-    from phinetune.data.inspect import load_inspect_tokenizer
+    from phinetune.data.inspect import inspect_spec, load_inspect_tokenizer
     from phinetune.data.preference import UNPAIRED, inspect_preferences
 
     if objective not in ("dpo", "ipo", "orpo", "simpo", "kto"):
         raise PhinetuneError(f"--objective {objective}: expected sft, dpo, ipo, orpo, simpo or kto")
     tokenizer, eot = load_inspect_tokenizer(model, spec)
-    stats = inspect_preferences(data, UNPAIRED if objective == "kto" else "pairs", tokenizer, max_length, eot, limit, skip_bad_rows, split)
+    stats = inspect_preferences(data, UNPAIRED if objective == "kto" else "pairs", tokenizer, max_length, eot, limit, skip_bad_rows, split,
+                                inspect_spec(model, spec))
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
     console.rule(f"[bold]data inspect ({objective}): {data}")

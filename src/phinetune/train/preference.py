@@ -26,12 +26,14 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
 from phinetune.config import RunConfig
-from phinetune.data.dataset import DataInfo, PreparedData, hold_out
+from phinetune.data.dataset import DataInfo, PreparedData, dialect, hold_out
 from phinetune.data.packing import Row, batches, collate, unpacked
-from phinetune.data.preference import UNPAIRED, PrefInfo, PrefSample, as_sft_records, read_preferences, render_preferences
+from phinetune.data.preference import (UNPAIRED, PrefInfo, PrefSample, as_sft_records, in_template_form, read_preferences,
+                                       render_preferences)
 from phinetune.data.readers import ReadReport, Record
 from phinetune.data.render import IGNORE, Rendered
 from phinetune.errors import ConfigError
+from phinetune.models.specs import GENERIC, ModelSpec, get_spec
 from phinetune.train.loss import chunk_rows, split_head
 from phinetune.train.pref_losses import LOSSES, REFERENCE_FREE, Logps
 
@@ -71,11 +73,13 @@ def load_data(cfg: RunConfig, tokenizer, eot: str) -> PrefData:
     from phinetune.data import cache
 
     kind = UNPAIRED if cfg.train.objective == "kto" else "pairs"
-    key = cache.cache_key(cfg.data, tokenizer, eot, layout=f"preference-{kind}") if cfg.data.cache else None
+    spec = get_spec(cfg.model.name, cfg.model.spec)
+    key = cache.cache_key(cfg.data, tokenizer, eot, None if spec is GENERIC else dialect(spec),
+                          layout=f"preference-{kind}") if cfg.data.cache else None
     hit = _from_entry(cache.load_entry(cfg.data, key)) if key else None
     if hit is not None:
         return hit
-    data = _read_and_render(cfg, tokenizer, eot, kind)
+    data = _read_and_render(cfg, tokenizer, eot, kind, spec)
     if key:
         cache.save_entry(cfg.data, key, _to_entry(data))
     return data
@@ -102,11 +106,12 @@ def _from_entry(entry: Optional[dict]) -> Optional[PrefData]:
         return None  # a damaged entry is rebuilt, never trusted
 
 
-def _read_and_render(cfg: RunConfig, tokenizer, eot: str, kind: str) -> PrefData:
+def _read_and_render(cfg: RunConfig, tokenizer, eot: str, kind: str, spec: ModelSpec) -> PrefData:
     d, report = cfg.data, ReadReport()
-    records = read_preferences(d.train, kind, d.skip_bad_rows, d.limit, d.split, report)
+    records = in_template_form(read_preferences(d.train, kind, d.skip_bad_rows, d.limit, d.split, report), spec)
     if d.eval:
-        train_recs, eval_recs = records, read_preferences(d.eval, kind, d.skip_bad_rows, None, d.split, report)
+        eval_recs = in_template_form(read_preferences(d.eval, kind, d.skip_bad_rows, None, d.split, report), spec)
+        train_recs = records
     else:
         train_recs, eval_recs = hold_out(records, d)
     pinfo = PrefInfo(read=report.read, kind=kind, skipped=list(report.skipped))
