@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from phinetune.data.render import IGNORE
 
@@ -31,7 +32,8 @@ def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     decoder, head = parts
     out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
     hidden = out[0][:, :-1][keep]
-    return chunked_head_loss(hidden, head, labels[keep]), int(keep.sum())
+    with record_function("phinetune.loss"):  # a part of `bench train --profile` (bench/step_profile.py)
+        return chunked_head_loss(hidden, head, labels[keep]), int(keep.sum())
 
 
 def full_logits_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
+from torch.profiler import record_function
 from transformers import get_scheduler
 
 from phinetune import __version__
@@ -264,14 +265,16 @@ def micro_batches(loop: Loop, step: int) -> list[list[Row]]:
 def train_step(loop: Loop, step: int) -> dict:
     acc, model = loop.accelerator, loop.model
     micro_rows = micro_batches(loop, step)
-    micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_rows]
+    with record_function("phinetune.data"):  # the scopes name the parts of `bench train --profile` (bench/step_profile.py)
+        micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_rows]
     # Normalize by the trained tokens of the whole optimizer step, across micro-batches and processes,
     # so every token weighs the same whatever batch it landed in.
     local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
     n_tokens = int(acc.reduce(torch.tensor(local, device=acc.device), "sum").item())
     total_loss = 0.0
     for i, batch in enumerate(micro):
-        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        with record_function("phinetune.data"):
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
         sync = acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
         with sync, acc.autocast():
             loss, _ = loss_sum(model, batch)
@@ -279,11 +282,12 @@ def train_step(loop: Loop, step: int) -> dict:
         total_loss += loss.item()
     step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
     check_finite(step_loss, step, micro_rows, loop.tokenizer)  # before the optimizer step: weights stay finite
-    grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
-    loop.optimizer.step()
-    loop.scheduler.step()
-    loop.optimizer.zero_grad(set_to_none=True)
+    with record_function("phinetune.optimizer"):
+        grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
     real = acc.reduce(torch.tensor(sum(int(b["n_real"]) for b in micro), device=acc.device), "sum").item()
     return {"loss": step_loss, "grad_norm": float(grad_norm), "lr": loop.scheduler.get_last_lr()[0], "tokens": real, "trained_tokens": n_tokens}
 
