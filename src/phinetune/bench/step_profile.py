@@ -27,6 +27,7 @@ import torch
 PARTS = ("matmuls", "attention", "LoRA", "loss", "optimizer", "data", "other")
 SCOPE = "phinetune."  # record_function names this module and the training step open
 BACKWARD = "autograd::engine::evaluate_function"
+TOP_OPS = 4  # ops named per part in the table and the JSON
 
 
 def part_of_module(name: str) -> str | None:
@@ -89,14 +90,17 @@ def _backward_node(event):
     return None
 
 
-def split_events(events) -> dict[str, float]:
-    """Seconds of self CPU time per part over a list of profiler FunctionEvents (see the module docstring)."""
-    forward_part: dict[int, str] = {}
+def split_events(events, ops: dict | None = None) -> dict[str, float]:
+    """Seconds of self CPU time per part over a list of profiler FunctionEvents (see the module docstring);
+    `ops`, when given, is filled with part -> {op name: seconds}."""
+    # Every op is stamped with the sequence number the NEXT autograd node will take, so several forward ops share
+    # one; the node's creator is the last of them to start (the counter moves on as the node is made).
+    forward_part: dict[int, tuple[float, str]] = {}  # sequence nr -> (start time, part) of its latest forward op
     for e in events:
         if e.sequence_nr >= 0 and _backward_node(e) is None:
-            part = _scope_part(e)
-            if part is not None:
-                forward_part.setdefault(e.sequence_nr, part)
+            part, start = _scope_part(e), e.time_range.start
+            if part is not None and start >= forward_part.get(e.sequence_nr, (float("-inf"), ""))[0]:
+                forward_part[e.sequence_nr] = (start, part)
     out = dict.fromkeys(PARTS, 0.0)
     for e in events:
         node = _backward_node(e)
@@ -105,8 +109,11 @@ def split_events(events) -> dict[str, float]:
         else:
             # An op inside a backward node that itself runs in a scope (the loss computes its gradients in its
             # forward) keeps the node's forward part; a node with no recorded forward falls back to the scope.
-            part = forward_part.get(node.sequence_nr) or _scope_part(node.cpu_parent) or "other"
+            part = forward_part.get(node.sequence_nr, (0, None))[1] or _scope_part(node.cpu_parent) or "other"
         out[part] += e.self_cpu_time_total / 1e6
+        if ops is not None:
+            ops.setdefault(part, {})
+            ops[part][e.name] = ops[part].get(e.name, 0.0) + e.self_cpu_time_total / 1e6
     return out
 
 
@@ -120,17 +127,21 @@ def profile_steps(model: torch.nn.Module, step: Callable[[int], None], steps: li
             with torch.profiler.record_function(SCOPE + "other"):
                 step(i)
         wall = time.perf_counter() - start
-    seconds = split_events(prof.events())
+    ops: dict = {}
+    seconds = split_events(prof.events(), ops)
     seconds["other"] += max(0.0, wall - sum(seconds.values()))  # time no op took: Python between ops
+    top = {part: dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:TOP_OPS]) for part, by_op in ops.items()}
     return {"steps": len(steps), "wall_s": wall, "seconds": seconds,
-            "share": {k: v / wall if wall > 0 else 0.0 for k, v in seconds.items()}}
+            "share": {k: v / wall if wall > 0 else 0.0 for k, v in seconds.items()}, "top_ops": top}
 
 
 def format_split(split: dict) -> list[str]:
     per_step = split["wall_s"] / max(split["steps"], 1)
     lines = [f"profile: {split['steps']} phinetune steps, {per_step:.3f} s per step (torch.profiler, self CPU time per op; "
              "profiling slows every op a little)"]
-    lines.append(f"{'part':10} {'s/step':>8} {'share':>7}")
+    lines.append(f"{'part':10} {'s/step':>8} {'share':>7}  largest ops (self time, share of the step)")
     for part in PARTS:
-        lines.append(f"{part:10} {split['seconds'][part] / max(split['steps'], 1):8.3f} {100 * split['share'][part]:6.1f}%")
+        top = ", ".join(f"{name} {100 * t / split['wall_s']:.1f}%" for name, t in split.get("top_ops", {}).get(part, {}).items()
+                        if split["wall_s"] > 0)
+        lines.append(f"{part:10} {split['seconds'][part] / max(split['steps'], 1):8.3f} {100 * split['share'][part]:6.1f}%  {top}")
     return lines

@@ -35,6 +35,7 @@ from phinetune.train.metrics import MetricsLog
 from phinetune.train.objectives import Objective, objective
 from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
+from phinetune.train.precision import adapter_autocast, adapter_compute_dtype
 from phinetune.runs.run_dir import RunDir, RunInfo
 from phinetune.train.prepare import prepare
 from phinetune.train.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
@@ -73,6 +74,7 @@ class Loop:
     extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
     hooks: Optional["TrainHooks"] = None
     sharded: bool = False  # FSDP2 applied by us on CPU (train/sharding.py): the model is not accelerate-prepared
+    adapter_dtype: Optional[torch.dtype] = None  # LoRA adapters computed in this dtype in training steps (train/precision.py)
 
 
 @dataclass
@@ -196,7 +198,7 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
         register_trainable_only(accelerator, model)
     loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
                 steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), objective=goal, hooks=hooks,
-                sharded=sharded)
+                sharded=sharded, adapter_dtype=adapter_compute_dtype(cfg, prepared.dtype))
     goal.begin(loop)
     if checkpoint is not None:
         loop.start_step = loop.done = load_checkpoint(loop, checkpoint)
@@ -276,8 +278,9 @@ def train_step(loop: Loop, step: int) -> dict:
         with record_function("phinetune.data"):
             batch = {k: v.to(acc.device) for k, v in batch.items()}
         sync = acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
-        with sync, acc.autocast():
-            loss, _ = loss_sum(model, batch)
+        with sync:
+            with acc.autocast(), adapter_autocast(model, loop.adapter_dtype):
+                loss, _ = loss_sum(model, batch)
             acc.backward(loss * acc.num_processes / max(n_tokens, 1))
         total_loss += loss.item()
     step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
