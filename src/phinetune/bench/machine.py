@@ -66,6 +66,10 @@ class LoadWindow:
 MAX_OTHERS_CHANGE = 0.5  # cores: how much more (or less) CPU other processes may take between two sides compared
 
 
+def clock() -> float:
+    return time.perf_counter()
+
+
 def busy_seconds() -> float | None:
     """CPU seconds all processes have run since boot (/proc/stat's busy jiffies), None where there is no /proc/stat."""
     try:
@@ -91,13 +95,13 @@ class OthersShare:
     benchmark's own threads and lags by about a minute, so it climbs during every side even on an idle machine;
     the CPU time others took is what slows a side down, and it is measured, not inferred."""
 
-    busy: float | None = field(default_factory=busy_seconds)
-    own: float = field(default_factory=own_seconds)
-    wall: float = field(default_factory=time.perf_counter)
+    busy: float | None = field(default_factory=lambda: busy_seconds())  # through the module functions (patchable)
+    own: float = field(default_factory=lambda: own_seconds())
+    wall: float = field(default_factory=lambda: clock())
     cores: float | None = None
 
     def close(self) -> "OthersShare":
-        busy, elapsed = busy_seconds(), time.perf_counter() - self.wall
+        busy, elapsed = busy_seconds(), clock() - self.wall
         if busy is not None and self.busy is not None and elapsed > 0:
             self.cores = max(0.0, (busy - self.busy) - (own_seconds() - self.own)) / elapsed
         return self
