@@ -85,7 +85,7 @@ def run_side(side: str, spec: dict, work: Path) -> dict:
     return {**json.loads(result_file.read_text()), "load": load.to_json(), "others_cores": others.cores}
 
 
-def load_verdict(a: dict, b: dict) -> str | None:
+def load_verdict(a: dict, b: dict, names: tuple[str, str] = ("one side", "the other")) -> str | None:
     """None when a ratio between sides a and b may be judged; else why not (the load changed between them).
 
     Each side carries `others_cores` (cores other processes kept busy while it ran) and `load` (its LoadWindow
@@ -95,13 +95,13 @@ def load_verdict(a: dict, b: dict) -> str | None:
     x, y = a.get("others_cores"), b.get("others_cores")
     if x is not None and y is not None:
         if abs(x - y) > MAX_OTHERS_CHANGE:
-            return f"not judged: load changed (other processes kept {x:.2f} cores busy during one side, {y:.2f} during the other)"
+            return f"not judged: load changed (other processes kept {x:.2f} cores busy during {names[0]}, {y:.2f} during {names[1]})"
         return None
-    unsteady = [w for w in (a.get("load"), b.get("load")) if not (w and w.get("steady"))]
-    if unsteady:
-        w = unsteady[0] or {}
-        start, end = w.get("start") or (0, 0, 0), w.get("end") or (0, 0, 0)
-        return f"not judged: load changed (1-minute load average {start[0]:.2f} -> {end[0]:.2f} during a side)"
+    for side, name in ((a, names[0]), (b, names[1])):
+        w = side.get("load") or {}
+        if not w.get("steady"):
+            start, end = w.get("start") or (0, 0, 0), w.get("end") or (0, 0, 0)
+            return f"not judged: load changed (1-minute load average {start[0]:.2f} -> {end[0]:.2f} during {name})"
     return None
 
 
@@ -112,9 +112,10 @@ def check_trained(side: str, result: dict) -> None:
                              f"zero gradients in {proof['zero_grad_tensors'][:3]}, unchanged {proof['unchanged_tensors'][:3]}")
 
 
-def summarize(results: dict, flops: float, peaks: dict, w: Workload) -> dict:
+def summarize(results: dict, flops: float, peaks: dict, w: Workload, peak_window: Optional[dict] = None) -> dict:
     """tokens/s, MFU and memory per side; phinetune's ratios against each baseline that ran, and whether they meet
-    the workload's targets. `speed`, `memory` and `meets_targets` at the top level are against the seeds' recipe."""
+    the workload's targets. `speed`, `memory` and `meets_targets` at the top level are against the seeds' recipe.
+    `peak_window`: the load while the matmul peak was timed (MFU is judged like a ratio between it and phinetune)."""
     peak = max(peaks.values())
     memory_key = "peak_gpu" if w.device == "cuda" else "peak_rss"
     for r in results.values():
@@ -129,10 +130,11 @@ def summarize(results: dict, flops: float, peaks: dict, w: Workload) -> dict:
             continue
         base, (speed_target, memory_target) = results[side], targets[side]
         r = {"speed": fast["tokens_per_s"] / base["tokens_per_s"], "memory": fast["memory"] / base["memory"],
-             "target_speed": speed_target, "target_memory": memory_target, "load": load_verdict(base, fast)}
+             "target_speed": speed_target, "target_memory": memory_target, "load": load_verdict(base, fast, (LABELS[side], "phinetune"))}
         r["meets_targets"] = r["speed"] >= speed_target and (memory_target is None or r["memory"] <= memory_target)
         ratios[side] = r
-    ratios["mfu"] = {"value": fast["mfu"], "target": w.target_mfu, "meets_targets": fast["mfu"] >= w.target_mfu}
+    ratios["mfu"] = {"value": fast["mfu"], "target": w.target_mfu, "meets_targets": fast["mfu"] >= w.target_mfu,
+                     "load": load_verdict(peak_window, fast, ("the matmul peak's timing", "phinetune")) if peak_window else None}
     if "baseline" in ratios:
         ratios.update({k: ratios["baseline"][k] for k in ("speed", "memory", "meets_targets")})
     return ratios
@@ -170,16 +172,15 @@ def print_table(results: dict, ratios: dict, peaks: dict, w: Workload, memory_na
             say(f"phinetune vs {LABELS[side]}: {r['speed']:.2f}x tokens/s, {r['memory']:.2f}x peak memory "
                 f"(targets >= {r['target_speed']}x and {memory}: {verdict(r)})")
     m = ratios["mfu"]
-    mfu_load = ratios.get("trl-tuned", {}).get("load") or ratios.get("baseline", {}).get("load")
     say(f"phinetune MFU: {100 * m['value']:.1f}% of the matmul peak measured in this run (target >= {100 * m['target']:.0f}%: "
-        f"{mfu_load or ('meets' if m['meets_targets'] else 'MISSES')})")
+        f"{verdict(m)})")
     say(f"whole run: {run_load['described']}"
         + ("" if run_load["others_cores"] is None else f"; other processes kept {run_load['others_cores']:.2f} cores busy on average"))
 
 
 def print_parity(results: dict) -> dict:
     a, b = results["baseline"]["losses"], results["phinetune"]["losses"]
-    say("parity (both fp32, no packing, same batches in the same order, LoRA dropout 0):")
+    say("parity, seeds' recipe vs phinetune (both fp32, no packing, same batches in the same order, LoRA dropout 0):")
     say(f"{'step':>5} {'baseline':>10} {'phinetune':>10} {'diff':>10}")
     diffs = []
     for i, (x, y) in enumerate(zip(a, b), 1):
@@ -226,7 +227,9 @@ def bench_train(workload: str = "cpu-reference", out: Optional[str] = None, pari
     ids = token_ids(m)
     spec = {"workload": asdict(w), "model_dir": m.model_dir, "data_file": m.data_file, "parity": parity,
             "token_ids": parity_order(ids, w) if parity else ids, "profile": profile}
+    peak_load, peak_others = LoadWindow(), OthersShare()
     peaks = measured_peaks(w.device)
+    peak_window = {"load": peak_load.close().to_json(), "others_cores": peak_others.close().cores}
     results = {side: run_side(side, spec, work) for side in chosen}
     for side in chosen:
         check_trained(side, results[side])
@@ -235,7 +238,7 @@ def bench_train(workload: str = "cpu-reference", out: Optional[str] = None, pari
         raise PhinetuneError(f"bench: the sides trained different token counts ({counts})")
     run_load = {"window": whole.close().to_json(), "described": whole.describe(), "others_cores": whole_others.close().cores}
     lengths = [len(x) for x in ids]
-    ratios = summarize(results, model_flops(w, lengths), peaks, w)
+    ratios = summarize(results, model_flops(w, lengths), peaks, w, peak_window)
     info = machine()
     print_table(results, ratios, peaks, w, "peak GPU" if w.device == "cuda" else "peak RSS", info, run_load)
     report = {"workload": m.to_json(), "parity": parity, "peaks_flops": peaks, "results": results, "ratios": ratios,
