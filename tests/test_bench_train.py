@@ -159,3 +159,8 @@ def test_parity_order_follows_phinetune_batches():
 def test_unknown_workload_is_one_line_error():
     proc = run_cli("bench", "train", "--workload", "nope", check=False)
     assert proc.returncode == 2 and "unknown" in proc.stdout
+
+
+def test_unknown_side_is_one_line_error():
+    proc = run_cli("bench", "train", "--workload", "tiny", "--sides", "baseline,nope", check=False)
+    assert proc.returncode == 2 and "nope" in proc.stdout and "unknown" in proc.stdout
