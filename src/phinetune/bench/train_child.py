@@ -53,8 +53,10 @@ class TrainingProof:
 
 
 def peak_memory(device: str) -> dict:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    out = {"peak_rss": rss}
+    """Peak memory, and the process's CPU seconds so far: system time is the kernel's share (page faults of
+    freshly mapped tensors), and CPU time, unlike wall time, barely moves with other processes' load."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"peak_rss": usage.ru_maxrss * 1024, "cpu_user_s": usage.ru_utime, "cpu_sys_s": usage.ru_stime}  # maxrss in KiB
     if device == "cuda":
         out["peak_gpu"] = torch.cuda.max_memory_allocated()
     return out
@@ -95,7 +97,7 @@ def run_trl(spec: dict, tuned: bool) -> dict:
                                                            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], **kwargs)
-    if w["quant"] == "nf4":
+    if w["quant"] == "nf4":  # turns gradient checkpointing on, for both TRL sides alike
         model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": True})
     samples = [{"input_ids": ids} for ids in spec["token_ids"]]  # the very ids phinetune trains on
     dropout = 0.0 if spec["parity"] and not tuned else w["lora_dropout"]
@@ -108,8 +110,7 @@ def run_trl(spec: dict, tuned: bool) -> dict:
                      gradient_accumulation_steps=1, learning_rate=w["learning_rate"], num_train_epochs=1,
                      lr_scheduler_type="linear", warmup_steps=0, max_length=w["max_length"],
                      dataset_text_field="text", logging_steps=1, save_strategy="no", eval_strategy="no",
-                     report_to=[], fp16=False, seed=w["seed"], use_cpu=not cuda, disable_tqdm=True,
-                     gradient_checkpointing=tuned and w["quant"] == "nf4", **speed)
+                     report_to=[], fp16=False, seed=w["seed"], use_cpu=not cuda, disable_tqdm=True, **speed)
     trainer = SFTTrainer(model=model, train_dataset=Dataset.from_list(samples), peft_config=peft_config,
                          processing_class=tokenizer, args=args)
     if spec["parity"] and not tuned:
