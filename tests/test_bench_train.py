@@ -36,6 +36,7 @@ def test_bench_prints_three_rows_and_ratios_against_both_baselines(parity_report
         assert r["tokens_per_s"] > 0 and r["memory"] > 0 and 0 < r["mfu"] < 1
         assert r["proof"]["lora_tensors"] > 0 and not r["proof"]["zero_grad_tensors"] and not r["proof"]["unchanged_tensors"]
         assert r["load"]["end"] is not None and "steady" in r["load"]
+        assert r["cpu_user_s"] > 0 and r["cpu_sys_s"] >= 0  # the timed training's own CPU time
     assert len(report["results"]["baseline"]["losses"]) == len(report["results"]["phinetune"]["losses"]) == 3  # unpacked
     ratios = report["ratios"]
     fast = report["results"]["phinetune"]

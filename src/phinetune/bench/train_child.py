@@ -53,13 +53,30 @@ class TrainingProof:
 
 
 def peak_memory(device: str) -> dict:
-    """Peak memory, and the process's CPU seconds so far: system time is the kernel's share (page faults of
-    freshly mapped tensors), and CPU time, unlike wall time, barely moves with other processes' load."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    out = {"peak_rss": usage.ru_maxrss * 1024, "cpu_user_s": usage.ru_utime, "cpu_sys_s": usage.ru_stime}  # maxrss in KiB
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    out = {"peak_rss": rss}
     if device == "cuda":
         out["peak_gpu"] = torch.cuda.max_memory_allocated()
     return out
+
+
+class Timed:
+    """Wall seconds of the training call, and its CPU user/system seconds: system time is the kernel's share
+    (page faults of freshly mapped tensors), and CPU time moves less with other processes' load than wall time."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def __enter__(self):
+        sync(self.cuda)
+        self.usage, self.start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        sync(self.cuda)
+        end, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        self.figures = {"seconds": end - self.start, "cpu_user_s": usage.ru_utime - self.usage.ru_utime,
+                        "cpu_sys_s": usage.ru_stime - self.usage.ru_stime}
 
 
 def run_baseline(spec: dict) -> dict:
@@ -118,17 +135,14 @@ def run_trl(spec: dict, tuned: bool) -> dict:
         trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
     reseed_lora(trainer.model, w["seed"])
     proof = TrainingProof(trainer.model)
-    sync(cuda)
-    start = time.perf_counter()
-    trainer.train()
-    sync(cuda)
-    seconds = time.perf_counter() - start
+    with Timed(cuda) as timed:
+        trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = sum(len(ids) for ids in spec["token_ids"])
     base = next(p.dtype for n, p in trainer.model.named_parameters() if "qkv_proj.base_layer" in n)
     lora = next(p.dtype for n, p in trainer.model.named_parameters() if "lora_A" in n)
     options = dict(speed) | {"rows": len(trainer.train_dataset), "lora_dtype": DTYPE_NAMES.get(lora, str(lora))}
-    return {"seconds": seconds, "tokens": tokens, "losses": losses, "proof": proof.report(),
+    return {**timed.figures, "tokens": tokens, "losses": losses, "proof": proof.report(),
             "dtype": DTYPE_NAMES.get(base, str(base)), "autocast": "bf16" if args.bf16 else None, "options": options,
             "padded_tokens": None, **peak_memory(w["device"])}
 
@@ -162,15 +176,12 @@ def run_phinetune(spec: dict) -> dict:
         raise SystemExit("phinetune tokenized the data differently from the ids given to the baseline")
     reseed_lora(loop.accelerator.unwrap_model(loop.model), w["seed"])
     proof = TrainingProof(loop.model)
-    sync(cuda)
-    start = time.perf_counter()
-    recipe.run_steps(loop)
-    sync(cuda)
-    seconds = time.perf_counter() - start
+    with Timed(cuda) as timed:
+        recipe.run_steps(loop)
     losses = [m["loss"] for m in loop.run.read_metrics() if "loss" in m]
     tokens = sum(len(r) for r in loop.train_rows)
     dtype = next(p.dtype for n, p in loop.model.named_parameters() if "qkv_proj.base_layer" in n)
-    result = {"seconds": seconds, "tokens": tokens, "losses": losses, "proof": proof.report(),
+    result = {**timed.figures, "tokens": tokens, "losses": losses, "proof": proof.report(),
               "dtype": DTYPE_NAMES.get(dtype, str(dtype)), "rows": len(loop.train_rows), **peak_memory(w["device"])}
     if spec.get("profile"):  # after the timed run and its peak memory, so profiling costs neither
         from phinetune.bench.step_profile import profile_steps
