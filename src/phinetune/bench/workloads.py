@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -57,10 +57,17 @@ WORKLOADS: dict[str, Workload] = {
                               target_speedup=2.5, target_memory=0.3, target_speedup_tuned=1.5, target_memory_tuned=None,
                               target_mfu=0.0,
                               phinetune_overrides=("model.gradient_checkpointing=true",)),
+    # bench infer's CPU decode workload (issue 20 part 3): Phi-3-mini width, 2 layers, random weights. Batch-1
+    # decode reads about 650 MB per step in bf16 (2 layers of 226 MB + the 197 MB LM head), far past any cache.
+    "cpu-decode": Workload("cpu-decode", 3072, 8192, 32, 32, 2, 32064, rows=1, target_speedup=0.0, target_memory=99.0),
     # For tests: seconds on CPU.
     "tiny": Workload("tiny", 64, 128, 4, 4, 1, 1024, rows=12, max_length=48, batch_size=4, learning_rate=1e-2,
                      target_speedup=0.0, target_memory=99.0, target_speedup_tuned=0.0, target_memory_tuned=99.0, target_mfu=0.0),
 }
+
+# The GPU reference in bf16 LoRA (no quantization), for scripts/gpu_check.sh's second training row: a copy, so it
+# keeps every target and override the QLoRA workload has.
+WORKLOADS["gpu-reference-bf16"] = replace(WORKLOADS["gpu-reference"], name="gpu-reference-bf16", quant="none")
 
 
 @dataclass
