@@ -315,7 +315,7 @@ def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged 
     run_serve(targets, settings, Listen(host, port, access_log), LoadOptions(dtype, quant), checkpoint)
 
 
-bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True,
+bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe and a tuned TRL, inference per dtype).", no_args_is_help=True,
                         rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
@@ -371,11 +371,14 @@ def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-referenc
                 parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
                 rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
                 realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
-                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
-    """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
+                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder)."),
+                profile: bool = typer.Option(False, help="After the timed run, profile phinetune's steps and print how a step's time splits (matmuls, attention, LoRA, loss, optimizer, data, other)."),
+                sides: Optional[str] = typer.Option(None, help="Comma-separated sides to run: baseline (the seeds' recipe), trl-tuned, phinetune (default: all three).")) -> None:
+    """Train with phinetune, the seeds' TRL recipe and a tuned TRL on identical work; print tokens/s, memory, MFU, losses, ratios, load."""
     from phinetune.bench.train import bench_train as run_bench
 
-    run_bench(workload, out, parity, rows, realdata, work_dir)
+    run_bench(workload, out, parity, rows, realdata, work_dir, profile=profile,
+              sides=tuple(s.strip() for s in sides.split(",") if s.strip()) if sides else None)
 
 
 # ---------------------------------------------------------------- phinetune data ...
