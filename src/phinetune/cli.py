@@ -65,16 +65,21 @@ CHECKPOINT_HELP = ("For a run folder: 'last' (or step-N) uses that training chec
 def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
           resume: bool = typer.Option(False, "--resume", help="Continue the run in output.dir from its latest checkpoint (also automatic when it holds the same config)."),
           nproc: int = typer.Option(1, "--nproc", min=1, help="Processes to train on (GPUs; on CPU, DDP over gloo) through accelerate / torchrun."),
-          accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml (FSDP2; the one that also runs on CPU).")) -> None:
+          accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml (FSDP2; the one that also runs on CPU)."),
+          nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes in the job: run this same command on each, with its --node-rank (docs/scale-and-resume.md; launch-template writes SLURM/Kubernetes scripts)."),
+          node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's index, 0 to --nnodes - 1; node 0 hosts the rendezvous."),
+          rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of node 0 for torchrun's c10d rendezvous (needed with --nnodes > 1)."),
+          rdzv_id: str = typer.Option("phinetune", "--rdzv-id", help="Rendezvous id, the same on every node of one job (SLURM: $SLURM_JOB_ID).")) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
     check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.recipe import train as run_train
 
-    if nproc > 1 or accelerate_config is not None:
-        from phinetune.train.launch import launch
+    if nproc > 1 or accelerate_config is not None or nnodes > 1:
+        from phinetune.train.launch import launch, nodes_from_options
 
-        raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
+        nodes = nodes_from_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
+        raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config, nodes))
     from phinetune.eval.checkpoints import training_hooks
 
     result = run_train(cfg, resume=resume, hooks=training_hooks(cfg))

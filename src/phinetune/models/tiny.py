@@ -104,7 +104,10 @@ def build_tiny(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTok
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     config = tiny_config(spec, vocab_size=_round_up(len(tokenizer), 64), special_ids=ids)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    # The class itself, not from_config: under a DeepSpeed ZeRO-3 launch from_config builds inside zero.Init, whose
+    # every parameter is a collective, while the main process builds this base alone (main_process_first): a
+    # deadlock. The weights are the same either way (same seed, same init).
+    model = AutoModelForCausalLM._model_mapping[type(config)](config)
     return model, tokenizer
 
 
