@@ -89,6 +89,36 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
     console.print(f"run folder: {result.run.path}  (next: phinetune generate {result.run.path} \"...\", phinetune merge {result.run.path} --out DIR)")
 
 
+
+@app.command("launch-template")
+def launch_template(kind: str = typer.Argument(..., help="slurm (an sbatch script: srun + torchrun) or k8s (a Kubeflow PyTorchJob manifest)."),
+                    args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
+                    nodes: int = typer.Option(2, "--nodes", min=1, help="Nodes in the job."),
+                    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node (its GPUs)."),
+                    accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="accelerate config every node passes to train, e.g. configs/accelerate/fsdp.yaml."),
+                    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", min=0, help="GPUs to request per node (default: --nproc; 0: a CPU job)."),
+                    job_name: str = typer.Option("phinetune", "--job-name", help="Job name (and k8s rendezvous id): lower-case letters, digits, '-'."),
+                    port: int = typer.Option(29500, "--port", help="Rendezvous port on node 0."),
+                    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+                    image: str = typer.Option("phinetune:latest", "--image", help="k8s: container image with phinetune installed."),
+                    shared_dir: str = typer.Option("/runs", "--shared-dir", help="k8s: mount path of the shared volume; output.dir must be under it."),
+                    pvc: str = typer.Option("phinetune-runs", "--pvc", help="k8s: ReadWriteMany PersistentVolumeClaim holding the run folders."),
+                    nccl_socket_ifname: Optional[str] = typer.Option(None, "--nccl-socket-ifname", help="NCCL_SOCKET_IFNAME for the nodes' network (e.g. ib0)."),
+                    out: Optional[Path] = typer.Option(None, "--out", help="Write the script here (default: print it).")) -> None:
+    """Write the launch script of an N-node training job for SLURM or Kubernetes (docs/scale-and-resume.md)."""
+    from phinetune.train.cluster import ClusterJob, render
+
+    cfg = resolve_config(args)  # a typo fails here, not on N nodes
+    config, overrides = split_args(args)
+    job = ClusterJob(config, tuple(overrides), nodes, nproc, str(cfg.output.dir), accelerate_config, job_name, port, image, shared_dir, pvc,
+                     partition, gpus_per_node=gpus_per_node, nccl_socket_ifname=nccl_socket_ifname)
+    text = render(kind, job, out.name if out else "")
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.write_text(text)
+    console.print(f"wrote {out}", highlight=False)
+
 @app.command()
 def merge(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
           out: str = typer.Option(..., "--out", help="Folder for the merged model."),
