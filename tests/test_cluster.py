@@ -20,7 +20,7 @@ from conftest import SRC, run_cli
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
 from phinetune.train.cluster import ClusterJob, render
-from phinetune.train.launch import launch_command, nodes_from_options
+from phinetune.train.launch import Nodes, launch_command, nodes_from_options
 
 
 def train_args(command: str) -> list[str]:
@@ -28,6 +28,16 @@ def train_args(command: str) -> list[str]:
     words = shlex.split(command)
     assert words[:2] == ["phinetune", "train"], words
     return words[2:]
+
+
+def parsed_train_options(args: list[str]) -> dict:
+    """`phinetune train ARGS` as the CLI itself parses them (typer's click command), without running it."""
+    from typer.main import get_command
+
+    from phinetune.cli import app
+
+    train = get_command(app).commands["train"]
+    return train.make_context("train", list(args)).params
 
 
 @settings(max_examples=15, deadline=None)
@@ -42,9 +52,10 @@ def test_the_pytorchjob_has_one_master_and_n_minus_1_workers(nodes, nproc):
         assert container["name"] == "pytorch" and container["resources"]["limits"]["nvidia.com/gpu"] == nproc
         # The pod's command, with the variables the operator sets, is a valid multi-node `phinetune train`.
         line = container["args"][0].replace("$RANK", str(nodes - 1)).replace("$MASTER_ADDR", "master-0").replace("$MASTER_PORT", "29500")
-        args = train_args(line)
-        assert args[:2] == ["cfg.yaml", "output.dir=/runs/a"]
-        assert args[args.index("--nnodes") + 1] == str(nodes) and args[args.index("--nproc") + 1] == str(nproc)
+        params = parsed_train_options(train_args(line))
+        assert list(params["args"]) == ["cfg.yaml", "output.dir=/runs/a"] and params["nproc"] == nproc
+        assert nodes_from_options(params["nnodes"], params["node_rank"], params["rdzv_endpoint"], params["rdzv_id"]) == (
+            Nodes(nodes, nodes - 1, "master-0:29500", "phinetune"))
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert "/runs" in mounts and "/dev/shm" in mounts
 

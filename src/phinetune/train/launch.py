@@ -59,9 +59,9 @@ class Nodes:
 
 def nodes_from_options(nnodes: int, node_rank: int, endpoint: Optional[str], job_id: str) -> Optional[Nodes]:
     """`--nnodes/--node-rank/--rdzv-endpoint/--rdzv-id` as a Nodes, or None for a one-node launch."""
-    if nnodes == 1:
-        if node_rank or endpoint:
-            raise PhinetuneError("--node-rank and --rdzv-endpoint are for multi-node jobs; pass --nnodes too (e.g. --nnodes 2)")
+    if nnodes == 1 and not endpoint:  # with an endpoint, a 1-node job still meets there (a 1-node cluster template)
+        if node_rank:
+            raise PhinetuneError(f"--node-rank {node_rank} is for multi-node jobs; pass --nnodes too (e.g. --nnodes 2)")
         return None
     if not endpoint:
         raise PhinetuneError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT of node 0 (e.g. 127.0.0.1:29500 for two launches on one machine)")
