@@ -397,8 +397,17 @@ def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-referenc
                 parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
                 rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
                 realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
-                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder).")) -> None:
+                work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder)."),
+                nproc: Optional[str] = typer.Option(None, "--nproc", help="Instead: phinetune alone on each process count, e.g. 1,2 (same workload and global batch): tokens/s and peak memory per rank."),
+                accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="With --nproc: the accelerate config each count launches with (DDP by default; e.g. configs/accelerate/fsdp.yaml).")) -> None:
     """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
+    if nproc is not None:  # the process-count scan (bench/scale.py)
+        from phinetune.bench.scale import bench_scale, parse_nproc
+
+        bench_scale(parse_nproc(nproc), workload, accelerate_config, out, rows, realdata, work_dir)
+        return
+    if accelerate_config is not None:
+        raise PhinetuneError("bench train --accelerate-config applies to the process-count scan; pass --nproc too (e.g. --nproc 1,2)")
     from phinetune.bench.train import bench_train as run_bench
 
     run_bench(workload, out, parity, rows, realdata, work_dir)

@@ -69,11 +69,13 @@ def nodes_from_options(nnodes: int, node_rank: int, endpoint: Optional[str], job
 
 
 def launch_command(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None,
-                   use_gpu: Optional[bool] = None, nodes: Optional[Nodes] = None) -> tuple[list[str], dict]:
-    """The command and environment that run `phinetune train TRAIN_ARGS` on `nproc` processes (per node)."""
+                   use_gpu: Optional[bool] = None, nodes: Optional[Nodes] = None,
+                   module: Optional[list[str]] = None) -> tuple[list[str], dict]:
+    """The command and environment that run `phinetune train TRAIN_ARGS` on `nproc` processes (per node).
+    `module`: another entry point to launch the same way instead (`bench train --nproc`: ["-m", "phinetune.bench.scale_child", ...])."""
     use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
     env = {**os.environ, "PHINETUNE_LAUNCHED": "1"}
-    target = ["-m", "phinetune", "train", *train_args]
+    target = module or ["-m", "phinetune", "train", *train_args]
     if accelerate_config is not None and not accelerate_config.exists():
         raise PhinetuneError(f"--accelerate-config {accelerate_config} does not exist; see configs/accelerate/ for DDP, FSDP and DeepSpeed configs")
     stage = deepspeed_stage(accelerate_config) if accelerate_config is not None else None
