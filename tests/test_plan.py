@@ -90,3 +90,14 @@ def test_smallest_gpu_for_the_phi_family(key, method, seq):
     gpu, _ = smallest_gpu(facts, method, seq, 1, True, facts.spec.refused_dtypes)
     assert gpu.name == PHI_FAMILY_GPUS[(key, method, seq)]
     assert estimate(facts, "qlora", seq, 1, True).needed() < estimate(facts, "lora", seq, 1, True).needed()
+
+
+def test_validate_refuses_a_device_it_cannot_measure_on():
+    proc = run_cli("plan", "--validate", "--device", "tpu", check=False)
+    assert proc.returncode == 2 and "plan --device must be cpu or cuda" in proc.stdout + proc.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = run_cli("plan", "--validate", "--device", "cuda", check=False)
+        assert proc.returncode == 2 and "needs a CUDA GPU and none is visible" in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr

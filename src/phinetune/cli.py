@@ -392,7 +392,7 @@ def bench_serve(target: Optional[str] = typer.Argument(None, help="A run folder,
 
 
 @bench_app.command("train")
-def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
+def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA, QLoRA), gpu-reference-bf16 (CUDA, bf16 LoRA) or tiny (seconds; for tests)."),
                 out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
                 parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
                 rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
@@ -555,13 +555,16 @@ def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub i
          grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
          r: int = typer.Option(16, "--r", help="LoRA rank."),
          targets: str = typer.Option("all-linear", help="LoRA target preset."),
-         validate: bool = typer.Option(False, "--validate", help="Measure peak memory of small random models on CPU and print the estimate's error.")) -> None:
+         validate: bool = typer.Option(False, "--validate", help="Measure peak memory of small random models on CPU and print the estimate's error."),
+         device: str = typer.Option("cpu", "--device", help="With --validate: cpu, or cuda (measure on the GPU, bf16)."),
+         quick: bool = typer.Option(False, "--quick", help="With --validate: only the tiny-phi3 cases (seconds; for smoke tests)."),
+         out: Optional[Path] = typer.Option(None, "--out", help="With --validate: also write the measurements as JSON here.")) -> None:
     """Which GPU do I need? Memory breakdown and the smallest common GPU that fits."""
     from phinetune.models import plan as planner
     from phinetune.models.inspect import load_facts
 
     if validate:
-        return _print_validation()
+        return _print_validation(device, quick, out)
     if model is None:
         raise PhinetuneError("plan needs a MODEL (a spec key such as phi3.5-mini, a Hub id or a config.json), or --validate")
     facts = load_facts(model)
@@ -580,13 +583,24 @@ def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub i
     console.print(f"smallest GPU: {gpu.name}" + (f" (runs in {gpu_dtype}: no bf16 on this card)" if gpu_dtype != dtype else ""))
 
 
-def _print_validation() -> None:
-    from phinetune.bench.plan import validate
+def _print_validation(device: str, quick: bool, out: Optional[Path]) -> None:
+    from phinetune.bench.plan import CASES, validate, write_validation
 
-    console.print("plan estimate vs measured peak memory (one steady-state training step, fp32 on CPU, peak RSS):")
-    for m in validate():
+    if device not in ("cpu", "cuda"):
+        raise PhinetuneError(f"plan --device must be cpu or cuda (got {device!r})")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PhinetuneError("plan --validate --device cuda needs a CUDA GPU and none is visible; use --device cpu")
+    how = "fp32 on CPU, peak RSS" if device == "cpu" else "bf16 on the GPU, torch.cuda.max_memory_allocated"
+    console.print(f"plan estimate vs measured peak memory (one steady-state training step, {how}):")
+    measurements = validate(device, [c for c in CASES if c[0] == "tiny-phi3"] if quick else CASES)
+    for m in measurements:
         console.print(f"  {m.name:<13} {m.method:<5} seq {m.seq} x {m.batch}{' ckpt' if m.checkpointing else '     '}  "
                       f"estimate {m.estimate_bytes / 2**20:8.1f} MiB  measured {m.measured_bytes / 2**20:8.1f} MiB  error {m.error:+.1%}")
+    if out:
+        console.print(f"wrote {write_validation(measurements, out)}")
 
 
 def print_error(message: str) -> None:

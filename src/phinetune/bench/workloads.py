@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +55,10 @@ WORKLOADS: dict[str, Workload] = {
     "tiny": Workload("tiny", 64, 128, 4, 4, 1, 1024, rows=12, max_length=48, batch_size=4, learning_rate=1e-2,
                      target_speedup=0.0, target_memory=99.0),
 }
+
+# The GPU reference in bf16 LoRA (no quantization), for scripts/gpu_check.sh's second training row: a copy, so it
+# keeps every target and override the QLoRA workload has.
+WORKLOADS["gpu-reference-bf16"] = replace(WORKLOADS["gpu-reference"], name="gpu-reference-bf16", quant="none")
 
 
 @dataclass
