@@ -5,7 +5,8 @@ process count, each through the launcher `phinetune train --nproc N` uses (train
 accelerate launch on GPUs; `--accelerate-config` picks DDP, FSDP2 or DeepSpeed as for training). The global
 batch is held fixed (each rank's batch is the workload's divided by N), so every count trains the same steps
 on the same tokens, which the report checks. Per count: tokens/s (all real tokens over the slowest rank's
-time), and per rank its tokens/s and peak memory (RSS on CPU, allocated GPU memory on CUDA). The machine's
+time) and the fullest rank's peak memory, and per rank its tokens/s and peak memory (RSS on CPU, allocated GPU
+memory on CUDA). The JSON report keys them `nproc-N`, like bench train's sides. The machine's
 load average is recorded at the start and the end: on a shared machine the figures mean little when it moved.
 """
 
@@ -57,8 +58,9 @@ def run_count(n: int, spec: dict, work: Path, accelerate_config: Optional[Path])
 def summarize(n: int, ranks: list[dict], memory_key: str) -> dict:
     slowest = max(r["seconds"] for r in ranks)
     tokens = sum(r["tokens"] for r in ranks)
-    return {"nproc": n, "engine": ranks[0]["engine"], "sharded": ranks[0]["sharded"], "seconds": slowest, "tokens": tokens,
-            "tokens_per_s": tokens / slowest, "steps": ranks[0]["steps"], "losses": ranks[0]["losses"],
+    return {"nproc": n, "engine": ranks[0]["engine"], "sharded": ranks[0]["sharded"], "dtype": ranks[0].get("dtype"), "seconds": slowest,
+            "tokens": tokens, "tokens_per_s": tokens / slowest, "memory": max(r[memory_key] for r in ranks),  # the fullest rank's
+            "steps": ranks[0]["steps"], "losses": ranks[0]["losses"],
             "ranks": [{"rank": r["rank"], "tokens": r["tokens"], "seconds": r["seconds"], "tokens_per_s": r["tokens"] / r["seconds"],
                        "peak_memory": r[memory_key]} for r in ranks]}
 
@@ -104,8 +106,9 @@ def bench_scale(nprocs: list[int], workload: str = "tiny", accelerate_config: Op
                              ", ".join(f"{r['nproc']} processes {r['tokens']} tokens in {r['steps']} steps" for r in results))
     print_table(results, "peak GPU" if w.device == "cuda" else "peak RSS")
     say(window.describe() + ("" if window.steady else " (the load moved: compare the counts with care)"))
+    # results keyed like bench train's sides ("nproc-N"), so readers of its report (bench/gpu_check.py) read this one too
     report = {"workload": m.to_json(), "accelerate_config": str(accelerate_config) if accelerate_config else None,
-              "results": results, "load": window.to_json(), "machine": machine()}
+              "results": {f"nproc-{r['nproc']}": r for r in results}, "load": window.to_json(), "machine": machine()}
     report["workload"].pop("lengths", None)
     if out:
         Path(out).write_text(json.dumps(report, indent=2))

@@ -24,8 +24,14 @@ def rank_tokens(loop) -> int:
     return sum(len(row) for step in range(loop.total_steps) for rows in micro_batches(loop, step) for row in rows)
 
 
+def base_dtype(model, names: dict) -> str:
+    """The frozen base weights' dtype (what the workload trains in): the first parameter that is not trained."""
+    dtype = next((p.dtype for p in model.parameters() if not p.requires_grad), next(model.parameters()).dtype)
+    return names.get(dtype, str(dtype))
+
+
 def main(argv: list[str]) -> None:
-    from phinetune.bench.train_child import peak_memory, phinetune_config, sync
+    from phinetune.bench.train_child import DTYPE_NAMES, peak_memory, phinetune_config, sync
     from phinetune.train import recipe
 
     spec_file, result_dir = argv
@@ -44,7 +50,7 @@ def main(argv: list[str]) -> None:
     engine = "FSDP2" if loop.sharded else str(acc.distributed_type).split(".")[-1]  # CPU FSDP2 runs under accelerate's MULTI_CPU
     result = {"rank": acc.process_index, "world": acc.num_processes, "engine": engine,
               "sharded": loop.sharded, "seconds": seconds, "tokens": tokens, "steps": loop.total_steps, "losses": losses,
-              "threads": torch.get_num_threads(), **peak_memory(spec["workload"]["device"])}
+              "threads": torch.get_num_threads(), "dtype": base_dtype(loop.model, DTYPE_NAMES), **peak_memory(spec["workload"]["device"])}
     Path(result_dir, f"rank-{acc.process_index}.json").write_text(json.dumps(result))
     acc.wait_for_everyone()
 
