@@ -80,7 +80,8 @@ def launch_command(nproc: int, train_args: list[str], accelerate_config: Optiona
         raise PhinetuneError(f"--accelerate-config {accelerate_config} does not exist; see configs/accelerate/ for DDP, FSDP and DeepSpeed configs")
     stage = deepspeed_stage(accelerate_config) if accelerate_config is not None else None
     if use_gpu or stage == 2:
-        config = ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"]
+        total = nproc * (nodes.count if nodes else 1)  # one process in all (bench train --nproc 1,...): no --multi_gpu
+        config = ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"] if total > 1 else []
         processes = nodes.accelerate_args(nproc) if nodes else ["--num_processes", str(nproc)]
         if nodes and stage is not None:  # torchrun on every node, not DeepSpeed's own ssh (pdsh) launcher
             processes += ["--deepspeed_multinode_launcher", "standard"]
