@@ -97,7 +97,7 @@ def build_tokenizer(spec: ModelSpec, vocab_size: int = 1024) -> PreTrainedTokeni
 
 def build_tiny(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """A seeded random-weight tiny model and its tokenizer for a tiny-* name."""
-    from transformers import AutoModelForCausalLM
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
     spec = SPECS[TINY_MODELS[name]]
     tokenizer = build_tokenizer(spec)
@@ -107,7 +107,7 @@ def build_tiny(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTok
     # The class itself, not from_config: under a DeepSpeed ZeRO-3 launch from_config builds inside zero.Init, whose
     # every parameter is a collective, while the main process builds this base alone (main_process_first): a
     # deadlock. The weights are the same either way (same seed, same init).
-    model = AutoModelForCausalLM._model_mapping[type(config)](config)
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
     return model, tokenizer
 
 
