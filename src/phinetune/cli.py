@@ -65,16 +65,21 @@ CHECKPOINT_HELP = ("For a run folder: 'last' (or step-N) uses that training chec
 def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
           resume: bool = typer.Option(False, "--resume", help="Continue the run in output.dir from its latest checkpoint (also automatic when it holds the same config)."),
           nproc: int = typer.Option(1, "--nproc", min=1, help="Processes to train on (GPUs; on CPU, DDP over gloo) through accelerate / torchrun."),
-          accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml (FSDP2; the one that also runs on CPU).")) -> None:
+          accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml (FSDP2; the one that also runs on CPU)."),
+          nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes in the job: run this same command on each, with its --node-rank (docs/scale-and-resume.md; launch-template writes SLURM/Kubernetes scripts)."),
+          node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's index, 0 to --nnodes - 1; node 0 hosts the rendezvous."),
+          rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of node 0 for torchrun's c10d rendezvous (needed with --nnodes > 1)."),
+          rdzv_id: str = typer.Option("phinetune", "--rdzv-id", help="Rendezvous id, the same on every node of one job (SLURM: $SLURM_JOB_ID).")) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
     check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.recipe import train as run_train
 
-    if nproc > 1 or accelerate_config is not None:
-        from phinetune.train.launch import launch
+    if nproc > 1 or accelerate_config is not None or nnodes > 1:
+        from phinetune.train.launch import launch, nodes_from_options
 
-        raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
+        nodes = nodes_from_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
+        raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config, nodes))
     from phinetune.eval.checkpoints import training_hooks
 
     result = run_train(cfg, resume=resume, hooks=training_hooks(cfg))
@@ -83,6 +88,36 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
         console.print(f"{name}: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
     console.print(f"run folder: {result.run.path}  (next: phinetune generate {result.run.path} \"...\", phinetune merge {result.run.path} --out DIR)")
 
+
+
+@app.command("launch-template")
+def launch_template(kind: str = typer.Argument(..., help="slurm (an sbatch script: srun + torchrun) or k8s (a Kubeflow PyTorchJob manifest)."),
+                    args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
+                    nodes: int = typer.Option(2, "--nodes", min=1, help="Nodes in the job."),
+                    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node (its GPUs)."),
+                    accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="accelerate config every node passes to train, e.g. configs/accelerate/fsdp.yaml."),
+                    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", min=0, help="GPUs to request per node (default: --nproc; 0: a CPU job)."),
+                    job_name: str = typer.Option("phinetune", "--job-name", help="Job name (and k8s rendezvous id): lower-case letters, digits, '-'."),
+                    port: int = typer.Option(29500, "--port", help="Rendezvous port on node 0."),
+                    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+                    image: str = typer.Option("phinetune:latest", "--image", help="k8s: container image with phinetune installed."),
+                    shared_dir: str = typer.Option("/runs", "--shared-dir", help="k8s: mount path of the shared volume; output.dir must be under it."),
+                    pvc: str = typer.Option("phinetune-runs", "--pvc", help="k8s: ReadWriteMany PersistentVolumeClaim holding the run folders."),
+                    nccl_socket_ifname: Optional[str] = typer.Option(None, "--nccl-socket-ifname", help="NCCL_SOCKET_IFNAME for the nodes' network (e.g. ib0)."),
+                    out: Optional[Path] = typer.Option(None, "--out", help="Write the script here (default: print it).")) -> None:
+    """Write the launch script of an N-node training job for SLURM or Kubernetes (docs/scale-and-resume.md)."""
+    from phinetune.train.cluster import ClusterJob, render
+
+    cfg = resolve_config(args)  # a typo fails here, not on N nodes
+    config, overrides = split_args(args)
+    job = ClusterJob(config, tuple(overrides), nodes, nproc, str(cfg.output.dir), accelerate_config, job_name, port, image, shared_dir, pvc,
+                     partition, gpus_per_node=gpus_per_node, nccl_socket_ifname=nccl_socket_ifname)
+    text = render(kind, job, out.name if out else "")
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.write_text(text)
+    console.print(f"wrote {out}", highlight=False)
 
 @app.command()
 def merge(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
@@ -373,8 +408,17 @@ def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-referenc
                 realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
                 work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder)."),
                 profile: bool = typer.Option(False, help="After the timed run, profile phinetune's steps and print how a step's time splits (matmuls, attention, LoRA, loss, optimizer, data, other)."),
-                sides: Optional[str] = typer.Option(None, help="Comma-separated sides to run: baseline (the seeds' recipe), trl-tuned, phinetune (default: all three).")) -> None:
+                sides: Optional[str] = typer.Option(None, help="Comma-separated sides to run: baseline (the seeds' recipe), trl-tuned, phinetune (default: all three)."),
+                nproc: Optional[str] = typer.Option(None, "--nproc", help="Instead: phinetune alone on each process count, e.g. 1,2 (same workload and global batch): tokens/s and peak memory per rank."),
+                accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="With --nproc: the accelerate config each count launches with (DDP by default; e.g. configs/accelerate/fsdp.yaml).")) -> None:
     """Train with phinetune, the seeds' TRL recipe and a tuned TRL on identical work; print tokens/s, memory, MFU, losses, ratios, load."""
+    if nproc is not None:  # the process-count scan (bench/scale.py)
+        from phinetune.bench.scale import bench_scale, parse_nproc
+
+        bench_scale(parse_nproc(nproc), workload, accelerate_config, out, rows, realdata, work_dir)
+        return
+    if accelerate_config is not None:
+        raise PhinetuneError("bench train --accelerate-config applies to the process-count scan; pass --nproc too (e.g. --nproc 1,2)")
     from phinetune.bench.train import bench_train as run_bench
 
     run_bench(workload, out, parity, rows, realdata, work_dir, profile=profile,

@@ -60,6 +60,8 @@ def split_head(model):
     config = getattr(lm, "config", None)
     if decoder is None or head is None or config is None or type(lm).__name__ not in PLAIN_HEAD_MODELS:
         return None
+    if any(hasattr(p, "ds_id") for p in head.parameters()):  # ZeRO-3: the head's weight is gathered only inside the engine's hooks
+        return None
     return decoder, head
 
 

@@ -27,7 +27,7 @@ from phinetune.errors import PhinetuneError, PreflightError
 from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
-from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed
+from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed, configure_engine, process_group_backend
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
 from phinetune.train.memory import pin_malloc_thresholds
@@ -129,11 +129,12 @@ def setup(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = No
     cfg = with_merged_spec(cfg)  # before the run folder records the config: a resume reads the same spec
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
     # A bounded wait in every collective: a rank that is alive but stuck cannot hold the others for ever.
-    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=DIST_TIMEOUT_S), **process_group_backend())
     accelerator = Accelerator(step_scheduler_with_optimizer=False, kwargs_handlers=[timeout],
                               **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
     set_seed(cfg.train.seed)
     check_distributed(accelerator, cfg)
+    configure_engine(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
     try:  # the folder is ours from here: a failure is recorded in run.json, and the next start replaces it
         return build_loop(cfg, run, checkpoint, accelerator, hooks)
