@@ -90,3 +90,33 @@ def test_cache_off_writes_nothing(setup):
     tokenizer, _, cfg = setup
     prepare_data(cfg(cache=False), tokenizer, EOT)
     assert not cache.cache_dir(cfg()).exists()
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_preference_pairs_are_cached_and_never_read_as_sft_data(setup, tmp_path, objective):
+    """The preference objectives' rendered pairs go through the same cache, in entries of their own layout."""
+    from phinetune.config import load_config
+    from phinetune.train.preference import load_data
+
+    tokenizer, _, cfg = setup
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": f"It is {i}."} for i, r in enumerate(ROWS)]
+    if objective == "kto":
+        rows = [{"prompt": r["prompt"], "completion": r["chosen"], "label": i % 2 == 0} for i, r in enumerate(rows)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = lambda: load_config(None, [f"train.objective={objective}", f"data.train={pairs}", "data.eval_size=2",  # noqa: E731
+                                     "data.max_length=64", f"data.cache_dir={cfg().cache_dir}"])
+    first = load_data(run(), tokenizer, EOT)
+    assert not first.info.cached and len(list(cache.cache_dir(cfg()).glob("*.json"))) == 1
+    second = load_data(run(), tokenizer, EOT)
+    assert second.info.cached and second.info.train == first.info.train == 6
+    for a, b in zip(first.pairs + first.eval_pairs, second.pairs + second.eval_pairs):
+        assert (b.chosen.input_ids, b.rejected.labels, b.where, b.desirable) == (a.chosen.input_ids, a.rejected.labels, a.where, a.desirable)
+    assert [r.sample for r in second.train_records] == [r.sample for r in first.train_records]
+    assert second.pref_info == first.pref_info
+    # The same file as SFT data (prompt/completion rows read the same) gets an entry of its own.
+    sft = DataConfig(**{**run().data.model_dump(), "train": str(pairs)})
+    assert cache.cache_key(sft, tokenizer, EOT) != cache.cache_key(sft, tokenizer, EOT, layout=f"preference-{objective}")
+    off = load_data(load_config(None, [f"train.objective={objective}", f"data.train={pairs}", "data.eval_size=2", "data.max_length=64",
+                                       "data.cache=false", f"data.cache_dir={tmp_path / 'off'}"]), tokenizer, EOT)
+    assert not off.info.cached and not (tmp_path / "off").exists()

@@ -102,3 +102,91 @@ def test_merged_folder_answers_like_the_run(tiny_run, tmp_path):
 def test_streamed_reply_equals_the_batch_answer(base):
     greedy = Sampling(max_new_tokens=12)
     assert "".join(stream_reply(base, CONVS[0], greedy)).strip() == generate_batch(base, CONVS[:1], greedy)[0]
+
+
+def _reference_greedy(model, ids: list[int], n: int) -> list[int]:
+    """The path as it was before `decode_kernels`: plain generate, oneDNN as torch sets it, no stop token."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def _spy_mkldnn(model) -> tuple[list[bool], object]:
+    """Whether oneDNN was on at each call of the model's last MLP projection (one call per forward)."""
+    seen: list[bool] = []
+    layer = next(m for name, m in model.named_modules() if name.endswith("down_proj") or name.endswith("fc2"))
+    return seen, layer.register_forward_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_batch1_decode_steps_switch_kernels_and_keep_greedy_tokens(tiny_run, dtype):
+    loaded = load_for_inference("tiny-phi3", dtype)
+    unstopped = Loaded(loaded.model, loaded.tokenizer, loaded.spec, [], loaded.source)
+    for conv in CONVS:
+        ids = loaded.tokenizer(chat_prompt(loaded, conv), add_special_tokens=False)["input_ids"]
+        seen, hook = _spy_mkldnn(loaded.model)
+        [res] = complete(unstopped, [ids], Sampling(max_new_tokens=10))
+        hook.remove()
+        assert seen == [True] + [False] * 9  # prefill with oneDNN's GEMM, each one-token step with torch's GEMV
+        assert torch.backends.mkldnn.enabled  # and restored afterwards
+        assert res.token_ids == _reference_greedy(loaded.model, ids, 10)
+
+
+def test_a_run_folder_with_a_saved_embedding_switches_too(tiny_run):
+    """The tiny run trains embed_tokens and lm_head (PEFT wraps them): the hook must still see every forward."""
+    run = load_for_inference(str(tiny_run), "bf16")
+    unstopped = Loaded(run.model, run.tokenizer, run.spec, [], run.source)
+    seen, hook = _spy_mkldnn(run.model)
+    complete(unstopped, [chat_prompt(run, CONVS[1])], Sampling(max_new_tokens=5))
+    hook.remove()
+    assert seen == [True] + [False] * 4 and torch.backends.mkldnn.enabled
+
+
+def test_batched_and_fp32_generation_keep_onednn(base, tiny_run):
+    seen, hook = _spy_mkldnn(base.model)  # fp32: the switch is for 16-bit weights only
+    complete(base, [chat_prompt(base, CONVS[0])], Sampling(max_new_tokens=4))
+    hook.remove()
+    bf16 = load_for_inference("tiny-phi3", "bf16")
+    seen16, hook = _spy_mkldnn(bf16.model)  # a batch of 3: every matmul has 3+ rows, where oneDNN is the faster
+    complete(bf16, [chat_prompt(bf16, c) for c in CONVS], Sampling(max_new_tokens=4))
+    hook.remove()
+    assert seen and all(seen) and seen16 and all(seen16)
+
+
+def test_the_onednn_flag_is_restored_when_generation_fails(tiny_run):
+    loaded = load_for_inference("tiny-phi3", "bf16")
+    calls = []
+
+    def fail_on_third_step(*_):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+
+    hook = loaded.model.get_input_embeddings().register_forward_hook(fail_on_third_step)
+    with pytest.raises(RuntimeError, match="boom"):
+        complete(loaded, [chat_prompt(loaded, CONVS[0])], Sampling(max_new_tokens=8))
+    hook.remove()
+    assert torch.backends.mkldnn.enabled and len(calls) == 3
+
+
+@pytest.mark.slow
+def test_phi3_mini_width_greedy_tokens_equal_the_reference():
+    """At the real width (hidden 3072, intermediate 8192) the two GEMVs round differently in places; the greedy
+    tokens must still be those of the reference path."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from phinetune.models.specs import get_spec
+    from phinetune.models.tiny import build_tiny
+
+    _, tok = build_tiny("tiny-phi3")
+    config = Phi3Config(vocab_size=2048, hidden_size=3072, intermediate_size=8192, num_hidden_layers=1, num_attention_heads=32,
+                        num_key_value_heads=32, max_position_embeddings=512, pad_token_id=0)
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(config).to(torch.bfloat16).eval()
+    loaded = Loaded(model, tok, get_spec("tiny-phi3"), [], "phi3-mini-width")
+    for seed in range(3):
+        ids = torch.randint(0, 2048, (24,), generator=torch.Generator().manual_seed(seed)).tolist()
+        [res] = complete(loaded, [ids], Sampling(max_new_tokens=12))
+        assert res.token_ids == _reference_greedy(model, ids, 12)

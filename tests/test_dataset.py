@@ -71,7 +71,7 @@ def test_each_format_trains_end_to_end(tiny_phi3, tmp_path, fmt):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loop = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, tokenizer=tokenizer, optimizer=optimizer,
                            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
-                           train_rows=make_rows(data.train, 96, packing=True), steps_per_epoch=1)
+                           train_rows=make_rows(data.train, 96, packing=True), steps_per_epoch=1, adapter_dtype=None)
     losses = [train_step(loop, step)["loss"] for step in range(3)]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
 

@@ -35,7 +35,8 @@ def one_step_update(base, tokenizer, rows, batch_size: int, grad_accum: int) -> 
     cfg = load_config(None, [f"train.batch_size={batch_size}", f"train.grad_accum={grad_accum}", "train.max_grad_norm=1e9"])
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     loop = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, tokenizer=tokenizer, optimizer=optimizer,
-                           scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), train_rows=rows, steps_per_epoch=1)
+                           scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), train_rows=rows, steps_per_epoch=1,
+                           adapter_dtype=None)
     stats = train_step(loop, 0)
     assert stats["trained_tokens"] == sum(sum(1 for x in r.labels[1:] if x != IGNORE) for r in rows)
     return [b - p.detach() for b, p in zip(before, model.parameters())]

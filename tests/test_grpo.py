@@ -1,16 +1,20 @@
-"""GRPO through the one recipe: group advantages, zero-signal groups counted, and expected reward rising."""
+"""GRPO through the one recipe: group advantages, zero-signal groups counted, and expected reward rising
+(a dotted-path first-letter reward from scratch; the built-in riddles example with exact_answer after a half-way SFT)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from phinetune.config import load_config
 from phinetune.train.grpo import advantages
 from phinetune.train.recipe import run_steps, setup, train
+from phinetune.train.rewards import exact_answer
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 GOOD = "abcdefghijklm"
@@ -55,6 +59,73 @@ def test_grpo_raises_the_expected_reward_of_a_dotted_path_reward(tiny_cfg, tmp_p
     assert len(curve) == 4 and {"reward_std", "zero_std_groups", "completion_tokens"} <= set(curve[0])
 
 
+# The built-in example (docs/preference.md, "GRPO on the riddles"): SFT stopped half-way, merged, then GRPO with exact_answer.
+HALF_SFT, RIDDLES_GRPO = ROOT / "configs" / "tiny-grpo-riddles-sft.yaml", ROOT / "configs" / "tiny-grpo-riddles.yaml"
+INVERTED = "from phinetune.train.rewards import exact_answer\n\ndef wrong(completion, answer):\n    return 1.0 - exact_answer(completion, answer)\n"
+
+
+@pytest.fixture(scope="module")
+def half_trained(tmp_path_factory):
+    """Stage 1 of the example, merged: the riddles SFT stopped at step 12, where each answer sentence has a moderate
+    probability, so a group of 16 samples mixes rewards 0 and 1 (see the config's comments)."""
+    from phinetune.export.merge import merge_run
+
+    os.environ.setdefault("PHINETUNE_CACHE", str(tmp_path_factory.mktemp("phinetune-cache")))
+    root = tmp_path_factory.mktemp("half-trained")
+    train(load_config(HALF_SFT, [f"output.dir={root / 'sft'}"]))
+    return merge_run(str(root / "sft"), str(root / "merged"))
+
+
+def _answer_probability(loop) -> list[float]:
+    """Per training prompt, the policy's probability of its reference answer sentence ("The answer is a piano."),
+    teacher-forced. Every completion that starts with that sentence scores exact_answer 1, so this is an exact
+    lower bound of the prompt's expected reward, with no sampling noise (the per-step reward_mean has plenty)."""
+    tok, model = loop.tokenizer, loop.accelerator.unwrap_model(loop.model)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for row in loop.train_rows:
+            sentence = row.answer.split(".")[0] + "."
+            assert exact_answer(sentence, row.answer) == 1.0
+            ids = tok(sentence, add_special_tokens=False)["input_ids"]
+            assert len(ids) <= loop.cfg.grpo.max_completion_length, "the whole sentence must fit in a completion"
+            logits = model(input_ids=torch.tensor([row.prompt_ids + ids])).logits[0, len(row.prompt_ids) - 1:-1].float()
+            out.append(torch.log_softmax(logits, -1)[torch.arange(len(ids)), torch.tensor(ids)].sum().exp().item())
+    model.train()
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+@pytest.mark.slow
+def test_grpo_with_exact_answer_raises_the_riddles_expected_reward(half_trained, tmp_path, monkeypatch):
+    """The built-in example. Control: the same start with the reward inverted (1 - exact_answer) must lower it."""
+    grpo = [f"model.name={half_trained}", "model.spec=null"]  # the spec must come from the merged folder's marker
+    loop = setup(load_config(RIDDLES_GRPO, [*grpo, f"output.dir={tmp_path / 'grpo'}"]))
+    assert loop.cfg.model.spec == "phi3-mini-4k"
+    before = _answer_probability(loop)
+    assert len(before) == 6 and 0.2 < _mean(before) < 0.85, before  # room to rise, and groups of mixed rewards
+    run_steps(loop)
+    after = _answer_probability(loop)
+    curve = [m for m in loop.run.read_metrics() if "reward_mean" in m]
+    assert len(curve) == 6 and curve[0]["zero_std_groups"] <= 1, curve  # the groups did carry a signal
+    assert _mean(after) > _mean(before) + 0.05, (before, after)
+    assert sum(a > b for a, b in zip(after, before)) >= 4, (before, after)
+
+    (tmp_path / "inverted.py").write_text(INVERTED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    control = setup(load_config(RIDDLES_GRPO, [*grpo, "grpo.rewards=[inverted:wrong]", "train.max_steps=1",
+                                               f"output.dir={tmp_path / 'control'}"]))
+    assert _answer_probability(control) == pytest.approx(before, abs=1e-6)  # the same start
+    run_steps(control)
+    lowered = _answer_probability(control)
+    print(f"answer-sentence probability {_mean(before):.3f} -> {_mean(after):.3f} in 6 steps (per prompt {before} -> {after}); "
+          f"reward_mean per step {[round(m['reward_mean'], 3) for m in curve]}; inverted reward: -> {_mean(lowered):.3f} in 1 step")
+    assert _mean(lowered) < _mean(before) - 0.05, (before, lowered)
+
+
 @pytest.mark.slow
 def test_grpo_with_kl_to_the_adapter_off_reference_runs_from_the_cli_config(tiny_cfg):
     """The riddles with the built-in exact-answer reward: logs KL (0 at step 1: policy == reference) and eval reward."""
@@ -82,3 +153,21 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path, objective):
     for t in data["trials"]:
         assert t["exit"] == -9 and t["resume_exit"] == 0, where
         assert t["curve"] == data["reference"], where
+
+
+def test_prompts_are_written_as_sft_writes_them(tiny_cfg, monkeypatch):
+    """GRPO samples from the prompt SFT trained and inference sends: with the spec's default system prompt."""
+    import dataclasses
+
+    from phinetune.models.loading import load_tokenizer, resolve_model_path
+    from phinetune.models.specs import get_spec
+    from phinetune.train import grpo
+
+    cfg = tiny_cfg("train.objective=grpo", "data.train=builtin:riddles_qa", "data.limit=4", "data.eval_size=1")
+    spec = dataclasses.replace(get_spec(cfg.model.name, cfg.model.spec), system_prompt="Answer in one sentence.")
+    monkeypatch.setattr(grpo, "get_spec", lambda *a: spec)
+    tok = load_tokenizer(resolve_model_path(cfg.model, None), cfg.model, spec)
+    data = grpo.load_data(cfg, tok, "<|end|>")
+    for row in data.prompt_rows + data.eval_prompt_rows:
+        assert row.prompt[0] == {"role": "system", "content": "Answer in one sentence."}
+        assert "Answer in one sentence." in tok.decode(row.prompt_ids)

@@ -101,3 +101,14 @@ def test_plan_counts_the_loss_chunk_train_uses():
     from phinetune.train.loss import CHUNK_ELEMENTS
 
     assert LOSS_CHUNK_ELEMENTS == CHUNK_ELEMENTS
+
+
+def test_validate_refuses_a_device_it_cannot_measure_on():
+    proc = run_cli("plan", "--validate", "--device", "tpu", check=False)
+    assert proc.returncode == 2 and "plan --device must be cpu or cuda" in proc.stdout + proc.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = run_cli("plan", "--validate", "--device", "cuda", check=False)
+        assert proc.returncode == 2 and "needs a CUDA GPU and none is visible" in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr

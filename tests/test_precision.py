@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from phinetune.config import load_config
@@ -42,3 +43,70 @@ def test_fp32_when_unsafe_or_not_worth_it(tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
     plan = precision.choose_train_dtype(_cfg(), spec, wide)
     assert plan.dtype == torch.float32 and "avx512_bf16" in plan.reason
+
+
+def test_adapters_compute_in_bf16_only_for_lora_on_a_bf16_base(monkeypatch):
+    from phinetune.models.loading import DtypePlan
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bf16, fp32 = DtypePlan(torch.bfloat16, "bf16", ""), DtypePlan(torch.float32, "fp32", "")
+    assert precision.adapter_compute_dtype(_cfg(), bf16) == torch.bfloat16
+    assert precision.adapter_compute_dtype(_cfg(), fp32) is None
+    assert precision.adapter_compute_dtype(_cfg("adapter.method=full"), bf16) is None
+    assert precision.adapter_compute_dtype(_cfg("model.quant=nf4"), bf16) is None
+
+
+def _bf16_lora(seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    from phinetune.models.tiny import build_tiny
+
+    torch.manual_seed(seed)
+    model, _ = build_tiny("tiny-phi3")
+    model = get_peft_model(model.to(torch.bfloat16), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                                 target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # non-zero B, so the adapters change the output and A gets a gradient
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_bf16_adapters_match_peft_fp32_adapters():
+    """Same loss and LoRA gradients (to bf16 rounding) as PEFT's own fp32 adapter path, weights and grads fp32."""
+    from phinetune.train.loss import loss_sum
+
+    model = _bf16_lora()
+    ids = torch.randint(3, 200, (2, 32))
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(32).repeat(2, 1)}
+    lora = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in lora.values())
+
+    def grads(dtype):
+        with precision.adapter_autocast(model, dtype):
+            loss, n = loss_sum(model, batch)
+        (loss / n).backward()
+        out = {k: p.grad.clone() for k, p in lora.items()}
+        model.zero_grad(set_to_none=True)
+        return float(loss) / n, out
+
+    ref_loss, ref = grads(None)
+    fast_loss, fast = grads(torch.bfloat16)
+    assert fast_loss == pytest.approx(ref_loss, rel=2e-3)
+    for k in ref:
+        assert fast[k].dtype == torch.float32
+        assert float((fast[k] - ref[k]).norm() / ref[k].norm()) < 0.03, k
+    # Leaving the context restores PEFT's input cast: a plain (fp32-adapter) forward works as before.
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.dtype == torch.bfloat16
+
+
+def test_a_bf16_training_step_uses_bf16_adapters(tiny_cfg):
+    from phinetune.train import recipe
+
+    loop = recipe.setup(tiny_cfg("model.dtype=bf16", "adapter.modules_to_save=[]", "train.max_steps=2"))
+    assert loop.adapter_dtype == torch.bfloat16
+    before = {n: p.detach().clone() for n, p in loop.model.named_parameters() if p.requires_grad}
+    stats = [recipe.train_step(loop, step) for step in range(2)]  # LoRA A moves from the second step (B starts at 0)
+    assert all(s["loss"] > 0 and s["grad_norm"] > 0 for s in stats)
+    after = dict(loop.model.named_parameters())
+    assert all(after[n].dtype == torch.float32 and not torch.equal(after[n].detach(), b) for n, b in before.items())

@@ -105,3 +105,30 @@ def test_two_cpu_processes_match_one_process_for_dpo(tiny_cfg, tmp_path):
         assert [x is None for x in b] == [x is None for x in a], f"step {a[0]}: {a} vs {b}"
         assert [x for x in b[1:] if x is not None] == pytest.approx([x for x in a[1:] if x is not None], rel=2e-5, abs=2e-5), \
             f"step {a[0]}: 1 process {a}, 2 processes {b}"
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_kto_on_an_uneven_eval_share(tiny_cfg, tmp_path, monkeypatch):
+    """3 eval samples over 2 processes, one per batch: rank 0 evaluates 2 batches, rank 1 one. KTO's KL estimate
+    was an all-reduce per batch, so rank 1's next collective answered rank 0's second one (wrong values) and a
+    rank then waited for a partner that never came. In evaluation it is now each batch's own estimate."""
+    import json
+
+    from conftest import run_cli
+    from phinetune.config import dump_config
+    from phinetune.data.readers import builtin_path
+
+    monkeypatch.setenv("PHINETUNE_DIST_TIMEOUT", "90")  # a hang fails the test instead of holding it for 10 minutes
+    rows = [json.loads(line) for line in builtin_path("riddles_preferences").read_text().splitlines()[:4]]
+    samples = [json.dumps({"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"}) + "\n" for r in rows for k in ("chosen", "rejected")]
+    (tmp_path / "train.jsonl").write_text("".join(samples))
+    (tmp_path / "eval.jsonl").write_text("".join(samples[:3]))
+    common = ["train.objective=kto", f"data.train={tmp_path / 'train.jsonl'}", f"data.eval={tmp_path / 'eval.jsonl'}", "data.eval_size=null",
+              "train.batch_size=1", "train.max_steps=1", "train.recall_check=0", "adapter.dropout=0"]
+    one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
+    two_cfg = tmp_path / "two.yaml"
+    dump_config(tiny_cfg(*common, f"output.dir={tmp_path / 'two'}"), two_cfg)
+    run_cli("train", str(two_cfg), "--nproc", "2", timeout=400)
+    evals = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line]
+    assert [e["step"] for e in evals] == [0, 1]
+    assert evals[0]["eval_loss"] == pytest.approx(one.first_eval_loss, rel=1e-5)  # one sample per batch: the same batches

@@ -118,3 +118,21 @@ def test_data_inspect_reports_reply_lengths_length_bias_and_overlap(tmp_path):
     bad = run_cli("data", "inspect", _write(tmp_path, [{"prompt": USER, "chosen": GOOD}], "b.jsonl"), "--model", "tiny-phi3",
                   "--objective", "dpo", "--out", str(tmp_path / "b"), check=False)
     assert bad.returncode == 2 and "b.jsonl:1" in bad.stdout + bad.stderr
+
+
+def test_prompts_take_the_specs_default_system_prompt_as_sft_does(tmp_path):
+    """A Phi-4-mini-reasoning pair is trained on the prompt SFT and inference write (its model card's system
+    prompt first), not on the bare user turn; a conversation with its own system turn keeps it."""
+    from phinetune.data.normalize import for_template
+    from phinetune.data.preference import in_template_form
+    from phinetune.models.specs import get_spec
+
+    spec = get_spec("microsoft/Phi-4-mini-reasoning")
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": USER}]
+    recs = read_preferences(_write(tmp_path, [LAYOUTS["messages"], {"messages": own, "chosen": GOOD, "rejected": BAD}]), "pairs")
+    bare, kept = in_template_form(recs, spec)
+    assert bare.prompt == [{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": USER}]
+    assert kept.prompt == own
+    sft = for_template({"messages": [{"role": "user", "content": USER}, {"role": "assistant", "content": GOOD}]}, spec)
+    assert sft["messages"][:-1] == bare.prompt  # the very prompt an SFT run on the same conversation renders
+    assert (bare.chosen, bare.rejected, bare.where) == (recs[0].chosen, recs[0].rejected, recs[0].where)

@@ -63,3 +63,18 @@ def test_check_refuses_like_train(tiny_cfg, override):
     with pytest.raises(PreflightError) as from_train:
         train(cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": True})}))
     assert str(from_check.value) == str(from_train.value)
+
+
+def test_a_merged_folder_names_its_spec_unless_model_spec_is_given(tmp_path):
+    """Training from a `phinetune merge` folder needs no model.spec: its marker names the spec (config.json
+    alone cannot tell Phi-3-mini-128k from Phi-3.5-mini)."""
+    from phinetune.config import load_config
+    from phinetune.runs.run_dir import MERGED_MARKER
+    from phinetune.train.prepare import with_merged_spec
+
+    (tmp_path / MERGED_MARKER).write_text(json.dumps({"spec": "phi3.5-mini", "merged_from": "runs/x"}))
+    assert with_merged_spec(load_config(None, [f"model.name={tmp_path}"])).model.spec == "phi3.5-mini"
+    assert with_merged_spec(load_config(None, [f"model.name={tmp_path}", "model.spec=phi4-mini"])).model.spec == "phi4-mini"
+    (tmp_path / "plain").mkdir()
+    assert with_merged_spec(load_config(None, [f"model.name={tmp_path / 'plain'}"])).model.spec is None
+    assert with_merged_spec(load_config(None, ["model.name=microsoft/phi-2"])).model.spec is None

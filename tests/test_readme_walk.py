@@ -85,7 +85,7 @@ def fill(command: str, root: Path, config: Path) -> list[str]:
     verb = verb_of(command)
     values = {"RUN": run, "CONFIG": str(config), "DATA": "builtin:riddles", "M": "tiny-phi3", "MODEL": "tiny-phi3",
               "DIR": str(root / ("export-gguf" if verb == "export" else "merged")), "REPO_ID": "you/phi3-riddles",
-              "gguf|ollama|onnx": "gguf", "data.train=PAIRS.jsonl": "data.train=builtin:riddles_preferences",
+              "gguf|ollama|onnx": "gguf", "slurm|k8s": "slurm", "data.train=PAIRS.jsonl": "data.train=builtin:riddles_preferences",
               "prompts.jsonl": str(root / "prompts.jsonl"), "answers.jsonl": str(root / "answers.jsonl")}
     words = [values.get(w, str(ROOT / w) if w.startswith("configs/") else w) for w in words]
     if verb == "train objective":  # the config first (the one argument without '='), then the row's overrides
@@ -110,6 +110,7 @@ def fill(command: str, root: Path, config: Path) -> list[str]:
         "export": [],
         "push": [],
         "judge": ["--n", "1", "--max-new-tokens", "4"],
+        "launch-template": ["--out", str(root / "job.sbatch")],
     }[verb]
     return words + extra
 
@@ -207,5 +208,6 @@ def check_promises(root: Path, outcomes: dict) -> None:
     assert list((root / "export-gguf").glob("*.gguf")), flat["export"][-2000:]
     assert outcomes["push"].returncode == 2 and "token" in flat["push"]  # offline, no token: one sentence saying so
     assert outcomes["bench serve"].returncode == 0 and "p95" in flat["bench serve"]
+    assert outcomes["launch-template"].returncode == 0 and "#SBATCH --nodes=2" in (root / "job.sbatch").read_text()
     if outcomes["eval"].returncode == 2:  # no network here: the sentence says what to do instead
         assert "--data-dir" in flat["eval"]

@@ -65,16 +65,21 @@ CHECKPOINT_HELP = ("For a run folder: 'last' (or step-N) uses that training chec
 def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
           resume: bool = typer.Option(False, "--resume", help="Continue the run in output.dir from its latest checkpoint (also automatic when it holds the same config)."),
           nproc: int = typer.Option(1, "--nproc", min=1, help="Processes to train on (GPUs; on CPU, DDP over gloo) through accelerate / torchrun."),
-          accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml (FSDP2; the one that also runs on CPU).")) -> None:
+          accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate config for FSDP/DeepSpeed, e.g. configs/accelerate/fsdp.yaml (FSDP2; the one that also runs on CPU)."),
+          nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes in the job: run this same command on each, with its --node-rank (docs/scale-and-resume.md; launch-template writes SLURM/Kubernetes scripts)."),
+          node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's index, 0 to --nnodes - 1; node 0 hosts the rendezvous."),
+          rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of node 0 for torchrun's c10d rendezvous (needed with --nnodes > 1)."),
+          rdzv_id: str = typer.Option("phinetune", "--rdzv-id", help="Rendezvous id, the same on every node of one job (SLURM: $SLURM_JOB_ID).")) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
     check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.recipe import train as run_train
 
-    if nproc > 1 or accelerate_config is not None:
-        from phinetune.train.launch import launch
+    if nproc > 1 or accelerate_config is not None or nnodes > 1:
+        from phinetune.train.launch import launch, nodes_from_options
 
-        raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config))
+        nodes = nodes_from_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
+        raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config, nodes))
     from phinetune.eval.checkpoints import training_hooks
 
     result = run_train(cfg, resume=resume, hooks=training_hooks(cfg))
@@ -83,6 +88,36 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
         console.print(f"{name}: {result.first_eval_loss:.4f} at step 0 -> {result.final_eval_loss:.4f} after {result.steps} steps")
     console.print(f"run folder: {result.run.path}  (next: phinetune generate {result.run.path} \"...\", phinetune merge {result.run.path} --out DIR)")
 
+
+
+@app.command("launch-template")
+def launch_template(kind: str = typer.Argument(..., help="slurm (an sbatch script: srun + torchrun) or k8s (a Kubeflow PyTorchJob manifest)."),
+                    args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
+                    nodes: int = typer.Option(2, "--nodes", min=1, help="Nodes in the job."),
+                    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node (its GPUs)."),
+                    accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="accelerate config every node passes to train, e.g. configs/accelerate/fsdp.yaml."),
+                    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", min=0, help="GPUs to request per node (default: --nproc; 0: a CPU job)."),
+                    job_name: str = typer.Option("phinetune", "--job-name", help="Job name (and k8s rendezvous id): lower-case letters, digits, '-'."),
+                    port: int = typer.Option(29500, "--port", help="Rendezvous port on node 0."),
+                    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+                    image: str = typer.Option("phinetune:latest", "--image", help="k8s: container image with phinetune installed."),
+                    shared_dir: str = typer.Option("/runs", "--shared-dir", help="k8s: mount path of the shared volume; output.dir must be under it."),
+                    pvc: str = typer.Option("phinetune-runs", "--pvc", help="k8s: ReadWriteMany PersistentVolumeClaim holding the run folders."),
+                    nccl_socket_ifname: Optional[str] = typer.Option(None, "--nccl-socket-ifname", help="NCCL_SOCKET_IFNAME for the nodes' network (e.g. ib0)."),
+                    out: Optional[Path] = typer.Option(None, "--out", help="Write the script here (default: print it).")) -> None:
+    """Write the launch script of an N-node training job for SLURM or Kubernetes (docs/scale-and-resume.md)."""
+    from phinetune.train.cluster import ClusterJob, render
+
+    cfg = resolve_config(args)  # a typo fails here, not on N nodes
+    config, overrides = split_args(args)
+    job = ClusterJob(config, tuple(overrides), nodes, nproc, str(cfg.output.dir), accelerate_config, job_name, port, image, shared_dir, pvc,
+                     partition, gpus_per_node=gpus_per_node, nccl_socket_ifname=nccl_socket_ifname)
+    text = render(kind, job, out.name if out else "")
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.write_text(text)
+    console.print(f"wrote {out}", highlight=False)
 
 @app.command()
 def merge(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
@@ -315,26 +350,35 @@ def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged 
     run_serve(targets, settings, Listen(host, port, access_log), LoadOptions(dtype, quant), checkpoint)
 
 
-bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe, inference per dtype).", no_args_is_help=True,
+bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe and a tuned TRL, inference per dtype).", no_args_is_help=True,
                         rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
 
 @bench_app.command("infer")
-def bench_infer(target: str = typer.Argument(..., help="A run folder, a merged folder, or a base model id."),
+def bench_infer(target: Optional[str] = typer.Argument(None, help="A run folder, a merged folder, or a base model id (or use --workload)."),
+                workload: Optional[str] = typer.Option(None, help="Instead of TARGET, a random-weight model built here: cpu-decode "
+                                                       "(Phi-3-mini width, 2 layers) or tiny (seconds; for tests)."),
                 dtype: str = typer.Option("bf16,fp32,nf4", "--dtype", help="Comma-separated: bf16, fp16, fp32, nf4."),
                 prompt_tokens: int = typer.Option(128), new_tokens: int = typer.Option(64),
                 batch_sizes: str = typer.Option("1,8", help="Comma-separated batch sizes."),
                 out: Path = typer.Option(Path("bench-infer.json"), "--out", help="JSON results file.")) -> None:
-    """Memory after load, peak memory, time to first token and decode tokens/s per dtype (and % of memory bandwidth on a GPU)."""
-    check_source(target)
-    from phinetune.bench.infer import BenchSettings, bench_infer as run_bench
+    """Memory, prefill (TTFT, tokens/s) and decode tokens/s per dtype and batch size, and decode's share of the memory bandwidth measured in the same run."""
+    if (target is None) == (workload is None):
+        raise PhinetuneError("bench infer needs either a TARGET (run folder, merged folder or model id) or --workload NAME, not both")
+    if target is not None:
+        check_source(target)
+    from phinetune.bench.infer import BenchSettings, bench_infer as run_bench, bench_workload
 
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
     except ValueError:
         raise PhinetuneError(f"--batch-sizes must be comma-separated integers like 1,8 (got {batch_sizes!r})") from None
-    run_bench(target, [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes), out)
+    dtypes, settings = [d.strip() for d in dtype.split(",") if d.strip()], BenchSettings(prompt_tokens, new_tokens, sizes)
+    if workload is not None:
+        bench_workload(workload, dtypes, settings, out)
+    else:
+        run_bench(target, dtypes, settings, out)
 
 
 @bench_app.command("serve")
@@ -357,25 +401,38 @@ def bench_serve(target: Optional[str] = typer.Argument(None, help="A run folder,
 
 
 @bench_app.command("train")
-def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA) or tiny (seconds; for tests)."),
+def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-reference, gpu-reference (CUDA, QLoRA), gpu-reference-bf16 (CUDA, bf16 LoRA) or tiny (seconds; for tests)."),
                 out: Optional[str] = typer.Option(None, "--out", help="Write every figure as JSON here."),
                 parity: bool = typer.Option(False, help="Run both sides in fp32 on the same batches in the same order (no packing) and print the two loss curves."),
                 rows: Optional[int] = typer.Option(None, help="Use only the first N data rows (default: the workload's)."),
                 realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
                 work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder)."),
+                profile: bool = typer.Option(False, help="After the timed run, profile phinetune's steps and print how a step's time splits (matmuls, attention, LoRA, loss, optimizer, data, other)."),
+                sides: Optional[str] = typer.Option(None, help="Comma-separated sides to run: baseline (the seeds' recipe), trl-tuned, phinetune (default: all three)."),
+                nproc: Optional[str] = typer.Option(None, "--nproc", help="Instead: phinetune alone on each process count, e.g. 1,2 (same workload and global batch): tokens/s and peak memory per rank."),
+                accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="With --nproc: the accelerate config each count launches with (DDP by default; e.g. configs/accelerate/fsdp.yaml)."),
                 sweep: bool = typer.Option(False, "--sweep", help="Instead: one phinetune training step per (tokens x layers) point; tokens/s, peak memory and plan's estimate, as a table, JSON (--out) and PNG beside it."),
                 seq: str = typer.Option("512,2048,8192", "--seq", help="--sweep: comma-separated tokens per row (32768 is optional: ~10 min for its 4-layer point)."),
                 layers: str = typer.Option("1,2,4", "--layers", help="--sweep: comma-separated decoder layer counts."),
                 width: str = typer.Option("reference", "--width", help="--sweep: reference (Phi-3-mini width) or tiny (seconds; for tests)."),
                 checkpointing: str = typer.Option("auto", "--checkpointing", help="--sweep: gradient checkpointing auto (as train decides), on or off.")) -> None:
-    """Train with phinetune and with the seeds' TRL SFTTrainer recipe on identical work; print tokens/s, memory, MFU, losses, ratios."""
+    """Train with phinetune, the seeds' TRL recipe and a tuned TRL on identical work; print tokens/s, memory, MFU, losses, ratios, load."""
     if sweep:  # issue 20 part 2: cost as the work grows (bench/sweep.py)
         from phinetune.bench.sweep import bench_sweep, parse_grid
 
-        return bench_sweep(width, parse_grid(seq, "seq"), parse_grid(layers, "layers"), out, work_dir, checkpointing) and None
+        bench_sweep(width, parse_grid(seq, "seq"), parse_grid(layers, "layers"), out, work_dir, checkpointing)
+        return
+    if nproc is not None:  # the process-count scan (bench/scale.py)
+        from phinetune.bench.scale import bench_scale, parse_nproc
+
+        bench_scale(parse_nproc(nproc), workload, accelerate_config, out, rows, realdata, work_dir)
+        return
+    if accelerate_config is not None:
+        raise PhinetuneError("bench train --accelerate-config applies to the process-count scan; pass --nproc too (e.g. --nproc 1,2)")
     from phinetune.bench.train import bench_train as run_bench
 
-    run_bench(workload, out, parity, rows, realdata, work_dir)
+    run_bench(workload, out, parity, rows, realdata, work_dir, profile=profile,
+              sides=tuple(s.strip() for s in sides.split(",") if s.strip()) if sides else None)
 
 
 # ---------------------------------------------------------------- phinetune data ...
@@ -455,13 +512,14 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
 def _inspect_preferences(data, objective, model, spec, max_length, limit, skip_bad_rows, split, out: Path) -> None:
     import json
 
-    from phinetune.data.inspect import load_inspect_tokenizer
+    from phinetune.data.inspect import inspect_spec, load_inspect_tokenizer
     from phinetune.data.preference import UNPAIRED, inspect_preferences
 
     if objective not in ("dpo", "ipo", "orpo", "simpo", "kto"):
         raise PhinetuneError(f"--objective {objective}: expected sft, dpo, ipo, orpo, simpo or kto")
     tokenizer, eot = load_inspect_tokenizer(model, spec)
-    stats = inspect_preferences(data, UNPAIRED if objective == "kto" else "pairs", tokenizer, max_length, eot, limit, skip_bad_rows, split)
+    stats = inspect_preferences(data, UNPAIRED if objective == "kto" else "pairs", tokenizer, max_length, eot, limit, skip_bad_rows, split,
+                                inspect_spec(model, spec))
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
     console.rule(f"[bold]data inspect ({objective}): {data}")
@@ -520,13 +578,16 @@ def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub i
          grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
          r: int = typer.Option(16, "--r", help="LoRA rank."),
          targets: str = typer.Option("all-linear", help="LoRA target preset."),
-         validate: bool = typer.Option(False, "--validate", help="Measure peak memory of small random models on CPU and print the estimate's error.")) -> None:
+         validate: bool = typer.Option(False, "--validate", help="Measure peak memory of small random models on CPU and print the estimate's error."),
+         device: str = typer.Option("cpu", "--device", help="With --validate: cpu, or cuda (measure on the GPU, bf16)."),
+         quick: bool = typer.Option(False, "--quick", help="With --validate: only the tiny-phi3 cases (seconds; for smoke tests)."),
+         out: Optional[Path] = typer.Option(None, "--out", help="With --validate: also write the measurements as JSON here.")) -> None:
     """Which GPU do I need? Memory breakdown and the smallest common GPU that fits."""
     from phinetune.models import plan as planner
     from phinetune.models.inspect import load_facts
 
     if validate:
-        return _print_validation()
+        return _print_validation(device, quick, out)
     if model is None:
         raise PhinetuneError("plan needs a MODEL (a spec key such as phi3.5-mini, a Hub id or a config.json), or --validate")
     facts = load_facts(model)
@@ -545,13 +606,24 @@ def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub i
     console.print(f"smallest GPU: {gpu.name}" + (f" (runs in {gpu_dtype}: no bf16 on this card)" if gpu_dtype != dtype else ""))
 
 
-def _print_validation() -> None:
-    from phinetune.bench.plan import validate
+def _print_validation(device: str, quick: bool, out: Optional[Path]) -> None:
+    from phinetune.bench.plan import CASES, validate, write_validation
 
-    console.print("plan estimate vs measured peak memory (one steady-state training step, fp32 on CPU, peak RSS):")
-    for m in validate():
+    if device not in ("cpu", "cuda"):
+        raise PhinetuneError(f"plan --device must be cpu or cuda (got {device!r})")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PhinetuneError("plan --validate --device cuda needs a CUDA GPU and none is visible; use --device cpu")
+    how = "fp32 on CPU, peak RSS" if device == "cpu" else "bf16 on the GPU, torch.cuda.max_memory_allocated"
+    console.print(f"plan estimate vs measured peak memory (one steady-state training step, {how}):")
+    measurements = validate(device, [c for c in CASES if c[0] == "tiny-phi3"] if quick else CASES)
+    for m in measurements:
         console.print(f"  {m.name:<13} {m.method:<5} seq {m.seq} x {m.batch}{' ckpt' if m.checkpointing else '     '}  "
                       f"estimate {m.estimate_bytes / 2**20:8.1f} MiB  measured {m.measured_bytes / 2**20:8.1f} MiB  error {m.error:+.1%}")
+    if out:
+        console.print(f"wrote {write_validation(measurements, out)}")
 
 
 def print_error(message: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,3 +61,47 @@ class LoadWindow:
 
     def to_json(self) -> dict:
         return {**asdict(self), "steady": self.steady}
+
+
+MAX_OTHERS_CHANGE = 0.5  # cores: how much more (or less) CPU other processes may take between two sides compared
+
+
+def clock() -> float:
+    return time.perf_counter()
+
+
+def busy_seconds() -> float | None:
+    """CPU seconds all processes have run since boot (/proc/stat's busy jiffies), None where there is no /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process and of its children that have been waited for."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class OthersShare:
+    """How many cores OTHER processes kept busy during a measurement: all busy CPU time minus our own (and our
+    waited-for children's), over the wall time. Why beside `LoadWindow`: the 1-minute load average counts the
+    benchmark's own threads and lags by about a minute, so it climbs during every side even on an idle machine;
+    the CPU time others took is what slows a side down, and it is measured, not inferred."""
+
+    busy: float | None = field(default_factory=lambda: busy_seconds())  # through the module functions (patchable)
+    own: float = field(default_factory=lambda: own_seconds())
+    wall: float = field(default_factory=lambda: clock())
+    cores: float | None = None
+
+    def close(self) -> "OthersShare":
+        busy, elapsed = busy_seconds(), clock() - self.wall
+        if busy is not None and self.busy is not None and elapsed > 0:
+            self.cores = max(0.0, (busy - self.busy) - (own_seconds() - self.own)) / elapsed
+        return self

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from phinetune.models.inspect import ModelFacts
@@ -136,3 +136,13 @@ def _child(args_json: str) -> None:
 
 def validate(device: str = "cpu", cases=CASES) -> list[Measurement]:
     return [measure(name, sizes, vocab, method, seq, batch, ckpt, device) for name, sizes, vocab, method, seq, batch, ckpt in cases]
+
+
+def write_validation(measurements: list[Measurement], out: Path) -> Path:
+    """`plan --validate --out`: every measurement with its error, as JSON (read by scripts/gpu_check.sh's report)."""
+    from phinetune.bench.machine import machine
+
+    rows = [{**asdict(m), "error": m.error} for m in measurements]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "measurements": rows}, indent=2))
+    return out

@@ -40,9 +40,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((body + extra).encode()).hexdigest()
 
 
-def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None) -> dict:
+def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None, layout: str = "sft") -> dict:
     settings = cfg.model_dump(exclude=NOT_IN_KEY)
-    return {
+    parts = {
         "version": VERSION,
         "train_data": content_fingerprint(cfg.train, cfg.split),
         "eval_data": content_fingerprint(cfg.eval, cfg.split) if cfg.eval else None,
@@ -52,10 +52,14 @@ def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = No
         "dialect": dialect,  # how traces, tools and default system prompts are written (data/normalize.py)
         "settings": settings,
     }
+    if layout != "sft":  # preference pairs (train/preference.py): entries of their own, never read back as SFT data
+        parts["layout"] = layout
+    return parts
 
 
-def cache_key(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None) -> str:
-    return hashlib.sha256(json.dumps(key_parts(cfg, tokenizer, eot, dialect), sort_keys=True, default=str).encode()).hexdigest()[:32]
+def cache_key(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None, layout: str = "sft") -> str:
+    parts = key_parts(cfg, tokenizer, eot, dialect, layout)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _path(cfg: DataConfig, key: str) -> Path:
@@ -63,35 +67,47 @@ def _path(cfg: DataConfig, key: str) -> Path:
 
 
 def save(cfg: DataConfig, key: str, data) -> Path:
-    path = _path(cfg, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {
-        "version": VERSION,
+    return save_entry(cfg, key, {
         "train": [asdict(r) for r in data.train],
         "eval": [asdict(r) for r in data.eval],
         "dropped": [asdict(r) for r in data.dropped],
         "train_records": [asdict(r) for r in data.train_records],
         "info": asdict(data.info),
-    }
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(entry, ensure_ascii=False))
-    tmp.replace(path)
-    return path
+    })
 
 
 def load(cfg: DataConfig, key: str):
     """The cached PreparedData for `key`, or None (absent, unreadable or an older layout)."""
     from phinetune.data.dataset import DataInfo, PreparedData
 
+    entry = load_entry(cfg, key)
+    if entry is None:
+        return None
+    try:
+        info = DataInfo(**{**entry["info"], "cached": True})
+        return PreparedData([Rendered(**r) for r in entry["train"]], [Rendered(**r) for r in entry["eval"]],
+                            [Record(**r) for r in entry["train_records"]], info, [Rendered(**r) for r in entry["dropped"]])
+    except (KeyError, TypeError):
+        return None  # a damaged entry is rebuilt, never trusted
+
+
+def save_entry(cfg: DataConfig, key: str, entry: dict) -> Path:
+    """Write a JSON entry atomically; `save` (SFT data) and the preference objectives' data use it."""
+    path = _path(cfg, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"version": VERSION, **entry}, ensure_ascii=False))
+    tmp.replace(path)
+    return path
+
+
+def load_entry(cfg: DataConfig, key: str) -> Optional[dict]:
+    """The entry saved under `key`, or None (absent, unreadable or an older layout)."""
     path = _path(cfg, key)
     if not path.exists():
         return None
     try:
         entry = json.loads(path.read_text())
-        if entry.get("version") != VERSION:
-            return None
-        info = DataInfo(**{**entry["info"], "cached": True})
-        return PreparedData([Rendered(**r) for r in entry["train"]], [Rendered(**r) for r in entry["eval"]],
-                            [Record(**r) for r in entry["train_records"]], info, [Rendered(**r) for r in entry["dropped"]])
-    except (ValueError, KeyError, TypeError):
-        return None  # a damaged entry is rebuilt, never trusted
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and entry.get("version") == VERSION else None

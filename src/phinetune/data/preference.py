@@ -19,13 +19,15 @@ condition on different prompts), and a pair where it is not is refused with its 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from phinetune.data.formats import GUANACO_ROLES, ROLES, RowError
+from phinetune.data.normalize import for_template
 from phinetune.data.readers import ReadReport, Record, source_rows
 from phinetune.data.render import IGNORE, Rendered, render_sample
 from phinetune.errors import DataError
+from phinetune.models.specs import ModelSpec
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 PAIRED, UNPAIRED = "pairs", "kto"
@@ -154,6 +156,12 @@ def read_preferences(source: str, kind: str, skip_bad: bool = False, limit: Opti
 
 # ---------------------------------------------------------------- rendering
 
+def in_template_form(records: list[PrefRecord], spec: ModelSpec) -> list[PrefRecord]:
+    """The prompts written as SFT and inference write them (data/normalize.py: the spec's default system prompt,
+    its tool format), so a preference-tuned model is trained on the prompts it will be asked."""
+    return [replace(r, prompt=for_template({"messages": r.prompt}, spec)["messages"]) for r in records]
+
+
 def prompt_length(r: Rendered) -> int:
     """Tokens before the first trained one: the part both replies must share."""
     return next((i for i, x in enumerate(r.labels) if x != IGNORE), len(r.labels))
@@ -209,12 +217,14 @@ def overlap(a: str, b: str) -> float:
 # ---------------------------------------------------------------- inspection
 
 def inspect_preferences(source: str, kind: str, tokenizer, max_length: int, eot: str, limit: Optional[int] = None,
-                        skip_bad: bool = False, split: str = "train") -> dict:
-    """What `data inspect --objective dpo|kto` reports: reply lengths, length bias, overlap, truncation."""
+                        skip_bad: bool = False, split: str = "train", spec: Optional[ModelSpec] = None) -> dict:
+    """What `data inspect --objective dpo|kto` reports: reply lengths, length bias, overlap, truncation, with the
+    prompts in the form training renders them (`spec`)."""
     from phinetune.data.inspect import _stats
 
     report = ReadReport()
     records = read_preferences(source, kind, skip_bad, limit, split, report)
+    records = in_template_form(records, spec) if spec is not None else records
     info = PrefInfo(read=len(records), kind=kind)
     samples = render_preferences(records, tokenizer, max_length, eot, info)
     chosen = [s.chosen.n_trained for s in samples]

@@ -97,14 +97,17 @@ def build_tokenizer(spec: ModelSpec, vocab_size: int = 1024) -> PreTrainedTokeni
 
 def build_tiny(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """A seeded random-weight tiny model and its tokenizer for a tiny-* name."""
-    from transformers import AutoModelForCausalLM
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
     spec = SPECS[TINY_MODELS[name]]
     tokenizer = build_tokenizer(spec)
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     config = tiny_config(spec, vocab_size=_round_up(len(tokenizer), 64), special_ids=ids)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    # The class itself, not from_config: under a DeepSpeed ZeRO-3 launch from_config builds inside zero.Init, whose
+    # every parameter is a collective, while the main process builds this base alone (main_process_first): a
+    # deadlock. The weights are the same either way (same seed, same init).
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
     return model, tokenizer
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from phinetune.config import RunConfig
 from phinetune.train.preflight import PreflightReport, run_preflight
-from phinetune.train.prepare import prepare
+from phinetune.train.prepare import prepare, with_merged_spec
 
 
 def check_config(cfg: RunConfig, save_to: Path | None = None) -> PreflightReport:
     """train.recipe.setup up to the pre-flight; raises on problems."""
+    cfg = with_merged_spec(cfg)
     return run_preflight(cfg, prepare(cfg), verbose=True, save_to=save_to)

@@ -24,9 +24,11 @@ import torch
 from phinetune.config import RunConfig
 from phinetune.data.dataset import DataInfo, PreparedData, split_records
 from phinetune.data.packing import Row, batches, collate
-from phinetune.data.readers import ReadReport
+from phinetune.data.normalize import for_template
+from phinetune.data.readers import ReadReport, Record
 from phinetune.data.render import IGNORE, render_sample
 from phinetune.errors import DataError
+from phinetune.models.specs import get_spec
 from phinetune.progress import console
 from phinetune.train.preference import token_logps
 from phinetune.train.rewards import Rewards
@@ -66,6 +68,9 @@ def split_prompt(messages: list[dict], where: str) -> tuple[list[dict], str]:
 def load_data(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
     report = ReadReport()
     train_recs, eval_recs, dups = split_records(cfg.data, cfg.data.skip_bad_rows, report)
+    # Prompts written as SFT and inference write them (the spec's default system prompt, its tool format).
+    spec = get_spec(cfg.model.name, cfg.model.spec)
+    train_recs, eval_recs = ([Record(for_template(r.sample, spec), r.where) for r in recs] for recs in (train_recs, eval_recs))
     # The pre-flight checks the reference answers render with a trained end-of-turn token, as for SFT.
     renders = [render_sample(tokenizer, r.sample, cfg.data.max_length, "last_assistant", eot) for r in train_recs]
     info = DataInfo(read=report.read, format=report.format, duplicates=dups, skipped=report.skipped,
@@ -94,7 +99,6 @@ def _prompt_rows(records, tokenizer) -> list[PromptRow]:
 def begin(loop: "Loop") -> None:
     from phinetune.runs.loading import Loaded
     from phinetune.data.end_of_turn import stop_token_ids
-    from phinetune.models.specs import get_spec
 
     cfg, tok = loop.cfg, loop.tokenizer
     spec = get_spec(cfg.model.name, cfg.model.spec)

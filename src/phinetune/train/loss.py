@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from phinetune.data.render import IGNORE
 
@@ -31,7 +32,8 @@ def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     decoder, head = parts
     out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
     hidden = out[0][:, :-1][keep]
-    return chunked_head_loss(hidden, head, labels[keep]), int(keep.sum())
+    with record_function("phinetune.loss"):  # a part of `bench train --profile` (bench/step_profile.py)
+        return chunked_head_loss(hidden, head, labels[keep]), int(keep.sum())
 
 
 def full_logits_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -57,6 +59,8 @@ def split_head(model):
     decoder, head = getattr(lm, "model", None), getattr(lm, "lm_head", None)
     config = getattr(lm, "config", None)
     if decoder is None or head is None or config is None or type(lm).__name__ not in PLAIN_HEAD_MODELS:
+        return None
+    if any(hasattr(p, "ds_id") for p in head.parameters()):  # ZeRO-3: the head's weight is gathered only inside the engine's hooks
         return None
     return decoder, head
 
@@ -96,6 +100,28 @@ def _out_features(head: torch.nn.Module) -> int:
     return 32_000
 
 
+def cross_entropy_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of one chunk (in fp32) and its gradient w.r.t. the logits (in the logits' dtype).
+
+    Written out because autograd's cross-entropy makes five passes over the chunk's batch x vocab logits
+    (log_softmax, a zero-filled NLL gradient, the log_softmax backward, the cast back) where the gradient,
+    softmax - one_hot, needs one fp32 buffer updated in place; `bench train --profile` showed the difference.
+    """
+    with torch.no_grad():
+        z = logits.float()
+        if z.data_ptr() == logits.data_ptr():
+            z = z.clone()  # fp32 logits: do not overwrite the caller's tensor
+        rows = torch.arange(z.shape[0], device=z.device)
+        picked = z[rows, labels]
+        peak = z.amax(dim=1, keepdim=True)
+        z.sub_(peak).exp_()
+        norm = z.sum(dim=1, keepdim=True)
+        loss = (norm.log() + peak).squeeze(1).sub_(picked).sum()
+        z.div_(norm)
+        z[rows, labels] -= 1.0
+        return loss, z.to(logits.dtype)
+
+
 class _ChunkedHeadCE(torch.autograd.Function):
     """Sum CE over chunks of the head; gradients for the head input and head parameters come from the forward.
 
@@ -111,9 +137,10 @@ class _ChunkedHeadCE(torch.autograd.Function):
         for start in range(0, hidden.shape[0], rows):
             with torch.enable_grad():
                 h = hidden[start:start + rows].detach().requires_grad_(grad_hidden is not None)
-                loss = F.cross_entropy(head(h).float(), labels[start:start + rows], reduction="sum")
+                logits = head(h)
+            loss, grad_logits = cross_entropy_and_grad(logits.detach(), labels[start:start + rows])
             wrt = ([h] if grad_hidden is not None else []) + list(params)
-            grads = torch.autograd.grad(loss, wrt, allow_unused=True) if wrt else []
+            grads = torch.autograd.grad(logits, wrt, grad_outputs=grad_logits, allow_unused=True) if wrt else []
             if grad_hidden is not None:
                 grad_hidden[start:start + rows] = grads[0]
                 grads = grads[1:]

@@ -8,10 +8,13 @@ On a CPU with avx512_bf16 or AMX, bf16 GEMMs run several times faster than fp32 
   - the model is wide enough for matmuls to dominate: below MIN_HIDDEN the step is overhead-bound and
     bf16 only adds rounding (the tiny built-in models stay fp32).
 Anything else keeps `choose_dtype`'s answer (fp32 on CPU, bf16/fp16 on CUDA).
+
+With a bf16 base on CPU, the adapters compute in bf16 too (`adapter_autocast`), their weights staying fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from phinetune.config.schema import RunConfig
@@ -59,3 +62,32 @@ def choose_train_dtype(cfg: RunConfig, spec: ModelSpec, path: str) -> DtypePlan:
     if model_hidden_size(path, spec) < MIN_HIDDEN:
         return DtypePlan(plan.dtype, plan.name, plan.reason + f" (hidden size < {MIN_HIDDEN}: bf16 would not pay)")
     return DtypePlan(torch.bfloat16, "bf16", "CPU with avx512_bf16/AMX: bf16 frozen base, fp32 LoRA adapters")
+
+
+def adapter_compute_dtype(cfg: RunConfig, plan: DtypePlan) -> "torch.dtype | None":
+    """bf16 where a frozen bf16 base trains fp32 LoRA adapters on CPU: the adapters then compute in bf16 (see
+    `adapter_autocast`); None elsewhere (fp32 runs, QLoRA, full fine-tuning, CUDA: not measured there)."""
+    if torch.cuda.is_available() or plan.dtype != torch.bfloat16 or cfg.adapter.method != "lora" or cfg.model.quant != "none":
+        return None
+    return torch.bfloat16
+
+
+@contextlib.contextmanager
+def adapter_autocast(model, dtype: "torch.dtype | None"):
+    """The forward of a training step with LoRA adapters computed in `dtype` (None: unchanged).
+
+    Why: PEFT casts each adapter's input to the adapter's fp32 dtype, so with a bf16 base every LoRA layer
+    copies its input to fp32, draws dropout on the fp32 copy, runs fp32 matmuls and adds an fp32 result the
+    width of the layer's output before casting it back: `bench train --profile` measured that as most of the
+    "LoRA" share. Under autocast with PEFT's input cast off (its own `disable_input_dtype_casting`), dropout
+    runs on the bf16 input and the adapter matmuls in bf16 with fp32 accumulation, while the weights, their
+    gradients and the optimizer state stay fp32: the usual mixed precision, as TRL's `bf16=True` does it.
+    Loss and logits stay fp32 (autocast keeps cross-entropy in fp32; train/loss.py upcasts the logits).
+    """
+    if dtype is None:
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    with torch.autocast("cpu", dtype=dtype), disable_input_dtype_casting(model):
+        yield

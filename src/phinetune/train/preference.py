@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -26,12 +26,14 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
 from phinetune.config import RunConfig
-from phinetune.data.dataset import DataInfo, PreparedData, hold_out
+from phinetune.data.dataset import DataInfo, PreparedData, dialect, hold_out
 from phinetune.data.packing import Row, batches, collate, unpacked
-from phinetune.data.preference import UNPAIRED, PrefInfo, PrefSample, as_sft_records, read_preferences, render_preferences
-from phinetune.data.readers import ReadReport
-from phinetune.data.render import IGNORE
+from phinetune.data.preference import (UNPAIRED, PrefInfo, PrefSample, as_sft_records, in_template_form, read_preferences,
+                                       render_preferences)
+from phinetune.data.readers import ReadReport, Record
+from phinetune.data.render import IGNORE, Rendered
 from phinetune.errors import ConfigError
+from phinetune.models.specs import GENERIC, ModelSpec, get_spec
 from phinetune.train.loss import chunk_rows, split_head
 from phinetune.train.pref_losses import LOSSES, REFERENCE_FREE, Logps
 
@@ -67,11 +69,49 @@ class PrefData(PreparedData):
 # ---------------------------------------------------------------- data
 
 def load_data(cfg: RunConfig, tokenizer, eot: str) -> PrefData:
+    """Read and render the pairs, or take them from the tokenized-data cache (data/cache.py) as SFT data is."""
+    from phinetune.data import cache
+
     kind = UNPAIRED if cfg.train.objective == "kto" else "pairs"
+    spec = get_spec(cfg.model.name, cfg.model.spec)
+    key = cache.cache_key(cfg.data, tokenizer, eot, None if spec is GENERIC else dialect(spec),
+                          layout=f"preference-{kind}") if cfg.data.cache else None
+    hit = _from_entry(cache.load_entry(cfg.data, key)) if key else None
+    if hit is not None:
+        return hit
+    data = _read_and_render(cfg, tokenizer, eot, kind, spec)
+    if key:
+        cache.save_entry(cfg.data, key, _to_entry(data))
+    return data
+
+
+def _to_entry(data: PrefData) -> dict:
+    return {"pairs": [asdict(p) for p in data.pairs], "eval_pairs": [asdict(p) for p in data.eval_pairs],
+            "train_records": [asdict(r) for r in data.train_records], "info": asdict(data.info), "pref_info": asdict(data.pref_info)}
+
+
+def _from_entry(entry: Optional[dict]) -> Optional[PrefData]:
+    if entry is None:
+        return None
+
+    def sample(d: dict) -> PrefSample:
+        return PrefSample(Rendered(**d["chosen"]), Rendered(**d["rejected"]), d["prompt_tokens"], d["where"], d["desirable"])
+
+    try:
+        pairs, eval_pairs = [sample(d) for d in entry["pairs"]], [sample(d) for d in entry["eval_pairs"]]
+        return PrefData([p.chosen for p in pairs], [p.chosen for p in eval_pairs], [Record(**r) for r in entry["train_records"]],
+                        DataInfo(**{**entry["info"], "cached": True}), pairs=pairs, eval_pairs=eval_pairs,
+                        pref_info=PrefInfo(**entry["pref_info"]))
+    except (KeyError, TypeError):
+        return None  # a damaged entry is rebuilt, never trusted
+
+
+def _read_and_render(cfg: RunConfig, tokenizer, eot: str, kind: str, spec: ModelSpec) -> PrefData:
     d, report = cfg.data, ReadReport()
-    records = read_preferences(d.train, kind, d.skip_bad_rows, d.limit, d.split, report)
+    records = in_template_form(read_preferences(d.train, kind, d.skip_bad_rows, d.limit, d.split, report), spec)
     if d.eval:
-        train_recs, eval_recs = records, read_preferences(d.eval, kind, d.skip_bad_rows, None, d.split, report)
+        eval_recs = in_template_form(read_preferences(d.eval, kind, d.skip_bad_rows, None, d.split, report), spec)
+        train_recs = records
     else:
         train_recs, eval_recs = hold_out(records, d)
     pinfo = PrefInfo(read=report.read, kind=kind, skipped=list(report.skipped))
@@ -205,8 +245,13 @@ def cache_reference(loop: "Loop") -> None:
 
 # ---------------------------------------------------------------- loss
 
-def pair_losses(loop: "Loop", items: list[PrefRow], grad: bool = True):
-    """PrefLoss of one micro-batch, and the trained tokens of its chosen replies."""
+def pair_losses(loop: "Loop", items: list[PrefRow], collective: bool = True):
+    """PrefLoss of one micro-batch, and the trained tokens of its chosen replies.
+
+    `collective`: KTO's KL estimate is the mean over every process's micro-batch (one all-reduce), as TRL
+    gathers it. Evaluation passes False: each process holds its own share of the eval set, and an uneven
+    share gives the processes different numbers of batches, so a collective per batch would pair up with
+    another call (wrong values) or wait for ever; there the estimate is the batch's own."""
     cfg, acc = loop.cfg, loop.accelerator
     batch = _collate(items, loop.tokenizer.pad_token_id, acc.device)
     b = len(items)
@@ -219,7 +264,8 @@ def pair_losses(loop: "Loop", items: list[PrefRow], grad: bool = True):
                 twin = {k: v[b:] if v.dim() else v for k, v in batch.items()}
                 twin_sums, _ = sequence_logps(loop.model, twin)
                 ref_c, ref_twin = reference_logps(loop, batch, items)
-                kl = acc.reduce((twin_sums - ref_twin).mean(), "mean").clamp(min=0)
+                kl = (twin_sums - ref_twin).mean()
+                kl = (acc.reduce(kl, "mean") if collective else kl).clamp(min=0)
             lp = Logps(sums, sums, counts, counts, ref_c, ref_c,
                        torch.tensor([r.desirable for r in items], device=acc.device), kl)
         else:
@@ -264,7 +310,7 @@ def evaluate(loop: "Loop") -> float:
     loop.model.eval()
     totals, count = _Totals(), 0
     for group in batches(loop.eval_rows[acc.process_index::acc.num_processes], loop.cfg.train.batch_size, 0, 0, shuffle=False):
-        out, n = pair_losses(loop, group)
+        out, n = pair_losses(loop, group, collective=False)
         totals.add(out, out.per_pair.sum() + out.token_sum / max(float(n.sum()), 1) * len(group))
         count += len(group)
     loss = acc.reduce(torch.tensor(totals.loss, device=acc.device), "sum").item()

@@ -19,6 +19,7 @@ from phinetune.data.dataset import PreparedData
 from phinetune.data.end_of_turn import end_of_turn
 from phinetune.models.loading import DtypePlan, load_model, load_tokenizer, resolve_model_path
 from phinetune.models.specs import ModelSpec, get_spec
+from phinetune.runs.run_dir import merged_spec_key
 from phinetune.progress import progress_console
 from phinetune.train.adapter import apply_adapter
 from phinetune.train.objectives import objective
@@ -36,6 +37,15 @@ class Prepared:
     path: str  # where the base was loaded from (a built-in tiny model's materialized folder)
     eot: str  # end_of_turn(tokenizer, spec): the token every assistant turn must end with
     checkpointing: Checkpointing = Checkpointing(False, "")  # gradient checkpointing as chosen (train/recompute.py)
+
+
+def with_merged_spec(cfg: RunConfig) -> RunConfig:
+    """`cfg` with model.spec read from a merged folder's marker (runs/run_dir.py) when model.name is one and
+    model.spec is unset: its config.json alone cannot tell Phi-3-mini-128k from Phi-3.5-mini, the marker can."""
+    if cfg.model.spec is not None or not Path(cfg.model.name).is_dir():
+        return cfg
+    key = merged_spec_key(Path(cfg.model.name))
+    return cfg if key is None else cfg.model_copy(update={"model": cfg.model.model_copy(update={"spec": key})})
 
 
 def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[], ContextManager] = contextlib.nullcontext,

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
+from torch.profiler import record_function
 from transformers import get_scheduler
 
 from phinetune import __version__
@@ -26,7 +27,7 @@ from phinetune.errors import PhinetuneError, PreflightError
 from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
-from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed
+from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed, configure_engine, process_group_backend
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
 from phinetune.train.memory import pin_malloc_thresholds
@@ -34,8 +35,9 @@ from phinetune.train.metrics import MetricsLog
 from phinetune.train.objectives import Objective, objective
 from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
+from phinetune.train.precision import adapter_autocast, adapter_compute_dtype
 from phinetune.runs.run_dir import RunDir, RunInfo
-from phinetune.train.prepare import prepare
+from phinetune.train.prepare import prepare, with_merged_spec
 from phinetune.train.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
 from phinetune.train.tracking import Trackers, accelerator_kwargs
 
@@ -72,6 +74,7 @@ class Loop:
     extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
     hooks: Optional["TrainHooks"] = None
     sharded: bool = False  # FSDP2 applied by us on CPU (train/sharding.py): the model is not accelerate-prepared
+    adapter_dtype: Optional[torch.dtype] = None  # LoRA adapters computed in this dtype in training steps (train/precision.py)
 
 
 @dataclass
@@ -123,13 +126,15 @@ def log_eval(loop: Loop, step: int, value: float) -> None:
 
 def setup(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> Loop:
     pin_malloc_thresholds()  # freed activations go back to the OS (see train/memory.py)
+    cfg = with_merged_spec(cfg)  # before the run folder records the config: a resume reads the same spec
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
     # A bounded wait in every collective: a rank that is alive but stuck cannot hold the others for ever.
-    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=DIST_TIMEOUT_S), **process_group_backend())
     accelerator = Accelerator(step_scheduler_with_optimizer=False, kwargs_handlers=[timeout],
                               **accelerator_kwargs(cfg.train.report_to, RunDir(cfg.output.dir)))
     set_seed(cfg.train.seed)
     check_distributed(accelerator, cfg)
+    configure_engine(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
     try:  # the folder is ours from here: a failure is recorded in run.json, and the next start replaces it
         return build_loop(cfg, run, checkpoint, accelerator, hooks)
@@ -195,7 +200,7 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
         register_trainable_only(accelerator, model)
     loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
                 steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), objective=goal, hooks=hooks,
-                sharded=sharded)
+                sharded=sharded, adapter_dtype=adapter_compute_dtype(cfg, prepared.dtype))
     goal.begin(loop)
     if checkpoint is not None:
         loop.start_step = loop.done = load_checkpoint(loop, checkpoint)
@@ -264,26 +269,30 @@ def micro_batches(loop: Loop, step: int) -> list[list[Row]]:
 def train_step(loop: Loop, step: int) -> dict:
     acc, model = loop.accelerator, loop.model
     micro_rows = micro_batches(loop, step)
-    micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_rows]
+    with record_function("phinetune.data"):  # the scopes name the parts of `bench train --profile` (bench/step_profile.py)
+        micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_rows]
     # Normalize by the trained tokens of the whole optimizer step, across micro-batches and processes,
     # so every token weighs the same whatever batch it landed in.
     local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
     n_tokens = int(acc.reduce(torch.tensor(local, device=acc.device), "sum").item())
     total_loss = 0.0
     for i, batch in enumerate(micro):
-        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        with record_function("phinetune.data"):
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
         sync = acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
-        with sync, acc.autocast():
-            loss, _ = loss_sum(model, batch)
+        with sync:
+            with acc.autocast(), adapter_autocast(model, loop.adapter_dtype):
+                loss, _ = loss_sum(model, batch)
             acc.backward(loss * acc.num_processes / max(n_tokens, 1))
         total_loss += loss.item()
     step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
     check_finite(step_loss, step, micro_rows, loop.tokenizer)  # before the optimizer step: weights stay finite
-    grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
-    loop.optimizer.step()
-    loop.scheduler.step()
-    loop.optimizer.zero_grad(set_to_none=True)
+    with record_function("phinetune.optimizer"):
+        grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
     real = acc.reduce(torch.tensor(sum(int(b["n_real"]) for b in micro), device=acc.device), "sum").item()
     return {"loss": step_loss, "grad_norm": float(grad_norm), "lr": loop.scheduler.get_last_lr()[0], "tokens": real, "trained_tokens": n_tokens}
 
