@@ -194,6 +194,7 @@ def _child(args_json: str) -> None:
     from phinetune.config.schema import AdapterConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
     from phinetune.train.loss import loss_sum
     from phinetune.train.memory import pin_malloc_thresholds
+    from phinetune.train.precision import adapter_autocast, adapter_compute_dtype
     from phinetune.train.prepare import prepare
 
     a = json.loads(args_json)
@@ -208,8 +209,11 @@ def _child(args_json: str) -> None:
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-    def step(batch):
-        loss, n = loss_sum(model, batch)
+    adapter_dtype = adapter_compute_dtype(cfg, prepared.dtype)
+
+    def step(batch):  # as train/recipe.py's step: adapters in bf16 under a bf16 base on CPU
+        with adapter_autocast(model, adapter_dtype):
+            loss, n = loss_sum(model, batch)
         (loss / max(n, 1)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -289,7 +293,7 @@ def bench_sweep(width: str = "reference", seqs=DEFAULT_SEQ, layers=DEFAULT_LAYER
                 points.append(run_point(folder, w, n, seq, checkpointing))
             print_row(points[-1])
     say("measured = peak RSS above the process baseline (before the model is built); plan = `plan`'s estimate of the same run; "
-        "checkpointing reasons: " + "; ".join(sorted({p.checkpointing_reason for p in points})))
+        f"each point's checkpointing reason is in the JSON (the last: {points[-1].checkpointing_reason})")
     steps = linearity(points)
     for n, row in steps.items():
         if row:

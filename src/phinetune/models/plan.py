@@ -22,16 +22,21 @@ OVERHEAD_GIB, MARGIN = 1.0, 0.10  # CUDA context + allocator fragmentation, on t
 # What one decoder layer keeps for backward, per token, in bytes: counted tensor by tensor and checked with
 # torch.autograd.graph.saved_tensors_hooks (fp32 and bf16 bases, LoRA dropout on and off, hidden 512) and
 # against peak RSS (bench train --sweep, docs/speed.md). A frozen Linear keeps no input (it needs none for
-# its input gradient); a LoRA'd one keeps, for lora_A, its input cast to fp32 (4 bytes an element) and, with
-# dropout, the fp32 dropout noise (4 more); an RMSNorm keeps its input upcast to fp32, whatever the dtype.
+# its input gradient); a LoRA'd one keeps, for lora_A, its input in the adapters' compute dtype and, with
+# dropout, the dropout noise too; an RMSNorm keeps its input upcast to fp32, whatever the dtype.
 NORM_INPUT_BYTES = 4
-ADAPTED_INPUT_BYTES = {False: 4, True: 8}  # keyed by "LoRA dropout > 0"
+# Per element of a LoRA'd input, by the adapters' compute dtype: the input lora_A keeps (and, with dropout, the
+# dropout noise too). fp32 wherever PEFT casts the input to its fp32 adapters; bf16 under a bf16 base on CPU,
+# where training runs the adapters under autocast (train/precision.py adapter_autocast).
+def adapted_input_bytes(adapter_bytes: int, dropout: bool) -> int:
+    return adapter_bytes * (2 if dropout else 1)
+
+
 MLP_TENSORS = {"phi": 6, "phi3": 4, "phimoe": 4}  # I-sized tensors one MLP computes (the last is down_proj's input)
 # The loss (train/loss.py) never holds full-vocabulary logits: one chunk of CHUNK_ELEMENTS logits at a time
-# (keep in step with train/loss.py's CHUNK_ELEMENTS; tests/test_plan.py checks they agree), 12 bytes per
-# logit alive at once (fp32 logits, log-softmax, gradient; measured on fp32 and bf16 heads).
+# (keep in step with train/loss.py's CHUNK_ELEMENTS; tests/test_plan.py checks they agree).
 LOSS_CHUNK_ELEMENTS = 2**25
-LOGIT_BYTES = 12
+LOGIT_BYTES = 8  # the head's logits and one fp32 buffer (softmax, then its gradient in place: cross_entropy_and_grad)
 # On CPU, what a training process holds beyond the tensors counted here once it has run a step: torch's kernel
 # and thread-pool state, the model-loading and autograd machinery. Measured by bench train --sweep as the constant
 # left between peak RSS and the counted parts at tiny width (34 MiB at every point, 256 to 2048 tokens, 1-2
@@ -94,13 +99,13 @@ def adapted_names(facts: ModelFacts, preset: str) -> list[str]:
 
 
 def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method: str = "lora", preset: str = "all-linear",
-                                     lora_dropout: bool = True) -> float:
+                                     lora_dropout: bool = True, adapter_bytes: int = ADAPTER_BYTES) -> float:
     """Bytes one decoder layer keeps for backward, per token (see NORM_INPUT_BYTES above for the rules).
 
     Always kept, in the model dtype: the fused q/k/v output, the rotated q and k, the attention output; MLP:
     gate_up output (2 x I) and the activation (I); Phi-2's fc1 output plus gelu_new's tanh intermediates; an
     MoE token runs through `num_experts_per_tok` experts, plus its router logits. Linear inputs: LoRA'd ones
-    in fp32 (ADAPTED_INPUT_BYTES); a trained weight (full fine-tuning) keeps its input in the model dtype,
+    in the adapters' compute dtype (adapted_input_bytes); a trained weight (full fine-tuning) keeps its input in the model dtype,
     and so does bitsandbytes' 4-bit matmul (QLoRA) for every Linear; full fine-tuning also keeps the norm
     outputs (for the norm weights' gradient).
     """
@@ -113,7 +118,7 @@ def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method
     out = 2 * h * NORM_INPUT_BYTES + always * dtype_bytes
     if method == "full":
         return out + (linear_inputs(facts) + 2 * h) * dtype_bytes
-    out += linear_inputs(facts, adapted_names(facts, preset)) * ADAPTED_INPUT_BYTES[lora_dropout]
+    out += linear_inputs(facts, adapted_names(facts, preset)) * adapted_input_bytes(adapter_bytes, lora_dropout)
     if method == "qlora":
         out += linear_inputs(facts) * dtype_bytes
     return out
@@ -139,7 +144,8 @@ def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing
     trainable = count.total if method == "full" else lora_params(facts, preset, r)
     state_bytes = e if method == "full" else ADAPTER_BYTES  # grads and AdamW states follow the parameter dtype
     tokens, layers = seq * batch, facts.get("num_hidden_layers")
-    per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout) * tokens
+    adapter_compute = e if (device == "cpu" and dtype == "bf16" and method == "lora") else ADAPTER_BYTES  # adapter_autocast
+    per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout, adapter_compute) * tokens
     boundary = facts.get("hidden_size") * e * tokens  # what checkpointing keeps per layer: its input
     chunk, kept = loss_bytes(facts, tokens, e)
     backward = tokens * (facts.get("intermediate_size") or 4 * facts.get("hidden_size")) * (facts.get("num_experts_per_tok") or 1) * BACKWARD_MLP_BYTES
