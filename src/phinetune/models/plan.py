@@ -43,10 +43,12 @@ LOGIT_BYTES = 8  # the head's logits and one fp32 buffer (softmax, then its grad
 # layers). On a GPU, OVERHEAD_GIB (the CUDA context) is added by Estimate.needed() instead.
 CPU_RUNTIME_BYTES = 34 * 2**20
 # The backward's own working set, on top of what the forward kept: the gradient buffers of one MLP (gate_up,
-# the activation, down_proj's input, LoRA's fp32 branch), per token and intermediate element. Measured at the
-# reference width in bf16 (bench train --sweep: 97 KiB per token, the step from 2048 to 8192 tokens, where it
-# outgrows the loss chunk); not separately measured in fp32, where the loss chunk dominated every point.
-BACKWARD_MLP_BYTES = 12
+# the activation, down_proj's input, the LoRA branch), per token and intermediate element, keyed by the
+# adapters' compute bytes. fp32 adapters: 12, measured at the reference width with a bf16 base before training
+# ran the adapters in bf16 (bench train --sweep: 97 KiB per token over 2048 -> 8192 tokens, where it outgrew
+# the loss chunk). bf16 adapters (adapter_autocast): at most 4, the bound the 8192-token point leaves (the
+# forward's end was still the peak there).
+BACKWARD_MLP_BYTES = {4: 12, 2: 4}
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,8 @@ def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing
     per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout, adapter_compute) * tokens
     boundary = facts.get("hidden_size") * e * tokens  # what checkpointing keeps per layer: its input
     chunk, kept = loss_bytes(facts, tokens, e)
-    backward = tokens * (facts.get("intermediate_size") or 4 * facts.get("hidden_size")) * (facts.get("num_experts_per_tok") or 1) * BACKWARD_MLP_BYTES
+    backward = (tokens * (facts.get("intermediate_size") or 4 * facts.get("hidden_size")) * (facts.get("num_experts_per_tok") or 1)
+                * BACKWARD_MLP_BYTES.get(adapter_compute, 12))
     # The peak is the larger of the forward's end (a logits chunk alive) and the start of the backward (its
     # gradient buffers); without checkpointing every layer's activations are alive at both, with it only the
     # layer inputs, plus one layer recomputed at a time in the backward.
