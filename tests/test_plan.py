@@ -58,7 +58,7 @@ def test_nf4_leaves_moe_experts_unquantized(tmp_path):
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_estimate_is_within_25_percent_of_the_measured_peak(method):
-    """tiny-phi3, 256 x 4 (+20 % / +21 % in docs/models.md): the estimate must land within 25 % of a peak measured
+    """tiny-phi3, 256 x 4 (+14 % / +15 % in docs/models.md, ~7 % run-to-run): the estimate must land within 25 % of a peak measured
     in a fresh process. At this size the 34 MiB CPU runtime constant is half the peak; the 15 % bound is asserted
     where it means something, at hidden 256 (tests/test_bench_sweep.py)."""
     m = measure("tiny-phi3", TINY_SIZES, 1024, method, 256, 4, False)
