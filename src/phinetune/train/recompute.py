@@ -21,7 +21,8 @@ from phinetune.models.plan import GiB, MARGIN, estimate
 @dataclass(frozen=True)
 class Checkpointing:
     on: bool
-    reason: str
+    reason: str  # stable for one config and model (recorded in preflight.json; check and train agree)
+    free: str = ""  # the free memory compared, which moves between calls: printed, not recorded
 
     def describe(self) -> str:
         return f"{'on' if self.on else 'off'} ({self.reason})"
@@ -68,4 +69,5 @@ def choose_checkpointing(cfg: RunConfig, path: str, dtype: str) -> Checkpointing
     if free is None:
         return Checkpointing(False, f"auto: plan {need / GiB:.1f} GiB without it, {what}; left off")
     on = need > free
-    return Checkpointing(on, f"auto: plan {need / GiB:.1f} GiB without it {'>' if on else '<='} {free / GiB:.1f} GiB {what}")
+    return Checkpointing(on, f"auto: plan {need / GiB:.1f} GiB without it {'exceeds' if on else 'fits in'} the {what}",
+                         f"{free / GiB:.1f} GiB {what}")
