@@ -32,14 +32,11 @@ from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SCHEDULER
 from safetensors.torch import load_file
 
 from phinetune.errors import PhinetuneError
-from phinetune.runs.run_dir import CHECKPOINT_SHARDED, CHECKPOINT_WEIGHTS, RunDir
+from phinetune.runs.run_dir import CHECKPOINT_SHARDED, CHECKPOINT_SHARDED_SCHEDULER, CHECKPOINT_WEIGHTS, RunDir
 from phinetune.train.sharding import load_sharded
 
 if TYPE_CHECKING:
     from phinetune.train.recipe import Loop
-
-SHARDED_SCHEDULER = "custom_checkpoint_0.pkl"  # accelerate's name for the first register_for_checkpointing object
-
 
 def global_batch(batch_size: int, grad_accum: int, processes: int) -> int:
     return batch_size * grad_accum * processes
@@ -79,7 +76,7 @@ def load_other_layout(loop: "Loop", path: Path) -> None:
         loop.scheduler.load_state_dict(torch.load(path / f"{SCHEDULER_NAME}.bin", weights_only=True))
     else:  # a sharded checkpoint into an unsharded model (1 process, or DDP replicas: each reads whole tensors)
         load_sharded(acc.unwrap_model(loop.model), loop.optimizer.optimizer, path)
-        loop.scheduler.scheduler.load_state_dict(torch.load(path / SHARDED_SCHEDULER, weights_only=True))
+        loop.scheduler.scheduler.load_state_dict(torch.load(path / CHECKPOINT_SHARDED_SCHEDULER, weights_only=True))
     # Only the RNG files: accelerate's loader skips models, optimizers and schedulers it is not given.
     load_accelerator_state(str(path), [], [], [], [], process_index=acc.process_index)
 
