@@ -111,3 +111,20 @@ def test_optimizer_state_by_name_matches_torch_own_conversion():
     assert [g["lr"] for g in ours["param_groups"]] == [g["lr"] for g in theirs["param_groups"]]
     with pytest.raises(PhinetuneError, match="holds 2 parameters, this run trains 3"):
         by_name({"state": {}, "param_groups": [{"params": [0, 1]}]}, model, optimizer)
+
+
+def test_a_rank_without_saved_random_state_gets_a_fixed_seed_of_its_own(tmp_path):
+    from phinetune.train.elastic import seed_ranks_without_state
+
+    draws = []
+    for rank in (1, 1, 2):
+        torch.manual_seed(12345)  # whatever state the rank happened to be in
+        seed_ranks_without_state(tmp_path, 3, 5, rank)
+        draws.append(torch.rand(3))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])  # replays; differs between ranks
+    (tmp_path / "random_states_1.pkl").write_bytes(b"")  # the checkpoint has rank 1's own: accelerate restored it, keep it
+    torch.manual_seed(12345)
+    expected = torch.rand(3)
+    torch.manual_seed(12345)
+    seed_ranks_without_state(tmp_path, 3, 5, 1)
+    assert torch.equal(torch.rand(3), expected)

@@ -109,4 +109,4 @@ def seed_ranks_without_state(path: Path, seed: int, step: int, rank: int) -> Non
     """A rank the checkpoint has no RNG file for (more processes now than then) gets a seed of its own,
     fixed by (seed, step, rank), so the same resume replays the same way (dropout, MoE router noise)."""
     if not (path / f"{RNG_STATE_NAME}_{rank}.pkl").exists():
-        set_seed(seed * 1_000_003 + step * 1_009 + rank)
+        set_seed((seed * 1_000_003 + step * 1_009 + rank) % 2**32)  # NumPy takes seeds below 2**32
