@@ -152,3 +152,14 @@ def test_the_sentence_a_rank_records_is_what_torchrun_reads(tmp_path, monkeypatc
     assert failure.message["message"] == "out of memory at step 3 on rank 1 of 2; settings that use less memory: ..."
     monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")
     record_for_launcher("not launched: nothing written")  # no error: a single process has no launcher to tell
+
+
+def test_a_collective_timeout_names_the_waiting_rank_and_the_ones_it_waited_for():
+    """torchrun's report of a real 2-process run whose rank 1 hung at step 3 (PHINETUNE_INJECT_FAULT=hang:1:3,
+    PHINETUNE_DIST_TIMEOUT=15): rank 0 gave up in gloo after 15 s, then the launcher stopped rank 1."""
+    from phinetune.train.launch import failure_sentence
+
+    report = (ROOT / "tests" / "fixtures" / "torchrun_hang_rank1.txt").read_text()
+    assert failure_sentence(report, 1).startswith(
+        "training failed: rank 0 waited 15 s (PHINETUNE_DIST_TIMEOUT) in a collective for the other ranks (1) and gave up: "
+        "one of them is stuck or far slower; the launcher stopped them.")

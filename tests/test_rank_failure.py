@@ -1,10 +1,11 @@
-"""One rank of a real 2-process run fails (SIGKILL from outside, a NaN, an OOM): the whole job ends within a bound,
+"""One rank of a real 2-process run fails (SIGKILL from outside, a NaN, an OOM, a hang): the whole job ends within a bound,
 with one sentence naming the rank and the cause, and leaves a checkpoint the next launch resumes from.
 
 The job runs as a user runs it, `phinetune train CFG --nproc 2` (torchrun, DDP over gloo), started with its
 output going to files and stdin closed: a test must not hold the launcher's pipes, and reading them only at
 the end (subprocess.communicate) cannot watch the run while it goes. NaN and OOM are injected in rank 1 at
-step 3 through PHINETUNE_INJECT_FAULT (train/faults.py). The resumed curve is compared with an uninterrupted
+step 3 through PHINETUNE_INJECT_FAULT (train/faults.py), and so is a hang (rank 1 stops making progress,
+alive): rank 0 then gives up after the collective timeout, set short here (PHINETUNE_DIST_TIMEOUT). The resumed curve is compared with an uninterrupted
 1-process run at the same global batch, within the tolerance of the sharding tests (2e-5; test_sharding.py).
 """
 
@@ -110,19 +111,28 @@ def test_a_sigkilled_rank_ends_the_job_and_the_next_launch_resumes_on_the_same_c
     assert RunDir(run).read_info().status == "finished"
 
 
+# PHINETUNE_DIST_TIMEOUT for the hang case only: short, but above any honest wait of this run on a loaded machine
+# (rank 1 waits at a barrier while rank 0 builds the tiny base and writes checkpoints).
+HANG_TIMEOUT_S = 30
+TORCHRUN_GRACE_S = 30  # torchrun's wait between SIGTERM and SIGKILL of the ranks it stops (a hung one ignores SIGTERM)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fault,cause", [
-    ("nan", "training failed: loss became nan at step 3 on rank 1 of 2; nothing after step 2 was saved."),
-    ("oom", "training failed: rank 1 failed: out of memory at step 3 on rank 1 of 2; settings that use less memory:"),
+@pytest.mark.parametrize("fault,cause,bound", [
+    ("nan", "training failed: loss became nan at step 3 on rank 1 of 2; nothing after step 2 was saved.", BOUND_S),
+    ("oom", "training failed: rank 1 failed: out of memory at step 3 on rank 1 of 2; settings that use less memory:", BOUND_S),
+    ("hang", f"training failed: rank 0 waited {HANG_TIMEOUT_S} s (PHINETUNE_DIST_TIMEOUT) in a collective for the other ranks (1) "
+             "and gave up: one of them is stuck or far slower;", HANG_TIMEOUT_S + TORCHRUN_GRACE_S + BOUND_S),
 ])
-def test_a_nan_or_an_oom_in_one_rank_stops_every_rank_with_one_sentence(tiny_cfg, tmp_path, fault, cause):
+def test_a_nan_an_oom_or_a_hang_in_one_rank_stops_every_rank_with_one_sentence(tiny_cfg, tmp_path, fault, cause, bound):
     run, cfg = configs(tiny_cfg, tmp_path, "train.max_steps=6", "train.save_every=1")
-    job = Launch(cfg, tmp_path / fault, PHINETUNE_INJECT_FAULT=f"{fault}:1:3")
+    timeout = {"PHINETUNE_DIST_TIMEOUT": str(HANG_TIMEOUT_S)} if fault == "hang" else {}
+    job = Launch(cfg, tmp_path / fault, PHINETUNE_INJECT_FAULT=f"{fault}:1:3", **timeout)
     while job.proc.poll() is None and logged_step(run) < 2:
         time.sleep(0.05)
     step_2 = time.monotonic()  # the fault comes in the next step
-    code = job.wait(BOUND_S)
-    assert time.monotonic() - step_2 < BOUND_S and code != 0, job.output()[-3000:]
+    code = job.wait(bound)
+    assert time.monotonic() - step_2 < bound and code != 0, job.output()[-3000:]
     assert job.sentence().startswith(cause), job.output()[-3000:]
     assert "Run the same command again to resume from the latest checkpoint" in job.sentence()
     assert [step for step, _ in RunDir(run).checkpoint_dirs()] == [1, 2]  # step 3 never completed on any rank

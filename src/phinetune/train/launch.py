@@ -127,6 +127,12 @@ def failure_sentence(stderr: str, code: int) -> str:
     if r in ours and len(ours) > 1 and len(set(ours.values())) == 1:  # every rank stopped with the same sentence: a joint decision
         return f"training failed: {ours[r].rstrip('.')} (every rank stopped at once). {resume}"
     own = [msg for who, msg in errors if int(who) == r]
+    if own and re.search(r"Timed out waiting|timed out|Timeout", own[-1]):  # gloo / NCCL: a peer never answered
+        others = ", ".join(str(rank) for rank, _, _ in found[1:]) or "another rank"
+        waited = re.search(r"(\d+)\s*ms", own[-1])  # the rank's own timeout (its environment may differ from ours)
+        seconds = int(waited.group(1)) // 1000 if waited else DIST_TIMEOUT_S
+        return (f"training failed: rank {r} waited {seconds} s (PHINETUNE_DIST_TIMEOUT) in a collective for the other "
+                f"ranks ({others}) and gave up: one of them is stuck or far slower; the launcher stopped them. {resume}")
     cause = f"failed: {ours[r]}" if r in ours else f"failed with {own[-1].strip()[:300]}" if own else f"exited with code {ec}"
     return f"training failed: rank {r} {cause.rstrip('.')}; the launcher stopped the other ranks. {resume}"
 
