@@ -5,8 +5,9 @@ The job runs as a user runs it, `phinetune train CFG --nproc 2` (torchrun, DDP o
 output going to files and stdin closed: a test must not hold the launcher's pipes, and reading them only at
 the end (subprocess.communicate) cannot watch the run while it goes. NaN and OOM are injected in rank 1 at
 step 3 through PHINETUNE_INJECT_FAULT (train/faults.py), and so is a hang (rank 1 stops making progress,
-alive): rank 0 then gives up after the collective timeout, set short here (PHINETUNE_DIST_TIMEOUT). The resumed curve is compared with an uninterrupted
-1-process run at the same global batch, within the tolerance of the sharding tests (2e-5; test_sharding.py).
+alive): rank 0 then gives up after the collective timeout, set short here (PHINETUNE_DIST_TIMEOUT). The
+resumed curve is compared with an uninterrupted 1-process run at the same global batch, within the tolerance
+of the sharding tests (2e-5; test_sharding.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from test_sharding import assert_same_curve
 
 # Seconds from a rank's failure to the end of the whole job. torchrun notices a dead worker within a second
 # and stops the others; a rank still waiting in a collective is ended by gloo seeing its peer's socket close.
-# Measured here well under 10 s; the bound leaves room for a machine shared with other jobs, and is far
+# torchrun's reports here stamp the failure and the stop of the other rank 0-7 s apart (not timed more closely:
+# the machine is shared); the bound leaves room for a machine shared with other jobs, and is far
 # below PHINETUNE_DIST_TIMEOUT (600 s), the bound of last resort for a rank that is alive but stuck.
 BOUND_S = 60
 COMMON = ["train.batch_size=2", "adapter.dropout=0", "data.packing=false", "train.recall_check=false", "train.eval_every=1000",
