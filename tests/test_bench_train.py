@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_here
 from phinetune.bench.train import check_trained, model_flops, parity_order, summarize
 from phinetune.bench.train_child import TrainingProof, reseed_lora
 from phinetune.bench.workloads import WORKLOADS
@@ -18,7 +18,7 @@ from phinetune.errors import PhinetuneError
 def parity_report(tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
     out = work / "report.json"
-    proc = run_cli("bench", "train", "--workload", "tiny", "--parity", "--work-dir", str(work), "--out", str(out))
+    proc = cli_here("bench", "train", "--workload", "tiny", "--parity", "--work-dir", str(work), "--out", str(out))
     return json.loads(out.read_text()), proc.stdout
 
 
@@ -100,5 +100,5 @@ def test_parity_order_follows_phinetune_batches():
 
 
 def test_unknown_workload_is_one_line_error():
-    proc = run_cli("bench", "train", "--workload", "nope", check=False)
+    proc = cli_here("bench", "train", "--workload", "nope", check=False)
     assert proc.returncode == 2 and "unknown" in proc.stdout
