@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
 from phinetune.train.launch import launch_command
@@ -111,7 +111,7 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tiny_cfg
     one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
     two_cfg = tmp_path / "two.yaml"
     dump_config(tiny_cfg(*common, "train.grad_accum=1", f"output.dir={tmp_path / 'two'}"), two_cfg)
-    run_cli("train", str(two_cfg), "--nproc", "2")
+    cli_here("train", str(two_cfg), "--nproc", "2")  # the launcher in this process; the 2 ranks are real processes
     expected, got = losses(one.run.path), losses(tmp_path / "two")
     assert [r[0] for r in got] == [r[0] for r in expected] and len(got) >= 5
     for a, b in zip(expected, got):  # loss, lr and grad norm of every step, eval losses (no lr/grad norm: None)
