@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,65 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, check: bool
     if check and proc.returncode != 0:
         raise AssertionError(f"phinetune {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def cli_here(*args: str, env: dict | None = None, cwd: Path | None = None, stdin: str = "",
+             check: bool = True) -> subprocess.CompletedProcess:
+    """`phinetune ...` like run_cli, but through `cli.main()` (the console script's own function) in this process.
+
+    The same argument parsing, error sentences and exit codes, without a fresh interpreter importing torch and
+    transformers again (seconds per command): for tests that are not about the process boundary. Output is
+    collected at the file-descriptor level, so what the processes a command starts print (the ranks of
+    `train --nproc 2`) is in stdout/stderr too. `env` replaces the whole environment (default: this one plus
+    run_cli's variables, PYTHONPATH included, so launched processes import this checkout); the environment,
+    working folder, argv and stdin are restored afterwards. An exception main() lets out comes back as its
+    traceback on stderr with exit code 1, as a process would end. Not for commands that fork (bench infer):
+    a fork of a process whose torch thread pool has run can hang in that pool."""
+    from phinetune import cli
+
+    env = env if env is not None else {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "PHINETUNE_QUIET": "1", "COLUMNS": "200"}
+    saved_env, saved_cwd, saved_argv, saved_streams = dict(os.environ), os.getcwd(), sys.argv, (sys.stdin, sys.stdout, sys.stderr)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        for stream in saved_streams[1:]:
+            stream.flush()
+        saved_fds = os.dup(1), os.dup(2)
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            if cwd is not None:
+                os.chdir(cwd)
+            sys.argv, sys.stdin = ["phinetune", *args], io.StringIO(stdin)
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+            sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            except Exception:  # what a process would die of: its traceback is the evidence
+                traceback.print_exc()
+                code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
+            sys.stdin, sys.stdout, sys.stderr = saved_streams
+            sys.argv = saved_argv
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+        texts = []
+        for file in (out, err):
+            file.seek(0)
+            texts.append(file.read().decode("utf-8", errors="replace"))
+    if check and code != 0:
+        raise AssertionError(f"phinetune {' '.join(args)} failed ({code}):\n{texts[0][-3000:]}\n{texts[1][-3000:]}")
+    return subprocess.CompletedProcess(["phinetune", *args], code, *texts)
 
 
 # The tiny LoRA run most tests train (4 steps on 24 riddles); a test changes it by appending overrides (the last wins).

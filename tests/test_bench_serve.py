@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_cli
+from conftest import cli_here
 from phinetune.bench.serve import percentile
 
 
@@ -17,7 +17,7 @@ def test_percentile_is_nearest_rank():
 
 def test_bench_serve_prints_a_row_per_concurrency_level(tiny_run, tmp_path):
     out = tmp_path / "serve.json"
-    proc = run_cli("bench", "serve", str(tiny_run), "--concurrency", "1,4", "--requests", "8", "--max-tokens", "4", "--out", str(out))
+    proc = cli_here("bench", "serve", str(tiny_run), "--concurrency", "1,4", "--requests", "8", "--max-tokens", "4", "--out", str(out))
     assert "bench serve" in proc.stdout and "p95 latency s" in proc.stdout
     rows = json.loads(out.read_text())["levels"]
     assert [r["concurrency"] for r in rows] == [1, 4] and all(r["errors"] == 0 and r["requests"] == 8 for r in rows)
@@ -25,5 +25,5 @@ def test_bench_serve_prints_a_row_per_concurrency_level(tiny_run, tmp_path):
 
 
 def test_bench_serve_needs_exactly_one_of_target_and_url():
-    proc = run_cli("bench", "serve", check=False)
+    proc = cli_here("bench", "serve", check=False)
     assert proc.returncode == 2 and "TARGET" in (proc.stdout + proc.stderr) and "Traceback" not in proc.stderr

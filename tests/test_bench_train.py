@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_here
 from phinetune.bench.machine import LoadWindow
 from phinetune.bench.step_profile import PARTS
 from phinetune.bench.train import check_trained, load_verdict, model_flops, parity_order, summarize
@@ -21,7 +21,7 @@ def parity_report(tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
     out = work / "report.json"
     # One run for every test here (each side is a subprocess): the three sides, parity, and the profile.
-    proc = run_cli("bench", "train", "--workload", "tiny", "--parity", "--profile", "--work-dir", str(work), "--out", str(out))
+    proc = cli_here("bench", "train", "--workload", "tiny", "--parity", "--profile", "--work-dir", str(work), "--out", str(out))
     return json.loads(out.read_text()), proc.stdout
 
 
@@ -158,10 +158,10 @@ def test_parity_order_follows_phinetune_batches():
 
 
 def test_unknown_workload_is_one_line_error():
-    proc = run_cli("bench", "train", "--workload", "nope", check=False)
+    proc = cli_here("bench", "train", "--workload", "nope", check=False)
     assert proc.returncode == 2 and "unknown" in proc.stdout
 
 
 def test_unknown_side_is_one_line_error():
-    proc = run_cli("bench", "train", "--workload", "tiny", "--sides", "baseline,nope", check=False)
+    proc = cli_here("bench", "train", "--workload", "tiny", "--sides", "baseline,nope", check=False)
     assert proc.returncode == 2 and "nope" in proc.stdout and "unknown" in proc.stdout

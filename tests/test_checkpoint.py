@@ -192,3 +192,10 @@ def test_failed_start_is_recorded_then_the_fixed_command_trains(tiny_cfg):
     assert bad.read_info().status.startswith("failed before training: data file '/nonexistent/data.jsonl' does not exist")
     result = train(tiny_cfg("train.max_steps=1"))  # no output.overwrite needed
     assert result.run.read_info().status == "finished"
+
+
+def test_ddp_names_are_stored_as_the_unwrapped_model_names_them():
+    """A DDP-wrapped state dict (and a checkpoint DDP wrote before names were unwrapped) loads on 1 process too."""
+    assert ck.unwrapped_names({"module.a.weight": 1, "module.b": 2}) == {"a.weight": 1, "b": 2}
+    assert ck.unwrapped_names({"module.a": 1, "lm_head.weight": 2}) == {"module.a": 1, "lm_head.weight": 2}  # not all wrapped: kept
+    assert ck.unwrapped_names({}) == {}

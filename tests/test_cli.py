@@ -1,10 +1,14 @@
-"""End to end through the real `phinetune` command on a tiny model, and bad input as one clear sentence."""
+"""End to end through the real `phinetune` command on a tiny model, and bad input as one clear sentence.
+
+`train`, `chat`, the bad-input cases and `--help` run as fresh processes; `generate` and `merge` of the trained
+run go through the same `cli.main()` in this process (conftest's cli_here): they are about what the verbs do,
+and a fresh interpreter importing torch costs seconds each."""
 
 import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli_here, run_cli
 
 FAST = ["data.limit=24", "data.eval_size=4", "train.epochs=2", "train.recall_check=4", "train.eval_every=5"]
 
@@ -27,12 +31,12 @@ def test_train_with_embedded_default_prints_eval_drop_and_recall(cli_run):
 
 def test_generate_single_prompt_and_file(cli_run, tmp_path):
     out, _ = cli_run
-    proc = run_cli("generate", str(out), "What gets wetter the more it dries?", "--max-new-tokens", "8")
+    proc = cli_here("generate", str(out), "What gets wetter the more it dries?", "--max-new-tokens", "8")
     assert proc.stdout.strip()
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "What has keys?"}) + "\n" + json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n")
     answers = tmp_path / "answers.jsonl"
-    run_cli("generate", str(out), "--input", str(prompts), "--output", str(answers), "--max-new-tokens", "8")
+    cli_here("generate", str(out), "--input", str(prompts), "--output", str(answers), "--max-new-tokens", "8")
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     assert len(rows) == 2 and all("response" in r for r in rows)
 
@@ -40,9 +44,9 @@ def test_generate_single_prompt_and_file(cli_run, tmp_path):
 def test_merge_then_generate_from_merged_folder(cli_run, tmp_path):
     out, _ = cli_run
     merged = tmp_path / "merged"
-    run_cli("merge", str(out), "--out", str(merged))
+    cli_here("merge", str(out), "--out", str(merged))
     assert list(merged.glob("*.safetensors")) and (merged / "tokenizer_config.json").exists()
-    assert run_cli("generate", str(merged), "What has keys?", "--max-new-tokens", "8").returncode == 0
+    assert cli_here("generate", str(merged), "What has keys?", "--max-new-tokens", "8").returncode == 0
 
 
 def test_chat_streams_and_exits(cli_run):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here
 from phinetune.eval import contamination
 from phinetune.data.readers import Record, read_records
 from phinetune.eval.tasks import TASKS, load_docs
@@ -101,7 +101,7 @@ def test_copy_is_found_whatever_case_punctuation_and_surroundings(docs, how, bef
 @pytest.mark.slow
 def test_data_inspect_against_reports_counts_and_lines(tmp_path):
     path, at = planted_file(tmp_path)
-    proc = run_cli("data", "inspect", str(path), "--model", "tiny-phi3", "--against", ",".join(NAMES), "--against-dir", str(EVALSETS),
+    proc = cli_here("data", "inspect", str(path), "--model", "tiny-phi3", "--against", ",".join(NAMES), "--against-dir", str(EVALSETS),
                    "--out", str(tmp_path / "out"))
     assert f"{path}:{at['exact']}: arc_easy item 1 (13-gram" in proc.stdout
     assert f"{path}:{at['reworded']}: arc_easy item 1 (minhash" in proc.stdout
@@ -113,7 +113,7 @@ def test_data_inspect_against_reports_counts_and_lines(tmp_path):
 
 
 def test_unknown_task_is_one_line_error(tmp_path):
-    proc = run_cli("data", "inspect", "builtin:riddles", "--model", "tiny-phi3", "--against", "mmlu", "--out", str(tmp_path), check=False)
+    proc = cli_here("data", "inspect", "builtin:riddles", "--model", "tiny-phi3", "--against", "mmlu", "--out", str(tmp_path), check=False)
     assert proc.returncode == 2 and "unknown eval task 'mmlu'" in proc.stdout and "Traceback" not in proc.stderr
 
 
@@ -135,18 +135,18 @@ def test_train_warns_and_eval_scores_the_clean_items(tmp_path):
     """Train on planted data with eval.tasks set, then `eval` marks the contaminated items and --decontaminate drops them."""
     path, _ = planted_file(tmp_path)
     run = tmp_path / "run"
-    proc = run_cli("train", "model.name=tiny-phi3", f"data.train={path}", "data.eval_size=null", f"data.eval={held_out(tmp_path)}", "train.max_steps=2", "train.batch_size=4", "train.recall_check=0",
+    proc = cli_here("train", "model.name=tiny-phi3", f"data.train={path}", "data.eval_size=null", f"data.eval={held_out(tmp_path)}", "train.max_steps=2", "train.batch_size=4", "train.recall_check=0",
                    "eval.tasks=[arc_easy,winogrande]", f"eval.data_dir={EVALSETS}", f"output.dir={run}")
     assert "overlap benchmark items of eval.tasks" in proc.stdout and (run / "contamination.json").exists()
     winogrande = 2  # the plant and its twin
     base = ["eval", str(run), "--tasks", "arc_easy,winogrande", "--data-dir", str(EVALSETS)]
-    run_cli(*base)
+    cli_here(*base)
     rows = {r["task"]: r for r in json.loads((run / "eval.json").read_text())["rows"]}
     assert rows["arc_easy"]["n"] == 8 and rows["winogrande"]["n"] == 6
     assert rows["winogrande"]["contaminated"] == winogrande
     arc_dirty = rows["arc_easy"]["contaminated"]
     assert arc_dirty == 1
-    run_cli(*base, "--decontaminate")
+    cli_here(*base, "--decontaminate")
     saved = json.loads((run / "eval.json").read_text())
     rows = {r["task"]: r for r in saved["rows"]}
     assert saved["decontaminated"] and rows["arc_easy"]["n"] == 8 - arc_dirty and rows["winogrande"]["n"] == 6 - winogrande

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import realdata, run_cli
+from conftest import cli_here, realdata
 from phinetune.config.schema import DataConfig
 from phinetune.data.inspect import inspect_data, load_inspect_tokenizer, mask_plain, text_histogram, write_outputs
 
@@ -80,7 +80,7 @@ def test_real_files(name, model, kwargs, fmt, tmp_path):
 
 def test_cli_on_real_riddles_csv_with_phi3_tokenizer(tmp_path):
     csv = realdata("datasets", "riddles_crawsome", "riddles.csv")
-    proc = run_cli("data", "inspect", str(csv), "--model", str(realdata(*PHI3_TOKENIZER)), "--column", "prompt=QUESTIONS",
+    proc = cli_here("data", "inspect", str(csv), "--model", str(realdata(*PHI3_TOKENIZER)), "--column", "prompt=QUESTIONS",
                    "--column", "completion=ANSWERS", "--out", str(tmp_path / "out"), "--samples", "1")
     out = " ".join(proc.stdout.split())
     assert "format: prompt_completion" in out and "records: 386" in out and "[[advice<|end|>]]" in out
@@ -121,7 +121,7 @@ def test_inspect_reports_the_pre_flight_per_turn_counts(tiny_tok, tmp_path):
     assert ins.summary()["end_of_turn"] == report.coverage
     assert report.coverage["turns"] == 32 and 0 < report.coverage["turns_cut_by_max_length"] < 16
     assert report.coverage["turns_eot_trained"] + report.coverage["turns_cut_by_max_length"] == 32
-    out = run_cli("data", "inspect", str(path), "--model", "tiny-phi3", "--max-length", "40", "--out", str(tmp_path / "out")).stdout
+    out = cli_here("data", "inspect", str(path), "--model", "tiny-phi3", "--max-length", "40", "--out", str(tmp_path / "out")).stdout
     c = report.coverage
     assert (f"own token trained in {c['turns_eot_trained']}/32 assistant turns ({c['turns_cut_by_max_length']} cut by max_length); "
             f"last one kept in {c['last_eot_trained']}/16 chat samples; 0 mask violation(s)") in " ".join(out.split())

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_here
 from phinetune.config.schema import DataConfig
 from phinetune.data.dataset import prepare_data
 from phinetune.data.packing import make_rows
@@ -133,7 +133,7 @@ def test_cli_train_on_alpaca_with_a_bad_row_skipped(tmp_path, monkeypatch):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + '{"instruction": "x", "output": 5}\n'
                     + "".join(json.dumps(r) + "\n" for r in rows[3:]))
     monkeypatch.setenv("PHINETUNE_CACHE", str(tmp_path / "cache"))
-    proc = run_cli("train", f"data.train={path}", "data.skip_bad_rows=true", "data.eval_size=1", "train.max_steps=2",
+    proc = cli_here("train", f"data.train={path}", "data.skip_bad_rows=true", "data.eval_size=1", "train.max_steps=2",
                    "train.batch_size=2", "train.eval_every=2", f"output.dir={tmp_path / 'run'}", "data.max_length=96")
     assert f"skipped 1 bad row(s): wrong type in 'output' x1 ({path}:4)" in proc.stdout.replace("\n", "")
     assert (tmp_path / "run" / "adapter").exists()

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here
 from phinetune.errors import PhinetuneError
 from phinetune.train import checkpoint as ck
 from phinetune.runs.loading import pick_checkpoint
@@ -90,7 +90,7 @@ def test_select_all_lists_base_kept_and_last_once(kept_run):
 
 @pytest.mark.slow
 def test_eval_and_compare_over_checkpoints(kept_run):
-    proc = run_cli("eval", str(kept_run.path), "--checkpoints", "all", "--tasks", "arc_easy,piqa", "--data-dir", str(EVALSETS))
+    proc = cli_here("eval", str(kept_run.path), "--checkpoints", "all", "--tasks", "arc_easy,piqa", "--data-dir", str(EVALSETS))
     assert "task scores per checkpoint" in proc.stdout
     saved = json.loads(kept_run.checkpoint_eval.read_text())
     labels = [p["label"] for p in saved["points"]]
@@ -100,7 +100,7 @@ def test_eval_and_compare_over_checkpoints(kept_run):
     for p in saved["points"][1:]:
         assert p["scores"]["arc_easy:acc_norm"] == pytest.approx(metrics[p["step"]]["arc_easy:acc_norm"], abs=1e-6)
     assert kept_run.checkpoint_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    proc = run_cli("compare", str(kept_run.path), "--checkpoints", "all", "--n", "2", "--max-new-tokens", "8")
+    proc = cli_here("compare", str(kept_run.path), "--checkpoints", "all", "--n", "2", "--max-new-tokens", "8")
     answers = json.loads(kept_run.checkpoint_answers.read_text())
     assert [p["label"] for p in answers["points"]] == labels and len(answers["rows"]) == 2
     assert all(set(r["answers"]) == set(labels) for r in answers["rows"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import realdata, run_cli
+from conftest import cli_here, realdata
 
 pytestmark = pytest.mark.slow
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrun") / "run"
-    run_cli("train", "model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24", "train.max_steps=4",
+    cli_here("train", "model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24", "train.max_steps=4",
             "train.batch_size=4", "train.eval_every=2", "train.log_every=1", "train.learning_rate=3e-3", "train.recall_check=0",
             f"output.dir={out}")
     return out
@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory):
 
 def test_eval_prints_base_vs_tuned_table_and_saves_json(tiny_run):
     data = realdata("evalsets")
-    proc = run_cli("eval", str(tiny_run), "--tasks", "arc_easy,piqa,winogrande,hellaswag", "--limit", "20", "--shots", "0", "--data-dir", str(data))
+    proc = cli_here("eval", str(tiny_run), "--tasks", "arc_easy,piqa,winogrande,hellaswag", "--limit", "20", "--shots", "0", "--data-dir", str(data))
     for task in ("arc_easy", "piqa", "winogrande", "hellaswag"):
         assert task in proc.stdout
     assert "base vs fine-tuned" in proc.stdout and "delta" in proc.stdout
@@ -36,12 +36,12 @@ def test_eval_prints_base_vs_tuned_table_and_saves_json(tiny_run):
 
 
 def test_eval_bad_task_is_one_line_error(tiny_run):
-    proc = run_cli("eval", str(tiny_run), "--tasks", "mmlu", check=False)
+    proc = cli_here("eval", str(tiny_run), "--tasks", "mmlu", check=False)
     assert proc.returncode == 2 and "unknown eval task 'mmlu'" in proc.stdout and "Traceback" not in proc.stderr
 
 
 def test_report_writes_page_with_samples(tiny_run):
-    proc = run_cli("report", str(tiny_run), "--samples", "2")
+    proc = cli_here("report", str(tiny_run), "--samples", "2")
     assert "report.html" in proc.stdout
     page = (tiny_run / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "Sample answers: before vs after" in page

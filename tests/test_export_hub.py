@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import cli_here
 
 
 def card_parts(folder):
@@ -22,7 +22,7 @@ def test_adapter_dry_run_writes_a_loadable_adapter_and_a_complete_card(tiny_run,
     from peft import PeftConfig
 
     out = tmp_path / "upload"
-    run_cli("push", str(tiny_run), "me/riddles", "--dry-run", "--out", str(out))
+    cli_here("push", str(tiny_run), "me/riddles", "--dry-run", "--out", str(out))
     files = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja", "README.md", "loss.png"} <= files
     assert PeftConfig.from_pretrained(str(out)).peft_type == "LORA"
@@ -46,7 +46,7 @@ def test_eval_table_appears_when_the_run_was_evaluated(tiny_run, tmp_path):
     report = {"scorer": "phinetune", "shots": 0, "limit": 10, "data": "arc_easy", "rows": [
         {"task": "arc_easy", "metric": "acc", "n": 10, "base": 0.3, "tuned": 0.4, "delta": 0.1, "stderr": 0.05, "drop": False}]}
     (run / "eval.json").write_text(json.dumps(report))
-    run_cli("push", str(run), "me/riddles", "--dry-run", "--out", str(tmp_path / "up"))
+    cli_here("push", str(run), "me/riddles", "--dry-run", "--out", str(tmp_path / "up"))
     _, body = card_parts(tmp_path / "up")
     assert "| arc_easy | acc | 10 | 0.3000 | 0.4000 | +0.1000 | 0.0500 |" in body
 
@@ -54,7 +54,7 @@ def test_eval_table_appears_when_the_run_was_evaluated(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_merged_dry_run_has_weights_and_transformers_usage(tiny_run, tmp_path):
     out = tmp_path / "merged"
-    run_cli("push", str(tiny_run), "me/riddles-merged", "--merged", "--dry-run", "--out", str(out))
+    cli_here("push", str(tiny_run), "me/riddles-merged", "--merged", "--dry-run", "--out", str(out))
     assert list(out.glob("*.safetensors")) and (out / "config.json").exists()
     front, body = card_parts(out)
     assert front["library_name"] == "transformers"
@@ -67,7 +67,7 @@ def test_push_without_a_token_says_so(tiny_run, tmp_path):
     saved = {k: os.environ.pop(k, None) for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     os.environ["HF_HOME"] = str(env_home)
     try:
-        proc = run_cli("push", str(tiny_run), "me/riddles", check=False)
+        proc = cli_here("push", str(tiny_run), "me/riddles", check=False)
     finally:
         os.environ.pop("HF_HOME")
         os.environ.update({k: v for k, v in saved.items() if v is not None})
@@ -77,7 +77,7 @@ def test_push_without_a_token_says_so(tiny_run, tmp_path):
 
 def test_existing_dry_run_output_and_conflicting_modes_are_refused(tiny_run, tmp_path):
     (tmp_path / "taken").mkdir()
-    proc = run_cli("push", str(tiny_run), "me/x", "--dry-run", "--out", str(tmp_path / "taken"), check=False)
+    proc = cli_here("push", str(tiny_run), "me/x", "--dry-run", "--out", str(tmp_path / "taken"), check=False)
     assert proc.returncode == 2 and "already exists" in proc.stdout
-    proc = run_cli("push", str(tiny_run), "me/x", "--merged", "--gguf", "--dry-run", "--out", str(tmp_path / "o"), check=False)
+    proc = cli_here("push", str(tiny_run), "me/x", "--merged", "--gguf", "--dry-run", "--out", str(tmp_path / "o"), check=False)
     assert proc.returncode == 2 and "choose one of" in proc.stdout

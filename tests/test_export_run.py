@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli_here
 
 
 def leftovers(folder):
@@ -16,7 +16,7 @@ def leftovers(folder):
 
 @pytest.mark.slow
 def test_export_gguf_and_ollama_through_the_cli(tiny_run, tmp_path):
-    proc = run_cli("export", str(tiny_run), "--to", "ollama", "--quant", "q8_0", "--out", str(tmp_path / "ollama"))
+    proc = cli_here("export", str(tiny_run), "--to", "ollama", "--quant", "q8_0", "--out", str(tmp_path / "ollama"))
     files = sorted(p.name for p in (tmp_path / "ollama").iterdir())
     assert files == ["Modelfile", f"{tiny_run.name}-q8_0.gguf"]
     assert f"ollama create {tiny_run.name} -f {tmp_path / 'ollama' / 'Modelfile'}" in proc.stdout.replace("\n", "")
@@ -25,7 +25,7 @@ def test_export_gguf_and_ollama_through_the_cli(tiny_run, tmp_path):
 
 
 def _refused(*args, cwd=None) -> str:
-    proc = run_cli(*args, check=False, cwd=cwd)
+    proc = cli_here(*args, check=False, cwd=cwd)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     return " ".join(proc.stdout.split())

@@ -127,3 +127,19 @@ def test_sigterm_mid_training_saves_a_checkpoint_and_resume_matches(tiny_cfg, mo
     monkeypatch.setattr(recipe, "loss_sum", real)
     resumed = recipe.train(cfg)
     assert [(r["step"], r.get("loss")) for r in resumed.run.read_metrics() if "loss" in r] == expected
+
+
+def test_a_nan_in_one_rank_is_named_with_that_ranks_batch(monkeypatch):
+    """Every rank sees the same summed NaN; the sentence names the rank whose own loss was not finite, with its batch.
+    The exchange between ranks (accelerate's gather_object) is replaced by what 2 ranks would return."""
+    import accelerate.utils
+    from types import SimpleNamespace
+
+    from phinetune.train.guards import check_finite
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda mine: [(0, True, "rank 0's rows"), mine[0]])
+    monkeypatch.setattr("phinetune.train.guards.describe_batch", lambda micro, tokenizer: "rank 1's rows")
+    check_finite(1.5, 2, [], None, SimpleNamespace(num_processes=2, process_index=1), 0.7)  # finite: nothing to say
+    with pytest.raises(PhinetuneError) as err:
+        check_finite(float("nan"), 2, [], None, SimpleNamespace(num_processes=2, process_index=1), float("nan"))
+    assert str(err.value).startswith("loss became nan at step 3 on rank 1 of 2; nothing after step 2 was saved. The batch held: rank 1's rows.")

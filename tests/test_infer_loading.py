@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_here
 from phinetune.errors import PhinetuneError
 from phinetune.runs.loading import load_for_inference
 from phinetune.train import recipe
@@ -71,7 +71,7 @@ def test_merge_and_generate_take_the_checkpoint(runs, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(IDS).logits.float(), _logits(load_for_inference(str(finished.path), dtype="fp32")),
                                    rtol=1e-4, atol=1e-4)
-    answered = run_cli("generate", str(cut), "hi", "--max-new-tokens", "2", "--checkpoint", "last")
+    answered = cli_here("generate", str(cut), "hi", "--max-new-tokens", "2", "--checkpoint", "last")
     assert answered.stdout.strip() == load_generate(finished.path)
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
 from phinetune.train.launch import launch_command
@@ -111,7 +111,7 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tiny_cfg
     one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
     two_cfg = tmp_path / "two.yaml"
     dump_config(tiny_cfg(*common, "train.grad_accum=1", f"output.dir={tmp_path / 'two'}"), two_cfg)
-    run_cli("train", str(two_cfg), "--nproc", "2")
+    cli_here("train", str(two_cfg), "--nproc", "2")  # the launcher in this process; the 2 ranks are real processes
     expected, got = losses(one.run.path), losses(tmp_path / "two")
     assert [r[0] for r in got] == [r[0] for r in expected] and len(got) >= 5
     for a, b in zip(expected, got):  # loss, lr and grad norm of every step, eval losses (no lr/grad norm: None)
@@ -156,3 +156,46 @@ def test_deepspeed_zero2_on_two_cpu_processes_matches_one_process(tiny_cfg, tmp_
     assert mine.keys() == theirs.keys() and any("lora_A" in k for k in mine)
     for k in mine:
         assert theirs[k].shape == mine[k].shape and float((theirs[k] - mine[k]).abs().max()) < 0.1 * 3e-3, k
+
+
+def test_a_rank_that_stopped_with_our_sentence_is_named_with_it():
+    """torchrun's report of a real 2-process run whose rank 1 ran out of memory at step 3 (tests/test_rank_failure.py,
+    PHINETUNE_INJECT_FAULT=oom:1:3): the sentence comes from the error file rank 1 wrote, shown in the report."""
+    from phinetune.train.launch import failure_sentence, failures
+
+    report = (ROOT / "tests" / "fixtures" / "torchrun_oom_rank1.txt").read_text()
+    assert [(rank, code) for rank, code, _ in failures(report)] == [(1, 2), (0, -15)]  # the root cause first
+    assert failure_sentence(report, 1).startswith(
+        "training failed: rank 1 failed: out of memory at step 3 on rank 1 of 2; settings that use less memory: "
+        "train.batch_size=1 train.grad_accum=2 (same global batch)")
+    assert failure_sentence(report, 1).endswith("; the launcher stopped the other ranks. Run the same command again to resume from the latest checkpoint")
+    both = report.replace("exitcode  : -15 (pid: 12326)  (SIGTERM)", "exitcode  : 2 (pid: 12326)").replace(
+        "traceback : Signal 15 (SIGTERM) received by PID 12326", "traceback : " + failures(report)[0][2])
+    assert failure_sentence(both, 1).startswith("training failed: out of memory at step 3 on rank 1 of 2;")  # every rank said it
+    assert "(every rank stopped at once)" in failure_sentence(both, 1)
+
+
+def test_the_sentence_a_rank_records_is_what_torchrun_reads(tmp_path, monkeypatch):
+    """record_for_launcher against torchrun's own reader of worker error files (ProcessFailure)."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from phinetune.train.launch import record_for_launcher
+
+    file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(file))
+    record_for_launcher("out of memory at step 3 on rank 1 of 2;\n  settings that use less memory: ...")
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(file))
+    assert failure.message["message"] == "out of memory at step 3 on rank 1 of 2; settings that use less memory: ..."
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")
+    record_for_launcher("not launched: nothing written")  # no error: a single process has no launcher to tell
+
+
+def test_a_collective_timeout_names_the_waiting_rank_and_the_ones_it_waited_for():
+    """torchrun's report of a real 2-process run whose rank 1 hung at step 3 (PHINETUNE_INJECT_FAULT=hang:1:3,
+    PHINETUNE_DIST_TIMEOUT=15): rank 0 gave up in gloo after 15 s, then the launcher stopped rank 1."""
+    from phinetune.train.launch import failure_sentence
+
+    report = (ROOT / "tests" / "fixtures" / "torchrun_hang_rank1.txt").read_text()
+    assert failure_sentence(report, 1).startswith(
+        "training failed: rank 0 waited 15 s (PHINETUNE_DIST_TIMEOUT) in a collective for the other ranks (1) and gave up: "
+        "one of them is stuck or far slower; the launcher stopped them.")

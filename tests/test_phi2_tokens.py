@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_here
 from phinetune.config.schema import AdapterConfig, ModelConfig
 from phinetune.errors import ConfigError
 from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny
@@ -64,6 +64,6 @@ def test_new_token_rows_train_and_old_rows_do_not(phi2):
 def test_fp16_refused_with_reason():
     with pytest.raises(ConfigError, match="NaN"):
         choose_dtype("fp16", SPEC)
-    proc = run_cli("check", "model.name=tiny-phi2", "model.dtype=fp16", check=False)
+    proc = cli_here("check", "model.name=tiny-phi2", "model.dtype=fp16", check=False)
     assert proc.returncode == 2
     assert "fp16 is refused for phi2" in proc.stdout and "bf16 or fp32" in proc.stdout

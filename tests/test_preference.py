@@ -88,14 +88,14 @@ def test_two_cpu_processes_match_one_process_for_dpo(tiny_cfg, tmp_path):
     """2-process DDP over gloo (global batch = 2 x 2 pairs) equals 1 process with grad_accum=2, step for step."""
     import json
 
-    from conftest import run_cli
+    from conftest import cli_here
     from phinetune.config import dump_config
 
     common = [*PREF, "train.batch_size=2", "train.max_steps=3", "train.eval_every=2"]
     one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
     two_cfg = tmp_path / "two.yaml"
     dump_config(tiny_cfg(*common, "train.grad_accum=1", f"output.dir={tmp_path / 'two'}"), two_cfg)
-    run_cli("train", str(two_cfg), "--nproc", "2")
+    cli_here("train", str(two_cfg), "--nproc", "2")  # the launcher in this process; the 2 ranks are real processes
 
     keys = ("loss", "eval_loss", "grad_norm", "lr", "margin", "rewards_chosen", "rewards_rejected", "accuracy")
     curve = lambda run: [(r["step"], *(r.get(k) for k in keys)) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]  # noqa: E731

@@ -105,17 +105,17 @@ def test_truncation_that_removes_a_reply_is_counted_not_trained(tiny_phi3):
 
 
 def test_data_inspect_reports_reply_lengths_length_bias_and_overlap(tmp_path):
-    from conftest import run_cli
+    from conftest import cli_here
 
     rows = [{"prompt": USER, "chosen": GOOD + " It has many keys.", "rejected": BAD},
             {"prompt": "Why?", "chosen": "Because.", "rejected": "Because."}]
     path = _write(tmp_path, rows)
-    run_cli("data", "inspect", path, "--model", "tiny-phi3", "--objective", "dpo", "--out", str(tmp_path / "o"))
+    cli_here("data", "inspect", path, "--model", "tiny-phi3", "--objective", "dpo", "--out", str(tmp_path / "o"))
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["usable"] == 2 and report["identical_pairs"] == 1 and report["chosen_longer_share"] == 0.5
     assert report["word_overlap"]["max"] == 1.0  # the identical pair
     assert report["chosen_tokens"]["max"] > report["rejected_tokens"]["max"]
-    bad = run_cli("data", "inspect", _write(tmp_path, [{"prompt": USER, "chosen": GOOD}], "b.jsonl"), "--model", "tiny-phi3",
+    bad = cli_here("data", "inspect", _write(tmp_path, [{"prompt": USER, "chosen": GOOD}], "b.jsonl"), "--model", "tiny-phi3",
                   "--objective", "dpo", "--out", str(tmp_path / "b"), check=False)
     assert bad.returncode == 2 and "b.jsonl:1" in bad.stdout + bad.stderr
 

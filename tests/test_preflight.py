@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli_here
 from phinetune.config import load_config
 from phinetune.data.dataset import prepare_data
 from phinetune.models.loading import choose_dtype
@@ -42,13 +42,13 @@ def test_report_contents(tiny_phi3):
 
 
 def test_check_cli_passes_and_shows_the_mask():
-    out = run_cli("check", "model.name=tiny-phi3", *FAST).stdout
+    out = cli_here("check", "model.name=tiny-phi3", *FAST).stdout
     assert "layers.*.self_attn.qkv_proj" in out and "trainable parameters:" in out
     assert "[[" in out and "<|end|>]]" in out and "pre-flight passed" in out
 
 
 def test_check_cli_fails_on_the_seed_list():
-    proc = run_cli("check", "model.name=tiny-phi3", *FAST, "adapter.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]", check=False)
+    proc = cli_here("check", "model.name=tiny-phi3", *FAST, "adapter.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]", check=False)
     assert proc.returncode == 2
     assert "'q_proj' matches nothing in phi3-mini-4k; in phi3-mini-4k that is qkv_proj" in proc.stdout
     assert "Traceback" not in proc.stderr
@@ -56,7 +56,7 @@ def test_check_cli_fails_on_the_seed_list():
 
 def test_check_cli_fails_when_end_of_turn_is_cut_off():
     # Empty samples are allowed here, so the one failure left is the one this test is about.
-    proc = run_cli("check", "model.name=tiny-phi3", *FAST, "data.max_length=24", "preflight.allow_empty_samples=true", check=False)
+    proc = cli_here("check", "model.name=tiny-phi3", *FAST, "data.max_length=24", "preflight.allow_empty_samples=true", check=False)
     assert proc.returncode == 2 and "pre-flight failed" in proc.stdout
     assert "the end-of-turn token <|end|> is never trained" in proc.stdout and "allow_untrained_eot" in proc.stdout
     assert "have no trained tokens" not in proc.stdout
@@ -189,7 +189,7 @@ def test_check_on_each_new_phi_family_tiny_model(name):
 
 
 def test_check_cli_on_phi4_shows_its_pad_fix():
-    out = run_cli("check", "model.name=tiny-phi4-14b", *FAST).stdout
+    out = cli_here("check", "model.name=tiny-phi4-14b", *FAST).stdout
     assert re.search(r"end-of-turn token <\|im_end\|> trained: yes \(own token of (\d+)/\1 assistant turns", out)
     assert re.search(r"pad token <\|dummy_85\|> \(id \d+\) distinct from end-of-turn token \(id \d+\): yes", out)
     assert "pre-flight passed" in out

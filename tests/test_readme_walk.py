@@ -4,6 +4,13 @@ The commands are read from README.md itself (placeholders such as RUN, MODEL, DI
 `[...]` parts dropped, a few flags added to keep each one to seconds), so a verb added to the table without
 a way to run it here fails this test. Each must end with exit code 0 or 2 (2: one sentence, e.g. no network
 for `eval` or no API key for `synth`), never a traceback, and do what the README says it does.
+
+`train` runs as a fresh `python -m phinetune` process, as a user would start it; so do `serve` (it must
+outlive the command that starts it) and `bench infer` (it forks a child per dtype for a clean memory baseline,
+and a fork of a process whose torch thread pool has already run, as this one's has, can hang in that pool).
+Every other command runs through the same entry point, `cli.main()`, in this process (same argument parsing,
+error sentences and exit codes, with this walk's environment and working folder: conftest's cli_here),
+because a fresh interpreter importing torch and transformers costs seconds per command.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SRC
+from conftest import ROOT, SRC, cli_here
 
 pytestmark = pytest.mark.slow
 
 README = (ROOT / "README.md").read_text()
+FRESH_PROCESS = ("train", "bench infer")  # besides serve (see above); the rest runs in this process
 
 FAST_CONFIG = """\
 model: {name: tiny-phi3}
@@ -165,7 +173,11 @@ def test_every_readme_command_runs_and_does_what_the_readme_says(walk):
             out, health, models = serve_and_ask(words, env, root)
             assert health.get("status") == "ok" and models.get("data"), f"{command}: the server never answered\n{out[-3000:]}"
             continue
-        proc = run(words, env, root, stdin="What has keys?\n/reset\n/exit\n" if verb == "chat" else "")
+        stdin = "What has keys?\n/reset\n/exit\n" if verb == "chat" else ""
+        if verb in FRESH_PROCESS:
+            proc = run(words, env, root, stdin=stdin)
+        else:
+            proc = cli_here(*words, env=env, cwd=root, stdin=stdin, check=False)
         text = proc.stdout + proc.stderr
         assert "Traceback" not in text, f"phinetune {' '.join(words)}:\n{text[-4000:]}"
         assert proc.returncode in (0, 2), f"phinetune {' '.join(words)} exited {proc.returncode}:\n{text[-4000:]}"

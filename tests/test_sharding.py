@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here
 from phinetune.config import dump_config
 from phinetune.runs.run_dir import RunDir
 from test_launch import losses
@@ -49,14 +49,15 @@ def saved_weights(run: Path, full: bool) -> dict:
 
 
 def two_process_run(tiny_cfg, tmp_path: Path, name: str, *overrides: str):
-    """The same run on 1 plain process (grad_accum=2) and 2 FSDP2 processes (grad_accum=1)."""
+    """The same run on 1 plain process (grad_accum=2) and 2 FSDP2 processes (grad_accum=1; the launcher runs in this
+    process, the 2 ranks are real processes)."""
     from phinetune.train.recipe import train
 
     one = train(tiny_cfg(*COMMON, *overrides, "train.grad_accum=2", f"output.dir={tmp_path / (name + '-one')}")).run.path
     two = tmp_path / (name + "-two")
     cfg = tmp_path / f"{name}.yaml"
     dump_config(tiny_cfg(*COMMON, *overrides, "train.grad_accum=1", f"output.dir={two}"), cfg)
-    proc = run_cli("train", str(cfg), "--nproc", "2", "--accelerate-config", str(FSDP))
+    proc = cli_here("train", str(cfg), "--nproc", "2", "--accelerate-config", str(FSDP))
     return one, two, cfg, proc.stdout + proc.stderr
 
 
@@ -102,5 +103,5 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process(tiny_cfg, tmp_path, mode
     if method == "lora" and model == "tiny-phi3":  # resume from the DCP checkpoint at step 2: the same curve again
         final = losses(two)
         RunDir(two).set_status("interrupted at step 2")
-        run_cli("train", str(cfg), "--nproc", "2", "--accelerate-config", str(FSDP))
+        cli_here("train", str(cfg), "--nproc", "2", "--accelerate-config", str(FSDP))
         assert losses(two) == final

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SRC, run_cli
+from conftest import ROOT, SRC, cli_here
 from openai_server import FakeOpenAI
 from phinetune.data.readers import read_records
 from phinetune.synth.config import load_synth_config
@@ -84,7 +84,7 @@ def test_kill_mid_run_then_resume_repeats_nothing_and_loses_nothing(tmp_path):
         answered_at_kill = Counter(srv.log.answered())
         assert 30 <= len(before) < 100 and not (out / "conversations.jsonl").exists()
 
-        run_cli(*args)  # resume
+        cli_here(*args)  # resume
         after = journal(out)
         answered = Counter(srv.log.answered())
         resumed_stats = json.loads((out / "stats.json").read_text())
@@ -110,7 +110,7 @@ def test_kill_mid_run_then_resume_repeats_nothing_and_loses_nothing(tmp_path):
     assert journal(reference).keys() == after.keys()
 
     # The output trains with `phinetune train` as is.
-    proc = run_cli("train", "model.name=tiny-phi3", f"data.train={out / 'conversations.jsonl'}", "data.eval_size=4",
+    proc = cli_here("train", "model.name=tiny-phi3", f"data.train={out / 'conversations.jsonl'}", "data.eval_size=4",
                    "train.max_steps=2", "train.batch_size=4", "train.eval_every=2", f"output.dir={tmp_path / 'run'}")
     assert "after 2 steps" in proc.stdout
     assert (tmp_path / "run" / "run.json").exists()

@@ -645,6 +645,10 @@ def main() -> None:
         app()
     except PhinetuneError as exc:
         print_error(str(exc))
+        if os.environ.get("PHINETUNE_LAUNCHED") == "1":  # a rank of `train --nproc N`: the launcher names it with this sentence
+            from phinetune.train.launch import record_for_launcher
+
+            record_for_launcher(str(exc))
         sys.exit(getattr(exc, "exit_code", 2))  # a stop on SIGTERM/Ctrl-C exits 143/130, after its checkpoint
     except OSError as exc:
         if exc.filename is None:  # not about a path the user gave: a bug, keep its traceback

@@ -8,7 +8,8 @@ as safetensors, and loads optimizer, scheduler and RNG files with torch.load(wei
 does not do, we add here: (1) atomicity: a checkpoint is written under a temporary name, every file is
 fsynced, then one rename publishes it, so a kill during a save leaves the previous checkpoint as the latest;
 (2) trainable-only weights for LoRA (a frozen 7 GB base is never copied into every checkpoint);
-(3) run identity: a folder resumes only with the same config and the same training rows.
+(3) run identity: a folder resumes only with the same config, the same training rows and the same global batch
+(on any process count, from either layout: train/elastic.py).
 The data order needs no saved state of its own: micro_batches() is a pure function of (seed, step).
 """
 
@@ -26,6 +27,7 @@ from safetensors.torch import load_file
 
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError
+from phinetune.train.elastic import check_global_batch, global_batch, is_sharded, load_other_layout, seed_ranks_without_state
 from phinetune.train.guards import disk_guard
 from phinetune.train.sharding import load_sharded, save_sharded
 from phinetune.runs.run_dir import (CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 IGNORED_FOR_IDENTITY = {("output", "overwrite"), ("train", "keep_checkpoints"), ("train", "save_every"),
                         ("train", "report_to"), ("train", "log_every"), ("train", "recall_check"), ("train", "keep"),
                         ("eval", "tasks"), ("eval", "data_dir"), ("eval", "limit"), ("eval", "contamination")}
+# How the global batch is split may change on resume (another process count); the product is checked instead (train/elastic.py).
+CHECKED_AT_LOAD = {("train", "batch_size"), ("train", "grad_accum")}
 
 
 # ---------------------------------------------------------------- start or resume
@@ -101,7 +105,7 @@ def config_differences(run: RunDir, cfg: RunConfig) -> list[str]:
     now = cfg.model_dump(mode="json")
     return [f"{section}.{key}: {saved[section].get(key)!r} there, {value!r} now"
             for section, fields in now.items() for key, value in fields.items()
-            if (section, key) not in IGNORED_FOR_IDENTITY and saved.get(section, {}).get(key) != value]
+            if (section, key) not in IGNORED_FOR_IDENTITY | CHECKED_AT_LOAD and saved.get(section, {}).get(key) != value]
 
 
 # ---------------------------------------------------------------- listing
@@ -143,7 +147,9 @@ def save_checkpoint(loop: "Loop", step: int, scores: Optional[dict] = None) -> P
                 save_sharded(loop.model, loop.optimizer, tmp)
             acc.wait_for_everyone()
             if acc.is_main_process:
-                state = {"step": step, "num_processes": acc.num_processes, "rows": rows_digest(loop.train_rows),
+                train = loop.cfg.train
+                state = {"step": step, "num_processes": acc.num_processes, "batch_size": train.batch_size, "grad_accum": train.grad_accum,
+                         "global_batch": global_batch(train.batch_size, train.grad_accum, acc.num_processes), "rows": rows_digest(loop.train_rows),
                          "total_steps": loop.total_steps, "scores": scores or {}}
                 (tmp / STATE).write_text(json.dumps(state, indent=2))
                 _save_adapter_config(acc.unwrap_model(loop.model), tmp)
@@ -201,44 +207,58 @@ def _fsync_tree(root: Path) -> None:
 # ---------------------------------------------------------------- load
 
 def load_checkpoint(loop: "Loop", path: Path) -> int:
-    """Restore model, optimizer, scheduler and RNG state; return the step to continue from."""
+    """Restore model, optimizer, scheduler and RNG state; return the step to continue from.
+
+    The process count may differ from the one that wrote the checkpoint, and so may its layout (plain or
+    sharded, train/elastic.py); the global batch may not."""
     state = json.loads((path / STATE).read_text())
-    acc = loop.accelerator
-    if state["num_processes"] != acc.num_processes:
-        raise PhinetuneError(f"{path} was written by {state['num_processes']} process(es), this run has {acc.num_processes}; "
-                             f"resume with --nproc {state['num_processes']}")
+    acc, train = loop.accelerator, loop.cfg.train
+    check_global_batch(path, state, loop.run, train.batch_size, train.grad_accum, acc.num_processes)
     if state["rows"] != rows_digest(loop.train_rows):
         raise PhinetuneError(f"{path}: the training data changed since this checkpoint (different packed rows); "
                              "resume with the same data files, or start a new run")
-    acc.load_state(str(path))
-    if loop.sharded:
-        load_sharded(loop.model, loop.optimizer, path)
+    if is_sharded(path) != loop.sharded:
+        load_other_layout(loop, path)
+    else:
+        acc.load_state(str(path))
+        if loop.sharded:
+            load_sharded(loop.model, loop.optimizer, path)
+    seed_ranks_without_state(path, train.seed, int(state["step"]), acc.process_index)
     return int(state["step"])
 
 
 def register_trainable_only(accelerator, model: torch.nn.Module) -> None:
     """Make save_state/load_state keep only trainable weights (LoRA, modules_to_save) for DDP and single process.
 
+    Names are the unwrapped model's (DDP's `module.` prefix dropped), so the file is the same whether 1 or N
+    processes wrote it, and a checkpoint resumes on another process count (train/elastic.py).
     FSDP and DeepSpeed save through their own sharded paths (the hooks see no weights there)."""
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    trainable = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
 
     def keep_trainable(models, weights, output_dir):
         for state in weights:
-            for key in [k for k in state if k not in trainable]:
-                del state[key]
+            named = unwrapped_names(state)
+            state.clear()
+            state.update({k: v for k, v in named.items() if k in trainable})
 
     def load_trainable(models, input_dir):
         for i, m in enumerate(list(models)):
             file = Path(input_dir) / (CHECKPOINT_WEIGHTS if i == 0 else f"model_{i}.safetensors")
-            saved = load_file(str(file))
+            saved = unwrapped_names(load_file(str(file)))  # also a checkpoint DDP wrote before names were unwrapped
             missing = trainable - set(saved)
             if missing:
                 raise PhinetuneError(f"{file} lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); it belongs to another run")
-            m.load_state_dict(saved, strict=False)
+            accelerator.unwrap_model(m).load_state_dict(saved, strict=False)
         models.clear()  # loaded here; accelerate must not load them again with strict=True
 
     accelerator.register_save_state_pre_hook(keep_trainable)
     accelerator.register_load_state_pre_hook(load_trainable)
+
+
+def unwrapped_names(state: dict) -> dict:
+    """A state dict of a DDP-wrapped model (every key `module.`...) keyed as the model inside it."""
+    wrapped = bool(state) and all(k.startswith("module.") for k in state)
+    return {k.removeprefix("module."): v for k, v in state.items()} if wrapped else dict(state)
 
 
 def truncate_metrics(run: RunDir, step: int, last_step: int) -> None:

@@ -32,12 +32,24 @@ class TrainingStopped(PhinetuneError):
 
 # ---------------------------------------------------------------- NaN / inf
 
-def check_finite(loss: float, step: int, micro: list, tokenizer) -> None:
-    """`micro`: the rows of each micro-batch this process trained on at `step` (0-based step index)."""
+def check_finite(loss: float, step: int, micro: list, tokenizer, accelerator=None, local_loss: Optional[float] = None) -> None:
+    """`micro`: the rows of each micro-batch this process trained on at `step` (0-based step index).
+
+    `loss` is the step's loss summed over processes, the same number on every rank, so all ranks stop here
+    together; given the `accelerator` and this rank's own `local_loss`, the message names the rank(s) whose
+    loss was not finite and describes that rank's batch (every rank raises the same sentence)."""
     if math.isfinite(loss):
         return
-    raise PhinetuneError(f"loss became {loss} at step {step + 1}; nothing after step {step} was saved. "
-                         f"The batch held: {describe_batch(micro, tokenizer)}. Lower train.learning_rate, keep "
+    where, batch = "", describe_batch(micro, tokenizer)
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        seen = gather_object([(accelerator.process_index, local_loss is None or math.isfinite(local_loss), batch)])
+        culprits = [(rank, text) for rank, finite, text in seen if not finite] or [(rank, text) for rank, _, text in seen]
+        where = f" on rank {', '.join(str(rank) for rank, _ in culprits)} of {accelerator.num_processes}"
+        batch = culprits[0][1]
+    raise PhinetuneError(f"loss became {loss} at step {step + 1}{where}; nothing after step {step} was saved. "
+                         f"The batch held: {batch}. Lower train.learning_rate, keep "
                          "train.max_grad_norm, use model.dtype=bf16 rather than fp16, or check these samples")
 
 
@@ -84,7 +96,8 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
-def oom_message(cfg, step: int) -> str:
+def oom_message(cfg, step: int, where: str = "") -> str:
+    """`where`: which process ran out (' on rank 1 of 2'), under several."""
     t, m = cfg.train, cfg.model
     tips = []
     if t.batch_size > 1:
@@ -99,7 +112,7 @@ def oom_message(cfg, step: int) -> str:
         tips.append("model.quant=nf4 (QLoRA)")
     if importlib.util.find_spec("phinetune.models.plan") is not None:
         tips.append(f"`phinetune plan {m.name}` to see what fits your GPU")
-    return f"out of memory at step {step + 1}; settings that use less memory: " + ", ".join(tips)
+    return f"out of memory at step {step + 1}{where}; settings that use less memory: " + ", ".join(tips)
 
 
 # ---------------------------------------------------------------- SIGTERM / Ctrl-C

@@ -145,25 +145,67 @@ def launch(nproc: int, train_args: list[str], accelerate_config: Optional[Path] 
 DIST_TIMEOUT_S = int(os.environ.get("PHINETUNE_DIST_TIMEOUT", "600"))  # a collective waits at most this long
 
 
+def record_for_launcher(message: str) -> None:
+    """Inside a launched rank, hand the sentence a rank stopped with to torchrun (its error file, the file
+    `@record` would write): torchrun's report then carries it, and failure_sentence reads it there.
+    Console output cannot be relied on for this: it is wrapped, interleaved between ranks and unprefixed."""
+    import json
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")  # set by torchrun for each worker
+    if not path:
+        return
+    one_line = " ".join(message.split())
+    try:
+        Path(path).write_text(json.dumps({"message": {"message": one_line, "extraInfo": {"timestamp": str(int(time.time()))}}}))
+    except OSError:
+        pass  # the exit code still tells the launcher that this rank failed
+
+
+def failures(report: str) -> list[tuple[int, int, str]]:
+    """(rank, exit code, message) of each failed rank in torchrun's report, the root cause first."""
+    import re
+
+    blocks = report.split("Root Cause (first observed failure)")
+    if len(blocks) < 2:
+        return []
+    ordered = [blocks[-1].split("=" * 20)[0], *blocks[-2].split("Failures:")[-1:]]
+    found = []
+    for block in ordered:
+        for rank, code, message in re.findall(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+).*?traceback\s*:\s*([^\n]*)", block, re.S):
+            found.append((int(rank), int(code), message.strip()))
+    return found
+
+
 def failure_sentence(stderr: str, code: int) -> str:
-    """torchrun's 'Root Cause (first observed failure)' block, in one sentence."""
+    """torchrun's 'Root Cause (first observed failure)' block, in one sentence.
+
+    A rank that stopped with one of our sentences (PhinetuneError) left it in torchrun's report
+    (record_for_launcher); one that died of an uncaught exception shows it on stderr as `[rankN]: XError: ...`
+    (torch's distributed excepthook); one that was killed shows the signal."""
     import re
     import signal as signals
 
-    block = stderr.split("Root Cause (first observed failure)")[-1]
-    rank = re.search(r"rank\s*:\s*(\d+)", block)
-    exitcode = re.search(r"exitcode\s*:\s*(-?\d+)", block)
-    errors = re.findall(r"^\[rank(\d+)\]:\s*(\w+(?:Error|Exception|Stopped)\w*:.*)$", stderr, re.M)
-    if rank is None or exitcode is None:
+    found = failures(stderr)
+    if not found:
         return f"training failed: the launcher exited with code {code}; the same command resumes from the latest checkpoint"
-    r, ec = int(rank.group(1)), int(exitcode.group(1))
+    r, ec, message = found[0]
+    errors = re.findall(r"^\[rank(\d+)\]:\s*(\w+(?:Error|Exception|Stopped)\w*:.*)$", stderr, re.M)
+    ours = {rank: msg for rank, _, msg in found if msg and not msg.startswith(("To enable traceback", "Signal "))}
+    resume = "Run the same command again to resume from the latest checkpoint"
     if ec < 0:
-        cause = f"was killed by {signals.Signals(-ec).name}"
-    else:
-        own = [msg for who, msg in errors if int(who) == r]
-        cause = f"failed with {own[-1].strip()[:300]}" if own else f"exited with code {ec}"
-    return (f"training failed: rank {r} {cause}; the launcher stopped the other ranks. "
-            "Run the same command again to resume from the latest checkpoint")
+        return f"training failed: rank {r} was killed by {signals.Signals(-ec).name}; the launcher stopped the other ranks. {resume}"
+    if r in ours and len(ours) > 1 and len(set(ours.values())) == 1:  # every rank stopped with the same sentence: a joint decision
+        return f"training failed: {ours[r].rstrip('.')} (every rank stopped at once). {resume}"
+    own = [msg for who, msg in errors if int(who) == r]
+    if own and re.search(r"Timed out waiting|timed out|Timeout", own[-1]):  # gloo / NCCL: a peer never answered
+        others = ", ".join(str(rank) for rank, _, _ in found[1:]) or "another rank"
+        waited = re.search(r"(\d+)\s*ms", own[-1])  # the rank's own timeout (its environment may differ from ours)
+        seconds = int(waited.group(1)) // 1000 if waited else DIST_TIMEOUT_S
+        return (f"training failed: rank {r} waited {seconds} s (PHINETUNE_DIST_TIMEOUT) in a collective for the other "
+                f"ranks ({others}) and gave up: one of them is stuck or far slower; the launcher stopped them. {resume}")
+    cause = f"failed: {ours[r]}" if r in ours else f"failed with {own[-1].strip()[:300]}" if own else f"exited with code {ec}"
+    return f"training failed: rank {r} {cause.rstrip('.')}; the launcher stopped the other ranks. {resume}"
 
 
 def check_distributed(accelerator, cfg) -> None:

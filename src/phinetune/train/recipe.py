@@ -27,6 +27,7 @@ from phinetune.errors import PhinetuneError, PreflightError
 from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
+from phinetune.train.faults import injected
 from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed, configure_engine, process_group_backend
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
@@ -268,6 +269,7 @@ def micro_batches(loop: Loop, step: int) -> list[list[Row]]:
 
 def train_step(loop: Loop, step: int) -> dict:
     acc, model = loop.accelerator, loop.model
+    fault = injected(step, acc.process_index)  # None but in the failure tests (train/faults.py)
     micro_rows = micro_batches(loop, step)
     with record_function("phinetune.data"):  # the scopes name the parts of `bench train --profile` (bench/step_profile.py)
         micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_rows]
@@ -283,10 +285,12 @@ def train_step(loop: Loop, step: int) -> dict:
         with sync:
             with acc.autocast(), adapter_autocast(model, loop.adapter_dtype):
                 loss, _ = loss_sum(model, batch)
+                loss = loss * float("nan") if fault == "nan" else loss
             acc.backward(loss * acc.num_processes / max(n_tokens, 1))
         total_loss += loss.item()
     step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
-    check_finite(step_loss, step, micro_rows, loop.tokenizer)  # before the optimizer step: weights stay finite
+    # before the optimizer step: weights stay finite
+    check_finite(step_loss, step, micro_rows, loop.tokenizer, acc, total_loss / max(n_tokens, 1))
     with record_function("phinetune.optimizer"):
         grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
@@ -312,7 +316,9 @@ def run_steps(loop: Loop, start: int = 0) -> None:
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not is_oom(exc):
                     raise
-                raise PhinetuneError(oom_message(loop.cfg, step)) from None
+                acc = loop.accelerator
+                where = f" on rank {acc.process_index} of {acc.num_processes}" if acc.num_processes > 1 else ""
+                raise PhinetuneError(oom_message(loop.cfg, step, where)) from None
             window_tokens += stats["tokens"]
             done = loop.done = step + 1
             if done % cfg.log_every == 0 or done == loop.total_steps:
