@@ -146,7 +146,7 @@ def test_deepspeed_zero2_on_two_cpu_processes_matches_one_process(tiny_cfg, tmp_
     one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
     two_cfg = tmp_path / "two.yaml"
     dump_config(tiny_cfg(*common, "train.grad_accum=1", f"output.dir={tmp_path / 'two'}"), two_cfg)
-    run_cli("train", str(two_cfg), "--nproc", "2", "--accelerate-config", str(ROOT / "configs" / "accelerate" / "deepspeed-zero2.yaml"))
+    cli_here("train", str(two_cfg), "--nproc", "2", "--accelerate-config", str(ROOT / "configs" / "accelerate" / "deepspeed-zero2.yaml"))
     expected, got = losses(one.run.path), losses(tmp_path / "two")
     assert [r[0] for r in got] == [r[0] for r in expected] and len(got) >= 5
     for a, b in zip(expected, got):

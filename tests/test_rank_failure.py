@@ -115,7 +115,7 @@ def test_a_sigkilled_rank_ends_the_job_and_the_next_launch_resumes_on_the_same_c
 
 # PHINETUNE_DIST_TIMEOUT for the hang case only: short, but above any honest wait of this run on a loaded machine
 # (rank 1 waits at a barrier while rank 0 builds the tiny base and writes checkpoints).
-HANG_TIMEOUT_S = 30
+HANG_TIMEOUT_S = 15
 TORCHRUN_GRACE_S = 30  # torchrun's wait between SIGTERM and SIGKILL of the ranks it stops (a hung one ignores SIGTERM)
 
 
