@@ -43,6 +43,9 @@ def silence_libraries() -> None:
         return
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # DeepSpeed (imported by accelerate when installed) resets its logger's level when it creates it and
+    # prints "Setting accelerator to CPU" to stdout at import; a filter survives that reset.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*", module="transformers")
