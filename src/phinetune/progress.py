@@ -35,6 +35,11 @@ def verbose() -> bool:
     return os.environ.get("PHINETUNE_VERBOSE") == "1"
 
 
+def say(text: str) -> None:
+    """A line of results as it is: no wrapping at the terminal width (tables stay aligned), no markup."""
+    console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
 def silence_libraries() -> None:
     """Library warnings, info logs and weight-loading bars off, unless PHINETUNE_VERBOSE=1 (`--verbose`).
 

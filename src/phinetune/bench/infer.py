@@ -32,7 +32,7 @@ import torch
 from rich.table import Table
 from transformers.generation.streamers import BaseStreamer
 
-from phinetune.bench.machine import LoadWindow, machine
+from phinetune.bench.machine import LoadWindow, machine, proc_status, reset_peak_rss
 from phinetune.errors import PhinetuneError
 from phinetune.progress import console, escape, print_table
 
@@ -109,8 +109,6 @@ class _RssPeak:
     /proc/self/clear_refs): exact, and no sampling thread competes with the generation being timed (on 2 cores
     a thread waking every 2 ms costs decode speed). Elsewhere a thread samples RSS every 2 ms."""
 
-    STATUS, CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
-
     def __init__(self, interval: float = 0.002):
         import psutil
 
@@ -121,16 +119,11 @@ class _RssPeak:
 
     def _reset_high_water_mark(self) -> bool:
         try:
-            self.CLEAR.write_text("5")
-            return self._high_water_mark() is not None
-        except OSError:
+            reset_peak_rss()
+            proc_status("VmHWM")
+            return True
+        except (OSError, RuntimeError):  # not Linux, or a kernel without the field
             return False
-
-    def _high_water_mark(self) -> Optional[int]:
-        for line in self.STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return None
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -147,7 +140,7 @@ class _RssPeak:
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss, self._high_water_mark() if self.kernel else 0)
+        self.peak = max(self.peak, self.proc.memory_info().rss, proc_status("VmHWM") if self.kernel else 0)
 
     @property
     def method(self) -> str:

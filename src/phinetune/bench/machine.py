@@ -36,6 +36,19 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def proc_status(field: str) -> int:
+    """Bytes of a memory field of /proc/self/status (VmRSS now, VmHWM: the peak since the last reset); Linux only."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's RSS high-water mark (VmHWM) at the current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
 

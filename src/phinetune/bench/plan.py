@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from phinetune.bench.machine import proc_status, reset_peak_rss
 from phinetune.models.inspect import ModelFacts
 from phinetune.models.plan import estimate
 from phinetune.models.specs import SPECS, TINY_MODELS
@@ -91,12 +92,6 @@ def measure(name: str, sizes: dict, vocab: int, method: str, seq: int, batch: in
     return Measurement(name, method, seq, batch, checkpointing, device, est.total, result["peak"] - result["base"])
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
 
 def _child(args_json: str) -> None:
     """One LoRA/full training step of the model train.prepare loads; prints {"base": bytes, "peak": bytes}."""
@@ -115,7 +110,7 @@ def _child(args_json: str) -> None:
                                       gradient_checkpointing=a["ckpt"]),
                     adapter=AdapterConfig(method="full" if a["method"] == "full" else "lora", r=16, alpha=16, dropout=0.0,
                                           targets="all-linear", train_new_tokens="off"))  # the estimate counts no token rows
-    base = torch.cuda.memory_allocated() if cuda else _status("VmRSS")
+    base = torch.cuda.memory_allocated() if cuda else proc_status("VmRSS")
     model = prepare(cfg, Path(a["folder"]).parent, with_data=False).model.to(a["device"])  # random ids below: no data
     model.train()
     ids = torch.randint(1, a["vocab"], (a["batch"], a["seq"]), device=a["device"])
@@ -125,12 +120,12 @@ def _child(args_json: str) -> None:
         if step == 1 and cuda:
             torch.cuda.reset_peak_memory_stats()
         elif step == 1:
-            Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
+            reset_peak_rss()  # reset the high-water mark to the current RSS
         loss, n = loss_sum(model, {"input_ids": ids, "labels": ids, "position_ids": positions})  # the recipe's loss
         (loss / n).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
+    peak = torch.cuda.max_memory_allocated() if cuda else proc_status("VmHWM")
     print(json.dumps({"base": base, "peak": peak}))
 
 

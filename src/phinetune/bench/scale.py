@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Optional
 
 from phinetune.bench.machine import LoadWindow, machine
-from phinetune.bench.workloads import WORKLOADS, materialize
+from phinetune.bench.workloads import get_workload, materialize
 from phinetune.errors import ConfigError, PhinetuneError
-from phinetune.progress import console
+from phinetune.progress import console, say
 
 
 def parse_nproc(text: str) -> list[int]:
@@ -65,10 +65,6 @@ def summarize(n: int, ranks: list[dict], memory_key: str) -> dict:
                        "peak_memory": r[memory_key]} for r in ranks]}
 
 
-def say(text: str) -> None:
-    console.print(text, soft_wrap=True, highlight=False, markup=False)
-
-
 def print_table(rows: list[dict], memory_name: str) -> None:
     say(f"{'nproc':>5} {'engine':>9} {'tokens/s':>10} {'speedup':>8} {'steps':>6} {'final loss':>11}  per rank: tokens/s, {memory_name}")
     first = rows[0]["tokens_per_s"]
@@ -82,9 +78,7 @@ def bench_scale(nprocs: list[int], workload: str = "tiny", accelerate_config: Op
                 rows: Optional[int] = None, realdata: Optional[str] = None, work_dir: Optional[str] = None) -> dict:
     from phinetune.bench.train import token_ids
 
-    if workload not in WORKLOADS:
-        raise ConfigError(f"bench train --workload '{workload}' is unknown; choose one of {', '.join(WORKLOADS)}")
-    w = WORKLOADS[workload]
+    w = get_workload(workload)
     uneven = [n for n in nprocs if w.batch_size % n]
     if uneven:
         raise ConfigError(f"bench train --nproc {','.join(map(str, uneven))}: the {workload} workload's batch of {w.batch_size} does not "

@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from phinetune.bench.machine import proc_status, reset_peak_rss
 from phinetune.bench.workloads import PHI3_TARGETS, WORKLOADS
 from phinetune.errors import ConfigError, PhinetuneError
-from phinetune.progress import console
+from phinetune.progress import console, say
 
 SPEC = "phi3-mini-4k"
 DEFAULT_SEQ = (512, 2048, 8192)
@@ -163,12 +164,6 @@ def run_point(folder: Path, width: Width, layers: int, seq: int, checkpointing: 
                  predicted(width, layers, seq, r["checkpointing"], r["dtype"]))
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
 
 def packed_row(seq: int, vocab: int, seed: int) -> dict:
     """One row of `seq` random tokens packed from two samples (position ids restart; each sample's first token untrained)."""
@@ -203,7 +198,7 @@ def _child(args_json: str) -> None:
     cfg = RunConfig(model=ModelConfig(name=a["folder"], spec=SPEC, gradient_checkpointing=ckpt),
                     data=DataConfig(max_length=a["seq"]), train=TrainConfig(batch_size=1),
                     adapter=AdapterConfig(method="lora", r=16, alpha=16, dropout=0.05, targets=list(PHI3_TARGETS), train_new_tokens="off"))
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     prepared = prepare(cfg, Path(a["folder"]).parent, with_data=False)
     model = prepared.model
     model.train()
@@ -220,17 +215,13 @@ def _child(args_json: str) -> None:
 
     step(packed_row(WARMUP_TOKENS, a["vocab"], 1))
     batch = packed_row(a["seq"], a["vocab"], 0)
-    Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts at the current RSS
+    reset_peak_rss()  # the high-water mark restarts at the current RSS
     start = time.perf_counter()
     step(batch)
     seconds = time.perf_counter() - start
     choice = prepared.checkpointing
-    print(json.dumps({"base": base, "peak": _status("VmHWM"), "seconds": seconds, "tokens": a["seq"],
+    print(json.dumps({"base": base, "peak": proc_status("VmHWM"), "seconds": seconds, "tokens": a["seq"],
                       "checkpointing": choice.on, "reason": choice.reason, "dtype": prepared.dtype.name}))
-
-
-def say(text: str) -> None:
-    console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
 def print_header() -> None:

@@ -30,10 +30,10 @@ from typing import Optional
 
 from phinetune.bench.machine import MAX_OTHERS_CHANGE, LoadWindow, OthersShare, machine
 from phinetune.bench.peak import measured_peaks
-from phinetune.bench.workloads import WORKLOADS, Materialized, Workload, materialize
+from phinetune.bench.workloads import Materialized, Workload, get_workload, materialize
 from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.extras import require
-from phinetune.progress import console
+from phinetune.progress import console, say
 
 SIDES = ("baseline", "trl-tuned", "phinetune")
 BASELINES = ("baseline", "trl-tuned")  # what phinetune's ratios are taken against
@@ -140,10 +140,6 @@ def summarize(results: dict, flops: float, peaks: dict, w: Workload, peak_window
     return ratios
 
 
-def say(text: str) -> None:
-    console.print(text, soft_wrap=True, highlight=False, markup=False)
-
-
 def verdict(r: dict) -> str:
     if r.get("load"):
         return r["load"]
@@ -206,13 +202,11 @@ def bench_train(workload: str = "cpu-reference", out: Optional[str] = None, pari
                 realdata: Optional[str] = None, work_dir: Optional[str] = None, profile: bool = False,
                 sides: Optional[tuple[str, ...]] = None) -> dict:
     """`sides`: a subset of SIDES to run (phinetune always runs; default all three)."""
-    if workload not in WORKLOADS:
-        raise ConfigError(f"bench train --workload '{workload}' is unknown; choose one of {', '.join(WORKLOADS)}")
+    w = get_workload(workload)
     chosen = tuple(s for s in SIDES if s in set(sides or SIDES) | {"phinetune"})
     unknown = set(sides or ()) - set(SIDES)
     if unknown:
         raise ConfigError(f"bench train sides {', '.join(sorted(unknown))} are unknown; choose from {', '.join(SIDES)}")
-    w = WORKLOADS[workload]
     require("phinetune bench train", "bench", "trl", "psutil")  # the baselines it compares against are TRL's
     if w.device == "cuda":
         import torch

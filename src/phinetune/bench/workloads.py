@@ -70,6 +70,15 @@ WORKLOADS: dict[str, Workload] = {
 WORKLOADS["gpu-reference-bf16"] = replace(WORKLOADS["gpu-reference"], name="gpu-reference-bf16", quant="none")
 
 
+def get_workload(name: str) -> Workload:
+    """The named workload, or one sentence naming the choices (`bench train --workload`)."""
+    from phinetune.errors import ConfigError
+
+    if name not in WORKLOADS:
+        raise ConfigError(f"bench train --workload '{name}' is unknown; choose one of {', '.join(WORKLOADS)}")
+    return WORKLOADS[name]
+
+
 @dataclass
 class Materialized:
     workload: Workload
