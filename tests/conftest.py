@@ -23,6 +23,13 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["PHINETUNE_QUIET"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The console width every command sees, in-process too: rich fixes a console's width when it is created if
+# COLUMNS is set, and pytest-xdist's workers start with COLUMNS=80 (tables would squeeze their headers).
+os.environ["COLUMNS"] = "200"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (and per process it starts): two workers share two cores, and a second OpenMP
+    # thread per process only spins waiting for the other worker's cores. Read by torch when it is imported.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def realdata(*parts: str) -> Path:

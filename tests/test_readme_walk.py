@@ -112,7 +112,8 @@ def fill(command: str, root: Path, config: Path) -> list[str]:
         "plan": [],
         "data inspect": ["--out", str(root / "data-inspect")],
         "synth": [f"output.dir={root / 'synth'}", "stages.riddles.calls=1"],
-        "bench train": ["--workload", "tiny", "--work-dir", str(root / "bench")],
+        # one side: the three sides and their ratios are test_bench_train's (each side is a fresh process)
+        "bench train": ["--workload", "tiny", "--work-dir", str(root / "bench"), "--sides", "phinetune"],
         "bench infer": ["--prompt-tokens", "8", "--new-tokens", "4", "--batch-sizes", "1", "--out", str(root / "bench-infer.json")],
         "bench serve": ["--concurrency", "1", "--requests", "2", "--max-tokens", "4"],
         "export": [],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from importlib import resources
@@ -658,3 +659,9 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    finally:
+        # Nothing is left to collect at exit: without this, the interpreter's last garbage collections walk the
+        # whole torch/transformers heap, 1.2 s of every command that imported them (measured: 6.0 -> 4.8 s for a
+        # bare `import phinetune.train.recipe`). Objects are still finalized by reference counting; files are
+        # closed by their `with` blocks.
+        gc.freeze()

@@ -18,7 +18,9 @@ from rich.markup import escape  # noqa: F401  (re-exported: the one escape for s
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
-console = Console(stderr=False, highlight=False, markup=False, emoji=False)  # `:a:` in a message stays `:a:`
+# soft_wrap: text is never broken into lines at the terminal width (80 columns when piped), so a path or a
+# `file:line` in a message stays one piece to copy or grep; tables and rules still fit the width.
+console = Console(stderr=False, highlight=False, markup=False, emoji=False, soft_wrap=True)  # `:a:` in a message stays `:a:`
 # Bars and spinners go to stderr, so `phinetune generate ... > answer.txt` captures only the answer.
 progress_console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 

@@ -10,10 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -23,6 +19,17 @@ class Chart:
     ylabel: str
     series: tuple[tuple[str, str, str], ...]  # (metrics key, legend label, matplotlib style)
     log_y: bool = False
+
+
+def _pyplot():
+    """matplotlib.pyplot, headless; imported when a chart is drawn, not with the module (half a second of every
+    `phinetune train` process start, ranks included)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 CHARTS = (
@@ -47,6 +54,7 @@ def render(chart: Chart, metrics: list[dict], empty_ok: bool = False) -> Optiona
     series = [(points(metrics, key), label, style) for key, label, style in chart.series]
     if not any(pts for pts, _, _ in series) and not empty_ok:
         return None
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for pts, label, style in series:
         if pts:
@@ -82,6 +90,7 @@ def plot_losses(metrics: list[dict], out: Path) -> Path:
 def render_series(title: str, xlabel: str, ylabel: str, series: list[tuple[str, list[tuple[float, float]], str]],
                   log_x: bool = False) -> bytes:
     """PNG bytes of (label, points, style) lines against any x (bench train --sweep: memory against tokens)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for label, pts, style in series:
         if pts:
