@@ -7,7 +7,8 @@ bury the difference in its noise on a shared machine). Variants, on PEFT's real 
 
     peft        PEFT's line `result + lora_B(lora_A(dropout(x))) * scaling`, torch's nn.Dropout
     positions   the same line with train/lora_dropout.py's PositionDropout
-    addmm       PositionDropout and train/lora_addmm.py's variant (scale and add inside lora_B's addmm)
+    addmm       PositionDropout and train/lora_addmm.py's variant (lora_B's product, scaled, added in place into
+                the base output by baddbmm_)
 
 Each repetition runs every variant once, in turn; printed: the median seconds per variant, the median of the
 per-repetition ratios peft / variant, and uptime's load before and after.
@@ -29,7 +30,7 @@ from phinetune.train.lora_addmm import AddmmLoraVariant
 from phinetune.train.lora_dropout import install_lora_dropout
 from phinetune.train.precision import adapter_autocast
 
-TOKENS = 8 * 512
+BATCH, SEQ = 8, 512
 SHAPES = [(3072, 9216), (3072, 3072), (3072, 16384), (8192, 3072)]
 
 
@@ -69,8 +70,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args()
     torch.manual_seed(0)
-    xs = [torch.randn(TOKENS, d_in, dtype=torch.bfloat16, requires_grad=True) for d_in, _ in SHAPES]
-    grads = [torch.randn(TOKENS, d_out, dtype=torch.bfloat16) for _, d_out in SHAPES]
+    xs = [torch.randn(BATCH, SEQ, d_in, dtype=torch.bfloat16, requires_grad=True) for d_in, _ in SHAPES]
+    grads = [torch.randn(BATCH, SEQ, d_out, dtype=torch.bfloat16) for _, d_out in SHAPES]
     torch_drop, positions = layers(False), layers(True)
     variants = {"peft": (torch_drop, peft_line), "positions": (positions, peft_line), "addmm": (positions, addmm)}
     print("load before:", os.getloadavg())
@@ -78,7 +79,7 @@ def main() -> None:
     for rep in range(args.reps + 1):  # the first repetition warms up and is not counted
         for name, (stack, branch) in variants.items():
             # a fresh base output per run, requiring grad like a base layer's (made outside the timing)
-            results = [torch.randn(TOKENS, d_out, dtype=torch.bfloat16).requires_grad_(True) * 1 for _, d_out in SHAPES]
+            results = [torch.randn(BATCH, SEQ, d_out, dtype=torch.bfloat16).requires_grad_(True) * 1 for _, d_out in SHAPES]
             seconds = step(stack, branch, xs, results, grads)
             if rep:
                 times[name].append(seconds)

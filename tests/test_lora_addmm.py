@@ -14,10 +14,11 @@ from phinetune.train.lora_dropout import install_lora_dropout
 from phinetune.train.precision import adapter_autocast
 
 
-def _pair(dtype=torch.float32, dropout=0.0, **lora):
-    """Two identical LoRA'd two-layer nets, the second with the addmm variant; both with PositionDropout."""
+def _pair(dtype=torch.float32, dropout=0.0, bias=True, **lora):
+    """Two identical LoRA'd two-layer nets, to get the addmm variant in the second; both with PositionDropout.
+    Biased Linears return 3-D outputs as views (the out-of-place addmm), unbiased ones not (the in-place baddbmm_)."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32)).to(dtype)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 96, bias=bias), torch.nn.ReLU(), torch.nn.Linear(96, 32, bias=bias)).to(dtype)
     config = LoraConfig(r=4, lora_alpha=12, lora_dropout=dropout, target_modules=["0", "2"], init_lora_weights=False, **lora)
     vanilla = get_peft_model(copy.deepcopy(net), config)
     fused = get_peft_model(copy.deepcopy(net), config)
@@ -40,10 +41,12 @@ def _step(model, x, autocast_dtype=None, seed=5):
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_fp32_outputs_and_gradients_match_peft(dropout):
-    vanilla, fused = _pair(dropout=dropout)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rank", [2, 3])
+def test_fp32_outputs_and_gradients_match_peft(dropout, bias, rank):
+    vanilla, fused = _pair(dropout=dropout, bias=bias)
     assert install_lora_addmm(fused) == 2
-    x = torch.randn(3, 10, 64)
+    x = torch.randn(3, 10, 64) if rank == 3 else torch.randn(30, 64)
     (o1, gx1, g1), (o2, gx2, g2) = _step(vanilla, x), _step(fused, x)
     torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx2, gx1, rtol=1e-5, atol=1e-5)
@@ -52,16 +55,29 @@ def test_fp32_outputs_and_gradients_match_peft(dropout):
         assert float((g2[name] - g1[name]).norm() / g1[name].norm()) < 1e-5, name
 
 
-def test_bf16_autocast_matches_peft_to_bf16_rounding():
-    vanilla, fused = _pair(torch.bfloat16, dropout=0.05)
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_autocast_is_as_close_to_fp32_as_peft_is(bias):
+    """Under bf16 autocast both round differently (neither is systematically closer: one seed favours either);
+    against the same nets run in fp32 on the same masks (the positions depend only on the seed and the size),
+    the variant's error averaged over seeds is no larger than PEFT's own."""
+    vanilla, fused = _pair(torch.bfloat16, dropout=0.05, bias=bias)
     install_lora_addmm(fused)
-    x = torch.randn(4, 16, 64, dtype=torch.bfloat16)
-    (o1, gx1, g1), (o2, gx2, g2) = _step(vanilla, x, torch.bfloat16), _step(fused, x, torch.bfloat16)
-    assert o2.dtype == torch.bfloat16
-    torch.testing.assert_close(o2.float(), o1.float(), rtol=2e-2, atol=2e-2)
-    for name in g1:
-        rel = (g2[name] - g1[name]).norm() / g1[name].norm()
-        assert rel < 0.02, name
+    reference = copy.deepcopy(vanilla).float()
+
+    def err(a, b):
+        return float((a.float() - b).norm() / b.norm())
+
+    errors = {"peft": [], "variant": []}
+    for seed in range(4):
+        x = torch.randn(4, 16, 64, dtype=torch.bfloat16)
+        o0, _, g0 = _step(reference, x.float(), seed=seed)
+        for name, model in (("peft", vanilla), ("variant", fused)):
+            out, _, grads = _step(model, x, torch.bfloat16, seed=seed)
+            assert out.dtype == torch.bfloat16
+            errors[name] += [err(out, o0)] + [err(grads[n], g0[n]) for n in g0]
+    mean = {k: sum(v) / len(v) for k, v in errors.items()}
+    assert mean["variant"] <= 1.5 * mean["peft"] + 2e-3, mean
+    assert max(errors["variant"]) < 0.05
 
 
 def test_fp32_adapters_on_a_bf16_output_outside_autocast_take_peft_line():
@@ -132,3 +148,19 @@ def test_installed_by_apply_adapter():
     model = apply_adapter(model, get_spec("tiny-phi3"), cfg.adapter, cfg.model, tok, cfg.preflight)
     variants = [v for m in model.modules() for v in getattr(m, "lora_variant", {}).values()]
     assert variants and all(isinstance(v, AddmmLoraVariant) for v in variants)
+
+
+def test_training_forward_adds_into_the_base_output_itself():
+    """At the training layout (3-D batch, bf16 autocast) the LoRA product lands in the base layer's own output
+    (no full-width copy), and autograd accepts it: the gradient checks above run the same path."""
+    _, fused = _pair(torch.bfloat16, dropout=0.05, bias=False)
+    install_lora_addmm(fused)
+    layer = fused.base_model.model[0]
+    seen = []
+    layer.base_layer.register_forward_hook(lambda mod, args, out: seen.append((out.data_ptr(), out._base is None)))
+    x = torch.randn(2, 8, 64, dtype=torch.bfloat16, requires_grad=True)
+    with adapter_autocast(fused, torch.bfloat16):
+        hidden = layer(x)
+    assert seen == [(hidden.data_ptr(), True)]
+    hidden.float().sum().backward()
+    assert x.grad is not None and layer.lora_B["default"].weight.grad is not None

@@ -1,17 +1,25 @@
-"""The LoRA branch's scale and add folded into lora_B's matmul: `addmm(base output, A(dropout(x)), Bᵀ, alpha=scaling)`.
+"""The LoRA branch's scale and add folded into lora_B's matmul, accumulating into the base output in place.
 
 PEFT's vanilla LoRA line is `result + lora_B(lora_A(dropout(x))) * scaling`: lora_B writes a tensor as wide as
 the layer's output, `* scaling` reads and writes it again (and again in backward), and `+` reads it and the base
-output to write a third. One `addmm` computes the same sum in the GEMM's epilogue (beta=1, alpha=scaling), so
-those passes go; its backward scales only rank-wide tensors by alpha. At the CPU reference shapes (8 x 512
-tokens, Phi-3-mini widths, bf16 under autocast) it took the LoRA branch's forward + backward from 1.37 to 0.98 s
-in an interleaved A/B on the loaded shared machine (docs/speed.md).
+output to write a third. `result.baddbmm_(h, Bᵀ, alpha=scaling)` (`addmm_` for 2-D inputs) adds the same product
+straight into the base output from inside the GEMM, so none of those full-width passes remain; its backward
+passes the gradient through to the base output and scales only rank-wide tensors. Measured on the LoRA branch at
+the CPU reference shapes (scripts/lora_branch_ab.py, docs/speed.md). An out-of-place `addmm` still copies the base
+output into a new tensor first (`--profile` showed that copy as the largest LoRA op), and an `addmm_` on a 2-D
+view of a 3-D output makes autograd clone the whole gradient in backward (measured slower than `addmm`): hence
+`baddbmm_` on the 3-D output itself.
+
+In place is safe because the base layer is a plain nn.Linear: its backward keeps its weight and input, never its
+output, and PEFT's forward hands this fresh output to the variant and to nothing else (a forward hook on
+`base_layer` that kept the output would see the sum). Where the output is a view (a biased Linear's 3-D output)
+it adds out of place with `addmm`; where the dtypes differ (fp32 adapters on a bf16 base outside autocast) it
+computes PEFT's line.
 
 Installed through PEFT's own extension point, a LoraVariant in each layer's `lora_variant[adapter]` (DoRA uses
 the same), so PEFT still runs everything else; merging and unmerging are PEFT's vanilla arithmetic
 (`get_delta_weight`), and a saved adapter is a plain LoRA adapter (variants are not saved). Only plain
-`lora.Linear` layers with no variant of their own and no lora_B bias get it; where the dtypes would make addmm
-refuse (fp32 adapters on a bf16 output outside autocast) it computes PEFT's line instead.
+`lora.Linear` layers over an nn.Linear, with no variant of their own and no lora_B bias, get it.
 """
 
 from __future__ import annotations
@@ -43,11 +51,15 @@ class AddmmLoraVariant(LoraVariant):
         lora_B = module.lora_B[active_adapter]
         scaling = module.scaling[active_adapter]
         h = module.lora_A[active_adapter](module.lora_dropout[active_adapter](x))
-        autocast = torch.is_autocast_enabled(result.device.type)
-        if not autocast and not (result.dtype == h.dtype == lora_B.weight.dtype):
-            return result + lora_B(h) * scaling
-        out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.weight.t(), alpha=scaling)
-        return out.view(result.shape)
+        if result.dtype != h.dtype or result.dim() not in (2, 3) or h.dim() != result.dim():
+            return result + lora_B(h) * scaling  # PEFT's line
+        weight_t = lora_B.weight.t().to(h.dtype)  # in-place ops are not autocast: the rank-wide cast by hand
+        if result._base is not None:  # a view (a biased Linear's 3-D output): into a new tensor, out of place
+            flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), weight_t, alpha=scaling)
+            return flat.view(result.shape)
+        if result.dim() == 2:
+            return result.addmm_(h, weight_t, alpha=scaling)
+        return result.baddbmm_(h, weight_t.expand(h.shape[0], -1, -1), alpha=scaling)
 
 
 def install_lora_addmm(model: torch.nn.Module) -> int:
