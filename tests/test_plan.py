@@ -103,6 +103,50 @@ def test_plan_counts_the_loss_chunk_train_uses():
     assert LOSS_CHUNK_ELEMENTS == CHUNK_ELEMENTS
 
 
+def test_plan_counts_the_dropout_train_uses():
+    from phinetune.models.plan import DROP_POSITIONS_MAX_P
+    from phinetune.train.lora_dropout import MAX_P
+
+    assert DROP_POSITIONS_MAX_P == MAX_P
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_lora_input_bytes_match_what_autograd_saves_on_cpu(dtype):
+    """adapted_input_bytes against the tensors a LoRA'd Linear really keeps for backward (saved_tensors_hooks), in a
+    training step as train runs it on CPU: PositionDropout installed, bf16 adapters under adapter_autocast on a
+    bf16 base. Beyond the plan's per-element figure, the layer keeps only rank-sized tensors, counted here by hand."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from phinetune.models.plan import adapted_input_bytes
+    from phinetune.train.lora_dropout import install_lora_dropout
+    from phinetune.train.precision import adapter_autocast
+
+    torch.manual_seed(0)
+    tokens, d_in, d_out, r, p = 512, 2048, 1024, 8, 0.05
+    compute = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(d_in, d_out, bias=False)).to(compute),
+                           LoraConfig(r=r, lora_alpha=16, lora_dropout=p, target_modules=["0"]))
+    assert install_lora_dropout(model) == 1
+    model.train()
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(tokens, d_in, dtype=compute, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            adapter_autocast(model, torch.bfloat16 if dtype == "bf16" else None):
+        model(x).sum().backward()
+    e = compute.itemsize
+    rank_sized = tokens * r * e + (r * d_in + d_out * r) * e if dtype == "bf16" else tokens * r * e  # lora_B's input; autocast's weight casts
+    expected = adapted_input_bytes(e, p, "cpu") * tokens * d_in + rank_sized
+    assert sum(saved.values()) == pytest.approx(expected, rel=0.02)
+
+
 def test_validate_refuses_a_device_it_cannot_measure_on():
     proc = run_cli("plan", "--validate", "--device", "tpu", check=False)
     assert proc.returncode == 2 and "plan --device must be cpu or cuda" in proc.stdout + proc.stderr

@@ -88,7 +88,7 @@ def measure(name: str, sizes: dict, vocab: int, method: str, seq: int, batch: in
     config = build_config(name, sizes, vocab).to_dict()
     facts = ModelFacts(name, config, SPECS[spec_key(name)])
     dtype = "fp32" if device == "cpu" else "bf16"
-    est = estimate(facts, method, seq, batch, checkpointing, dtype, r=16, lora_dropout=False, device=device)
+    est = estimate(facts, method, seq, batch, checkpointing, dtype, r=16, lora_dropout=0.0, device=device)
     return Measurement(name, method, seq, batch, checkpointing, device, est.total, result["peak"] - result["base"])
 
 

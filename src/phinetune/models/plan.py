@@ -23,13 +23,25 @@ OVERHEAD_GIB, MARGIN = 1.0, 0.10  # CUDA context + allocator fragmentation, on t
 # torch.autograd.graph.saved_tensors_hooks (fp32 and bf16 bases, LoRA dropout on and off, hidden 512) and
 # against peak RSS (bench train --sweep, docs/speed.md). A frozen Linear keeps no input (it needs none for
 # its input gradient); a LoRA'd one keeps, for lora_A, its input in the adapters' compute dtype and, with
-# dropout, the dropout noise too; an RMSNorm keeps its input upcast to fp32, whatever the dtype.
+# dropout, what the dropout keeps for its backward; an RMSNorm keeps its input upcast to fp32, whatever the dtype.
 NORM_INPUT_BYTES = 4
-# Per element of a LoRA'd input, by the adapters' compute dtype: the input lora_A keeps (and, with dropout, the
-# dropout noise too). fp32 wherever PEFT casts the input to its fp32 adapters; bf16 under a bf16 base on CPU,
+# LoRA dropout on CPU (train/lora_dropout.py) keeps the int64 flat positions of the dropped elements: 8 bytes per
+# dropped element, 8 * p per element; above DROP_POSITIONS_MAX_P (keep in step with train/lora_dropout.py's MAX_P;
+# tests/test_plan.py checks they agree) and on CUDA it is torch's dropout, counted as a noise tensor in the
+# adapters' compute dtype.
+DROP_POSITION_BYTES = 8
+DROP_POSITIONS_MAX_P = 0.5
+
+
+# Per element of a LoRA'd input, by the adapters' compute dtype: the input lora_A keeps, plus what the dropout of
+# probability p keeps. fp32 wherever PEFT casts the input to its fp32 adapters; bf16 under a bf16 base on CPU,
 # where training runs the adapters under autocast (train/precision.py adapter_autocast).
-def adapted_input_bytes(adapter_bytes: int, dropout: bool) -> int:
-    return adapter_bytes * (2 if dropout else 1)
+def adapted_input_bytes(adapter_bytes: int, dropout: float, device: str = "cuda") -> float:
+    if not dropout:
+        return adapter_bytes
+    if device == "cpu" and dropout <= DROP_POSITIONS_MAX_P:
+        return adapter_bytes + DROP_POSITION_BYTES * dropout
+    return 2 * adapter_bytes
 
 
 MLP_TENSORS = {"phi": 6, "phi3": 4, "phimoe": 4}  # I-sized tensors one MLP computes (the last is down_proj's input)
@@ -101,7 +113,7 @@ def adapted_names(facts: ModelFacts, preset: str) -> list[str]:
 
 
 def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method: str = "lora", preset: str = "all-linear",
-                                     lora_dropout: bool = True, adapter_bytes: int = ADAPTER_BYTES) -> float:
+                                     lora_dropout: float = 0.05, adapter_bytes: int = ADAPTER_BYTES, device: str = "cuda") -> float:
     """Bytes one decoder layer keeps for backward, per token (see NORM_INPUT_BYTES above for the rules).
 
     Always kept, in the model dtype: the fused q/k/v output, the rotated q and k, the attention output; MLP:
@@ -120,7 +132,7 @@ def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method
     out = 2 * h * NORM_INPUT_BYTES + always * dtype_bytes
     if method == "full":
         return out + (linear_inputs(facts) + 2 * h) * dtype_bytes
-    out += linear_inputs(facts, adapted_names(facts, preset)) * adapted_input_bytes(adapter_bytes, lora_dropout)
+    out += linear_inputs(facts, adapted_names(facts, preset)) * adapted_input_bytes(adapter_bytes, lora_dropout, device)
     if method == "qlora":
         out += linear_inputs(facts) * dtype_bytes
     return out
@@ -135,7 +147,8 @@ def loss_bytes(facts: ModelFacts, tokens: int, dtype_bytes: int) -> tuple[float,
 
 
 def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing: bool = False, dtype: str = "bf16",
-             r: int = 16, preset: str = "all-linear", lora_dropout: bool = True, device: str = "cuda") -> Estimate:
+             r: int = 16, preset: str = "all-linear", lora_dropout: float = 0.05, device: str = "cuda") -> Estimate:
+    """The run's memory; `lora_dropout` is the LoRA dropout probability (0: none)."""
     if method not in ("lora", "qlora", "full"):
         raise PhinetuneError(f"--method {method} is not one of lora, qlora, full")
     if seq < 1 or batch < 1:
@@ -147,7 +160,7 @@ def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing
     state_bytes = e if method == "full" else ADAPTER_BYTES  # grads and AdamW states follow the parameter dtype
     tokens, layers = seq * batch, facts.get("num_hidden_layers")
     adapter_compute = e if (device == "cpu" and dtype == "bf16" and method == "lora") else ADAPTER_BYTES  # adapter_autocast
-    per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout, adapter_compute) * tokens
+    per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout, adapter_compute, device) * tokens
     boundary = facts.get("hidden_size") * e * tokens  # what checkpointing keeps per layer: its input
     chunk, kept = loss_bytes(facts, tokens, e)
     backward = (tokens * (facts.get("intermediate_size") or 4 * facts.get("hidden_size")) * (facts.get("num_experts_per_tok") or 1)

@@ -62,7 +62,7 @@ def choose_checkpointing(cfg: RunConfig, path: str, dtype: str) -> Checkpointing
     preset = cfg.adapter.targets if isinstance(cfg.adapter.targets, str) else "all-linear"
     cuda = torch.cuda.is_available()
     est = estimate(facts, plan_method(cfg), cfg.data.max_length, cfg.train.batch_size, False,
-                   dtype if dtype in ("bf16", "fp16", "fp32") else "bf16", cfg.adapter.r, preset, cfg.adapter.dropout > 0,
+                   dtype if dtype in ("bf16", "fp16", "fp32") else "bf16", cfg.adapter.r, preset, cfg.adapter.dropout,
                    "cuda" if cuda else "cpu")
     need = est.needed() if cuda else est.total * (1 + MARGIN)
     free, what = free_memory()
