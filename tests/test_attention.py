@@ -113,47 +113,44 @@ def test_other_implementations_are_left_alone():
     assert implementation("sdpa") == NAME
 
 
+
 @settings(max_examples=10, deadline=None)
 @given(st.lists(st.lists(st.integers(1, 20), min_size=1, max_size=3), min_size=1, max_size=3), st.sampled_from([1, 2, 4]))
-def test_fused_path_matches_eager_on_both_kernels(monkeypatch_lengths, kv_heads):
-    """Phi-3's fused q/k/v attention (rotary, then per sample the math path up to MATH_MAX_LEN tokens and the
-    flash kernel beyond it) against eager's block-diagonal attention, with GQA; and it is the path taken."""
+def test_fused_path_matches_eager_and_is_taken(lengths, kv_heads):
+    """Phi-3's fused q/k/v attention (rotary, then the flash kernel per sample, GQA included) against eager's
+    block-diagonal attention; and it is the path taken, once per sample and layer."""
     import phinetune.models.attention as attention
 
-    calls = []
-    original_limit, original_attend = attention.MATH_MAX_LEN, attention._attend
-    attention.MATH_MAX_LEN = 6  # samples of 7+ tokens take the flash kernel
+    calls, original = [], attention._attend
 
     def spy(q, k, v, scale):
-        calls.append("math" if q.shape[1] <= attention.MATH_MAX_LEN else "flash")
-        return original_attend(q, k, v, scale)
+        calls.append(q.shape[1])
+        return original(q, k, v, scale)
 
     attention._attend = spy
     try:
         m = model(kv_heads=kv_heads)
-        ids, pos = packed(monkeypatch_lengths)
+        ids, pos = packed(lengths)
         assert_same_as_eager(m, ids, pos)
     finally:
-        attention.MATH_MAX_LEN, attention._attend = original_limit, original_attend
-    kinds = ["flash" if e - s > 6 else "math" for row in segments(pos, len(monkeypatch_lengths)) for s, e in row]
-    if pos.shape[1] == 1:
-        kinds = []  # one token: the decode-step case, left to transformers' own path
-    assert sorted(calls) == sorted(kinds * 2)  # two layers, every sample once (padding is one more sample)
+        attention._attend = original
+    expected = [e - s for row in segments(pos, len(lengths)) for s, e in row] if pos.shape[1] > 1 else []
+    assert sorted(calls) == sorted(expected * 2)  # two layers; a one-token batch is the decode case, left to transformers
 
-def test_fused_forward_equals_transformers_rotary_and_flash_in_bf16():
-    """With the math path off, the fused forward is transformers' own rotary and SDPA flash kernel bit for bit."""
+
+def test_fused_forward_equals_transformers_rotary_and_sdpa_in_bf16():
+    """The fused forward is transformers' own rotary and SDPA flash kernel, bit for bit."""
     import phinetune.models.attention as attention
 
     m = model(kv_heads=4).to(torch.bfloat16)
     m.set_attn_implementation(implementation("sdpa"))
     ids, pos = packed([[9, 20, 3], [32]])
-    limit, fusable = attention.MATH_MAX_LEN, attention._fusable_rows
-    attention.MATH_MAX_LEN = 0
+    fusable = attention._fusable_rows
     try:
         with torch.no_grad():
             fused = m(input_ids=ids, position_ids=pos).logits
             attention._fusable_rows = lambda *args: None
             unfused = m(input_ids=ids, position_ids=pos).logits
     finally:
-        attention.MATH_MAX_LEN, attention._fusable_rows = limit, fusable
+        attention._fusable_rows = fusable
     assert torch.equal(fused, unfused)

@@ -24,8 +24,6 @@ models/plan.py's count).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -202,62 +200,28 @@ def _heads_first(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1)
 
 
-# Samples up to this length attend by the math path (two batched matmuls around a softmax, as transformers'
-# eager attention computes it), longer ones by the CPU flash kernel. Measured fwd+bwd, bf16, 32 heads of 96, one
-# thread (process CPU time, median of 5): math 6.2 / 20.5 / 82.0 ms vs flash 14.5 / 31.1 / 104.1 ms at 128 / 256
-# / 512 tokens: the flash kernel's matmuls run far below the GEMM peak. The math path's square of scores is
-# transient (recomputed in the backward, never kept), so memory stays linear in the row: at most
-# heads x 512 x 512 x 6 bytes (fp32 probabilities and their bf16 copy; 50 MB for Phi-3-mini) alive at a time.
-MATH_MAX_LEN = 512
-
-
-@functools.lru_cache(maxsize=32)
-def _future(n: int, device: torch.device) -> torch.Tensor:
-    """The (n, n) positions a causal query must not see."""
-    return torch.ones(n, n, dtype=torch.bool, device=device).triu_(1)
-
-
-def _repeat(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(kv_heads, n, dim) -> (kv_heads x groups, n, dim), each kv head serving `groups` query heads (GQA)."""
-    return x if groups == 1 else x.repeat_interleave(groups, dim=0)
-
-
-def _probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal attention probabilities (heads, n, n) in fp32, from bf16/fp32 scores as eager attention has them."""
-    scores = torch.matmul(q, _repeat(k, q.shape[0] // k.shape[0]).transpose(1, 2)).mul_(scale)
-    scores.masked_fill_(_future(q.shape[1], q.device), float("-inf"))
-    return torch.softmax(scores, dim=-1, dtype=torch.float32)
-
-
 def _attend(q, k, v, scale: float):
-    """One sample: q (heads, n, dim), k and v (kv_heads, n, dim) -> (output (heads, n, dim), flash's logsumexp or None)."""
-    if q.shape[1] > MATH_MAX_LEN:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q[None], k[None], v[None], 0.0, True, scale=scale)
-        return out[0], lse[0]
-    return torch.matmul(_probs(q, k, scale).to(q.dtype), _repeat(v, q.shape[0] // v.shape[0])), None
+    """One sample: q (heads, n, dim), k and v (kv_heads, n, dim; the kernel takes GQA) -> output, logsumexp.
+
+    The flash kernel, not the math path (two batched matmuls around a softmax), though the math path measured
+    faster alone (fwd+bwd, bf16, 32 heads of 96, one thread: 82 vs 104 ms at 512 tokens, 6.2 vs 14.5 at 128):
+    under training's allocator setting (train/memory.py: every large tensor a fresh mapping) its per-sample
+    squares of scores page-fault in on every sample, and the fused attention with it measured 0.81x the
+    unfused one, against 1.34x with the flash kernel (reference shape, interleaved A/B, one thread)."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q[None], k[None], v[None], 0.0, True, scale=scale)
+    return out[0], lse[0]
 
 
 def _attend_backward(grad, q, k, v, out, lse, scale: float):
     """One sample's (dq, dk, dv) for output gradient `grad`, shapes as `_attend`'s inputs."""
-    if q.shape[1] > MATH_MAX_LEN:
-        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad[None], q[None], k[None], v[None], out[None], lse[None].contiguous(), 0.0, True, scale=scale)
-        return dq[0], dk[0], dv[0]
-    groups = q.shape[0] // k.shape[0]
-    probs = _probs(q, k, scale)  # recomputed, not kept: see MATH_MAX_LEN
-    low = probs.to(q.dtype)
-    dv = torch.matmul(low.transpose(1, 2), grad)
-    dscores = torch._softmax_backward_data(torch.matmul(grad, _repeat(v, groups).transpose(1, 2)).float(), probs, -1,
-                                           torch.float32).mul_(scale).to(q.dtype)
-    dq, dk = torch.matmul(dscores, _repeat(k, groups)), torch.matmul(dscores.transpose(1, 2), q)
-    if groups > 1:
-        dk, dv = (t.unflatten(0, (-1, groups)).sum(1) for t in (dk, dv))
-    return dq, dk, dv
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        grad[None], q[None], k[None], v[None], out[None], lse[None].contiguous(), 0.0, True, scale=scale)
+    return dq[0], dk[0], dv[0]
 
 
 class _FusedQKVAttention(torch.autograd.Function):
-    """See the module docstring; per sample, the math path or the CPU flash kernel's own forward and backward
-    ops (the public SDPA would keep an autograd node and an output per sample, and need the same slicing)."""
+    """See the module docstring; per sample, the CPU flash kernel's own forward and backward ops (the public
+    SDPA would keep an autograd node and an output per sample, and need the same slicing)."""
 
     @staticmethod
     def forward(ctx, qkv, cos, sin, rows, heads, kv_heads, head_dim, scale):
@@ -266,14 +230,12 @@ class _FusedQKVAttention(torch.autograd.Function):
         cos, sin = cos.to(qkv.dtype).expand(b, -1, -1)[:, :, None], sin.to(qkv.dtype).expand(b, -1, -1)[:, :, None]
         qr, kr = _rotate(q, cos, sin), _rotate(k, cos, sin)
         out = qkv.new_empty(b, l, heads, head_dim)
-        lse = torch.empty(b, l, heads, dtype=torch.float32, device=qkv.device)  # flash samples' only
+        lse = torch.empty(b, l, heads, dtype=torch.float32, device=qkv.device)
         with torch.autocast(qkv.device.type, enabled=False):
             for i, row in enumerate(rows):
                 for s, e in row:
                     o, m = _attend(_heads_first(qr[i, s:e]), _heads_first(kr[i, s:e]), _heads_first(v[i, s:e]), scale)
-                    out[i, s:e] = o.transpose(0, 1)
-                    if m is not None:
-                        lse[i, s:e] = m.transpose(0, 1)
+                    out[i, s:e], lse[i, s:e] = o.transpose(0, 1), m.transpose(0, 1)
         ctx.save_for_backward(qkv, qr, kr, out, lse, cos, sin)
         ctx.rows, ctx.shape = rows, (heads, kv_heads, head_dim, scale)
         return out.view(b, l, heads * head_dim)
