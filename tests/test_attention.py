@@ -154,3 +154,16 @@ def test_fused_forward_equals_transformers_rotary_and_sdpa_in_bf16():
     finally:
         attention._fusable_rows = fusable
     assert torch.equal(fused, unfused)
+
+
+def test_fused_path_with_partial_rotary_matches_eager():
+    """Phi-4-mini rotates only part of each head (partial_rotary_factor 0.75): the rest passes through unrotated."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Phi3Config(vocab_size=96, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=256, partial_rotary_factor=0.75,
+                        pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    m = Phi3ForCausalLM(config).float()
+    ids, pos = packed([[11, 5], [16]])
+    assert_same_as_eager(m, ids, pos)
