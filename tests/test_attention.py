@@ -111,3 +111,59 @@ def test_segments_follow_position_restarts():
 def test_other_implementations_are_left_alone():
     assert implementation("eager") == "eager" and implementation("flash_attention_2") == "flash_attention_2"
     assert implementation("sdpa") == NAME
+
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 20), min_size=1, max_size=3), min_size=1, max_size=3), st.sampled_from([1, 2, 4]))
+def test_fused_path_matches_eager_and_is_taken(lengths, kv_heads):
+    """Phi-3's fused q/k/v attention (rotary, then the flash kernel per sample, GQA included) against eager's
+    block-diagonal attention; and it is the path taken, once per sample and layer."""
+    import phinetune.models.attention as attention
+
+    calls, original = [], attention._attend
+
+    def spy(q, k, v, scale):
+        calls.append(q.shape[1])
+        return original(q, k, v, scale)
+
+    attention._attend = spy
+    try:
+        m = model(kv_heads=kv_heads)
+        ids, pos = packed(lengths)
+        assert_same_as_eager(m, ids, pos)
+    finally:
+        attention._attend = original
+    expected = [e - s for row in segments(pos, len(lengths)) for s, e in row] if pos.shape[1] > 1 else []
+    assert sorted(calls) == sorted(expected * 2)  # two layers; a one-token batch is the decode case, left to transformers
+
+
+def test_fused_forward_equals_transformers_rotary_and_sdpa_in_bf16():
+    """The fused forward is transformers' own rotary and SDPA flash kernel, bit for bit."""
+    import phinetune.models.attention as attention
+
+    m = model(kv_heads=4).to(torch.bfloat16)
+    m.set_attn_implementation(implementation("sdpa"))
+    ids, pos = packed([[9, 20, 3], [32]])
+    fusable = attention._fusable_rows
+    try:
+        with torch.no_grad():
+            fused = m(input_ids=ids, position_ids=pos).logits
+            attention._fusable_rows = lambda *args: None
+            unfused = m(input_ids=ids, position_ids=pos).logits
+    finally:
+        attention._fusable_rows = fusable
+    assert torch.equal(fused, unfused)
+
+
+def test_fused_path_with_partial_rotary_matches_eager():
+    """Phi-4-mini rotates only part of each head (partial_rotary_factor 0.75): the rest passes through unrotated."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Phi3Config(vocab_size=96, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=256, partial_rotary_factor=0.75,
+                        pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    m = Phi3ForCausalLM(config).float()
+    ids, pos = packed([[11, 5], [16]])
+    assert_same_as_eager(m, ids, pos)

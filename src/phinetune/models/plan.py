@@ -23,14 +23,23 @@ OVERHEAD_GIB, MARGIN = 1.0, 0.10  # CUDA context + allocator fragmentation, on t
 # torch.autograd.graph.saved_tensors_hooks (fp32 and bf16 bases, LoRA dropout on and off, hidden 512) and
 # against peak RSS (bench train --sweep, docs/speed.md). A frozen Linear keeps no input (it needs none for
 # its input gradient); a LoRA'd one keeps, for lora_A, its input in the adapters' compute dtype and, with
-# dropout, what the dropout keeps for its backward; an RMSNorm keeps its input upcast to fp32, whatever the dtype.
+# dropout, what the dropout keeps for its backward; a norm keeps its input upcast to fp32, whatever the dtype, but
+# for a frozen Phi-3 RMSNorm on CPU (models/norm.py), which keeps its input in the model dtype (norm_input_bytes).
 NORM_INPUT_BYTES = 4
+FUSED_NORM_MODELS = ("phi3",)  # model types whose RMSNorm models/norm.py replaces
 # LoRA dropout on CPU (train/lora_dropout.py) keeps the int64 flat positions of the dropped elements: 8 bytes per
 # dropped element, 8 * p per element; above DROP_POSITIONS_MAX_P (keep in step with train/lora_dropout.py's MAX_P;
 # tests/test_plan.py checks they agree) and on CUDA it is torch's dropout, counted as a noise tensor in the
 # adapters' compute dtype.
 DROP_POSITION_BYTES = 8
 DROP_POSITIONS_MAX_P = 0.5
+
+
+def norm_input_bytes(facts: ModelFacts, dtype_bytes: int, method: str, device: str) -> int:
+    """Bytes per element a norm keeps for the backward: models/norm.py's where it runs (CPU, frozen weight)."""
+    if device == "cpu" and method != "full" and facts.get("model_type") in FUSED_NORM_MODELS:
+        return dtype_bytes
+    return NORM_INPUT_BYTES
 
 
 # Per element of a LoRA'd input, by the adapters' compute dtype: the input lora_A keeps, plus what the dropout of
@@ -113,7 +122,8 @@ def adapted_names(facts: ModelFacts, preset: str) -> list[str]:
 
 
 def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method: str = "lora", preset: str = "all-linear",
-                                     lora_dropout: float = 0.05, adapter_bytes: int = ADAPTER_BYTES, device: str = "cuda") -> float:
+                                     lora_dropout: float = 0.05, adapter_bytes: int = ADAPTER_BYTES, device: str = "cuda",
+                                     norm_bytes: int = NORM_INPUT_BYTES) -> float:
     """Bytes one decoder layer keeps for backward, per token (see NORM_INPUT_BYTES above for the rules).
 
     Always kept, in the model dtype: the fused q/k/v output, the rotated q and k, the attention output; MLP:
@@ -129,7 +139,7 @@ def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method
     routed = facts.get("num_experts_per_tok") or 1
     always = (q + 2 * kv) + (q + kv) + q + routed * inter * (MLP_TENSORS.get(facts.get("model_type"), 4) - 1)
     always += facts.get("num_local_experts") or 0
-    out = 2 * h * NORM_INPUT_BYTES + always * dtype_bytes
+    out = 2 * h * norm_bytes + always * dtype_bytes
     if method == "full":
         return out + (linear_inputs(facts) + 2 * h) * dtype_bytes
     out += linear_inputs(facts, adapted_names(facts, preset)) * adapted_input_bytes(adapter_bytes, lora_dropout, device)
@@ -138,12 +148,12 @@ def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method
     return out
 
 
-def loss_bytes(facts: ModelFacts, tokens: int, dtype_bytes: int) -> tuple[float, float]:
+def loss_bytes(facts: ModelFacts, tokens: int, dtype_bytes: int, norm_bytes: int = NORM_INPUT_BYTES) -> tuple[float, float]:
     """The loss path's memory (train/loss.py): one chunk of logits, alive during the forward only; and, kept into
-    the backward, the final norm's fp32 input, the gathered hidden states and their gradient."""
+    the backward, the final norm's input (norm_input_bytes), the gathered hidden states and their gradient."""
     vocab = facts.get("vocab_size")
     rows = min(tokens, max(64, LOSS_CHUNK_ELEMENTS // vocab))
-    return rows * vocab * LOGIT_BYTES, tokens * facts.get("hidden_size") * (NORM_INPUT_BYTES + 2 * dtype_bytes)
+    return rows * vocab * LOGIT_BYTES, tokens * facts.get("hidden_size") * (norm_bytes + 2 * dtype_bytes)
 
 
 def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing: bool = False, dtype: str = "bf16",
@@ -160,9 +170,10 @@ def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing
     state_bytes = e if method == "full" else ADAPTER_BYTES  # grads and AdamW states follow the parameter dtype
     tokens, layers = seq * batch, facts.get("num_hidden_layers")
     adapter_compute = e if (device == "cpu" and dtype == "bf16" and method == "lora") else ADAPTER_BYTES  # adapter_autocast
-    per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout, adapter_compute, device) * tokens
+    norm = norm_input_bytes(facts, e, method, device)
+    per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout, adapter_compute, device, norm) * tokens
     boundary = facts.get("hidden_size") * e * tokens  # what checkpointing keeps per layer: its input
-    chunk, kept = loss_bytes(facts, tokens, e)
+    chunk, kept = loss_bytes(facts, tokens, e, norm)
     backward = (tokens * (facts.get("intermediate_size") or 4 * facts.get("hidden_size")) * (facts.get("num_experts_per_tok") or 1)
                 * BACKWARD_MLP_BYTES.get(adapter_compute, 12))
     # The peak is the larger of the forward's end (a logits chunk alive) and the start of the backward (its

@@ -100,17 +100,23 @@ def _out_features(head: torch.nn.Module) -> int:
     return 32_000
 
 
-def cross_entropy_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_entropy_and_grad(logits: torch.Tensor, labels: torch.Tensor,
+                           scratch: "Scratch | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of one chunk (in fp32) and its gradient w.r.t. the logits (in the logits' dtype).
 
     Written out because autograd's cross-entropy makes five passes over the chunk's batch x vocab logits
     (log_softmax, a zero-filled NLL gradient, the log_softmax backward, the cast back) where the gradient,
     softmax - one_hot, needs one fp32 buffer updated in place; `bench train --profile` showed the difference.
+    With `scratch`, the fp32 buffer and the gradient live in its buffers (see Scratch), and the gradient is
+    only valid until the next call.
     """
     with torch.no_grad():
-        z = logits.float()
-        if z.data_ptr() == logits.data_ptr():
-            z = z.clone()  # fp32 logits: do not overwrite the caller's tensor
+        if scratch is not None:
+            z = scratch.fp32(logits)
+        else:
+            z = logits.float()
+            if z.data_ptr() == logits.data_ptr():
+                z = z.clone()  # fp32 logits: do not overwrite the caller's tensor
         rows = torch.arange(z.shape[0], device=z.device)
         picked = z[rows, labels]
         peak = z.amax(dim=1, keepdim=True)
@@ -119,7 +125,33 @@ def cross_entropy_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
         loss = (norm.log() + peak).squeeze(1).sub_(picked).sum()
         z.div_(norm)
         z[rows, labels] -= 1.0
-        return loss, z.to(logits.dtype)
+        return loss, (scratch.low(z, logits.dtype) if scratch is not None else z.to(logits.dtype))
+
+
+class Scratch:
+    """One fp32 buffer and one gradient buffer, allocated at the first chunk and reused by every later one.
+
+    Why: training pins glibc's mmap threshold (train/memory.py), so every fresh chunk-sized tensor is a new
+    mapping whose pages fault in on first touch (page faults were most of the loss share's `copy_` time in
+    `bench train --profile`); a chunk of Phi-3's logits is 128 MiB in fp32. Reused, the pages fault in once
+    per step rather than once per chunk, and the peak is unchanged (one chunk's buffers, as before).
+    """
+
+    def __init__(self):
+        self._fp32: torch.Tensor | None = None
+        self._low: torch.Tensor | None = None
+
+    def fp32(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._fp32 is None or self._fp32.shape[0] < logits.shape[0]:
+            self._fp32 = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        return self._fp32[:logits.shape[0]].copy_(logits)
+
+    def low(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if dtype == torch.float32:
+            return z
+        if self._low is None or self._low.shape[0] < z.shape[0] or self._low.dtype != dtype:
+            self._low = torch.empty(z.shape, dtype=dtype, device=z.device)
+        return self._low[:z.shape[0]].copy_(z)
 
 
 class _ChunkedHeadCE(torch.autograd.Function):
@@ -131,14 +163,15 @@ class _ChunkedHeadCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, labels, head, rows, *params):
-        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None  # every row written below
         grad_params = [torch.zeros_like(p) for p in params]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        scratch = Scratch()
         for start in range(0, hidden.shape[0], rows):
             with torch.enable_grad():
                 h = hidden[start:start + rows].detach().requires_grad_(grad_hidden is not None)
                 logits = head(h)
-            loss, grad_logits = cross_entropy_and_grad(logits.detach(), labels[start:start + rows])
+            loss, grad_logits = cross_entropy_and_grad(logits.detach(), labels[start:start + rows], scratch)
             wrt = ([h] if grad_hidden is not None else []) + list(params)
             grads = torch.autograd.grad(logits, wrt, grad_outputs=grad_logits, allow_unused=True) if wrt else []
             if grad_hidden is not None:
