@@ -1,4 +1,6 @@
-"""Freed activation memory goes back to the OS: holes between live tensors must not stay resident."""
+"""train/memory.py: a fixed mmap threshold. Freed blocks above it go back to the OS at once; blocks below it stay
+in the heap for the next tensor. The control runs the same probe under glibc's own threshold, which moves and never
+passes 32 MiB: there a 40 MiB block is always a mapping of its own."""
 
 import subprocess
 import sys
@@ -11,27 +13,42 @@ from conftest import SRC
 PROBE = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {src!r})
-    from phinetune.train.memory import pin_malloc_thresholds
+    from phinetune.train.memory import MAX_THRESHOLD, pin_malloc_thresholds
     if {pin}:
-        assert pin_malloc_thresholds()
+        assert pin_malloc_thresholds(MAX_THRESHOLD)
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * 4096
-    big = torch.ones(16 * 2**20 // 4)  # freeing a mapped block (<= 32 MiB) raises glibc's threshold to its size
-    del big
-    blocks = [torch.ones(8 * 2**20 // 4) for _ in range(20)]  # 20 x 8 MiB, written so they are resident
-    before = rss()
-    del blocks[::2]  # free every other block: holes between live ones, never at the top of the heap
-    print((before - rss()) / 2**20)
+    def released(mib):
+        blocks = [torch.ones(mib * 2**20 // 4) for _ in range(6)]  # written, so resident
+        before = rss()
+        del blocks[::2]  # every other block: holes between live ones, never at the top of the heap
+        return (before - rss()) / 2**20
+    print(released(40), released(56))
 """)
 
 
-def _released_mib(pin: bool) -> float:
+def released_mib(pin: bool) -> tuple[float, float]:
     out = subprocess.run([sys.executable, "-c", PROBE.format(src=str(SRC), pin=pin)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    return float(out.stdout.strip().splitlines()[-1])
+    below, above = out.stdout.split()
+    return float(below), float(above)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
-def test_freed_tensors_are_returned_to_the_os():
-    assert _released_mib(pin=True) >= 70  # 10 x 8 MiB freed, unmapped at once
-    assert _released_mib(pin=False) < 40  # control: glibc keeps them, which is the behaviour being fixed
+def test_the_threshold_splits_reused_from_returned_memory():
+    from phinetune.train.memory import MAX_THRESHOLD
+
+    assert 40 * 2**20 < MAX_THRESHOLD < 56 * 2**20  # the probe's two sizes sit on either side of it
+    below, above = released_mib(pin=True)
+    assert below < 20, below  # 3 x 40 MiB freed between live blocks: kept by the heap for reuse
+    assert above >= 3 * 56 * 0.95, above  # 3 x 56 MiB freed: unmapped at once
+    control_below, _ = released_mib(pin=False)
+    assert control_below >= 3 * 40 * 0.95, control_below  # glibc's own: 40 MiB blocks are mappings, returned
+
+
+def test_the_threshold_is_one_fp32_hidden_state_of_the_micro_batch_within_bounds():
+    from phinetune.train.memory import MAX_THRESHOLD, MIN_THRESHOLD, threshold_for
+
+    assert threshold_for(8 * 512, 3072) == 8 * 512 * 3072 * 4 == MAX_THRESHOLD  # bench train's CPU reference
+    assert threshold_for(2048, 256) == 2 * 2**20  # the tiny sweep width
+    assert threshold_for(4, 64) == MIN_THRESHOLD and threshold_for(8 * 4096, 5120) == MAX_THRESHOLD

@@ -99,11 +99,10 @@ def _child(args_json: str) -> None:
 
     from phinetune.config.schema import AdapterConfig, ModelConfig, RunConfig
     from phinetune.train.loss import loss_sum
-    from phinetune.train.memory import pin_malloc_thresholds
+    from phinetune.train.memory import pin_malloc_thresholds, threshold_for
     from phinetune.train.prepare import prepare
 
     a = json.loads(args_json)
-    pin_malloc_thresholds()  # as train/recipe.py does: freed activations leave the RSS
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cuda = a["device"] == "cuda"
     cfg = RunConfig(model=ModelConfig(name=a["folder"], spec=spec_key(a["name"]), dtype="bf16" if cuda else "fp32",
@@ -112,6 +111,7 @@ def _child(args_json: str) -> None:
                                           targets="all-linear", train_new_tokens="off"))  # the estimate counts no token rows
     base = torch.cuda.memory_allocated() if cuda else proc_status("VmRSS")
     model = prepare(cfg, Path(a["folder"]).parent, with_data=False).model.to(a["device"])  # random ids below: no data
+    pin_malloc_thresholds(threshold_for(a["batch"] * a["seq"], model.config.hidden_size))  # as train/recipe.py does
     model.train()
     ids = torch.randint(1, a["vocab"], (a["batch"], a["seq"]), device=a["device"])
     positions = torch.arange(a["seq"], device=a["device"]).expand(a["batch"], -1)

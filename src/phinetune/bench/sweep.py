@@ -188,12 +188,11 @@ def _child(args_json: str) -> None:
 
     from phinetune.config.schema import AdapterConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
     from phinetune.train.loss import loss_sum
-    from phinetune.train.memory import pin_malloc_thresholds
+    from phinetune.train.memory import pin_malloc_thresholds, threshold_for
     from phinetune.train.precision import adapter_autocast, adapter_compute_dtype
     from phinetune.train.prepare import prepare
 
     a = json.loads(args_json)
-    pin_malloc_thresholds()  # as train/recipe.py does
     ckpt = {"on": True, "off": False}.get(a["checkpointing"], "auto")
     cfg = RunConfig(model=ModelConfig(name=a["folder"], spec=SPEC, gradient_checkpointing=ckpt),
                     data=DataConfig(max_length=a["seq"]), train=TrainConfig(batch_size=1),
@@ -201,6 +200,7 @@ def _child(args_json: str) -> None:
     base = proc_status("VmRSS")
     prepared = prepare(cfg, Path(a["folder"]).parent, with_data=False)
     model = prepared.model
+    pin_malloc_thresholds(threshold_for(a["seq"], model.config.hidden_size))  # as train/recipe.py does
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 

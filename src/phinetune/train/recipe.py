@@ -31,7 +31,7 @@ from phinetune.train.faults import injected
 from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed, configure_engine, process_group_backend
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
-from phinetune.train.memory import pin_malloc_thresholds
+from phinetune.train.memory import pin_malloc_thresholds, threshold_for
 from phinetune.train.metrics import MetricsLog
 from phinetune.train.objectives import Objective, objective
 from phinetune.train.plots import plot_losses
@@ -126,7 +126,6 @@ def log_eval(loop: Loop, step: int, value: float) -> None:
 
 
 def setup(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> Loop:
-    pin_malloc_thresholds()  # freed activations go back to the OS (see train/memory.py)
     cfg = with_merged_spec(cfg)  # before the run folder records the config: a resume reads the same spec
     # Our schedule counts global optimizer steps; accelerate's default would step it once per process.
     # A bounded wait in every collective: a rank that is alive but stuck cannot hold the others for ever.
@@ -171,6 +170,8 @@ def record_stop(run: RunDir, accelerator, exc: BaseException, done: Optional[int
 def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator, hooks: Optional[TrainHooks] = None) -> Loop:
     prepared = prepare(cfg, run.base, accelerator.main_process_first)
     model, tokenizer, data = prepared.model, prepared.tokenizer, prepared.data
+    # which freed tensors the heap reuses and which go back to the OS (train/memory.py)
+    pin_malloc_thresholds(threshold_for(cfg.train.batch_size * cfg.data.max_length, model.config.hidden_size))
     if cfg.eval.tasks and hooks is None and cfg.eval.contamination != "off":
         raise PhinetuneError("eval.tasks is set but this training call was given no eval hooks; train with `phinetune train`, or pass "
                              "hooks=phinetune.eval.checkpoints.training_hooks(cfg) to train()")
