@@ -47,8 +47,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    if self.weight.requires_grad or hidden_states.device.type != "cpu":
-        return type(self).forward(self, hidden_states)  # the module's own: trained weight, or not measured there
+    # The module's own where this was not measured to pay, or must not differ: a trained weight, another device,
+    # and any forward without autograd (inference, eval loss), whose arithmetic then stays transformers' to the
+    # last bit, so a LoRA run's base (its adapter switched off, frozen weights) equals the base loaded alone.
+    if self.weight.requires_grad or hidden_states.device.type != "cpu" or not torch.is_grad_enabled():
+        return type(self).forward(self, hidden_states)
     return rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
 
