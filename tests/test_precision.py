@@ -110,3 +110,20 @@ def test_a_bf16_training_step_uses_bf16_adapters(tiny_cfg):
     assert all(s["loss"] > 0 and s["grad_norm"] > 0 for s in stats)
     after = dict(loop.model.named_parameters())
     assert all(after[n].dtype == torch.float32 and not torch.equal(after[n].detach(), b) for n, b in before.items())
+
+
+@pytest.mark.parametrize("dropout", [0.6, 0.1], ids=["torch-dropout", "position-dropout"])
+def test_checkpointing_recomputes_bf16_adapters_as_the_forward_ran_them(tiny_cfg, dropout):
+    """A bf16 base on CPU with gradient checkpointing: the recompute (in the backward) must run the adapters in bf16
+    as the forward did. Before adapter_recompute, PEFT's input cast came back in the backward: torch's dropout
+    (p above train/lora_dropout.py's MAX_P) then recomputed an fp32 noise and checkpoint refused it, and every
+    LoRA'd input was recomputed as an fp32 copy."""
+    from phinetune.train.recipe import train
+
+    overrides = ("model.dtype=bf16", f"adapter.dropout={dropout}", "train.max_steps=2", "train.eval_every=1000",
+                 "train.recall_check=false", "data.packing=false")
+    on = train(tiny_cfg(*overrides, "model.gradient_checkpointing=true", "output.dir=" + str(tiny_cfg().output.dir) + "-on"))
+    off = train(tiny_cfg(*overrides, "model.gradient_checkpointing=false", "output.dir=" + str(tiny_cfg().output.dir) + "-off"))
+    losses = [[json.loads(line)["loss"] for line in (r.run.path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+              for r in (on, off)]
+    assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-3)  # same steps, same RNG, same dtypes

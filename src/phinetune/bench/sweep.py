@@ -189,7 +189,7 @@ def _child(args_json: str) -> None:
     from phinetune.config.schema import AdapterConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
     from phinetune.train.loss import loss_sum
     from phinetune.train.memory import pin_malloc_thresholds, threshold_for
-    from phinetune.train.precision import adapter_autocast, adapter_compute_dtype
+    from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, adapter_recompute
     from phinetune.train.prepare import prepare
 
     a = json.loads(args_json)
@@ -209,7 +209,8 @@ def _child(args_json: str) -> None:
     def step(batch):  # as train/recipe.py's step: adapters in bf16 under a bf16 base on CPU
         with adapter_autocast(model, adapter_dtype):
             loss, n = loss_sum(model, batch)
-        (loss / max(n, 1)).backward()
+        with adapter_recompute(model, adapter_dtype):
+            (loss / max(n, 1)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -36,7 +36,7 @@ from phinetune.train.metrics import MetricsLog
 from phinetune.train.objectives import Objective, objective
 from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
-from phinetune.train.precision import adapter_autocast, adapter_compute_dtype
+from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, adapter_recompute
 from phinetune.runs.run_dir import RunDir, RunInfo
 from phinetune.train.prepare import prepare, with_merged_spec
 from phinetune.train.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
@@ -287,7 +287,8 @@ def train_step(loop: Loop, step: int) -> dict:
             with acc.autocast(), adapter_autocast(model, loop.adapter_dtype):
                 loss, _ = loss_sum(model, batch)
                 loss = loss * float("nan") if fault == "nan" else loss
-            acc.backward(loss * acc.num_processes / max(n_tokens, 1))
+            with adapter_recompute(model, loop.adapter_dtype):  # checkpointing's recompute runs the adapters as the forward did
+                acc.backward(loss * acc.num_processes / max(n_tokens, 1))
         total_loss += loss.item()
     step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
     # before the optimizer step: weights stay finite
