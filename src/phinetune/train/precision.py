@@ -87,9 +87,7 @@ def adapter_autocast(model, dtype: "torch.dtype | None"):
     if dtype is None:
         yield
         return
-    from peft.helpers import disable_input_dtype_casting
-
-    with torch.autocast("cpu", dtype=dtype), disable_input_dtype_casting(model):
+    with torch.autocast("cpu", dtype=dtype), adapter_recompute(model, dtype):
         yield
 
 
