@@ -333,14 +333,14 @@ def judge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
 
     from phinetune.errors import ConfigError
     from phinetune.synth.config import TeacherConfig
-    from phinetune.synth.judge import Sides, judge_run
+    from phinetune.synth.judge import JUDGE_FLAGS, Sides, judge_run
 
     try:
         teacher = TeacherConfig(kind=judge_kind, model=judge_model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
                                 price_input_per_1m=price_input_per_1m, price_output_per_1m=price_output_per_1m)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(f"--judge-{'-'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+        raise ConfigError(f"{JUDGE_FLAGS.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']} (got {err.get('input')!r})") from None
     judge_run(run, teacher, Sides(a, b), prompts, n, max_new_tokens, judge_max_tokens=judge_max_tokens)
 
 
