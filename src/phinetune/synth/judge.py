@@ -91,18 +91,27 @@ class Sides:
     b: str = "last"
 
 
+def answers_digest(sides: Sides, prompts: list[list[dict]], max_new_tokens: int) -> str:
+    return hashlib.sha256(json.dumps([prompts, sides.a, sides.b, max_new_tokens]).encode()).hexdigest()[:16]
+
+
+def cached_answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int) -> Optional[dict[str, list[str]]]:
+    """The answers RUN/judge/answers.json holds for these prompts, sides and length, else None."""
+    if not run.judge_answers.exists():
+        return None
+    cached = json.loads(run.judge_answers.read_text())
+    return cached["answers"] if cached.get("digest") == answers_digest(sides, prompts, max_new_tokens) else None
+
+
 def answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> dict[str, list[str]]:
     """Greedy answers of both sides, cached in RUN/judge/answers.json (reused while prompts, sides and length match)."""
     from phinetune.infer.complete import Sampling
     from phinetune.infer.generate import answer_all
     from phinetune.runs.loading import load_for_inference
 
-    digest = hashlib.sha256(json.dumps([prompts, sides.a, sides.b, max_new_tokens]).encode()).hexdigest()[:16]
-    path = run.judge_answers
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("digest") == digest:
-            return cached["answers"]
+    cached = cached_answers(run, sides, prompts, max_new_tokens)
+    if cached is not None:
+        return cached
     points = [side_point(run, "--a", sides.a), side_point(run, "--b", sides.b)]
     if points[0] == points[1]:
         raise PhinetuneError(f"judge: --a {sides.a} and --b {sides.b} are the same weights ({points[0].label}); pick two different ones")
@@ -112,8 +121,9 @@ def answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens
         out[side] = [a.text.strip() for a in answer_all(loaded, prompts, Sampling(max_new_tokens=max_new_tokens), batch_size, p.label)]
         del loaded
         gc.collect()
+    path = run.judge_answers
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"digest": digest, "a": sides.a, "b": sides.b, "prompts": prompts, "answers": out}, indent=1, ensure_ascii=False))
+    path.write_text(json.dumps({"digest": answers_digest(sides, prompts, max_new_tokens), "a": sides.a, "b": sides.b, "prompts": prompts, "answers": out}, indent=1, ensure_ascii=False))
     return out
 
 
@@ -148,14 +158,16 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
     from phinetune.synth.teachers import make_teacher
 
     run = RunDir.open(run_path)
-    if teacher.kind == "openai":  # a missing key or a local endpoint where nothing listens: refused before the answers are made
+    pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
+    prompts = [p for p, _ in pairs]
+    if teacher.kind == "openai" and cached_answers(run, sides, prompts, max_new_tokens) is None:
+        # Answers to make (two models to load): a missing key or a local endpoint where nothing listens is refused first.
+        # With the answers cached, the journal may hold every verdict and need no endpoint at all.
         probe = make_teacher(teacher, JUDGE_FLAGS)
         try:
             probe.check_listening()
         finally:
             probe.close()
-    pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
-    prompts = [p for p, _ in pairs]
     ans = answers(run, sides, prompts, max_new_tokens, batch_size)
     sampling = JudgeSampling(max_tokens=judge_max_tokens, temperature=0.0, top_p=1.0)
     calls = judge_calls(teacher, sampling, prompts, ans)
