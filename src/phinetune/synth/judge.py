@@ -151,23 +151,35 @@ def judge_calls(teacher: TeacherConfig, sampling: JudgeSampling, prompts: list[l
     return calls
 
 
+def refuse_unreachable(teacher: TeacherConfig) -> None:
+    """An OpenAI-compatible judge without a key for the OpenAI API, or on a local port nothing listens on: one sentence now."""
+    from phinetune.synth.teachers import make_teacher
+
+    probe = make_teacher(teacher, JUDGE_FLAGS)
+    try:
+        probe.check_listening()
+    finally:
+        probe.close()
+
+
 def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), prompts_file=None, n: int = 10,
               max_new_tokens: int = 128, batch_size: int = 8, judge_max_tokens: int = 512) -> dict:
-    from phinetune.infer.generate import read_prompt_rows
-    from phinetune.infer.compare import default_prompts
     from phinetune.synth.teachers import make_teacher
 
     run = RunDir.open(run_path)
+    # Answers still to make (two models to load): a missing key or a local endpoint where nothing listens is refused
+    # first, before even torch is imported. With the answers cached, the journal may hold every verdict and need no
+    # endpoint at all.
+    probed = teacher.kind == "openai" and not run.judge_answers.exists()
+    if probed:
+        refuse_unreachable(teacher)
+    from phinetune.infer.compare import default_prompts
+    from phinetune.infer.generate import read_prompt_rows
+
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
     prompts = [p for p, _ in pairs]
-    if teacher.kind == "openai" and cached_answers(run, sides, prompts, max_new_tokens) is None:
-        # Answers to make (two models to load): a missing key or a local endpoint where nothing listens is refused first.
-        # With the answers cached, the journal may hold every verdict and need no endpoint at all.
-        probe = make_teacher(teacher, JUDGE_FLAGS)
-        try:
-            probe.check_listening()
-        finally:
-            probe.close()
+    if teacher.kind == "openai" and not probed and cached_answers(run, sides, prompts, max_new_tokens) is None:
+        refuse_unreachable(teacher)
     ans = answers(run, sides, prompts, max_new_tokens, batch_size)
     sampling = JudgeSampling(max_tokens=judge_max_tokens, temperature=0.0, top_p=1.0)
     calls = judge_calls(teacher, sampling, prompts, ans)
