@@ -110,3 +110,20 @@ def test_chat_reset_confirms(capsys):
     typed = iter(["/reset", "/exit"])
     chat_loop(None, None, system="Be brief.", read=lambda prompt: next(typed))  # commands never touch the model
     assert "conversation cleared (system prompt kept)" in capsys.readouterr().out
+
+
+def test_config_as_a_named_option_is_the_positional_config(tmp_path):
+    """`--config x.yaml`, as other toolkits spell it, reads the same file as the positional CONFIG (train, check,
+    synth; launch-template in test_cluster.py); both at once is one sentence."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("train:\n  learnig_rate: 1e-3\n")
+    for verb in ("train", "check"):
+        proc = cli_here(verb, "--config", str(cfg), "train.epochs=2", check=False)
+        assert proc.returncode == 2 and f"{cfg}:2: unknown key 'train.learnig_rate'" in proc.stdout, proc.stdout + proc.stderr
+    proc = cli_here("train", str(cfg), "--config", str(cfg), check=False)
+    assert proc.returncode == 2 and f"two configs given, {cfg} and --config {cfg}; pass one" in " ".join(proc.stdout.split())
+    synth = tmp_path / "synth.yaml"
+    synth.write_text("seeds: {path: builtin:riddles}\nteacher: {model: m}\nstages: {answer: {kind: assistant, promt: x}}\n")
+    proc = cli_here("synth", "--config", str(synth), check=False)
+    assert proc.returncode == 2 and "did you mean 'stages.answer.prompt'" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr and "No such option" not in proc.stdout + proc.stderr

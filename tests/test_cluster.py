@@ -16,7 +16,7 @@ import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from conftest import SRC, run_cli
+from conftest import ROOT, SRC, cli_here, run_cli
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
 from phinetune.train.cluster import ClusterJob, render
@@ -162,3 +162,16 @@ def test_the_slurm_script_under_a_fake_srun_trains_one_two_node_job_equal_to_one
         numbers_a, numbers_b = [x for x in a[1:] if x is not None], [x for x in b[1:] if x is not None]
         assert numbers_b == pytest.approx(numbers_a, rel=2e-5, abs=2e-5), f"step {a[0]}: 1 process {a}, 2 nodes {b}"
     assert json.loads((tmp_path / "two" / "run.json").read_text())["status"] == "finished"
+
+
+def test_launch_template_without_a_config_is_refused(tmp_path):
+    """The embedded default is a tiny CPU model: a 2-node, 24-hour GPU job for it is never what was meant."""
+    script = tmp_path / "job.sbatch"
+    for kind in ("slurm", "k8s"):
+        proc = cli_here("launch-template", kind, "--out", str(script), check=False)
+        out = " ".join(proc.stdout.split())
+        assert proc.returncode == 2 and f"launch-template {kind} needs the run config every node trains" in out, out
+        assert "Traceback" not in proc.stdout + proc.stderr and not script.exists()
+    config = ROOT / "configs" / "phi3.5-mini-qlora.yaml"
+    cli_here("launch-template", "slurm", "--config", str(config), "output.dir=/shared/runs/a", "--out", str(script))
+    assert f"phinetune train {config} output.dir=/shared/runs/a" in " ".join(script.read_text().split())

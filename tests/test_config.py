@@ -130,7 +130,12 @@ def test_every_shipped_adapter_config_applies_to_its_architecture(path, tiny_fol
 @pytest.mark.parametrize("item,hint", [("lr=1e-3", "train.learning_rate"), ("lora_r=8", "adapter.r"),
                                        ("target_modules=[qkv_proj]", "adapter.targets"), ("load_in_4bit=true", "model.quant=nf4"),
                                        ("adapter.quant=nf4", "model.quant"), ("epochs=3", "train.epochs"),
-                                       ("train.max_length=128", "data.max_length"), ("learnig_rate=1", "train.learning_rate")])
+                                       ("train.max_length=128", "data.max_length"), ("learnig_rate=1", "train.learning_rate"),
+                                       # a value given as a key, and dotted keys without their section or with '_'
+                                       ("bf16=true", "model.dtype=bf16"), ("train.bf16=true", "model.dtype=bf16"),
+                                       ("qlora=true", "model.quant=nf4"), ("cosine=true", "train.scheduler=cosine"),
+                                       ("max_lenght=64", "data.max_length"), ("data_max_length=64", "data.max_length"),
+                                       ("model_name=x", "model.name")])
 def test_foreign_and_misplaced_names_point_to_ours_without_a_section(item, hint):
     with pytest.raises(ConfigError, match=re.escape(f"did you mean '{hint}'")):
         load_config(None, [item])
@@ -147,3 +152,32 @@ def test_error_names_where_the_value_came_from(tmp_path):
     assert blamed and not any(f"{cfg}:" in line for line in blamed)  # the file is not blamed for a command-line value
     with pytest.raises(ConfigError, match=re.escape("command line (modle.name=x): unknown key 'modle'")):
         load_config(cfg, ["modle.name=x"])
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """PyYAML keeps the later of two equal keys silently; the loader names both lines instead."""
+    from conftest import cli_here
+
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text("train:\n  learning_rate: 1e-3\n  max_steps: 2\ntrain:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{cfg}:4: key 'train' is given twice (first at {cfg}:1)")):
+        load_config(cfg)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model:\n  name: tiny-phi3\ntrain:\n  learning_rate: 1e-3\n  batch_size: 2\n  learning_rate: 2e-4\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{nested}:6: key 'train.learning_rate' is given twice (first at {nested}:4)")):
+        load_config(nested)
+    proc = cli_here("check", str(cfg), check=False)
+    assert proc.returncode == 2 and "given twice" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_byte_order_mark_is_accepted_and_other_encodings_are_one_sentence(tmp_path):
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes("\ufefftrain:\n  learning_rate: 3e-4\n  learnig_rate: 1\n".encode("utf-8"))
+    with pytest.raises(ConfigError, match=re.escape(f"{bom}:3: unknown key 'train.learnig_rate'")):  # lines still right
+        load_config(bom)
+    bom.write_bytes("\ufefftrain:\n  learning_rate: 3e-4\n".encode("utf-8"))
+    assert load_config(bom).train.learning_rate == 3e-4
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("output:\n  dir: runs/caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=re.escape(f"{latin}: not valid UTF-8 (byte 0xe9")):
+        load_config(latin)

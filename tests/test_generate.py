@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,8 @@ from typer.testing import CliRunner
 from phinetune.cli import app
 from phinetune.errors import DataError, PhinetuneError
 from phinetune.infer.complete import Sampling
-from phinetune.infer.generate import read_prompt_rows, run_generate
+from conftest import cli_here
+from phinetune.infer.generate import PROMPT_LINES, read_prompt_rows, run_generate
 from phinetune.runs.loading import LoadOptions
 
 FP32 = LoadOptions("fp32")
@@ -36,8 +38,9 @@ def test_jsonl_in_jsonl_out_keeps_order_and_fields(tiny_run, tmp_path):
     assert again == answers
 
 
-@pytest.mark.parametrize("line,match", [("{not json", r"in.jsonl:2: invalid JSON"), ('{"text": "x"}', r"in.jsonl:2: expected a field 'prompt'"),
-                                        ('{"messages": [{"role": "user"}]}', r"in.jsonl:2: expected")])
+@pytest.mark.parametrize("line,match", [("{not json", r"in.jsonl:2: not JSON \(Expecting property name"),
+                                        ('{"text": "x"}', r"in.jsonl:2: an object with 'text'; expected one JSON object per line"),
+                                        ('{"messages": [{"role": "user"}]}', r"in.jsonl:2: an object with 'messages'; expected")])
 def test_bad_lines_name_file_and_line(tmp_path, line, match):
     with pytest.raises(DataError, match=match):
         read_prompt_rows(_write(tmp_path / "in.jsonl", [{"prompt": "ok"}, line]))
@@ -96,3 +99,39 @@ def test_bad_sampling_setting_names_the_flag_value_only():
 
     with pytest.raises(PhinetuneError, match=r"^temperature must be >= 0 \(0 = greedy\) \(got -1.0\)$"):
         Sampling(temperature=-1.0)
+
+
+@pytest.mark.parametrize("text,what", [("What has keys?\nWho am I?\n", "in.txt:1: not JSON (Expecting value at column 1)"),
+                                       ('[{"prompt": "What has keys?"}]\n', "in.txt:1: a JSON array, not JSON Lines"),
+                                       ('[\n  {"prompt": "What has keys?"}\n]\n', "in.txt:1: a JSON array, not JSON Lines"),
+                                       ('"What has keys?"\n', "in.txt:1: a JSON string")])
+def test_an_input_that_is_not_json_lines_says_the_line_and_the_shape_expected(tmp_path, text, what):
+    """Plain text or a JSON array given to --input: the line, what it is, and an example of what a line should be."""
+    (tmp_path / "in.txt").write_text(text)
+    proc = cli_here("generate", "tiny-phi3", "--input", "in.txt", cwd=tmp_path, check=False)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and f"error: {what}; expected {PROMPT_LINES}" in out, out
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_output_naming_the_input_file_is_refused_under_any_spelling(tmp_path):
+    """The same file as ./in.jsonl, an absolute path, or a link to it: refused before any model is loaded."""
+    prompts = _write(tmp_path / "in.jsonl", [{"prompt": "What has keys?"}])
+    before = prompts.read_text()
+    (tmp_path / "link.jsonl").symlink_to(prompts)
+    (tmp_path / "sub").mkdir()
+    for output in ("in.jsonl", "./in.jsonl", str(prompts), "link.jsonl", "sub/../in.jsonl"):
+        proc = cli_here("generate", "tiny-phi3", "--input", "in.jsonl", "--output", output, cwd=tmp_path, check=False)
+        out = " ".join(proc.stdout.split())
+        assert proc.returncode == 2 and f"--output {Path(output)} is the --input file in.jsonl" in out, out
+        assert prompts.read_text() == before
+    with pytest.raises(PhinetuneError, match="would replace the prompts"):  # the library refuses too, not only the CLI
+        run_generate("tiny-phi3", None, prompts, tmp_path / "link.jsonl", Sampling(4), 1, FP32)
+
+
+def test_a_byte_order_mark_in_the_input_is_accepted(tmp_path):
+    rows = [{"prompt": "What has keys?"}, {"messages": [{"role": "user", "content": "Hi"}]}]
+    plain = _write(tmp_path / "plain.jsonl", rows)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert read_prompt_rows(bom) == read_prompt_rows(plain)

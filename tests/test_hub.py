@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -42,8 +43,28 @@ def test_missing_folder_is_one_sentence_listing_the_builtin_models(tmp_path):
 
 def test_offline_uncached_id_says_what_to_do_and_suggests_the_builtin_name(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PhinetuneError, match=r"did you mean tiny-phi\d\?.*tiny-phi3, tiny-phi2.*huggingface-cli download tiny-phi5"):
+    with pytest.raises(PhinetuneError, match=r"could not load model 'tiny-phi5': did you mean tiny-phi\d\?"):
         check_model_name("tiny-phi5")
+
+
+@pytest.mark.parametrize("typo,meant", [("microsoft/Phi-3.5-mini-instruc", "microsoft/Phi-3.5-mini-instruct"),
+                                        ("microsft/phi-2", "microsoft/phi-2"), ("Phi-4-mini-instruct", "microsoft/Phi-4-mini-instruct")])
+def test_a_misspelt_phi_id_gets_the_spec_id_it_resembles(typo, meant, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PhinetuneError, match=re.escape(f"could not load model '{typo}': did you mean {meant}?")):
+        check_model_name(typo)
+
+
+def test_an_uncached_id_is_advised_with_hf_download_and_a_missing_folder_comes_first(tmp_path, monkeypatch):
+    """`huggingface-cli` is not shipped by huggingface_hub any more: the advice names `hf download`. A name like
+    `runs/nope` run from a folder without runs/ may be a Hub id or a mistyped path: both are said, the path first."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PhinetuneError) as err:
+        check_model_name("runs/nope")
+    message = str(err.value)
+    assert message.index(f"there is no folder runs/nope here ({tmp_path})") < message.index("run `hf download runs/nope` on a connected machine")
+    assert "huggingface-cli" not in message
 
 
 def _online_env(tmp_path: Path) -> dict:
@@ -76,7 +97,7 @@ def test_no_command_waits_on_the_hub(args, name, tmp_path):
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 2, out
     assert "Traceback" not in out and name in out
-    assert "huggingface-cli download runs/" not in out and "huggingface-cli download ./" not in out
+    assert "hf download runs/" not in out and "hf download ./" not in out and "huggingface-cli" not in out
     assert elapsed < 10, f"{elapsed:.1f} s: {out}"
 
 

@@ -15,10 +15,11 @@ from collections import Counter
 
 import pytest
 
-from conftest import SRC
+from conftest import SRC, cli_here
 from openai_server import FakeOpenAI
 from phinetune.synth import judge as J
 from phinetune.synth.config import TeacherConfig
+from phinetune.synth.teachers import TeacherError
 from phinetune.runs.run_dir import RunDir
 
 
@@ -142,3 +143,36 @@ def test_the_projects_own_server_as_judge(run, tiny_run):
     assert len(journal) == 4 and all(e["response_id"] for e in journal) and sum(result["counts"].values()) == 2
     # the server is gone: a re-run must need no judge at all
     assert J.judge_run(str(run.path), cfg, n=2, max_new_tokens=8, judge_max_tokens=12)["calls"] == {"made": 0, "from_journal": 4}
+
+
+def test_a_local_judge_where_nothing_listens_fails_before_any_answer_is_generated(run):
+    """A refused connection is not transient: one sentence naming the URL and the flag, in seconds, before the two
+    models load to answer (RUN/judge/answers.json is not written)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    start = time.perf_counter()
+    proc = cli_here("judge", str(run.path), "--judge-model", "m", "--base-url", url, "--n", "1", check=False)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and out == f"error: teacher {url}: connection refused, nothing listens there; start the server or point --base-url at one"
+    assert time.perf_counter() - start < 5 and not run.judge_answers.exists()
+
+
+def test_judge_errors_speak_its_own_flags(run, monkeypatch):
+    """Not synth's teacher.* keys, and --a/--b rather than --checkpoint."""
+    remote = ["--judge-model", "m", "--base-url", "http://judge.invalid/v1", "--n", "1"]  # not loopback: no probe, no call yet
+    proc = cli_here("judge", str(run.path), *remote, "--b", "step-3", check=False)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and out.startswith("error: --b step-3: ") and "--checkpoint" not in out, out
+    proc = cli_here("judge", str(run.path), *remote, "--a", "all", check=False)
+    assert proc.returncode == 2 and "--a 'all': one model per side: base, last, best or step-N" in proc.stdout
+    proc = cli_here("judge", str(run.path), *remote, "--concurrency", "0", check=False)
+    assert proc.returncode == 2 and "error: --concurrency: Input should be greater than or equal to 1 (got 0)" in " ".join(proc.stdout.split())
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PHINETUNE_TEACHER_BASE_URL")}
+    proc = cli_here("judge", str(run.path), "--judge-model", "gpt-4o-mini", env={**env, "PYTHONPATH": str(SRC)}, check=False)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and out == ("error: --base-url is the OpenAI API but no key was found; set $OPENAI_API_KEY "
+                                            "(or point --base-url at a local server)")
+    with FakeOpenAI() as srv, pytest.raises(TeacherError) as err:  # a base URL without /v1: the server answers 404
+        J.judge_run(str(run.path), TeacherConfig(model="judge", base_url=srv.base_url.removesuffix("/v1"), max_retries=0), n=1, max_new_tokens=2)
+    assert "check --base-url (it should end in /v1) and --judge-model 'judge'" in str(err.value) and "teacher." not in str(err.value)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import realdata, run_cli
+from conftest import cli_here, realdata, run_cli
 from phinetune.models.inspect import ModelFacts, analysis, count_params, load_facts
 from phinetune.models.specs import SPECS, TINY_MODELS
 
@@ -79,3 +79,32 @@ def test_phi4_family_inspect_lines():
     assert "32,768 tokens; RoPE theta 500000" in lines["context"] and "<think>trace</think>" in lines["reasoning"]
     assert "pad <|dummy_85|>" in lines["special tokens"] and "end of turn <|im_end|>" in lines["special tokens"]
     assert "tools" in analysis(load_facts("phi4-mini")) and "Your name is Phi" in analysis(load_facts("phi4-mini-reasoning"))["reasoning"]
+
+
+def test_inspect_and_plan_of_a_run_folder_look_at_its_base_model(tmp_path):
+    """A run folder is read through its run.json: the same lines as inspecting its base (a Hub id, or the local
+    folder a built-in model was written to) with the spec the run recorded."""
+    import shutil
+
+    from phinetune.runs.run_dir import RunDir, RunInfo
+
+    base = tmp_path / "base"
+    base.mkdir()
+    shutil.copy(FIXTURES / "phi-4_config.json", base / "config.json")
+    for base_model, spec, same_as in [("microsoft/Phi-3.5-mini-instruct", "phi3.5-mini", "phi3.5-mini"), (str(base), "phi4", str(base))]:
+        run = tmp_path / f"run-{spec}"
+        run.mkdir()
+        RunDir(run).write_info(RunInfo(base_model=base_model, spec=spec, method="lora", quant="none", dtype="bf16", status="finished"))
+        for verb in ("inspect", "plan"):
+            got = cli_here(verb, str(run)).stdout.splitlines()
+            assert got[0] == f"{run} is a run folder; its base model: {base_model}"
+            assert got[1:] == cli_here(verb, same_as).stdout.splitlines()
+
+
+def test_inspect_names_a_misspelt_id_and_a_missing_path(tmp_path):
+    proc = cli_here("inspect", "microsoft/Phi-3.5-mini-instruc", check=False)
+    assert proc.returncode == 2 and "did you mean microsoft/Phi-3.5-mini-instruct?" in proc.stdout
+    (tmp_path / "runs").mkdir()
+    proc = cli_here("inspect", "runs/nope", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "error: runs/nope does not exist" in proc.stdout and "not a known model" not in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -193,3 +193,37 @@ def test_check_cli_on_phi4_shows_its_pad_fix():
     assert re.search(r"end-of-turn token <\|im_end\|> trained: yes \(own token of (\d+)/\1 assistant turns", out)
     assert re.search(r"pad token <\|dummy_85\|> \(id \d+\) distinct from end-of-turn token \(id \d+\): yes", out)
     assert "pre-flight passed" in out
+
+
+def test_max_length_above_the_model_context_is_refused_and_longrope_is_noted():
+    """The contexts are the specs' (models/specs.py); LongRoPE models switch RoPE factors past original_context."""
+    from phinetune.errors import PreflightError
+    from phinetune.models.specs import GENERIC
+    from phinetune.train.preflight import context_check
+
+    with pytest.raises(PreflightError, match=re.escape(
+            "data.max_length=100000 is above tiny-phi3 (phi3-mini-4k)'s context of 4,096 tokens (positions past it were never "
+            "trained); set data.max_length=4096 or less, or train a model with that context (phi3-mini-128k, phi3.5-mini, phi4-mini)")):
+        context_check(100000, "tiny-phi3", SPECS["phi3-mini-4k"], 4096)
+    assert context_check(4096, "microsoft/Phi-3-mini-4k-instruct", SPECS["phi3-mini-4k"], 4096) == ""
+    with pytest.raises(PreflightError, match=r"above microsoft/phi-2's context of 2,048 tokens .* or less$"):  # no longer Phi-2
+        context_check(4096, "microsoft/phi-2", SPECS["phi2"], 2048)
+    with pytest.raises(PreflightError, match=r"above my/model's context of 8,192 tokens"):  # another model: its config's
+        context_check(10000, "my/model", GENERIC, 8192)
+    phi35 = SPECS["phi3.5-mini"]
+    assert context_check(4096, phi35.hub_id, phi35, phi35.context_length) == ""
+    note = context_check(8192, phi35.hub_id, phi35, phi35.context_length)
+    assert note.startswith("data.max_length=8192 is above 4,096 tokens, where microsoft/Phi-3.5-mini-instruct switches from its "
+                           "short to its long RoPE factors (LongRoPE)")
+    with pytest.raises(PreflightError, match="context of 131,072 tokens"):
+        context_check(200000, phi35.hub_id, phi35, phi35.context_length)
+
+
+def test_check_cli_refuses_a_max_length_above_the_context_and_notes_longrope():
+    proc = cli_here("check", "model.name=tiny-phi3", *FAST, "data.max_length=100000", check=False)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and "error: data.max_length=100000 is above tiny-phi3 (phi3-mini-4k)'s context of 4,096 tokens" in out
+    assert "Traceback" not in proc.stdout + proc.stderr and "pre-flight" not in out  # before the data is tokenized
+    proc = cli_here("check", "model.name=tiny-phi4", *FAST, "data.max_length=8192")
+    assert "note: data.max_length=8192 is above 4,096 tokens, where tiny-phi4 (phi4-mini) switches" in " ".join(proc.stderr.split())
+    assert "pre-flight passed" in proc.stdout

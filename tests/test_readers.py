@@ -180,3 +180,31 @@ def test_json_file_with_one_wrapping_object(tmp_path):
 def test_json_lines_saved_as_json(tmp_path):
     path = jsonl(tmp_path / "lines.json", ALPACA, ALPACA)
     assert [r.where for r in read_records(str(path))] == [f"{path}:1", f"{path}:2"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_a_byte_order_mark_is_accepted(tmp_path, suffix):
+    """Files saved by Windows editors start with a UTF-8 byte-order mark; json.loads refuses it, so the readers drop it."""
+    path = tmp_path / f"bom{suffix}"
+    rows = [GOOD, {"messages": [{"role": "user", "content": "Second?"}, {"role": "assistant", "content": "Yes."}]}]
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    elif suffix == ".json":
+        text = json.dumps(rows, indent=1)
+    else:
+        rows = [{"prompt": "Hi?", "completion": "Hello."}, {"prompt": "Second?", "completion": "Yes."}]
+        text = "prompt,completion\nHi?,Hello.\nSecond?,Yes.\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    plain = tmp_path / f"plain{suffix}"
+    plain.write_text(text)
+    assert [r.sample for r in read_records(str(path))] == [r.sample for r in read_records(str(plain))]
+    assert len(read_records(str(path))) == 2
+
+
+def test_an_unknown_builtin_lists_the_bundled_names_and_the_one_meant():
+    msg = error_of(Path("builtin:ridles"))
+    assert msg == ("builtin:ridles: no such bundled dataset; did you mean builtin:riddles? the bundled ones are builtin:riddles, "
+                   "builtin:riddles_preferences, builtin:riddles_qa")
+    assert "assets" not in error_of(Path("builtin:../default"))  # no path into the package, no file outside the data sets
+    with pytest.raises(DataError, match="did you mean builtin:riddles"):
+        readers.content_fingerprint("builtin:ridles")  # the tokenized-data cache's key, read first by train

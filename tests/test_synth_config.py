@@ -1,5 +1,6 @@
 """The synth config: shipped examples validate; typos, bad stage orders and prompts fail with one clear line."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,10 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "did you mean 'stages.answer.prompt'" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """The synth config is read by the run config's loader: the same refusal, file and lines."""
+    path = write(tmp_path, MINIMAL + "  answer: {kind: assistant, prompt: 'Answer: {message}'}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}:6: key 'stages.answer' is given twice (first at {path}:5)")):
+        load_synth_config(path)

@@ -132,3 +132,19 @@ def test_local_tiny_model_as_teacher(tmp_path):
     assert first.conversations == again.conversations >= 1
     convs = read_records(str(tmp_path / "out" / "conversations.jsonl"))
     assert all(len(r.sample["messages"]) == 4 for r in convs)
+
+
+def test_a_teacher_where_nothing_listens_fails_at_once_naming_the_url(tmp_path):
+    """`phinetune synth` against a local port nothing listens on: one sentence with the URL in seconds, not the
+    SDK's half a minute of retries."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    start = time.perf_counter()
+    proc = cli_here("synth", RIDDLES, f"teacher.base_url={url}", f"output.dir={tmp_path / 'out'}", "stages.riddles.calls=2", check=False)
+    elapsed = time.perf_counter() - start
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and f"teacher {url}: connection refused, nothing listens there" in out, out + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and elapsed < 5, f"{elapsed:.1f} s"

@@ -1,5 +1,8 @@
 """Teachers against a real HTTP server on 127.0.0.1 (tests/openai_server.py), not a mocked client."""
 
+import re
+import socket
+import threading
 import time
 
 import pytest
@@ -86,3 +89,47 @@ def test_missing_key_for_the_openai_api_is_refused_before_any_call(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(TeacherError, match=r"no key was found; set \$OPENAI_API_KEY"):
         OpenAITeacher(TeacherConfig(model="gpt-4o-mini"))
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound once to pick it, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_refused_connection_fails_at_once_with_the_url():
+    """Nothing listens at the port: not transient, so no retries (the SDK's 6 would take 27-44 s)."""
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    t = OpenAITeacher(TeacherConfig(model="m", base_url=url))  # the default max_retries=6
+    expected = re.escape(f"teacher {url}: connection refused, nothing listens there; start the server or point teacher.base_url at one")
+    start = time.perf_counter()
+    with pytest.raises(TeacherError, match=expected):
+        run(t, calls(3))
+    with pytest.raises(TeacherError, match=expected):
+        t.check_listening()
+    assert time.perf_counter() - start < 5 and t.counters.retries == 0
+
+
+def test_a_dropped_connection_is_still_retried():
+    """A server that accepts and hangs up at once (a restart, a proxy): transient, retried max_retries times."""
+    attempts = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def hang_up():
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                attempts.append(1)
+                conn.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        t = OpenAITeacher(TeacherConfig(model="m", base_url=f"http://127.0.0.1:{server.getsockname()[1]}/v1", max_retries=2))
+        t.check_listening()  # something listens: no refusal (its probe is the first connection accepted)
+        with pytest.raises(TeacherError, match=r"connection error .* after 2 retries"):
+            run(t, calls(1))
+    assert len(attempts) == 1 + 3 and t.counters.retries == 2  # the probe, then the first try and 2 retries

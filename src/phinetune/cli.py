@@ -35,6 +35,20 @@ def split_args(args: Optional[List[str]]) -> tuple[Optional[str], list[str]]:
     return config, args
 
 
+CONFIG_OPTION_HELP = "The YAML config, named as other toolkits do (the same as giving it first, positionally)."
+
+
+def with_config_option(args: Optional[List[str]], config: Optional[str]) -> list[str]:
+    """`--config x.yaml` puts the config where it is read positionally: first, before the overrides."""
+    args = list(args or [])
+    if config is None:
+        return args
+    given, _ = split_args(args)
+    if given is not None:
+        raise PhinetuneError(f"two configs given, {given} and --config {config}; pass one")
+    return [config, *args]
+
+
 def default_config_path() -> Path:
     return Path(str(resources.files("phinetune.assets").joinpath("default.yaml")))
 
@@ -71,8 +85,10 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
           nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes in the job: run this same command on each, with its --node-rank (docs/scale-and-resume.md; launch-template writes SLURM/Kubernetes scripts)."),
           node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's index, 0 to --nnodes - 1; node 0 hosts the rendezvous."),
           rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of node 0 for torchrun's c10d rendezvous (needed with --nnodes > 1)."),
-          rdzv_id: str = typer.Option("phinetune", "--rdzv-id", help="Rendezvous id, the same on every node of one job (SLURM: $SLURM_JOB_ID).")) -> None:
+          rdzv_id: str = typer.Option("phinetune", "--rdzv-id", help="Rendezvous id, the same on every node of one job (SLURM: $SLURM_JOB_ID)."),
+          config: Optional[str] = typer.Option(None, "--config", help=CONFIG_OPTION_HELP)) -> None:
     """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
+    args = with_config_option(args, config)
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
     check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.recipe import train as run_train
@@ -106,12 +122,17 @@ def launch_template(kind: str = typer.Argument(..., help="slurm (an sbatch scrip
                     shared_dir: str = typer.Option("/runs", "--shared-dir", help="k8s: mount path of the shared volume; output.dir must be under it."),
                     pvc: str = typer.Option("phinetune-runs", "--pvc", help="k8s: ReadWriteMany PersistentVolumeClaim holding the run folders."),
                     nccl_socket_ifname: Optional[str] = typer.Option(None, "--nccl-socket-ifname", help="NCCL_SOCKET_IFNAME for the nodes' network (e.g. ib0)."),
-                    out: Optional[Path] = typer.Option(None, "--out", help="Write the script here (default: print it).")) -> None:
+                    out: Optional[Path] = typer.Option(None, "--out", help="Write the script here (default: print it)."),
+                    config_option: Optional[str] = typer.Option(None, "--config", help=CONFIG_OPTION_HELP)) -> None:
     """Write the launch script of an N-node training job for SLURM or Kubernetes (docs/scale-and-resume.md)."""
     from phinetune.train.cluster import ClusterJob, render
 
-    cfg = resolve_config(args)  # a typo fails here, not on N nodes
+    args = with_config_option(args, config_option)
     config, overrides = split_args(args)
+    if config is None:  # the embedded default is a tiny CPU model: a GPU job of N nodes for it is never what was meant
+        raise PhinetuneError(f"launch-template {kind} needs the run config every node trains, e.g. "
+                             f"phinetune launch-template {kind} configs/phi3.5-mini-qlora.yaml --nodes {nodes}")
+    cfg = resolve_config(args)  # a typo fails here, not on N nodes
     job = ClusterJob(config, tuple(overrides), nodes, nproc, str(cfg.output.dir), accelerate_config, job_name, port, image, shared_dir, pvc,
                      partition, gpus_per_node=gpus_per_node, nccl_socket_ifname=nccl_socket_ifname)
     text = render(kind, job, out.name if out else "")
@@ -257,12 +278,13 @@ def report(run: str = typer.Argument(..., help="A run folder from `phinetune tra
 
 
 @app.command()
-def synth(args: List[str] = typer.Argument(..., help="A synth config (see configs/synth/), followed by dotted overrides like stages.riddles.calls=5.")) -> None:
+def synth(args: Optional[List[str]] = typer.Argument(None, help="A synth config (see configs/synth/), followed by dotted overrides like stages.riddles.calls=5.", show_default=False),
+          config_option: Optional[str] = typer.Option(None, "--config", help=CONFIG_OPTION_HELP)) -> None:
     """Grow seed questions into multi-turn conversations with a teacher model; re-run the same command to resume."""
     from phinetune.synth.config import load_synth_config
     from phinetune.synth.run import run_synth
 
-    config, overrides = split_args(args)
+    config, overrides = split_args(with_config_option(args, config_option))
     if config is None:
         raise PhinetuneError("give a synth config first, e.g. phinetune synth configs/synth/riddles.yaml")
     run_synth(load_synth_config(config, overrides))
@@ -311,14 +333,14 @@ def judge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
 
     from phinetune.errors import ConfigError
     from phinetune.synth.config import TeacherConfig
-    from phinetune.synth.judge import Sides, judge_run
+    from phinetune.synth.judge import JUDGE_FLAGS, Sides, judge_run
 
     try:
         teacher = TeacherConfig(kind=judge_kind, model=judge_model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
                                 price_input_per_1m=price_input_per_1m, price_output_per_1m=price_output_per_1m)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(f"--judge-{'-'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+        raise ConfigError(f"{JUDGE_FLAGS.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']} (got {err.get('input')!r})") from None
     judge_run(run, teacher, Sides(a, b), prompts, n, max_new_tokens, judge_max_tokens=judge_max_tokens)
 
 
@@ -341,11 +363,13 @@ def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged 
           checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP + " One run folder only."),
           reasoning: str = typer.Option("separate", help="A reply's <think> trace: separate (reasoning_content, as vLLM), hide, or inline (left in content).")) -> None:
     """OpenAI-compatible HTTP API: /v1/chat/completions (SSE streaming; tools for Phi-4-mini), /v1/completions, /v1/models, /health, /metrics."""
+    from phinetune.serve.settings import Listen, ServeSettings, check_port_free
+
+    check_port_free(host, port)  # a busy port is known in milliseconds: before torch is imported and the model loaded
     for target in targets:
         check_source(target)
     from phinetune.runs.loading import LoadOptions
     from phinetune.serve.run import serve as run_serve
-    from phinetune.serve.settings import Listen, ServeSettings
 
     settings = ServeSettings(model_name, api_key, max_tokens, max_body_kb * 1024, max_queue, max_batch, request_timeout,
                              list(cors_origin), log_prompts, reasoning)
@@ -550,11 +574,12 @@ def as_inspect_flags(message: str) -> str:
 
 @app.command()
 def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),
-          save: Optional[Path] = typer.Option(None, "--save", help="Also write the report as JSON here.")) -> None:
+          save: Optional[Path] = typer.Option(None, "--save", help="Also write the report as JSON here."),
+          config: Optional[str] = typer.Option(None, "--config", help=CONFIG_OPTION_HELP)) -> None:
     """Load, read the data and attach the adapter exactly as `train` would, print the pre-flight, and stop.
 
     Exits non-zero when the pre-flight finds a problem (the `preflight.*` overrides apply)."""
-    cfg = resolve_config(args)
+    cfg = resolve_config(with_config_option(args, config))
     check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.check import check_config
 
@@ -563,17 +588,30 @@ def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
 
 
 @app.command()
-def inspect(model: str = typer.Argument(..., help="A spec key (phi3.5-moe), a Phi Hub id, a tiny-* name, or a config.json / model folder.")) -> None:
+def inspect(model: str = typer.Argument(..., help="A spec key (phi3.5-moe), a Phi Hub id, a tiny-* name, a config.json / model folder, or a run folder (its base model).")) -> None:
     """Print the model analysis: architecture, parameters (total and active per token), attention layout,
     context and rope scaling, vocab, special tokens, LoRA target presets and dtypes. Needs no weights."""
-    from phinetune.models.inspect import analysis, load_facts
+    from phinetune.models.inspect import analysis
 
-    for label, value in analysis(load_facts(model)).items():
+    for label, value in analysis(model_facts(model)).items():
         console.print(f"[bold]{label:>15}[/bold]  {escape(str(value))}", markup=True, highlight=False)
 
 
+def model_facts(target: str):
+    """What inspect and plan read: a model's facts, or those of a run folder's base model."""
+    from phinetune.models.inspect import load_facts
+    from phinetune.runs.run_dir import RunDir
+
+    run = RunDir(Path(target).expanduser())
+    if not run.info_file.exists():
+        return load_facts(target)
+    info = run.read_info()
+    console.print(f"{target} is a run folder; its base model: {info.base_model}", highlight=False)
+    return load_facts(info.base_model, info.spec)
+
+
 @app.command()
-def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub id or config.json (as for inspect)."),
+def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub id, config.json or run folder (as for inspect)."),
          method: str = typer.Option("lora", help="lora, qlora or full."),
          seq: int = typer.Option(2048, help="Tokens per sequence."),
          batch: int = typer.Option(1, help="Sequences per micro-batch."),
@@ -586,13 +624,12 @@ def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub i
          out: Optional[Path] = typer.Option(None, "--out", help="With --validate: also write the measurements as JSON here.")) -> None:
     """Which GPU do I need? Memory breakdown and the smallest common GPU that fits."""
     from phinetune.models import plan as planner
-    from phinetune.models.inspect import load_facts
 
     if validate:
         return _print_validation(device, quick, out)
     if model is None:
         raise PhinetuneError("plan needs a MODEL (a spec key such as phi3.5-mini, a Hub id or a config.json), or --validate")
-    facts = load_facts(model)
+    facts = model_facts(model)
     dtype = "fp32" if "bf16" not in facts.spec.dtypes else "bf16"
     est = planner.estimate(facts, method, seq, batch, grad_checkpointing, dtype, r, targets)
     console.print(f"{facts.spec.key}: {method}, seq {seq} x batch {batch}, {dtype}, gradient checkpointing {'on' if grad_checkpointing else 'off'}")

@@ -6,8 +6,9 @@ Errors name the exact key (e.g. `train.learnig_rate`) and suggest the closest va
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -48,8 +49,8 @@ def key_lines(path: Path) -> dict[tuple, int]:
                 walk(value, here)
 
     try:
-        walk(yaml.compose(path.read_text()), ())
-    except (OSError, yaml.YAMLError):
+        walk(yaml.compose(path.read_text(encoding="utf-8-sig")), ())
+    except (OSError, ValueError, yaml.YAMLError):
         pass
     return lines
 
@@ -69,18 +70,51 @@ def dump_config(cfg: RunConfig, path: Path) -> None:
 
 def read_yaml(path: Path, what: str = "config file", example: str = "configs/phi3-mini-4k-lora.yaml",
               sections: str = "model, data, adapter, train, output") -> dict:
-    """A YAML mapping from `path`, or a ConfigError naming the file (and line) and what was expected."""
+    """A YAML mapping from `path`, or a ConfigError naming the file (and line) and what was expected.
+
+    The one YAML reader of every config (run, synth, accelerate). A key given twice in one mapping is refused
+    with the line of each: PyYAML keeps the later value silently. A UTF-8 byte-order mark (Windows editors
+    write one) is accepted."""
     if not path.exists():
         raise ConfigError(f"{what} {path} does not exist; pass a YAML file such as {example}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "re-save the file as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        _refuse_duplicate_keys(node, path)
+        data = (loader.construct_document(node) if node is not None else None) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections ({sections}) at the top level")
     return data
+
+
+def _refuse_duplicate_keys(node, path: Path, prefix: tuple = ()) -> None:
+    """Walk the composed document: the same key twice in one mapping names both lines."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, path, prefix)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[str, int] = {}
+    for key, value in node.value:
+        name = str(key.value)
+        line = key.start_mark.line + 1
+        if name in first and name != "<<":  # YAML merge keys may repeat
+            dotted = ".".join(prefix + (name,))
+            raise ConfigError(f"{path}:{line}: key '{dotted}' is given twice (first at {path}:{first[name]}); "
+                              "YAML would keep only the later value: merge the two or delete one")
+        first.setdefault(name, line)
+        _refuse_duplicate_keys(value, path, prefix + (name,))
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -125,7 +159,7 @@ ALIASES = {
     "sequence_len": "data.max_length", "cutoff_len": "data.max_length", "output_dir": "output.dir",
     "lr_scheduler_type": "train.scheduler", "lr_scheduler": "train.scheduler", "optim": "train.optimizer",
     "torch_dtype": "model.dtype", "load_in_4bit": "model.quant=nf4", "bnb_4bit_quant_type": "model.quant",
-    "quantization": "model.quant", "eval_steps": "train.eval_every", "save_steps": "train.save_every",
+    "quantization": "model.quant", "qlora": "model.quant=nf4", "eval_steps": "train.eval_every", "save_steps": "train.save_every",
     "logging_steps": "train.log_every", "model_name_or_path": "model.name", "base_model": "model.name",
     "dataset": "data.train", "dataset_name": "data.train", "train_file": "data.train", "packing": "data.packing",
 }
@@ -138,6 +172,28 @@ def _field_paths() -> dict[str, list[str]]:
         for name in field.annotation.model_fields:
             paths.setdefault(name, []).append(f"{section}.{name}")
     return paths
+
+
+def _choices(annotation) -> set[str]:
+    """The string values a field accepts: its Literal choices, through Optional/Union."""
+    if typing.get_origin(annotation) is Literal:
+        return {str(a) for a in typing.get_args(annotation)}
+    return set().union(*(_choices(a) for a in typing.get_args(annotation))) if typing.get_args(annotation) else set()
+
+
+def _as_value(key: str) -> Optional[str]:
+    """`bf16` -> `model.dtype=bf16`: a value of exactly one field given as if it were a key."""
+    owners = [f"{section}.{name}={key.lower()}" for section, field in RunConfig.model_fields.items()
+              for name, sub in field.annotation.model_fields.items() if key.lower() in _choices(sub.annotation)]
+    return owners[0] if len(owners) == 1 else None
+
+
+def _as_dotted(key: str) -> Optional[str]:
+    """`data_max_length` or `max_lenght` -> `data.max_length`: the nearest dotted key of the whole schema."""
+    paths = [p for ps in _field_paths().values() for p in ps]
+    spellings = {**{p.replace(".", "_"): p for p in paths}, **{p: p for p in paths}}
+    match = difflib.get_close_matches(key.lower(), list(spellings), n=1, cutoff=0.8)
+    return spellings[match[0]] if match else None
 
 
 def _closest(loc: tuple[Any, ...]) -> Optional[str]:
@@ -157,6 +213,11 @@ def _closest(loc: tuple[Any, ...]) -> Optional[str]:
     elsewhere = _field_paths().get(key, [])
     if len(elsewhere) == 1:
         return elsewhere[0]
+    # A value given as if it were a key (`bf16=true`, `train.bf16=true` as in transformers' TrainingArguments);
+    # at the top level, also a dotted key with its section left out or spelled with '_' (`max_lenght`).
+    hint = _as_value(key) or (_as_dotted(key) if not prefix else None)
+    if hint:
+        return hint
     match = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.5)
     if match:
         return ".".join(prefix + match)

@@ -8,6 +8,8 @@ silently.
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -70,6 +72,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[Row, str]]:
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 raise DataError(f"{where}: line is longer than the {MAX_LINE_BYTES // 2**20} MiB limit per JSON line; "
                                 "is this really a JSON Lines file? split the record or convert the file")
+            if n == 1:  # a UTF-8 byte-order mark (Windows editors write one) is not part of the first record
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             yield _parse_line(raw, where), where
 
 
@@ -93,7 +97,7 @@ def _read_json(path: Path) -> Iterator[tuple[Row, str]]:
     """A JSON array of records (each named by the line it starts on), or JSON Lines saved as .json."""
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark is accepted
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); re-save the file as UTF-8") from None
@@ -187,17 +191,26 @@ def read_rows(path: Path) -> Iterator[tuple[Row, str]]:
 
 # ---------------------------------------------------------------- sources
 
+def builtin_names() -> list[str]:
+    """The bundled data sets, as `builtin:NAME` takes them (every .jsonl in phinetune/assets)."""
+    return sorted(Path(str(p)).stem for p in resources.files("phinetune.assets").iterdir() if str(p).endswith(".jsonl"))
+
+
 def builtin_path(name: str) -> Path:
-    return Path(str(resources.files("phinetune.assets").joinpath(f"{name}.jsonl")))
+    """The file of `builtin:NAME`, or a DataError listing the bundled names (with the one most likely meant)."""
+    path = Path(str(resources.files("phinetune.assets").joinpath(f"{name}.jsonl")))
+    if not name or "/" in name or "\\" in name or not path.exists():
+        names = builtin_names()
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        raise DataError(f"builtin:{name}: no such bundled dataset; " + (f"did you mean builtin:{close[0]}? " if close else "") +
+                        f"the bundled ones are {', '.join('builtin:' + n for n in names)}")
+    return path
 
 
 def source_rows(source: str, split: str = "train") -> Iterator[tuple[Row, str]]:
     """Rows of a data source: builtin:NAME, a local file or folder, a saved dataset folder, or a Hub id (hf:ID forces the Hub)."""
     if source.startswith("builtin:"):
-        path = builtin_path(source.split(":", 1)[1])
-        if not path.exists():
-            raise DataError(f"{source}: no such bundled dataset; the bundled one is builtin:riddles")
-        return read_rows(path)
+        return read_rows(builtin_path(source.split(":", 1)[1]))
     if source.startswith("hf:"):
         return _hub_dataset(source[3:], split)
     path = Path(source).expanduser()

@@ -15,19 +15,22 @@ def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, 
     """`reasoning=hide` prints only what follows a reply's </think>; the history keeps the answer only either way
     (earlier traces are not fed back, as reasoning models are prompted)."""
     history: list[dict] = [{"role": "system", "content": system}] if system else []
-    console.print("[dim]Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits.[/dim]", markup=True)
+    console.print("[dim]Type a message; /help lists the commands, /exit (or Ctrl-D) quits.[/dim]", markup=True)
     while True:
         try:
             text = read("you> ").strip()
         except (EOFError, KeyboardInterrupt):
             console.print()
             return
-        if text in ("/exit", "/quit"):
-            return
-        if text == "/reset":
-            history = history[:1] if system else []
-            console.print("[dim]conversation cleared" + (" (system prompt kept)" if system else "") + "[/dim]", markup=True)
+        if text.startswith("/") and not text.startswith("//"):  # a command is answered here, never sent to the model
+            command = text.split()[0].lower()
+            if command in ("/exit", "/quit"):
+                return
+            if command == "/reset":
+                history = history[:1] if system else []
+            answer_command(command, bool(system))
             continue
+        text = text.removeprefix("/")  # `//etc/hosts` sends `/etc/hosts`
         if not text:
             continue
         history.append({"role": "user", "content": text})
@@ -40,6 +43,24 @@ def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, 
             shown = len(visible)
         console.print()
         history.append({"role": "assistant", "content": split_reasoning(reply, loaded.spec.reasoning_tags)[1].strip()})
+
+
+COMMANDS = {"/help": "list these commands", "/reset": "clear the conversation (a system prompt is kept)",
+            "/exit": "quit (also /quit or Ctrl-D)"}
+
+
+def answer_command(command: str, system: bool) -> None:
+    """What a chat command prints (/exit and /quit return before): /reset's confirmation, /help's list, or an
+    unknown command named with the way to send a message that starts with '/'."""
+    if command == "/reset":
+        console.print("[dim]conversation cleared" + (" (system prompt kept)" if system else "") + "[/dim]", markup=True)
+    elif command == "/help":
+        for name, what in COMMANDS.items():
+            console.print(f"  {name:<7} {what}", markup=False, highlight=False)
+        console.print("  A message that starts with / is sent when written with // (//etc/hosts sends /etc/hosts).", markup=False, highlight=False)
+    else:
+        console.print(f"unknown command {command}: not sent to the model; the commands are {', '.join(COMMANDS)} "
+                      "(start a message with // to send one that begins with /)", markup=False, highlight=False)
 
 
 def _after_trace(reply: str, tags: tuple[str, str]) -> str:

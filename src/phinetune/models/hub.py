@@ -2,7 +2,7 @@
 
 Without this, every uncached name on a machine without network costs ~50 s of retries inside
 huggingface_hub before an error, and a mistyped folder (`runs/nope`) is tried as a Hub id and answered with
-`huggingface-cli download runs/nope`. Here a path-like name is never sent to the Hub, and one short probe
+advice to download `runs/nope` from the Hub. Here a path-like name is never sent to the Hub, and one short probe
 (a HEAD of the endpoint, PROBE_TIMEOUT seconds) decides whether the Hub is there; when it is not, the process
 switches the libraries to offline mode, so cached names load at once and uncached ones fail at once.
 """
@@ -77,10 +77,17 @@ def is_cached(repo_id: str, revision: Optional[str] = None) -> bool:
 
 
 def builtin_hint(name: str) -> str:
-    from phinetune.models.specs import TINY_MODELS
+    """'did you mean microsoft/Phi-3.5-mini-instruct? built-in models: tiny-phi3, ...' (the did-you-mean covers
+    every spec's Hub id and the built-in names)."""
+    from phinetune.models.specs import TINY_MODELS, closest_name
 
-    close = difflib.get_close_matches(name, list(TINY_MODELS), n=1, cutoff=0.6)
-    return (f"did you mean {close[0]}? " if close else "") + f"built-in models: {', '.join(TINY_MODELS)}"
+    close = closest_name(name)
+    return (f"did you mean {close}? " if close else "") + f"built-in models: {', '.join(TINY_MODELS)}"
+
+
+def download_advice(name: str) -> str:
+    """How to put a Hub model into the local cache (huggingface_hub's `hf` command; `huggingface-cli` is gone)."""
+    return f"run `hf download {name}` on a connected machine"
 
 
 def check_model_name(name: str, revision: Optional[str] = None, what: str = "model") -> None:
@@ -89,7 +96,7 @@ def check_model_name(name: str, revision: Optional[str] = None, what: str = "mod
     Local folders and built-in tiny names pass; a cached Hub id passes (offline mode is switched on when the
     Hub is unreachable, so loading it does not wait on retries); an uncached Hub id passes only when the Hub
     answers the probe."""
-    from phinetune.models.specs import TINY_MODELS
+    from phinetune.models.specs import TINY_MODELS, closest_name
 
     if name in TINY_MODELS or Path(name).expanduser().exists():
         return
@@ -99,9 +106,15 @@ def check_model_name(name: str, revision: Optional[str] = None, what: str = "mod
     reachable = hub_reachable()
     if reachable or is_cached(name, revision):
         return
-    raise PhinetuneError(f"could not load {what} '{name}': it is not a local folder, a built-in model ({builtin_hint(name)}) "
-                         f"or in the local Hugging Face cache, and the Hub ({endpoint()}) cannot be reached; on a connected "
-                         f"machine run `huggingface-cli download {name}`, or pass a local folder")
+    close = closest_name(name)
+    if close:  # a typo of a Phi id or a built-in name: that is the news, the rest is why it failed
+        raise PhinetuneError(f"could not load {what} '{name}': did you mean {close}? ('{name}' is not a local folder, a built-in "
+                             f"model or in the local Hugging Face cache, and the Hub, {endpoint()}, cannot be reached)")
+    # The folder comes first: `runs/nope` run from a folder without runs/ is as likely a mistyped path as a Hub id.
+    raise PhinetuneError(f"could not load {what} '{name}': there is no folder {name} here ({Path.cwd()}), it is not a built-in "
+                         f"model ({builtin_hint(name)}), and no Hub model of that id is in the local Hugging Face cache "
+                         f"(the Hub, {endpoint()}, cannot be reached); pass a folder that exists, or for a Hub id "
+                         f"{download_advice(name)}")
 
 
 def check_dataset_access() -> None:

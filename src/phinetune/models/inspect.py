@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from phinetune.errors import PhinetuneError
-from phinetune.models.specs import GENERIC, SPECS, TINY_MODELS, ModelSpec, get_spec, spec_from_config
+from phinetune.models.hub import looks_like_path
+from phinetune.models.specs import GENERIC, SPECS, TINY_MODELS, ModelSpec, closest_name, get_spec, spec_from_config
 
 # How each architecture lays out a decoder layer (data, not branches): norms per layer and their kind,
 # gated (SwiGLU: gate+up+down) or plain (fc1+fc2) MLP, and where the biases are.
@@ -52,24 +54,29 @@ class ModelFacts:
         return self.get("num_key_value_heads") or self.get("num_attention_heads")
 
 
-def load_facts(target: str) -> ModelFacts:
-    """A spec key, tiny name or hub id of a known model, a config.json, or a folder holding one."""
-    path = Path(target)
+def load_facts(target: str, spec_key: Optional[str] = None) -> ModelFacts:
+    """A spec key, tiny name or hub id of a known model, a config.json, or a folder holding one. `spec_key`
+    names the spec when the caller knows it (a run folder records its base's)."""
+    path = Path(target).expanduser()
     if path.is_dir():
         path = path / "config.json"
     if path.suffix == ".json" or path.exists():
         if not path.exists():
             raise PhinetuneError(f"{path} does not exist; pass a model spec key ({', '.join(SPECS)}), a Hub id, or a config.json")
         try:
-            config = json.loads(path.read_text())
+            config = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise PhinetuneError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         _require(config, path)
-        return ModelFacts(str(path), config, spec_from_config(config))
-    spec = get_spec(target)
+        return ModelFacts(str(path), config, get_spec(target, spec_key) if spec_key else spec_from_config(config))
+    spec = get_spec(target, spec_key)
     if spec is GENERIC:
-        raise PhinetuneError(f"'{target}' is not a known model; pass one of {', '.join(list(SPECS) + list(TINY_MODELS))}, "
-                             "a Phi Hub id, or the path of a config.json")
+        if looks_like_path(target):
+            raise PhinetuneError(f"{target} does not exist; pass a model folder or config.json that exists, a run folder, "
+                                 f"or a model spec key ({', '.join(SPECS)})")
+        close = closest_name(target, spec_keys=True)
+        raise PhinetuneError(f"'{target}' is not a known model; " + (f"did you mean {close}? " if close else "") +
+                             f"pass one of {', '.join(list(SPECS) + list(TINY_MODELS))}, a Phi Hub id, or the path of a config.json")
     return ModelFacts(spec.key, spec.as_config(), spec)
 
 

@@ -18,7 +18,7 @@ from phinetune.config.schema import ModelConfig
 from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.models.attention import implementation
 from phinetune.models.norm import fuse_norms
-from phinetune.models.hub import builtin_hint, check_model_name
+from phinetune.models.hub import builtin_hint, check_model_name, download_advice
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
 from phinetune.models.pad import fix_pad
@@ -120,6 +120,6 @@ def _hub_call(name: str, revision: Optional[str], fn):
         return fn()
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
-        hint = ("it is not in the local Hugging Face cache and the Hub cannot be reached; download it on a connected "
-                f"machine (huggingface-cli download {name}) or set model.name to a local folder") if offline else str(exc).splitlines()[0]
+        hint = ("it is not in the local Hugging Face cache and the Hub cannot be reached; "
+                f"{download_advice(name)}, or set model.name to a local folder") if offline else str(exc).splitlines()[0]
         raise PhinetuneError(f"could not load model '{name}': {hint} ({builtin_hint(name)})") from None

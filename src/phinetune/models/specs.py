@@ -8,6 +8,7 @@ attention output; Phi-3.5-MoE stores its experts as fused 3-D parameters (`mlp.e
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -272,6 +273,18 @@ def get_spec(name: str, spec_key: Optional[str] = None) -> ModelSpec:
     if name in SPECS:
         return SPECS[name]
     return _BY_HUB_ID.get(name.lower().rstrip("/"), GENERIC)
+
+
+def closest_name(name: str, spec_keys: bool = False) -> Optional[str]:
+    """The known model name `name` most likely misspells: a Phi Hub id of a spec or a built-in tiny name (and,
+    where the caller accepts them, a spec key), compared without case; None when nothing is close."""
+    hub_ids = [s.hub_id for s in SPECS.values() if s.hub_id]
+    names = hub_ids + list(TINY_MODELS) + (list(SPECS) if spec_keys else [])
+    by_lower = {n.lower(): n for n in names}
+    if "/" not in name:  # `Phi-4-mini-instruct` without its owner
+        by_lower.update({h.lower().split("/")[1]: h for h in hub_ids})
+    match = difflib.get_close_matches(name.lower().rstrip("/"), list(by_lower), n=1, cutoff=0.8)
+    return by_lower[match[0]] if match and by_lower[match[0]] != name else None
 
 
 def spec_from_config(config_json: dict) -> ModelSpec:

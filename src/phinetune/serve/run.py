@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 from pathlib import Path
 from dataclasses import replace
 from typing import Optional, Union
@@ -13,7 +12,7 @@ from phinetune.errors import PhinetuneError
 from phinetune.extras import require
 from phinetune.progress import console, escape
 from phinetune.runs.loading import LoadOptions
-from phinetune.serve.settings import Listen, ServeSettings
+from phinetune.serve.settings import Listen, ServeSettings, check_port_free
 
 
 def default_model_name(target: str) -> str:
@@ -29,20 +28,6 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Bind and release the address uvicorn will bind (port 0 means any free port: nothing to check)."""
-    if port == 0:
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "busy"
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise PhinetuneError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (another server there?); "
-                                 "pass another --port or stop the other server") from None
-
-
 def serve(target: Union[str, list[str]], settings: ServeSettings = ServeSettings(), listen: Listen = Listen(),
           load: LoadOptions = LoadOptions(), checkpoint: Optional[str] = None) -> None:
     """`target`: one run folder, merged folder or model id, or several LoRA run folders on one base (one model id each).
@@ -55,7 +40,7 @@ def serve(target: Union[str, list[str]], settings: ServeSettings = ServeSettings
     from phinetune.serve.observe import configure_access_log
     from phinetune.serve.tools import REASONING_MODES
 
-    limits = {"--port": (listen.port, 0, 65535), "--max-tokens": (settings.max_tokens, 1, 1 << 20),
+    limits = {"--max-tokens": (settings.max_tokens, 1, 1 << 20),
               "--max-body-kb": (settings.max_body_bytes // 1024, 1, 1 << 20), "--max-queue": (settings.max_queue, 1, 1 << 16),
               "--max-batch": (settings.max_batch, 1, 1024)}
     for flag, (value, low, high) in limits.items():

@@ -6,8 +6,11 @@ serving dependencies are installed.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import Optional
+
+from phinetune.errors import PhinetuneError
 
 
 @dataclass
@@ -29,3 +32,21 @@ class Listen:
     host: str = "127.0.0.1"  # loopback: anything else exposes the model to the network
     port: int = 8000
     access_log: str = "-"  # one JSON line per request: '-' stderr, 'off', or a file path
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind and release the address uvicorn will bind (port 0 means any free port: nothing to check).
+
+    Here, beside the settings, so the CLI checks it before importing torch and loading the model."""
+    if not 0 <= port <= 65535:
+        raise PhinetuneError(f"--port must be between 0 and 65535 (got {port})")
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "busy"
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PhinetuneError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (another server there?); "
+                                 "pass another --port or stop the other server") from None

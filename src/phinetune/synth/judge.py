@@ -44,6 +44,9 @@ PAIR = ("[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{fi
         "[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]")
 VERDICT = re.compile(r"\[\[([ABC])\]\]")
 Z95 = 1.959964
+# The judge's settings as `phinetune judge` spells them (its errors name these, not synth's teacher.* keys).
+JUDGE_FLAGS = {"kind": "--judge-kind", "model": "--judge-model", "base_url": "--base-url", "api_key_env": "--api-key-env",
+               "concurrency": "--concurrency", "price_input_per_1m": "--price-input-per-1m", "price_output_per_1m": "--price-output-per-1m"}
 
 
 def parse_verdict(text: str) -> Optional[str]:
@@ -88,20 +91,28 @@ class Sides:
     b: str = "last"
 
 
+def answers_digest(sides: Sides, prompts: list[list[dict]], max_new_tokens: int) -> str:
+    return hashlib.sha256(json.dumps([prompts, sides.a, sides.b, max_new_tokens]).encode()).hexdigest()[:16]
+
+
+def cached_answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int) -> Optional[dict[str, list[str]]]:
+    """The answers RUN/judge/answers.json holds for these prompts, sides and length, else None."""
+    if not run.judge_answers.exists():
+        return None
+    cached = json.loads(run.judge_answers.read_text())
+    return cached["answers"] if cached.get("digest") == answers_digest(sides, prompts, max_new_tokens) else None
+
+
 def answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> dict[str, list[str]]:
     """Greedy answers of both sides, cached in RUN/judge/answers.json (reused while prompts, sides and length match)."""
     from phinetune.infer.complete import Sampling
     from phinetune.infer.generate import answer_all
-    from phinetune.runs.checkpoints import select
     from phinetune.runs.loading import load_for_inference
 
-    digest = hashlib.sha256(json.dumps([prompts, sides.a, sides.b, max_new_tokens]).encode()).hexdigest()[:16]
-    path = run.judge_answers
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("digest") == digest:
-            return cached["answers"]
-    points = [select(run, side)[0] for side in (sides.a, sides.b)]
+    cached = cached_answers(run, sides, prompts, max_new_tokens)
+    if cached is not None:
+        return cached
+    points = [side_point(run, "--a", sides.a), side_point(run, "--b", sides.b)]
     if points[0] == points[1]:
         raise PhinetuneError(f"judge: --a {sides.a} and --b {sides.b} are the same weights ({points[0].label}); pick two different ones")
     out = {}
@@ -110,9 +121,22 @@ def answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens
         out[side] = [a.text.strip() for a in answer_all(loaded, prompts, Sampling(max_new_tokens=max_new_tokens), batch_size, p.label)]
         del loaded
         gc.collect()
+    path = run.judge_answers
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"digest": digest, "a": sides.a, "b": sides.b, "prompts": prompts, "answers": out}, indent=1, ensure_ascii=False))
+    path.write_text(json.dumps({"digest": answers_digest(sides, prompts, max_new_tokens), "a": sides.a, "b": sides.b, "prompts": prompts, "answers": out}, indent=1, ensure_ascii=False))
     return out
+
+
+def side_point(run: RunDir, flag: str, name: str):
+    """The one model `--a`/`--b` names; the checkpoint errors (which speak of --checkpoint) spoken as that flag."""
+    from phinetune.runs.checkpoints import select
+
+    if not name.strip() or name.strip() == "all" or "," in name:
+        raise PhinetuneError(f"{flag} {name!r}: one model per side: base, last, best or step-N")
+    try:
+        return select(run, name.strip())[0]
+    except PhinetuneError as exc:
+        raise PhinetuneError(re.sub(r"--checkpoints?\b", flag, str(exc))) from None
 
 
 def judge_calls(teacher: TeacherConfig, sampling: JudgeSampling, prompts: list[list[dict]], ans: dict[str, list[str]]) -> list[Call]:
@@ -127,15 +151,35 @@ def judge_calls(teacher: TeacherConfig, sampling: JudgeSampling, prompts: list[l
     return calls
 
 
+def refuse_unreachable(teacher: TeacherConfig) -> None:
+    """An OpenAI-compatible judge without a key for the OpenAI API, or on a local port nothing listens on: one sentence now."""
+    from phinetune.synth.teachers import make_teacher
+
+    probe = make_teacher(teacher, JUDGE_FLAGS)
+    try:
+        probe.check_listening()
+    finally:
+        probe.close()
+
+
 def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), prompts_file=None, n: int = 10,
               max_new_tokens: int = 128, batch_size: int = 8, judge_max_tokens: int = 512) -> dict:
-    from phinetune.infer.generate import read_prompt_rows
-    from phinetune.infer.compare import default_prompts
     from phinetune.synth.teachers import make_teacher
 
     run = RunDir.open(run_path)
+    # Answers still to make (two models to load): a missing key or a local endpoint where nothing listens is refused
+    # first, before even torch is imported. With the answers cached, the journal may hold every verdict and need no
+    # endpoint at all.
+    probed = teacher.kind == "openai" and not run.judge_answers.exists()
+    if probed:
+        refuse_unreachable(teacher)
+    from phinetune.infer.compare import default_prompts
+    from phinetune.infer.generate import read_prompt_rows
+
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
     prompts = [p for p, _ in pairs]
+    if teacher.kind == "openai" and not probed and cached_answers(run, sides, prompts, max_new_tokens) is None:
+        refuse_unreachable(teacher)
     ans = answers(run, sides, prompts, max_new_tokens, batch_size)
     sampling = JudgeSampling(max_tokens=judge_max_tokens, temperature=0.0, top_p=1.0)
     calls = judge_calls(teacher, sampling, prompts, ans)
@@ -143,7 +187,7 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
         todo = [c for c in calls if c.key not in journal]
         reused = len(calls) - len(todo)
         if todo:
-            judge = make_teacher(teacher)
+            judge = make_teacher(teacher, JUDGE_FLAGS)
             console.print(f"judging {len(prompts)} prompt(s) in both orders with {judge.describe}: {len(todo)} call(s) to make, {reused} from the journal")
             try:
                 judge.run(todo, lambda call, entry: journal.append(entry))

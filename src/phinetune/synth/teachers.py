@@ -7,10 +7,12 @@ caller can journal it before anything else can go wrong.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Optional
+from urllib.parse import urlsplit
 
 from phinetune.errors import PhinetuneError
 from phinetune.synth.config import RequestSampling, TeacherConfig
@@ -42,29 +44,83 @@ OnDone = Callable[[Call, Entry], None]
 
 # --- OpenAI-compatible endpoint ---------------------------------------------------------------------
 
+# How the user spells each teacher setting, for the sentences below: synth's config keys by default; `judge`
+# passes its flags (synth/judge.py JUDGE_FLAGS), which have no api_key.
+CONFIG_KEYS = {"base_url": "teacher.base_url", "api_key": "teacher.api_key", "model": "teacher.model"}
+
+
+def refused(exc: Optional[BaseException]) -> bool:
+    """Whether a connection attempt was refused (nothing listens at that address), anywhere in the exception chain."""
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _http_client(event_hooks: dict):
+    """The SDK's own httpx client, except that a refused connection is raised as the SDK's APIConnectionError.
+
+    The SDK retries every transport error max_retries times (27-44 s at the default 6), but passes an OpenAIError
+    raised by the client on at once. A refused connection is not transient (nothing listens there: a server not
+    started, a wrong port), so it fails at once; resets, timeouts, 429 and 5xx keep the SDK's retries."""
+    import openai
+
+    class FailFastClient(openai.DefaultHttpxClient):
+        def send(self, request, **kwargs):
+            try:
+                return super().send(request, **kwargs)
+            except Exception as exc:
+                if refused(exc):
+                    raise openai.APIConnectionError(message="connection refused", request=request) from exc
+                raise
+
+    return FailFastClient(event_hooks=event_hooks)
+
+
 class OpenAITeacher:
     """Bounded concurrency (a thread pool of `concurrency`); retries are the openai SDK's own.
 
     The SDK retries 408, 409, 429, 5xx, timeouts and connection errors `max_retries` times with exponential
-    backoff and jitter, and waits what a Retry-After header asks. We only count the attempts it makes (httpx
-    event hooks, per thread) so the progress bar can show retries, and turn its final errors into sentences.
+    backoff and jitter, and waits what a Retry-After header asks; a refused connection fails at once (_http_client).
+    We only count the attempts it makes (httpx event hooks, per thread) so the progress bar can show retries, and
+    turn its final errors into sentences that name the settings as `names` spells them.
     """
 
-    def __init__(self, cfg: TeacherConfig):
+    def __init__(self, cfg: TeacherConfig, names: Optional[dict] = None):
         import openai
 
-        self.cfg = cfg
+        self.cfg, self.names = cfg, names or CONFIG_KEYS
         self.base_url = (cfg.base_url or os.environ.get("PHINETUNE_TEACHER_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.api_key = cfg.api_key or os.environ.get(cfg.api_key_env)
         if self.base_url == DEFAULT_BASE_URL and not self.api_key:
-            raise TeacherError(f"teacher.base_url is the OpenAI API but no key was found; set ${cfg.api_key_env} or teacher.api_key (or point teacher.base_url at a local server)")
+            key = f"${cfg.api_key_env}" + (f" or {self.names['api_key']}" if "api_key" in self.names else "")
+            raise TeacherError(f"{self.names['base_url']} is the OpenAI API but no key was found; set {key} "
+                               f"(or point {self.names['base_url']} at a local server)")
         self.counters, self._lock, self._mine = Counters(), threading.Lock(), threading.local()
         # No connection limit of our own: the thread pool already bounds the requests in flight.
-        http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request], "response": [self._on_response]})
+        http = _http_client({"request": [self._on_request], "response": [self._on_response]})
         # A keyless local server still needs a non-empty key for the SDK; it sends no header we rely on.
         self.client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "none", max_retries=cfg.max_retries,
                                     timeout=cfg.timeout_s, http_client=http)
         self.describe = f"{cfg.model} at {self.base_url}"
+
+    def check_listening(self) -> None:
+        """A loopback endpoint where nothing listens is refused here, in milliseconds, before any slow work (judge
+        generates its answers first). Only loopback: elsewhere a proxy may be the way there."""
+        url = urlsplit(self.base_url)
+        if url.hostname not in ("localhost", "127.0.0.1", "::1") and not (url.hostname or "").startswith("127."):
+            return
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=3).close()
+        except OSError as exc:
+            if refused(exc):
+                raise self._refused_error() from None
+
+    def _refused_error(self) -> TeacherError:
+        return TeacherError(f"teacher {self.base_url}: connection refused, nothing listens there; start the server "
+                            f"or point {self.names['base_url']} at one")
 
     def _on_request(self, request) -> None:
         self._mine.attempts = getattr(self._mine, "attempts", 0) + 1
@@ -121,6 +177,8 @@ class OpenAITeacher:
             raise TeacherError(f"teacher {url}: timeout (over {self.cfg.timeout_s}s) after {self.cfg.max_retries} retries; "
                                "answers so far are journaled, re-run to resume") from None
         except openai.APIConnectionError as exc:
+            if refused(exc):
+                raise self._refused_error() from None
             raise TeacherError(f"teacher {url}: connection error ({exc.__cause__ or exc}) after {self.cfg.max_retries} retries; "
                                "answers so far are journaled, re-run to resume") from None
         except openai.APIStatusError as exc:
@@ -133,10 +191,11 @@ class OpenAITeacher:
     def _status_error(self, exc, url: str) -> TeacherError:
         code, detail = exc.status_code, exc.response.text[:200].replace("\n", " ")
         if code in (401, 403):
-            source = "teacher.api_key" if self.cfg.api_key else f"${self.cfg.api_key_env}"
+            source = self.names["api_key"] if self.cfg.api_key else f"${self.cfg.api_key_env}"
             return TeacherError(f"teacher {url} rejected the API key (HTTP {code}); check {source} ({detail})")
         if code == 404:
-            return TeacherError(f"teacher {url} answered 404: check teacher.base_url (it should end in /v1) and teacher.model={self.cfg.model!r} ({detail})")
+            return TeacherError(f"teacher {url} answered 404: check {self.names['base_url']} (it should end in /v1) and "
+                                f"{self.names['model']} {self.cfg.model!r} ({detail})")
         if code in (408, 409, 429) or code >= 500:  # retryable: the SDK gave up after max_retries
             return TeacherError(f"teacher {url}: still failing ({code}) after {self.cfg.max_retries} retries; answers so far are journaled, re-run to resume")
         return TeacherError(f"teacher {url} refused the request (HTTP {code}): {detail}")
@@ -197,6 +256,7 @@ class LocalTeacher:
         pass
 
 
-def make_teacher(cfg: TeacherConfig):
-    builders = {"openai": lambda: OpenAITeacher(cfg), "local": lambda: LocalTeacher(cfg)}
+def make_teacher(cfg: TeacherConfig, names: Optional[dict] = None):
+    """`names`: how the caller's user spells the settings (default: synth's teacher.* keys)."""
+    builders = {"openai": lambda: OpenAITeacher(cfg, names), "local": lambda: LocalTeacher(cfg)}
     return builders[cfg.kind]()

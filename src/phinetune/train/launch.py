@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 
+from phinetune.config.load import read_yaml
 from phinetune.errors import PhinetuneError
 from phinetune.train.sharding import ENV as SHARDING_ENV
 
@@ -103,11 +104,13 @@ def launch_command(nproc: int, train_args: list[str], accelerate_config: Optiona
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *where, *target], env
 
 
+def read_accelerate_config(path: Path) -> dict:
+    return read_yaml(Path(path), "accelerate config", "configs/accelerate/fsdp.yaml", "distributed_type, num_processes, ...")
+
+
 def deepspeed_stage(path: Path) -> Optional[int]:
     """The ZeRO stage of a DeepSpeed accelerate config, None for any other config."""
-    import yaml
-
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_accelerate_config(path)
     if config.get("distributed_type") != "DEEPSPEED":
         return None
     return int((config.get("deepspeed_config") or {}).get("zero_stage", 0))
@@ -115,9 +118,7 @@ def deepspeed_stage(path: Path) -> Optional[int]:
 
 def is_fsdp2(path: Path) -> bool:
     """An accelerate config asking for FSDP version 2 (and nothing CPU cannot do: no 4-bit base)."""
-    import yaml
-
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_accelerate_config(path)
     fsdp = config.get("fsdp_config") or {}
     return config.get("distributed_type") == "FSDP" and int(fsdp.get("fsdp_version", 1)) == 2
 

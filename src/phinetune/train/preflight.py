@@ -26,7 +26,7 @@ from phinetune.data.dataset import PreparedData
 from phinetune.data.render import Rendered
 from phinetune.errors import PreflightError
 from phinetune.data.end_of_turn import end_of_turn
-from phinetune.models.specs import ModelSpec
+from phinetune.models.specs import GENERIC, SPECS, ModelSpec
 from phinetune.progress import console, escape
 from phinetune.train.adapter import resolve_targets, trainable_counts
 from phinetune.train.targets import layer_type, peft_matches, unmatched_message
@@ -186,6 +186,25 @@ def show_mask(pieces: list[tuple[str, bool]], plain: bool = False) -> Text:
             text = f"[[{text}]]"
         out.append(text, style="bold green" if trained else "dim")
     return out
+
+
+def context_check(max_length: int, model_name: str, spec: ModelSpec, context: int) -> str:
+    """Refuse data.max_length above the model's context (`context`: the spec's, else the loaded config's); for a
+    LongRoPE model, return a note when samples may pass the length where it switches RoPE factors ("" otherwise).
+
+    transformers' LongRoPE picks the long factors for a whole forward pass when its longest position passes
+    original_max_position_embeddings, the short ones otherwise (modeling_rope_utils, longrope_frequency_update)."""
+    name = model_name if spec is GENERIC or spec.hub_id == model_name else f"{model_name} ({spec.key})"
+    if context and max_length > context:
+        longer = [s.key for s in SPECS.values() if s.model_type == spec.model_type and s.context_length >= max_length][:3]
+        raise PreflightError(f"data.max_length={max_length} is above {name}'s context of {context:,} tokens (positions past it "
+                             f"were never trained); set data.max_length={context} or less"
+                             + (f", or train a model with that context ({', '.join(longer)})" if longer else ""))
+    if spec.rope_scaling == "longrope" and spec.original_context and max_length > spec.original_context:
+        return (f"data.max_length={max_length} is above {spec.original_context:,} tokens, where {name} switches from its short to its "
+                f"long RoPE factors (LongRoPE): a batch whose longest sample passes {spec.original_context:,} tokens trains every "
+                "position with the long factors, a shorter one with the short factors, as inference on a prompt that long or short will")
+    return ""
 
 
 def check(cfg: RunConfig, spec: ModelSpec, model, tokenizer, data: PreparedData, dtype=None, eot: str = "") -> PreflightReport:

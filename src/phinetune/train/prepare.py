@@ -24,6 +24,7 @@ from phinetune.progress import progress_console
 from phinetune.train.adapter import apply_adapter
 from phinetune.train.objectives import objective
 from phinetune.train.precision import choose_train_dtype
+from phinetune.train.preflight import context_check
 from phinetune.train.recompute import Checkpointing, choose_checkpointing
 
 
@@ -53,12 +54,18 @@ def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[],
     """Load, tokenize and adapt exactly as training does. `base_dir` receives a built-in tiny model's
     weights (training passes RUN/base; None: the shared cache); `first` guards writing them (accelerate's main_process_first when several processes start)."""
     spec = get_spec(cfg.model.name, cfg.model.spec)
+    # data.max_length against the model's context: a known model's before the slow load, another's from its config.
+    context_note = context_check(cfg.data.max_length, cfg.model.name, spec, spec.context_length) if with_data else ""
     with first():  # a tiny base is written once, then read by the others
         path = resolve_model_path(cfg.model, base_dir, seed=cfg.train.seed)
     dtype = choose_train_dtype(cfg, spec, path)
     with progress_console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
         tokenizer = load_tokenizer(path, cfg.model, spec)
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
+    if with_data and not spec.context_length:
+        context_note = context_check(cfg.data.max_length, cfg.model.name, spec, getattr(model.config, "max_position_embeddings", 0) or 0)
+    if context_note:
+        progress_console.print(f"note: {context_note}", style="yellow", highlight=False, markup=False)
     eot = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
     # The data train.objective reads (SFT conversations, preference pairs, GRPO prompts): train/objectives.py.
     data = objective(cfg.train.objective).load_data(cfg, tokenizer, eot) if with_data else None
