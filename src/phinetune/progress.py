@@ -69,10 +69,12 @@ def silence_libraries() -> None:
         hf_logging.disable_progress_bar()
 
 
-def progress() -> Progress:
-    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=progress_console, disable=quiet(), transient=False)
+def progress(remaining: bool = True) -> Progress:
+    """`remaining=False`: no time-remaining column (training shows its own estimate in the info field, train/eta.py:
+    rich's rate over the last 30 s jumps with every evaluation and checkpoint save)."""
+    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn()]
+    return Progress(*columns, *([TimeRemainingColumn()] if remaining else []), console=progress_console, disable=quiet(), transient=False)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
