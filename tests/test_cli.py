@@ -110,3 +110,15 @@ def test_chat_reset_confirms(capsys):
     typed = iter(["/reset", "/exit"])
     chat_loop(None, None, system="Be brief.", read=lambda prompt: next(typed))  # commands never touch the model
     assert "conversation cleared (system prompt kept)" in capsys.readouterr().out
+
+
+def test_train_help_and_the_readme_give_the_same_time_for_the_default_run():
+    import re
+    from pathlib import Path
+
+    helped = " ".join(cli_here("train", "--help").stdout.split())
+    said = re.search(r"With no arguments: (.+?\(CPU, no network, (about [\d-]+ s on an idle 2-core machine)\))", helped)
+    assert said and "tiny built-in Phi-3-architecture model over the 64 bundled riddles" in said.group(1), helped[:600]
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    setup = readme.split("## Set-up")[1].split("## Quick start")[0]
+    assert setup.count(said.group(2)) == 2, said.group(2)  # the install line and "What the default run does" say the same

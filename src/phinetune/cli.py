@@ -72,7 +72,8 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
           node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's index, 0 to --nnodes - 1; node 0 hosts the rendezvous."),
           rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of node 0 for torchrun's c10d rendezvous (needed with --nnodes > 1)."),
           rdzv_id: str = typer.Option("phinetune", "--rdzv-id", help="Rendezvous id, the same on every node of one job (SLURM: $SLURM_JOB_ID).")) -> None:
-    """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
+    """Fine-tune a model. With no arguments: LoRA on a tiny built-in Phi-3-architecture model over the 64 bundled riddles,
+    then a recall check (CPU, no network, about 15-20 s on an idle 2-core machine)."""
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
     check_source(cfg.model.name, cfg.model.revision)
     from phinetune.train.recipe import train as run_train
