@@ -162,13 +162,14 @@ def push(run: str = typer.Argument(..., help="A finished run folder from `phinet
          quant: str = typer.Option("q8_0", help="GGUF type for --gguf."),
          dry_run: bool = typer.Option(False, "--dry-run", help="Write the folder that would be uploaded to --out; upload nothing."),
          out: Optional[str] = typer.Option(None, "--out", help="Folder for --dry-run."),
-         private: bool = typer.Option(False, help="Create the repository as private.")) -> None:
+         private: bool = typer.Option(False, help="Create the repository as private."),
+         local_base: bool = typer.Option(False, "--local-base", help="Upload an adapter whose base is a local model (it loads only where that folder exists); refused without this.")) -> None:
     """Upload to the Hugging Face Hub with a generated model card (needs a token: `hf auth login` or HF_TOKEN)."""
     from phinetune.export.hub import push as run_push
 
     if merged + adapter + gguf > 1:
         raise PhinetuneError("choose one of --adapter, --merged and --gguf")
-    run_push(run, repo_id, "merged" if merged else "gguf" if gguf else "adapter", dry_run, out, quant, private)
+    run_push(run, repo_id, "merged" if merged else "gguf" if gguf else "adapter", dry_run, out, quant, private, local_base=local_base)
 
 
 @app.command()
