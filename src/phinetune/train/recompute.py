@@ -15,7 +15,7 @@ from typing import Optional
 
 from phinetune.config.schema import RunConfig
 from phinetune.errors import PhinetuneError
-from phinetune.models.plan import GiB, MARGIN, estimate
+from phinetune.models.plan import GiB, MARGIN, estimate, method_of
 from phinetune.progress import progress_console
 
 
@@ -51,10 +51,6 @@ def free_memory() -> tuple[Optional[int], str]:
     return None, "memory"
 
 
-def plan_method(cfg: RunConfig) -> str:
-    return "full" if cfg.adapter.method == "full" else ("qlora" if cfg.model.quant == "nf4" else "lora")
-
-
 def choose_checkpointing(cfg: RunConfig, path: str, dtype: str) -> Checkpointing:
     setting = cfg.model.gradient_checkpointing
     if setting != "auto":
@@ -69,7 +65,7 @@ def choose_checkpointing(cfg: RunConfig, path: str, dtype: str) -> Checkpointing
         return Checkpointing(False, f"auto: plan cannot read the model ({exc}); left off")
     preset = cfg.adapter.targets if isinstance(cfg.adapter.targets, str) else "all-linear"
     cuda = torch.cuda.is_available()
-    est = estimate(facts, plan_method(cfg), cfg.data.max_length, cfg.train.batch_size, False,
+    est = estimate(facts, method_of(cfg), cfg.data.max_length, cfg.train.batch_size, False,
                    dtype if dtype in ("bf16", "fp16", "fp32") else "bf16", cfg.adapter.r, preset, cfg.adapter.dropout,
                    "cuda" if cuda else "cpu")
     need = est.needed() if cuda else est.total * (1 + MARGIN)
