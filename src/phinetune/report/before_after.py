@@ -95,7 +95,7 @@ def judge_section(run: RunDir) -> Optional[tuple[str, str, str]]:
                    f"<td class=num>{r[k]['ci95'][0]:.1%} - {r[k]['ci95'][1]:.1%}</td></tr>" for k in ("win", "tie", "loss"))
     note = (f"{data['judge']} compared {data['b']} (B) with {data['a']} (A) on {data['prompts']} held-out prompts, each judged in both orders; "
             f"a win or loss needs the same verdict in both orders. Verdicts consistent across orders: {data['consistent_share']:.0%}. "
-            f"No verdict: {c.get('invalid', 0)}. Judge cost: ${data['spend']['cost']:.4f} "
+            f"No verdict: {c.get('invalid', 0)}{_no_verdict_why(data['rows'])}. Judge cost: ${data['spend']['cost']:.4f} "
             f"({data['spend']['prompt_tokens']:,} prompt + {data['spend']['completion_tokens']:,} completion tokens).")
     reasons = "".join(f"<details><summary>{esc(row['outcome'])}: {esc(row['prompt'][:120])}</summary>"
                       f"<p><b>B shown second:</b> {light_markdown(row['reason_b_second'])}</p>"
@@ -105,6 +105,14 @@ def judge_section(run: RunDir) -> Optional[tuple[str, str, str]]:
     md = note + "\n\n| outcome | count | rate | 95% interval |\n|---|---|---|---|\n" + "\n".join(
         f"| {k} | {c[k]} | {r[k]['rate']:.1%} | {r[k]['ci95'][0]:.1%} - {r[k]['ci95'][1]:.1%} |" for k in ("win", "tie", "loss"))
     return f"Judge: {data['b']} vs {data['a']}", page, md
+
+
+def _no_verdict_why(rows: list[dict]) -> str:
+    """' (why, per reply without a verdict: 2 x the reply was cut at ...)', from judge.json's rows; '' when none is missing."""
+    from collections import Counter
+
+    why = Counter(r[key].split(': "')[0] for r in rows for key in ("no_verdict_b_second", "no_verdict_b_first") if r.get(key))
+    return f" ({'; '.join(f'{n} x {reason}' for reason, n in why.most_common())})" if why else ""
 
 
 # ---------------------------------------------------------------- checkpoints
