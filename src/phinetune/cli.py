@@ -602,7 +602,8 @@ def plan(model: Optional[str] = typer.Argument(None, help="A run config (.yaml: 
     if config:
         cfg = load_config(config)
         model, base = cfg.model.name, planner.config_settings(cfg)
-    flags = {k: v for k, v in dict(method=method, seq=seq, batch=batch, checkpointing=grad_checkpointing, r=r, targets=targets).items() if v is not None}
+    given = dict(method=method, seq=seq, batch=batch, checkpointing=grad_checkpointing, r=r, targets=targets)
+    flags = {k: v for k, v in given.items() if v is not None}
     s = replace(base, **flags)
     facts = load_facts(model)
     dtype = s.dtype or ("fp32" if "bf16" not in facts.spec.dtypes else "bf16")
