@@ -127,3 +127,15 @@ def test_config_as_a_named_option_is_the_positional_config(tmp_path):
     proc = cli_here("synth", "--config", str(synth), check=False)
     assert proc.returncode == 2 and "did you mean 'stages.answer.prompt'" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr and "No such option" not in proc.stdout + proc.stderr
+
+
+def test_train_help_and_the_readme_give_the_same_time_for_the_default_run():
+    import re
+    from pathlib import Path
+
+    helped = " ".join(cli_here("train", "--help").stdout.split())
+    said = re.search(r"With no arguments: (.+?\(CPU, no network, (about [\d-]+ s on an idle 2-core machine)\))", helped)
+    assert said and "tiny built-in Phi-3-architecture model over the 64 bundled riddles" in said.group(1), helped[:600]
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    setup = readme.split("## Set-up")[1].split("## Quick start")[0]
+    assert setup.count(said.group(2)) == 2, said.group(2)  # the install line and "What the default run does" say the same

@@ -67,7 +67,7 @@ def test_push_without_a_token_says_so(tiny_run, tmp_path):
     saved = {k: os.environ.pop(k, None) for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     os.environ["HF_HOME"] = str(env_home)
     try:
-        proc = cli_here("push", str(tiny_run), "me/riddles", check=False)
+        proc = cli_here("push", str(tiny_run), "me/riddles", "--local-base", check=False)
     finally:
         os.environ.pop("HF_HOME")
         os.environ.update({k: v for k, v in saved.items() if v is not None})
@@ -81,3 +81,47 @@ def test_existing_dry_run_output_and_conflicting_modes_are_refused(tiny_run, tmp
     assert proc.returncode == 2 and "already exists" in proc.stdout
     proc = cli_here("push", str(tiny_run), "me/x", "--merged", "--gguf", "--dry-run", "--out", str(tmp_path / "o"), check=False)
     assert proc.returncode == 2 and "choose one of" in proc.stdout
+
+
+def code_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^(`{3,})[^\n]*\n(.*?)^\1$", markdown, re.S | re.M)
+
+
+def test_an_adapter_on_a_local_base_is_named_as_such_warned_on_a_dry_run_and_refused_on_a_push(tiny_run, tmp_path):
+    base = json.loads((tiny_run / "run.json").read_text())["base_model"]  # the built-in tiny base: a folder in the run
+    out = tmp_path / "upload"
+    proc = cli_here("push", str(tiny_run), "me/riddles", "--dry-run", "--out", str(out))
+    said = " ".join(proc.stdout.split())
+    assert f"warning: the adapter's base is the local model {base}, so the uploaded adapter would load only where that folder " \
+           "exists; push --merged to upload standalone weights" in said
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == base
+    front, body = card_parts(out)
+    assert "base_model" not in front and f"`{base}` (a local model: this adapter loads only where that folder exists" in body
+    assert f"phinetune push {tiny_run.name} me/riddles --merged" in body
+    bold = re.compile(r"\*\*[^*\n]+\*\*")  # **...** on one line (Python's `**kwargs` alone is not bold)
+    assert bold.search(body) and code_blocks(body) and not [b for _, b in code_blocks(body) if bold.search(b)]  # never in a code block
+    assert "[[" in body.split("## Pre-flight")[1]  # the trained tokens are still marked
+    os.environ["HF_TOKEN"] = "hf_not_a_real_token"  # the refusal comes before any upload is tried
+    try:
+        proc = cli_here("push", str(tiny_run), "me/riddles", check=False)
+    finally:
+        os.environ.pop("HF_TOKEN")
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and said.count("error:") == 1
+    assert "would load only where that folder exists" in said and "pass --local-base to upload the adapter anyway (nothing was uploaded)" in said
+
+
+@pytest.mark.parametrize("recorded", ["microsoft/Phi-3-mini-4k-instruct",
+                                      "/home/me/.cache/huggingface/hub/models--microsoft--Phi-3-mini-4k-instruct/snapshots/0a67737"])
+def test_an_adapter_on_a_hub_base_names_the_hub_id(tiny_run, tmp_path, recorded):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "hubrun")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"base_model": recorded}))
+    proc = cli_here("push", str(run), "me/riddles", "--dry-run", "--out", str(tmp_path / "up"))
+    assert "warning" not in proc.stdout
+    assert json.loads((tmp_path / "up" / "adapter_config.json").read_text())["base_model_name_or_path"] == "microsoft/Phi-3-mini-4k-instruct"
+    front, body = card_parts(tmp_path / "up")
+    assert front["base_model"] == "microsoft/Phi-3-mini-4k-instruct" and "(a local model" not in body
+    assert "[microsoft/Phi-3-mini-4k-instruct](https://huggingface.co/microsoft/Phi-3-mini-4k-instruct)" in body

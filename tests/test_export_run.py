@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,12 @@ def test_export_gguf_and_ollama_through_the_cli(tiny_run, tmp_path):
     assert f"ollama create {tiny_run.name} -f {tmp_path / 'ollama' / 'Modelfile'}" in proc.stdout.replace("\n", "")
     assert (tmp_path / "ollama" / "Modelfile").read_text().startswith(f"FROM ./{tiny_run.name}-q8_0.gguf\n")
     assert leftovers(tmp_path) == []
+    # only final paths are printed, each of which exists (not the staging folder the merge went into)
+    out = " ".join(proc.stdout.split())
+    assert ".partial-" not in out and "merged model written" not in out
+    assert f"as ollama to {tmp_path / 'ollama'}: {tmp_path / 'ollama' / 'Modelfile'}, {tmp_path / 'ollama' / tiny_run.name}-q8_0.gguf" in out
+    printed = re.findall(re.escape(str(tmp_path)) + r"[^\s,:]*", out)
+    assert printed and all(Path(p).exists() for p in printed), printed
 
 
 def _refused(*args, cwd=None) -> str:

@@ -101,3 +101,32 @@ def test_export_takes_the_checkpoint(runs, tmp_path):
     assert any(not torch.allclose(earlier[k], expected[k], atol=1e-5) for k in expected)  # step-2 is another model
     with pytest.raises(PhinetuneError, match="has not finished"):
         export_run(str(cut), str(tmp_path / "none"), ExportPlan("gguf", ("f32",)))
+
+
+def test_a_checkpoint_naming_its_base_by_another_path_loads_without_peft_noise(runs, tmp_path, monkeypatch):
+    """A run trained from another folder (its checkpoint's adapter config names the base by a relative path) is
+    loaded onto the run's own base on purpose: PEFT's "base_model_name_or_path was renamed" warning stays out
+    of the output, and comes back with --verbose."""
+    import json
+    import shutil
+    import warnings
+
+    _, cut = runs
+    moved = shutil.copytree(cut, tmp_path / "cut")
+    for config in moved.glob("checkpoints/*/adapter_config.json"):
+        body = json.loads(config.read_text())
+        body["base_model_name_or_path"] = "runs/cut/base/tiny-phi3-seed0"  # as training from a relative output.dir recorded it
+        config.write_text(json.dumps(body))
+
+    def peft_warnings(verbose: bool) -> list[str]:
+        monkeypatch.setenv("PHINETUNE_VERBOSE", "1" if verbose else "0")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            load_for_inference(str(moved), dtype="fp32", checkpoint="last")
+        return [str(w.message) for w in seen if "base_model_name_or_path" in str(w.message)]
+
+    assert peft_warnings(verbose=False) == []
+    assert peft_warnings(verbose=True) == [
+        "The PEFT config's `base_model_name_or_path` was renamed from 'runs/cut/base/tiny-phi3-seed0' to "
+        f"'{json.loads((moved / 'run.json').read_text())['base_model']}'. Please ensure that the correct base model is loaded "
+        "when loading this checkpoint."]

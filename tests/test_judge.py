@@ -83,6 +83,54 @@ def test_a_judge_that_always_picks_position_a_gives_only_ties(run):
     assert result["counts"] == {"win": 0, "tie": 3, "loss": 0, "invalid": 0} and result["consistent_share"] == 0.0
 
 
+def test_a_reply_without_a_verdict_says_why():
+    from phinetune.synth.journal import Entry
+
+    def why(text, finish="stop", **extra):
+        return J.no_verdict_reason(Entry("k", text, finish_reason=finish, extra=extra), 64)
+
+    assert why("A is clearer. [[A]]") is None
+    assert why("") == "the judge's reply was empty"
+    assert why("", refusal="I can't help with comparing these.") == 'the judge refused: "I can\'t help with comparing these."'
+    assert why("", finish="content_filter") == "the endpoint's content filter withheld the judge's reply"
+    assert why("I'm sorry, but I cannot judge answers about locks.") == \
+        'the judge declined to choose: "I\'m sorry, but I cannot judge answers about locks."'
+    long = "Assistant A explains the riddle and the reason behind it, while assistant B only names the answer, so on balance"
+    assert why(long, finish="length") == ('the reply was cut at --judge-max-tokens 64 before a verdict: "Assistant A explains the riddle '
+                                          'and the reason behind it, while assistant B only names the answer…"')  # 100 characters at most
+    assert why("Both are fine.\nVerdict: A") == 'no [[A]], [[B]] or [[C]] in the reply: "Both are fine. Verdict: A"'
+
+
+def test_no_verdict_is_reported_with_its_reason_and_the_reply(run, monkeypatch):
+    import openai_server
+
+    from conftest import cli_here
+
+    real = openai_server.judge_reply
+
+    def unsure_when_b_is_second(prompt: str, policy: str) -> str:  # one order gets no verdict: the prompt counts as none
+        first = prompt.split("[The Start of Assistant A's Answer]\n", 1)[1].split("\n[The End", 1)[0]
+        return "Both answers have their merits; I would pick A." if first == ans["a"][prompt_index(prompt)] else real(prompt, policy)
+
+    with FakeOpenAI(judge="longer") as srv:
+        J.judge_run(str(run.path), teacher(srv), n=2, max_new_tokens=6)  # the answers, cached for the CLI run below
+        ans = json.loads(run.judge_answers.read_text())["answers"]
+        questions = [J.question_text(p) for p in json.loads(run.judge_answers.read_text())["prompts"]]
+        prompt_index = lambda prompt: next(i for i, q in enumerate(questions) if q in prompt)  # noqa: E731
+        run.judge_journal.unlink()
+        monkeypatch.setattr(openai_server, "judge_reply", unsure_when_b_is_second)
+        proc = cli_here("judge", str(run.path), "--judge-model", "judge", "--base-url", srv.base_url, "--n", "2", "--max-new-tokens", "6",
+                        "--concurrency", "1")
+    out = proc.stdout
+    assert "│ no verdict       │     2 │" in out and "no verdict on 2 prompt(s), not counted in the rates:" in out
+    result = json.loads(run.judge_result.read_text())
+    for row in result["rows"]:
+        line = (f'"{row["last_turn"]}" (last shown second): no [[A]], [[B]] or [[C]] in the reply: '
+                '"Both answers have their merits; I would pick A."')
+        assert line in out and row["no_verdict_b_first"] is None
+        assert row["no_verdict_b_second"] == line.split("(last shown second): ")[1]
+
+
 @pytest.mark.slow
 def test_kill_mid_judging_then_resume_repeats_no_journaled_call(run):
     n, concurrency = 4, 1
@@ -115,6 +163,12 @@ def test_local_tiny_model_as_judge(run):
     # a random-weight judge rarely writes a verdict: those prompts are counted as "invalid", not as ties
     no_verdict = sum(1 for r in result["rows"] if J.parse_verdict(r["reason_b_second"]) is None or J.parse_verdict(r["reason_b_first"]) is None)
     assert result["counts"]["invalid"] == no_verdict and sum(result["counts"].values()) == 2
+    for row in result["rows"]:  # each missing verdict says why: a local judge records where its reply hit max tokens
+        for order in ("b_second", "b_first"):
+            missing = J.parse_verdict(row[f"reason_{order}"]) is None
+            assert bool(row[f"no_verdict_{order}"]) == missing
+            if missing and len(row[f"reason_{order}"].split()) > 3:
+                assert row[f"no_verdict_{order}"].startswith(("the reply was cut at --judge-max-tokens 12 before a verdict", "no [[A]]"))
 
 
 @pytest.mark.slow

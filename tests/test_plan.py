@@ -156,3 +156,52 @@ def test_validate_refuses_a_device_it_cannot_measure_on():
         proc = run_cli("plan", "--validate", "--device", "cuda", check=False)
         assert proc.returncode == 2 and "needs a CUDA GPU and none is visible" in proc.stdout + proc.stderr
         assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _gib(value: float) -> str:
+    from phinetune.models.plan import GiB
+
+    return f"{value / GiB:8.2f} GiB"
+
+
+def test_plan_of_a_run_config_uses_its_settings_and_says_so():
+    """The README's QLoRA example: its config turns gradient checkpointing on, so plan must too (it assumed off)."""
+    from conftest import ROOT, cli_here
+    from phinetune.models.inspect import load_facts
+    from phinetune.models.plan import estimate
+
+    config = ROOT / "configs" / "phi3.5-mini-qlora.yaml"  # nf4, gradient_checkpointing: true, max_length 1152, batch 4, r 16
+    out = cli_here("plan", str(config)).stdout
+    lines = out.splitlines()
+    assert lines[0] == "phi3.5-mini: qlora, seq 1152 x batch 4, bf16, gradient checkpointing on"
+    assert lines[1] == (f"settings from {config}: method qlora (adapter.method / model.quant), seq 1152 (data.max_length), batch 4 "
+                        "(train.batch_size), gradient checkpointing on (model.gradient_checkpointing), r 16 (adapter.r), targets "
+                        "all-linear (adapter.targets), LoRA dropout 0.05 (adapter.dropout)")
+    expected = estimate(load_facts("phi3.5-mini"), "qlora", 1152, 4, True, "bf16", 16, "all-linear", 0.05)
+    assert f"  total        {_gib(expected.total)}" in out and f"  needed       {_gib(expected.needed())}" in out
+    # a flag given with the config overrides its value, and is named as such
+    out = cli_here("plan", str(config), "--no-grad-checkpointing", "--seq", "512").stdout.splitlines()
+    assert out[0] == "phi3.5-mini: qlora, seq 512 x batch 4, bf16, gradient checkpointing off"
+    assert out[1].endswith("; from the flags: seq 512, gradient checkpointing off") and "seq 1152" not in out[1]
+
+
+def test_plan_without_a_config_says_what_it_assumed(tmp_path):
+    from conftest import cli_here
+
+    out = cli_here("plan", "phi3.5-mini", "--method", "qlora", "--seq", "512", "--batch", "8").stdout.splitlines()
+    assert out[0] == "phi3.5-mini: qlora, seq 512 x batch 8, bf16, gradient checkpointing off"
+    assert out[1] == ("assumed (not given; set with --grad-checkpointing, --r, --targets, or plan a run config to use its settings): "
+                      "gradient checkpointing off, r 16, targets all-linear, LoRA dropout 0.05; from the flags: method qlora, seq 512, batch 8")
+    # a config left at gradient_checkpointing: auto plans the run without it, and says what auto does on the GPU it names
+    (tmp_path / "auto.yaml").write_text("model: {name: microsoft/Phi-3.5-mini-instruct}\ndata: {train: x.jsonl, max_length: 8192}\n")
+    out = cli_here("plan", str(tmp_path / "auto.yaml")).stdout.splitlines()
+    assert out[0] == "phi3.5-mini: lora, seq 8192 x batch 8, bf16, gradient checkpointing auto (estimated without it)"
+    from phinetune.models.inspect import load_facts
+    from phinetune.models.plan import smallest_gpu
+
+    facts = load_facts("phi3.5-mini")
+    with_it, without = (smallest_gpu(facts, "lora", 8192, 8, on, facts.spec.refused_dtypes)[0] for on in (True, False))
+    assert with_it != without  # this size fits a smaller GPU only with checkpointing: auto turns it on there
+    assert out[-1] == f"smallest GPU: {with_it.name} (auto: checkpointing on there)"
+    proc = cli_here("plan", str(tmp_path / "missing.yaml"), check=False)
+    assert proc.returncode == 2 and proc.stdout.startswith("error:") and "missing.yaml does not exist" in proc.stdout

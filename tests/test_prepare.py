@@ -78,3 +78,16 @@ def test_a_merged_folder_names_its_spec_unless_model_spec_is_given(tmp_path):
     (tmp_path / "plain").mkdir()
     assert with_merged_spec(load_config(None, [f"model.name={tmp_path / 'plain'}"])).model.spec is None
     assert with_merged_spec(load_config(None, ["model.name=microsoft/phi-2"])).model.spec is None
+
+
+def test_a_tiny_base_under_a_relative_run_folder_is_recorded_by_its_absolute_path(tiny_cfg, tmp_path, monkeypatch):
+    """PEFT writes the path the base was loaded from into the adapter's config: it must not depend on the folder training ran in."""
+    from pathlib import Path
+
+    from phinetune.train.prepare import prepare
+
+    monkeypatch.chdir(tmp_path)
+    prepared = prepare(tiny_cfg(), Path("runs/rel/base"), with_data=False)
+    expected = str((tmp_path / "runs" / "rel" / "base").resolve() / "tiny-phi3-seed0")
+    assert prepared.path == expected
+    assert prepared.model.peft_config["default"].base_model_name_or_path == expected

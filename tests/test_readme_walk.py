@@ -219,7 +219,8 @@ def check_promises(root: Path, outcomes: dict) -> None:
     assert outcomes["train objective"].returncode == 0, flat["train objective"][-2000:]
     assert json.loads((root / "after-sft" / "run.json").read_text())["status"] == "finished"
     assert list((root / "export-gguf").glob("*.gguf")), flat["export"][-2000:]
-    assert outcomes["push"].returncode == 2 and "token" in flat["push"]  # offline, no token: one sentence saying so
+    # an adapter on the tiny (local) base would load nowhere else: one sentence saying so, nothing uploaded
+    assert outcomes["push"].returncode == 2 and "--local-base" in flat["push"] and "nothing was uploaded" in flat["push"]
     assert outcomes["bench serve"].returncode == 0 and "p95" in flat["bench serve"]
     assert outcomes["launch-template"].returncode == 0 and "#SBATCH --nodes=2" in (root / "job.sbatch").read_text()
     if outcomes["eval"].returncode == 2:  # no network here: the sentence says what to do instead

@@ -125,7 +125,7 @@ def _fake_loop(samples: int, steps_per_epoch: int, epochs: float):
 def test_plan_is_printed_and_many_epochs_over_a_big_file_warn():
     """The issue's case: the default's 30 epochs copied onto a 500-row file is 2,520 steps (84 per epoch)."""
     from phinetune.progress import console
-    from phinetune.train.recipe import announce_plan, eta_message
+    from phinetune.train.recipe import announce_plan
 
     with console.capture() as big:
         announce_plan(_fake_loop(500, 84, 30))
@@ -135,13 +135,16 @@ def test_plan_is_printed_and_many_epochs_over_a_big_file_warn():
     with console.capture() as default:
         announce_plan(_fake_loop(56, 14, 30))  # the embedded default itself: 56 training riddles
     assert "plan: 420 optimizer steps" in default.get() and "warning" not in default.get()
-    assert eta_message(0.5, 2517) == "ETA: ~21.0 min for the remaining 2,517 steps (0.50 s per step so far)"
 
 
-def test_a_run_prints_its_plan_and_an_eta_from_its_first_steps(tiny_cfg, capsys):
+def test_a_run_prints_its_plan_and_a_time_left_estimate_after_its_warm_up_steps(tiny_cfg, capsys):
+    from phinetune.train.eta import MIN_STEPS, WARMUP
     from phinetune.train.recipe import train
 
-    train(tiny_cfg("train.max_steps=6", "train.eval_every=10"))
+    train(tiny_cfg(f"train.max_steps={WARMUP + MIN_STEPS + 2}", "train.eval_every=4", "train.save_every=5", "train.recall_check=0"))
     out = " ".join(capsys.readouterr().out.split())
-    assert "plan: 6 optimizer steps" in out
-    assert re.search(r"ETA: ~[\d.]+ (s|min|h) for the remaining 2 steps \([\d.]+ s per step so far\)", out), out[-2000:]
+    assert "plan: 10 optimizer steps" in out
+    # printed once, after step 8: 2 steps left, the evaluation at step 8 done, the final one and the save at step 10 still due
+    found = re.findall(r"~\d+(?:\.\d)? (?:s|min|h) left \(estimate\): 2 steps at [\d.]+ s \(mean of the last 5; the first 3 "
+                       r"after the start are warm-up, left out\); 1 evaluation at ~[\d.]+ s each; 1 checkpoint save at ~[\d.]+ s each", out)
+    assert len(found) == 1, out[-2000:]

@@ -82,7 +82,7 @@ def test_preflight_section_shows_layers_and_marks_trained_tokens(tmp_path):
     page, md = html_path.read_text(), md_path.read_text()
     assert "layers.*.self_attn.qkv_proj" in page and "1,234 of 5,678 (21.73%)" in page
     assert "<mark>Hello.&lt;|end|&gt;</mark>" in page and "Hi&lt;|end|&gt;" in page and "<mark>&lt;|user|&gt;" not in page
-    assert "**Hello.<|end|>**" in md
+    assert "[[Hello.<|end|>]]" in md and "**" not in md.split("## Pre-flight")[1].split("## ")[0]  # no bold inside a code block
 
 
 def test_missing_preflight_and_eval_are_skipped(tmp_path):
@@ -112,3 +112,56 @@ def test_compare_markdown_is_rendered_as_a_table(tmp_path):
     assert "<th>prompt</th><th>base</th><th>fine-tuned</th>" in page
     assert "<td>a | b</td><td>one<br>two</td><td>&lt;b&gt;x&lt;/b&gt;</td>" in page  # cell text still escaped
     assert "| # | prompt |" not in page  # no raw Markdown block
+
+
+def _md_tables(md: str) -> list[list[list[str]]]:
+    """Every Markdown table in md as rows of cells (header first, the --- line left out)."""
+    tables, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if not all(set(c) <= {"-"} for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_benchmark_table_has_a_header_for_every_column(tmp_path):
+    run = fake_run(tmp_path)
+    html_path, md_path = write_report(str(run), samples=0)
+    md, page = md_path.read_text(), html_path.read_text()
+    bench = next(t for t in _md_tables(md) if t[0][0] == "task")
+    assert bench[0] == ["task", "metric", "n", "base", "tuned", "delta", "stderr (paired)", "flag"]
+    assert all(len(row) == len(bench[0]) for row in bench) and bench[1][-1] == "DROP > stderr" and bench[2][-1] == ""
+    assert "<th></th>" not in page
+    # nothing fell: no flag column at all
+    report = json.loads((run / "eval.json").read_text())
+    report["rows"] = [r | {"drop": False} for r in report["rows"]]
+    (run / "eval.json").write_text(json.dumps(report))
+    md = write_report(str(run), samples=0)[1].read_text()
+    assert next(t for t in _md_tables(md) if t[0][0] == "task")[0] == ["task", "metric", "n", "base", "tuned", "delta", "stderr (paired)"]
+
+
+def test_held_out_prompts_are_shown_once(tmp_path):
+    """The report's held-out answers (RUN/samples.json) appear as one set of conversations, not also as a table."""
+    run = fake_run(tmp_path)
+    (run / "compare.md").unlink()
+    data = tmp_path / "riddles.jsonl"
+    convs = [[{"role": "user", "content": f"Riddle {k}?"}, {"role": "assistant", "content": f"Answer {k}."}] for k in range(6)]
+    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
+    (run / "config.yaml").write_text(f"model:\n  name: tiny-phi3\ndata:\n  train: {data}\n  eval_size: 2\n")
+    from phinetune.runs.held_out import held_out_prompts
+    from phinetune.runs.run_dir import RunDir
+
+    held = held_out_prompts(RunDir(run), 2)
+    assert len(held) == 2
+    (run / "samples.json").write_text(json.dumps([{"prompt": conv[-1]["content"], "reference": ref, "base": "piano piano",
+                                                    "tuned": f"tuned answer {k}"} for k, (conv, ref) in enumerate(held)]))
+    html_path, md_path = write_report(str(run), samples=0)
+    md, page = md_path.read_text(), html_path.read_text()
+    for conv, ref in held:
+        assert md.count(conv[-1]["content"]) == 1 and md.count(ref) == 1, md
+    assert "Sample answers" not in page and page.count("<div class=convo>") == 2
+    assert "**held-out answer:** " + held[0][1] in md and "**fine-tuned:** tuned answer 0" in md

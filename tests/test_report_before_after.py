@@ -92,3 +92,16 @@ def test_page_renders_in_headless_chromium(tmp_path):
     near = lambda rgb: any(all(abs(a - b) < 6 for a, b in zip(c, rgb)) for c in colours)  # noqa: E731
     assert near((0x2e, 0x8b, 0x57)), "the judge's win bar did not render"
     assert near((0xd7, 0xf5, 0xdd)) and near((0xdb, 0xea, 0xfe)), "the chat bubbles did not render"
+
+
+def test_the_judge_section_says_why_prompts_got_no_verdict(tmp_path):
+    run = before_after_run(tmp_path)
+    data = json.loads(run.judge_result.read_text())
+    data["counts"] = data["counts"] | {"invalid": 2, "loss": 0}
+    data["rows"][2] |= {"outcome": "invalid", "no_verdict_b_second": 'the reply was cut at --judge-max-tokens 512 before a verdict: "B is"'}
+    data["rows"][3] |= {"outcome": "invalid", "no_verdict_b_second": "the judge's reply was empty",
+                        "no_verdict_b_first": 'the reply was cut at --judge-max-tokens 512 before a verdict: "A"'}
+    run.judge_result.write_text(json.dumps(data))
+    md = write_report(str(run.path), samples=0)[1].read_text()
+    assert ("No verdict: 2 (2 x the reply was cut at --judge-max-tokens 512 before a verdict; 1 x the judge's reply was empty). "
+            "Judge cost") in md

@@ -137,6 +137,31 @@ def test_bad_requests_get_a_clear_4xx(client, kwargs, status, match):
     assert info.value.status_code == status
 
 
+def test_neutral_penalties_and_an_empty_logit_bias_that_clients_send_by_default_are_accepted(server, client):
+    neutral = dict(frequency_penalty=0, presence_penalty=0, logit_bias={})
+    chat = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, **neutral)
+    assert chat.choices[0].message.content is not None and chat.choices[0].finish_reason in ("stop", "length")
+    done = client.completions.create(model="tiny", prompt="What has keys?", max_tokens=4, **neutral)
+    assert done.choices[0].text is not None
+    # the body LangChain's ChatOpenAI sends with its defaults, sent as it is
+    body = {"model": "tiny", "messages": MESSAGES, "temperature": 0.7, "top_p": 1, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+            "n": 1, "stream": False, "logit_bias": {}, "max_tokens": 4}
+    r = httpx.post(f"{server}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
+
+
+@pytest.mark.parametrize("kwargs,sentence", [
+    (dict(frequency_penalty=0.5), "frequency_penalty 0.5 is not supported: this server applies no frequency penalty; send 0 or leave it out"),
+    (dict(presence_penalty=-1.2), "presence_penalty -1.2 is not supported: this server applies no presence penalty; send 0 or leave it out"),
+    (dict(logit_bias={"50256": -100}), "logit_bias is not supported: this server does not bias tokens; send {} or leave it out"),
+])
+def test_penalties_and_biases_that_would_change_sampling_are_refused_in_one_sentence(client, kwargs, sentence):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, **kwargs)
+    error = info.value.body
+    assert error["message"] == sentence and error["param"] == next(iter(kwargs))
+
+
 def test_bad_json_and_oversized_bodies(server):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     bad = httpx.post(f"{server}/v1/chat/completions", content=b'{"messages": [', headers=headers)

@@ -87,7 +87,8 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
           rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of node 0 for torchrun's c10d rendezvous (needed with --nnodes > 1)."),
           rdzv_id: str = typer.Option("phinetune", "--rdzv-id", help="Rendezvous id, the same on every node of one job (SLURM: $SLURM_JOB_ID)."),
           config: Optional[str] = typer.Option(None, "--config", help=CONFIG_OPTION_HELP)) -> None:
-    """Fine-tune a model. With no arguments: the embedded tiny default (CPU, no network, under a minute)."""
+    """Fine-tune a model. With no arguments: LoRA on a tiny built-in Phi-3-architecture model over the 64 bundled riddles,
+    then a recall check (CPU, no network, about 15-20 s on an idle 2-core machine)."""
     args = with_config_option(args, config)
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
     check_source(cfg.model.name, cfg.model.revision)
@@ -182,13 +183,14 @@ def push(run: str = typer.Argument(..., help="A finished run folder from `phinet
          quant: str = typer.Option("q8_0", help="GGUF type for --gguf."),
          dry_run: bool = typer.Option(False, "--dry-run", help="Write the folder that would be uploaded to --out; upload nothing."),
          out: Optional[str] = typer.Option(None, "--out", help="Folder for --dry-run."),
-         private: bool = typer.Option(False, help="Create the repository as private.")) -> None:
+         private: bool = typer.Option(False, help="Create the repository as private."),
+         local_base: bool = typer.Option(False, "--local-base", help="Upload an adapter whose base is a local model (it loads only where that folder exists); refused without this.")) -> None:
     """Upload to the Hugging Face Hub with a generated model card (needs a token: `hf auth login` or HF_TOKEN)."""
     from phinetune.export.hub import push as run_push
 
     if merged + adapter + gguf > 1:
         raise PhinetuneError("choose one of --adapter, --merged and --gguf")
-    run_push(run, repo_id, "merged" if merged else "gguf" if gguf else "adapter", dry_run, out, quant, private)
+    run_push(run, repo_id, "merged" if merged else "gguf" if gguf else "adapter", dry_run, out, quant, private, local_base=local_base)
 
 
 @app.command()
@@ -611,38 +613,57 @@ def model_facts(target: str):
 
 
 @app.command()
-def plan(model: Optional[str] = typer.Argument(None, help="A spec key, Phi Hub id, config.json or run folder (as for inspect)."),
-         method: str = typer.Option("lora", help="lora, qlora or full."),
-         seq: int = typer.Option(2048, help="Tokens per sequence."),
-         batch: int = typer.Option(1, help="Sequences per micro-batch."),
-         grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
-         r: int = typer.Option(16, "--r", help="LoRA rank."),
-         targets: str = typer.Option("all-linear", help="LoRA target preset."),
+def plan(model: Optional[str] = typer.Argument(None, help="A run config (.yaml: plans its model, method, data.max_length x train.batch_size, LoRA rank, targets, dropout and gradient checkpointing), or a spec key, Phi Hub id, config.json or run folder (as for inspect)."),
+         method: Optional[str] = typer.Option(None, help="lora, qlora or full (default: the run config's, else lora)."),
+         seq: Optional[int] = typer.Option(None, help="Tokens per sequence (default: the run config's data.max_length, else 2048)."),
+         batch: Optional[int] = typer.Option(None, help="Sequences per micro-batch (default: the run config's train.batch_size, else 1)."),
+         grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", help="Recompute activations in backward (default: the run config's setting, else off)."),
+         r: Optional[int] = typer.Option(None, "--r", help="LoRA rank (default: the run config's adapter.r, else 16)."),
+         targets: Optional[str] = typer.Option(None, help="LoRA target preset (default: the run config's adapter.targets, else all-linear)."),
          validate: bool = typer.Option(False, "--validate", help="Measure peak memory of small random models on CPU and print the estimate's error."),
          device: str = typer.Option("cpu", "--device", help="With --validate: cpu, or cuda (measure on the GPU, bf16)."),
          quick: bool = typer.Option(False, "--quick", help="With --validate: only the tiny-phi3 cases (seconds; for smoke tests)."),
          out: Optional[Path] = typer.Option(None, "--out", help="With --validate: also write the measurements as JSON here.")) -> None:
     """Which GPU do I need? Memory breakdown and the smallest common GPU that fits."""
+    from dataclasses import replace
+
+    from phinetune.config import load_config
     from phinetune.models import plan as planner
 
     if validate:
         return _print_validation(device, quick, out)
     if model is None:
-        raise PhinetuneError("plan needs a MODEL (a spec key such as phi3.5-mini, a Hub id or a config.json), or --validate")
+        raise PhinetuneError("plan needs a MODEL (a spec key such as phi3.5-mini, a Hub id or a config.json), a run folder, a run config (.yaml), or --validate")
+    config = model if model.endswith((".yaml", ".yml")) else None
+    base = planner.Settings()
+    if config:
+        cfg = load_config(config)
+        model, base = cfg.model.name, planner.config_settings(cfg)
+    given = dict(method=method, seq=seq, batch=batch, checkpointing=grad_checkpointing, r=r, targets=targets)
+    flags = {k: v for k, v in given.items() if v is not None}
+    s = replace(base, **flags)
     facts = model_facts(model)
-    dtype = "fp32" if "bf16" not in facts.spec.dtypes else "bf16"
-    est = planner.estimate(facts, method, seq, batch, grad_checkpointing, dtype, r, targets)
-    console.print(f"{facts.spec.key}: {method}, seq {seq} x batch {batch}, {dtype}, gradient checkpointing {'on' if grad_checkpointing else 'off'}")
+    dtype = s.dtype or ("fp32" if "bf16" not in facts.spec.dtypes else "bf16")
+    auto = s.checkpointing == "auto"  # as training decides: on when the run without it does not fit
+    est = planner.estimate(facts, s.method, s.seq, s.batch, bool(s.checkpointing) and not auto, dtype, s.r, s.targets, s.dropout)
+    shown = "auto (estimated without it)" if auto else "on" if s.checkpointing else "off"
+    console.print(f"{facts.spec.key}: {s.method}, seq {s.seq} x batch {s.batch}, {dtype}, gradient checkpointing {shown}")
+    console.print(planner.describe_settings(s, set(flags), config))
     for part, size in est.parts.items():
         console.print(f"  {part:<12} {size / planner.GiB:8.2f} GiB")
     console.print(f"  {'total':<12} {est.total / planner.GiB:8.2f} GiB   (activations with checkpointing "
-                  f"{'off' if grad_checkpointing else 'on'}: {est.activations_other / planner.GiB:.2f} GiB)")
+                  f"{'off' if est.checkpointing else 'on'}: {est.activations_other / planner.GiB:.2f} GiB)")
     console.print(f"  needed       {est.needed() / planner.GiB:8.2f} GiB   (+{planner.MARGIN:.0%} fragmentation, +{planner.OVERHEAD_GIB:g} GiB CUDA context)")
-    gpu, gpu_dtype = planner.smallest_gpu(facts, method, seq, batch, grad_checkpointing, facts.spec.refused_dtypes, r, targets)
+    args = (facts, s.method, s.seq, s.batch)
+    rest = (facts.spec.refused_dtypes, s.r, s.targets, s.dropout)
+    gpu, gpu_dtype = planner.smallest_gpu(*args, bool(s.checkpointing), *rest)
     if gpu is None:
         console.print("smallest GPU: none of the common single GPUs fits; try --method qlora, --grad-checkpointing, a shorter --seq, or several GPUs")
         raise typer.Exit(1)
-    console.print(f"smallest GPU: {gpu.name}" + (f" (runs in {gpu_dtype}: no bf16 on this card)" if gpu_dtype != dtype else ""))
+    note = ""
+    if auto:  # the smallest GPU that holds the run with checkpointing; auto keeps it off there if it fits without
+        note = f" (auto: checkpointing {'off' if planner.smallest_gpu(*args, False, *rest)[0] == gpu else 'on'} there)"
+    console.print(f"smallest GPU: {gpu.name}" + (f" (runs in {gpu_dtype}: no bf16 on this card)" if gpu_dtype != dtype else "") + note)
 
 
 def _print_validation(device: str, quick: bool, out: Optional[Path]) -> None:

@@ -69,10 +69,27 @@ def silence_libraries() -> None:
         hf_logging.disable_progress_bar()
 
 
-def progress() -> Progress:
-    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=progress_console, disable=quiet(), transient=False)
+def clip(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, cut at a word boundary with an ellipsis when it is longer.
+
+    A single word longer than half the limit is cut inside itself: the excerpt should still show something."""
+    if len(text) <= limit:
+        return text
+    room = limit - 1  # the ellipsis takes one
+    keep = text[:room]
+    if not text[room].isspace():  # the cut falls inside a word: end before it
+        space = max(keep.rfind(" "), keep.rfind("\n"), keep.rfind("\t"))
+        keep = keep[:space] if space > 0 else ""
+    keep = keep.rstrip().rstrip(",;:").rstrip()
+    return (keep if len(keep) >= limit // 2 else text[:room]) + "…"
+
+
+def progress(remaining: bool = True) -> Progress:
+    """`remaining=False`: no time-remaining column (training shows its own estimate in the info field, train/eta.py:
+    rich's rate over the last 30 s jumps with every evaluation and checkpoint save)."""
+    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn()]
+    return Progress(*columns, *([TimeRemainingColumn()] if remaining else []), console=progress_console, disable=quiet(), transient=False)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,15 +17,17 @@ from typing import Optional
 
 from phinetune.errors import PhinetuneError
 from phinetune.export.run import ExportPlan, check_run, gguf_name, merged_folder, ollama_name, write_ggufs
-from phinetune.progress import console
-from phinetune.runs.run_dir import RunDir
+from phinetune.progress import console, escape
+from phinetune.runs.run_dir import ADAPTER_CONFIG, RunDir
 
 MODES = ("adapter", "merged", "gguf")
 CARD = "README.md"  # the Hub shows a repository's README.md as its model card
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # owner/name
 
 
 def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = False, out: Optional[str] = None,
-         quant: str = "q8_0", private: bool = False, token: Optional[str] = None) -> Path:
+         quant: str = "q8_0", private: bool = False, token: Optional[str] = None, local_base: bool = False) -> Path:
+    """`local_base`: upload an adapter whose base is a local model all the same (refused without it: see check_base)."""
     if mode not in MODES:
         raise PhinetuneError(f"push mode must be one of {', '.join(MODES)} (got '{mode}')")
     run, spec = check_run(run_path)
@@ -35,7 +38,9 @@ def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = Fal
             raise PhinetuneError("--dry-run needs --out DIR: the folder that would be uploaded is written there")
         if Path(out).exists():
             raise PhinetuneError(f"push output {out} already exists; choose another --out")
-    else:
+    if mode == "adapter":
+        check_base(run, dry_run or local_base)
+    if not dry_run:
         token = token or _token()
     parent = Path(out).parent if dry_run else Path(tempfile.mkdtemp(prefix="phinetune-push-"))
     staging = parent / f".push.partial-{os.getpid()}"
@@ -52,6 +57,33 @@ def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = Fal
         shutil.rmtree(staging, ignore_errors=True)
         if not dry_run:
             shutil.rmtree(parent, ignore_errors=True)
+
+
+def hub_base(base_model: str) -> Optional[str]:
+    """The Hub id a run's base came from (the id itself, or the repository of a Hugging Face cache snapshot folder),
+    or None for a local model (a built-in tiny base, a merged or other folder): an adapter on it loads nowhere else."""
+    snapshot = re.search(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$", base_model)
+    if snapshot:
+        return f"{snapshot.group(1)}/{snapshot.group(2)}"
+    if Path(base_model).exists() or base_model.startswith((".", "/", "~")) or not HUB_ID.fullmatch(base_model):
+        return None
+    return base_model
+
+
+def check_base(run: RunDir, allowed: bool) -> None:
+    """An adapter is only half a model: uploaded on a local base, nobody else can load it. Refused unless allowed
+    (--local-base); a dry run is allowed, so the folder can be looked at, and says the same as a warning.
+
+    Refused rather than warned on a real push: the upload is public by default and every download of it would fail
+    on a path that exists only here; --merged uploads standalone weights instead."""
+    base = run.read_info().base_model
+    if hub_base(base) is not None:
+        return
+    problem = (f"the adapter's base is the local model {base}, so the uploaded adapter would load only where that folder exists; "
+               "push --merged to upload standalone weights")
+    if not allowed:
+        raise PhinetuneError(f"{problem}, or pass --local-base to upload the adapter anyway (nothing was uploaded)")
+    console.print(f"[bold yellow]warning:[/bold yellow] {escape(problem)}", markup=True)
 
 
 def _token() -> str:
@@ -86,6 +118,11 @@ def build_folder(run: RunDir, spec, repo_id: str, mode: str, quant: str, dest: P
         shutil.copytree(run.adapter, dest)
         for item in run.tokenizer.iterdir():
             shutil.copy2(item, dest / item.name)
+        # the base as anyone downloading it can load it: the Hub id, or (a local base) the path run.json records
+        base = run.read_info().base_model
+        config = json.loads((dest / ADAPTER_CONFIG).read_text())
+        config["base_model_name_or_path"] = hub_base(base) or base
+        (dest / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     elif mode == "merged":
         merged_folder(run, dest)
     else:
@@ -118,13 +155,13 @@ def model_card(run: RunDir, spec, repo_id: str, mode: str, gguf_files: list[str]
     tokenizer_dir = run.tokenizer
     vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text()).get("added_tokens", []) if (tokenizer_dir / "tokenizer.json").exists() else []
     stop_ids = [t["id"] for t in vocab if t["content"] in spec.stop_tokens]
-    base_is_hub = "/" in info.base_model and not Path(info.base_model).exists()
+    hub_id = hub_base(info.base_model)
     contents = {"adapter": "PEFT LoRA adapter", "merged": "merged model (safetensors)", "gguf": f"GGUF file for llama.cpp and Ollama ({', '.join(gguf_files)})"}[mode]
     flag = {"adapter": "--adapter", "merged": "--merged", "gguf": "--gguf"}[mode]
     template = read_template("model_card.md.jinja")
     env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
     return env.from_string(template).render(
-        repo_id=repo_id, base_model=info.base_model, base_is_hub=base_is_hub, spec_key=spec.key, model_type=spec.model_type,
+        repo_id=repo_id, base_model=hub_id or info.base_model, base_is_hub=hub_id is not None, spec_key=spec.key, model_type=spec.model_type,
         method=info.method, quant=info.quant, data=cfg.data.train, steps=steps,
         eval_loss=(f"{evals[0]:.4f} at the start -> {evals[-1]:.4f} at the end" if evals else "not measured"),
         end_of_turn=spec.end_of_turn, config_yaml=run.config.read_text().rstrip(),
@@ -133,4 +170,5 @@ def model_card(run: RunDir, spec, repo_id: str, mode: str, gguf_files: list[str]
         has_plot=has_plot, library="peft" if mode == "adapter" else ("gguf" if mode == "gguf" else "transformers"),
         extra_tags=["lora"] if mode == "adapter" else (["gguf"] if mode == "gguf" else []), contents=contents,
         run_name=run.path.name, gguf_files=gguf_files, gguf_stem=run.path.name, ollama_name=ollama_name(run.path.name),
-        stop_ids=stop_ids, command=f"phinetune push {run.path.name} {repo_id} {flag}")
+        stop_ids=stop_ids, command=f"phinetune push {run.path.name} {repo_id} {flag}",
+        command_merged=f"phinetune push {run.path.name} {repo_id} --merged")

@@ -54,8 +54,9 @@ def readable_by_all(folder: Path) -> None:
 
 
 def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str = "2GB", overwrite: bool = False,
-              base: Optional[str] = None, checkpoint: Optional[str] = None) -> Path:
-    """`checkpoint` ('last', 'step-N', 'best'): merge that training checkpoint's weights instead of the final adapter."""
+              base: Optional[str] = None, checkpoint: Optional[str] = None, announce: bool = True) -> Path:
+    """`checkpoint` ('last', 'step-N', 'best'): merge that training checkpoint's weights instead of the final adapter.
+    `announce=False`: no "merged model written to" line (export and push merge into a staging folder that is gone when they finish)."""
     run = RunDir.open(run_path)
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -71,7 +72,10 @@ def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str 
         (merged, loaded), gap = merge_into(run, dtype, "original", checkpoint), None
     else:
         merged, loaded, gap = merge_qlora(run, dtype, base or "dequantized", checkpoint)
-    write(merged, loaded, run, out_dir, max_shard_size, base or ("dequantized" if qlora else "original"), gap, qlora)
+    base = base or ("dequantized" if qlora else "original")
+    write(merged, loaded, run, out_dir, max_shard_size, base, gap, qlora)
+    if announce:
+        console.print(f"merged model written to {out_dir} ({base} base)" if qlora else f"merged model written to {out_dir}")
     return out_dir
 
 
@@ -162,4 +166,3 @@ def write(merged, loaded: Loaded, run: RunDir, out_dir: Path, max_shard_size: st
         write_merged_marker(out_dir, loaded.spec.key, run, **details)
         loaded.tokenizer.save_pretrained(out_dir)
         readable_by_all(out_dir)
-    console.print(f"merged model written to {out_dir} ({base} base)" if qlora else f"merged model written to {out_dir}")

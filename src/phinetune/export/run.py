@@ -54,7 +54,9 @@ def export_run(run_path: str, out: str, plan: ExportPlan) -> Path:
         result.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    console.print(f"exported {run.path} to {out_dir} ({plan.to})")
+    files = sorted(p.name for p in out_dir.iterdir())
+    listed = f": {', '.join(str(out_dir / f) for f in files)}" if len(files) <= 4 else f" ({len(files)} files)"
+    console.print(f"exported {run.path} as {plan.to} to {out_dir}{listed}")
     if plan.to == "ollama":
         console.print(f"next: ollama create {ollama_name(run.path.name)} -f {out_dir / 'Modelfile'}")
     return out_dir
@@ -115,7 +117,7 @@ def merged_folder(run: RunDir, dest: Path, checkpoint: Optional[str] = None) -> 
     if not run.is_full:
         from phinetune.export.merge import merge_run
 
-        return merge_run(str(run.path), str(dest), dtype="fp32", checkpoint=checkpoint)
+        return merge_run(str(run.path), str(dest), dtype="fp32", checkpoint=checkpoint, announce=False)
     if checkpoint is not None:
         raise PhinetuneError(f"--checkpoint {checkpoint}: {run.path} is a full fine-tune; export takes its final model/ folder "
                              "(a checkpoint holds only training state there)")

@@ -65,9 +65,12 @@ def materialize_tiny(name: str, seed: int = 0, folder: Optional[Path] = None) ->
 
 
 def resolve_model_path(cfg: ModelConfig, base_dir: Optional[Path] = None, seed: int = 0) -> str:
-    """Tiny names become a local checkpoint (in `base_dir`, else the cache); everything else is passed through."""
+    """Tiny names become a local checkpoint (in `base_dir`, else the cache); everything else is passed through.
+
+    The tiny checkpoint's path is absolute: PEFT records the path a model was loaded from in the adapter's config,
+    which must name the same base as run.json wherever the run is used from, not a path relative to where it was trained."""
     if cfg.name in TINY_MODELS:
-        return str(materialize_tiny(cfg.name, seed, base_dir))
+        return str(materialize_tiny(cfg.name, seed, base_dir).resolve())
     return cfg.name
 
 

@@ -9,8 +9,9 @@ dtype), SDPA attention (no seq x seq matrix kept, models/attention.py), and the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
+from phinetune.config.schema import RunConfig
 from phinetune.errors import PhinetuneError
 from phinetune.models.inspect import SHAPES, ModelFacts, count_params, lora_params
 
@@ -194,10 +195,67 @@ def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing
 
 
 def smallest_gpu(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing: bool, refused: dict,
-                 r: int = 16, preset: str = "all-linear") -> tuple[Optional[Gpu], str]:
+                 r: int = 16, preset: str = "all-linear", lora_dropout: float = 0.05) -> tuple[Optional[Gpu], str]:
     """The first GPU whose memory holds the run, in the dtype that GPU would use."""
     for gpu in GPUS:
         dtype = "bf16" if gpu.bf16 else ("fp32" if "fp16" in refused else "fp16")
-        if estimate(facts, method, seq, batch, checkpointing, dtype, r, preset).needed() <= gpu.gib * GiB:
+        if estimate(facts, method, seq, batch, checkpointing, dtype, r, preset, lora_dropout).needed() <= gpu.gib * GiB:
             return gpu, dtype
     return None, ""
+
+
+# ---------------------------------------------------------------- what is planned: flags, a run config, or defaults
+
+@dataclass(frozen=True)
+class Settings:
+    method: str = "lora"
+    seq: int = 2048
+    batch: int = 1
+    checkpointing: Union[bool, str] = False  # True, False, or "auto" (a run config's default: on when the run would not fit)
+    r: int = 16
+    targets: str = "all-linear"  # a preset
+    dropout: float = 0.05
+    dtype: Optional[str] = None  # None: bf16 where the model has it, else fp32
+
+
+# Each setting as the user sets it: the flag, and the run-config key it comes from.
+FLAGS = {"method": ("--method", "adapter.method / model.quant"), "seq": ("--seq", "data.max_length"),
+         "batch": ("--batch", "train.batch_size"), "checkpointing": ("--grad-checkpointing", "model.gradient_checkpointing"),
+         "r": ("--r", "adapter.r"), "targets": ("--targets", "adapter.targets"), "dropout": ("(no flag)", "adapter.dropout")}
+
+
+def method_of(cfg: RunConfig) -> str:
+    return "full" if cfg.adapter.method == "full" else ("qlora" if cfg.model.quant == "nf4" else "lora")
+
+
+def config_settings(cfg: RunConfig) -> Settings:
+    """What a run config trains: the micro-batch (train.batch_size rows of data.max_length tokens, which packing fills),
+    method, LoRA rank, targets and dropout, and its gradient checkpointing setting. A list of target modules is
+    planned as all-linear (an upper bound), as train/recompute.py does."""
+    targets = cfg.adapter.targets if isinstance(cfg.adapter.targets, str) else "all-linear"
+    dtype = cfg.model.dtype if cfg.model.dtype in DTYPE_BYTES else None
+    return Settings(method_of(cfg), cfg.data.max_length, cfg.train.batch_size, cfg.model.gradient_checkpointing, cfg.adapter.r,
+                    targets, cfg.adapter.dropout, dtype)
+
+
+def _shown(name: str, value) -> str:
+    if name == "checkpointing":
+        return f"gradient checkpointing {'auto' if value == 'auto' else 'on' if value else 'off'}"
+    if name == "dropout":
+        return f"LoRA dropout {value:g}"
+    return f"{name} {value}"
+
+
+def describe_settings(settings: Settings, given: set[str], config: Optional[str]) -> str:
+    """One line saying where every planned setting came from: the flags given, the run config, or plan's defaults."""
+    rest = [n for n in FLAGS if n not in given and not (settings.method == "full" and n in ("r", "targets", "dropout"))]
+    flags = ", ".join(_shown(n, getattr(settings, n)) for n in FLAGS if n in given)
+    if config:
+        text = f"settings from {config}: " + ", ".join(f"{_shown(n, getattr(settings, n))} ({FLAGS[n][1]})" for n in rest)
+        return text + (f"; from the flags: {flags}" if flags else "")
+    if not rest:
+        return f"settings from the flags: {flags}"
+    settable = [FLAGS[n][0] for n in rest if FLAGS[n][0] != "(no flag)"]
+    how = f"set with {', '.join(settable)}, or plan" if settable else "plan"
+    return (f"assumed (not given; {how} a run config to use its settings): "
+            + ", ".join(_shown(n, getattr(settings, n)) for n in rest) + (f"; from the flags: {flags}" if flags else ""))

@@ -23,7 +23,7 @@ from phinetune.runs.run_dir import RunDir
 CSS = """<style>.glance li{margin:.2em 0}.flag{color:#b00;font-weight:bold}.ok{color:#1a7f37}
 .bar{display:flex;height:1.4em;width:100%;max-width:640px;border-radius:4px;overflow:hidden;margin:.4em 0;font-size:.8em;color:#fff}
 .bar span{display:flex;align-items:center;justify-content:center}.bar .win{background:#2e8b57}.bar .tie{background:#9aa0a6}.bar .loss{background:#c0392b}
-.convo{display:grid;grid-template-columns:1fr 1fr;gap:1em;margin:1em 0 1.6em}.convo h3{grid-column:1/-1;margin:.2em 0;font-size:1em}
+.convo{display:grid;grid-template-columns:1fr 1fr;gap:1em;margin:1em 0 1.6em}.convo h3,.convo .ref{grid-column:1/-1;margin:.2em 0}.convo h3{font-size:1em}
 .chat{border:1px solid #ddd;border-radius:8px;padding:.6em;background:#fafafa}.chat .who{font-weight:bold;font-size:.85em;color:#555;margin-bottom:.3em}
 .msg{border-radius:12px;padding:.45em .8em;margin:.35em 0;max-width:92%;white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.35}
 .msg.user{background:#dbeafe;margin-left:auto}.msg.assistant{background:#ececec}.msg.answer.base{background:#fde2e1}.msg.answer.tuned{background:#d7f5dd}
@@ -95,7 +95,7 @@ def judge_section(run: RunDir) -> Optional[tuple[str, str, str]]:
                    f"<td class=num>{r[k]['ci95'][0]:.1%} - {r[k]['ci95'][1]:.1%}</td></tr>" for k in ("win", "tie", "loss"))
     note = (f"{data['judge']} compared {data['b']} (B) with {data['a']} (A) on {data['prompts']} held-out prompts, each judged in both orders; "
             f"a win or loss needs the same verdict in both orders. Verdicts consistent across orders: {data['consistent_share']:.0%}. "
-            f"No verdict: {c.get('invalid', 0)}. Judge cost: ${data['spend']['cost']:.4f} "
+            f"No verdict: {c.get('invalid', 0)}{_no_verdict_why(data['rows'])}. Judge cost: ${data['spend']['cost']:.4f} "
             f"({data['spend']['prompt_tokens']:,} prompt + {data['spend']['completion_tokens']:,} completion tokens).")
     reasons = "".join(f"<details><summary>{esc(row['outcome'])}: {esc(row['prompt'][:120])}</summary>"
                       f"<p><b>B shown second:</b> {light_markdown(row['reason_b_second'])}</p>"
@@ -105,6 +105,14 @@ def judge_section(run: RunDir) -> Optional[tuple[str, str, str]]:
     md = note + "\n\n| outcome | count | rate | 95% interval |\n|---|---|---|---|\n" + "\n".join(
         f"| {k} | {c[k]} | {r[k]['rate']:.1%} | {r[k]['ci95'][0]:.1%} - {r[k]['ci95'][1]:.1%} |" for k in ("win", "tie", "loss"))
     return f"Judge: {data['b']} vs {data['a']}", page, md
+
+
+def _no_verdict_why(rows: list[dict]) -> str:
+    """' (why, per reply without a verdict: 2 x the reply was cut at ...)', from judge.json's rows; '' when none is missing."""
+    from collections import Counter
+
+    why = Counter(r[key].split(': "')[0] for r in rows for key in ("no_verdict_b_second", "no_verdict_b_first") if r.get(key))
+    return f" ({'; '.join(f'{n} x {reason}' for reason, n in why.most_common())})" if why else ""
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -129,12 +137,20 @@ def checkpoints_section(run: RunDir) -> Optional[tuple[str, str, str]]:
 
 # ---------------------------------------------------------------- conversations
 
-def conversations(run: RunDir, n: int = 3) -> list[dict]:
-    """[{"messages": [...before the answer], "base": str, "tuned": str}]: from the judge's answers when it compared base with
-    the final weights (they hold whole conversations), else the report's samples matched to the held-out conversations."""
+def judged_conversations(run: RunDir) -> list[dict]:
+    """The judge's answers when it compared the base with the final weights (whole conversations), else []."""
     judged = _read(run.judge_answers)
     if judged and judged.get("a") == "base" and judged.get("b") == "last":
-        return [{"messages": p, "base": a, "tuned": b} for p, a, b in zip(judged["prompts"], judged["answers"]["a"], judged["answers"]["b"])][:n]
+        return [{"messages": p, "base": a, "tuned": b} for p, a, b in zip(judged["prompts"], judged["answers"]["a"], judged["answers"]["b"])]
+    return []
+
+
+def conversations(run: RunDir, n: int = 3) -> list[dict]:
+    """[{"messages": [...before the answer], "base": str, "tuned": str, "reference": str (samples only)}]: from the judge's
+    answers when it compared base with the final weights, else the report's samples matched to the held-out conversations."""
+    judged = judged_conversations(run)
+    if judged:
+        return judged[:n]
     samples = json.loads(run.samples.read_text()) if run.samples.exists() else []
     if not samples:
         return []
@@ -148,7 +164,7 @@ def conversations(run: RunDir, n: int = 3) -> list[dict]:
     out = []
     for k, s in enumerate(samples[:n]):
         conv = convs[k] if k < len(convs) and convs[k] and convs[k][-1]["content"] == s["prompt"] else [{"role": "user", "content": s["prompt"]}]
-        out.append({"messages": conv, "base": s.get("base", ""), "tuned": s.get("tuned", "")})
+        out.append({"messages": conv, "base": s.get("base", ""), "tuned": s.get("tuned", ""), "reference": s.get("reference")})
     return out
 
 
@@ -162,10 +178,17 @@ def conversations_section(run: RunDir, n: int = 3) -> Optional[tuple[str, str, s
     convs = conversations(run, n)
     if not convs:
         return None
-    page = CSS + "".join(f"<div class=convo><h3>Conversation {k}</h3>{_bubbles(c['messages'], c['base'], 'base')}{_bubbles(c['messages'], c['tuned'], 'tuned')}</div>"
-                         for k, c in enumerate(convs, start=1))
-    md = []
+    note = "Held-out conversations of this run, answered greedily by the base model and by the fine-tuned one."
+    page = CSS + f"<p>{esc(note)}</p>" + "".join(
+        f"<div class=convo><h3>Conversation {k}</h3>{_reference(c)}{_bubbles(c['messages'], c['base'], 'base')}"
+        f"{_bubbles(c['messages'], c['tuned'], 'tuned')}</div>" for k, c in enumerate(convs, start=1))
+    md = [note]
     for k, c in enumerate(convs, start=1):
-        turns = "\n".join(f"> **{m['role']}:** {m['content']}" for m in c["messages"])
-        md.append(f"### Conversation {k}\n\n{turns}\n\n**base:** {c['base']}\n\n**fine-tuned:** {c['tuned']}")
+        turns = "\n>\n".join(f"> **{m['role']}:** {m['content']}" for m in c["messages"])  # one paragraph per turn
+        reference = f"\n\n**held-out answer:** {c['reference']}" if c.get("reference") else ""
+        md.append(f"### Conversation {k}\n\n{turns}{reference}\n\n**base:** {c['base']}\n\n**fine-tuned:** {c['tuned']}")
     return "Conversations: base vs fine-tuned", page, "\n\n".join(md)
+
+
+def _reference(conv: dict) -> str:
+    return f"<p class=ref><b>held-out answer:</b> {light_markdown(conv['reference'])}</p>" if conv.get("reference") else ""

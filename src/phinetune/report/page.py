@@ -94,12 +94,19 @@ def _preflight_view(data: dict) -> Section:
              ["problems", "; ".join(data.get("problems") or []) or "none"]]
     layers = [[r["layer_type"], r["kind"], r["count"], f"{r['trainable']:,}"] for r in data["layers"]]
     layer_head = ["layer type", "how it is trained", "modules", "trainable parameters"]
-    md_sample = "".join(f"**{piece}**" if trained else piece for piece, trained in data.get("sample", []))
+    # Markdown renders no bold inside a code block: the trained tokens are marked as the pre-flight prints them
+    md_sample = "".join(f"[[{piece}]]" if trained else piece for piece, trained in data.get("sample", []))
     page = (html_table(["check", "value"], facts) + html_table(layer_head, layers, numeric={2, 3})
             + BLOCKS.note("One training sample; trained tokens are highlighted:") + BLOCKS.marked(data.get("sample", [])))
     md = (md_table(["check", "value"], facts) + "\n\n" + md_table(layer_head, layers)
-          + f"\n\nOne training sample; trained tokens in bold:\n\n```\n{md_sample}\n```")
+          + f"\n\nOne training sample; trained tokens between [[ ]]:\n\n{fenced(md_sample)}")
     return Section("Pre-flight", page, md)
+
+
+def fenced(text: str) -> str:
+    """A Markdown code block that `text` cannot close early (a sample of code data holds ``` itself)."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return f"{fence}\n{text}\n{fence}"
 
 
 def curves_section(metrics: list[dict], plots_dir: Path) -> Section:
@@ -120,9 +127,11 @@ def eval_section(run: RunDir) -> Optional[Section]:
     if not path.exists():
         return None
     report = json.loads(path.read_text())
-    header = ["task", "metric", "n", "base", "tuned", "delta", "stderr (paired)", ""]
-    rows = [[r["task"], r["metric"], r["n"], fmt(r["base"]), fmt(r["tuned"]), f"{r['delta']:+.4f}", fmt(r["stderr"]),
-             "DROP > stderr" if r["drop"] else ""] for r in report["rows"]]
+    header = ["task", "metric", "n", "base", "tuned", "delta", "stderr (paired)"]
+    rows = [[r["task"], r["metric"], r["n"], fmt(r["base"]), fmt(r["tuned"]), f"{r['delta']:+.4f}", fmt(r["stderr"])] for r in report["rows"]]
+    if any(r["drop"] for r in report["rows"]):  # a named column, and only when there is something to flag
+        header.append("flag")
+        rows = [row + ["DROP > stderr" if r["drop"] else ""] for row, r in zip(rows, report["rows"])]
     note = (f"Scored by {report['scorer']}, {report['shots']}-shot, "
             f"{report['limit'] or 'all'} items per task, data: {report['data']}. A drop is flagged when the score fell by more than its standard error.")
     table = html_table(header, rows, numeric={2, 3, 4, 5, 6}, row_class=lambda k: "drop" if report["rows"][k]["drop"] else "")
@@ -152,28 +161,28 @@ def markdown_tables_html(text: str) -> str:
     return Markup("".join(out))
 
 
-def samples_section(run: RunDir, n: int) -> Optional[Section]:
-    compare = run.compare
-    if compare.exists():  # written by `phinetune compare`: its Markdown tables become HTML tables
-        text = compare.read_text()
-        return Section("Sample answers: before vs after", markdown_tables_html(text), text)
-    rows = cached_samples(run)
-    if rows is None and n > 0:
-        rows = generate_samples(run, n)
-    if not rows:
+def compare_section(run: RunDir) -> Optional[Section]:
+    """RUN/compare.md (written by `phinetune compare` for the user's own prompts): its Markdown tables become HTML tables."""
+    if not run.compare.exists():
         return None
-    header = ["prompt", "reference", "base", "tuned"]
-    table = [[r["prompt"], r["reference"], r["base"], r["tuned"]] for r in rows]
-    note = "Held-out prompts of this run, answered greedily by the base model and by the fine-tuned one."
-    return Section("Sample answers: before vs after", BLOCKS.note(note) + html_table(header, table, css="wide"), f"{note}\n\n{md_table(header, table)}")
+    text = run.compare.read_text()
+    return Section("Sample answers: before vs after", markdown_tables_html(text), text)
+
+
+def held_out_answers(run: RunDir, n: int) -> None:
+    """Answer n held-out prompts with base and tuned into RUN/samples.json, unless the report already has held-out answers
+    to show (cached samples, or the judge's answers of base vs the final weights): the report shows them once, as conversations."""
+    if n > 0 and cached_samples(run) is None and not before_after.judged_conversations(run):
+        generate_samples(run, n)
 
 
 def build_sections(run: RunDir, samples: int) -> list[Section]:
     metrics = run.read_metrics()
+    held_out_answers(run, samples)
     sections = [summary_section(run, metrics), _before_after(before_after.glance_section(run)), config_section(run), preflight_section(run),
                 curves_section(metrics, run.report_plots), eval_section(run), _before_after(before_after.judge_section(run)),
-                _before_after(before_after.checkpoints_section(run)), samples_section(run, samples),
-                _before_after(before_after.conversations_section(run))]
+                _before_after(before_after.checkpoints_section(run)), compare_section(run),
+                _before_after(before_after.conversations_section(run, samples or 3))]
     return [s for s in sections if s is not None]
 
 

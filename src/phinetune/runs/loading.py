@@ -4,6 +4,7 @@ base and tuned models for before/after comparisons (`base_and_tuned`, used by co
 from __future__ import annotations
 
 import gc
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -16,7 +17,7 @@ from phinetune.errors import PhinetuneError
 from phinetune.data.end_of_turn import stop_token_ids
 from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
-from phinetune.progress import progress_console
+from phinetune.progress import progress_console, verbose
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key
 
 
@@ -116,7 +117,13 @@ def apply_checkpoint(model, checkpoint: Path):
     from safetensors.torch import load_file
 
     if (checkpoint / ADAPTER_CONFIG).exists():
-        model = get_peft_model(model, PeftConfig.from_pretrained(str(checkpoint)))
+        with warnings.catch_warnings():
+            if not verbose():
+                # The checkpoint's config names the base path training loaded (relative to where it ran, or a folder
+                # since moved), and the run's base is attached here on purpose: PEFT's warning that the path "was
+                # renamed" leaves a user nothing to do. Kept under --verbose.
+                warnings.filterwarnings("ignore", message=r"The PEFT config's `base_model_name_or_path` was renamed", category=UserWarning)
+            model = get_peft_model(model, PeftConfig.from_pretrained(str(checkpoint)))
     saved = load_file(str(checkpoint / CHECKPOINT_WEIGHTS), device=str(_device(model)))
     unexpected = model.load_state_dict(saved, strict=False).unexpected_keys
     if unexpected:

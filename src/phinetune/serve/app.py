@@ -64,6 +64,8 @@ def validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]
         return f"missing required field '{field_}'", field_
     if kind == "value_error" and not loc:  # a check across fields (schemas.py's model validators)
         return msg, None
+    if kind == "value_error" and field_ and msg.startswith(field_.split(".")[-1]):  # the sentence names the field itself
+        return msg, field_
     if not loc:
         return f"request body must be a JSON object ({msg})", None
     return f"invalid value for '{field_}': {msg} (got {str(err.get('input'))[:80]!r})", field_

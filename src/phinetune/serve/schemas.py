@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 MAX_STOP = 4  # as OpenAI
 MAX_PROMPTS = 16  # prompts in one /v1/completions request
@@ -98,6 +98,30 @@ class ResponseFormat(_Strict):
                                                  "(not constrained): a reply that is not one is a 400 json_validate_failed.")
 
 
+def _no_penalty(value: Optional[float], info) -> Optional[float]:
+    if value:
+        raise ValueError(f"{info.field_name} {value:g} is not supported: this server applies no {info.field_name.replace('_', ' ')}; "
+                         "send 0 or leave it out")
+    return value
+
+
+def _no_bias(value: Optional[dict], info) -> Optional[dict]:
+    if value and any(v != 0 for v in value.values()):
+        raise ValueError("logit_bias is not supported: this server does not bias tokens; send {} or leave it out")
+    return value
+
+
+# Fields many clients send with their neutral value on every request (LangChain, LiteLLM, chat front ends): accepted
+# as that value, which samples exactly as leaving them out does; any other value changes sampling in a way this
+# server does not implement, so it is a 400 rather than silently ignored. The schema (GET /docs, and the bodies the
+# tests generate from it) says so: only the neutral value.
+Penalty = Annotated[Optional[float], AfterValidator(_no_penalty),
+                    WithJsonSchema({"anyOf": [{"const": 0}, {"type": "null"}], "description": "Accepted only as 0 (no penalty)."})]
+LogitBias = Annotated[Optional[dict[str, float]], AfterValidator(_no_bias),
+                      WithJsonSchema({"anyOf": [{"type": "object", "maxProperties": 0}, {"type": "null"}],
+                                      "description": "Accepted only without a bias: {} (or every bias 0)."})]
+
+
 class _Sampling(_Strict):
     model: Optional[str] = Field(None, description="One of the ids GET /v1/models lists (an adapter or the base); default: the first.")
     max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate; capped by the server's --max-tokens.")
@@ -110,6 +134,9 @@ class _Sampling(_Strict):
     stream_options: Optional[StreamOptions] = None
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
     user: Optional[str] = None
+    frequency_penalty: Penalty = None
+    presence_penalty: Penalty = None
+    logit_bias: LogitBias = None
 
     @field_validator("stop")
     @classmethod

@@ -25,9 +25,10 @@ from typing import Optional
 from rich.table import Table
 
 from phinetune.errors import PhinetuneError
-from phinetune.progress import console
-from phinetune.synth.config import RequestSampling as JudgeSampling, TeacherConfig
-from phinetune.synth.journal import Journal, call_hash, call_key
+from phinetune.progress import clip, console
+from phinetune.synth.clean import is_refusal
+from phinetune.synth.config import REFUSALS, RequestSampling as JudgeSampling, TeacherConfig
+from phinetune.synth.journal import Entry, Journal, call_hash, call_key
 from phinetune.synth.teachers import Call
 from phinetune.runs.run_dir import RunDir
 
@@ -53,6 +54,25 @@ def parse_verdict(text: str) -> Optional[str]:
     """'first', 'second' or 'tie' from the judge's last [[A]]/[[B]]/[[C]]; None when it gave none."""
     found = VERDICT.findall(text or "")
     return {"A": "first", "B": "second", "C": "tie"}[found[-1]] if found else None
+
+
+def no_verdict_reason(entry: Entry, max_tokens: int) -> Optional[str]:
+    """Why a judge reply counts as no verdict, in words, with an excerpt of the reply; None when it has a verdict."""
+    text = entry.text or ""
+    if parse_verdict(text) is not None:
+        return None
+    excerpt = clip(" ".join(text.split()), 100)
+    if entry.extra.get("refusal"):
+        return f'the judge refused: "{clip(" ".join(str(entry.extra["refusal"]).split()), 100)}"'
+    if entry.finish_reason == "content_filter":
+        return "the endpoint's content filter withheld the judge's reply"
+    if not text.strip():
+        return "the judge's reply was empty"
+    if entry.finish_reason == "length":
+        return f'the reply was cut at --judge-max-tokens {max_tokens} before a verdict: "{excerpt}"'
+    if is_refusal(text, REFUSALS):
+        return f'the judge declined to choose: "{excerpt}"'
+    return f'no [[A]], [[B]] or [[C]] in the reply: "{excerpt}"'
 
 
 def combine(ab: Optional[str], ba: Optional[str]) -> str:
@@ -194,23 +214,26 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
             finally:
                 judge.close()
         entries = [journal.get(c.key) for c in calls]
-    result = summarise(run, teacher, sides, prompts, ans, entries)
+    result = summarise(run, teacher, sides, prompts, ans, entries, judge_max_tokens)
     result["calls"] = {"made": len(todo), "from_journal": reused}
     run.judge_result.write_text(json.dumps(result, indent=1, ensure_ascii=False))
     console.print(result_table(result))
+    for line in no_verdict_lines(result):
+        console.print(line)
     console.print(f"saved {run.judge_result} (journal: {run.judge_journal})")
     return result
 
 
-def summarise(run: RunDir, teacher: TeacherConfig, sides: Sides, prompts, ans, entries) -> dict:
+def summarise(run: RunDir, teacher: TeacherConfig, sides: Sides, prompts, ans, entries, max_tokens: int = 512) -> dict:
     rows, counts = [], {"win": 0, "tie": 0, "loss": 0, "invalid": 0}
     for i, prompt in enumerate(prompts):
         ab, ba = entries[2 * i], entries[2 * i + 1]
         va, vb = parse_verdict(ab.text), parse_verdict(ba.text)
         outcome = combine(va, vb)
         counts[outcome] += 1
-        rows.append({"prompt": question_text(prompt), "a": ans["a"][i], "b": ans["b"][i], "outcome": outcome,
-                     "verdict_b_second": va, "verdict_b_first": vb, "reason_b_second": ab.text, "reason_b_first": ba.text})
+        rows.append({"prompt": question_text(prompt), "last_turn": prompt[-1]["content"], "a": ans["a"][i], "b": ans["b"][i], "outcome": outcome,
+                     "verdict_b_second": va, "verdict_b_first": vb, "reason_b_second": ab.text, "reason_b_first": ba.text,
+                     "no_verdict_b_second": no_verdict_reason(ab, max_tokens), "no_verdict_b_first": no_verdict_reason(ba, max_tokens)})
     judged = counts["win"] + counts["tie"] + counts["loss"]
     rates = {k: {"rate": counts[k] / judged if judged else 0.0, "ci95": list(wilson(counts[k], judged))} for k in ("win", "tie", "loss")}
     consistent = sum(1 for r in rows if r["outcome"] in ("win", "loss") or (r["verdict_b_second"] == r["verdict_b_first"] == "tie"))
@@ -219,6 +242,25 @@ def summarise(run: RunDir, teacher: TeacherConfig, sides: Sides, prompts, ans, e
     return {"run": str(run.path), "a": sides.a, "b": sides.b, "judge": f"{teacher.kind}:{teacher.model}", "prompts": len(prompts),
             "judged": judged, "counts": counts, "rates": rates, "consistent_share": consistent / judged if judged else 0.0,
             "spend": spend, "rows": rows}
+
+
+SHOWN_NO_VERDICTS = 5  # prompts whose missing verdicts are explained on the console (all of them are in judge.json)
+
+
+def no_verdict_lines(result: dict) -> list[str]:
+    """Why each prompt counted as no verdict: per order without one, the reason and an excerpt of the judge's reply."""
+    missing = [r for r in result["rows"] if r["outcome"] == "invalid"]
+    if not missing:
+        return []
+    lines = [f"no verdict on {len(missing)} prompt(s), not counted in the rates:"]
+    for row in missing[:SHOWN_NO_VERDICTS]:
+        for order, shown in (("b_second", "second"), ("b_first", "first")):
+            if row.get(f"no_verdict_{order}"):
+                asked = " ".join(row.get("last_turn", row["prompt"]).split())
+                lines.append(f'  "{clip(asked, 60)}" ({result["b"]} shown {shown}): {row[f"no_verdict_{order}"]}')
+    if len(missing) > SHOWN_NO_VERDICTS:
+        lines.append(f"  ... and {len(missing) - SHOWN_NO_VERDICTS} more (each reply is in judge.json)")
+    return lines
 
 
 def result_table(result: dict) -> Table:

@@ -207,13 +207,17 @@ class OpenAITeacher:
             text = choice["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             return None
+        # A model that declines answers in message.refusal with no content (OpenAI's structured refusals): kept, so a
+        # reader of the journal (judge's "no verdict") can say the teacher refused rather than that it said nothing.
+        refusal = choice["message"].get("refusal") if isinstance(choice["message"], dict) else None
         usage = data.get("usage") or {}
         pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         cost = usage.get("cost")  # some gateways (OpenRouter) report the charge itself
         if cost is None:
             cost = (pt * self.cfg.price_input_per_1m + ct * self.cfg.price_output_per_1m) / 1e6
         # The endpoint's response id is kept so a journal line can be matched with the provider's logs and bill.
-        return Entry(call.key, text, pt, ct, float(cost), choice.get("finish_reason"), {"response_id": data.get("id")})
+        extra = {"response_id": data.get("id")} | ({"refusal": str(refusal)} if refusal else {})
+        return Entry(call.key, text, pt, ct, float(cost), choice.get("finish_reason"), extra)
 
     def close(self) -> None:
         self.client.close()
@@ -234,7 +238,7 @@ class LocalTeacher:
         self.describe = f"local model {cfg.model}"
 
     def run(self, calls: list[Call], on_done: OnDone) -> None:
-        from phinetune.infer.complete import Sampling, generate_batch
+        from phinetune.infer.complete import Sampling, chat_prompt, complete
 
         groups: dict[tuple, list[Call]] = {}
         for call in calls:  # one generate() per batch needs one sampling setting
@@ -244,8 +248,10 @@ class LocalTeacher:
             for k in range(0, len(group), self.cfg.batch_size):
                 batch = group[k:k + self.cfg.batch_size]
                 gen = Sampling(sampling.max_tokens, sampling.temperature, 0, sampling.top_p, seed=batch[0].seed)
-                for call, text in zip(batch, generate_batch(self.loaded, [c.messages for c in batch], gen)):
-                    on_done(call, Entry(call.key, text, self._count(call.messages), self._count(text), 0.0, None))
+                # complete() rather than generate_batch(): the same answers, with whether each stopped or hit max_tokens
+                for call, done in zip(batch, complete(self.loaded, [chat_prompt(self.loaded, c.messages) for c in batch], gen)):
+                    text = done.text.strip()
+                    on_done(call, Entry(call.key, text, self._count(call.messages), self._count(text), 0.0, done.finish_reason))
 
     def _count(self, what) -> int:
         tok = self.loaded.tokenizer

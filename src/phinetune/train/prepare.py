@@ -70,8 +70,7 @@ def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[],
     # The data train.objective reads (SFT conversations, preference pairs, GRPO prompts): train/objectives.py.
     data = objective(cfg.train.objective).load_data(cfg, tokenizer, eot) if with_data else None
     checkpointing = choose_checkpointing(cfg, path, dtype.name)
-    progress_console.print(f"gradient checkpointing: {checkpointing.describe()}" + (f" ({checkpointing.free})" if checkpointing.free else ""),
-                           highlight=False, markup=False)
+    checkpointing.announce()
     model_cfg = cfg.model.model_copy(update={"gradient_checkpointing": checkpointing.on})
     model = apply_adapter(model, spec, cfg.adapter, model_cfg, tokenizer, cfg.preflight)
     return Prepared(spec, dtype, tokenizer, model, data, path, eot, checkpointing)

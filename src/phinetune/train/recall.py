@@ -16,7 +16,7 @@ from phinetune.data.end_of_turn import stop_token_ids
 from phinetune.models.specs import get_spec
 from rich.text import Text
 
-from phinetune.progress import console
+from phinetune.progress import clip, console
 
 
 def _norm(text: str) -> str:
@@ -26,6 +26,12 @@ def _norm(text: str) -> str:
 def first_sentence(text: str) -> str:
     match = re.match(r"(.+?[.!?])(\s|$)", text.strip())
     return match.group(1) if match else text.strip()
+
+
+def show_examples(questions: list[str], expected: list[str], answers: list[str], n: int = 3, width: int = 120) -> None:
+    """The first n questions with the trained and the generated answer, each on one line and cut at a word boundary."""
+    for q, e, a in list(zip(questions, expected, answers))[:n]:
+        console.print(f"Q: {q}\n  trained: {e}\n  model:   {clip(' '.join(a.split()), width)}")
 
 
 def recall_check(model, tokenizer, records: list[Record], cfg: RunConfig) -> tuple[int, int]:
@@ -39,7 +45,6 @@ def recall_check(model, tokenizer, records: list[Record], cfg: RunConfig) -> tup
         answers += generate_batch(loaded, prompts[k:k + 8], Sampling(max_new_tokens=48))
     hits = sum(_norm(a).startswith(_norm(e)) for a, e in zip(answers, expected))
     console.rule(Text("recall check", style="bold"))
-    for p, e, a in list(zip(prompts, expected, answers))[:3]:
-        console.print(f"Q: {p[-1]['content']}\n  trained: {e}\n  model:   {a[:120]}")
+    show_examples([p[-1]["content"] for p in prompts], expected, answers)
     console.print(f"[bold]recall: {hits:d}/{len(expected):d} training answers reproduced (greedy decoding)", markup=True)
     return hits, len(expected)

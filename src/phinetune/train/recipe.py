@@ -27,6 +27,7 @@ from phinetune.errors import PhinetuneError, PreflightError
 from phinetune.models.specs import TINY_MODELS, get_spec
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
+from phinetune.train.eta import Eta, Schedule
 from phinetune.train.faults import injected
 from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed, configure_engine, process_group_backend
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
@@ -92,15 +93,18 @@ def train(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = No
     loop = setup(cfg, resume, hooks)
     try:
         announce_plan(loop)  # before the first evaluation, which on a large eval set takes a while itself
+        first_eval_s = None
         if loop.start_step:
             key = loop.objective.eval_key
             first_eval = next((r[key] for r in loop.run.read_metrics() if r.get("step") == 0 and key in r), None)
             console.print(f"resumed from step {loop.start_step} of {loop.total_steps}")
         else:
+            began = time.perf_counter()
             first_eval = loop.objective.evaluate(loop) if loop.eval_rows else None
+            first_eval_s = time.perf_counter() - began if first_eval is not None else None
             if first_eval is not None:
                 log_eval(loop, 0, first_eval)
-        run_steps(loop, loop.start_step)
+        run_steps(loop, loop.start_step, first_eval_s)
         final_eval = loop.objective.evaluate(loop) if loop.eval_rows else None
         if final_eval is not None:
             log_eval(loop, loop.total_steps, final_eval)
@@ -216,7 +220,6 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
 # The embedded default trains 30 epochs over the 64 bundled riddles: right for memorising a toy set, far too
 # many passes for a real data file (500 rows x 30 epochs is 2,520 steps, ~20 min on CPU) if copied unchanged.
 DEFAULT_SAMPLE_PASSES = 30 * 64
-ETA_STEPS = 3  # steps timed (after the first, which warms up) for the time estimate
 
 
 def announce_plan(loop: Loop) -> None:
@@ -235,12 +238,6 @@ def announce_plan(loop: Loop) -> None:
         console.print(f"[bold yellow]warning:[/bold yellow] {epochs:.3g} epochs over {samples:,} samples is {passes:,.0f} sample "
                       f"passes, {passes / DEFAULT_SAMPLE_PASSES:.0f}x the embedded default's (30 epochs over 64 riddles); for a "
                       "real data set 1-3 epochs is usual: set train.epochs or train.max_steps", markup=True)
-
-
-def eta_message(seconds_per_step: float, remaining: int) -> str:
-    total = seconds_per_step * remaining
-    when = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min" if total >= 60 else f"{total:.0f} s"
-    return f"ETA: ~{when} for the remaining {remaining:,} steps ({seconds_per_step:.2f} s per step so far)"
 
 
 def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -303,16 +300,19 @@ def train_step(loop: Loop, step: int) -> dict:
     return {"loss": step_loss, "grad_norm": float(grad_norm), "lr": loop.scheduler.get_last_lr()[0], "tokens": real, "trained_tokens": n_tokens}
 
 
-def run_steps(loop: Loop, start: int = 0) -> None:
+def run_steps(loop: Loop, start: int = 0, first_eval_s: Optional[float] = None) -> None:
+    """`first_eval_s`: how long the evaluation before the first step took (the time-left estimate's first eval cost)."""
     cfg = loop.cfg.train
     loop.model.train()
-    with progress() as bar, StopRequests() as stop:
+    eta = Eta(Schedule(loop.total_steps, cfg.eval_every if loop.eval_rows else 0, cfg.save_every, bool(loop.eval_rows)), start)
+    if first_eval_s is not None:
+        eta.pause("eval", first_eval_s)
+    announced = False
+    with progress(remaining=False) as bar, StopRequests() as stop:
         task = bar.add_task("Training", total=loop.total_steps, completed=start, info="")
         window_tokens, window_start = 0, time.perf_counter()
-        eta_from, eta_start = start + 1, None
         for step in range(start, loop.total_steps):
-            if step == eta_from:
-                eta_start = time.perf_counter()
+            began = time.perf_counter()
             try:
                 stats = loop.objective.step(loop, step)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -323,6 +323,7 @@ def run_steps(loop: Loop, start: int = 0) -> None:
                 raise PhinetuneError(oom_message(loop.cfg, step, where)) from None
             window_tokens += stats["tokens"]
             done = loop.done = step + 1
+            eta.step(done, time.perf_counter() - began)
             if done % cfg.log_every == 0 or done == loop.total_steps:
                 elapsed = time.perf_counter() - window_start
                 loop.log.write(step=done, epoch=round(done / loop.steps_per_epoch, 3), loss=stats["loss"], lr=stats["lr"],
@@ -330,17 +331,23 @@ def run_steps(loop: Loop, start: int = 0) -> None:
                 window_tokens, window_start = 0, time.perf_counter()
             ev = None
             if loop.eval_rows and done % cfg.eval_every == 0 and done < loop.total_steps:
+                began = time.perf_counter()
                 ev = loop.objective.evaluate(loop)
+                eta.pause("eval", time.perf_counter() - began)
                 log_eval(loop, done, ev)
                 loop.model.train()
             saved = None
             if cfg.save_every and done % cfg.save_every == 0:
+                began = time.perf_counter()
                 saved = save_checkpoint(loop, done, checkpoint_scores(loop, done, ev) if cfg.keep else None)
+                eta.pause("save", time.perf_counter() - began)
             if stop.requested(loop.accelerator):
                 raise stop.stopped(done, saved or save_checkpoint(loop, done))
-            bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}")
-            if eta_start is not None and done == eta_from + ETA_STEPS and done < loop.total_steps and loop.accelerator.is_main_process:
-                console.print(eta_message((time.perf_counter() - eta_start) / ETA_STEPS, loop.total_steps - done))
+            left = eta.short(done)
+            bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}" + (f"  {left}" if left else ""))
+            if left and not announced and loop.accelerator.is_main_process:
+                console.print(eta.announce(done))
+                announced = True
 
 
 def checkpoint_scores(loop: Loop, step: int, eval_loss: Optional[float]) -> dict:
