@@ -27,7 +27,7 @@ def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = Fal
          quant: str = "q8_0", private: bool = False, token: Optional[str] = None) -> Path:
     if mode not in MODES:
         raise PhinetuneError(f"push mode must be one of {', '.join(MODES)} (got '{mode}')")
-    run, spec = check_run(run_path)
+    run, spec = check_run(run_path, use_checkpoint=None)  # push uploads final weights only
     if mode == "adapter" and run.is_full:
         raise PhinetuneError(f"{run.path} is a full fine-tune with no adapter; push it with --merged")
     if dry_run:

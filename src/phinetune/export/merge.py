@@ -57,6 +57,7 @@ def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str 
               base: Optional[str] = None, checkpoint: Optional[str] = None) -> Path:
     """`checkpoint` ('last', 'step-N', 'best'): merge that training checkpoint's weights instead of the final adapter."""
     run = RunDir.open(run_path)
+    pick_checkpoint(run, checkpoint)  # an unfinished or damaged run, or a missing checkpoint: one sentence before any loading
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise PhinetuneError(f"merge output {out_dir} is not empty; choose another --out or pass --overwrite")
