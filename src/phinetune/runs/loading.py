@@ -12,14 +12,17 @@ import torch
 from peft import PeftModel
 
 from phinetune.config.schema import ModelConfig
-from phinetune.errors import PhinetuneError
+from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.data.end_of_turn import stop_token_ids
-from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny
+from phinetune.models.loading import choose_dtype, dtype_name, load_model, load_tokenizer, materialize_tiny
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
 from phinetune.progress import progress_console
 from phinetune.runs.folders import RUN, classify, model_problem, what
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key
 from phinetune.runs.status import checkpoint_missing, require_final_weights
+
+
+QUANTS = ("none", "nf4")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", ad
     instead of its final adapter: the way to use a run that was interrupted before it finished.
     A local folder that holds no model (a run's adapter/ or checkpoint, an empty folder) is refused with one
     sentence saying what it is and what to pass (runs/folders.py), before any library tries to load it."""
+    dtype = dtype_name(dtype)  # bfloat16, half, float32 ...: the names a user types; a typo lists the choices
+    if quant not in QUANTS:
+        raise ConfigError(f"quant '{quant}' is not one of {', '.join(QUANTS)}")
     folder = classify(target) if Path(target).expanduser().exists() else None
     if checkpoint is not None and (folder is None or folder.kind != RUN):
         where = what(folder) if folder is not None else f"{target} is not a folder"
