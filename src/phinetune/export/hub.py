@@ -37,6 +37,7 @@ def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = Fal
             raise PhinetuneError(f"push output {out} already exists; choose another --out")
     else:
         token = token or _token()
+        _check_reachable(run, repo_id)  # before the folder is built (a merge or GGUF takes a while): fail in seconds
     parent = Path(out).parent if dry_run else Path(tempfile.mkdtemp(prefix="phinetune-push-"))
     staging = parent / f".push.partial-{os.getpid()}"
     try:
@@ -64,18 +65,51 @@ def _token() -> str:
     return token
 
 
+OFFLINE = "cannot push while HF_HUB_OFFLINE=1 is set; unset it to upload (nothing was uploaded)"
+
+
+def _check_reachable(run: RunDir, repo_id: str) -> None:
+    """One short probe of the Hub (models/hub.py: a refused connection answers at once, a silent network in
+    PROBE_TIMEOUT seconds), so a push without network is one sentence instead of a connection traceback."""
+    from phinetune.models.hub import endpoint, hub_reachable, offline_env
+
+    if offline_env():
+        raise PhinetuneError(OFFLINE)
+    if not hub_reachable():
+        raise PhinetuneError(f"cannot reach the Hugging Face Hub at {endpoint()} to push to {repo_id}: nothing was uploaded "
+                             f"and {run.path} is unchanged; run the same command again once the network is back "
+                             "(--dry-run --out DIR writes the folder that would be uploaded meanwhile)")
+
+
+def _transport_errors() -> tuple[type, ...]:
+    """The HTTP client's connection errors (refused, reset, timed out): huggingface_hub 1.x calls httpx, 2.x its
+    successor httpx2, with the same class names; neither is an OSError or an HfHubHTTPError."""
+    import importlib
+
+    found = []
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def _upload(folder: Path, repo_id: str, private: bool, token: str) -> None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    api = HfApi(token=token)
+    from phinetune.models.hub import endpoint
+
+    api = HfApi(token=token, endpoint=endpoint())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload with phinetune push")
     except OfflineModeIsEnabled:
-        raise PhinetuneError("cannot push while HF_HUB_OFFLINE=1 is set; unset it to upload (nothing was uploaded)") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise PhinetuneError(f"upload to {repo_id} failed: {str(exc).splitlines()[0]}") from None
+        raise PhinetuneError(OFFLINE) from None
+    except (HfHubHTTPError, OSError, *_transport_errors()) as exc:
+        raise PhinetuneError(f"upload to {repo_id} failed ({endpoint()}): {str(exc).splitlines()[0] or type(exc).__name__}; "
+                             "the run folder is unchanged: run the same command again to retry") from None
 
 
 def build_folder(run: RunDir, spec, repo_id: str, mode: str, quant: str, dest: Path) -> Path:
