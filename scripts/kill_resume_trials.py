@@ -9,7 +9,9 @@ outside with SIGKILL (kill -9) or SIGTERM. Trial kinds:
   save-kill  SIGKILL from inside a checkpoint save, after its files are written but before the rename
   sigterm    SIGTERM at a random point: the run must save a checkpoint and exit with code 143
 After each stop the same command runs again (auto-resume) to the end, and its metrics.jsonl must equal the
-uninterrupted run's, step for step. Exit code 0 only when every trial matches.
+uninterrupted run's, step for step. Exit code 0 only when every trial matches. Each trial also records how a reader
+sees the run (runs/status.py): "running" just before the stop, "interrupted" after it (run.json of a killed run still
+says running; the lock on the run folder tells).
 """
 
 from __future__ import annotations
@@ -102,8 +104,17 @@ def stop_at_random(run: Path, pid: int, rng: random.Random, sig: int) -> dict:
             return {"target_step": target, "exit": "finished early"}
         time.sleep(0.01)
     time.sleep(rng.uniform(0.0, 0.25))
+    live = state(run)  # what a reader sees of the run while it trains
     os.kill(pid, sig)
-    return {"target_step": target, "logged_before_stop": logged_step(run), "exit": wait(pid)}
+    return {"target_step": target, "logged_before_stop": logged_step(run), "exit": wait(pid), "state_before_stop": live}
+
+
+def state(run: Path) -> str:
+    """runs/status.py's reading of the run: running while its process holds it, interrupted once that is gone."""
+    from phinetune.runs.run_dir import RunDir
+    from phinetune.runs.status import run_status
+
+    return run_status(RunDir(run)).state
 
 
 def latest(run: Path):
@@ -120,7 +131,7 @@ def trial(kind: str, run: Path, rng: random.Random) -> dict:
         info = {"killed_in_save_of": at, "exit": wait(spawn(run, kill_in_save_at=at))}
     else:
         info = stop_at_random(run, spawn(run), rng, signal.SIGKILL if kind == "kill" else signal.SIGTERM)
-    info.update(kind=kind, latest_after_stop=latest(run),
+    info.update(kind=kind, latest_after_stop=latest(run), state_after_stop=state(run),
                 temp_left=sorted(p.name for p in (run / "checkpoints").glob(".tmp-*")) if (run / "checkpoints").exists() else [])
     info["resume_exit"] = wait(spawn(run))
     return info

@@ -170,3 +170,42 @@ def memorized_run(tmp_path_factory):
         return runs[name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def checkpointed_run(tmp_path_factory):
+    """The tiny LoRA run of `tiny_run` with checkpoints at steps 2 and 4 kept (train.save_every=2), trained once per
+    session: the run whose folders (adapter/, checkpoints/step-N) and damaged copies the wrong-folder tests pass around."""
+    from phinetune.config import load_config
+    from phinetune.train.recipe import train
+
+    os.environ.setdefault("PHINETUNE_CACHE", str(tmp_path_factory.mktemp("phinetune-cache")))
+    out = tmp_path_factory.mktemp("checkpointed-run") / "run"
+    return train(load_config(None, TINY_OVERRIDES + ["train.save_every=2", f"output.dir={out}"])).run.path
+
+
+def linked_copy(run: Path, dest: Path) -> Path:
+    """A copy of a run folder made of hard links (instant, no disk): delete files in it freely, but replace a file
+    (unlink, then write) rather than write into it, which would change the original too."""
+    import shutil
+
+    shutil.copytree(run, dest, copy_function=os.link)
+    return dest
+
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, {src!r})
+from phinetune.runs.run_dir import RunDir
+from phinetune.runs.status import hold_run
+lock = hold_run(RunDir({path!r}))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def hold_in_subprocess(run_path: Path) -> subprocess.Popen:
+    """A process that holds a run folder as its training process does (runs/status.hold_run) until it is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(src=str(SRC), path=str(run_path))], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc

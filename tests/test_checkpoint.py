@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import ROOT, hold_in_subprocess
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
 from phinetune.train import checkpoint as ck
@@ -136,13 +136,16 @@ def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tmp_path):
     assert len(reference) >= 8, where
     kills = [t for t in trials if t["kind"] == "kill"]
     assert len(kills) == 5 and all(t["exit"] == -9 for t in kills), where
+    # kill -9 leaves run.json saying "running": readers see that no process holds the run any more
+    assert all(t["state_before_stop"] == "running" and t["state_after_stop"] == "interrupted" for t in kills), where
     for t in trials:
         assert t["resume_exit"] == 0, where
         assert t["curve"] == reference, f"{t['kind']} trial stopped after step {t.get('logged_before_stop')} {where}"
     (save_kill,) = [t for t in trials if t["kind"] == "save-kill"]
-    assert save_kill["exit"] == -9 and save_kill["latest_after_stop"] == f"step-{save_kill['killed_in_save_of'] - 1}", where
+    assert save_kill["exit"] == -9 and save_kill["state_after_stop"] == "interrupted" and save_kill["latest_after_stop"] == f"step-{save_kill['killed_in_save_of'] - 1}", where
     (term,) = [t for t in trials if t["kind"] == "sigterm"]
     assert term["exit"] == 143 and term["latest_after_stop"] is not None and not term["temp_left"], where
+    assert term["state_before_stop"] == "running" and term["state_after_stop"] == "interrupted", where
     assert int(term["latest_after_stop"].split("-")[1]) >= term["logged_before_stop"], where
     assert proc.returncode == 0, where
 
@@ -199,3 +202,20 @@ def test_ddp_names_are_stored_as_the_unwrapped_model_names_them():
     assert ck.unwrapped_names({"module.a.weight": 1, "module.b": 2}) == {"a.weight": 1, "b": 2}
     assert ck.unwrapped_names({"module.a": 1, "lm_head.weight": 2}) == {"module.a": 1, "lm_head.weight": 2}  # not all wrapped: kept
     assert ck.unwrapped_names({}) == {}
+
+
+def test_a_run_still_training_is_neither_replaced_nor_resumed(tiny_cfg):
+    """Another `train` into the folder of a live run (its process holds RUN/train.lock) stops before touching it."""
+    cfg = tiny_cfg()
+    run = RunDir.create(cfg)
+    run.write_info(RunInfo("tiny", "phi3-mini", "lora", "none", "fp32", status="running"))
+    proc = hold_in_subprocess(run.path)
+    try:
+        for overwrite in (False, True):
+            with pytest.raises(PhinetuneError, match=rf"a process is still training in {run.path} \(pid {proc.pid} on .*\); wait for it"):
+                ck._decide(run, cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": overwrite})}), resume=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert run.config.exists() and run.info_file.exists()
+    assert ck._decide(run, cfg, resume=False) is None  # killed before its first checkpoint: a new start may replace it

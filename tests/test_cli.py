@@ -7,6 +7,8 @@ and a fresh interpreter importing torch costs seconds each."""
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import cli_here, run_cli
 
@@ -139,3 +141,153 @@ def test_train_help_and_the_readme_give_the_same_time_for_the_default_run():
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     setup = readme.split("## Set-up")[1].split("## Quick start")[0]
     assert setup.count(said.group(2)) == 2, said.group(2)  # the install line and "What the default run does" say the same
+
+
+# ---------------------------------------------------------------- a folder of the wrong kind, for every verb
+# Each verb given a folder it cannot use exits 2 with one sentence that says what the folder is and what to pass
+# instead, checked against the kind of folder the test built (and before any model is loaded).
+
+def verb_args(verb: str, folder, out) -> list[str]:
+    """The command line of `verb` with `folder` where it takes its run or model; outputs go under `out`."""
+    folder = str(folder)
+    return {"generate": ["generate", folder, "hi", "--max-new-tokens", "2"],
+            "chat": ["chat", folder],
+            "serve": ["serve", folder, "--port", "1"],
+            "compare": ["compare", folder, "--out", str(out / "compare.md")],
+            "eval": ["eval", folder, "--limit", "1", "--data-dir", str(out)],
+            "merge": ["merge", folder, "--out", str(out / "merged")],
+            "export": ["export", folder, "--to", "gguf", "--out", str(out / "export")],
+            "push --dry-run": ["push", folder, "me/riddles", "--dry-run", "--out", str(out / "push")],
+            "report": ["report", folder],
+            "judge": ["judge", folder, "--judge-model", "any"],
+            "data inspect --model": ["data", "inspect", "builtin:riddles", "--model", folder, "--out", str(out / "inspect")],
+            "train model.name": ["train", f"model.name={folder}", f"output.dir={out / 'train'}"]}[verb]
+
+
+MODEL_VERBS = ["generate", "chat", "serve"]  # take a run, a merged folder or a model
+RUN_VERBS = ["compare", "eval", "merge", "export", "push --dry-run", "report", "judge"]  # take a run folder
+TOKENIZER_VERBS = ["data inspect --model", "train model.name"]  # take a model, and a run is not one
+VERBS = MODEL_VERBS + RUN_VERBS + TOKENIZER_VERBS
+# How each verb takes a checkpoint of a run, and the last checkpoint of a damaged one (step-4 of checkpointed_run).
+CHECKPOINT_FLAG = {**dict.fromkeys(MODEL_VERBS + ["merge", "export"], "--checkpoint"), "compare": "--checkpoints", "eval": "--checkpoints",
+                   "judge": "--b"}
+DAMAGED_OFFER = {**dict.fromkeys(MODEL_VERBS + ["merge", "export"], "pass --checkpoint last to use its last checkpoint (step-4)"),
+                 "compare": "pass --checkpoints base,step-4", "eval": "pass --checkpoints base,step-4", "judge": "pass --b step-4",
+                 "push --dry-run": "its last checkpoint (step-4) is intact", "report": "pass --samples 0"}
+
+
+@pytest.fixture(scope="module")
+def wrong_kinds(checkpointed_run, tmp_path_factory):
+    """One folder of each wrong kind, around a real run with checkpoints step-2 and step-4."""
+    import shutil
+
+    from conftest import linked_copy
+
+    root = tmp_path_factory.mktemp("wrong-kinds")
+    (root / "empty").mkdir()
+    (root / "notes").mkdir()
+    (root / "notes" / "todo.txt").write_text("train on riddles\n")
+    (root / "notes" / "data.csv").write_text("question,answer\n")
+    shutil.copytree(checkpointed_run / "base" / "tiny-phi3-seed0", root / "model")  # a real Hugging Face model folder
+    no_weights = linked_copy(checkpointed_run, root / "no-weights" / "run")
+    (no_weights / "adapter" / "adapter_model.safetensors").unlink()
+    no_adapter = linked_copy(checkpointed_run, root / "no-adapter" / "run")
+    shutil.rmtree(no_adapter / "adapter")
+    return {"adapter": checkpointed_run / "adapter", "checkpoint": checkpointed_run / "checkpoints" / "step-2",
+            "empty": root / "empty", "files": root / "notes", "model": root / "model", "run": checkpointed_run,
+            "no weights": no_weights, "no adapter/": no_adapter, "runs": checkpointed_run.parent}
+
+
+def expected_sentence(verb: str, kind: str, folder, run) -> list[str]:
+    """What the one sentence must contain, written from the kind of folder the test made."""
+    base = json.loads((run / "run.json").read_text())["base_model"]
+    if verb in TOKENIZER_VERBS and kind in ("adapter", "checkpoint", "run", "no weights", "no adapter/"):
+        where = {"adapter": f"{folder} is the adapter folder inside the run {run}", "checkpoint": f"{folder} is checkpoint step-2 of the run {run}"}
+        return [where.get(kind, f"{folder} is a run folder") + ", not a model;",
+                {"data inspect --model": f"--model {base}"}.get(verb, f"model.name={base}")]
+    flag = CHECKPOINT_FLAG.get(verb)
+    return {
+        "adapter": [f"{folder} is the adapter folder inside the run {run}; pass the run folder itself: {run}"],
+        "checkpoint": [f"{folder} is checkpoint step-2 of the run {run}; pass the run folder "
+                       + (f"with the checkpoint: {run} {flag} step-2" if flag else f"itself: {run}")],
+        "empty": [f"{folder} is an empty folder; pass "],
+        "files": [f"{folder} holds no model files (no config.json with weights; it has data.csv, todo.txt)"],
+        "model": [f"{folder} is a model folder, not a run folder from `phinetune train`"],
+        "no weights": [f"{folder} is damaged: {folder}/adapter/adapter_model.safetensors is missing; {DAMAGED_OFFER.get(verb, '')}"],
+        "no adapter/": [f"{folder} is damaged: {folder}/adapter is missing; {DAMAGED_OFFER.get(verb, '')}"],
+        "runs": [f"{folder} is a folder of runs (run); pass one of them, e.g. {folder / 'run'}"],
+    }[kind]
+
+
+WRONG = [(verb, kind) for verb in VERBS for kind in ["adapter", "checkpoint", "empty", "files", "no weights", "no adapter/", "runs"]]
+WRONG += [(verb, "model") for verb in RUN_VERBS] + [(verb, "run") for verb in TOKENIZER_VERBS]
+
+
+def one_sentence(proc) -> str:
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert said.startswith("error: ") and said.count("error:") == 1, said
+    return said
+
+
+@pytest.mark.parametrize("verb,kind", WRONG, ids=[f"{v}-{k}" for v, k in WRONG])
+def test_a_folder_of_the_wrong_kind_is_one_sentence(wrong_kinds, checkpointed_run, tmp_path, verb, kind):
+    folder = wrong_kinds[kind]
+    said = one_sentence(cli_here(*verb_args(verb, folder, tmp_path), check=False))
+    for part in expected_sentence(verb, kind, folder, checkpointed_run):
+        assert part in said, f"{part!r} not in {said!r}"
+    assert not any(tmp_path.iterdir())  # refused before it wrote anything
+
+
+NOT_JUNK = {"config.json", "adapter_config.json", "genai_config.json", "run.json", "config.yaml", "phinetune.json", "tokenizer.json",
+            "tokenizer_config.json"}
+junk_names = st.builds(lambda stem, ext: f"{stem}.{ext}", st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=10),
+                       st.sampled_from(["txt", "csv", "md", "json", "yaml", "jsonl", "py", "png", "log"])).filter(lambda n: n not in NOT_JUNK)
+# What a run's final weights need, one of them deleted (relative to the run folder).
+NEEDED = ["adapter", "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "tokenizer", "tokenizer/tokenizer.json",
+          "tokenizer/tokenizer_config.json", "config.yaml", "run.json"]
+
+
+def _inside(run):
+    """Every folder inside the run that is not a model of its own (RUN/base/<model> is one)."""
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_dir() and not (p / "config.json").exists())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(verb=st.sampled_from(VERBS), data=st.data())
+def test_no_verb_prints_a_traceback_for_a_folder_of_the_wrong_kind(checkpointed_run, verb, data):
+    """Property: a folder of files that are no model, any folder inside a run, or a run missing one of the files its
+    final weights need: every verb exits 2 with one sentence naming the folder (and the missing file), no traceback."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from conftest import linked_copy
+
+    kind = data.draw(st.sampled_from(["files", "inside a run", "damaged run"]), label="kind")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        out = tmp / "out"
+        out.mkdir()
+        must_say = []
+        if kind == "files":
+            folder = tmp / "mine"
+            folder.mkdir()
+            for name in data.draw(st.lists(junk_names, max_size=5, unique=True), label="files"):
+                (folder / name).write_bytes(data.draw(st.binary(max_size=64), label=name))
+            must_say.append("is an empty folder" if not any(folder.iterdir()) else "holds no model files")
+        elif kind == "inside a run":
+            folder = checkpointed_run / data.draw(st.sampled_from(_inside(checkpointed_run)), label="inside")
+            must_say.append(f"the run {checkpointed_run}")
+        else:
+            folder = linked_copy(checkpointed_run, tmp / "run")
+            gone = folder / data.draw(st.sampled_from(NEEDED), label="deleted")
+            shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
+            if verb not in TOKENIZER_VERBS:
+                must_say += ["damaged", f"{gone} is missing"]
+        said = one_sentence(cli_here(*verb_args(verb, folder, out), check=False))
+        assert str(folder) in said
+        for part in must_say:
+            assert part in said, f"{part!r} not in {said!r}"
+        assert not any(out.iterdir())

@@ -190,3 +190,25 @@ def test_phi3_mini_width_greedy_tokens_equal_the_reference():
         ids = torch.randint(0, 2048, (24,), generator=torch.Generator().manual_seed(seed)).tolist()
         [res] = complete(loaded, [ids], Sampling(max_new_tokens=12))
         assert res.token_ids == _reference_greedy(model, ids, 12)
+
+
+def test_closing_a_stream_cancels_generation_and_joins_its_thread(base):
+    """What Ctrl-C in chat does to a reply (the caller stops reading): generation ends at its next token and its thread
+    is gone when close() returns. A thread left inside torch when the interpreter exits aborts the process."""
+    import threading
+
+    from phinetune.infer.complete import STREAM_THREAD
+
+    n = 300
+    assert complete(base, [chat_prompt(base, CONVS[0])], Sampling(max_new_tokens=n))[0].completion_tokens == n  # left alone: n steps
+    forwards = []
+    hook = base.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        pieces = stream_reply(base, CONVS[0], Sampling(max_new_tokens=n))
+        next(pieces)
+        pieces.close()
+        assert not [t for t in threading.enumerate() if t.name == STREAM_THREAD]
+        steps = len(forwards)
+    finally:
+        hook.remove()
+    assert steps < n // 2

@@ -125,3 +125,53 @@ def test_an_adapter_on_a_hub_base_names_the_hub_id(tiny_run, tmp_path, recorded)
     front, body = card_parts(tmp_path / "up")
     assert front["base_model"] == "microsoft/Phi-3-mini-4k-instruct" and "(a local model" not in body
     assert "[microsoft/Phi-3-mini-4k-instruct](https://huggingface.co/microsoft/Phi-3-mini-4k-instruct)" in body
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed: a connection is refused at once
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_push_without_network_is_one_sentence_at_once_and_the_run_is_untouched(tiny_run, tmp_path):
+    import time
+
+    from phinetune.models import hub
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_TOKEN="hf_test", HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}", HF_HOME=str(tmp_path / "hf-home"))
+    before = _tree(tiny_run)
+    hub.hub_reachable.cache_clear()  # the probe's answer is kept per process: this one must ask the closed port
+    try:
+        start = time.monotonic()
+        proc = cli_here("push", str(tiny_run), "me/riddles", "--merged", env=env, check=False)
+        seconds = time.monotonic() - start
+    finally:
+        hub.hub_reachable.cache_clear()
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert f"error: cannot reach the Hugging Face Hub at {env['HF_ENDPOINT']} to push to me/riddles: nothing was uploaded" in said
+    assert said.count("error:") == 1 and f"{tiny_run} is unchanged; run the same command again" in said
+    assert seconds < hub.PROBE_TIMEOUT + 5  # refused at once (no retries, and the merge was not started); bound for a loaded machine
+    assert _tree(tiny_run) == before
+
+
+def test_a_connection_lost_during_the_upload_is_one_sentence(tmp_path, monkeypatch):
+    """After the probe answered: the client's connection error (httpx or httpx2, whichever huggingface_hub uses)."""
+    from huggingface_hub import constants
+
+    from phinetune.errors import PhinetuneError
+    from phinetune.export import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    (tmp_path / "README.md").write_text("card")
+    with pytest.raises(PhinetuneError, match=r"upload to me/riddles failed \(http://127.0.0.1:\d+\): .*; the run folder is unchanged: "
+                                             "run the same command again to retry"):
+        hub._upload(tmp_path, "me/riddles", private=False, token="hf_test")

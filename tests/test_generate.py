@@ -135,3 +135,15 @@ def test_a_byte_order_mark_in_the_input_is_accepted(tmp_path):
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
     assert read_prompt_rows(bom) == read_prompt_rows(plain)
+
+
+def test_dtype_spellings_on_the_command_line(tiny_run):
+    """`--dtype float32` is `--dtype fp32` (the same answer); a name that is no dtype is one sentence listing the choices."""
+    from conftest import cli_here
+
+    args = ["generate", str(tiny_run), "What has keys?", "--max-new-tokens", "6"]
+    assert cli_here(*args, "--dtype", "float32").stdout == cli_here(*args, "--dtype", "fp32").stdout
+    bad = cli_here(*args, "--dtype", "bfloat17", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
+    assert " ".join(bad.stdout.split()) == ("error: dtype 'bfloat17' is not one of auto, bf16 (bfloat16), fp16 (float16, half) or "
+                                            "fp32 (float32, float)")

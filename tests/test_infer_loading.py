@@ -99,7 +99,7 @@ def test_export_takes_the_checkpoint(runs, tmp_path):
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
     earlier = tensors(cut, "step2", "step-2")
     assert any(not torch.allclose(earlier[k], expected[k], atol=1e-5) for k in expected)  # step-2 is another model
-    with pytest.raises(PhinetuneError, match="has not finished"):
+    with pytest.raises(PhinetuneError, match=r"unfinished run \(interrupted at step 4\).*pass --checkpoint last .*\(step-4\)"):
         export_run(str(cut), str(tmp_path / "none"), ExportPlan("gguf", ("f32",)))
 
 

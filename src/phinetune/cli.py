@@ -60,18 +60,68 @@ def resolve_config(args: Optional[List[str]]):
     return load_config(config or default_config_path(), overrides)
 
 
-def check_source(target: str, revision: Optional[str] = None) -> None:
+def check_source(target: str, revision: Optional[str] = None, checkpoint: Optional[str] = None, run_advice: Optional[str] = None,
+                 tokenizer_only: bool = False) -> None:
     """A TARGET or model.name that is a missing path or an unreachable, uncached Hub id fails here, in seconds,
-    before torch and transformers are imported."""
+    before torch and transformers are imported; so does a folder that holds no model (runs/folders.py), and a run
+    whose final weights cannot be loaded (unfinished, damaged: runs/status.py) unless a `checkpoint` of it is asked for.
+    `run_advice`: for a verb that cannot take a run folder, what to pass instead (a run folder is then refused);
+    `tokenizer_only`: the verb reads only a tokenizer, which a folder of tokenizer files holds."""
     from phinetune.models.hub import check_model_name
 
     check_model_name(target, revision)
+    if not Path(target).expanduser().exists():
+        return
+    from phinetune.runs.folders import IN_A_RUN, RUN, classify, require_model, what
+    from phinetune.runs.run_dir import RunDir
+    from phinetune.runs.status import require_final_weights
+
+    folder = classify(target)
+    if run_advice is not None and folder.run is not None and folder.kind in (RUN, *IN_A_RUN):
+        raise PhinetuneError(f"{what(folder)}, not a model; {run_advice.format(base=_trained_from(RunDir(folder.run)))}")
+    require_model(target, tokenizer_only=tokenizer_only)
+    if folder.kind == RUN and checkpoint is None:
+        require_final_weights(RunDir(folder.path))
 
 
-def check_run(run: str) -> None:
-    if not Path(run).expanduser().exists():
-        raise PhinetuneError(f"run folder {run} does not exist; pass the output.dir of a `phinetune train` (e.g. runs/default)")
+def _trained_from(run) -> str:
+    """The base model a run was trained from, as run.json (else its config.yaml) names it."""
+    try:
+        return run.read_info().base_model
+    except PhinetuneError:
+        pass
+    try:
+        return run.read_config().model.name
+    except (PhinetuneError, OSError):
+        return "(model.name in its config.yaml)"
 
+
+def final_weights_named(run: str) -> bool:
+    """Whether `last` names a run's final weights (runs/checkpoints.select): a finished run's, or saved ones; an
+    unfinished run's `last` is its newest checkpoint."""
+    from phinetune.runs.run_dir import RunDir
+    from phinetune.runs.status import run_status
+
+    return RunDir(Path(run)).has_final_weights or run_status(RunDir(Path(run))).state == "finished"
+
+
+def check_run(run: str, checkpoint_flag: Optional[str] = "--checkpoint", final: bool = True,
+              use_checkpoint: Optional[str] = "pass --checkpoint last to use its last checkpoint ({name})", instead: Optional[str] = None) -> None:
+    """RUN must be a run folder (anything else: one sentence saying what it is and what to pass, runs/folders.py);
+    `final`: this command loads the run's final weights, so an unfinished or damaged run is refused here, offering
+    `use_checkpoint` (how this command takes the last checkpoint; None: it cannot) when there is one."""
+    from phinetune.runs.folders import require_run
+    from phinetune.runs.run_dir import RunDir
+    from phinetune.runs.status import require_final_weights
+
+    folder = require_run(run, checkpoint_flag)
+    if final:
+        require_final_weights(RunDir(folder.path), use_checkpoint, instead)
+
+
+# model.name naming a run folder: training starts from weights, which a run holds only as an adapter on its base
+TRAIN_FROM_RUN = ("model.name takes a model to train: to go on from this run, merge it (phinetune merge RUN --out DIR) and set "
+                  "model.name=DIR, or resume it with its own config; to train its base again, set model.name={base}")
 
 CHECKPOINT_HELP = ("For a run folder: 'last' (or step-N) uses that training checkpoint instead of the final adapter, e.g. of an interrupted run; "
                    "'best' the checkpoint train.keep scored best (lowest eval loss, else its first task).")
@@ -91,7 +141,7 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
     then a recall check (CPU, no network, about 15-20 s on an idle 2-core machine)."""
     args = with_config_option(args, config)
     cfg = resolve_config(args)  # validated once here, so a typo fails before N processes start
-    check_source(cfg.model.name, cfg.model.revision)
+    check_source(cfg.model.name, cfg.model.revision, run_advice=TRAIN_FROM_RUN)
     from phinetune.train.recipe import train as run_train
 
     if nproc > 1 or accelerate_config is not None or nnodes > 1:
@@ -152,7 +202,7 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
           checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
           base: Optional[str] = typer.Option(None, "--base", help="QLoRA runs: dequantized (default: the NF4 base weights dequantized, exactly the model that was trained) or original (the full-precision checkpoint). The logit gap between the two is printed.")) -> None:
     """Merge a LoRA/QLoRA run into a standalone 16/32-bit model (QLoRA: into the dequantized NF4 base or the original one, --base)."""
-    check_run(run)
+    check_run(run, final=checkpoint is None)
     from phinetune.export.merge import merge_run
 
     merge_run(run, out, dtype, max_shard_size, overwrite, base, checkpoint)
@@ -168,6 +218,7 @@ def export(run: str = typer.Argument(..., help="A finished run folder from `phin
            overwrite: bool = typer.Option(False, help="Replace an existing --out."),
            checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)) -> None:
     """Merge the run and convert it for another runtime; DIR appears only when everything is written."""
+    check_run(run, final=checkpoint is None)
     from phinetune.export.run import ExportPlan, export_run
 
     split = lambda s: tuple(p.strip() for p in s.split(",") if p.strip())  # noqa: E731
@@ -186,6 +237,7 @@ def push(run: str = typer.Argument(..., help="A finished run folder from `phinet
          private: bool = typer.Option(False, help="Create the repository as private."),
          local_base: bool = typer.Option(False, "--local-base", help="Upload an adapter whose base is a local model (it loads only where that folder exists); refused without this.")) -> None:
     """Upload to the Hugging Face Hub with a generated model card (needs a token: `hf auth login` or HF_TOKEN)."""
+    check_run(run, None, use_checkpoint=None)  # push uploads final weights only
     from phinetune.export.hub import push as run_push
 
     if merged + adapter + gguf > 1:
@@ -209,7 +261,7 @@ def generate(target: str = typer.Argument(..., help="A run folder, a merged fold
              checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
              reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Answer one prompt, or a JSONL file of prompts, with the model's chat template."""
-    check_source(target)
+    check_source(target, checkpoint=checkpoint)
     from phinetune.infer.complete import Sampling
     from phinetune.infer.generate import run_generate
     from phinetune.runs.loading import LoadOptions
@@ -226,7 +278,7 @@ def chat(target: str = typer.Argument(..., help="A run folder, a merged folder, 
          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
          reasoning: str = typer.Option("show", help="A reply's <think>...</think> trace: show, or hide (final answer only).")) -> None:
     """Chat interactively; tokens stream as they are generated."""
-    check_source(target)
+    check_source(target, checkpoint=checkpoint)
     from phinetune.infer.chat import chat_loop
     from phinetune.infer.complete import Sampling
     from phinetune.runs.loading import load_for_inference
@@ -250,7 +302,7 @@ def eval_run(run: str = typer.Argument(..., help="A run folder from `phinetune t
     """Benchmark the base model and the fine-tuned one on the same items; flag drops larger than the standard error."""
     from phinetune.eval.tasks import parse_tasks
 
-    check_run(run)
+    check_run(run, "--checkpoints", final=not checkpoints, use_checkpoint="pass --checkpoints base,{name} to score its last checkpoint")
     chosen = parse_tasks(tasks)
     if data_dir is None:
         from phinetune.models.hub import require_datasets
@@ -272,7 +324,11 @@ def eval_run(run: str = typer.Argument(..., help="A run folder from `phinetune t
 def report(run: str = typer.Argument(..., help="A run folder from `phinetune train`."),
            samples: int = typer.Option(3, min=0, help="Held-out prompts to answer with base and tuned model (0: none; RUN/compare.md wins if present).")) -> None:
     """Write RUN/report.html (self-contained) and RUN/report.md: config, pre-flight, curves, benchmarks, sample answers."""
-    check_run(run)
+    from phinetune.runs.run_dir import RunDir
+    from phinetune.runs.status import NO_SAMPLES
+
+    kept = RunDir(Path(run)).compare.exists() or RunDir(Path(run)).samples.exists()  # answers the report reuses
+    check_run(run, None, final=samples > 0 and not kept, instead=NO_SAMPLES)
     from phinetune.report.page import write_report
 
     html_path, md_path = write_report(run, samples)
@@ -302,7 +358,7 @@ def compare(run: str = typer.Argument(..., help="A run folder from `phinetune tr
             batch_size: int = typer.Option(8), dtype: str = typer.Option("auto"), quant: str = typer.Option("none"),
             checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="'all' (base, every kept checkpoint, last) or a list like base,step-10,best,last: one column each (Markdown: RUN/compare_checkpoints.md).")) -> None:
     """Base vs fine-tuned answers to the same prompts, side by side (terminal table + Markdown)."""
-    check_run(run)
+    check_run(run, "--checkpoints", final=not checkpoints, use_checkpoint="pass --checkpoints base,{name} to compare the base with its last checkpoint")
     from phinetune.infer.compare import compare_checkpoints, compare_run
     from phinetune.infer.complete import Sampling
     from phinetune.runs.loading import LoadOptions
@@ -330,7 +386,8 @@ def judge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
           price_input_per_1m: float = typer.Option(0.0, help="USD per million prompt tokens, for the cost counter."),
           price_output_per_1m: float = typer.Option(0.0, help="USD per million completion tokens.")) -> None:
     """A judge model compares two models' answers pairwise, in both orders: win/tie/loss rates with 95% intervals and its reasons."""
-    check_run(run)
+    last = "--b" if b == "last" else "--a" if a == "last" else None
+    check_run(run, "--b", final=last is not None and final_weights_named(run), use_checkpoint=f"pass {last} {{name}} to judge its last checkpoint")
     from pydantic import ValidationError
 
     from phinetune.errors import ConfigError
@@ -369,7 +426,7 @@ def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged 
 
     check_port_free(host, port)  # a busy port is known in milliseconds: before torch is imported and the model loaded
     for target in targets:
-        check_source(target)
+        check_source(target, checkpoint=checkpoint)
     from phinetune.runs.loading import LoadOptions
     from phinetune.serve.run import serve as run_serve
 
@@ -512,7 +569,8 @@ def data_inspect(data: str = typer.Argument(..., help="A data file or folder, a 
                  against: Optional[str] = typer.Option(None, "--against", help="Benchmarks to check the data against for contamination (13-gram overlap + MinHash near-duplicates), e.g. arc_easy,hellaswag,piqa,winogrande."),
                  against_dir: Optional[Path] = typer.Option(None, "--against-dir", help="Folder with the official eval files (as eval --data-dir); default: the Hub.")) -> None:
     """Counts, token-length histogram, share trained/truncated, samples with masks, duplicates; with --against, benchmark overlaps."""
-    check_source(model)
+    check_source(model, run_advice="--model takes the model whose tokenizer and chat template to use: pass the one it was trained from, --model {base}",
+                 tokenizer_only=True)
     from phinetune.data.inspect import inspect_data, inspect_spec, load_inspect_tokenizer, print_inspection, write_outputs
     from phinetune.eval.tasks import parse_tasks
 
@@ -582,7 +640,7 @@ def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
 
     Exits non-zero when the pre-flight finds a problem (the `preflight.*` overrides apply)."""
     cfg = resolve_config(with_config_option(args, config))
-    check_source(cfg.model.name, cfg.model.revision)
+    check_source(cfg.model.name, cfg.model.revision, run_advice=TRAIN_FROM_RUN)
     from phinetune.train.check import check_config
 
     check_config(cfg, save)

@@ -17,6 +17,7 @@ from typing import Optional
 
 from phinetune.errors import PhinetuneError
 from phinetune.export.run import ExportPlan, check_run, gguf_name, merged_folder, ollama_name, write_ggufs
+from phinetune.models.hub import snapshot_repo
 from phinetune.progress import console, escape
 from phinetune.runs.run_dir import ADAPTER_CONFIG, RunDir
 
@@ -30,7 +31,7 @@ def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = Fal
     """`local_base`: upload an adapter whose base is a local model all the same (refused without it: see check_base)."""
     if mode not in MODES:
         raise PhinetuneError(f"push mode must be one of {', '.join(MODES)} (got '{mode}')")
-    run, spec = check_run(run_path)
+    run, spec = check_run(run_path, use_checkpoint=None)  # push uploads final weights only
     if mode == "adapter" and run.is_full:
         raise PhinetuneError(f"{run.path} is a full fine-tune with no adapter; push it with --merged")
     if dry_run:
@@ -42,6 +43,7 @@ def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = Fal
         check_base(run, dry_run or local_base)
     if not dry_run:
         token = token or _token()
+        _check_reachable(run, repo_id)  # before the folder is built (a merge or GGUF takes a while): fail in seconds
     parent = Path(out).parent if dry_run else Path(tempfile.mkdtemp(prefix="phinetune-push-"))
     staging = parent / f".push.partial-{os.getpid()}"
     try:
@@ -62,9 +64,9 @@ def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = Fal
 def hub_base(base_model: str) -> Optional[str]:
     """The Hub id a run's base came from (the id itself, or the repository of a Hugging Face cache snapshot folder),
     or None for a local model (a built-in tiny base, a merged or other folder): an adapter on it loads nowhere else."""
-    snapshot = re.search(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$", base_model)
+    snapshot = snapshot_repo(base_model)
     if snapshot:
-        return f"{snapshot.group(1)}/{snapshot.group(2)}"
+        return snapshot
     if Path(base_model).exists() or base_model.startswith((".", "/", "~")) or not HUB_ID.fullmatch(base_model):
         return None
     return base_model
@@ -96,18 +98,51 @@ def _token() -> str:
     return token
 
 
+OFFLINE = "cannot push while HF_HUB_OFFLINE=1 is set; unset it to upload (nothing was uploaded)"
+
+
+def _check_reachable(run: RunDir, repo_id: str) -> None:
+    """One short probe of the Hub (models/hub.py: a refused connection answers at once, a silent network in
+    PROBE_TIMEOUT seconds), so a push without network is one sentence instead of a connection traceback."""
+    from phinetune.models.hub import endpoint, hub_reachable, offline_env
+
+    if offline_env():
+        raise PhinetuneError(OFFLINE)
+    if not hub_reachable():
+        raise PhinetuneError(f"cannot reach the Hugging Face Hub at {endpoint()} to push to {repo_id}: nothing was uploaded "
+                             f"and {run.path} is unchanged; run the same command again once the network is back "
+                             "(--dry-run --out DIR writes the folder that would be uploaded meanwhile)")
+
+
+def _transport_errors() -> tuple[type, ...]:
+    """The HTTP client's connection errors (refused, reset, timed out): huggingface_hub 1.x calls httpx, 2.x its
+    successor httpx2, with the same class names; neither is an OSError or an HfHubHTTPError."""
+    import importlib
+
+    found = []
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def _upload(folder: Path, repo_id: str, private: bool, token: str) -> None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    api = HfApi(token=token)
+    from phinetune.models.hub import endpoint
+
+    api = HfApi(token=token, endpoint=endpoint())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload with phinetune push")
     except OfflineModeIsEnabled:
-        raise PhinetuneError("cannot push while HF_HUB_OFFLINE=1 is set; unset it to upload (nothing was uploaded)") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise PhinetuneError(f"upload to {repo_id} failed: {str(exc).splitlines()[0]}") from None
+        raise PhinetuneError(OFFLINE) from None
+    except (HfHubHTTPError, OSError, *_transport_errors()) as exc:
+        raise PhinetuneError(f"upload to {repo_id} failed ({endpoint()}): {str(exc).splitlines()[0] or type(exc).__name__}; "
+                             "the run folder is unchanged: run the same command again to retry") from None
 
 
 def build_folder(run: RunDir, spec, repo_id: str, mode: str, quant: str, dest: Path) -> Path:

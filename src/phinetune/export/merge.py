@@ -58,6 +58,7 @@ def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str 
     """`checkpoint` ('last', 'step-N', 'best'): merge that training checkpoint's weights instead of the final adapter.
     `announce=False`: no "merged model written to" line (export and push merge into a staging folder that is gone when they finish)."""
     run = RunDir.open(run_path)
+    pick_checkpoint(run, checkpoint)  # an unfinished or damaged run, or a missing checkpoint: one sentence before any loading
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise PhinetuneError(f"merge output {out_dir} is not empty; choose another --out or pass --overwrite")

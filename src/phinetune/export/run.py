@@ -18,6 +18,7 @@ from phinetune.errors import PhinetuneError
 from phinetune.models.specs import ModelSpec, get_spec
 from phinetune.progress import console
 from phinetune.runs.run_dir import RunDir, write_merged_marker
+from phinetune.runs.status import LOAD_OFFER, require_final_weights
 
 TARGETS = ("gguf", "ollama", "onnx")
 EXTRA_HINT = "pip install 'phinetune[export]'"
@@ -62,13 +63,12 @@ def export_run(run_path: str, out: str, plan: ExportPlan) -> Path:
     return out_dir
 
 
-def check_run(run_path: str, checkpoint: Optional[str] = None) -> tuple[RunDir, ModelSpec]:
-    """A finished run, or any run when a checkpoint of it is asked for (as generate and merge take them)."""
-    run = RunDir.open(run_path)
-    info = run.read_info()
-    if info.status != "finished" and checkpoint is None:
-        raise PhinetuneError(f"{run.info_file} says status '{info.status}': the run has not finished; resume it "
-                             f"(phinetune train ... --resume) or export a finished run")
+def check_run(run_path: str, checkpoint: Optional[str] = None, use_checkpoint: Optional[str] = LOAD_OFFER) -> tuple[RunDir, ModelSpec]:
+    """A finished, intact run, or any run when a checkpoint of it is asked for (as generate and merge take them).
+    `use_checkpoint`: how the calling command takes the last checkpoint of an unfinished or damaged run (None: it cannot)."""
+    run = RunDir.open(run_path, "--checkpoint" if use_checkpoint else None)
+    if checkpoint is None:
+        require_final_weights(run, use_checkpoint)
     cfg = run.read_config()
     return run, get_spec(cfg.model.name, cfg.model.spec)
 

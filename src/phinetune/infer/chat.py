@@ -35,14 +35,26 @@ def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, 
             continue
         history.append({"role": "user", "content": text})
         console.print("[bold]phi>[/bold] ", end="", markup=True)
-        reply, shown = "", 0
-        for piece in stream_reply(loaded, history, sampling):
+        reply = _stream(loaded, history, sampling, reasoning)
+        history.append({"role": "assistant", "content": split_reasoning(reply, loaded.spec.reasoning_tags)[1].strip()})
+
+
+def _stream(loaded: Loaded, history: list[dict], sampling: Sampling, reasoning: str) -> str:
+    """Print the reply as it streams and return it. Ctrl-C stops the reply (what was shown stays in the
+    conversation) and comes back to the prompt; stream_reply has stopped generation by the time it returns."""
+    reply, shown = "", 0
+    pieces = stream_reply(loaded, history, sampling)
+    try:
+        for piece in pieces:
             reply += piece
             visible = reply if reasoning == "show" else _after_trace(reply, loaded.spec.reasoning_tags)
             console.print(visible[shown:], end="", markup=False, highlight=False)
             shown = len(visible)
         console.print()
-        history.append({"role": "assistant", "content": split_reasoning(reply, loaded.spec.reasoning_tags)[1].strip()})
+    except KeyboardInterrupt:
+        pieces.close()  # cancels generation and waits for its thread, also when the interrupt came between pieces
+        console.print("\n[dim](reply stopped)[/dim]", markup=True)
+    return reply
 
 
 COMMANDS = {"/help": "list these commands", "/reset": "clear the conversation (a system prompt is kept)",

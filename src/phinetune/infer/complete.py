@@ -199,24 +199,45 @@ class CallbackStreamer(TextStreamer):
             self.on_text(text)
 
 
+STREAM_THREAD = "phinetune-stream"  # the thread that generates a streamed reply
+
+
 def stream_reply(loaded: Loaded, messages: list[dict], sampling: Sampling) -> Iterator[str]:
-    """Yield text pieces as they are generated (for the terminal chat)."""
+    """Yield text pieces as they are generated (for the terminal chat).
+
+    Generation runs in a second thread that feeds the streamer. However the caller stops reading (Ctrl-C raises
+    KeyboardInterrupt in the main thread, or the generator is closed), generation is cancelled at its next token
+    and the thread is joined before this returns: a process that exits while that thread is still inside torch
+    aborts ("terminate called without an active exception", exit 134) instead of ending cleanly."""
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     failure: list[BaseException] = []
+    cancel = threading.Event()
 
     def work() -> None:
         try:
-            complete(loaded, [chat_prompt(loaded, messages)], sampling, streamer=streamer)
+            complete(loaded, [chat_prompt(loaded, messages)], sampling, streamer=streamer, cancel=cancel)
         except BaseException as exc:  # surface it in the caller's thread instead of hanging the iterator
             failure.append(exc)
             streamer.end()
 
-    thread = Thread(target=work, daemon=True)
+    thread = Thread(target=work, name=STREAM_THREAD, daemon=True)
     thread.start()
-    yield from streamer
-    thread.join()
+    try:
+        yield from streamer
+    finally:
+        cancel.set()
+        join_through_interrupts(thread)
     if failure:
         raise failure[0]
+
+
+def join_through_interrupts(thread: Thread) -> None:
+    """Wait for `thread` even when Ctrl-C is pressed again meanwhile (the thread has been told to stop)."""
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            continue
 
 
 def _device(model) -> torch.device:

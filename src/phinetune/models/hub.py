@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,14 @@ from typing import Optional
 from phinetune.errors import PhinetuneError
 
 PROBE_TIMEOUT = 3.0
+
+
+def snapshot_repo(path: str) -> Optional[str]:
+    """The Hub id whose Hugging Face cache snapshot folder `path` is (models--owner--name/snapshots/REV), else None.
+
+    Such a folder is a copy of a Hub model, not the user's own: where it is gone, the id fetches it again."""
+    found = re.search(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$", path)
+    return f"{found.group(1)}/{found.group(2)}" if found else None
 
 
 def endpoint() -> str:

@@ -26,6 +26,9 @@ from phinetune.paths import cache_root
 
 PAD_TOKEN = "<PAD>"  # what pad_policy="add" adds
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# The other spellings people type for them (torch's names, a config.json's torch_dtype, `half`, `float`).
+DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+DTYPE_CHOICES = "auto, bf16 (bfloat16), fp16 (float16, half) or fp32 (float32, float)"
 
 
 @dataclass
@@ -35,8 +38,18 @@ class DtypePlan:
     reason: str
 
 
+def dtype_name(requested: str) -> str:
+    """auto, bf16, fp16 or fp32, from any common spelling of them; anything else is refused, listing the choices."""
+    name = str(requested).strip().lower()
+    name = DTYPE_ALIASES.get(name, name)
+    if name != "auto" and name not in DTYPES:
+        raise ConfigError(f"dtype '{requested}' is not one of {DTYPE_CHOICES}")
+    return name
+
+
 def choose_dtype(requested: str, spec: ModelSpec) -> DtypePlan:
     """Resolve `auto` for the hardware and refuse dtypes the spec knows to be unsafe (Phi-2 fp16 -> NaN)."""
+    requested = dtype_name(requested)
     if requested in spec.refused_dtypes:
         raise ConfigError(f"model.dtype={requested} is refused for {spec.key}: {spec.refused_dtypes[requested]}")
     if requested != "auto":

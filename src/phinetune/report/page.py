@@ -23,6 +23,7 @@ from phinetune.markdown import md_table
 from phinetune.train.plots import render_all
 from phinetune.report import before_after
 from phinetune.report.samples import cached_samples, generate_samples
+from phinetune.runs.status import NO_SAMPLES, require_final_weights, run_status
 from phinetune.runs.run_dir import RunDir
 
 ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.files("phinetune.report") / "templates")),
@@ -52,7 +53,7 @@ def summary_section(run: RunDir, metrics: list[dict]) -> Section:
     speeds = [m["tokens_per_s"] for m in metrics if isinstance(m.get("tokens_per_s"), (int, float))]
     steps = max((m["step"] for m in metrics if "loss" in m), default=0)
     rows = [["run folder", str(run.path)], ["base model", info.base_model], ["model spec", info.spec],
-            ["method", f"{info.method} (quant: {info.quant}, dtype: {info.dtype})"], ["status", info.status],
+            ["method", f"{info.method} (quant: {info.quant}, dtype: {info.dtype})"], ["status", run_status(run).text],
             ["optimizer steps", steps], ["phinetune", info.phinetune_version]]
     if evals:
         first, last = evals[0], evals[-1]
@@ -173,6 +174,7 @@ def held_out_answers(run: RunDir, n: int) -> None:
     """Answer n held-out prompts with base and tuned into RUN/samples.json, unless the report already has held-out answers
     to show (cached samples, or the judge's answers of base vs the final weights): the report shows them once, as conversations."""
     if n > 0 and cached_samples(run) is None and not before_after.judged_conversations(run):
+        require_final_weights(run, instead=NO_SAMPLES)
         generate_samples(run, n)
 
 

@@ -65,6 +65,7 @@ def select(run: RunDir, spec: str) -> list[Point]:
     Here `last` is the final weights of a finished run (runs/loading.pick_checkpoint's `last`, the newest checkpoint,
     for a run that has none), so a column of answers "at the end" means what was actually saved at the end."""
     from phinetune.runs.loading import pick_checkpoint
+    from phinetune.runs.status import require_final_weights, run_status
 
     found = run.checkpoint_dirs()
     final_step = max((m["step"] for m in run.read_metrics() if "step" in m), default=found[-1][0] if found else 0)
@@ -76,7 +77,11 @@ def select(run: RunDir, spec: str) -> list[Point]:
         if name == "base":
             points["base"] = Point("base", 0, False, None)
             continue
-        path = None if name == "last" and run.has_final_weights else pick_checkpoint(run, name)
+        if name == "last" and (run.has_final_weights or run_status(run).state == "finished"):  # a damaged run says what is missing
+            require_final_weights(run, use_checkpoint="name its last checkpoint ({name}) instead of last")
+            path = None
+        else:
+            path = pick_checkpoint(run, name)
         if path is None:  # the final weights
             points["last"] = Point("last", final_step, True, None)
         else:

@@ -13,12 +13,17 @@ import torch
 from peft import PeftModel
 
 from phinetune.config.schema import ModelConfig
-from phinetune.errors import PhinetuneError
+from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.data.end_of_turn import stop_token_ids
-from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny
+from phinetune.models.loading import choose_dtype, dtype_name, load_model, load_tokenizer, materialize_tiny
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
 from phinetune.progress import progress_console, verbose
+from phinetune.runs.folders import RUN, classify, model_problem, what
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key
+from phinetune.runs.status import checkpoint_missing, require_final_weights
+
+
+QUANTS = ("none", "nf4")
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ def device_map():
 
 
 def is_run_dir(path: str) -> bool:
-    return RunDir(Path(path)).info_file.exists()
+    return classify(path).kind == RUN
 
 
 def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", adapter: bool = True,
@@ -52,12 +57,22 @@ def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", ad
     """`adapter=False` on a run folder gives the base model alone (for before/after comparisons).
 
     `checkpoint` ('last', 'best', 'step-N' or 'N') takes a run's trainable weights from that training checkpoint
-    instead of its final adapter: the way to use a run that was interrupted before it finished."""
-    if checkpoint is not None and not is_run_dir(target):
-        raise PhinetuneError(f"--checkpoint needs a run folder from `phinetune train`; {target} is not one")
+    instead of its final adapter: the way to use a run that was interrupted before it finished.
+    A local folder that holds no model (a run's adapter/ or checkpoint, an empty folder) is refused with one
+    sentence saying what it is and what to pass (runs/folders.py), before any library tries to load it."""
+    dtype = dtype_name(dtype)  # bfloat16, half, float32 ...: the names a user types; a typo lists the choices
+    if quant not in QUANTS:
+        raise ConfigError(f"quant '{quant}' is not one of {', '.join(QUANTS)}")
+    folder = classify(target) if Path(target).expanduser().exists() else None
+    if checkpoint is not None and (folder is None or folder.kind != RUN):
+        where = what(folder) if folder is not None else f"{target} is not a folder"
+        raise PhinetuneError(f"--checkpoint needs a run folder from `phinetune train`; {where}")
+    problem = model_problem(folder) if folder is not None else None
+    if problem:
+        raise PhinetuneError(problem)
     with progress_console.status(f"Loading {target}"):
-        if is_run_dir(target):
-            run = RunDir.open(target)
+        if folder is not None and folder.kind == RUN:
+            run = RunDir(folder.path)
             return _load_run(run, dtype, quant, adapter, pick_checkpoint(run, checkpoint) if adapter else None)
         return _load_plain(target, dtype, quant)
 
@@ -66,14 +81,18 @@ def pick_checkpoint(run: RunDir, choice: Optional[str]) -> Optional[Path]:
     """The checkpoint `choice` names; None (final weights) when not asked and the run finished."""
     found = run.checkpoint_dirs()
     if choice is None:
-        if run.has_final_weights:
-            return None
-        status = run.read_info().status
-        offer = (f"pass --checkpoint last to use its last checkpoint ({found[-1][1].name})" if found else
-                 "it saved no checkpoint to use; re-run its `phinetune train` command to finish it")
-        raise PhinetuneError(f"{run.path} is an unfinished run ({status}) with no final weights; {offer}")
+        require_final_weights(run)  # unfinished or damaged: one sentence, offering its last checkpoint
+        return None
     if not found:
         raise PhinetuneError(f"--checkpoint {choice}: {run.path} holds no checkpoint (none under {run.checkpoints})")
+    picked = _named_checkpoint(run, found, choice)
+    missing = checkpoint_missing(run, picked)
+    if missing:
+        raise PhinetuneError(f"--checkpoint {choice}: {missing[0]} is missing, so {picked.name} of {run.path} cannot be loaded")
+    return picked
+
+
+def _named_checkpoint(run: RunDir, found: list[tuple[int, Path]], choice: str) -> Path:
     if choice == "last":
         return found[-1][1]
     if choice == "best":
@@ -164,8 +183,9 @@ def base_and_tuned(run: RunDir, dtype: str = "auto", quant: str = "none") -> Ite
     A LoRA/QLoRA run is loaded once: the base is the same weights with the adapter switched off (PEFT
     `disable_adapter`, which also bypasses modules_to_save), so no second copy of the base is in memory.
     A full fine-tune has two different weight sets: they are loaded one at a time, the first freed before
-    the second is loaded.
+    the second is loaded. An unfinished or damaged run is refused before anything loads.
     """
+    require_final_weights(run, use_checkpoint=None)
     if run.is_full:
         with progress_console.status(f"Loading the base of {run.path}"):
             base = _load_run(run, dtype, quant, adapter=False)

@@ -12,6 +12,7 @@ Every name a run folder holds is an attribute here, and nowhere else spelled out
     RUN/tensorboard/, RUN/mlruns/, RUN/mlflow_run_id   experiment trackers (train.report_to)
     RUN/reference_logps.safetensors   preference runs with preference.reference=cached: the reference
                          model's log-probs of every pair, computed once before step 1
+    RUN/train.lock       locked by the training process while it trains (runs/status.py: running or interrupted)
 
 A merged folder (`phinetune merge`) is a plain Hugging Face folder plus MERGED_MARKER, which records its spec.
 """
@@ -30,6 +31,7 @@ MERGED_MARKER = "phinetune.json"  # in a merged folder: {"spec": key, "merged_fr
 # PEFT run the adapter's own config (ADAPTER_CONFIG), so the checkpoint loads without the training code.
 CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX, CHECKPOINT_STATE = "step-", ".tmp-step-", "trainer_state.json"
 CHECKPOINT_WEIGHTS, ADAPTER_CONFIG = "model.safetensors", "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file name for the adapter's weights, in RUN/adapter/
 CHECKPOINT_SHARDED = "sharded"  # inside a checkpoint of an FSDP2-on-CPU run: torch.distributed.checkpoint shards (train/sharding.py)
 # ... and its learning-rate schedule: accelerate's file name for the first register_for_checkpointing object
 CHECKPOINT_SHARDED_SCHEDULER = "custom_checkpoint_0.pkl"
@@ -78,6 +80,7 @@ class RunDir:
     judge_journal = property(lambda self: self.path / "judge" / "journal.jsonl")  # one line per judge call (resume)
     judge_answers = property(lambda self: self.path / "judge" / "answers.json")  # the answers being judged
     judge_result = property(lambda self: self.path / "judge.json")  # win/tie/loss rates with intervals and reasons
+    lock = property(lambda self: self.path / "train.lock")  # flock'ed by the training process; who holds it (runs/status.py)
 
     @classmethod
     def create(cls, cfg: RunConfig) -> "RunDir":
@@ -91,17 +94,25 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
-        run = cls(Path(path))
-        if not run.info_file.exists():
-            raise PhinetuneError(f"{run.path} is not a phinetune run folder (no run.json); pass the output.dir of a finished `phinetune train`")
-        return run
+    def open(cls, path: str | Path, checkpoint_flag: str = "--checkpoint") -> "RunDir":
+        """The run folder at `path`; any other folder (the run's adapter/ or a checkpoint of it, a merged folder, an
+        empty one) is refused with one sentence saying what it is and what to pass (runs/folders.py).
+        `checkpoint_flag`: how the calling command takes a checkpoint, for that advice."""
+        from phinetune.runs.folders import require_run  # runs/folders.py reads RunDir's names
+
+        require_run(path, checkpoint_flag)
+        return cls(Path(path))
 
     def write_info(self, info: RunInfo) -> None:
         self.info_file.write_text(json.dumps(asdict(info), indent=2))
 
     def read_info(self) -> RunInfo:
-        return RunInfo(**json.loads(self.info_file.read_text()))
+        try:
+            return RunInfo(**json.loads(self.info_file.read_text()))
+        except FileNotFoundError:
+            raise PhinetuneError(f"{self.info_file} is missing: the run folder {self.path} is damaged (train writes it at the start)") from None
+        except (ValueError, TypeError) as exc:
+            raise PhinetuneError(f"{self.info_file} is not a run record phinetune wrote ({exc}); the run folder {self.path} is damaged") from None
 
     def read_config(self) -> RunConfig:
         return load_config(self.config)

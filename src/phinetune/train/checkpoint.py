@@ -33,6 +33,7 @@ from phinetune.train.sharding import load_sharded, save_sharded
 from phinetune.runs.run_dir import (CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
                                     CHECKPOINT_TMP_PREFIX as TMP_PREFIX, CHECKPOINT_WEIGHTS, RunDir)
 from phinetune.runs.checkpoints import best_checkpoint
+from phinetune.runs.status import holder, holder_text
 
 if TYPE_CHECKING:
     from phinetune.train.recipe import Loop
@@ -66,6 +67,10 @@ def start_or_resume(cfg: RunConfig, resume: bool, accelerator) -> tuple[RunDir, 
 
 
 def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
+    live = holder(run) if run.lock.exists() else None
+    if live is not None:  # replacing or resuming it would pull the folder from under a process still writing it
+        raise PhinetuneError(f"a process is still training in {run.path} ({holder_text(live)}); "
+                             "wait for it to end, stop it, or choose another output.dir")
     occupied = run.path.exists() and any(run.path.iterdir())
     if not occupied or (cfg.output.overwrite and not resume):
         if resume:

@@ -39,6 +39,7 @@ from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
 from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, adapter_recompute
 from phinetune.runs.run_dir import RunDir, RunInfo
+from phinetune.runs.status import RunLock, hold_run
 from phinetune.train.prepare import prepare, with_merged_spec
 from phinetune.train.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
 from phinetune.train.tracking import Trackers, accelerator_kwargs
@@ -77,6 +78,7 @@ class Loop:
     hooks: Optional["TrainHooks"] = None
     sharded: bool = False  # FSDP2 applied by us on CPU (train/sharding.py): the model is not accelerate-prepared
     adapter_dtype: Optional[torch.dtype] = None  # LoRA adapters computed in this dtype in training steps (train/precision.py)
+    lock: Optional[RunLock] = None  # the main process's hold on RUN/train.lock while it trains (runs/status.py)
 
 
 @dataclass
@@ -112,6 +114,9 @@ def train(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = No
     except BaseException as exc:
         record_stop(loop.run, loop.accelerator, exc, loop.done)
         raise
+    finally:
+        if loop.lock is not None:  # after run.json records how it ended
+            loop.lock.release()
     if loop.log.trackers is not None:
         loop.log.trackers.close()
     result = TrainResult(loop.run, first_eval, final_eval, loop.total_steps)
@@ -140,11 +145,17 @@ def setup(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = No
     check_distributed(accelerator, cfg)
     configure_engine(accelerator, cfg)
     run, checkpoint = start_or_resume(cfg, resume, accelerator)
+    # Held by the main process while it trains: readers tell a live run from a killed one (runs/status.py).
+    lock = hold_run(run) if accelerator.is_main_process else None
     try:  # the folder is ours from here: a failure is recorded in run.json, and the next start replaces it
-        return build_loop(cfg, run, checkpoint, accelerator, hooks)
+        loop = build_loop(cfg, run, checkpoint, accelerator, hooks)
     except BaseException as exc:
         record_stop(run, accelerator, exc, None, cfg)
+        if lock is not None:
+            lock.release()
         raise
+    loop.lock = lock
+    return loop
 
 
 def stop_status(exc: BaseException, done: Optional[int]) -> str:
