@@ -26,6 +26,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The console width every command sees, in-process too: rich fixes a console's width when it is created if
 # COLUMNS is set, and pytest-xdist's workers start with COLUMNS=80 (tables would squeeze their headers).
 os.environ["COLUMNS"] = "200"
+from phinetune.progress import no_hub_kernels  # noqa: E402  (this checkout's, after the path above)
+
+no_hub_kernels()  # as cli.main() does: in-process tests import peft (hence bitsandbytes) and load models too
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker (and per process it starts): two workers share two cores, and a second OpenMP
     # thread per process only spins waiting for the other worker's cores. Read by torch when it is imported.

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from phinetune.errors import PhinetuneError
-from phinetune.progress import console, escape, silence_libraries
+from phinetune.progress import console, escape, no_hub_kernels, silence_libraries
 
 # rich_markup_mode=None: help text is shown as written. Rich markup would read `phinetune[eval]` or
 # `[CONFIG]` as style tags and drop them.
@@ -642,6 +642,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "--verbose" in sys.argv[1:2]:  # known before any library is imported (bitsandbytes logs at import)
         os.environ["PHINETUNE_VERBOSE"] = "1"
+    no_hub_kernels()
     silence_libraries()
     # Nothing is left to collect when the interpreter exits: without this, its last garbage collections walk the
     # whole torch/transformers heap, 1.2 s of every command that imported them (measured: 6.0 -> 4.8 s for a bare
