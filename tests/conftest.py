@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import traceback
 from pathlib import Path
@@ -16,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 # ../shared beside the checkout (the development workspace only); PHINETUNE_REALDATA points elsewhere (a worktree)
 SHARED = Path(os.environ.get("PHINETUNE_REALDATA") or ROOT.parent / "shared" / "realdata")
+# The real tokenizers, chat template, configs and small data sets, shipped (scripts/pack_realdata_fixtures.py)
+SHIPPED_REALDATA = ROOT / "tests" / "fixtures" / "realdata.tar.xz"
 sys.path.insert(0, str(SRC))  # a git worktree tests its own code, not the editable install's
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -35,11 +41,27 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+@functools.cache
+def shipped_realdata() -> Path:
+    """tests/fixtures/realdata.tar.xz unpacked into a temporary folder, once per test process."""
+    folder = Path(tempfile.mkdtemp(prefix="phinetune-realdata-"))
+    atexit.register(shutil.rmtree, folder, True)
+    with tarfile.open(SHIPPED_REALDATA) as tar:
+        tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    return folder
+
+
 def realdata(*parts: str) -> Path:
-    """A file under ../shared/realdata, or skip the test cleanly where it is absent (a user's clone)."""
+    """A real public file by its path under realdata/: shipped with the tests (the Phi tokenizers, the Phi-3.5 chat
+    template, configs and small data sets), or one of the large eval sets in ../shared/realdata, which only the
+    development workspace has: a test that needs one skips cleanly without it."""
+    shipped = shipped_realdata().joinpath(*parts)
+    if shipped.exists():
+        return shipped
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} not present (only in the development workspace)")
+        pytest.skip(f"needs realdata/{'/'.join(parts)}, a large data set not shipped with the tests "
+                    f"(the development workspace has it in ../shared/realdata, or set PHINETUNE_REALDATA)")
     return path
 
 
