@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -39,6 +40,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker (and per process it starts): two workers share two cores, and a second OpenMP
     # thread per process only spins waiting for the other worker's cores. Read by torch when it is imported.
     os.environ["OMP_NUM_THREADS"] = "1"
+
+
+# No time limit per example and no "too slow" health check in any property test (a test's own @settings keeps
+# these unless it sets them): both are wall-clock bounds, which a loaded machine breaks without a bug.
+settings.register_profile("phinetune", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("phinetune")
 
 
 @functools.cache
