@@ -86,3 +86,22 @@ def test_missing_key_for_the_openai_api_is_refused_before_any_call(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(TeacherError, match=r"no key was found; set \$OPENAI_API_KEY"):
         OpenAITeacher(TeacherConfig(model="gpt-4o-mini"))
+
+
+def test_a_client_that_hangs_up_mid_request_leaves_no_traceback(capfd):
+    """The test server answers a client that is gone (a run killed mid-request) without printing a traceback."""
+    import json
+    import socket
+    import struct
+
+    with FakeOpenAI(delay_s=0.3) as srv:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "What has keys?"}]}).encode()
+        client = socket.create_connection(srv.server_address)
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset, at once
+        client.close()
+        time.sleep(1.0)  # the answer is written (and fails) 0.3 s after the request came in
+        assert srv.log.calls == []  # not counted as answered
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "ConnectionReset" not in err, err
