@@ -23,6 +23,7 @@ def sweep(tmp_path_factory):
     return json.loads(out.read_text()), proc.stdout, out
 
 
+@pytest.mark.slow
 def test_memory_grows_linearly_in_sequence_length(sweep):
     """Tensor memory added per token from 1k to 2k equals that from 2k to 4k. Transformers' own SDPA on packed rows
     (a batch x seq x seq mask) adds ~18 bytes x seq^2 here: +14 % on the second step, far above the 1 % bound.
@@ -37,6 +38,7 @@ def test_memory_grows_linearly_in_sequence_length(sweep):
     assert all(0 < p["tensor_peak_bytes"] < p["measured_bytes"] for p in report["points"])  # the weights are resident too
 
 
+@pytest.mark.slow
 def test_plan_predicts_each_point_within_15_percent(sweep):
     report, stdout, _ = sweep
     for p in report["points"]:
@@ -47,6 +49,7 @@ def test_plan_predicts_each_point_within_15_percent(sweep):
         assert p["checkpointing"] is False and p["checkpointing_reason"].startswith("auto: plan")
 
 
+@pytest.mark.slow
 def test_table_json_and_png(sweep):
     report, stdout, out = sweep
     assert "tokens/s" in stdout and "plan" in stdout and "error" in stdout

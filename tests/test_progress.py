@@ -3,6 +3,8 @@
 import io
 import logging
 
+import pytest
+
 from phinetune import progress
 
 
@@ -55,6 +57,7 @@ print("direct", reached)
 """
 
 
+@pytest.mark.slow
 def test_no_library_fetches_hub_kernels_when_a_model_is_imported_loaded_and_run(tmp_path):
     """Online (HF_HUB_OFFLINE unset), importing peft/bitsandbytes and loading and running a model make no Hub request."""
     import os

@@ -208,6 +208,7 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+@pytest.mark.slow
 def test_load_1000_requests_32_way_with_faults_no_5xx_and_memory_back(server, app):
     _load(server, 200, 32)  # warm-up: allocator pools, compiled paths and caches reach their steady size first
     baseline = _rss()
@@ -462,6 +463,7 @@ def _bodies():
     return st.one_of(mutated, mutated, garbage)
 
 
+@pytest.mark.slow
 def test_generated_bodies_never_get_a_5xx_and_valid_ones_get_content(server, app):
     pytest.importorskip("hypothesis_jsonschema", reason="pip install hypothesis-jsonschema (in the dev extra)")
     from hypothesis import HealthCheck, given, settings
