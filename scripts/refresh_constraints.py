@@ -44,8 +44,11 @@ def installed_closure(root: str = "phinetune", extras: tuple[str, ...] = ("dev",
     """{distribution name: installed version} for `root[extras]` and all it requires, transitively."""
     from importlib.metadata import PackageNotFoundError, distribution
 
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
+    try:
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+    except ImportError:  # packaging comes with transformers
+        raise SystemExit("phinetune[dev] is not installed in this Python: nothing to freeze") from None
 
     versions: dict[str, str] = {}
     done: set[tuple[str, str]] = set()
@@ -98,13 +101,15 @@ def refresh(keep: bool) -> int:
     passed = subprocess.run(["bash", "-c", newest], cwd=ROOT, env=env).returncode == 0
     old = parse(CONSTRAINTS.read_text()) if CONSTRAINTS.exists() else {}
     candidate = work / "constraints.txt"
-    subprocess.run([str(venv / "bin" / "python"), __file__, "freeze", str(candidate)], cwd=ROOT, env=env, check=True)
-    new = parse(candidate.read_text())
-    changed = [f"  {name}: {old.get(name, '-')} -> {new.get(name, '-')}" for name in sorted(set(old) | set(new), key=str.lower)
-               if old.get(name) != new.get(name)]
-    print("\n".join(["versions that differ from constraints.txt:", *changed] if changed else ["no version changed"]))
-    if not passed:
-        print(f"the suite failed on the newest versions: constraints.txt is unchanged; the venv is kept at {venv}")
+    frozen = subprocess.run([str(venv / "bin" / "python"), __file__, "freeze", str(candidate)], cwd=ROOT, env=env).returncode == 0
+    if frozen:
+        new = parse(candidate.read_text())
+        changed = [f"  {name}: {old.get(name, '-')} -> {new.get(name, '-')}" for name in sorted(set(old) | set(new), key=str.lower)
+                   if old.get(name) != new.get(name)]
+        print("\n".join(["versions that differ from constraints.txt:", *changed] if changed else ["no version changed"]))
+    if not (passed and frozen):
+        print(f"the {'suite' if frozen else 'installation'} failed on the newest versions: constraints.txt is unchanged; "
+              f"the venv is kept at {venv}")
         return 1
     shutil.copyfile(candidate, CONSTRAINTS)
     print(f"the suite passed: {CONSTRAINTS} rewritten")
