@@ -87,9 +87,28 @@ def exported(llama_cpp, memorized_run, tmp_path_factory):
 
 
 def load(path, n_ctx: int = 512):
-    import llama_cpp
+    """llama.cpp's Llama on a GGUF, its weights in llama.cpp's plain CPU buffers.
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2, seed=0)
+    Why not its extra buffer types (weights repacked for AMX and other CPU kernels), the default: with
+    llama-cpp-python 0.3.36 built natively on a Xeon with amx_int8, every q8_0 and q4_0 decode segfaults in
+    them (a random tiny-phi3 and the sweep's hidden-256 model alike; f16 runs), and use_extra_bufts off runs
+    them. These tests check our files and their numbers, which those kernels do not change; llama-cpp-python's
+    constructor has no argument for it, so its defaults are swapped for the call."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as low
+
+    defaults = low.llama_model_default_params
+
+    def plain_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = plain_buffers
+    try:
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2, seed=0)
+    finally:
+        low.llama_model_default_params = defaults
 
 
 def runtime_logits(llm, ids: list[int]) -> np.ndarray:
