@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import traceback
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 # ../shared beside the checkout (the development workspace only); PHINETUNE_REALDATA points elsewhere (a worktree)
 SHARED = Path(os.environ.get("PHINETUNE_REALDATA") or ROOT.parent / "shared" / "realdata")
+# The real tokenizers, chat template, configs and small data sets, shipped (scripts/pack_realdata_fixtures.py)
+SHIPPED_REALDATA = ROOT / "tests" / "fixtures" / "realdata.tar.xz"
 sys.path.insert(0, str(SRC))  # a git worktree tests its own code, not the editable install's
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -26,17 +33,42 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The console width every command sees, in-process too: rich fixes a console's width when it is created if
 # COLUMNS is set, and pytest-xdist's workers start with COLUMNS=80 (tables would squeeze their headers).
 os.environ["COLUMNS"] = "200"
+from phinetune.progress import no_hub_kernels  # noqa: E402  (this checkout's, after the path above)
+
+no_hub_kernels()  # as cli.main() does: in-process tests import peft (hence bitsandbytes) and load models too
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker (and per process it starts): two workers share two cores, and a second OpenMP
     # thread per process only spins waiting for the other worker's cores. Read by torch when it is imported.
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+# No time limit per example and no "too slow" health check in any property test (a test's own @settings keeps
+# these unless it sets them): both are wall-clock bounds, which a loaded machine breaks without a bug.
+settings.register_profile("phinetune", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("phinetune")
+
+
+@functools.cache
+def shipped_realdata() -> Path:
+    """tests/fixtures/realdata.tar.xz unpacked into a temporary folder, once per test process."""
+    folder = Path(tempfile.mkdtemp(prefix="phinetune-realdata-"))
+    atexit.register(shutil.rmtree, folder, True)
+    with tarfile.open(SHIPPED_REALDATA) as tar:
+        tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    return folder
+
+
 def realdata(*parts: str) -> Path:
-    """A file under ../shared/realdata, or skip the test cleanly where it is absent (a user's clone)."""
+    """A real public file by its path under realdata/: shipped with the tests (the Phi tokenizers, the Phi-3.5 chat
+    template, configs and small data sets), or one of the large eval sets in ../shared/realdata, which only the
+    development workspace has: a test that needs one skips cleanly without it."""
+    shipped = shipped_realdata().joinpath(*parts)
+    if shipped.exists():
+        return shipped
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} not present (only in the development workspace)")
+        pytest.skip(f"needs realdata/{'/'.join(parts)}, a large data set not shipped with the tests "
+                    f"(the development workspace has it in ../shared/realdata, or set PHINETUNE_REALDATA)")
     return path
 
 

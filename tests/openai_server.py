@@ -28,9 +28,14 @@ class Log:
         self.lock = threading.Lock()
         self.calls: list[dict] = []  # {"digest", "status", "kind"}
 
-    def add(self, **row) -> None:
+    def add(self, **row) -> dict:
         with self.lock:
             self.calls.append(row)
+        return row
+
+    def hung_up(self, row: dict) -> None:
+        with self.lock:
+            row["status"] = "hung up"
 
     def answered(self) -> list[str]:
         with self.lock:
@@ -115,9 +120,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-        self.server.log.add(digest=digest, status=status, kind=kind)
+        # Logged before the answer goes out, so a client holding an answer finds it in the log.
+        row = self.server.log.add(digest=digest, status=status, kind=kind)
+        try:
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client is gone (a test killed it mid-request): not answered
+            self.server.log.hung_up(row)
 
 
 class FakeOpenAI(ThreadingHTTPServer):

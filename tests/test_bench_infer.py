@@ -26,6 +26,7 @@ def _check_split_and_ratio(b: dict, r: dict, prompt_tokens: int, new_tokens: int
     assert b["bandwidth_gbs"] * 1e9 / steps_per_s >= r["decode_read_mb"] * 1024 * 1024 * 0.999
 
 
+@pytest.mark.slow
 def test_bench_infer_cpu_bf16_fp32_nf4(tiny_run, tmp_path):
     out = tmp_path / "bench.json"
     proc = run_cli("bench", "infer", str(tiny_run), "--dtype", "bf16,fp32,nf4", "--prompt-tokens", "16", "--new-tokens", "6",
@@ -97,6 +98,7 @@ def test_table_keeps_every_figure_in_80_columns():
     assert "…" not in text
 
 
+@pytest.mark.slow
 def test_cli_workload_reports_bandwidth_ratio_and_split(tiny_run, tmp_path):
     out = tmp_path / "w.json"
     proc = run_cli("bench", "infer", "--workload", "tiny", "--dtype", "bf16", "--prompt-tokens", "12", "--new-tokens", "5",

@@ -23,17 +23,22 @@ def sweep(tmp_path_factory):
     return json.loads(out.read_text()), proc.stdout, out
 
 
+@pytest.mark.slow
 def test_memory_grows_linearly_in_sequence_length(sweep):
-    """Memory added per token from 1k to 2k equals that from 2k to 4k. Transformers' own SDPA on packed rows
-    (a batch x seq x seq mask) adds ~18 bytes x seq^2 here: +14 % on the second step, above the 5 % bound."""
+    """Tensor memory added per token from 1k to 2k equals that from 2k to 4k. Transformers' own SDPA on packed rows
+    (a batch x seq x seq mask) adds ~18 bytes x seq^2 here: +14 % on the second step, far above the 1 % bound.
+    The tensor peak comes from the allocator's events, the same on every run (measured: the steps agree to
+    0.01 %); the resident peak's steps moved by up to 6 % on a loaded machine, so they are not asserted."""
     report, _, _ = sweep
-    measured = {p["seq"]: p["measured_bytes"] for p in report["points"]}
-    first = (measured[2048] - measured[1024]) / 1024
-    second = (measured[4096] - measured[2048]) / 2048
-    assert abs(second - first) < 0.05 * first, (first, second)
+    tensors = {p["seq"]: p["tensor_peak_bytes"] for p in report["points"]}
+    first = (tensors[2048] - tensors[1024]) / 1024
+    second = (tensors[4096] - tensors[2048]) / 2048
+    assert abs(second - first) < 0.01 * first, (first, second)
     assert report["bytes_per_token_steps"]["1"] == pytest.approx([first, second])
+    assert all(0 < p["tensor_peak_bytes"] < p["measured_bytes"] for p in report["points"])  # the weights are resident too
 
 
+@pytest.mark.slow
 def test_plan_predicts_each_point_within_15_percent(sweep):
     report, stdout, _ = sweep
     for p in report["points"]:
@@ -44,6 +49,7 @@ def test_plan_predicts_each_point_within_15_percent(sweep):
         assert p["checkpointing"] is False and p["checkpointing_reason"].startswith("auto: plan")
 
 
+@pytest.mark.slow
 def test_table_json_and_png(sweep):
     report, stdout, out = sweep
     assert "tokens/s" in stdout and "plan" in stdout and "error" in stdout
@@ -69,10 +75,29 @@ def test_rows_pack_two_samples():
 
 
 def test_linearity_compares_consecutive_lengths():
-    def point(seq, measured):
-        return Point(seq, 1, False, "", "fp32", 1.0, seq, 0, measured, 0.0)
+    def point(seq, measured, tensors):
+        return Point(seq, 1, False, "", "fp32", 1.0, seq, 0, measured, 0.0, tensors)
 
-    assert linearity([point(100, 1000), point(200, 2000), point(400, 5000)]) == {1: [10.0, 15.0]}
+    points = [point(100, 1000, 800), point(200, 2000, 1600), point(400, 5000, 3200)]
+    assert linearity(points) == {1: [8.0, 8.0]} and linearity(points, "measured_bytes") == {1: [10.0, 15.0]}
+
+
+def test_tensor_peak_counts_what_is_held_at_once_from_the_allocator():
+    """Two 4 MB tensors alive together, then a third after one is freed: 8 MB, whatever was alive before."""
+    import torch
+
+    from phinetune.bench.sweep import tensor_peak
+
+    before = torch.ones(1_000_000)  # alive before the step: not counted
+
+    def step():
+        a = torch.ones(1_000_000)
+        b = torch.ones(1_000_000)
+        del a
+        c = torch.ones(1_000_000)
+        return b, c
+
+    assert tensor_peak(step) == 8_000_000 and before.numel() == 1_000_000
 
 
 @pytest.mark.parametrize("text", ["abc", "512,,x", "0", "8"])

@@ -25,6 +25,7 @@ def parity_report(tmp_path_factory):
     return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_prints_three_rows_and_ratios_against_both_baselines(parity_report):
     report, stdout = parity_report
     for label in ("seeds' recipe", "TRL tuned", "phinetune", "phinetune vs seeds' recipe:", "phinetune vs TRL tuned:",
@@ -49,6 +50,7 @@ def test_bench_prints_three_rows_and_ratios_against_both_baselines(parity_report
     assert report["machine"]["cpu"] and report["command"].startswith("phinetune bench train --workload tiny")
 
 
+@pytest.mark.slow
 def test_trl_tuned_side_runs_bf16_packed_padding_free(parity_report):
     report, _ = parity_report
     tuned = report["results"]["trl-tuned"]
@@ -56,6 +58,7 @@ def test_trl_tuned_side_runs_bf16_packed_padding_free(parity_report):
     assert tuned["options"]["packing"] and tuned["options"]["packing_strategy"] == "bfd" and tuned["options"]["padding_free"]
 
 
+@pytest.mark.slow
 def test_profile_split_in_output_and_json(parity_report):
     report, stdout = parity_report
     split = report["profile"]
@@ -65,6 +68,7 @@ def test_profile_split_in_output_and_json(parity_report):
     assert "profile:" in stdout and all(f"\n{part} " in stdout for part in PARTS)
 
 
+@pytest.mark.slow
 def test_parity_loss_curves_match(parity_report):
     report, stdout = parity_report
     a, b = report["results"]["baseline"]["losses"], report["results"]["phinetune"]["losses"]

@@ -22,6 +22,7 @@ def cli_run(tmp_path_factory):
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_train_with_embedded_default_prints_eval_drop_and_recall(cli_run):
     out, stdout = cli_run
     assert "pre-flight" in stdout and "end-of-turn token <|end|> trained: yes" in stdout
@@ -31,6 +32,7 @@ def test_train_with_embedded_default_prints_eval_drop_and_recall(cli_run):
     assert (out / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_generate_single_prompt_and_file(cli_run, tmp_path):
     out, _ = cli_run
     proc = cli_here("generate", str(out), "What gets wetter the more it dries?", "--max-new-tokens", "8")
@@ -51,6 +53,7 @@ def test_merge_then_generate_from_merged_folder(cli_run, tmp_path):
     assert cli_here("generate", str(merged), "What has keys?", "--max-new-tokens", "8").returncode == 0
 
 
+@pytest.mark.slow
 def test_chat_streams_and_exits(cli_run):
     out, _ = cli_run
     import os
@@ -79,6 +82,7 @@ def test_bad_input_is_one_clear_sentence(args, message, tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_existing_run_folder_is_refused(cli_run):
     out, _ = cli_run
     proc = run_cli("train", *FAST, f"output.dir={out}", check=False)

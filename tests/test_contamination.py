@@ -88,7 +88,7 @@ def test_short_unrelated_overlap_is_not_a_hit(docs):
     assert contamination.check([Record(chat(text, "ok"), "x:1")], {"arc_easy": docs["arc_easy"]}).hits == []
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.sampled_from(["upper", "lower", "punct", "spaces"]), st.text(alphabet="abc xyz", max_size=40), st.text(alphabet="abc xyz", max_size=40))
 def test_copy_is_found_whatever_case_punctuation_and_surroundings(docs, how, before, after):
     item = f"{WINO1}"

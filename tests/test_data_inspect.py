@@ -59,7 +59,7 @@ def test_eot_is_read_off_the_real_phi3_template():
 
 @pytest.mark.parametrize("name, model, kwargs, fmt", [
     ("openassistant-guanaco/openassistant_best_replies_eval.jsonl", "phi3", {"limit": 60, "max_length": 4096}, "guanaco"),
-    ("huanhuan/huanhuan.json", "tiny-phi3", {"limit": 200}, "alpaca"),
+    ("huanhuan/huanhuan-100.json", "tiny-phi3", {}, "alpaca"),
     ("phi3cookbook_mlx/valid.jsonl", "phi3", {}, "text"),
     ("riddles_crawsome/riddles.csv", "phi3", {"columns": {"prompt": "QUESTIONS", "completion": "ANSWERS"}}, "prompt_completion"),
 ])

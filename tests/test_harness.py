@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import realdata
+from conftest import ROOT
 from phinetune.eval.scoring import evaluate_task
 from phinetune.eval.tasks import TASKS, load_docs
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval not installed (pip install 'phinetune[eval]')")
 
-LIMIT = 20
+LIMIT = 6
+EVALSETS = ROOT / "tests" / "fixtures" / "evalsets"  # the first items of each official eval file
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +32,11 @@ def test_our_scores_equal_lm_eval(names, shots, tiny_phi3, harness_lm, tmp_path,
     from phinetune.eval.harness import run_harness
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    data = realdata("evalsets")
     tasks = [TASKS[n] for n in names]
-    harness = run_harness(harness_lm, tasks, LIMIT, shots, data)  # one lm-eval run for all tasks
+    harness = run_harness(harness_lm, tasks, LIMIT, shots, EVALSETS)  # one lm-eval run for all tasks
     model, tok = tiny_phi3
     for task in tasks:
-        ours, theirs = evaluate_task(model, tok, task, load_docs(task, data)[:LIMIT], load_docs(task, data, fewshot=True), shots), harness[task.name]
+        ours, theirs = evaluate_task(model, tok, task, load_docs(task, EVALSETS)[:LIMIT], load_docs(task, EVALSETS, fewshot=True), shots), harness[task.name]
         assert theirs.n == ours.n == LIMIT
         for mine, other in zip(ours.items, theirs.items):  # per item and per option: the same log-likelihoods
             assert mine["lls"] == pytest.approx(other["lls"], abs=2e-4)
@@ -50,8 +50,7 @@ def test_harness_scores_the_same_base_and_tuned_as_ours(tiny_run, tmp_path, monk
     from phinetune.eval.compare import EvalPlan, evaluate_run
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    data = realdata("evalsets")
-    ours = evaluate_run(str(tiny_run), EvalPlan([TASKS["arc_easy"]], limit=8, data_dir=data))["rows"]
-    theirs = evaluate_run(str(tiny_run), EvalPlan([TASKS["arc_easy"]], limit=8, data_dir=data, harness=True))["rows"]
+    ours = evaluate_run(str(tiny_run), EvalPlan([TASKS["arc_easy"]], limit=8, data_dir=EVALSETS))["rows"]
+    theirs = evaluate_run(str(tiny_run), EvalPlan([TASKS["arc_easy"]], limit=8, data_dir=EVALSETS, harness=True))["rows"]
     for mine, other in zip(ours, theirs):
         assert (mine["base"], mine["tuned"], mine["stderr"]) == pytest.approx((other["base"], other["tuned"], other["stderr"]), abs=1e-9)

@@ -209,7 +209,8 @@ def test_a_local_judge_where_nothing_listens_fails_before_any_answer_is_generate
     proc = cli_here("judge", str(run.path), "--judge-model", "m", "--base-url", url, "--n", "1", check=False)
     out = " ".join(proc.stdout.split())
     assert proc.returncode == 2 and out == f"error: teacher {url}: connection refused, nothing listens there; start the server or point --base-url at one"
-    assert time.perf_counter() - start < 5 and not run.judge_answers.exists()
+    # The SDK's retries would sleep over 27 s in all; the bound leaves a loaded machine 20 s for the command itself.
+    assert time.perf_counter() - start < 20 and not run.judge_answers.exists()
 
 
 def test_judge_errors_speak_its_own_flags(run, monkeypatch):

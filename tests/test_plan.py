@@ -56,6 +56,7 @@ def test_nf4_leaves_moe_experts_unquantized(tmp_path):
     assert layer.mlp.experts.gate_up_proj.dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_estimate_is_within_25_percent_of_the_measured_peak(method):
     """tiny-phi3, 256 x 4 (+14 % / +15 % in docs/models.md, ~7 % run-to-run): the estimate must land within 25 % of a peak measured
@@ -147,6 +148,7 @@ def test_lora_input_bytes_match_what_autograd_saves_on_cpu(dtype):
     assert sum(saved.values()) == pytest.approx(expected, rel=0.02)
 
 
+@pytest.mark.slow
 def test_validate_refuses_a_device_it_cannot_measure_on():
     proc = run_cli("plan", "--validate", "--device", "tpu", check=False)
     assert proc.returncode == 2 and "plan --device must be cpu or cuda" in proc.stdout + proc.stderr

@@ -3,6 +3,8 @@
 import io
 import logging
 
+import pytest
+
 from phinetune import progress
 
 
@@ -51,3 +53,55 @@ def test_clip_cuts_at_a_word_boundary_and_marks_the_cut():
     check()
     assert clip("and flats. The pattern helps", 23) == "and flats. The pattern…"
     assert clip("supercalifragilistic", 10) == "supercali…"  # one long word: cut inside it rather than show nothing
+
+
+HUB_PROBE = r"""
+import os, sys, tempfile
+reached = []
+
+def refuse(event, args):  # every name lookup and connection is recorded and refused at once
+    if event in ("socket.getaddrinfo", "socket.connect"):
+        reached.append(str(args[0]))
+        raise OSError("no network in this test")
+
+sys.addaudithook(refuse)
+from phinetune.progress import no_hub_kernels
+no_hub_kernels()
+import peft  # imports bitsandbytes, which asks the kernels package for its Hub kernels
+from transformers import AutoModelForCausalLM
+from phinetune.models.tiny import build_tiny
+model, tokenizer = build_tiny("tiny-phi3")
+folder = tempfile.mkdtemp()
+model.save_pretrained(folder)
+loaded = AutoModelForCausalLM.from_pretrained(folder)
+loaded(**tokenizer("What has keys?", return_tensors="pt"))
+loaded.train()
+print("loaded", loaded.use_kernels, reached)
+# the probe sees a Hub request when one is made: the kernels package without the override
+del os.environ["LOCAL_KERNELS"]
+from kernels import get_kernel
+try:
+    get_kernel("kernels-community/quantization-bitsandbytes", version=1)
+except Exception:
+    pass
+print("direct", reached)
+"""
+
+
+@pytest.mark.slow
+def test_no_library_fetches_hub_kernels_when_a_model_is_imported_loaded_and_run(tmp_path):
+    """Online (HF_HUB_OFFLINE unset), importing peft/bitsandbytes and loading and running a model make no Hub request."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SRC
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                            "USE_HUB_KERNELS", "LOCAL_KERNELS")}
+    proc = subprocess.run([sys.executable, "-c", HUB_PROBE], env={**env, "PYTHONPATH": str(SRC), "HF_HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("loaded ", "direct ")))
+    assert lines["loaded"] == "False []"  # transformers kept the PyTorch layers; nothing asked the Hub
+    assert "huggingface.co" in lines["direct"]  # the probe does see a Hub request

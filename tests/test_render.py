@@ -1,7 +1,7 @@
 """render_sample places the loss mask by the template's structure, never by searching for a reply.
 
-Property tests over random conversations on every spec's template (tiny tokenizers: always; the real
-Phi tokenizers from ../shared/realdata: where present), checked against the mask written by hand from
+Property tests over random conversations on every spec's template (the tiny tokenizers and the real Phi
+tokenizers shipped in tests/fixtures/realdata.tar.xz), checked against the mask written by hand from
 each template's layout (tests/mask_by_hand.py); golden fixtures recorded from the real tokenizers
 (tests/golden/render/, made by scripts/make_render_golden.py) so the real-tokenizer cases also run on
 a fresh clone.

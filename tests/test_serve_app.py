@@ -233,12 +233,12 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+@pytest.mark.slow
 def test_load_1000_requests_32_way_with_faults_no_5xx_and_memory_back(server, app):
     _load(server, 200, 32)  # warm-up: allocator pools, compiled paths and caches reach their steady size first
     baseline = _rss()
-    start = time.monotonic()
-    results = _load(server, 1000, 32)
-    elapsed = time.monotonic() - start
+    results = _load(server, 1000, 32)  # no wall-time bound (the machine's load sets it): a hang is a request past
+    # the client's timeout, or a worker still busy below
     assert not [r for r in results if r[1] >= 500], [r for r in results if r[1] >= 500][:3]
     kinds = [k for k, _, _ in results]
     assert kinds.count("bad") == 200 and kinds.count("stream") + kinds.count("hung-up") == 100 and kinds.count("hung-up") == 20
@@ -253,7 +253,6 @@ def test_load_1000_requests_32_way_with_faults_no_5xx_and_memory_back(server, ap
     assert after.status_code == 200
     grown = _rss() - baseline
     assert grown < 64 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 1000 requests"
-    assert elapsed < 300
 
 
 def test_max_tokens_defaults_and_cap():
@@ -489,6 +488,7 @@ def _bodies():
     return st.one_of(mutated, mutated, garbage)
 
 
+@pytest.mark.slow
 def test_generated_bodies_never_get_a_5xx_and_valid_ones_get_content(server, app):
     pytest.importorskip("hypothesis_jsonschema", reason="pip install hypothesis-jsonschema (in the dev extra)")
     from hypothesis import HealthCheck, given, settings

@@ -147,4 +147,5 @@ def test_a_teacher_where_nothing_listens_fails_at_once_naming_the_url(tmp_path):
     elapsed = time.perf_counter() - start
     out = " ".join(proc.stdout.split())
     assert proc.returncode == 2 and f"teacher {url}: connection refused, nothing listens there" in out, out + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr and elapsed < 5, f"{elapsed:.1f} s"
+    # The SDK's retries would sleep over 27 s in all; the bound leaves a loaded machine 20 s for the command itself.
+    assert "Traceback" not in proc.stdout + proc.stderr and elapsed < 20, f"{elapsed:.1f} s"

@@ -103,12 +103,11 @@ def test_a_refused_connection_fails_at_once_with_the_url():
     url = f"http://127.0.0.1:{closed_port()}/v1"
     t = OpenAITeacher(TeacherConfig(model="m", base_url=url))  # the default max_retries=6
     expected = re.escape(f"teacher {url}: connection refused, nothing listens there; start the server or point teacher.base_url at one")
-    start = time.perf_counter()
     with pytest.raises(TeacherError, match=expected):
         run(t, calls(3))
     with pytest.raises(TeacherError, match=expected):
         t.check_listening()
-    assert time.perf_counter() - start < 5 and t.counters.retries == 0
+    assert t.counters.retries == 0  # "at once" is no retries: a wall-time bound would not hold on a loaded machine
 
 
 def test_a_dropped_connection_is_still_retried():
@@ -133,3 +132,22 @@ def test_a_dropped_connection_is_still_retried():
         with pytest.raises(TeacherError, match=r"connection error .* after 2 retries"):
             run(t, calls(1))
     assert len(attempts) == 1 + 3 and t.counters.retries == 2  # the probe, then the first try and 2 retries
+
+
+def test_a_client_that_hangs_up_mid_request_leaves_no_traceback(capfd):
+    """The test server answers a client that is gone (a run killed mid-request) without printing a traceback."""
+    import json
+    import socket
+    import struct
+
+    with FakeOpenAI(delay_s=0.3) as srv:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "What has keys?"}]}).encode()
+        client = socket.create_connection(srv.server_address)
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset, at once
+        client.close()
+        time.sleep(1.0)  # the answer is written (and fails) 0.3 s after the request came in
+        assert srv.log.answered() == [] and [c["status"] for c in srv.log.calls] == ["hung up"]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "ConnectionReset" not in err, err

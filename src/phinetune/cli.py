@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from phinetune.errors import PhinetuneError
-from phinetune.progress import console, escape, silence_libraries
+from phinetune.progress import console, escape, no_hub_kernels, silence_libraries
 
 # rich_markup_mode=None: help text is shown as written. Rich markup would read `phinetune[eval]` or
 # `[CONFIG]` as style tags and drop them.
@@ -497,7 +497,7 @@ def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-referenc
                 nproc: Optional[str] = typer.Option(None, "--nproc", help="Instead: phinetune alone on each process count, e.g. 1,2 (same workload and global batch): tokens/s and peak memory per rank."),
                 accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="With --nproc: the accelerate config each count launches with (DDP by default; e.g. configs/accelerate/fsdp.yaml)."),
                 sweep: bool = typer.Option(False, "--sweep", help="Instead: one phinetune training step per (tokens x layers) point; tokens/s, peak memory and plan's estimate, as a table, JSON (--out) and PNG beside it."),
-                seq: str = typer.Option("512,2048,8192", "--seq", help="--sweep: comma-separated tokens per row (32768 is optional: ~10 min for its 4-layer point)."),
+                seq: str = typer.Option("512,2048,8192", "--seq", help="--sweep: comma-separated tokens per row (32768 is optional: ~17 min for its 4-layer point)."),
                 layers: str = typer.Option("1,2,4", "--layers", help="--sweep: comma-separated decoder layer counts."),
                 width: str = typer.Option("reference", "--width", help="--sweep: reference (Phi-3-mini width) or tiny (seconds; for tests)."),
                 checkpointing: str = typer.Option("auto", "--checkpointing", help="--sweep: gradient checkpointing auto (as train decides), on or off.")) -> None:
@@ -758,6 +758,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "--verbose" in sys.argv[1:2]:  # known before any library is imported (bitsandbytes logs at import)
         os.environ["PHINETUNE_VERBOSE"] = "1"
+    no_hub_kernels()
     silence_libraries()
     # Nothing is left to collect when the interpreter exits: without this, its last garbage collections walk the
     # whole torch/transformers heap, 1.2 s of every command that imported them (measured: 6.0 -> 4.8 s for a bare

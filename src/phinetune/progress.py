@@ -25,8 +25,15 @@ console = Console(stderr=False, highlight=False, markup=False, emoji=False, soft
 progress_console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 # Loggers of libraries that print at import or load time what a user cannot act on (bitsandbytes'
-# "Failed to load CPU gemm_4bit_forward from kernels-community" even without quantization, ...).
-NOISY_LOGGERS = ("bitsandbytes", "accelerate", "torch.distributed", "peft", "datasets", "httpx", "urllib3")
+# "Failed to load CPU gemm_4bit_forward from kernels-community" even without quantization, the kernels
+# package's "Skipping publisher trust check for 'kernels-community/...'", ...).
+NOISY_LOGGERS = ("bitsandbytes", "kernels", "accelerate", "torch.distributed", "peft", "datasets", "httpx", "urllib3")
+# Hub kernels bitsandbytes (0.50) asks the `kernels` package for at import, i.e. on every `import peft`: on a
+# CPU with avx512_bf16 its CPU 4-bit matmul, on macOS its MPS ops. bitsandbytes has no switch for it, so the
+# kernels package's own LOCAL_KERNELS override names them with a folder that does not exist: the lookup fails
+# at once, without a Hub request, and bitsandbytes keeps its built-in kernel (what it uses offline anyway).
+BNB_HUB_KERNELS = ("kernels-community/quantization-bitsandbytes", "kernels-community/bitsandbytes-mps")
+NO_KERNEL_FOLDER = "/nonexistent/phinetune-fetches-no-hub-kernels"
 
 
 def quiet() -> bool:
@@ -40,6 +47,16 @@ def verbose() -> bool:
 def say(text: str) -> None:
     """A line of results as it is: no wrapping at the terminal width (tables stay aligned), no markup."""
     console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
+def no_hub_kernels() -> None:
+    """No library downloads and runs kernel code from the Hub while a command runs (called before any import).
+
+    transformers (5.x) kernelizes every model it loads unless USE_HUB_KERNELS is off (on CUDA: Phi-3's RMSNorm,
+    rotary and activations swapped for kernels-community downloads), and bitsandbytes fetches its own at import
+    (BNB_HUB_KERNELS). The tests check our layers against PyTorch's; a variable the user set is left as it is."""
+    os.environ.setdefault("USE_HUB_KERNELS", "NO")
+    os.environ.setdefault("LOCAL_KERNELS", ":".join(f"{repo}={NO_KERNEL_FOLDER}" for repo in BNB_HUB_KERNELS))
 
 
 def silence_libraries() -> None:

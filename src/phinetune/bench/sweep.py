@@ -6,15 +6,19 @@ process through train.prepare (the dtype, attention, adapter and gradient-checkp
 and train.loss (the chunked loss `train` uses). A row packs two samples (3/4 and 1/4 of it), so the packed-row
 attention path is the one measured. Per point: tokens/s of the measured step, the peak resident memory above
 the process's own baseline (taken before the model is built: Python, torch, transformers), `plan`'s estimate
-for the same run and its error, and whether gradient checkpointing was chosen (`model.gradient_checkpointing:
-auto` decides from the plan and the memory this machine has free).
+for the same run and its error, whether gradient checkpointing was chosen (`model.gradient_checkpointing:
+auto` decides from the plan and the memory this machine has free), and the peak of the tensors the step holds.
 
 A warm-up step on a short row comes first (optimizer states, thread pools), then the high-water mark is reset
-(/proc/self/clear_refs) and the measured step runs. Linux only (peak from /proc/self/status VmHWM).
+(/proc/self/clear_refs) and the measured step runs. Linux only (peak from /proc/self/status VmHWM). The same
+step then runs once more under torch's profiler for the tensor peak: its allocator's own events, so the figure
+is the same on every run, while the resident peak moves by a few MiB with the heap and the machine's other work
+(the profiler's own ~70 MiB would distort the resident figure, hence a step of its own). Whether memory grows
+linearly in sequence length is read off the tensor peaks.
 
-Runtime: the default grid (512, 2048, 8192 tokens x 1, 2, 4 layers) is about 5 minutes on an idle 2-core
-CPU with bf16 units; 32768 tokens is optional (`--seq 512,2048,8192,32768`): its 4-layer point alone is a
-~10-minute step (estimated from the step's FLOPs, printed before the sweep starts).
+Runtime: each point runs its step twice (the resident peak and time, then the tensor peak), estimated from the
+step's FLOPs and printed before the sweep starts; 32768 tokens is optional (`--seq 512,2048,8192,32768`): its
+4-layer point is the longest by far.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from phinetune.bench.machine import proc_status, reset_peak_rss
 from phinetune.bench.workloads import PHI3_TARGETS, WORKLOADS
@@ -73,6 +77,7 @@ class Point:
     baseline_bytes: int  # the process before the model is built
     peak_bytes: int  # VmHWM of the measured step
     predicted_bytes: float  # plan's estimate of the run (above the baseline)
+    tensor_peak_bytes: int  # the most tensor bytes the step held above those it started with (allocator events)
 
     @property
     def measured_bytes(self) -> int:
@@ -161,7 +166,31 @@ def run_point(folder: Path, width: Width, layers: int, seq: int, checkpointing: 
         raise PhinetuneError(f"bench train --sweep: the point seq {seq} x {layers} layers failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     return Point(seq, layers, r["checkpointing"], r["reason"], r["dtype"], r["seconds"], r["tokens"], r["base"], r["peak"],
-                 predicted(width, layers, seq, r["checkpointing"], r["dtype"]))
+                 predicted(width, layers, seq, r["checkpointing"], r["dtype"]), r["tensor_peak"])
+
+
+def tensor_peak(step: Callable[[], None]) -> int:
+    """The most bytes of tensors `step()` holds at once above those alive when it starts.
+
+    Read from the CPU allocator's own allocation and free events, which torch's profiler records in order
+    (its event tree: the API its memory timeline is built on), so the figure does not depend on the heap's
+    holes, the page cache or what else the machine runs."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events, nodes = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while nodes:
+        node = nodes.pop()
+        if node.tag == _EventType.Allocation:
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))  # negative: a free
+        nodes += node.children
+    live = peak = 0
+    for _, size in sorted(events):
+        live += size
+        peak = max(peak, live)
+    return peak
 
 
 
@@ -220,27 +249,31 @@ def _child(args_json: str) -> None:
     start = time.perf_counter()
     step(batch)
     seconds = time.perf_counter() - start
+    peak = proc_status("VmHWM")
+    tensors = tensor_peak(lambda: step(batch))  # after the resident peak is read: the profiler's memory stays out of it
     choice = prepared.checkpointing
-    print(json.dumps({"base": base, "peak": proc_status("VmHWM"), "seconds": seconds, "tokens": a["seq"],
+    print(json.dumps({"base": base, "peak": peak, "seconds": seconds, "tokens": a["seq"], "tensor_peak": tensors,
                       "checkpointing": choice.on, "reason": choice.reason, "dtype": prepared.dtype.name}))
 
 
 def print_header() -> None:
-    say(f"{'tokens':>7} {'layers':>6} {'dtype':>5} {'ckpt':>4} {'tokens/s':>9} {'peak RSS':>9} {'measured':>9} {'plan':>9} {'error':>7}")
+    say(f"{'tokens':>7} {'layers':>6} {'dtype':>5} {'ckpt':>4} {'tokens/s':>9} {'peak RSS':>9} {'measured':>9} {'plan':>9} {'error':>7} {'tensors':>9}")
 
 
 def print_row(p: Point) -> None:
     say(f"{p.seq:7d} {p.layers:6d} {p.dtype:>5} {'on' if p.checkpointing else 'off':>4} {p.tokens_per_s:9.1f} "
-        f"{p.peak_bytes / 2**30:5.2f} GiB {p.measured_bytes / 2**30:5.2f} GiB {p.predicted_bytes / 2**30:5.2f} GiB {p.error:+7.1%}")
+        f"{p.peak_bytes / 2**30:5.2f} GiB {p.measured_bytes / 2**30:5.2f} GiB {p.predicted_bytes / 2**30:5.2f} GiB {p.error:+7.1%} "
+        f"{p.tensor_peak_bytes / 2**30:5.2f} GiB")
 
 
-def linearity(points: list[Point]) -> dict[int, list[float]]:
-    """Per layer count, the memory added per extra token between consecutive sequence lengths (bytes/token):
-    equal steps mean memory linear in length; growing steps, a seq x seq term."""
+def linearity(points: list[Point], figure: str = "tensor_peak_bytes") -> dict[int, list[float]]:
+    """Per layer count, the memory added per extra token between consecutive sequence lengths (bytes/token), from
+    the tensor peaks (or another figure of Point): equal steps mean memory linear in length; growing steps, a
+    seq x seq term."""
     out = {}
     for layers in sorted({p.layers for p in points}):
         row = sorted((p for p in points if p.layers == layers and not p.checkpointing), key=lambda p: p.seq)
-        out[layers] = [(b.measured_bytes - a.measured_bytes) / (b.seq - a.seq) for a, b in zip(row, row[1:])]
+        out[layers] = [(getattr(b, figure) - getattr(a, figure)) / (b.seq - a.seq) for a, b in zip(row, row[1:])]
     return out
 
 
@@ -259,7 +292,7 @@ def plot(points: list[Point], path: Path) -> Path:
 
 
 def estimate_runtime(width: Width, seqs, layers) -> float:
-    return sum(step_flops(width, n, s) / ASSUMED_FLOPS + POINT_OVERHEAD_S for s in seqs for n in layers)
+    return sum(2 * step_flops(width, n, s) / ASSUMED_FLOPS + POINT_OVERHEAD_S for s in seqs for n in layers)  # 2 steps a point
 
 
 def bench_sweep(width: str = "reference", seqs=DEFAULT_SEQ, layers=DEFAULT_LAYERS, out: Optional[str] = None,
@@ -285,14 +318,17 @@ def bench_sweep(width: str = "reference", seqs=DEFAULT_SEQ, layers=DEFAULT_LAYER
                 points.append(run_point(folder, w, n, seq, checkpointing))
             print_row(points[-1])
     say("measured = peak RSS above the process baseline (before the model is built); plan = `plan`'s estimate of the same run; "
+        "tensors = the most tensor bytes the step held (torch's allocator events: the same on every run); "
         f"each point's checkpointing reason is in the JSON (the last: {points[-1].checkpointing_reason})")
-    steps = linearity(points)
+    steps, resident = linearity(points), linearity(points, "measured_bytes")
     for n, row in steps.items():
         if row:
-            say(f"{n} layers: memory added per token between consecutive lengths: " + ", ".join(f"{b / 1024:.1f} KiB" for b in row))
+            say(f"{n} layers: memory added per token between consecutive lengths: tensors " + ", ".join(f"{b / 1024:.1f}" for b in row)
+                + " KiB; resident " + ", ".join(f"{b / 1024:.1f}" for b in resident[n]) + " KiB")
     base = Path(out) if out else work / "sweep.json"
     png = plot(points, base.with_suffix(".png"))
     report = {"width": asdict(w), "points": [p.to_json() for p in points], "bytes_per_token_steps": steps,
+              "resident_bytes_per_token_steps": resident,
               "png": str(png), "speed_note": "tokens/s from one step each; not an idle-machine figure unless the load says so"}
     from phinetune.bench.machine import machine
 
