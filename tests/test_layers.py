@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "phinetune"
 LAYERS = [
     {"errors", "paths", "progress", "markdown", "assets", "templates", "__init__"},  # no phinetune imports but each other
     {"config", "extras"},  # extras: which optional dependency a verb needs
+    {"kernels"},  # CPU kernels and the allocator: torch and peft only; models/ and train/ install them
     {"models"},
     {"data"},
     {"runs"},  # the run folder: names, loading base and tuned, held-out prompts
@@ -77,6 +78,6 @@ def test_the_checker_sees_upward_sideways_and_relative_imports(tmp_path):
     (tmp_path / "runs" / "b.py").write_text("from . import a\nfrom ..infer import complete\nfrom phinetune.models import specs\n")
     (tmp_path / "eval" / "c.py").write_text("import phinetune.report.page\nfrom phinetune.runs.loading import Loaded\n")
     assert violations(tmp_path) == [
-        "eval/c.py:1 (eval, layer 7) imports phinetune.report.page (layer 7)",
-        "runs/a.py:2 (runs, layer 4) imports phinetune.train.recipe (layer 6)",
-        "runs/b.py:2 (runs, layer 4) imports phinetune.infer (layer 5)"]
+        "eval/c.py:1 (eval, layer 8) imports phinetune.report.page (layer 8)",
+        "runs/a.py:2 (runs, layer 5) imports phinetune.train.recipe (layer 7)",
+        "runs/b.py:2 (runs, layer 5) imports phinetune.infer (layer 6)"]

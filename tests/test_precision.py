@@ -116,7 +116,7 @@ def test_a_bf16_training_step_uses_bf16_adapters(tiny_cfg):
 def test_checkpointing_recomputes_bf16_adapters_as_the_forward_ran_them(tiny_cfg, dropout):
     """A bf16 base on CPU with gradient checkpointing: the recompute (in the backward) must run the adapters in bf16
     as the forward did. Before adapter_recompute, PEFT's input cast came back in the backward: torch's dropout
-    (p above train/lora_dropout.py's MAX_P) then recomputed an fp32 noise and checkpoint refused it, and every
+    (p above kernels/lora_dropout.py's MAX_P) then recomputed an fp32 noise and checkpoint refused it, and every
     LoRA'd input was recomputed as an fp32 copy."""
     from phinetune.train.recipe import train
 

@@ -188,7 +188,7 @@ def _child(args_json: str) -> None:
 
     from phinetune.config.schema import AdapterConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
     from phinetune.train.loss import loss_sum
-    from phinetune.train.memory import pin_malloc_thresholds, threshold_for
+    from phinetune.kernels.malloc import pin_malloc_thresholds, threshold_for
     from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, adapter_recompute
     from phinetune.train.prepare import prepare
 

@@ -32,7 +32,7 @@ MERGED_MARKER = "phinetune.json"  # in a merged folder: {"spec": key, "merged_fr
 CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX, CHECKPOINT_STATE = "step-", ".tmp-step-", "trainer_state.json"
 CHECKPOINT_WEIGHTS, ADAPTER_CONFIG = "model.safetensors", "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file name for the adapter's weights, in RUN/adapter/
-CHECKPOINT_SHARDED = "sharded"  # inside a checkpoint of an FSDP2-on-CPU run: torch.distributed.checkpoint shards (train/sharding.py)
+CHECKPOINT_SHARDED = "sharded"  # inside a checkpoint of an FSDP2-on-CPU run: torch.distributed.checkpoint shards (train/distributed/sharding.py)
 # ... and its learning-rate schedule: accelerate's file name for the first register_for_checkpointing object
 CHECKPOINT_SHARDED_SCHEDULER = "custom_checkpoint_0.pkl"
 

@@ -29,10 +29,10 @@ from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
 from phinetune.train.eta import Eta, Schedule
 from phinetune.train.faults import injected
-from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed, configure_engine, process_group_backend
+from phinetune.train.distributed.launch import DIST_TIMEOUT_S, check_distributed, configure_engine, process_group_backend
 from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
 from phinetune.train.loss import loss_sum
-from phinetune.train.memory import pin_malloc_thresholds, threshold_for
+from phinetune.kernels.malloc import pin_malloc_thresholds, threshold_for
 from phinetune.train.metrics import MetricsLog
 from phinetune.train.objectives import Objective, objective
 from phinetune.train.plots import plot_losses
@@ -41,7 +41,7 @@ from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, a
 from phinetune.runs.run_dir import RunDir, RunInfo
 from phinetune.runs.status import RunLock, hold_run
 from phinetune.train.prepare import prepare, with_merged_spec
-from phinetune.train.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
+from phinetune.train.distributed.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
 from phinetune.train.tracking import Trackers, accelerator_kwargs
 
 
@@ -76,7 +76,7 @@ class Loop:
     objective: Optional[Objective] = None  # train.objective's data, step and evaluation (train/objectives.py)
     extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
     hooks: Optional["TrainHooks"] = None
-    sharded: bool = False  # FSDP2 applied by us on CPU (train/sharding.py): the model is not accelerate-prepared
+    sharded: bool = False  # FSDP2 applied by us on CPU (train/distributed/sharding.py): the model is not accelerate-prepared
     adapter_dtype: Optional[torch.dtype] = None  # LoRA adapters computed in this dtype in training steps (train/precision.py)
     lock: Optional[RunLock] = None  # the main process's hold on RUN/train.lock while it trains (runs/status.py)
 
@@ -185,7 +185,7 @@ def record_stop(run: RunDir, accelerator, exc: BaseException, done: Optional[int
 def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator, hooks: Optional[TrainHooks] = None) -> Loop:
     prepared = prepare(cfg, run.base, accelerator.main_process_first)
     model, tokenizer, data = prepared.model, prepared.tokenizer, prepared.data
-    # which freed tensors the heap reuses and which go back to the OS (train/memory.py)
+    # which freed tensors the heap reuses and which go back to the OS (kernels/malloc.py)
     pin_malloc_thresholds(threshold_for(cfg.train.batch_size * cfg.data.max_length, model.config.hidden_size))
     if cfg.eval.tasks and hooks is None and cfg.eval.contamination != "off":
         raise PhinetuneError("eval.tasks is set but this training call was given no eval hooks; train with `phinetune train`, or pass "

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from phinetune.errors import PhinetuneError
 from phinetune.runs.run_dir import CHECKPOINT_SHARDED, CHECKPOINT_SHARDED_SCHEDULER, CHECKPOINT_WEIGHTS, RunDir
-from phinetune.train.sharding import load_sharded
+from phinetune.train.distributed.sharding import load_sharded
 
 if TYPE_CHECKING:
     from phinetune.train.recipe import Loop
