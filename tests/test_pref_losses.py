@@ -17,8 +17,8 @@ import torch
 from phinetune.config import load_config
 from phinetune.data.preference import read_preferences, render_preferences, PrefInfo
 from phinetune.data.render import IGNORE
-from phinetune.train.pref_losses import LOSSES, Logps
-from phinetune.train.preference import PrefRow, pair_losses
+from phinetune.train.objectives.pref_losses import LOSSES, Logps
+from phinetune.train.objectives.preference import PrefRow, pair_losses
 from phinetune.data.packing import unpacked
 
 

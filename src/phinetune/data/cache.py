@@ -52,7 +52,7 @@ def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = No
         "dialect": dialect,  # how traces, tools and default system prompts are written (data/normalize.py)
         "settings": settings,
     }
-    if layout != "sft":  # preference pairs (train/preference.py): entries of their own, never read back as SFT data
+    if layout != "sft":  # preference pairs (train/objectives/preference.py): entries of their own, never read back as SFT data
         parts["layout"] = layout
     return parts
 

@@ -67,7 +67,7 @@ def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[],
     if context_note:
         progress_console.print(f"note: {context_note}", style="yellow", highlight=False, markup=False)
     eot = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
-    # The data train.objective reads (SFT conversations, preference pairs, GRPO prompts): train/objectives.py.
+    # The data train.objective reads (SFT conversations, preference pairs, GRPO prompts): train/objectives/__init__.py.
     data = objective(cfg.train.objective).load_data(cfg, tokenizer, eot) if with_data else None
     checkpointing = choose_checkpointing(cfg, path, dtype.name)
     checkpointing.announce()

@@ -73,7 +73,7 @@ class Loop:
     log: MetricsLog
     start_step: int = 0  # > 0 when resumed from a checkpoint
     done: int = 0  # optimizer steps completed so far (what run.json's status reports when a run stops)
-    objective: Optional[Objective] = None  # train.objective's data, step and evaluation (train/objectives.py)
+    objective: Optional[Objective] = None  # train.objective's data, step and evaluation (train/objectives/__init__.py)
     extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
     hooks: Optional["TrainHooks"] = None
     sharded: bool = False  # FSDP2 applied by us on CPU (train/distributed/sharding.py): the model is not accelerate-prepared
@@ -381,7 +381,7 @@ def checkpoint_scores(loop: Loop, step: int, eval_loss: Optional[float]) -> dict
     return scores
 
 
-# ---------------------------------------------------------------- the sft objective (train/objectives.py)
+# ---------------------------------------------------------------- the sft objective (train/objectives/__init__.py)
 
 def load_data(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
     return prepare_data(cfg.data, tokenizer, eot, get_spec(cfg.model.name, cfg.model.spec))

@@ -2,7 +2,7 @@
 
 Each optimizer step: for every prompt of the step's micro-batches, sample grpo.group_size completions
 through phinetune's one generation path (infer/complete.complete), score them with the reward functions
-(train/rewards.py), and turn the scores into advantages relative to their group, (r - mean) / (std + 1e-4).
+(train/objectives/rewards.py), and turn the scores into advantages relative to their group, (r - mean) / (std + 1e-4).
 The loss is the clipped policy-gradient term plus beta times the k3 estimate of the KL to the reference
 (the adapter switched off for LoRA, a frozen copy for full fine-tuning), averaged over every completion
 token of the whole step (token-normalised, like SFT). One policy update per generation, so the ratio is 1
@@ -30,8 +30,8 @@ from phinetune.data.render import IGNORE, render_sample
 from phinetune.errors import DataError
 from phinetune.models.specs import get_spec
 from phinetune.progress import console
-from phinetune.train.preference import token_logps
-from phinetune.train.rewards import Rewards
+from phinetune.train.objectives.preference import token_logps
+from phinetune.train.objectives.rewards import Rewards
 
 EVAL_KEY = "eval_reward"  # what evaluate() returns, as metrics.jsonl names it
 

@@ -35,7 +35,7 @@ from phinetune.data.render import IGNORE, Rendered
 from phinetune.errors import ConfigError
 from phinetune.models.specs import GENERIC, ModelSpec, get_spec
 from phinetune.train.loss import chunk_rows, split_head
-from phinetune.train.pref_losses import LOSSES, REFERENCE_FREE, Logps
+from phinetune.train.objectives.pref_losses import LOSSES, REFERENCE_FREE, Logps
 
 if TYPE_CHECKING:
     from phinetune.train.recipe import Loop

@@ -22,9 +22,9 @@ class Objective:
     eval_key: str = "eval_loss"  # the metrics.jsonl name of what evaluate returns
 
 
-MODULES = {"sft": "phinetune.train.recipe", "dpo": "phinetune.train.preference", "ipo": "phinetune.train.preference",
-           "orpo": "phinetune.train.preference", "simpo": "phinetune.train.preference", "kto": "phinetune.train.preference",
-           "grpo": "phinetune.train.grpo"}
+MODULES = {"sft": "phinetune.train.recipe", "dpo": "phinetune.train.objectives.preference", "ipo": "phinetune.train.objectives.preference",
+           "orpo": "phinetune.train.objectives.preference", "simpo": "phinetune.train.objectives.preference", "kto": "phinetune.train.objectives.preference",
+           "grpo": "phinetune.train.objectives.grpo"}
 
 
 def objective(name: str) -> Objective:
