@@ -12,7 +12,7 @@ from conftest import ROOT, cli_here
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
 from phinetune.train.distributed.launch import launch_command
-from phinetune.train.recipe import micro_batches
+from phinetune.train.loop import micro_batches
 
 CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 EXPECTED = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "fsdp-qlora": "FSDP", "deepspeed-zero2": "DEEPSPEED", "deepspeed-zero3": "DEEPSPEED"}

@@ -21,14 +21,14 @@ from phinetune.progress import console
 from phinetune.runs.checkpoints import select
 
 if TYPE_CHECKING:
-    from phinetune.train.recipe import TrainHooks
+    from phinetune.train.loop import TrainHooks
 from phinetune.runs.run_dir import RunDir
 
 
 def training_hooks(cfg) -> Optional["TrainHooks"]:
     """What eval.tasks adds to `phinetune train`: the contamination pre-flight, and task scores at each checkpoint (train.keep)."""
     from phinetune.eval.contamination import preflight_check
-    from phinetune.train.recipe import TrainHooks
+    from phinetune.train.loop import TrainHooks
 
     from phinetune.eval.tasks import get_task
 

@@ -36,7 +36,7 @@ from phinetune.runs.checkpoints import best_checkpoint
 from phinetune.runs.status import holder, holder_text
 
 if TYPE_CHECKING:
-    from phinetune.train.recipe import Loop
+    from phinetune.train.loop import Loop
 
 # Keys that change how a run is saved or reported, not what it computes: a resume may change them.
 IGNORED_FOR_IDENTITY = {("output", "overwrite"), ("train", "keep_checkpoints"), ("train", "save_every"),

@@ -8,10 +8,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -34,12 +34,13 @@ from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, 
 from phinetune.train.loss import loss_sum
 from phinetune.kernels.malloc import pin_malloc_thresholds, threshold_for
 from phinetune.train.metrics import MetricsLog
-from phinetune.train.objectives import Objective, objective
+from phinetune.train.loop import Loop, TrainHooks, make_optimizer, micro_batches
+from phinetune.train.objectives import objective
 from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
 from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, adapter_recompute
 from phinetune.runs.run_dir import RunDir, RunInfo
-from phinetune.runs.status import RunLock, hold_run
+from phinetune.runs.status import hold_run
 from phinetune.train.prepare import prepare, with_merged_spec
 from phinetune.train.distributed.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
 from phinetune.train.tracking import Trackers, accelerator_kwargs
@@ -52,42 +53,6 @@ class TrainResult:
     final_eval_loss: Optional[float]
     steps: int
     recall: Optional[tuple[int, int]] = None
-
-
-@dataclass
-class Loop:
-    """Everything the loop touches, built once by `setup`."""
-
-    cfg: RunConfig
-    run: RunDir
-    accelerator: Accelerator
-    model: torch.nn.Module
-    tokenizer: object
-    data: PreparedData
-    train_rows: list[Row]
-    eval_rows: list[Row]
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    total_steps: int
-    steps_per_epoch: int
-    log: MetricsLog
-    start_step: int = 0  # > 0 when resumed from a checkpoint
-    done: int = 0  # optimizer steps completed so far (what run.json's status reports when a run stops)
-    objective: Optional[Objective] = None  # train.objective's data, step and evaluation (train/objectives/__init__.py)
-    extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
-    hooks: Optional["TrainHooks"] = None
-    sharded: bool = False  # FSDP2 applied by us on CPU (train/distributed/sharding.py): the model is not accelerate-prepared
-    adapter_dtype: Optional[torch.dtype] = None  # LoRA adapters computed in this dtype in training steps (train/precision.py)
-    lock: Optional[RunLock] = None  # the main process's hold on RUN/train.lock while it trains (runs/status.py)
-
-
-@dataclass
-class TrainHooks:
-    """What the benchmarks of eval.tasks add to training, passed in from above (eval/ sits above train/ in the layers):
-    a check of the training records before training (contamination), and scores of the model at a checkpoint (train.keep)."""
-
-    check_data: Callable[[RunConfig, list, RunDir], None]
-    score: Callable[[torch.nn.Module, object], dict]
 
 
 def train(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> TrainResult:
@@ -249,31 +214,6 @@ def announce_plan(loop: Loop) -> None:
         console.print(f"[bold yellow]warning:[/bold yellow] {epochs:.3g} epochs over {samples:,} samples is {passes:,.0f} sample "
                       f"passes, {passes / DEFAULT_SAMPLE_PASSES:.0f}x the embedded default's (30 epochs over 64 riddles); for a "
                       "real data set 1-3 epochs is usual: set train.epochs or train.max_steps", markup=True)
-
-
-def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.adapter.loraplus_ratio is not None:
-        from phinetune.train.adapter import loraplus_optimizer
-
-        return loraplus_optimizer(model, cfg)
-    if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-    import bitsandbytes as bnb
-
-    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-           "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[cfg.train.optimizer]
-    return cls(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-
-
-def micro_batches(loop: Loop, step: int) -> list[list[Row]]:
-    """The micro-batches of optimizer step `step` for this process: a pure function of (seed, step)."""
-    cfg, acc = loop.cfg.train, loop.accelerator
-    per_step = cfg.grad_accum * acc.num_processes
-    epoch, index = divmod(step * per_step, loop.steps_per_epoch * per_step)
-    order = batches(loop.train_rows, cfg.batch_size, cfg.seed, epoch)
-    chosen = [order[(index + k) % len(order)] for k in range(per_step)]
-    return chosen[acc.process_index::acc.num_processes]
 
 
 def train_step(loop: Loop, step: int) -> dict:

@@ -36,7 +36,7 @@ from phinetune.runs.run_dir import CHECKPOINT_SHARDED, CHECKPOINT_SHARDED_SCHEDU
 from phinetune.train.distributed.sharding import load_sharded
 
 if TYPE_CHECKING:
-    from phinetune.train.recipe import Loop
+    from phinetune.train.loop import Loop
 
 def global_batch(batch_size: int, grad_accum: int, processes: int) -> int:
     return batch_size * grad_accum * processes

@@ -36,7 +36,7 @@ from phinetune.train.objectives.rewards import Rewards
 EVAL_KEY = "eval_reward"  # what evaluate() returns, as metrics.jsonl names it
 
 if TYPE_CHECKING:
-    from phinetune.train.recipe import Loop
+    from phinetune.train.loop import Loop
 
 
 @dataclass
@@ -159,7 +159,7 @@ def _sequences(items: list[PromptRow], outs, n: int, pad_id: int) -> dict[str, t
 
 def train_step(loop: "Loop", step: int) -> dict:
     from phinetune.train.guards import check_finite
-    from phinetune.train.recipe import micro_batches
+    from phinetune.train.loop import micro_batches
 
     acc, cfg, g = loop.accelerator, loop.cfg, loop.cfg.grpo
     micro = micro_batches(loop, step)

@@ -38,7 +38,7 @@ from phinetune.train.loss import chunk_rows, split_head
 from phinetune.train.objectives.pref_losses import LOSSES, REFERENCE_FREE, Logps
 
 if TYPE_CHECKING:
-    from phinetune.train.recipe import Loop
+    from phinetune.train.loop import Loop
 
 
 @dataclass
@@ -278,7 +278,7 @@ def pair_losses(loop: "Loop", items: list[PrefRow], collective: bool = True):
 
 def train_step(loop: "Loop", step: int) -> dict:
     from phinetune.train.guards import check_finite
-    from phinetune.train.recipe import micro_batches
+    from phinetune.train.loop import micro_batches
 
     acc, model = loop.accelerator, loop.model
     micro = micro_batches(loop, step)
