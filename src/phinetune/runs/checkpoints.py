@@ -21,13 +21,16 @@ def checkpoint_scores(path: Path) -> dict:
     return json.loads((path / CHECKPOINT_STATE).read_text()).get("scores") or {}
 
 
+OWN_EVALUATIONS = ("eval_loss", "eval_reward")  # what a run's objective evaluates (GRPO: a reward), no task's
+
+
 def score_key(criterion: str) -> str:
-    """train.keep entry -> the key in a checkpoint's scores: eval_loss, or task:metric (acc by default)."""
-    return criterion if criterion == "eval_loss" or ":" in criterion else f"{criterion}:acc"
+    """train.keep entry -> the key in a checkpoint's scores: eval_loss, eval_reward, or task:metric (acc by default)."""
+    return criterion if criterion in OWN_EVALUATIONS or ":" in criterion else f"{criterion}:acc"
 
 
 def best_checkpoint(found: list[tuple[int, Path]], criterion: str) -> Optional[Path]:
-    """The checkpoint with the lowest eval loss or the highest task score; the earliest one wins a tie."""
+    """The checkpoint with the lowest eval loss, or the highest eval reward or task score; the earliest one wins a tie."""
     key, sign = score_key(criterion), (1 if criterion == "eval_loss" else -1)
     scored = []
     for step, path in found:
@@ -38,14 +41,14 @@ def best_checkpoint(found: list[tuple[int, Path]], criterion: str) -> Optional[P
 
 
 def best_of_run(run: RunDir) -> Path:
-    """`--checkpoint best`: the lowest eval loss, else the best by the first task of train.keep."""
+    """`--checkpoint best`: the lowest eval loss (GRPO: the highest eval reward), else the best by the first task of train.keep."""
     found = run.checkpoint_dirs()
-    criteria = ["eval_loss"] + [c for c in run.read_config().train.keep if c != "eval_loss"]
+    criteria = [*OWN_EVALUATIONS] + [c for c in run.read_config().train.keep if c not in OWN_EVALUATIONS]
     best = next((b for b in (best_checkpoint(found, c) for c in criteria) if b is not None), None)
     if best is None:
         names = ", ".join(p.name for _, p in found) or "none"
         raise PhinetuneError(f"--checkpoint best: no checkpoint of {run.path} has scores (kept: {names}); "
-                             "train with train.keep=[eval_loss] to record them, or pass --checkpoint step-N")
+                             "train with train.keep=[eval_loss] (grpo: [eval_reward]) to record them, or pass --checkpoint step-N")
     return best
 
 
