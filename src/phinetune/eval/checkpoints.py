@@ -19,10 +19,10 @@ from rich.table import Table
 from phinetune.errors import PhinetuneError
 from phinetune.progress import console
 from phinetune.runs.checkpoints import select
+from phinetune.runs.folders import open_run
 
 if TYPE_CHECKING:
     from phinetune.train.loop import TrainHooks
-from phinetune.runs.run_dir import RunDir
 
 
 def training_hooks(cfg) -> Optional["TrainHooks"]:
@@ -67,7 +67,7 @@ def evaluate_checkpoints(run_path: str, plan, spec: str) -> dict:
     from phinetune.eval.compare import find_contamination, score_model
     from phinetune.runs.loading import load_for_inference
 
-    run = RunDir.open(run_path)
+    run = open_run(run_path)
     if plan.harness:
         raise PhinetuneError("--checkpoints scores with phinetune's own scorer; drop --harness")
     points = select(run, spec)

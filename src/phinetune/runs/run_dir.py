@@ -93,16 +93,6 @@ class RunDir:
         dump_config(cfg, run.config)
         return run
 
-    @classmethod
-    def open(cls, path: str | Path, checkpoint_flag: str = "--checkpoint") -> "RunDir":
-        """The run folder at `path`; any other folder (the run's adapter/ or a checkpoint of it, a merged folder, an
-        empty one) is refused with one sentence saying what it is and what to pass (runs/folders.py).
-        `checkpoint_flag`: how the calling command takes a checkpoint, for that advice."""
-        from phinetune.runs.folders import require_run  # runs/folders.py reads RunDir's names
-
-        require_run(path, checkpoint_flag)
-        return cls(Path(path))
-
     def write_info(self, info: RunInfo) -> None:
         self.info_file.write_text(json.dumps(asdict(info), indent=2))
 
