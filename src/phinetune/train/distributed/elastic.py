@@ -1,7 +1,7 @@
 """Resuming on another process count: what must stay the same (the global batch) and what may differ (the layout).
 
 What a step computes depends on the global batch, `train.batch_size x train.grad_accum x processes`, not on
-how it is split: micro_batches() (train/recipe.py) picks step k's micro-batches from global positions
+how it is split: micro_batches() (train/loop.py) picks step k's micro-batches from global positions
 (k x global batch) and deals them out to the ranks, the loss is normalized by the tokens of the whole step,
 and the schedule counts global steps. So a checkpoint written by 2 processes with grad_accum=1 continues
 on 1 process with grad_accum=2 (or the other way round) on the same curve; a different global batch would
