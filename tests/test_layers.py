@@ -216,7 +216,8 @@ def test_the_checker_sees_circles_hidden_in_functions_type_checking_and_names(tm
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from phinetune.train.recipe import Loop\n")
     # by name: a registry string and importlib
     (tmp_path / "serve" / "run.py").write_text("TABLE = {'app': 'phinetune.serve.app:create_app'}\n")
-    (tmp_path / "serve" / "app.py").write_text("import importlib\n\n\ndef f():\n    importlib.import_module('phinetune.serve.run')\n")
+    (tmp_path / "serve" / "app.py").write_text(
+        "import importlib\n\n\ndef f():\n    importlib.import_module('phinetune.serve.run')\n")
     # not circles: a one-way import, a profiler scope that names no module, a sentence that mentions one
     (tmp_path / "runs" / "a.py").write_text("from phinetune.runs import b\nSCOPE = 'phinetune.optimizer'\n")
     (tmp_path / "runs" / "b.py").write_text("HELP = 'pass phinetune.runs.a to it'\n")

@@ -146,11 +146,12 @@ class RunConfig(_Strict):
             raise ValueError("adapter.method=full cannot train 4-bit weights; use adapter.method=lora with model.quant=nf4 (QLoRA), or model.quant=none")
         if self.data.eval is not None and self.data.eval_size is not None:
             raise ValueError("data.eval and data.eval_size both set; give an eval file or a split size, not both")
-        own = "eval_reward" if self.train.objective == "grpo" else "eval_loss"  # what its evaluation measures (train/objectives/)
+        # What the objective's evaluation measures (train/objectives/): GRPO's is a reward, the others' a loss.
+        own = "eval_reward" if self.train.objective == "grpo" else "eval_loss"
         other = next((c for c in self.train.keep if c in {"eval_loss", "eval_reward"} - {own}), None)
         if other:
-            raise ValueError(f"train.keep names {other}, which train.objective={self.train.objective} does not measure: "
-                             f"its evaluation is {own}; rank by that")
+            raise ValueError(f"train.keep names {other}, which train.objective={self.train.objective} does not "
+                             f"measure: its evaluation is {own}; rank by that")
         tasks = {t.split(":")[0] for t in self.train.keep if t != own}
         if tasks - set(self.eval.tasks):
             raise ValueError(f"train.keep names {sorted(tasks - set(self.eval.tasks))[0]!r}, which is not in eval.tasks {self.eval.tasks}; add it there so checkpoints get scored on it")

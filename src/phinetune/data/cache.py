@@ -66,7 +66,7 @@ def _path(cfg: DataConfig, key: str) -> Path:
 
 
 def save_entry(cfg: DataConfig, key: str, entry: dict) -> Path:
-    """Write a JSON entry atomically: SFT data (data/dataset.py) and the preference objectives' pairs each convert their own."""
+    """Write a JSON entry atomically (SFT data and the preference objectives' pairs each convert their own)."""
     path = _path(cfg, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -109,8 +109,9 @@ def _from_entry(entry: Optional[dict]) -> Optional[PreparedData]:
         return None
     try:
         info = DataInfo(**{**entry["info"], "cached": True})
-        return PreparedData([Rendered(**r) for r in entry["train"]], [Rendered(**r) for r in entry["eval"]],
-                            [Record(**r) for r in entry["train_records"]], info, [Rendered(**r) for r in entry["dropped"]])
+        train, evals = [Rendered(**r) for r in entry["train"]], [Rendered(**r) for r in entry["eval"]]
+        records, dropped = [Record(**r) for r in entry["train_records"]], [Rendered(**r) for r in entry["dropped"]]
+        return PreparedData(train, evals, records, info, dropped)
     except (KeyError, TypeError):
         return None
 

@@ -32,7 +32,7 @@ def score_key(criterion: str) -> str:
 
 
 def best_checkpoint(found: list[tuple[int, Path]], criterion: str) -> Optional[Path]:
-    """The checkpoint with the lowest eval loss, or the highest eval reward or task score; the earliest one wins a tie."""
+    """The checkpoint with the lowest eval loss, or the highest eval reward or task score; the earliest wins a tie."""
     key, sign = score_key(criterion), (1 if criterion == "eval_loss" else -1)
     scored = []
     for step, path in found:
@@ -43,14 +43,16 @@ def best_checkpoint(found: list[tuple[int, Path]], criterion: str) -> Optional[P
 
 
 def best_of_run(run: RunDir) -> Path:
-    """`--checkpoint best`: the lowest eval loss (GRPO: the highest eval reward), else the best by the first task of train.keep."""
+    """`--checkpoint best`: the lowest eval loss (GRPO: the highest eval reward), else the best by the first task
+    of train.keep."""
     found = run.checkpoint_dirs()
     criteria = [*OWN_EVALUATIONS] + [c for c in run.read_config().train.keep if c not in OWN_EVALUATIONS]
     best = next((b for b in (best_checkpoint(found, c) for c in criteria) if b is not None), None)
     if best is None:
         names = ", ".join(p.name for _, p in found) or "none"
         raise PhinetuneError(f"--checkpoint best: no checkpoint of {run.path} has scores (kept: {names}); "
-                             "train with train.keep=[eval_loss] (grpo: [eval_reward]) to record them, or pass --checkpoint step-N")
+                             "train with train.keep=[eval_loss] (grpo: [eval_reward]) to record them, "
+                             "or pass --checkpoint step-N")
     return best
 
 

@@ -63,7 +63,7 @@ class Objective(Protocol):
     step and evaluate at step 0, every train.eval_every steps, at a checkpoint that train.keep ranks, and at the end."""
 
     name: str  # the train.objective value
-    eval_key: str  # what `evaluate` returns, as metrics.jsonl and train.keep name it: eval_loss (lowest best), eval_reward
+    eval_key: str  # what `evaluate` returns, as metrics.jsonl and train.keep name it: eval_loss or eval_reward
 
     def load_data(self, cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
         """Read and render the data (`eot`: the token every assistant turn ends with). Its `train` renders and
@@ -88,7 +88,7 @@ class Objective(Protocol):
         ...
 
     def eval_metrics(self, value: float) -> dict[str, float]:
-        """What metrics.jsonl records for an evaluation that returned `value`: {eval_key: value} and anything derived."""
+        """What metrics.jsonl records for an evaluation that returned `value`: {eval_key: value}, and more."""
         ...
 
 

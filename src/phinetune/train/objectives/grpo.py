@@ -66,7 +66,7 @@ class GrpoState:
 
     loaded: Loaded  # the policy as infer.complete samples from it (the training model itself)
     rewards: Rewards
-    ref_model: Optional[torch.nn.Module] = None  # full fine-tuning with grpo.beta: a frozen copy of the starting weights
+    ref_model: Optional[torch.nn.Module] = None  # full fine-tuning with grpo.beta: a frozen copy of the start
     zero_std_total: int = 0  # groups so far whose completions all got the same reward (reported at the end)
 
 
@@ -94,7 +94,8 @@ class Grpo:
         cfg, tok, model = loop.cfg, loop.tokenizer, loop.accelerator.unwrap_model(loop.model)
         spec = get_spec(cfg.model.name, cfg.model.spec)
         rewards = Rewards(cfg.grpo)
-        ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.grpo.beta and cfg.adapter.method != "lora" else None
+        copied = cfg.grpo.beta and cfg.adapter.method != "lora"  # LoRA's reference is the adapter switched off
+        ref = copy.deepcopy(model).eval().requires_grad_(False) if copied else None
         self.state = GrpoState(Loaded(model, tok, spec, stop_token_ids(tok, spec), "training"), rewards, ref)
 
     def step(self, loop: Loop, step: int) -> StepStats:

@@ -239,7 +239,8 @@ def reference_mode(cfg: RunConfig) -> Optional[str]:
 
 
 @torch.no_grad()
-def reference_logps(loop: Loop, state: PreferenceState, model_batch: dict, items: list[PrefRow]) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logps(loop: Loop, state: PreferenceState, model_batch: dict,
+                    items: list[PrefRow]) -> tuple[torch.Tensor, torch.Tensor]:
     mode, acc = state.reference, loop.accelerator
     b = len(items)
     if mode == "cached":
@@ -284,7 +285,8 @@ def cache_reference(loop: Loop) -> None:
 
 # ---------------------------------------------------------------- loss
 
-def pair_losses(loop: Loop, state: PreferenceState, items: list[PrefRow], collective: bool = True) -> tuple[PrefLoss, torch.Tensor]:
+def pair_losses(loop: Loop, state: PreferenceState, items: list[PrefRow],
+                collective: bool = True) -> tuple[PrefLoss, torch.Tensor]:
     """PrefLoss of one micro-batch, and the trained tokens of its chosen replies.
 
     `collective`: KTO's KL estimate is the mean over every process's micro-batch (one all-reduce), as TRL
