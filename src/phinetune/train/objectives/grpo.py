@@ -75,9 +75,7 @@ class Grpo:
 
     name = "grpo"
     eval_key = "eval_reward"
-
-    def __init__(self):
-        self.state: Optional[GrpoState] = None  # until begin
+    state: GrpoState  # set by begin
 
     def load_data(self, cfg: RunConfig, tokenizer, eot: str) -> GrpoData:
         """The prompts and their reference answers; the answers, rendered as SFT would, feed the pre-flight."""
@@ -100,19 +98,14 @@ class Grpo:
 
     def step(self, loop: Loop, step: int) -> StepStats:
         """Sample, score and turn the rewards into group advantages, then one policy-gradient update."""
-        return train_step(loop, self._ready(), step)
+        return train_step(loop, self.state, step)
 
     def evaluate(self, loop: Loop) -> float:
         """Mean reward of greedy completions of the eval prompts."""
-        return evaluate(loop, self._ready())
+        return evaluate(loop, self.state)
 
     def eval_metrics(self, value: float) -> dict[str, float]:
         return {self.eval_key: value}
-
-    def _ready(self) -> GrpoState:
-        if self.state is None:
-            raise RuntimeError("Grpo.begin(loop) sets up the sampler and rewards before the first step or evaluation")
-        return self.state
 
 
 # ---------------------------------------------------------------- data

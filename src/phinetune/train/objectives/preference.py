@@ -78,10 +78,10 @@ class Preference:
     """dpo, ipo, orpo, simpo or kto (train.objective): the objective, holding its reference."""
 
     eval_key = "eval_loss"
+    state: PreferenceState  # set by begin
 
     def __init__(self, name: str):
         self.name = name
-        self.state: Optional[PreferenceState] = None  # until begin
 
     def load_data(self, cfg: RunConfig, tokenizer, eot: str) -> PrefData:
         """The pairs (KTO: the labelled completions), rendered; the chosen replies feed the pre-flight."""
@@ -101,19 +101,14 @@ class Preference:
 
     def step(self, loop: Loop, step: int) -> StepStats:
         """The preference loss, a mean over the pairs of the whole step (plus ORPO's NLL over its chosen tokens)."""
-        return train_step(loop, self._ready(), step)
+        return train_step(loop, self.state, step)
 
     def evaluate(self, loop: Loop) -> float:
         """Mean preference loss per pair over the whole eval set."""
-        return evaluate(loop, self._ready())
+        return evaluate(loop, self.state)
 
     def eval_metrics(self, value: float) -> dict[str, float]:
         return {self.eval_key: value}
-
-    def _ready(self) -> PreferenceState:
-        if self.state is None:
-            raise RuntimeError("Preference.begin(loop) sets up the reference before the first step or evaluation")
-        return self.state
 
 
 # ---------------------------------------------------------------- data
