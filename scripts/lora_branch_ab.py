@@ -6,8 +6,8 @@ of the LoRA branch only (the base matmul's output is made beforehand: it is the 
 bury the difference in its noise on a shared machine). Variants, on PEFT's real LoRA layers:
 
     peft        PEFT's line `result + lora_B(lora_A(dropout(x))) * scaling`, torch's nn.Dropout
-    positions   the same line with train/lora_dropout.py's PositionDropout
-    addmm       PositionDropout and train/lora_addmm.py's variant (lora_B's product, scaled, added in place into
+    positions   the same line with kernels/lora_dropout.py's PositionDropout
+    addmm       PositionDropout and kernels/lora_addmm.py's variant (lora_B's product, scaled, added in place into
                 the base output by baddbmm_)
 
 Each repetition runs every variant once, in turn; printed: the median seconds per variant, the median of the
@@ -26,8 +26,8 @@ import time
 import torch
 from peft import LoraConfig, get_peft_model
 
-from phinetune.train.lora_addmm import AddmmLoraVariant
-from phinetune.train.lora_dropout import install_lora_dropout
+from phinetune.kernels.lora_addmm import AddmmLoraVariant
+from phinetune.kernels.lora_dropout import install_lora_dropout
 from phinetune.train.precision import adapter_autocast
 
 BATCH, SEQ = 8, 512

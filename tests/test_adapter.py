@@ -11,7 +11,7 @@ from phinetune.config import load_config
 from phinetune.models.specs import get_spec
 from phinetune.models.tiny import build_tiny
 from phinetune.train.adapter import apply_adapter
-from phinetune.train.recipe import make_optimizer
+from phinetune.train.loop import make_optimizer
 
 
 def _adapted(*overrides: str):

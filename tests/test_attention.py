@@ -1,4 +1,4 @@
-"""models/attention.py: per-sample SDPA on packed rows equals transformers' block-diagonal-mask attention
+"""kernels/attention.py: per-sample SDPA on packed rows equals transformers' block-diagonal-mask attention
 (eager, an independent implementation), in outputs and gradients, and never builds a seq x seq mask."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from phinetune.models.attention import NAME, implementation, segments
+from phinetune.kernels.attention import NAME, implementation, segments
 
 
 def model(kv_heads: int = 2, sliding_window=None):
@@ -119,7 +119,7 @@ def test_other_implementations_are_left_alone():
 def test_fused_path_matches_eager_and_is_taken(lengths, kv_heads):
     """Phi-3's fused q/k/v attention (rotary, then the flash kernel per sample, GQA included) against eager's
     block-diagonal attention; and it is the path taken, once per sample and layer."""
-    import phinetune.models.attention as attention
+    import phinetune.kernels.attention as attention
 
     calls, original = [], attention._attend
 
@@ -140,7 +140,7 @@ def test_fused_path_matches_eager_and_is_taken(lengths, kv_heads):
 
 def test_fused_forward_equals_transformers_rotary_and_sdpa_in_bf16():
     """The fused forward is transformers' own rotary and SDPA flash kernel, bit for bit."""
-    import phinetune.models.attention as attention
+    import phinetune.kernels.attention as attention
 
     m = model(kv_heads=4).to(torch.bfloat16)
     m.set_attn_implementation(implementation("sdpa"))

@@ -96,7 +96,7 @@ def test_cache_off_writes_nothing(setup):
 def test_preference_pairs_are_cached_and_never_read_as_sft_data(setup, tmp_path, objective):
     """The preference objectives' rendered pairs go through the same cache, in entries of their own layout."""
     from phinetune.config import load_config
-    from phinetune.train.preference import load_data
+    from phinetune.train.objectives.preference import load_data
 
     tokenizer, _, cfg = setup
     pairs = tmp_path / "pairs.jsonl"

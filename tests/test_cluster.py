@@ -1,4 +1,4 @@
-"""Launch templates for clusters (train/cluster.py): they render for N nodes, and the SLURM script, run under a
+"""Launch templates for clusters (train/distributed/cluster.py): they render for N nodes, and the SLURM script, run under a
 fake `srun` that starts its tasks on this machine, forms one 2-node job whose curve equals 1 process's."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hypothesis import given, settings, strategies as st
 from conftest import ROOT, SRC, cli_here, run_cli
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
-from phinetune.train.cluster import ClusterJob, render
-from phinetune.train.launch import Nodes, launch_command, nodes_from_options
+from phinetune.train.distributed.cluster import ClusterJob, render
+from phinetune.train.distributed.launch import Nodes, launch_command, nodes_from_options
 
 
 def train_args(command: str) -> list[str]:

@@ -56,7 +56,7 @@ def test_each_format_trains_end_to_end(tiny_phi3, tmp_path, fmt):
     from accelerate import Accelerator
 
     from phinetune.config import load_config
-    from phinetune.train.recipe import train_step
+    from phinetune.train.objectives.sft import Sft
 
     base, tokenizer = tiny_phi3
     data = prepare_data(data_cfg(write(tmp_path / f"{fmt}.jsonl", rows_for(fmt))), tokenizer, EOT)
@@ -72,7 +72,7 @@ def test_each_format_trains_end_to_end(tiny_phi3, tmp_path, fmt):
     loop = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, tokenizer=tokenizer, optimizer=optimizer,
                            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
                            train_rows=make_rows(data.train, 96, packing=True), steps_per_epoch=1, adapter_dtype=None)
-    losses = [train_step(loop, step)["loss"] for step in range(3)]
+    losses = [Sft().step(loop, step).loss for step in range(3)]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
 
 

@@ -1,4 +1,4 @@
-"""Resuming on another process count (train/elastic.py): same global batch, same curve; another global batch, refused.
+"""Resuming on another process count (train/distributed/elastic.py): same global batch, same curve; another global batch, refused.
 
 The expectation is the uninterrupted 1-process run's metrics.jsonl. The resumed curves are compared within the
 tolerance of the sharding tests (2e-5 relative/absolute on every logged loss, learning rate, gradient norm and
@@ -19,7 +19,7 @@ from conftest import run_cli
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
 from phinetune.runs.run_dir import CHECKPOINT_SHARDED, CHECKPOINT_STATE, RunDir
-from phinetune.train.elastic import by_name, check_global_batch
+from phinetune.train.distributed.elastic import by_name, check_global_batch
 from test_launch import losses
 from test_sharding import COMMON, FSDP, assert_same_curve
 
@@ -114,7 +114,7 @@ def test_optimizer_state_by_name_matches_torch_own_conversion():
 
 
 def test_a_rank_without_saved_random_state_gets_a_fixed_seed_of_its_own(tmp_path):
-    from phinetune.train.elastic import seed_ranks_without_state
+    from phinetune.train.distributed.elastic import seed_ranks_without_state
 
     draws = []
     for rank in (1, 1, 2):

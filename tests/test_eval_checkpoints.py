@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, cli_here
 from phinetune.errors import PhinetuneError
 from phinetune.train import checkpoint as ck
-from phinetune.runs.loading import pick_checkpoint
+from phinetune.runs.checkpoints import pick_checkpoint
 from phinetune.runs.run_dir import RunDir
 
 EVALSETS = ROOT / "tests" / "fixtures" / "evalsets"

@@ -9,7 +9,7 @@ import pytest
 
 from phinetune.errors import PhinetuneError
 from phinetune.runs import folders
-from phinetune.runs.folders import classify, model_problem, require_model, require_run, run_problem
+from phinetune.runs.folders import classify, model_problem, open_run, require_model, require_run, run_problem
 from phinetune.runs.run_dir import RunDir, RunInfo, write_merged_marker
 
 
@@ -90,7 +90,7 @@ def test_a_run_whose_run_json_was_deleted_is_still_a_run(tree):
     (tree / "runs" / "default" / "run.json").unlink()
     assert classify(tree / "runs" / "default").kind == folders.RUN
     with pytest.raises(PhinetuneError, match=r"default is a damaged run folder: .*default/run\.json is missing; train it again"):
-        RunDir.open(tree / "runs" / "default")
+        open_run(tree / "runs" / "default")
     with pytest.raises(PhinetuneError, match=r"run\.json is missing: the run folder .* is damaged"):
         RunDir(tree / "runs" / "default").read_info()
 
@@ -146,7 +146,7 @@ def test_where_a_run_is_expected_the_advice_uses_the_commands_own_flag(tree, whe
         return
     assert expected.format(t=tree) in problem
     with pytest.raises(PhinetuneError, match="^" + str(tree / where)):
-        RunDir.open(tree / where)
+        open_run(tree / where)
 
 
 def test_a_command_without_a_checkpoint_option_names_only_the_run(tree):

@@ -13,7 +13,7 @@ from phinetune.config import load_config
 from phinetune.data.packing import collate, make_rows
 from phinetune.data.render import IGNORE, Rendered
 from phinetune.train.loss import loss_sum
-from phinetune.train.recipe import train_step
+from phinetune.train.objectives.sft import Sft
 
 
 def rows_with_trained(tokenizer, trained: list[int]):
@@ -27,7 +27,7 @@ def rows_with_trained(tokenizer, trained: list[int]):
 
 
 def one_step_update(base, tokenizer, rows, batch_size: int, grad_accum: int) -> list[torch.Tensor]:
-    """Run recipe.train_step once with SGD(lr=1) and no clipping: the update is exactly minus the gradient."""
+    """Run the SFT step once with SGD(lr=1) and no clipping: the update is exactly minus the gradient."""
     from accelerate import Accelerator
 
     model = copy.deepcopy(base).train()
@@ -37,8 +37,8 @@ def one_step_update(base, tokenizer, rows, batch_size: int, grad_accum: int) -> 
     loop = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, tokenizer=tokenizer, optimizer=optimizer,
                            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), train_rows=rows, steps_per_epoch=1,
                            adapter_dtype=None)
-    stats = train_step(loop, 0)
-    assert stats["trained_tokens"] == sum(sum(1 for x in r.labels[1:] if x != IGNORE) for r in rows)
+    stats = Sft().step(loop, 0)
+    assert stats.trained_tokens == sum(sum(1 for x in r.labels[1:] if x != IGNORE) for r in rows)
     return [b - p.detach() for b, p in zip(before, model.parameters())]
 
 

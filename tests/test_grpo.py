@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from phinetune.config import load_config
-from phinetune.train.grpo import advantages
+from phinetune.train.objectives.grpo import advantages
 from phinetune.train.recipe import run_steps, setup, train
-from phinetune.train.rewards import exact_answer
+from phinetune.train.objectives.rewards import exact_answer
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 GOOD = "abcdefghijklm"
@@ -61,7 +61,7 @@ def test_grpo_raises_the_expected_reward_of_a_dotted_path_reward(tiny_cfg, tmp_p
 
 # The built-in example (docs/preference.md, "GRPO on the riddles"): SFT stopped half-way, merged, then GRPO with exact_answer.
 HALF_SFT, RIDDLES_GRPO = ROOT / "configs" / "tiny-grpo-riddles-sft.yaml", ROOT / "configs" / "tiny-grpo-riddles.yaml"
-INVERTED = "from phinetune.train.rewards import exact_answer\n\ndef wrong(completion, answer):\n    return 1.0 - exact_answer(completion, answer)\n"
+INVERTED = "from phinetune.train.objectives.rewards import exact_answer\n\ndef wrong(completion, answer):\n    return 1.0 - exact_answer(completion, answer)\n"
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_prompts_are_written_as_sft_writes_them(tiny_cfg, monkeypatch):
 
     from phinetune.models.loading import load_tokenizer, resolve_model_path
     from phinetune.models.specs import get_spec
-    from phinetune.train import grpo
+    from phinetune.train.objectives import grpo
 
     cfg = tiny_cfg("train.objective=grpo", "data.train=builtin:riddles_qa", "data.limit=4", "data.eval_size=1")
     spec = dataclasses.replace(get_spec(cfg.model.name, cfg.model.spec), system_prompt="Answer in one sentence.")

@@ -13,6 +13,7 @@ import torch
 from phinetune.errors import PhinetuneError
 from phinetune.train import checkpoint as ck
 from phinetune.train import recipe
+from phinetune.train.objectives import sft
 from phinetune.train.guards import StopRequests, oom_message
 from phinetune.train.metrics import MetricsLog
 from phinetune.runs.run_dir import RunDir
@@ -20,7 +21,7 @@ from phinetune.runs.run_dir import RunDir
 
 def poison_loss_at(monkeypatch, call: int, exc=None):
     """Make the `call`-th loss_sum return NaN (or raise `exc`)."""
-    real, calls = recipe.loss_sum, {"n": 0}
+    real, calls = sft.loss_sum, {"n": 0}
 
     def patched(model, batch):
         calls["n"] += model.training  # training micro-batches only, not eval
@@ -31,7 +32,7 @@ def poison_loss_at(monkeypatch, call: int, exc=None):
             return loss * float("nan"), n
         return loss, n
 
-    monkeypatch.setattr(recipe, "loss_sum", patched)
+    monkeypatch.setattr(sft, "loss_sum", patched)
 
 
 def test_nan_loss_names_the_step_and_the_samples_and_saves_nothing_after(tiny_cfg, monkeypatch):
@@ -110,7 +111,7 @@ def test_sigterm_mid_training_saves_a_checkpoint_and_resume_matches(tiny_cfg, mo
     """In-process: SIGTERM during step 2 -> checkpoint at step 2 -> resume reproduces the uninterrupted curve."""
     reference = recipe.train(tiny_cfg("train.eval_every=10", "output.dir=" + str(Path(tiny_cfg().output.dir).parent / "ref")))
     expected = [(r["step"], r.get("loss")) for r in reference.run.read_metrics() if "loss" in r]
-    real, calls = recipe.loss_sum, {"n": 0}
+    real, calls = sft.loss_sum, {"n": 0}
 
     def term_in_step_2(model, batch):
         calls["n"] += model.training
@@ -118,13 +119,13 @@ def test_sigterm_mid_training_saves_a_checkpoint_and_resume_matches(tiny_cfg, mo
             os.kill(os.getpid(), signal.SIGTERM)
         return real(model, batch)
 
-    monkeypatch.setattr(recipe, "loss_sum", term_in_step_2)
+    monkeypatch.setattr(sft, "loss_sum", term_in_step_2)
     cfg = tiny_cfg("train.eval_every=10")
     with pytest.raises(PhinetuneError, match="stopped by SIGTERM after step 2") as err:
         recipe.train(cfg)
     assert err.value.exit_code == 143
     assert [s for s, _ in ck.checkpoints(RunDir(cfg.output.dir))] == [2]
-    monkeypatch.setattr(recipe, "loss_sum", real)
+    monkeypatch.setattr(sft, "loss_sum", real)
     resumed = recipe.train(cfg)
     assert [(r["step"], r.get("loss")) for r in resumed.run.read_metrics() if "loss" in r] == expected
 

@@ -10,7 +10,7 @@ from phinetune.cli import app
 from phinetune.infer.compare import compare_run, default_prompts
 from phinetune.infer.complete import Sampling, generate_batch
 from phinetune.runs.loading import LoadOptions, load_for_inference
-from phinetune.runs.run_dir import RunDir
+from phinetune.runs.folders import open_run
 
 
 def test_base_column_is_the_base_model_and_tuned_column_the_adapter(tiny_run, tmp_path):
@@ -28,7 +28,7 @@ def test_base_column_is_the_base_model_and_tuned_column_the_adapter(tiny_run, tm
 
 
 def test_default_prompts_end_before_the_last_answer_of_the_eval_split(tiny_run):
-    pairs = default_prompts(RunDir.open(tiny_run), 10)
+    pairs = default_prompts(open_run(tiny_run), 10)
     assert len(pairs) == 4  # data.eval_size=4
     for prompt, reference in pairs:  # the riddles are two-turn: the prompt holds the first exchange
         assert [m["role"] for m in prompt] == ["user", "assistant", "user"] and reference

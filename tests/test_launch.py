@@ -11,8 +11,8 @@ import pytest
 from conftest import ROOT, cli_here
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
-from phinetune.train.launch import launch_command
-from phinetune.train.recipe import micro_batches
+from phinetune.train.distributed.launch import launch_command
+from phinetune.train.loop import micro_batches
 
 CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 EXPECTED = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "fsdp-qlora": "FSDP", "deepspeed-zero2": "DEEPSPEED", "deepspeed-zero3": "DEEPSPEED"}
@@ -72,7 +72,7 @@ def test_accelerate_config_is_accepted_by_accelerate(path):
     if args.use_fsdp and str(args.fsdp_version) == "1":
         assert args.fsdp_use_orig_params == "true" or args.fsdp_use_orig_params is True  # LoRA mixes frozen and trainable
     if path.stem == "fsdp":
-        assert str(args.fsdp_version) == "2"  # FSDP2: the one that also runs on CPU (train/sharding.py)
+        assert str(args.fsdp_version) == "2"  # FSDP2: the one that also runs on CPU (train/distributed/sharding.py)
     if path.stem == "fsdp-qlora":
         assert args.mixed_precision == "no"
     if args.use_deepspeed:
@@ -123,7 +123,7 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tiny_cfg
 def test_a_killed_rank_is_named_in_one_sentence():
     """torchrun's own report of a 2-process run whose rank 1 was SIGKILLed (recorded by hand from
     `phinetune train ... --nproc 2` and `kill -9` of rank 1: the job ended 2 s later, checkpoints intact)."""
-    from phinetune.train.launch import failure_sentence
+    from phinetune.train.distributed.launch import failure_sentence
 
     block = (ROOT / "tests" / "fixtures" / "torchrun_sigkill_rank1.txt").read_text()
     assert failure_sentence(block, 1).startswith("training failed: rank 1 was killed by SIGKILL;")
@@ -161,7 +161,7 @@ def test_deepspeed_zero2_on_two_cpu_processes_matches_one_process(tiny_cfg, tmp_
 def test_a_rank_that_stopped_with_our_sentence_is_named_with_it():
     """torchrun's report of a real 2-process run whose rank 1 ran out of memory at step 3 (tests/test_rank_failure.py,
     PHINETUNE_INJECT_FAULT=oom:1:3): the sentence comes from the error file rank 1 wrote, shown in the report."""
-    from phinetune.train.launch import failure_sentence, failures
+    from phinetune.train.distributed.launch import failure_sentence, failures
 
     report = (ROOT / "tests" / "fixtures" / "torchrun_oom_rank1.txt").read_text()
     assert [(rank, code) for rank, code, _ in failures(report)] == [(1, 2), (0, -15)]  # the root cause first
@@ -179,7 +179,7 @@ def test_the_sentence_a_rank_records_is_what_torchrun_reads(tmp_path, monkeypatc
     """record_for_launcher against torchrun's own reader of worker error files (ProcessFailure)."""
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-    from phinetune.train.launch import record_for_launcher
+    from phinetune.train.distributed.launch import record_for_launcher
 
     file = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(file))
@@ -193,7 +193,7 @@ def test_the_sentence_a_rank_records_is_what_torchrun_reads(tmp_path, monkeypatc
 def test_a_collective_timeout_names_the_waiting_rank_and_the_ones_it_waited_for():
     """torchrun's report of a real 2-process run whose rank 1 hung at step 3 (PHINETUNE_INJECT_FAULT=hang:1:3,
     PHINETUNE_DIST_TIMEOUT=15): rank 0 gave up in gloo after 15 s, then the launcher stopped rank 1."""
-    from phinetune.train.launch import failure_sentence
+    from phinetune.train.distributed.launch import failure_sentence
 
     report = (ROOT / "tests" / "fixtures" / "torchrun_hang_rank1.txt").read_text()
     assert failure_sentence(report, 1).startswith(

@@ -1,4 +1,4 @@
-"""The addmm LoRA variant (train/lora_addmm.py) computes PEFT's vanilla LoRA: same outputs and gradients on identical
+"""The addmm LoRA variant (kernels/lora_addmm.py) computes PEFT's vanilla LoRA: same outputs and gradients on identical
 batches (fp32 exactly to rounding, bf16 autocast to bf16 rounding), same merge, same saved adapter."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from phinetune.train.lora_addmm import AddmmLoraVariant, install_lora_addmm
-from phinetune.train.lora_dropout import install_lora_dropout
+from phinetune.kernels.lora_addmm import AddmmLoraVariant, install_lora_addmm
+from phinetune.kernels.lora_dropout import install_lora_dropout
 from phinetune.train.precision import adapter_autocast
 
 

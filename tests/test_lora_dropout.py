@@ -1,4 +1,4 @@
-"""PositionDropout is torch's dropout contract with the dropped positions drawn directly (train/lora_dropout.py):
+"""PositionDropout is torch's dropout contract with the dropped positions drawn directly (kernels/lora_dropout.py):
 each element dropped independently with probability p, the rest scaled by 1/(1-p), reproducible from the seed,
 identity in eval mode, the gradient the mask times the upstream gradient, and installed on every LoRA layer."""
 
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phinetune.train.lora_dropout import MAX_P, PositionDropout, drop_positions, install_lora_dropout
+from phinetune.kernels.lora_dropout import MAX_P, PositionDropout, drop_positions, install_lora_dropout
 
 
 def _dropped(p: float, shape, seed: int = 0, dtype=torch.float32):

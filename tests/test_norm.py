@@ -1,4 +1,4 @@
-"""models/norm.py: the fused RMSNorm against transformers' own Phi3RMSNorm (outputs and input gradients), what it
+"""kernels/norm.py: the fused RMSNorm against transformers' own Phi3RMSNorm (outputs and input gradients), what it
 keeps for the backward, and where it stands aside (a trained weight)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
 
-from phinetune.models.norm import fuse_norms, rms_norm
+from phinetune.kernels.norm import fuse_norms, rms_norm
 
 
 def reference_and_fused(shape, dtype, eps, seed):

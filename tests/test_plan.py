@@ -106,7 +106,7 @@ def test_plan_counts_the_loss_chunk_train_uses():
 
 def test_plan_counts_the_dropout_train_uses():
     from phinetune.models.plan import DROP_POSITIONS_MAX_P
-    from phinetune.train.lora_dropout import MAX_P
+    from phinetune.kernels.lora_dropout import MAX_P
 
     assert DROP_POSITIONS_MAX_P == MAX_P
 
@@ -120,7 +120,7 @@ def test_lora_input_bytes_match_what_autograd_saves_on_cpu(dtype):
     from peft import LoraConfig, get_peft_model
 
     from phinetune.models.plan import adapted_input_bytes
-    from phinetune.train.lora_dropout import install_lora_dropout
+    from phinetune.kernels.lora_dropout import install_lora_dropout
     from phinetune.train.precision import adapter_autocast
 
     torch.manual_seed(0)

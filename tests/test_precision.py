@@ -106,8 +106,8 @@ def test_a_bf16_training_step_uses_bf16_adapters(tiny_cfg):
     loop = recipe.setup(tiny_cfg("model.dtype=bf16", "adapter.modules_to_save=[]", "train.max_steps=2"))
     assert loop.adapter_dtype == torch.bfloat16
     before = {n: p.detach().clone() for n, p in loop.model.named_parameters() if p.requires_grad}
-    stats = [recipe.train_step(loop, step) for step in range(2)]  # LoRA A moves from the second step (B starts at 0)
-    assert all(s["loss"] > 0 and s["grad_norm"] > 0 for s in stats)
+    stats = [loop.objective.step(loop, step) for step in range(2)]  # LoRA A moves from the second step (B starts at 0)
+    assert all(s.loss > 0 and s.grad_norm > 0 for s in stats)
     after = dict(loop.model.named_parameters())
     assert all(after[n].dtype == torch.float32 and not torch.equal(after[n].detach(), b) for n, b in before.items())
 
@@ -116,7 +116,7 @@ def test_a_bf16_training_step_uses_bf16_adapters(tiny_cfg):
 def test_checkpointing_recomputes_bf16_adapters_as_the_forward_ran_them(tiny_cfg, dropout):
     """A bf16 base on CPU with gradient checkpointing: the recompute (in the backward) must run the adapters in bf16
     as the forward did. Before adapter_recompute, PEFT's input cast came back in the backward: torch's dropout
-    (p above train/lora_dropout.py's MAX_P) then recomputed an fp32 noise and checkpoint refused it, and every
+    (p above kernels/lora_dropout.py's MAX_P) then recomputed an fp32 noise and checkpoint refused it, and every
     LoRA'd input was recomputed as an fp32 copy."""
     from phinetune.train.recipe import train
 

@@ -17,8 +17,8 @@ import torch
 from phinetune.config import load_config
 from phinetune.data.preference import read_preferences, render_preferences, PrefInfo
 from phinetune.data.render import IGNORE
-from phinetune.train.pref_losses import LOSSES, Logps
-from phinetune.train.preference import PrefRow, pair_losses
+from phinetune.train.objectives.pref_losses import LOSSES, Logps
+from phinetune.train.objectives.preference import PreferenceState, PrefRow, pair_losses
 from phinetune.data.packing import unpacked
 
 
@@ -79,9 +79,9 @@ def test_loss_and_gradients_equal_trl_dpo_trainer(trl_setup, objective, loss_typ
     their_grads = _grads(model)
 
     cfg = load_config(None, [f"train.objective={objective}", f"preference.beta={beta}"])
-    loop = SimpleNamespace(cfg=cfg, accelerator=trainer.accelerator, tokenizer=tok, model=model, extra={"reference": "adapter_off"})
+    loop = SimpleNamespace(cfg=cfg, accelerator=trainer.accelerator, tokenizer=tok, model=model)
     model.zero_grad(set_to_none=True)
-    out, _ = pair_losses(loop, items)
+    out, _ = pair_losses(loop, PreferenceState("adapter_off"), items)
     ours = out.per_pair.mean()
     ours.backward()
     our_grads = _grads(model)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from phinetune.train.objectives.preference import PreferenceState
 from phinetune.train.recipe import run_steps, setup, train
 
 PREF = ["train.objective=dpo", "data.train=builtin:riddles_preferences", "data.limit=16", "data.eval_size=4",
@@ -19,7 +20,7 @@ def _first_loss(loop):
 
 def test_lora_reference_is_the_adapter_switched_off_and_matches_cached_logps(tiny_cfg, tmp_path):
     loop = setup(tiny_cfg(*PREF))
-    assert loop.extra["reference"] == "adapter_off" and "ref_model" not in loop.extra  # no second copy of the weights
+    assert loop.objective.state == PreferenceState("adapter_off", ref_model=None)  # no second copy of the weights
     run_steps(loop)
     curve = [m for m in loop.run.read_metrics() if "loss" in m]
     assert curve[0]["loss"] == pytest.approx(math.log(2), abs=1e-6), "LoRA B starts at 0: policy == reference"

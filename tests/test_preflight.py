@@ -63,9 +63,9 @@ def test_check_cli_fails_when_end_of_turn_is_cut_off():
 
 
 def test_train_saves_preflight_json(tiny_run):
-    from phinetune.runs.run_dir import RunDir
+    from phinetune.runs.folders import open_run
 
-    saved = json.loads(RunDir.open(tiny_run).preflight.read_text())  # the session's shared run
+    saved = json.loads(open_run(tiny_run).preflight.read_text())  # the session's shared run
     assert saved["problems"] == [] and saved["trainable"] > 0 and 0 < saved["share_percent"] < 100
     assert {row["layer_type"] for row in saved["layers"]} >= {"layers.*.self_attn.qkv_proj", "embed_tokens", "lm_head"}
     assert saved["eot_trained"] and any(on for _, on in saved["sample"])

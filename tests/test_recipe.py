@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from phinetune.runs.run_dir import RunDir
+from phinetune.runs.folders import open_run
 from phinetune.train.recipe import run_steps, save, setup, train
 
 
@@ -53,7 +53,7 @@ def test_qlora_on_cpu_trains_adapters_over_frozen_4bit_base(tiny_cfg):
 
 
 def test_train_writes_a_self_describing_run_folder(tiny_run):
-    run = RunDir.open(tiny_run)  # the session's shared run: the same config as tiny_cfg()
+    run = open_run(tiny_run)  # the session's shared run: the same config as tiny_cfg()
     for path in [run.config, run.info_file, run.adapter / "adapter_config.json", run.adapter / "adapter_model.safetensors",
                  run.tokenizer / "tokenizer_config.json", run.metrics, run.plot]:
         assert path.exists(), path
@@ -68,7 +68,7 @@ def test_train_writes_a_self_describing_run_folder(tiny_run):
 
 
 def test_adapter_loads_with_plain_peft(tiny_run):
-    run = RunDir.open(tiny_run)
+    run = open_run(tiny_run)
     base = AutoModelForCausalLM.from_pretrained(run.read_info().base_model)
     model = PeftModel.from_pretrained(base, str(run.adapter))
     ids = torch.tensor([[3, 10, 20, 30]])

@@ -8,7 +8,7 @@ import pytest
 
 from phinetune.config import load_config
 from phinetune.errors import ConfigError, PhinetuneError
-from phinetune.train.rewards import Rewards, contains_answer, exact_answer, extract_answer
+from phinetune.train.objectives.rewards import Rewards, contains_answer, exact_answer, extract_answer
 
 
 def _rewards(tmp_path, monkeypatch, code: str, *extra: str) -> Rewards:

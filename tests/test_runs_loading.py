@@ -9,7 +9,7 @@ import torch
 
 from phinetune.runs import loading
 from phinetune.runs.loading import base_and_tuned, load_for_inference
-from phinetune.runs.run_dir import RunDir
+from phinetune.runs.folders import open_run
 
 
 def _logits(loaded, text="What has keys?"):
@@ -23,7 +23,7 @@ def test_lora_run_loads_once_and_its_base_is_the_adapter_switched_off(tiny_run, 
     real = loading._load_run
     monkeypatch.setattr(loading, "_load_run", lambda *a, **k: calls.append(a) or real(*a, **k))
     seen = {}
-    for label, loaded in base_and_tuned(RunDir.open(tiny_run), "fp32"):
+    for label, loaded in base_and_tuned(open_run(tiny_run), "fp32"):
         seen[label] = (_logits(loaded), id(loaded))
     assert list(seen) == ["base", "tuned"] and len(calls) == 1 and seen["base"][1] == seen["tuned"][1]
     assert torch.allclose(seen["base"][0], _logits(load_for_inference(str(tiny_run), "fp32", adapter=False)))

@@ -81,9 +81,9 @@ def server(runs, tmp_path_factory):
 
 
 def _base_name(run: Path) -> str:
-    from phinetune.runs.run_dir import RunDir
+    from phinetune.runs.folders import open_run
 
-    return Path(RunDir.open(run).read_info().base_model).name
+    return Path(open_run(run).read_info().base_model).name
 
 
 def test_models_lists_each_adapter_and_the_base(server, runs):

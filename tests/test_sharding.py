@@ -1,4 +1,4 @@
-"""FSDP2 on CPU (train/sharding.py): 2 sharded processes against 1 plain process at the same global batch.
+"""FSDP2 on CPU (train/distributed/sharding.py): 2 sharded processes against 1 plain process at the same global batch.
 
 The expectation is independent of the sharded code: the 1-process run trains the unsharded model with
 grad_accum=2 through accelerate, the 2-process run shards it with fully_shard over gloo with grad_accum=1.

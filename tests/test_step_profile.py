@@ -24,7 +24,7 @@ def split():
     def step(i):
         loss, n = loss_sum(model, batch)
         (loss / n).backward()
-        with torch.profiler.record_function("phinetune.optimizer"):  # as recipe.train_step names it
+        with torch.profiler.record_function("phinetune.optimizer"):  # as train/loop.optimizer_step names it
             optimizer.step()
             optimizer.zero_grad()
 

@@ -38,7 +38,7 @@ def test_pairs_are_judged_journaled_resumed_and_read_by_dpo(tmp_path, tiny_phi3)
     assert [r.chosen for r in records] == [r["chosen"][0]["content"] for r in rows]
 
     from phinetune.config import load_config
-    from phinetune.train.preference import load_data
+    from phinetune.train.objectives.preference import load_data
 
     _, tok = tiny_phi3
     data = load_data(load_config(None, ["train.objective=dpo", f"data.train={out / PREFERENCES}", "data.eval_size=1"]), tok, "<|end|>")

@@ -145,7 +145,7 @@ def train(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, sho
     from phinetune.train.recipe import train as run_train
 
     if nproc > 1 or accelerate_config is not None or nnodes > 1:
-        from phinetune.train.launch import launch, nodes_from_options
+        from phinetune.train.distributed.launch import launch, nodes_from_options
 
         nodes = nodes_from_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
         raise typer.Exit(launch(nproc, list(args or []) + (["--resume"] if resume else []), accelerate_config, nodes))
@@ -176,7 +176,7 @@ def launch_template(kind: str = typer.Argument(..., help="slurm (an sbatch scrip
                     out: Optional[Path] = typer.Option(None, "--out", help="Write the script here (default: print it)."),
                     config_option: Optional[str] = typer.Option(None, "--config", help=CONFIG_OPTION_HELP)) -> None:
     """Write the launch script of an N-node training job for SLURM or Kubernetes (docs/scale-and-resume.md)."""
-    from phinetune.train.cluster import ClusterJob, render
+    from phinetune.train.distributed.cluster import ClusterJob, render
 
     args = with_config_option(args, config_option)
     config, overrides = split_args(args)
@@ -771,7 +771,7 @@ def main() -> None:
     except PhinetuneError as exc:
         print_error(str(exc))
         if os.environ.get("PHINETUNE_LAUNCHED") == "1":  # a rank of `train --nproc N`: the launcher names it with this sentence
-            from phinetune.train.launch import record_for_launcher
+            from phinetune.train.distributed.launch import record_for_launcher
 
             record_for_launcher(str(exc))
         sys.exit(getattr(exc, "exit_code", 2))  # a stop on SIGTERM/Ctrl-C exits 143/130, after its checkpoint

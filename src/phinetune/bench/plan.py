@@ -99,7 +99,7 @@ def _child(args_json: str) -> None:
 
     from phinetune.config.schema import AdapterConfig, ModelConfig, RunConfig
     from phinetune.train.loss import loss_sum
-    from phinetune.train.memory import pin_malloc_thresholds, threshold_for
+    from phinetune.kernels.malloc import pin_malloc_thresholds, threshold_for
     from phinetune.train.prepare import prepare
 
     a = json.loads(args_json)

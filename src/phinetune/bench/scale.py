@@ -1,7 +1,7 @@
 """`phinetune bench train --nproc 1,2`: phinetune's training throughput and memory as the process count grows.
 
 The same workload (the phinetune side of `bench train`: same model, data and global batch) is trained once per
-process count, each through the launcher `phinetune train --nproc N` uses (train/launch.py: torchrun on CPU,
+process count, each through the launcher `phinetune train --nproc N` uses (train/distributed/launch.py: torchrun on CPU,
 accelerate launch on GPUs; `--accelerate-config` picks DDP, FSDP2 or DeepSpeed as for training). The global
 batch is held fixed (each rank's batch is the workload's divided by N), so every count trains the same steps
 on the same tokens, which the report checks. Per count: tokens/s (all real tokens over the slowest rank's
@@ -37,7 +37,7 @@ def parse_nproc(text: str) -> list[int]:
 
 def run_count(n: int, spec: dict, work: Path, accelerate_config: Optional[Path]) -> list[dict]:
     """Train the workload on n processes; each rank's result."""
-    from phinetune.train.launch import launch_command
+    from phinetune.train.distributed.launch import launch_command
 
     folder = work / f"nproc-{n}"
     results = folder / "results"

@@ -19,7 +19,7 @@ import torch
 
 def rank_tokens(loop) -> int:
     """Real tokens this rank trains over the whole run (its micro-batches are a pure function of seed and step)."""
-    from phinetune.train.recipe import micro_batches
+    from phinetune.train.loop import micro_batches
 
     return sum(len(row) for step in range(loop.total_steps) for rows in micro_batches(loop, step) for row in rows)
 

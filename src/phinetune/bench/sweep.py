@@ -217,7 +217,7 @@ def _child(args_json: str) -> None:
 
     from phinetune.config.schema import AdapterConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
     from phinetune.train.loss import loss_sum
-    from phinetune.train.memory import pin_malloc_thresholds, threshold_for
+    from phinetune.kernels.malloc import pin_malloc_thresholds, threshold_for
     from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, adapter_recompute
     from phinetune.train.prepare import prepare
 
@@ -235,7 +235,7 @@ def _child(args_json: str) -> None:
 
     adapter_dtype = adapter_compute_dtype(cfg, prepared.dtype)
 
-    def step(batch):  # as train/recipe.py's step: adapters in bf16 under a bf16 base on CPU
+    def step(batch):  # as the SFT step (train/objectives/sft.py): adapters in bf16 under a bf16 base on CPU
         with adapter_autocast(model, adapter_dtype):
             loss, n = loss_sum(model, batch)
         with adapter_recompute(model, adapter_dtype):

@@ -82,7 +82,7 @@ class TrainConfig(_Strict):
     log_every: int = Field(5, ge=1, description="Log metrics every N steps.")
     seed: int = Field(0, description="Seed for weights init, dropout and data order.")
     recall_check: int = Field(0, ge=0, description="After training, greedy-decode N training prompts and check the trained answer comes back.")
-    keep: list[str] = Field(default_factory=list, description="Also keep the best checkpoint by each of these, on top of the newest keep_checkpoints: eval_loss (lowest), or a task of eval.tasks, optionally with its metric (arc_easy, piqa:acc_norm; highest). Scored at every checkpoint save.")
+    keep: list[str] = Field(default_factory=list, description="Also keep the best checkpoint by each of these, on top of the newest keep_checkpoints: eval_loss (lowest; for grpo, eval_reward: highest), or a task of eval.tasks, optionally with its metric (arc_easy, piqa:acc_norm; highest). Scored at every checkpoint save.")
     objective: Literal["sft", "dpo", "ipo", "orpo", "simpo", "kto", "grpo"] = Field("sft", description="What is optimised: sft (next-token loss on the replies), a preference loss on {prompt, chosen, rejected} data (dpo, ipo, orpo, simpo; kto on {prompt, completion, label}), or grpo (sampled replies scored by reward functions); see docs/preference.md.")
 
 
@@ -146,7 +146,13 @@ class RunConfig(_Strict):
             raise ValueError("adapter.method=full cannot train 4-bit weights; use adapter.method=lora with model.quant=nf4 (QLoRA), or model.quant=none")
         if self.data.eval is not None and self.data.eval_size is not None:
             raise ValueError("data.eval and data.eval_size both set; give an eval file or a split size, not both")
-        tasks = {t.split(":")[0] for t in self.train.keep if t != "eval_loss"}
+        # What the objective's evaluation measures (train/objectives/): GRPO's is a reward, the others' a loss.
+        own = "eval_reward" if self.train.objective == "grpo" else "eval_loss"
+        other = next((c for c in self.train.keep if c in {"eval_loss", "eval_reward"} - {own}), None)
+        if other:
+            raise ValueError(f"train.keep names {other}, which train.objective={self.train.objective} does not "
+                             f"measure: its evaluation is {own}; rank by that")
+        tasks = {t.split(":")[0] for t in self.train.keep if t != own}
         if tasks - set(self.eval.tasks):
             raise ValueError(f"train.keep names {sorted(tasks - set(self.eval.tasks))[0]!r}, which is not in eval.tasks {self.eval.tasks}; add it there so checkpoints get scored on it")
         return self

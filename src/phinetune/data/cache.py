@@ -4,7 +4,8 @@ The key hashes everything the tokenized output depends on: the data's content (f
 `datasets` fingerprint of a Hub set), the tokenizer (its full serialized vocabulary/merges and special
 tokens), the chat template, the end-of-turn token, and every data setting. Change any of them and the
 key changes, so a stale entry can never be reused. Entries are plain JSON (never pickle: a cache folder
-may be shared, and loading it must not run code). Writes are atomic (temp file + rename).
+may be shared, and loading it must not run code). Writes are atomic (temp file + rename). This module stores
+and finds entries; each kind of data turns itself into an entry and back (data/dataset.py, the preference objective).
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
 from typing import Optional
 from pathlib import Path
 
 from phinetune.config.schema import DataConfig
-from phinetune.data.readers import Record, content_fingerprint
-from phinetune.data.render import Rendered
+from phinetune.data.readers import content_fingerprint
 from phinetune.paths import cache_root
 
 VERSION = 2  # bump when the rendering or the entry layout changes
@@ -52,7 +51,7 @@ def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = No
         "dialect": dialect,  # how traces, tools and default system prompts are written (data/normalize.py)
         "settings": settings,
     }
-    if layout != "sft":  # preference pairs (train/preference.py): entries of their own, never read back as SFT data
+    if layout != "sft":  # preference pairs (train/objectives/preference.py): entries of their own, never read back as SFT data
         parts["layout"] = layout
     return parts
 
@@ -66,33 +65,8 @@ def _path(cfg: DataConfig, key: str) -> Path:
     return cache_dir(cfg) / f"{key}.json"
 
 
-def save(cfg: DataConfig, key: str, data) -> Path:
-    return save_entry(cfg, key, {
-        "train": [asdict(r) for r in data.train],
-        "eval": [asdict(r) for r in data.eval],
-        "dropped": [asdict(r) for r in data.dropped],
-        "train_records": [asdict(r) for r in data.train_records],
-        "info": asdict(data.info),
-    })
-
-
-def load(cfg: DataConfig, key: str):
-    """The cached PreparedData for `key`, or None (absent, unreadable or an older layout)."""
-    from phinetune.data.dataset import DataInfo, PreparedData
-
-    entry = load_entry(cfg, key)
-    if entry is None:
-        return None
-    try:
-        info = DataInfo(**{**entry["info"], "cached": True})
-        return PreparedData([Rendered(**r) for r in entry["train"]], [Rendered(**r) for r in entry["eval"]],
-                            [Record(**r) for r in entry["train_records"]], info, [Rendered(**r) for r in entry["dropped"]])
-    except (KeyError, TypeError):
-        return None  # a damaged entry is rebuilt, never trusted
-
-
 def save_entry(cfg: DataConfig, key: str, entry: dict) -> Path:
-    """Write a JSON entry atomically; `save` (SFT data) and the preference objectives' data use it."""
+    """Write a JSON entry atomically (SFT data and the preference objectives' pairs each convert their own)."""
     path = _path(cfg, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")

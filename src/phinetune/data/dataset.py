@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from phinetune.config.schema import DataConfig
+from phinetune.data import cache
 from phinetune.data.normalize import for_template
 from phinetune.data.readers import ReadReport, Record, read_records
 from phinetune.data.reasoning import mask_traces
@@ -85,17 +86,34 @@ def prepare_data(cfg: DataConfig, tokenizer, eot: str, spec: Optional[ModelSpec]
     """Tokenized train/eval sets; reuses the cache when data, tokenizer, template and settings all match.
 
     `spec` says how reasoning traces, tools and the default system prompt are written (data/normalize.py)."""
-    from phinetune.data import cache
-
     spec = spec or GENERIC
     key = cache.cache_key(cfg, tokenizer, eot, None if spec is GENERIC else dialect(spec)) if cfg.cache else None
-    hit = cache.load(cfg, key) if key else None
+    hit = _from_entry(cache.load_entry(cfg, key)) if key else None
     if hit is not None:
         return hit
     data = _prepare(cfg, tokenizer, eot, spec)
     if key:
-        cache.save(cfg, key, data)
+        cache.save_entry(cfg, key, _to_entry(data))
     return data
+
+
+def _to_entry(data: PreparedData) -> dict:
+    return {"train": [asdict(r) for r in data.train], "eval": [asdict(r) for r in data.eval],
+            "dropped": [asdict(r) for r in data.dropped], "train_records": [asdict(r) for r in data.train_records],
+            "info": asdict(data.info)}
+
+
+def _from_entry(entry: Optional[dict]) -> Optional[PreparedData]:
+    """The cached PreparedData, or None (absent, or damaged: rebuilt, never trusted)."""
+    if entry is None:
+        return None
+    try:
+        info = DataInfo(**{**entry["info"], "cached": True})
+        train, evals = [Rendered(**r) for r in entry["train"]], [Rendered(**r) for r in entry["eval"]]
+        records, dropped = [Record(**r) for r in entry["train_records"]], [Rendered(**r) for r in entry["dropped"]]
+        return PreparedData(train, evals, records, info, dropped)
+    except (KeyError, TypeError):
+        return None
 
 
 def split_records(cfg: DataConfig, skip_bad: bool, report: Optional[ReadReport] = None) -> tuple[list[Record], list[Record], int]:

@@ -19,16 +19,16 @@ from rich.table import Table
 from phinetune.errors import PhinetuneError
 from phinetune.progress import console
 from phinetune.runs.checkpoints import select
+from phinetune.runs.folders import open_run
 
 if TYPE_CHECKING:
-    from phinetune.train.recipe import TrainHooks
-from phinetune.runs.run_dir import RunDir
+    from phinetune.train.loop import TrainHooks
 
 
 def training_hooks(cfg) -> Optional["TrainHooks"]:
     """What eval.tasks adds to `phinetune train`: the contamination pre-flight, and task scores at each checkpoint (train.keep)."""
     from phinetune.eval.contamination import preflight_check
-    from phinetune.train.recipe import TrainHooks
+    from phinetune.train.loop import TrainHooks
 
     from phinetune.eval.tasks import get_task
 
@@ -67,7 +67,7 @@ def evaluate_checkpoints(run_path: str, plan, spec: str) -> dict:
     from phinetune.eval.compare import find_contamination, score_model
     from phinetune.runs.loading import load_for_inference
 
-    run = RunDir.open(run_path)
+    run = open_run(run_path)
     if plan.harness:
         raise PhinetuneError("--checkpoints scores with phinetune's own scorer; drop --harness")
     points = select(run, spec)

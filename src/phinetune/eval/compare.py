@@ -19,6 +19,7 @@ from phinetune.errors import PhinetuneError
 from phinetune.eval.scoring import TaskResult, evaluate_task, mean_stderr
 from phinetune.eval.tasks import Task, load_docs
 from phinetune.progress import console, escape, print_table
+from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir
 
 @dataclass
@@ -110,7 +111,7 @@ def score_harness(run: RunDir, plan: EvalPlan) -> tuple[dict, dict]:
 
 def evaluate_run(run_path: str, plan: EvalPlan) -> dict:
     """Score base and tuned, print the table, save RUN/eval.json, and return what was saved."""
-    run = RunDir.open(run_path)
+    run = open_run(run_path)
     if plan.decontaminate and plan.harness:
         raise PhinetuneError("--decontaminate scores a subset of items, which lm-eval's task loader cannot do; drop --harness")
     start = time.perf_counter()

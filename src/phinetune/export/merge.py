@@ -26,7 +26,9 @@ import torch
 
 from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.progress import console, progress_console
-from phinetune.runs.loading import Loaded, apply_checkpoint, load_for_inference, pick_checkpoint
+from phinetune.runs.checkpoints import pick_checkpoint
+from phinetune.runs.loading import Loaded, apply_checkpoint, load_for_inference
+from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir, write_merged_marker
 
 BASES = ("dequantized", "original")
@@ -57,7 +59,7 @@ def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str 
               base: Optional[str] = None, checkpoint: Optional[str] = None, announce: bool = True) -> Path:
     """`checkpoint` ('last', 'step-N', 'best'): merge that training checkpoint's weights instead of the final adapter.
     `announce=False`: no "merged model written to" line (export and push merge into a staging folder that is gone when they finish)."""
-    run = RunDir.open(run_path)
+    run = open_run(run_path)
     pick_checkpoint(run, checkpoint)  # an unfinished or damaged run, or a missing checkpoint: one sentence before any loading
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:

@@ -17,6 +17,7 @@ from typing import Optional
 from phinetune.errors import PhinetuneError
 from phinetune.models.specs import ModelSpec, get_spec
 from phinetune.progress import console
+from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir, write_merged_marker
 from phinetune.runs.status import LOAD_OFFER, require_final_weights
 
@@ -66,7 +67,7 @@ def export_run(run_path: str, out: str, plan: ExportPlan) -> Path:
 def check_run(run_path: str, checkpoint: Optional[str] = None, use_checkpoint: Optional[str] = LOAD_OFFER) -> tuple[RunDir, ModelSpec]:
     """A finished, intact run, or any run when a checkpoint of it is asked for (as generate and merge take them).
     `use_checkpoint`: how the calling command takes the last checkpoint of an unfinished or damaged run (None: it cannot)."""
-    run = RunDir.open(run_path, "--checkpoint" if use_checkpoint else None)
+    run = open_run(run_path, "--checkpoint" if use_checkpoint else None)
     if checkpoint is None:
         require_final_weights(run, use_checkpoint)
     cfg = run.read_config()

@@ -23,6 +23,7 @@ from phinetune.progress import console
 from phinetune.runs.held_out import held_out_prompts
 from phinetune.runs.checkpoints import select
 from phinetune.runs.loading import LoadOptions, base_and_tuned, load_for_inference
+from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir
 
 
@@ -47,7 +48,7 @@ def default_prompts(run: RunDir, n: int) -> list[tuple[list[dict], Optional[str]
 
 def compare_run(run_path: str, prompts_file: Optional[Path] = None, n: int = 5, sampling: Optional[Sampling] = None,
                 batch_size: int = 8, load: LoadOptions = LoadOptions(), out: Optional[Path] = None) -> list[Row]:
-    run = RunDir.open(run_path)
+    run = open_run(run_path)
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
     sampling = sampling or Sampling(max_new_tokens=128)
     convs = [p for p, _ in pairs]
@@ -96,7 +97,7 @@ def compare_checkpoints(run_path: str, spec: str, prompts_file: Optional[Path] =
     """The same prompts answered by the base, each selected checkpoint and the final weights: one column each.
 
     Loaded one at a time (a checkpoint's trainable weights over the run's model), so memory stays that of one model."""
-    run = RunDir.open(run_path)
+    run = open_run(run_path)
     points = select(run, spec)
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
     sampling = sampling or Sampling(max_new_tokens=128)

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from phinetune.config.schema import ModelConfig
 from phinetune.errors import ConfigError, PhinetuneError
-from phinetune.models.attention import implementation
-from phinetune.models.norm import fuse_norms
+from phinetune.kernels.attention import implementation
+from phinetune.kernels.norm import fuse_norms
 from phinetune.models.hub import builtin_hint, check_model_name, download_advice
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
@@ -119,7 +119,7 @@ def load_model(path: str, cfg: ModelConfig, spec: ModelSpec, tokenizer, dtype: D
         kwargs["device_map"] = device_map
     model = _hub_call(path, cfg.revision, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))
     resize_for_tokenizer(model, tokenizer, spec)
-    fuse_norms(model)  # one autograd function per RMSNorm on CPU (models/norm.py)
+    fuse_norms(model)  # one autograd function per RMSNorm on CPU (kernels/norm.py)
     return model
 
 

@@ -3,7 +3,7 @@ activations, from config arithmetic, and the smallest common GPU that fits.
 
 The figures model phinetune's own recipe: weights in the compute dtype (bf16 on GPUs that have it),
 LoRA adapters kept in fp32 by PEFT, torch AdamW (two states per trainable parameter, in the parameter's
-dtype), SDPA attention (no seq x seq matrix kept, models/attention.py), and the chunked loss (train/loss.py).
+dtype), SDPA attention (no seq x seq matrix kept, kernels/attention.py), and the chunked loss (train/loss.py).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ OVERHEAD_GIB, MARGIN = 1.0, 0.10  # CUDA context + allocator fragmentation, on t
 # against peak RSS (bench train --sweep, docs/speed.md). A frozen Linear keeps no input (it needs none for
 # its input gradient); a LoRA'd one keeps, for lora_A, its input in the adapters' compute dtype and, with
 # dropout, what the dropout keeps for its backward; a norm keeps its input upcast to fp32, whatever the dtype, but
-# for a frozen Phi-3 RMSNorm on CPU (models/norm.py), which keeps its input in the model dtype (norm_input_bytes).
+# for a frozen Phi-3 RMSNorm on CPU (kernels/norm.py), which keeps its input in the model dtype (norm_input_bytes).
 NORM_INPUT_BYTES = 4
-FUSED_NORM_MODELS = ("phi3",)  # model types whose RMSNorm models/norm.py replaces
-# LoRA dropout on CPU (train/lora_dropout.py) keeps the int64 flat positions of the dropped elements: 8 bytes per
-# dropped element, 8 * p per element; above DROP_POSITIONS_MAX_P (keep in step with train/lora_dropout.py's MAX_P;
+FUSED_NORM_MODELS = ("phi3",)  # model types whose RMSNorm kernels/norm.py replaces
+# LoRA dropout on CPU (kernels/lora_dropout.py) keeps the int64 flat positions of the dropped elements: 8 bytes per
+# dropped element, 8 * p per element; above DROP_POSITIONS_MAX_P (keep in step with kernels/lora_dropout.py's MAX_P;
 # tests/test_plan.py checks they agree) and on CUDA it is torch's dropout, counted as a noise tensor in the
 # adapters' compute dtype.
 DROP_POSITION_BYTES = 8
@@ -37,7 +37,7 @@ DROP_POSITIONS_MAX_P = 0.5
 
 
 def norm_input_bytes(facts: ModelFacts, dtype_bytes: int, method: str, device: str) -> int:
-    """Bytes per element a norm keeps for the backward: models/norm.py's where it runs (CPU, frozen weight)."""
+    """Bytes per element a norm keeps for the backward: kernels/norm.py's where it runs (CPU, frozen weight)."""
     if device == "cpu" and method != "full" and facts.get("model_type") in FUSED_NORM_MODELS:
         return dtype_bytes
     return NORM_INPUT_BYTES

@@ -24,6 +24,7 @@ from phinetune.train.plots import render_all
 from phinetune.report import before_after
 from phinetune.report.samples import cached_samples, generate_samples
 from phinetune.runs.status import NO_SAMPLES, require_final_weights, run_status
+from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir
 
 ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.files("phinetune.report") / "templates")),
@@ -198,7 +199,7 @@ def _before_after(parts: Optional[tuple[str, str, str]]) -> Optional[Section]:
 
 def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:
     """RUN/report.html and RUN/report.md."""
-    run = RunDir.open(run_path)
+    run = open_run(run_path)
     sections = build_sections(run, samples)
     title = f"phinetune run report: {run.path.name}"
     page = ENV.get_template("report.html.jinja").render(title=title, sections=sections)

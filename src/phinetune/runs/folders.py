@@ -194,6 +194,14 @@ def require_model(path: str | Path, checkpoint_flag: Optional[str] = "--checkpoi
     return f
 
 
+def open_run(path: str | Path, checkpoint_flag: Optional[str] = "--checkpoint") -> RunDir:
+    """The run folder at `path`; any other folder (the run's adapter/ or a checkpoint of it, a merged folder, an
+    empty one) is refused with one sentence saying what it is and what to pass.
+    `checkpoint_flag`: how the calling command takes a checkpoint, for that advice."""
+    require_run(path, checkpoint_flag)
+    return RunDir(Path(path))
+
+
 def require_run(path: str | Path, checkpoint_flag: Optional[str] = "--checkpoint") -> Folder:
     """The run folder at `path`, holding the records every verb reads (run.json, config.yaml); else one sentence."""
     f = classify(path)

@@ -20,7 +20,8 @@ from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_c
 from phinetune.progress import progress_console, verbose
 from phinetune.runs.folders import RUN, classify, model_problem, what
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key
-from phinetune.runs.status import checkpoint_missing, require_final_weights
+from phinetune.runs.checkpoints import pick_checkpoint
+from phinetune.runs.status import require_final_weights
 
 
 QUANTS = ("none", "nf4")
@@ -75,36 +76,6 @@ def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", ad
             run = RunDir(folder.path)
             return _load_run(run, dtype, quant, adapter, pick_checkpoint(run, checkpoint) if adapter else None)
         return _load_plain(target, dtype, quant)
-
-
-def pick_checkpoint(run: RunDir, choice: Optional[str]) -> Optional[Path]:
-    """The checkpoint `choice` names; None (final weights) when not asked and the run finished."""
-    found = run.checkpoint_dirs()
-    if choice is None:
-        require_final_weights(run)  # unfinished or damaged: one sentence, offering its last checkpoint
-        return None
-    if not found:
-        raise PhinetuneError(f"--checkpoint {choice}: {run.path} holds no checkpoint (none under {run.checkpoints})")
-    picked = _named_checkpoint(run, found, choice)
-    missing = checkpoint_missing(run, picked)
-    if missing:
-        raise PhinetuneError(f"--checkpoint {choice}: {missing[0]} is missing, so {picked.name} of {run.path} cannot be loaded")
-    return picked
-
-
-def _named_checkpoint(run: RunDir, found: list[tuple[int, Path]], choice: str) -> Path:
-    if choice == "last":
-        return found[-1][1]
-    if choice == "best":
-        from phinetune.runs.checkpoints import best_of_run
-
-        return best_of_run(run)
-    step = choice.removeprefix("step-")
-    for n, path in found:
-        if step.isdigit() and n == int(step):
-            return path
-    raise PhinetuneError(f"--checkpoint {choice}: no such checkpoint in {run.path}; it has "
-                         f"{', '.join(p.name for _, p in found)} (or pass 'last' or 'best')")
 
 
 def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool, checkpoint: Optional[Path] = None) -> Loaded:

@@ -32,7 +32,7 @@ MERGED_MARKER = "phinetune.json"  # in a merged folder: {"spec": key, "merged_fr
 CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX, CHECKPOINT_STATE = "step-", ".tmp-step-", "trainer_state.json"
 CHECKPOINT_WEIGHTS, ADAPTER_CONFIG = "model.safetensors", "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file name for the adapter's weights, in RUN/adapter/
-CHECKPOINT_SHARDED = "sharded"  # inside a checkpoint of an FSDP2-on-CPU run: torch.distributed.checkpoint shards (train/sharding.py)
+CHECKPOINT_SHARDED = "sharded"  # inside a checkpoint of an FSDP2-on-CPU run: torch.distributed.checkpoint shards (train/distributed/sharding.py)
 # ... and its learning-rate schedule: accelerate's file name for the first register_for_checkpointing object
 CHECKPOINT_SHARDED_SCHEDULER = "custom_checkpoint_0.pkl"
 
@@ -92,16 +92,6 @@ class RunDir:
         run.path.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run.config)
         return run
-
-    @classmethod
-    def open(cls, path: str | Path, checkpoint_flag: str = "--checkpoint") -> "RunDir":
-        """The run folder at `path`; any other folder (the run's adapter/ or a checkpoint of it, a merged folder, an
-        empty one) is refused with one sentence saying what it is and what to pass (runs/folders.py).
-        `checkpoint_flag`: how the calling command takes a checkpoint, for that advice."""
-        from phinetune.runs.folders import require_run  # runs/folders.py reads RunDir's names
-
-        require_run(path, checkpoint_flag)
-        return cls(Path(path))
 
     def write_info(self, info: RunInfo) -> None:
         self.info_file.write_text(json.dumps(asdict(info), indent=2))

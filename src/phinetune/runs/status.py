@@ -168,7 +168,7 @@ def local_base(base_model: str) -> bool:
 def missing_files(run: RunDir) -> list[Path]:
     """Files the run's final weights need that are not there (an empty list: nothing missing).
 
-    A run that saved no final weights yet is not damaged (runs/loading.pick_checkpoint says it is unfinished);
+    A run that saved no final weights yet is not damaged (runs/checkpoints.pick_checkpoint says it is unfinished);
     one whose run.json says finished, or whose adapter/ or model/ exists, must hold all of them."""
     needed = [run.info_file, run.config, run.tokenizer, *(run.tokenizer / name for name in RUN_TOKENIZER_FILES)]
     try:

@@ -16,6 +16,7 @@ from peft import PeftModel
 
 from phinetune.errors import PhinetuneError
 from phinetune.runs.loading import Loaded, is_run_dir, load_for_inference
+from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir
 
 
@@ -50,12 +51,16 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
+def default_model_name(target: str) -> str:
+    """The id clients pass as `model`: a folder's name, or the model id itself."""
+    path = Path(target)
+    return path.resolve().name if path.exists() else target
+
+
 def load_served(targets: list[str], dtype: str = "auto", quant: str = "none", first_name: Optional[str] = None,
                 checkpoint: Optional[str] = None) -> Served:
     """One model for all targets: a single base/merged/run target, or several LoRA runs on the same base.
     `checkpoint` (step-N, best, last) serves that checkpoint of a single run folder."""
-    from phinetune.serve.run import default_model_name  # here: run.py imports this module's users
-
     if not targets:
         raise PhinetuneError("serve needs at least one run folder, merged folder or model id")
     names = [first_name or default_model_name(targets[0])] + [default_model_name(t) for t in targets[1:]]
@@ -64,7 +69,7 @@ def load_served(targets: list[str], dtype: str = "auto", quant: str = "none", fi
                              "rename a run folder or serve them separately")
     if len(targets) > 1:
         for t in targets:
-            if not is_run_dir(t) or RunDir.open(t).is_full:
+            if not is_run_dir(t) or open_run(t).is_full:
                 raise PhinetuneError(f"{t}: serving several targets needs LoRA run folders (with adapter/) on one base; "
                                      "serve a merged folder or full fine-tune on its own")
     if checkpoint is not None and len(targets) > 1:
@@ -72,12 +77,12 @@ def load_served(targets: list[str], dtype: str = "auto", quant: str = "none", fi
     loaded = load_for_inference(targets[0], dtype, quant, checkpoint=checkpoint)
     if not isinstance(loaded.model, PeftModel):
         return Served(loaded, {names[0]: None})
-    base_model = RunDir.open(targets[0]).read_info().base_model
+    base_model = open_run(targets[0]).read_info().base_model
     models: dict[str, Optional[str]] = {names[0]: loaded.model.active_adapter}
     total = tensor_bytes(loaded.model)
     memory = [f"base + adapter '{names[0]}': {_mib(total)}"]
     for i, (target, name) in enumerate(zip(targets[1:], names[1:]), start=1):
-        models[name] = _add_adapter(loaded, RunDir.open(target), base_model, f"adapter{i}")
+        models[name] = _add_adapter(loaded, open_run(target), base_model, f"adapter{i}")
         grown, total = tensor_bytes(loaded.model) - total, tensor_bytes(loaded.model)
         memory.append(f"+ adapter '{name}': +{_mib(grown)} (total {_mib(total)})")
     models[_base_name(base_model, models)] = None
@@ -132,8 +137,6 @@ def _tokenizer(run: RunDir):
 
 
 def _base_name(base_model: str, models: dict) -> str:
-    from phinetune.serve.run import default_model_name
-
     name = default_model_name(base_model)
     return name if name not in models else f"{name}-base"
 

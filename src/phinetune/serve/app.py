@@ -24,7 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 from phinetune import __version__
 from phinetune.infer.complete import Completion, Sampling, chat_prompt
 from phinetune.runs.loading import Loaded
-from phinetune.serve.adapters import Served
+from phinetune.serve.adapters import Served, default_model_name
 from phinetune.serve.limits import BodySizeLimit
 from phinetune.serve.observe import AccessLog, Metrics
 from phinetune.serve.responses import TEXT, TextFormat, usage
@@ -74,8 +74,6 @@ def validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]
 def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAPI:
     """Serve `served` (several models on one base) or one loaded model, named settings.model_name."""
     if isinstance(served, Loaded):
-        from phinetune.serve.run import default_model_name
-
         served = Served.single(served, settings.model_name or default_model_name(served.source))
     loaded = served.loaded
     context = getattr(loaded.model.config, "max_position_embeddings", None)

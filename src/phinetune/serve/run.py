@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from pathlib import Path
 from dataclasses import replace
 from typing import Optional, Union
 
@@ -13,12 +12,6 @@ from phinetune.extras import require
 from phinetune.progress import console, escape
 from phinetune.runs.loading import LoadOptions
 from phinetune.serve.settings import Listen, ServeSettings, check_port_free
-
-
-def default_model_name(target: str) -> str:
-    """The id clients pass as `model`: a folder's name, or the model id itself."""
-    path = Path(target)
-    return path.resolve().name if path.exists() else target
 
 
 def is_loopback(host: str) -> bool:

@@ -30,6 +30,7 @@ from phinetune.synth.clean import is_refusal
 from phinetune.synth.config import REFUSALS, RequestSampling as JudgeSampling, TeacherConfig
 from phinetune.synth.journal import Entry, Journal, call_hash, call_key
 from phinetune.synth.teachers import Call
+from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir
 
 # MT-Bench's pairwise judge prompt ("pair-v2"), which asks for an explanation first and then a fixed verdict format.
@@ -186,7 +187,7 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
               max_new_tokens: int = 128, batch_size: int = 8, judge_max_tokens: int = 512) -> dict:
     from phinetune.synth.teachers import make_teacher
 
-    run = RunDir.open(run_path)
+    run = open_run(run_path)
     # Answers still to make (two models to load): a missing key or a local endpoint where nothing listens is refused
     # first, before even torch is imported. With the answers cached, the journal may hold every verdict and need no
     # endpoint at all.

@@ -10,8 +10,8 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from phinetune.config.schema import AdapterConfig, ModelConfig, PreflightConfig
 from phinetune.errors import ConfigError, PreflightError
 from phinetune.models.specs import ModelSpec
-from phinetune.train.lora_addmm import install_lora_addmm
-from phinetune.train.lora_dropout import install_lora_dropout
+from phinetune.kernels.lora_addmm import install_lora_addmm
+from phinetune.kernels.lora_dropout import install_lora_dropout
 from phinetune.train.targets import match_targets, target_problems
 
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
@@ -140,8 +140,8 @@ def _apply_adapter(model, spec: ModelSpec, cfg: AdapterConfig, model_cfg: ModelC
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model = get_peft_model(model, config)
-    install_lora_dropout(model)  # the same dropout, drawn cheaper on CPU (train/lora_dropout.py)
-    install_lora_addmm(model)  # the scale and add folded into lora_B's matmul (train/lora_addmm.py)
+    install_lora_dropout(model)  # the same dropout, drawn cheaper on CPU (kernels/lora_dropout.py)
+    install_lora_addmm(model)  # the scale and add folded into lora_B's matmul (kernels/lora_addmm.py)
     return model
 
 

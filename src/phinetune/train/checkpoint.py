@@ -9,7 +9,7 @@ does not do, we add here: (1) atomicity: a checkpoint is written under a tempora
 fsynced, then one rename publishes it, so a kill during a save leaves the previous checkpoint as the latest;
 (2) trainable-only weights for LoRA (a frozen 7 GB base is never copied into every checkpoint);
 (3) run identity: a folder resumes only with the same config, the same training rows and the same global batch
-(on any process count, from either layout: train/elastic.py).
+(on any process count, from either layout: train/distributed/elastic.py).
 The data order needs no saved state of its own: micro_batches() is a pure function of (seed, step).
 """
 
@@ -27,22 +27,22 @@ from safetensors.torch import load_file
 
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError
-from phinetune.train.elastic import check_global_batch, global_batch, is_sharded, load_other_layout, seed_ranks_without_state
+from phinetune.train.distributed.elastic import check_global_batch, global_batch, is_sharded, load_other_layout, seed_ranks_without_state
 from phinetune.train.guards import disk_guard
-from phinetune.train.sharding import load_sharded, save_sharded
+from phinetune.train.distributed.sharding import load_sharded, save_sharded
 from phinetune.runs.run_dir import (CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
                                     CHECKPOINT_TMP_PREFIX as TMP_PREFIX, CHECKPOINT_WEIGHTS, RunDir)
 from phinetune.runs.checkpoints import best_checkpoint
 from phinetune.runs.status import holder, holder_text
 
 if TYPE_CHECKING:
-    from phinetune.train.recipe import Loop
+    from phinetune.train.loop import Loop
 
 # Keys that change how a run is saved or reported, not what it computes: a resume may change them.
 IGNORED_FOR_IDENTITY = {("output", "overwrite"), ("train", "keep_checkpoints"), ("train", "save_every"),
                         ("train", "report_to"), ("train", "log_every"), ("train", "recall_check"), ("train", "keep"),
                         ("eval", "tasks"), ("eval", "data_dir"), ("eval", "limit"), ("eval", "contamination")}
-# How the global batch is split may change on resume (another process count); the product is checked instead (train/elastic.py).
+# How the global batch is split may change on resume (another process count); the product is checked instead (train/distributed/elastic.py).
 CHECKED_AT_LOAD = {("train", "batch_size"), ("train", "grad_accum")}
 
 
@@ -215,7 +215,7 @@ def load_checkpoint(loop: "Loop", path: Path) -> int:
     """Restore model, optimizer, scheduler and RNG state; return the step to continue from.
 
     The process count may differ from the one that wrote the checkpoint, and so may its layout (plain or
-    sharded, train/elastic.py); the global batch may not."""
+    sharded, train/distributed/elastic.py); the global batch may not."""
     state = json.loads((path / STATE).read_text())
     acc, train = loop.accelerator, loop.cfg.train
     check_global_batch(path, state, loop.run, train.batch_size, train.grad_accum, acc.num_processes)
@@ -236,7 +236,7 @@ def register_trainable_only(accelerator, model: torch.nn.Module) -> None:
     """Make save_state/load_state keep only trainable weights (LoRA, modules_to_save) for DDP and single process.
 
     Names are the unwrapped model's (DDP's `module.` prefix dropped), so the file is the same whether 1 or N
-    processes wrote it, and a checkpoint resumes on another process count (train/elastic.py).
+    processes wrote it, and a checkpoint resumes on another process count (train/distributed/elastic.py).
     FSDP and DeepSpeed save through their own sharded paths (the hooks see no weights there)."""
     trainable = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
 

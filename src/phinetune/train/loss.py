@@ -131,7 +131,7 @@ def cross_entropy_and_grad(logits: torch.Tensor, labels: torch.Tensor,
 class Scratch:
     """One fp32 buffer and one gradient buffer, allocated at the first chunk and reused by every later one.
 
-    Why: training pins glibc's mmap threshold (train/memory.py), so every fresh chunk-sized tensor is a new
+    Why: training pins glibc's mmap threshold (kernels/malloc.py), so every fresh chunk-sized tensor is a new
     mapping whose pages fault in on first touch (page faults were most of the loss share's `copy_` time in
     `bench train --profile`); a chunk of Phi-3's logits is 128 MiB in fp32. Reused, the pages fault in once
     per step rather than once per chunk, and the peak is unchanged (one chunk's buffers, as before).

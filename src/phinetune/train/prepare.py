@@ -22,6 +22,7 @@ from phinetune.models.specs import ModelSpec, get_spec
 from phinetune.runs.run_dir import merged_spec_key
 from phinetune.progress import progress_console
 from phinetune.train.adapter import apply_adapter
+from phinetune.train.loop import Objective
 from phinetune.train.objectives import objective
 from phinetune.train.precision import choose_train_dtype
 from phinetune.train.preflight import context_check
@@ -37,6 +38,7 @@ class Prepared:
     data: Optional[PreparedData]  # None when prepare(..., with_data=False)
     path: str  # where the base was loaded from (a built-in tiny model's materialized folder)
     eot: str  # end_of_turn(tokenizer, spec): the token every assistant turn must end with
+    objective: Objective  # train.objective's, which read `data` and trains on it (train/objectives/)
     checkpointing: Checkpointing = Checkpointing(False, "")  # gradient checkpointing as chosen (train/recompute.py)
 
 
@@ -67,10 +69,11 @@ def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[],
     if context_note:
         progress_console.print(f"note: {context_note}", style="yellow", highlight=False, markup=False)
     eot = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)
-    # The data train.objective reads (SFT conversations, preference pairs, GRPO prompts): train/objectives.py.
-    data = objective(cfg.train.objective).load_data(cfg, tokenizer, eot) if with_data else None
+    # The data train.objective reads (SFT conversations, preference pairs, GRPO prompts): train/objectives/.
+    goal = objective(cfg.train.objective)
+    data = goal.load_data(cfg, tokenizer, eot) if with_data else None
     checkpointing = choose_checkpointing(cfg, path, dtype.name)
     checkpointing.announce()
     model_cfg = cfg.model.model_copy(update={"gradient_checkpointing": checkpointing.on})
     model = apply_adapter(model, spec, cfg.adapter, model_cfg, tokenizer, cfg.preflight)
-    return Prepared(spec, dtype, tokenizer, model, data, path, eot, checkpointing)
+    return Prepared(spec, dtype, tokenizer, model, data, path, eot, goal, checkpointing)

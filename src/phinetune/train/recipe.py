@@ -5,43 +5,37 @@ Multi-process execution (DDP / FSDP / DeepSpeed) comes from accelerate, not from
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
-from torch.profiler import record_function
 from transformers import get_scheduler
 
 from phinetune import __version__
 from phinetune.config import RunConfig
-from phinetune.data.dataset import PreparedData, prepare_data
-from phinetune.data.packing import Row, batches, collate, make_rows
 from phinetune.errors import PhinetuneError, PreflightError
-from phinetune.models.specs import TINY_MODELS, get_spec
+from phinetune.models.specs import TINY_MODELS
 from phinetune.progress import console, progress
 from phinetune.train.checkpoint import load_checkpoint, register_trainable_only, save_checkpoint, start_or_resume, truncate_metrics
 from phinetune.train.eta import Eta, Schedule
-from phinetune.train.faults import injected
-from phinetune.train.launch import DIST_TIMEOUT_S, check_distributed, configure_engine, process_group_backend
-from phinetune.train.guards import StopRequests, TrainingStopped, check_finite, disk_guard, is_oom, oom_message
-from phinetune.train.loss import loss_sum
-from phinetune.train.memory import pin_malloc_thresholds, threshold_for
+from phinetune.train.distributed.launch import DIST_TIMEOUT_S, check_distributed, configure_engine, process_group_backend
+from phinetune.train.guards import StopRequests, TrainingStopped, disk_guard, is_oom, oom_message
+from phinetune.kernels.malloc import pin_malloc_thresholds, threshold_for
 from phinetune.train.metrics import MetricsLog
-from phinetune.train.objectives import Objective, objective
+from phinetune.train.loop import Loop, TrainHooks, make_optimizer
 from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
-from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, adapter_recompute
+from phinetune.train.precision import adapter_compute_dtype
 from phinetune.runs.run_dir import RunDir, RunInfo
-from phinetune.runs.status import RunLock, hold_run
+from phinetune.runs.status import hold_run
 from phinetune.train.prepare import prepare, with_merged_spec
-from phinetune.train.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
+from phinetune.train.distributed.sharding import fsdp2_on_cpu, full_state_dict, local_share, shard
 from phinetune.train.tracking import Trackers, accelerator_kwargs
 
 
@@ -52,42 +46,6 @@ class TrainResult:
     final_eval_loss: Optional[float]
     steps: int
     recall: Optional[tuple[int, int]] = None
-
-
-@dataclass
-class Loop:
-    """Everything the loop touches, built once by `setup`."""
-
-    cfg: RunConfig
-    run: RunDir
-    accelerator: Accelerator
-    model: torch.nn.Module
-    tokenizer: object
-    data: PreparedData
-    train_rows: list[Row]
-    eval_rows: list[Row]
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    total_steps: int
-    steps_per_epoch: int
-    log: MetricsLog
-    start_step: int = 0  # > 0 when resumed from a checkpoint
-    done: int = 0  # optimizer steps completed so far (what run.json's status reports when a run stops)
-    objective: Optional[Objective] = None  # train.objective's data, step and evaluation (train/objectives.py)
-    extra: dict = field(default_factory=dict)  # the objective's own state (reference model, ...)
-    hooks: Optional["TrainHooks"] = None
-    sharded: bool = False  # FSDP2 applied by us on CPU (train/sharding.py): the model is not accelerate-prepared
-    adapter_dtype: Optional[torch.dtype] = None  # LoRA adapters computed in this dtype in training steps (train/precision.py)
-    lock: Optional[RunLock] = None  # the main process's hold on RUN/train.lock while it trains (runs/status.py)
-
-
-@dataclass
-class TrainHooks:
-    """What the benchmarks of eval.tasks add to training, passed in from above (eval/ sits above train/ in the layers):
-    a check of the training records before training (contamination), and scores of the model at a checkpoint (train.keep)."""
-
-    check_data: Callable[[RunConfig, list, RunDir], None]
-    score: Callable[[torch.nn.Module, object], dict]
 
 
 def train(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> TrainResult:
@@ -130,8 +88,7 @@ def train(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = No
 
 
 def log_eval(loop: Loop, step: int, value: float) -> None:
-    extra = {"eval_ppl": math.exp(min(value, 50))} if loop.objective.name == "sft" else {}
-    loop.log.write(step=step, **{loop.objective.eval_key: value}, **extra)
+    loop.log.write(step=step, **loop.objective.eval_metrics(value))
 
 
 def setup(cfg: RunConfig, resume: bool = False, hooks: Optional[TrainHooks] = None) -> Loop:
@@ -185,7 +142,7 @@ def record_stop(run: RunDir, accelerator, exc: BaseException, done: Optional[int
 def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator, hooks: Optional[TrainHooks] = None) -> Loop:
     prepared = prepare(cfg, run.base, accelerator.main_process_first)
     model, tokenizer, data = prepared.model, prepared.tokenizer, prepared.data
-    # which freed tensors the heap reuses and which go back to the OS (train/memory.py)
+    # which freed tensors the heap reuses and which go back to the OS (kernels/malloc.py)
     pin_malloc_thresholds(threshold_for(cfg.train.batch_size * cfg.data.max_length, model.config.hidden_size))
     if cfg.eval.tasks and hooks is None and cfg.eval.contamination != "off":
         raise PhinetuneError("eval.tasks is set but this training call was given no eval hooks; train with `phinetune train`, or pass "
@@ -198,7 +155,7 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
         tokenizer.save_pretrained(run.tokenizer)
     run_preflight(cfg, prepared, accelerator.is_main_process,
                   save_to=run.preflight if accelerator.is_main_process else None)
-    goal = objective(cfg.train.objective)
+    goal = prepared.objective
     train_rows, eval_rows = goal.rows(data, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes)))
     total = cfg.train.max_steps or max(1, math.ceil(steps_per_epoch * cfg.train.epochs))
@@ -216,7 +173,7 @@ def build_loop(cfg: RunConfig, run: RunDir, checkpoint, accelerator: Accelerator
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         register_trainable_only(accelerator, model)
     loop = Loop(cfg, run, accelerator, model, tokenizer, data, train_rows, eval_rows, optimizer, scheduler, total,
-                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), objective=goal, hooks=hooks,
+                steps_per_epoch, MetricsLog(run.metrics, enabled=accelerator.is_main_process), goal, hooks=hooks,
                 sharded=sharded, adapter_dtype=adapter_compute_dtype(cfg, prepared.dtype))
     goal.begin(loop)
     if checkpoint is not None:
@@ -251,66 +208,6 @@ def announce_plan(loop: Loop) -> None:
                       "real data set 1-3 epochs is usual: set train.epochs or train.max_steps", markup=True)
 
 
-def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.adapter.loraplus_ratio is not None:
-        from phinetune.train.adapter import loraplus_optimizer
-
-        return loraplus_optimizer(model, cfg)
-    if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-    import bitsandbytes as bnb
-
-    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-           "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[cfg.train.optimizer]
-    return cls(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-
-
-def micro_batches(loop: Loop, step: int) -> list[list[Row]]:
-    """The micro-batches of optimizer step `step` for this process: a pure function of (seed, step)."""
-    cfg, acc = loop.cfg.train, loop.accelerator
-    per_step = cfg.grad_accum * acc.num_processes
-    epoch, index = divmod(step * per_step, loop.steps_per_epoch * per_step)
-    order = batches(loop.train_rows, cfg.batch_size, cfg.seed, epoch)
-    chosen = [order[(index + k) % len(order)] for k in range(per_step)]
-    return chosen[acc.process_index::acc.num_processes]
-
-
-def train_step(loop: Loop, step: int) -> dict:
-    acc, model = loop.accelerator, loop.model
-    fault = injected(step, acc.process_index)  # None but in the failure tests (train/faults.py)
-    micro_rows = micro_batches(loop, step)
-    with record_function("phinetune.data"):  # the scopes name the parts of `bench train --profile` (bench/step_profile.py)
-        micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_rows]
-    # Normalize by the trained tokens of the whole optimizer step, across micro-batches and processes,
-    # so every token weighs the same whatever batch it landed in.
-    local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-    n_tokens = int(acc.reduce(torch.tensor(local, device=acc.device), "sum").item())
-    total_loss = 0.0
-    for i, batch in enumerate(micro):
-        with record_function("phinetune.data"):
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-        sync = acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
-        with sync:
-            with acc.autocast(), adapter_autocast(model, loop.adapter_dtype):
-                loss, _ = loss_sum(model, batch)
-                loss = loss * float("nan") if fault == "nan" else loss
-            with adapter_recompute(model, loop.adapter_dtype):  # checkpointing's recompute runs the adapters as the forward did
-                acc.backward(loss * acc.num_processes / max(n_tokens, 1))
-        total_loss += loss.item()
-    step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
-    # before the optimizer step: weights stay finite
-    check_finite(step_loss, step, micro_rows, loop.tokenizer, acc, total_loss / max(n_tokens, 1))
-    with record_function("phinetune.optimizer"):
-        grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
-        loop.optimizer.step()
-        loop.scheduler.step()
-        loop.optimizer.zero_grad(set_to_none=True)
-    real = acc.reduce(torch.tensor(sum(int(b["n_real"]) for b in micro), device=acc.device), "sum").item()
-    return {"loss": step_loss, "grad_norm": float(grad_norm), "lr": loop.scheduler.get_last_lr()[0], "tokens": real, "trained_tokens": n_tokens}
-
-
 def run_steps(loop: Loop, start: int = 0, first_eval_s: Optional[float] = None) -> None:
     """`first_eval_s`: how long the evaluation before the first step took (the time-left estimate's first eval cost)."""
     cfg = loop.cfg.train
@@ -332,13 +229,13 @@ def run_steps(loop: Loop, start: int = 0, first_eval_s: Optional[float] = None) 
                 acc = loop.accelerator
                 where = f" on rank {acc.process_index} of {acc.num_processes}" if acc.num_processes > 1 else ""
                 raise PhinetuneError(oom_message(loop.cfg, step, where)) from None
-            window_tokens += stats["tokens"]
+            window_tokens += stats.tokens
             done = loop.done = step + 1
             eta.step(done, time.perf_counter() - began)
             if done % cfg.log_every == 0 or done == loop.total_steps:
                 elapsed = time.perf_counter() - window_start
-                loop.log.write(step=done, epoch=round(done / loop.steps_per_epoch, 3), loss=stats["loss"], lr=stats["lr"],
-                               grad_norm=stats["grad_norm"], tokens_per_s=window_tokens / max(elapsed, 1e-9), **stats.get("metrics", {}))
+                loop.log.write(step=done, epoch=round(done / loop.steps_per_epoch, 3), loss=stats.loss, lr=stats.lr,
+                               grad_norm=stats.grad_norm, tokens_per_s=window_tokens / max(elapsed, 1e-9), **stats.metrics)
                 window_tokens, window_start = 0, time.perf_counter()
             ev = None
             if loop.eval_rows and done % cfg.eval_every == 0 and done < loop.total_steps:
@@ -355,22 +252,23 @@ def run_steps(loop: Loop, start: int = 0, first_eval_s: Optional[float] = None) 
             if stop.requested(loop.accelerator):
                 raise stop.stopped(done, saved or save_checkpoint(loop, done))
             left = eta.short(done)
-            bar.update(task, completed=done, info=f"loss {stats['loss']:.3f}" + (f"  {left}" if left else ""))
+            bar.update(task, completed=done, info=f"loss {stats.loss:.3f}" + (f"  {left}" if left else ""))
             if left and not announced and loop.accelerator.is_main_process:
                 console.print(eta.announce(done))
                 announced = True
 
 
-def checkpoint_scores(loop: Loop, step: int, eval_loss: Optional[float]) -> dict:
-    """What train.keep ranks this checkpoint by: eval loss (evaluated now if this step had none) and eval.tasks scores."""
-    scores = {}
-    if any(c == "eval_loss" for c in loop.cfg.train.keep) and loop.eval_rows:
-        if eval_loss is None:
-            eval_loss = evaluate(loop)
-            if step < loop.total_steps:  # the last step's eval loss is logged once, by the final evaluation
-                log_eval(loop, step, eval_loss)
-        scores["eval_loss"] = eval_loss
-    if any(c != "eval_loss" for c in loop.cfg.train.keep) and loop.accelerator.is_main_process:
+def checkpoint_scores(loop: Loop, step: int, evaluated: Optional[float]) -> dict:
+    """What train.keep ranks this checkpoint by: the objective's own evaluation (its eval_key: eval_loss, or GRPO's
+    eval_reward; evaluated now if this step had none) and eval.tasks scores."""
+    scores, own = {}, loop.objective.eval_key
+    if own in loop.cfg.train.keep and loop.eval_rows:
+        if evaluated is None:
+            evaluated = loop.objective.evaluate(loop)
+            if step < loop.total_steps:  # the last step's evaluation is logged once, by the final one
+                log_eval(loop, step, evaluated)
+        scores[own] = evaluated
+    if any(c != own for c in loop.cfg.train.keep) and loop.accelerator.is_main_process:
         if loop.hooks is None:
             raise PhinetuneError("train.keep ranks checkpoints by a task, which needs eval hooks; train with `phinetune train`, or pass "
                                  "hooks=phinetune.eval.checkpoints.training_hooks(cfg) to train()")
@@ -379,41 +277,6 @@ def checkpoint_scores(loop: Loop, step: int, eval_loss: Optional[float]) -> dict
         scores.update(tasks)
     loop.model.train()
     return scores
-
-
-# ---------------------------------------------------------------- the sft objective (train/objectives.py)
-
-def load_data(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
-    return prepare_data(cfg.data, tokenizer, eot, get_spec(cfg.model.name, cfg.model.spec))
-
-
-def rows(data: PreparedData, cfg: RunConfig) -> tuple[list[Row], list[Row]]:
-    return make_rows(data.train, cfg.data.max_length, cfg.data.packing), make_rows(data.eval, cfg.data.max_length, cfg.data.packing)
-
-
-def begin(loop: Loop) -> None:
-    pass
-
-
-@torch.no_grad()
-def evaluate(loop: Loop) -> float:
-    """Mean loss per trained token over the whole eval set (all processes)."""
-    acc = loop.accelerator
-    loop.model.eval()
-    total, count = 0.0, 0
-    # Under FSDP2 every rank must run the same forwards (each gathers weights from all ranks), so every
-    # rank evaluates all rows and nothing is summed across ranks.
-    rows = loop.eval_rows if loop.sharded else loop.eval_rows[acc.process_index::acc.num_processes]
-    for group in batches(rows, loop.cfg.train.batch_size, 0, 0, shuffle=False):
-        batch = {k: v.to(acc.device) for k, v in collate(group, loop.tokenizer.pad_token_id).items()}
-        with acc.autocast():
-            loss, n = loss_sum(loop.model, batch)
-        total, count = total + loss.item(), count + n
-    if loop.sharded:
-        return total / max(count, 1)
-    total = acc.reduce(torch.tensor(total, device=acc.device), "sum").item()
-    count = acc.reduce(torch.tensor(count, device=acc.device), "sum").item()
-    return total / max(count, 1)
 
 
 def save(loop: Loop) -> None:

@@ -4,7 +4,7 @@ No distributed engine of our own: on GPUs the launcher is `accelerate launch` (w
 config for DDP, FSDP or DeepSpeed: configs/accelerate/*.yaml); on CPU it is torch.distributed.run with
 ACCELERATE_USE_CPU=true, because `accelerate launch --cpu` runs one process unless mpirun is set up, while
 torchrun + that flag gives accelerate's MULTI_CPU mode over gloo. An FSDP version-2 config on CPU runs
-PyTorch's fully_shard over gloo (train/sharding.py: accelerate does not select FSDP on CPU); the DeepSpeed
+PyTorch's fully_shard over gloo (train/distributed/sharding.py: accelerate does not select FSDP on CPU); the DeepSpeed
 ZeRO-2 config runs on DeepSpeed's CPU accelerator over gloo through `accelerate launch`; the other configs
 (FSDP1, QLoRA + FSDP, ZeRO-3) are GPU-check-only and refused on CPU.
 
@@ -25,7 +25,7 @@ import torch
 
 from phinetune.config.load import read_yaml
 from phinetune.errors import PhinetuneError
-from phinetune.train.sharding import ENV as SHARDING_ENV
+from phinetune.train.distributed.sharding import ENV as SHARDING_ENV
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Each optimizer step: for every prompt of the step's micro-batches, sample grpo.group_size completions
 through phinetune's one generation path (infer/complete.complete), score them with the reward functions
-(train/rewards.py), and turn the scores into advantages relative to their group, (r - mean) / (std + 1e-4).
+(train/objectives/rewards.py), and turn the scores into advantages relative to their group, (r - mean) / (std + 1e-4).
 The loss is the clipped policy-gradient term plus beta times the k3 estimate of the KL to the reference
 (the adapter switched off for LoRA, a frozen copy for full fine-tuning), averaged over every completion
 token of the whole step (token-normalised, like SFT). One policy update per generation, so the ratio is 1
@@ -15,9 +15,10 @@ counted per step (zero_std_groups) and in total at the end.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -30,13 +31,11 @@ from phinetune.data.render import IGNORE, render_sample
 from phinetune.errors import DataError
 from phinetune.models.specs import get_spec
 from phinetune.progress import console
-from phinetune.train.preference import token_logps
-from phinetune.train.rewards import Rewards
-
-EVAL_KEY = "eval_reward"  # what evaluate() returns, as metrics.jsonl names it
-
-if TYPE_CHECKING:
-    from phinetune.train.recipe import Loop
+from phinetune.runs.loading import Loaded
+from phinetune.train.guards import check_finite
+from phinetune.train.loop import Loop, StepStats, global_count, micro_batches, optimizer_step
+from phinetune.train.objectives.preference import token_logps
+from phinetune.train.objectives.rewards import Rewards
 
 
 @dataclass
@@ -55,6 +54,60 @@ class PromptRow:
         return len(self.prompt_ids)
 
 
+@dataclass
+class GrpoData(PreparedData):
+    prompt_rows: list[PromptRow] = field(default_factory=list)
+    eval_prompt_rows: list[PromptRow] = field(default_factory=list)
+
+
+@dataclass
+class GrpoState:
+    """What sampling, scoring and the KL term need, set up by Grpo.begin."""
+
+    loaded: Loaded  # the policy as infer.complete samples from it (the training model itself)
+    rewards: Rewards
+    ref_model: Optional[torch.nn.Module] = None  # full fine-tuning with grpo.beta: a frozen copy of the start
+    zero_std_total: int = 0  # groups so far whose completions all got the same reward (reported at the end)
+
+
+class Grpo:
+    """train.objective=grpo: the objective, holding the policy's sampler, the reward functions and the reference."""
+
+    name = "grpo"
+    eval_key = "eval_reward"
+    state: GrpoState  # set by begin
+
+    def load_data(self, cfg: RunConfig, tokenizer, eot: str) -> GrpoData:
+        """The prompts and their reference answers; the answers, rendered as SFT would, feed the pre-flight."""
+        return load_data(cfg, tokenizer, eot)
+
+    def rows(self, data: GrpoData, cfg: RunConfig) -> tuple[list[PromptRow], list[PromptRow]]:
+        """One row per prompt: micro_batches deals out prompts, and each is sampled grpo.group_size times."""
+        return data.prompt_rows, data.eval_prompt_rows
+
+    def begin(self, loop: Loop) -> None:
+        """The sampler, the reward functions (a bad name fails here, before step 1) and the reference model."""
+        from phinetune.data.end_of_turn import stop_token_ids
+
+        cfg, tok, model = loop.cfg, loop.tokenizer, loop.accelerator.unwrap_model(loop.model)
+        spec = get_spec(cfg.model.name, cfg.model.spec)
+        rewards = Rewards(cfg.grpo)
+        copied = cfg.grpo.beta and cfg.adapter.method != "lora"  # LoRA's reference is the adapter switched off
+        ref = copy.deepcopy(model).eval().requires_grad_(False) if copied else None
+        self.state = GrpoState(Loaded(model, tok, spec, stop_token_ids(tok, spec), "training"), rewards, ref)
+
+    def step(self, loop: Loop, step: int) -> StepStats:
+        """Sample, score and turn the rewards into group advantages, then one policy-gradient update."""
+        return train_step(loop, self.state, step)
+
+    def evaluate(self, loop: Loop) -> float:
+        """Mean reward of greedy completions of the eval prompts."""
+        return evaluate(loop, self.state)
+
+    def eval_metrics(self, value: float) -> dict[str, float]:
+        return {self.eval_key: value}
+
+
 # ---------------------------------------------------------------- data
 
 def split_prompt(messages: list[dict], where: str) -> tuple[list[dict], str]:
@@ -65,7 +118,7 @@ def split_prompt(messages: list[dict], where: str) -> tuple[list[dict], str]:
     return messages[:last], messages[last]["content"]
 
 
-def load_data(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
+def load_data(cfg: RunConfig, tokenizer, eot: str) -> GrpoData:
     report = ReadReport()
     train_recs, eval_recs, dups = split_records(cfg.data, cfg.data.skip_bad_rows, report)
     # Prompts written as SFT and inference write them (the spec's default system prompt, its tool format).
@@ -75,14 +128,8 @@ def load_data(cfg: RunConfig, tokenizer, eot: str) -> PreparedData:
     renders = [render_sample(tokenizer, r.sample, cfg.data.max_length, "last_assistant", eot) for r in train_recs]
     info = DataInfo(read=report.read, format=report.format, duplicates=dups, skipped=report.skipped,
                     read_summary=report.summary(), train=len(train_recs), eval=len(eval_recs))
-    data = PreparedData(renders, [], train_recs, info)
-    data.prompt_rows = _prompt_rows(train_recs, tokenizer)
-    data.eval_prompt_rows = _prompt_rows(eval_recs, tokenizer)
-    return data
-
-
-def rows(data: PreparedData, cfg: RunConfig) -> tuple[list[PromptRow], list[PromptRow]]:
-    return data.prompt_rows, data.eval_prompt_rows
+    return GrpoData(renders, [], train_recs, info, prompt_rows=_prompt_rows(train_recs, tokenizer),
+                    eval_prompt_rows=_prompt_rows(eval_recs, tokenizer))
 
 
 def _prompt_rows(records, tokenizer) -> list[PromptRow]:
@@ -96,19 +143,6 @@ def _prompt_rows(records, tokenizer) -> list[PromptRow]:
     return out
 
 
-def begin(loop: "Loop") -> None:
-    from phinetune.runs.loading import Loaded
-    from phinetune.data.end_of_turn import stop_token_ids
-
-    cfg, tok = loop.cfg, loop.tokenizer
-    spec = get_spec(cfg.model.name, cfg.model.spec)
-    loop.extra["loaded"] = Loaded(loop.accelerator.unwrap_model(loop.model), tok, spec, stop_token_ids(tok, spec), "training")
-    loop.extra["rewards"] = Rewards(cfg.grpo)
-    loop.extra["zero_std_total"] = 0
-    if cfg.grpo.beta and cfg.adapter.method != "lora":
-        loop.extra["ref_model"] = copy.deepcopy(loop.accelerator.unwrap_model(loop.model)).eval().requires_grad_(False)
-
-
 def _prompt_text(tok, prompt: list[dict]) -> str:
     return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
@@ -116,11 +150,11 @@ def _prompt_text(tok, prompt: list[dict]) -> str:
 # ---------------------------------------------------------------- sampling and scoring
 
 @torch.no_grad()
-def sample(loop: "Loop", items: list[PromptRow], seed: int, greedy: bool = False):
+def sample(loop: Loop, state: GrpoState, items: list[PromptRow], seed: int, greedy: bool = False):
     from phinetune.infer.complete import Sampling, complete
 
     g = loop.cfg.grpo
-    loaded = loop.extra["loaded"]
+    loaded = state.loaded
     model = loaded.model
     was_training = model.training
     model.eval()  # sampling sees no dropout
@@ -135,8 +169,8 @@ def sample(loop: "Loop", items: list[PromptRow], seed: int, greedy: bool = False
     return outs
 
 
-def score(loop: "Loop", items: list[PromptRow], outs, n: int) -> torch.Tensor:
-    rewards = loop.extra["rewards"]
+def score(state: GrpoState, items: list[PromptRow], outs, n: int) -> torch.Tensor:
+    rewards = state.rewards
     return torch.tensor([rewards.score(o.text.strip(), items[i // n].answer, items[i // n].prompt, items[i // n].where)
                          for i, o in enumerate(outs)], dtype=torch.float32).view(len(items), n)
 
@@ -157,27 +191,24 @@ def _sequences(items: list[PromptRow], outs, n: int, pad_id: int) -> dict[str, t
 
 # ---------------------------------------------------------------- step
 
-def train_step(loop: "Loop", step: int) -> dict:
-    from phinetune.train.guards import check_finite
-    from phinetune.train.recipe import micro_batches
-
+def train_step(loop: Loop, state: GrpoState, step: int) -> StepStats:
     acc, cfg, g = loop.accelerator, loop.cfg, loop.cfg.grpo
     micro = micro_batches(loop, step)
     # Generate and score everything first: the loss is normalised by the completion tokens of the whole step.
     rollouts, all_rewards, zero_std = [], [], 0
     for i, items in enumerate(micro):
-        outs = sample(loop, items, seed=(cfg.train.seed * 1_000_003 + step) * 1_000 + i * acc.num_processes + acc.process_index)
-        rewards = score(loop, items, outs, g.group_size)
+        outs = sample(loop, state, items, seed=(cfg.train.seed * 1_000_003 + step) * 1_000 + i * acc.num_processes + acc.process_index)
+        rewards = score(state, items, outs, g.group_size)
         adv, zeros = advantages(rewards)
         zero_std += zeros
         all_rewards.append(rewards.flatten())
         batch = _sequences(items, outs, g.group_size, loop.tokenizer.pad_token_id)
         rollouts.append((batch, adv))
-    n_tokens = _global(acc, sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b, _ in rollouts))
+    n_tokens = global_count(acc, sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b, _ in rollouts))
     total_loss, total_kl = 0.0, 0.0
     for i, (batch, adv) in enumerate(rollouts):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
-        sync = acc.no_sync(loop.model) if i < len(rollouts) - 1 else _null()
+        sync = acc.no_sync(loop.model) if i < len(rollouts) - 1 else contextlib.nullcontext()
         with sync, acc.autocast():
             logp, row_of, _ = token_logps(loop.model, batch)
             a = adv.to(acc.device)[row_of]
@@ -185,7 +216,7 @@ def train_step(loop: "Loop", step: int) -> dict:
             clipped = torch.clamp(ratio, 1 - g.epsilon, 1 + g.epsilon)
             per_token = -torch.min(ratio * a, clipped * a)
             if g.beta:
-                ref = reference_logps(loop, batch)
+                ref = reference_logps(loop, state, batch)
                 kl = torch.exp(ref - logp) - (ref - logp) - 1
                 per_token = per_token + g.beta * kl
                 total_kl += float(kl.detach().sum())
@@ -194,54 +225,40 @@ def train_step(loop: "Loop", step: int) -> dict:
         total_loss += float(loss.detach())
     step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item()
     check_finite(step_loss, step, [[r for r in m] for m in micro], loop.tokenizer)
-    grad_norm = acc.clip_grad_norm_(loop.model.parameters(), cfg.train.max_grad_norm)
-    loop.optimizer.step()
-    loop.scheduler.step()
-    loop.optimizer.zero_grad(set_to_none=True)
+    grad_norm = optimizer_step(loop)
     rewards = torch.cat(all_rewards)
     stats = acc.reduce(torch.tensor([float(rewards.sum()), rewards.numel(), float((rewards ** 2).sum()), zero_std, total_kl],
                                     dtype=torch.float64, device=acc.device), "sum").cpu().tolist()
     mean = stats[0] / stats[1]
-    loop.extra["zero_std_total"] += int(stats[3])
+    state.zero_std_total += int(stats[3])
     metrics = {"reward_mean": mean, "reward_std": max(stats[2] / stats[1] - mean ** 2, 0.0) ** 0.5,
                "zero_std_groups": int(stats[3]), "completion_tokens": n_tokens / max(stats[1], 1)}
     if g.beta:
         metrics["kl"] = stats[4] / max(n_tokens, 1)
-    if step + 1 == loop.total_steps and acc.is_main_process and loop.extra["zero_std_total"]:
-        console.print(f"GRPO: {loop.extra['zero_std_total']} group(s) had all-equal rewards and taught nothing "
+    if step + 1 == loop.total_steps and acc.is_main_process and state.zero_std_total:
+        console.print(f"GRPO: {state.zero_std_total} group(s) had all-equal rewards and taught nothing "
                       f"(see zero_std_groups in metrics.jsonl); a larger grpo.group_size or a graded reward helps")
-    tokens = _global(acc, sum(int(b["n_real"]) for b, _ in rollouts))
-    return {"loss": step_loss, "grad_norm": float(grad_norm), "lr": loop.scheduler.get_last_lr()[0],
-            "tokens": tokens, "trained_tokens": n_tokens, "metrics": metrics}
+    tokens = global_count(acc, sum(int(b["n_real"]) for b, _ in rollouts))
+    return StepStats(step_loss, grad_norm, loop.scheduler.get_last_lr()[0], tokens, n_tokens, metrics)
 
 
 @torch.no_grad()
-def reference_logps(loop: "Loop", batch: dict) -> torch.Tensor:
-    if "ref_model" in loop.extra:
-        return token_logps(loop.extra["ref_model"], batch)[0]
+def reference_logps(loop: Loop, state: GrpoState, batch: dict) -> torch.Tensor:
+    if state.ref_model is not None:
+        return token_logps(state.ref_model, batch)[0]
     model = loop.accelerator.unwrap_model(loop.model)
     with model.disable_adapter():
         return token_logps(model, batch)[0]
 
 
 @torch.no_grad()
-def evaluate(loop: "Loop") -> float:
+def evaluate(loop: Loop, state: GrpoState) -> float:
     """Mean reward of greedy completions of the eval prompts (all processes)."""
     acc = loop.accelerator
     total, count = 0.0, 0
     for group in batches(loop.eval_rows[acc.process_index::acc.num_processes], loop.cfg.train.batch_size, 0, 0, shuffle=False):
-        outs = sample(loop, group, seed=0, greedy=True)
-        r = score(loop, group, outs, 1)
+        outs = sample(loop, state, group, seed=0, greedy=True)
+        r = score(state, group, outs, 1)
         total, count = total + float(r.sum()), count + r.numel()
     total = acc.reduce(torch.tensor(total, device=acc.device), "sum").item()
-    return total / max(_global(acc, count), 1)
-
-
-def _global(acc, n: int) -> int:
-    return int(acc.reduce(torch.tensor(n, device=acc.device), "sum").item())
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
+    return total / max(global_count(acc, count), 1)

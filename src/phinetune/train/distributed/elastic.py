@@ -1,7 +1,7 @@
 """Resuming on another process count: what must stay the same (the global batch) and what may differ (the layout).
 
 What a step computes depends on the global batch, `train.batch_size x train.grad_accum x processes`, not on
-how it is split: micro_batches() (train/recipe.py) picks step k's micro-batches from global positions
+how it is split: micro_batches() (train/loop.py) picks step k's micro-batches from global positions
 (k x global batch) and deals them out to the ranks, the loss is normalized by the tokens of the whole step,
 and the schedule counts global steps. So a checkpoint written by 2 processes with grad_accum=1 continues
 on 1 process with grad_accum=2 (or the other way round) on the same curve; a different global batch would
@@ -33,10 +33,10 @@ from safetensors.torch import load_file
 
 from phinetune.errors import PhinetuneError
 from phinetune.runs.run_dir import CHECKPOINT_SHARDED, CHECKPOINT_SHARDED_SCHEDULER, CHECKPOINT_WEIGHTS, RunDir
-from phinetune.train.sharding import load_sharded
+from phinetune.train.distributed.sharding import load_sharded
 
 if TYPE_CHECKING:
-    from phinetune.train.recipe import Loop
+    from phinetune.train.loop import Loop
 
 def global_batch(batch_size: int, grad_accum: int, processes: int) -> int:
     return batch_size * grad_accum * processes

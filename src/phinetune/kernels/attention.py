@@ -205,7 +205,7 @@ def _attend(q, k, v, scale: float):
 
     The flash kernel, not the math path (two batched matmuls around a softmax), though the math path measured
     faster alone (fwd+bwd, bf16, 32 heads of 96, one thread: 82 vs 104 ms at 512 tokens, 6.2 vs 14.5 at 128):
-    under training's allocator setting of the time (train/memory.py's 128 KiB mmap threshold: every large tensor
+    under training's allocator setting of the time (kernels/malloc.py's 128 KiB mmap threshold: every large tensor
     a fresh mapping) its per-sample squares of scores page-fault in on every sample, and the fused attention with
     it measured 0.81x the unfused one, against 1.34x with the flash kernel (reference shape, interleaved A/B, one
     thread). Not re-measured since the threshold became one hidden state of the micro-batch (48 MiB there)."""

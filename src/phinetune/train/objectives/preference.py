@@ -15,10 +15,11 @@ reference log-probabilities come from (preference.reference):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +35,10 @@ from phinetune.data.readers import ReadReport, Record
 from phinetune.data.render import IGNORE, Rendered
 from phinetune.errors import ConfigError
 from phinetune.models.specs import GENERIC, ModelSpec, get_spec
+from phinetune.train.guards import check_finite
+from phinetune.train.loop import Loop, StepStats, global_count, micro_batches, optimizer_step
 from phinetune.train.loss import chunk_rows, split_head
-from phinetune.train.pref_losses import LOSSES, REFERENCE_FREE, Logps
-
-if TYPE_CHECKING:
-    from phinetune.train.recipe import Loop
+from phinetune.train.objectives.pref_losses import LOSSES, REFERENCE_FREE, Logps, PrefLoss
 
 
 @dataclass
@@ -64,6 +64,51 @@ class PrefData(PreparedData):
     pairs: list[PrefSample] = None
     eval_pairs: list[PrefSample] = None
     pref_info: PrefInfo = None
+
+
+@dataclass
+class PreferenceState:
+    """Where the reference log-probabilities come from, set up by Preference.begin."""
+
+    reference: Optional[str]  # adapter_off, copy or cached; None for the reference-free losses (orpo, simpo)
+    ref_model: Optional[torch.nn.Module] = None  # reference == copy: a frozen copy of the starting weights
+
+
+class Preference:
+    """dpo, ipo, orpo, simpo or kto (train.objective): the objective, holding its reference."""
+
+    eval_key = "eval_loss"
+    state: PreferenceState  # set by begin
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def load_data(self, cfg: RunConfig, tokenizer, eot: str) -> PrefData:
+        """The pairs (KTO: the labelled completions), rendered; the chosen replies feed the pre-flight."""
+        return load_data(cfg, tokenizer, eot)
+
+    def rows(self, data: PrefData, cfg: RunConfig) -> tuple[list[PrefRow], list[PrefRow]]:
+        """One unpacked row per pair: its chosen and rejected sequences."""
+        return rows(data, cfg)
+
+    def begin(self, loop: Loop) -> None:
+        """Make the reference ready before step 1 (and before a checkpoint is loaded: it is the starting model)."""
+        mode = reference_mode(loop.cfg)
+        if mode == "cached":
+            cache_reference(loop)
+        copied = copy.deepcopy(loop.accelerator.unwrap_model(loop.model)).eval() if mode == "copy" else None
+        self.state = PreferenceState(mode, copied.requires_grad_(False) if copied is not None else None)
+
+    def step(self, loop: Loop, step: int) -> StepStats:
+        """The preference loss, a mean over the pairs of the whole step (plus ORPO's NLL over its chosen tokens)."""
+        return train_step(loop, self.state, step)
+
+    def evaluate(self, loop: Loop) -> float:
+        """Mean preference loss per pair over the whole eval set."""
+        return evaluate(loop, self.state)
+
+    def eval_metrics(self, value: float) -> dict[str, float]:
+        return {self.eval_key: value}
 
 
 # ---------------------------------------------------------------- data
@@ -189,14 +234,15 @@ def reference_mode(cfg: RunConfig) -> Optional[str]:
 
 
 @torch.no_grad()
-def reference_logps(loop: "Loop", model_batch: dict, items: list[PrefRow]) -> tuple[torch.Tensor, torch.Tensor]:
-    mode, acc = loop.extra["reference"], loop.accelerator
+def reference_logps(loop: Loop, state: PreferenceState, model_batch: dict,
+                    items: list[PrefRow]) -> tuple[torch.Tensor, torch.Tensor]:
+    mode, acc = state.reference, loop.accelerator
     b = len(items)
     if mode == "cached":
         ref = torch.tensor([r.ref for r in items], dtype=torch.float32, device=acc.device)
         return ref[:, 0], ref[:, 1]
     if mode == "copy":
-        sums, _ = sequence_logps(loop.extra["ref_model"], model_batch)
+        sums, _ = sequence_logps(state.ref_model, model_batch)
     else:
         model = acc.unwrap_model(loop.model)
         with model.disable_adapter():
@@ -204,18 +250,7 @@ def reference_logps(loop: "Loop", model_batch: dict, items: list[PrefRow]) -> tu
     return sums[:b], sums[b:]
 
 
-def begin(loop: "Loop") -> None:
-    """Make the reference ready before step 1 (and before a checkpoint is loaded: it is the starting model)."""
-    mode = reference_mode(loop.cfg)
-    loop.extra["reference"] = mode
-    if mode == "copy":
-        ref = copy.deepcopy(loop.accelerator.unwrap_model(loop.model)).eval()
-        loop.extra["ref_model"] = ref.requires_grad_(False)
-    elif mode == "cached":
-        cache_reference(loop)
-
-
-def cache_reference(loop: "Loop") -> None:
+def cache_reference(loop: Loop) -> None:
     """RUN/reference_logps.safetensors: computed by the main process the first time, read by everyone after."""
     acc, path = loop.accelerator, loop.run.reference_logps
     if acc.is_main_process and not path.exists():
@@ -245,7 +280,8 @@ def cache_reference(loop: "Loop") -> None:
 
 # ---------------------------------------------------------------- loss
 
-def pair_losses(loop: "Loop", items: list[PrefRow], collective: bool = True):
+def pair_losses(loop: Loop, state: PreferenceState, items: list[PrefRow],
+                collective: bool = True) -> tuple[PrefLoss, torch.Tensor]:
     """PrefLoss of one micro-batch, and the trained tokens of its chosen replies.
 
     `collective`: KTO's KL estimate is the mean over every process's micro-batch (one all-reduce), as TRL
@@ -263,58 +299,51 @@ def pair_losses(loop: "Loop", items: list[PrefRow], collective: bool = True):
             with torch.no_grad():
                 twin = {k: v[b:] if v.dim() else v for k, v in batch.items()}
                 twin_sums, _ = sequence_logps(loop.model, twin)
-                ref_c, ref_twin = reference_logps(loop, batch, items)
+                ref_c, ref_twin = reference_logps(loop, state, batch, items)
                 kl = (twin_sums - ref_twin).mean()
                 kl = (acc.reduce(kl, "mean") if collective else kl).clamp(min=0)
             lp = Logps(sums, sums, counts, counts, ref_c, ref_c,
                        torch.tensor([r.desirable for r in items], device=acc.device), kl)
         else:
             sums, counts = sequence_logps(loop.model, batch)
-            ref = reference_logps(loop, batch, items) if loop.extra["reference"] else (None, None)
+            ref = reference_logps(loop, state, batch, items) if state.reference else (None, None)
             lp = Logps(sums[:b], sums[b:], counts[:b], counts[b:], *ref)
         out = LOSSES[cfg.train.objective](lp, cfg.preference)
     return out, lp.chosen_n
 
 
-def train_step(loop: "Loop", step: int) -> dict:
-    from phinetune.train.guards import check_finite
-    from phinetune.train.recipe import micro_batches
-
+def train_step(loop: Loop, state: PreferenceState, step: int) -> StepStats:
     acc, model = loop.accelerator, loop.model
     micro = micro_batches(loop, step)
-    n_pairs = _global(acc, sum(len(m) for m in micro))
-    n_tokens = _global(acc, sum(sum(int((r.chosen.labels[i] != IGNORE)) for i in range(1, len(r.chosen.labels))) for m in micro for r in m))
+    n_pairs = global_count(acc, sum(len(m) for m in micro))
+    n_tokens = global_count(acc, sum(sum(int((r.chosen.labels[i] != IGNORE)) for i in range(1, len(r.chosen.labels))) for m in micro for r in m))
     totals = _Totals()
     for i, items in enumerate(micro):
-        sync = acc.no_sync(model) if i < len(micro) - 1 else _null()
+        sync = acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
         with sync:
-            out, _ = pair_losses(loop, items)
+            out, _ = pair_losses(loop, state, items)
             loss = out.per_pair.sum() / n_pairs + out.token_sum / max(n_tokens, 1)
             acc.backward(loss * acc.num_processes)
         totals.add(out, loss.detach())
     stats = totals.reduce(acc)
     check_finite(stats["loss"], step, micro, loop.tokenizer)
-    grad_norm = acc.clip_grad_norm_(model.parameters(), loop.cfg.train.max_grad_norm)
-    loop.optimizer.step()
-    loop.scheduler.step()
-    loop.optimizer.zero_grad(set_to_none=True)
-    tokens = _global(acc, sum(len(r.chosen) + len(r.rejected) for m in micro for r in m))
-    return {"loss": stats.pop("loss"), "grad_norm": float(grad_norm), "lr": loop.scheduler.get_last_lr()[0],
-            "tokens": tokens, "trained_tokens": n_tokens, "metrics": stats}
+    grad_norm = optimizer_step(loop)
+    tokens = global_count(acc, sum(len(r.chosen) + len(r.rejected) for m in micro for r in m))
+    return StepStats(stats.pop("loss"), grad_norm, loop.scheduler.get_last_lr()[0], tokens, n_tokens, stats)
 
 
 @torch.no_grad()
-def evaluate(loop: "Loop") -> float:
+def evaluate(loop: Loop, state: PreferenceState) -> float:
     """Mean preference loss per pair over the whole eval set (all processes)."""
     acc = loop.accelerator
     loop.model.eval()
     totals, count = _Totals(), 0
     for group in batches(loop.eval_rows[acc.process_index::acc.num_processes], loop.cfg.train.batch_size, 0, 0, shuffle=False):
-        out, n = pair_losses(loop, group, collective=False)
+        out, n = pair_losses(loop, state, group, collective=False)
         totals.add(out, out.per_pair.sum() + out.token_sum / max(float(n.sum()), 1) * len(group))
         count += len(group)
     loss = acc.reduce(torch.tensor(totals.loss, device=acc.device), "sum").item()
-    return loss / max(_global(acc, count), 1)
+    return loss / max(global_count(acc, count), 1)
 
 
 class _Totals:
@@ -344,13 +373,3 @@ class _Totals:
         if s[6]:
             out["accuracy"] = (s[4] / s[6]).item()
         return out
-
-
-def _global(acc, n: int) -> int:
-    return int(acc.reduce(torch.tensor(n, device=acc.device), "sum").item())
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()

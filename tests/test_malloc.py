@@ -1,4 +1,4 @@
-"""train/memory.py: a fixed mmap threshold. Freed blocks above it go back to the OS at once; blocks below it stay
+"""kernels/malloc.py: a fixed mmap threshold. Freed blocks above it go back to the OS at once; blocks below it stay
 in the heap for the next tensor. The control runs the same probe under glibc's own threshold, which moves and never
 passes 32 MiB: there a 40 MiB block is always a mapping of its own."""
 
@@ -13,7 +13,7 @@ from conftest import SRC
 PROBE = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {src!r})
-    from phinetune.train.memory import MAX_THRESHOLD, pin_malloc_thresholds
+    from phinetune.kernels.malloc import MAX_THRESHOLD, pin_malloc_thresholds
     if {pin}:
         assert pin_malloc_thresholds(MAX_THRESHOLD)
     def rss():
@@ -36,7 +36,7 @@ def released_mib(pin: bool) -> tuple[float, float]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_the_threshold_splits_reused_from_returned_memory():
-    from phinetune.train.memory import MAX_THRESHOLD
+    from phinetune.kernels.malloc import MAX_THRESHOLD
 
     assert 40 * 2**20 < MAX_THRESHOLD < 56 * 2**20  # the probe's two sizes sit on either side of it
     below, above = released_mib(pin=True)
@@ -47,7 +47,7 @@ def test_the_threshold_splits_reused_from_returned_memory():
 
 
 def test_the_threshold_is_one_fp32_hidden_state_of_the_micro_batch_within_bounds():
-    from phinetune.train.memory import MAX_THRESHOLD, MIN_THRESHOLD, threshold_for
+    from phinetune.kernels.malloc import MAX_THRESHOLD, MIN_THRESHOLD, threshold_for
 
     assert threshold_for(8 * 512, 3072) == 8 * 512 * 3072 * 4 == MAX_THRESHOLD  # bench train's CPU reference
     assert threshold_for(2048, 256) == 2 * 2**20  # the tiny sweep width

@@ -1,7 +1,7 @@
 """`phinetune launch-template slurm|k8s`: the launch script of an N-node training job, rendered from a template.
 
 One way to launch on a cluster: every node runs the same `phinetune train CONFIG --nproc G --nnodes N
---node-rank R --rdzv-endpoint HOST:PORT` (train/launch.py), and the scheduler only has to start it once per
+--node-rank R --rdzv-endpoint HOST:PORT` (train/distributed/launch.py), and the scheduler only has to start it once per
 node with R set. The templates (cluster_templates/) say how each scheduler does that:
 
 - SLURM: an sbatch script; `srun` starts one task per node, R is `$SLURM_NODEID`, node 0 is the first host of
@@ -68,7 +68,7 @@ def render(kind: str, job: ClusterJob, out_name: str = "") -> str:
     if kind == "k8s" and not PurePosixPath(job.run_dir).is_relative_to(job.shared_dir):
         raise PhinetuneError(f"output.dir {job.run_dir} is not under the shared volume --shared-dir {job.shared_dir}: every pod must see "
                              f"the run folder; set output.dir={job.shared_dir}/NAME")
-    source = resources.files("phinetune.train").joinpath("cluster_templates", TEMPLATES[kind]).read_text(encoding="utf-8")
+    source = resources.files("phinetune.train.distributed").joinpath("cluster_templates", TEMPLATES[kind]).read_text(encoding="utf-8")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     gpus = job.nproc if job.gpus_per_node is None else job.gpus_per_node
     roles = [("Master", 1)] + ([("Worker", job.nodes - 1)] if job.nodes > 1 else [])

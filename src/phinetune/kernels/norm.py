@@ -2,7 +2,7 @@
 
 Why by hand: Phi3RMSNorm upcasts its input to fp32, squares, averages, adds, takes rsqrt, multiplies, casts back
 and multiplies by the weight, each a fresh tensor as large as the activations (and, in training, a fresh
-mapping whose pages fault in: train/memory.py), and autograd keeps the fp32 copy for the backward. Here the
+mapping whose pages fault in: kernels/malloc.py), and autograd keeps the fp32 copy for the backward. Here the
 forward makes one fp32 copy (scaled in place) and keeps the input in its own dtype plus one fp32 scale per
 token; the backward recomputes the normalised input. `F.rms_norm` was no faster on CPU (it runs the same
 decomposed ops; measured 0.95x). Measured at the reference shape (4096 tokens x 3072, bf16, forward +
