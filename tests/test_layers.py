@@ -12,7 +12,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "phinetune"
 
 LAYERS = [
-    {"errors", "paths", "progress", "markdown", "assets", "templates", "__init__"},  # no phinetune imports but each other
+    {"errors", "paths", "progress", "markdown", "charts", "assets", "templates", "__init__"},  # no phinetune imports but each other
     {"config", "extras"},  # extras: which optional dependency a verb needs
     {"models"},
     {"data"},

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from phinetune import charts
 from phinetune.bench.machine import proc_status, reset_peak_rss
 from phinetune.bench.workloads import PHI3_TARGETS, WORKLOADS
 from phinetune.errors import ConfigError, PhinetuneError
@@ -245,17 +246,14 @@ def linearity(points: list[Point]) -> dict[int, list[float]]:
 
 
 def plot(points: list[Point], path: Path) -> Path:
-    from phinetune.train.plots import render_series
-
     series = []
     for i, layers in enumerate(sorted({p.layers for p in points})):
         row = sorted((p for p in points if p.layers == layers), key=lambda p: p.seq)
         name = f"{layers} layer{'s' if layers > 1 else ''}"
-        series.append((f"{name}: measured", [(p.seq, p.measured_bytes / 2**30) for p in row], f"C{i}o-"))
-        series.append((f"{name}: plan", [(p.seq, p.predicted_bytes / 2**30) for p in row], f"C{i}x--"))
-    path.write_bytes(render_series("Peak memory of one training step (above the process baseline)", "tokens per row",
-                                   "GiB", series))
-    return path
+        series.append(charts.Line(f"{name}: measured", [(p.seq, p.measured_bytes / 2**30) for p in row], f"C{i}o-"))
+        series.append(charts.Line(f"{name}: plan", [(p.seq, p.predicted_bytes / 2**30) for p in row], f"C{i}x--"))
+    panel = charts.Panel("Peak memory of one training step (above the process baseline)", "tokens per row", "GiB", tuple(series))
+    return charts.save([panel], path, size=(6.4, 3.8))
 
 
 def estimate_runtime(width: Width, seqs, layers) -> float:

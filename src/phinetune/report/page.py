@@ -19,8 +19,8 @@ from typing import Optional
 import jinja2
 from markupsafe import Markup
 
+from phinetune.charts import render_all
 from phinetune.markdown import md_table
-from phinetune.train.plots import render_all
 from phinetune.report import before_after
 from phinetune.report.samples import cached_samples, generate_samples
 from phinetune.runs.status import NO_SAMPLES, require_final_weights, run_status

@@ -20,6 +20,7 @@ from torch.profiler import record_function
 from transformers import get_scheduler
 
 from phinetune import __version__
+from phinetune.charts import loss_png
 from phinetune.config import RunConfig
 from phinetune.data.dataset import PreparedData, prepare_data
 from phinetune.data.packing import Row, batches, collate, make_rows
@@ -35,7 +36,6 @@ from phinetune.train.loss import loss_sum
 from phinetune.train.memory import pin_malloc_thresholds, threshold_for
 from phinetune.train.metrics import MetricsLog
 from phinetune.train.objectives import Objective, objective
-from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
 from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, adapter_recompute
 from phinetune.runs.run_dir import RunDir, RunInfo
@@ -428,6 +428,6 @@ def save(loop: Loop) -> None:
         target = run.full_model if full else run.adapter
         model.save_pretrained(target, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
         loop.tokenizer.save_pretrained(run.tokenizer)
-        plot_losses(run.read_metrics(), run.plot)
+        loss_png(run.read_metrics(), run.plot)
         run.set_status("finished")
 
