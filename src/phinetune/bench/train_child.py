@@ -93,9 +93,9 @@ def run_trl_tuned(spec: dict) -> dict:
 
 
 def liger_available(cuda: bool) -> bool:
-    import importlib.util
+    from phinetune.extras import installed
 
-    return cuda and importlib.util.find_spec("liger_kernel") is not None
+    return cuda and installed("liger_kernel")
 
 
 def run_trl(spec: dict, tuned: bool) -> dict:

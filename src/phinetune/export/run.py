@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 from phinetune.errors import PhinetuneError
+from phinetune.extras import require
 from phinetune.models.specs import ModelSpec, get_spec
 from phinetune.progress import console
 from phinetune.runs.run_dir import RunDir, write_merged_marker
 from phinetune.runs.status import LOAD_OFFER, require_final_weights
 
 TARGETS = ("gguf", "ollama", "onnx")
-EXTRA_HINT = "pip install 'phinetune[export]'"
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _check_target(plan: ExportPlan, spec: ModelSpec, out_dir: Path) -> None:
     if out_dir.exists() and not plan.overwrite:
         raise PhinetuneError(f"export output {out_dir} already exists; choose another --out or pass --overwrite")
     if plan.to in ("gguf", "ollama"):
-        _require("gguf", "gguf")
+        require(f"export --to {plan.to}", "export", "gguf")
         from phinetune.export.gguf import QTYPES, supported_arch
 
         supported_arch(spec.model_type)
@@ -93,23 +93,13 @@ def _check_target(plan: ExportPlan, spec: ModelSpec, out_dir: Path) -> None:
             if len(plan.quants) != 1:
                 raise PhinetuneError(f"an Ollama model is one GGUF file: give one --quant (got {','.join(plan.quants)})")
     else:
-        _require("onnxruntime_genai", "onnxruntime-genai")
-        _require("onnx_ir", "onnx-ir")
+        require(f"export --to {plan.to}", "export", "onnxruntime_genai", "onnx_ir")
         from phinetune.export.onnx import PRECISIONS, check_supported
 
         check_supported(spec.model_type, plan.device)
         bad = [p for p in plan.precisions if p not in PRECISIONS]
         if bad:
             raise PhinetuneError(f"--precision '{bad[0]}' is not one of {', '.join(PRECISIONS)}")
-
-
-def _require(module: str, package: str) -> None:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        raise PhinetuneError(f"this export needs the '{package}' package, which is not installed; {EXTRA_HINT}") from None
 
 
 def merged_folder(run: RunDir, dest: Path, checkpoint: Optional[str] = None) -> Path:
