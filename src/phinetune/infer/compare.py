@@ -15,9 +15,10 @@ from typing import Optional
 
 from rich.table import Table
 
+from phinetune.data.prompts import read_prompt_rows
 from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling
-from phinetune.infer.generate import answer_all, read_prompt_rows
+from phinetune.infer.generate import answer_all
 from phinetune.markdown import md_table
 from phinetune.progress import console
 from phinetune.runs.held_out import held_out_prompts

@@ -194,7 +194,7 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
     if probed:
         refuse_unreachable(teacher)
     from phinetune.infer.compare import default_prompts
-    from phinetune.infer.generate import read_prompt_rows
+    from phinetune.data.prompts import read_prompt_rows
 
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
     prompts = [p for p, _ in pairs]
