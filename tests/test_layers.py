@@ -18,7 +18,7 @@ LAYERS = [
     {"data"},
     {"runs"},  # the run folder: names, loading base and tuned, held-out prompts
     {"infer"},
-    {"train"},
+    {"train", "teachers"},  # teachers: the models synth and judge ask (an endpoint or a local model), and their journal
     {"eval", "report", "serve", "synth"},
     {"export"},  # the model card reuses the report's sections
     {"bench"},

@@ -8,9 +8,10 @@ import pytest
 
 from conftest import realdata
 from phinetune.data.near_duplicates import jaccard
-from phinetune.synth.clean import _reason, canonical, clean_items, is_refusal, normalize_line, normalize_turn, shingles, split_lines
+from phinetune.synth.clean import _reason, canonical, clean_items, normalize_line, normalize_turn, shingles, split_lines
 from phinetune.synth.config import CleanStage, DEFAULT_REFUSALS, SeedsConfig
 from phinetune.synth.stages import read_seeds
+from phinetune.teachers.refusals import is_refusal
 
 
 @pytest.mark.parametrize("raw, clean", [

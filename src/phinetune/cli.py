@@ -391,8 +391,8 @@ def judge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
     from pydantic import ValidationError
 
     from phinetune.errors import ConfigError
-    from phinetune.synth.config import TeacherConfig
-    from phinetune.synth.judge import JUDGE_FLAGS, Sides, judge_run
+    from phinetune.eval.judge import JUDGE_FLAGS, Sides, judge_run
+    from phinetune.teachers.config import TeacherConfig
 
     try:
         teacher = TeacherConfig(kind=judge_kind, model=judge_model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,

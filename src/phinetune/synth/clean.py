@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 from phinetune.data.near_duplicates import NearDuplicates, minhash
 from phinetune.synth.config import CleanStage
+from phinetune.teachers.refusals import is_refusal
 
 NUMBERING = re.compile(r"^\s*(?:[-*•·]+|\(?\d{1,3}[.):\]]|\(?[a-zA-Z][.)]\s|(?:riddle|question|q)\s*\d*\s*[:.)-])\s*", re.IGNORECASE)
 QUOTES = "\"'“”‘’`«»"
@@ -40,11 +41,6 @@ def normalize_turn(text: str) -> str:
 
 def split_lines(text: str) -> list[str]:
     return [line for line in (normalize_line(raw) for raw in text.splitlines()) if line]
-
-
-def is_refusal(text: str, phrases: Iterable[str]) -> bool:
-    head = text[:80].lower().replace("’", "'")
-    return any(re.search(rf"(?<!\w){re.escape(p.lower())}(?!\w)", head) for p in phrases)
 
 
 def canonical(text: str) -> str:
