@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from phinetune.errors import PhinetuneError
+from phinetune.export.targets import describe as export_targets
 from phinetune.progress import console, escape, silence_libraries
 
 # rich_markup_mode=None: help text is shown as written. Rich markup would read `phinetune[eval]` or
@@ -210,7 +211,7 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
 
 @app.command()
 def export(run: str = typer.Argument(..., help="A finished run folder from `phinetune train`."),
-           to: str = typer.Option(..., "--to", help="gguf (llama.cpp), ollama (GGUF + Modelfile) or onnx (ONNX Runtime GenAI)."),
+           to: str = typer.Option(..., "--to", help=f"{export_targets()}."),
            out: str = typer.Option(..., "--out", help="Folder to create; it must not exist yet."),
            quant: str = typer.Option("f16", help="GGUF types, comma-separated: f16, bf16, q8_0, q4_0, f32 (ollama: one)."),
            precision: str = typer.Option("fp32", help="ONNX precisions, comma-separated: fp32, fp16, bf16, int8, int4."),
