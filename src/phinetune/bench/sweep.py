@@ -263,9 +263,9 @@ def estimate_runtime(width: Width, seqs, layers) -> float:
 def bench_sweep(width: str = "reference", seqs=DEFAULT_SEQ, layers=DEFAULT_LAYERS, out: Optional[str] = None,
                 work_dir: Optional[str] = None, checkpointing: str = "auto") -> list[Point]:
     if width not in WIDTHS:
-        raise ConfigError(f"bench train --sweep-width '{width}' is unknown; choose one of {', '.join(WIDTHS)}")
+        raise ConfigError(f"bench train --sweep --width '{width}' is unknown; choose one of {', '.join(WIDTHS)}")
     if checkpointing not in ("auto", "on", "off"):
-        raise ConfigError(f"--sweep-checkpointing must be auto, on or off (got {checkpointing!r})")
+        raise ConfigError(f"bench train --sweep --checkpointing must be auto, on or off (got {checkpointing!r})")
     if not Path("/proc/self/clear_refs").exists():
         raise PhinetuneError("bench train --sweep measures peak memory through /proc/self (Linux only)")
     w = WIDTHS[width]

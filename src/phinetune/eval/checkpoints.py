@@ -1,6 +1,6 @@
 """Quality over training time: benchmark scores at every kept checkpoint, not only at the end.
 
-Loss curves mislead about quality (the Phinetuning 2.0 seed: eval loss rose from epoch 7, yet answers at
+Loss curves mislead about quality (in a published Phi-2 fine-tune, eval loss rose from epoch 7, yet answers at
 epoch 20 were better), so `train.keep` keeps the best checkpoints by eval loss and by a task, and
 `phinetune eval RUN --checkpoints all` scores each kept one, the base (step 0) and the final weights, and
 plots task score against step next to the loss curves.

@@ -1,6 +1,6 @@
 """`phinetune compare RUN`: base and fine-tuned answers to the same prompts, side by side.
 
-The seeds' before/after check done once for every run: a terminal table and a Markdown file. A LoRA run
+The before/after check, done the same way for every run: a terminal table and a Markdown file. A LoRA run
 is loaded once and the base answers come from the same weights with the adapter switched off
 (PEFT `disable_adapter`), so there is no second copy of the model in memory.
 """
