@@ -49,7 +49,8 @@ class Panel:
     marks: tuple[tuple[float, str], ...] = ()
 
 
-LOSS = Chart("loss", "Loss (train and eval)", "loss per trained token", (("loss", "train loss", "-"), ("eval_loss", "eval loss", "o-")))
+LOSS = Chart("loss", "Loss (train and eval)", "loss per trained token",
+             (("loss", "train loss", "-"), ("eval_loss", "eval loss", "o-")))
 CHARTS = (
     LOSS,
     Chart("lr", "Learning rate", "learning rate", (("lr", "learning rate", "-"),)),

@@ -23,10 +23,12 @@ def installed(module: str) -> bool:
         return False
 
 
-def require(what: str, extra: str, *modules: str, error: type[PhinetuneError] = PhinetuneError, instead: str = "") -> None:
+def require(what: str, extra: str, *modules: str, error: type[PhinetuneError] = PhinetuneError,
+            instead: str = "") -> None:
     """Raise `<what> needs <packages>, which is not installed: pip install 'phinetune[<extra>]'<instead>` when any of
     `modules` is missing; `instead` offers another way out (", or remove it from train.report_to")."""
     missing = [PIP_NAMES.get(name, name) for name in modules if not installed(name)]
     if missing:
         verb = "is" if len(missing) == 1 else "are"
-        raise error(f"{what} needs {' and '.join(missing)}, which {verb} not installed: pip install 'phinetune[{extra}]'{instead}")
+        names = " and ".join(missing)
+        raise error(f"{what} needs {names}, which {verb} not installed: pip install 'phinetune[{extra}]'{instead}")

@@ -252,7 +252,8 @@ def plot(points: list[Point], path: Path) -> Path:
         name = f"{layers} layer{'s' if layers > 1 else ''}"
         series.append(charts.Line(f"{name}: measured", [(p.seq, p.measured_bytes / 2**30) for p in row], f"C{i}o-"))
         series.append(charts.Line(f"{name}: plan", [(p.seq, p.predicted_bytes / 2**30) for p in row], f"C{i}x--"))
-    panel = charts.Panel("Peak memory of one training step (above the process baseline)", "tokens per row", "GiB", tuple(series))
+    title = "Peak memory of one training step (above the process baseline)"
+    panel = charts.Panel(title, "tokens per row", "GiB", tuple(series))
     return charts.save([panel], path, size=(6.4, 3.8))
 
 

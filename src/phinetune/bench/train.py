@@ -1,10 +1,10 @@
 """`phinetune bench train`: phinetune vs two TRL baselines on identical data, model and seed.
 
-The sides: `baseline`, TRL with padding (SFTTrainer, fp32 on CPU, padding to the longest sample); `trl-tuned`, SFTTrainer as a user
-who knows it runs it (bf16 base, bf16 autocast, BFD packing with padding-free batches, fused AdamW, Liger on
-CUDA; see train_child.run_trl_tuned); and `phinetune` with its defaults. Each side runs in its own subprocess
-(peak RSS is that process's own), one after the other. Printed for each: tokens/s over real (non-pad) tokens,
-peak memory, MFU against the matmul peak measured in the same run, first and final loss; then phinetune's
+The sides: `baseline`, TRL with padding (SFTTrainer, fp32 on CPU, padding to the longest sample); `trl-tuned`,
+SFTTrainer as a user who knows it runs it (bf16 base, bf16 autocast, BFD packing with padding-free batches, fused
+AdamW, Liger on CUDA; see train_child.run_trl_tuned); and `phinetune` with its defaults. Each side runs in its own
+subprocess (peak RSS is that process's own), one after the other. Printed for each: tokens/s over real (non-pad)
+tokens, peak memory, MFU against the matmul peak measured in the same run, first and final loss; then phinetune's
 ratios against both baselines. A side that did not train (zero gradients or unchanged LoRA weights) fails it.
 
 Every figure names its machine and its load: a LoadWindow (uptime's load averages) and the cores other

@@ -34,8 +34,9 @@ NGRAM = 13
 MIN_PHRASE = 8
 JACCARD = 0.5  # a sample this similar to a whole item is a reworded copy of it (a rephrased riddle scores ~0.2)
 SHINGLE = 5
-# 0.99 rather than the cleaning's 0.999: 42 bands of 3 rows instead of 64 of 2, as fast as datasketch's own optimum
-# (3.0 s against 8.0 s for 518 guanaco samples x 2,376 ARC-Easy items), which proposed a pair at 0.5 only 55% of the time.
+# 0.99 rather than the cleaning's 0.999: 42 bands of 3 rows instead of 64 of 2, as fast as datasketch's own
+# optimum (3.0 s against 8.0 s for 518 guanaco samples x 2,376 ARC-Easy items), which proposed a pair at 0.5
+# only 55% of the time.
 RECALL = 0.99
 _DELETE = str.maketrans("", "", string.punctuation)
 _FRAME = re.compile(r"^\s*question:\s*|\s*answer:\s*$", re.IGNORECASE)  # our ARC/PIQA prompt framing, not item text

@@ -52,7 +52,8 @@ def greedy(path: Path, ids: list[int], max_new_tokens: int) -> list[int]:
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(ids) + max_new_tokens, verbose=False, n_threads=2, seed=0)
-    stops = {int(llm.metadata[key]) for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if key in llm.metadata}
+    keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
+    stops = {int(llm.metadata[key]) for key in keys if key in llm.metadata}
     tokens: list[int] = []
     for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
         tokens.append(int(token))

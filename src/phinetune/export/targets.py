@@ -35,7 +35,7 @@ class ExportPlan:
     precisions: tuple[str, ...] = ("fp32",)  # onnx
     device: str = "cpu"  # onnx execution provider
     overwrite: bool = False
-    checkpoint: Optional[str] = None  # 'last', 'step-N', 'best': export that training checkpoint instead of the final weights
+    checkpoint: Optional[str] = None  # 'last', 'step-N', 'best': that training checkpoint instead of the final weights
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("ollama", "Ollama", "one GGUF file and a Modelfile (chat template as Go, stop tokens, sampling)", ("gguf",),
            _check_ollama, _write_ollama, _verify_ollama,
            next_step=lambda out, stem: f"ollama create {ollama_name(stem)} -f {out / 'Modelfile'}"),
-    Target("onnx", "ONNX Runtime GenAI", "one folder per --precision (DEVICE-PRECISION/: genai_config.json, model.onnx)",
+    Target("onnx", "ONNX Runtime GenAI",
+           "one folder per --precision (DEVICE-PRECISION/: genai_config.json, model.onnx)",
            ("onnxruntime_genai", "onnx_ir"), _check_onnx, _write_onnx, _verify_onnx),
 )}
 

@@ -98,7 +98,8 @@ def checkpoints_section(run: RunDir) -> Optional[Section]:
         return None
     keys = list(data["points"][0]["scores"])
     header = ["checkpoint", "step", *keys]
-    rows = [[p["label"], p["step"], *(f"{p['scores'][k]:.4f} ± {p['stderr'][k]:.4f}" for k in keys)] for p in data["points"]]
+    rows = [[p["label"], p["step"], *(f"{p['scores'][k]:.4f} ± {p['stderr'][k]:.4f}" for k in keys)]
+            for p in data["points"]]
     image = base64.b64encode(run.checkpoint_plot.read_bytes()).decode() if run.checkpoint_plot.exists() else ""
     note = (f"Each kept checkpoint, the base (step 0) and the final weights scored on {', '.join(data['tasks'])} "
             f"({data['limit'] or 'all'} items per task); error bars and ± are one standard error.")

@@ -163,9 +163,10 @@ def held_out_answers(run: RunDir, n: int) -> None:
 def build_sections(run: RunDir, samples: int) -> list[Section]:
     metrics = run.read_metrics()
     held_out_answers(run, samples)
-    sections = [summary_section(run, metrics), before_after.glance_section(run), config_section(run), preflight_section(run),
-                curves_section(metrics, run.report_plots), eval_section(run), before_after.judge_section(run),
-                before_after.checkpoints_section(run), compare_section(run), before_after.conversations_section(run, samples or 3)]
+    sections = [summary_section(run, metrics), before_after.glance_section(run), config_section(run),
+                preflight_section(run), curves_section(metrics, run.report_plots), eval_section(run),
+                before_after.judge_section(run), before_after.checkpoints_section(run), compare_section(run),
+                before_after.conversations_section(run, samples or 3)]
     return [s for s in sections if s is not None]
 
 
