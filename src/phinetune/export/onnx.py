@@ -69,13 +69,12 @@ def _set_stop_tokens(path: Path, stop_ids: list[int]) -> None:
     path.write_text(json.dumps(config, indent=4))
 
 
-def greedy(folder: Path, ids: list[int], max_new_tokens: int) -> list[int]:
-    """ONNX Runtime GenAI's own greedy continuation of `ids` from a built folder: the new token ids, ending with the
-    stop token when generation stopped at one (genai_config.json's eos_token_id)."""
+def greedy(model, ids: list[int], max_new_tokens: int) -> list[int]:
+    """ONNX Runtime GenAI's own greedy continuation of `ids` by a loaded `og.Model` of a built folder: the new token
+    ids, ending with the stop token when generation stopped at one (genai_config.json's eos_token_id)."""
     import numpy as np
     import onnxruntime_genai as og
 
-    model = og.Model(str(folder))
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
     generator = og.Generator(model, params)

@@ -138,9 +138,12 @@ def _write_onnx(model_dir: Path, out: Path, stem: str, spec: ModelSpec, plan: Ex
 
 
 def _verify_onnx(out: Path, ids: list[int], max_new_tokens: int) -> dict[str, list[int]]:
+    import onnxruntime_genai as og
+
     from phinetune.export.onnx import greedy
 
-    return {d.name: greedy(d, ids, max_new_tokens) for d in sorted(out.iterdir()) if (d / "genai_config.json").exists()}
+    built = [d for d in sorted(out.iterdir()) if (d / "genai_config.json").exists()]
+    return {d.name: greedy(og.Model(str(d)), ids, max_new_tokens) for d in built}
 
 
 # ---------------------------------------------------------------- the table
