@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 20 part 4; docs/speed.md, "The GPU check"): one command, under 8 minutes on one
+# The prepared GPU check (docs/speed.md, "The GPU check"): one command, under 8 minutes on one
 # H100/H200, on a box that has PyTorch, transformers, peft and accelerate and no network.
 #
 #   scripts/gpu_check.sh [--wheels DIR] [--site DIR] [--out DIR] [--work DIR] [--realdata DIR] [--budget S]

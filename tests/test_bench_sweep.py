@@ -107,3 +107,14 @@ def test_bad_grid_is_one_sentence(text):
     proc = run_cli("bench", "train", "--sweep", "--seq", text, check=False) if text == "abc" else None
     if proc is not None:
         assert proc.returncode == 2 and "--seq must be comma-separated integers" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("option, value", [("--width", "huge"), ("--checkpointing", "sometimes")])
+def test_a_bad_width_or_checkpointing_names_the_flag_the_user_typed(option, value):
+    """The flags are --width and --checkpointing (with --sweep); the sentence must name those."""
+    from conftest import cli_here
+
+    proc = cli_here("bench", "train", "--sweep", option, value, check=False)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and f"error: bench train --sweep {option} " in out and value in out, out
+    assert "--sweep-" not in out

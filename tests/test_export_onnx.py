@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from phinetune.errors import PhinetuneError
-from phinetune.export.onnx import check_supported, prepare_input
+from phinetune.export.onnx import check_supported, greedy, prepare_input
 from phinetune.export.run import ExportPlan, export_run
 from test_export_gguf import RIDDLES, Reference
 
@@ -42,18 +42,6 @@ def last_logits(og, model, ids: list[int]) -> np.ndarray:
     return gen.get_logits().reshape(-1)
 
 
-def greedy(og, model, ids: list[int], n: int = 48) -> list[int]:
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + n, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(np.array(ids, dtype=np.int32))
-    tokens = []
-    while not gen.is_done():  # get_sequence() leaves out the stop token; collect each new token instead
-        gen.generate_next_token()
-        tokens.append(int(gen.get_next_tokens()[0]))
-    return tokens
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_onnxruntime_genai_agrees_with_pytorch(onnx_export, precision):
@@ -66,7 +54,7 @@ def test_onnxruntime_genai_agrees_with_pytorch(onnx_export, precision):
     for prompt, answer in zip(ref.prompts, ref.answers):
         ids = ref.ids(prompt)
         worst = max(worst, float(np.abs(last_logits(og, model, ids) - ref.logits(ids)[-1]).max()))
-        tokens = greedy(og, model, ids)
+        tokens = greedy(model, ids, 48)
         assert tokens[-1] in ref.stop_ids, f"{precision}: generation did not stop at the end-of-turn token"
         if precision == "fp32":
             assert tokens == ref.greedy(ids)

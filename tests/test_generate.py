@@ -10,10 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from phinetune.cli import app
-from phinetune.errors import DataError, PhinetuneError
+from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling
 from conftest import cli_here
-from phinetune.infer.generate import PROMPT_LINES, read_prompt_rows, run_generate
+from phinetune.data.prompts import PROMPT_LINES
+from phinetune.infer.generate import run_generate
 from phinetune.runs.loading import LoadOptions
 
 FP32 = LoadOptions("fp32")
@@ -36,14 +37,6 @@ def test_jsonl_in_jsonl_out_keeps_order_and_fields(tiny_run, tmp_path):
     # batch size must not change greedy answers
     again = run_generate("tiny-phi3", None, tmp_path / "in.jsonl", None, Sampling(6), 1, FP32)
     assert again == answers
-
-
-@pytest.mark.parametrize("line,match", [("{not json", r"in.jsonl:2: not JSON \(Expecting property name"),
-                                        ('{"text": "x"}', r"in.jsonl:2: an object with 'text'; expected one JSON object per line"),
-                                        ('{"messages": [{"role": "user"}]}', r"in.jsonl:2: an object with 'messages'; expected")])
-def test_bad_lines_name_file_and_line(tmp_path, line, match):
-    with pytest.raises(DataError, match=match):
-        read_prompt_rows(_write(tmp_path / "in.jsonl", [{"prompt": "ok"}, line]))
 
 
 def test_prompt_xor_input(tmp_path):
@@ -127,14 +120,6 @@ def test_output_naming_the_input_file_is_refused_under_any_spelling(tmp_path):
         assert prompts.read_text() == before
     with pytest.raises(PhinetuneError, match="would replace the prompts"):  # the library refuses too, not only the CLI
         run_generate("tiny-phi3", None, prompts, tmp_path / "link.jsonl", Sampling(4), 1, FP32)
-
-
-def test_a_byte_order_mark_in_the_input_is_accepted(tmp_path):
-    rows = [{"prompt": "What has keys?"}, {"messages": [{"role": "user", "content": "Hi"}]}]
-    plain = _write(tmp_path / "plain.jsonl", rows)
-    bom = tmp_path / "bom.jsonl"
-    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
-    assert read_prompt_rows(bom) == read_prompt_rows(plain)
 
 
 def test_dtype_spellings_on_the_command_line(tiny_run):

@@ -168,7 +168,7 @@ def bench_train_json(device: str, sides: dict) -> dict:
 
 
 def test_three_sides_each_ratio_against_its_own_targets():
-    # phinetune 3000 tok/s at 2 GiB; the seeds' recipe 1000 tok/s at 8 GiB; a tuned TRL 2500 tok/s at 6 GiB
+    # phinetune 3000 tok/s at 2 GiB; TRL with padding 1000 tok/s at 8 GiB; a tuned TRL 2500 tok/s at 6 GiB
     data = bench_train_json("cuda", {"baseline": (1000, 1.0, 8 * 2**30), "trl_tuned": (5000, 2.0, 6 * 2**30),
                                      "phinetune": (3000, 1.0, 2 * 2**30)})
     t = gpu_check.train_section("train-nf4", data)

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import SRC, cli_here
 from openai_server import FakeOpenAI
-from phinetune.synth import judge as J
-from phinetune.synth.config import TeacherConfig
-from phinetune.synth.teachers import TeacherError
+from phinetune.eval import judge as J
+from phinetune.teachers.calls import TeacherError
+from phinetune.teachers.config import TeacherConfig
 from phinetune.runs.run_dir import RunDir
 
 
@@ -84,7 +84,7 @@ def test_a_judge_that_always_picks_position_a_gives_only_ties(run):
 
 
 def test_a_reply_without_a_verdict_says_why():
-    from phinetune.synth.journal import Entry
+    from phinetune.teachers.journal import Entry
 
     def why(text, finish="stop", **extra):
         return J.no_verdict_reason(Entry("k", text, finish_reason=finish, extra=extra), 64)

@@ -20,14 +20,14 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "phinetune"
 
 LAYERS = [
-    {"errors", "paths", "progress", "markdown", "assets", "templates", "__init__"},  # no phinetune imports but each other
+    {"errors", "paths", "progress", "markdown", "charts", "assets", "templates", "__init__"},  # no phinetune imports but each other
     {"config", "extras"},  # extras: which optional dependency a verb needs
     {"kernels"},  # CPU kernels and the allocator: torch and peft only; models/ and train/ install them
     {"models"},
     {"data"},
     {"runs"},  # the run folder: names, loading base and tuned, held-out prompts
     {"infer"},
-    {"train"},
+    {"train", "teachers"},  # teachers: the models synth and judge ask (an endpoint or a local model), and their journal
     {"eval", "report", "serve", "synth"},
     {"export"},  # the model card reuses the report's sections
     {"bench"},

@@ -26,7 +26,7 @@ def test_lora_reference_is_the_adapter_switched_off_and_matches_cached_logps(tin
     assert curve[0]["loss"] == pytest.approx(math.log(2), abs=1e-6), "LoRA B starts at 0: policy == reference"
     assert curve[0]["margin"] == pytest.approx(0, abs=1e-6)
     assert {"rewards_chosen", "rewards_rejected", "margin", "accuracy"} <= set(curve[-1])
-    from phinetune.train.plots import render_all
+    from phinetune.charts import render_all
 
     charts = render_all(loop.run.read_metrics())  # the report page draws these
     assert {"rewards", "accuracy"} <= set(charts) and charts["rewards"][1][:4] == b"\x89PNG"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from phinetune.train.plots import CHARTS, render
+from phinetune.charts import CHARTS, render
 from phinetune.report.page import write_report
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from phinetune.report.before_after import light_markdown
+from phinetune.report.sections import light_markdown
 from phinetune.report.page import write_report
 from phinetune.runs.run_dir import RunDir
 

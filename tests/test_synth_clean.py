@@ -1,11 +1,17 @@
 """Cleaning: numbering/quotes stripped, each filter removes what it should (and only that), duplicates found."""
 
+import json
+import random
+from pathlib import Path
+
 import pytest
 
 from conftest import realdata
-from phinetune.synth.clean import NUM_PERM, clean_items, minhash, is_refusal, jaccard, normalize_line, normalize_turn, shingles, split_lines
+from phinetune.data.near_duplicates import jaccard
+from phinetune.synth.clean import _reason, canonical, clean_items, normalize_line, normalize_turn, shingles, split_lines
 from phinetune.synth.config import CleanStage, DEFAULT_REFUSALS, SeedsConfig
 from phinetune.synth.stages import read_seeds
+from phinetune.teachers.refusals import is_refusal
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -58,17 +64,6 @@ def test_each_filter_reports_what_it_removed():
     assert report.as_dict()["removed_total"] == 9 and report.kept == 2
 
 
-def test_minhash_estimates_the_jaccard():
-    # Each of the 64 hash functions agrees with probability J; a degenerate hash (all rows picking the same
-    # element) would give 0 or 1 here.
-    pairs = [("What gets wetter the more it dries?", "What gets wetter, the more that it dries?"),
-             ("What has keys but can't open a single lock?", "Which room has no doors or windows at all?"),
-             ("I have a face but no eyes. What am I?", "I have a face and two hands but no eyes. What am I?")]
-    for a, b in pairs:
-        estimate = float((minhash(shingles(a)) == minhash(shingles(b))).sum()) / NUM_PERM
-        assert abs(estimate - jaccard(shingles(a), shingles(b))) < 0.2
-
-
 def test_near_duplicate_threshold_is_the_jaccard():
     a, b = "What gets wetter the more it dries?", "What gets wetter, the more that it dries?"
     j = jaccard(shingles(a), shingles(b))
@@ -96,3 +91,52 @@ def test_real_riddle_seed_list_reads_and_cleans():
     kept, report = clean_items([(str(i), s, "seed") for i, s in enumerate(seeds)], seeds, CleanStage(require_question=False))
     assert report.removed.get("refusal_or_meta", 0) == 0  # first-person riddles are not refusals
     assert 380 <= len(kept) <= 386
+
+
+def all_pairs_clean(items, cfg: CleanStage) -> list[str]:
+    """The cleaning's duplicate rule by comparing every pair: an item goes when an earlier kept one has the same
+    canonical text or a Jaccard similarity >= the threshold."""
+    kept, keys, sets = [], set(), []
+    for ident, text, _ in items:
+        text = normalize_line(text)
+        if _reason(text, cfg):
+            continue
+        key, sh = canonical(text), shingles(text)
+        if key in keys or any(jaccard(sh, other) >= cfg.near_duplicate for other in sets):
+            continue
+        keys.add(key)
+        sets.append(sh)
+        kept.append(ident)
+    return kept
+
+
+def reworded_riddles() -> list[tuple[str, str, str]]:
+    """The built-in riddles, each with three rewordings (words dropped, added or swapped): near-duplicates at every
+    similarity from ~0.4 to 1."""
+    path = Path(__file__).resolve().parents[1] / "src" / "phinetune" / "assets" / "riddles.jsonl"
+    questions = [json.loads(line)["messages"][0]["content"] for line in path.read_text().splitlines()]
+    rng, items = random.Random(7), []
+    for i, question in enumerate(questions):
+        items.append((f"{i:03d}-0", question, "synthetic"))
+        for k in range(1, 4):
+            words = question.split()
+            for _ in range(k):
+                j, op = rng.randrange(len(words)), rng.choice("dws")
+                if op == "d" and len(words) > 3:
+                    words.pop(j)
+                elif op == "w":
+                    words.insert(j, rng.choice(["really", "very", "the", "so"]))
+                elif len(words) > 1:
+                    words[j], words[j - 1] = words[j - 1], words[j]
+            items.append((f"{i:03d}-{k}", " ".join(words), "synthetic"))
+    rng.shuffle(items)
+    return items
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.6, 0.7, 0.8, 0.9])
+def test_near_duplicates_are_those_an_all_pairs_comparison_finds(threshold):
+    items, cfg = reworded_riddles(), CleanStage(near_duplicate=threshold, require_question=False)
+    kept, report = clean_items(items, [], cfg)
+    expected = all_pairs_clean(items, cfg)
+    assert [k[0] for k in kept] == expected
+    assert report.removed.get("near_duplicate", 0) > 0 and len(expected) < len(items)  # the corpus has near-duplicates

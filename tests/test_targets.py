@@ -1,4 +1,4 @@
-"""The seeds' three broken LoRA target lists are refused before training, naming the real targets."""
+"""Three commonly copied, broken LoRA target lists are refused before training, naming the real targets."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from phinetune.errors import PhinetuneError
+from phinetune.export.targets import describe as export_targets
 from phinetune.progress import console, escape, no_hub_kernels, silence_libraries
 
 # rich_markup_mode=None: help text is shown as written. Rich markup would read `phinetune[eval]` or
@@ -210,7 +211,7 @@ def merge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
 
 @app.command()
 def export(run: str = typer.Argument(..., help="A finished run folder from `phinetune train`."),
-           to: str = typer.Option(..., "--to", help="gguf (llama.cpp), ollama (GGUF + Modelfile) or onnx (ONNX Runtime GenAI)."),
+           to: str = typer.Option(..., "--to", help=f"{export_targets()}."),
            out: str = typer.Option(..., "--out", help="Folder to create; it must not exist yet."),
            quant: str = typer.Option("f16", help="GGUF types, comma-separated: f16, bf16, q8_0, q4_0, f32 (ollama: one)."),
            precision: str = typer.Option("fp32", help="ONNX precisions, comma-separated: fp32, fp16, bf16, int8, int4."),
@@ -391,8 +392,8 @@ def judge(run: str = typer.Argument(..., help="A run folder from `phinetune trai
     from pydantic import ValidationError
 
     from phinetune.errors import ConfigError
-    from phinetune.synth.config import TeacherConfig
-    from phinetune.synth.judge import JUDGE_FLAGS, Sides, judge_run
+    from phinetune.eval.judge import JUDGE_FLAGS, Sides, judge_run
+    from phinetune.teachers.config import TeacherConfig
 
     try:
         teacher = TeacherConfig(kind=judge_kind, model=judge_model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
@@ -435,7 +436,7 @@ def serve(targets: list[str] = typer.Argument(..., help="A run folder, a merged 
     run_serve(targets, settings, Listen(host, port, access_log), LoadOptions(dtype, quant), checkpoint)
 
 
-bench_app = typer.Typer(help="Speed and memory benchmarks (training against the seeds' recipe and a tuned TRL, inference per dtype).", no_args_is_help=True,
+bench_app = typer.Typer(help="Speed and memory benchmarks (training against TRL with padding and a tuned TRL, inference per dtype).", no_args_is_help=True,
                         rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
@@ -493,7 +494,7 @@ def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-referenc
                 realdata: Optional[str] = typer.Option(None, help="Folder with the Phi-3 tokenizer and guanaco data (default: $PHINETUNE_REALDATA or ../shared/realdata; else a synthetic fallback)."),
                 work_dir: Optional[str] = typer.Option(None, help="Where to write the model, data and logs (default: a temp folder)."),
                 profile: bool = typer.Option(False, help="After the timed run, profile phinetune's steps and print how a step's time splits (matmuls, attention, LoRA, loss, optimizer, data, other)."),
-                sides: Optional[str] = typer.Option(None, help="Comma-separated sides to run: baseline (the seeds' recipe), trl-tuned, phinetune (default: all three)."),
+                sides: Optional[str] = typer.Option(None, help="Comma-separated sides to run: baseline (TRL fp32 with padding; QLoRA on the GPU workload), trl-tuned, phinetune (default: all three)."),
                 nproc: Optional[str] = typer.Option(None, "--nproc", help="Instead: phinetune alone on each process count, e.g. 1,2 (same workload and global batch): tokens/s and peak memory per rank."),
                 accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="With --nproc: the accelerate config each count launches with (DDP by default; e.g. configs/accelerate/fsdp.yaml)."),
                 sweep: bool = typer.Option(False, "--sweep", help="Instead: one phinetune training step per (tokens x layers) point; tokens/s, peak memory and plan's estimate, as a table, JSON (--out) and PNG beside it."),
@@ -501,8 +502,8 @@ def bench_train(workload: str = typer.Option("cpu-reference", help="cpu-referenc
                 layers: str = typer.Option("1,2,4", "--layers", help="--sweep: comma-separated decoder layer counts."),
                 width: str = typer.Option("reference", "--width", help="--sweep: reference (Phi-3-mini width) or tiny (seconds; for tests)."),
                 checkpointing: str = typer.Option("auto", "--checkpointing", help="--sweep: gradient checkpointing auto (as train decides), on or off.")) -> None:
-    """Train with phinetune, the seeds' TRL recipe and a tuned TRL on identical work; print tokens/s, memory, MFU, losses, ratios, load."""
-    if sweep:  # issue 20 part 2: cost as the work grows (bench/sweep.py)
+    """Train with phinetune, TRL with padding and a tuned TRL on identical work; print tokens/s, memory, MFU, losses, ratios, load."""
+    if sweep:  # cost as the work grows (bench/sweep.py)
         from phinetune.bench.sweep import bench_sweep, parse_grid
 
         bench_sweep(width, parse_grid(seq, "seq"), parse_grid(layers, "layers"), out, work_dir, checkpointing)
@@ -630,7 +631,7 @@ def as_inspect_flags(message: str) -> str:
         message = re.sub(rf"(?<![\w.]){re.escape(key)}(?!\w)", flag, message)
     return message
 
-# ---- model knowledge: check, inspect, plan (issue 3) ------------------------------------------------------
+# ---- model knowledge: check, inspect, plan ------------------------------------------------------
 
 @app.command()
 def check(args: Optional[List[str]] = typer.Argument(None, help=CONFIG_HELP, show_default=False),

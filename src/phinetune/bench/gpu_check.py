@@ -38,10 +38,10 @@ REPORT_JSON, REPORT_MD = "gpu-check.json", "gpu-check.md"
 GPU_BUDGET_S = 470  # under 8 minutes on one H100/H200, with 10 s left for the report
 SMOKE_BUDGET_S = 900  # CPU smoke: a loaded shared CPU, not a time claim
 TAIL_CHARS = 3000
-# phinetune against a TRL side tuned for speed (issue 20), where the workload does not carry its own targets for it
-# (target_speedup_tuned, target_memory_tuned in bench/workloads.py); against the seeds' recipe the workload always does.
+# phinetune against a TRL side tuned for speed, where the workload does not carry its own targets for it
+# (target_speedup_tuned, target_memory_tuned in bench/workloads.py); against TRL with padding the workload always does.
 TUNED_TARGETS = {"cuda": {"speed": 1.5}, "cpu": {"speed": 3.0, "memory": 0.5}}
-GPU_DECODE_TARGET = 0.6  # batch-1 decode on the GPU, share of the memory-bandwidth limit (issue 20)
+GPU_DECODE_TARGET = 0.6  # batch-1 decode on the GPU, share of the memory-bandwidth limit
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def train_section(step: str, data: dict) -> dict:
 
 
 def _targets(side: str, device: str, w: dict) -> dict:
-    """The workload's own targets against that side (the issue's for a tuned TRL side when the workload has none);
+    """The workload's own targets against that side (TUNED_TARGETS for a tuned TRL side when the workload has none);
     none for the tiny workload, whose targets are placeholders (0x, 99x) for tests."""
     if w.get("name") == "tiny":
         return {}

@@ -34,6 +34,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from phinetune.bench.machine import LoadWindow, machine, proc_status, reset_peak_rss
 from phinetune.errors import PhinetuneError
+from phinetune.extras import require
 from phinetune.progress import console, escape, print_table
 
 BENCH_DTYPES = {"bf16": ("bf16", "none"), "fp16": ("fp16", "none"), "fp32": ("fp32", "none"), "nf4": ("auto", "nf4")}
@@ -307,10 +308,7 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
         raise PhinetuneError(f"--dtype: unknown {unknown or 'empty list'}; choose from {', '.join(BENCH_DTYPES)} (comma-separated)")
     cuda = torch.cuda.is_available()
     if not cuda:
-        try:
-            import psutil  # noqa: F401
-        except ImportError:
-            raise PhinetuneError("bench infer on CPU measures memory with psutil: pip install 'phinetune[bench]'") from None
+        require("bench infer on CPU (it measures memory with psutil)", "bench", "psutil")
     bandwidth = device_bandwidth()
     limit = bandwidth.get("datasheet_gbs") or bandwidth.get("measured_copy_gbs")
     if not cuda and "nf4" in dtypes:

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from phinetune import charts
 from phinetune.bench.machine import proc_status, reset_peak_rss
 from phinetune.bench.workloads import PHI3_TARGETS, WORKLOADS
 from phinetune.errors import ConfigError, PhinetuneError
@@ -278,17 +279,15 @@ def linearity(points: list[Point], figure: str = "tensor_peak_bytes") -> dict[in
 
 
 def plot(points: list[Point], path: Path) -> Path:
-    from phinetune.train.plots import render_series
-
     series = []
     for i, layers in enumerate(sorted({p.layers for p in points})):
         row = sorted((p for p in points if p.layers == layers), key=lambda p: p.seq)
         name = f"{layers} layer{'s' if layers > 1 else ''}"
-        series.append((f"{name}: measured", [(p.seq, p.measured_bytes / 2**30) for p in row], f"C{i}o-"))
-        series.append((f"{name}: plan", [(p.seq, p.predicted_bytes / 2**30) for p in row], f"C{i}x--"))
-    path.write_bytes(render_series("Peak memory of one training step (above the process baseline)", "tokens per row",
-                                   "GiB", series))
-    return path
+        series.append(charts.Line(f"{name}: measured", [(p.seq, p.measured_bytes / 2**30) for p in row], f"C{i}o-"))
+        series.append(charts.Line(f"{name}: plan", [(p.seq, p.predicted_bytes / 2**30) for p in row], f"C{i}x--"))
+    title = "Peak memory of one training step (above the process baseline)"
+    panel = charts.Panel(title, "tokens per row", "GiB", tuple(series))
+    return charts.save([panel], path, size=(6.4, 3.8))
 
 
 def estimate_runtime(width: Width, seqs, layers) -> float:
@@ -298,9 +297,9 @@ def estimate_runtime(width: Width, seqs, layers) -> float:
 def bench_sweep(width: str = "reference", seqs=DEFAULT_SEQ, layers=DEFAULT_LAYERS, out: Optional[str] = None,
                 work_dir: Optional[str] = None, checkpointing: str = "auto") -> list[Point]:
     if width not in WIDTHS:
-        raise ConfigError(f"bench train --sweep-width '{width}' is unknown; choose one of {', '.join(WIDTHS)}")
+        raise ConfigError(f"bench train --sweep --width '{width}' is unknown; choose one of {', '.join(WIDTHS)}")
     if checkpointing not in ("auto", "on", "off"):
-        raise ConfigError(f"--sweep-checkpointing must be auto, on or off (got {checkpointing!r})")
+        raise ConfigError(f"bench train --sweep --checkpointing must be auto, on or off (got {checkpointing!r})")
     if not Path("/proc/self/clear_refs").exists():
         raise PhinetuneError("bench train --sweep measures peak memory through /proc/self (Linux only)")
     w = WIDTHS[width]

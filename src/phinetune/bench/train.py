@@ -1,10 +1,10 @@
 """`phinetune bench train`: phinetune vs two TRL baselines on identical data, model and seed.
 
-The sides: `baseline`, the seeds' recipe (SFTTrainer, fp32 on CPU, padding); `trl-tuned`, SFTTrainer as a user
-who knows it runs it (bf16 base, bf16 autocast, BFD packing with padding-free batches, fused AdamW, Liger on
-CUDA; see train_child.run_trl_tuned); and `phinetune` with its defaults. Each side runs in its own subprocess
-(peak RSS is that process's own), one after the other. Printed for each: tokens/s over real (non-pad) tokens,
-peak memory, MFU against the matmul peak measured in the same run, first and final loss; then phinetune's
+The sides: `baseline`, TRL with padding (SFTTrainer, fp32 on CPU, padding to the longest sample); `trl-tuned`,
+SFTTrainer as a user who knows it runs it (bf16 base, bf16 autocast, BFD packing with padding-free batches, fused
+AdamW, Liger on CUDA; see train_child.run_trl_tuned); and `phinetune` with its defaults. Each side runs in its own
+subprocess (peak RSS is that process's own), one after the other. Printed for each: tokens/s over real (non-pad)
+tokens, peak memory, MFU against the matmul peak measured in the same run, first and final loss; then phinetune's
 ratios against both baselines. A side that did not train (zero gradients or unchanged LoRA weights) fails it.
 
 Every figure names its machine and its load: a LoadWindow (uptime's load averages) and the cores other
@@ -37,7 +37,7 @@ from phinetune.progress import console, say
 
 SIDES = ("baseline", "trl-tuned", "phinetune")
 BASELINES = ("baseline", "trl-tuned")  # what phinetune's ratios are taken against
-LABELS = {"baseline": "seeds' recipe", "trl-tuned": "TRL tuned", "phinetune": "phinetune"}
+LABELS = {"baseline": "TRL with padding", "trl-tuned": "TRL tuned", "phinetune": "phinetune"}
 
 
 def model_flops(w: Workload, lengths: list[int]) -> float:
@@ -114,7 +114,7 @@ def check_trained(side: str, result: dict) -> None:
 
 def summarize(results: dict, flops: float, peaks: dict, w: Workload, peak_window: Optional[dict] = None) -> dict:
     """tokens/s, MFU and memory per side; phinetune's ratios against each baseline that ran, and whether they meet
-    the workload's targets. `speed`, `memory` and `meets_targets` at the top level are against the seeds' recipe.
+    the workload's targets. `speed`, `memory` and `meets_targets` at the top level are against TRL with padding.
     `peak_window`: the load while the matmul peak was timed (MFU is judged like a ratio between it and phinetune)."""
     peak = max(peaks.values())
     memory_key = "peak_gpu" if w.device == "cuda" else "peak_rss"
@@ -159,7 +159,7 @@ def print_table(results: dict, ratios: dict, peaks: dict, w: Workload, memory_na
         load = r.get("load") or {}
         start, end = load.get("start") or (0, 0, 0), load.get("end") or (0, 0, 0)
         others = "n/a" if r.get("others_cores") is None else f"{r['others_cores']:.2f}"
-        say(f"{LABELS[side]:14} {r['dtype']:>6} {r['tokens_per_s']:10.1f} {r['memory'] / 2**30:8.2f} GiB {100 * r['mfu']:6.1f}% "
+        say(f"{LABELS[side]:16} {r['dtype']:>6} {r['tokens_per_s']:10.1f} {r['memory'] / 2**30:8.2f} GiB {100 * r['mfu']:6.1f}% "
             f"{r['losses'][0]:11.4f} {r['losses'][-1]:11.4f} {len(r['losses']):6d}  {start[0]:.2f} -> {end[0]:.2f}, {others}")
     for side in BASELINES:
         if side in ratios:
@@ -176,7 +176,7 @@ def print_table(results: dict, ratios: dict, peaks: dict, w: Workload, memory_na
 
 def print_parity(results: dict) -> dict:
     a, b = results["baseline"]["losses"], results["phinetune"]["losses"]
-    say("parity, seeds' recipe vs phinetune (both fp32, no packing, same batches in the same order, LoRA dropout 0):")
+    say("parity, TRL with padding vs phinetune (both fp32, no packing, same batches in the same order, LoRA dropout 0):")
     say(f"{'step':>5} {'baseline':>10} {'phinetune':>10} {'diff':>10}")
     diffs = []
     for i, (x, y) in enumerate(zip(a, b), 1):

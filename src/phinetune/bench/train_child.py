@@ -80,7 +80,7 @@ class Timed:
 
 
 def run_baseline(spec: dict) -> dict:
-    """The seeds' recipe: TRL SFTTrainer + PEFT LoRA (QLoRA on GPU), padding to the longest sample, no packing."""
+    """The common recipe: TRL SFTTrainer + PEFT LoRA (QLoRA on GPU), padding to the longest sample, no packing."""
     return run_trl(spec, tuned=False)
 
 
@@ -93,9 +93,9 @@ def run_trl_tuned(spec: dict) -> dict:
 
 
 def liger_available(cuda: bool) -> bool:
-    import importlib.util
+    from phinetune.extras import installed
 
-    return cuda and importlib.util.find_spec("liger_kernel") is not None
+    return cuda and installed("liger_kernel")
 
 
 def run_trl(spec: dict, tuned: bool) -> dict:
@@ -106,7 +106,7 @@ def run_trl(spec: dict, tuned: bool) -> dict:
 
     w, cuda = spec["workload"], spec["workload"]["device"] == "cuda"
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
-    tokenizer.pad_token = tokenizer.unk_token or tokenizer.pad_token or tokenizer.eos_token  # as the seed does
+    tokenizer.pad_token = tokenizer.unk_token or tokenizer.pad_token or tokenizer.eos_token  # as the common recipe does
     tokenizer.padding_side = "left"
     kwargs = {"dtype": torch.bfloat16 if cuda or tuned else torch.float32}
     if w["quant"] == "nf4":

@@ -36,11 +36,11 @@ class Workload:
     lora_alpha: float = 16
     lora_dropout: float = 0.05
     targets: tuple[str, ...] = PHI3_TARGETS
-    quant: str = "none"  # nf4 on the GPU workload (the seed's QLoRA)
+    quant: str = "none"  # nf4 on the GPU workload (the common QLoRA recipe)
     device: str = "cpu"
-    target_speedup: float = 4.0  # against the seeds' recipe
+    target_speedup: float = 4.0  # against TRL with padding
     target_memory: float = 0.5
-    target_speedup_tuned: float = 3.0  # against TRL tuned (issue 20)
+    target_speedup_tuned: float = 3.0  # against TRL tuned
     target_memory_tuned: Optional[float] = 0.5  # None: no memory target against TRL tuned
     target_mfu: float = 0.7  # of the matmul peak measured in the same run
     phinetune_overrides: tuple[str, ...] = ()
@@ -49,7 +49,7 @@ class Workload:
 
 WORKLOADS: dict[str, Workload] = {
     # 32 guanaco rows (10,722 real tokens): the three sides then train in about 5 minutes on an idle 2-core CPU
-    # (the seeds' recipe alone took 5.6 of the 8 minutes that 64 rows needed with two sides); --rows 64 for the old size.
+    # (TRL with padding alone took 5.6 of the 8 minutes that 64 rows needed with two sides); --rows 64 for the old size.
     "cpu-reference": Workload("cpu-reference", 3072, 8192, 32, 32, 1, 32064, rows=32),
     # Full-size Phi-3.5-mini (3.8B, random weights), QLoRA, seq 512. Gradient checkpointing on the phinetune
     # side: 32 layers of activations at batch 8 x 512 would otherwise dominate GPU memory.
@@ -57,7 +57,7 @@ WORKLOADS: dict[str, Workload] = {
                               target_speedup=2.5, target_memory=0.3, target_speedup_tuned=1.5, target_memory_tuned=None,
                               target_mfu=0.0,
                               phinetune_overrides=("model.gradient_checkpointing=true",)),
-    # bench infer's CPU decode workload (issue 20 part 3): Phi-3-mini width, 2 layers, random weights. Batch-1
+    # bench infer's CPU decode workload: Phi-3-mini width, 2 layers, random weights. Batch-1
     # decode reads about 650 MB per step in bf16 (2 layers of 226 MB + the 197 MB LM head), far past any cache.
     "cpu-decode": Workload("cpu-decode", 3072, 8192, 32, 32, 2, 32064, rows=1, target_speedup=0.0, target_memory=99.0),
     # For tests: seconds on CPU.

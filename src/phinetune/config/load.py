@@ -149,7 +149,7 @@ def _explain(exc: ValidationError, source: str, origins: dict[tuple, str]) -> st
 
 
 # Names people bring from transformers/PEFT/TRL/axolotl and other toolkits, mapped to ours (a full dotted path,
-# with the value when the meaning is a value of ours), so `lr=1e-3` works without a section prefix.
+# with the value when the meaning is a value of ours): `lr=1e-3` is refused with "did you mean 'train.learning_rate'?".
 ALIASES = {
     "rank": "adapter.r", "lora_r": "adapter.r", "lora_rank": "adapter.r", "lora_alpha": "adapter.alpha",
     "lora_dropout": "adapter.dropout", "target_modules": "adapter.targets", "lora_target_modules": "adapter.targets",

@@ -1,6 +1,6 @@
 """The typed run config. Every field documents itself; unknown keys are rejected.
 
-Defaults follow the seed tutorials' well-tested choices (LoRA r=16, alpha=16, dropout 0.05,
+Defaults follow the well-tested choices of common recipes (LoRA r=16, alpha=16, dropout 0.05,
 lr 1e-4, warmup 10%, linear schedule, NF4 with double quantization, max length 512).
 """
 

@@ -16,6 +16,7 @@ from typing import Optional
 
 from rich.text import Text
 
+from phinetune.charts import Panel, save
 from phinetune.config.schema import DataConfig, ModelConfig, PreflightConfig
 from phinetune.data.coverage import Coverage, add_sample
 from phinetune.data.dataset import find_duplicates, render_at
@@ -170,22 +171,9 @@ def text_histogram(lengths: list[int], max_length: int, bins: int = 12, width: i
 
 
 def save_histogram_png(lengths: list[int], max_length: int, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(lengths, bins=min(50, max(5, len(set(lengths)))), color="#4477aa")
-    ax.axvline(max_length, color="#cc3311", linestyle="--", label=f"max_length={max_length}")
-    ax.set_xlabel("tokens per sample (before truncation)")
-    ax.set_ylabel("samples")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    panel = Panel("Token lengths", "tokens per sample (before truncation)", "samples", values=lengths,
+                  marks=((max_length, f"max_length={max_length}"),))
+    return save([panel], path, size=(7, 4))
 
 
 def mask_segments(rendered: Rendered, tokenizer) -> list[tuple[str, bool]]:

@@ -1,6 +1,6 @@
 """Quality over training time: benchmark scores at every kept checkpoint, not only at the end.
 
-Loss curves mislead about quality (the Phinetuning 2.0 seed: eval loss rose from epoch 7, yet answers at
+Loss curves mislead about quality (in a published Phi-2 fine-tune, eval loss rose from epoch 7, yet answers at
 epoch 20 were better), so `train.keep` keeps the best checkpoints by eval loss and by a task, and
 `phinetune eval RUN --checkpoints all` scores each kept one, the base (step 0) and the final weights, and
 plots task score against step next to the loss curves.
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Optional
 
 from rich.table import Table
 
+from phinetune.charts import LOSS, Line, Panel, curve, save
 from phinetune.errors import PhinetuneError
 from phinetune.progress import console
 from phinetune.runs.checkpoints import select
@@ -103,30 +104,9 @@ def scores_table(report: dict) -> Table:
 
 
 def plot_scores(report: dict, metrics: list[dict], out: Path) -> Path:
-    """Two panels: train/eval loss against step, and each task:metric against step (error bars: one standard error)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(12, 4))
-    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
-    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
-    if train:
-        loss_ax.plot(*zip(*train), label="train loss", alpha=0.8)
-    if evals:
-        loss_ax.plot(*zip(*evals), "o-", label="eval loss")
-    loss_ax.set(xlabel="optimizer step", ylabel="loss (per trained token)", title="loss")
+    """Two panels: the run's loss chart, and each task:metric against step (error bars: one standard error)."""
     points = report["points"]
-    for key in (points[0]["scores"] if points else {}):
-        steps = [p["step"] for p in points]
-        score_ax.errorbar(steps, [p["scores"][key] for p in points], yerr=[p["stderr"][key] for p in points], marker="o", capsize=3, label=key)
-    score_ax.set(xlabel="optimizer step (0: base)", ylabel="score", title="task score per kept checkpoint")
-    for ax in (loss_ax, score_ax):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    scores = tuple(Line(key, [(p["step"], p["scores"][key]) for p in points], errors=[p["stderr"][key] for p in points])
+                   for key in (points[0]["scores"] if points else {}))
+    panel = Panel("Task score per kept checkpoint", "optimizer step (0: base)", "score", scores)
+    return save([curve(LOSS, metrics), panel], out, size=(6, 4))

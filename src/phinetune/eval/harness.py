@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from phinetune.errors import PhinetuneError
 from phinetune.eval.scoring import TaskResult
 from phinetune.eval.tasks import Task, local_file, read_records
+from phinetune.extras import require
 
 
 def _arc_row(rec: dict) -> dict:
@@ -49,10 +49,9 @@ HARNESS_YAML = {"arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_chall
 
 
 def require_lm_eval():
-    try:
-        import lm_eval
-    except ImportError:
-        raise PhinetuneError("--harness needs the LM Evaluation Harness: pip install 'phinetune[eval]' (or pip install lm-eval)") from None
+    require("--harness (the LM Evaluation Harness)", "eval", "lm_eval")
+    import lm_eval
+
     return lm_eval
 
 

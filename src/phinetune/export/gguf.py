@@ -46,6 +46,23 @@ def supported_arch(model_type: str) -> str:
     return ARCHES[model_type]
 
 
+def greedy(path: Path, ids: list[int], max_new_tokens: int) -> list[int]:
+    """llama.cpp's own greedy continuation of `ids` from a GGUF file (llama-cpp-python): the new token ids, ending with
+    the stop token when generation stopped at the file's end-of-text or end-of-turn token."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(ids) + max_new_tokens, verbose=False, n_threads=2, seed=0)
+    keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
+    stops = {int(llm.metadata[key]) for key in keys if key in llm.metadata}
+    tokens: list[int] = []
+    for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+        tokens.append(int(token))
+        if token in stops or len(tokens) >= max_new_tokens:
+            break
+    llm.close()
+    return tokens
+
+
 def write_gguf(model_dir: Path, out_file: Path, qtype: str = "f16") -> Path:
     """Convert a transformers folder (merged weights + tokenizer) into `out_file`."""
     import gguf

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Optional
 
 from phinetune.errors import PhinetuneError
-from phinetune.export.run import ExportPlan, check_run, gguf_name, merged_folder, ollama_name, write_ggufs
+from phinetune.export.run import check_run, merged_folder
+from phinetune.export.targets import TARGETS, ExportPlan, gguf_name, ollama_name
 from phinetune.models.hub import snapshot_repo
 from phinetune.progress import console, escape
 from phinetune.runs.run_dir import ADAPTER_CONFIG, RunDir
@@ -165,7 +166,7 @@ def build_folder(run: RunDir, spec, repo_id: str, mode: str, quant: str, dest: P
         try:
             model_dir = merged_folder(run, work)
             dest.mkdir(parents=True)
-            write_ggufs(model_dir, dest, run.path.name, spec, ExportPlan(to="ollama", quants=(quant,)))
+            TARGETS["ollama"].write(model_dir, dest, run.path.name, spec, ExportPlan(to="ollama", quants=(quant,)))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         gguf_files = [gguf_name(run.path.name, quant)]

@@ -67,3 +67,20 @@ def _set_stop_tokens(path: Path, stop_ids: list[int]) -> None:
     if stop_ids:
         config["model"]["eos_token_id"] = stop_ids if len(stop_ids) > 1 else stop_ids[0]
     path.write_text(json.dumps(config, indent=4))
+
+
+def greedy(model, ids: list[int], max_new_tokens: int) -> list[int]:
+    """ONNX Runtime GenAI's own greedy continuation of `ids` by a loaded `og.Model` of a built folder: the new token
+    ids, ending with the stop token when generation stopped at one (genai_config.json's eos_token_id)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array(ids, dtype=np.int32))
+    tokens = []
+    while not generator.is_done():  # get_sequence() leaves the stop token out; collect each new token instead
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    return tokens

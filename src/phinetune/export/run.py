@@ -1,4 +1,6 @@
-"""`phinetune export RUN --to gguf|ollama|onnx --out DIR`: merge, convert, and only then appear at DIR.
+"""`phinetune export RUN --to TARGET --out DIR`: merge, convert, and only then appear at DIR.
+
+The targets, what each checks and writes, and how its runtime is run on the result: export/targets.py.
 
 Everything is built in a hidden staging folder beside DIR and renamed into place at the very end, so an
 interrupted or failed export leaves nothing that looks like a finished one. All refusals (unfinished run,
@@ -7,50 +9,32 @@ unsupported architecture, existing output, missing extra) happen before the merg
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from phinetune.errors import PhinetuneError
+from phinetune.export.targets import ExportPlan, Target, get_target
+from phinetune.extras import require
 from phinetune.models.specs import ModelSpec, get_spec
 from phinetune.progress import console
 from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir, write_merged_marker
 from phinetune.runs.status import LOAD_OFFER, require_final_weights
 
-TARGETS = ("gguf", "ollama", "onnx")
-EXTRA_HINT = "pip install 'phinetune[export]'"
-
-
-@dataclass
-class ExportPlan:
-    to: str
-    quants: tuple[str, ...] = ("f16",)  # gguf / ollama
-    precisions: tuple[str, ...] = ("fp32",)  # onnx
-    device: str = "cpu"  # onnx execution provider
-    overwrite: bool = False
-    checkpoint: Optional[str] = None  # 'last', 'step-N', 'best': export that training checkpoint instead of the final weights
-
 
 def export_run(run_path: str, out: str, plan: ExportPlan) -> Path:
     run, spec = check_run(run_path, plan.checkpoint)
     out_dir = Path(out)
-    _check_target(plan, spec, out_dir)
+    target = check_target(plan, spec, out_dir)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         model_dir = merged_folder(run, staging / "merged", plan.checkpoint)
         result = staging / "result"
         result.mkdir()
-        stop_ids = json.loads((model_dir / "generation_config.json").read_text()).get("eos_token_id") or []
-        stop_ids = stop_ids if isinstance(stop_ids, list) else [stop_ids]
-        if plan.to in ("gguf", "ollama"):
-            write_ggufs(model_dir, result, run.path.name, spec, plan)
-        else:
-            _onnx(model_dir, result, plan, stop_ids)
+        target.write(model_dir, result, run.path.name, spec, plan)
         if out_dir.exists():  # only reachable with overwrite=True
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         result.rename(out_dir)
@@ -59,8 +43,9 @@ def export_run(run_path: str, out: str, plan: ExportPlan) -> Path:
     files = sorted(p.name for p in out_dir.iterdir())
     listed = f": {', '.join(str(out_dir / f) for f in files)}" if len(files) <= 4 else f" ({len(files)} files)"
     console.print(f"exported {run.path} as {plan.to} to {out_dir}{listed}")
-    if plan.to == "ollama":
-        console.print(f"next: ollama create {ollama_name(run.path.name)} -f {out_dir / 'Modelfile'}")
+    next_step = target.next_step(out_dir, run.path.name)
+    if next_step:
+        console.print(f"next: {next_step}")
     return out_dir
 
 
@@ -74,43 +59,14 @@ def check_run(run_path: str, checkpoint: Optional[str] = None, use_checkpoint: O
     return run, get_spec(cfg.model.name, cfg.model.spec)
 
 
-def _check_target(plan: ExportPlan, spec: ModelSpec, out_dir: Path) -> None:
-    if plan.to not in TARGETS:
-        raise PhinetuneError(f"--to must be one of {', '.join(TARGETS)} (got '{plan.to}')")
+def check_target(plan: ExportPlan, spec: ModelSpec, out_dir: Path) -> Target:
+    """Every refusal before the merge starts: the target, an existing output, a missing package, the target's own."""
+    target = get_target(plan.to)
     if out_dir.exists() and not plan.overwrite:
         raise PhinetuneError(f"export output {out_dir} already exists; choose another --out or pass --overwrite")
-    if plan.to in ("gguf", "ollama"):
-        _require("gguf", "gguf")
-        from phinetune.export.gguf import QTYPES, supported_arch
-
-        supported_arch(spec.model_type)
-        bad = [q for q in plan.quants if q not in QTYPES]
-        if bad:
-            raise PhinetuneError(f"--quant '{bad[0]}' is not one of {', '.join(QTYPES)}")
-        if plan.to == "ollama":
-            from phinetune.export.ollama import go_template
-
-            go_template(spec)
-            if len(plan.quants) != 1:
-                raise PhinetuneError(f"an Ollama model is one GGUF file: give one --quant (got {','.join(plan.quants)})")
-    else:
-        _require("onnxruntime_genai", "onnxruntime-genai")
-        _require("onnx_ir", "onnx-ir")
-        from phinetune.export.onnx import PRECISIONS, check_supported
-
-        check_supported(spec.model_type, plan.device)
-        bad = [p for p in plan.precisions if p not in PRECISIONS]
-        if bad:
-            raise PhinetuneError(f"--precision '{bad[0]}' is not one of {', '.join(PRECISIONS)}")
-
-
-def _require(module: str, package: str) -> None:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        raise PhinetuneError(f"this export needs the '{package}' package, which is not installed; {EXTRA_HINT}") from None
+    require(f"export --to {target.name}", "export", *target.needs)
+    target.check(plan, spec)
+    return target
 
 
 def merged_folder(run: RunDir, dest: Path, checkpoint: Optional[str] = None) -> Path:
@@ -128,37 +84,3 @@ def merged_folder(run: RunDir, dest: Path, checkpoint: Optional[str] = None) -> 
     cfg = run.read_config()  # what merge_run records: the spec (end-of-turn token) for the converters
     write_merged_marker(dest, get_spec(cfg.model.name, cfg.model.spec).key, run)
     return dest
-
-
-def ollama_name(stem: str) -> str:
-    """Ollama model names are lower-case letters, digits, '-', '_' and '.'."""
-    import re
-
-    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-") or "phinetune"
-
-
-def gguf_name(stem: str, quant: str) -> str:
-    return f"{stem}-{quant}.gguf"
-
-
-def write_ggufs(model_dir: Path, result: Path, stem: str, spec: ModelSpec, plan: ExportPlan) -> None:
-    from phinetune.export.gguf import write_gguf
-
-    for quant in plan.quants:
-        with console.status(f"Writing {gguf_name(stem, quant)}"):
-            write_gguf(model_dir, result / gguf_name(stem, quant), quant)
-    if plan.to == "ollama":
-        from phinetune.export.ollama import write_modelfile
-
-        context = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
-        write_modelfile(result, gguf_name(stem, plan.quants[0]), spec, context)
-
-
-def _onnx(model_dir: Path, result: Path, plan: ExportPlan, stop_ids: list[int]) -> None:
-    from phinetune.export.onnx import build_onnx, prepare_input
-
-    prepare_input(model_dir)
-    for precision in plan.precisions:
-        with console.status(f"Building ONNX ({plan.device}, {precision})"):
-            build_onnx(model_dir, result / f"{plan.device}-{precision}", precision, plan.device, stop_ids,
-                       cache_dir=result.parent / "onnx-cache")

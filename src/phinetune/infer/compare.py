@@ -1,6 +1,6 @@
 """`phinetune compare RUN`: base and fine-tuned answers to the same prompts, side by side.
 
-The seeds' before/after check done once for every run: a terminal table and a Markdown file. A LoRA run
+The before/after check, done the same way for every run: a terminal table and a Markdown file. A LoRA run
 is loaded once and the base answers come from the same weights with the adapter switched off
 (PEFT `disable_adapter`), so there is no second copy of the model in memory.
 """
@@ -15,9 +15,10 @@ from typing import Optional
 
 from rich.table import Table
 
+from phinetune.data.prompts import read_prompt_rows
 from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling
-from phinetune.infer.generate import answer_all, read_prompt_rows
+from phinetune.infer.generate import answer_all
 from phinetune.markdown import md_table
 from phinetune.progress import console
 from phinetune.runs.held_out import held_out_prompts

@@ -1,4 +1,4 @@
-"""`phinetune inspect`: the seeds' "model analysis", computed from a spec or a local config.json.
+"""`phinetune inspect`: a model's size and shape, computed from a spec or a local config.json.
 
 Parameter counts come from config arithmetic (no weights needed), so a 42B MoE is inspected in
 milliseconds: total parameters, and active parameters per token (only `num_experts_per_tok` of the

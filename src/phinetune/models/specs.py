@@ -178,10 +178,11 @@ _PHI4_REASONING = dict(
     notes="Phi-4 fine-tuned on reasoning traces (the -plus model adds RL): answers are <think>trace</think> then the "
           "solution. Its template inserts the model card's reasoning system prompt when a conversation has none.",
     sources=PHI4_SOURCES[2:] + (
-        "config: 32k context and RoPE theta 500000 as read from a Phi-4-reasoning GGUF header + config.json in a public port's notes "
-        "(find_string id 58333996503); model card 'Context length 32k tokens' (www.fitmyllm.com/model/phi-4-reasoning-14b mirrors it)",
-        "template: reconstructed from a public copy of its chat_template (find_string id 5353746783, whose author added "
-        "{% generation %} markers, removed here); the system prompt matches the model card and PhiCookBook copies",
+        "config: 32k context and RoPE theta 500000 as read from a Phi-4-reasoning GGUF header + config.json in a "
+        "public port's notes; model card 'Context length 32k tokens' "
+        "(www.fitmyllm.com/model/phi-4-reasoning-14b mirrors it)",
+        "template: reconstructed from a public copy of its chat_template (whose author added {% generation %} markers, "
+        "removed here); the system prompt matches the model card and PhiCookBook copies",
     ),
     **_PHI4_COMMON,
 )
@@ -199,7 +200,8 @@ SPECS: dict[str, ModelSpec] = {
         attention_bias=True, lm_head_bias=True, norm="layer", hidden_act="gelu_new",
         added_tokens=("<|im_start|>", "<|im_end|>", "<PAD>"), resize_multiple=64,
         dtypes=("bf16", "fp32"), partial_rotary_factor=0.4,
-        refused_dtypes={"fp16": "Phi-2 overflows to NaN losses in fp16 (reported by the Phinetuning 2.0 seed); use bf16 or fp32"},
+        refused_dtypes={"fp16": "Phi-2 overflows to NaN losses in fp16 (as published Phi-2 fine-tunes report); "
+                                "use bf16 or fp32"},
         notes="Base model with no chat format: ChatML tokens are added and the new embedding/lm_head rows trained.",
     ),
     "phi3-mini-4k": ModelSpec(key="phi3-mini-4k", hub_id="microsoft/Phi-3-mini-4k-instruct", context_length=4096,

@@ -1,8 +1,9 @@
 """Assemble the run report: every section is built once as (HTML, Markdown) from what the run folder holds.
 
 HTML is self-contained (plots inlined as base64 PNG, no scripts, no external assets) so it can be mailed or
-attached to an issue; the Markdown references the same plots saved as PNG files next to it. The HTML comes
-from Jinja2 templates in report/templates/ (the page, and the blocks a section is made of), escaped by Jinja.
+attached to a bug report; the Markdown references the same plots saved as PNG files next to it. The HTML comes
+from Jinja2 templates in report/templates/ (the page, and the blocks a section is made of; report/sections.py),
+escaped by Jinja; the Markdown tables from markdown.md_table.
 """
 
 from __future__ import annotations
@@ -11,38 +12,19 @@ import base64
 import json
 import math
 import re
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-import jinja2
 from markupsafe import Markup
 
+from phinetune.charts import render_all
 from phinetune.markdown import md_table
-from phinetune.train.plots import render_all
 from phinetune.report import before_after
+from phinetune.report.sections import BLOCKS, ENV, Section, html_table
 from phinetune.report.samples import cached_samples, generate_samples
 from phinetune.runs.status import NO_SAMPLES, require_final_weights, run_status
 from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir
-
-ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.files("phinetune.report") / "templates")),
-                         autoescape=True, keep_trailing_newline=True)
-BLOCKS = ENV.get_template("blocks.html.jinja").module  # macros: table, pre, note, muted, marked, figures
-
-
-@dataclass
-class Section:
-    title: str
-    html: str
-    md: str
-
-
-def html_table(header: list[str], rows: list[list], numeric: set[int] = frozenset(), row_class=None, css: str = "") -> str:
-    classes = [row_class(k) or "" for k in range(len(rows))] if row_class else []
-    return BLOCKS.table(header, rows, numeric, classes, css)
-
 
 def fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else ("" if value is None else str(value))
@@ -182,19 +164,11 @@ def held_out_answers(run: RunDir, n: int) -> None:
 def build_sections(run: RunDir, samples: int) -> list[Section]:
     metrics = run.read_metrics()
     held_out_answers(run, samples)
-    sections = [summary_section(run, metrics), _before_after(before_after.glance_section(run)), config_section(run), preflight_section(run),
-                curves_section(metrics, run.report_plots), eval_section(run), _before_after(before_after.judge_section(run)),
-                _before_after(before_after.checkpoints_section(run)), compare_section(run),
-                _before_after(before_after.conversations_section(run, samples or 3))]
+    sections = [summary_section(run, metrics), before_after.glance_section(run), config_section(run),
+                preflight_section(run), curves_section(metrics, run.report_plots), eval_section(run),
+                before_after.judge_section(run), before_after.checkpoints_section(run), compare_section(run),
+                before_after.conversations_section(run, samples or 3)]
     return [s for s in sections if s is not None]
-
-
-def _before_after(parts: Optional[tuple[str, str, str]]) -> Optional[Section]:
-    """report/before_after.py builds its HTML itself, escaping every value (html.escape), so it is marked safe here."""
-    if not parts:
-        return None
-    title, page, md = parts
-    return Section(title, Markup(page), md)
 
 
 def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:

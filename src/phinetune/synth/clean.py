@@ -1,22 +1,19 @@
 """Cleaning generated questions: normalize, filter, and remove exact and near duplicates, with a report.
 
-Near-duplicates: Jaccard similarity of character 5-gram sets. MinHash with LSH banding finds candidate
-pairs without comparing every pair (written here in ~30 lines with numpy rather than pulling in a
-dependency such as datasketch); each candidate is then confirmed with the exact Jaccard, so the result
-is exact for pairs the bands catch. Everything is deterministic (crc32, fixed seeds): a resumed run must
-clean to the very same item set, or later stages would ask different questions.
+Near-duplicates: Jaccard similarity of character 5-gram sets, found with datasketch's MinHash LSH and confirmed
+with the exact Jaccard (data/near_duplicates.py, shared with eval's contamination check). Everything is
+deterministic: a resumed run must clean to the very same item set, or later stages would ask different questions.
 """
 
 from __future__ import annotations
 
 import re
-import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
-import numpy as np
-
+from phinetune.data.near_duplicates import NearDuplicates, minhash
 from phinetune.synth.config import CleanStage
+from phinetune.teachers.refusals import is_refusal
 
 NUMBERING = re.compile(r"^\s*(?:[-*•·]+|\(?\d{1,3}[.):\]]|\(?[a-zA-Z][.)]\s|(?:riddle|question|q)\s*\d*\s*[:.)-])\s*", re.IGNORECASE)
 QUOTES = "\"'“”‘’`«»"
@@ -46,11 +43,6 @@ def split_lines(text: str) -> list[str]:
     return [line for line in (normalize_line(raw) for raw in text.splitlines()) if line]
 
 
-def is_refusal(text: str, phrases: Iterable[str]) -> bool:
-    head = text[:80].lower().replace("’", "'")
-    return any(re.search(rf"(?<!\w){re.escape(p.lower())}(?!\w)", head) for p in phrases)
-
-
 def canonical(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
@@ -58,52 +50,11 @@ def canonical(text: str) -> str:
 # --- near-duplicates ------------------------------------------------------------------------------
 
 SHINGLE = 5
-NUM_PERM, BANDS = 64, 16  # 16 bands of 4 rows: pairs at Jaccard 0.7 share a band with probability ~0.98
-_PRIME = (1 << 31) - 1  # h < 2^32 and a < 2^31: a*h < 2^63 fits uint64, and the modulus really mixes
-_RNG = np.random.default_rng(20240131)
-_A = _RNG.integers(1, _PRIME, NUM_PERM, dtype=np.uint64)
-_B = _RNG.integers(0, _PRIME, NUM_PERM, dtype=np.uint64)
 
 
-def shingles(text: str) -> frozenset[int]:
+def shingles(text: str) -> frozenset[str]:
     c = canonical(text)
-    grams = {c[i:i + SHINGLE] for i in range(max(1, len(c) - SHINGLE + 1))}
-    return frozenset(zlib.crc32(g.encode()) for g in grams)
-
-
-def jaccard(a: frozenset, b: frozenset) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
-
-
-def minhash(sh: frozenset[int]) -> np.ndarray:
-    h = np.fromiter(sh, dtype=np.uint64, count=len(sh))
-    return ((np.outer(_A, h) + _B[:, None]) % _PRIME).min(axis=1)
-
-
-class NearDupIndex:
-    """Add texts one by one; `find` returns the id of an earlier text at or above the threshold."""
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
-        self.buckets: dict[tuple, list[str]] = {}
-        self.sets: dict[str, frozenset] = {}
-
-    def find(self, sh: frozenset, sig: np.ndarray) -> Optional[str]:
-        rows = NUM_PERM // BANDS
-        seen = set()
-        for b in range(BANDS):
-            for other in self.buckets.get((b, sig[b * rows:(b + 1) * rows].tobytes()), ()):
-                if other not in seen:
-                    seen.add(other)
-                    if jaccard(sh, self.sets[other]) >= self.threshold:
-                        return other
-        return None
-
-    def add(self, ident: str, sh: frozenset, sig: np.ndarray) -> None:
-        rows = NUM_PERM // BANDS
-        self.sets[ident] = sh
-        for b in range(BANDS):
-            self.buckets.setdefault((b, sig[b * rows:(b + 1) * rows].tobytes()), []).append(ident)
+    return frozenset(c[i:i + SHINGLE] for i in range(max(1, len(c) - SHINGLE + 1)))
 
 
 # --- the filter chain -----------------------------------------------------------------------------
@@ -142,13 +93,12 @@ def clean_items(items: list[tuple[str, str, str]], seeds: list[str], cfg: CleanS
     all seeds (against_seeds), so a teacher copying its examples back is caught.
     """
     report = CleanReport()
-    seen, kept_index = set(), NearDupIndex(cfg.near_duplicate)
-    seed_exact, seed_index = set(), NearDupIndex(cfg.near_duplicate)
+    seen, kept_index = set(), NearDuplicates(cfg.near_duplicate)
+    seed_exact, seed_index = set(), NearDuplicates(cfg.near_duplicate)
     if cfg.against_seeds:
         for n, seed in enumerate(seeds):
-            sh = shingles(seed)
             seed_exact.add(canonical(seed))
-            seed_index.add(f"seed:{n}", sh, minhash(sh))
+            seed_index.add(f"seed:{n}", shingles(seed))
     kept = []
     for ident, text, origin in items:
         text = normalize_line(text)
@@ -173,9 +123,9 @@ def clean_items(items: list[tuple[str, str, str]], seeds: list[str], cfg: CleanS
     return kept, report
 
 
-def _duplicate(key: str, sh: frozenset, sig: np.ndarray, exact: set[str], index: NearDupIndex, suffix: str) -> Optional[str]:
+def _duplicate(key: str, sh: frozenset, sig, exact: set[str], index: NearDuplicates, suffix: str) -> Optional[str]:
     if key in exact:
         return "exact_duplicate" + suffix
-    if index.find(sh, sig) is not None:
+    if index.find(sh, sig):
         return "near_duplicate" + suffix
     return None

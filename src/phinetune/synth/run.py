@@ -12,9 +12,9 @@ import yaml
 
 from phinetune.progress import console, progress
 from phinetune.synth.config import SynthConfig
-from phinetune.synth.journal import Entry, Journal
 from phinetune.synth.stages import STAGES, Item, StageReport, read_seeds, seed_items
-from phinetune.synth.teachers import Call
+from phinetune.teachers.calls import Call
+from phinetune.teachers.journal import Entry, Journal
 
 PREFERENCES = "preferences.jsonl"  # written when the recipe ends with pairs + judge stages
 
@@ -57,7 +57,7 @@ class _Session:
 
     def get_teacher(self):
         if self.teacher is None:
-            from phinetune.synth.teachers import make_teacher
+            from phinetune.teachers.make import make_teacher
 
             self.teacher = make_teacher(self.cfg.teacher)
         return self.teacher

@@ -15,10 +15,11 @@ from typing import Callable, Optional
 
 from phinetune.data.readers import source_rows
 from phinetune.errors import DataError
-from phinetune.synth.clean import clean_items, is_refusal, normalize_turn, split_lines
-from phinetune.synth.config import REFUSALS, SeedsConfig, SynthConfig
-from phinetune.synth.journal import Entry, call_hash, call_key
-from phinetune.synth.teachers import Call
+from phinetune.synth.clean import clean_items, normalize_turn, split_lines
+from phinetune.synth.config import SeedsConfig, SynthConfig
+from phinetune.teachers.calls import Call
+from phinetune.teachers.journal import Entry, call_hash, call_key
+from phinetune.teachers.refusals import REFUSALS, is_refusal
 
 ROLES = ("user", "assistant")
 AUTO_FIELDS = ("question", "questions", "instruction", "prompt", "input", "text")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
 import math
 import shutil
 import signal
@@ -110,8 +109,7 @@ def oom_message(cfg, step: int, where: str = "") -> str:
         tips.append("adapter.method=lora")
     elif m.quant == "none":
         tips.append("model.quant=nf4 (QLoRA)")
-    if importlib.util.find_spec("phinetune.models.plan") is not None:
-        tips.append(f"`phinetune plan {m.name}` to see what fits your GPU")
+    tips.append(f"`phinetune plan {m.name}` to see what fits your GPU")
     return f"out of memory at step {step + 1}{where}; settings that use less memory: " + ", ".join(tips)
 
 

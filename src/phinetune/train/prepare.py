@@ -1,7 +1,7 @@
 """THE preparation of a run: spec, dtype plan, tokenizer, model (with its adapter) and tokenized data.
 
 `train` (train/recipe.py), `check` (train/check.py), `bench train` (bench/train_child.py, through
-recipe.setup) and `plan --validate` (models/plan_measure.py) all call `prepare`, so what `check` reports
+recipe.setup) and `plan --validate` (bench/plan.py) all call `prepare`, so what `check` reports
 is what `train` runs: the same dtype choice (choose_train_dtype: bf16 on a CPU with bf16 units where it is
 sound; `check` once used choose_dtype and reported fp32 there), the same end-of-turn token (end_of_turn),
 the same data and the same adapter. Nothing here writes to a run folder; the caller decides that.

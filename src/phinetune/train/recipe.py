@@ -18,6 +18,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from transformers import get_scheduler
 
 from phinetune import __version__
+from phinetune.charts import loss_png
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError, PreflightError
 from phinetune.models.specs import TINY_MODELS
@@ -29,7 +30,6 @@ from phinetune.train.guards import StopRequests, TrainingStopped, disk_guard, is
 from phinetune.kernels.malloc import pin_malloc_thresholds, threshold_for
 from phinetune.train.metrics import MetricsLog
 from phinetune.train.loop import Loop, TrainHooks, make_optimizer
-from phinetune.train.plots import plot_losses
 from phinetune.train.preflight import run_preflight
 from phinetune.train.precision import adapter_compute_dtype
 from phinetune.runs.run_dir import RunDir, RunInfo
@@ -291,6 +291,6 @@ def save(loop: Loop) -> None:
         target = run.full_model if full else run.adapter
         model.save_pretrained(target, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
         loop.tokenizer.save_pretrained(run.tokenizer)
-        plot_losses(run.read_metrics(), run.plot)
+        loss_png(run.read_metrics(), run.plot)
         run.set_status("finished")
 

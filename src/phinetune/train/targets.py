@@ -1,7 +1,7 @@
 """Which modules and parameters a LoRA target list reaches, checked on the base model BEFORE PEFT runs.
 
-Why by hand: PEFT raises only when a list matches nothing at all; when some names match (the seeds'
-Phi-3.5-mini list reaches o_proj/down_proj but not qkv_proj/gate_up_proj) it proceeds silently. We match
+Why by hand: PEFT raises only when a list matches nothing at all; when some names match (a commonly
+copied Phi-3.5-mini list reaches o_proj/down_proj but not qkv_proj/gate_up_proj) it proceeds silently. We match
 each name with PEFT's own rule (exact name, or a suffix after a dot) so every dead name is caught, and the
 model spec turns it into "you meant X".
 """

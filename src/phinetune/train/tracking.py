@@ -9,10 +9,10 @@ for one that is not installed is an error before training starts, not accelerate
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 from phinetune.errors import ConfigError
+from phinetune.extras import require
 from phinetune.runs.run_dir import RunDir
 
 PROJECT = "phinetune"  # the MLflow experiment; TensorBoard writes to RUN/tensorboard/phinetune
@@ -62,7 +62,4 @@ class Trackers:
 
 def check_installed(names: list[str]) -> None:
     for name in names:
-        module = PACKAGES[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"train.report_to lists '{name}' but the {module} package is not installed; "
-                              f"pip install 'phinetune[track]' (or {module}), or remove it from train.report_to")
+        require(f"train.report_to '{name}'", "track", PACKAGES[name], error=ConfigError, instead=", or remove it from train.report_to")

@@ -25,6 +25,7 @@ import torch
 
 from phinetune.config.load import read_yaml
 from phinetune.errors import PhinetuneError
+from phinetune.extras import require
 from phinetune.train.distributed.sharding import ENV as SHARDING_ENV
 
 
@@ -80,6 +81,8 @@ def launch_command(nproc: int, train_args: list[str], accelerate_config: Optiona
     if accelerate_config is not None and not accelerate_config.exists():
         raise PhinetuneError(f"--accelerate-config {accelerate_config} does not exist; see configs/accelerate/ for DDP, FSDP and DeepSpeed configs")
     stage = deepspeed_stage(accelerate_config) if accelerate_config is not None else None
+    if stage is not None:
+        require(f"--accelerate-config {accelerate_config} (DeepSpeed)", "deepspeed", "deepspeed")
     if use_gpu or stage == 2:
         total = nproc * (nodes.count if nodes else 1)  # one process in all (bench train --nproc 1,...): no --multi_gpu
         config = ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"] if total > 1 else []

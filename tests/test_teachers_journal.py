@@ -5,7 +5,7 @@ import json
 import pytest
 
 from phinetune.errors import DataError
-from phinetune.synth.journal import Entry, Journal, call_hash, call_key
+from phinetune.teachers.journal import Entry, Journal, call_hash, call_key
 
 
 def test_keys_depend_on_everything_sent():

@@ -6,10 +6,9 @@ The judge sees each pair twice, once in each order, because LLM judges favour a 
 al. 2023): a prompt counts as a win for B only when B is preferred in both orders, a loss only when A is,
 and a tie otherwise (MT-Bench's "inconsistent verdicts are ties"). Rates come with Wilson 95% intervals.
 
-The judge is any synth teacher (an OpenAI-compatible endpoint or a local model), and every verdict is journaled
-like a synth answer (synth/journal.py): re-running the same command resumes and never repeats a paid call.
-It lives in synth/ beside the teachers and the journal it uses (eval/ and synth/ share a layer and may not
-import each other).
+The judge is any teacher (teachers/: an OpenAI-compatible endpoint or a local model), and every verdict is
+journaled like a synth answer (teachers/journal.py): re-running the same command resumes and never repeats a paid
+call.
 """
 
 from __future__ import annotations
@@ -26,12 +25,12 @@ from rich.table import Table
 
 from phinetune.errors import PhinetuneError
 from phinetune.progress import clip, console
-from phinetune.synth.clean import is_refusal
-from phinetune.synth.config import REFUSALS, RequestSampling as JudgeSampling, TeacherConfig
-from phinetune.synth.journal import Entry, Journal, call_hash, call_key
-from phinetune.synth.teachers import Call
 from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir
+from phinetune.teachers.calls import Call
+from phinetune.teachers.config import RequestSampling as JudgeSampling, TeacherConfig
+from phinetune.teachers.journal import Entry, Journal, call_hash, call_key
+from phinetune.teachers.refusals import REFUSALS, is_refusal
 
 # MT-Bench's pairwise judge prompt ("pair-v2"), which asks for an explanation first and then a fixed verdict format.
 SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user "
@@ -174,7 +173,7 @@ def judge_calls(teacher: TeacherConfig, sampling: JudgeSampling, prompts: list[l
 
 def refuse_unreachable(teacher: TeacherConfig) -> None:
     """An OpenAI-compatible judge without a key for the OpenAI API, or on a local port nothing listens on: one sentence now."""
-    from phinetune.synth.teachers import make_teacher
+    from phinetune.teachers.make import make_teacher
 
     probe = make_teacher(teacher, JUDGE_FLAGS)
     try:
@@ -185,7 +184,7 @@ def refuse_unreachable(teacher: TeacherConfig) -> None:
 
 def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), prompts_file=None, n: int = 10,
               max_new_tokens: int = 128, batch_size: int = 8, judge_max_tokens: int = 512) -> dict:
-    from phinetune.synth.teachers import make_teacher
+    from phinetune.teachers.make import make_teacher
 
     run = open_run(run_path)
     # Answers still to make (two models to load): a missing key or a local endpoint where nothing listens is refused
@@ -195,7 +194,7 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
     if probed:
         refuse_unreachable(teacher)
     from phinetune.infer.compare import default_prompts
-    from phinetune.infer.generate import read_prompt_rows
+    from phinetune.data.prompts import read_prompt_rows
 
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
     prompts = [p for p, _ in pairs]

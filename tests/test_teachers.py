@@ -8,8 +8,9 @@ import time
 import pytest
 
 from openai_server import FakeOpenAI
-from phinetune.synth.config import RequestSampling, TeacherConfig
-from phinetune.synth.teachers import Call, OpenAITeacher, TeacherError
+from phinetune.teachers.calls import Call, TeacherError
+from phinetune.teachers.config import RequestSampling, TeacherConfig
+from phinetune.teachers.endpoint import OpenAITeacher
 
 
 def calls(n: int) -> list[Call]:

@@ -1,7 +1,7 @@
-"""Teachers answer chat requests: an OpenAI-compatible HTTP endpoint, or a local Hugging Face model.
+"""A teacher behind an OpenAI-compatible chat-completions endpoint (vLLM, Ollama, llama.cpp, OpenAI, a gateway).
 
-Both take a list of Calls and report each finished answer through `on_done` as soon as it exists, so the
-caller can journal it before anything else can go wrong.
+The openai SDK makes the requests and retries them; this adds bounded concurrency, a refused connection that fails
+at once, counters for the progress bar, and sentences that name the settings as the caller's user spells them.
 """
 
 from __future__ import annotations
@@ -10,42 +10,17 @@ import os
 import socket
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 from urllib.parse import urlsplit
 
-from phinetune.errors import PhinetuneError
-from phinetune.synth.config import RequestSampling, TeacherConfig
-from phinetune.synth.journal import Entry
+from phinetune.teachers.calls import Call, Counters, OnDone, TeacherError
+from phinetune.teachers.config import TeacherConfig
+from phinetune.teachers.journal import Entry
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
-
-class TeacherError(PhinetuneError):
-    """The teacher refused or kept failing; answers already received are in the journal."""
-
-
-@dataclass
-class Call:
-    key: str
-    messages: list[dict]
-    sampling: RequestSampling
-    seed: int  # per-call sampling seed derived from the key: reproducible where the endpoint honours it
-
-
-@dataclass
-class Counters:
-    retries: int = 0
-    errors: dict[str, int] = field(default_factory=dict)  # "429" / "timeout" -> count
-
-
-OnDone = Callable[[Call, Entry], None]
-
-
-# --- OpenAI-compatible endpoint ---------------------------------------------------------------------
-
 # How the user spells each teacher setting, for the sentences below: synth's config keys by default; `judge`
-# passes its flags (synth/judge.py JUDGE_FLAGS), which have no api_key.
+# passes its flags (eval/judge.py JUDGE_FLAGS), which have no api_key.
 CONFIG_KEYS = {"base_url": "teacher.base_url", "api_key": "teacher.api_key", "model": "teacher.model"}
 
 
@@ -221,48 +196,3 @@ class OpenAITeacher:
 
     def close(self) -> None:
         self.client.close()
-
-
-
-# --- local Hugging Face model ---------------------------------------------------------------------
-
-class LocalTeacher:
-    """Batched generate() with the model's own chat template; a run folder, merged folder, model id or tiny-* name."""
-
-    def __init__(self, cfg: TeacherConfig):
-        from phinetune.runs.loading import load_for_inference
-
-        self.cfg = cfg
-        self.loaded = load_for_inference(cfg.model, cfg.dtype, cfg.quant)  # a tiny-* name is built once into the cache
-        self.counters = Counters()
-        self.describe = f"local model {cfg.model}"
-
-    def run(self, calls: list[Call], on_done: OnDone) -> None:
-        from phinetune.infer.complete import Sampling, chat_prompt, complete
-
-        groups: dict[tuple, list[Call]] = {}
-        for call in calls:  # one generate() per batch needs one sampling setting
-            groups.setdefault((call.sampling.max_tokens, call.sampling.temperature, call.sampling.top_p), []).append(call)
-        for group in groups.values():
-            sampling = group[0].sampling
-            for k in range(0, len(group), self.cfg.batch_size):
-                batch = group[k:k + self.cfg.batch_size]
-                gen = Sampling(sampling.max_tokens, sampling.temperature, 0, sampling.top_p, seed=batch[0].seed)
-                # complete() rather than generate_batch(): the same answers, with whether each stopped or hit max_tokens
-                for call, done in zip(batch, complete(self.loaded, [chat_prompt(self.loaded, c.messages) for c in batch], gen)):
-                    text = done.text.strip()
-                    on_done(call, Entry(call.key, text, self._count(call.messages), self._count(text), 0.0, done.finish_reason))
-
-    def _count(self, what) -> int:
-        tok = self.loaded.tokenizer
-        text = what if isinstance(what, str) else tok.apply_chat_template(what, tokenize=False, add_generation_prompt=True)
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-
-    def close(self) -> None:
-        pass
-
-
-def make_teacher(cfg: TeacherConfig, names: Optional[dict] = None):
-    """`names`: how the caller's user spells the settings (default: synth's teacher.* keys)."""
-    builders = {"openai": lambda: OpenAITeacher(cfg, names), "local": lambda: LocalTeacher(cfg)}
-    return builders[cfg.kind]()
