@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from phinetune.cli import app
 from phinetune.infer.compare import compare_run, default_prompts
 from phinetune.infer.complete import Sampling, generate_batch
-from phinetune.runs.loading import LoadOptions, load_for_inference
+from phinetune.models.load_options import LoadOptions
+from phinetune.runs.loading import load_for_inference
 from phinetune.runs.run_dir import RunDir
 
 

@@ -22,7 +22,8 @@ from phinetune.markdown import md_table
 from phinetune.progress import console
 from phinetune.runs.held_out import held_out_prompts
 from phinetune.runs.checkpoints import select
-from phinetune.runs.loading import LoadOptions, base_and_tuned, load_for_inference
+from phinetune.models.load_options import LoadOptions
+from phinetune.runs.loading import base_and_tuned, load_for_inference
 from phinetune.runs.run_dir import RunDir
 
 
@@ -92,7 +93,7 @@ def render_markdown(rows: list[Row], run: str, sampling: Sampling) -> str:
 # ---------------------------------------------------------------- compare --checkpoints
 
 def compare_checkpoints(run_path: str, spec: str, prompts_file: Optional[Path] = None, n: int = 5, sampling: Optional[Sampling] = None,
-                        batch_size: int = 8, dtype: str = "auto", quant: str = "none", out: Optional[Path] = None) -> dict:
+                        batch_size: int = 8, load: LoadOptions = LoadOptions(), out: Optional[Path] = None) -> dict:
     """The same prompts answered by the base, each selected checkpoint and the final weights: one column each.
 
     Loaded one at a time (a checkpoint's trainable weights over the run's model), so memory stays that of one model."""
@@ -102,7 +103,7 @@ def compare_checkpoints(run_path: str, spec: str, prompts_file: Optional[Path] =
     sampling = sampling or Sampling(max_new_tokens=128)
     columns = {}
     for point in points:
-        loaded = load_for_inference(str(run.path), dtype, quant, adapter=point.adapter, checkpoint=point.checkpoint)
+        loaded = load_for_inference(str(run.path), load.dtype, load.quant, adapter=point.adapter, checkpoint=point.checkpoint)
         columns[point.label] = [a.text.strip() for a in answer_all(loaded, [p for p, _ in pairs], sampling, batch_size, point.label)]
         del loaded
         gc.collect()
