@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Optional
 
 from phinetune.errors import PhinetuneError
-from phinetune.runs.status import LOAD_OFFER
 
 # model.name naming a run folder: training starts from weights, which a run holds only as an adapter on its base
 TRAIN_FROM_RUN = ("model.name takes a model to train: to go on from this run, merge it (phinetune merge RUN --out DIR) and set "
@@ -63,18 +62,18 @@ def final_weights_named(run: str) -> bool:
     return RunDir(Path(run)).has_final_weights or run_status(RunDir(Path(run))).state == "finished"
 
 
-def check_run(run: str, checkpoint_flag: Optional[str] = "--checkpoint", final: bool = True,
-              use_checkpoint: Optional[str] = LOAD_OFFER, instead: Optional[str] = None) -> None:
+def check_run(run: str, checkpoint_flag: Optional[str] = "--checkpoint", final: bool = True, **offer: Optional[str]) -> None:
     """RUN must be a run folder (anything else: one sentence saying what it is and what to pass, runs/folders.py);
-    `final`: this command loads the run's final weights, so an unfinished or damaged run is refused here, offering
-    `use_checkpoint` (how this command takes the last checkpoint; None: it cannot) when there is one."""
+    `final`: this command loads the run's final weights, so an unfinished or damaged run is refused here. `offer`:
+    `use_checkpoint` (how this command takes the last checkpoint; None: it cannot) and `instead`, as
+    runs/status.require_final_weights takes them (its defaults: --checkpoint last)."""
     from phinetune.runs.folders import require_run
     from phinetune.runs.run_dir import RunDir
     from phinetune.runs.status import require_final_weights
 
     folder = require_run(run, checkpoint_flag)
     if final:
-        require_final_weights(RunDir(folder.path), use_checkpoint, instead)
+        require_final_weights(RunDir(folder.path), **offer)
 
 
 def model_facts(target: str):
