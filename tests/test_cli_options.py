@@ -128,7 +128,7 @@ def test_a_wrong_choice_is_the_command_lines_one_line_error():
     proc = CliRunner().invoke(app, ["generate", "run", "hi", "--quant", "int3"])
     said = " ".join(proc.output.split())
     assert proc.exit_code == 2 and "Invalid value for '--quant'" in said and "'int3' is not one of 'none', 'nf4'" in said
-    assert "<none|nf4>" in " ".join(CliRunner().invoke(app, ["generate", "--help"]).output.split())
+    assert "none|nf4" in " ".join(CliRunner().invoke(app, ["generate", "--help"]).output.split())  # the choices, listed
 
 
 @given(st.lists(st.integers(0, 10**6), min_size=1, max_size=6), st.sampled_from([",", ", ", " ,"]))

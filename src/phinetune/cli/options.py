@@ -75,7 +75,7 @@ Temperature = Annotated[float, typer.Option("--temperature", help="0 = greedy.")
 TopK = Annotated[int, typer.Option("--top-k", help="Top-k sampling (0 = off).")]
 TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Sampling seed.")]
-PROMPT_BATCH = 8
+PROMPT_BATCH = 8  # as infer/generate.run_generate and infer/compare.compare_run take it
 PromptBatch = Annotated[int, typer.Option("--batch-size", help="Prompts per generation batch.")]
 Prompts = Annotated[Optional[Path], typer.Option("--prompts", help=(
     'JSONL of prompts ({"prompt"} or {"messages"}, optional "reference"); default: the run\'s held-out prompts.'))]

@@ -50,7 +50,7 @@ def compare_run(run_path: str, prompts_file: Optional[Path] = None, n: int = 5, 
                 batch_size: int = 8, load: LoadOptions = LoadOptions(), out: Optional[Path] = None) -> list[Row]:
     run = RunDir.open(run_path)
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
-    sampling = sampling or Sampling(max_new_tokens=128)
+    sampling = sampling or Sampling()
     convs = [p for p, _ in pairs]
     base, tuned = _answers(run, convs, sampling, batch_size, load)
     rows = [Row(p, ref, b.text.strip(), t.text.strip()) for (p, ref), b, t in zip(pairs, base, tuned)]
@@ -100,7 +100,7 @@ def compare_checkpoints(run_path: str, spec: str, prompts_file: Optional[Path] =
     run = RunDir.open(run_path)
     points = select(run, spec)
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
-    sampling = sampling or Sampling(max_new_tokens=128)
+    sampling = sampling or Sampling()
     columns = {}
     for point in points:
         loaded = load_for_inference(str(run.path), load.dtype, load.quant, adapter=point.adapter, checkpoint=point.checkpoint)
