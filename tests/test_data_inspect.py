@@ -130,7 +130,8 @@ def test_inspect_reports_the_pre_flight_per_turn_counts(tiny_tok, tmp_path):
 def test_errors_name_this_verbs_flags_not_config_keys(tmp_path):
     from typer.testing import CliRunner
 
-    from phinetune.cli import app, as_inspect_flags
+    from phinetune.cli import app
+    from phinetune.data.inspect import as_inspect_flags
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"QUESTIONS": "2+2?", "ANSWERS": "4"}\n')

@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 from phinetune.cli import app
 from phinetune.infer.compare import compare_run, default_prompts
 from phinetune.infer.complete import Sampling, generate_batch
-from phinetune.runs.loading import LoadOptions, load_for_inference
+from phinetune.models.load_options import LoadOptions
 from phinetune.runs.folders import open_run
+from phinetune.runs.loading import load_for_inference
 
 
 def test_base_column_is_the_base_model_and_tuned_column_the_adapter(tiny_run, tmp_path):

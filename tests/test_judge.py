@@ -222,7 +222,7 @@ def test_judge_errors_speak_its_own_flags(run, monkeypatch):
     proc = cli_here("judge", str(run.path), *remote, "--a", "all", check=False)
     assert proc.returncode == 2 and "--a 'all': one model per side: base, last, best or step-N" in proc.stdout
     proc = cli_here("judge", str(run.path), *remote, "--concurrency", "0", check=False)
-    assert proc.returncode == 2 and "error: --concurrency: Input should be greater than or equal to 1 (got 0)" in " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and "error: command line (--concurrency 0): '--concurrency': Input should be greater than or equal to 1 (got 0)" in " ".join(proc.stdout.split())
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PHINETUNE_TEACHER_BASE_URL")}
     proc = cli_here("judge", str(run.path), "--judge-model", "gpt-4o-mini", env={**env, "PYTHONPATH": str(SRC)}, check=False)
     out = " ".join(proc.stdout.split())

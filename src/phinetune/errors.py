@@ -15,3 +15,9 @@ class DataError(PhinetuneError):
 
 class PreflightError(PhinetuneError):
     """A silent misconfiguration was caught before training."""
+
+
+def path_error(exc: OSError) -> str:
+    """An OSError at a path the user gave (output.dir=/proc/x, a file where a folder should be) as one sentence."""
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return f"{where}: {exc.strerror or exc}; check the path (its parent folders must exist and be writable folders)"

@@ -17,10 +17,12 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 from phinetune.bench.machine import proc_status, reset_peak_rss
 from phinetune.models.inspect import ModelFacts
-from phinetune.models.plan import estimate
+from phinetune.errors import PhinetuneError
+from phinetune.models.plan import DEVICES, estimate
 from phinetune.models.specs import SPECS, TINY_MODELS
 from phinetune.models.tiny import TINY_SIZES
 
@@ -141,3 +143,26 @@ def write_validation(measurements: list[Measurement], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "measurements": rows}, indent=2))
     return out
+
+
+def print_validation(device: str = "cpu", quick: bool = False, out: Optional[Path] = None) -> list[Measurement]:
+    """`plan --validate`: each case's estimate against its measured peak, printed (and written to `out` as JSON);
+    `quick`: only the tiny-phi3 cases."""
+    from phinetune.progress import console
+
+    if device not in DEVICES:
+        raise PhinetuneError(f"plan --device must be one of {', '.join(DEVICES)} (got {device!r})")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PhinetuneError("plan --validate --device cuda needs a CUDA GPU and none is visible; use --device cpu")
+    how = "fp32 on CPU, peak RSS" if device == "cpu" else "bf16 on the GPU, torch.cuda.max_memory_allocated"
+    console.print(f"plan estimate vs measured peak memory (one steady-state training step, {how}):")
+    measurements = validate(device, [c for c in CASES if c[0] == "tiny-phi3"] if quick else CASES)
+    for m in measurements:
+        console.print(f"  {m.name:<13} {m.method:<5} seq {m.seq} x {m.batch}{' ckpt' if m.checkpointing else '     '}  "
+                      f"estimate {m.estimate_bytes / 2**20:8.1f} MiB  measured {m.measured_bytes / 2**20:8.1f} MiB  error {m.error:+.1%}")
+    if out:
+        console.print(f"wrote {write_validation(measurements, out)}")
+    return measurements

@@ -64,6 +64,7 @@ WIDTHS = {
     # activation-dominated rather than baseline-dominated.
     "tiny": Width("tiny", 256, 768, 4, 4096),
 }
+CHECKPOINTING = ("auto", "on", "off")  # --checkpointing: as train decides, or always on, or off
 
 
 @dataclass

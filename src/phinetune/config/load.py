@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import difflib
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from phinetune.config.explain import COMMAND_LINE, explain, origins_of
 from phinetune.config.schema import RunConfig
 from phinetune.errors import ConfigError
 
@@ -20,48 +22,25 @@ from phinetune.errors import ConfigError
 def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()) -> RunConfig:
     """Read `path` (or the embedded defaults when None), apply `key.sub=value` overrides, validate.
 
-    Errors say where the bad value came from: `FILE:LINE` for a key in the file, `command line (key=value)`
-    for an override."""
+    Errors say where the bad value came from (config/explain.py): `FILE:LINE` for a key in the file,
+    `command line (key=value)` for an override."""
     raw = read_yaml(Path(path)) if path else {}
-    origins = {key: f"{path}:{line}" for key, line in key_lines(Path(path)).items()} if path else {}
     for item in overrides:
         apply_override(raw, item)
-        origins[tuple(item.split("=", 1)[0].strip().split("."))] = f"command line ({item})"
+    origins = origins_of(Path(path) if path else None, overrides)
     return validate_config(raw, source=str(path) if path else "defaults", origins=origins)
+
+
+def default_config_path() -> Path:
+    """The config `phinetune train` runs with no arguments: LoRA on a tiny built-in model over the bundled riddles."""
+    return Path(str(resources.files("phinetune.assets").joinpath("default.yaml")))
 
 
 def validate_config(raw: dict, source: str = "config", origins: Optional[dict[tuple, str]] = None) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source, origins or {})) from None
-
-
-def key_lines(path: Path) -> dict[tuple, int]:
-    """(section, key, ...) -> 1-based line of each mapping key in a YAML file (read_yaml has checked it parses)."""
-    lines: dict[tuple, int] = {}
-
-    def walk(node, prefix: tuple) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                here = prefix + (str(key.value),)
-                lines[here] = key.start_mark.line + 1
-                walk(value, here)
-
-    try:
-        walk(yaml.compose(path.read_text(encoding="utf-8-sig")), ())
-    except (OSError, ValueError, yaml.YAMLError):
-        pass
-    return lines
-
-
-def origin_of(loc: tuple, origins: dict[tuple, str], source: str) -> str:
-    """The longest known prefix of `loc` (an override of `train` as a whole covers `train.x`), else the file."""
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in origins:
-            return origins[loc[:n]]
-    deeper = [where for key, where in origins.items() if key[:len(loc)] == loc]  # `modle.name=x` makes `modle`
-    return deeper[-1] if deeper else source
+        raise ConfigError(explain(exc, source, origins or {}, hint=_closest)) from None
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
@@ -120,32 +99,16 @@ def _refuse_duplicate_keys(node, path: Path, prefix: tuple = ()) -> None:
 def apply_override(raw: dict, item: str) -> None:
     """Set `section.key=value` in the raw mapping (the value parsed as YAML)."""
     if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.learning_rate=2e-5")
+        raise ConfigError(f"{COMMAND_LINE} ({item}): an override must look like section.key=value, e.g. train.learning_rate=2e-5")
     dotted, value = item.split("=", 1)
     keys = dotted.strip().split(".")
     node = raw
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override '{item}': '{key}' is not a section")
+            raise ConfigError(f"{COMMAND_LINE} ({item}): '{key}' is not a section")
     # YAML parsing gives numbers, booleans and lists their natural types (2e-5, true, [a, b]).
     node[keys[-1]] = yaml.safe_load(value) if value.strip() else None
-
-
-def _explain(exc: ValidationError, source: str, origins: dict[tuple, str]) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        where = origin_of(tuple(str(p) for p in err["loc"]), origins, source)
-        if err["type"] == "extra_forbidden":
-            hint = _closest(err["loc"])
-            lines.append(f"{where}: unknown key '{loc}'" + (f"; did you mean '{hint}'?" if hint else ""))
-        elif loc:
-            lines.append(f"{where}: '{loc}': {err['msg']} (got {err.get('input')!r})")
-        else:
-            overridden = any(o.startswith("command line") for o in origins.values())
-            lines.append(f"{source}{' with the command-line overrides' if overridden else ''}: {err['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)
 
 
 # Names people bring from transformers/PEFT/TRL/axolotl and other toolkits, mapped to ours (a full dotted path,

@@ -23,6 +23,7 @@ from phinetune.data.dataset import find_duplicates, render_at
 from phinetune.data.readers import ReadReport, Record, read_records
 from phinetune.data.reasoning import trace_positions
 from phinetune.data.render import IGNORE, Rendered
+from phinetune.errors import PhinetuneError
 from phinetune.models.specs import GENERIC
 from phinetune.progress import console, track
 
@@ -117,6 +118,34 @@ def _warnings(ins: Inspection, records: list[Record], cfg: DataConfig) -> list[s
                      + (f"; training refuses below {floor:.0%} (preflight.min_eot_share): max_length={cov.max_length_for(floor)} keeps {floor:.0%}"
                         if ins.eot_trained < floor else ""))
     return warns
+
+
+# ---------------------------------------------------------------- the verb: its flags for data.* keys
+
+# data.* fields as `phinetune data inspect` spells them: its errors name these, not the run config's keys.
+DATA_FLAGS = {"train": "DATA", "format": "--format", "columns": "--column", "max_length": "--max-length", "mask": "--mask",
+              "reasoning": "--reasoning", "split": "--split", "limit": "--limit", "skip_bad_rows": "--skip-bad-rows",
+              "fold_system": "--fold-system"}
+INSPECT_FLAGS = {"data.train / data.eval": "DATA", **{f"data.{key}": flag for key, flag in DATA_FLAGS.items()}}
+
+
+def as_inspect_flags(message: str) -> str:
+    """A reader's sentence (it speaks config keys) in this verb's flags; longer keys first (data.train / data.eval)."""
+    for key in sorted(INSPECT_FLAGS, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w.]){re.escape(key)}(?!\w)", INSPECT_FLAGS[key], message)
+    return message
+
+
+def report_data(cfg: DataConfig, model: str, spec_key: Optional[str] = None, samples: int = 3,
+                out: Path = Path("data-inspect")) -> Inspection:
+    """`phinetune data inspect`: inspect `cfg` with --model's tokenizer and template, write OUT's files, print it all."""
+    tokenizer, eot = load_inspect_tokenizer(model, spec_key)
+    try:
+        ins = inspect_data(cfg, tokenizer, eot, samples, inspect_spec(model, spec_key))
+    except PhinetuneError as exc:  # the readers speak config keys; this verb's user typed flags
+        raise PhinetuneError(as_inspect_flags(str(exc))) from None
+    print_inspection(ins, tokenizer, write_outputs(ins, tokenizer, out))
+    return ins
 
 
 # ---------------------------------------------------------------- tokenizer for a model name

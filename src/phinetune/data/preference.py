@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Optional
 
 from phinetune.data.formats import GUANACO_ROLES, ROLES, RowError
@@ -31,6 +32,8 @@ from phinetune.models.specs import ModelSpec
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 PAIRED, UNPAIRED = "pairs", "kto"
+# The preference objectives and the data each reads (`data inspect --objective`)
+OBJECTIVE_DATA = {"dpo": PAIRED, "ipo": PAIRED, "orpo": PAIRED, "simpo": PAIRED, "kto": UNPAIRED}
 
 
 @dataclass
@@ -242,3 +245,29 @@ def inspect_preferences(source: str, kind: str, tokenizer, max_length: int, eot:
                chosen_longer_share=round(sum(c > r for c, r in zip(chosen, rejected)) / max(len(samples), 1), 4),
                word_overlap=_stats([round(o, 3) for o in overlaps]) if overlaps else {}, identical_pairs=info.identical)
     return out
+
+
+def report_preferences(source: str, objective: str, model: str, spec_key: Optional[str], max_length: int, limit: Optional[int],
+                       skip_bad: bool, split: str, out: Path) -> dict:
+    """`data inspect --objective dpo|kto ...`: `inspect_preferences` with --model's tokenizer, written to OUT/report.json
+    and printed."""
+    import json
+
+    from phinetune.data.inspect import inspect_spec, load_inspect_tokenizer
+    from phinetune.progress import console
+
+    if objective not in OBJECTIVE_DATA:
+        raise DataError(f"--objective {objective}: expected sft, {', '.join(OBJECTIVE_DATA)}")
+    tokenizer, eot = load_inspect_tokenizer(model, spec_key)
+    stats = inspect_preferences(source, OBJECTIVE_DATA[objective], tokenizer, max_length, eot, limit, skip_bad, split,
+                                inspect_spec(model, spec_key))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    console.rule(f"[bold]data inspect ({objective}): {source}")
+    for key, value in stats.items():
+        if key not in ("source", "dropped") and value not in ({}, "", []):
+            console.print(f"{key}: {value}", highlight=False)
+    for line in stats["dropped"][:5]:
+        console.print(f"dropped: {line}", style="yellow", highlight=False)
+    console.print(f"written: {out / 'report.json'}", highlight=False)
+    return stats

@@ -14,6 +14,8 @@ from dataclasses import replace
 from phinetune.data.render import IGNORE, Rendered
 from phinetune.errors import DataError
 
+REASONING_VIEWS = ("show", "hide")  # what generate and chat print of a reply's trace: all of it, or the final answer only
+
 
 def _offsets(rendered: Rendered, tokenizer) -> list[tuple[int, int]]:
     enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)

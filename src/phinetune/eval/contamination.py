@@ -191,6 +191,19 @@ def save(result: Contamination, path: Path) -> Path:
     return path
 
 
+def check_data(data, tasks: list[Task], data_dir: Optional[Path], out: Path) -> Contamination:
+    """`data inspect --against`: the records `data` (a DataConfig) selects against the benchmarks' items; printed, and
+    saved as OUT/benchmark-contamination.json."""
+    from phinetune.data.readers import read_records
+    from phinetune.progress import console
+
+    records = read_records(data.train, data.format, data.columns, data.skip_bad_rows, data.limit, None, data.split)
+    result = check_tasks(records, tasks, data_dir)
+    print_contamination(result)
+    console.print(f"written: {save(result, out / 'benchmark-contamination.json')}", highlight=False)
+    return result
+
+
 def preflight_check(cfg, records: list[Record], save_to: Path) -> Contamination:
     """The train pre-flight when eval.tasks is set: list overlaps, and refuse when eval.contamination=refuse."""
     from phinetune.errors import PreflightError

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from phinetune.data.reasoning import split_reasoning
+from phinetune.data.reasoning import REASONING_VIEWS, split_reasoning
+from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling, stream_reply
-from phinetune.runs.loading import Loaded
+from phinetune.models.load_options import LoadOptions
+from phinetune.runs.loading import Loaded, load_for_inference
 from phinetune.progress import console
 
 
@@ -81,3 +83,11 @@ def _after_trace(reply: str, tags: tuple[str, str]) -> str:
         close = reply.find(tags[1])
         return "" if close < 0 else reply[close + len(tags[1]):].lstrip()
     return reply
+
+
+def run_chat(target: str, sampling: Sampling, load: LoadOptions = LoadOptions(), checkpoint: Optional[str] = None,
+             system: Optional[str] = None, reasoning: str = "show") -> None:
+    """`phinetune chat`: load `target` (a run folder, merged folder or model id), then `chat_loop`."""
+    if reasoning not in REASONING_VIEWS:
+        raise PhinetuneError(f"--reasoning must be {' or '.join(REASONING_VIEWS)} (got {reasoning})")
+    chat_loop(load_for_inference(target, load.dtype, load.quant, checkpoint=checkpoint), sampling, system, reasoning=reasoning)

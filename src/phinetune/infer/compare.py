@@ -23,8 +23,9 @@ from phinetune.markdown import md_table
 from phinetune.progress import console
 from phinetune.runs.held_out import held_out_prompts
 from phinetune.runs.checkpoints import select
-from phinetune.runs.loading import LoadOptions, base_and_tuned, load_for_inference
+from phinetune.models.load_options import LoadOptions
 from phinetune.runs.folders import open_run
+from phinetune.runs.loading import base_and_tuned, load_for_inference
 from phinetune.runs.run_dir import RunDir
 
 
@@ -51,7 +52,7 @@ def compare_run(run_path: str, prompts_file: Optional[Path] = None, n: int = 5, 
                 batch_size: int = 8, load: LoadOptions = LoadOptions(), out: Optional[Path] = None) -> list[Row]:
     run = open_run(run_path)
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
-    sampling = sampling or Sampling(max_new_tokens=128)
+    sampling = sampling or Sampling()
     convs = [p for p, _ in pairs]
     base, tuned = _answers(run, convs, sampling, batch_size, load)
     rows = [Row(p, ref, b.text.strip(), t.text.strip()) for (p, ref), b, t in zip(pairs, base, tuned)]
@@ -94,17 +95,17 @@ def render_markdown(rows: list[Row], run: str, sampling: Sampling) -> str:
 # ---------------------------------------------------------------- compare --checkpoints
 
 def compare_checkpoints(run_path: str, spec: str, prompts_file: Optional[Path] = None, n: int = 5, sampling: Optional[Sampling] = None,
-                        batch_size: int = 8, dtype: str = "auto", quant: str = "none", out: Optional[Path] = None) -> dict:
+                        batch_size: int = 8, load: LoadOptions = LoadOptions(), out: Optional[Path] = None) -> dict:
     """The same prompts answered by the base, each selected checkpoint and the final weights: one column each.
 
     Loaded one at a time (a checkpoint's trainable weights over the run's model), so memory stays that of one model."""
     run = open_run(run_path)
     points = select(run, spec)
     pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
-    sampling = sampling or Sampling(max_new_tokens=128)
+    sampling = sampling or Sampling()
     columns = {}
     for point in points:
-        loaded = load_for_inference(str(run.path), dtype, quant, adapter=point.adapter, checkpoint=point.checkpoint)
+        loaded = load_for_inference(str(run.path), load.dtype, load.quant, adapter=point.adapter, checkpoint=point.checkpoint)
         columns[point.label] = [a.text.strip() for a in answer_all(loaded, [p for p, _ in pairs], sampling, batch_size, point.label)]
         del loaded
         gc.collect()

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 from phinetune.data.prompts import read_prompt_rows
-from phinetune.data.reasoning import split_reasoning
-from phinetune.errors import PhinetuneError
+from phinetune.data.reasoning import REASONING_VIEWS, split_reasoning
+from phinetune.errors import DataError, PhinetuneError
 from phinetune.infer.complete import Completion, Sampling, chat_prompt, complete
-from phinetune.runs.loading import LoadOptions, Loaded, load_for_inference
+from phinetune.models.load_options import LoadOptions
+from phinetune.runs.loading import Loaded, load_for_inference
 from phinetune.progress import console, track
 
 
@@ -38,8 +39,8 @@ def answer_all(loaded: Loaded, convs: list[list[dict]], sampling: Sampling, batc
 
 
 def shown_reply(text: str, loaded: Loaded, reasoning: str) -> str:
-    if reasoning not in ("show", "hide"):
-        raise PhinetuneError(f"--reasoning must be show or hide (got {reasoning})")
+    if reasoning not in REASONING_VIEWS:
+        raise PhinetuneError(f"--reasoning must be {' or '.join(REASONING_VIEWS)} (got {reasoning})")
     return (split_reasoning(text, loaded.spec.reasoning_tags)[1] if reasoning == "hide" else text).strip()
 
 

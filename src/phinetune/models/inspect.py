@@ -159,7 +159,7 @@ def attention_summary(facts: ModelFacts) -> str:
 
 
 def analysis(facts: ModelFacts) -> dict[str, str]:
-    """Ordered label -> value lines, printed by the CLI and checked by the tests."""
+    """Ordered label -> value lines, printed by `print_analysis` and checked by the tests."""
     spec, count = facts.spec, count_params(facts)
     experts = facts.get("num_local_experts")
     lines = {
@@ -209,3 +209,10 @@ def human(n: float) -> str:
             return f"{n / size:.2f}{unit}"
     return str(int(n))
 
+
+def print_analysis(facts: ModelFacts) -> None:
+    """`phinetune inspect`: `analysis` as aligned label / value lines."""
+    from phinetune.progress import console, escape
+
+    for label, value in analysis(facts).items():
+        console.print(f"[bold]{label:>15}[/bold]  {escape(str(value))}", markup=True, highlight=False)

@@ -19,16 +19,14 @@ from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.kernels.attention import implementation
 from phinetune.kernels.norm import fuse_norms
 from phinetune.models.hub import builtin_hint, check_model_name, download_advice
+from phinetune.models.load_options import DTYPE_NAMES, dtype_name
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
 from phinetune.models.pad import fix_pad
 from phinetune.paths import cache_root
 
 PAD_TOKEN = "<PAD>"  # what pad_policy="add" adds
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# The other spellings people type for them (torch's names, a config.json's torch_dtype, `half`, `float`).
-DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
-DTYPE_CHOICES = "auto, bf16 (bfloat16), fp16 (float16, half) or fp32 (float32, float)"
+DTYPES = dict(zip(DTYPE_NAMES, (torch.bfloat16, torch.float16, torch.float32)))
 
 
 @dataclass
@@ -36,15 +34,6 @@ class DtypePlan:
     dtype: torch.dtype
     name: str
     reason: str
-
-
-def dtype_name(requested: str) -> str:
-    """auto, bf16, fp16 or fp32, from any common spelling of them; anything else is refused, listing the choices."""
-    name = str(requested).strip().lower()
-    name = DTYPE_ALIASES.get(name, name)
-    if name != "auto" and name not in DTYPES:
-        raise ConfigError(f"dtype '{requested}' is not one of {DTYPE_CHOICES}")
-    return name
 
 
 def choose_dtype(requested: str, spec: ModelSpec) -> DtypePlan:

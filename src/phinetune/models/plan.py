@@ -8,14 +8,18 @@ dtype), SDPA attention (no seq x seq matrix kept, kernels/attention.py), and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional, Union
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
-from phinetune.config.schema import RunConfig
 from phinetune.errors import PhinetuneError
 from phinetune.models.inspect import SHAPES, ModelFacts, count_params, lora_params
 
+if TYPE_CHECKING:  # a type only: `phinetune plan` starts without the config schema
+    from phinetune.config.schema import RunConfig
+
 GiB = 1024**3
+METHODS = ("lora", "qlora", "full")  # --method
+DEVICES = ("cpu", "cuda")  # what --validate measures on (bench/plan.py)
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 NF4_BYTES = 4.127 / 8  # 4-bit codes + double-quantized absmax (8 bits per 64 + fp32 per 256 blocks)
 ADAPTER_BYTES = 4  # PEFT keeps LoRA weights in fp32 even on a bf16 base (autocast_adapter_dtype)
@@ -161,7 +165,7 @@ def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing
              r: int = 16, preset: str = "all-linear", lora_dropout: float = 0.05, device: str = "cuda") -> Estimate:
     """The run's memory; `lora_dropout` is the LoRA dropout probability (0: none)."""
     if method not in ("lora", "qlora", "full"):
-        raise PhinetuneError(f"--method {method} is not one of lora, qlora, full")
+        raise PhinetuneError(f"--method {method} is not one of {', '.join(METHODS)}")
     if seq < 1 or batch < 1:
         raise PhinetuneError("--seq and --batch must be at least 1")
     count, e = count_params(facts), DTYPE_BYTES[dtype]
@@ -259,3 +263,55 @@ def describe_settings(settings: Settings, given: set[str], config: Optional[str]
     how = f"set with {', '.join(settable)}, or plan" if settable else "plan"
     return (f"assumed (not given; {how} a run config to use its settings): "
             + ", ".join(_shown(n, getattr(settings, n)) for n in rest) + (f"; from the flags: {flags}" if flags else ""))
+
+
+# ---------------------------------------------------------------- `phinetune plan`: what is planned, printed
+
+
+
+def planned_settings(target: str, flags: dict) -> tuple[str, Settings, set[str], Optional[str]]:
+    """(model, settings, the settings given as flags, the run config) for `plan TARGET`: a run config (.yaml) plans
+    its model and settings, anything else is a model with plan's defaults; a flag that is not None wins either way."""
+    from phinetune.config import load_config
+
+    if not target:
+        raise PhinetuneError("plan needs a MODEL (a spec key such as phi3.5-mini, a Hub id or a config.json), a run folder, "
+                             "a run config (.yaml), or --validate")
+    config = target if target.endswith((".yaml", ".yml")) else None
+    model, base = target, Settings()
+    if config:
+        cfg = load_config(config)
+        model, base = cfg.model.name, config_settings(cfg)
+    given = {k: v for k, v in flags.items() if v is not None}
+    return model, replace(base, **given), set(given), config
+
+
+def print_plan(target: str, flags: dict, facts_of: Callable[[str], ModelFacts]) -> Optional[Gpu]:
+    """`phinetune plan`: the memory breakdown of `target` (planned_settings) and the smallest common GPU it fits on,
+    printed; None when none does. `facts_of` reads a model's facts (the CLI's also takes a run folder: its base)."""
+    from phinetune.progress import console
+
+    model, s, given, config = planned_settings(target, flags)
+    facts = facts_of(model)
+    dtype = s.dtype or ("fp32" if "bf16" not in facts.spec.dtypes else "bf16")
+    auto = s.checkpointing == "auto"  # as training decides: on when the run without it does not fit
+    est = estimate(facts, s.method, s.seq, s.batch, bool(s.checkpointing) and not auto, dtype, s.r, s.targets, s.dropout)
+    shown = "auto (estimated without it)" if auto else "on" if s.checkpointing else "off"
+    console.print(f"{facts.spec.key}: {s.method}, seq {s.seq} x batch {s.batch}, {dtype}, gradient checkpointing {shown}")
+    console.print(describe_settings(s, given, config))
+    for part, size in est.parts.items():
+        console.print(f"  {part:<12} {size / GiB:8.2f} GiB")
+    console.print(f"  {'total':<12} {est.total / GiB:8.2f} GiB   (activations with checkpointing "
+                  f"{'off' if est.checkpointing else 'on'}: {est.activations_other / GiB:.2f} GiB)")
+    console.print(f"  needed       {est.needed() / GiB:8.2f} GiB   (+{MARGIN:.0%} fragmentation, +{OVERHEAD_GIB:g} GiB CUDA context)")
+    args, rest = (facts, s.method, s.seq, s.batch), (facts.spec.refused_dtypes, s.r, s.targets, s.dropout)
+    gpu, gpu_dtype = smallest_gpu(*args, bool(s.checkpointing), *rest)
+    if gpu is None:
+        console.print("smallest GPU: none of the common single GPUs fits; try --method qlora, --grad-checkpointing, a shorter --seq, "
+                      "or several GPUs")
+        return None
+    note = ""
+    if auto:  # the smallest GPU that holds the run with checkpointing; auto keeps it off there if it fits without
+        note = f" (auto: checkpointing {'off' if smallest_gpu(*args, False, *rest)[0] == gpu else 'on'} there)"
+    console.print(f"smallest GPU: {gpu.name}" + (f" (runs in {gpu_dtype}: no bf16 on this card)" if gpu_dtype != dtype else "") + note)
+    return gpu

@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from phinetune.charts import render_all
 from phinetune.markdown import md_table
+from phinetune.progress import console
 from phinetune.report import before_after
 from phinetune.report.sections import BLOCKS, ENV, Section, html_table
 from phinetune.report.samples import cached_samples, generate_samples
@@ -172,7 +173,8 @@ def build_sections(run: RunDir, samples: int) -> list[Section]:
 
 
 def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:
-    """RUN/report.html and RUN/report.md."""
+    """`phinetune report`: RUN/report.html and RUN/report.md, and a line naming them."""
+    check_report_run(run_path, samples)
     run = open_run(run_path)
     sections = build_sections(run, samples)
     title = f"phinetune run report: {run.path.name}"
@@ -180,4 +182,15 @@ def write_report(run_path: str, samples: int = 3) -> tuple[Path, Path]:
     html_path, md_path = run.report_html, run.report_md
     html_path.write_text(page, encoding="utf-8")
     md_path.write_text(f"# {title}\n\n" + "\n\n".join(f"## {s.title}\n\n{s.md}" for s in sections) + "\n", encoding="utf-8")
+    console.print(f"report: {html_path}  (markdown: {md_path})")
     return html_path, md_path
+
+
+def check_report_run(run_path: str, samples: int) -> None:
+    """RUN is a run folder, with final weights when held-out answers are still to be made: one sentence otherwise,
+    before anything is loaded."""
+    from phinetune.runs.targets import check_run
+
+    run = RunDir(Path(run_path))
+    kept = run.compare.exists() or run.samples.exists()  # answers the report reuses
+    check_run(run_path, None, final=samples > 0 and not kept, instead=NO_SAMPLES)

@@ -15,24 +15,14 @@ from peft import PeftModel
 from phinetune.config.schema import ModelConfig
 from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.data.end_of_turn import stop_token_ids
-from phinetune.models.loading import choose_dtype, dtype_name, load_model, load_tokenizer, materialize_tiny
+from phinetune.models.load_options import QUANTS, dtype_name
+from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
 from phinetune.progress import progress_console, verbose
 from phinetune.runs.folders import RUN, classify, model_problem, what
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key
 from phinetune.runs.checkpoints import pick_checkpoint
 from phinetune.runs.status import require_final_weights
-
-
-QUANTS = ("none", "nf4")
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """How to load a target for inference (the --dtype/--quant options every inference verb has)."""
-
-    dtype: str = "auto"  # auto, bf16, fp16 or fp32
-    quant: str = "none"  # none or nf4
 
 
 @dataclass

@@ -10,8 +10,8 @@ from typing import Optional, Union
 from phinetune.errors import PhinetuneError
 from phinetune.extras import require
 from phinetune.progress import console, escape
-from phinetune.runs.loading import LoadOptions
-from phinetune.serve.settings import Listen, ServeSettings, check_port_free
+from phinetune.models.load_options import LoadOptions
+from phinetune.serve.settings import REASONING_MODES, Listen, ServeSettings, check_port_free
 
 
 def is_loopback(host: str) -> bool:
@@ -31,7 +31,6 @@ def serve(target: Union[str, list[str]], settings: ServeSettings = ServeSettings
     from phinetune.serve.adapters import load_served
     from phinetune.serve.app import create_app
     from phinetune.serve.observe import configure_access_log
-    from phinetune.serve.tools import REASONING_MODES
 
     limits = {"--max-tokens": (settings.max_tokens, 1, 1 << 20),
               "--max-body-kb": (settings.max_body_bytes // 1024, 1, 1 << 20), "--max-queue": (settings.max_queue, 1, 1 << 16),

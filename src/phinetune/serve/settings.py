@@ -12,6 +12,8 @@ from typing import Optional
 
 from phinetune.errors import PhinetuneError
 
+REASONING_MODES = ("separate", "hide", "inline")  # a reply's <think> trace: reasoning_content field / dropped / left in content
+
 
 @dataclass
 class ServeSettings:

@@ -21,7 +21,6 @@ from phinetune.errors import DataError
 from phinetune.models.specs import ModelSpec
 from phinetune.serve.responses import ChatFormat
 
-REASONING_MODES = ("separate", "hide", "inline")  # reasoning_content field / dropped / left in content
 _CALL_BLOCK = re.compile(re.escape(TOOL_CALL[0]) + r"(.*?)(?:" + re.escape(TOOL_CALL[1]) + r"|$)", re.S)
 _FUNCTOOLS = re.compile(r"functools(\[.*\])", re.S)
 

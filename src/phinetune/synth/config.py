@@ -15,6 +15,7 @@ from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from phinetune.config.explain import explain, origins_of
 from phinetune.config.load import apply_override, read_yaml
 from phinetune.errors import ConfigError
 from phinetune.teachers.config import RequestSampling, TeacherConfig
@@ -166,31 +167,20 @@ def _check_placeholders(name: str, stage) -> None:
 # --- loading ---------------------------------------------------------------------------------------
 
 def load_synth_config(path: str | Path, overrides: Iterable[str] = ()) -> SynthConfig:
+    """Read, override and validate; errors name `FILE:LINE` or `command line (key=value)` as the run config's do."""
     raw = read_yaml(Path(path), "synth config", "configs/synth/riddles.yaml", "seeds, teacher, stages")
     for item in overrides:
         apply_override(raw, item)
     try:
         return SynthConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, str(path))) from None
+        raise ConfigError(explain(exc, str(path), origins_of(Path(path), overrides), hint=_closest, key_path=_without_tag,
+                                  tags=list(STAGE_TYPES))) from None
 
 
-def _explain(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if str(p) not in STAGE_TYPES)
-        if err["type"] == "extra_forbidden":
-            hint = _closest(err["loc"])
-            lines.append(f"{source}: unknown key '{loc}'" + (f"; did you mean '{hint}'?" if hint else ""))
-        elif err["type"] == "union_tag_not_found":
-            lines.append(f"{source}: '{loc}' has no 'kind'; set it to one of {sorted(STAGE_TYPES)} (a new stage name needs a kind)")
-        elif err["type"] == "union_tag_invalid":
-            lines.append(f"{source}: '{loc}.kind' must be one of {sorted(STAGE_TYPES)} (got {err.get('ctx', {}).get('tag')!r})")
-        elif loc:
-            lines.append(f"{source}: '{loc}': {err['msg']}" + ("" if err["type"] == "missing" else f" (got {err.get('input')!r:.80})"))
-        else:
-            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)
+def _without_tag(loc: tuple) -> tuple:
+    """pydantic's loc inside a stage carries the stage's kind (stages.NAME.KIND.key): the key as written has none."""
+    return loc[:2] + loc[3:] if loc[:1] == ("stages",) and len(loc) > 2 and loc[2] in STAGE_TYPES else loc
 
 
 def _closest(loc: tuple[Any, ...]) -> Optional[str]:

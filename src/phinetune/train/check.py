@@ -10,11 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from phinetune.config import RunConfig
+from phinetune.progress import console
 from phinetune.train.preflight import PreflightReport, run_preflight
 from phinetune.train.prepare import prepare, with_merged_spec
 
 
 def check_config(cfg: RunConfig, save_to: Path | None = None) -> PreflightReport:
-    """train.recipe.setup up to the pre-flight; raises on problems."""
+    """train.recipe.setup up to the pre-flight, printed; raises on problems."""
     cfg = with_merged_spec(cfg)
-    return run_preflight(cfg, prepare(cfg), verbose=True, save_to=save_to)
+    report = run_preflight(cfg, prepare(cfg), verbose=True, save_to=save_to)
+    console.print("[bold green]pre-flight passed[/bold green]: nothing silently misconfigured was found", markup=True)
+    return report

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 from phinetune.errors import PhinetuneError
@@ -77,3 +77,18 @@ def render(kind: str, job: ClusterJob, out_name: str = "") -> str:
         train_command=job.train_command(), image=job.image, shared_dir=job.shared_dir, pvc=job.pvc,
         partition=job.partition, time=job.time, cpus_per_task=job.cpus_per_task, gpus_per_node=gpus,
         nccl_socket_ifname=job.nccl_socket_ifname, roles=roles, out_name=out_name or f"{job.job_name}{SUFFIX[kind]}")
+
+
+def write_script(kind: str, job: ClusterJob, out: Optional[Path] = None) -> str:
+    """`phinetune launch-template`: the script written to `out`, or to stdout when there is none."""
+    import sys
+
+    from phinetune.progress import console
+
+    text = render(kind, job, out.name if out else "")
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}", highlight=False)
+    return text
