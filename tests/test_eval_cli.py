@@ -44,6 +44,8 @@ def test_report_writes_page_with_samples(tiny_run):
     proc = cli_here("report", str(tiny_run), "--samples", "2")
     assert "report.html" in proc.stdout
     page = (tiny_run / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "Sample answers: before vs after" in page
+    # the held-out answers are shown once, as conversations ("Sample answers" is the table of `phinetune compare`)
+    assert page.count("data:image/png;base64,") == 4 and "Conversations: base vs fine-tuned" in page
+    assert "Sample answers: before vs after" not in page
     samples = json.loads((tiny_run / "samples.json").read_text())
     assert len(samples) == 2 and all({"prompt", "reference", "base", "tuned"} <= set(s) for s in samples)
