@@ -76,7 +76,7 @@ def python_step(name: str, code: str, budget: int = 60, out: str = "", kind: str
 
 def fake_env(gpus: int) -> Step:
     """The environment probe as a machine with `gpus` CUDA devices would answer it."""
-    code = "import json; open('{dir}/env.json', 'w').write(json.dumps({'cuda_devices': %d, 'gpus': []}))" % gpus
+    code = "import json; open('{dir}/env.json', 'w').write(json.dumps({'cuda_devices': %d, 'gpus': []}))" % gpus  # noqa: UP031 ({dir} is filled later)
     return python_step("env", code, out="env.json", kind="env")
 
 

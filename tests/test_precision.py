@@ -32,7 +32,7 @@ def test_bf16_for_wide_lora_on_bf16_cpu(tmp_path, monkeypatch):
 def test_fp32_when_unsafe_or_not_worth_it(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     spec = get_spec("microsoft/Phi-3-mini-4k-instruct")
-    wide, narrow = _model_dir(tmp_path, 3072), None
+    wide = _model_dir(tmp_path, 3072)
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
     assert precision.choose_train_dtype(_cfg("adapter.modules_to_save=[lm_head]"), spec, wide).dtype == torch.float32
     assert precision.choose_train_dtype(_cfg("adapter.method=full"), spec, wide).dtype == torch.float32

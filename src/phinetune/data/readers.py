@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional
 
 from phinetune.data.formats import FORMATS, NOTE, RowError, detect_format
 from phinetune.errors import DataError
@@ -27,7 +27,7 @@ from phinetune.models.hub import check_dataset_access, looks_like_path
 MAX_LINE_BYTES = 16 * 1024 * 1024
 FIELDS = ("messages", "conversations", "instruction", "input", "output", "system", "prompt", "completion", "text")
 
-Row = Union[dict, RowError]  # a parsed row, or the error that stopped it from parsing
+Row = dict | RowError  # a parsed row, or the error that stopped it from parsing
 
 
 @dataclass

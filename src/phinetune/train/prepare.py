@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Optional
+from typing import Callable, Optional
 
 from phinetune.config import RunConfig
 from phinetune.data.dataset import PreparedData
@@ -51,7 +51,7 @@ def with_merged_spec(cfg: RunConfig) -> RunConfig:
     return cfg if key is None else cfg.model_copy(update={"model": cfg.model.model_copy(update={"spec": key})})
 
 
-def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[], ContextManager] = contextlib.nullcontext,
+def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
             with_data: bool = True) -> Prepared:
     """Load, tokenize and adapt exactly as training does. `base_dir` receives a built-in tiny model's
     weights (training passes RUN/base; None: the shared cache); `first` guards writing them (accelerate's main_process_first when several processes start)."""
