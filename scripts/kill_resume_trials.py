@@ -33,14 +33,33 @@ import phinetune.cli  # noqa: E402  (imported before forking: children start war
 import phinetune.train.recipe  # noqa: E402,F401
 
 MAX_STEPS = 8
-ARGS = ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24", f"train.max_steps={MAX_STEPS}",
-        "train.batch_size=2", "train.grad_accum=2", "train.eval_every=3", "train.log_every=1", "train.learning_rate=3e-3",
-        "train.save_every=1", "train.keep_checkpoints=2", "adapter.modules_to_save=[embed_tokens,lm_head]"]
+ARGS = [
+    "model.name=tiny-phi3",
+    "data.train=builtin:riddles",
+    "data.eval_size=4",
+    "data.limit=24",
+    f"train.max_steps={MAX_STEPS}",
+    "train.batch_size=2",
+    "train.grad_accum=2",
+    "train.eval_every=3",
+    "train.log_every=1",
+    "train.learning_rate=3e-3",
+    "train.save_every=1",
+    "train.keep_checkpoints=2",
+    "adapter.modules_to_save=[embed_tokens,lm_head]",
+]
 # --objective: the same run trained with a preference loss or GRPO (sampling is seeded per step, so it replays).
-OBJECTIVE_ARGS = {"sft": [],
-                  "dpo": ["train.objective=dpo", "data.train=builtin:riddles_preferences"],
-                  "grpo": ["train.objective=grpo", "data.train=builtin:riddles_qa", "grpo.group_size=2",
-                           "grpo.max_completion_length=4", "data.eval_size=2"]}
+OBJECTIVE_ARGS = {
+    "sft": [],
+    "dpo": ["train.objective=dpo", "data.train=builtin:riddles_preferences"],
+    "grpo": [
+        "train.objective=grpo",
+        "data.train=builtin:riddles_qa",
+        "grpo.group_size=2",
+        "grpo.max_completion_length=4",
+        "data.eval_size=2",
+    ],
+}
 
 
 def spawn(out: Path, kill_in_save_at: int = 0) -> int:
@@ -87,12 +106,17 @@ def losses(run: Path) -> list[tuple]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # The loss (or eval loss / eval reward) and the objective's own curves: margins, rewards.
     extra = ("margin", "rewards_chosen", "reward_mean", "zero_std_groups")
-    return [(r["step"], "loss" in r, r.get("loss", r.get("eval_loss", r.get("eval_reward"))), *(r.get(k) for k in extra)) for r in rows]
+    return [
+        (r["step"], "loss" in r, r.get("loss", r.get("eval_loss", r.get("eval_reward"))), *(r.get(k) for k in extra))
+        for r in rows
+    ]
 
 
 def logged_step(run: Path) -> int:
     try:
-        return max((json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()), default=-1)
+        return max(
+            (json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()), default=-1
+        )
     except (OSError, ValueError):
         return -1
 
@@ -118,8 +142,8 @@ def state(run: Path) -> str:
 
 
 def latest(run: Path):
-    from phinetune.train.checkpoint import latest_checkpoint
     from phinetune.runs.run_dir import RunDir
+    from phinetune.train.checkpoint import latest_checkpoint
 
     path = latest_checkpoint(RunDir(run))
     return path.name if path else None
@@ -131,8 +155,14 @@ def trial(kind: str, run: Path, rng: random.Random) -> dict:
         info = {"killed_in_save_of": at, "exit": wait(spawn(run, kill_in_save_at=at))}
     else:
         info = stop_at_random(run, spawn(run), rng, signal.SIGKILL if kind == "kill" else signal.SIGTERM)
-    info.update(kind=kind, latest_after_stop=latest(run), state_after_stop=state(run),
-                temp_left=sorted(p.name for p in (run / "checkpoints").glob(".tmp-*")) if (run / "checkpoints").exists() else [])
+    info.update(
+        kind=kind,
+        latest_after_stop=latest(run),
+        state_after_stop=state(run),
+        temp_left=sorted(p.name for p in (run / "checkpoints").glob(".tmp-*"))
+        if (run / "checkpoints").exists()
+        else [],
+    )
     info["resume_exit"] = wait(spawn(run))
     return info
 
@@ -164,9 +194,11 @@ def main(argv=None) -> int:
         got = losses(run)
         info.update(curve=got, match=got == expected)
         report["trials"].append(info)
-        print(f"trial {i:2d} {kind:9s} stopped after step {info.get('logged_before_stop', info.get('killed_in_save_of'))}"
-              f" (exit {info['exit']}), latest checkpoint {info['latest_after_stop']}, resumed: "
-              f"{'curve identical' if info['match'] else 'CURVE DIFFERS'}")
+        print(
+            f"trial {i:2d} {kind:9s} stopped after step {info.get('logged_before_stop', info.get('killed_in_save_of'))}"
+            f" (exit {info['exit']}), latest checkpoint {info['latest_after_stop']}, resumed: "
+            f"{'curve identical' if info['match'] else 'CURVE DIFFERS'}"
+        )
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
     ok = all(t["match"] and t["resume_exit"] == 0 for t in report["trials"])

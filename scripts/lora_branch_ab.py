@@ -37,8 +37,10 @@ SHAPES = [(3072, 9216), (3072, 3072), (3072, 16384), (8192, 3072)]
 def layers(position_dropout: bool):
     out = []
     for d_in, d_out in SHAPES:
-        model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(d_in, d_out, bias=False)).to(torch.bfloat16),
-                               LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=["0"], init_lora_weights=False))
+        model = get_peft_model(
+            torch.nn.Sequential(torch.nn.Linear(d_in, d_out, bias=False)).to(torch.bfloat16),
+            LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=["0"], init_lora_weights=False),
+        )
         if position_dropout:
             install_lora_dropout(model)
         model.train()
@@ -47,7 +49,10 @@ def layers(position_dropout: bool):
 
 
 def peft_line(layer, x, result):
-    return result + layer.lora_B["default"](layer.lora_A["default"](layer.lora_dropout["default"](x))) * layer.scaling["default"]
+    return (
+        result
+        + layer.lora_B["default"](layer.lora_A["default"](layer.lora_dropout["default"](x))) * layer.scaling["default"]
+    )
 
 
 def addmm(layer, x, result):
@@ -86,7 +91,10 @@ def main() -> None:
                 times[name].append(seconds)
     print("load after:", os.getloadavg())
     print("median s:", {k: round(statistics.median(v), 3) for k, v in times.items()})
-    print("median ratio peft/x:", {k: round(statistics.median(a / b for a, b in zip(times["peft"], v)), 2) for k, v in times.items()})
+    print(
+        "median ratio peft/x:",
+        {k: round(statistics.median(a / b for a, b in zip(times["peft"], v)), 2) for k, v in times.items()},
+    )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,31 @@ ANSWERS = ["d", "a", "e", ">", "end", "assistant", "", " ", "\n", "  \n"]
 
 def conversations(spec_key: str) -> list[list[dict]]:
     eot = SPECS[spec_key].end_of_turn
-    two_turns = [[{"role": "user", "content": "Which is right: a, b, c, d or e?"}, {"role": "assistant", "content": a},
-                  {"role": "user", "content": "Again >"}, {"role": "assistant", "content": a}] for a in ANSWERS]
+    two_turns = [
+        [
+            {"role": "user", "content": "Which is right: a, b, c, d or e?"},
+            {"role": "assistant", "content": a},
+            {"role": "user", "content": "Again >"},
+            {"role": "assistant", "content": a},
+        ]
+        for a in ANSWERS
+    ]
     others = [
         [{"role": "user", "content": "d"}, {"role": "assistant", "content": "d"}],  # reply equal to the user message
-        [{"role": "user", "content": "quote the marker"}, {"role": "assistant", "content": f"it is {eot} then <|user|>"}],
+        [
+            {"role": "user", "content": "quote the marker"},
+            {"role": "assistant", "content": f"it is {eot} then <|user|>"},
+        ],
         [{"role": "user", "content": "数字は?"}, {"role": "assistant", "content": " 四十二 🙂\n"}],
     ]
     if spec_key != "phi3-mini-128k":  # its template has no system role
-        others.append([{"role": "system", "content": "One letter only."}, {"role": "user", "content": "a or e?"},
-                       {"role": "assistant", "content": "e"}])
+        others.append(
+            [
+                {"role": "system", "content": "One letter only."},
+                {"role": "user", "content": "a or e?"},
+                {"role": "assistant", "content": "e"},
+            ]
+        )
     return two_turns + others
 
 
@@ -82,10 +97,18 @@ def fixture(spec_key: str) -> dict:
                 raise SystemExit(f"{spec_key} {policy}: render_sample disagrees with the hand layout on {messages!r}")
         cases.append({"messages": messages, "ids": ids, "labels": labels})
     rec.convert_tokens_to_ids(spec.end_of_turn)
-    return {"source": f"{REAL[spec_key][0]} (../shared/realdata)" + (f" + {REAL[spec_key][1]}" if REAL[spec_key][1] else ""),
-            "chat_template": tokenizer.chat_template, "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
-            "unk_token_id": tokenizer.unk_token_id, "eot": spec.end_of_turn, "tokens": rec.tokens,
-            "cases": cases, "encodings": rec.encodings}
+    return {
+        "source": f"{REAL[spec_key][0]} (../shared/realdata)"
+        + (f" + {REAL[spec_key][1]}" if REAL[spec_key][1] else ""),
+        "chat_template": tokenizer.chat_template,
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+        "unk_token_id": tokenizer.unk_token_id,
+        "eot": spec.end_of_turn,
+        "tokens": rec.tokens,
+        "cases": cases,
+        "encodings": rec.encodings,
+    }
 
 
 def main() -> None:

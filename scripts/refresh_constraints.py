@@ -68,7 +68,9 @@ def installed_closure(root: str = "phinetune", extras: tuple[str, ...] = ("dev",
             try:
                 distribution(req.name)
             except PackageNotFoundError:
-                raise SystemExit(f"{req.name} (required by {name}) is not installed: install phinetune[dev] first") from None
+                raise SystemExit(
+                    f"{req.name} (required by {name}) is not installed: install phinetune[dev] first"
+                ) from None
             todo += [(req.name, "")] + [(req.name, e) for e in req.extras]
     versions.pop(next(n for n in versions if canonicalize_name(n) == canonicalize_name(root)))
     return versions
@@ -80,9 +82,11 @@ def parse(text: str) -> dict[str, str]:
 
 def freeze(out: Path = CONSTRAINTS) -> dict[str, str]:
     versions = {name: version.split("+", 1)[0] for name, version in installed_closure().items()}
-    header = (f"# The exact versions the whole suite passed with (Python {platform.python_version()}, {platform.system()} "
-              f"{platform.machine()}, {date.today()}).\n"
-              "# The README's commands install with `-c constraints.txt`; scripts/refresh_constraints.py rewrites this file.\n")
+    header = (
+        f"# The exact versions the whole suite passed with (Python {platform.python_version()}, {platform.system()} "
+        f"{platform.machine()}, {date.today()}).\n"
+        "# The README's commands install with `-c constraints.txt`; scripts/refresh_constraints.py rewrites this file.\n"
+    )
     out.write_text(header + "".join(f"{name}=={versions[name]}\n" for name in sorted(versions, key=str.lower)))
     return versions
 
@@ -101,15 +105,25 @@ def refresh(keep: bool) -> int:
     passed = subprocess.run(["bash", "-c", newest], cwd=ROOT, env=env).returncode == 0
     old = parse(CONSTRAINTS.read_text()) if CONSTRAINTS.exists() else {}
     candidate = work / "constraints.txt"
-    frozen = subprocess.run([str(venv / "bin" / "python"), __file__, "freeze", str(candidate)], cwd=ROOT, env=env).returncode == 0
+    frozen = (
+        subprocess.run([str(venv / "bin" / "python"), __file__, "freeze", str(candidate)], cwd=ROOT, env=env).returncode
+        == 0
+    )
     if frozen:
         new = parse(candidate.read_text())
-        changed = [f"  {name}: {old.get(name, '-')} -> {new.get(name, '-')}" for name in sorted(set(old) | set(new), key=str.lower)
-                   if old.get(name) != new.get(name)]
-        print("\n".join(["versions that differ from constraints.txt:", *changed] if changed else ["no version changed"]))
+        changed = [
+            f"  {name}: {old.get(name, '-')} -> {new.get(name, '-')}"
+            for name in sorted(set(old) | set(new), key=str.lower)
+            if old.get(name) != new.get(name)
+        ]
+        print(
+            "\n".join(["versions that differ from constraints.txt:", *changed] if changed else ["no version changed"])
+        )
     if not (passed and frozen):
-        print(f"the {'suite' if frozen else 'installation'} failed on the newest versions: constraints.txt is unchanged; "
-              f"the venv is kept at {venv}")
+        print(
+            f"the {'suite' if frozen else 'installation'} failed on the newest versions: constraints.txt is unchanged; "
+            f"the venv is kept at {venv}"
+        )
         return 1
     shutil.copyfile(candidate, CONSTRAINTS)
     print(f"the suite passed: {CONSTRAINTS} rewritten")

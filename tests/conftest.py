@@ -67,22 +67,29 @@ def realdata(*parts: str) -> Path:
         return shipped
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"needs realdata/{'/'.join(parts)}, a large data set not shipped with the tests "
-                    f"(the development workspace has it in ../shared/realdata, or set PHINETUNE_REALDATA)")
+        pytest.skip(
+            f"needs realdata/{'/'.join(parts)}, a large data set not shipped with the tests "
+            f"(the development workspace has it in ../shared/realdata, or set PHINETUNE_REALDATA)"
+        )
     return path
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run `phinetune ...` in a subprocess with this checkout's sources, offline."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "PHINETUNE_QUIET": "1", "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "phinetune", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "phinetune", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"phinetune {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"phinetune {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
-def cli_here(*args: str, env: dict | None = None, cwd: Path | None = None, stdin: str = "",
-             check: bool = True) -> subprocess.CompletedProcess:
+def cli_here(
+    *args: str, env: dict | None = None, cwd: Path | None = None, stdin: str = "", check: bool = True
+) -> subprocess.CompletedProcess:
     """`phinetune ...` like run_cli, but through `cli.main()` (the console script's own function) in this process.
 
     The same argument parsing, error sentences and exit codes, without a fresh interpreter importing torch and
@@ -95,8 +102,17 @@ def cli_here(*args: str, env: dict | None = None, cwd: Path | None = None, stdin
     a fork of a process whose torch thread pool has run can hang in that pool."""
     from phinetune import cli
 
-    env = env if env is not None else {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "PHINETUNE_QUIET": "1", "COLUMNS": "200"}
-    saved_env, saved_cwd, saved_argv, saved_streams = dict(os.environ), os.getcwd(), sys.argv, (sys.stdin, sys.stdout, sys.stderr)
+    env = (
+        env
+        if env is not None
+        else {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "PHINETUNE_QUIET": "1", "COLUMNS": "200"}
+    )
+    saved_env, saved_cwd, saved_argv, saved_streams = (
+        dict(os.environ),
+        os.getcwd(),
+        sys.argv,
+        (sys.stdin, sys.stdout, sys.stderr),
+    )
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         for stream in saved_streams[1:]:
             stream.flush()
@@ -141,9 +157,18 @@ def cli_here(*args: str, env: dict | None = None, cwd: Path | None = None, stdin
 
 
 # The tiny LoRA run most tests train (4 steps on 24 riddles); a test changes it by appending overrides (the last wins).
-TINY_OVERRIDES = ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24",
-                  "train.max_steps=4", "train.batch_size=4", "train.eval_every=2", "train.log_every=1",
-                  "train.learning_rate=3e-3", "adapter.modules_to_save=[embed_tokens,lm_head]"]
+TINY_OVERRIDES = [
+    "model.name=tiny-phi3",
+    "data.train=builtin:riddles",
+    "data.eval_size=4",
+    "data.limit=24",
+    "train.max_steps=4",
+    "train.batch_size=4",
+    "train.eval_every=2",
+    "train.log_every=1",
+    "train.learning_rate=3e-3",
+    "adapter.modules_to_save=[embed_tokens,lm_head]",
+]
 
 
 @pytest.fixture(scope="session")
@@ -194,10 +219,24 @@ def memorized_run(tmp_path_factory):
     def make(name: str = "tiny-phi3") -> Path:
         if name not in runs:
             out = tmp_path_factory.mktemp(f"memorized-{name}") / name
-            cfg = load_config(None, [f"model.name={name}", "data.train=builtin:riddles", "data.eval_size=2", "data.limit=8",
-                                     "data.max_length=192", "train.max_steps=60", "train.batch_size=4", "train.eval_every=1000",
-                                     "train.log_every=10", "train.learning_rate=1e-2", "adapter.dropout=0",
-                                     "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={out}"])
+            cfg = load_config(
+                None,
+                [
+                    f"model.name={name}",
+                    "data.train=builtin:riddles",
+                    "data.eval_size=2",
+                    "data.limit=8",
+                    "data.max_length=192",
+                    "train.max_steps=60",
+                    "train.batch_size=4",
+                    "train.eval_every=1000",
+                    "train.log_every=10",
+                    "train.learning_rate=1e-2",
+                    "adapter.dropout=0",
+                    "adapter.modules_to_save=[embed_tokens,lm_head]",
+                    f"output.dir={out}",
+                ],
+            )
             runs[name] = train(cfg).run.path
         return runs[name]
 
@@ -238,6 +277,8 @@ time.sleep(600)
 
 def hold_in_subprocess(run_path: Path) -> subprocess.Popen:
     """A process that holds a run folder as its training process does (runs/status.hold_run) until it is killed."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(src=str(SRC), path=str(run_path))], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.format(src=str(SRC), path=str(run_path))], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc

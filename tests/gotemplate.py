@@ -20,7 +20,7 @@ def _lex(src: str) -> list[tuple[str, str]]:
     out: list[list[str]] = []
     pos, trim_next = 0, False
     for m in _ACTION.finditer(src):
-        text = src[pos:m.start()]
+        text = src[pos : m.start()]
         if trim_next:
             text = text.lstrip(" \t\r\n")
         if m.group(1):
@@ -60,7 +60,7 @@ def _parse(tokens, i=0, stop=("end",)):
                 if nxt == "else":
                     cond = None
                 elif nxt.startswith("else if "):
-                    cond = nxt[len("else if "):].strip()
+                    cond = nxt[len("else if ") :].strip()
                 else:
                     raise ValueError(f"unsupported: {nxt!r}")
             nodes.append(("if", branches))
@@ -110,8 +110,13 @@ def _operand(toks, dot):
 
 
 def _command(toks, dot):
-    funcs = {"eq": lambda a, *b: any(a == x for x in b), "not": lambda a: not _truth(a), "len": len,
-             "or": lambda *a: next((x for x in a if _truth(x)), a[-1]), "and": lambda *a: next((x for x in a if not _truth(x)), a[-1])}
+    funcs = {
+        "eq": lambda a, *b: any(a == x for x in b),
+        "not": lambda a: not _truth(a),
+        "len": len,
+        "or": lambda *a: next((x for x in a if _truth(x)), a[-1]),
+        "and": lambda *a: next((x for x in a if not _truth(x)), a[-1]),
+    }
     if toks and toks[0] in funcs:
         name, args, toks = toks[0], [], toks[1:]
         while toks and toks[0] != ")":

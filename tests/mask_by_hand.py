@@ -22,7 +22,12 @@ def _phi3(messages, bos, eos, system_if_content=False):
         if role == "system" and system_if_content and not content:
             continue
         kind = {"system": SYSTEM, "user": USER, "assistant": REPLY}[role]
-        segs += [(f"<|{role}|>\n", MARKUP), (content, kind), ("<|end|>", EOT if role == "assistant" else MARKUP), ("\n", MARKUP)]
+        segs += [
+            (f"<|{role}|>\n", MARKUP),
+            (content, kind),
+            ("<|end|>", EOT if role == "assistant" else MARKUP),
+            ("\n", MARKUP),
+        ]
     return segs + [(eos, MARKUP)]
 
 
@@ -50,7 +55,12 @@ def _chatml(messages, bos, eos):
     for m in messages:
         role = m["role"]
         kind = {"system": SYSTEM, "user": USER, "assistant": REPLY}[role]
-        segs += [(f"<|im_start|>{role}\n", MARKUP), (m["content"], kind), ("<|im_end|>", EOT if role == "assistant" else MARKUP), ("\n", MARKUP)]
+        segs += [
+            (f"<|im_start|>{role}\n", MARKUP),
+            (m["content"], kind),
+            ("<|im_end|>", EOT if role == "assistant" else MARKUP),
+            ("\n", MARKUP),
+        ]
     return segs
 
 
@@ -59,7 +69,11 @@ def _phi4_chatml(messages, bos, eos):
     for m in messages:
         role = m["role"]
         kind = {"system": SYSTEM, "user": USER, "assistant": REPLY}[role]
-        segs += [(f"<|im_start|>{role}<|im_sep|>", MARKUP), (m["content"], kind), ("<|im_end|>", EOT if role == "assistant" else MARKUP)]
+        segs += [
+            (f"<|im_start|>{role}<|im_sep|>", MARKUP),
+            (m["content"], kind),
+            ("<|im_end|>", EOT if role == "assistant" else MARKUP),
+        ]
     return segs
 
 
@@ -67,8 +81,11 @@ def _phi4_reasoning(messages, bos, eos):
     # Phi-4-reasoning: Phi-4's turns, with the model card's reasoning system prompt first when there is no system turn.
     from phinetune.models.specs import PHI4_REASONING_PROMPT
 
-    lead = [] if messages and messages[0]["role"] == "system" else \
-        [("<|im_start|>system<|im_sep|>", MARKUP), (PHI4_REASONING_PROMPT, MARKUP), ("<|im_end|>", MARKUP)]
+    lead = (
+        []
+        if messages and messages[0]["role"] == "system"
+        else [("<|im_start|>system<|im_sep|>", MARKUP), (PHI4_REASONING_PROMPT, MARKUP), ("<|im_end|>", MARKUP)]
+    )
     return lead + _phi4_chatml(messages, bos, eos)
 
 
@@ -125,6 +142,9 @@ def content_overlap(tokenizer, template: str, messages: list[dict], trained: lis
     bad = []
     for (lo, hi), is_trained in zip(enc["offset_mapping"], trained):
         if is_trained:
-            bad += [f"{kind} chars {max(lo, s)}:{min(hi, e)}" for s, e, kind, _ in segs
-                    if kind in (USER, SYSTEM) and s < hi and lo < e]
+            bad += [
+                f"{kind} chars {max(lo, s)}:{min(hi, e)}"
+                for s, e, kind, _ in segs
+                if kind in (USER, SYSTEM) and s < hi and lo < e
+            ]
     return bad

@@ -13,14 +13,51 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-WORDS = ("piano", "river", "candle", "shadow", "mirror", "cloud", "clock", "needle", "echo", "sponge", "map", "coin",
-         "kettle", "ladder", "pillow", "window", "feather", "anchor", "bottle", "comb", "storm", "lantern", "key", "moon",
-         "stamp", "glove", "bridge", "whistle", "onion", "pencil", "rainbow", "button", "compass", "tunnel", "snail", "honey")
-TEMPLATES = ("What has a {0} and a {1} but never a {2}?",
-             "I carry the {0} on my back, I drink from the {1}, and I fear the {2}. What am I?",
-             "The more {0} you give me, the quieter the {1} gets. Why does the {2} laugh?",
-             "Which {0} can travel around a {1} while staying in one {2}?",
-             "If a {0} lost its {1}, would the {2} still remember it?")
+WORDS = (
+    "piano",
+    "river",
+    "candle",
+    "shadow",
+    "mirror",
+    "cloud",
+    "clock",
+    "needle",
+    "echo",
+    "sponge",
+    "map",
+    "coin",
+    "kettle",
+    "ladder",
+    "pillow",
+    "window",
+    "feather",
+    "anchor",
+    "bottle",
+    "comb",
+    "storm",
+    "lantern",
+    "key",
+    "moon",
+    "stamp",
+    "glove",
+    "bridge",
+    "whistle",
+    "onion",
+    "pencil",
+    "rainbow",
+    "button",
+    "compass",
+    "tunnel",
+    "snail",
+    "honey",
+)
+TEMPLATES = (
+    "What has a {0} and a {1} but never a {2}?",
+    "I carry the {0} on my back, I drink from the {1}, and I fear the {2}. What am I?",
+    "The more {0} you give me, the quieter the {1} gets. Why does the {2} laugh?",
+    "Which {0} can travel around a {1} while staying in one {2}?",
+    "If a {0} lost its {1}, would the {2} still remember it?",
+)
 
 
 class Log:
@@ -48,8 +85,12 @@ def _pick(h: bytes, i: int, options):
 
 def judge_reply(prompt: str, policy: str) -> str:
     """A pairwise verdict: 'longer' prefers the longer answer wherever it is shown; 'first' always picks position A."""
-    first = prompt.split("[The Start of Assistant A's Answer]\n", 1)[1].split("\n[The End of Assistant A's Answer]", 1)[0]
-    second = prompt.split("[The Start of Assistant B's Answer]\n", 1)[1].split("\n[The End of Assistant B's Answer]", 1)[0]
+    first = prompt.split("[The Start of Assistant A's Answer]\n", 1)[1].split("\n[The End of Assistant A's Answer]", 1)[
+        0
+    ]
+    second = prompt.split("[The Start of Assistant B's Answer]\n", 1)[1].split(
+        "\n[The End of Assistant B's Answer]", 1
+    )[0]
     if policy == "first":
         return "Assistant A answers first, which I like. [[A]]"
     if len(first) == len(second):
@@ -79,12 +120,14 @@ def reply_for(body: dict, judge: str = "longer") -> tuple[str, str]:
         return "judge", "A" if len(a) >= len(b) else "Reply B is better."
     if "user says" in prompt or "follow-up" in prompt:
         return "user", f'user: "Cool! So why does the {_pick(h, 0, WORDS)} do that?"'
-    return "assistant", (f"The answer is a {_pick(h, 0, WORDS)}. Step by step: the clue points to something you can touch, "
-                         f"and a {_pick(h, 1, WORDS)} fits every part of it.")
+    return "assistant", (
+        f"The answer is a {_pick(h, 0, WORDS)}. Step by step: the clue points to something you can touch, "
+        f"and a {_pick(h, 1, WORDS)} fits every part of it."
+    )
 
 
 class Handler(BaseHTTPRequestHandler):
-    server: "FakeOpenAI"
+    server: FakeOpenAI
 
     def log_message(self, *args) -> None:  # keep test output quiet
         pass
@@ -99,7 +142,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(401, {"error": {"message": "invalid api key"}}, digest, "?")
         status = srv.next_failure()
         if status:
-            return self._send(status, {"error": {"message": "injected failure"}}, digest, "?", {"Retry-After": srv.retry_after})
+            return self._send(
+                status, {"error": {"message": "injected failure"}}, digest, "?", {"Retry-After": srv.retry_after}
+            )
         with srv._lock:
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
@@ -109,8 +154,13 @@ class Handler(BaseHTTPRequestHandler):
         kind, text = reply_for(body, srv.judge)
         pt = sum(len(m["content"].split()) for m in body["messages"])
         usage = {"prompt_tokens": pt, "completion_tokens": len(text.split()), "total_tokens": pt + len(text.split())}
-        payload = {"id": digest, "object": "chat.completion", "model": body["model"],
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}], "usage": usage}
+        payload = {
+            "id": digest,
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
         self._send(200, payload, digest, kind)
 
     def _send(self, status: int, payload: dict, digest: str, kind: str, headers: dict | None = None) -> None:
@@ -125,15 +175,25 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client is gone (a test killed it mid-request): not answered
+        except (
+            BrokenPipeError,
+            ConnectionResetError,
+        ):  # the client is gone (a test killed it mid-request): not answered
             self.server.log.hung_up(row)
 
 
 class FakeOpenAI(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, api_key: str | None = None, failures=(), delay_s: float = 0.0, port: int = 0, retry_after: str = "0.01",
-                 judge: str = "longer"):
+    def __init__(
+        self,
+        api_key: str | None = None,
+        failures=(),
+        delay_s: float = 0.0,
+        port: int = 0,
+        retry_after: str = "0.01",
+        judge: str = "longer",
+    ):
         super().__init__(("127.0.0.1", port), Handler)
         self.api_key, self.delay_s, self.log, self.retry_after, self.judge = api_key, delay_s, Log(), retry_after, judge
         self._failures, self._lock = list(failures), threading.Lock()
@@ -147,7 +207,7 @@ class FakeOpenAI(ThreadingHTTPServer):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         threading.Thread(target=self.serve_forever, daemon=True).start()
         return self
 
@@ -156,10 +216,11 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.server_close()
 
 
-
 if __name__ == "__main__":  # serve for manual trials: python tests/openai_server.py [PORT] [DELAY_S]
     import sys
 
-    server = FakeOpenAI(delay_s=float(sys.argv[2]) if len(sys.argv) > 2 else 0.0, port=int(sys.argv[1]) if len(sys.argv) > 1 else 8077)
+    server = FakeOpenAI(
+        delay_s=float(sys.argv[2]) if len(sys.argv) > 2 else 0.0, port=int(sys.argv[1]) if len(sys.argv) > 1 else 8077
+    )
     print(f"serving {server.base_url}", flush=True)
     server.serve_forever()

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phinetune.kernels.attention import NAME, implementation, segments
 
@@ -14,9 +14,19 @@ def model(kv_heads: int = 2, sliding_window=None):
     from transformers import Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(0)
-    config = Phi3Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=kv_heads, max_position_embeddings=256, sliding_window=sliding_window,
-                        pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    config = Phi3Config(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        sliding_window=sliding_window,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return Phi3ForCausalLM(config).float()
 
 
@@ -96,8 +106,9 @@ def test_no_square_mask_is_built():
     masks = {}
     for attn in ("sdpa", implementation("sdpa")):
         m.set_attn_implementation(attn)
-        masks[attn] = create_causal_mask(config=m.config, inputs_embeds=m.model.embed_tokens(ids), attention_mask=None,
-                                         cache=None, position_ids=pos)
+        masks[attn] = create_causal_mask(
+            config=m.config, inputs_embeds=m.model.embed_tokens(ids), attention_mask=None, cache=None, position_ids=pos
+        )
     assert masks[NAME] is None
     assert tuple(masks["sdpa"].shape) == (1, 1, 100, 100)
 
@@ -113,9 +124,10 @@ def test_other_implementations_are_left_alone():
     assert implementation("sdpa") == NAME
 
 
-
 @settings(max_examples=10, deadline=None)
-@given(st.lists(st.lists(st.integers(1, 20), min_size=1, max_size=3), min_size=1, max_size=3), st.sampled_from([1, 2, 4]))
+@given(
+    st.lists(st.lists(st.integers(1, 20), min_size=1, max_size=3), min_size=1, max_size=3), st.sampled_from([1, 2, 4])
+)
 def test_fused_path_matches_eager_and_is_taken(lengths, kv_heads):
     """Phi-3's fused q/k/v attention (rotary, then the flash kernel per sample, GQA included) against eager's
     block-diagonal attention; and it is the path taken, once per sample and layer."""
@@ -135,7 +147,9 @@ def test_fused_path_matches_eager_and_is_taken(lengths, kv_heads):
     finally:
         attention._attend = original
     expected = [e - s for row in segments(pos, len(lengths)) for s, e in row] if pos.shape[1] > 1 else []
-    assert sorted(calls) == sorted(expected * 2)  # two layers; a one-token batch is the decode case, left to transformers
+    assert sorted(calls) == sorted(
+        expected * 2
+    )  # two layers; a one-token batch is the decode case, left to transformers
 
 
 def test_fused_forward_equals_transformers_rotary_and_sdpa_in_bf16():
@@ -161,9 +175,19 @@ def test_fused_path_with_partial_rotary_matches_eager():
     from transformers import Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(0)
-    config = Phi3Config(vocab_size=96, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, max_position_embeddings=256, partial_rotary_factor=0.75,
-                        pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    config = Phi3Config(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        partial_rotary_factor=0.75,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     m = Phi3ForCausalLM(config).float()
     ids, pos = packed([[11, 5], [16]])
     assert_same_as_eager(m, ids, pos)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from phinetune.errors import PhinetuneError
 from phinetune.bench.infer import BenchSettings, bench_infer, cpu_read_bandwidth, decode_read_bytes, weight_bytes
+from phinetune.errors import PhinetuneError
 
 
 def _check_split_and_ratio(b: dict, r: dict, prompt_tokens: int, new_tokens: int) -> None:
@@ -29,8 +29,21 @@ def _check_split_and_ratio(b: dict, r: dict, prompt_tokens: int, new_tokens: int
 @pytest.mark.slow
 def test_bench_infer_cpu_bf16_fp32_nf4(tiny_run, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "infer", str(tiny_run), "--dtype", "bf16,fp32,nf4", "--prompt-tokens", "16", "--new-tokens", "6",
-                   "--batch-sizes", "1,3", "--out", str(out))
+    proc = run_cli(
+        "bench",
+        "infer",
+        str(tiny_run),
+        "--dtype",
+        "bf16,fp32,nf4",
+        "--prompt-tokens",
+        "16",
+        "--new-tokens",
+        "6",
+        "--batch-sizes",
+        "1,3",
+        "--out",
+        str(out),
+    )
     assert "bench infer" in proc.stdout and "decode tok/s" in proc.stdout
     for name in ["bf16", "fp32", "nf4"]:
         assert f" {name} " in proc.stdout
@@ -78,22 +91,54 @@ def test_a_refused_dtype_is_skipped_and_reported(monkeypatch, tmp_path):
 
 def test_table_keeps_every_figure_in_80_columns():
     """Piped output is 80 columns wide; the table must not squeeze its own numbers into `1…`."""
-    from phinetune.bench.infer import render_table
+    from phinetune.bench.infer import render_speed_table, render_table
     from phinetune.progress import console, print_table
 
-    from phinetune.bench.infer import render_speed_table
-
-    batch = {"batch": 8, "peak_mb": 123456.7, "ttft_s": 1.23456, "decode_tokens_per_s": 98765.4, "bandwidth_gbs": 1234.56,
-             "bandwidth_ratio": 0.875, "prefill_tokens_per_s": 54321.0, "limit_gbs": 1411.0}
-    report = {"model": "runs/some-long-run-name", "settings": {"prompt_tokens": 128, "new_tokens": 64}, "machine": {"torch_threads": 2},
-              "results": [{"dtype": "bf16", "compute_dtype": "bfloat16", "weight_mb": 7654.3, "after_load_mb": 8765.4,
-                           "decode_read_mb": 6543.2, "batches": [batch]}]}
+    batch = {
+        "batch": 8,
+        "peak_mb": 123456.7,
+        "ttft_s": 1.23456,
+        "decode_tokens_per_s": 98765.4,
+        "bandwidth_gbs": 1234.56,
+        "bandwidth_ratio": 0.875,
+        "prefill_tokens_per_s": 54321.0,
+        "limit_gbs": 1411.0,
+    }
+    report = {
+        "model": "runs/some-long-run-name",
+        "settings": {"prompt_tokens": 128, "new_tokens": 64},
+        "machine": {"torch_threads": 2},
+        "results": [
+            {
+                "dtype": "bf16",
+                "compute_dtype": "bfloat16",
+                "weight_mb": 7654.3,
+                "after_load_mb": 8765.4,
+                "decode_read_mb": 6543.2,
+                "batches": [batch],
+            }
+        ],
+    }
     with console.capture() as captured:
         print_table(render_table(report))
         print_table(render_speed_table(report))
     text = captured.get()
-    for figure in ["7654.3", "8765.4", "123456.7", "1234.6", "6543.2", "98765.4", "54321.0", "1234.56", "1411.0", "88%",
-                   "decode tok/s", "prefill tok/s", "% of limit", "read/step MB"]:
+    for figure in [
+        "7654.3",
+        "8765.4",
+        "123456.7",
+        "1234.6",
+        "6543.2",
+        "98765.4",
+        "54321.0",
+        "1234.56",
+        "1411.0",
+        "88%",
+        "decode tok/s",
+        "prefill tok/s",
+        "% of limit",
+        "read/step MB",
+    ]:
         assert figure in text, figure
     assert "…" not in text
 
@@ -101,8 +146,22 @@ def test_table_keeps_every_figure_in_80_columns():
 @pytest.mark.slow
 def test_cli_workload_reports_bandwidth_ratio_and_split(tiny_run, tmp_path):
     out = tmp_path / "w.json"
-    proc = run_cli("bench", "infer", "--workload", "tiny", "--dtype", "bf16", "--prompt-tokens", "12", "--new-tokens", "5",
-                   "--batch-sizes", "1,2", "--out", str(out))
+    proc = run_cli(
+        "bench",
+        "infer",
+        "--workload",
+        "tiny",
+        "--dtype",
+        "bf16",
+        "--prompt-tokens",
+        "12",
+        "--new-tokens",
+        "5",
+        "--batch-sizes",
+        "1,2",
+        "--out",
+        str(out),
+    )
     report = json.loads(out.read_text())
     assert report["model"] == "workload tiny" and report["workload"]["hidden_size"] == 64
     assert report["load"]["end"] is not None and "load average at start" in proc.stdout
@@ -119,14 +178,23 @@ def test_cli_needs_a_target_or_a_workload(tmp_path):
         assert proc.returncode == 2 and "either a TARGET" in said and "Traceback" not in said
     proc = run_cli("bench", "infer", "--workload", "nope", "--out", str(tmp_path / "x.json"), check=False)
     said = " ".join(proc.stderr.split())  # the command line's own error: a choice it lists
-    assert proc.returncode == 2 and "Invalid value for '--workload'" in said and "'nope' is not one of 'cpu-reference'," in said
+    assert (
+        proc.returncode == 2
+        and "Invalid value for '--workload'" in said
+        and "'nope' is not one of 'cpu-reference'," in said
+    )
 
 
 def test_cpu_decode_workload_is_phi3_mini_width():
     from phinetune.bench.workloads import WORKLOADS
 
     w = WORKLOADS["cpu-decode"]
-    assert (w.hidden_size, w.intermediate_size, w.num_heads, w.vocab_size) == (3072, 8192, 32, 32064) and 2 <= w.num_layers <= 4
+    assert (w.hidden_size, w.intermediate_size, w.num_heads, w.vocab_size) == (
+        3072,
+        8192,
+        32,
+        32064,
+    ) and 2 <= w.num_layers <= 4
 
 
 def test_decode_read_bytes_counts_what_a_step_reads():

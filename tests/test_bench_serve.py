@@ -17,7 +17,19 @@ def test_percentile_is_nearest_rank():
 
 def test_bench_serve_prints_a_row_per_concurrency_level(tiny_run, tmp_path):
     out = tmp_path / "serve.json"
-    proc = cli_here("bench", "serve", str(tiny_run), "--concurrency", "1,4", "--requests", "8", "--max-tokens", "4", "--out", str(out))
+    proc = cli_here(
+        "bench",
+        "serve",
+        str(tiny_run),
+        "--concurrency",
+        "1,4",
+        "--requests",
+        "8",
+        "--max-tokens",
+        "4",
+        "--out",
+        str(out),
+    )
     assert "bench serve" in proc.stdout and "p95 latency s" in proc.stdout
     rows = json.loads(out.read_text())["levels"]
     assert [r["concurrency"] for r in rows] == [1, 4] and all(r["errors"] == 0 and r["requests"] == 8 for r in rows)

@@ -18,8 +18,21 @@ SEQS = (1024, 2048, 4096)
 def sweep(tmp_path_factory):
     work = tmp_path_factory.mktemp("sweep")
     out = work / "sweep.json"
-    proc = run_cli("bench", "train", "--sweep", "--width", "tiny", "--seq", ",".join(map(str, SEQS)), "--layers", "1",
-                   "--out", str(out), "--work-dir", str(work))
+    proc = run_cli(
+        "bench",
+        "train",
+        "--sweep",
+        "--width",
+        "tiny",
+        "--seq",
+        ",".join(map(str, SEQS)),
+        "--layers",
+        "1",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(work),
+    )
     return json.loads(out.read_text()), proc.stdout, out
 
 
@@ -35,7 +48,9 @@ def test_memory_grows_linearly_in_sequence_length(sweep):
     second = (tensors[4096] - tensors[2048]) / 2048
     assert abs(second - first) < 0.01 * first, (first, second)
     assert report["bytes_per_token_steps"]["1"] == pytest.approx([first, second])
-    assert all(0 < p["tensor_peak_bytes"] < p["measured_bytes"] for p in report["points"])  # the weights are resident too
+    assert all(
+        0 < p["tensor_peak_bytes"] < p["measured_bytes"] for p in report["points"]
+    )  # the weights are resident too
 
 
 @pytest.mark.slow
@@ -63,8 +78,23 @@ def test_table_json_and_png(sweep):
 def test_checkpointing_on_is_planned_within_15_percent(tmp_path):
     """--checkpointing on (layer inputs kept, one layer recomputed at a time): plan models that peak too."""
     out = tmp_path / "ckpt.json"
-    run_cli("bench", "train", "--sweep", "--width", "tiny", "--seq", "2048", "--layers", "2", "--checkpointing", "on",
-            "--out", str(out), "--work-dir", str(tmp_path))
+    run_cli(
+        "bench",
+        "train",
+        "--sweep",
+        "--width",
+        "tiny",
+        "--seq",
+        "2048",
+        "--layers",
+        "2",
+        "--checkpointing",
+        "on",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(tmp_path),
+    )
     [p] = json.loads(out.read_text())["points"]
     assert p["checkpointing"] is True and "set in the config" in p["checkpointing_reason"]
     assert abs(p["error"]) < 0.15, p
@@ -106,7 +136,11 @@ def test_bad_grid_is_one_sentence(text):
         parse_grid(text, "seq")
     proc = run_cli("bench", "train", "--sweep", "--seq", text, check=False) if text == "abc" else None
     if proc is not None:
-        assert proc.returncode == 2 and "--seq must be comma-separated integers" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+        assert (
+            proc.returncode == 2
+            and "--seq must be comma-separated integers" in proc.stdout
+            and "Traceback" not in proc.stdout + proc.stderr
+        )
 
 
 @pytest.mark.parametrize("option, value", [("--width", "huge"), ("--checkpointing", "sometimes")])

@@ -21,24 +21,40 @@ def parity_report(tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
     out = work / "report.json"
     # One run for every test here (each side is a subprocess): the three sides, parity, and the profile.
-    proc = cli_here("bench", "train", "--workload", "tiny", "--parity", "--profile", "--work-dir", str(work), "--out", str(out))
+    proc = cli_here(
+        "bench", "train", "--workload", "tiny", "--parity", "--profile", "--work-dir", str(work), "--out", str(out)
+    )
     return json.loads(out.read_text()), proc.stdout
 
 
 @pytest.mark.slow
 def test_bench_prints_three_rows_and_ratios_against_both_baselines(parity_report):
     report, stdout = parity_report
-    for label in ("TRL with padding", "TRL tuned", "phinetune", "phinetune vs TRL with padding:", "phinetune vs TRL tuned:",
-                  "phinetune MFU:", "machine:", "whole run: load average"):
+    for label in (
+        "TRL with padding",
+        "TRL tuned",
+        "phinetune",
+        "phinetune vs TRL with padding:",
+        "phinetune vs TRL tuned:",
+        "phinetune MFU:",
+        "machine:",
+        "whole run: load average",
+    ):
         assert label in stdout, label
     for side in ("baseline", "trl-tuned", "phinetune"):
         r = report["results"][side]
         assert r["tokens"] == report["tokens"] > 0
         assert r["tokens_per_s"] > 0 and r["memory"] > 0 and 0 < r["mfu"] < 1
-        assert r["proof"]["lora_tensors"] > 0 and not r["proof"]["zero_grad_tensors"] and not r["proof"]["unchanged_tensors"]
+        assert (
+            r["proof"]["lora_tensors"] > 0
+            and not r["proof"]["zero_grad_tensors"]
+            and not r["proof"]["unchanged_tensors"]
+        )
         assert r["load"]["end"] is not None and "steady" in r["load"]
         assert r["cpu_user_s"] > 0 and r["cpu_sys_s"] >= 0  # the timed training's own CPU time
-    assert len(report["results"]["baseline"]["losses"]) == len(report["results"]["phinetune"]["losses"]) == 3  # unpacked
+    assert (
+        len(report["results"]["baseline"]["losses"]) == len(report["results"]["phinetune"]["losses"]) == 3
+    )  # unpacked
     ratios = report["ratios"]
     fast = report["results"]["phinetune"]
     for side in ("baseline", "trl-tuned"):
@@ -55,7 +71,11 @@ def test_trl_tuned_side_runs_bf16_packed_padding_free(parity_report):
     report, _ = parity_report
     tuned = report["results"]["trl-tuned"]
     assert tuned["dtype"] == "bf16" and tuned["autocast"] == "bf16" and tuned["options"]["lora_dtype"] == "fp32"
-    assert tuned["options"]["packing"] and tuned["options"]["packing_strategy"] == "bfd" and tuned["options"]["padding_free"]
+    assert (
+        tuned["options"]["packing"]
+        and tuned["options"]["packing_strategy"] == "bfd"
+        and tuned["options"]["padding_free"]
+    )
 
 
 @pytest.mark.slow
@@ -86,7 +106,7 @@ def test_training_proof_catches_a_run_that_does_not_train():
     assert report["zero_grad_tensors"] and report["unchanged_tensors"]
     with pytest.raises(PhinetuneError, match="did not train"):
         check_trained("baseline", {"proof": report})
-    ((lin.lora_A ** 2).sum() + (lin.lora_B - 1).pow(2).sum()).backward()  # both get a non-zero gradient
+    ((lin.lora_A**2).sum() + (lin.lora_B - 1).pow(2).sum()).backward()  # both get a non-zero gradient
     with torch.no_grad():
         lin.lora_A -= 0.1 * lin.lora_A.grad
         lin.lora_B -= 0.1 * lin.lora_B.grad
@@ -107,19 +127,28 @@ def test_reseed_lora_is_deterministic():
 
 
 def _side(seconds, rss, others=0.2, load=(1.0, 1.0, 1.0)):
-    return {"tokens": 1000, "seconds": seconds, "peak_rss": rss, "others_cores": others,
-            "load": {"start": load, "end": load, "steady": True}}
+    return {
+        "tokens": 1000,
+        "seconds": seconds,
+        "peak_rss": rss,
+        "others_cores": others,
+        "load": {"start": load, "end": load, "steady": True},
+    }
 
 
 def test_summarize_ratios_and_targets():
     w = WORKLOADS["cpu-reference"]
     results = {"baseline": _side(10.0, 6e9), "trl-tuned": _side(6.0, 6e9), "phinetune": _side(2.0, 2e9)}
     ratios = summarize(results, 5e11, {"bf16": 4e11, "fp32": 1e11}, w)
-    assert ratios["speed"] == pytest.approx(5.0) and ratios["memory"] == pytest.approx(1 / 3) and ratios["meets_targets"]
+    assert (
+        ratios["speed"] == pytest.approx(5.0) and ratios["memory"] == pytest.approx(1 / 3) and ratios["meets_targets"]
+    )
     assert ratios["trl-tuned"]["speed"] == pytest.approx(3.0) and ratios["trl-tuned"]["meets_targets"]
     assert ratios["trl-tuned"]["load"] is None
     assert results["baseline"]["mfu"] == pytest.approx(5e11 / 10 / 4e11)
-    assert ratios["mfu"]["value"] == pytest.approx(5e11 / 2 / 4e11) and not ratios["mfu"]["meets_targets"]  # 62.5% < 70%
+    assert (
+        ratios["mfu"]["value"] == pytest.approx(5e11 / 2 / 4e11) and not ratios["mfu"]["meets_targets"]
+    )  # 62.5% < 70%
     results["phinetune"]["seconds"] = 2.5  # 4x TRL with padding but only 2.4x TRL tuned
     ratios = summarize(results, 5e11, {"bf16": 4e11, "fp32": 1e11}, w)
     assert ratios["meets_targets"] and not ratios["trl-tuned"]["meets_targets"]
@@ -129,8 +158,11 @@ def test_summarize_ratios_and_targets():
 
 def test_a_ratio_is_not_judged_when_the_load_changed_between_sides():
     w = WORKLOADS["cpu-reference"]
-    results = {"baseline": _side(10.0, 6e9, others=0.1), "trl-tuned": _side(6.0, 6e9, others=1.4),
-               "phinetune": _side(2.0, 2e9, others=0.2)}
+    results = {
+        "baseline": _side(10.0, 6e9, others=0.1),
+        "trl-tuned": _side(6.0, 6e9, others=1.4),
+        "phinetune": _side(2.0, 2e9, others=0.2),
+    }
     ratios = summarize(results, 1e12, {"bf16": 4e11, "fp32": 1e11}, w)
     assert ratios["baseline"]["load"] is None  # 0.1 vs 0.2 cores: judged
     assert ratios["trl-tuned"]["load"].startswith("not judged: load changed") and "1.40" in ratios["trl-tuned"]["load"]
@@ -164,7 +196,11 @@ def test_parity_order_follows_phinetune_batches():
 def test_unknown_workload_is_one_line_error():
     proc = cli_here("bench", "train", "--workload", "nope", check=False)
     said = " ".join(proc.stderr.split())  # the command line's own error, listing the workloads
-    assert proc.returncode == 2 and "Invalid value for '--workload'" in said and "'nope' is not one of 'cpu-reference'," in said
+    assert (
+        proc.returncode == 2
+        and "Invalid value for '--workload'" in said
+        and "'nope' is not one of 'cpu-reference'," in said
+    )
 
 
 def test_unknown_side_is_one_line_error():

@@ -22,7 +22,9 @@ def setup(tiny_phi3, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
 
     def cfg(**kw):
-        return DataConfig(**{"train": str(path), "eval_size": 2, "max_length": 64, "cache_dir": str(tmp_path / "cache"), **kw})
+        return DataConfig(
+            **{"train": str(path), "eval_size": 2, "max_length": 64, "cache_dir": str(tmp_path / "cache"), **kw}
+        )
 
     return tokenizer, path, cfg
 
@@ -39,7 +41,9 @@ def test_second_run_is_served_from_the_cache_unchanged(setup):
     assert second.info.read == first.info.read == 8
 
 
-@pytest.mark.parametrize("change", [{"max_length": 32}, {"mask": "all"}, {"seed": 7}, {"eval_size": 3}, {"limit": 5}, {"dedupe": False}])
+@pytest.mark.parametrize(
+    "change", [{"max_length": 32}, {"mask": "all"}, {"seed": 7}, {"eval_size": 3}, {"limit": 5}, {"dedupe": False}]
+)
 def test_a_changed_setting_never_reuses_a_stale_entry(setup, change):
     tokenizer, _, cfg = setup
     prepare_data(cfg(), tokenizer, EOT)
@@ -104,19 +108,47 @@ def test_preference_pairs_are_cached_and_never_read_as_sft_data(setup, tmp_path,
     if objective == "kto":
         rows = [{"prompt": r["prompt"], "completion": r["chosen"], "label": i % 2 == 0} for i, r in enumerate(rows)]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = lambda: load_config(None, [f"train.objective={objective}", f"data.train={pairs}", "data.eval_size=2",  # noqa: E731
-                                     "data.max_length=64", f"data.cache_dir={cfg().cache_dir}"])
+    run = lambda: load_config(
+        None,
+        [
+            f"train.objective={objective}",
+            f"data.train={pairs}",
+            "data.eval_size=2",  # noqa: E731
+            "data.max_length=64",
+            f"data.cache_dir={cfg().cache_dir}",
+        ],
+    )
     first = load_data(run(), tokenizer, EOT)
     assert not first.info.cached and len(list(cache.cache_dir(cfg()).glob("*.json"))) == 1
     second = load_data(run(), tokenizer, EOT)
     assert second.info.cached and second.info.train == first.info.train == 6
     for a, b in zip(first.pairs + first.eval_pairs, second.pairs + second.eval_pairs):
-        assert (b.chosen.input_ids, b.rejected.labels, b.where, b.desirable) == (a.chosen.input_ids, a.rejected.labels, a.where, a.desirable)
+        assert (b.chosen.input_ids, b.rejected.labels, b.where, b.desirable) == (
+            a.chosen.input_ids,
+            a.rejected.labels,
+            a.where,
+            a.desirable,
+        )
     assert [r.sample for r in second.train_records] == [r.sample for r in first.train_records]
     assert second.pref_info == first.pref_info
     # The same file as SFT data (prompt/completion rows read the same) gets an entry of its own.
     sft = DataConfig(**{**run().data.model_dump(), "train": str(pairs)})
-    assert cache.cache_key(sft, tokenizer, EOT) != cache.cache_key(sft, tokenizer, EOT, layout=f"preference-{objective}")
-    off = load_data(load_config(None, [f"train.objective={objective}", f"data.train={pairs}", "data.eval_size=2", "data.max_length=64",
-                                       "data.cache=false", f"data.cache_dir={tmp_path / 'off'}"]), tokenizer, EOT)
+    assert cache.cache_key(sft, tokenizer, EOT) != cache.cache_key(
+        sft, tokenizer, EOT, layout=f"preference-{objective}"
+    )
+    off = load_data(
+        load_config(
+            None,
+            [
+                f"train.objective={objective}",
+                f"data.train={pairs}",
+                "data.eval_size=2",
+                "data.max_length=64",
+                "data.cache=false",
+                f"data.cache_dir={tmp_path / 'off'}",
+            ],
+        ),
+        tokenizer,
+        EOT,
+    )
     assert not off.info.cached and not (tmp_path / "off").exists()

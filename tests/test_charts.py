@@ -60,8 +60,13 @@ def test_no_other_module_sets_matplotlib_up():
     users = []
     for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             if any(n == "matplotlib" or n.startswith("matplotlib.") for n in names):
                 users.append(str(path.relative_to(SRC)))
     assert sorted(set(users)) == ["charts.py"]

@@ -26,9 +26,13 @@ STOPPED = "(reply stopped)"
 class Chat:
     def __init__(self, env: dict):
         # Greedy on the random-weight tiny base: a long reply that never reaches an end-of-turn token, the same every time.
-        self.proc = subprocess.Popen([sys.executable, "-m", "phinetune", "chat", "tiny-phi3", "--max-new-tokens", "4000",
-                                      "--temperature", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "phinetune", "chat", "tiny-phi3", "--max-new-tokens", "4000", "--temperature", "0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         self.out = ""
 
     def send(self, line: str) -> None:
@@ -41,15 +45,22 @@ class Chat:
             ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
             chunk = os.read(self.proc.stdout.fileno(), 65536) if ready else b""
             if not chunk:
-                raise AssertionError(f"chat stopped answering (exit {self.proc.poll()}); output so far:\n{self.out[-2000:]}\n"
-                                     f"{self.proc.stderr.read().decode(errors='replace')[-2000:] if self.proc.poll() is not None else ''}")
+                raise AssertionError(
+                    f"chat stopped answering (exit {self.proc.poll()}); output so far:\n{self.out[-2000:]}\n"
+                    f"{self.proc.stderr.read().decode(errors='replace')[-2000:] if self.proc.poll() is not None else ''}"
+                )
             self.out += chunk.decode(errors="replace")
 
 
 @pytest.mark.slow
 def test_ctrl_c_mid_reply_returns_to_the_prompt_every_time(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "PHINETUNE_QUIET": "1",
-           "PHINETUNE_CACHE": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC),
+        "HF_HUB_OFFLINE": "1",
+        "PHINETUNE_QUIET": "1",
+        "PHINETUNE_CACHE": str(tmp_path / "cache"),
+    }
     chat = Chat(env)
     try:
         for turn in range(5):
@@ -78,7 +89,9 @@ def test_help_lists_every_command_and_an_unknown_command_is_answered_not_sent(ca
     out = capsys.readouterr().out
     for name, what in COMMANDS.items():
         assert f"{name:<7} {what}" in out
-    assert "unknown command /hlep: not sent to the model; the commands are /help, /reset, /exit" in " ".join(out.split())
+    assert "unknown command /hlep: not sent to the model; the commands are /help, /reset, /exit" in " ".join(
+        out.split()
+    )
     assert "conversation cleared" in out  # commands are read without case
     assert "phi>" not in out
 

@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,8 +15,8 @@ from safetensors.torch import load_file
 from conftest import ROOT, hold_in_subprocess
 from phinetune.config import dump_config
 from phinetune.errors import PhinetuneError
-from phinetune.train import checkpoint as ck
 from phinetune.runs.run_dir import RunDir, RunInfo
+from phinetune.train import checkpoint as ck
 
 
 class OneProcess:
@@ -87,10 +86,17 @@ def test_same_run_without_checkpoint_starts_afresh(tmp_path, tiny_cfg):
 
 def test_truncate_metrics_drops_later_steps_and_a_cut_line(tmp_path):
     run = RunDir(tmp_path)
-    run.metrics.write_text('{"step": 0, "eval_loss": 5}\n{"step": 1, "loss": 4}\n{"step": 2, "loss": 3}\n'
-                           '{"step": 2, "eval_loss": 3}\n{"step": 3, "loss": 2}\n{"step": 4, "lo')
+    run.metrics.write_text(
+        '{"step": 0, "eval_loss": 5}\n{"step": 1, "loss": 4}\n{"step": 2, "loss": 3}\n'
+        '{"step": 2, "eval_loss": 3}\n{"step": 3, "loss": 2}\n{"step": 4, "lo'
+    )
     ck.truncate_metrics(run, 2, last_step=4)
-    assert [(r["step"], list(r)[1]) for r in run.read_metrics()] == [(0, "eval_loss"), (1, "loss"), (2, "loss"), (2, "eval_loss")]
+    assert [(r["step"], list(r)[1]) for r in run.read_metrics()] == [
+        (0, "eval_loss"),
+        (1, "loss"),
+        (2, "loss"),
+        (2, "eval_loss"),
+    ]
 
 
 def test_resuming_from_the_last_step_drops_the_final_eval_it_will_redo(tmp_path):
@@ -126,9 +132,27 @@ def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tmp_path):
     """>= 5 SIGKILLs at random points, one inside a save, one SIGTERM; every resumed curve equals the reference."""
     seed = int(os.environ.get("PHINETUNE_KILL_SEED", random.randrange(10**6)))
     report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "kill_resume_trials.py"), "--trials", "5", "--save-kills", "1",
-                           "--sigterms", "1", "--seed", str(seed), "--workdir", str(tmp_path / "w"), "--json", str(report)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "kill_resume_trials.py"),
+            "--trials",
+            "5",
+            "--save-kills",
+            "1",
+            "--sigterms",
+            "1",
+            "--seed",
+            str(seed),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     where = f"(seed {seed}; rerun with PHINETUNE_KILL_SEED={seed})\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert report.exists(), where
     trials = json.loads(report.read_text())["trials"]
@@ -142,7 +166,11 @@ def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tmp_path):
         assert t["resume_exit"] == 0, where
         assert t["curve"] == reference, f"{t['kind']} trial stopped after step {t.get('logged_before_stop')} {where}"
     (save_kill,) = [t for t in trials if t["kind"] == "save-kill"]
-    assert save_kill["exit"] == -9 and save_kill["state_after_stop"] == "interrupted" and save_kill["latest_after_stop"] == f"step-{save_kill['killed_in_save_of'] - 1}", where
+    assert (
+        save_kill["exit"] == -9
+        and save_kill["state_after_stop"] == "interrupted"
+        and save_kill["latest_after_stop"] == f"step-{save_kill['killed_in_save_of'] - 1}"
+    ), where
     (term,) = [t for t in trials if t["kind"] == "sigterm"]
     assert term["exit"] == 143 and term["latest_after_stop"] is not None and not term["temp_left"], where
     assert term["state_before_stop"] == "running" and term["state_after_stop"] == "interrupted", where
@@ -178,12 +206,17 @@ def test_stop_status_says_what_happened():
     from phinetune.train.guards import TrainingStopped
     from phinetune.train.recipe import stop_status
 
-    assert stop_status(PreflightError("pre-flight failed:\n  target 'q_proj' matches nothing"), None) == \
-        "failed at pre-flight: target 'q_proj' matches nothing"
+    assert (
+        stop_status(PreflightError("pre-flight failed:\n  target 'q_proj' matches nothing"), None)
+        == "failed at pre-flight: target 'q_proj' matches nothing"
+    )
     assert stop_status(TrainingStopped("stopped by SIGTERM after step 3", 143), 3) == "interrupted at step 3"
     assert stop_status(KeyboardInterrupt(), 7) == "interrupted at step 7"
     assert stop_status(PhinetuneError("loss became nan at step 3"), 2) == "failed at step 3: loss became nan at step 3"
-    assert stop_status(PhinetuneError("data file 'x' does not exist"), None) == "failed before training: data file 'x' does not exist"
+    assert (
+        stop_status(PhinetuneError("data file 'x' does not exist"), None)
+        == "failed before training: data file 'x' does not exist"
+    )
 
 
 def test_failed_start_is_recorded_then_the_fixed_command_trains(tiny_cfg):
@@ -192,7 +225,9 @@ def test_failed_start_is_recorded_then_the_fixed_command_trains(tiny_cfg):
     with pytest.raises(PhinetuneError, match="does not exist"):
         train(tiny_cfg("data.train=/nonexistent/data.jsonl", "train.max_steps=1"))
     bad = RunDir(tiny_cfg().output.dir)
-    assert bad.read_info().status.startswith("failed before training: data file '/nonexistent/data.jsonl' does not exist")
+    assert bad.read_info().status.startswith(
+        "failed before training: data file '/nonexistent/data.jsonl' does not exist"
+    )
     result = train(tiny_cfg("train.max_steps=1"))  # no output.overwrite needed
     assert result.run.read_info().status == "finished"
 
@@ -200,7 +235,10 @@ def test_failed_start_is_recorded_then_the_fixed_command_trains(tiny_cfg):
 def test_ddp_names_are_stored_as_the_unwrapped_model_names_them():
     """A DDP-wrapped state dict (and a checkpoint DDP wrote before names were unwrapped) loads on 1 process too."""
     assert ck.unwrapped_names({"module.a.weight": 1, "module.b": 2}) == {"a.weight": 1, "b": 2}
-    assert ck.unwrapped_names({"module.a": 1, "lm_head.weight": 2}) == {"module.a": 1, "lm_head.weight": 2}  # not all wrapped: kept
+    assert ck.unwrapped_names({"module.a": 1, "lm_head.weight": 2}) == {
+        "module.a": 1,
+        "lm_head.weight": 2,
+    }  # not all wrapped: kept
     assert ck.unwrapped_names({}) == {}
 
 
@@ -212,8 +250,15 @@ def test_a_run_still_training_is_neither_replaced_nor_resumed(tiny_cfg):
     proc = hold_in_subprocess(run.path)
     try:
         for overwrite in (False, True):
-            with pytest.raises(PhinetuneError, match=rf"a process is still training in {run.path} \(pid {proc.pid} on .*\); wait for it"):
-                ck._decide(run, cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": overwrite})}), resume=False)
+            with pytest.raises(
+                PhinetuneError,
+                match=rf"a process is still training in {run.path} \(pid {proc.pid} on .*\); wait for it",
+            ):
+                ck._decide(
+                    run,
+                    cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": overwrite})}),
+                    resume=False,
+                )
     finally:
         proc.kill()
         proc.wait()

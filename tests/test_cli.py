@@ -27,7 +27,9 @@ def test_train_with_embedded_default_prints_eval_drop_and_recall(cli_run):
     out, stdout = cli_run
     assert "pre-flight" in stdout and "end-of-turn token <|end|> trained: yes" in stdout
     assert "recall:" in stdout and "eval loss:" in stdout
-    first, final = [float(x) for x in stdout.split("eval loss:")[1].split("after")[0].replace("at step 0", "").split("->")]
+    first, final = [
+        float(x) for x in stdout.split("eval loss:")[1].split("after")[0].replace("at step 0", "").split("->")
+    ]
     assert final < first
     assert (out / "adapter" / "adapter_model.safetensors").exists()
 
@@ -38,7 +40,12 @@ def test_generate_single_prompt_and_file(cli_run, tmp_path):
     proc = cli_here("generate", str(out), "What gets wetter the more it dries?", "--max-new-tokens", "8")
     assert proc.stdout.strip()
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"prompt": "What has keys?"}) + "\n" + json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n")
+    prompts.write_text(
+        json.dumps({"prompt": "What has keys?"})
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "Hi"}]})
+        + "\n"
+    )
     answers = tmp_path / "answers.jsonl"
     cli_here("generate", str(out), "--input", str(prompts), "--output", str(answers), "--max-new-tokens", "8")
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
@@ -63,18 +70,27 @@ def test_chat_streams_and_exits(cli_run):
     from conftest import SRC
 
     env = {**os.environ, "PYTHONPATH": str(SRC), "PHINETUNE_QUIET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "phinetune", "chat", str(out), "--max-new-tokens", "8", "--temperature", "0"],
-                          input="What has keys?\n/exit\n", capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "phinetune", "chat", str(out), "--max-new-tokens", "8", "--temperature", "0"],
+        input="What has keys?\n/exit\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "phi>" in proc.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["data.train=/nonexistent/data.jsonl"], "data file '/nonexistent/data.jsonl' does not exist"),
-    (["train.learnig_rate=1e-4"], "did you mean 'train.learning_rate'"),
-    (["model.name=microsoft/not-a-cached-model"], "could not load model 'microsoft/not-a-cached-model'"),
-    (["model.dtype=fp16", "model.name=tiny-phi2"], "refused for phi2"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["data.train=/nonexistent/data.jsonl"], "data file '/nonexistent/data.jsonl' does not exist"),
+        (["train.learnig_rate=1e-4"], "did you mean 'train.learning_rate'"),
+        (["model.name=microsoft/not-a-cached-model"], "could not load model 'microsoft/not-a-cached-model'"),
+        (["model.dtype=fp16", "model.name=tiny-phi2"], "refused for phi2"),
+    ],
+)
 def test_bad_input_is_one_clear_sentence(args, message, tmp_path):
     proc = run_cli("train", *args, f"output.dir={tmp_path / 'r'}", check=False)
     assert proc.returncode == 2
@@ -96,7 +112,9 @@ def test_help_explains_every_verb():
         assert "Usage" in run_cli(verb, "--help").stdout
 
 
-@pytest.mark.parametrize("out_dir,why", [("/proc/phinetune-x", "No such file or directory"), ("/etc/passwd/run", "Not a directory")])
+@pytest.mark.parametrize(
+    "out_dir,why", [("/proc/phinetune-x", "No such file or directory"), ("/etc/passwd/run", "Not a directory")]
+)
 def test_unusable_output_dir_is_one_sentence_naming_it(out_dir, why, monkeypatch, capsys):
     """An OSError at a user-given path (FileNotFoundError, NotADirectoryError) is exit 2 and one sentence, in-process."""
     import sys
@@ -125,11 +143,17 @@ def test_config_as_a_named_option_is_the_positional_config(tmp_path):
     cfg.write_text("train:\n  learnig_rate: 1e-3\n")
     for verb in ("train", "check"):
         proc = cli_here(verb, "--config", str(cfg), "train.epochs=2", check=False)
-        assert proc.returncode == 2 and f"{cfg}:2: unknown key 'train.learnig_rate'" in proc.stdout, proc.stdout + proc.stderr
+        assert proc.returncode == 2 and f"{cfg}:2: unknown key 'train.learnig_rate'" in proc.stdout, (
+            proc.stdout + proc.stderr
+        )
     proc = cli_here("train", str(cfg), "--config", str(cfg), check=False)
-    assert proc.returncode == 2 and f"two configs given, {cfg} and --config {cfg}; pass one" in " ".join(proc.stdout.split())
+    assert proc.returncode == 2 and f"two configs given, {cfg} and --config {cfg}; pass one" in " ".join(
+        proc.stdout.split()
+    )
     synth = tmp_path / "synth.yaml"
-    synth.write_text("seeds: {path: builtin:riddles}\nteacher: {model: m}\nstages: {answer: {kind: assistant, promt: x}}\n")
+    synth.write_text(
+        "seeds: {path: builtin:riddles}\nteacher: {model: m}\nstages: {answer: {kind: assistant, promt: x}}\n"
+    )
     proc = cli_here("synth", "--config", str(synth), check=False)
     assert proc.returncode == 2 and "did you mean 'stages.answer.prompt'" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr and "No such option" not in proc.stdout + proc.stderr
@@ -144,28 +168,41 @@ def test_train_help_and_the_readme_give_the_same_time_for_the_default_run():
     assert said and "tiny built-in Phi-3-architecture model over the 64 bundled riddles" in said.group(1), helped[:600]
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     setup = readme.split("## Set-up")[1].split("## Quick start")[0]
-    assert setup.count(said.group(2)) == 2, said.group(2)  # the install line and "What the default run does" say the same
+    assert setup.count(said.group(2)) == 2, said.group(
+        2
+    )  # the install line and "What the default run does" say the same
 
 
 # ---------------------------------------------------------------- a folder of the wrong kind, for every verb
 # Each verb given a folder it cannot use exits 2 with one sentence that says what the folder is and what to pass
 # instead, checked against the kind of folder the test built (and before any model is loaded).
 
+
 def verb_args(verb: str, folder, out) -> list[str]:
     """The command line of `verb` with `folder` where it takes its run or model; outputs go under `out`."""
     folder = str(folder)
-    return {"generate": ["generate", folder, "hi", "--max-new-tokens", "2"],
-            "chat": ["chat", folder],
-            "serve": ["serve", folder, "--port", "1"],
-            "compare": ["compare", folder, "--out", str(out / "compare.md")],
-            "eval": ["eval", folder, "--limit", "1", "--data-dir", str(out)],
-            "merge": ["merge", folder, "--out", str(out / "merged")],
-            "export": ["export", folder, "--to", "gguf", "--out", str(out / "export")],
-            "push --dry-run": ["push", folder, "me/riddles", "--dry-run", "--out", str(out / "push")],
-            "report": ["report", folder],
-            "judge": ["judge", folder, "--judge-model", "any"],
-            "data inspect --model": ["data", "inspect", "builtin:riddles", "--model", folder, "--out", str(out / "inspect")],
-            "train model.name": ["train", f"model.name={folder}", f"output.dir={out / 'train'}"]}[verb]
+    return {
+        "generate": ["generate", folder, "hi", "--max-new-tokens", "2"],
+        "chat": ["chat", folder],
+        "serve": ["serve", folder, "--port", "1"],
+        "compare": ["compare", folder, "--out", str(out / "compare.md")],
+        "eval": ["eval", folder, "--limit", "1", "--data-dir", str(out)],
+        "merge": ["merge", folder, "--out", str(out / "merged")],
+        "export": ["export", folder, "--to", "gguf", "--out", str(out / "export")],
+        "push --dry-run": ["push", folder, "me/riddles", "--dry-run", "--out", str(out / "push")],
+        "report": ["report", folder],
+        "judge": ["judge", folder, "--judge-model", "any"],
+        "data inspect --model": [
+            "data",
+            "inspect",
+            "builtin:riddles",
+            "--model",
+            folder,
+            "--out",
+            str(out / "inspect"),
+        ],
+        "train model.name": ["train", f"model.name={folder}", f"output.dir={out / 'train'}"],
+    }[verb]
 
 
 MODEL_VERBS = ["generate", "chat", "serve"]  # take a run, a merged folder or a model
@@ -173,11 +210,20 @@ RUN_VERBS = ["compare", "eval", "merge", "export", "push --dry-run", "report", "
 TOKENIZER_VERBS = ["data inspect --model", "train model.name"]  # take a model, and a run is not one
 VERBS = MODEL_VERBS + RUN_VERBS + TOKENIZER_VERBS
 # How each verb takes a checkpoint of a run, and the last checkpoint of a damaged one (step-4 of checkpointed_run).
-CHECKPOINT_FLAG = {**dict.fromkeys(MODEL_VERBS + ["merge", "export"], "--checkpoint"), "compare": "--checkpoints", "eval": "--checkpoints",
-                   "judge": "--b"}
-DAMAGED_OFFER = {**dict.fromkeys(MODEL_VERBS + ["merge", "export"], "pass --checkpoint last to use its last checkpoint (step-4)"),
-                 "compare": "pass --checkpoints base,step-4", "eval": "pass --checkpoints base,step-4", "judge": "pass --b step-4",
-                 "push --dry-run": "its last checkpoint (step-4) is intact", "report": "pass --samples 0"}
+CHECKPOINT_FLAG = {
+    **dict.fromkeys(MODEL_VERBS + ["merge", "export"], "--checkpoint"),
+    "compare": "--checkpoints",
+    "eval": "--checkpoints",
+    "judge": "--b",
+}
+DAMAGED_OFFER = {
+    **dict.fromkeys(MODEL_VERBS + ["merge", "export"], "pass --checkpoint last to use its last checkpoint (step-4)"),
+    "compare": "pass --checkpoints base,step-4",
+    "eval": "pass --checkpoints base,step-4",
+    "judge": "pass --b step-4",
+    "push --dry-run": "its last checkpoint (step-4) is intact",
+    "report": "pass --samples 0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -197,33 +243,54 @@ def wrong_kinds(checkpointed_run, tmp_path_factory):
     (no_weights / "adapter" / "adapter_model.safetensors").unlink()
     no_adapter = linked_copy(checkpointed_run, root / "no-adapter" / "run")
     shutil.rmtree(no_adapter / "adapter")
-    return {"adapter": checkpointed_run / "adapter", "checkpoint": checkpointed_run / "checkpoints" / "step-2",
-            "empty": root / "empty", "files": root / "notes", "model": root / "model", "run": checkpointed_run,
-            "no weights": no_weights, "no adapter/": no_adapter, "runs": checkpointed_run.parent}
+    return {
+        "adapter": checkpointed_run / "adapter",
+        "checkpoint": checkpointed_run / "checkpoints" / "step-2",
+        "empty": root / "empty",
+        "files": root / "notes",
+        "model": root / "model",
+        "run": checkpointed_run,
+        "no weights": no_weights,
+        "no adapter/": no_adapter,
+        "runs": checkpointed_run.parent,
+    }
 
 
 def expected_sentence(verb: str, kind: str, folder, run) -> list[str]:
     """What the one sentence must contain, written from the kind of folder the test made."""
     base = json.loads((run / "run.json").read_text())["base_model"]
     if verb in TOKENIZER_VERBS and kind in ("adapter", "checkpoint", "run", "no weights", "no adapter/"):
-        where = {"adapter": f"{folder} is the adapter folder inside the run {run}", "checkpoint": f"{folder} is checkpoint step-2 of the run {run}"}
-        return [where.get(kind, f"{folder} is a run folder") + ", not a model;",
-                {"data inspect --model": f"--model {base}"}.get(verb, f"model.name={base}")]
+        where = {
+            "adapter": f"{folder} is the adapter folder inside the run {run}",
+            "checkpoint": f"{folder} is checkpoint step-2 of the run {run}",
+        }
+        return [
+            where.get(kind, f"{folder} is a run folder") + ", not a model;",
+            {"data inspect --model": f"--model {base}"}.get(verb, f"model.name={base}"),
+        ]
     flag = CHECKPOINT_FLAG.get(verb)
     return {
         "adapter": [f"{folder} is the adapter folder inside the run {run}; pass the run folder itself: {run}"],
-        "checkpoint": [f"{folder} is checkpoint step-2 of the run {run}; pass the run folder "
-                       + (f"with the checkpoint: {run} {flag} step-2" if flag else f"itself: {run}")],
+        "checkpoint": [
+            f"{folder} is checkpoint step-2 of the run {run}; pass the run folder "
+            + (f"with the checkpoint: {run} {flag} step-2" if flag else f"itself: {run}")
+        ],
         "empty": [f"{folder} is an empty folder; pass "],
         "files": [f"{folder} holds no model files (no config.json with weights; it has data.csv, todo.txt)"],
         "model": [f"{folder} is a model folder, not a run folder from `phinetune train`"],
-        "no weights": [f"{folder} is damaged: {folder}/adapter/adapter_model.safetensors is missing; {DAMAGED_OFFER.get(verb, '')}"],
+        "no weights": [
+            f"{folder} is damaged: {folder}/adapter/adapter_model.safetensors is missing; {DAMAGED_OFFER.get(verb, '')}"
+        ],
         "no adapter/": [f"{folder} is damaged: {folder}/adapter is missing; {DAMAGED_OFFER.get(verb, '')}"],
         "runs": [f"{folder} is a folder of runs (run); pass one of them, e.g. {folder / 'run'}"],
     }[kind]
 
 
-WRONG = [(verb, kind) for verb in VERBS for kind in ["adapter", "checkpoint", "empty", "files", "no weights", "no adapter/", "runs"]]
+WRONG = [
+    (verb, kind)
+    for verb in VERBS
+    for kind in ["adapter", "checkpoint", "empty", "files", "no weights", "no adapter/", "runs"]
+]
 WRONG += [(verb, "model") for verb in RUN_VERBS] + [(verb, "run") for verb in TOKENIZER_VERBS]
 
 
@@ -244,13 +311,32 @@ def test_a_folder_of_the_wrong_kind_is_one_sentence(wrong_kinds, checkpointed_ru
     assert not any(tmp_path.iterdir())  # refused before it wrote anything
 
 
-NOT_JUNK = {"config.json", "adapter_config.json", "genai_config.json", "run.json", "config.yaml", "phinetune.json", "tokenizer.json",
-            "tokenizer_config.json"}
-junk_names = st.builds(lambda stem, ext: f"{stem}.{ext}", st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=10),
-                       st.sampled_from(["txt", "csv", "md", "json", "yaml", "jsonl", "py", "png", "log"])).filter(lambda n: n not in NOT_JUNK)
+NOT_JUNK = {
+    "config.json",
+    "adapter_config.json",
+    "genai_config.json",
+    "run.json",
+    "config.yaml",
+    "phinetune.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+junk_names = st.builds(
+    lambda stem, ext: f"{stem}.{ext}",
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=10),
+    st.sampled_from(["txt", "csv", "md", "json", "yaml", "jsonl", "py", "png", "log"]),
+).filter(lambda n: n not in NOT_JUNK)
 # What a run's final weights need, one of them deleted (relative to the run folder).
-NEEDED = ["adapter", "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "tokenizer", "tokenizer/tokenizer.json",
-          "tokenizer/tokenizer_config.json", "config.yaml", "run.json"]
+NEEDED = [
+    "adapter",
+    "adapter/adapter_model.safetensors",
+    "adapter/adapter_config.json",
+    "tokenizer",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "config.yaml",
+    "run.json",
+]
 
 
 def _inside(run):

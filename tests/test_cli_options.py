@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import typer
 import typer.main
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from phinetune.cli import app, options
@@ -19,8 +20,19 @@ from phinetune.infer.sampling import Sampling
 from phinetune.models.load_options import DTYPE_ALIASES, LoadOptions
 
 CLI = Path(__file__).resolve().parents[1] / "src" / "phinetune" / "cli"
-SHARED = ("--dtype", "--quant", "--checkpoint", "--checkpoints", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed",
-          "--config", "--prompts")
+SHARED = (
+    "--dtype",
+    "--quant",
+    "--checkpoint",
+    "--checkpoints",
+    "--max-new-tokens",
+    "--temperature",
+    "--top-k",
+    "--top-p",
+    "--seed",
+    "--config",
+    "--prompts",
+)
 
 
 def commands(group, path: tuple[str, ...] = ()):
@@ -41,8 +53,29 @@ def test_every_verb_has_a_help(path):
 
 def test_every_verb_is_registered():
     assert {" ".join(p) for p in VERBS} == {
-        "train", "check", "launch-template", "generate", "chat", "compare", "eval", "judge", "report", "merge", "export", "push",
-        "serve", "synth", "inspect", "plan", "data", "data inspect", "bench", "bench infer", "bench serve", "bench train"}
+        "train",
+        "check",
+        "launch-template",
+        "generate",
+        "chat",
+        "compare",
+        "eval",
+        "judge",
+        "report",
+        "merge",
+        "export",
+        "push",
+        "serve",
+        "synth",
+        "inspect",
+        "plan",
+        "data",
+        "data inspect",
+        "bench",
+        "bench infer",
+        "bench serve",
+        "bench train",
+    }
 
 
 def test_shared_options_are_spelled_only_in_the_options_module():
@@ -63,7 +96,7 @@ def test_no_verb_declares_a_shared_option_by_its_parameter_name():
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.FunctionDef) and module.name != "options.py":
                 args = node.args.args
-                defaults = dict(zip([a.arg for a in args[len(args) - len(node.args.defaults):]], node.args.defaults))
+                defaults = dict(zip([a.arg for a in args[len(args) - len(node.args.defaults) :]], node.args.defaults))
                 for arg in args:
                     if "--" + arg.arg.replace("_", "-") in SHARED:
                         declared = defaults.get(arg.arg)
@@ -102,10 +135,20 @@ def help_of(alias) -> str:
 
 def test_the_defaults_are_the_librarys():
     """The sampling and loading options default to what Sampling() and LoadOptions() do when nobody passes them."""
-    library = {help_of(options.DType): LoadOptions().dtype, help_of(options.Quant): LoadOptions().quant,
-               **{help_of(alias): getattr(Sampling(), name) for name, alias in [
-                   ("max_new_tokens", options.MaxNewTokens), ("temperature", options.Temperature), ("top_k", options.TopK),
-                   ("top_p", options.TopP), ("seed", options.Seed)]}}
+    library = {
+        help_of(options.DType): LoadOptions().dtype,
+        help_of(options.Quant): LoadOptions().quant,
+        **{
+            help_of(alias): getattr(Sampling(), name)
+            for name, alias in [
+                ("max_new_tokens", options.MaxNewTokens),
+                ("temperature", options.Temperature),
+                ("top_k", options.TopK),
+                ("top_p", options.TopP),
+                ("seed", options.Seed),
+            ]
+        },
+    }
     checked = 0
     for path, command in commands(ROOT):
         for param in getattr(command, "params", []):
@@ -127,7 +170,9 @@ def test_every_dtype_spelling_is_a_choice(spelling):
 def test_a_wrong_choice_is_the_command_lines_one_line_error():
     proc = CliRunner().invoke(app, ["generate", "run", "hi", "--quant", "int3"])
     said = " ".join(proc.output.split())
-    assert proc.exit_code == 2 and "Invalid value for '--quant'" in said and "'int3' is not one of 'none', 'nf4'" in said
+    assert (
+        proc.exit_code == 2 and "Invalid value for '--quant'" in said and "'int3' is not one of 'none', 'nf4'" in said
+    )
     assert "none|nf4" in " ".join(CliRunner().invoke(app, ["generate", "--help"]).output.split())  # the choices, listed
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT, SRC, cli_here, run_cli
 from phinetune.config import dump_config
@@ -51,11 +52,17 @@ def test_the_pytorchjob_has_one_master_and_n_minus_1_workers(nodes, nproc):
         container = role["template"]["spec"]["containers"][0]
         assert container["name"] == "pytorch" and container["resources"]["limits"]["nvidia.com/gpu"] == nproc
         # The pod's command, with the variables the operator sets, is a valid multi-node `phinetune train`.
-        line = container["args"][0].replace("$RANK", str(nodes - 1)).replace("$MASTER_ADDR", "master-0").replace("$MASTER_PORT", "29500")
+        line = (
+            container["args"][0]
+            .replace("$RANK", str(nodes - 1))
+            .replace("$MASTER_ADDR", "master-0")
+            .replace("$MASTER_PORT", "29500")
+        )
         params = parsed_train_options(train_args(line))
         assert list(params["args"]) == ["cfg.yaml", "output.dir=/runs/a"] and params["nproc"] == nproc
-        assert nodes_from_options(params["nnodes"], params["node_rank"], params["rdzv_endpoint"], params["rdzv_id"]) == (
-            Nodes(nodes, nodes - 1, "master-0:29500", "phinetune"))
+        assert nodes_from_options(
+            params["nnodes"], params["node_rank"], params["rdzv_endpoint"], params["rdzv_id"]
+        ) == (Nodes(nodes, nodes - 1, "master-0:29500", "phinetune"))
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert "/runs" in mounts and "/dev/shm" in mounts
 
@@ -63,7 +70,9 @@ def test_the_pytorchjob_has_one_master_and_n_minus_1_workers(nodes, nproc):
 @settings(max_examples=15, deadline=None)
 @given(nodes=st.integers(1, 64), nproc=st.integers(1, 8))
 def test_the_sbatch_script_asks_for_n_nodes_and_one_task_each(nodes, nproc):
-    script = render("slurm", ClusterJob("cfg.yaml", (), nodes, nproc, "runs/a", accelerate_config="configs/accelerate/fsdp.yaml"))
+    script = render(
+        "slurm", ClusterJob("cfg.yaml", (), nodes, nproc, "runs/a", accelerate_config="configs/accelerate/fsdp.yaml")
+    )
     assert f"#SBATCH --nodes={nodes}\n" in script and "#SBATCH --ntasks-per-node=1\n" in script
     assert f"#SBATCH --gpus-per-node={nproc}\n" in script
     assert f"--nproc {nproc} --accelerate-config configs/accelerate/fsdp.yaml" in script
@@ -85,14 +94,29 @@ def test_multi_node_launch_uses_the_c10d_rendezvous():
     cmd, env = launch_command(1, ["cfg.yaml"], use_gpu=False, nodes=nodes)
     assert "--standalone" not in cmd and env["ACCELERATE_USE_CPU"] == "true"
     at = cmd.index("--rdzv_backend")
-    assert cmd[at:at + 8] == ["--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:29611", "--rdzv_id", "job7", "--rdzv_conf", "is_host=0"]
+    assert cmd[at : at + 8] == [
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "127.0.0.1:29611",
+        "--rdzv_id",
+        "job7",
+        "--rdzv_conf",
+        "is_host=0",
+    ]
     assert cmd[cmd.index("--nnodes") + 1] == "2"
     host, _ = launch_command(1, ["cfg.yaml"], use_gpu=False, nodes=nodes_from_options(2, 0, "127.0.0.1:29611", "job7"))
     assert "is_host=1" in host  # node 0 serves the rendezvous store
     gpu, _ = launch_command(4, ["cfg.yaml"], use_gpu=True, nodes=nodes)
-    assert gpu[gpu.index("--num_processes") + 1] == "8" and gpu[gpu.index("--machine_rank") + 1] == "1"  # accelerate counts all nodes
-    for bad, words in [((2, 2, "127.0.0.1:1", "j"), "--node-rank 2: expected 0 to 1"), ((2, 0, None, "j"), "needs --rdzv-endpoint"),
-                       ((2, 0, "localhost", "j"), "expected HOST:PORT"), ((1, 1, None, "j"), "pass --nnodes too")]:
+    assert (
+        gpu[gpu.index("--num_processes") + 1] == "8" and gpu[gpu.index("--machine_rank") + 1] == "1"
+    )  # accelerate counts all nodes
+    for bad, words in [
+        ((2, 2, "127.0.0.1:1", "j"), "--node-rank 2: expected 0 to 1"),
+        ((2, 0, None, "j"), "needs --rdzv-endpoint"),
+        ((2, 0, "localhost", "j"), "expected HOST:PORT"),
+        ((1, 1, None, "j"), "pass --nnodes too"),
+    ]:
         with pytest.raises(PhinetuneError, match=words):
             nodes_from_options(*bad)
 
@@ -124,7 +148,10 @@ exit $rc
 
 
 def curve(run: Path) -> list[tuple]:
-    return [(r["step"], r.get("loss", r.get("eval_loss")), r.get("lr"), r.get("grad_norm")) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    return [
+        (r["step"], r.get("loss", r.get("eval_loss")), r.get("lr"), r.get("grad_norm"))
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    ]
 
 
 @pytest.mark.slow
@@ -134,22 +161,50 @@ def test_the_slurm_script_under_a_fake_srun_trains_one_two_node_job_equal_to_one
     rate, gradient norm and eval loss agree within 2e-5 (as the DDP parity test in test_launch.py)."""
     from phinetune.train.recipe import train
 
-    common = ["train.batch_size=2", "train.max_steps=3", "adapter.dropout=0", "train.eval_every=2", "data.packing=false",
-              "train.recall_check=false"]
+    common = [
+        "train.batch_size=2",
+        "train.max_steps=3",
+        "adapter.dropout=0",
+        "train.eval_every=2",
+        "data.packing=false",
+        "train.recall_check=false",
+    ]
     one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
     cfg_file = tmp_path / "two.yaml"
     dump_config(tiny_cfg(*common, "train.grad_accum=1", f"output.dir={tmp_path / 'two'}"), cfg_file)
     script = tmp_path / "job.sbatch"
-    run_cli("launch-template", "slurm", str(cfg_file), "--nodes", "2", "--nproc", "1", "--gpus-per-node", "0", "--out", str(script))
+    run_cli(
+        "launch-template",
+        "slurm",
+        str(cfg_file),
+        "--nodes",
+        "2",
+        "--nproc",
+        "1",
+        "--gpus-per-node",
+        "0",
+        "--out",
+        str(script),
+    )
 
     bin_dir, logs = tmp_path / "bin", tmp_path / "logs"
     bin_dir.mkdir(), logs.mkdir()
     executable(bin_dir / "srun", FAKE_SRUN)
-    executable(bin_dir / "scontrol", "#!/bin/bash\necho 127.0.0.1\n")  # `scontrol show hostnames LIST`: node 0 is this machine
-    executable(bin_dir / "phinetune", f"#!/bin/bash\nexec {shlex.quote(sys.executable)} -m phinetune \"$@\"\n")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1",
-           "SLURM_NNODES": "2", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[0-1]", "MASTER_PORT": str(free_port()),
-           "FAKE_SRUN_LOGS": str(logs)}
+    executable(
+        bin_dir / "scontrol", "#!/bin/bash\necho 127.0.0.1\n"
+    )  # `scontrol show hostnames LIST`: node 0 is this machine
+    executable(bin_dir / "phinetune", f'#!/bin/bash\nexec {shlex.quote(sys.executable)} -m phinetune "$@"\n')
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(SRC),
+        "HF_HUB_OFFLINE": "1",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "node[0-1]",
+        "MASTER_PORT": str(free_port()),
+        "FAKE_SRUN_LOGS": str(logs),
+    }
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     node_logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(logs.glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{node_logs}"

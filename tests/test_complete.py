@@ -9,9 +9,14 @@ from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling, chat_prompt, complete, generate_batch, stream_reply
 from phinetune.runs.loading import Loaded, load_for_inference
 
-CONVS = [[{"role": "user", "content": "What has keys but cannot open locks?"}],
-         [{"role": "user", "content": "Hi"}],
-         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What gets wetter the more it dries? Think."}]]
+CONVS = [
+    [{"role": "user", "content": "What has keys but cannot open locks?"}],
+    [{"role": "user", "content": "Hi"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What gets wetter the more it dries? Think."},
+    ],
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def test_batched_answers_equal_one_by_one(base):
 def _raw_tokens(loaded: Loaded, conv, n: int) -> list[int]:
     enc = loaded.tokenizer(chat_prompt(loaded, conv), return_tensors="pt", add_special_tokens=False)
     out = loaded.model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return out[0, enc["input_ids"].shape[1]:].tolist()
+    return out[0, enc["input_ids"].shape[1] :].tolist()
 
 
 def test_stops_at_the_stop_token_and_counts_it(base):
@@ -50,9 +55,9 @@ def test_stop_string_cuts_the_text(base):
     unstopped = Loaded(base.model, base.tokenizer, base.spec, [], base.source)
     prompt = [chat_prompt(base, CONVS[0])]
     [full] = complete(unstopped, prompt, Sampling(max_new_tokens=12))
-    stop = full.text[len(full.text) // 2:len(full.text) // 2 + 2]
+    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 2]
     [cut] = complete(unstopped, prompt, Sampling(max_new_tokens=12), stop=[stop])
-    assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(stop)]
 
 
 def test_sampling_seed_topk_and_validation(base):
@@ -63,13 +68,22 @@ def test_sampling_seed_topk_and_validation(base):
     top1 = generate_batch(base, CONVS, Sampling(max_new_tokens=12, temperature=1.0, top_k=1, seed=3))
     assert top1 == generate_batch(base, CONVS, Sampling(max_new_tokens=12))  # top-1 sampling is greedy
     for bad in [dict(temperature=-1), dict(top_p=0.0), dict(top_k=-2), dict(max_new_tokens=0)]:
-        (name, value), = bad.items()
-        with pytest.raises(PhinetuneError, match=rf"^{name} must .*\(got {value}\)$"):  # names the setting, not the whole object
+        ((name, value),) = bad.items()
+        with pytest.raises(
+            PhinetuneError, match=rf"^{name} must .*\(got {value}\)$"
+        ):  # names the setting, not the whole object
             Sampling(**bad)
 
 
-@pytest.mark.parametrize("dtype,quant,expect", [("bf16", "none", torch.bfloat16), ("fp16", "none", torch.float16),
-                                                ("fp32", "none", torch.float32), ("auto", "nf4", None)])
+@pytest.mark.parametrize(
+    "dtype,quant,expect",
+    [
+        ("bf16", "none", torch.bfloat16),
+        ("fp16", "none", torch.float16),
+        ("fp32", "none", torch.float32),
+        ("auto", "nf4", None),
+    ],
+)
 def test_run_folder_in_every_dtype(tiny_run, dtype, quant, expect):
     loaded = load_for_inference(str(tiny_run), dtype, quant)
     kinds = {type(m).__name__ for m in loaded.model.modules()}
@@ -96,7 +110,9 @@ def test_merged_folder_answers_like_the_run(tiny_run, tmp_path):
             before = run.model(**enc).logits
     assert torch.allclose(merged_logits, tuned, atol=1e-4)
     assert not torch.allclose(before, tuned, atol=1e-2)  # and the adapter did change the model
-    assert generate_batch(flat, CONVS, Sampling(max_new_tokens=10)) == generate_batch(run, CONVS, Sampling(max_new_tokens=10))
+    assert generate_batch(flat, CONVS, Sampling(max_new_tokens=10)) == generate_batch(
+        run, CONVS, Sampling(max_new_tokens=10)
+    )
 
 
 def test_streamed_reply_equals_the_batch_answer(base):
@@ -108,9 +124,15 @@ def _reference_greedy(model, ids: list[int], n: int) -> list[int]:
     """The path as it was before `decode_kernels`: plain generate, oneDNN as torch sets it, no stop token."""
     x = torch.tensor([ids])
     with torch.no_grad():
-        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def _spy_mkldnn(model) -> tuple[list[bool], object]:
@@ -181,8 +203,16 @@ def test_phi3_mini_width_greedy_tokens_equal_the_reference():
     from phinetune.models.tiny import build_tiny
 
     _, tok = build_tiny("tiny-phi3")
-    config = Phi3Config(vocab_size=2048, hidden_size=3072, intermediate_size=8192, num_hidden_layers=1, num_attention_heads=32,
-                        num_key_value_heads=32, max_position_embeddings=512, pad_token_id=0)
+    config = Phi3Config(
+        vocab_size=2048,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=1,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = Phi3ForCausalLM(config).to(torch.bfloat16).eval()
     loaded = Loaded(model, tok, get_spec("tiny-phi3"), [], "phi3-mini-width")
@@ -200,7 +230,9 @@ def test_closing_a_stream_cancels_generation_and_joins_its_thread(base):
     from phinetune.infer.complete import STREAM_THREAD
 
     n = 300
-    assert complete(base, [chat_prompt(base, CONVS[0])], Sampling(max_new_tokens=n))[0].completion_tokens == n  # left alone: n steps
+    assert (
+        complete(base, [chat_prompt(base, CONVS[0])], Sampling(max_new_tokens=n))[0].completion_tokens == n
+    )  # left alone: n steps
     forwards = []
     hook = base.model.register_forward_hook(lambda *_: forwards.append(1))
     try:

@@ -24,10 +24,19 @@ def test_every_shipped_config_validates(path):
 
 def test_shipped_configs_cover_every_model_and_method():
     pairs = {(load_config(p).model.name, load_config(p).model.quant) for p in SHIPPED}
-    for hub_id in ["microsoft/phi-2", "microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3.5-mini-instruct",
-                   "microsoft/Phi-3.5-MoE-instruct", "microsoft/Phi-4-mini-instruct", "microsoft/phi-4", "microsoft/Phi-4-reasoning",
-                   "microsoft/Phi-4-reasoning-plus", "microsoft/Phi-4-mini-reasoning", "microsoft/Phi-3-medium-4k-instruct",
-                   "microsoft/Phi-3-medium-128k-instruct"]:
+    for hub_id in [
+        "microsoft/phi-2",
+        "microsoft/Phi-3-mini-4k-instruct",
+        "microsoft/Phi-3.5-mini-instruct",
+        "microsoft/Phi-3.5-MoE-instruct",
+        "microsoft/Phi-4-mini-instruct",
+        "microsoft/phi-4",
+        "microsoft/Phi-4-reasoning",
+        "microsoft/Phi-4-reasoning-plus",
+        "microsoft/Phi-4-mini-reasoning",
+        "microsoft/Phi-3-medium-4k-instruct",
+        "microsoft/Phi-3-medium-128k-instruct",
+    ]:
         assert (hub_id, "none") in pairs and (hub_id, "nf4") in pairs, hub_id
 
 
@@ -59,7 +68,9 @@ def test_contradiction_full_finetune_of_4bit_weights():
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.learning_rate=2e-5", "data.packing=false", "adapter.modules_to_save=[embed_tokens, lm_head]"])
+    cfg = load_config(
+        None, ["train.learning_rate=2e-5", "data.packing=false", "adapter.modules_to_save=[embed_tokens, lm_head]"]
+    )
     assert cfg.train.learning_rate == 2e-5 and cfg.data.packing is False
     assert cfg.adapter.modules_to_save == ["embed_tokens", "lm_head"]
 
@@ -88,18 +99,35 @@ def test_defaults_follow_the_seeds():
     assert cfg.data.max_length == 512 and cfg.model.trust_remote_code is False
 
 
-@pytest.mark.parametrize("theirs,ours", [("train.lr", "train.learning_rate"), ("adapter.lora_r", "adapter.r"),
-                                         ("adapter.target_modules", "adapter.targets"), ("train.gradient_accumulation_steps", "train.grad_accum")])
+@pytest.mark.parametrize(
+    "theirs,ours",
+    [
+        ("train.lr", "train.learning_rate"),
+        ("adapter.lora_r", "adapter.r"),
+        ("adapter.target_modules", "adapter.targets"),
+        ("train.gradient_accumulation_steps", "train.grad_accum"),
+    ],
+)
 def test_names_from_other_toolkits_point_to_ours(theirs, ours):
     with pytest.raises(ConfigError, match=f"did you mean '{ours}'"):
         load_config(None, [f"{theirs}=1"])
 
 
 # The tiny model of the same architecture as each spec (same module and parameter names).
-TINY_FOR_SPEC = {"phi2": "tiny-phi2", "phi3-mini-4k": "tiny-phi3", "phi3-mini-128k": "tiny-phi3", "phi3.5-mini": "tiny-phi3",
-                 "phi3.5-moe": "tiny-phimoe", "phi4-mini": "tiny-phi4", "phi4": "tiny-phi4-14b", "phi4-reasoning": "tiny-phi4-reasoning",
-                 "phi4-reasoning-plus": "tiny-phi4-reasoning", "phi4-mini-reasoning": "tiny-phi4-mini-reasoning",
-                 "phi3-medium-4k": "tiny-phi3-medium", "phi3-medium-128k": "tiny-phi3-medium"}
+TINY_FOR_SPEC = {
+    "phi2": "tiny-phi2",
+    "phi3-mini-4k": "tiny-phi3",
+    "phi3-mini-128k": "tiny-phi3",
+    "phi3.5-mini": "tiny-phi3",
+    "phi3.5-moe": "tiny-phimoe",
+    "phi4-mini": "tiny-phi4",
+    "phi4": "tiny-phi4-14b",
+    "phi4-reasoning": "tiny-phi4-reasoning",
+    "phi4-reasoning-plus": "tiny-phi4-reasoning",
+    "phi4-mini-reasoning": "tiny-phi4-mini-reasoning",
+    "phi3-medium-4k": "tiny-phi3-medium",
+    "phi3-medium-128k": "tiny-phi3-medium",
+}
 
 
 @pytest.fixture(scope="module")
@@ -127,15 +155,27 @@ def test_every_shipped_adapter_config_applies_to_its_architecture(path, tiny_fol
     assert 0 < trainable < total
 
 
-@pytest.mark.parametrize("item,hint", [("lr=1e-3", "train.learning_rate"), ("lora_r=8", "adapter.r"),
-                                       ("target_modules=[qkv_proj]", "adapter.targets"), ("load_in_4bit=true", "model.quant=nf4"),
-                                       ("adapter.quant=nf4", "model.quant"), ("epochs=3", "train.epochs"),
-                                       ("train.max_length=128", "data.max_length"), ("learnig_rate=1", "train.learning_rate"),
-                                       # a value given as a key, and dotted keys without their section or with '_'
-                                       ("bf16=true", "model.dtype=bf16"), ("train.bf16=true", "model.dtype=bf16"),
-                                       ("qlora=true", "model.quant=nf4"), ("cosine=true", "train.scheduler=cosine"),
-                                       ("max_lenght=64", "data.max_length"), ("data_max_length=64", "data.max_length"),
-                                       ("model_name=x", "model.name")])
+@pytest.mark.parametrize(
+    "item,hint",
+    [
+        ("lr=1e-3", "train.learning_rate"),
+        ("lora_r=8", "adapter.r"),
+        ("target_modules=[qkv_proj]", "adapter.targets"),
+        ("load_in_4bit=true", "model.quant=nf4"),
+        ("adapter.quant=nf4", "model.quant"),
+        ("epochs=3", "train.epochs"),
+        ("train.max_length=128", "data.max_length"),
+        ("learnig_rate=1", "train.learning_rate"),
+        # a value given as a key, and dotted keys without their section or with '_'
+        ("bf16=true", "model.dtype=bf16"),
+        ("train.bf16=true", "model.dtype=bf16"),
+        ("qlora=true", "model.quant=nf4"),
+        ("cosine=true", "train.scheduler=cosine"),
+        ("max_lenght=64", "data.max_length"),
+        ("data_max_length=64", "data.max_length"),
+        ("model_name=x", "model.name"),
+    ],
+)
 def test_foreign_and_misplaced_names_point_to_ours_without_a_section(item, hint):
     with pytest.raises(ConfigError, match=re.escape(f"did you mean '{hint}'")):
         load_config(None, [item])
@@ -163,8 +203,12 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(f"{cfg}:4: key 'train' is given twice (first at {cfg}:1)")):
         load_config(cfg)
     nested = tmp_path / "nested.yaml"
-    nested.write_text("model:\n  name: tiny-phi3\ntrain:\n  learning_rate: 1e-3\n  batch_size: 2\n  learning_rate: 2e-4\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{nested}:6: key 'train.learning_rate' is given twice (first at {nested}:4)")):
+    nested.write_text(
+        "model:\n  name: tiny-phi3\ntrain:\n  learning_rate: 1e-3\n  batch_size: 2\n  learning_rate: 2e-4\n"
+    )
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{nested}:6: key 'train.learning_rate' is given twice (first at {nested}:4)")
+    ):
         load_config(nested)
     proc = cli_here("check", str(cfg), check=False)
     assert proc.returncode == 2 and "given twice" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr

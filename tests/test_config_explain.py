@@ -18,9 +18,9 @@ from phinetune.config.explain import from_flags
 from phinetune.config.schema import DataConfig
 from phinetune.data.inspect import DATA_FLAGS
 from phinetune.errors import ConfigError
+from phinetune.eval.judge import JUDGE_FLAGS
 from phinetune.synth.config import load_synth_config
 from phinetune.teachers.config import TeacherConfig
-from phinetune.eval.judge import JUDGE_FLAGS
 
 # ORIGIN: 'KEY': what is wrong (got VALUE)
 LINE = re.compile(r"^(?P<origin>\S+:\d+|command line \([^)]+\)): '(?P<key>[^']+)': (?P<what>.+) \(got (?P<got>.+)\)$")
@@ -47,16 +47,23 @@ def write(tmp_path, name: str, text: str):
     return path
 
 
-@pytest.mark.parametrize("load,name,text,key", [(load_config, "run.yaml", RUN, "train.batch_size"),
-                                                (load_synth_config, "synth.yaml", SYNTH, "teacher.concurrency")])
+@pytest.mark.parametrize(
+    "load,name,text,key",
+    [
+        (load_config, "run.yaml", RUN, "train.batch_size"),
+        (load_synth_config, "synth.yaml", SYNTH, "teacher.concurrency"),
+    ],
+)
 def test_a_bad_value_in_a_file_names_its_file_and_line(tmp_path, load, name, text, key):
     path = write(tmp_path, name, text)
     said = parts(explained(load, path))
     assert said["origin"] == f"{path}:5" and said["key"] == key and said["got"] == "'many'"
 
 
-@pytest.mark.parametrize("load,name,text,key", [(load_config, "run.yaml", RUN, "train.epochs"),
-                                                (load_synth_config, "synth.yaml", SYNTH, "teacher.concurrency")])
+@pytest.mark.parametrize(
+    "load,name,text,key",
+    [(load_config, "run.yaml", RUN, "train.epochs"), (load_synth_config, "synth.yaml", SYNTH, "teacher.concurrency")],
+)
 def test_a_bad_override_names_the_command_line(tmp_path, load, name, text, key):
     fixed = text.replace("many", "2")
     said = parts(explained(load, write(tmp_path, name, fixed), [f"{key}=-3"]))
@@ -65,26 +72,57 @@ def test_a_bad_override_names_the_command_line(tmp_path, load, name, text, key):
 
 def test_a_bad_option_names_the_command_line_as_an_override_does():
     said = parts(explained(lambda: from_flags(TeacherConfig, JUDGE_FLAGS, model="m", concurrency=0)))
-    assert said == {"origin": "command line (--concurrency 0)", "key": "--concurrency",
-                    "what": "Input should be greater than or equal to 1", "got": "0"}
+    assert said == {
+        "origin": "command line (--concurrency 0)",
+        "key": "--concurrency",
+        "what": "Input should be greater than or equal to 1",
+        "got": "0",
+    }
     said = parts(explained(lambda: from_flags(DataConfig, DATA_FLAGS, train="builtin:riddles", mask="everything")))
-    assert said["origin"] == "command line (--mask everything)" and said["key"] == "--mask" and "'last_assistant'" in said["what"]
+    assert (
+        said["origin"] == "command line (--mask everything)"
+        and said["key"] == "--mask"
+        and "'last_assistant'" in said["what"]
+    )
 
 
 def test_every_source_names_an_unknown_key_by_its_line_with_a_hint(tmp_path):
     """In a synth stage too: pydantic's location carries the stage's kind, which the file does not."""
     run = write(tmp_path, "run.yaml", "train:\n  learnig_rate: 1e-3\n")
-    assert explained(load_config, run) == f"{run}:2: unknown key 'train.learnig_rate'; did you mean 'train.learning_rate'?"
-    synth = write(tmp_path, "synth.yaml", SYNTH.replace("many", "2").replace("{kind: assistant}", "\n    kind: assistant\n    promt: x"))
-    assert explained(load_synth_config, synth) == f"{synth}:9: unknown key 'stages.answer.promt'; did you mean 'stages.answer.prompt'?"
+    assert (
+        explained(load_config, run) == f"{run}:2: unknown key 'train.learnig_rate'; did you mean 'train.learning_rate'?"
+    )
+    synth = write(
+        tmp_path,
+        "synth.yaml",
+        SYNTH.replace("many", "2").replace("{kind: assistant}", "\n    kind: assistant\n    promt: x"),
+    )
+    assert (
+        explained(load_synth_config, synth)
+        == f"{synth}:9: unknown key 'stages.answer.promt'; did you mean 'stages.answer.prompt'?"
+    )
     said = explained(load_synth_config, synth, ["teacher.concurency=3"])
-    assert said.startswith("command line (teacher.concurency=3): unknown key 'teacher.concurency'; did you mean 'teacher.concurrency'?")
+    assert said.startswith(
+        "command line (teacher.concurency=3): unknown key 'teacher.concurency'; did you mean 'teacher.concurrency'?"
+    )
 
 
 def test_the_command_prints_an_option_error_as_one_sentence(tmp_path):
-    proc = cli_here("data", "inspect", "builtin:riddles", "--model", "tiny-phi3", "--max-length", "4", "--out", str(tmp_path / "o"),
-                    check=False)
+    proc = cli_here(
+        "data",
+        "inspect",
+        "builtin:riddles",
+        "--model",
+        "tiny-phi3",
+        "--max-length",
+        "4",
+        "--out",
+        str(tmp_path / "o"),
+        check=False,
+    )
     said = " ".join(proc.stdout.split())
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
-    assert said.startswith("error: command line (--max-length 4): '--max-length': Input should be greater than or equal to ")
+    assert said.startswith(
+        "error: command line (--max-length 4): '--max-length': Input should be greater than or equal to "
+    )
     assert not (tmp_path / "o").exists()

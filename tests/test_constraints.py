@@ -4,8 +4,8 @@ versions pinned in constraints.txt, each inside pyproject.toml's bounds."""
 from __future__ import annotations
 
 import importlib.util
-import tomllib
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -17,7 +17,9 @@ spec.loader.exec_module(refresh)
 
 
 def pinned() -> dict[str, str]:
-    return {canonicalize_name(name): version for name, version in refresh.parse(refresh.CONSTRAINTS.read_text()).items()}
+    return {
+        canonicalize_name(name): version for name, version in refresh.parse(refresh.CONSTRAINTS.read_text()).items()
+    }
 
 
 def test_ci_runs_the_readme_test_command_with_the_constraints():
@@ -29,7 +31,9 @@ def test_ci_runs_the_readme_test_command_with_the_constraints():
 
 def test_every_dependency_is_bounded_and_pinned_inside_its_bounds():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = [Requirement(r) for r in project["dependencies"] + sum(project["optional-dependencies"].values(), [])]
+    requirements = [
+        Requirement(r) for r in project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    ]
     versions = pinned()
     for req in requirements:
         assert any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier), f"{req} has no upper bound"
@@ -37,7 +41,9 @@ def test_every_dependency_is_bounded_and_pinned_inside_its_bounds():
         if name == "llama-cpp-python":  # installed by .ci/llama-cpp-python from its own pinned wheel
             continue
         assert name in versions, f"{req.name} is not in constraints.txt"
-        assert req.specifier.contains(versions[name], prereleases=True), f"constraints.txt pins {req.name}=={versions[name]} outside {req}"
+        assert req.specifier.contains(versions[name], prereleases=True), (
+            f"constraints.txt pins {req.name}=={versions[name]} outside {req}"
+        )
 
 
 def test_freeze_lists_the_dependency_closure_without_local_build_labels(tmp_path):
@@ -45,6 +51,12 @@ def test_freeze_lists_the_dependency_closure_without_local_build_labels(tmp_path
     out = tmp_path / "constraints.txt"
     written = refresh.freeze(out)
     names = {canonicalize_name(n) for n in written}
-    assert {"transformers", "hypothesis-jsonschema", "tokenizers", "torch", "jsonschema"} <= names  # direct, and via others
+    assert {
+        "transformers",
+        "hypothesis-jsonschema",
+        "tokenizers",
+        "torch",
+        "jsonschema",
+    } <= names  # direct, and via others
     assert "phinetune" not in names and "+" not in out.read_text()
     assert refresh.parse(out.read_text()) == {n: v.split("+")[0] for n, v in written.items()}

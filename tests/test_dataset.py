@@ -19,15 +19,26 @@ from phinetune.data.dataset import prepare_data
 from phinetune.data.packing import make_rows
 from phinetune.data.render import IGNORE
 
-QA = [("What has keys but opens no lock?", "A piano."), ("What gets wetter as it dries?", "A towel."),
-      ("What has a neck but no head?", "A bottle."), ("What has hands but cannot clap?", "A clock."),
-      ("What goes up but never comes down?", "Your age."), ("What has one eye but cannot see?", "A needle.")]
+QA = [
+    ("What has keys but opens no lock?", "A piano."),
+    ("What gets wetter as it dries?", "A towel."),
+    ("What has a neck but no head?", "A bottle."),
+    ("What has hands but cannot clap?", "A clock."),
+    ("What goes up but never comes down?", "Your age."),
+    ("What has one eye but cannot see?", "A needle."),
+]
 EOT = "<|end|>"
 
 
 def rows_for(fmt: str) -> list:
     makers = {
-        "messages": lambda q, a: {"messages": [{"role": "system", "content": "Answer riddles."}, {"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+        "messages": lambda q, a: {
+            "messages": [
+                {"role": "system", "content": "Answer riddles."},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ]
+        },
         "riddles": lambda q, a: {"messages": [q, a, "Sure?", "Yes, " + a]},
         "sharegpt": lambda q, a: {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]},
         "alpaca": lambda q, a: {"instruction": q, "input": "", "output": a},
@@ -63,15 +74,25 @@ def test_each_format_trains_end_to_end(tiny_phi3, tmp_path, fmt):
     assert data.info.format == fmt and data.info.read == 6 and data.info.train == 5 and data.info.empty == 0
     for rec, r in zip(data.train_records, data.train):
         if "messages" in rec.sample:  # assistant turns and their end-of-turn token, nothing else
-            assert trained_text(r, tokenizer) == "".join(m["content"] + EOT for m in rec.sample["messages"] if m["role"] == "assistant")
+            assert trained_text(r, tokenizer) == "".join(
+                m["content"] + EOT for m in rec.sample["messages"] if m["role"] == "assistant"
+            )
         else:
             assert r.n_trained == len(r.input_ids)
     model = copy.deepcopy(base).train()
     cfg = load_config(None, ["train.batch_size=8"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    loop = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, tokenizer=tokenizer, optimizer=optimizer,
-                           scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
-                           train_rows=make_rows(data.train, 96, packing=True), steps_per_epoch=1, adapter_dtype=None)
+    loop = SimpleNamespace(
+        cfg=cfg,
+        accelerator=Accelerator(cpu=True),
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        train_rows=make_rows(data.train, 96, packing=True),
+        steps_per_epoch=1,
+        adapter_dtype=None,
+    )
     losses = [Sft().step(loop, step).loss for step in range(3)]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
 
@@ -99,10 +120,12 @@ def test_truncation_that_empties_a_sample_is_counted_named_and_refused(tiny_phi3
     assert len(data.train) == 5
     cfg = tiny_cfg("adapter.method=full", f"data.train={path}")
     problems = check(cfg, get_spec("tiny-phi3"), model, tokenizer, data).problems
-    assert any(f"1 sample(s) have no trained tokens" in p and f"{path}:3" in p for p in problems), problems
+    assert any("1 sample(s) have no trained tokens" in p and f"{path}:3" in p for p in problems), problems
     cfg = tiny_cfg("adapter.method=full", "preflight.allow_empty_samples=true")
     # the emptied sample also lost its last end-of-turn token: 5/6 chat samples keep it, below 95%
-    assert [p.split(" keep ")[0] for p in check(cfg, get_spec("tiny-phi3"), model, tokenizer, data).problems] == ["only 5/6 chat samples (83%)"]
+    assert [p.split(" keep ")[0] for p in check(cfg, get_spec("tiny-phi3"), model, tokenizer, data).problems] == [
+        "only 5/6 chat samples (83%)"
+    ]
     cfg = tiny_cfg("adapter.method=full", "preflight.allow_empty_samples=true", "preflight.min_eot_share=0.8")
     assert check(cfg, get_spec("tiny-phi3"), model, tokenizer, data).problems == []
 
@@ -118,7 +141,9 @@ def test_duplicates_are_removed_and_counted(tiny_phi3, tmp_path):
 def test_split_is_seeded_and_eval_file_is_used(tiny_phi3, tmp_path):
     _, tokenizer = tiny_phi3
     path = write(tmp_path / "a.jsonl", rows_for("alpaca"))
-    evals = lambda seed: [r.input_ids for r in prepare_data(data_cfg(path, seed=seed, eval_size=2), tokenizer, EOT).eval]  # noqa: E731
+    evals = lambda seed: [
+        r.input_ids for r in prepare_data(data_cfg(path, seed=seed, eval_size=2), tokenizer, EOT).eval
+    ]  # noqa: E731
     assert evals(1) == evals(1)
     assert len({str(evals(seed)) for seed in range(5)}) > 1  # the seed does choose the held-out samples
     eval_path = write(tmp_path / "e.jsonl", rows_for("sharegpt")[:3])
@@ -130,11 +155,23 @@ def test_cli_train_on_alpaca_with_a_bad_row_skipped(tmp_path, monkeypatch):
     """The real `phinetune train` path: the skip summary is printed in the pre-flight, and training runs."""
     rows = rows_for("alpaca")
     path = tmp_path / "a.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + '{"instruction": "x", "output": 5}\n'
-                    + "".join(json.dumps(r) + "\n" for r in rows[3:]))
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in rows[:3])
+        + '{"instruction": "x", "output": 5}\n'
+        + "".join(json.dumps(r) + "\n" for r in rows[3:])
+    )
     monkeypatch.setenv("PHINETUNE_CACHE", str(tmp_path / "cache"))
-    proc = cli_here("train", f"data.train={path}", "data.skip_bad_rows=true", "data.eval_size=1", "train.max_steps=2",
-                   "train.batch_size=2", "train.eval_every=2", f"output.dir={tmp_path / 'run'}", "data.max_length=96")
+    proc = cli_here(
+        "train",
+        f"data.train={path}",
+        "data.skip_bad_rows=true",
+        "data.eval_size=1",
+        "train.max_steps=2",
+        "train.batch_size=2",
+        "train.eval_every=2",
+        f"output.dir={tmp_path / 'run'}",
+        "data.max_length=96",
+    )
     assert f"skipped 1 bad row(s): wrong type in 'output' x1 ({path}:4)" in proc.stdout.replace("\n", "")
     assert (tmp_path / "run" / "adapter").exists()
 
@@ -144,7 +181,10 @@ def test_templates_that_trim_content_still_get_exact_masks(tiny_phi3, tmp_path):
     trimming = copy.deepcopy(tokenizer)
     trimming.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | trim")
     assert trimming.chat_template != tokenizer.chat_template
-    path = write(tmp_path / "ws.jsonl", [{"prompt": "  What has keys?  ", "completion": "  A piano.  \n"}] * 1 + rows_for("prompt_completion"))
+    path = write(
+        tmp_path / "ws.jsonl",
+        [{"prompt": "  What has keys?  ", "completion": "  A piano.  \n"}] * 1 + rows_for("prompt_completion"),
+    )
     data = prepare_data(data_cfg(path, eval_size=None, eval_fraction=0.0), trimming, EOT)
     assert trained_text(data.train[0], trimming) == "A piano." + EOT
 
@@ -154,7 +194,9 @@ def test_a_template_that_rewrites_content_trains_what_it_renders(tiny_phi3, tmp_
     _, tokenizer = tiny_phi3
     shouting = copy.deepcopy(tokenizer)
     shouting.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | upper")
-    path = write(tmp_path / "a.jsonl", [{"prompt": "what has keys?", "completion": "a piano."}] + rows_for("prompt_completion"))
+    path = write(
+        tmp_path / "a.jsonl", [{"prompt": "what has keys?", "completion": "a piano."}] + rows_for("prompt_completion")
+    )
     data = prepare_data(data_cfg(path, eval_size=None, eval_fraction=0.0), shouting, EOT)
     assert trained_text(data.train[0], shouting) == "A PIANO." + EOT
 
@@ -166,9 +208,22 @@ def test_a_template_that_drops_a_message_is_reported_at_the_row(tiny_phi3, tmp_p
     _, tokenizer = tiny_phi3
     no_system = copy.deepcopy(tokenizer)
     no_system.chat_template = read_template("phi3-128k.jinja")  # Phi-3-mini-128k's original: no system role
-    path = write(tmp_path / "a.jsonl", [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                                                      {"role": "assistant", "content": "yo"}]}] + rows_for("messages"))
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: the chat template drops system messages.*data.fold_system=true"):
+    path = write(
+        tmp_path / "a.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "yo"},
+                ]
+            }
+        ]
+        + rows_for("messages"),
+    )
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(path))}:1: the chat template drops system messages.*data.fold_system=true"
+    ):
         prepare_data(data_cfg(path), no_system, EOT)
     data = prepare_data(data_cfg(path, eval_size=None, eval_fraction=0.0, fold_system=True), no_system, EOT)
     first = next(r for r in data.train if r.where.endswith(":1"))
@@ -204,10 +259,21 @@ def test_one_letter_answers_file_trains_exactly_answers_and_their_own_eot(spec_k
 
     spec = SPECS[spec_key]
     tokenizer = tiny_tokenizer(spec_key) if source == "tiny" else real_tokenizer(spec_key)
-    rows = [{"messages": [{"role": "user", "content": f"Question {i}: a, b, c, d or e?"}, {"role": "assistant", "content": a},
-                          {"role": "user", "content": a}, {"role": "assistant", "content": a}]} for i, a in enumerate(ANSWERS)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Question {i}: a, b, c, d or e?"},
+                {"role": "assistant", "content": a},
+                {"role": "user", "content": a},
+                {"role": "assistant", "content": a},
+            ]
+        }
+        for i, a in enumerate(ANSWERS)
+    ]
     path = write(tmp_path / "mc.jsonl", rows)
-    data = prepare_data(data_cfg(path, eval_size=None, eval_fraction=0.0, max_length=4096, dedupe=False), tokenizer, spec.end_of_turn)
+    data = prepare_data(
+        data_cfg(path, eval_size=None, eval_fraction=0.0, max_length=4096, dedupe=False), tokenizer, spec.end_of_turn
+    )
     assert len(data.train) == len(rows)
     eot_id = tokenizer.convert_tokens_to_ids(spec.end_of_turn)
     for rendered, record in zip(data.train, data.train_records):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import run_cli
 from phinetune.config import dump_config
@@ -66,14 +67,23 @@ def test_a_checkpoint_moves_from_one_process_to_two_and_back(tiny_cfg, tmp_path,
 def test_resuming_with_another_global_batch_is_refused_naming_it(tiny_cfg, tmp_path):
     from phinetune.train.recipe import train
 
-    common = ["train.batch_size=2", "train.max_steps=2", "train.save_every=1", "train.eval_every=100", "train.recall_check=false"]
+    common = [
+        "train.batch_size=2",
+        "train.max_steps=2",
+        "train.save_every=1",
+        "train.eval_every=100",
+        "train.recall_check=false",
+    ]
     run = train(tiny_cfg(*common, "train.grad_accum=1")).run.path
     rewind(run, 1)
     with pytest.raises(PhinetuneError) as refused:
         train(tiny_cfg(*common, "train.grad_accum=3"))
     message = str(refused.value)
     assert "global batch of 2 sequences per step (train.batch_size=2 x train.grad_accum=1 x 1 process(es))" in message
-    assert "this run's is 6 (2 x 3 x 1)" in message and "train.grad_accum=1 with train.batch_size=2 on 1 process(es)" in message
+    assert (
+        "this run's is 6 (2 x 3 x 1)" in message
+        and "train.grad_accum=1 with train.batch_size=2 on 1 process(es)" in message
+    )
     train(tiny_cfg(*common, "train.grad_accum=1"))  # the same global batch still resumes
     assert [r["step"] for r in RunDir(run).read_metrics() if "loss" in r] == [1, 2]
 
@@ -122,7 +132,9 @@ def test_a_rank_without_saved_random_state_gets_a_fixed_seed_of_its_own(tmp_path
         seed_ranks_without_state(tmp_path, 3, 5, rank)
         draws.append(torch.rand(3))
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])  # replays; differs between ranks
-    (tmp_path / "random_states_1.pkl").write_bytes(b"")  # the checkpoint has rank 1's own: accelerate restored it, keep it
+    (tmp_path / "random_states_1.pkl").write_bytes(
+        b""
+    )  # the checkpoint has rank 1's own: accelerate restored it, keep it
     torch.manual_seed(12345)
     expected = torch.rand(3)
     torch.manual_seed(12345)

@@ -10,12 +10,12 @@ import pytest
 
 from conftest import realdata
 from phinetune.config.schema import ModelConfig
+from phinetune.data.end_of_turn import end_of_turn
 from phinetune.errors import ConfigError
 from phinetune.models.loading import load_tokenizer
+from phinetune.models.pad import FALLBACK_PAD, fix_pad
 from phinetune.models.specs import GENERIC, SPECS
 from phinetune.models.tiny import build_tokenizer
-from phinetune.data.end_of_turn import end_of_turn
-from phinetune.models.pad import FALLBACK_PAD, fix_pad
 
 
 def loaded(spec, tmp_path, tokenizer=None, **cfg):
@@ -55,8 +55,10 @@ def test_real_phi4_mini_tokenizer_keeps_a_distinct_pad():
     assert tok.pad_token_id == 199999 and tok.convert_tokens_to_ids("<|end|>") == 200020
 
 
-CHATML_SEP = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '<|im_sep|>' + m['content'] + '<|im_end|>' }}{% endfor %}"
-              "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}")
+CHATML_SEP = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '<|im_sep|>' + m['content'] + '<|im_end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"
+)
 
 
 def test_unknown_checkpoint_gets_the_end_of_turn_its_template_writes(tmp_path):

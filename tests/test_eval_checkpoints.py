@@ -10,9 +10,9 @@ import torch
 
 from conftest import ROOT, cli_here
 from phinetune.errors import PhinetuneError
-from phinetune.train import checkpoint as ck
 from phinetune.runs.checkpoints import pick_checkpoint
 from phinetune.runs.run_dir import RunDir
+from phinetune.train import checkpoint as ck
 
 EVALSETS = ROOT / "tests" / "fixtures" / "evalsets"
 
@@ -27,9 +27,17 @@ def fake_checkpoints(tmp_path, scores: dict[int, dict]) -> RunDir:
 
 
 def test_prune_keeps_newest_and_best_by_each_criterion(tmp_path):
-    run = fake_checkpoints(tmp_path, {1: {"eval_loss": 3.0, "piqa:acc": 0.5}, 2: {"eval_loss": 2.0, "piqa:acc": 0.4},
-                                      3: {"eval_loss": 2.5, "piqa:acc": 0.7}, 4: {"eval_loss": 2.0, "piqa:acc": 0.6},
-                                      5: {"eval_loss": 2.9, "piqa:acc": 0.7}, 6: {"eval_loss": 4.0, "piqa:acc": 0.1}})
+    run = fake_checkpoints(
+        tmp_path,
+        {
+            1: {"eval_loss": 3.0, "piqa:acc": 0.5},
+            2: {"eval_loss": 2.0, "piqa:acc": 0.4},
+            3: {"eval_loss": 2.5, "piqa:acc": 0.7},
+            4: {"eval_loss": 2.0, "piqa:acc": 0.6},
+            5: {"eval_loss": 2.9, "piqa:acc": 0.7},
+            6: {"eval_loss": 4.0, "piqa:acc": 0.1},
+        },
+    )
     ck.prune(run, 1, ["eval_loss", "piqa"])
     # newest: 6; lowest eval loss: 2 (tied with 4, the earlier wins); highest piqa acc: 3 (tied with 5, earlier wins)
     assert [s for s, _ in ck.checkpoints(run)] == [2, 3, 6]
@@ -45,10 +53,27 @@ def kept_run(tmp_path_factory):
     from phinetune.train.recipe import train
 
     out = tmp_path_factory.mktemp("keep") / "run"
-    cfg = load_config(None, ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24", "train.max_steps=6",
-                             "train.batch_size=4", "train.eval_every=100", "train.log_every=1", "train.learning_rate=3e-3",
-                             "adapter.modules_to_save=[embed_tokens,lm_head]", "train.save_every=1", "train.keep_checkpoints=1",
-                             "train.keep=[eval_loss,arc_easy:acc_norm]", "eval.tasks=[arc_easy]", f"eval.data_dir={EVALSETS}", f"output.dir={out}"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=tiny-phi3",
+            "data.train=builtin:riddles",
+            "data.eval_size=4",
+            "data.limit=24",
+            "train.max_steps=6",
+            "train.batch_size=4",
+            "train.eval_every=100",
+            "train.log_every=1",
+            "train.learning_rate=3e-3",
+            "adapter.modules_to_save=[embed_tokens,lm_head]",
+            "train.save_every=1",
+            "train.keep_checkpoints=1",
+            "train.keep=[eval_loss,arc_easy:acc_norm]",
+            "eval.tasks=[arc_easy]",
+            f"eval.data_dir={EVALSETS}",
+            f"output.dir={out}",
+        ],
+    )
     return train(cfg, hooks=training_hooks(cfg)).run
 
 
@@ -62,7 +87,9 @@ def test_kept_checkpoints_match_the_logged_scores(kept_run):
     best_arc = min(arc, key=lambda s: (-arc[s], s))
     assert [s for s, _ in ck.checkpoints(kept_run)] == sorted({6, best_loss, best_arc})
     assert pick_checkpoint(kept_run, "best").name == f"step-{best_loss}"
-    assert pick_checkpoint(kept_run, "last").name == "step-6" and pick_checkpoint(kept_run, None) is None  # None: the final weights
+    assert (
+        pick_checkpoint(kept_run, "last").name == "step-6" and pick_checkpoint(kept_run, None) is None
+    )  # None: the final weights
     with pytest.raises(PhinetuneError, match="no such checkpoint.*step-6"):
         pick_checkpoint(kept_run, "step-999")
 
@@ -71,8 +98,10 @@ def test_checkpoint_weights_are_loaded(kept_run):
     from phinetune.runs.loading import load_for_inference
 
     ids = torch.tensor([[1, 2, 3, 4, 5]])
-    logits = {name: load_for_inference(str(kept_run.path), checkpoint=name).model(input_ids=ids).logits
-              for name in ["last", "step-6", *(p.name for _, p in ck.checkpoints(kept_run))]}
+    logits = {
+        name: load_for_inference(str(kept_run.path), checkpoint=name).model(input_ids=ids).logits
+        for name in ["last", "step-6", *(p.name for _, p in ck.checkpoints(kept_run))]
+    }
     assert torch.allclose(logits["last"], logits["step-6"], atol=1e-5)  # the last checkpoint holds the final weights
     earlier = [name for name in logits if name.startswith("step-") and name != "step-6"]
     assert earlier and all(not torch.allclose(logits[name], logits["last"], atol=1e-4) for name in earlier)
@@ -90,7 +119,9 @@ def test_select_all_lists_base_kept_and_last_once(kept_run):
 
 @pytest.mark.slow
 def test_eval_and_compare_over_checkpoints(kept_run):
-    proc = cli_here("eval", str(kept_run.path), "--checkpoints", "all", "--tasks", "arc_easy,piqa", "--data-dir", str(EVALSETS))
+    proc = cli_here(
+        "eval", str(kept_run.path), "--checkpoints", "all", "--tasks", "arc_easy,piqa", "--data-dir", str(EVALSETS)
+    )
     assert "task scores per checkpoint" in proc.stdout
     saved = json.loads(kept_run.checkpoint_eval.read_text())
     labels = [p["label"] for p in saved["points"]]

@@ -15,22 +15,55 @@ EVALSETS = ROOT / "tests" / "fixtures" / "evalsets"  # the first items of each o
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrun") / "run"
-    cli_here("train", "model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24", "train.max_steps=4",
-            "train.batch_size=4", "train.eval_every=2", "train.log_every=1", "train.learning_rate=3e-3", "train.recall_check=0",
-            f"output.dir={out}")
+    cli_here(
+        "train",
+        "model.name=tiny-phi3",
+        "data.train=builtin:riddles",
+        "data.eval_size=4",
+        "data.limit=24",
+        "train.max_steps=4",
+        "train.batch_size=4",
+        "train.eval_every=2",
+        "train.log_every=1",
+        "train.learning_rate=3e-3",
+        "train.recall_check=0",
+        f"output.dir={out}",
+    )
     return out
 
 
 def test_eval_prints_base_vs_tuned_table_and_saves_json(tiny_run):
-    proc = cli_here("eval", str(tiny_run), "--tasks", "arc_easy,piqa,winogrande,hellaswag", "--limit", "6", "--shots", "0", "--data-dir", str(EVALSETS))
+    proc = cli_here(
+        "eval",
+        str(tiny_run),
+        "--tasks",
+        "arc_easy,piqa,winogrande,hellaswag",
+        "--limit",
+        "6",
+        "--shots",
+        "0",
+        "--data-dir",
+        str(EVALSETS),
+    )
     for task in ("arc_easy", "piqa", "winogrande", "hellaswag"):
         assert task in proc.stdout
     assert "base vs fine-tuned" in proc.stdout and "delta" in proc.stdout
     saved = json.loads((tiny_run / "eval.json").read_text())
-    assert [(r["task"], r["metric"]) for r in saved["rows"]] == [("arc_easy", "acc"), ("arc_easy", "acc_norm"), ("piqa", "acc"), ("piqa", "acc_norm"),
-                                                                  ("winogrande", "acc"), ("hellaswag", "acc"), ("hellaswag", "acc_norm")]
+    assert [(r["task"], r["metric"]) for r in saved["rows"]] == [
+        ("arc_easy", "acc"),
+        ("arc_easy", "acc_norm"),
+        ("piqa", "acc"),
+        ("piqa", "acc_norm"),
+        ("winogrande", "acc"),
+        ("hellaswag", "acc"),
+        ("hellaswag", "acc_norm"),
+    ]
     for r in saved["rows"]:
-        assert r["n"] == 6 and r["delta"] == pytest.approx(r["tuned"] - r["base"]) and r["drop"] == (r["delta"] < -r["stderr"] - 1e-9)
+        assert (
+            r["n"] == 6
+            and r["delta"] == pytest.approx(r["tuned"] - r["base"])
+            and r["drop"] == (r["delta"] < -r["stderr"] - 1e-9)
+        )
     # the adapter changed the model: some per-option log-likelihood differs between base and tuned
     assert saved["base"]["piqa"]["items"] != saved["tuned"]["piqa"]["items"]
 

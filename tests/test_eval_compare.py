@@ -6,10 +6,11 @@ import math
 import statistics
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from phinetune.eval.compare import compare_rows, comparison_table
 from phinetune.eval.scoring import TaskResult, mean_stderr
-from hypothesis import given, strategies as st
 
 
 def result(name: str, hits: list[float]) -> TaskResult:
@@ -38,7 +39,11 @@ def test_row_stderr_is_the_stderr_of_per_item_differences(pairs):
 def test_mean_stderr_equals_lm_eval_on_differences():
     lm_metrics = pytest.importorskip("lm_eval.api.metrics")
     diffs = [t - b for b, t in zip([1, 0, 1, 1, 0, 1], [1, 1, 0, 1, 0, 0])]
-    assert mean_stderr(diffs) == pytest.approx(lm_metrics.mean_stderr(diffs)) == pytest.approx(statistics.stdev(diffs) / math.sqrt(6))
+    assert (
+        mean_stderr(diffs)
+        == pytest.approx(lm_metrics.mean_stderr(diffs))
+        == pytest.approx(statistics.stdev(diffs) / math.sqrt(6))
+    )
 
 
 def test_drops_larger_than_stderr_are_flagged_and_others_not():
@@ -48,7 +53,9 @@ def test_drops_larger_than_stderr_are_flagged_and_others_not():
     assert rows["piqa"]["delta"] == pytest.approx(-0.5) and rows["piqa"]["drop"]  # 5 of 10 lost, consistently
     assert rows["arc_easy"]["delta"] == pytest.approx(0.0) and not rows["arc_easy"]["drop"]
     one_loss = compare_rows({"t": result("t", [1.0, 0.0] + [1.0] * 8)}, {"t": result("t", [0.0, 0.0] + [1.0] * 8)})[0]
-    assert one_loss["delta"] == pytest.approx(-0.1) and one_loss["stderr"] == pytest.approx(0.1) and not one_loss["drop"]  # equal: not flagged
+    assert (
+        one_loss["delta"] == pytest.approx(-0.1) and one_loss["stderr"] == pytest.approx(0.1) and not one_loss["drop"]
+    )  # equal: not flagged
     table = comparison_table({"scorer": "phinetune", "shots": 0, "limit": 10, "rows": list(rows.values())})
     assert table.row_count == 2
     assert all(c.header for c in table.columns)  # every column is named, the drop flag's too

@@ -18,11 +18,12 @@ import torch
 from phinetune.errors import PhinetuneError
 from phinetune.export.gguf import supported_arch, write_gguf
 from phinetune.export.merge import merge_run
-
 from phinetune.models.specs import SPECS
 
-SKIP_REASON = ("llama-cpp-python is not installed (pip install 'phinetune[export]'; it builds llama.cpp from source, "
-               "and .ci/llama-cpp-python caches the wheel under ~/.cache/phinetune/wheels)")
+SKIP_REASON = (
+    "llama-cpp-python is not installed (pip install 'phinetune[export]'; it builds llama.cpp from source, "
+    "and .ci/llama-cpp-python caches the wheel under ~/.cache/phinetune/wheels)"
+)
 
 TOLERANCE = {"f32": 5e-3, "f16": 0.02, "bf16": 0.1, "q8_0": 0.3, "q4_0": 2.5}
 RIDDLES = 3
@@ -46,7 +47,9 @@ class Reference:
         self.tokenizer = AutoTokenizer.from_pretrained(merged)
         self.model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
         self.stop_ids = json.loads((merged / "generation_config.json").read_text())["eos_token_id"]
-        self.prompts = [self.tokenizer.apply_chat_template(m[:1], add_generation_prompt=True, tokenize=False) for m in riddles()]
+        self.prompts = [
+            self.tokenizer.apply_chat_template(m[:1], add_generation_prompt=True, tokenize=False) for m in riddles()
+        ]
         self.answers = [m[1]["content"] for m in riddles()]
 
     def ids(self, prompt: str) -> list[int]:
@@ -58,8 +61,14 @@ class Reference:
 
     def greedy(self, ids: list[int], n: int = 48) -> list[int]:
         with torch.no_grad():
-            out = self.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0])
-        return out[0, len(ids):].tolist()
+            out = self.model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=n,
+                do_sample=False,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.stop_ids[0],
+            )
+        return out[0, len(ids) :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -187,16 +196,23 @@ def test_phi4_mini_layout_partial_rotary_tied_longrope(llama_cpp, tmp_path):
     config = model.config
     rot = int(config.partial_rotary_factor * config.hidden_size // config.num_attention_heads) // 2
     gen = torch.Generator().manual_seed(0)
-    config.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": config.partial_rotary_factor,
-                              "original_max_position_embeddings": 256,
-                              "short_factor": (1 + torch.rand(rot, generator=gen)).tolist(), "long_factor": (1 + 4 * torch.rand(rot, generator=gen)).tolist()}
+    config.rope_parameters = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": config.partial_rotary_factor,
+        "original_max_position_embeddings": 256,
+        "short_factor": (1 + torch.rand(rot, generator=gen)).tolist(),
+        "long_factor": (1 + 4 * torch.rand(rot, generator=gen)).tolist(),
+    }
     config.original_max_position_embeddings = 256
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     path = write_gguf(tmp_path / "m", tmp_path / "m.gguf", "f32")
     llm = load(path, n_ctx=256)  # a context within original_max_position_embeddings: short factors on both sides
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What has keys?"}], add_generation_prompt=True, return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What has keys?"}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
     with torch.no_grad():
         expected = model.eval()(torch.tensor([ids])).logits[0].numpy()
     got = runtime_logits(llm, ids)
@@ -220,18 +236,31 @@ def test_gguf_metadata_and_tensor_types(tmp_path, name):
     config = json.loads((folder / "config.json").read_text())
     arch = field("general.architecture")
     assert arch == {"phi3": "phi3", "phi": "phi2", "phimoe": "phimoe"}[config["model_type"]]
-    assert field(f"{arch}.block_count") == config["num_hidden_layers"] and field(f"{arch}.embedding_length") == config["hidden_size"]
+    assert (
+        field(f"{arch}.block_count") == config["num_hidden_layers"]
+        and field(f"{arch}.embedding_length") == config["hidden_size"]
+    )
     head_dim = config["hidden_size"] // config["num_attention_heads"]
-    rotary = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0)
+    rotary = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get(
+        "partial_rotary_factor", 1.0
+    )
     assert field(f"{arch}.rope.dimension_count") == int(rotary * head_dim)
     assert len(field("tokenizer.ggml.tokens")) == config["vocab_size"]
     assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "gpt-2"
     assert all(v == "F32" for k, v in types.items() if k.endswith((".bias", "norm.weight")))
-    assert all(v == "Q4_0" for k, v in types.items() if k.endswith(("ffn_down.weight", "attn_qkv.weight", "attn_q.weight")))
+    assert all(
+        v == "Q4_0" for k, v in types.items() if k.endswith(("ffn_down.weight", "attn_qkv.weight", "attn_q.weight"))
+    )
     assert ("output.weight" in types) == (not config.get("tie_word_embeddings"))  # tied: llama.cpp reuses token_embd
-    assert types.get("output.weight", types["token_embd.weight"] if config.get("tie_word_embeddings") else None) == "Q8_0"
+    assert (
+        types.get("output.weight", types["token_embd.weight"] if config.get("tie_word_embeddings") else None) == "Q8_0"
+    )
     if name == "tiny-phimoe":
-        assert shapes["blk.0.ffn_gate_exps.weight"] == [config["hidden_size"], config["intermediate_size"], config["num_local_experts"]]
+        assert shapes["blk.0.ffn_gate_exps.weight"] == [
+            config["hidden_size"],
+            config["intermediate_size"],
+            config["num_local_experts"],
+        ]
         assert types["blk.0.ffn_gate_inp.weight"] == "F32"
     if name != "tiny-phi2":
         assert field("tokenizer.chat_template") == (folder / "chat_template.jinja").read_text()
@@ -262,22 +291,36 @@ def test_real_phi3_vocabulary_is_sentencepiece_style(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured: llama.cpp tokenizes the real Phi-3 SentencePiece vocabulary differently from "
-                                      "transformers v5 (whitespace after added tokens such as <|user|>, leading spaces)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: llama.cpp tokenizes the real Phi-3 SentencePiece vocabulary differently from "
+    "transformers v5 (whitespace after added tokens such as <|user|>, leading spaces)",
+)
 def test_real_phi3_tokenization_in_llama_cpp_matches_transformers(llama_cpp, tmp_path):
     from transformers import AutoTokenizer
 
     test_real_phi3_vocabulary_is_sentencepiece_style(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
     llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
-    texts = ["Hello world! What has keys but can't open locks?", "<|user|>\nRiddle: 12 apples<|end|>\n<|assistant|>\n", "  two spaces\tand\ttabs"]
-    mismatched = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=True) != tokenizer(t, add_special_tokens=False)["input_ids"]]
+    texts = [
+        "Hello world! What has keys but can't open locks?",
+        "<|user|>\nRiddle: 12 apples<|end|>\n<|assistant|>\n",
+        "  two spaces\tand\ttabs",
+    ]
+    mismatched = [
+        t
+        for t in texts
+        if llm.tokenize(t.encode(), add_bos=False, special=True) != tokenizer(t, add_special_tokens=False)["input_ids"]
+    ]
     llm.close()
     assert mismatched == []
 
 
-@pytest.mark.xfail(strict=True, reason="llama.cpp's phimoe graph is its phi3 graph: RMSNorm (+bias) where transformers' "
-                                      "Phimoe uses LayerNorm, and softmax top-k routing where it uses sparsemixer")
+@pytest.mark.xfail(
+    strict=True,
+    reason="llama.cpp's phimoe graph is its phi3 graph: RMSNorm (+bias) where transformers' "
+    "Phimoe uses LayerNorm, and softmax top-k routing where it uses sparsemixer",
+)
 def test_phimoe_in_llama_cpp_agrees_with_pytorch(llama_cpp, tmp_path):
     """Measured divergence, kept as a strict xfail so that a llama.cpp that fixes it turns this test red."""
     from transformers import AutoModelForCausalLM

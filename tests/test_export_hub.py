@@ -24,15 +24,37 @@ def test_adapter_dry_run_writes_a_loadable_adapter_and_a_complete_card(tiny_run,
     out = tmp_path / "upload"
     cli_here("push", str(tiny_run), "me/riddles", "--dry-run", "--out", str(out))
     files = {p.name for p in out.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja", "README.md", "loss.png"} <= files
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "README.md",
+        "loss.png",
+    } <= files
     assert PeftConfig.from_pretrained(str(out)).peft_type == "LORA"
     front, body = card_parts(out)
-    assert front["library_name"] == "peft" and "phinetune" in front["tags"] and front["pipeline_tag"] == "text-generation"
+    assert (
+        front["library_name"] == "peft" and "phinetune" in front["tags"] and front["pipeline_tag"] == "text-generation"
+    )
     config = (tiny_run / "config.yaml").read_text().rstrip()
-    for expected in ["# me/riddles", "builtin:riddles", config, "## Pre-flight", "trainable parameters", "end-of-turn token trained",
-                     "## Evaluation: base vs fine-tuned", f"phinetune eval {tiny_run.name}", "![training and eval loss](loss.png)",
-                     'AutoPeftModelForCausalLM.from_pretrained("me/riddles")', 'PeftModel.from_pretrained(base, "me/riddles")',
-                     f"phinetune export {tiny_run.name} --to gguf", "llama-cli -m", "ollama create", "`<|end|>`"]:
+    for expected in [
+        "# me/riddles",
+        "builtin:riddles",
+        config,
+        "## Pre-flight",
+        "trainable parameters",
+        "end-of-turn token trained",
+        "## Evaluation: base vs fine-tuned",
+        f"phinetune eval {tiny_run.name}",
+        "![training and eval loss](loss.png)",
+        'AutoPeftModelForCausalLM.from_pretrained("me/riddles")',
+        'PeftModel.from_pretrained(base, "me/riddles")',
+        f"phinetune export {tiny_run.name} --to gguf",
+        "llama-cli -m",
+        "ollama create",
+        "`<|end|>`",
+    ]:
         assert expected in body, expected
     assert "{{" not in body and "{%" not in body
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
@@ -43,8 +65,24 @@ def test_eval_table_appears_when_the_run_was_evaluated(tiny_run, tmp_path):
 
     run = tmp_path / "evaluated"
     shutil.copytree(tiny_run, run)
-    report = {"scorer": "phinetune", "shots": 0, "limit": 10, "data": "arc_easy", "rows": [
-        {"task": "arc_easy", "metric": "acc", "n": 10, "base": 0.3, "tuned": 0.4, "delta": 0.1, "stderr": 0.05, "drop": False}]}
+    report = {
+        "scorer": "phinetune",
+        "shots": 0,
+        "limit": 10,
+        "data": "arc_easy",
+        "rows": [
+            {
+                "task": "arc_easy",
+                "metric": "acc",
+                "n": 10,
+                "base": 0.3,
+                "tuned": 0.4,
+                "delta": 0.1,
+                "stderr": 0.05,
+                "drop": False,
+            }
+        ],
+    }
     (run / "eval.json").write_text(json.dumps(report))
     cli_here("push", str(run), "me/riddles", "--dry-run", "--out", str(tmp_path / "up"))
     _, body = card_parts(tmp_path / "up")
@@ -79,7 +117,9 @@ def test_existing_dry_run_output_and_conflicting_modes_are_refused(tiny_run, tmp
     (tmp_path / "taken").mkdir()
     proc = cli_here("push", str(tiny_run), "me/x", "--dry-run", "--out", str(tmp_path / "taken"), check=False)
     assert proc.returncode == 2 and "already exists" in proc.stdout
-    proc = cli_here("push", str(tiny_run), "me/x", "--merged", "--gguf", "--dry-run", "--out", str(tmp_path / "o"), check=False)
+    proc = cli_here(
+        "push", str(tiny_run), "me/x", "--merged", "--gguf", "--dry-run", "--out", str(tmp_path / "o"), check=False
+    )
     assert proc.returncode == 2 and "choose one of" in proc.stdout
 
 
@@ -92,14 +132,21 @@ def test_an_adapter_on_a_local_base_is_named_as_such_warned_on_a_dry_run_and_ref
     out = tmp_path / "upload"
     proc = cli_here("push", str(tiny_run), "me/riddles", "--dry-run", "--out", str(out))
     said = " ".join(proc.stdout.split())
-    assert f"warning: the adapter's base is the local model {base}, so the uploaded adapter would load only where that folder " \
-           "exists; push --merged to upload standalone weights" in said
+    assert (
+        f"warning: the adapter's base is the local model {base}, so the uploaded adapter would load only where that folder "
+        "exists; push --merged to upload standalone weights" in said
+    )
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == base
     front, body = card_parts(out)
-    assert "base_model" not in front and f"`{base}` (a local model: this adapter loads only where that folder exists" in body
+    assert (
+        "base_model" not in front
+        and f"`{base}` (a local model: this adapter loads only where that folder exists" in body
+    )
     assert f"phinetune push {tiny_run.name} me/riddles --merged" in body
     bold = re.compile(r"\*\*[^*\n]+\*\*")  # **...** on one line (Python's `**kwargs` alone is not bold)
-    assert bold.search(body) and code_blocks(body) and not [b for _, b in code_blocks(body) if bold.search(b)]  # never in a code block
+    assert (
+        bold.search(body) and code_blocks(body) and not [b for _, b in code_blocks(body) if bold.search(b)]
+    )  # never in a code block
     assert "[[" in body.split("## Pre-flight")[1]  # the trained tokens are still marked
     os.environ["HF_TOKEN"] = "hf_not_a_real_token"  # the refusal comes before any upload is tried
     try:
@@ -108,11 +155,19 @@ def test_an_adapter_on_a_local_base_is_named_as_such_warned_on_a_dry_run_and_ref
         os.environ.pop("HF_TOKEN")
     said = " ".join(proc.stdout.split())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and said.count("error:") == 1
-    assert "would load only where that folder exists" in said and "pass --local-base to upload the adapter anyway (nothing was uploaded)" in said
+    assert (
+        "would load only where that folder exists" in said
+        and "pass --local-base to upload the adapter anyway (nothing was uploaded)" in said
+    )
 
 
-@pytest.mark.parametrize("recorded", ["microsoft/Phi-3-mini-4k-instruct",
-                                      "/home/me/.cache/huggingface/hub/models--microsoft--Phi-3-mini-4k-instruct/snapshots/0a67737"])
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        "microsoft/Phi-3-mini-4k-instruct",
+        "/home/me/.cache/huggingface/hub/models--microsoft--Phi-3-mini-4k-instruct/snapshots/0a67737",
+    ],
+)
 def test_an_adapter_on_a_hub_base_names_the_hub_id(tiny_run, tmp_path, recorded):
     import shutil
 
@@ -121,7 +176,10 @@ def test_an_adapter_on_a_hub_base_names_the_hub_id(tiny_run, tmp_path, recorded)
     (run / "run.json").write_text(json.dumps(info | {"base_model": recorded}))
     proc = cli_here("push", str(run), "me/riddles", "--dry-run", "--out", str(tmp_path / "up"))
     assert "warning" not in proc.stdout
-    assert json.loads((tmp_path / "up" / "adapter_config.json").read_text())["base_model_name_or_path"] == "microsoft/Phi-3-mini-4k-instruct"
+    assert (
+        json.loads((tmp_path / "up" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == "microsoft/Phi-3-mini-4k-instruct"
+    )
     front, body = card_parts(tmp_path / "up")
     assert front["base_model"] == "microsoft/Phi-3-mini-4k-instruct" and "(a local model" not in body
     assert "[microsoft/Phi-3-mini-4k-instruct](https://huggingface.co/microsoft/Phi-3-mini-4k-instruct)" in body
@@ -144,7 +202,11 @@ def test_push_without_network_is_one_sentence_at_once_and_the_run_is_untouched(t
 
     from phinetune.models import hub
 
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
     env.update(HF_TOKEN="hf_test", HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}", HF_HOME=str(tmp_path / "hf-home"))
     before = _tree(tiny_run)
     hub.hub_reachable.cache_clear()  # the probe's answer is kept per process: this one must ask the closed port
@@ -156,9 +218,14 @@ def test_push_without_network_is_one_sentence_at_once_and_the_run_is_untouched(t
         hub.hub_reachable.cache_clear()
     said = " ".join(proc.stdout.split())
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    assert f"error: cannot reach the Hugging Face Hub at {env['HF_ENDPOINT']} to push to me/riddles: nothing was uploaded" in said
+    assert (
+        f"error: cannot reach the Hugging Face Hub at {env['HF_ENDPOINT']} to push to me/riddles: nothing was uploaded"
+        in said
+    )
     assert said.count("error:") == 1 and f"{tiny_run} is unchanged; run the same command again" in said
-    assert seconds < hub.PROBE_TIMEOUT + 5  # refused at once (no retries, and the merge was not started); bound for a loaded machine
+    assert (
+        seconds < hub.PROBE_TIMEOUT + 5
+    )  # refused at once (no retries, and the merge was not started); bound for a loaded machine
     assert _tree(tiny_run) == before
 
 
@@ -172,6 +239,9 @@ def test_a_connection_lost_during_the_upload_is_one_sentence(tmp_path, monkeypat
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     (tmp_path / "README.md").write_text("card")
-    with pytest.raises(PhinetuneError, match=r"upload to me/riddles failed \(http://127.0.0.1:\d+\): .*; the run folder is unchanged: "
-                                             "run the same command again to retry"):
+    with pytest.raises(
+        PhinetuneError,
+        match=r"upload to me/riddles failed \(http://127.0.0.1:\d+\): .*; the run folder is unchanged: "
+        "run the same command again to retry",
+    ):
         hub._upload(tmp_path, "me/riddles", private=False, token="hf_test")

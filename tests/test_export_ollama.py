@@ -25,12 +25,14 @@ def tokenizer():
 
 
 def jinja(tokenizer, template_file: str, messages: list[dict]) -> str:
-    text = tokenizer.apply_chat_template(messages, chat_template=read_template(template_file), tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=read_template(template_file), tokenize=False, add_generation_prompt=True
+    )
     if template_file == "phi3-128k.jinja":
         # This template writes {{ bos_token }} itself; llama.cpp and Ollama prepend BOS from the GGUF's
         # add_bos_token instead (the Phi-3-128k tokenizer sets it), so the Go template must not repeat it.
         assert text.startswith(tokenizer.bos_token)
-        text = text[len(tokenizer.bos_token):]
+        text = text[len(tokenizer.bos_token) :]
     return text
 
 
@@ -38,14 +40,19 @@ def go(template_file: str, messages: list[dict]) -> str:
     spec = SPEC_BY_TEMPLATE.get(template_file)
     if spec is not None and spec.system_prompt_in_template and (not messages or messages[0]["role"] != "system"):
         messages = [{"role": "system", "content": spec.system_prompt}] + messages  # what Ollama does with SYSTEM
-    return render(GO_TEMPLATES[template_file], {"Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]})
+    return render(
+        GO_TEMPLATES[template_file], {"Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]}
+    )
 
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What has keys but can't open locks?"}],
     [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}],
-    [{"role": "user", "content": "A riddle?"}, {"role": "assistant", "content": "A piano.\nBecause keys."},
-     {"role": "user", "content": "Another one"}],
+    [
+        {"role": "user", "content": "A riddle?"},
+        {"role": "assistant", "content": "A piano.\nBecause keys."},
+        {"role": "user", "content": "Another one"},
+    ],
     [{"role": "system", "content": ""}, {"role": "user", "content": "  spaces  and\n\nnewlines "}],
 ]
 
@@ -63,7 +70,7 @@ turns = st.lists(st.tuples(text, text), min_size=1, max_size=3)
 @settings(max_examples=40, deadline=None)
 @given(system=st.one_of(st.none(), text), turns=turns, last=text)
 def test_go_template_matches_jinja_on_any_conversation(tokenizer, system, turns, last):
-    messages = ([{"role": "system", "content": system}] if system is not None else [])
+    messages = [{"role": "system", "content": system}] if system is not None else []
     for user, assistant in turns:
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     messages.append({"role": "user", "content": last})
@@ -80,7 +87,10 @@ def test_modelfile_has_template_stops_and_sampling():
     text = modelfile("run-q8_0.gguf", spec, num_ctx=1024)
     assert text.startswith("FROM ./run-q8_0.gguf\n")
     assert f'TEMPLATE """{GO_TEMPLATES["phi3.5.jinja"]}"""' in text
-    assert [line for line in text.splitlines() if line.startswith("PARAMETER stop")] == ['PARAMETER stop "<|end|>"', 'PARAMETER stop "<|endoftext|>"']
+    assert [line for line in text.splitlines() if line.startswith("PARAMETER stop")] == [
+        'PARAMETER stop "<|end|>"',
+        'PARAMETER stop "<|endoftext|>"',
+    ]
     assert "PARAMETER num_ctx 1024" in text and "PARAMETER temperature" in text
     assert 'PARAMETER stop "<|im_end|>"' in modelfile("x.gguf", SPECS["phi2"])
     assert f'SYSTEM """{SPECS["phi4-reasoning"].system_prompt}"""' in modelfile("x.gguf", SPECS["phi4-reasoning"])

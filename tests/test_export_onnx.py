@@ -23,8 +23,12 @@ TOLERANCE = {"fp32": 1e-3, "int4": 1.5}
 
 @pytest.fixture(scope="module")
 def onnx_export(memorized_run, tmp_path_factory):
-    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install 'phinetune[export]')")
-    pytest.importorskip("onnx_ir", reason="onnx-ir (the builder's dependency) is not installed (pip install 'phinetune[export]')")
+    og = pytest.importorskip(
+        "onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install 'phinetune[export]')"
+    )
+    pytest.importorskip(
+        "onnx_ir", reason="onnx-ir (the builder's dependency) is not installed (pip install 'phinetune[export]')"
+    )
     root = tmp_path_factory.mktemp("onnx")
     run = memorized_run("tiny-phi3")
     out = export_run(str(run), str(root / "onnx"), ExportPlan(to="onnx", precisions=("fp32", "int4")))
@@ -72,7 +76,12 @@ def test_moe_on_cpu_is_refused_in_one_sentence():
 
 
 def test_prepare_input_only_touches_non_longrope_phi3(tmp_path):
-    plain = {"model_type": "phi3", "max_position_embeddings": 1024, "original_max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default"}}
+    plain = {
+        "model_type": "phi3",
+        "max_position_embeddings": 1024,
+        "original_max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default"},
+    }
     longrope = {**plain, "rope_parameters": {"rope_type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}}
     for name, config in [("plain", plain), ("long", longrope)]:
         (tmp_path / name).mkdir()

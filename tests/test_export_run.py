@@ -27,7 +27,10 @@ def test_export_gguf_and_ollama_through_the_cli(tiny_run, tmp_path):
     # only final paths are printed, each of which exists (not the staging folder the merge went into)
     out = " ".join(proc.stdout.split())
     assert ".partial-" not in out and "merged model written" not in out
-    assert f"as ollama to {tmp_path / 'ollama'}: {tmp_path / 'ollama' / 'Modelfile'}, {tmp_path / 'ollama' / tiny_run.name}-q8_0.gguf" in out
+    assert (
+        f"as ollama to {tmp_path / 'ollama'}: {tmp_path / 'ollama' / 'Modelfile'}, {tmp_path / 'ollama' / tiny_run.name}-q8_0.gguf"
+        in out
+    )
     printed = re.findall(re.escape(str(tmp_path)) + r"[^\s,:]*", out)
     assert printed and all(Path(p).exists() for p in printed), printed
 
@@ -53,8 +56,10 @@ def test_unfinished_run_is_refused(tiny_run, tmp_path):
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "status": "running"}))
     msg = _refused("export", str(run), "--to", "gguf", "--out", str(tmp_path / "out"))
-    assert msg.startswith(f"error: {run} is an unfinished run (interrupted before its first checkpoint: no process holds the run, though "
-                          "run.json still says running, so its training process was killed) with no final weights")
+    assert msg.startswith(
+        f"error: {run} is an unfinished run (interrupted before its first checkpoint: no process holds the run, though "
+        "run.json still says running, so its training process was killed) with no final weights"
+    )
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
@@ -73,7 +78,9 @@ def test_unknown_target_and_quant_are_refused(tiny_run, tmp_path):
     proc = cli_here("export", str(tiny_run), "--to", "tflite", "--out", str(tmp_path / "o"), check=False)
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 2 and "'--to'" in err and "'tflite' is not one of 'gguf', 'ollama', 'onnx'" in err, err
-    assert "--quant 'q3_k' is not one of" in _refused("export", str(tiny_run), "--to", "gguf", "--quant", "q3_k", "--out", str(tmp_path / "o"))
+    assert "--quant 'q3_k' is not one of" in _refused(
+        "export", str(tiny_run), "--to", "gguf", "--quant", "q3_k", "--out", str(tmp_path / "o")
+    )
 
 
 def test_missing_extra_is_refused(tiny_run, tmp_path):
@@ -86,7 +93,8 @@ def test_missing_extra_is_refused(tiny_run, tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'gguf' or name.startswith('gguf.'):\n"
         "            raise ModuleNotFoundError(name)\n"
-        "sys.meta_path.insert(0, Hide())\n")
+        "sys.meta_path.insert(0, Hide())\n"
+    )
     import os
     import subprocess
     import sys
@@ -94,10 +102,17 @@ def test_missing_extra_is_refused(tiny_run, tmp_path):
     from conftest import SRC
 
     env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{SRC}", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "phinetune", "export", str(tiny_run), "--to", "gguf", "--out", str(tmp_path / "o")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "phinetune", "export", str(tiny_run), "--to", "gguf", "--out", str(tmp_path / "o")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "error: export --to gguf needs gguf, which is not installed: pip install 'phinetune[export]'" in " ".join(proc.stdout.split())
+    assert "error: export --to gguf needs gguf, which is not installed: pip install 'phinetune[export]'" in " ".join(
+        proc.stdout.split()
+    )
     assert not (tmp_path / "o").exists()
 
 

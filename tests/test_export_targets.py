@@ -17,8 +17,11 @@ from phinetune.export.targets import TARGETS, ExportPlan, describe, get_target
 
 ROOT = Path(__file__).resolve().parents[1]
 # The settings under which a target's runtime must agree with PyTorch exactly (no quantization).
-LOSSLESS = {"gguf": ExportPlan("gguf", quants=("f32",)), "ollama": ExportPlan("ollama", quants=("f32",)),
-            "onnx": ExportPlan("onnx", precisions=("fp32",))}
+LOSSLESS = {
+    "gguf": ExportPlan("gguf", quants=("f32",)),
+    "ollama": ExportPlan("ollama", quants=("f32",)),
+    "onnx": ExportPlan("onnx", precisions=("fp32",)),
+}
 
 
 def docs_table() -> list[tuple[str, str]]:
@@ -52,16 +55,27 @@ def reference(memorized_run, tmp_path_factory):
 
     from phinetune.export.merge import merge_run
 
-    merged = merge_run(str(memorized_run("tiny-phi3")), str(tmp_path_factory.mktemp("targets") / "merged"), dtype="fp32")
+    merged = merge_run(
+        str(memorized_run("tiny-phi3")), str(tmp_path_factory.mktemp("targets") / "merged"), dtype="fp32"
+    )
     tokenizer = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     stops = json.loads((merged / "generation_config.json").read_text())["eos_token_id"]
-    rows = [json.loads(line) for line in (ROOT / "src" / "phinetune" / "assets" / "riddles.jsonl").read_text().splitlines()[:3]]
-    prompts = [tokenizer.apply_chat_template(r["messages"][:1], add_generation_prompt=True, tokenize=False) for r in rows]
+    rows = [
+        json.loads(line)
+        for line in (ROOT / "src" / "phinetune" / "assets" / "riddles.jsonl").read_text().splitlines()[:3]
+    ]
+    prompts = [
+        tokenizer.apply_chat_template(r["messages"][:1], add_generation_prompt=True, tokenize=False) for r in rows
+    ]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     with torch.no_grad():
-        answers = [model.generate(torch.tensor([i]), max_new_tokens=48, do_sample=False, eos_token_id=stops,
-                                  pad_token_id=stops[0])[0, len(i):].tolist() for i in ids]
+        answers = [
+            model.generate(
+                torch.tensor([i]), max_new_tokens=48, do_sample=False, eos_token_id=stops, pad_token_id=stops[0]
+            )[0, len(i) :].tolist()
+            for i in ids
+        ]
     return ids, answers, stops
 
 

@@ -12,7 +12,10 @@ from phinetune.extras import require
 
 def test_require_names_the_missing_module_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # what `import fastapi` sees when it is not installed
-    with pytest.raises(PhinetuneError, match=r"^phinetune serve needs fastapi, which is not installed: pip install 'phinetune\[serve\]'$"):
+    with pytest.raises(
+        PhinetuneError,
+        match=r"^phinetune serve needs fastapi, which is not installed: pip install 'phinetune\[serve\]'$",
+    ):
         require("phinetune serve", "serve", "fastapi", "json")
     require("phinetune serve", "serve", "json")  # present: nothing to say
 
@@ -43,8 +46,9 @@ def test_eval_harness_without_lm_eval_says_so(monkeypatch):
 
 
 def test_serving_is_in_the_core_dependencies():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     core = " ".join(project["dependencies"])
@@ -54,7 +58,10 @@ def test_serving_is_in_the_core_dependencies():
 def test_require_finds_without_importing_and_names_pip_packages(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx_ir", None)
     monkeypatch.setitem(sys.modules, "lm_eval", None)
-    with pytest.raises(PhinetuneError, match=r"^x needs onnx-ir and lm-eval, which are not installed: pip install 'phinetune\[e\]'; or y$"):
+    with pytest.raises(
+        PhinetuneError,
+        match=r"^x needs onnx-ir and lm-eval, which are not installed: pip install 'phinetune\[e\]'; or y$",
+    ):
         require("x", "e", "json", "onnx_ir", "lm_eval", instead="; or y")
     monkeypatch.delitem(sys.modules, "tomllib", raising=False)
     require("x", "e", "tomllib")
@@ -68,7 +75,10 @@ def test_a_deepspeed_config_without_deepspeed_says_so(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)
     config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "deepspeed-zero2.yaml"
-    with pytest.raises(PhinetuneError, match=r"\(DeepSpeed\) needs deepspeed, which is not installed: pip install 'phinetune\[deepspeed\]'"):
+    with pytest.raises(
+        PhinetuneError,
+        match=r"\(DeepSpeed\) needs deepspeed, which is not installed: pip install 'phinetune\[deepspeed\]'",
+    ):
         launch_command(2, ["c.yaml"], config, use_gpu=False)
 
 
@@ -93,15 +103,29 @@ def test_only_extras_checks_whether_a_package_is_installed():
         if name == "extras.py":
             continue
         tree = ast.parse(path.read_text())
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))
-                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr == "find_spec":
                 found.append(f"{name}:{node.lineno} find_spec")
-            elif isinstance(node, ast.ExceptHandler) and "ImportError" in ast.unparse(node.type or ast.Name("")) \
-                    and name not in NOT_AN_EXTRA:
+            elif (
+                isinstance(node, ast.ExceptHandler)
+                and "ImportError" in ast.unparse(node.type or ast.Name(""))
+                and name not in NOT_AN_EXTRA
+            ):
                 found.append(f"{name}:{node.lineno} except ImportError")
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "pip install" in node.value \
-                    and id(node) not in docstrings and not name.startswith("cli"):
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and "pip install" in node.value
+                and id(node) not in docstrings
+                and not name.startswith("cli")
+            ):
                 found.append(f"{name}:{node.lineno} an install hint")
     assert not found, "use phinetune.extras.require / installed:\n" + "\n".join(found)

@@ -28,7 +28,9 @@ def test_only_the_named_rank_at_the_named_step(monkeypatch):
 
 
 def test_kill_is_a_real_sigkill():
-    code = f"import sys; sys.path.insert(0, {str(SRC)!r}); import os; os.environ[{ENV!r}] = 'kill:0:2'\n" \
-           "from phinetune.train.faults import injected; injected(0, 0); print('alive'); injected(1, 0); print('not reached')"
+    code = (
+        f"import sys; sys.path.insert(0, {str(SRC)!r}); import os; os.environ[{ENV!r}] = 'kill:0:2'\n"
+        "from phinetune.train.faults import injected; injected(0, 0); print('alive'); injected(1, 0); print('not reached')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9 and proc.stdout.split() == ["alive"]

@@ -19,7 +19,13 @@ def fake_run(path: Path) -> RunDir:
     path.mkdir(parents=True)
     run.write_info(RunInfo("microsoft/Phi-3-mini-4k-instruct", "phi3-mini", "lora", "none", "bf16", status="finished"))
     run.config.write_text("model:\n  name: microsoft/Phi-3-mini-4k-instruct\n")
-    for folder in (run.adapter, run.tokenizer, run.checkpoints / "step-2", run.checkpoints / "step-4", run.report_plots):
+    for folder in (
+        run.adapter,
+        run.tokenizer,
+        run.checkpoints / "step-2",
+        run.checkpoints / "step-4",
+        run.report_plots,
+    ):
         folder.mkdir(parents=True, exist_ok=True)
     (run.adapter / "adapter_config.json").write_text("{}")
     (run.adapter / "adapter_model.safetensors").write_bytes(b"")
@@ -89,7 +95,9 @@ def test_each_folder_is_classified_by_what_it_holds(tree, where, kind, run, step
 def test_a_run_whose_run_json_was_deleted_is_still_a_run(tree):
     (tree / "runs" / "default" / "run.json").unlink()
     assert classify(tree / "runs" / "default").kind == folders.RUN
-    with pytest.raises(PhinetuneError, match=r"default is a damaged run folder: .*default/run\.json is missing; train it again"):
+    with pytest.raises(
+        PhinetuneError, match=r"default is a damaged run folder: .*default/run\.json is missing; train it again"
+    ):
         open_run(tree / "runs" / "default")
     with pytest.raises(PhinetuneError, match=r"run\.json is missing: the run folder .* is damaged"):
         RunDir(tree / "runs" / "default").read_info()
@@ -97,10 +105,13 @@ def test_a_run_whose_run_json_was_deleted_is_still_a_run(tree):
 
 # Where a model is expected: what the sentence must say (besides the path), or None when the folder loads.
 MODEL_ADVICE = {
-    "runs/default": None, "model": None, "merged": None, "runs/default/base/tiny-phi3-seed0": None,
+    "runs/default": None,
+    "model": None,
+    "merged": None,
+    "runs/default/base/tiny-phi3-seed0": None,
     "runs/default/adapter": "is the adapter folder inside the run {t}/runs/default; pass the run folder itself: {t}/runs/default",
     "runs/default/checkpoints/step-4": "is checkpoint step-4 of the run {t}/runs/default; pass the run folder with the checkpoint: "
-                                       "{t}/runs/default --checkpoint step-4",
+    "{t}/runs/default --checkpoint step-4",
     "runs/default/checkpoints": "pass the run folder with a checkpoint: {t}/runs/default --checkpoint last",
     "runs/default/tokenizer": "is the tokenizer folder inside the run {t}/runs/default; pass the run folder itself",
     "runs": "is a folder of runs (default, second); pass one of them, e.g. {t}/runs/default",
@@ -128,7 +139,7 @@ def test_where_a_model_is_expected(tree, where):
 RUN_ADVICE = {
     "runs/default": None,
     "merged": "is a merged model folder (merged from {t}/runs/default), not a run folder; this command reads a run's records "
-              "(config, metrics, checkpoints): pass the run it was merged from: {t}/runs/default",
+    "(config, metrics, checkpoints): pass the run it was merged from: {t}/runs/default",
     "model": "is a model folder, not a run folder from `phinetune train`; pass the output.dir of a `phinetune train` run",
     "runs/default/base/tiny-phi3-seed0": "is a model folder inside the run {t}/runs/default; pass the run folder itself: {t}/runs/default",
     "runs/default/checkpoints/step-4": "pass the run folder with the checkpoint: {t}/runs/default --checkpoints step-4",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import realdata
 from phinetune.data.formats import FORMATS, NOTE, RowError, detect_format
 from phinetune.errors import DataError
-from conftest import realdata
 
 U, A, S = "user", "assistant", "system"
 
@@ -23,26 +23,57 @@ def test_riddles_evolved_list_of_strings_alternates():
 
 
 def test_openai_messages_with_system_prompt_multi_turn():
-    row = {"messages": [{"role": S, "content": "Be kind."}, {"role": U, "content": "a"}, {"role": A, "content": "b"},
-                        {"role": U, "content": "c"}, {"role": A, "content": "d"}], "id": 7}
+    row = {
+        "messages": [
+            {"role": S, "content": "Be kind."},
+            {"role": U, "content": "a"},
+            {"role": A, "content": "b"},
+            {"role": U, "content": "c"},
+            {"role": A, "content": "d"},
+        ],
+        "id": 7,
+    }
     assert detect_format(row) == "messages"
     assert roles(FORMATS["messages"](row, "f:1")) == [S, U, A, U, A]
 
 
 def test_sharegpt_from_value_and_role_content():
-    row = {"conversations": [{"from": "system", "value": "sys"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "r"}]}
+    row = {
+        "conversations": [
+            {"from": "system", "value": "sys"},
+            {"from": "human", "value": "q"},
+            {"from": "gpt", "value": "r"},
+        ]
+    }
     assert detect_format(row) == "sharegpt"
-    assert FORMATS["sharegpt"](row, "f:1")["messages"] == [{"role": S, "content": "sys"}, {"role": U, "content": "q"}, {"role": A, "content": "r"}]
+    assert FORMATS["sharegpt"](row, "f:1")["messages"] == [
+        {"role": S, "content": "sys"},
+        {"role": U, "content": "q"},
+        {"role": A, "content": "r"},
+    ]
     row2 = {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]}
     assert roles(FORMATS["sharegpt"](row2, "f:1")) == [U, A]
 
 
-@pytest.mark.parametrize("row, prompt", [
-    ({"instruction": "娘娘。", "input": "", "output": "皇上万福金安。"}, "娘娘。"),  # huanhuan
-    ({"instruction": "Write a sum function.", "input": "two ints", "output": "def f(a, b): return a + b",
-      "prompt": "Below is an instruction..."}, "Write a sum function.\n\ntwo ints"),  # python_code_instructions_18k_alpaca
-    ({"instruction": "Hi", "input": "", "output": "Hello", "text": "### Instruction: Hi ..."}, "Hi"),  # tatsu-lab/alpaca
-])
+@pytest.mark.parametrize(
+    "row, prompt",
+    [
+        ({"instruction": "娘娘。", "input": "", "output": "皇上万福金安。"}, "娘娘。"),  # huanhuan
+        (
+            {
+                "instruction": "Write a sum function.",
+                "input": "two ints",
+                "output": "def f(a, b): return a + b",
+                "prompt": "Below is an instruction...",
+            },
+            "Write a sum function.\n\ntwo ints",
+        ),  # python_code_instructions_18k_alpaca
+        (
+            {"instruction": "Hi", "input": "", "output": "Hello", "text": "### Instruction: Hi ..."},
+            "Hi",
+        ),  # tatsu-lab/alpaca
+    ],
+)
 def test_alpaca_shapes(row, prompt):
     assert detect_format(row) == "alpaca"
     out = FORMATS["alpaca"](row, "f:1")
@@ -58,8 +89,12 @@ def test_guanaco_text_is_parsed_into_turns():
     row = {"text": "### Human: What is 2+2?### Assistant: 4.### Human: And 3+3?### Assistant: 6."}
     assert detect_format(row) == "guanaco"
     out = FORMATS["guanaco"](row, "f:1")
-    assert out["messages"] == [{"role": U, "content": "What is 2+2?"}, {"role": A, "content": "4."},
-                               {"role": U, "content": "And 3+3?"}, {"role": A, "content": "6."}]
+    assert out["messages"] == [
+        {"role": U, "content": "What is 2+2?"},
+        {"role": A, "content": "4."},
+        {"role": U, "content": "And 3+3?"},
+        {"role": A, "content": "6."},
+    ]
 
 
 def test_guanaco_trailing_unanswered_question_is_dropped_and_noted():

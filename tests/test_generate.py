@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-
 from typer.testing import CliRunner
 
+from conftest import cli_here
 from phinetune.cli import app
+from phinetune.data.prompts import PROMPT_LINES
 from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling
-from conftest import cli_here
-from phinetune.data.prompts import PROMPT_LINES
 from phinetune.infer.generate import run_generate
 from phinetune.models.load_options import LoadOptions
 
@@ -26,8 +25,11 @@ def _write(path, rows):
 
 
 def test_jsonl_in_jsonl_out_keeps_order_and_fields(tiny_run, tmp_path):
-    rows = [{"id": "a", "prompt": "What has keys?"}, {"id": "b", "messages": [{"role": "user", "content": "Hi"}]},
-            {"id": "c", "prompt": "What gets wetter the more it dries?"}]
+    rows = [
+        {"id": "a", "prompt": "What has keys?"},
+        {"id": "b", "messages": [{"role": "user", "content": "Hi"}]},
+        {"id": "c", "prompt": "What gets wetter the more it dries?"},
+    ]
     out = tmp_path / "out" / "answers.jsonl"
     answers = run_generate("tiny-phi3", None, _write(tmp_path / "in.jsonl", rows), out, Sampling(6), 2, FP32)
     got = [json.loads(line) for line in out.read_text().splitlines()]
@@ -50,14 +52,34 @@ def test_cli_generate_on_a_run_folder(tiny_run, tmp_path):
     """The verb's wiring, in-process (a subprocess would spend seconds importing torch again)."""
     src = _write(tmp_path / "in.jsonl", [{"prompt": "What has keys?"}, {"prompt": "Hi"}])
     out = tmp_path / "out.jsonl"
-    args = ["generate", str(tiny_run), "--input", str(src), "--output", str(out), "--max-new-tokens", "5",
-            "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "1", "--batch-size", "2"]
+    args = [
+        "generate",
+        str(tiny_run),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "1",
+        "--batch-size",
+        "2",
+    ]
     first = CliRunner().invoke(app, [*args, "--dtype", "bf16"])
     assert first.exit_code == 0, first.output
     sampled = out.read_text()
     assert len(sampled.splitlines()) == 2 and "2 answers written" in first.output
     assert CliRunner().invoke(app, [*args, "--dtype", "bf16"]).exit_code == 0 and out.read_text() == sampled  # seeded
-    one = CliRunner().invoke(app, ["generate", str(tiny_run), "What has keys?", "--max-new-tokens", "3", "--quant", "nf4"])
+    one = CliRunner().invoke(
+        app, ["generate", str(tiny_run), "What has keys?", "--max-new-tokens", "3", "--quant", "nf4"]
+    )
     assert one.exit_code == 0, one.output
     bad = CliRunner().invoke(app, ["generate", str(tiny_run), "hi", "--top-p", "1.5"])
     assert isinstance(bad.exception, PhinetuneError) and "top_p must be in (0, 1]" in str(bad.exception)
@@ -77,10 +99,17 @@ def test_stdout_holds_only_the_answer(tiny_run):
 
     prompt = "What has keys but can't open a single lock?"
     env = {k: v for k, v in os.environ.items() if k != "PHINETUNE_QUIET"}  # progress bars on, as for a user
-    proc = subprocess.run([sys.executable, "-m", "phinetune", "generate", str(tiny_run), prompt, "--max-new-tokens", "40"],
-                          env={**env, "PYTHONPATH": str(SRC), "COLUMNS": "60"}, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "phinetune", "generate", str(tiny_run), prompt, "--max-new-tokens", "40"],
+        env={**env, "PYTHONPATH": str(SRC), "COLUMNS": "60"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
-    expected = generate_batch(load_for_inference(str(tiny_run)), [[{"role": "user", "content": prompt}]], Sampling(max_new_tokens=40))[0]
+    expected = generate_batch(
+        load_for_inference(str(tiny_run)), [[{"role": "user", "content": prompt}]], Sampling(max_new_tokens=40)
+    )[0]
     assert proc.stdout == expected + "\n"  # whole: not wrapped at the 60 columns either
     assert "Generating" in proc.stderr  # the bar is there, on stderr
     for noise in ("gemm_4bit_forward", "kernels-community", "FutureWarning", "Loading weights", "Traceback"):
@@ -94,10 +123,15 @@ def test_bad_sampling_setting_names_the_flag_value_only():
         Sampling(temperature=-1.0)
 
 
-@pytest.mark.parametrize("text,what", [("What has keys?\nWho am I?\n", "in.txt:1: not JSON (Expecting value at column 1)"),
-                                       ('[{"prompt": "What has keys?"}]\n', "in.txt:1: a JSON array, not JSON Lines"),
-                                       ('[\n  {"prompt": "What has keys?"}\n]\n', "in.txt:1: a JSON array, not JSON Lines"),
-                                       ('"What has keys?"\n', "in.txt:1: a JSON string")])
+@pytest.mark.parametrize(
+    "text,what",
+    [
+        ("What has keys?\nWho am I?\n", "in.txt:1: not JSON (Expecting value at column 1)"),
+        ('[{"prompt": "What has keys?"}]\n', "in.txt:1: a JSON array, not JSON Lines"),
+        ('[\n  {"prompt": "What has keys?"}\n]\n', "in.txt:1: a JSON array, not JSON Lines"),
+        ('"What has keys?"\n', "in.txt:1: a JSON string"),
+    ],
+)
 def test_an_input_that_is_not_json_lines_says_the_line_and_the_shape_expected(tmp_path, text, what):
     """Plain text or a JSON array given to --input: the line, what it is, and an example of what a line should be."""
     (tmp_path / "in.txt").write_text(text)
@@ -132,5 +166,10 @@ def test_dtype_spellings_on_the_command_line(tiny_run):
     bad = cli_here(*args, "--dtype", "bfloat17", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
     said = " ".join(bad.stderr.split())
-    assert "Invalid value for '--dtype'" in said and ("'bfloat17' is not one of 'auto', 'bf16', 'bfloat16', 'fp16', 'float16', "
-                                                      "'half', 'fp32', 'float32', 'float'") in said, said
+    assert (
+        "Invalid value for '--dtype'" in said
+        and (
+            "'bfloat17' is not one of 'auto', 'bf16', 'bfloat16', 'fp16', 'float16', 'half', 'fp32', 'float32', 'float'"
+        )
+        in said
+    ), said

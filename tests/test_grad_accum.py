@@ -32,11 +32,21 @@ def one_step_update(base, tokenizer, rows, batch_size: int, grad_accum: int) -> 
 
     model = copy.deepcopy(base).train()
     before = [p.detach().clone() for p in model.parameters()]
-    cfg = load_config(None, [f"train.batch_size={batch_size}", f"train.grad_accum={grad_accum}", "train.max_grad_norm=1e9"])
+    cfg = load_config(
+        None, [f"train.batch_size={batch_size}", f"train.grad_accum={grad_accum}", "train.max_grad_norm=1e9"]
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    loop = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, tokenizer=tokenizer, optimizer=optimizer,
-                           scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), train_rows=rows, steps_per_epoch=1,
-                           adapter_dtype=None)
+    loop = SimpleNamespace(
+        cfg=cfg,
+        accelerator=Accelerator(cpu=True),
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        train_rows=rows,
+        steps_per_epoch=1,
+        adapter_dtype=None,
+    )
     stats = Sft().step(loop, 0)
     assert stats.trained_tokens == sum(sum(1 for x in r.labels[1:] if x != IGNORE) for r in rows)
     return [b - p.detach() for b, p in zip(before, model.parameters())]
@@ -73,7 +83,9 @@ def test_reference_gradient_and_the_naive_mean_of_means_differs(setup):
         return sum(loss for loss, _ in parts) / sum(n for _, n in parts)
 
     def naive(m):
-        return sum(loss / n for loss, n in (loss_sum(m, collate([r], tokenizer.pad_token_id)) for r in rows)) / len(rows)
+        return sum(loss / n for loss, n in (loss_sum(m, collate([r], tokenizer.pad_token_id)) for r in rows)) / len(
+            rows
+        )
 
     for u, g in zip(update, grads(correct)):
         torch.testing.assert_close(u, g, rtol=1e-4, atol=1e-7)

@@ -13,8 +13,8 @@ import torch
 
 from phinetune.config import load_config
 from phinetune.train.objectives.grpo import advantages
-from phinetune.train.recipe import run_steps, setup, train
 from phinetune.train.objectives.rewards import exact_answer
+from phinetune.train.recipe import run_steps, setup, train
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 GOOD = "abcdefghijklm"
@@ -34,12 +34,18 @@ def test_advantages_are_relative_to_the_group_and_flat_groups_are_counted():
 def _good_mass(loop) -> float:
     """The policy's exact expected reward for a one-token completion: P(first token starts with a-m), mean over prompts."""
     tok = loop.tokenizer
-    good = torch.tensor([bool(tok.decode([i]).strip()) and tok.decode([i]).strip()[0].lower() in GOOD for i in range(len(tok))])
+    good = torch.tensor(
+        [bool(tok.decode([i]).strip()) and tok.decode([i]).strip()[0].lower() in GOOD for i in range(len(tok))]
+    )
     model = loop.accelerator.unwrap_model(loop.model)
     model.eval()
     with torch.no_grad():
-        mass = [torch.softmax(model(input_ids=torch.tensor([r.prompt_ids])).logits[0, -1, :len(tok)].float(), -1)[good].sum().item()
-                for r in loop.train_rows[:8]]
+        mass = [
+            torch.softmax(model(input_ids=torch.tensor([r.prompt_ids])).logits[0, -1, : len(tok)].float(), -1)[good]
+            .sum()
+            .item()
+            for r in loop.train_rows[:8]
+        ]
     model.train()
     return sum(mass) / len(mass)
 
@@ -47,10 +53,25 @@ def _good_mass(loop) -> float:
 def test_grpo_raises_the_expected_reward_of_a_dotted_path_reward(tiny_cfg, tmp_path, monkeypatch):
     (tmp_path / "firstletter.py").write_text(REWARD)
     monkeypatch.syspath_prepend(str(tmp_path))
-    loop = setup(tiny_cfg("train.objective=grpo", "data.train=builtin:riddles_qa", "data.limit=16", "data.eval_size=2",
-                          "grpo.rewards=[firstletter:first_letter]", "grpo.group_size=8", "grpo.max_completion_length=1",
-                          "grpo.beta=0", "train.max_steps=4", "train.learning_rate=3e-2", "train.warmup_ratio=0",
-                          "train.scheduler=constant", "adapter.modules_to_save=[lm_head]", "adapter.dropout=0", "train.recall_check=0"))
+    loop = setup(
+        tiny_cfg(
+            "train.objective=grpo",
+            "data.train=builtin:riddles_qa",
+            "data.limit=16",
+            "data.eval_size=2",
+            "grpo.rewards=[firstletter:first_letter]",
+            "grpo.group_size=8",
+            "grpo.max_completion_length=1",
+            "grpo.beta=0",
+            "train.max_steps=4",
+            "train.learning_rate=3e-2",
+            "train.warmup_ratio=0",
+            "train.scheduler=constant",
+            "adapter.modules_to_save=[lm_head]",
+            "adapter.dropout=0",
+            "train.recall_check=0",
+        )
+    )
     before = _good_mass(loop)
     run_steps(loop)
     after = _good_mass(loop)
@@ -89,7 +110,9 @@ def _answer_probability(loop) -> list[float]:
             assert exact_answer(sentence, row.answer) == 1.0
             ids = tok(sentence, add_special_tokens=False)["input_ids"]
             assert len(ids) <= loop.cfg.grpo.max_completion_length, "the whole sentence must fit in a completion"
-            logits = model(input_ids=torch.tensor([row.prompt_ids + ids])).logits[0, len(row.prompt_ids) - 1:-1].float()
+            logits = (
+                model(input_ids=torch.tensor([row.prompt_ids + ids])).logits[0, len(row.prompt_ids) - 1 : -1].float()
+            )
             out.append(torch.log_softmax(logits, -1)[torch.arange(len(ids)), torch.tensor(ids)].sum().exp().item())
     model.train()
     return out
@@ -116,22 +139,38 @@ def test_grpo_with_exact_answer_raises_the_riddles_expected_reward(half_trained,
 
     (tmp_path / "inverted.py").write_text(INVERTED)
     monkeypatch.syspath_prepend(str(tmp_path))
-    control = setup(load_config(RIDDLES_GRPO, [*grpo, "grpo.rewards=[inverted:wrong]", "train.max_steps=1",
-                                               f"output.dir={tmp_path / 'control'}"]))
+    control = setup(
+        load_config(
+            RIDDLES_GRPO,
+            [*grpo, "grpo.rewards=[inverted:wrong]", "train.max_steps=1", f"output.dir={tmp_path / 'control'}"],
+        )
+    )
     assert _answer_probability(control) == pytest.approx(before, abs=1e-6)  # the same start
     run_steps(control)
     lowered = _answer_probability(control)
-    print(f"answer-sentence probability {_mean(before):.3f} -> {_mean(after):.3f} in 6 steps (per prompt {before} -> {after}); "
-          f"reward_mean per step {[round(m['reward_mean'], 3) for m in curve]}; inverted reward: -> {_mean(lowered):.3f} in 1 step")
+    print(
+        f"answer-sentence probability {_mean(before):.3f} -> {_mean(after):.3f} in 6 steps (per prompt {before} -> {after}); "
+        f"reward_mean per step {[round(m['reward_mean'], 3) for m in curve]}; inverted reward: -> {_mean(lowered):.3f} in 1 step"
+    )
     assert _mean(lowered) < _mean(before) - 0.05, (before, lowered)
 
 
 @pytest.mark.slow
 def test_grpo_with_kl_to_the_adapter_off_reference_runs_from_the_cli_config(tiny_cfg):
     """The riddles with the built-in exact-answer reward: logs KL (0 at step 1: policy == reference) and eval reward."""
-    result = train(tiny_cfg("train.objective=grpo", "data.train=builtin:riddles_qa", "data.limit=8", "data.eval_size=2",
-                            "grpo.group_size=2", "grpo.max_completion_length=8", "train.max_steps=2", "train.batch_size=2",
-                            "train.recall_check=0"))
+    result = train(
+        tiny_cfg(
+            "train.objective=grpo",
+            "data.train=builtin:riddles_qa",
+            "data.limit=8",
+            "data.eval_size=2",
+            "grpo.group_size=2",
+            "grpo.max_completion_length=8",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "train.recall_check=0",
+        )
+    )
     metrics = result.run.read_metrics()
     steps = [m for m in metrics if "reward_mean" in m]
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)
@@ -143,13 +182,35 @@ def test_grpo_with_kl_to_the_adapter_off_reference_runs_from_the_cli_config(tiny
 @pytest.mark.parametrize("objective", ["dpo", "grpo"])
 def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path, objective):
     report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "kill_resume_trials.py"), "--trials", "1", "--save-kills", "1",
-                           "--sigterms", "0", "--seed", "3", "--objective", objective, "--workdir", str(tmp_path / "w"),
-                           "--json", str(report)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "kill_resume_trials.py"),
+            "--trials",
+            "1",
+            "--save-kills",
+            "1",
+            "--sigterms",
+            "0",
+            "--seed",
+            "3",
+            "--objective",
+            objective,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     where = f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     data = json.loads(report.read_text())
     assert len(data["reference"]) >= 8, where
-    assert any(r[3] is not None or r[5] is not None for r in data["reference"]), "the curve must carry the objective's metrics"
+    assert any(r[3] is not None or r[5] is not None for r in data["reference"]), (
+        "the curve must carry the objective's metrics"
+    )
     for t in data["trials"]:
         assert t["exit"] == -9 and t["resume_exit"] == 0, where
         assert t["curve"] == data["reference"], where

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from phinetune.errors import PhinetuneError
+from phinetune.runs.run_dir import RunDir
 from phinetune.train import checkpoint as ck
 from phinetune.train import recipe
-from phinetune.train.objectives import sft
 from phinetune.train.guards import StopRequests, oom_message
 from phinetune.train.metrics import MetricsLog
-from phinetune.runs.run_dir import RunDir
+from phinetune.train.objectives import sft
 
 
 def poison_loss_at(monkeypatch, call: int, exc=None):
@@ -48,7 +48,10 @@ def test_nan_loss_names_the_step_and_the_samples_and_saves_nothing_after(tiny_cf
 
 def test_oom_suggests_settings_that_use_less_memory(tiny_cfg, monkeypatch):
     poison_loss_at(monkeypatch, 1, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    with pytest.raises(PhinetuneError, match=r"out of memory at step 1; .*train.batch_size=2 train.grad_accum=2 .*gradient_checkpointing=true.*model.quant=nf4"):
+    with pytest.raises(
+        PhinetuneError,
+        match=r"out of memory at step 1; .*train.batch_size=2 train.grad_accum=2 .*gradient_checkpointing=true.*model.quant=nf4",
+    ):
         recipe.train(tiny_cfg())
 
 
@@ -75,7 +78,10 @@ def test_full_disk_during_checkpoint_names_the_last_good_one(tiny_cfg, monkeypat
 
     monkeypatch.setattr(ck, "_fsync_tree", fill_disk_on_second)
     cfg = tiny_cfg("train.save_every=1", "train.eval_every=10")
-    with pytest.raises(PhinetuneError, match=r"disk full while writing checkpoint .*step-2 .*MiB free.*last complete checkpoint is .*step-1.*--resume"):
+    with pytest.raises(
+        PhinetuneError,
+        match=r"disk full while writing checkpoint .*step-2 .*MiB free.*last complete checkpoint is .*step-1.*--resume",
+    ):
         recipe.train(cfg)
     run = RunDir(cfg.output.dir)
     assert not list(run.checkpoints.glob(".tmp-*"))  # the partial save was removed, not left behind
@@ -109,7 +115,9 @@ def test_sigterm_is_recorded_not_fatal_and_handlers_are_restored():
 
 def test_sigterm_mid_training_saves_a_checkpoint_and_resume_matches(tiny_cfg, monkeypatch):
     """In-process: SIGTERM during step 2 -> checkpoint at step 2 -> resume reproduces the uninterrupted curve."""
-    reference = recipe.train(tiny_cfg("train.eval_every=10", "output.dir=" + str(Path(tiny_cfg().output.dir).parent / "ref")))
+    reference = recipe.train(
+        tiny_cfg("train.eval_every=10", "output.dir=" + str(Path(tiny_cfg().output.dir).parent / "ref"))
+    )
     expected = [(r["step"], r.get("loss")) for r in reference.run.read_metrics() if "loss" in r]
     real, calls = sft.loss_sum, {"n": 0}
 
@@ -133,8 +141,9 @@ def test_sigterm_mid_training_saves_a_checkpoint_and_resume_matches(tiny_cfg, mo
 def test_a_nan_in_one_rank_is_named_with_that_ranks_batch(monkeypatch):
     """Every rank sees the same summed NaN; the sentence names the rank whose own loss was not finite, with its batch.
     The exchange between ranks (accelerate's gather_object) is replaced by what 2 ranks would return."""
-    import accelerate.utils
     from types import SimpleNamespace
+
+    import accelerate.utils
 
     from phinetune.train.guards import check_finite
 
@@ -143,4 +152,6 @@ def test_a_nan_in_one_rank_is_named_with_that_ranks_batch(monkeypatch):
     check_finite(1.5, 2, [], None, SimpleNamespace(num_processes=2, process_index=1), 0.7)  # finite: nothing to say
     with pytest.raises(PhinetuneError) as err:
         check_finite(float("nan"), 2, [], None, SimpleNamespace(num_processes=2, process_index=1), float("nan"))
-    assert str(err.value).startswith("loss became nan at step 3 on rank 1 of 2; nothing after step 2 was saved. The batch held: rank 1's rows.")
+    assert str(err.value).startswith(
+        "loss became nan at step 3 on rank 1 of 2; nothing after step 2 was saved. The batch held: rank 1's rows."
+    )

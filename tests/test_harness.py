@@ -36,7 +36,12 @@ def test_our_scores_equal_lm_eval(names, shots, tiny_phi3, harness_lm, tmp_path,
     harness = run_harness(harness_lm, tasks, LIMIT, shots, EVALSETS)  # one lm-eval run for all tasks
     model, tok = tiny_phi3
     for task in tasks:
-        ours, theirs = evaluate_task(model, tok, task, load_docs(task, EVALSETS)[:LIMIT], load_docs(task, EVALSETS, fewshot=True), shots), harness[task.name]
+        ours, theirs = (
+            evaluate_task(
+                model, tok, task, load_docs(task, EVALSETS)[:LIMIT], load_docs(task, EVALSETS, fewshot=True), shots
+            ),
+            harness[task.name],
+        )
         assert theirs.n == ours.n == LIMIT
         for mine, other in zip(ours.items, theirs.items):  # per item and per option: the same log-likelihoods
             assert mine["lls"] == pytest.approx(other["lls"], abs=2e-4)
@@ -51,6 +56,10 @@ def test_harness_scores_the_same_base_and_tuned_as_ours(tiny_run, tmp_path, monk
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     ours = evaluate_run(str(tiny_run), EvalPlan([TASKS["arc_easy"]], limit=8, data_dir=EVALSETS))["rows"]
-    theirs = evaluate_run(str(tiny_run), EvalPlan([TASKS["arc_easy"]], limit=8, data_dir=EVALSETS, harness=True))["rows"]
+    theirs = evaluate_run(str(tiny_run), EvalPlan([TASKS["arc_easy"]], limit=8, data_dir=EVALSETS, harness=True))[
+        "rows"
+    ]
     for mine, other in zip(ours, theirs):
-        assert (mine["base"], mine["tuned"], mine["stderr"]) == pytest.approx((other["base"], other["tuned"], other["stderr"]), abs=1e-9)
+        assert (mine["base"], mine["tuned"], mine["stderr"]) == pytest.approx(
+            (other["base"], other["tuned"], other["stderr"]), abs=1e-9
+        )

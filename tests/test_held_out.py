@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from phinetune.data.readers import Record
 from phinetune.runs.held_out import prompt_and_answer, prompts_of
@@ -11,8 +12,13 @@ U, A, S = ({"role": r, "content": r[0]} for r in ("user", "assistant", "system")
 
 
 def test_last_assistant_turn_is_the_reference():
-    conv = [S, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    conv = [
+        S,
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    ]
     assert prompt_and_answer(conv) == (conv[:4], "a2")
 
 
@@ -31,11 +37,15 @@ def test_prompt_never_holds_the_reference_and_ends_where_it_starts(roles):
         assert found is None
     else:
         prompt, ref = found
-        assert ref == conv[answers[-1]]["content"] and prompt == conv[:answers[-1]]
+        assert ref == conv[answers[-1]]["content"] and prompt == conv[: answers[-1]]
 
 
 def test_prompts_of_skips_records_without_conversations():
-    recs = [Record({"text": "plain"}, "f:1"), Record({"messages": [U, A]}, "f:2"), Record({"messages": [U]}, "f:3"),
-            Record({"messages": [U, A, U, A]}, "f:4")]
+    recs = [
+        Record({"text": "plain"}, "f:1"),
+        Record({"messages": [U, A]}, "f:2"),
+        Record({"messages": [U]}, "f:3"),
+        Record({"messages": [U, A, U, A]}, "f:4"),
+    ]
     assert prompts_of(recs, 5) == [([U], "a"), ([U, A, U], "a")]
     assert prompts_of(recs, 1) == [([U], "a")]

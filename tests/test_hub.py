@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import SRC
 from phinetune.errors import PhinetuneError
@@ -46,8 +47,14 @@ def test_offline_uncached_id_says_what_to_do_and_suggests_the_builtin_name(monke
         check_model_name("tiny-phi5")
 
 
-@pytest.mark.parametrize("typo,meant", [("microsoft/Phi-3.5-mini-instruc", "microsoft/Phi-3.5-mini-instruct"),
-                                        ("microsft/phi-2", "microsoft/phi-2"), ("Phi-4-mini-instruct", "microsoft/Phi-4-mini-instruct")])
+@pytest.mark.parametrize(
+    "typo,meant",
+    [
+        ("microsoft/Phi-3.5-mini-instruc", "microsoft/Phi-3.5-mini-instruct"),
+        ("microsft/phi-2", "microsoft/phi-2"),
+        ("Phi-4-mini-instruct", "microsoft/Phi-4-mini-instruct"),
+    ],
+)
 def test_a_misspelt_phi_id_gets_the_spec_id_it_resembles(typo, meant, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PhinetuneError, match=re.escape(f"could not load model '{typo}': did you mean {meant}?")):
@@ -62,14 +69,26 @@ def test_an_uncached_id_is_advised_with_hf_download_and_a_missing_folder_comes_f
     with pytest.raises(PhinetuneError) as err:
         check_model_name("runs/nope")
     message = str(err.value)
-    assert message.index(f"there is no folder runs/nope here ({tmp_path})") < message.index("run `hf download runs/nope` on a connected machine")
+    assert message.index(f"there is no folder runs/nope here ({tmp_path})") < message.index(
+        "run `hf download runs/nope` on a connected machine"
+    )
     assert "huggingface-cli" not in message
 
 
 def _online_env(tmp_path: Path) -> dict:
     """The environment of a user who never set HF_HUB_OFFLINE, with an empty Hugging Face cache."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
-    return {**env, "PYTHONPATH": str(SRC), "HF_HOME": str(tmp_path / "hf-home"), "PHINETUNE_QUIET": "1", "COLUMNS": "200"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
+    return {
+        **env,
+        "PYTHONPATH": str(SRC),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "PHINETUNE_QUIET": "1",
+        "COLUMNS": "200",
+    }
 
 
 def network_wait(proc: subprocess.CompletedProcess) -> float:
@@ -100,8 +119,14 @@ def test_no_command_waits_on_the_hub(args, name, tmp_path):
     What is bounded is the time spent on the network and asleep (name lookups, connects, reads, back-offs), not the
     wall time, which a loaded machine stretches however the command waits."""
     (tmp_path / "runs").mkdir()
-    proc = subprocess.run([sys.executable, str(NETWAIT), *args], cwd=tmp_path, env=_online_env(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(NETWAIT), *args],
+        cwd=tmp_path,
+        env=_online_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 2, out
     assert "Traceback" not in out and name in out
@@ -114,11 +139,20 @@ def test_eval_without_data_dir_fails_fast_when_the_hub_is_unreachable(tiny_run, 
 
     env = _online_env(tmp_path)
     hub_reachable.cache_clear()
-    if subprocess.run([sys.executable, "-c", "from phinetune.models.hub import hub_reachable; raise SystemExit(hub_reachable())"],
-                      env=env).returncode:
+    if subprocess.run(
+        [sys.executable, "-c", "from phinetune.models.hub import hub_reachable; raise SystemExit(hub_reachable())"],
+        env=env,
+    ).returncode:
         pytest.skip("the Hub is reachable from here")
-    proc = subprocess.run([sys.executable, str(NETWAIT), "eval", str(tiny_run), "--limit", "2"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(NETWAIT), "eval", str(tiny_run), "--limit", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = " ".join(proc.stdout.split())
     assert proc.returncode == 2 and "cannot be reached" in out and "--data-dir" in out, out
-    assert network_wait(proc) < 10  # on the network and asleep; loading the run first takes what the machine's load makes it
+    assert (
+        network_wait(proc) < 10
+    )  # on the network and asleep; loading the run first takes what the machine's load makes it

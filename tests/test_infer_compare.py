@@ -38,8 +38,11 @@ def test_default_prompts_end_before_the_last_answer_of_the_eval_split(tiny_run):
 def test_cli_compare_with_a_prompts_file(tiny_run, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "What has keys but cannot open locks?", "reference": "A piano."}) + "\n")
-    proc = CliRunner().invoke(app, ["compare", str(tiny_run), "--prompts", str(prompts), "--max-new-tokens", "6", "--out", str(tmp_path / "c.md")],
-                              env={"COLUMNS": "200"})
+    proc = CliRunner().invoke(
+        app,
+        ["compare", str(tiny_run), "--prompts", str(prompts), "--max-new-tokens", "6", "--out", str(tmp_path / "c.md")],
+        env={"COLUMNS": "200"},
+    )
     assert proc.exit_code == 0, proc.output
     assert "base vs fine-tuned" in proc.output and "What has keys but cannot open locks?" in proc.output
     assert "A piano." in (tmp_path / "c.md").read_text()

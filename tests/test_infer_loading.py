@@ -24,9 +24,19 @@ def runs(tmp_path_factory):
     from phinetune.config import load_config
 
     root = tmp_path_factory.mktemp("interrupted")
-    fast = ["model.name=tiny-phi3", "data.train=builtin:riddles", "data.eval_size=4", "data.limit=24", "train.max_steps=4",
-            "train.batch_size=4", "train.eval_every=10", "train.log_every=1", "train.learning_rate=3e-3", "train.save_every=2",
-            "adapter.modules_to_save=[embed_tokens,lm_head]"]
+    fast = [
+        "model.name=tiny-phi3",
+        "data.train=builtin:riddles",
+        "data.eval_size=4",
+        "data.limit=24",
+        "train.max_steps=4",
+        "train.batch_size=4",
+        "train.eval_every=10",
+        "train.log_every=1",
+        "train.learning_rate=3e-3",
+        "train.save_every=2",
+        "adapter.modules_to_save=[embed_tokens,lm_head]",
+    ]
     finished = recipe.train(load_config(None, fast + [f"output.dir={root / 'finished'}"])).run
     real_save = recipe.save
 
@@ -69,8 +79,12 @@ def test_merge_and_generate_take_the_checkpoint(runs, tmp_path):
     out = merge_run(str(cut), str(tmp_path / "merged"), dtype="fp32", checkpoint="last")
     merged = AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():
-        torch.testing.assert_close(merged(IDS).logits.float(), _logits(load_for_inference(str(finished.path), dtype="fp32")),
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            merged(IDS).logits.float(),
+            _logits(load_for_inference(str(finished.path), dtype="fp32")),
+            rtol=1e-4,
+            atol=1e-4,
+        )
     answered = cli_here("generate", str(cut), "hi", "--max-new-tokens", "2", "--checkpoint", "last")
     assert answered.stdout.strip() == load_generate(finished.path)
 
@@ -78,7 +92,9 @@ def test_merge_and_generate_take_the_checkpoint(runs, tmp_path):
 def load_generate(run_path) -> str:
     from phinetune.infer.complete import Sampling, generate_batch
 
-    return generate_batch(load_for_inference(str(run_path)), [[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=2))[0]
+    return generate_batch(
+        load_for_inference(str(run_path)), [[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=2)
+    )[0]
 
 
 def test_export_takes_the_checkpoint(runs, tmp_path):
@@ -99,7 +115,9 @@ def test_export_takes_the_checkpoint(runs, tmp_path):
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
     earlier = tensors(cut, "step2", "step-2")
     assert any(not torch.allclose(earlier[k], expected[k], atol=1e-5) for k in expected)  # step-2 is another model
-    with pytest.raises(PhinetuneError, match=r"unfinished run \(interrupted at step 4\).*pass --checkpoint last .*\(step-4\)"):
+    with pytest.raises(
+        PhinetuneError, match=r"unfinished run \(interrupted at step 4\).*pass --checkpoint last .*\(step-4\)"
+    ):
         export_run(str(cut), str(tmp_path / "none"), ExportPlan("gguf", ("f32",)))
 
 
@@ -115,7 +133,9 @@ def test_a_checkpoint_naming_its_base_by_another_path_loads_without_peft_noise(r
     moved = shutil.copytree(cut, tmp_path / "cut")
     for config in moved.glob("checkpoints/*/adapter_config.json"):
         body = json.loads(config.read_text())
-        body["base_model_name_or_path"] = "runs/cut/base/tiny-phi3-seed0"  # as training from a relative output.dir recorded it
+        body["base_model_name_or_path"] = (
+            "runs/cut/base/tiny-phi3-seed0"  # as training from a relative output.dir recorded it
+        )
         config.write_text(json.dumps(body))
 
     def peft_warnings(verbose: bool) -> list[str]:
@@ -129,4 +149,5 @@ def test_a_checkpoint_naming_its_base_by_another_path_loads_without_peft_noise(r
     assert peft_warnings(verbose=True) == [
         "The PEFT config's `base_model_name_or_path` was renamed from 'runs/cut/base/tiny-phi3-seed0' to "
         f"'{json.loads((moved / 'run.json').read_text())['base_model']}'. Please ensure that the correct base model is loaded "
-        "when loading this checkpoint."]
+        "when loading this checkpoint."
+    ]

@@ -15,7 +15,13 @@ from phinetune.train.distributed.launch import launch_command
 from phinetune.train.loop import micro_batches
 
 CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
-EXPECTED = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "fsdp-qlora": "FSDP", "deepspeed-zero2": "DEEPSPEED", "deepspeed-zero3": "DEEPSPEED"}
+EXPECTED = {
+    "ddp": "MULTI_GPU",
+    "fsdp": "FSDP",
+    "fsdp-qlora": "FSDP",
+    "deepspeed-zero2": "DEEPSPEED",
+    "deepspeed-zero3": "DEEPSPEED",
+}
 
 
 def test_cpu_launch_uses_torchrun_with_accelerate_cpu_mode():
@@ -28,7 +34,12 @@ def test_cpu_launch_uses_torchrun_with_accelerate_cpu_mode():
 def test_gpu_launch_uses_accelerate_launch_with_the_config():
     cfg = ROOT / "configs" / "accelerate" / "fsdp.yaml"
     cmd, _ = launch_command(4, ["x.yaml"], cfg, use_gpu=True)
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[3:7] == ["--config_file", str(cfg), "--num_processes", "4"]
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[3:7] == [
+        "--config_file",
+        str(cfg),
+        "--num_processes",
+        "4",
+    ]
     with pytest.raises(PhinetuneError, match="needs GPUs"):  # FSDP1 + 4-bit base: GPUs only
         launch_command(2, [], cfg.with_name("fsdp-qlora.yaml"), use_gpu=False)
     with pytest.raises(PhinetuneError, match="ZeRO-3.*GPU-check-only"):
@@ -40,14 +51,20 @@ def test_cpu_launch_of_deepspeed_zero2_uses_accelerate_launch_in_fp32():
     cfg = ROOT / "configs" / "accelerate" / "deepspeed-zero2.yaml"
     cmd, env = launch_command(2, ["x.yaml"], cfg, use_gpu=False)
     assert cmd[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(cfg)]
-    assert cmd[cmd.index("--mixed_precision") + 1] == "no" and "ACCELERATE_USE_CPU" not in {k for k, v in env.items() if v == "true"}
+    assert cmd[cmd.index("--mixed_precision") + 1] == "no" and "ACCELERATE_USE_CPU" not in {
+        k for k, v in env.items() if v == "true"
+    }
     gpu, _ = launch_command(2, ["x.yaml"], cfg, use_gpu=True)
     assert "--mixed_precision" not in gpu  # on GPUs the config's bf16 applies
 
 
 def test_cpu_launch_of_the_fsdp2_config_shards_with_fully_shard():
     cmd, env = launch_command(2, ["x.yaml"], ROOT / "configs" / "accelerate" / "fsdp.yaml", use_gpu=False)
-    assert cmd[1:3] == ["-m", "torch.distributed.run"] and env["PHINETUNE_FSDP2_CPU"] == "1" and env["ACCELERATE_USE_CPU"] == "true"
+    assert (
+        cmd[1:3] == ["-m", "torch.distributed.run"]
+        and env["PHINETUNE_FSDP2_CPU"] == "1"
+        and env["ACCELERATE_USE_CPU"] == "true"
+    )
     _, plain = launch_command(2, ["x.yaml"], use_gpu=False)
     assert "PHINETUNE_FSDP2_CPU" not in plain or plain["PHINETUNE_FSDP2_CPU"] != "1"
     with pytest.raises(PhinetuneError, match="does not exist"):
@@ -68,9 +85,13 @@ def test_accelerate_config_is_accepted_by_accelerate(path):
     assert str(config.distributed_type).split(".")[-1] == EXPECTED[path.stem]
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "phinetune", "train"])
     args, defaults, _ = _validate_launch_command(args)
-    assert args.use_fsdp == (EXPECTED[path.stem] == "FSDP") and args.use_deepspeed == (EXPECTED[path.stem] == "DEEPSPEED")
+    assert args.use_fsdp == (EXPECTED[path.stem] == "FSDP") and args.use_deepspeed == (
+        EXPECTED[path.stem] == "DEEPSPEED"
+    )
     if args.use_fsdp and str(args.fsdp_version) == "1":
-        assert args.fsdp_use_orig_params == "true" or args.fsdp_use_orig_params is True  # LoRA mixes frozen and trainable
+        assert (
+            args.fsdp_use_orig_params == "true" or args.fsdp_use_orig_params is True
+        )  # LoRA mixes frozen and trainable
     if path.stem == "fsdp":
         assert str(args.fsdp_version) == "2"  # FSDP2: the one that also runs on CPU (train/distributed/sharding.py)
     if path.stem == "fsdp-qlora":
@@ -84,8 +105,12 @@ def fake_loop(rows, processes, rank, batch_size, grad_accum):
 
     cfg = SimpleNamespace(train=SimpleNamespace(batch_size=batch_size, grad_accum=grad_accum, seed=3))
     steps_per_epoch = max(1, math.ceil(len(rows) / (batch_size * grad_accum * processes)))
-    return SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(num_processes=processes, process_index=rank),
-                           train_rows=rows, steps_per_epoch=steps_per_epoch)
+    return SimpleNamespace(
+        cfg=cfg,
+        accelerator=SimpleNamespace(num_processes=processes, process_index=rank),
+        train_rows=rows,
+        steps_per_epoch=steps_per_epoch,
+    )
 
 
 def test_micro_batches_cover_the_same_global_rows_for_any_process_count():
@@ -100,14 +125,23 @@ def test_micro_batches_cover_the_same_global_rows_for_any_process_count():
 
 
 def losses(run: Path) -> list[tuple]:
-    return [(r["step"], r.get("loss", r.get("eval_loss")), r.get("lr"), r.get("grad_norm")) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    return [
+        (r["step"], r.get("loss", r.get("eval_loss")), r.get("lr"), r.get("grad_norm"))
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    ]
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tiny_cfg, tmp_path):
     from phinetune.train.recipe import train
 
-    common = ["train.batch_size=2", "train.max_steps=3", "adapter.dropout=0", "train.eval_every=2", "data.packing=false"]
+    common = [
+        "train.batch_size=2",
+        "train.max_steps=3",
+        "adapter.dropout=0",
+        "train.eval_every=2",
+        "data.packing=false",
+    ]
     one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
     two_cfg = tmp_path / "two.yaml"
     dump_config(tiny_cfg(*common, "train.grad_accum=1", f"output.dir={tmp_path / 'two'}"), two_cfg)
@@ -127,7 +161,9 @@ def test_a_killed_rank_is_named_in_one_sentence():
 
     block = (ROOT / "tests" / "fixtures" / "torchrun_sigkill_rank1.txt").read_text()
     assert failure_sentence(block, 1).startswith("training failed: rank 1 was killed by SIGKILL;")
-    raised = "[rank0]: ValueError: loss became nan at step 3\n" + block.replace("exitcode  : -9", "exitcode  : 1").replace("rank      : 1 (local_rank: 1)", "rank      : 0 (local_rank: 0)")
+    raised = "[rank0]: ValueError: loss became nan at step 3\n" + block.replace(
+        "exitcode  : -9", "exitcode  : 1"
+    ).replace("rank      : 1 (local_rank: 1)", "rank      : 0 (local_rank: 0)")
     assert "rank 0 failed with ValueError: loss became nan at step 3" in failure_sentence(raised, 1)
     assert "exited with code 1" in failure_sentence("nothing torchrun wrote", 1)
 
@@ -142,17 +178,32 @@ def test_deepspeed_zero2_on_two_cpu_processes_matches_one_process(tiny_cfg, tmp_
 
     from phinetune.train.recipe import train
 
-    common = ["train.batch_size=2", "train.max_steps=3", "adapter.dropout=0", "train.eval_every=2", "data.packing=false"]
+    common = [
+        "train.batch_size=2",
+        "train.max_steps=3",
+        "adapter.dropout=0",
+        "train.eval_every=2",
+        "data.packing=false",
+    ]
     one = train(tiny_cfg(*common, "train.grad_accum=2", f"output.dir={tmp_path / 'one'}"))
     two_cfg = tmp_path / "two.yaml"
     dump_config(tiny_cfg(*common, "train.grad_accum=1", f"output.dir={tmp_path / 'two'}"), two_cfg)
-    cli_here("train", str(two_cfg), "--nproc", "2", "--accelerate-config", str(ROOT / "configs" / "accelerate" / "deepspeed-zero2.yaml"))
+    cli_here(
+        "train",
+        str(two_cfg),
+        "--nproc",
+        "2",
+        "--accelerate-config",
+        str(ROOT / "configs" / "accelerate" / "deepspeed-zero2.yaml"),
+    )
     expected, got = losses(one.run.path), losses(tmp_path / "two")
     assert [r[0] for r in got] == [r[0] for r in expected] and len(got) >= 5
     for a, b in zip(expected, got):
         numbers_a, numbers_b = [x for x in a[1:] if x is not None], [x for x in b[1:] if x is not None]
         assert numbers_b == pytest.approx(numbers_a, rel=2e-5, abs=2e-5), f"step {a[0]}: 1 process {a}, ZeRO-2 {b}"
-    mine, theirs = (load_file(str(p / "adapter" / "adapter_model.safetensors")) for p in (one.run.path, tmp_path / "two"))
+    mine, theirs = (
+        load_file(str(p / "adapter" / "adapter_model.safetensors")) for p in (one.run.path, tmp_path / "two")
+    )
     assert mine.keys() == theirs.keys() and any("lora_A" in k for k in mine)
     for k in mine:
         assert theirs[k].shape == mine[k].shape and float((theirs[k] - mine[k]).abs().max()) < 0.1 * 3e-3, k
@@ -167,11 +218,17 @@ def test_a_rank_that_stopped_with_our_sentence_is_named_with_it():
     assert [(rank, code) for rank, code, _ in failures(report)] == [(1, 2), (0, -15)]  # the root cause first
     assert failure_sentence(report, 1).startswith(
         "training failed: rank 1 failed: out of memory at step 3 on rank 1 of 2; settings that use less memory: "
-        "train.batch_size=1 train.grad_accum=2 (same global batch)")
-    assert failure_sentence(report, 1).endswith("; the launcher stopped the other ranks. Run the same command again to resume from the latest checkpoint")
+        "train.batch_size=1 train.grad_accum=2 (same global batch)"
+    )
+    assert failure_sentence(report, 1).endswith(
+        "; the launcher stopped the other ranks. Run the same command again to resume from the latest checkpoint"
+    )
     both = report.replace("exitcode  : -15 (pid: 12326)  (SIGTERM)", "exitcode  : 2 (pid: 12326)").replace(
-        "traceback : Signal 15 (SIGTERM) received by PID 12326", "traceback : " + failures(report)[0][2])
-    assert failure_sentence(both, 1).startswith("training failed: out of memory at step 3 on rank 1 of 2;")  # every rank said it
+        "traceback : Signal 15 (SIGTERM) received by PID 12326", "traceback : " + failures(report)[0][2]
+    )
+    assert failure_sentence(both, 1).startswith(
+        "training failed: out of memory at step 3 on rank 1 of 2;"
+    )  # every rank said it
     assert "(every rank stopped at once)" in failure_sentence(both, 1)
 
 
@@ -198,4 +255,5 @@ def test_a_collective_timeout_names_the_waiting_rank_and_the_ones_it_waited_for(
     report = (ROOT / "tests" / "fixtures" / "torchrun_hang_rank1.txt").read_text()
     assert failure_sentence(report, 1).startswith(
         "training failed: rank 0 waited 15 s (PHINETUNE_DIST_TIMEOUT) in a collective for the other ranks (1) and gave up: "
-        "one of them is stuck or far slower; the launcher stopped them.")
+        "one of them is stuck or far slower; the launcher stopped them."
+    )

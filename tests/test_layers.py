@@ -20,7 +20,16 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "phinetune"
 
 LAYERS = [
-    {"errors", "paths", "progress", "markdown", "charts", "assets", "templates", "__init__"},  # no phinetune imports but each other
+    {
+        "errors",
+        "paths",
+        "progress",
+        "markdown",
+        "charts",
+        "assets",
+        "templates",
+        "__init__",
+    },  # no phinetune imports but each other
     {"config", "extras"},  # extras: which optional dependency a verb needs
     {"kernels"},  # CPU kernels and the allocator: torch and peft only; models/ and train/ install them
     {"models"},
@@ -84,7 +93,9 @@ def imports(path: Path, root: Path = SRC, known: dict[str, Path] | None = None) 
 
 
 def test_every_package_has_a_layer():
-    packages = {p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith("__")} | {p.stem for p in SRC.glob("*.py")}
+    packages = {p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith("__")} | {
+        p.stem for p in SRC.glob("*.py")
+    }
     assert packages <= set(RANK), f"add {sorted(packages - set(RANK))} to LAYERS (and to docs/architecture.md)"
 
 
@@ -96,7 +107,9 @@ def violations(root: Path = SRC) -> list[str]:
         for line, name in imports(path, root, known):
             theirs = package_of(name)
             if theirs != mine and RANK[theirs] >= RANK[mine]:
-                wrong.append(f"{path.relative_to(root)}:{line} ({mine}, layer {RANK[mine]}) imports {name} (layer {RANK[theirs]})")
+                wrong.append(
+                    f"{path.relative_to(root)}:{line} ({mine}, layer {RANK[mine]}) imports {name} (layer {RANK[theirs]})"
+                )
     return wrong
 
 
@@ -194,12 +207,15 @@ def test_the_checker_sees_upward_sideways_and_relative_imports(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "eval").mkdir()
     (tmp_path / "runs" / "a.py").write_text("def f():\n    from phinetune.train.recipe import train\n")
-    (tmp_path / "runs" / "b.py").write_text("from . import a\nfrom ..infer import complete\nfrom phinetune.models import specs\n")
+    (tmp_path / "runs" / "b.py").write_text(
+        "from . import a\nfrom ..infer import complete\nfrom phinetune.models import specs\n"
+    )
     (tmp_path / "eval" / "c.py").write_text("import phinetune.report.page\nfrom phinetune.runs.loading import Loaded\n")
     assert violations(tmp_path) == [
         "eval/c.py:1 (eval, layer 8) imports phinetune.report.page (layer 8)",
         "runs/a.py:2 (runs, layer 5) imports phinetune.train.recipe (layer 7)",
-        "runs/b.py:2 (runs, layer 5) imports phinetune.infer (layer 6)"]
+        "runs/b.py:2 (runs, layer 5) imports phinetune.infer (layer 6)",
+    ]
 
 
 def test_the_checker_sees_circles_hidden_in_functions_type_checking_and_names(tmp_path):
@@ -213,15 +229,18 @@ def test_the_checker_sees_circles_hidden_in_functions_type_checking_and_names(tm
     (tmp_path / "train" / "recipe.py").write_text("from phinetune.train.checkpoint import save\n")
     (tmp_path / "train" / "checkpoint.py").write_text("import phinetune.train.elastic\n")
     (tmp_path / "train" / "elastic.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from phinetune.train.recipe import Loop\n")
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from phinetune.train.recipe import Loop\n"
+    )
     # by name: a registry string and importlib
     (tmp_path / "serve" / "run.py").write_text("TABLE = {'app': 'phinetune.serve.app:create_app'}\n")
     (tmp_path / "serve" / "app.py").write_text(
-        "import importlib\n\n\ndef f():\n    importlib.import_module('phinetune.serve.run')\n")
+        "import importlib\n\n\ndef f():\n    importlib.import_module('phinetune.serve.run')\n"
+    )
     # not circles: a one-way import, a profiler scope that names no module, a sentence that mentions one
     (tmp_path / "runs" / "a.py").write_text("from phinetune.runs import b\nSCOPE = 'phinetune.optimizer'\n")
     (tmp_path / "runs" / "b.py").write_text("HELP = 'pass phinetune.runs.a to it'\n")
     assert circles(tmp_path) == [
         "data/cache.py:2 -> data/dataset.py:1 -> data/cache.py",
         "serve/app.py:5 -> serve/run.py:1 -> serve/app.py",
-        "train/checkpoint.py:1 -> train/elastic.py:3 -> train/recipe.py:1 -> train/checkpoint.py"]
+        "train/checkpoint.py:1 -> train/elastic.py:3 -> train/recipe.py:1 -> train/checkpoint.py",
+    ]

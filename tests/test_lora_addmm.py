@@ -18,8 +18,12 @@ def _pair(dtype=torch.float32, dropout=0.0, bias=True, **lora):
     """Two identical LoRA'd two-layer nets, to get the addmm variant in the second; both with PositionDropout.
     Biased Linears return 3-D outputs as views (the out-of-place addmm), unbiased ones not (the in-place baddbmm_)."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 96, bias=bias), torch.nn.ReLU(), torch.nn.Linear(96, 32, bias=bias)).to(dtype)
-    config = LoraConfig(r=4, lora_alpha=12, lora_dropout=dropout, target_modules=["0", "2"], init_lora_weights=False, **lora)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 96, bias=bias), torch.nn.ReLU(), torch.nn.Linear(96, 32, bias=bias)
+    ).to(dtype)
+    config = LoraConfig(
+        r=4, lora_alpha=12, lora_dropout=dropout, target_modules=["0", "2"], init_lora_weights=False, **lora
+    )
     vanilla = get_peft_model(copy.deepcopy(net), config)
     fused = get_peft_model(copy.deepcopy(net), config)
     fused.load_state_dict(vanilla.state_dict())
@@ -124,7 +128,10 @@ def test_saved_adapter_is_plain_lora(tmp_path):
     install_lora_addmm(fused)
     vanilla.save_pretrained(tmp_path / "v")
     fused.save_pretrained(tmp_path / "f")
-    a, b = load_file(tmp_path / "v" / "adapter_model.safetensors"), load_file(tmp_path / "f" / "adapter_model.safetensors")
+    a, b = (
+        load_file(tmp_path / "v" / "adapter_model.safetensors"),
+        load_file(tmp_path / "f" / "adapter_model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "v" / "adapter_config.json").read_text() == (tmp_path / "f" / "adapter_config.json").read_text()
 
@@ -132,7 +139,9 @@ def test_saved_adapter_is_plain_lora(tmp_path):
 def test_other_variants_and_lora_bias_are_left_to_peft():
     _, dora = _pair(use_dora=True)
     assert install_lora_addmm(dora) == 0
-    assert not any(isinstance(v, AddmmLoraVariant) for m in dora.modules() for v in getattr(m, "lora_variant", {}).values())
+    assert not any(
+        isinstance(v, AddmmLoraVariant) for m in dora.modules() for v in getattr(m, "lora_variant", {}).values()
+    )
     _, biased = _pair(lora_bias=True)
     assert install_lora_addmm(biased) == 0
 

@@ -149,8 +149,9 @@ def test_installed_on_every_lora_layer_of_an_adapted_model():
         return apply_adapter(model, get_spec("tiny-phi3"), cfg.adapter, cfg.model, tok, cfg.preflight)
 
     layers = [m for m in adapted(0.05).modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
-    assert layers and all(isinstance(m.lora_dropout["default"], PositionDropout) and m.lora_dropout["default"].p == 0.05
-                          for m in layers)
+    assert layers and all(
+        isinstance(m.lora_dropout["default"], PositionDropout) and m.lora_dropout["default"].p == 0.05 for m in layers
+    )
     none = adapted(0.0)
     assert not any(isinstance(m, PositionDropout) for m in none.modules())
     assert install_lora_dropout(none) == 0  # p = 0 stays PEFT's Identity
@@ -162,7 +163,9 @@ def test_lora_layer_output_matches_peft_with_the_same_mask():
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(48, 40))
-    model = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.2, target_modules=["0"], init_lora_weights=False))
+    model = get_peft_model(
+        net, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.2, target_modules=["0"], init_lora_weights=False)
+    )
     assert install_lora_dropout(model) == 1
     model.train()
     layer = model.base_model.model[0]

@@ -30,8 +30,17 @@ def _peft(name: str, modules_to_save=None, lora_head=False):
     if name == "tiny-phi2":
         targets = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
     torch.manual_seed(1)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
-                                            modules_to_save=modules_to_save, task_type="CAUSAL_LM"))
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            target_modules=targets,
+            modules_to_save=modules_to_save,
+            task_type="CAUSAL_LM",
+        ),
+    )
     for n, p in peft.named_parameters():  # LoRA B starts at zero; make every adapter matter
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05)
@@ -45,8 +54,15 @@ def _grads(model, fn, batch):
     return loss.detach(), n, {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("name,mts,lora_head", [("tiny-phi3", None, False), ("tiny-phi3", ["lm_head", "embed_tokens"], False),
-                                                ("tiny-phi3", None, True), ("tiny-phi2", ["lm_head"], False)])
+@pytest.mark.parametrize(
+    "name,mts,lora_head",
+    [
+        ("tiny-phi3", None, False),
+        ("tiny-phi3", ["lm_head", "embed_tokens"], False),
+        ("tiny-phi3", None, True),
+        ("tiny-phi2", ["lm_head"], False),
+    ],
+)
 def test_fast_loss_equals_full_logits(name, mts, lora_head, monkeypatch):
     model = _peft(name, mts, lora_head)
     assert split_head(model) is not None, "the fast path must apply to Phi models"
@@ -77,20 +93,34 @@ def test_fast_loss_under_no_grad_matches():
 
 def test_fast_loss_with_qlora():
     pytest.importorskip("bitsandbytes")
-    from transformers import BitsAndBytesConfig, AutoModelForCausalLM
-    from phinetune.models.tiny import save_tiny
     import tempfile
+
     from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from phinetune.models.tiny import save_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
         path = save_tiny("tiny-phi3", __import__("pathlib").Path(tmp) / "m")
-        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
+        q = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
         base = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.float32)
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     torch.manual_seed(1)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                            target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]))
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        ),
+    )
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05)

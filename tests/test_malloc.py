@@ -41,8 +41,13 @@ def _released(pin: bool, mib: int) -> float:
     # One arena, one thread: under contention glibc may serve a block from a thread arena, whose per-block heap is
     # unmapped whole when freed whatever the threshold.
     env = {**os.environ, "MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", PROBE.format(src=str(SRC), pin=pin, mib=mib)], capture_output=True,
-                         text=True, timeout=120, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(src=str(SRC), pin=pin, mib=mib)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     return float(out.stdout)
 

@@ -39,8 +39,9 @@ def test_lora_merged_logits_equal_adapter_logits(tiny_cfg, tmp_path):
     out = tmp_path / "merged"
     umask = os.umask(0)
     os.umask(umask)
-    assert {f.name: oct(f.stat().st_mode & 0o777) for f in out.glob("*.safetensors")} == \
-        {f.name: oct(0o666 & ~umask) for f in out.glob("*.safetensors")}  # not transformers' private 0600
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in out.glob("*.safetensors")} == {
+        f.name: oct(0o666 & ~umask) for f in out.glob("*.safetensors")
+    }  # not transformers' private 0600
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +49,32 @@ def qlora_run(tmp_path_factory):
     from phinetune.config import load_config
 
     out = tmp_path_factory.mktemp("qlora") / "run"
-    cfg = load_config(None, ["model.name=tiny-phi3", "model.quant=nf4", "model.dtype=fp32", "data.train=builtin:riddles",
-                             "data.eval_size=4", "data.limit=24", "train.max_steps=3", "train.batch_size=4",
-                             "train.learning_rate=3e-3", "adapter.modules_to_save=[embed_tokens,lm_head]", f"output.dir={out}"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=tiny-phi3",
+            "model.quant=nf4",
+            "model.dtype=fp32",
+            "data.train=builtin:riddles",
+            "data.eval_size=4",
+            "data.limit=24",
+            "train.max_steps=3",
+            "train.batch_size=4",
+            "train.learning_rate=3e-3",
+            "adapter.modules_to_save=[embed_tokens,lm_head]",
+            f"output.dir={out}",
+        ],
+    )
     return train(cfg).run
 
 
 def test_qlora_both_bases_against_the_trained_model(qlora_run, tmp_path, capsys):
-    trained = _logits(load_for_inference(str(qlora_run.path), dtype="fp32", quant="nf4").model)  # nf4 base + adapter, as trained
-    full_precision = _logits(load_for_inference(str(qlora_run.path), dtype="fp32", quant="none").model)  # adapter over the checkpoint
+    trained = _logits(
+        load_for_inference(str(qlora_run.path), dtype="fp32", quant="nf4").model
+    )  # nf4 base + adapter, as trained
+    full_precision = _logits(
+        load_for_inference(str(qlora_run.path), dtype="fp32", quant="none").model
+    )  # adapter over the checkpoint
 
     deq = merge_run(str(qlora_run.path), str(tmp_path / "deq"), dtype="fp32")  # the default base
     printed = " ".join(capsys.readouterr().out.split())
@@ -75,7 +93,10 @@ def test_qlora_both_bases_against_the_trained_model(qlora_run, tmp_path, capsys)
     gap = records["deq"]["logit_gap_original_vs_dequantized"]
     assert gap == records["orig"]["logit_gap_original_vs_dequantized"]  # the same two merges on the same samples
     assert gap["samples"] == 4 and gap["max_abs"] > 1e-3 and 0 < gap["top1_agreement"] <= 1
-    assert f"logit gap, --base original vs dequantized, on 4 held-out samples ({gap['tokens']} tokens): max |diff| {gap['max_abs']:.3g}" in printed
+    assert (
+        f"logit gap, --base original vs dequantized, on 4 held-out samples ({gap['tokens']} tokens): max |diff| {gap['max_abs']:.3g}"
+        in printed
+    )
 
 
 def test_merge_refuses_an_unknown_base_and_non_empty_output(qlora_run, tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 import typer.main
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from phinetune.cli import app, print_error
@@ -37,7 +38,9 @@ def test_every_help_text_keeps_its_brackets():
         for text in texts:
             for bracketed in re.findall(r"\S*\[[^\]]*\]\S*", text):
                 checked += 1
-                assert squeeze(bracketed.rstrip(".,;)")) in shown, f"phinetune {' '.join(path)} --help lost {bracketed!r}"
+                assert squeeze(bracketed.rstrip(".,;)")) in shown, (
+                    f"phinetune {' '.join(path)} --help lost {bracketed!r}"
+                )
     assert checked >= 2  # at least generate --input's {"messages": [...]} and eval --harness's phinetune[eval]
 
 
@@ -54,9 +57,11 @@ def test_error_printer_shows_any_message_verbatim(message):
 
 
 def test_real_messages_keep_their_lists():
-    for message in ["the real targets are modules [qkv_proj, o_proj, gate_up_proj, down_proj] (presets: attention)",
-                    "phinetune serve needs fastapi, which is not installed: pip install 'phinetune[serve]'",
-                    "data source 'x' could not be loaded (split 'train[:10]'): [Errno 2] No such file"]:
+    for message in [
+        "the real targets are modules [qkv_proj, o_proj, gate_up_proj, down_proj] (presets: attention)",
+        "phinetune serve needs fastapi, which is not installed: pip install 'phinetune[serve]'",
+        "data source 'x' could not be loaded (split 'train[:10]'): [Errno 2] No such file",
+    ]:
         with console.capture() as captured:
             print_error(message)
         assert squeeze(message) in squeeze(captured.get())
@@ -72,7 +77,9 @@ def _unescaped(node: ast.AST) -> list[str]:
         return []
     found = []
     if isinstance(node, ast.FormattedValue):
-        constant_choice = isinstance(node.value, ast.IfExp) and all(isinstance(b, ast.Constant) for b in (node.value.body, node.value.orelse))
+        constant_choice = isinstance(node.value, ast.IfExp) and all(
+            isinstance(b, ast.Constant) for b in (node.value.body, node.value.orelse)
+        )
         if node.format_spec is None and not constant_choice:
             found.append(ast.unparse(node.value))
     for child in ast.iter_child_nodes(node):
@@ -85,6 +92,10 @@ def test_every_styled_print_escapes_its_dynamic_text():
     offenders = []
     for file in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):
-            if isinstance(node, ast.Call) and any(k.arg == "markup" and getattr(k.value, "value", None) is True for k in node.keywords):
-                offenders += [f"{file.relative_to(SRC)}:{node.lineno}: {part}" for arg in node.args for part in _unescaped(arg)]
+            if isinstance(node, ast.Call) and any(
+                k.arg == "markup" and getattr(k.value, "value", None) is True for k in node.keywords
+            ):
+                offenders += [
+                    f"{file.relative_to(SRC)}:{node.lineno}: {part}" for arg in node.args for part in _unescaped(arg)
+                ]
     assert not offenders, offenders

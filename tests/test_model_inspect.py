@@ -29,8 +29,15 @@ def test_moe_total_and_active():
     assert "GQA, 4 query heads per kv head" in lines["attention"] and "longrope scaling from 4,096" in lines["context"]
 
 
-@pytest.mark.parametrize("config_file,billions", [("phi-2_config.json", 2.8), ("phi-3-mini-4k-instruct_config.RECONSTRUCTED.json", 3.8),
-                                                 ("phi-3.5-mini-instruct_config.RECONSTRUCTED.json", 3.8), ("phi-4-mini-instruct_config.json", 3.8)])
+@pytest.mark.parametrize(
+    "config_file,billions",
+    [
+        ("phi-2_config.json", 2.8),
+        ("phi-3-mini-4k-instruct_config.RECONSTRUCTED.json", 3.8),
+        ("phi-3.5-mini-instruct_config.RECONSTRUCTED.json", 3.8),
+        ("phi-4-mini-instruct_config.json", 3.8),
+    ],
+)
 def test_real_configs(config_file, billions):
     facts = load_facts(str(realdata("configs", config_file)))
     count = count_params(facts)
@@ -61,8 +68,10 @@ def test_cli_inspect_and_errors(tmp_path):
 FIXTURES = Path(__file__).parent / "fixtures" / "configs"
 
 
-@pytest.mark.parametrize("config_file,key,total", [("phi-4_config.json", "phi4", "14.66B"),
-                                                   ("phi-3-medium-4k-instruct_config.json", "phi3-medium-4k", "13.96B")])
+@pytest.mark.parametrize(
+    "config_file,key,total",
+    [("phi-4_config.json", "phi4", "14.66B"), ("phi-3-medium-4k-instruct_config.json", "phi3-medium-4k", "13.96B")],
+)
 def test_cited_configs_of_the_14b_models(config_file, key, total):
     """Figures from the public configs (tests/fixtures/configs/SOURCE.txt), not from our specs."""
     facts = load_facts(str(FIXTURES / config_file))
@@ -78,7 +87,10 @@ def test_phi4_family_inspect_lines():
     lines = analysis(load_facts("microsoft/Phi-4-reasoning"))
     assert "32,768 tokens; RoPE theta 500000" in lines["context"] and "<think>trace</think>" in lines["reasoning"]
     assert "pad <|dummy_85|>" in lines["special tokens"] and "end of turn <|im_end|>" in lines["special tokens"]
-    assert "tools" in analysis(load_facts("phi4-mini")) and "Your name is Phi" in analysis(load_facts("phi4-mini-reasoning"))["reasoning"]
+    assert (
+        "tools" in analysis(load_facts("phi4-mini"))
+        and "Your name is Phi" in analysis(load_facts("phi4-mini-reasoning"))["reasoning"]
+    )
 
 
 def test_inspect_and_plan_of_a_run_folder_look_at_its_base_model(tmp_path):
@@ -91,10 +103,15 @@ def test_inspect_and_plan_of_a_run_folder_look_at_its_base_model(tmp_path):
     base = tmp_path / "base"
     base.mkdir()
     shutil.copy(FIXTURES / "phi-4_config.json", base / "config.json")
-    for base_model, spec, same_as in [("microsoft/Phi-3.5-mini-instruct", "phi3.5-mini", "phi3.5-mini"), (str(base), "phi4", str(base))]:
+    for base_model, spec, same_as in [
+        ("microsoft/Phi-3.5-mini-instruct", "phi3.5-mini", "phi3.5-mini"),
+        (str(base), "phi4", str(base)),
+    ]:
         run = tmp_path / f"run-{spec}"
         run.mkdir()
-        RunDir(run).write_info(RunInfo(base_model=base_model, spec=spec, method="lora", quant="none", dtype="bf16", status="finished"))
+        RunDir(run).write_info(
+            RunInfo(base_model=base_model, spec=spec, method="lora", quant="none", dtype="bf16", status="finished")
+        )
         for verb in ("inspect", "plan"):
             got = cli_here(verb, str(run)).stdout.splitlines()
             assert got[0] == f"{run} is a run folder; its base model: {base_model}"
@@ -106,5 +123,9 @@ def test_inspect_names_a_misspelt_id_and_a_missing_path(tmp_path):
     assert proc.returncode == 2 and "did you mean microsoft/Phi-3.5-mini-instruct?" in proc.stdout
     (tmp_path / "runs").mkdir()
     proc = cli_here("inspect", "runs/nope", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "error: runs/nope does not exist" in proc.stdout and "not a known model" not in proc.stdout
+    assert (
+        proc.returncode == 2
+        and "error: runs/nope does not exist" in proc.stdout
+        and "not a known model" not in proc.stdout
+    )
     assert "Traceback" not in proc.stdout + proc.stderr

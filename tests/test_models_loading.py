@@ -9,8 +9,17 @@ from phinetune.errors import ConfigError
 from phinetune.models.loading import choose_dtype, dtype_name
 from phinetune.models.specs import SPECS
 
-SPELLINGS = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "BF16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16, "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+SPELLINGS = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "BF16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
 
 
 @pytest.mark.parametrize("spelling", sorted(SPELLINGS))
@@ -27,5 +36,8 @@ def test_a_refused_dtype_is_refused_in_every_spelling(spelling):
 
 @pytest.mark.parametrize("typo", ["bf17", "int8", "fp8", ""])
 def test_anything_else_lists_the_choices(typo):
-    with pytest.raises(ConfigError, match=rf"^dtype '{typo}' is not one of auto, bf16 \(bfloat16\), fp16 \(float16, half\) or fp32 \(float32, float\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^dtype '{typo}' is not one of auto, bf16 \(bfloat16\), fp16 \(float16, half\) or fp32 \(float32, float\)$",
+    ):
         dtype_name(typo)

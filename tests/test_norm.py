@@ -4,7 +4,8 @@ keeps for the backward, and where it stands aside (a trained weight)."""
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
 
 from phinetune.kernels.norm import fuse_norms, rms_norm
@@ -50,8 +51,9 @@ def test_keeps_the_input_in_its_own_dtype():
         norm = Phi3RMSNorm(512).to(torch.bfloat16).requires_grad_(False)
         x = torch.randn(8, 512, dtype=torch.bfloat16, requires_grad=True)
         kept = {}
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.setdefault(t.untyped_storage().data_ptr(), t.nbytes) and t,
-                                                      lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: kept.setdefault(t.untyped_storage().data_ptr(), t.nbytes) and t, lambda t: t
+        ):
             y = norm(x) if name == "ref" else rms_norm(x, norm.weight, norm.variance_epsilon)
         y.sum().backward()
         sizes[name] = sum(kept.values()) - 512 * 2  # less the weight
@@ -63,13 +65,26 @@ def test_trained_weight_keeps_transformers_module():
     """Full fine-tuning trains the norm weight: the module's own forward runs and the weight gets its gradient."""
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    config = Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                        num_key_value_heads=4, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    config = Phi3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = Phi3ForCausalLM(config)
     assert fuse_norms(model) == 3  # two per layer and the final one
     ids = torch.randint(1, 64, (2, 6))
     model(input_ids=ids).logits.sum().backward()
-    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in model.modules() if isinstance(m, Phi3RMSNorm))
+    assert all(
+        m.weight.grad is not None and m.weight.grad.abs().sum() > 0
+        for m in model.modules()
+        if isinstance(m, Phi3RMSNorm)
+    )
     model.zero_grad(set_to_none=True)
     for m in model.modules():
         if isinstance(m, Phi3RMSNorm):

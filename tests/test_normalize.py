@@ -8,22 +8,40 @@ import json
 import pytest
 
 from conftest import realdata
-from phinetune.data.formats import RowError, messages as read_messages
+from phinetune.data.formats import RowError
+from phinetune.data.formats import messages as read_messages
 from phinetune.data.normalize import for_template
 from phinetune.data.render import IGNORE, render_sample
 from phinetune.errors import DataError
 from phinetune.models.specs import PHI4_REASONING_PROMPT, SPECS
 from phinetune.models.tiny import build_tokenizer
 
-TOOLS = [{"type": "function", "function": {"name": "get_match_result", "description": "get match result",
-                                            "parameters": {"match": {"description": "The match", "type": "str"}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_match_result",
+            "description": "get match result",
+            "parameters": {"match": {"description": "The match", "type": "str"}},
+        },
+    }
+]
 TOOL_RECORD = {
     "tools": TOOLS,
     "messages": [
         {"role": "system", "content": "You are a helpful assistant"},
         {"role": "user", "content": "What is the result of Arsenal vs ManCity today?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_match_result", "arguments": "{\"match\": \"Arsenal vs ManCity\"}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_match_result", "arguments": '{"match": "Arsenal vs ManCity"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "1:1"},
         {"role": "assistant", "content": "It ended 1:1."},
     ],
@@ -31,9 +49,11 @@ TOOL_RECORD = {
 CALL = '<|tool_call|>[{"name": "get_match_result", "arguments": {"match": "Arsenal vs ManCity"}}]<|/tool_call|>'
 TOOLS_JSON = json.dumps([t["function"] for t in TOOLS])
 # Phi-4-mini's template, by hand: <|role|>content<|end|>, tools after the system content, eos at the end.
-TOOL_TEXT = (f"<|system|>You are a helpful assistant<|tool|>{TOOLS_JSON}<|/tool|><|end|>"
-             "<|user|>What is the result of Arsenal vs ManCity today?<|end|>"
-             f"<|assistant|>{CALL}<|end|><|tool|>1:1<|end|><|assistant|>It ended 1:1.<|end|><|endoftext|>")
+TOOL_TEXT = (
+    f"<|system|>You are a helpful assistant<|tool|>{TOOLS_JSON}<|/tool|><|end|>"
+    "<|user|>What is the result of Arsenal vs ManCity today?<|end|>"
+    f"<|assistant|>{CALL}<|end|><|tool|>1:1<|end|><|assistant|>It ended 1:1.<|end|><|endoftext|>"
+)
 
 
 def phi4_mini_tokenizer():
@@ -72,7 +92,9 @@ def test_tool_record_renders_as_phi4_mini_template_and_trains_only_calls_and_ans
 
 
 def test_tool_record_without_system_turn_gets_an_empty_one_for_the_tools():
-    sample = for_template(read_messages({**TOOL_RECORD, "messages": TOOL_RECORD["messages"][1:]}, "t:1"), SPECS["phi4-mini"])
+    sample = for_template(
+        read_messages({**TOOL_RECORD, "messages": TOOL_RECORD["messages"][1:]}, "t:1"), SPECS["phi4-mini"]
+    )
     assert sample["messages"][0] == {"role": "system", "content": "", "tools": TOOLS_JSON}
 
 
@@ -81,29 +103,65 @@ def test_tool_record_is_refused_for_a_model_without_tool_format():
         for_template(read_messages(TOOL_RECORD, "t:1"), SPECS["phi3-mini-4k"])
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r"}, {"role": "assistant", "content": "a"}]},
-     "does not follow an assistant turn with tool_calls"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": "{oops"}]},
-                   {"role": "tool", "content": "r"}, {"role": "assistant", "content": "a"}]}, r"tool_calls\[0\].arguments' is not valid JSON"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}}]},
-                   {"role": "tool", "content": "r"}]}, "no assistant turn after it"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "tool", "content": "r"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "does not follow an assistant turn with tool_calls",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": "{oops"}]},
+                    {"role": "tool", "content": "r"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            r"tool_calls\[0\].arguments' is not valid JSON",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}}]},
+                    {"role": "tool", "content": "r"},
+                ]
+            },
+            "no assistant turn after it",
+        ),
+    ],
+)
 def test_bad_tool_records_name_the_field(bad, message):
     with pytest.raises(RowError, match=message):
         read_messages(bad, "t.jsonl:3")
 
 
-REASONING_RECORD = {"messages": [{"role": "user", "content": "2+2?"},
-                                 {"role": "assistant", "thinking": "Two and two make four.", "content": "4"}]}
+REASONING_RECORD = {
+    "messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "thinking": "Two and two make four.", "content": "4"},
+    ]
+}
 
 
 def test_reasoning_record_renders_in_phi4_reasoning_format_with_its_system_prompt():
     spec, tok = SPECS["phi4-reasoning"], build_tokenizer(SPECS["phi4-reasoning"])
     sample = for_template(read_messages(REASONING_RECORD, "r:1"), spec)
-    expected = (f"<|im_start|>system<|im_sep|>{PHI4_REASONING_PROMPT}<|im_end|><|im_start|>user<|im_sep|>2+2?<|im_end|>"
-                "<|im_start|>assistant<|im_sep|><think>Two and two make four.</think>4<|im_end|>")
-    assert tok.apply_chat_template(sample["messages"], tokenize=False) == expected  # the template adds the system prompt
+    expected = (
+        f"<|im_start|>system<|im_sep|>{PHI4_REASONING_PROMPT}<|im_end|><|im_start|>user<|im_sep|>2+2?<|im_end|>"
+        "<|im_start|>assistant<|im_sep|><think>Two and two make four.</think>4<|im_end|>"
+    )
+    assert (
+        tok.apply_chat_template(sample["messages"], tokenize=False) == expected
+    )  # the template adds the system prompt
     rendered = render_sample(tok, sample, max_length=4096, eot="<|im_end|>")
     assert trained_runs(tok, rendered) == ["<think>Two and two make four.</think>4<|im_end|>"]
 
@@ -111,18 +169,26 @@ def test_reasoning_record_renders_in_phi4_reasoning_format_with_its_system_promp
 def test_phi4_mini_reasoning_gets_the_model_card_system_prompt():
     spec = SPECS["phi4-mini-reasoning"]
     sample = for_template(read_messages(REASONING_RECORD, "r:1"), spec)
-    assert sample["messages"][0] == {"role": "system", "content": "Your name is Phi, an AI math expert developed by Microsoft."}
+    assert sample["messages"][0] == {
+        "role": "system",
+        "content": "Your name is Phi, an AI math expert developed by Microsoft.",
+    }
     assert sample["messages"][-1]["content"] == "<think>Two and two make four.</think>4"
     tok = build_tokenizer(spec)
     assert tok.apply_chat_template(sample["messages"], tokenize=False).startswith(
-        "<|system|>Your name is Phi, an AI math expert developed by Microsoft.<|end|><|user|>2+2?<|end|><|assistant|><think>")
+        "<|system|>Your name is Phi, an AI math expert developed by Microsoft.<|end|><|user|>2+2?<|end|><|assistant|><think>"
+    )
 
 
 def test_phi4_chatml_template_layout():
     spec, tok = SPECS["phi4"], build_tokenizer(SPECS["phi4"])
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
-    assert tok.apply_chat_template(msgs, tokenize=False) == \
-        "<|im_start|>system<|im_sep|>S<|im_end|><|im_start|>user<|im_sep|>U<|im_end|><|im_start|>assistant<|im_sep|>A<|im_end|>"
-    assert tok.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True).endswith("<|im_start|>assistant<|im_sep|>")
+    assert (
+        tok.apply_chat_template(msgs, tokenize=False)
+        == "<|im_start|>system<|im_sep|>S<|im_end|><|im_start|>user<|im_sep|>U<|im_end|><|im_start|>assistant<|im_sep|>A<|im_end|>"
+    )
+    assert tok.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True).endswith(
+        "<|im_start|>assistant<|im_sep|>"
+    )
     rendered = render_sample(tok, {"messages": msgs}, max_length=512, eot=spec.end_of_turn)
     assert trained_runs(tok, rendered) == ["A<|im_end|>"]

@@ -24,12 +24,30 @@ from phinetune.train.objectives import NAMES, objective
 from phinetune.train.recipe import train
 
 PAIRS = ["data.train=builtin:riddles_preferences", "data.limit=12", "data.eval_size=4", "train.batch_size=4"]
-DATA = {"sft": ["data.limit=16", "data.eval_size=4"], "dpo": PAIRS, "ipo": PAIRS, "orpo": PAIRS, "simpo": PAIRS,
-        "grpo": ["data.train=builtin:riddles_qa", "data.limit=8", "data.eval_size=2", "train.batch_size=2",
-                 "grpo.group_size=2", "grpo.max_completion_length=4"]}
+DATA = {
+    "sft": ["data.limit=16", "data.eval_size=4"],
+    "dpo": PAIRS,
+    "ipo": PAIRS,
+    "orpo": PAIRS,
+    "simpo": PAIRS,
+    "grpo": [
+        "data.train=builtin:riddles_qa",
+        "data.limit=8",
+        "data.eval_size=2",
+        "train.batch_size=2",
+        "grpo.group_size=2",
+        "grpo.max_completion_length=4",
+    ],
+}
 # Every checkpoint saved, none evaluated on its own (eval_every beyond the run), only the newest kept besides the best.
-KEEP = ["train.max_steps=3", "train.save_every=1", "train.keep_checkpoints=1", "train.eval_every=100",
-        "train.recall_check=0", "adapter.dropout=0"]
+KEEP = [
+    "train.max_steps=3",
+    "train.save_every=1",
+    "train.keep_checkpoints=1",
+    "train.eval_every=100",
+    "train.recall_check=0",
+    "adapter.dropout=0",
+]
 
 
 def kto_file(tmp_path) -> str:
@@ -38,8 +56,13 @@ def kto_file(tmp_path) -> str:
 
     rows = [json.loads(line) for line in builtin_path("riddles_preferences").read_text().splitlines()[:6]]
     path = tmp_path / "kto.jsonl"
-    path.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"}) + "\n"
-                            for r in rows for k in ("chosen", "rejected")))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"}) + "\n"
+            for r in rows
+            for k in ("chosen", "rejected")
+        )
+    )
     return str(path)
 
 
@@ -61,11 +84,16 @@ def test_the_registry_serves_every_objective_the_config_accepts_behind_the_proto
         load_config(None, [f"train.objective={name}", f"train.keep=[{goal.eval_key}]"])  # its own evaluation ranks
 
 
-@pytest.mark.parametrize("name,refused,own", [("grpo", "eval_loss", "eval_reward"), ("sft", "eval_reward", "eval_loss"),
-                                              ("dpo", "eval_reward", "eval_loss")])
+@pytest.mark.parametrize(
+    "name,refused,own",
+    [("grpo", "eval_loss", "eval_reward"), ("sft", "eval_reward", "eval_loss"), ("dpo", "eval_reward", "eval_loss")],
+)
 def test_keep_by_an_evaluation_the_objective_does_not_make_is_refused(name, refused, own):
-    with pytest.raises(ConfigError, match=rf"train.keep names {refused}, which train.objective={name} does not "
-                                          rf"measure: its evaluation is {own}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"train.keep names {refused}, which train.objective={name} does not "
+        rf"measure: its evaluation is {own}",
+    ):
         load_config(None, [f"train.objective={name}", f"train.keep=[{refused}]"])
 
 

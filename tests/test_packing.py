@@ -23,8 +23,12 @@ def fp32_phi3(tiny_phi3):
 
 
 def _samples(tokenizer) -> list[Rendered]:
-    texts = ["What has keys but can't open a lock? A piano.", "What gets wetter the more it dries? A towel.",
-             "Hi.", "What runs but never walks, has a mouth but never talks? A river, of course."]
+    texts = [
+        "What has keys but can't open a lock? A piano.",
+        "What gets wetter the more it dries? A towel.",
+        "Hi.",
+        "What runs but never walks, has a mouth but never talks? A river, of course.",
+    ]
     return [sample(tokenizer(t, add_special_tokens=False)["input_ids"], 2) for t in texts]
 
 
@@ -47,16 +51,20 @@ def test_each_sample_has_the_same_logits_packed_as_alone(fp32_phi3, attn):
         for s in order:
             ids = torch.tensor([s.input_ids])
             alone = model(input_ids=ids, position_ids=torch.arange(len(s.input_ids))[None]).logits[0]
-            piece = packed[start:start + len(s.input_ids)]
-            assert torch.equal(batch["input_ids"][0, start:start + len(s.input_ids)], ids[0])
+            piece = packed[start : start + len(s.input_ids)]
+            assert torch.equal(batch["input_ids"][0, start : start + len(s.input_ids)], ids[0])
             torch.testing.assert_close(piece, alone, rtol=1e-5, atol=1e-5)
             start += len(s.input_ids)
     # Control: with one ordinary causal mask over the row (no sample boundaries) the later samples differ,
     # so the equality above is due to the block-diagonal mask and not to a model that ignores context.
     with torch.no_grad():
-        leaky = model(input_ids=batch["input_ids"][:1], attention_mask=torch.ones_like(batch["input_ids"][:1])).logits[0]
+        leaky = model(input_ids=batch["input_ids"][:1], attention_mask=torch.ones_like(batch["input_ids"][:1])).logits[
+            0
+        ]
     last = order[-1]
-    assert not torch.allclose(leaky[start - len(last.input_ids):start], packed[start - len(last.input_ids):start], atol=1e-3)
+    assert not torch.allclose(
+        leaky[start - len(last.input_ids) : start], packed[start - len(last.input_ids) : start], atol=1e-3
+    )
 
 
 def test_position_ids_restart_per_sample_and_first_token_untrained():

@@ -33,7 +33,9 @@ def test_chatml_tokens_added_and_embedding_padded_to_64(phi2):
     rows = model.get_input_embeddings().weight.shape[0]
     assert rows % 64 == 0 and rows >= len(tokenizer) > 1024  # grew past the original 1024
     assert model.get_output_embeddings().weight.shape[0] == rows
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tokenize=False
+    )
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n"
 
 

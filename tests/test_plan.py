@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_cli
+from phinetune.bench.plan import measure
 from phinetune.models.inspect import load_facts
 from phinetune.models.plan import GPUS, GiB, estimate, smallest_gpu
-from phinetune.bench.plan import measure
 from phinetune.models.tiny import TINY_SIZES
 
 
@@ -49,8 +49,13 @@ def test_nf4_leaves_moe_experts_unquantized(tmp_path):
     from phinetune.models.tiny import save_tiny
 
     path = save_tiny("tiny-phimoe", tmp_path / "moe")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16))
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=torch.bfloat16,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        ),
+    )
     layer = model.model.layers[0]
     assert type(layer.self_attn.q_proj.weight).__name__ == "Params4bit"
     assert layer.mlp.experts.gate_up_proj.dtype == torch.bfloat16
@@ -68,7 +73,9 @@ def test_estimate_is_within_25_percent_of_the_measured_peak(method):
 
 
 def test_cli_plan():
-    out = run_cli("plan", "phi3.5-moe", "--method", "qlora", "--seq", "2048", "--batch", "1", "--grad-checkpointing").stdout
+    out = run_cli(
+        "plan", "phi3.5-moe", "--method", "qlora", "--seq", "2048", "--batch", "1", "--grad-checkpointing"
+    ).stdout
     for part in ("weights", "adapters", "gradients", "optimizer", "activations", "smallest GPU: H200 141GB"):
         assert part in out
     proc = run_cli("plan", "phi3.5-moe", "--method", "full", check=False)
@@ -79,10 +86,14 @@ def test_cli_plan():
 
 # The table in docs/models.md ("Which GPU"), gradient checkpointing on, batch 1: kept in step with plan here.
 PHI_FAMILY_GPUS = {
-    ("phi4", "lora", 2048): "A100 40GB", ("phi4", "qlora", 2048): "T4 16GB",
-    ("phi4", "lora", 16384): "A100 80GB", ("phi4", "qlora", 16384): "A100 40GB",
-    ("phi4-mini-reasoning", "lora", 2048): "T4 16GB", ("phi4-mini-reasoning", "qlora", 16384): "T4 16GB",
-    ("phi3-medium-128k", "qlora", 2048): "T4 16GB", ("phi3-medium-128k", "qlora", 16384): "A100 40GB",
+    ("phi4", "lora", 2048): "A100 40GB",
+    ("phi4", "qlora", 2048): "T4 16GB",
+    ("phi4", "lora", 16384): "A100 80GB",
+    ("phi4", "qlora", 16384): "A100 40GB",
+    ("phi4-mini-reasoning", "lora", 2048): "T4 16GB",
+    ("phi4-mini-reasoning", "qlora", 16384): "T4 16GB",
+    ("phi3-medium-128k", "qlora", 2048): "T4 16GB",
+    ("phi3-medium-128k", "qlora", 16384): "A100 40GB",
 }
 
 
@@ -105,8 +116,8 @@ def test_plan_counts_the_loss_chunk_train_uses():
 
 
 def test_plan_counts_the_dropout_train_uses():
-    from phinetune.models.plan import DROP_POSITIONS_MAX_P
     from phinetune.kernels.lora_dropout import MAX_P
+    from phinetune.models.plan import DROP_POSITIONS_MAX_P
 
     assert DROP_POSITIONS_MAX_P == MAX_P
 
@@ -119,15 +130,17 @@ def test_lora_input_bytes_match_what_autograd_saves_on_cpu(dtype):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from phinetune.models.plan import adapted_input_bytes
     from phinetune.kernels.lora_dropout import install_lora_dropout
+    from phinetune.models.plan import adapted_input_bytes
     from phinetune.train.precision import adapter_autocast
 
     torch.manual_seed(0)
     tokens, d_in, d_out, r, p = 512, 2048, 1024, 8, 0.05
     compute = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(d_in, d_out, bias=False)).to(compute),
-                           LoraConfig(r=r, lora_alpha=16, lora_dropout=p, target_modules=["0"]))
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(d_in, d_out, bias=False)).to(compute),
+        LoraConfig(r=r, lora_alpha=16, lora_dropout=p, target_modules=["0"]),
+    )
     assert install_lora_dropout(model) == 1
     model.train()
     params = {q.untyped_storage().data_ptr() for q in model.parameters()}
@@ -139,11 +152,15 @@ def test_lora_input_bytes_match_what_autograd_saves_on_cpu(dtype):
         return t
 
     x = torch.randn(tokens, d_in, dtype=compute, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            adapter_autocast(model, torch.bfloat16 if dtype == "bf16" else None):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        adapter_autocast(model, torch.bfloat16 if dtype == "bf16" else None),
+    ):
         model(x).sum().backward()
     e = compute.itemsize
-    rank_sized = tokens * r * e + (r * d_in + d_out * r) * e if dtype == "bf16" else tokens * r * e  # lora_B's input; autocast's weight casts
+    rank_sized = (
+        tokens * r * e + (r * d_in + d_out * r) * e if dtype == "bf16" else tokens * r * e
+    )  # lora_B's input; autocast's weight casts
     expected = adapted_input_bytes(e, p, "cpu") * tokens * d_in + rank_sized
     assert sum(saved.values()) == pytest.approx(expected, rel=0.02)
 
@@ -151,7 +168,11 @@ def test_lora_input_bytes_match_what_autograd_saves_on_cpu(dtype):
 @pytest.mark.slow
 def test_validate_refuses_a_device_it_cannot_measure_on():
     proc = run_cli("plan", "--validate", "--device", "tpu", check=False)
-    assert proc.returncode == 2 and "Invalid value for '--device'" in proc.stderr and "'tpu' is not one of 'cpu', 'cuda'" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "Invalid value for '--device'" in proc.stderr
+        and "'tpu' is not one of 'cpu', 'cuda'" in proc.stderr
+    )
     import torch
 
     if not torch.cuda.is_available():
@@ -161,7 +182,6 @@ def test_validate_refuses_a_device_it_cannot_measure_on():
 
 
 def _gib(value: float) -> str:
-    from phinetune.models.plan import GiB
 
     return f"{value / GiB:8.2f} GiB"
 
@@ -172,13 +192,17 @@ def test_plan_of_a_run_config_uses_its_settings_and_says_so():
     from phinetune.models.inspect import load_facts
     from phinetune.models.plan import estimate
 
-    config = ROOT / "configs" / "phi3.5-mini-qlora.yaml"  # nf4, gradient_checkpointing: true, max_length 1152, batch 4, r 16
+    config = (
+        ROOT / "configs" / "phi3.5-mini-qlora.yaml"
+    )  # nf4, gradient_checkpointing: true, max_length 1152, batch 4, r 16
     out = cli_here("plan", str(config)).stdout
     lines = out.splitlines()
     assert lines[0] == "phi3.5-mini: qlora, seq 1152 x batch 4, bf16, gradient checkpointing on"
-    assert lines[1] == (f"settings from {config}: method qlora (adapter.method / model.quant), seq 1152 (data.max_length), batch 4 "
-                        "(train.batch_size), gradient checkpointing on (model.gradient_checkpointing), r 16 (adapter.r), targets "
-                        "all-linear (adapter.targets), LoRA dropout 0.05 (adapter.dropout)")
+    assert lines[1] == (
+        f"settings from {config}: method qlora (adapter.method / model.quant), seq 1152 (data.max_length), batch 4 "
+        "(train.batch_size), gradient checkpointing on (model.gradient_checkpointing), r 16 (adapter.r), targets "
+        "all-linear (adapter.targets), LoRA dropout 0.05 (adapter.dropout)"
+    )
     expected = estimate(load_facts("phi3.5-mini"), "qlora", 1152, 4, True, "bf16", 16, "all-linear", 0.05)
     assert f"  total        {_gib(expected.total)}" in out and f"  needed       {_gib(expected.needed())}" in out
     # a flag given with the config overrides its value, and is named as such
@@ -192,10 +216,14 @@ def test_plan_without_a_config_says_what_it_assumed(tmp_path):
 
     out = cli_here("plan", "phi3.5-mini", "--method", "qlora", "--seq", "512", "--batch", "8").stdout.splitlines()
     assert out[0] == "phi3.5-mini: qlora, seq 512 x batch 8, bf16, gradient checkpointing off"
-    assert out[1] == ("assumed (not given; set with --grad-checkpointing, --r, --targets, or plan a run config to use its settings): "
-                      "gradient checkpointing off, r 16, targets all-linear, LoRA dropout 0.05; from the flags: method qlora, seq 512, batch 8")
+    assert out[1] == (
+        "assumed (not given; set with --grad-checkpointing, --r, --targets, or plan a run config to use its settings): "
+        "gradient checkpointing off, r 16, targets all-linear, LoRA dropout 0.05; from the flags: method qlora, seq 512, batch 8"
+    )
     # a config left at gradient_checkpointing: auto plans the run without it, and says what auto does on the GPU it names
-    (tmp_path / "auto.yaml").write_text("model: {name: microsoft/Phi-3.5-mini-instruct}\ndata: {train: x.jsonl, max_length: 8192}\n")
+    (tmp_path / "auto.yaml").write_text(
+        "model: {name: microsoft/Phi-3.5-mini-instruct}\ndata: {train: x.jsonl, max_length: 8192}\n"
+    )
     out = cli_here("plan", str(tmp_path / "auto.yaml")).stdout.splitlines()
     assert out[0] == "phi3.5-mini: lora, seq 8192 x batch 8, bf16, gradient checkpointing auto (estimated without it)"
     from phinetune.models.inspect import load_facts

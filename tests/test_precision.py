@@ -63,8 +63,16 @@ def _bf16_lora(seed=0):
 
     torch.manual_seed(seed)
     model, _ = build_tiny("tiny-phi3")
-    model = get_peft_model(model.to(torch.bfloat16), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                                 target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]))
+    model = get_peft_model(
+        model.to(torch.bfloat16),
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        ),
+    )
     for name, p in model.named_parameters():
         if "lora_B" in name:  # non-zero B, so the adapters change the output and A gets a gradient
             torch.nn.init.normal_(p, std=0.05)
@@ -120,10 +128,26 @@ def test_checkpointing_recomputes_bf16_adapters_as_the_forward_ran_them(tiny_cfg
     LoRA'd input was recomputed as an fp32 copy."""
     from phinetune.train.recipe import train
 
-    overrides = ("model.dtype=bf16", f"adapter.dropout={dropout}", "train.max_steps=2", "train.eval_every=1000",
-                 "train.recall_check=false", "data.packing=false")
-    on = train(tiny_cfg(*overrides, "model.gradient_checkpointing=true", "output.dir=" + str(tiny_cfg().output.dir) + "-on"))
-    off = train(tiny_cfg(*overrides, "model.gradient_checkpointing=false", "output.dir=" + str(tiny_cfg().output.dir) + "-off"))
-    losses = [[json.loads(line)["loss"] for line in (r.run.path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-              for r in (on, off)]
+    overrides = (
+        "model.dtype=bf16",
+        f"adapter.dropout={dropout}",
+        "train.max_steps=2",
+        "train.eval_every=1000",
+        "train.recall_check=false",
+        "data.packing=false",
+    )
+    on = train(
+        tiny_cfg(*overrides, "model.gradient_checkpointing=true", "output.dir=" + str(tiny_cfg().output.dir) + "-on")
+    )
+    off = train(
+        tiny_cfg(*overrides, "model.gradient_checkpointing=false", "output.dir=" + str(tiny_cfg().output.dir) + "-off")
+    )
+    losses = [
+        [
+            json.loads(line)["loss"]
+            for line in (r.run.path / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line
+        ]
+        for r in (on, off)
+    ]
     assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-3)  # same steps, same RNG, same dtypes

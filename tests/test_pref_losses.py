@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from phinetune.config import load_config
-from phinetune.data.preference import read_preferences, render_preferences, PrefInfo
+from phinetune.data.packing import unpacked
+from phinetune.data.preference import PrefInfo, read_preferences, render_preferences
 from phinetune.data.render import IGNORE
 from phinetune.train.objectives.pref_losses import LOSSES, Logps
 from phinetune.train.objectives.preference import PreferenceState, PrefRow, pair_losses
-from phinetune.data.packing import unpacked
 
 
 def _trl_batch(items: list[PrefRow], pad_id: int) -> dict:
@@ -28,7 +28,11 @@ def _trl_batch(items: list[PrefRow], pad_id: int) -> dict:
     ids = [s.input_ids + [pad_id] * (width - len(s)) for s in seqs]
     completion = [[int(x != IGNORE) for x in s.labels] + [0] * (width - len(s)) for s in seqs]
     attention = [[1] * len(s) + [0] * (width - len(s)) for s in seqs]
-    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(attention), "completion_mask": torch.tensor(completion)}
+    return {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.tensor(attention),
+        "completion_mask": torch.tensor(completion),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +44,38 @@ def trl_setup(tmp_path_factory):
     from phinetune.models.tiny import build_tiny
 
     _, tok = build_tiny("tiny-phi3", seed=3)
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
-                             "rejected": [{"role": "assistant", "content": "go"}]}] * 2)
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "hello"}],
+                "rejected": [{"role": "assistant", "content": "go"}],
+            }
+        ]
+        * 2
+    )
     out = tmp_path_factory.mktemp("trl")
 
     def make(loss_type: str, beta: float):
-        args = DPOConfig(str(out), beta=beta, loss_type=[loss_type], report_to=[], use_cpu=True, bf16=False,
-                         per_device_train_batch_size=2, disable_dropout=True, logging_steps=1)
+        args = DPOConfig(
+            str(out),
+            beta=beta,
+            loss_type=[loss_type],
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            per_device_train_batch_size=2,
+            disable_dropout=True,
+            logging_steps=1,
+        )
         model, _ = build_tiny("tiny-phi3", seed=3)  # fresh each time: PEFT must wrap a clean model
-        trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                             peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=ds,
+            processing_class=tok,
+            peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"),
+        )
         gen = torch.Generator().manual_seed(0)
         for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
@@ -66,7 +92,9 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("objective,loss_type,beta", [("dpo", "sigmoid", 0.5), pytest.param("ipo", "ipo", 0.2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "objective,loss_type,beta", [("dpo", "sigmoid", 0.5), pytest.param("ipo", "ipo", 0.2, marks=pytest.mark.slow)]
+)
 def test_loss_and_gradients_equal_trl_dpo_trainer(trl_setup, objective, loss_type, beta):
     make, tok, items = trl_setup
     trainer = make(loss_type, beta)
@@ -102,7 +130,9 @@ def _logps(b=5, seed=0):
 
 def test_simpo_and_orpo_follow_their_papers_formulas():
     lp = _logps()
-    cfg = load_config(None, ["preference.beta=2.0", "preference.simpo_gamma=0.5", "preference.orpo_lambda=0.1"]).preference
+    cfg = load_config(
+        None, ["preference.beta=2.0", "preference.simpo_gamma=0.5", "preference.orpo_lambda=0.1"]
+    ).preference
     ca, ra = lp.chosen / lp.chosen_n, lp.rejected / lp.rejected_n
     # SimPO (Meng et al. 2024, eq. 6): -log sigmoid(beta/|yw| log p(yw) - beta/|yl| log p(yl) - gamma)
     expected = -torch.log(torch.sigmoid(2.0 * ca - 2.0 * ra - 0.5))
@@ -129,7 +159,9 @@ def test_kto_weights_desirable_and_undesirable_sides():
     lp.kl = torch.tensor(0.3)
     cfg = load_config(None, ["preference.beta=0.5", "preference.kto_undesirable_weight=2.0"]).preference
     lr = lp.chosen - lp.ref_chosen
-    expected = torch.where(lp.desirable, 1 - torch.sigmoid(0.5 * (lr - 0.3)), 2.0 * (1 - torch.sigmoid(0.5 * (0.3 - lr))))
+    expected = torch.where(
+        lp.desirable, 1 - torch.sigmoid(0.5 * (lr - 0.3)), 2.0 * (1 - torch.sigmoid(0.5 * (0.3 - lr)))
+    )
     out = LOSSES["kto"](lp, cfg)
     torch.testing.assert_close(out.per_pair, expected)
     assert torch.isnan(out.reward_chosen[1]) and torch.isnan(out.reward_rejected[0])

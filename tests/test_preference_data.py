@@ -13,12 +13,21 @@ from phinetune.errors import DataError
 USER, GOOD, BAD = "What has keys but no locks?", "The answer is a piano.", "The answer is a door."
 LAYOUTS = {
     "trl_plain": {"prompt": USER, "chosen": GOOD, "rejected": BAD},
-    "trl_conversational": {"prompt": [{"role": "user", "content": USER}], "chosen": [{"role": "assistant", "content": GOOD}],
-                           "rejected": [{"role": "assistant", "content": BAD}]},
+    "trl_conversational": {
+        "prompt": [{"role": "user", "content": USER}],
+        "chosen": [{"role": "assistant", "content": GOOD}],
+        "rejected": [{"role": "assistant", "content": BAD}],
+    },
     "messages": {"messages": [{"role": "user", "content": USER}], "chosen": GOOD, "rejected": BAD},
-    "ultrafeedback": {"prompt": USER, "chosen": [{"role": "user", "content": USER}, {"role": "assistant", "content": GOOD}],
-                      "rejected": [{"role": "user", "content": USER}, {"role": "assistant", "content": BAD}]},
-    "anthropic_hh": {"chosen": f"\n\nHuman: {USER}\n\nAssistant: {GOOD}", "rejected": f"\n\nHuman: {USER}\n\nAssistant: {BAD}"},
+    "ultrafeedback": {
+        "prompt": USER,
+        "chosen": [{"role": "user", "content": USER}, {"role": "assistant", "content": GOOD}],
+        "rejected": [{"role": "user", "content": USER}, {"role": "assistant", "content": BAD}],
+    },
+    "anthropic_hh": {
+        "chosen": f"\n\nHuman: {USER}\n\nAssistant: {GOOD}",
+        "rejected": f"\n\nHuman: {USER}\n\nAssistant: {BAD}",
+    },
 }
 
 
@@ -36,14 +45,25 @@ def test_every_layout_reads_to_the_same_pair(tmp_path, layout):
     assert rec.where.endswith("p.jsonl:1")
 
 
-@pytest.mark.parametrize("row,needle", [
-    ({"prompt": USER, "chosen": GOOD}, "needs 'chosen' and 'rejected'"),
-    ({"prompt": USER, "chosen": GOOD, "rejected": ""}, "field 'rejected' is empty"),
-    ({"prompt": USER, "chosen": 3, "rejected": BAD}, "field 'chosen' must be a string"),
-    ({"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": GOOD}],
-      "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": BAD}]}, "share every turn but the last"),
-    ({"prompt": [{"role": "assistant", "content": "x"}], "chosen": GOOD, "rejected": BAD}, "must end with a user turn"),
-])
+@pytest.mark.parametrize(
+    "row,needle",
+    [
+        ({"prompt": USER, "chosen": GOOD}, "needs 'chosen' and 'rejected'"),
+        ({"prompt": USER, "chosen": GOOD, "rejected": ""}, "field 'rejected' is empty"),
+        ({"prompt": USER, "chosen": 3, "rejected": BAD}, "field 'chosen' must be a string"),
+        (
+            {
+                "chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": GOOD}],
+                "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": BAD}],
+            },
+            "share every turn but the last",
+        ),
+        (
+            {"prompt": [{"role": "assistant", "content": "x"}], "chosen": GOOD, "rejected": BAD},
+            "must end with a user turn",
+        ),
+    ],
+)
 def test_bad_rows_name_file_line_and_field(tmp_path, row, needle):
     path = _write(tmp_path, [LAYOUTS["trl_plain"], row])
     with pytest.raises(DataError, match=needle) as info:
@@ -66,8 +86,10 @@ def test_pair_renders_share_the_prompt_token_for_token_and_train_each_eot(tiny_p
     sample = render_pair(tok, [{"role": "user", "content": USER}], GOOD, BAD, "x:1", 256, "<|end|>")
     n = sample.prompt_tokens
     # The prompt, built independently: the template's generation prompt is exactly what precedes each reply.
-    prompt_ids = tok(tok.apply_chat_template([{"role": "user", "content": USER}], tokenize=False, add_generation_prompt=True),
-                     add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(
+        tok.apply_chat_template([{"role": "user", "content": USER}], tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False,
+    )["input_ids"]
     assert sample.chosen.input_ids[:n] == sample.rejected.input_ids[:n] == prompt_ids
     eot = tok.convert_tokens_to_ids("<|end|>")
     for r, text in ((sample.chosen, GOOD), (sample.rejected, BAD)):
@@ -107,16 +129,28 @@ def test_truncation_that_removes_a_reply_is_counted_not_trained(tiny_phi3):
 def test_data_inspect_reports_reply_lengths_length_bias_and_overlap(tmp_path):
     from conftest import cli_here
 
-    rows = [{"prompt": USER, "chosen": GOOD + " It has many keys.", "rejected": BAD},
-            {"prompt": "Why?", "chosen": "Because.", "rejected": "Because."}]
+    rows = [
+        {"prompt": USER, "chosen": GOOD + " It has many keys.", "rejected": BAD},
+        {"prompt": "Why?", "chosen": "Because.", "rejected": "Because."},
+    ]
     path = _write(tmp_path, rows)
     cli_here("data", "inspect", path, "--model", "tiny-phi3", "--objective", "dpo", "--out", str(tmp_path / "o"))
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["usable"] == 2 and report["identical_pairs"] == 1 and report["chosen_longer_share"] == 0.5
     assert report["word_overlap"]["max"] == 1.0  # the identical pair
     assert report["chosen_tokens"]["max"] > report["rejected_tokens"]["max"]
-    bad = cli_here("data", "inspect", _write(tmp_path, [{"prompt": USER, "chosen": GOOD}], "b.jsonl"), "--model", "tiny-phi3",
-                  "--objective", "dpo", "--out", str(tmp_path / "b"), check=False)
+    bad = cli_here(
+        "data",
+        "inspect",
+        _write(tmp_path, [{"prompt": USER, "chosen": GOOD}], "b.jsonl"),
+        "--model",
+        "tiny-phi3",
+        "--objective",
+        "dpo",
+        "--out",
+        str(tmp_path / "b"),
+        check=False,
+    )
     assert bad.returncode == 2 and "b.jsonl:1" in bad.stdout + bad.stderr
 
 
@@ -129,7 +163,9 @@ def test_prompts_take_the_specs_default_system_prompt_as_sft_does(tmp_path):
 
     spec = get_spec("microsoft/Phi-4-mini-reasoning")
     own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": USER}]
-    recs = read_preferences(_write(tmp_path, [LAYOUTS["messages"], {"messages": own, "chosen": GOOD, "rejected": BAD}]), "pairs")
+    recs = read_preferences(
+        _write(tmp_path, [LAYOUTS["messages"], {"messages": own, "chosen": GOOD, "rejected": BAD}]), "pairs"
+    )
     bare, kept = in_template_form(recs, spec)
     assert bare.prompt == [{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": USER}]
     assert kept.prompt == own

@@ -35,7 +35,9 @@ def test_report_contents(tiny_phi3):
     assert report.trainable == sum(r.trainable for r in report.layers) and 0 < report.share < 5
     assert report.not_adapted == ["gate_up_proj", "down_proj"]
     assert report.eot_trained and report.eot_samples == (12, 12)  # train + eval, each keeps its last end-of-turn
-    assert report.eot_turns == (report.coverage["turns"], report.coverage["turns"]) and report.coverage["violations"] == []
+    assert (
+        report.eot_turns == (report.coverage["turns"], report.coverage["turns"]) and report.coverage["violations"] == []
+    )
     trained = "".join(t for t, on in report.sample if on)
     assert trained.endswith("<|end|>") and "<|user|>" not in trained and "<|assistant|>" not in trained
     assert report.dtype["dtype"] == "fp32"
@@ -48,7 +50,13 @@ def test_check_cli_passes_and_shows_the_mask():
 
 
 def test_check_cli_fails_on_the_seed_list():
-    proc = cli_here("check", "model.name=tiny-phi3", *FAST, "adapter.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]", check=False)
+    proc = cli_here(
+        "check",
+        "model.name=tiny-phi3",
+        *FAST,
+        "adapter.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+        check=False,
+    )
     assert proc.returncode == 2
     assert "'q_proj' matches nothing in phi3-mini-4k; in phi3-mini-4k that is qkv_proj" in proc.stdout
     assert "Traceback" not in proc.stderr
@@ -56,7 +64,9 @@ def test_check_cli_fails_on_the_seed_list():
 
 def test_check_cli_fails_when_end_of_turn_is_cut_off():
     # Empty samples are allowed here, so the one failure left is the one this test is about.
-    proc = cli_here("check", "model.name=tiny-phi3", *FAST, "data.max_length=24", "preflight.allow_empty_samples=true", check=False)
+    proc = cli_here(
+        "check", "model.name=tiny-phi3", *FAST, "data.max_length=24", "preflight.allow_empty_samples=true", check=False
+    )
     assert proc.returncode == 2 and "pre-flight failed" in proc.stdout
     assert "the end-of-turn token <|end|> is never trained" in proc.stdout and "allow_untrained_eot" in proc.stdout
     assert "have no trained tokens" not in proc.stdout
@@ -88,6 +98,7 @@ def test_sample_preview_keeps_non_ascii_characters_whole():
 
 # ---- per-turn end-of-turn coverage (data/coverage.py) ------------------------------------------------
 
+
 def _data(samples, cfg):
     from phinetune.data.dataset import DataInfo, PreparedData
 
@@ -113,8 +124,14 @@ def test_a_mis_placed_mask_is_an_error_naming_file_line_and_turn(tiny_phi3):
     report = PreflightReport()
     eot_report(tokenizer, spec, cfg, _data([good, bad], cfg), report)
     assert report.eot_turns == (1, 2)
-    assert f"mc.jsonl:4: assistant turn 1: its own end-of-turn token <|end|> (position {own}) is not trained" in report.problems
-    assert f"mc.jsonl:4: 1 token(s) trained outside the assistant turns (first at position {user_end}, policy assistant)" in report.problems
+    assert (
+        f"mc.jsonl:4: assistant turn 1: its own end-of-turn token <|end|> (position {own}) is not trained"
+        in report.problems
+    )
+    assert (
+        f"mc.jsonl:4: 1 token(s) trained outside the assistant turns (first at position {user_end}, policy assistant)"
+        in report.problems
+    )
     assert not any("mc.jsonl:3" in p for p in report.problems)
 
 
@@ -124,20 +141,46 @@ def test_too_few_samples_keeping_their_last_eot_refuses_and_names_the_max_length
     from phinetune.train.preflight import PreflightReport, eot_report
 
     _, tokenizer = tiny_phi3
-    rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "word " * (3 * i + 1)}]} for i in range(20)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"question {i}"},
+                {"role": "assistant", "content": "word " * (3 * i + 1)},
+            ]
+        }
+        for i in range(20)
+    ]
     path = tmp_path / "lengths.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     eot_id = tokenizer.convert_tokens_to_ids("<|end|>")
     # independent: where apply_chat_template puts each conversation's last <|end|>
-    needed = sorted(max(i for i, t in enumerate(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) if t == eot_id) + 1
-                    for r in rows)
+    needed = sorted(
+        max(
+            i
+            for i, t in enumerate(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False))
+            if t == eot_id
+        )
+        + 1
+        for r in rows
+    )
     expected = needed[math.ceil(0.95 * len(needed)) - 1]
     for max_length, refused in ((needed[10], True), (expected, False)):
-        cfg = load_config(None, [f"data.train={path}", f"data.max_length={max_length}", "data.cache=false", "data.eval_size=2"])
+        cfg = load_config(
+            None, [f"data.train={path}", f"data.max_length={max_length}", "data.cache=false", "data.eval_size=2"]
+        )
         report = PreflightReport()
         eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, "<|end|>"), report)
         assert any(f"data.max_length={expected} keeps 95%" in p for p in report.problems) == refused, report.problems
-    cfg = load_config(None, [f"data.train={path}", f"data.max_length={needed[10]}", "data.cache=false", "data.eval_size=2", "preflight.min_eot_share=0"])
+    cfg = load_config(
+        None,
+        [
+            f"data.train={path}",
+            f"data.max_length={needed[10]}",
+            "data.cache=false",
+            "data.eval_size=2",
+            "preflight.min_eot_share=0",
+        ],
+    )
     report = PreflightReport()
     eot_report(tokenizer, SPECS["phi3-mini-4k"], cfg, prepare_data(cfg.data, tokenizer, "<|end|>"), report)
     assert not any("min_eot_share" in p for p in report.problems)
@@ -146,11 +189,12 @@ def test_too_few_samples_keeping_their_last_eot_refuses_and_names_the_max_length
 def test_guanaco_at_256_tokens_is_refused_with_the_max_length_that_keeps_95_percent():
     """The issue's case: at max_length=256 most guanaco samples lose their last <|end|>."""
     from conftest import realdata
-    from test_render import real_tokenizer
     from phinetune.train.preflight import PreflightReport, eot_report
+    from test_render import real_tokenizer
 
     path = realdata("datasets", "openassistant-guanaco", "openassistant_best_replies_eval.jsonl")
     tokenizer = real_tokenizer("phi3-mini-4k")
+
     def share_at(max_length):
         cfg = load_config(None, [f"data.train={path}", f"data.max_length={max_length}", "data.cache=false"])
         report = PreflightReport()
@@ -180,7 +224,8 @@ def test_check_on_each_new_phi_family_tiny_model(name):
     spec = get_spec(name)
     assert report.problems == []
     assert {r.layer_type for r in report.layers if r.kind == "lora"} == {
-        f"layers.*.{t}" for t in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+        f"layers.*.{t}" for t in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+    }
     assert report.eot_token == spec.end_of_turn and report.eot_trained
     assert report.eot_samples[0] == report.eot_samples[1] > 0 and report.eot_turns[0] == report.eot_turns[1] > 0
     assert report.pad_id is not None and report.pad_id != report.eot_id
@@ -201,20 +246,30 @@ def test_max_length_above_the_model_context_is_refused_and_longrope_is_noted():
     from phinetune.models.specs import GENERIC
     from phinetune.train.preflight import context_check
 
-    with pytest.raises(PreflightError, match=re.escape(
+    with pytest.raises(
+        PreflightError,
+        match=re.escape(
             "data.max_length=100000 is above tiny-phi3 (phi3-mini-4k)'s context of 4,096 tokens (positions past it were never "
-            "trained); set data.max_length=4096 or less, or train a model with that context (phi3-mini-128k, phi3.5-mini, phi4-mini)")):
+            "trained); set data.max_length=4096 or less, or train a model with that context (phi3-mini-128k, phi3.5-mini, phi4-mini)"
+        ),
+    ):
         context_check(100000, "tiny-phi3", SPECS["phi3-mini-4k"], 4096)
     assert context_check(4096, "microsoft/Phi-3-mini-4k-instruct", SPECS["phi3-mini-4k"], 4096) == ""
-    with pytest.raises(PreflightError, match=r"above microsoft/phi-2's context of 2,048 tokens .* or less$"):  # no longer Phi-2
+    with pytest.raises(
+        PreflightError, match=r"above microsoft/phi-2's context of 2,048 tokens .* or less$"
+    ):  # no longer Phi-2
         context_check(4096, "microsoft/phi-2", SPECS["phi2"], 2048)
-    with pytest.raises(PreflightError, match=r"above my/model's context of 8,192 tokens"):  # another model: its config's
+    with pytest.raises(
+        PreflightError, match=r"above my/model's context of 8,192 tokens"
+    ):  # another model: its config's
         context_check(10000, "my/model", GENERIC, 8192)
     phi35 = SPECS["phi3.5-mini"]
     assert context_check(4096, phi35.hub_id, phi35, phi35.context_length) == ""
     note = context_check(8192, phi35.hub_id, phi35, phi35.context_length)
-    assert note.startswith("data.max_length=8192 is above 4,096 tokens, where microsoft/Phi-3.5-mini-instruct switches from its "
-                           "short to its long RoPE factors (LongRoPE)")
+    assert note.startswith(
+        "data.max_length=8192 is above 4,096 tokens, where microsoft/Phi-3.5-mini-instruct switches from its "
+        "short to its long RoPE factors (LongRoPE)"
+    )
     with pytest.raises(PreflightError, match="context of 131,072 tokens"):
         context_check(200000, phi35.hub_id, phi35, phi35.context_length)
 
@@ -222,8 +277,13 @@ def test_max_length_above_the_model_context_is_refused_and_longrope_is_noted():
 def test_check_cli_refuses_a_max_length_above_the_context_and_notes_longrope():
     proc = cli_here("check", "model.name=tiny-phi3", *FAST, "data.max_length=100000", check=False)
     out = " ".join(proc.stdout.split())
-    assert proc.returncode == 2 and "error: data.max_length=100000 is above tiny-phi3 (phi3-mini-4k)'s context of 4,096 tokens" in out
+    assert (
+        proc.returncode == 2
+        and "error: data.max_length=100000 is above tiny-phi3 (phi3-mini-4k)'s context of 4,096 tokens" in out
+    )
     assert "Traceback" not in proc.stdout + proc.stderr and "pre-flight" not in out  # before the data is tokenized
     proc = cli_here("check", "model.name=tiny-phi4", *FAST, "data.max_length=8192")
-    assert "note: data.max_length=8192 is above 4,096 tokens, where tiny-phi4 (phi4-mini) switches" in " ".join(proc.stderr.split())
+    assert "note: data.max_length=8192 is above 4,096 tokens, where tiny-phi4 (phi4-mini) switches" in " ".join(
+        proc.stderr.split()
+    )
     assert "pre-flight passed" in proc.stdout

@@ -43,8 +43,8 @@ def test_prepare_is_what_train_check_bench_and_plan_call():
     """No second preparation path: the callers import prepare and none builds its own from the pieces."""
     import inspect
 
-    from phinetune.bench import train_child
     from phinetune.bench import plan as plan_measure
+    from phinetune.bench import train_child
     from phinetune.train import check, recipe
 
     for module in (recipe, check, plan_measure):
@@ -74,7 +74,10 @@ def test_a_merged_folder_names_its_spec_unless_model_spec_is_given(tmp_path):
 
     (tmp_path / MERGED_MARKER).write_text(json.dumps({"spec": "phi3.5-mini", "merged_from": "runs/x"}))
     assert with_merged_spec(load_config(None, [f"model.name={tmp_path}"])).model.spec == "phi3.5-mini"
-    assert with_merged_spec(load_config(None, [f"model.name={tmp_path}", "model.spec=phi4-mini"])).model.spec == "phi4-mini"
+    assert (
+        with_merged_spec(load_config(None, [f"model.name={tmp_path}", "model.spec=phi4-mini"])).model.spec
+        == "phi4-mini"
+    )
     (tmp_path / "plain").mkdir()
     assert with_merged_spec(load_config(None, [f"model.name={tmp_path / 'plain'}"])).model.spec is None
     assert with_merged_spec(load_config(None, ["model.name=microsoft/phi-2"])).model.spec is None

@@ -25,7 +25,8 @@ def test_deepspeeds_import_line_is_silenced_though_it_resets_its_logger(monkeypa
 
 
 def test_clip_cuts_at_a_word_boundary_and_marks_the_cut():
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     from phinetune.progress import clip
 
@@ -33,7 +34,10 @@ def test_clip_cuts_at_a_word_boundary_and_marks_the_cut():
     spaces = st.sampled_from([" ", "  ", "\n", "\t"])
 
     @settings(max_examples=300, deadline=None, database=None, derandomize=True)
-    @given(words.flatmap(lambda ws: st.tuples(st.just(ws), st.lists(spaces, min_size=len(ws), max_size=len(ws)))), st.integers(4, 80))
+    @given(
+        words.flatmap(lambda ws: st.tuples(st.just(ws), st.lists(spaces, min_size=len(ws), max_size=len(ws)))),
+        st.integers(4, 80),
+    )
     def check(pair, limit):
         ws, gaps = pair
         text = "".join(w + g for w, g in zip(ws, gaps)).strip()
@@ -46,9 +50,9 @@ def test_clip_cuts_at_a_word_boundary_and_marks_the_cut():
         assert text.startswith(kept) and kept.strip()
         # the longest whole-word prefix that leaves room for the ellipsis, separators before the cut dropped
         cuts = [i for i in range(1, limit) if text[i].isspace()]
-        whole = text[:max(cuts)].rstrip().rstrip(",;:").rstrip() if cuts else ""
+        whole = text[: max(cuts)].rstrip().rstrip(",;:").rstrip() if cuts else ""
         # inside a word only where whole words would fill less than half the room: then as much as fits
-        assert kept == (whole if len(whole) >= limit // 2 else text[:limit - 1])
+        assert kept == (whole if len(whole) >= limit // 2 else text[: limit - 1])
 
     check()
     assert clip("and flats. The pattern helps", 23) == "and flats. The pattern…"
@@ -97,10 +101,19 @@ def test_no_library_fetches_hub_kernels_when_a_model_is_imported_loaded_and_run(
 
     from conftest import SRC
 
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
-                                                            "USE_HUB_KERNELS", "LOCAL_KERNELS")}
-    proc = subprocess.run([sys.executable, "-c", HUB_PROBE], env={**env, "PYTHONPATH": str(SRC), "HF_HOME": str(tmp_path)},
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "USE_HUB_KERNELS", "LOCAL_KERNELS")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", HUB_PROBE],
+        env={**env, "PYTHONPATH": str(SRC), "HF_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("loaded ", "direct ")))
     assert lines["loaded"] == "False []"  # transformers kept the PyTorch layers; nothing asked the Hub

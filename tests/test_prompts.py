@@ -16,16 +16,35 @@ def _write(path, rows):
 
 
 def test_a_prompt_becomes_one_user_message_and_other_fields_are_kept(tmp_path):
-    rows = read_prompt_rows(_write(tmp_path / "in.jsonl", [{"id": 1, "prompt": "What has keys?", "reference": "A piano."},
-                                                           "", {"messages": [{"role": "user", "content": "Hi"}]}]))
-    assert rows == [{"id": 1, "prompt": "What has keys?", "reference": "A piano.",
-                     "messages": [{"role": "user", "content": "What has keys?"}]},
-                    {"messages": [{"role": "user", "content": "Hi"}]}]
+    rows = read_prompt_rows(
+        _write(
+            tmp_path / "in.jsonl",
+            [
+                {"id": 1, "prompt": "What has keys?", "reference": "A piano."},
+                "",
+                {"messages": [{"role": "user", "content": "Hi"}]},
+            ],
+        )
+    )
+    assert rows == [
+        {
+            "id": 1,
+            "prompt": "What has keys?",
+            "reference": "A piano.",
+            "messages": [{"role": "user", "content": "What has keys?"}],
+        },
+        {"messages": [{"role": "user", "content": "Hi"}]},
+    ]
 
 
-@pytest.mark.parametrize("line,match", [("{not json", r"in.jsonl:2: not JSON \(Expecting property name"),
-                                        ('{"text": "x"}', r"in.jsonl:2: an object with 'text'; expected one JSON object per line"),
-                                        ('{"messages": [{"role": "user"}]}', r"in.jsonl:2: an object with 'messages'; expected")])
+@pytest.mark.parametrize(
+    "line,match",
+    [
+        ("{not json", r"in.jsonl:2: not JSON \(Expecting property name"),
+        ('{"text": "x"}', r"in.jsonl:2: an object with 'text'; expected one JSON object per line"),
+        ('{"messages": [{"role": "user"}]}', r"in.jsonl:2: an object with 'messages'; expected"),
+    ],
+)
 def test_bad_lines_name_file_and_line(tmp_path, line, match):
     with pytest.raises(DataError, match=match):
         read_prompt_rows(_write(tmp_path / "in.jsonl", [{"prompt": "ok"}, line]))

@@ -35,8 +35,15 @@ from test_sharding import assert_same_curve
 # the machine is shared); the bound leaves room for a machine shared with other jobs, and is far
 # below PHINETUNE_DIST_TIMEOUT (600 s), the bound of last resort for a rank that is alive but stuck.
 BOUND_S = 60
-COMMON = ["train.batch_size=2", "adapter.dropout=0", "data.packing=false", "train.recall_check=false", "train.eval_every=1000",
-          "train.log_every=1", "train.keep_checkpoints=2"]
+COMMON = [
+    "train.batch_size=2",
+    "adapter.dropout=0",
+    "data.packing=false",
+    "train.recall_check=false",
+    "train.eval_every=1000",
+    "train.log_every=1",
+    "train.keep_checkpoints=2",
+]
 
 
 class Launch:
@@ -44,10 +51,23 @@ class Launch:
 
     def __init__(self, cfg: Path, logs: Path, **env: str):
         self.out, self.err = logs.with_suffix(".out"), logs.with_suffix(".err")
-        environ = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "PHINETUNE_QUIET": "1", "COLUMNS": "200", **env}
+        environ = {
+            **os.environ,
+            "PYTHONPATH": str(SRC),
+            "HF_HUB_OFFLINE": "1",
+            "PHINETUNE_QUIET": "1",
+            "COLUMNS": "200",
+            **env,
+        }
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "phinetune", "train", str(cfg), "--nproc", "2"], env=environ,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "phinetune", "train", str(cfg), "--nproc", "2"],
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
 
     def wait(self, timeout: float) -> int:
         try:
@@ -74,8 +94,10 @@ class Launch:
 
 def logged_step(run: Path) -> int:
     try:
-        return max((json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-                    if '"loss"' in line), default=0)
+        return max(
+            (json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line),
+            default=0,
+        )
     except (OSError, ValueError):
         return 0  # not written yet, or a line being written
 
@@ -103,7 +125,9 @@ def test_a_sigkilled_rank_ends_the_job_and_the_next_launch_resumes_on_the_same_c
     code = job.wait(BOUND_S)
     took = time.monotonic() - killed
     assert code != 0 and took < BOUND_S
-    assert job.sentence().startswith("training failed: rank 1 was killed by SIGKILL; the launcher stopped the other ranks."), job.output()[-3000:]
+    assert job.sentence().startswith(
+        "training failed: rank 1 was killed by SIGKILL; the launcher stopped the other ranks."
+    ), job.output()[-3000:]
     done = RunDir(run).checkpoint_dirs()
     assert done and 2 <= done[-1][0] < 16, done
     assert logged_step(run) < 16
@@ -120,12 +144,23 @@ TORCHRUN_GRACE_S = 30  # torchrun's wait between SIGTERM and SIGKILL of the rank
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault,cause,bound", [
-    ("nan", "training failed: loss became nan at step 3 on rank 1 of 2; nothing after step 2 was saved.", BOUND_S),
-    ("oom", "training failed: rank 1 failed: out of memory at step 3 on rank 1 of 2; settings that use less memory:", BOUND_S),
-    ("hang", f"training failed: rank 0 waited {HANG_TIMEOUT_S} s (PHINETUNE_DIST_TIMEOUT) in a collective for the other ranks (1) "
-             "and gave up: one of them is stuck or far slower;", HANG_TIMEOUT_S + TORCHRUN_GRACE_S + BOUND_S),
-])
+@pytest.mark.parametrize(
+    "fault,cause,bound",
+    [
+        ("nan", "training failed: loss became nan at step 3 on rank 1 of 2; nothing after step 2 was saved.", BOUND_S),
+        (
+            "oom",
+            "training failed: rank 1 failed: out of memory at step 3 on rank 1 of 2; settings that use less memory:",
+            BOUND_S,
+        ),
+        (
+            "hang",
+            f"training failed: rank 0 waited {HANG_TIMEOUT_S} s (PHINETUNE_DIST_TIMEOUT) in a collective for the other ranks (1) "
+            "and gave up: one of them is stuck or far slower;",
+            HANG_TIMEOUT_S + TORCHRUN_GRACE_S + BOUND_S,
+        ),
+    ],
+)
 def test_a_nan_an_oom_or_a_hang_in_one_rank_stops_every_rank_with_one_sentence(tiny_cfg, tmp_path, fault, cause, bound):
     run, cfg = configs(tiny_cfg, tmp_path, "train.max_steps=6", "train.save_every=1")
     timeout = {"PHINETUNE_DIST_TIMEOUT": str(HANG_TIMEOUT_S)} if fault == "hang" else {}

@@ -31,16 +31,56 @@ def error_of(path: Path, **kw) -> str:
 BAD_FILES = {
     # name: (rows, expected where, expected words)
     "invalid_json": ([GOOD, '{"messages": [}'], ":2:", ["invalid JSON", "column"]),
-    "wrong_type": ([GOOD, {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}], ":2:", ["messages[0]", "content: str"]),
-    "wrong_type_alpaca": ([ALPACA, {"instruction": "Add.", "input": "", "output": 42}], ":2:", ["field 'output'", "string, got int"]),
+    "wrong_type": (
+        [GOOD, {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}],
+        ":2:",
+        ["messages[0]", "content: str"],
+    ),
+    "wrong_type_alpaca": (
+        [ALPACA, {"instruction": "Add.", "input": "", "output": 42}],
+        ":2:",
+        ["field 'output'", "string, got int"],
+    ),
     "missing_field": ([ALPACA, ALPACA, {"instruction": "No answer", "input": ""}], ":3:", ["missing field 'output'"]),
     "empty_conversation": ([GOOD, {"messages": []}], ":2:", ["field 'messages'", "empty conversation"]),
-    "two_user_turns": ([{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}],
-                       ":1:", ["field 'messages[1]'", "user turn but an assistant turn was expected"]),
-    "ends_on_user": ([GOOD, GOOD, {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}],
-                     ":3:", ["field 'messages'", "must end with an assistant turn"]),
-    "sharegpt_bad_speaker": ([{"conversations": [{"from": "human", "value": "a"}, {"from": "robot", "value": "b"}]}], ":1:", ["conversations[1]", "human|gpt|system"]),
-    "guanaco_no_markers": ([{"text": "### Human: hi### Assistant: yo"}, {"text": "just words"}], ":2:", ["field 'text'", "### Human:"]),
+    "two_user_turns": (
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "user", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ]
+            }
+        ],
+        ":1:",
+        ["field 'messages[1]'", "user turn but an assistant turn was expected"],
+    ),
+    "ends_on_user": (
+        [
+            GOOD,
+            GOOD,
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ]
+            },
+        ],
+        ":3:",
+        ["field 'messages'", "must end with an assistant turn"],
+    ),
+    "sharegpt_bad_speaker": (
+        [{"conversations": [{"from": "human", "value": "a"}, {"from": "robot", "value": "b"}]}],
+        ":1:",
+        ["conversations[1]", "human|gpt|system"],
+    ),
+    "guanaco_no_markers": (
+        [{"text": "### Human: hi### Assistant: yo"}, {"text": "just words"}],
+        ":2:",
+        ["field 'text'", "### Human:"],
+    ),
 }
 
 
@@ -122,13 +162,28 @@ def test_parquet_and_folder(tmp_path):
 
 
 def test_skip_bad_rows_summarises_every_reason(tmp_path):
-    path = jsonl(tmp_path / "mixed.jsonl", GOOD, "{oops", {"messages": []}, GOOD, "[1, 2]", {"messages": [{"role": "user", "content": "q"}]}, "{bad")
+    path = jsonl(
+        tmp_path / "mixed.jsonl",
+        GOOD,
+        "{oops",
+        {"messages": []},
+        GOOD,
+        "[1, 2]",
+        {"messages": [{"role": "user", "content": "q"}]},
+        "{bad",
+    )
     report = ReadReport()
     records = read_records(str(path), skip_bad=True, report=report)
     assert len(records) == 2 and report.read == 2 and len(report.skipped) == 5
     summary = report.summary()
     assert summary.startswith("skipped 5 bad row(s): invalid JSON x2")
-    for text in (f"{path}:2", f"{path}:7", f"empty conversation x1 ({path}:3)", f"not a JSON object x1 ({path}:5)", f"ends on a user turn x1 ({path}:6)"):
+    for text in (
+        f"{path}:2",
+        f"{path}:7",
+        f"empty conversation x1 ({path}:3)",
+        f"not a JSON object x1 ({path}:5)",
+        f"ends on a user turn x1 ({path}:6)",
+    ):
         assert text in summary, summary
 
 
@@ -147,7 +202,16 @@ def test_hub_code_path_through_datasets_load_dataset(tmp_path):
     folder = tmp_path / "hubish"
     folder.mkdir()
     jsonl(folder / "train.jsonl", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]})
-    jsonl(folder / "test.jsonl", {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})
+    jsonl(
+        folder / "test.jsonl",
+        {
+            "conversations": [
+                {"from": "system", "value": "Be brief."},
+                {"from": "human", "value": "a"},
+                {"from": "gpt", "value": "b"},
+            ]
+        },
+    )
     [rec] = read_records(f"hf:{folder}", split="train")
     assert rec.where == f"{folder}[train]:row 1"
     assert rec.sample["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
@@ -164,7 +228,9 @@ def test_unknown_hub_id_offline_is_one_sentence():
 def test_saved_dataset_folder(tmp_path):
     import datasets
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}])}).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}])}).save_to_disk(
+        str(tmp_path / "saved")
+    )
     [rec] = read_records(str(tmp_path / "saved"))
     assert rec.sample["messages"][0]["content"] == "p"
     assert "no split 'eval'" in error_of(tmp_path / "saved", split="eval")
@@ -203,8 +269,12 @@ def test_a_byte_order_mark_is_accepted(tmp_path, suffix):
 
 def test_an_unknown_builtin_lists_the_bundled_names_and_the_one_meant():
     msg = error_of(Path("builtin:ridles"))
-    assert msg == ("builtin:ridles: no such bundled dataset; did you mean builtin:riddles? the bundled ones are builtin:riddles, "
-                   "builtin:riddles_preferences, builtin:riddles_qa")
-    assert "assets" not in error_of(Path("builtin:../default"))  # no path into the package, no file outside the data sets
+    assert msg == (
+        "builtin:ridles: no such bundled dataset; did you mean builtin:riddles? the bundled ones are builtin:riddles, "
+        "builtin:riddles_preferences, builtin:riddles_qa"
+    )
+    assert "assets" not in error_of(
+        Path("builtin:../default")
+    )  # no path into the package, no file outside the data sets
     with pytest.raises(DataError, match="did you mean builtin:riddles"):
         readers.content_fingerprint("builtin:ridles")  # the tokenized-data cache's key, read first by train

@@ -48,7 +48,9 @@ def table_commands() -> list[str]:
     section = README.split("## CLI at a glance", 1)[1].split("\n## ", 1)[0]
     commands: list[str] = []
     for line in section.splitlines():
-        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]  # `a\|b` inside a cell is one cell
+        cells = [
+            c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)
+        ]  # `a\|b` inside a cell is one cell
         if len(cells) < 4 or not cells[2].startswith("`"):
             continue
         for span in re.findall(r"`([^`]+)`", cells[2]):
@@ -63,7 +65,7 @@ def stem(command: str) -> str:
     """`phinetune generate RUN "prompt"` -> `phinetune generate RUN`: the words up to the first placeholder."""
     words = command.split()
     first = next((i for i, w in enumerate(words) if w.isupper()), len(words) - 1)
-    return " ".join(words[:first + 1])
+    return " ".join(words[: first + 1])
 
 
 def verb_of(command: str) -> str:
@@ -78,10 +80,22 @@ def walk(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     config = root / "fast.yaml"
     config.write_text(FAST_CONFIG)
-    (root / "prompts.jsonl").write_text('{"prompt": "What has keys?"}\n{"prompt": "What gets wetter the more it dries?"}\n')
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "PHINETUNE_TEACHER_BASE_URL", "OPENAI_BASE_URL")}
-    env.update(PYTHONPATH=str(SRC), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PHINETUNE_QUIET="1", COLUMNS="200",
-               PHINETUNE_CACHE=str(root / "cache"))
+    (root / "prompts.jsonl").write_text(
+        '{"prompt": "What has keys?"}\n{"prompt": "What gets wetter the more it dries?"}\n'
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "PHINETUNE_TEACHER_BASE_URL", "OPENAI_BASE_URL")
+    }
+    env.update(
+        PYTHONPATH=str(SRC),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PHINETUNE_QUIET="1",
+        COLUMNS="200",
+        PHINETUNE_CACHE=str(root / "cache"),
+    )
     return root, config, env
 
 
@@ -91,10 +105,20 @@ def fill(command: str, root: Path, config: Path) -> list[str]:
     words = shlex.split(command)[1:]
     run = str(root / "run")
     verb = verb_of(command)
-    values = {"RUN": run, "CONFIG": str(config), "DATA": "builtin:riddles", "M": "tiny-phi3", "MODEL": "tiny-phi3",
-              "DIR": str(root / ("export-gguf" if verb == "export" else "merged")), "REPO_ID": "you/phi3-riddles",
-              "gguf|ollama|onnx": "gguf", "slurm|k8s": "slurm", "data.train=PAIRS.jsonl": "data.train=builtin:riddles_preferences",
-              "prompts.jsonl": str(root / "prompts.jsonl"), "answers.jsonl": str(root / "answers.jsonl")}
+    values = {
+        "RUN": run,
+        "CONFIG": str(config),
+        "DATA": "builtin:riddles",
+        "M": "tiny-phi3",
+        "MODEL": "tiny-phi3",
+        "DIR": str(root / ("export-gguf" if verb == "export" else "merged")),
+        "REPO_ID": "you/phi3-riddles",
+        "gguf|ollama|onnx": "gguf",
+        "slurm|k8s": "slurm",
+        "data.train=PAIRS.jsonl": "data.train=builtin:riddles_preferences",
+        "prompts.jsonl": str(root / "prompts.jsonl"),
+        "answers.jsonl": str(root / "answers.jsonl"),
+    }
     words = [values.get(w, str(ROOT / w) if w.startswith("configs/") else w) for w in words]
     if verb == "train objective":  # the config first (the one argument without '='), then the row's overrides
         return words[:1] + [str(config)] + words[1:] + [f"output.dir={root / 'after-sft'}"]
@@ -114,7 +138,16 @@ def fill(command: str, root: Path, config: Path) -> list[str]:
         "synth": [f"output.dir={root / 'synth'}", "stages.riddles.calls=1"],
         # one side: the three sides and their ratios are test_bench_train's (each side is a fresh process)
         "bench train": ["--workload", "tiny", "--work-dir", str(root / "bench"), "--sides", "phinetune"],
-        "bench infer": ["--prompt-tokens", "8", "--new-tokens", "4", "--batch-sizes", "1", "--out", str(root / "bench-infer.json")],
+        "bench infer": [
+            "--prompt-tokens",
+            "8",
+            "--new-tokens",
+            "4",
+            "--batch-sizes",
+            "1",
+            "--out",
+            str(root / "bench-infer.json"),
+        ],
         "bench serve": ["--concurrency", "1", "--requests", "2", "--max-tokens", "4"],
         "export": [],
         "push": [],
@@ -131,16 +164,29 @@ def free_port() -> int:
 
 
 def run(words: list[str], env: dict, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "phinetune", *words], cwd=cwd, env=env, input=stdin, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "phinetune", *words],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def serve_and_ask(words: list[str], env: dict, cwd: Path) -> tuple[str, dict, dict]:
     import httpx
 
     port = int(words[words.index("--port") + 1])
-    proc = subprocess.Popen([sys.executable, "-m", "phinetune", *words], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phinetune", *words],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
@@ -172,7 +218,9 @@ def test_every_readme_command_runs_and_does_what_the_readme_says(walk):
         verb = verb_of(command)
         if verb == "serve":
             out, health, models = serve_and_ask(words, env, root)
-            assert health.get("status") == "ok" and models.get("data"), f"{command}: the server never answered\n{out[-3000:]}"
+            assert health.get("status") == "ok" and models.get("data"), (
+                f"{command}: the server never answered\n{out[-3000:]}"
+            )
             continue
         stdin = "What has keys?\n/reset\n/exit\n" if verb == "chat" else ""
         if verb in FRESH_PROCESS:
@@ -194,23 +242,37 @@ def check_promises(root: Path, outcomes: dict) -> None:
     """What the README says each verb leaves behind or prints."""
     run = root / "run"
     flat = {verb: " ".join((p.stdout + p.stderr).split()) for verb, p in outcomes.items()}
-    assert "pre-flight" in flat["train"] and re.search(r"eval loss: [\d.]+ at step 0 -> [\d.]+ after 4 steps", flat["train"])
+    assert "pre-flight" in flat["train"] and re.search(
+        r"eval loss: [\d.]+ at step 0 -> [\d.]+ after 4 steps", flat["train"]
+    )
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     # The run-folder block: every file it lists is there (eval.json only when eval could run here).
     block = README.split("## The run folder", 1)[1].split("```")[1]
     # Lines for what only other runs write (preference, eval.tasks, --checkpoints, a judge with a key) are not this run's.
     conditional = ("preference", "eval.tasks", "--checkpoints", "phinetune judge")
-    listed = {name for line in block.splitlines() if not any(c in line for c in conditional)
-              for name in re.findall(r"runs/NAME/([\w.]+)", line)}
+    listed = {
+        name
+        for line in block.splitlines()
+        if not any(c in line for c in conditional)
+        for name in re.findall(r"runs/NAME/([\w.]+)", line)
+    }
     if outcomes["eval"].returncode != 0:
         listed.discard("eval.json")
     assert listed and not {name for name in listed if not (run / name).exists()}, listed
     assert outcomes["check"].returncode == 0 and "pre-flight passed" in flat["check"]
     merged = root / "merged"
-    assert list(merged.glob("*.safetensors")) and (merged / "tokenizer.json").exists() and (merged / "chat_template.jinja").exists()
+    assert (
+        list(merged.glob("*.safetensors"))
+        and (merged / "tokenizer.json").exists()
+        and (merged / "chat_template.jinja").exists()
+    )
     answers = [json.loads(line) for line in (root / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 2 and all("response" in a for a in answers)
-    assert outcomes["generate"].returncode == 0 and "phi>" in outcomes["chat"].stdout and "conversation cleared" in flat["chat"]
+    assert (
+        outcomes["generate"].returncode == 0
+        and "phi>" in outcomes["chat"].stdout
+        and "conversation cleared" in flat["chat"]
+    )
     assert (run / "compare.md").exists() and (run / "report.html").exists() and (run / "report.md").exists()
     assert "parameters" in flat["inspect"] and "smallest GPU" in flat["plan"]
     assert (root / "data-inspect" / "report.json").exists()
@@ -220,7 +282,9 @@ def check_promises(root: Path, outcomes: dict) -> None:
     assert json.loads((root / "after-sft" / "run.json").read_text())["status"] == "finished"
     assert list((root / "export-gguf").glob("*.gguf")), flat["export"][-2000:]
     # an adapter on the tiny (local) base would load nowhere else: one sentence saying so, nothing uploaded
-    assert outcomes["push"].returncode == 2 and "--local-base" in flat["push"] and "nothing was uploaded" in flat["push"]
+    assert (
+        outcomes["push"].returncode == 2 and "--local-base" in flat["push"] and "nothing was uploaded" in flat["push"]
+    )
     assert outcomes["bench serve"].returncode == 0 and "p95" in flat["bench serve"]
     assert outcomes["launch-template"].returncode == 0 and "#SBATCH --nodes=2" in (root / "job.sbatch").read_text()
     if outcomes["eval"].returncode == 2:  # no network here: the sentence says what to do instead

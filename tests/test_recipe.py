@@ -9,12 +9,14 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from phinetune.runs.folders import open_run
-from phinetune.train.recipe import run_steps, save, setup, train
+from phinetune.train.recipe import run_steps, setup, train
 
 
 def _split_params(model):
     lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
-    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n and "modules_to_save" not in n}
+    base = {
+        n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n and "modules_to_save" not in n
+    }
     return lora, base
 
 
@@ -35,8 +37,11 @@ def _dequantized_base(model):
     mode on CPU, so the packed bytes may move while the values they encode must not."""
     import bitsandbytes.functional as bnbf
 
-    return {n: bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state).clone()
-            for n, m in model.named_modules() if getattr(getattr(m, "weight", None), "quant_state", None) is not None}
+    return {
+        n: bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state).clone()
+        for n, m in model.named_modules()
+        if getattr(getattr(m, "weight", None), "quant_state", None) is not None
+    }
 
 
 def test_qlora_on_cpu_trains_adapters_over_frozen_4bit_base(tiny_cfg):
@@ -54,8 +59,15 @@ def test_qlora_on_cpu_trains_adapters_over_frozen_4bit_base(tiny_cfg):
 
 def test_train_writes_a_self_describing_run_folder(tiny_run):
     run = open_run(tiny_run)  # the session's shared run: the same config as tiny_cfg()
-    for path in [run.config, run.info_file, run.adapter / "adapter_config.json", run.adapter / "adapter_model.safetensors",
-                 run.tokenizer / "tokenizer_config.json", run.metrics, run.plot]:
+    for path in [
+        run.config,
+        run.info_file,
+        run.adapter / "adapter_config.json",
+        run.adapter / "adapter_model.safetensors",
+        run.tokenizer / "tokenizer_config.json",
+        run.metrics,
+        run.plot,
+    ]:
         assert path.exists(), path
     records = run.read_metrics()
     train_rows = [r for r in records if "loss" in r]
@@ -80,7 +92,9 @@ def test_existing_run_is_never_overwritten_silently(tiny_cfg):
 
     cfg = tiny_cfg("train.max_steps=1")
     train(cfg)
-    with pytest.raises(PhinetuneError, match="already finished; choose another output.dir or pass output.overwrite=true"):
+    with pytest.raises(
+        PhinetuneError, match="already finished; choose another output.dir or pass output.overwrite=true"
+    ):
         train(cfg)
     with pytest.raises(PhinetuneError, match=r"already holds a different run \(.*learning_rate"):
         train(tiny_cfg("train.max_steps=1", "train.learning_rate=1e-5"))
@@ -117,9 +131,14 @@ def _fake_loop(samples: int, steps_per_epoch: int, epochs: float):
     from phinetune.config import load_config
 
     cfg = load_config(None, [f"train.epochs={epochs}", "train.batch_size=4"])
-    return SimpleNamespace(cfg=cfg, total_steps=int(steps_per_epoch * epochs), steps_per_epoch=steps_per_epoch,
-                           train_rows=[[0] * 100] * steps_per_epoch * 4, data=SimpleNamespace(train=[None] * samples),
-                           accelerator=SimpleNamespace(is_main_process=True, num_processes=1))
+    return SimpleNamespace(
+        cfg=cfg,
+        total_steps=int(steps_per_epoch * epochs),
+        steps_per_epoch=steps_per_epoch,
+        train_rows=[[0] * 100] * steps_per_epoch * 4,
+        data=SimpleNamespace(train=[None] * samples),
+        accelerator=SimpleNamespace(is_main_process=True, num_processes=1),
+    )
 
 
 def test_plan_is_printed_and_many_epochs_over_a_big_file_warn():
@@ -130,7 +149,10 @@ def test_plan_is_printed_and_many_epochs_over_a_big_file_warn():
     with console.capture() as big:
         announce_plan(_fake_loop(500, 84, 30))
     text = " ".join(big.get().split())
-    assert "plan: 2,520 optimizer steps (30 epochs x 84 steps, 4 sequences each), ~1,008,000 tokens over 500 training samples" in text
+    assert (
+        "plan: 2,520 optimizer steps (30 epochs x 84 steps, 4 sequences each), ~1,008,000 tokens over 500 training samples"
+        in text
+    )
     assert "warning: 30 epochs over 500 samples is 15,000 sample passes, 8x the embedded default's" in text
     with console.capture() as default:
         announce_plan(_fake_loop(56, 14, 30))  # the embedded default itself: 56 training riddles
@@ -141,10 +163,20 @@ def test_a_run_prints_its_plan_and_a_time_left_estimate_after_its_warm_up_steps(
     from phinetune.train.eta import MIN_STEPS, WARMUP
     from phinetune.train.recipe import train
 
-    train(tiny_cfg(f"train.max_steps={WARMUP + MIN_STEPS + 2}", "train.eval_every=4", "train.save_every=5", "train.recall_check=0"))
+    train(
+        tiny_cfg(
+            f"train.max_steps={WARMUP + MIN_STEPS + 2}",
+            "train.eval_every=4",
+            "train.save_every=5",
+            "train.recall_check=0",
+        )
+    )
     out = " ".join(capsys.readouterr().out.split())
     assert "plan: 10 optimizer steps" in out
     # printed once, after step 8: 2 steps left, the evaluation at step 8 done, the final one and the save at step 10 still due
-    found = re.findall(r"~\d+(?:\.\d)? (?:s|min|h) left \(estimate\): 2 steps at [\d.]+ s \(mean of the last 5; the first 3 "
-                       r"after the start are warm-up, left out\); 1 evaluation at ~[\d.]+ s each; 1 checkpoint save at ~[\d.]+ s each", out)
+    found = re.findall(
+        r"~\d+(?:\.\d)? (?:s|min|h) left \(estimate\): 2 steps at [\d.]+ s \(mean of the last 5; the first 3 "
+        r"after the start are warm-up, left out\); 1 evaluation at ~[\d.]+ s each; 1 checkpoint save at ~[\d.]+ s each",
+        out,
+    )
     assert len(found) == 1, out[-2000:]

@@ -20,7 +20,9 @@ def config(*overrides: str):
 
 def need_without_checkpointing(cfg) -> float:
     """The figure the rule compares, computed here from plan directly (CPU: margin, no CUDA overhead)."""
-    return estimate(load_facts("phi3.5-mini"), "lora", 4096, 2, False, "bf16", 16, "all-linear", cfg.adapter.dropout, "cpu").total * (1 + MARGIN)
+    return estimate(
+        load_facts("phi3.5-mini"), "lora", 4096, 2, False, "bf16", 16, "all-linear", cfg.adapter.dropout, "cpu"
+    ).total * (1 + MARGIN)
 
 
 @pytest.mark.parametrize("free_factor,expected", [(0.5, True), (2.0, False)])
@@ -40,7 +42,9 @@ def test_the_printed_choice_is_one_line_that_names_each_figure_once(monkeypatch)
     from phinetune.models.plan import GiB
     from phinetune.progress import progress_console
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU rule (margin, no CUDA context), as computed here
+    monkeypatch.setattr(
+        torch.cuda, "is_available", lambda: False
+    )  # the CPU rule (margin, no CUDA context), as computed here
     need = need_without_checkpointing(config())
     lines = {}
     for factor in (2.0, 0.5):
@@ -55,15 +59,25 @@ def test_the_printed_choice_is_one_line_that_names_each_figure_once(monkeypatch)
             progress_console.width = width
         lines[choice.on] = out.get()
     est, free_off, free_on = f"{need / GiB:.1f}", f"{need * 2 / GiB:.1f}", f"{need / 2 / GiB:.1f}"
-    assert lines[False] == f"gradient checkpointing: off (auto: plan estimates ~{est} GiB without it, and {free_off} GiB of RAM is free)\n"
-    assert lines[True] == f"gradient checkpointing: on (auto: plan estimates ~{est} GiB without it, more than the {free_on} GiB of RAM free)\n"
+    assert (
+        lines[False]
+        == f"gradient checkpointing: off (auto: plan estimates ~{est} GiB without it, and {free_off} GiB of RAM is free)\n"
+    )
+    assert (
+        lines[True]
+        == f"gradient checkpointing: on (auto: plan estimates ~{est} GiB without it, more than the {free_on} GiB of RAM free)\n"
+    )
 
 
 @pytest.mark.parametrize("value", [True, False])
 def test_explicit_setting_is_kept(monkeypatch, value):
     monkeypatch.setattr(recompute, "free_memory", lambda: (1, "RAM"))  # would force "on" under auto
-    choice = recompute.choose_checkpointing(config(f"model.gradient_checkpointing={str(value).lower()}"), "phi3.5-mini", "bf16")
-    assert choice.on is value and choice.reason == f"set in the config: model.gradient_checkpointing: {str(value).lower()}"
+    choice = recompute.choose_checkpointing(
+        config(f"model.gradient_checkpointing={str(value).lower()}"), "phi3.5-mini", "bf16"
+    )
+    assert (
+        choice.on is value and choice.reason == f"set in the config: model.gradient_checkpointing: {str(value).lower()}"
+    )
     assert choice.line() == f"gradient checkpointing: {'on' if value else 'off'} ({choice.reason})"
 
 
@@ -84,5 +98,7 @@ def test_the_choice_is_recorded_in_the_run(tiny_run):
     from phinetune.runs.run_dir import RunDir
 
     report = json.loads(RunDir(tiny_run).preflight.read_text())
-    assert re.fullmatch(r"off \(auto: plan estimates ~[\d.]+ GiB without it, which fits in the free (RAM|GPU memory)\)",
-                        report["dtype"]["gradient checkpointing"])  # a tiny model fits anywhere; the free figure is not recorded
+    assert re.fullmatch(
+        r"off \(auto: plan estimates ~[\d.]+ GiB without it, which fits in the free (RAM|GPU memory)\)",
+        report["dtype"]["gradient checkpointing"],
+    )  # a tiny model fits anywhere; the free figure is not recorded

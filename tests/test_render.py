@@ -64,7 +64,9 @@ def real_tokenizer(spec_key: str):
         # AutoTokenizer at a remote repo; its tokenizer_config names the GPT-2 BPE class, loaded directly.
         tokenizer = GPT2TokenizerFast.from_pretrained(str(path))
     else:
-        tokenizer = load_tokenizer(str(path), ModelConfig(name=str(path)), SPECS[spec_key])  # Phi-2: ChatML tokens added
+        tokenizer = load_tokenizer(
+            str(path), ModelConfig(name=str(path)), SPECS[spec_key]
+        )  # Phi-2: ChatML tokens added
     if template_file:
         tokenizer.chat_template = realdata(template_file).read_text()
     return tokenizer
@@ -72,10 +74,43 @@ def real_tokenizer(spec_key: str):
 
 # ---- random conversations ---------------------------------------------------------------------------
 
-FRAGMENTS = ["<|end|>", "<|user|>", "<|assistant|>", "<|system|>", "<|endoftext|>", "<s>", "</s>", "<|im_start|>",
-             "<|im_end|>", "<|im_start|>assistant\n", "<|end|>\n<|assistant|>\n", "assistant", "user", "system", "end",
-             "im_end", "<|", "|>", "<", "|", "d", "a", "e", ">", "\n", " ", "\t", "", "  \n ", "\n\n", "数字", "日本語の文",
-             "émoji 🙂", "Ω≈ç√", "x"]
+FRAGMENTS = [
+    "<|end|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",
+    "<|endoftext|>",
+    "<s>",
+    "</s>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|im_start|>assistant\n",
+    "<|end|>\n<|assistant|>\n",
+    "assistant",
+    "user",
+    "system",
+    "end",
+    "im_end",
+    "<|",
+    "|>",
+    "<",
+    "|",
+    "d",
+    "a",
+    "e",
+    ">",
+    "\n",
+    " ",
+    "\t",
+    "",
+    "  \n ",
+    "\n\n",
+    "数字",
+    "日本語の文",
+    "émoji 🙂",
+    "Ω≈ç√",
+    "x",
+]
 piece = st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=6), st.characters().map(str))
 body = st.one_of(
     st.lists(piece, max_size=5).map("".join),
@@ -97,8 +132,9 @@ def conversations(draw, system: bool = True):
 
 def check_conversation(tokenizer, template: str, eot: str, messages: list[dict]) -> None:
     expected_ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
-    assert layout_text(template, messages, tokenizer.bos_token or "", tokenizer.eos_token or "") == \
-        tokenizer.apply_chat_template(messages, tokenize=False), "the hand layout no longer matches the template"
+    assert layout_text(
+        template, messages, tokenizer.bos_token or "", tokenizer.eos_token or ""
+    ) == tokenizer.apply_chat_template(messages, tokenize=False), "the hand layout no longer matches the template"
     eot_id = tokenizer.convert_tokens_to_ids(eot)
     for policy in ("assistant", "last_assistant", "all"):
         r = render_sample(tokenizer, {"messages": messages}, max_length=10**6, policy=policy, eot=eot)
@@ -116,7 +152,9 @@ def check_conversation(tokenizer, template: str, eot: str, messages: list[dict])
         assert all(r.labels[e] == eot_id for _, _, e in chosen)
 
 
-PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @pytest.fixture(scope="module", params=TEMPLATES)
@@ -153,19 +191,28 @@ def test_one_letter_and_empty_replies_train_exactly_answer_and_own_eot(spec_key)
     """The reported defect: a reply of `d` was found inside the user turn's `<|end|>`."""
     tokenizer, spec = real_tokenizer(spec_key), SPECS[spec_key]
     for answer in ONE_LETTER:
-        messages = [{"role": "user", "content": "Which letter? a, b, c or d"}, {"role": "assistant", "content": answer},
-                    {"role": "user", "content": answer}, {"role": "assistant", "content": answer}]
+        messages = [
+            {"role": "user", "content": "Which letter? a, b, c or d"},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": answer},
+            {"role": "assistant", "content": answer},
+        ]
         check_conversation(tokenizer, spec.template, spec.end_of_turn, messages)
 
 
 # ---- golden fixtures from the real tokenizers (run on a fresh clone) -------------------------------
+
 
 class ReplayTokenizer:
     """The real tokenizer's recorded encodings, replayed: the chat template is rendered by transformers'
     own jinja renderer, each text it produces is looked up in the fixture (a text the fixture lacks fails)."""
 
     def __init__(self, fixture: dict):
-        self.chat_template, self.bos_token, self.eos_token = fixture["chat_template"], fixture["bos_token"], fixture["eos_token"]
+        self.chat_template, self.bos_token, self.eos_token = (
+            fixture["chat_template"],
+            fixture["bos_token"],
+            fixture["eos_token"],
+        )
         self.unk_token_id = fixture["unk_token_id"]
         self.vocab = fixture["tokens"]
         self.encodings = fixture["encodings"]
@@ -174,14 +221,21 @@ class ReplayTokenizer:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         assert not tokenize
-        rendered, _ = render_jinja_template(conversations=[messages], chat_template=self.chat_template,
-                                            add_generation_prompt=add_generation_prompt, bos_token=self.bos_token, eos_token=self.eos_token)
+        rendered, _ = render_jinja_template(
+            conversations=[messages],
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+        )
         return rendered[0]
 
     def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
         assert not add_special_tokens
         if text not in self.encodings:
-            raise AssertionError(f"the golden fixture lacks the tokenization of {text!r}; regenerate: python scripts/make_render_golden.py")
+            raise AssertionError(
+                f"the golden fixture lacks the tokenization of {text!r}; regenerate: python scripts/make_render_golden.py"
+            )
         enc = self.encodings[text]
         return {"input_ids": enc["ids"], "offset_mapping": [tuple(o) for o in enc["offsets"]]}
 
@@ -205,7 +259,9 @@ def test_golden_fixture(path):
     tokenizer = ReplayTokenizer(fixture)
     for case in fixture["cases"]:
         for policy, labels in case["labels"].items():
-            r = render_sample(tokenizer, {"messages": case["messages"]}, max_length=10**6, policy=policy, eot=fixture["eot"])
+            r = render_sample(
+                tokenizer, {"messages": case["messages"]}, max_length=10**6, policy=policy, eot=fixture["eot"]
+            )
             assert r.input_ids == case["ids"], case["messages"]
             assert r.labels == labels, (policy, case["messages"])
 
@@ -226,14 +282,21 @@ def test_golden_one_letter_answers_train_the_letter_and_its_own_eot(path):
 
 # ---- templates that drop or rewrite messages ---------------------------------------------------------
 
+
 def test_system_message_refused_on_phi3_128k_with_the_fold_option_named():
     tokenizer = tiny_tokenizer("phi3-mini-128k")
-    messages = [{"role": "system", "content": "Answer with one letter."}, {"role": "user", "content": "a or b?"},
-                {"role": "assistant", "content": "a"}]
+    messages = [
+        {"role": "system", "content": "Answer with one letter."},
+        {"role": "user", "content": "a or b?"},
+        {"role": "assistant", "content": "a"},
+    ]
     with pytest.raises(DataError, match=r"drops system messages.*data\.fold_system=true"):
         render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>")
     folded = render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>", fold_system=True)
-    expected = [{"role": "user", "content": "Answer with one letter.\n\na or b?"}, {"role": "assistant", "content": "a"}]
+    expected = [
+        {"role": "user", "content": "Answer with one letter.\n\na or b?"},
+        {"role": "assistant", "content": "a"},
+    ]
     assert folded.input_ids == list(tokenizer.apply_chat_template(expected, tokenize=True, return_dict=False))
     assert "Answer with one letter.\n\na or b?" in folded.text
     ids, trained = expected_labels(tokenizer, "phi3-128k.jinja", expected, "assistant")
@@ -243,8 +306,10 @@ def test_system_message_refused_on_phi3_128k_with_the_fold_option_named():
 def test_fold_system_leaves_conversations_without_system_alone():
     tokenizer = tiny_tokenizer("phi3-mini-4k")
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    assert render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>", fold_system=True).input_ids == \
-        render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>").input_ids
+    assert (
+        render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>", fold_system=True).input_ids
+        == render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>").input_ids
+    )
 
 
 def test_a_trimming_template_trains_the_trimmed_reply():
@@ -259,11 +324,17 @@ def test_a_trimming_template_trains_the_trimmed_reply():
 def test_a_template_that_rewrites_earlier_turns_is_refused():
     tokenizer = tiny_tokenizer("phi3-mini-4k")
     # renders an assistant turn only when it is the last message (like templates that drop past reasoning)
-    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}"
-                               "{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
-                               "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}"
+        "{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    )
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
+    ]
     with pytest.raises(DataError, match="assistant turn 1"):
         render_sample(tokenizer, {"messages": messages}, 512, eot="<|end|>")
 

@@ -29,23 +29,40 @@ def test_exact_answer_compares_the_short_answers():
 
 
 def test_format_and_length_builtins_read_the_config():
-    r = Rewards(load_config(None, ["grpo.rewards=[format,length]", "grpo.target_length=4", "grpo.format_regex=^The answer"]).grpo)
+    r = Rewards(
+        load_config(
+            None, ["grpo.rewards=[format,length]", "grpo.target_length=4", "grpo.format_regex=^The answer"]
+        ).grpo
+    )
     assert r.score("The answer is x", "", [], "f:1") == pytest.approx(1.0 + 1.0)
     assert r.score("no", "", [], "f:1") == pytest.approx(0.0 + 0.25)
 
 
 def test_a_dotted_path_reward_gets_only_the_arguments_it_names(tmp_path, monkeypatch):
-    r = _rewards(tmp_path, monkeypatch, "def fn(completion, answer):\n    return len(completion) - len(answer)\n",
-                 "grpo.reward_weights=[0.5]")
+    r = _rewards(
+        tmp_path,
+        monkeypatch,
+        "def fn(completion, answer):\n    return len(completion) - len(answer)\n",
+        "grpo.reward_weights=[0.5]",
+    )
     assert r.score("abcd", "ab", [{"role": "user", "content": "q"}], "d.jsonl:3") == 1.0
 
 
-@pytest.mark.parametrize("body,needle", [
-    ("raise KeyError('oops')", r"reward function myrewards:fn raised KeyError: 'oops' on sample d.jsonl:7 \(completion 'hello'\)"),
-    ("return 'high'", r"reward function myrewards:fn returned 'high' on sample d.jsonl:7 .*must be a finite number"),
-    ("return float('nan')", r"returned nan on sample d.jsonl:7"),
-    ("return None", r"returned None on sample d.jsonl:7"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        (
+            "raise KeyError('oops')",
+            r"reward function myrewards:fn raised KeyError: 'oops' on sample d.jsonl:7 \(completion 'hello'\)",
+        ),
+        (
+            "return 'high'",
+            r"reward function myrewards:fn returned 'high' on sample d.jsonl:7 .*must be a finite number",
+        ),
+        ("return float('nan')", r"returned nan on sample d.jsonl:7"),
+        ("return None", r"returned None on sample d.jsonl:7"),
+    ],
+)
 def test_a_bad_reward_names_the_function_and_the_sample(tmp_path, monkeypatch, body, needle):
     r = _rewards(tmp_path, monkeypatch, f"def fn(completion):\n    {body}\n")
     with pytest.raises(PhinetuneError, match=needle):

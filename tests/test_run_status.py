@@ -63,8 +63,15 @@ def test_a_second_trainer_cannot_take_a_held_run(held, monkeypatch):
     assert holder(run) is None
 
 
-@pytest.mark.parametrize("recorded,state", [("finished", "finished"), ("interrupted at step 4", "interrupted"),
-                                            ("failed at step 3: loss is NaN", "failed"), ("failed at pre-flight: x", "failed")])
+@pytest.mark.parametrize(
+    "recorded,state",
+    [
+        ("finished", "finished"),
+        ("interrupted at step 4", "interrupted"),
+        ("failed at step 3: loss is NaN", "failed"),
+        ("failed at pre-flight: x", "failed"),
+    ],
+)
 def test_what_run_json_records_is_kept(tmp_path, recorded, state):
     run = RunDir(tmp_path)
     run.write_info(RunInfo("tiny", "phi3-mini", "lora", "none", "fp32", status=recorded))
@@ -85,7 +92,9 @@ def test_training_holds_the_lock_while_it_trains_and_lets_go(tiny_cfg, monkeypat
 
     def save_and_look(loop):
         seen.append(run_status(loop.run))
-        with pytest.raises(PhinetuneError, match=f"a process is still training in {loop.run.path} \\(pid {os.getpid()} "):
+        with pytest.raises(
+            PhinetuneError, match=f"a process is still training in {loop.run.path} \\(pid {os.getpid()} "
+        ):
             _decide(loop.run, loop.cfg, resume=False)  # a second `train` into the same folder
         real_save(loop)
 
@@ -96,6 +105,7 @@ def test_training_holds_the_lock_while_it_trains_and_lets_go(tiny_cfg, monkeypat
 
 
 # ---------------------------------------------------------------- damaged and unfinished runs
+
 
 def damaged(checkpointed_run, tmp_path, *remove: str) -> RunDir:
     run = RunDir(linked_copy(checkpointed_run, tmp_path / "run"))
@@ -117,36 +127,51 @@ def _logits(loaded):
 def test_deleted_adapter_weights_name_the_file_and_the_checkpoint_offered_loads(checkpointed_run, tmp_path):
     run = damaged(checkpointed_run, tmp_path, "adapter/adapter_model.safetensors")
     problem = final_weights_problem(run)
-    assert problem == (f"{run.path} is damaged: {run.adapter / 'adapter_model.safetensors'} is missing; "
-                       "pass --checkpoint last to use its last checkpoint (step-4)")
+    assert problem == (
+        f"{run.path} is damaged: {run.adapter / 'adapter_model.safetensors'} is missing; "
+        "pass --checkpoint last to use its last checkpoint (step-4)"
+    )
     with pytest.raises(PhinetuneError, match="is damaged: .*adapter_model.safetensors is missing"):
         load_for_inference(str(run.path))
     # What is offered works: the last checkpoint is the final step, so it gives the original run's model.
-    torch.testing.assert_close(_logits(load_for_inference(str(run.path), "fp32", checkpoint="last")),
-                               _logits(load_for_inference(str(checkpointed_run), "fp32")), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        _logits(load_for_inference(str(run.path), "fp32", checkpoint="last")),
+        _logits(load_for_inference(str(checkpointed_run), "fp32")),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_a_deleted_adapter_folder_is_damage_not_an_unfinished_run(checkpointed_run, tmp_path):
     run = damaged(checkpointed_run, tmp_path, "adapter")
-    assert final_weights_problem(run) == f"{run.path} is damaged: {run.adapter} is missing; pass --checkpoint last to use its last checkpoint (step-4)"
+    assert (
+        final_weights_problem(run)
+        == f"{run.path} is damaged: {run.adapter} is missing; pass --checkpoint last to use its last checkpoint (step-4)"
+    )
 
 
 def test_without_checkpoints_a_damaged_run_is_trained_again_with_overwrite(checkpointed_run, tmp_path):
     run = damaged(checkpointed_run, tmp_path, "adapter", "checkpoints")
-    assert final_weights_problem(run).endswith("it kept no checkpoint to use instead; train it again with output.overwrite=true")
+    assert final_weights_problem(run).endswith(
+        "it kept no checkpoint to use instead; train it again with output.overwrite=true"
+    )
 
 
 def test_a_checkpoint_without_its_weights_is_not_offered(checkpointed_run, tmp_path):
     run = damaged(checkpointed_run, tmp_path, "adapter", "checkpoints/step-4/model.safetensors")
     assert final_weights_problem(run).endswith("use its last checkpoint (step-2)")
-    with pytest.raises(PhinetuneError, match=r"--checkpoint step-4: .*model.safetensors is missing, so step-4 of .* cannot be loaded"):
+    with pytest.raises(
+        PhinetuneError, match=r"--checkpoint step-4: .*model.safetensors is missing, so step-4 of .* cannot be loaded"
+    ):
         load_for_inference(str(run.path), checkpoint="step-4")
 
 
 def test_a_deleted_tokenizer_is_named(checkpointed_run, tmp_path):
     run = damaged(checkpointed_run, tmp_path, "tokenizer")
-    assert final_weights_problem(run) == (f"{run.path} is damaged: {run.tokenizer} is missing; "
-                                          "it kept no checkpoint to use instead; train it again with output.overwrite=true")
+    assert final_weights_problem(run) == (
+        f"{run.path} is damaged: {run.tokenizer} is missing; "
+        "it kept no checkpoint to use instead; train it again with output.overwrite=true"
+    )
 
 
 def test_a_killed_run_says_interrupted_and_offers_its_last_checkpoint(checkpointed_run, tmp_path):
@@ -154,7 +179,9 @@ def test_a_killed_run_says_interrupted_and_offers_its_last_checkpoint(checkpoint
     run = damaged(checkpointed_run, tmp_path, "adapter")
     replace_info(run, status="running")
     problem = final_weights_problem(run)
-    assert problem.startswith(f"{run.path} is an unfinished run (interrupted after checkpoint step-4: no process holds the run")
+    assert problem.startswith(
+        f"{run.path} is an unfinished run (interrupted after checkpoint step-4: no process holds the run"
+    )
     assert problem.endswith("pass --checkpoint last to use its last checkpoint (step-4)")
 
 
@@ -162,5 +189,7 @@ def test_saved_weights_of_an_unfinished_run_are_not_trusted(checkpointed_run, tm
     """Killed inside the final save: adapter/ is there but may be cut; only run.json's "finished" vouches for it."""
     run = damaged(checkpointed_run, tmp_path)
     replace_info(run, status="interrupted at step 4")
-    assert final_weights_problem(run) == (f"{run.path} is an unfinished run (interrupted at step 4) with no final weights; "
-                                          "pass --checkpoint last to use its last checkpoint (step-4)")
+    assert final_weights_problem(run) == (
+        f"{run.path} is an unfinished run (interrupted at step 4) with no final weights; "
+        "pass --checkpoint last to use its last checkpoint (step-4)"
+    )

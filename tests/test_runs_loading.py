@@ -8,8 +8,8 @@ import weakref
 import torch
 
 from phinetune.runs import loading
-from phinetune.runs.loading import base_and_tuned, load_for_inference
 from phinetune.runs.folders import open_run
+from phinetune.runs.loading import base_and_tuned, load_for_inference
 
 
 def _logits(loaded, text="What has keys?"):

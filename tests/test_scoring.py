@@ -8,9 +8,17 @@ import statistics
 import pytest
 import torch
 
-from phinetune.eval.scoring import (Request, build_requests, encode_pair, evaluate_task, fewshot_prefixes, loglikelihoods,
-                                    mean_stderr, score_items)
-from phinetune.eval.tasks import TASKS, Doc, choice_doc
+from phinetune.eval.scoring import (
+    Request,
+    build_requests,
+    encode_pair,
+    evaluate_task,
+    fewshot_prefixes,
+    loglikelihoods,
+    mean_stderr,
+    score_items,
+)
+from phinetune.eval.tasks import TASKS, choice_doc
 
 
 def test_encode_pair_moves_trailing_space_and_splits_whole_string(tiny_phi3):
@@ -33,8 +41,12 @@ def manual_ll(model, tok, context: str, continuation: str) -> float:
 def test_batched_loglikelihoods_equal_one_by_one(tiny_phi3):
     model, tok = tiny_phi3
     model.eval()
-    reqs = [Request("Question: What has keys but no locks?\nAnswer:", " A piano"), Request("The cat", " sat on the mat."),
-            Request("A", " b"), Request("Question: What has keys but no locks?\nAnswer:", " A map with many roads")]
+    reqs = [
+        Request("Question: What has keys but no locks?\nAnswer:", " A piano"),
+        Request("The cat", " sat on the mat."),
+        Request("A", " b"),
+        Request("Question: What has keys but no locks?\nAnswer:", " A map with many roads"),
+    ]
     batched = loglikelihoods(model, tok, reqs, batch_size=4)
     single = loglikelihoods(model, tok, reqs, batch_size=1)
     for (a, _), (b, _), r in zip(batched, single, reqs):
@@ -63,7 +75,9 @@ def test_fewshot_prompts_follow_lm_eval_format():
     pool = [choice_doc(f"Question: train{i}\nAnswer:", ["yes", "no"], 0) for i in range(5)]
     prefixes = fewshot_prefixes(docs, pool, shots=2)
     assert all(p.count("\n\n") == 2 and p.endswith("\n\n") and "Answer: yes" in p for p in prefixes)
-    self_drawn = fewshot_prefixes(docs, [], shots=3)  # no training split: examples from the eval items, never the item itself
+    self_drawn = fewshot_prefixes(
+        docs, [], shots=3
+    )  # no training split: examples from the eval items, never the item itself
     for doc, prefix in zip(docs, self_drawn):
         assert prefix.count("\n\n") == 3 and doc.contexts[0] not in prefix
     reqs = build_requests(docs[:1], prefixes[:1])[0]
@@ -73,8 +87,14 @@ def test_fewshot_prompts_follow_lm_eval_format():
 
 def test_winogrande_scores_the_shared_suffix_after_each_prefix(tiny_phi3):
     model, tok = tiny_phi3
-    doc = TASKS["winogrande"].parse({"sentence": "The trophy did not fit in the suitcase because _ was too big.",
-                                     "option1": "the trophy", "option2": "the suitcase", "answer": "1"})
+    doc = TASKS["winogrande"].parse(
+        {
+            "sentence": "The trophy did not fit in the suitcase because _ was too big.",
+            "option1": "the trophy",
+            "option2": "the suitcase",
+            "answer": "1",
+        }
+    )
     result = evaluate_task(model, tok, TASKS["winogrande"], [doc], [], shots=0)
     expected = [manual_ll(model, tok, ctx, " was too big.") for ctx in doc.contexts]
     assert result.items[0]["lls"] == pytest.approx(expected, abs=1e-4)

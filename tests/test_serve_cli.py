@@ -62,9 +62,26 @@ def server(runs, tmp_path_factory):
     port, log = _port(), tmp_path_factory.mktemp("logs") / "access.jsonl"
     env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     env.pop("PHINETUNE_QUIET", None)
-    proc = subprocess.Popen([sys.executable, "-m", "phinetune", "serve", str(runs[0]), str(runs[1]), "--port", str(port),
-                             "--max-tokens", "32", "--access-log", str(log)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "phinetune",
+            "serve",
+            str(runs[0]),
+            str(runs[1]),
+            "--port",
+            str(port),
+            "--max-tokens",
+            "32",
+            "--access-log",
+            str(log),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -111,9 +128,9 @@ def test_each_name_answers_with_its_own_adapter(server, runs):
 def test_startup_prints_what_each_adapter_costs(server, runs):
     """Memory grows by the adapter's weights, not by another base: the growth is close to adapter_model.safetensors."""
     # (the banner the server printed is checked at its shutdown, last test; here the same code, in process)
+    from phinetune.runs.loading import load_for_inference
     from phinetune.runs.run_dir import RunDir
     from phinetune.serve.adapters import load_served, tensor_bytes
-    from phinetune.runs.loading import load_for_inference
 
     one = tensor_bytes(load_for_inference(str(runs[0]), "auto").model)
     served = load_served([str(runs[0]), str(runs[1])])
@@ -129,8 +146,15 @@ def _lm_eval_scores(url: str, model: str, tokenizer: Path):
     from phinetune.eval.harness import run_harness
     from phinetune.eval.tasks import TASKS
 
-    lm = LocalCompletionsAPI(base_url=f"{url}/v1/completions", model=model, tokenizer_backend="huggingface",
-                             tokenizer=str(tokenizer), batch_size=4, max_retries=1, max_length=1024)
+    lm = LocalCompletionsAPI(
+        base_url=f"{url}/v1/completions",
+        model=model,
+        tokenizer_backend="huggingface",
+        tokenizer=str(tokenizer),
+        batch_size=4,
+        max_retries=1,
+        max_length=1024,
+    )
     return run_harness(lm, [TASKS["arc_easy"]], LIMIT, 0, FIXTURE)["arc_easy"]
 
 
@@ -143,7 +167,9 @@ def test_lm_eval_local_completions_through_the_server_equals_phinetune_eval(serv
     from phinetune.runs.run_dir import RunDir
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    ours = evaluate_run(str(runs[0]), EvalPlan([TASKS["arc_easy"]], LIMIT, 0, FIXTURE, 8, False))  # what `phinetune eval` runs
+    ours = evaluate_run(
+        str(runs[0]), EvalPlan([TASKS["arc_easy"]], LIMIT, 0, FIXTURE, 8, False)
+    )  # what `phinetune eval` runs
     for label, model in (("tuned", "run-a"), ("base", _base_name(runs[0]))):
         theirs = _lm_eval_scores(server["url"], model, RunDir(runs[0]).tokenizer)
         mine = ours[label]["arc_easy"]

@@ -39,16 +39,25 @@ def test_the_cli_checks_the_port_before_the_model_and_before_torch():
 
     from conftest import SRC
 
-    probe = ("import sys; from phinetune import cli; sys.argv = ['phinetune', 'serve', '/nonexistent/model', '--port', sys.argv[1]]\n"
-             "try:\n    cli.main()\nfinally:\n    print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+    probe = (
+        "import sys; from phinetune import cli; sys.argv = ['phinetune', 'serve', '/nonexistent/model', '--port', sys.argv[1]]\n"
+        "try:\n    cli.main()\nfinally:\n    print('torch imported' if 'torch' in sys.modules else 'torch not imported')"
+    )
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-c", probe, str(port)], env={"PYTHONPATH": str(SRC), "PHINETUNE_QUIET": "1", "COLUMNS": "200",
-                              "HF_HUB_OFFLINE": "1", "PATH": ""}, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, str(port)],
+            env={"PYTHONPATH": str(SRC), "PHINETUNE_QUIET": "1", "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "PATH": ""},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     out = " ".join(proc.stdout.split())
-    assert proc.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in out and "torch not imported" in out, out + proc.stderr
+    assert proc.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in out and "torch not imported" in out, (
+        out + proc.stderr
+    )
     assert "Traceback" not in proc.stdout + proc.stderr
 
 

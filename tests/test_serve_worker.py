@@ -35,8 +35,13 @@ def test_waiting_compatible_requests_share_a_batch_and_results_go_back_to_each()
     greedy = Sampling(max_new_tokens=4)
     first = worker.submit(Job(["a"], greedy))
     assert gate.entered.wait(10)
-    jobs = [Job(["b"], greedy), Job(["c"], Sampling(max_new_tokens=4, seed=1)), Job(["d"], greedy),
-            Job(["e"], Sampling(max_new_tokens=5)), Job(["f"], greedy, on_text=lambda t: None)]
+    jobs = [
+        Job(["b"], greedy),
+        Job(["c"], Sampling(max_new_tokens=4, seed=1)),
+        Job(["d"], greedy),
+        Job(["e"], Sampling(max_new_tokens=5)),
+        Job(["f"], greedy, on_text=lambda t: None),
+    ]
     futures = [worker.submit(j) for j in jobs]
     gate.release.set()
     assert [f.result(10)[0].completion.text for f in [first, *futures]] == ["A", "B", "C", "D", "E", "F"]
@@ -104,7 +109,12 @@ def test_batches_are_grouped_by_adapter_and_each_runs_with_its_own(monkeypatch):
     greedy = Sampling(max_new_tokens=4)
     first = worker.submit(Job(["a"], greedy, adapter="x"))
     assert gate.entered.wait(10)
-    jobs = [Job(["b"], greedy, adapter="y"), Job(["c"], greedy, adapter="x"), Job(["d"], greedy, adapter="y"), Job(["e"], greedy)]
+    jobs = [
+        Job(["b"], greedy, adapter="y"),
+        Job(["c"], greedy, adapter="x"),
+        Job(["d"], greedy, adapter="y"),
+        Job(["e"], greedy),
+    ]
     futures = [worker.submit(j) for j in jobs]
     gate.release.set()
     assert [f.result(10)[0].completion.text for f in [first, *futures]] == ["A", "B", "C", "D", "E"]

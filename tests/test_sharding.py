@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, cli_here
@@ -26,8 +25,15 @@ from test_launch import losses
 
 FSDP = ROOT / "configs" / "accelerate" / "fsdp.yaml"
 LR = 3e-3  # tiny_cfg's learning rate
-COMMON = ["train.batch_size=2", "train.max_steps=3", "adapter.dropout=0", "train.eval_every=2", "data.packing=false",
-          "train.save_every=2", "train.recall_check=false"]
+COMMON = [
+    "train.batch_size=2",
+    "train.max_steps=3",
+    "adapter.dropout=0",
+    "train.eval_every=2",
+    "data.packing=false",
+    "train.save_every=2",
+    "train.recall_check=false",
+]
 
 
 def assert_same_curve(expected: list[tuple], got: list[tuple]) -> None:
@@ -53,7 +59,9 @@ def two_process_run(tiny_cfg, tmp_path: Path, name: str, *overrides: str):
     process, the 2 ranks are real processes)."""
     from phinetune.train.recipe import train
 
-    one = train(tiny_cfg(*COMMON, *overrides, "train.grad_accum=2", f"output.dir={tmp_path / (name + '-one')}")).run.path
+    one = train(
+        tiny_cfg(*COMMON, *overrides, "train.grad_accum=2", f"output.dir={tmp_path / (name + '-one')}")
+    ).run.path
     two = tmp_path / (name + "-two")
     cfg = tmp_path / f"{name}.yaml"
     dump_config(tiny_cfg(*COMMON, *overrides, "train.grad_accum=1", f"output.dir={two}"), cfg)

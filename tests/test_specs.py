@@ -19,10 +19,20 @@ PHI3 = {"attention": ATTN3, "mlp": MLP3, "all-linear": ATTN3 | MLP3}
 # Written out by hand from the transformers modeling files, not derived from the specs under test.
 EXPECTED = {
     "phi2": {"attention": ATTN2, "mlp": MLP2, "all-linear": ATTN2 | MLP2},
-    "phi3-mini-4k": PHI3, "phi3-mini-128k": PHI3, "phi3.5-mini": PHI3, "phi4-mini": PHI3, "phi4-mini-reasoning": PHI3,
-    "phi4": PHI3, "phi4-reasoning": PHI3, "phi4-reasoning-plus": PHI3, "phi3-medium-4k": PHI3, "phi3-medium-128k": PHI3,
+    "phi3-mini-4k": PHI3,
+    "phi3-mini-128k": PHI3,
+    "phi3.5-mini": PHI3,
+    "phi4-mini": PHI3,
+    "phi4-mini-reasoning": PHI3,
+    "phi4": PHI3,
+    "phi4-reasoning": PHI3,
+    "phi4-reasoning-plus": PHI3,
+    "phi3-medium-4k": PHI3,
+    "phi3-medium-128k": PHI3,
     "phi3.5-moe": {"attention": ATTN_MOE, "mlp": EXPERTS, "experts": EXPERTS, "all-linear": ATTN_MOE | EXPERTS},
 }
+
+
 def _tiny_signature(key: str) -> tuple:
     # What tiny_config builds from a spec: specs that agree on these give the same tiny model, tested once.
     spec = SPECS[key]
@@ -32,7 +42,9 @@ def _tiny_signature(key: str) -> tuple:
 _FIRST = {}
 for _key in EXPECTED:
     _FIRST.setdefault(_tiny_signature(_key), _key)
-CASES = [(key, preset) for key, presets in EXPECTED.items() if _FIRST[_tiny_signature(key)] == key for preset in presets]
+CASES = [
+    (key, preset) for key, presets in EXPECTED.items() if _FIRST[_tiny_signature(key)] == key for preset in presets
+]
 LAYERS = 2
 
 
@@ -42,7 +54,9 @@ def tiny_model(spec_key: str):
     from phinetune.models.tiny import tiny_config
 
     torch.manual_seed(0)
-    config = tiny_config(SPECS[spec_key], 256, dict(bos_token_id=0, eos_token_id=0, pad_token_id=0), num_hidden_layers=LAYERS)
+    config = tiny_config(
+        SPECS[spec_key], 256, dict(bos_token_id=0, eos_token_id=0, pad_token_id=0), num_hidden_layers=LAYERS
+    )
     return AutoModelForCausalLM.from_config(config)
 
 
@@ -53,8 +67,13 @@ def test_every_spec_has_its_presets_and_facts():
         assert spec.hub_id.startswith("microsoft/") and spec.end_of_turn and spec.template
         assert spec.rope_scaling in (None, "longrope")
         # longrope stretches a 4k original context; Phi-4 was trained at 16k/32k directly (no scaling)
-        assert (spec.rope_scaling is None) == (spec.context_length <= 4096 or spec.key.startswith("phi4-reasoning") or spec.key == "phi4")
-    assert SPECS["phi3.5-moe"].lora_presets["experts"].parameters == ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+        assert (spec.rope_scaling is None) == (
+            spec.context_length <= 4096 or spec.key.startswith("phi4-reasoning") or spec.key == "phi4"
+        )
+    assert SPECS["phi3.5-moe"].lora_presets["experts"].parameters == (
+        "mlp.experts.gate_up_proj",
+        "mlp.experts.down_proj",
+    )
     assert SPECS["phi3.5-moe"].lora_presets["experts"].modules == ()
     assert "fp16" in SPECS["phi2"].refused_dtypes and "NaN" in SPECS["phi2"].refused_dtypes["fp16"]
 
@@ -82,7 +101,9 @@ def test_preset_adapts_exactly_the_intended_targets(spec_key, preset):
 
 def test_moe_expert_lora_spans_all_experts():
     spec = SPECS["phi3.5-moe"]
-    model = apply_adapter(tiny_model("phi3.5-moe"), spec, AdapterConfig(targets="experts", r=4, dropout=0.0), ModelConfig())
+    model = apply_adapter(
+        tiny_model("phi3.5-moe"), spec, AdapterConfig(targets="experts", r=4, dropout=0.0), ModelConfig()
+    )
     experts = model.base_model.model.model.layers[0].mlp.experts
     wrappers = {}
     module = experts
@@ -100,7 +121,9 @@ def test_moe_experts_refuse_lora_dropout_with_a_reason():
     from phinetune.errors import ConfigError
 
     with pytest.raises(ConfigError, match="adapter.dropout=0"):
-        apply_adapter(tiny_model("phi3.5-moe"), SPECS["phi3.5-moe"], AdapterConfig(targets="experts", dropout=0.05), ModelConfig())
+        apply_adapter(
+            tiny_model("phi3.5-moe"), SPECS["phi3.5-moe"], AdapterConfig(targets="experts", dropout=0.05), ModelConfig()
+        )
 
 
 def test_spec_lookup_by_name_hub_id_and_config():
@@ -108,8 +131,17 @@ def test_spec_lookup_by_name_hub_id_and_config():
     assert get_spec("tiny-phi2").key == "phi2"
     assert get_spec("someone/other-model") is GENERIC
     assert spec_from_config({"_name_or_path": "microsoft/Phi-3-mini-128k-instruct"}).key == "phi3-mini-128k"
-    assert spec_from_config({"architectures": ["Phi3ForCausalLM"], "vocab_size": 32064, "num_attention_heads": 32,
-                             "max_position_embeddings": 131072}).key == "phi3.5-mini"
+    assert (
+        spec_from_config(
+            {
+                "architectures": ["Phi3ForCausalLM"],
+                "vocab_size": 32064,
+                "num_attention_heads": 32,
+                "max_position_embeddings": 131072,
+            }
+        ).key
+        == "phi3.5-mini"
+    )
 
 
 # Figures written out by hand from the configs cited in docs/models.md (not read from the specs under test).
@@ -127,8 +159,16 @@ CITED = {
 @pytest.mark.parametrize("key", list(CITED))
 def test_new_specs_match_their_cited_configs(key):
     s = SPECS[key]
-    assert (s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.intermediate_size, s.vocab_size, s.context_length,
-            s.rope_theta) == CITED[key]
+    assert (
+        s.num_layers,
+        s.hidden_size,
+        s.num_heads,
+        s.num_kv_heads,
+        s.intermediate_size,
+        s.vocab_size,
+        s.context_length,
+        s.rope_theta,
+    ) == CITED[key]
     assert s.architecture == "Phi3ForCausalLM" and s.sources
 
 
@@ -137,8 +177,17 @@ def test_phi4_family_lookup():
     assert get_spec("microsoft/Phi-4-reasoning-plus").key == "phi4-reasoning-plus"
     assert spec_from_config({"_name_or_path": "microsoft/phi-4"}).key == "phi4"
     assert spec_from_config({"_name_or_path": "Phi-3-medium-128k-instruct"}).key == "phi3-medium-128k"
-    assert spec_from_config({"architectures": ["Phi3ForCausalLM"], "vocab_size": 100352, "num_attention_heads": 40,
-                             "max_position_embeddings": 32768}).key == "phi4-reasoning"
+    assert (
+        spec_from_config(
+            {
+                "architectures": ["Phi3ForCausalLM"],
+                "vocab_size": 100352,
+                "num_attention_heads": 40,
+                "max_position_embeddings": 32768,
+            }
+        ).key
+        == "phi4-reasoning"
+    )
 
 
 def test_reasoning_system_prompt_is_the_one_its_template_inserts():
@@ -147,7 +196,10 @@ def test_reasoning_system_prompt_is_the_one_its_template_inserts():
 
     template = read_template(SPECS["phi4-reasoning"].template)
     assert f"<|im_start|>system<|im_sep|>{PHI4_REASONING_PROMPT}<|im_end|>" in template
-    assert PHI4_REASONING_PROMPT.startswith("You are Phi, a language model trained by Microsoft") and "<think>" in PHI4_REASONING_PROMPT
+    assert (
+        PHI4_REASONING_PROMPT.startswith("You are Phi, a language model trained by Microsoft")
+        and "<think>" in PHI4_REASONING_PROMPT
+    )
 
 
 def test_docs_table_lists_every_spec_with_its_tokens():

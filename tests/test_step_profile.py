@@ -15,8 +15,16 @@ from phinetune.train.loss import loss_sum
 def split():
     torch.manual_seed(0)
     model, _ = build_tiny("tiny-phi3")
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, task_type="CAUSAL_LM",
-                                             target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            lora_dropout=0.1,
+            task_type="CAUSAL_LM",
+            target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        ),
+    )
     ids = torch.randint(3, 200, (2, 24))
     batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(24).repeat(2, 1)}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -47,7 +55,10 @@ def test_ops_land_in_the_module_they_ran_in(split):
     assert any(name in ("aten::mm", "aten::addmm") for name in ops["matmuls"])
     # train/loss.py's cross_entropy_and_grad: max, exp, normalise, in place over the chunk's logits
     assert {"aten::exp_", "aten::amax", "aten::div_", "aten::sub_", "aten::sum", "aten::copy_"} & set(ops["loss"])
-    assert any("_foreach" in name or "adam" in name.lower() for name in ops["optimizer"]) or split["seconds"]["optimizer"] > 0
+    assert (
+        any("_foreach" in name or "adam" in name.lower() for name in ops["optimizer"])
+        or split["seconds"]["optimizer"] > 0
+    )
 
 
 def test_backward_matmul_of_the_head_is_a_matmul_not_loss():

@@ -9,19 +9,22 @@ import pytest
 from conftest import realdata
 from phinetune.data.near_duplicates import jaccard
 from phinetune.synth.clean import _reason, canonical, clean_items, normalize_line, normalize_turn, shingles, split_lines
-from phinetune.synth.config import CleanStage, DEFAULT_REFUSALS, SeedsConfig
+from phinetune.synth.config import DEFAULT_REFUSALS, CleanStage, SeedsConfig
 from phinetune.synth.stages import read_seeds
 from phinetune.teachers.refusals import is_refusal
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ('1. "What has keys but opens no locks?"', "What has keys but opens no locks?"),
-    ("  - Riddle 3: What is black and white?", "What is black and white?"),
-    ("**2)** Who walks on four legs?", "Who walks on four legs?"),
-    ("“Why is the sky blue?”", "Why is the sky blue?"),
-    ("10) What  gets   wetter?", "What gets wetter?"),
-    ("I have a face but no eyes. What am I?", "I have a face but no eyes. What am I?"),  # untouched
-])
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ('1. "What has keys but opens no locks?"', "What has keys but opens no locks?"),
+        ("  - Riddle 3: What is black and white?", "What is black and white?"),
+        ("**2)** Who walks on four legs?", "Who walks on four legs?"),
+        ("“Why is the sky blue?”", "Why is the sky blue?"),
+        ("10) What  gets   wetter?", "What gets wetter?"),
+        ("I have a face but no eyes. What am I?", "I have a face but no eyes. What am I?"),  # untouched
+    ],
+)
 def test_normalize_line(raw, clean):
     assert normalize_line(raw) == clean
 
@@ -45,41 +48,59 @@ def test_refusals_match_whole_phrases_not_first_person_riddles():
 def test_each_filter_reports_what_it_removed():
     seeds = ["What has keys but can't open a single lock?"]
     items = [
-        ("a", "What gets wetter the more it dries?", "synthetic"),                    # kept
-        ("b", "", "synthetic"),                                                       # empty
-        ("c", "Why?", "synthetic"),                                                   # too short
-        ("d", "What " + "very " * 200 + "long?", "synthetic"),                        # too long
-        ("e", "I'm sorry, I cannot help with that?", "synthetic"),                    # refusal
-        ("f", "This line is an answer, not a question.", "synthetic"),                # not a question
-        ("g", "What gets wetter the more it dries?", "synthetic"),                    # exact duplicate of a
-        ("h", "What gets wetter, the more that it dries?", "synthetic"),              # near duplicate of a
-        ("i", "what has KEYS, but can't open a single lock?", "synthetic"),           # exact duplicate of the seed (canonical)
-        ("j", "What has many keys but can't open a single lock?", "synthetic"),       # near duplicate of the seed
-        ("k", "Which room has no doors or windows at all?", "synthetic"),             # kept
+        ("a", "What gets wetter the more it dries?", "synthetic"),  # kept
+        ("b", "", "synthetic"),  # empty
+        ("c", "Why?", "synthetic"),  # too short
+        ("d", "What " + "very " * 200 + "long?", "synthetic"),  # too long
+        ("e", "I'm sorry, I cannot help with that?", "synthetic"),  # refusal
+        ("f", "This line is an answer, not a question.", "synthetic"),  # not a question
+        ("g", "What gets wetter the more it dries?", "synthetic"),  # exact duplicate of a
+        ("h", "What gets wetter, the more that it dries?", "synthetic"),  # near duplicate of a
+        ("i", "what has KEYS, but can't open a single lock?", "synthetic"),  # exact duplicate of the seed (canonical)
+        ("j", "What has many keys but can't open a single lock?", "synthetic"),  # near duplicate of the seed
+        ("k", "Which room has no doors or windows at all?", "synthetic"),  # kept
     ]
     kept, report = clean_items(items, seeds, CleanStage(min_chars=10, max_chars=200))
     assert [k[0] for k in kept] == ["a", "k"]
-    assert report.removed == {"empty": 1, "too_short": 1, "too_long": 1, "refusal_or_meta": 1, "not_a_question": 1,
-                              "exact_duplicate": 1, "near_duplicate": 1, "exact_duplicate_of_seed": 1, "near_duplicate_of_seed": 1}
+    assert report.removed == {
+        "empty": 1,
+        "too_short": 1,
+        "too_long": 1,
+        "refusal_or_meta": 1,
+        "not_a_question": 1,
+        "exact_duplicate": 1,
+        "near_duplicate": 1,
+        "exact_duplicate_of_seed": 1,
+        "near_duplicate_of_seed": 1,
+    }
     assert report.as_dict()["removed_total"] == 9 and report.kept == 2
 
 
 def test_near_duplicate_threshold_is_the_jaccard():
     a, b = "What gets wetter the more it dries?", "What gets wetter, the more that it dries?"
     j = jaccard(shingles(a), shingles(b))
-    kept_strict, _ = clean_items([("a", a, "synthetic"), ("b", b, "synthetic")], [], CleanStage(near_duplicate=min(1.0, j + 0.01)))
+    kept_strict, _ = clean_items(
+        [("a", a, "synthetic"), ("b", b, "synthetic")], [], CleanStage(near_duplicate=min(1.0, j + 0.01))
+    )
     kept_loose, _ = clean_items([("a", a, "synthetic"), ("b", b, "synthetic")], [], CleanStage(near_duplicate=j))
     assert len(kept_strict) == 2 and len(kept_loose) == 1
 
 
 def test_seeds_are_deduplicated_among_themselves_but_not_against_themselves():
-    items = [("s0", "What has a neck but no head?", "seed"), ("s1", "What has a neck but no head?", "seed"), ("s2", "What runs but never walks?", "seed")]
+    items = [
+        ("s0", "What has a neck but no head?", "seed"),
+        ("s1", "What has a neck but no head?", "seed"),
+        ("s2", "What runs but never walks?", "seed"),
+    ]
     kept, report = clean_items(items, [t for _, t, _ in items], CleanStage())
     assert [k[0] for k in kept] == ["s0", "s2"] and report.removed == {"exact_duplicate": 1}
 
 
 def test_max_items_caps_in_order():
-    items = [(str(i), f"Question number {w} about things?", "synthetic") for i, w in enumerate(["one", "two", "three", "four"])]
+    items = [
+        (str(i), f"Question number {w} about things?", "synthetic")
+        for i, w in enumerate(["one", "two", "three", "four"])
+    ]
     kept, report = clean_items(items, [], CleanStage(max_items=2, near_duplicate=1.0))
     assert [k[0] for k in kept] == ["0", "1"] and report.removed["over_max_items"] == 2
 
@@ -88,7 +109,9 @@ def test_real_riddle_seed_list_reads_and_cleans():
     path = realdata("datasets", "riddles_crawsome", "riddles.csv")
     seeds, skipped = read_seeds(SeedsConfig(path=str(path), field="QUESTIONS"))
     assert len(seeds) == 386 and skipped == 0
-    kept, report = clean_items([(str(i), s, "seed") for i, s in enumerate(seeds)], seeds, CleanStage(require_question=False))
+    kept, report = clean_items(
+        [(str(i), s, "seed") for i, s in enumerate(seeds)], seeds, CleanStage(require_question=False)
+    )
     assert report.removed.get("refusal_or_meta", 0) == 0  # first-person riddles are not refusals
     assert 380 <= len(kept) <= 386
 

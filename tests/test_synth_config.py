@@ -45,26 +45,32 @@ def test_overrides_reach_named_stages(tmp_path):
     assert cfg.stages["riddles"].calls == 3 and cfg.teacher.concurrency == 2
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("stages.answer.promt=x", "did you mean 'stages.answer.prompt'"),
-    ("teacher.concurency=3", "did you mean 'teacher.concurrency'"),
-    ("sampling.temprature=1", "did you mean 'sampling.temperature'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("stages.answer.promt=x", "did you mean 'stages.answer.prompt'"),
+        ("teacher.concurency=3", "did you mean 'teacher.concurrency'"),
+        ("sampling.temprature=1", "did you mean 'sampling.temperature'"),
+    ],
+)
 def test_unknown_keys_suggest_the_closest(tmp_path, override, expected):
     with pytest.raises(ConfigError, match=expected):
         load_synth_config(write(tmp_path, MINIMAL), [override])
 
 
-@pytest.mark.parametrize("stages, expected", [
-    ("{a: {kind: user, prompt: '{conversation}'}}", "must alternate assistant, user"),
-    ("{a: {kind: assistant}, b: {kind: user, prompt: '{conversation}'}}", "end with assistant"),
-    ("{a: {kind: assistant}, c: {kind: clean}}", "must come before the turn stages"),
-    ("{a: {kind: assistant, prompt: 'no placeholder'}}", "must contain {message}"),
-    ("{a: {kind: assistant, prompt: '{message} {answer}'}}", "unknown placeholder"),
-    ("{a: {kind: expand, calls: 1, prompt: 'x'}, b: {kind: assistant}}", "must contain {examples}"),
-    ("{a: {kind: answer}}", "'stages.a.kind' must be one of"),
-    ("{a: {prompt: x}}", "'stages.a' has no 'kind'"),
-])
+@pytest.mark.parametrize(
+    "stages, expected",
+    [
+        ("{a: {kind: user, prompt: '{conversation}'}}", "must alternate assistant, user"),
+        ("{a: {kind: assistant}, b: {kind: user, prompt: '{conversation}'}}", "end with assistant"),
+        ("{a: {kind: assistant}, c: {kind: clean}}", "must come before the turn stages"),
+        ("{a: {kind: assistant, prompt: 'no placeholder'}}", "must contain {message}"),
+        ("{a: {kind: assistant, prompt: '{message} {answer}'}}", "unknown placeholder"),
+        ("{a: {kind: expand, calls: 1, prompt: 'x'}, b: {kind: assistant}}", "must contain {examples}"),
+        ("{a: {kind: answer}}", "'stages.a.kind' must be one of"),
+        ("{a: {prompt: x}}", "'stages.a' has no 'kind'"),
+    ],
+)
 def test_bad_stages_are_refused(tmp_path, stages, expected):
     text = MINIMAL.split("stages:")[0] + f"stages: {stages}\n"
     with pytest.raises(ConfigError, match=expected.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")):
@@ -81,5 +87,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     """The synth config is read by the run config's loader: the same refusal, file and lines."""
     path = write(tmp_path, MINIMAL + "  answer: {kind: assistant, prompt: 'Answer: {message}'}\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{path}:6: key 'stages.answer' is given twice (first at {path}:5)")):
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{path}:6: key 'stages.answer' is given twice (first at {path}:5)")
+    ):
         load_synth_config(path)

@@ -14,8 +14,7 @@ RECIPE = str(ROOT / "configs" / "synth" / "riddles_preferences.yaml")
 
 
 def _overrides(srv, out, *extra):
-    return [f"teacher.base_url={srv.base_url}", f"output.dir={out}", "teacher.concurrency=2",
-            "seeds.limit=6", *extra]
+    return [f"teacher.base_url={srv.base_url}", f"output.dir={out}", "teacher.concurrency=2", "seeds.limit=6", *extra]
 
 
 def test_pairs_are_judged_journaled_resumed_and_read_by_dpo(tmp_path, tiny_phi3):
@@ -41,7 +40,11 @@ def test_pairs_are_judged_journaled_resumed_and_read_by_dpo(tmp_path, tiny_phi3)
     from phinetune.train.objectives.preference import load_data
 
     _, tok = tiny_phi3
-    data = load_data(load_config(None, ["train.objective=dpo", f"data.train={out / PREFERENCES}", "data.eval_size=1"]), tok, "<|end|>")
+    data = load_data(
+        load_config(None, ["train.objective=dpo", f"data.train={out / PREFERENCES}", "data.eval_size=1"]),
+        tok,
+        "<|end|>",
+    )
     assert len(data.pairs) + len(data.eval_pairs) == 6
 
 
@@ -49,8 +52,13 @@ def test_unclear_verdicts_and_identical_replies_are_dropped_and_counted(tmp_path
     import openai_server
 
     real = openai_server.reply_for
-    monkeypatch.setattr(openai_server, "reply_for",
-                        lambda body, *judge: ("judge", "Both A and B are fine.") if "Reply A:" in body["messages"][-1]["content"] else real(body, *judge))
+    monkeypatch.setattr(
+        openai_server,
+        "reply_for",
+        lambda body, *judge: (
+            ("judge", "Both A and B are fine.") if "Reply A:" in body["messages"][-1]["content"] else real(body, *judge)
+        ),
+    )
     with FakeOpenAI() as srv:
         run_synth(load_synth_config(RECIPE, _overrides(srv, tmp_path, "seeds.limit=3")))
     stats = json.loads((tmp_path / "stats.json").read_text())

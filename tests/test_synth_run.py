@@ -30,8 +30,14 @@ def journal(out: Path) -> dict[str, dict]:
 
 
 def overrides(srv: FakeOpenAI, out: Path, *extra: str) -> list[str]:
-    return [f"teacher.base_url={srv.base_url}", f"output.dir={out}", "teacher.concurrency=2",
-            "teacher.price_input_per_1m=1.0", "teacher.price_output_per_1m=2.0", *extra]
+    return [
+        f"teacher.base_url={srv.base_url}",
+        f"output.dir={out}",
+        "teacher.concurrency=2",
+        "teacher.price_input_per_1m=1.0",
+        "teacher.price_output_per_1m=2.0",
+        *extra,
+    ]
 
 
 def test_riddles_recipe_over_http_and_resume_in_process(tmp_path):
@@ -52,13 +58,25 @@ def test_riddles_recipe_over_http_and_resume_in_process(tmp_path):
         assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
         assert not row["messages"][0]["content"][0].isdigit() and '"' not in row["messages"][0]["content"]
         assert row["messages"][2]["content"].startswith("Cool!")  # 'user: "..."' label and quotes stripped
-    assert len(read_records(str(tmp_path / "out" / "conversations.jsonl"))) == len(rows)  # the trainer's reader accepts it
+    assert len(read_records(str(tmp_path / "out" / "conversations.jsonl"))) == len(
+        rows
+    )  # the trainer's reader accepts it
 
 
 def test_changed_prompt_is_a_new_call_and_the_rest_is_reused(tmp_path):
     with FakeOpenAI() as srv:
         run_synth(load_synth_config(QA, overrides(srv, tmp_path, "seeds.limit=4")))
-        changed = run_synth(load_synth_config(QA, overrides(srv, tmp_path, "seeds.limit=4", "stages.followup.prompt='Ask a follow-up question about: {conversation}'")))
+        changed = run_synth(
+            load_synth_config(
+                QA,
+                overrides(
+                    srv,
+                    tmp_path,
+                    "seeds.limit=4",
+                    "stages.followup.prompt='Ask a follow-up question about: {conversation}'",
+                ),
+            )
+        )
     assert changed.calls_made == 8 and changed.calls_from_journal == 4  # answers to the questions were reused
 
 
@@ -69,7 +87,9 @@ def test_kill_mid_run_then_resume_repeats_nothing_and_loses_nothing(tmp_path):
         out = tmp_path / "killed"
         args = ["synth", RIDDLES, *overrides(srv, out, "stages.riddles.calls=6", f"teacher.concurrency={concurrency}")]
         env = {**os.environ, "PYTHONPATH": str(SRC), "PHINETUNE_QUIET": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "phinetune", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "phinetune", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         path = out / "journal.jsonl"
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
@@ -90,7 +110,11 @@ def test_kill_mid_run_then_resume_repeats_nothing_and_loses_nothing(tmp_path):
         resumed_stats = json.loads((out / "stats.json").read_text())
 
         reference = tmp_path / "reference"  # the same run, never interrupted (in-process: faster, same code)
-        run_synth(load_synth_config(RIDDLES, overrides(srv, reference, "stages.riddles.calls=6", f"teacher.concurrency={concurrency}")))
+        run_synth(
+            load_synth_config(
+                RIDDLES, overrides(srv, reference, "stages.riddles.calls=6", f"teacher.concurrency={concurrency}")
+            )
+        )
 
     # No finished answer lost: every line journaled before the kill is still there, unchanged.
     assert all(after[k]["text"] == row["text"] for k, row in before.items())
@@ -110,8 +134,16 @@ def test_kill_mid_run_then_resume_repeats_nothing_and_loses_nothing(tmp_path):
     assert journal(reference).keys() == after.keys()
 
     # The output trains with `phinetune train` as is.
-    proc = cli_here("train", "model.name=tiny-phi3", f"data.train={out / 'conversations.jsonl'}", "data.eval_size=4",
-                   "train.max_steps=2", "train.batch_size=4", "train.eval_every=2", f"output.dir={tmp_path / 'run'}")
+    proc = cli_here(
+        "train",
+        "model.name=tiny-phi3",
+        f"data.train={out / 'conversations.jsonl'}",
+        "data.eval_size=4",
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "train.eval_every=2",
+        f"output.dir={tmp_path / 'run'}",
+    )
     assert "after 2 steps" in proc.stdout
     assert (tmp_path / "run" / "run.json").exists()
 
@@ -119,9 +151,20 @@ def test_kill_mid_run_then_resume_repeats_nothing_and_loses_nothing(tmp_path):
 @pytest.mark.slow
 def test_local_tiny_model_as_teacher(tmp_path):
     seeds = tmp_path / "seeds.csv"
-    seeds.write_text("question\nWhat has keys but no locks?\nWhat gets wetter as it dries?\n\"What runs, but never walks?\"\n")
-    args = [f"seeds.path={seeds}", "seeds.field=question", "teacher.kind=local", "teacher.model=tiny-phi3", "teacher.batch_size=2",
-            "sampling.max_tokens=6", "sampling.temperature=1.0", "stages.followup.max_chars=1000", f"output.dir={tmp_path / 'out'}"]
+    seeds.write_text(
+        'question\nWhat has keys but no locks?\nWhat gets wetter as it dries?\n"What runs, but never walks?"\n'
+    )
+    args = [
+        f"seeds.path={seeds}",
+        "seeds.field=question",
+        "teacher.kind=local",
+        "teacher.model=tiny-phi3",
+        "teacher.batch_size=2",
+        "sampling.max_tokens=6",
+        "sampling.temperature=1.0",
+        "stages.followup.max_chars=1000",
+        f"output.dir={tmp_path / 'out'}",
+    ]
     first = run_synth(load_synth_config(QA, args))
     again = run_synth(load_synth_config(QA, args))
     rows = journal(tmp_path / "out")
@@ -143,9 +186,18 @@ def test_a_teacher_where_nothing_listens_fails_at_once_naming_the_url(tmp_path):
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     start = time.perf_counter()
-    proc = cli_here("synth", RIDDLES, f"teacher.base_url={url}", f"output.dir={tmp_path / 'out'}", "stages.riddles.calls=2", check=False)
+    proc = cli_here(
+        "synth",
+        RIDDLES,
+        f"teacher.base_url={url}",
+        f"output.dir={tmp_path / 'out'}",
+        "stages.riddles.calls=2",
+        check=False,
+    )
     elapsed = time.perf_counter() - start
     out = " ".join(proc.stdout.split())
-    assert proc.returncode == 2 and f"teacher {url}: connection refused, nothing listens there" in out, out + proc.stderr
+    assert proc.returncode == 2 and f"teacher {url}: connection refused, nothing listens there" in out, (
+        out + proc.stderr
+    )
     # The SDK's retries would sleep over 27 s in all; the bound leaves a loaded machine 20 s for the command itself.
     assert "Traceback" not in proc.stdout + proc.stderr and elapsed < 20, f"{elapsed:.1f} s"

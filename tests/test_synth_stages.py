@@ -36,21 +36,25 @@ def plan(cfg, name, items, seeds):
 
 def test_plans_are_deterministic_and_depend_on_the_seed():
     seeds = [f"Riddle number {i}?" for i in range(30)]
-    cfg = load_synth_config(ROOT / "configs/synth/riddles.yaml", ["stages.riddles.calls=5", "teacher.base_url=http://x/v1"])
+    cfg = load_synth_config(
+        ROOT / "configs/synth/riddles.yaml", ["stages.riddles.calls=5", "teacher.base_url=http://x/v1"]
+    )
     a, b = plan(cfg, "riddles", [], seeds), plan(cfg, "riddles", [], seeds)
     assert [c.key for _, c in a] == [c.key for _, c in b] and len({c.key for _, c in a}) == 5
     assert all(c.messages[0]["content"].count("Riddle number") == 10 for _, c in a)
-    other = load_synth_config(ROOT / "configs/synth/riddles.yaml", ["stages.riddles.calls=5", "teacher.base_url=http://x/v1", "seed=1"])
+    other = load_synth_config(
+        ROOT / "configs/synth/riddles.yaml", ["stages.riddles.calls=5", "teacher.base_url=http://x/v1", "seed=1"]
+    )
     assert [c.key for _, c in plan(other, "riddles", [], seeds)] != [c.key for _, c in a]
 
 
 def test_assistant_prompt_wraps_only_what_the_teacher_sees():
     cfg = load_synth_config(ROOT / "configs/synth/riddles.yaml", ["teacher.system=Be brief."])
     items = seed_items(["What has a neck but no head?"])
-    (_, call), = plan(cfg, "answer", items, [])
+    ((_, call),) = plan(cfg, "answer", items, [])
     assert call.messages[0] == {"role": "system", "content": "Be brief."}
     assert call.messages[1]["content"].startswith("What has a neck but no head?\n\nReason it through")
     assert items[0].turns == ["What has a neck but no head?"]
-    (_, follow), = plan(cfg, "followup", [Item("x", "seed", ["Q?", "A."])], [])
+    ((_, follow),) = plan(cfg, "followup", [Item("x", "seed", ["Q?", "A."])], [])
     assert "user: Q?\nassistant: A." in follow.messages[-1]["content"]
     assert render_conversation(Item("x", "seed", ["Q?", "A."])) == "user: Q?\nassistant: A."

@@ -12,11 +12,22 @@ from phinetune.errors import PreflightError
 from phinetune.models.specs import SPECS
 from phinetune.train.adapter import apply_adapter
 from phinetune.train.targets import group_by_layer_type, layer_type, match_targets, peft_matches
-
 from test_specs import tiny_model
 
 SEED_LISTS = {  # verbatim from the seed tutorials
-    "phi3.5-moe": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate", "w1", "w2", "w3"],
+    "phi3.5-moe": [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "gate",
+        "w1",
+        "w2",
+        "w3",
+    ],
     "phi3.5-mini": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "phi2": ["Wqkv", "out_proj", "fc1", "fc2"],
 }
@@ -42,8 +53,13 @@ def test_peft_alone_accepts_the_seed_lists_silently(spec_key):
 def test_preflight_refuses_the_seed_lists_and_names_the_real_targets(spec_key):
     spec = SPECS[spec_key]
     with pytest.raises(PreflightError) as err:
-        apply_adapter(tiny_model(spec_key), spec, AdapterConfig(targets=SEED_LISTS[spec_key], dropout=0.0), ModelConfig(),
-                      preflight=PreflightConfig())
+        apply_adapter(
+            tiny_model(spec_key),
+            spec,
+            AdapterConfig(targets=SEED_LISTS[spec_key], dropout=0.0),
+            ModelConfig(),
+            preflight=PreflightConfig(),
+        )
     message = str(err.value)
     for needle in MUST_NAME[spec_key]:
         assert needle in message, (needle, message)
@@ -55,8 +71,13 @@ def test_preflight_refuses_the_seed_lists_and_names_the_real_targets(spec_key):
 
 def test_override_lets_a_partial_list_through():
     spec = SPECS["phi3.5-mini"]
-    model = apply_adapter(tiny_model("phi3.5-mini"), spec, AdapterConfig(targets=SEED_LISTS["phi3.5-mini"], dropout=0.0),
-                          ModelConfig(), preflight=PreflightConfig(allow_unmatched_targets=True))
+    model = apply_adapter(
+        tiny_model("phi3.5-mini"),
+        spec,
+        AdapterConfig(targets=SEED_LISTS["phi3.5-mini"], dropout=0.0),
+        ModelConfig(),
+        preflight=PreflightConfig(allow_unmatched_targets=True),
+    )
     assert any("o_proj.lora_A" in n for n, _ in model.named_parameters())
 
 
@@ -66,9 +87,15 @@ def test_matching_follows_peft_rules():
     assert not peft_matches("model.layers.0.mlp.gate_up_proj", "up_proj")  # suffixes start after a dot
     match = match_targets(tiny_model("phi3.5-moe"), ["o_proj", "down_proj"], ["mlp.experts.down_proj"])
     assert len(match.modules["o_proj"]) == 2 and match.modules["down_proj"] == []  # a 3-D parameter is no module
-    assert match.parameters["mlp.experts.down_proj"] == ["model.layers.0.mlp.experts.down_proj", "model.layers.1.mlp.experts.down_proj"]
+    assert match.parameters["mlp.experts.down_proj"] == [
+        "model.layers.0.mlp.experts.down_proj",
+        "model.layers.1.mlp.experts.down_proj",
+    ]
 
 
 def test_layer_types_collapse_layer_indices():
     assert layer_type("base_model.model.model.layers.11.self_attn.qkv_proj") == "layers.*.self_attn.qkv_proj"
-    assert group_by_layer_type(["model.layers.0.mlp.fc1", "model.layers.1.mlp.fc1", "lm_head"]) == {"layers.*.mlp.fc1": 2, "lm_head": 1}
+    assert group_by_layer_type(["model.layers.0.mlp.fc1", "model.layers.1.mlp.fc1", "lm_head"]) == {
+        "layers.*.mlp.fc1": 2,
+        "lm_head": 1,
+    }

@@ -14,7 +14,12 @@ from phinetune.teachers.endpoint import OpenAITeacher
 
 
 def calls(n: int) -> list[Call]:
-    return [Call(f"answer/q{i}/0/h", [{"role": "user", "content": f"Riddle number {i}?"}], RequestSampling(max_tokens=20), i) for i in range(n)]
+    return [
+        Call(
+            f"answer/q{i}/0/h", [{"role": "user", "content": f"Riddle number {i}?"}], RequestSampling(max_tokens=20), i
+        )
+        for i in range(n)
+    ]
 
 
 def teacher(srv: FakeOpenAI, **kw) -> OpenAITeacher:
@@ -103,7 +108,9 @@ def test_a_refused_connection_fails_at_once_with_the_url():
     """Nothing listens at the port: not transient, so no retries (the SDK's 6 would take 27-44 s)."""
     url = f"http://127.0.0.1:{closed_port()}/v1"
     t = OpenAITeacher(TeacherConfig(model="m", base_url=url))  # the default max_retries=6
-    expected = re.escape(f"teacher {url}: connection refused, nothing listens there; start the server or point teacher.base_url at one")
+    expected = re.escape(
+        f"teacher {url}: connection refused, nothing listens there; start the server or point teacher.base_url at one"
+    )
     with pytest.raises(TeacherError, match=expected):
         run(t, calls(3))
     with pytest.raises(TeacherError, match=expected):
@@ -128,7 +135,9 @@ def test_a_dropped_connection_is_still_retried():
                 conn.close()
 
         threading.Thread(target=hang_up, daemon=True).start()
-        t = OpenAITeacher(TeacherConfig(model="m", base_url=f"http://127.0.0.1:{server.getsockname()[1]}/v1", max_retries=2))
+        t = OpenAITeacher(
+            TeacherConfig(model="m", base_url=f"http://127.0.0.1:{server.getsockname()[1]}/v1", max_retries=2)
+        )
         t.check_listening()  # something listens: no refusal (its probe is the first connection accepted)
         with pytest.raises(TeacherError, match=r"connection error .* after 2 retries"):
             run(t, calls(1))
@@ -144,8 +153,11 @@ def test_a_client_that_hangs_up_mid_request_leaves_no_traceback(capfd):
     with FakeOpenAI(delay_s=0.3) as srv:
         body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "What has keys?"}]}).encode()
         client = socket.create_connection(srv.server_address)
-        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        client.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset, at once
         client.close()
         time.sleep(1.0)  # the answer is written (and fails) 0.3 s after the request came in

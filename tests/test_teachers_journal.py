@@ -23,7 +23,13 @@ def test_entries_survive_reopening(tmp_path):
     with Journal(path) as j:
         assert "k1" in j and "k2" in j and "k3" not in j
         e = j.get("k1")
-        assert (e.text, e.prompt_tokens, e.completion_tokens, e.cost, e.extra) == ("first", 3, 4, 0.5, {"response_id": "r1"})
+        assert (e.text, e.prompt_tokens, e.completion_tokens, e.cost, e.extra) == (
+            "first",
+            3,
+            4,
+            0.5,
+            {"response_id": "r1"},
+        )
 
 
 def test_torn_last_line_is_cut_and_appends_stay_valid(tmp_path):

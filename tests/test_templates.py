@@ -20,10 +20,17 @@ REAL = {
     "phi4-mini": ("phi4-mini-instruct", None),
 }
 CONVERSATIONS = [
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What has keys but no locks?"},
-     {"role": "assistant", "content": "A piano."}, {"role": "user", "content": "And hands but no arms?"},
-     {"role": "assistant", "content": "A clock, ticking\nall day."}],
-    [{"role": "user", "content": "Say   spaced  words, émojis 🙂 and 数字 42."}, {"role": "assistant", "content": " Leading space and 🙂."}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What has keys but no locks?"},
+        {"role": "assistant", "content": "A piano."},
+        {"role": "user", "content": "And hands but no arms?"},
+        {"role": "assistant", "content": "A clock, ticking\nall day."},
+    ],
+    [
+        {"role": "user", "content": "Say   spaced  words, émojis 🙂 and 数字 42."},
+        {"role": "assistant", "content": " Leading space and 🙂."},
+    ],
 ]
 
 

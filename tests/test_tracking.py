@@ -37,5 +37,8 @@ def test_tensorboard_and_mlflow_get_every_logged_step(tiny_cfg):
 def test_a_missing_tracker_package_is_a_config_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"^train.report_to 'mlflow' needs mlflow, which is not installed: pip install 'phinetune\[track\]', or remove it from train.report_to$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^train.report_to 'mlflow' needs mlflow, which is not installed: pip install 'phinetune\[track\]', or remove it from train.report_to$",
+    ):
         tracking.check_installed(["tensorboard", "mlflow"])

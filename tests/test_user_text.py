@@ -22,7 +22,9 @@ SRC = ROOT / "src" / "phinetune"
 INSIDER = {
     "a tutorial named as 'the seed(s)'": re.compile(
         r"\bseeds?['’]s?\s|\bseed\s+(tutorials?|recipes?)\b|\b(Phi-[\w.]+|Phinetuning\s+[\d.]+)\s+seed\b"
-        r"|\bthe\s+seeds\s+(report|say|use|do|got|missed)\b", re.I),
+        r"|\bthe\s+seeds\s+(report|say|use|do|got|missed)\b",
+        re.I,
+    ),
     "an issue number": re.compile(r"\bissues?\s*#?\d+|\bthe\s+issue['’]s\b|\bissue\s+note\b", re.I),
     "a session name": re.compile(r"\(s\d{1,2}[a-z]\)|\bsession\s+s\d{1,2}[a-z]\b"),
     "a lookup tool's id": re.compile(r"\b(find_string|find_files|read_file)\b|\bsearch index\b|\bid\s+\d{9,}\b", re.I),
@@ -56,8 +58,16 @@ def help_pages() -> dict[str, str]:
 def source_texts(path: Path) -> list[tuple[int, str]]:
     """(line, text) of every string literal and comment of a Python file."""
     source = path.read_text()
-    found = [(n.lineno, n.value) for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-    found += [(t.start[0], t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT]
+    found = [
+        (n.lineno, n.value)
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
+    found += [
+        (t.start[0], t.string)
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type == tokenize.COMMENT
+    ]
     return found
 
 
@@ -77,24 +87,50 @@ def test_docs_and_shipped_configs(pattern):
 
 
 def test_strings_and_comments_in_src():
-    found = [f"{path.relative_to(ROOT)}:{line}: {hit}" for path in sorted(SRC.rglob("*.py"))
-             for line, text in source_texts(path) for hit in insider_phrases(text)]
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {hit}"
+        for path in sorted(SRC.rglob("*.py"))
+        for line, text in source_texts(path)
+        for hit in insider_phrases(text)
+    ]
     assert not found, "\n".join(found)
 
 
-@pytest.mark.parametrize("text", [
-    "training against the seeds' recipe", "the Phi-2 seed's modules_to_save", "the seed tutorials got wrong",
-    "in the Phinetuning 2.0 seed, eval loss rose", "the seeds report NaN losses", "measured (issue 20)",
-    "(issue 19's interface)", "the issue's GPU targets", "after merging the LoRA (s20e)", "(find_string id 58333996503)",
-    "the search index's file 58333996503"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "training against the seeds' recipe",
+        "the Phi-2 seed's modules_to_save",
+        "the seed tutorials got wrong",
+        "in the Phinetuning 2.0 seed, eval loss rose",
+        "the seeds report NaN losses",
+        "measured (issue 20)",
+        "(issue 19's interface)",
+        "the issue's GPU targets",
+        "after merging the LoRA (s20e)",
+        "(find_string id 58333996503)",
+        "the search index's file 58333996503",
+    ],
+)
 def test_the_phrases_that_were_there_are_caught(text):
     assert insider_phrases(text)
 
 
-@pytest.mark.parametrize("text", [
-    "random seed 0", "train.seed 1, 2, 3", "grows seed questions into conversations", "the 386-riddle seed list",
-    "against the seeds and every question kept", "keep_seeds also keeps the seeds", "seeds.path=riddles.csv",
-    "Without an expand stage the seeds themselves are the questions", "the same seed gives the same answer",
-    "a known issue", "model.aibase.com/en/models/details/1924737630994698240"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "random seed 0",
+        "train.seed 1, 2, 3",
+        "grows seed questions into conversations",
+        "the 386-riddle seed list",
+        "against the seeds and every question kept",
+        "keep_seeds also keeps the seeds",
+        "seeds.path=riddles.csv",
+        "Without an expand stage the seeds themselves are the questions",
+        "the same seed gives the same answer",
+        "a known issue",
+        "model.aibase.com/en/models/details/1924737630994698240",
+    ],
+)
 def test_the_users_own_seeds_are_not_caught(text):
     assert not insider_phrases(text)

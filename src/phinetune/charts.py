@@ -12,9 +12,9 @@ A layer-0 module: it imports nothing of phinetune, so every layer can draw with 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 Points = Sequence[tuple[float, float]]
 
@@ -34,7 +34,7 @@ class Line:
     label: str
     points: Points
     style: str = "-"
-    errors: Optional[Sequence[float]] = None  # one per point, drawn as error bars (e.g. one standard error)
+    errors: Sequence[float] | None = None  # one per point, drawn as error bars (e.g. one standard error)
 
 
 @dataclass(frozen=True)
@@ -49,20 +49,33 @@ class Panel:
     marks: tuple[tuple[float, str], ...] = ()
 
 
-LOSS = Chart("loss", "Loss (train and eval)", "loss per trained token",
-             (("loss", "train loss", "-"), ("eval_loss", "eval loss", "o-")))
+LOSS = Chart(
+    "loss",
+    "Loss (train and eval)",
+    "loss per trained token",
+    (("loss", "train loss", "-"), ("eval_loss", "eval loss", "o-")),
+)
 CHARTS = (
     LOSS,
     Chart("lr", "Learning rate", "learning rate", (("lr", "learning rate", "-"),)),
     Chart("grad_norm", "Gradient norm (before clipping)", "L2 norm", (("grad_norm", "grad norm", "-"),)),
     Chart("tokens_per_s", "Throughput", "tokens / s", (("tokens_per_s", "tokens/s", "-"),)),
     # Preference objectives and GRPO; absent from SFT runs, so not drawn there.
-    Chart("rewards", "Preference rewards (beta x log-ratio to the reference)", "reward",
-          (("rewards_chosen", "chosen", "-"), ("rewards_rejected", "rejected", "-"), ("margin", "margin", "--"))),
-    Chart("accuracy", "Preference accuracy (chosen reward > rejected)", "share of pairs",
-          (("accuracy", "accuracy", "-"),)),
-    Chart("reward", "GRPO reward", "mean reward per completion",
-          (("reward_mean", "mean reward", "-"), ("eval_reward", "eval reward", "o-"))),
+    Chart(
+        "rewards",
+        "Preference rewards (beta x log-ratio to the reference)",
+        "reward",
+        (("rewards_chosen", "chosen", "-"), ("rewards_rejected", "rejected", "-"), ("margin", "margin", "--")),
+    ),
+    Chart(
+        "accuracy", "Preference accuracy (chosen reward > rejected)", "share of pairs", (("accuracy", "accuracy", "-"),)
+    ),
+    Chart(
+        "reward",
+        "GRPO reward",
+        "mean reward per completion",
+        (("reward_mean", "mean reward", "-"), ("eval_reward", "eval reward", "o-")),
+    ),
 )
 STEP = "optimizer step"
 DPI = 90
@@ -130,7 +143,7 @@ def _draw(ax, panel: Panel) -> None:
         ax.legend(fontsize=7 if len(labelled) > 4 else None)
 
 
-def render(chart: Chart, metrics: list[dict], empty_ok: bool = False) -> Optional[bytes]:
+def render(chart: Chart, metrics: list[dict], empty_ok: bool = False) -> bytes | None:
     """PNG bytes of a training curve, or None when the run logged none of its series (unless `empty_ok`)."""
     panel = curve(chart, metrics)
     if not any(line.points for line in panel.lines) and not empty_ok:

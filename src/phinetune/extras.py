@@ -11,8 +11,14 @@ import importlib.util
 from phinetune.errors import PhinetuneError
 
 # The module name where the pip name differs.
-PIP_NAMES = {"onnxruntime_genai": "onnxruntime-genai", "onnx_ir": "onnx-ir", "lm_eval": "lm-eval",
-             "prometheus_client": "prometheus-client", "llama_cpp": "llama-cpp-python", "liger_kernel": "liger-kernel"}
+PIP_NAMES = {
+    "onnxruntime_genai": "onnxruntime-genai",
+    "onnx_ir": "onnx-ir",
+    "lm_eval": "lm-eval",
+    "prometheus_client": "prometheus-client",
+    "llama_cpp": "llama-cpp-python",
+    "liger_kernel": "liger-kernel",
+}
 
 
 def installed(module: str) -> bool:
@@ -23,8 +29,9 @@ def installed(module: str) -> bool:
         return False
 
 
-def require(what: str, extra: str, *modules: str, error: type[PhinetuneError] = PhinetuneError,
-            instead: str = "") -> None:
+def require(
+    what: str, extra: str, *modules: str, error: type[PhinetuneError] = PhinetuneError, instead: str = ""
+) -> None:
     """Raise `<what> needs <packages>, which is not installed: pip install 'phinetune[<extra>]'<instead>` when any of
     `modules` is missing; `instead` offers another way out (", or remove it from train.report_to")."""
     missing = [PIP_NAMES.get(name, name) for name in modules if not installed(name)]

@@ -11,7 +11,8 @@ import logging
 import os
 import sys
 import warnings
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape  # noqa: F401  (re-exported: the one escape for styled messages)
@@ -20,7 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 T = TypeVar("T")
 # soft_wrap: text is never broken into lines at the terminal width (80 columns when piped), so a path or a
 # `file:line` in a message stays one piece to copy or grep; tables and rules still fit the width.
-console = Console(stderr=False, highlight=False, markup=False, emoji=False, soft_wrap=True)  # `:a:` in a message stays `:a:`
+console = Console(
+    stderr=False, highlight=False, markup=False, emoji=False, soft_wrap=True
+)  # `:a:` in a message stays `:a:`
 # Bars and spinners go to stderr, so `phinetune generate ... > answer.txt` captures only the answer.
 progress_console = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
@@ -104,9 +107,20 @@ def clip(text: str, limit: int) -> str:
 def progress(remaining: bool = True) -> Progress:
     """`remaining=False`: no time-remaining column (training shows its own estimate in the info field, train/eta.py:
     rich's rate over the last 30 s jumps with every evaluation and checkpoint save)."""
-    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn()]
-    return Progress(*columns, *([TimeRemainingColumn()] if remaining else []), console=progress_console, disable=quiet(), transient=False)
+    columns = [
+        TextColumn("{task.description}", style="bold", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}", markup=False),
+        TimeElapsedColumn(),
+    ]
+    return Progress(
+        *columns,
+        *([TimeRemainingColumn()] if remaining else []),
+        console=progress_console,
+        disable=quiet(),
+        transient=False,
+    )
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing as mp
-import threading
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 from rich.table import Table
@@ -41,9 +41,22 @@ BENCH_DTYPES = {"bf16": ("bf16", "none"), "fp16": ("fp16", "none"), "fp32": ("fp
 
 # Datasheet memory bandwidth (GB/s) by a substring of torch.cuda.get_device_name(); first match wins,
 # so more specific names come first.
-GPU_BANDWIDTH_GBS = {"H200": 4800, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039, "A100 80GB PCIe": 1935,
-                     "A100": 1555, "L40S": 864, "L4": 300, "A10G": 600, "A10": 600, "T4": 320, "V100": 900,
-                     "RTX 4090": 1008, "RTX 3090": 936}
+GPU_BANDWIDTH_GBS = {
+    "H200": 4800,
+    "H100 PCIe": 2000,
+    "H100": 3350,
+    "A100-SXM4-80GB": 2039,
+    "A100 80GB PCIe": 1935,
+    "A100": 1555,
+    "L40S": 864,
+    "L4": 300,
+    "A10G": 600,
+    "A10": 600,
+    "T4": 320,
+    "V100": 900,
+    "RTX 4090": 1008,
+    "RTX 3090": 936,
+}
 
 CPU_BANDWIDTH_BYTES = 512 * 1024 * 1024  # far past any CPU's last-level cache, small next to its RAM
 BANDWIDTH_REPS = 5
@@ -69,12 +82,12 @@ class BatchResult:
     decode_tokens_per_s: float  # new tokens of all sequences per second, after the first
     peak_mb: float  # peak memory during this generation (weights included)
     bandwidth_gbs: float  # bytes a decode step reads x decode steps/s
-    bandwidth_ratio: Optional[float]  # of limit_gbs
+    bandwidth_ratio: float | None  # of limit_gbs
     prefill_tokens_per_s: float = 0.0  # batch x prompt tokens / ttft_s
     decode_steps: int = 0  # steps timed for decode_tokens_per_s (new tokens - 1)
-    limit_gbs: Optional[float] = None  # the bandwidth limit the ratio is taken against
-    bandwidth_before_gbs: Optional[float] = None  # CPU: read bandwidth measured just before this run
-    bandwidth_after_gbs: Optional[float] = None  # ... and just after
+    limit_gbs: float | None = None  # the bandwidth limit the ratio is taken against
+    bandwidth_before_gbs: float | None = None  # CPU: read bandwidth measured just before this run
+    bandwidth_after_gbs: float | None = None  # ... and just after
     decode_kernel: str = ""  # which matmul kernel the decode steps ran on (infer/complete.py decode_kernels)
 
 
@@ -131,7 +144,7 @@ class _RssPeak:
             self.peak = max(self.peak, self.proc.memory_info().rss)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "_RssPeak":
+    def __enter__(self) -> _RssPeak:
         self.peak = self.proc.memory_info().rss
         if self._thread is not None:
             self._thread.start()
@@ -195,8 +208,11 @@ def cpu_read_bandwidth(nbytes: int = CPU_BANDWIDTH_BYTES, reps: int = BANDWIDTH_
 def device_bandwidth() -> dict:
     """The GPU's memory bandwidth: measured with a large device-to-device copy, plus the datasheet value when known."""
     if not torch.cuda.is_available():
-        return {"device": "cpu", "method": f"read-only sum over {CPU_BANDWIDTH_BYTES // MB} MiB, best of {BANDWIDTH_REPS}, "
-                                           "measured just before and after each decode run (the higher is the limit)"}
+        return {
+            "device": "cpu",
+            "method": f"read-only sum over {CPU_BANDWIDTH_BYTES // MB} MiB, best of {BANDWIDTH_REPS}, "
+            "measured just before and after each decode run (the higher is the limit)",
+        }
     name = torch.cuda.get_device_name()
     src = torch.empty(512 * MB, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -213,7 +229,7 @@ def device_bandwidth() -> dict:
     return {"device": name, "measured_copy_gbs": round(measured, 1), "datasheet_gbs": spec}
 
 
-def bench_one(target: str, name: str, settings: BenchSettings, limit_gbs: Optional[float]) -> DtypeResult:
+def bench_one(target: str, name: str, settings: BenchSettings, limit_gbs: float | None) -> DtypeResult:
     """Load `target` in one dtype, then time and measure generation at each batch size (`limit_gbs`: the GPU's
     bandwidth; None on CPU, where it is measured around each run)."""
     from phinetune.infer.complete import uses_native_gemv
@@ -240,9 +256,27 @@ def bench_one(target: str, name: str, settings: BenchSettings, limit_gbs: Option
         steps_per_s = steps / (last - first)
         bandwidth = decode_read_bytes(loaded.model, b) * steps_per_s / 1e9
         ttft = first - stamps.times[0]
-        kernel = "torch native GEMV (oneDNN off)" if uses_native_gemv(loaded.model, b) else "torch's default for the dtype and device"
-        batches.append(BatchResult(b, ttft, b * steps_per_s, peak / MB, bandwidth, bandwidth / limit, b * len(ids) / ttft,
-                                   steps, limit, before, after_bw, kernel))
+        kernel = (
+            "torch native GEMV (oneDNN off)"
+            if uses_native_gemv(loaded.model, b)
+            else "torch's default for the dtype and device"
+        )
+        batches.append(
+            BatchResult(
+                b,
+                ttft,
+                b * steps_per_s,
+                peak / MB,
+                bandwidth,
+                bandwidth / limit,
+                b * len(ids) / ttft,
+                steps,
+                limit,
+                before,
+                after_bw,
+                kernel,
+            )
+        )
     model = loaded.model
     compute = str(next(p for p in model.parameters() if p.is_floating_point()).dtype).replace("torch.", "")
     return DtypeResult(name, compute, weight_bytes(model) / MB, after / MB, batches, decode_read_bytes(model) / MB)
@@ -259,8 +293,10 @@ def _measure(loaded, prompts: list[list[int]], new_tokens: int, cuda: bool, base
             stamps = _generate(loaded, prompts, new_tokens, lambda: None)
         peak = rss.peak - base
     if len(stamps.times) - 2 != new_tokens:
-        raise PhinetuneError(f"generation stopped after {len(stamps.times) - 2} of {new_tokens} new tokens; "
-                             "the model's generation config ends it early (bench infer needs every step)")
+        raise PhinetuneError(
+            f"generation stopped after {len(stamps.times) - 2} of {new_tokens} new tokens; "
+            "the model's generation config ends it early (bench infer needs every step)"
+        )
     return stamps, peak
 
 
@@ -299,13 +335,21 @@ def _in_child(fn, *args):
     return value
 
 
-def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Path, label: Optional[str] = None,
-                extra: Optional[dict] = None) -> dict:
+def bench_infer(
+    target: str,
+    dtypes: list[str],
+    settings: BenchSettings,
+    out: Path,
+    label: str | None = None,
+    extra: dict | None = None,
+) -> dict:
     """Measure each dtype (on CPU in a forked child), write the JSON to `out` and print the tables; `label`
     names the model in the report instead of `target`, `extra` adds fields to it."""
     unknown = [d for d in dtypes if d not in BENCH_DTYPES]
     if unknown or not dtypes:
-        raise PhinetuneError(f"--dtype: unknown {unknown or 'empty list'}; choose from {', '.join(BENCH_DTYPES)} (comma-separated)")
+        raise PhinetuneError(
+            f"--dtype: unknown {unknown or 'empty list'}; choose from {', '.join(BENCH_DTYPES)} (comma-separated)"
+        )
     cuda = torch.cuda.is_available()
     if not cuda:
         require("bench infer on CPU (it measures memory with psutil)", "bench", "psutil")
@@ -313,14 +357,18 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
     limit = bandwidth.get("datasheet_gbs") or bandwidth.get("measured_copy_gbs")
     if not cuda and "nf4" in dtypes:
         import bitsandbytes  # noqa: F401  imported here, so the children's memory does not count the library
-    from phinetune.runs.loading import load_for_inference  # noqa: F401  same: libraries load before the baseline
     from phinetune.infer.complete import complete  # noqa: F401
+    from phinetune.runs.loading import load_for_inference  # noqa: F401  same: libraries load before the baseline
 
     load = LoadWindow()
     results, skipped = [], {}
     for name in dtypes:
         with console.status(f"bench infer: {name}"):
-            run = (lambda: bench_one(target, name, settings, limit)) if cuda else (lambda: _in_child(bench_one, target, name, settings, limit))
+            run = (
+                (lambda: bench_one(target, name, settings, limit))
+                if cuda
+                else (lambda: _in_child(bench_one, target, name, settings, limit))
+            )
             try:
                 results.append(run())
             except PhinetuneError as exc:  # e.g. a dtype the model's spec refuses (Phi-2 in fp16): the others still run
@@ -331,21 +379,34 @@ def bench_infer(target: str, dtypes: list[str], settings: BenchSettings, out: Pa
             torch.cuda.empty_cache()
     if not results:
         raise PhinetuneError(f"bench infer: no dtype could be measured ({skipped})")
-    report = {"model": label or target, **(extra or {}), "settings": asdict(settings), "machine": machine(), "load": load.close().to_json(),
-              "bandwidth": bandwidth, "skipped": skipped,
-              "memory_method": "torch.cuda allocator (exact)" if cuda else f"process RSS above the pre-load baseline ({_RssPeak().method})",
-              "results": [asdict(r) for r in results]}
+    report = {
+        "model": label or target,
+        **(extra or {}),
+        "settings": asdict(settings),
+        "machine": machine(),
+        "load": load.close().to_json(),
+        "bandwidth": bandwidth,
+        "skipped": skipped,
+        "memory_method": "torch.cuda allocator (exact)"
+        if cuda
+        else f"process RSS above the pre-load baseline ({_RssPeak().method})",
+        "results": [asdict(r) for r in results],
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print_table(render_table(report))
     print_table(render_speed_table(report))
-    console.print(f"bandwidth limit: {bandwidth.get('method') or _gpu_limit_text(bandwidth)}; {load.describe()}"
-                  + ("" if load.steady else " (load changed: the ratios are not comparable)"))
+    console.print(
+        f"bandwidth limit: {bandwidth.get('method') or _gpu_limit_text(bandwidth)}; {load.describe()}"
+        + ("" if load.steady else " (load changed: the ratios are not comparable)")
+    )
     console.print(f"JSON written to {out}")
     return report
 
 
-def bench_workload(name: str, dtypes: list[str], settings: BenchSettings, out: Path, realdata: Optional[str] = None) -> dict:
+def bench_workload(
+    name: str, dtypes: list[str], settings: BenchSettings, out: Path, realdata: str | None = None
+) -> dict:
     """bench infer on a named random-weight workload (bench/workloads.py), built in a temporary folder."""
     from phinetune.bench.workloads import WORKLOADS, materialize
 
@@ -354,8 +415,14 @@ def bench_workload(name: str, dtypes: list[str], settings: BenchSettings, out: P
     with tempfile.TemporaryDirectory(prefix="phinetune-bench-infer-") as work:
         with console.status(f"building the {name} workload's random-weight model"):
             built = materialize(WORKLOADS[name], Path(work), realdata, rows=1)
-        return bench_infer(built.model_dir, dtypes, settings, out, label=f"workload {name}",
-                           extra={"workload": asdict(WORKLOADS[name]), "workload_note": built.note})
+        return bench_infer(
+            built.model_dir,
+            dtypes,
+            settings,
+            out,
+            label=f"workload {name}",
+            extra={"workload": asdict(WORKLOADS[name]), "workload_note": built.note},
+        )
 
 
 def _gpu_limit_text(bandwidth: dict) -> str:
@@ -371,12 +438,24 @@ def _where(report: dict) -> str:
 def render_table(report: dict) -> Table:
     """Memory per dtype and batch size."""
     s = report["settings"]
-    table = Table(title=f"bench infer: {report['model']} on {_where(report)} (prompt {s['prompt_tokens']} tokens, {s['new_tokens']} new)")
+    table = Table(
+        title=f"bench infer: {report['model']} on {_where(report)} (prompt {s['prompt_tokens']} tokens, {s['new_tokens']} new)"
+    )
     for col in ["dtype", "compute", "weights MB", "read/step MB", "after load MB", "batch", "peak MB"]:
         table.add_column(col, justify="right")
     for r in report["results"]:
         for k, b in enumerate(r["batches"]):
-            lead = [r["dtype"], r["compute_dtype"], f"{r['weight_mb']:.1f}", f"{r['decode_read_mb']:.1f}", f"{r['after_load_mb']:.1f}"] if k == 0 else [""] * 5
+            lead = (
+                [
+                    r["dtype"],
+                    r["compute_dtype"],
+                    f"{r['weight_mb']:.1f}",
+                    f"{r['decode_read_mb']:.1f}",
+                    f"{r['after_load_mb']:.1f}",
+                ]
+                if k == 0
+                else [""] * 5
+            )
             table.add_row(*lead, str(b["batch"]), f"{b['peak_mb']:.1f}")
     return table
 
@@ -390,6 +469,14 @@ def render_speed_table(report: dict) -> Table:
         for k, b in enumerate(r["batches"]):
             ratio = f"{100 * b['bandwidth_ratio']:.0f}%" if b["bandwidth_ratio"] is not None else "-"
             limit = f"{b['limit_gbs']:.1f}" if b.get("limit_gbs") else "-"
-            table.add_row(r["dtype"] if k == 0 else "", str(b["batch"]), f"{1000 * b['ttft_s']:.1f}", f"{b['prefill_tokens_per_s']:.1f}",
-                          f"{b['decode_tokens_per_s']:.1f}", f"{b['bandwidth_gbs']:.2f}", limit, ratio)
+            table.add_row(
+                r["dtype"] if k == 0 else "",
+                str(b["batch"]),
+                f"{1000 * b['ttft_s']:.1f}",
+                f"{b['prefill_tokens_per_s']:.1f}",
+                f"{b['decode_tokens_per_s']:.1f}",
+                f"{b['bandwidth_gbs']:.2f}",
+                limit,
+                ratio,
+            )
     return table

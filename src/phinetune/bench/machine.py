@@ -20,8 +20,13 @@ MAX_LOAD_CHANGE = 0.75  # 1-minute load average, in runnable processes: about on
 def machine() -> dict:
     import torch
 
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "platform": platform.platform()}
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -60,7 +65,7 @@ class LoadWindow:
     start: tuple[float, float, float] = field(default_factory=lambda: load_average())
     end: tuple[float, float, float] | None = None
 
-    def close(self) -> "LoadWindow":
+    def close(self) -> LoadWindow:
         self.end = load_average()
         return self
 
@@ -113,7 +118,7 @@ class OthersShare:
     wall: float = field(default_factory=lambda: clock())
     cores: float | None = None
 
-    def close(self) -> "OthersShare":
+    def close(self) -> OthersShare:
         busy, elapsed = busy_seconds(), clock() - self.wall
         if busy is not None and self.busy is not None and elapsed > 0:
             self.cores = max(0.0, (busy - self.busy) - (own_seconds() - self.own)) / elapsed

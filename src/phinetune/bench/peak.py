@@ -7,7 +7,9 @@ import time
 import torch
 
 
-def matmul_peak(dtype: torch.dtype, device: str = "cpu", size: tuple[int, int, int] = (2048, 3072, 3072), reps: int = 5) -> float:
+def matmul_peak(
+    dtype: torch.dtype, device: str = "cpu", size: tuple[int, int, int] = (2048, 3072, 3072), reps: int = 5
+) -> float:
     """Best FLOP/s of an (m x k) @ (k x n) matmul over a few timed repetitions."""
     m, k, n = size
     a = torch.randn(m, k, device=device).to(dtype)

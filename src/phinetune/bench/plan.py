@@ -17,21 +17,27 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 from phinetune.bench.machine import proc_status, reset_peak_rss
-from phinetune.models.inspect import ModelFacts
 from phinetune.errors import PhinetuneError
+from phinetune.models.inspect import ModelFacts
 from phinetune.models.plan import DEVICES, estimate
 from phinetune.models.specs import SPECS, TINY_MODELS
 from phinetune.models.tiny import TINY_SIZES
 
 # What --validate runs: the tiny test models and a "small" one 16x their hidden size product, both on CPU.
-SMALL_SIZES = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=16, max_position_embeddings=2048)
-CASES = (("tiny-phi3", TINY_SIZES, 1024, "lora", 256, 4, False), ("tiny-phi3", TINY_SIZES, 1024, "full", 256, 4, False),
-         ("small-phi3", SMALL_SIZES, 8192, "lora", 512, 4, False), ("small-phi3", SMALL_SIZES, 8192, "full", 512, 4, False),
-         ("small-phi3", SMALL_SIZES, 8192, "lora", 512, 4, True), ("small-phi2", SMALL_SIZES, 8192, "lora", 512, 4, False),
-         ("small-phimoe", SMALL_SIZES, 8192, "lora", 512, 4, False))
+SMALL_SIZES = dict(
+    hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=16, max_position_embeddings=2048
+)
+CASES = (
+    ("tiny-phi3", TINY_SIZES, 1024, "lora", 256, 4, False),
+    ("tiny-phi3", TINY_SIZES, 1024, "full", 256, 4, False),
+    ("small-phi3", SMALL_SIZES, 8192, "lora", 512, 4, False),
+    ("small-phi3", SMALL_SIZES, 8192, "full", 512, 4, False),
+    ("small-phi3", SMALL_SIZES, 8192, "lora", 512, 4, True),
+    ("small-phi2", SMALL_SIZES, 8192, "lora", 512, 4, False),
+    ("small-phimoe", SMALL_SIZES, 8192, "lora", 512, 4, False),
+)
 
 
 @dataclass
@@ -75,15 +81,36 @@ def save_random_model(name: str, sizes: dict, vocab: int, folder: Path) -> Path:
     return folder
 
 
-def measure(name: str, sizes: dict, vocab: int, method: str, seq: int, batch: int, checkpointing: bool, device: str = "cpu") -> Measurement:
+def measure(
+    name: str, sizes: dict, vocab: int, method: str, seq: int, batch: int, checkpointing: bool, device: str = "cpu"
+) -> Measurement:
     """Run the step in a subprocess (a clean heap), and estimate the same run in fp32 (CPU) or bf16 (GPU)."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     with tempfile.TemporaryDirectory(prefix="phinetune-plan-") as tmp:
         folder = save_random_model(name, sizes, vocab, Path(tmp) / "model")
-        args = json.dumps(dict(name=name, folder=str(folder), vocab=vocab, method=method, seq=seq, batch=batch, ckpt=checkpointing, device=device))
-        proc = subprocess.run([sys.executable, "-c", f"from phinetune.bench.plan import _child; _child({args!r})"],
-                              capture_output=True, text=True, env=env, timeout=600)
+        args = json.dumps(
+            dict(
+                name=name,
+                folder=str(folder),
+                vocab=vocab,
+                method=method,
+                seq=seq,
+                batch=batch,
+                ckpt=checkpointing,
+                device=device,
+            )
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", f"from phinetune.bench.plan import _child; _child({args!r})"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"measurement of {name} failed:\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -94,23 +121,34 @@ def measure(name: str, sizes: dict, vocab: int, method: str, seq: int, batch: in
     return Measurement(name, method, seq, batch, checkpointing, device, est.total, result["peak"] - result["base"])
 
 
-
 def _child(args_json: str) -> None:
     """One LoRA/full training step of the model train.prepare loads; prints {"base": bytes, "peak": bytes}."""
     import torch
 
     from phinetune.config.schema import AdapterConfig, ModelConfig, RunConfig
-    from phinetune.train.loss import loss_sum
     from phinetune.kernels.malloc import pin_malloc_thresholds, threshold_for
+    from phinetune.train.loss import loss_sum
     from phinetune.train.prepare import prepare
 
     a = json.loads(args_json)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cuda = a["device"] == "cuda"
-    cfg = RunConfig(model=ModelConfig(name=a["folder"], spec=spec_key(a["name"]), dtype="bf16" if cuda else "fp32",
-                                      gradient_checkpointing=a["ckpt"]),
-                    adapter=AdapterConfig(method="full" if a["method"] == "full" else "lora", r=16, alpha=16, dropout=0.0,
-                                          targets="all-linear", train_new_tokens="off"))  # the estimate counts no token rows
+    cfg = RunConfig(
+        model=ModelConfig(
+            name=a["folder"],
+            spec=spec_key(a["name"]),
+            dtype="bf16" if cuda else "fp32",
+            gradient_checkpointing=a["ckpt"],
+        ),
+        adapter=AdapterConfig(
+            method="full" if a["method"] == "full" else "lora",
+            r=16,
+            alpha=16,
+            dropout=0.0,
+            targets="all-linear",
+            train_new_tokens="off",
+        ),
+    )  # the estimate counts no token rows
     base = torch.cuda.memory_allocated() if cuda else proc_status("VmRSS")
     model = prepare(cfg, Path(a["folder"]).parent, with_data=False).model.to(a["device"])  # random ids below: no data
     pin_malloc_thresholds(threshold_for(a["batch"] * a["seq"], model.config.hidden_size))  # as train/recipe.py does
@@ -132,7 +170,10 @@ def _child(args_json: str) -> None:
 
 
 def validate(device: str = "cpu", cases=CASES) -> list[Measurement]:
-    return [measure(name, sizes, vocab, method, seq, batch, ckpt, device) for name, sizes, vocab, method, seq, batch, ckpt in cases]
+    return [
+        measure(name, sizes, vocab, method, seq, batch, ckpt, device)
+        for name, sizes, vocab, method, seq, batch, ckpt in cases
+    ]
 
 
 def write_validation(measurements: list[Measurement], out: Path) -> Path:
@@ -145,7 +186,7 @@ def write_validation(measurements: list[Measurement], out: Path) -> Path:
     return out
 
 
-def print_validation(device: str = "cpu", quick: bool = False, out: Optional[Path] = None) -> list[Measurement]:
+def print_validation(device: str = "cpu", quick: bool = False, out: Path | None = None) -> list[Measurement]:
     """`plan --validate`: each case's estimate against its measured peak, printed (and written to `out` as JSON);
     `quick`: only the tiny-phi3 cases."""
     from phinetune.progress import console
@@ -161,8 +202,10 @@ def print_validation(device: str = "cpu", quick: bool = False, out: Optional[Pat
     console.print(f"plan estimate vs measured peak memory (one steady-state training step, {how}):")
     measurements = validate(device, [c for c in CASES if c[0] == "tiny-phi3"] if quick else CASES)
     for m in measurements:
-        console.print(f"  {m.name:<13} {m.method:<5} seq {m.seq} x {m.batch}{' ckpt' if m.checkpointing else '     '}  "
-                      f"estimate {m.estimate_bytes / 2**20:8.1f} MiB  measured {m.measured_bytes / 2**20:8.1f} MiB  error {m.error:+.1%}")
+        console.print(
+            f"  {m.name:<13} {m.method:<5} seq {m.seq} x {m.batch}{' ckpt' if m.checkpointing else '     '}  "
+            f"estimate {m.estimate_bytes / 2**20:8.1f} MiB  measured {m.measured_bytes / 2**20:8.1f} MiB  error {m.error:+.1%}"
+        )
     if out:
         console.print(f"wrote {write_validation(measurements, out)}")
     return measurements

@@ -47,10 +47,22 @@ def main(argv: list[str]) -> None:
     sync(cuda)
     seconds = time.perf_counter() - start
     losses = [m["loss"] for m in loop.run.read_metrics() if "loss" in m] if acc.is_main_process else []
-    engine = "FSDP2" if loop.sharded else str(acc.distributed_type).split(".")[-1]  # CPU FSDP2 runs under accelerate's MULTI_CPU
-    result = {"rank": acc.process_index, "world": acc.num_processes, "engine": engine,
-              "sharded": loop.sharded, "seconds": seconds, "tokens": tokens, "steps": loop.total_steps, "losses": losses,
-              "threads": torch.get_num_threads(), "dtype": base_dtype(loop.model, DTYPE_NAMES), **peak_memory(spec["workload"]["device"])}
+    engine = (
+        "FSDP2" if loop.sharded else str(acc.distributed_type).split(".")[-1]
+    )  # CPU FSDP2 runs under accelerate's MULTI_CPU
+    result = {
+        "rank": acc.process_index,
+        "world": acc.num_processes,
+        "engine": engine,
+        "sharded": loop.sharded,
+        "seconds": seconds,
+        "tokens": tokens,
+        "steps": loop.total_steps,
+        "losses": losses,
+        "threads": torch.get_num_threads(),
+        "dtype": base_dtype(loop.model, DTYPE_NAMES),
+        **peak_memory(spec["workload"]["device"]),
+    }
     Path(result_dir, f"rank-{acc.process_index}.json").write_text(json.dumps(result))
     acc.wait_for_everyone()
 

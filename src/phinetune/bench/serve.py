@@ -14,11 +14,11 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import httpx
 from rich.table import Table
@@ -77,13 +77,18 @@ def local_server(target: str, max_batch: int, dtype: str) -> Iterator[str]:
         thread.join(timeout=60)
 
 
-def run_level(url: str, model: Optional[str], concurrency: int, requests: int, max_tokens: int, api_key: Optional[str]) -> Level:
+def run_level(
+    url: str, model: str | None, concurrency: int, requests: int, max_tokens: int, api_key: str | None
+) -> Level:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     def one(i: int) -> tuple[float, int, bool]:
-        body = {"messages": [{"role": "user", "content": f"Tell me a riddle about the number {i}."}], "max_tokens": max_tokens,
-                "temperature": 0} | ({"model": model} if model else {})
+        body = {
+            "messages": [{"role": "user", "content": f"Tell me a riddle about the number {i}."}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        } | ({"model": model} if model else {})
         start = time.perf_counter()
         try:
             r = http.post("/v1/chat/completions", json=body)
@@ -100,17 +105,36 @@ def run_level(url: str, model: Optional[str], concurrency: int, requests: int, m
         seconds = time.perf_counter() - start
     latencies = [t for t, _, ok in results if ok] or [float("nan")]
     tokens = sum(n for _, n, _ in results)
-    return Level(concurrency, requests, sum(not ok for _, _, ok in results), round(seconds, 3), round(requests / seconds, 3),
-                 round(tokens / seconds, 2), round(statistics.median(latencies), 4), round(percentile(latencies, 95), 4))
+    return Level(
+        concurrency,
+        requests,
+        sum(not ok for _, _, ok in results),
+        round(seconds, 3),
+        round(requests / seconds, 3),
+        round(tokens / seconds, 2),
+        round(statistics.median(latencies), 4),
+        round(percentile(latencies, 95), 4),
+    )
 
 
-def bench_serve(target: Optional[str], url: Optional[str], levels: tuple[int, ...], requests: int, max_tokens: int,
-                model: Optional[str] = None, api_key: Optional[str] = None, max_batch: int = 8, dtype: str = "auto",
-                out: Optional[Path] = None) -> list[Level]:
+def bench_serve(
+    target: str | None,
+    url: str | None,
+    levels: tuple[int, ...],
+    requests: int,
+    max_tokens: int,
+    model: str | None = None,
+    api_key: str | None = None,
+    max_batch: int = 8,
+    dtype: str = "auto",
+    out: Path | None = None,
+) -> list[Level]:
     if (target is None) == (url is None):
         raise PhinetuneError("bench serve needs a TARGET to serve itself or --url of a running server (one of them)")
     if not levels or min(levels) < 1 or requests < 1 or max_tokens < 1:
-        raise PhinetuneError(f"--concurrency levels, --requests and --max-tokens must be >= 1 (got {levels}, {requests}, {max_tokens})")
+        raise PhinetuneError(
+            f"--concurrency levels, --requests and --max-tokens must be >= 1 (got {levels}, {requests}, {max_tokens})"
+        )
     if url is not None:
         return _report(url, [run_level(url, model, c, max(requests, c), max_tokens, api_key) for c in levels], out)
     with local_server(target, max_batch, dtype) as local:
@@ -118,13 +142,20 @@ def bench_serve(target: Optional[str], url: Optional[str], levels: tuple[int, ..
         return _report(target, [run_level(local, model, c, max(requests, c), max_tokens, None) for c in levels], out)
 
 
-def _report(what: str, rows: list[Level], out: Optional[Path]) -> list[Level]:
+def _report(what: str, rows: list[Level], out: Path | None) -> list[Level]:
     table = Table(title=f"bench serve: {what}")
     for col in ("concurrency", "requests", "errors", "req/s", "gen tok/s", "p50 latency s", "p95 latency s"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r.concurrency), str(r.requests), str(r.errors), f"{r.requests_per_s:.2f}", f"{r.tokens_per_s:.1f}",
-                      f"{r.p50_s:.3f}", f"{r.p95_s:.3f}")
+        table.add_row(
+            str(r.concurrency),
+            str(r.requests),
+            str(r.errors),
+            f"{r.requests_per_s:.2f}",
+            f"{r.tokens_per_s:.1f}",
+            f"{r.p50_s:.3f}",
+            f"{r.p95_s:.3f}",
+        )
     console.print(table)
     if out is not None:
         out.write_text(json.dumps({"target": what, "levels": [asdict(r) for r in rows]}, indent=1))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -39,8 +39,23 @@ def part_of_module(name: str) -> str | None:
         return "matmuls"
     if name.endswith("self_attn"):
         return "attention"
-    if any(name.endswith(t) for t in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "q_proj", "k_proj", "v_proj",
-                                      "dense", "fc1", "fc2", "up_proj", "gate_proj")):
+    if any(
+        name.endswith(t)
+        for t in (
+            "qkv_proj",
+            "o_proj",
+            "gate_up_proj",
+            "down_proj",
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "dense",
+            "fc1",
+            "fc2",
+            "up_proj",
+            "gate_proj",
+        )
+    ):
         return "LoRA"  # a LoRA layer's own code: the input cast, scaling and add around base_layer and the adapters
     return None
 
@@ -74,7 +89,7 @@ def _scope_part(event) -> str | None:
     """The innermost phinetune scope above an event, or None; stops at a backward node (charged by its sequence nr)."""
     while event is not None:
         if event.name.startswith(SCOPE):
-            part = event.name[len(SCOPE):]
+            part = event.name[len(SCOPE) :]
             return part if part in PARTS else "other"
         if event.name.startswith(BACKWARD):
             return None
@@ -131,17 +146,29 @@ def profile_steps(model: torch.nn.Module, step: Callable[[int], None], steps: li
     seconds = split_events(prof.events(), ops)
     seconds["other"] += max(0.0, wall - sum(seconds.values()))  # time no op took: Python between ops
     top = {part: dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:TOP_OPS]) for part, by_op in ops.items()}
-    return {"steps": len(steps), "wall_s": wall, "seconds": seconds,
-            "share": {k: v / wall if wall > 0 else 0.0 for k, v in seconds.items()}, "top_ops": top}
+    return {
+        "steps": len(steps),
+        "wall_s": wall,
+        "seconds": seconds,
+        "share": {k: v / wall if wall > 0 else 0.0 for k, v in seconds.items()},
+        "top_ops": top,
+    }
 
 
 def format_split(split: dict) -> list[str]:
     per_step = split["wall_s"] / max(split["steps"], 1)
-    lines = [f"profile: {split['steps']} phinetune steps, {per_step:.3f} s per step (torch.profiler, self CPU time per op; "
-             "profiling slows every op a little)"]
+    lines = [
+        f"profile: {split['steps']} phinetune steps, {per_step:.3f} s per step (torch.profiler, self CPU time per op; "
+        "profiling slows every op a little)"
+    ]
     lines.append(f"{'part':10} {'s/step':>8} {'share':>7}  largest ops (self time, share of the step)")
     for part in PARTS:
-        top = ", ".join(f"{name} {100 * t / split['wall_s']:.1f}%" for name, t in split.get("top_ops", {}).get(part, {}).items()
-                        if split["wall_s"] > 0)
-        lines.append(f"{part:10} {split['seconds'][part] / max(split['steps'], 1):8.3f} {100 * split['share'][part]:6.1f}%  {top}")
+        top = ", ".join(
+            f"{name} {100 * t / split['wall_s']:.1f}%"
+            for name, t in split.get("top_ops", {}).get(part, {}).items()
+            if split["wall_s"] > 0
+        )
+        lines.append(
+            f"{part:10} {split['seconds'][part] / max(split['steps'], 1):8.3f} {100 * split['share'][part]:6.1f}%  {top}"
+        )
     return lines

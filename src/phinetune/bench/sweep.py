@@ -28,9 +28,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from phinetune import charts
 from phinetune.bench.machine import proc_status, reset_peak_rss
@@ -95,7 +95,12 @@ class Point:
         return self.tokens / self.seconds
 
     def to_json(self) -> dict:
-        return {**asdict(self), "measured_bytes": self.measured_bytes, "error": self.error, "tokens_per_s": self.tokens_per_s}
+        return {
+            **asdict(self),
+            "measured_bytes": self.measured_bytes,
+            "error": self.error,
+            "tokens_per_s": self.tokens_per_s,
+        }
 
 
 def parse_grid(text: str, what: str) -> tuple[int, ...]:
@@ -104,7 +109,9 @@ def parse_grid(text: str, what: str) -> tuple[int, ...]:
     except ValueError:
         raise ConfigError(f"--{what} must be comma-separated integers like 512,2048 (got {text!r})") from None
     if not values or min(values) < 1 or (what == "seq" and min(values) < 16):
-        raise ConfigError(f"--{what} needs positive integers{' of at least 16 tokens' if what == 'seq' else ''} (got {text!r})")
+        raise ConfigError(
+            f"--{what} needs positive integers{' of at least 16 tokens' if what == 'seq' else ''} (got {text!r})"
+        )
     return values
 
 
@@ -112,9 +119,16 @@ def model_config(width: Width, layers: int, max_seq: int):
     from phinetune.models.specs import SPECS
     from phinetune.models.tiny import tiny_config
 
-    return tiny_config(SPECS[SPEC], width.vocab_size, dict(bos_token_id=1, eos_token_id=2, pad_token_id=0),
-                       hidden_size=width.hidden_size, intermediate_size=width.intermediate_size, num_hidden_layers=layers,
-                       num_attention_heads=width.num_heads, max_position_embeddings=max(max_seq, 4096))
+    return tiny_config(
+        SPECS[SPEC],
+        width.vocab_size,
+        dict(bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        hidden_size=width.hidden_size,
+        intermediate_size=width.intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=width.num_heads,
+        max_position_embeddings=max(max_seq, 4096),
+    )
 
 
 def save_model(width: Width, layers: int, max_seq: int, folder: Path) -> Path:
@@ -139,8 +153,15 @@ def step_flops(width: Width, layers: int, seq: int) -> float:
 
     from phinetune.bench.train import model_flops
 
-    w = replace(_REF, hidden_size=width.hidden_size, intermediate_size=width.intermediate_size, num_heads=width.num_heads,
-                num_kv_heads=width.num_heads, num_layers=layers, vocab_size=width.vocab_size)
+    w = replace(
+        _REF,
+        hidden_size=width.hidden_size,
+        intermediate_size=width.intermediate_size,
+        num_heads=width.num_heads,
+        num_kv_heads=width.num_heads,
+        num_layers=layers,
+        vocab_size=width.vocab_size,
+    )
     return model_flops(w, sample_lengths(seq))
 
 
@@ -159,16 +180,37 @@ def predicted(width: Width, layers: int, seq: int, checkpointing: bool, dtype: s
 
 
 def run_point(folder: Path, width: Width, layers: int, seq: int, checkpointing: str) -> Point:
-    env = {**os.environ, "PHINETUNE_QUIET": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "PHINETUNE_QUIET": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     args = json.dumps(dict(folder=str(folder), vocab=width.vocab_size, seq=seq, checkpointing=checkpointing))
-    proc = subprocess.run([sys.executable, "-c", f"from phinetune.bench.sweep import _child; _child({args!r})"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"from phinetune.bench.sweep import _child; _child({args!r})"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
-        raise PhinetuneError(f"bench train --sweep: the point seq {seq} x {layers} layers failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise PhinetuneError(
+            f"bench train --sweep: the point seq {seq} x {layers} layers failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    return Point(seq, layers, r["checkpointing"], r["reason"], r["dtype"], r["seconds"], r["tokens"], r["base"], r["peak"],
-                 predicted(width, layers, seq, r["checkpointing"], r["dtype"]), r["tensor_peak"])
+    return Point(
+        seq,
+        layers,
+        r["checkpointing"],
+        r["reason"],
+        r["dtype"],
+        r["seconds"],
+        r["tokens"],
+        r["base"],
+        r["peak"],
+        predicted(width, layers, seq, r["checkpointing"], r["dtype"]),
+        r["tensor_peak"],
+    )
 
 
 def tensor_peak(step: Callable[[], None]) -> int:
@@ -195,7 +237,6 @@ def tensor_peak(step: Callable[[], None]) -> int:
     return peak
 
 
-
 def packed_row(seq: int, vocab: int, seed: int) -> dict:
     """One row of `seq` random tokens packed from two samples (position ids restart; each sample's first token untrained)."""
     import torch
@@ -218,16 +259,21 @@ def _child(args_json: str) -> None:
     import torch
 
     from phinetune.config.schema import AdapterConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-    from phinetune.train.loss import loss_sum
     from phinetune.kernels.malloc import pin_malloc_thresholds, threshold_for
+    from phinetune.train.loss import loss_sum
     from phinetune.train.precision import adapter_autocast, adapter_compute_dtype, adapter_recompute
     from phinetune.train.prepare import prepare
 
     a = json.loads(args_json)
     ckpt = {"on": True, "off": False}.get(a["checkpointing"], "auto")
-    cfg = RunConfig(model=ModelConfig(name=a["folder"], spec=SPEC, gradient_checkpointing=ckpt),
-                    data=DataConfig(max_length=a["seq"]), train=TrainConfig(batch_size=1),
-                    adapter=AdapterConfig(method="lora", r=16, alpha=16, dropout=0.05, targets=list(PHI3_TARGETS), train_new_tokens="off"))
+    cfg = RunConfig(
+        model=ModelConfig(name=a["folder"], spec=SPEC, gradient_checkpointing=ckpt),
+        data=DataConfig(max_length=a["seq"]),
+        train=TrainConfig(batch_size=1),
+        adapter=AdapterConfig(
+            method="lora", r=16, alpha=16, dropout=0.05, targets=list(PHI3_TARGETS), train_new_tokens="off"
+        ),
+    )
     base = proc_status("VmRSS")
     prepared = prepare(cfg, Path(a["folder"]).parent, with_data=False)
     model = prepared.model
@@ -254,18 +300,34 @@ def _child(args_json: str) -> None:
     peak = proc_status("VmHWM")
     tensors = tensor_peak(lambda: step(batch))  # after the resident peak is read: the profiler's memory stays out of it
     choice = prepared.checkpointing
-    print(json.dumps({"base": base, "peak": peak, "seconds": seconds, "tokens": a["seq"], "tensor_peak": tensors,
-                      "checkpointing": choice.on, "reason": choice.reason, "dtype": prepared.dtype.name}))
+    print(
+        json.dumps(
+            {
+                "base": base,
+                "peak": peak,
+                "seconds": seconds,
+                "tokens": a["seq"],
+                "tensor_peak": tensors,
+                "checkpointing": choice.on,
+                "reason": choice.reason,
+                "dtype": prepared.dtype.name,
+            }
+        )
+    )
 
 
 def print_header() -> None:
-    say(f"{'tokens':>7} {'layers':>6} {'dtype':>5} {'ckpt':>4} {'tokens/s':>9} {'peak RSS':>9} {'measured':>9} {'plan':>9} {'error':>7} {'tensors':>9}")
+    say(
+        f"{'tokens':>7} {'layers':>6} {'dtype':>5} {'ckpt':>4} {'tokens/s':>9} {'peak RSS':>9} {'measured':>9} {'plan':>9} {'error':>7} {'tensors':>9}"
+    )
 
 
 def print_row(p: Point) -> None:
-    say(f"{p.seq:7d} {p.layers:6d} {p.dtype:>5} {'on' if p.checkpointing else 'off':>4} {p.tokens_per_s:9.1f} "
+    say(
+        f"{p.seq:7d} {p.layers:6d} {p.dtype:>5} {'on' if p.checkpointing else 'off':>4} {p.tokens_per_s:9.1f} "
         f"{p.peak_bytes / 2**30:5.2f} GiB {p.measured_bytes / 2**30:5.2f} GiB {p.predicted_bytes / 2**30:5.2f} GiB {p.error:+7.1%} "
-        f"{p.tensor_peak_bytes / 2**30:5.2f} GiB")
+        f"{p.tensor_peak_bytes / 2**30:5.2f} GiB"
+    )
 
 
 def linearity(points: list[Point], figure: str = "tensor_peak_bytes") -> dict[int, list[float]]:
@@ -292,11 +354,19 @@ def plot(points: list[Point], path: Path) -> Path:
 
 
 def estimate_runtime(width: Width, seqs, layers) -> float:
-    return sum(2 * step_flops(width, n, s) / ASSUMED_FLOPS + POINT_OVERHEAD_S for s in seqs for n in layers)  # 2 steps a point
+    return sum(
+        2 * step_flops(width, n, s) / ASSUMED_FLOPS + POINT_OVERHEAD_S for s in seqs for n in layers
+    )  # 2 steps a point
 
 
-def bench_sweep(width: str = "reference", seqs=DEFAULT_SEQ, layers=DEFAULT_LAYERS, out: Optional[str] = None,
-                work_dir: Optional[str] = None, checkpointing: str = "auto") -> list[Point]:
+def bench_sweep(
+    width: str = "reference",
+    seqs=DEFAULT_SEQ,
+    layers=DEFAULT_LAYERS,
+    out: str | None = None,
+    work_dir: str | None = None,
+    checkpointing: str = "auto",
+) -> list[Point]:
     if width not in WIDTHS:
         raise ConfigError(f"bench train --sweep --width '{width}' is unknown; choose one of {', '.join(WIDTHS)}")
     if checkpointing not in ("auto", "on", "off"):
@@ -304,9 +374,11 @@ def bench_sweep(width: str = "reference", seqs=DEFAULT_SEQ, layers=DEFAULT_LAYER
     if not Path("/proc/self/clear_refs").exists():
         raise PhinetuneError("bench train --sweep measures peak memory through /proc/self (Linux only)")
     w = WIDTHS[width]
-    say(f"sweep: width {w.name} (hidden {w.hidden_size}, intermediate {w.intermediate_size}, {w.num_heads} heads, vocab {w.vocab_size}), "
+    say(
+        f"sweep: width {w.name} (hidden {w.hidden_size}, intermediate {w.intermediate_size}, {w.num_heads} heads, vocab {w.vocab_size}), "
         f"tokens {','.join(map(str, seqs))} x layers {','.join(map(str, layers))}, LoRA r16 on {','.join(PHI3_TARGETS)}; "
-        f"estimated runtime ~{estimate_runtime(w, seqs, layers) / 60:.0f} min at {ASSUMED_FLOPS / 1e9:.0f} GFLOP/s")
+        f"estimated runtime ~{estimate_runtime(w, seqs, layers) / 60:.0f} min at {ASSUMED_FLOPS / 1e9:.0f} GFLOP/s"
+    )
     work = Path(work_dir or tempfile.mkdtemp(prefix="phinetune-sweep-"))
     points = []
     print_header()
@@ -317,19 +389,31 @@ def bench_sweep(width: str = "reference", seqs=DEFAULT_SEQ, layers=DEFAULT_LAYER
             with console.status(f"sweep: {seq} tokens x {n} layers"):
                 points.append(run_point(folder, w, n, seq, checkpointing))
             print_row(points[-1])
-    say("measured = peak RSS above the process baseline (before the model is built); plan = `plan`'s estimate of the same run; "
+    say(
+        "measured = peak RSS above the process baseline (before the model is built); plan = `plan`'s estimate of the same run; "
         "tensors = the most tensor bytes the step held (torch's allocator events: the same on every run); "
-        f"each point's checkpointing reason is in the JSON (the last: {points[-1].checkpointing_reason})")
+        f"each point's checkpointing reason is in the JSON (the last: {points[-1].checkpointing_reason})"
+    )
     steps, resident = linearity(points), linearity(points, "measured_bytes")
     for n, row in steps.items():
         if row:
-            say(f"{n} layers: memory added per token between consecutive lengths: tensors " + ", ".join(f"{b / 1024:.1f}" for b in row)
-                + " KiB; resident " + ", ".join(f"{b / 1024:.1f}" for b in resident[n]) + " KiB")
+            say(
+                f"{n} layers: memory added per token between consecutive lengths: tensors "
+                + ", ".join(f"{b / 1024:.1f}" for b in row)
+                + " KiB; resident "
+                + ", ".join(f"{b / 1024:.1f}" for b in resident[n])
+                + " KiB"
+            )
     base = Path(out) if out else work / "sweep.json"
     png = plot(points, base.with_suffix(".png"))
-    report = {"width": asdict(w), "points": [p.to_json() for p in points], "bytes_per_token_steps": steps,
-              "resident_bytes_per_token_steps": resident,
-              "png": str(png), "speed_note": "tokens/s from one step each; not an idle-machine figure unless the load says so"}
+    report = {
+        "width": asdict(w),
+        "points": [p.to_json() for p in points],
+        "bytes_per_token_steps": steps,
+        "resident_bytes_per_token_steps": resident,
+        "png": str(png),
+        "speed_note": "tokens/s from one step each; not an idle-machine figure unless the load says so",
+    }
     from phinetune.bench.machine import machine
 
     report["machine"] = machine()

@@ -26,7 +26,6 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 from phinetune.bench.machine import MAX_OTHERS_CHANGE, LoadWindow, OthersShare, machine
 from phinetune.bench.peak import measured_peaks
@@ -44,8 +43,12 @@ def model_flops(w: Workload, lengths: list[int]) -> float:
     d, kv = w.hidden_size, w.hidden_size * w.num_kv_heads // w.num_heads
     per_layer = d * (d + 2 * kv) + d * d + d * 2 * w.intermediate_size + w.intermediate_size * d
     frozen = w.num_layers * per_layer + d * w.vocab_size
-    lora_shapes = {"qkv_proj": (d, d + 2 * kv), "o_proj": (d, d), "gate_up_proj": (d, 2 * w.intermediate_size),
-                   "down_proj": (w.intermediate_size, d)}
+    lora_shapes = {
+        "qkv_proj": (d, d + 2 * kv),
+        "o_proj": (d, d),
+        "gate_up_proj": (d, 2 * w.intermediate_size),
+        "down_proj": (w.intermediate_size, d),
+    }
     lora = w.num_layers * sum(w.lora_r * (i + o) for t, (i, o) in lora_shapes.items() if t in w.targets)
     tokens = sum(lengths)
     pairs = sum(n * (n + 1) // 2 for n in lengths)
@@ -76,8 +79,12 @@ def run_side(side: str, spec: dict, work: Path) -> dict:
     env = {**os.environ, "PHINETUNE_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
     load, others = LoadWindow(), OthersShare()
     with console.status(f"bench: training {side}"), open(log_file, "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "phinetune.bench.train_child", side, str(spec_file), str(result_file)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "phinetune.bench.train_child", side, str(spec_file), str(result_file)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     load.close(), others.close()
     if proc.returncode != 0 or not result_file.exists():
         tail = log_file.read_text(errors="replace")[-3000:]
@@ -108,11 +115,13 @@ def load_verdict(a: dict, b: dict, names: tuple[str, str] = ("one side", "the ot
 def check_trained(side: str, result: dict) -> None:
     proof = result["proof"]
     if proof["lora_tensors"] == 0 or proof["zero_grad_tensors"] or proof["unchanged_tensors"]:
-        raise PhinetuneError(f"bench: the {side} run did not train: {proof['lora_tensors']} LoRA tensors, "
-                             f"zero gradients in {proof['zero_grad_tensors'][:3]}, unchanged {proof['unchanged_tensors'][:3]}")
+        raise PhinetuneError(
+            f"bench: the {side} run did not train: {proof['lora_tensors']} LoRA tensors, "
+            f"zero gradients in {proof['zero_grad_tensors'][:3]}, unchanged {proof['unchanged_tensors'][:3]}"
+        )
 
 
-def summarize(results: dict, flops: float, peaks: dict, w: Workload, peak_window: Optional[dict] = None) -> dict:
+def summarize(results: dict, flops: float, peaks: dict, w: Workload, peak_window: dict | None = None) -> dict:
     """tokens/s, MFU and memory per side; phinetune's ratios against each baseline that ran, and whether they meet
     the workload's targets. `speed`, `memory` and `meets_targets` at the top level are against TRL with padding.
     `peak_window`: the load while the matmul peak was timed (MFU is judged like a ratio between it and phinetune)."""
@@ -123,18 +132,30 @@ def summarize(results: dict, flops: float, peaks: dict, w: Workload, peak_window
         r["mfu"] = flops / r["seconds"] / peak
         r["memory"] = r[memory_key]
     fast = results["phinetune"]
-    targets = {"baseline": (w.target_speedup, w.target_memory), "trl-tuned": (w.target_speedup_tuned, w.target_memory_tuned)}
+    targets = {
+        "baseline": (w.target_speedup, w.target_memory),
+        "trl-tuned": (w.target_speedup_tuned, w.target_memory_tuned),
+    }
     ratios: dict = {}
     for side in BASELINES:
         if side not in results:
             continue
         base, (speed_target, memory_target) = results[side], targets[side]
-        r = {"speed": fast["tokens_per_s"] / base["tokens_per_s"], "memory": fast["memory"] / base["memory"],
-             "target_speed": speed_target, "target_memory": memory_target, "load": load_verdict(base, fast, (LABELS[side], "phinetune"))}
+        r = {
+            "speed": fast["tokens_per_s"] / base["tokens_per_s"],
+            "memory": fast["memory"] / base["memory"],
+            "target_speed": speed_target,
+            "target_memory": memory_target,
+            "load": load_verdict(base, fast, (LABELS[side], "phinetune")),
+        }
         r["meets_targets"] = r["speed"] >= speed_target and (memory_target is None or r["memory"] <= memory_target)
         ratios[side] = r
-    ratios["mfu"] = {"value": fast["mfu"], "target": w.target_mfu, "meets_targets": fast["mfu"] >= w.target_mfu,
-                     "load": load_verdict(peak_window, fast, ("the matmul peak's timing", "phinetune")) if peak_window else None}
+    ratios["mfu"] = {
+        "value": fast["mfu"],
+        "target": w.target_mfu,
+        "meets_targets": fast["mfu"] >= w.target_mfu,
+        "load": load_verdict(peak_window, fast, ("the matmul peak's timing", "phinetune")) if peak_window else None,
+    }
     if "baseline" in ratios:
         ratios.update({k: ratios["baseline"][k] for k in ("speed", "memory", "meets_targets")})
     return ratios
@@ -146,12 +167,18 @@ def verdict(r: dict) -> str:
     return "meets" if r["meets_targets"] else "MISSES"
 
 
-def print_table(results: dict, ratios: dict, peaks: dict, w: Workload, memory_name: str, info: dict, run_load: dict) -> None:
+def print_table(
+    results: dict, ratios: dict, peaks: dict, w: Workload, memory_name: str, info: dict, run_load: dict
+) -> None:
     where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads"
-    say(f"machine: {where}; matmul peak measured now: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, "
-        f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s (MFU uses the higher)")
-    say(f"{'':14} {'dtype':>6} {'tokens/s':>10} {memory_name:>12} {'MFU':>7} {'first loss':>11} {'final loss':>11} {'steps':>6}"
-        f"  load avg start -> end, others' cores")
+    say(
+        f"machine: {where}; matmul peak measured now: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, "
+        f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s (MFU uses the higher)"
+    )
+    say(
+        f"{'':14} {'dtype':>6} {'tokens/s':>10} {memory_name:>12} {'MFU':>7} {'first loss':>11} {'final loss':>11} {'steps':>6}"
+        f"  load avg start -> end, others' cores"
+    )
     for side in SIDES:
         if side not in results:
             continue
@@ -159,24 +186,38 @@ def print_table(results: dict, ratios: dict, peaks: dict, w: Workload, memory_na
         load = r.get("load") or {}
         start, end = load.get("start") or (0, 0, 0), load.get("end") or (0, 0, 0)
         others = "n/a" if r.get("others_cores") is None else f"{r['others_cores']:.2f}"
-        say(f"{LABELS[side]:16} {r['dtype']:>6} {r['tokens_per_s']:10.1f} {r['memory'] / 2**30:8.2f} GiB {100 * r['mfu']:6.1f}% "
-            f"{r['losses'][0]:11.4f} {r['losses'][-1]:11.4f} {len(r['losses']):6d}  {start[0]:.2f} -> {end[0]:.2f}, {others}")
+        say(
+            f"{LABELS[side]:16} {r['dtype']:>6} {r['tokens_per_s']:10.1f} {r['memory'] / 2**30:8.2f} GiB {100 * r['mfu']:6.1f}% "
+            f"{r['losses'][0]:11.4f} {r['losses'][-1]:11.4f} {len(r['losses']):6d}  {start[0]:.2f} -> {end[0]:.2f}, {others}"
+        )
     for side in BASELINES:
         if side in ratios:
             r = ratios[side]
             memory = f"<= {r['target_memory']}x" if r["target_memory"] is not None else "no memory target"
-            say(f"phinetune vs {LABELS[side]}: {r['speed']:.2f}x tokens/s, {r['memory']:.2f}x peak memory "
-                f"(targets >= {r['target_speed']}x and {memory}: {verdict(r)})")
+            say(
+                f"phinetune vs {LABELS[side]}: {r['speed']:.2f}x tokens/s, {r['memory']:.2f}x peak memory "
+                f"(targets >= {r['target_speed']}x and {memory}: {verdict(r)})"
+            )
     m = ratios["mfu"]
-    say(f"phinetune MFU: {100 * m['value']:.1f}% of the matmul peak measured in this run (target >= {100 * m['target']:.0f}%: "
-        f"{verdict(m)})")
-    say(f"whole run: {run_load['described']}"
-        + ("" if run_load["others_cores"] is None else f"; other processes kept {run_load['others_cores']:.2f} cores busy on average"))
+    say(
+        f"phinetune MFU: {100 * m['value']:.1f}% of the matmul peak measured in this run (target >= {100 * m['target']:.0f}%: "
+        f"{verdict(m)})"
+    )
+    say(
+        f"whole run: {run_load['described']}"
+        + (
+            ""
+            if run_load["others_cores"] is None
+            else f"; other processes kept {run_load['others_cores']:.2f} cores busy on average"
+        )
+    )
 
 
 def print_parity(results: dict) -> dict:
     a, b = results["baseline"]["losses"], results["phinetune"]["losses"]
-    say("parity, TRL with padding vs phinetune (both fp32, no packing, same batches in the same order, LoRA dropout 0):")
+    say(
+        "parity, TRL with padding vs phinetune (both fp32, no packing, same batches in the same order, LoRA dropout 0):"
+    )
     say(f"{'step':>5} {'baseline':>10} {'phinetune':>10} {'diff':>10}")
     diffs = []
     for i, (x, y) in enumerate(zip(a, b), 1):
@@ -187,8 +228,14 @@ def print_parity(results: dict) -> dict:
     return {"max_abs_diff": worst, "steps": len(diffs), "same_steps": len(a) == len(b)}
 
 
-def reproduce_command(workload: str, parity: bool, rows: Optional[int], realdata: Optional[str], profile: bool,
-                      sides: Optional[tuple[str, ...]]) -> str:
+def reproduce_command(
+    workload: str,
+    parity: bool,
+    rows: int | None,
+    realdata: str | None,
+    profile: bool,
+    sides: tuple[str, ...] | None,
+) -> str:
     parts = ["phinetune bench train", f"--workload {workload}"]
     parts += [f"--realdata {realdata}"] if realdata else []
     parts += [f"--rows {rows}"] if rows else []
@@ -198,9 +245,16 @@ def reproduce_command(workload: str, parity: bool, rows: Optional[int], realdata
     return " ".join(parts)
 
 
-def bench_train(workload: str = "cpu-reference", out: Optional[str] = None, parity: bool = False, rows: Optional[int] = None,
-                realdata: Optional[str] = None, work_dir: Optional[str] = None, profile: bool = False,
-                sides: Optional[tuple[str, ...]] = None) -> dict:
+def bench_train(
+    workload: str = "cpu-reference",
+    out: str | None = None,
+    parity: bool = False,
+    rows: int | None = None,
+    realdata: str | None = None,
+    work_dir: str | None = None,
+    profile: bool = False,
+    sides: tuple[str, ...] | None = None,
+) -> dict:
     """`sides`: a subset of SIDES to run (phinetune always runs; default all three)."""
     w = get_workload(workload)
     chosen = tuple(s for s in SIDES if s in set(sides or SIDES) | {"phinetune"})
@@ -219,8 +273,14 @@ def bench_train(workload: str = "cpu-reference", out: Optional[str] = None, pari
         m = materialize(w, work / "workload", realdata, rows)
     say(f"workload {workload}: {m.note}")
     ids = token_ids(m)
-    spec = {"workload": asdict(w), "model_dir": m.model_dir, "data_file": m.data_file, "parity": parity,
-            "token_ids": parity_order(ids, w) if parity else ids, "profile": profile}
+    spec = {
+        "workload": asdict(w),
+        "model_dir": m.model_dir,
+        "data_file": m.data_file,
+        "parity": parity,
+        "token_ids": parity_order(ids, w) if parity else ids,
+        "profile": profile,
+    }
     peak_load, peak_others = LoadWindow(), OthersShare()
     peaks = measured_peaks(w.device)
     peak_window = {"load": peak_load.close().to_json(), "others_cores": peak_others.close().cores}
@@ -230,14 +290,26 @@ def bench_train(workload: str = "cpu-reference", out: Optional[str] = None, pari
     counts = {side: results[side]["tokens"] for side in chosen}
     if len(set(counts.values())) != 1:
         raise PhinetuneError(f"bench: the sides trained different token counts ({counts})")
-    run_load = {"window": whole.close().to_json(), "described": whole.describe(), "others_cores": whole_others.close().cores}
+    run_load = {
+        "window": whole.close().to_json(),
+        "described": whole.describe(),
+        "others_cores": whole_others.close().cores,
+    }
     lengths = [len(x) for x in ids]
     ratios = summarize(results, model_flops(w, lengths), peaks, w, peak_window)
     info = machine()
     print_table(results, ratios, peaks, w, "peak GPU" if w.device == "cuda" else "peak RSS", info, run_load)
-    report = {"workload": m.to_json(), "parity": parity, "peaks_flops": peaks, "results": results, "ratios": ratios,
-              "tokens": sum(lengths), "machine": info, "load": run_load,
-              "command": reproduce_command(workload, parity, rows, realdata, profile, sides)}
+    report = {
+        "workload": m.to_json(),
+        "parity": parity,
+        "peaks_flops": peaks,
+        "results": results,
+        "ratios": ratios,
+        "tokens": sum(lengths),
+        "machine": info,
+        "load": run_load,
+        "command": reproduce_command(workload, parity, rows, realdata, profile, sides),
+    }
     report["workload"].pop("lengths", None)
     if profile:
         from phinetune.bench.step_profile import format_split

@@ -46,10 +46,13 @@ class TrainingProof:
 
     def report(self) -> dict:
         changed = {n: float((p.detach().float() - self.before[n]).abs().max()) for n, p in self.params.items()}
-        return {"lora_tensors": len(self.params),
-                "zero_grad_tensors": sorted(n for n, g in self.grad_seen.items() if not g > 0),
-                "unchanged_tensors": sorted(n for n, c in changed.items() if not c > 0),
-                "max_grad": max(self.grad_seen.values(), default=0.0), "max_change": max(changed.values(), default=0.0)}
+        return {
+            "lora_tensors": len(self.params),
+            "zero_grad_tensors": sorted(n for n, g in self.grad_seen.items() if not g > 0),
+            "unchanged_tensors": sorted(n for n, c in changed.items() if not c > 0),
+            "max_grad": max(self.grad_seen.values(), default=0.0),
+            "max_change": max(changed.values(), default=0.0),
+        }
 
 
 def peak_memory(device: str) -> dict:
@@ -75,8 +78,11 @@ class Timed:
     def __exit__(self, *exc):
         sync(self.cuda)
         end, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-        self.figures = {"seconds": end - self.start, "cpu_user_s": usage.ru_utime - self.usage.ru_utime,
-                        "cpu_sys_s": usage.ru_stime - self.usage.ru_stime}
+        self.figures = {
+            "seconds": end - self.start,
+            "cpu_user_s": usage.ru_utime - self.usage.ru_utime,
+            "cpu_sys_s": usage.ru_stime - self.usage.ru_stime,
+        }
 
 
 def run_baseline(spec: dict) -> dict:
@@ -110,26 +116,69 @@ def run_trl(spec: dict, tuned: bool) -> dict:
     tokenizer.padding_side = "left"
     kwargs = {"dtype": torch.bfloat16 if cuda or tuned else torch.float32}
     if w["quant"] == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], **kwargs)
     if w["quant"] == "nf4":  # turns gradient checkpointing on, for both TRL sides alike
         model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": True})
     samples = [{"input_ids": ids} for ids in spec["token_ids"]]  # the very ids phinetune trains on
     dropout = 0.0 if spec["parity"] and not tuned else w["lora_dropout"]
-    peft_config = LoraConfig(r=w["lora_r"], lora_alpha=w["lora_alpha"], lora_dropout=dropout, bias="none",
-                             task_type="CAUSAL_LM", target_modules=list(w["targets"]))
-    speed = {"packing": True, "packing_strategy": "bfd", "padding_free": True, "bf16": True, "optim": "adamw_torch_fused",
-             "use_liger_kernel": liger_available(cuda)} if tuned else \
-            {"packing": False, "bf16": cuda and torch.cuda.is_bf16_supported(), "optim": "paged_adamw_8bit" if cuda else "adamw_torch"}
-    args = SFTConfig(output_dir=str(Path(spec["work"]) / "trl"), per_device_train_batch_size=w["batch_size"],
-                     gradient_accumulation_steps=1, learning_rate=w["learning_rate"], num_train_epochs=1,
-                     lr_scheduler_type="linear", warmup_steps=0, max_length=w["max_length"],
-                     dataset_text_field="text", logging_steps=1, save_strategy="no", eval_strategy="no",
-                     report_to=[], fp16=False, seed=w["seed"], use_cpu=not cuda, disable_tqdm=True, **speed)
-    trainer = SFTTrainer(model=model, train_dataset=Dataset.from_list(samples), peft_config=peft_config,
-                         processing_class=tokenizer, args=args)
+    peft_config = LoraConfig(
+        r=w["lora_r"],
+        lora_alpha=w["lora_alpha"],
+        lora_dropout=dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=list(w["targets"]),
+    )
+    speed = (
+        {
+            "packing": True,
+            "packing_strategy": "bfd",
+            "padding_free": True,
+            "bf16": True,
+            "optim": "adamw_torch_fused",
+            "use_liger_kernel": liger_available(cuda),
+        }
+        if tuned
+        else {
+            "packing": False,
+            "bf16": cuda and torch.cuda.is_bf16_supported(),
+            "optim": "paged_adamw_8bit" if cuda else "adamw_torch",
+        }
+    )
+    args = SFTConfig(
+        output_dir=str(Path(spec["work"]) / "trl"),
+        per_device_train_batch_size=w["batch_size"],
+        gradient_accumulation_steps=1,
+        learning_rate=w["learning_rate"],
+        num_train_epochs=1,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        max_length=w["max_length"],
+        dataset_text_field="text",
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        fp16=False,
+        seed=w["seed"],
+        use_cpu=not cuda,
+        disable_tqdm=True,
+        **speed,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        train_dataset=Dataset.from_list(samples),
+        peft_config=peft_config,
+        processing_class=tokenizer,
+        args=args,
+    )
     if spec["parity"] and not tuned:
         # Same batches in the same order as phinetune's (ids were written in its batch order).
         trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
@@ -142,24 +191,49 @@ def run_trl(spec: dict, tuned: bool) -> dict:
     base = next(p.dtype for n, p in trainer.model.named_parameters() if "qkv_proj.base_layer" in n)
     lora = next(p.dtype for n, p in trainer.model.named_parameters() if "lora_A" in n)
     options = dict(speed) | {"rows": len(trainer.train_dataset), "lora_dtype": DTYPE_NAMES.get(lora, str(lora))}
-    return {**timed.figures, "tokens": tokens, "losses": losses, "proof": proof.report(),
-            "dtype": DTYPE_NAMES.get(base, str(base)), "autocast": "bf16" if args.bf16 else None, "options": options,
-            "padded_tokens": None, **peak_memory(w["device"])}
+    return {
+        **timed.figures,
+        "tokens": tokens,
+        "losses": losses,
+        "proof": proof.report(),
+        "dtype": DTYPE_NAMES.get(base, str(base)),
+        "autocast": "bf16" if args.bf16 else None,
+        "options": options,
+        "padded_tokens": None,
+        **peak_memory(w["device"]),
+    }
 
 
 def phinetune_config(spec: dict):
     from phinetune.config import load_config
 
     w = spec["workload"]
-    overrides = [f"model.name={spec['model_dir']}", "model.spec=phi3-mini-4k", f"model.quant={w['quant']}",
-                 f"data.train={spec['data_file']}", "data.format=text", "data.eval_fraction=0.0", "data.dedupe=false",
-                 f"data.max_length={w['max_length']}", f"adapter.targets=[{','.join(w['targets'])}]",
-                 f"adapter.r={w['lora_r']}", f"adapter.alpha={w['lora_alpha']}",
-                 f"adapter.dropout={0.0 if spec['parity'] else w['lora_dropout']}",
-                 f"train.batch_size={w['batch_size']}", f"train.learning_rate={w['learning_rate']}", "train.epochs=1",
-                 "train.warmup_ratio=0.0", "train.scheduler=linear", "train.log_every=1", "train.eval_every=1000000",
-                 f"train.seed={w['seed']}", f"output.dir={Path(spec['work']) / 'run'}", "output.overwrite=true",
-                 "preflight.allow_untrained_eot=true", *w["phinetune_overrides"]]
+    overrides = [
+        f"model.name={spec['model_dir']}",
+        "model.spec=phi3-mini-4k",
+        f"model.quant={w['quant']}",
+        f"data.train={spec['data_file']}",
+        "data.format=text",
+        "data.eval_fraction=0.0",
+        "data.dedupe=false",
+        f"data.max_length={w['max_length']}",
+        f"adapter.targets=[{','.join(w['targets'])}]",
+        f"adapter.r={w['lora_r']}",
+        f"adapter.alpha={w['lora_alpha']}",
+        f"adapter.dropout={0.0 if spec['parity'] else w['lora_dropout']}",
+        f"train.batch_size={w['batch_size']}",
+        f"train.learning_rate={w['learning_rate']}",
+        "train.epochs=1",
+        "train.warmup_ratio=0.0",
+        "train.scheduler=linear",
+        "train.log_every=1",
+        "train.eval_every=1000000",
+        f"train.seed={w['seed']}",
+        f"output.dir={Path(spec['work']) / 'run'}",
+        "output.overwrite=true",
+        "preflight.allow_untrained_eot=true",
+        *w["phinetune_overrides"],
+    ]
     if spec["parity"]:
         overrides += ["model.dtype=fp32", "data.packing=false"]
     return load_config(None, overrides)
@@ -181,8 +255,15 @@ def run_phinetune(spec: dict) -> dict:
     losses = [m["loss"] for m in loop.run.read_metrics() if "loss" in m]
     tokens = sum(len(r) for r in loop.train_rows)
     dtype = next(p.dtype for n, p in loop.model.named_parameters() if "qkv_proj.base_layer" in n)
-    result = {**timed.figures, "tokens": tokens, "losses": losses, "proof": proof.report(),
-              "dtype": DTYPE_NAMES.get(dtype, str(dtype)), "rows": len(loop.train_rows), **peak_memory(w["device"])}
+    result = {
+        **timed.figures,
+        "tokens": tokens,
+        "losses": losses,
+        "proof": proof.report(),
+        "dtype": DTYPE_NAMES.get(dtype, str(dtype)),
+        "rows": len(loop.train_rows),
+        **peak_memory(w["device"]),
+    }
     if spec.get("profile"):  # after the timed run and its peak memory, so profiling costs neither
         from phinetune.bench.step_profile import profile_steps
 

@@ -12,7 +12,6 @@ import os
 import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 TOKENIZER_DIR = "phi3-mini-4k-instruct_tokenizer"
@@ -41,7 +40,7 @@ class Workload:
     target_speedup: float = 4.0  # against TRL with padding
     target_memory: float = 0.5
     target_speedup_tuned: float = 3.0  # against TRL tuned
-    target_memory_tuned: Optional[float] = 0.5  # None: no memory target against TRL tuned
+    target_memory_tuned: float | None = 0.5  # None: no memory target against TRL tuned
     target_mfu: float = 0.7  # of the matmul peak measured in the same run
     phinetune_overrides: tuple[str, ...] = ()
     seed: int = 0
@@ -53,16 +52,45 @@ WORKLOADS: dict[str, Workload] = {
     "cpu-reference": Workload("cpu-reference", 3072, 8192, 32, 32, 1, 32064, rows=32),
     # Full-size Phi-3.5-mini (3.8B, random weights), QLoRA, seq 512. Gradient checkpointing on the phinetune
     # side: 32 layers of activations at batch 8 x 512 would otherwise dominate GPU memory.
-    "gpu-reference": Workload("gpu-reference", 3072, 8192, 32, 32, 32, 32064, quant="nf4", device="cuda",
-                              target_speedup=2.5, target_memory=0.3, target_speedup_tuned=1.5, target_memory_tuned=None,
-                              target_mfu=0.0,
-                              phinetune_overrides=("model.gradient_checkpointing=true",)),
+    "gpu-reference": Workload(
+        "gpu-reference",
+        3072,
+        8192,
+        32,
+        32,
+        32,
+        32064,
+        quant="nf4",
+        device="cuda",
+        target_speedup=2.5,
+        target_memory=0.3,
+        target_speedup_tuned=1.5,
+        target_memory_tuned=None,
+        target_mfu=0.0,
+        phinetune_overrides=("model.gradient_checkpointing=true",),
+    ),
     # bench infer's CPU decode workload: Phi-3-mini width, 2 layers, random weights. Batch-1
     # decode reads about 650 MB per step in bf16 (2 layers of 226 MB + the 197 MB LM head), far past any cache.
     "cpu-decode": Workload("cpu-decode", 3072, 8192, 32, 32, 2, 32064, rows=1, target_speedup=0.0, target_memory=99.0),
     # For tests: seconds on CPU.
-    "tiny": Workload("tiny", 64, 128, 4, 4, 1, 1024, rows=12, max_length=48, batch_size=4, learning_rate=1e-2,
-                     target_speedup=0.0, target_memory=99.0, target_speedup_tuned=0.0, target_memory_tuned=99.0, target_mfu=0.0),
+    "tiny": Workload(
+        "tiny",
+        64,
+        128,
+        4,
+        4,
+        1,
+        1024,
+        rows=12,
+        max_length=48,
+        batch_size=4,
+        learning_rate=1e-2,
+        target_speedup=0.0,
+        target_memory=99.0,
+        target_speedup_tuned=0.0,
+        target_memory_tuned=99.0,
+        target_mfu=0.0,
+    ),
 }
 
 # The GPU reference in bf16 LoRA (no quantization), for scripts/gpu_check.sh's second training row: a copy, so it
@@ -92,7 +120,7 @@ class Materialized:
         return {**asdict(self), "workload": asdict(self.workload)}
 
 
-def find_realdata(explicit: Optional[str]) -> Optional[Path]:
+def find_realdata(explicit: str | None) -> Path | None:
     for candidate in (explicit, os.environ.get("PHINETUNE_REALDATA"), "../shared/realdata", "../../shared/realdata"):
         if candidate and (Path(candidate) / TOKENIZER_DIR).is_dir() and Path(candidate).joinpath(*GUANACO).is_file():
             return Path(candidate)
@@ -109,11 +137,16 @@ def synthetic_texts(n: int, seed: int) -> list[str]:
     for _ in range(n):
         k = rng.choice([8, 20, 40, 80, 160, 320, 600])
         start = rng.randrange(max(1, len(corpus) - k))
-        out.append("### Human: " + " ".join(corpus[start:start + k]) + " ### Assistant: " + " ".join(corpus[start:start + k // 2]))
+        out.append(
+            "### Human: "
+            + " ".join(corpus[start : start + k])
+            + " ### Assistant: "
+            + " ".join(corpus[start : start + k // 2])
+        )
     return out
 
 
-def materialize(workload: Workload, work: Path, realdata: Optional[str] = None, rows: Optional[int] = None) -> Materialized:
+def materialize(workload: Workload, work: Path, realdata: str | None = None, rows: int | None = None) -> Materialized:
     import torch
     from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
 
@@ -122,7 +155,9 @@ def materialize(workload: Workload, work: Path, realdata: Optional[str] = None, 
     found = find_realdata(realdata) if workload.name != "tiny" else None
     if found:
         tokenizer = AutoTokenizer.from_pretrained(found / TOKENIZER_DIR)
-        texts = [json.loads(line)["text"] for line in found.joinpath(*GUANACO).read_text(encoding="utf-8").splitlines()[:n]]
+        texts = [
+            json.loads(line)["text"] for line in found.joinpath(*GUANACO).read_text(encoding="utf-8").splitlines()[:n]
+        ]
         note = f"real data: Phi-3 tokenizer and the first {n} guanaco eval rows from {found}"
     else:
         from phinetune.models.specs import get_spec
@@ -130,16 +165,29 @@ def materialize(workload: Workload, work: Path, realdata: Optional[str] = None, 
 
         tokenizer = build_tokenizer(get_spec("tiny-phi3"), vocab_size=min(1024, workload.vocab_size))
         texts = synthetic_texts(n, workload.seed)
-        note = ("synthetic fallback: built-in BPE tokenizer and generated texts (realdata not found; pass --realdata "
-                "for the reference figures)") if workload.name != "tiny" else "tiny test workload (synthetic)"
+        note = (
+            (
+                "synthetic fallback: built-in BPE tokenizer and generated texts (realdata not found; pass --realdata "
+                "for the reference figures)"
+            )
+            if workload.name != "tiny"
+            else "tiny test workload (synthetic)"
+        )
     data_file = work / "data.jsonl"
     data_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     model_dir = work / "model"
-    config = Phi3Config(vocab_size=workload.vocab_size, hidden_size=workload.hidden_size,
-                        intermediate_size=workload.intermediate_size, num_hidden_layers=workload.num_layers,
-                        num_attention_heads=workload.num_heads, num_key_value_heads=workload.num_kv_heads,
-                        max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Phi3Config(
+        vocab_size=workload.vocab_size,
+        hidden_size=workload.hidden_size,
+        intermediate_size=workload.intermediate_size,
+        num_hidden_layers=workload.num_layers,
+        num_attention_heads=workload.num_heads,
+        num_key_value_heads=workload.num_kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(workload.seed)
     model = Phi3ForCausalLM(config)
     if workload.device == "cuda":
@@ -147,5 +195,8 @@ def materialize(workload: Workload, work: Path, realdata: Optional[str] = None, 
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     del model
-    lengths = [min(workload.max_length, len(tokenizer(t + tokenizer.eos_token, add_special_tokens=False)["input_ids"])) for t in texts]
+    lengths = [
+        min(workload.max_length, len(tokenizer(t + tokenizer.eos_token, add_special_tokens=False)["input_ids"]))
+        for t in texts
+    ]
     return Materialized(workload, str(model_dir), str(data_file), bool(found), note, lengths)

@@ -16,7 +16,7 @@ import os
 import sys
 
 # Each module registers its verbs; `phinetune --help` lists them in this order, the order of the pipeline.
-from phinetune.cli import train, data, infer, eval, export, serve, synth, models, bench  # noqa: F401, I001
+from phinetune.cli import bench, data, eval, export, infer, models, serve, synth, train  # noqa: F401, I001
 from phinetune.cli.app import app
 from phinetune.errors import PhinetuneError, path_error
 from phinetune.progress import console, escape, no_hub_kernels, silence_libraries
@@ -44,7 +44,9 @@ def main() -> None:
         app()
     except PhinetuneError as exc:
         print_error(str(exc))
-        if os.environ.get("PHINETUNE_LAUNCHED") == "1":  # a rank of `train --nproc N`: the launcher names it with this sentence
+        if (
+            os.environ.get("PHINETUNE_LAUNCHED") == "1"
+        ):  # a rank of `train --nproc N`: the launcher names it with this sentence
             from phinetune.train.distributed.launch import record_for_launcher
 
             record_for_launcher(str(exc))

@@ -7,12 +7,20 @@ import typer
 # rich_markup_mode=None: help text is shown as written. Rich markup would read `phinetune[eval]` or
 # `[CONFIG]` as style tags and drop them.
 SETTINGS = dict(no_args_is_help=True, rich_markup_mode=None)
-app = typer.Typer(help="Fine-tune Microsoft Phi models (LoRA, QLoRA, full) with no silent misconfiguration.",
-                  add_completion=False, pretty_exceptions_enable=False, **SETTINGS)
+app = typer.Typer(
+    help="Fine-tune Microsoft Phi models (LoRA, QLoRA, full) with no silent misconfiguration.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    **SETTINGS,
+)
 
 
 @app.callback()
-def _global_options(verbose: bool = typer.Option(False, "--verbose", help="Show library warnings, logs and weight-loading bars (silenced by default).")) -> None:
+def _global_options(
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show library warnings, logs and weight-loading bars (silenced by default)."
+    ),
+) -> None:
     """Options for every verb (main() reads --verbose before any library is imported)."""
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
 from phinetune.cli.app import app
@@ -11,8 +9,14 @@ from phinetune.cli.options import ConfigOption, split_args, with_config_option
 
 
 @app.command()
-def synth(args: Optional[List[str]] = typer.Argument(None, help="A synth config (see configs/synth/), followed by dotted overrides like stages.riddles.calls=5.", show_default=False),
-          config_option: ConfigOption = None) -> None:
+def synth(
+    args: list[str] | None = typer.Argument(
+        None,
+        help="A synth config (see configs/synth/), followed by dotted overrides like stages.riddles.calls=5.",
+        show_default=False,
+    ),
+    config_option: ConfigOption = None,
+) -> None:
     """Grow seed questions into multi-turn conversations with a teacher model; re-run the same command to resume."""
     from phinetune.errors import PhinetuneError
 

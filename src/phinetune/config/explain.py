@@ -9,8 +9,9 @@ whole names the file. Used by the run config (config/load.py), the synth config 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -39,7 +40,7 @@ def key_lines(path: Path) -> dict[tuple, int]:
     return lines
 
 
-def origins_of(path: Optional[Path], overrides: Iterable[str] = ()) -> dict[tuple, str]:
+def origins_of(path: Path | None, overrides: Iterable[str] = ()) -> dict[tuple, str]:
     """Where each key was set: `FILE:LINE` for the file's keys, then `command line (item)` for each override
     (a later one wins, as its value does)."""
     origins = {key: f"{path}:{line}" for key, line in key_lines(path).items()} if path else {}
@@ -53,12 +54,19 @@ def origin_of(loc: tuple, origins: Mapping[tuple, str], source: str) -> str:
     for n in range(len(loc), 0, -1):
         if loc[:n] in origins:
             return origins[loc[:n]]
-    deeper = [where for key, where in origins.items() if key[:len(loc)] == loc]  # `modle.name=x` makes `modle`
+    deeper = [where for key, where in origins.items() if key[: len(loc)] == loc]  # `modle.name=x` makes `modle`
     return deeper[-1] if deeper else source
 
 
-def explain(exc: ValidationError, source: str, origins: Mapping[tuple, str], hint: Callable[[tuple], Optional[str]] = lambda loc: None,
-            key_path: Callable[[tuple], tuple] = lambda loc: loc, names: Optional[Mapping[str, str]] = None, tags: Sequence[str] = ()) -> str:
+def explain(
+    exc: ValidationError,
+    source: str,
+    origins: Mapping[tuple, str],
+    hint: Callable[[tuple], str | None] = lambda loc: None,
+    key_path: Callable[[tuple], tuple] = lambda loc: loc,
+    names: Mapping[str, str] | None = None,
+    tags: Sequence[str] = (),
+) -> str:
     """One line per error. `hint(loc)`: the key an unknown one probably meant; `key_path(loc)`: the key as the
     user wrote it (a discriminated union adds its tag to pydantic's loc); `names`: a key as the user typed it
     (a flag); `tags`: a discriminated union's tags, offered when an entry has none."""
@@ -75,8 +83,10 @@ def explain(exc: ValidationError, source: str, origins: Mapping[tuple, str], hin
         elif err["type"] == "union_tag_not_found":
             lines.append(f"{where}: '{key}' has no {ctx['discriminator']}; set it to one of {sorted(tags)}")
         elif err["type"] == "union_tag_invalid":
-            lines.append(f"{where}: '{key}.{ctx['discriminator'].strip(chr(39))}' must be one of {sorted(tags)} "
-                         f"(got {ctx.get('tag')!r})")
+            lines.append(
+                f"{where}: '{key}.{ctx['discriminator'].strip(chr(39))}' must be one of {sorted(tags)} "
+                f"(got {ctx.get('tag')!r})"
+            )
         elif path:
             got = "" if err["type"] == "missing" else f" (got {err.get('input')!r:.80})"
             lines.append(f"{where}: '{key}': {err['msg']}{got}")

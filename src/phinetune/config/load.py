@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import difflib
 import typing
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -19,7 +20,7 @@ from phinetune.config.schema import RunConfig
 from phinetune.errors import ConfigError
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
     """Read `path` (or the embedded defaults when None), apply `key.sub=value` overrides, validate.
 
     Errors say where the bad value came from (config/explain.py): `FILE:LINE` for a key in the file,
@@ -36,7 +37,7 @@ def default_config_path() -> Path:
     return Path(str(resources.files("phinetune.assets").joinpath("default.yaml")))
 
 
-def validate_config(raw: dict, source: str = "config", origins: Optional[dict[tuple, str]] = None) -> RunConfig:
+def validate_config(raw: dict, source: str = "config", origins: dict[tuple, str] | None = None) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -47,8 +48,12 @@ def dump_config(cfg: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-def read_yaml(path: Path, what: str = "config file", example: str = "configs/phi3-mini-4k-lora.yaml",
-              sections: str = "model, data, adapter, train, output") -> dict:
+def read_yaml(
+    path: Path,
+    what: str = "config file",
+    example: str = "configs/phi3-mini-4k-lora.yaml",
+    sections: str = "model, data, adapter, train, output",
+) -> dict:
     """A YAML mapping from `path`, or a ConfigError naming the file (and line) and what was expected.
 
     The one YAML reader of every config (run, synth, accelerate). A key given twice in one mapping is refused
@@ -59,8 +64,10 @@ def read_yaml(path: Path, what: str = "config file", example: str = "configs/phi
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                          "re-save the file as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "re-save the file as UTF-8"
+        ) from None
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -90,8 +97,10 @@ def _refuse_duplicate_keys(node, path: Path, prefix: tuple = ()) -> None:
         line = key.start_mark.line + 1
         if name in first and name != "<<":  # YAML merge keys may repeat
             dotted = ".".join(prefix + (name,))
-            raise ConfigError(f"{path}:{line}: key '{dotted}' is given twice (first at {path}:{first[name]}); "
-                              "YAML would keep only the later value: merge the two or delete one")
+            raise ConfigError(
+                f"{path}:{line}: key '{dotted}' is given twice (first at {path}:{first[name]}); "
+                "YAML would keep only the later value: merge the two or delete one"
+            )
         first.setdefault(name, line)
         _refuse_duplicate_keys(value, path, prefix + (name,))
 
@@ -99,7 +108,9 @@ def _refuse_duplicate_keys(node, path: Path, prefix: tuple = ()) -> None:
 def apply_override(raw: dict, item: str) -> None:
     """Set `section.key=value` in the raw mapping (the value parsed as YAML)."""
     if "=" not in item:
-        raise ConfigError(f"{COMMAND_LINE} ({item}): an override must look like section.key=value, e.g. train.learning_rate=2e-5")
+        raise ConfigError(
+            f"{COMMAND_LINE} ({item}): an override must look like section.key=value, e.g. train.learning_rate=2e-5"
+        )
     dotted, value = item.split("=", 1)
     keys = dotted.strip().split(".")
     node = raw
@@ -114,17 +125,41 @@ def apply_override(raw: dict, item: str) -> None:
 # Names people bring from transformers/PEFT/TRL/axolotl and other toolkits, mapped to ours (a full dotted path,
 # with the value when the meaning is a value of ours): `lr=1e-3` is refused with "did you mean 'train.learning_rate'?".
 ALIASES = {
-    "rank": "adapter.r", "lora_r": "adapter.r", "lora_rank": "adapter.r", "lora_alpha": "adapter.alpha",
-    "lora_dropout": "adapter.dropout", "target_modules": "adapter.targets", "lora_target_modules": "adapter.targets",
-    "lr": "train.learning_rate", "num_train_epochs": "train.epochs", "num_epochs": "train.epochs",
-    "per_device_train_batch_size": "train.batch_size", "micro_batch_size": "train.batch_size",
-    "gradient_accumulation_steps": "train.grad_accum", "max_seq_length": "data.max_length", "max_seq_len": "data.max_length",
-    "sequence_len": "data.max_length", "cutoff_len": "data.max_length", "output_dir": "output.dir",
-    "lr_scheduler_type": "train.scheduler", "lr_scheduler": "train.scheduler", "optim": "train.optimizer",
-    "torch_dtype": "model.dtype", "load_in_4bit": "model.quant=nf4", "bnb_4bit_quant_type": "model.quant",
-    "quantization": "model.quant", "qlora": "model.quant=nf4", "eval_steps": "train.eval_every", "save_steps": "train.save_every",
-    "logging_steps": "train.log_every", "model_name_or_path": "model.name", "base_model": "model.name",
-    "dataset": "data.train", "dataset_name": "data.train", "train_file": "data.train", "packing": "data.packing",
+    "rank": "adapter.r",
+    "lora_r": "adapter.r",
+    "lora_rank": "adapter.r",
+    "lora_alpha": "adapter.alpha",
+    "lora_dropout": "adapter.dropout",
+    "target_modules": "adapter.targets",
+    "lora_target_modules": "adapter.targets",
+    "lr": "train.learning_rate",
+    "num_train_epochs": "train.epochs",
+    "num_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "micro_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "max_seq_length": "data.max_length",
+    "max_seq_len": "data.max_length",
+    "sequence_len": "data.max_length",
+    "cutoff_len": "data.max_length",
+    "output_dir": "output.dir",
+    "lr_scheduler_type": "train.scheduler",
+    "lr_scheduler": "train.scheduler",
+    "optim": "train.optimizer",
+    "torch_dtype": "model.dtype",
+    "load_in_4bit": "model.quant=nf4",
+    "bnb_4bit_quant_type": "model.quant",
+    "quantization": "model.quant",
+    "qlora": "model.quant=nf4",
+    "eval_steps": "train.eval_every",
+    "save_steps": "train.save_every",
+    "logging_steps": "train.log_every",
+    "model_name_or_path": "model.name",
+    "base_model": "model.name",
+    "dataset": "data.train",
+    "dataset_name": "data.train",
+    "train_file": "data.train",
+    "packing": "data.packing",
 }
 
 
@@ -144,14 +179,18 @@ def _choices(annotation) -> set[str]:
     return set().union(*(_choices(a) for a in typing.get_args(annotation))) if typing.get_args(annotation) else set()
 
 
-def _as_value(key: str) -> Optional[str]:
+def _as_value(key: str) -> str | None:
     """`bf16` -> `model.dtype=bf16`: a value of exactly one field given as if it were a key."""
-    owners = [f"{section}.{name}={key.lower()}" for section, field in RunConfig.model_fields.items()
-              for name, sub in field.annotation.model_fields.items() if key.lower() in _choices(sub.annotation)]
+    owners = [
+        f"{section}.{name}={key.lower()}"
+        for section, field in RunConfig.model_fields.items()
+        for name, sub in field.annotation.model_fields.items()
+        if key.lower() in _choices(sub.annotation)
+    ]
     return owners[0] if len(owners) == 1 else None
 
 
-def _as_dotted(key: str) -> Optional[str]:
+def _as_dotted(key: str) -> str | None:
     """`data_max_length` or `max_lenght` -> `data.max_length`: the nearest dotted key of the whole schema."""
     paths = [p for ps in _field_paths().values() for p in ps]
     spellings = {**{p.replace(".", "_"): p for p in paths}, **{p: p for p in paths}}
@@ -159,7 +198,7 @@ def _as_dotted(key: str) -> Optional[str]:
     return spellings[match[0]] if match else None
 
 
-def _closest(loc: tuple[Any, ...]) -> Optional[str]:
+def _closest(loc: tuple[Any, ...]) -> str | None:
     """Suggest the key meant: a known foreign name, our own name in another section (`adapter.quant` ->
     `model.quant`), the nearest name at the failing level, else the nearest dotted name anywhere."""
     model: type[BaseModel] = RunConfig

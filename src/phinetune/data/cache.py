@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Optional
 from pathlib import Path
 
 from phinetune.config.schema import DataConfig
@@ -34,12 +33,20 @@ def cache_dir(cfg: DataConfig) -> Path:
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    extra = json.dumps([tokenizer.chat_template, tokenizer.all_special_tokens, type(tokenizer).__name__,
-                        getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None)], default=str)
+    extra = json.dumps(
+        [
+            tokenizer.chat_template,
+            tokenizer.all_special_tokens,
+            type(tokenizer).__name__,
+            getattr(tokenizer, "add_bos_token", None),
+            getattr(tokenizer, "add_eos_token", None),
+        ],
+        default=str,
+    )
     return hashlib.sha256((body + extra).encode()).hexdigest()
 
 
-def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None, layout: str = "sft") -> dict:
+def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: dict | None = None, layout: str = "sft") -> dict:
     settings = cfg.model_dump(exclude=NOT_IN_KEY)
     parts = {
         "version": VERSION,
@@ -51,12 +58,14 @@ def key_parts(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = No
         "dialect": dialect,  # how traces, tools and default system prompts are written (data/normalize.py)
         "settings": settings,
     }
-    if layout != "sft":  # preference pairs (train/objectives/preference.py): entries of their own, never read back as SFT data
+    if (
+        layout != "sft"
+    ):  # preference pairs (train/objectives/preference.py): entries of their own, never read back as SFT data
         parts["layout"] = layout
     return parts
 
 
-def cache_key(cfg: DataConfig, tokenizer, eot: str, dialect: Optional[dict] = None, layout: str = "sft") -> str:
+def cache_key(cfg: DataConfig, tokenizer, eot: str, dialect: dict | None = None, layout: str = "sft") -> str:
     parts = key_parts(cfg, tokenizer, eot, dialect, layout)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -75,7 +84,7 @@ def save_entry(cfg: DataConfig, key: str, entry: dict) -> Path:
     return path
 
 
-def load_entry(cfg: DataConfig, key: str) -> Optional[dict]:
+def load_entry(cfg: DataConfig, key: str) -> dict | None:
     """The entry saved under `key`, or None (absent, unreadable or an older layout)."""
     path = _path(cfg, key)
     if not path.exists():

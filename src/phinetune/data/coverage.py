@@ -10,8 +10,8 @@ the turns, is a violation (a bug, named by file:line and turn), not a matter of 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from phinetune.data.render import IGNORE, MaskPolicy, Rendered
 
@@ -22,7 +22,9 @@ class Coverage:
     turns: int = 0  # assistant turns the mask policy trains
     turns_eot_trained: int = 0  # of those, turns whose own end-of-turn token carries a label
     turns_cut: int = 0  # of those, turns whose end-of-turn token falls past data.max_length
-    turns_without_eot: list[str] = field(default_factory=list)  # "file:line turn k": the template closes it with no end-of-turn token
+    turns_without_eot: list[str] = field(
+        default_factory=list
+    )  # "file:line turn k": the template closes it with no end-of-turn token
     last_eot_trained: int = 0  # chat samples whose last assistant turn keeps its end-of-turn token
     needed: list[int] = field(default_factory=list)  # per chat sample: tokens needed to keep its last end-of-turn token
     violations: list[str] = field(default_factory=list)
@@ -39,10 +41,16 @@ class Coverage:
         return ranked[max(0, math.ceil(share * len(ranked)) - 1)]
 
     def summary(self) -> dict:
-        return {"chat_samples": self.chat_samples, "turns": self.turns, "turns_eot_trained": self.turns_eot_trained,
-                "turns_cut_by_max_length": self.turns_cut, "turns_without_eot": len(self.turns_without_eot),
-                "last_eot_trained": self.last_eot_trained, "last_eot_share": round(self.last_eot_share, 4),
-                "violations": self.violations}
+        return {
+            "chat_samples": self.chat_samples,
+            "turns": self.turns,
+            "turns_eot_trained": self.turns_eot_trained,
+            "turns_cut_by_max_length": self.turns_cut,
+            "turns_without_eot": len(self.turns_without_eot),
+            "last_eot_trained": self.last_eot_trained,
+            "last_eot_share": round(self.last_eot_share, 4),
+            "violations": self.violations,
+        }
 
 
 def coverage(samples: Iterable[Rendered], policy: MaskPolicy, eot: str = "") -> Coverage:
@@ -73,7 +81,9 @@ def add_sample(out: Coverage, r: Rendered, policy: MaskPolicy, eot: str = "") ->
         elif own >= kept:
             out.turns_cut += 1
         elif r.labels[own] == IGNORE:
-            out.violations.append(f"{r.where}: assistant turn {k}: its own end-of-turn token {eot} (position {own}) is not trained")
+            out.violations.append(
+                f"{r.where}: assistant turn {k}: its own end-of-turn token {eot} (position {own}) is not trained"
+            )
         else:
             out.turns_eot_trained += 1
     last = r.turns[-1][2]
@@ -85,5 +95,7 @@ def add_sample(out: Coverage, r: Rendered, policy: MaskPolicy, eot: str = "") ->
             inside.update(range(start, end))
         outside = [p for p, label in enumerate(r.labels) if label != IGNORE and p not in inside]
         if outside:
-            out.violations.append(f"{r.where}: {len(outside)} token(s) trained outside the assistant turns "
-                                  f"(first at position {outside[0]}, policy {policy})")
+            out.violations.append(
+                f"{r.where}: {len(outside)} token(s) trained outside the assistant turns "
+                f"(first at position {outside[0]}, policy {policy})"
+            )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 from phinetune.config.schema import DataConfig
 from phinetune.data import cache
@@ -39,7 +38,9 @@ class PreparedData:
     eval: list[Rendered]
     train_records: list[Record]
     info: DataInfo
-    dropped: list[Rendered] = field(default_factory=list)  # rendered samples left out: no trained token (counted by the pre-flight)
+    dropped: list[Rendered] = field(
+        default_factory=list
+    )  # rendered samples left out: no trained token (counted by the pre-flight)
 
 
 def sample_key(rec: Record) -> str:
@@ -77,12 +78,14 @@ def hold_out(records: list[Record], cfg: DataConfig) -> tuple[list[Record], list
     random.Random(cfg.seed).shuffle(order)
     n_eval = cfg.eval_size if cfg.eval_size is not None else int(round(len(records) * cfg.eval_fraction))
     if n_eval >= len(records):
-        raise DataError(f"data: eval split of {n_eval} leaves no training records out of {len(records)}; lower data.eval_fraction or data.eval_size")
+        raise DataError(
+            f"data: eval split of {n_eval} leaves no training records out of {len(records)}; lower data.eval_fraction or data.eval_size"
+        )
     held = set(order[:n_eval])
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def prepare_data(cfg: DataConfig, tokenizer, eot: str, spec: Optional[ModelSpec] = None) -> PreparedData:
+def prepare_data(cfg: DataConfig, tokenizer, eot: str, spec: ModelSpec | None = None) -> PreparedData:
     """Tokenized train/eval sets; reuses the cache when data, tokenizer, template and settings all match.
 
     `spec` says how reasoning traces, tools and the default system prompt are written (data/normalize.py)."""
@@ -98,12 +101,16 @@ def prepare_data(cfg: DataConfig, tokenizer, eot: str, spec: Optional[ModelSpec]
 
 
 def _to_entry(data: PreparedData) -> dict:
-    return {"train": [asdict(r) for r in data.train], "eval": [asdict(r) for r in data.eval],
-            "dropped": [asdict(r) for r in data.dropped], "train_records": [asdict(r) for r in data.train_records],
-            "info": asdict(data.info)}
+    return {
+        "train": [asdict(r) for r in data.train],
+        "eval": [asdict(r) for r in data.eval],
+        "dropped": [asdict(r) for r in data.dropped],
+        "train_records": [asdict(r) for r in data.train_records],
+        "info": asdict(data.info),
+    }
 
 
-def _from_entry(entry: Optional[dict]) -> Optional[PreparedData]:
+def _from_entry(entry: dict | None) -> PreparedData | None:
     """The cached PreparedData, or None (absent, or damaged: rebuilt, never trusted)."""
     if entry is None:
         return None
@@ -116,7 +123,9 @@ def _from_entry(entry: Optional[dict]) -> Optional[PreparedData]:
         return None
 
 
-def split_records(cfg: DataConfig, skip_bad: bool, report: Optional[ReadReport] = None) -> tuple[list[Record], list[Record], int]:
+def split_records(
+    cfg: DataConfig, skip_bad: bool, report: ReadReport | None = None
+) -> tuple[list[Record], list[Record], int]:
     """(train records, eval records, duplicates removed): read, deduplicated, then the seeded split or data.eval.
 
     The one place this is decided, so compare and the report take their held-out prompts from exactly the
@@ -126,21 +135,33 @@ def split_records(cfg: DataConfig, skip_bad: bool, report: Optional[ReadReport] 
     if cfg.dedupe:
         records, duplicates = dedupe(records)
     if cfg.eval:
-        return records, read_records(cfg.eval, cfg.format, cfg.columns, skip_bad, report=report, split=cfg.split), duplicates
+        return (
+            records,
+            read_records(cfg.eval, cfg.format, cfg.columns, skip_bad, report=report, split=cfg.split),
+            duplicates,
+        )
     train_recs, eval_recs = hold_out(records, cfg)
     return train_recs, eval_recs, duplicates
 
 
 def dialect(spec: ModelSpec) -> dict:
     """The spec facts normalization uses: they change the tokens, so they are part of the cache key."""
-    return {"reasoning_tags": spec.reasoning_tags, "tool_format": spec.tool_format,
-            "system_prompt": "" if spec.system_prompt_in_template else spec.system_prompt}
+    return {
+        "reasoning_tags": spec.reasoning_tags,
+        "tool_format": spec.tool_format,
+        "system_prompt": "" if spec.system_prompt_in_template else spec.system_prompt,
+    }
 
 
 def _prepare(cfg: DataConfig, tokenizer, eot: str, spec: ModelSpec) -> PreparedData:
     info, report = DataInfo(), ReadReport()
     train_recs, eval_recs, info.duplicates = split_records(cfg, cfg.skip_bad_rows, report)
-    info.read, info.format, info.skipped, info.read_summary = report.read, report.format, report.skipped, report.summary()
+    info.read, info.format, info.skipped, info.read_summary = (
+        report.read,
+        report.format,
+        report.skipped,
+        report.summary(),
+    )
     dropped: list[Rendered] = []
     train = tokenize(train_recs, tokenizer, cfg, eot, info, "train", dropped, spec)
     evals = tokenize(eval_recs, tokenizer, cfg, eot, info, "eval", dropped, spec)
@@ -148,11 +169,13 @@ def _prepare(cfg: DataConfig, tokenizer, eot: str, spec: ModelSpec) -> PreparedD
     return PreparedData(train, evals, train_recs, info, dropped)
 
 
-def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str, spec: Optional[ModelSpec] = None) -> Rendered:
+def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str, spec: ModelSpec | None = None) -> Rendered:
     """render_sample of the record in template form, with any rendering problem reported at its file:line."""
     spec = spec or GENERIC
     try:
-        rendered = render_sample(tokenizer, for_template(rec.sample, spec), cfg.max_length, cfg.mask, eot, cfg.fold_system)
+        rendered = render_sample(
+            tokenizer, for_template(rec.sample, spec), cfg.max_length, cfg.mask, eot, cfg.fold_system
+        )
         if cfg.reasoning == "answer" and "messages" in rec.sample:
             rendered = mask_traces(rendered, tokenizer, spec.reasoning_tags)
     except DataError as exc:
@@ -161,8 +184,16 @@ def render_at(rec: Record, tokenizer, cfg: DataConfig, eot: str, spec: Optional[
     return rendered
 
 
-def tokenize(records: list[Record], tokenizer, cfg: DataConfig, eot: str, info: DataInfo, name: str,
-             dropped: Optional[list[Rendered]] = None, spec: Optional[ModelSpec] = None) -> list[Rendered]:
+def tokenize(
+    records: list[Record],
+    tokenizer,
+    cfg: DataConfig,
+    eot: str,
+    info: DataInfo,
+    name: str,
+    dropped: list[Rendered] | None = None,
+    spec: ModelSpec | None = None,
+) -> list[Rendered]:
     out, dropped = [], dropped if dropped is not None else []
     for rec in track(records, f"Tokenizing {name}"):
         r = render_at(rec, tokenizer, cfg, eot, spec)

@@ -6,16 +6,17 @@ structure (data/render.py's prefix renders); every verb asks these functions, ne
 
 from __future__ import annotations
 
-from typing import Optional
-
 from phinetune.data.render import assistant_turns
 from phinetune.errors import ConfigError
 from phinetune.models.specs import ModelSpec
 
-PROBE = [{"role": "user", "content": "PHINETUNE PROBE QUESTION"}, {"role": "assistant", "content": "PHINETUNE PROBE ANSWER"}]
+PROBE = [
+    {"role": "user", "content": "PHINETUNE PROBE QUESTION"},
+    {"role": "assistant", "content": "PHINETUNE PROBE ANSWER"},
+]
 
 
-def end_of_turn(tokenizer, spec: ModelSpec, configured: Optional[str] = None) -> str:
+def end_of_turn(tokenizer, spec: ModelSpec, configured: str | None = None) -> str:
     """THE end-of-turn token of a model: the one every assistant turn must end with, trained and stopped on.
 
     `model.end_of_turn` when set (it must be one token of the vocabulary); else the spec's (every Phi model).
@@ -28,8 +29,10 @@ def end_of_turn(tokenizer, spec: ModelSpec, configured: Optional[str] = None) ->
     """
     if configured:
         if configured not in tokenizer.get_vocab():
-            raise ConfigError(f"model.end_of_turn={configured!r} is not a single token of this tokenizer's vocabulary; "
-                              "set it to the token the chat template writes after each assistant reply")
+            raise ConfigError(
+                f"model.end_of_turn={configured!r} is not a single token of this tokenizer's vocabulary; "
+                "set it to the token the chat template writes after each assistant reply"
+            )
         return configured
     if spec.end_of_turn:
         return spec.end_of_turn
@@ -40,8 +43,10 @@ def end_of_turn(tokenizer, spec: ModelSpec, configured: Optional[str] = None) ->
     specials = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
     found = next((tokenizer.convert_ids_to_tokens(t) for t in ids[start:end] if t in specials), None)
     if found is None:
-        raise ConfigError("cannot tell this model's end-of-turn token: its chat template writes no special token after an "
-                          "assistant reply; set model.end_of_turn to the token that closes assistant turns")
+        raise ConfigError(
+            "cannot tell this model's end-of-turn token: its chat template writes no special token after an "
+            "assistant reply; set model.end_of_turn to the token that closes assistant turns"
+        )
     return found
 
 

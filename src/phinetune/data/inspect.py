@@ -12,7 +12,6 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from rich.text import Text
 
@@ -46,7 +45,7 @@ class Inspection:
     truncated: int = 0
     lost_tokens: int = 0  # tokens cut by truncation
     empty_where: list[str] = field(default_factory=list)
-    eot_trained: Optional[float] = None  # share of chat samples whose last end-of-turn token is trained
+    eot_trained: float | None = None  # share of chat samples whose last end-of-turn token is trained
     coverage: Coverage = field(default_factory=Coverage)  # per turn, the same counts as the pre-flight
     trace_trained: int = 0  # trained tokens inside reasoning traces (<think>...</think>)
     warnings: list[str] = field(default_factory=list)
@@ -54,15 +53,25 @@ class Inspection:
     def summary(self) -> dict:
         n = max(len(self.lengths), 1)
         return {
-            "source": self.source, "format": self.format, "records": self.records, "settings": self.settings,
-            "duplicates": len(self.duplicates), "tokens": self.tokens, "trained_tokens": self.trained,
+            "source": self.source,
+            "format": self.format,
+            "records": self.records,
+            "settings": self.settings,
+            "duplicates": len(self.duplicates),
+            "tokens": self.tokens,
+            "trained_tokens": self.trained,
             "trained_share": round(self.trained / max(self.tokens, 1), 4),
             "reasoning_trained_tokens": self.trace_trained,
             "reasoning_share_of_trained": round(self.trace_trained / max(self.trained, 1), 4),
-            "truncated_samples": self.truncated, "truncated_share": round(self.truncated / n, 4),
+            "truncated_samples": self.truncated,
+            "truncated_share": round(self.truncated / n, 4),
             "tokens_lost_to_truncation": self.lost_tokens,
-            "length": _stats(self.lengths), "empty_samples": self.empty_where,
-            "eot_trained_share": self.eot_trained, "end_of_turn": self.coverage.summary(), "read_summary": self.read_summary, "warnings": self.warnings,
+            "length": _stats(self.lengths),
+            "empty_samples": self.empty_where,
+            "eot_trained_share": self.eot_trained,
+            "end_of_turn": self.coverage.summary(),
+            "read_summary": self.read_summary,
+            "warnings": self.warnings,
         }
 
 
@@ -71,7 +80,14 @@ def _stats(lengths: list[int]) -> dict:
         return {}
     s = sorted(lengths)
     pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731 (nearest-rank percentile)
-    return {"min": s[0], "median": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": s[-1], "mean": round(sum(s) / len(s), 1)}
+    return {
+        "min": s[0],
+        "median": pick(0.5),
+        "p90": pick(0.9),
+        "p99": pick(0.99),
+        "max": s[-1],
+        "mean": round(sum(s) / len(s), 1),
+    }
 
 
 def inspect_data(cfg: DataConfig, tokenizer, eot: str, n_samples: int = 3, spec=None) -> Inspection:
@@ -103,29 +119,49 @@ def _warnings(ins: Inspection, records: list[Record], cfg: DataConfig) -> list[s
     warns = []
     marked = [r.where for r in records if "text" in r.sample and CHAT_MARKERS.search(r.sample["text"])]
     if marked:
-        warns.append(f"{len(marked)} plain-text row(s) contain chat markup (e.g. {marked[0]}); as `text` every token is trained, "
-                     "user turns included; convert them to messages for assistant-only loss")
+        warns.append(
+            f"{len(marked)} plain-text row(s) contain chat markup (e.g. {marked[0]}); as `text` every token is trained, "
+            "user turns included; convert them to messages for assistant-only loss"
+        )
     if ins.empty_where:
-        warns.append(f"{len(ins.empty_where)} sample(s) have no trained tokens at max_length={cfg.max_length} "
-                     f"(e.g. {', '.join(ins.empty_where[:3])}); training refuses them unless preflight.allow_empty_samples")
+        warns.append(
+            f"{len(ins.empty_where)} sample(s) have no trained tokens at max_length={cfg.max_length} "
+            f"(e.g. {', '.join(ins.empty_where[:3])}); training refuses them unless preflight.allow_empty_samples"
+        )
     cov, floor = ins.coverage, PreflightConfig().min_eot_share
     warns += [f"mask violation: {v}" for v in cov.violations[:5]]
     if cov.turns_without_eot:
-        warns.append(f"{len(cov.turns_without_eot)} assistant turn(s) end without the end-of-turn token {ins.settings['eot']} "
-                     f"(e.g. {cov.turns_without_eot[0]})")
+        warns.append(
+            f"{len(cov.turns_without_eot)} assistant turn(s) end without the end-of-turn token {ins.settings['eot']} "
+            f"(e.g. {cov.turns_without_eot[0]})"
+        )
     if ins.eot_trained is not None and ins.eot_trained < 1.0:
-        warns.append(f"the last end-of-turn token is trained in only {ins.eot_trained:.0%} of conversations at max_length={cfg.max_length}"
-                     + (f"; training refuses below {floor:.0%} (preflight.min_eot_share): max_length={cov.max_length_for(floor)} keeps {floor:.0%}"
-                        if ins.eot_trained < floor else ""))
+        warns.append(
+            f"the last end-of-turn token is trained in only {ins.eot_trained:.0%} of conversations at max_length={cfg.max_length}"
+            + (
+                f"; training refuses below {floor:.0%} (preflight.min_eot_share): max_length={cov.max_length_for(floor)} keeps {floor:.0%}"
+                if ins.eot_trained < floor
+                else ""
+            )
+        )
     return warns
 
 
 # ---------------------------------------------------------------- the verb: its flags for data.* keys
 
 # data.* fields as `phinetune data inspect` spells them: its errors name these, not the run config's keys.
-DATA_FLAGS = {"train": "DATA", "format": "--format", "columns": "--column", "max_length": "--max-length", "mask": "--mask",
-              "reasoning": "--reasoning", "split": "--split", "limit": "--limit", "skip_bad_rows": "--skip-bad-rows",
-              "fold_system": "--fold-system"}
+DATA_FLAGS = {
+    "train": "DATA",
+    "format": "--format",
+    "columns": "--column",
+    "max_length": "--max-length",
+    "mask": "--mask",
+    "reasoning": "--reasoning",
+    "split": "--split",
+    "limit": "--limit",
+    "skip_bad_rows": "--skip-bad-rows",
+    "fold_system": "--fold-system",
+}
 INSPECT_FLAGS = {"data.train / data.eval": "DATA", **{f"data.{key}": flag for key, flag in DATA_FLAGS.items()}}
 
 
@@ -136,8 +172,9 @@ def as_inspect_flags(message: str) -> str:
     return message
 
 
-def report_data(cfg: DataConfig, model: str, spec_key: Optional[str] = None, samples: int = 3,
-                out: Path = Path("data-inspect")) -> Inspection:
+def report_data(
+    cfg: DataConfig, model: str, spec_key: str | None = None, samples: int = 3, out: Path = Path("data-inspect")
+) -> Inspection:
     """`phinetune data inspect`: inspect `cfg` with --model's tokenizer and template, write OUT's files, print it all."""
     tokenizer, eot = load_inspect_tokenizer(model, spec_key)
     try:
@@ -150,7 +187,8 @@ def report_data(cfg: DataConfig, model: str, spec_key: Optional[str] = None, sam
 
 # ---------------------------------------------------------------- tokenizer for a model name
 
-def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
+
+def load_inspect_tokenizer(model: str, spec_key: str | None = None):
     """(tokenizer, end-of-turn token) for a tiny-* name, a Hub id in the local cache, or a local folder."""
     from phinetune.data.end_of_turn import end_of_turn
     from phinetune.models.loading import load_tokenizer
@@ -169,7 +207,7 @@ def load_inspect_tokenizer(model: str, spec_key: Optional[str] = None):
     return tokenizer, end_of_turn(tokenizer, spec)
 
 
-def inspect_spec(model: str, spec_key: Optional[str] = None):
+def inspect_spec(model: str, spec_key: str | None = None):
     """The spec for --model: by name, else from a local folder's config.json."""
     from phinetune.models.specs import get_spec, spec_from_config
 
@@ -181,6 +219,7 @@ def inspect_spec(model: str, spec_key: Optional[str] = None):
 
 
 # ---------------------------------------------------------------- output
+
 
 def text_histogram(lengths: list[int], max_length: int, bins: int = 12, width: int = 40) -> str:
     if not lengths:
@@ -200,8 +239,13 @@ def text_histogram(lengths: list[int], max_length: int, bins: int = 12, width: i
 
 
 def save_histogram_png(lengths: list[int], max_length: int, path: Path) -> Path:
-    panel = Panel("Token lengths", "tokens per sample (before truncation)", "samples", values=lengths,
-                  marks=((max_length, f"max_length={max_length}"),))
+    panel = Panel(
+        "Token lengths",
+        "tokens per sample (before truncation)",
+        "samples",
+        values=lengths,
+        marks=((max_length, f"max_length={max_length}"),),
+    )
     return save([panel], path, size=(7, 4))
 
 
@@ -231,38 +275,64 @@ def mask_rich(rendered: Rendered, tokenizer) -> Text:
 
 def write_outputs(ins: Inspection, tokenizer, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"report": out_dir / "report.json", "histogram_png": out_dir / "lengths.png",
-             "histogram_txt": out_dir / "lengths.txt", "samples": out_dir / "samples.txt"}
-    paths["report"].write_text(json.dumps({**ins.summary(), "duplicate_pairs": ins.duplicates}, indent=2, ensure_ascii=False))
+    paths = {
+        "report": out_dir / "report.json",
+        "histogram_png": out_dir / "lengths.png",
+        "histogram_txt": out_dir / "lengths.txt",
+        "samples": out_dir / "samples.txt",
+    }
+    paths["report"].write_text(
+        json.dumps({**ins.summary(), "duplicate_pairs": ins.duplicates}, indent=2, ensure_ascii=False)
+    )
     save_histogram_png(ins.lengths, ins.settings["max_length"], paths["histogram_png"])
     paths["histogram_txt"].write_text(text_histogram(ins.lengths, ins.settings["max_length"]) + "\n")
-    paths["samples"].write_text("\n\n".join(f"--- {rec.where} ({len(r.input_ids)} tokens, {r.n_trained} trained)\n{mask_plain(r, tokenizer)}"
-                                            for rec, r in ins.samples) + "\n")
+    paths["samples"].write_text(
+        "\n\n".join(
+            f"--- {rec.where} ({len(r.input_ids)} tokens, {r.n_trained} trained)\n{mask_plain(r, tokenizer)}"
+            for rec, r in ins.samples
+        )
+        + "\n"
+    )
     return paths
 
 
 def print_inspection(ins: Inspection, tokenizer, paths: dict[str, Path]) -> None:
     s = ins.summary()
     console.rule(Text(f"data inspect: {ins.source}", style="bold"))
-    console.print(f"format: {ins.format}   records: {ins.records}   duplicates: {s['duplicates']}   "
-                  f"mask: {ins.settings['mask']}   max_length: {ins.settings['max_length']}   end-of-turn: {ins.settings['eot']}", highlight=False)
+    console.print(
+        f"format: {ins.format}   records: {ins.records}   duplicates: {s['duplicates']}   "
+        f"mask: {ins.settings['mask']}   max_length: {ins.settings['max_length']}   end-of-turn: {ins.settings['eot']}",
+        highlight=False,
+    )
     if ins.read_summary:
         console.print(ins.read_summary, style="yellow", highlight=False)
     for dup, first in ins.duplicates[:3]:
         console.print(f"  duplicate: {dup} repeats {first}", highlight=False)
-    console.print(f"tokens: {s['tokens']:,} kept, {s['trained_tokens']:,} trained ({s['trained_share']:.1%})   "
-                  f"truncated: {s['truncated_samples']} sample(s) ({s['truncated_share']:.1%}), {s['tokens_lost_to_truncation']:,} tokens cut", highlight=False)
-    console.print(f"reasoning traces: {s['reasoning_trained_tokens']:,} trained tokens inside <think>...</think> "
-                  f"({s['reasoning_share_of_trained']:.1%} of trained tokens; data.reasoning={ins.settings['reasoning']})", highlight=False)
+    console.print(
+        f"tokens: {s['tokens']:,} kept, {s['trained_tokens']:,} trained ({s['trained_share']:.1%})   "
+        f"truncated: {s['truncated_samples']} sample(s) ({s['truncated_share']:.1%}), {s['tokens_lost_to_truncation']:,} tokens cut",
+        highlight=False,
+    )
+    console.print(
+        f"reasoning traces: {s['reasoning_trained_tokens']:,} trained tokens inside <think>...</think> "
+        f"({s['reasoning_share_of_trained']:.1%} of trained tokens; data.reasoning={ins.settings['reasoning']})",
+        highlight=False,
+    )
     console.print(f"length (tokens, before truncation): {s['length']}", highlight=False)
     cov = ins.coverage
     if cov.chat_samples:
-        console.print(f"end-of-turn {ins.settings['eot']}: own token trained in {cov.turns_eot_trained}/{cov.turns} assistant turns"
-                      f"{f' ({cov.turns_cut} cut by max_length)' if cov.turns_cut else ''}; last one kept in "
-                      f"{cov.last_eot_trained}/{cov.chat_samples} chat samples; {len(cov.violations)} mask violation(s)", highlight=False)
+        console.print(
+            f"end-of-turn {ins.settings['eot']}: own token trained in {cov.turns_eot_trained}/{cov.turns} assistant turns"
+            f"{f' ({cov.turns_cut} cut by max_length)' if cov.turns_cut else ''}; last one kept in "
+            f"{cov.last_eot_trained}/{cov.chat_samples} chat samples; {len(cov.violations)} mask violation(s)",
+            highlight=False,
+        )
     console.print(text_histogram(ins.lengths, ins.settings["max_length"]), highlight=False, markup=False)
     for rec, r in ins.samples:
-        console.print(f"--- {rec.where} ({len(r.input_ids)} tokens, {r.n_trained} trained; trained text in [[ ]])", highlight=False)
+        console.print(
+            f"--- {rec.where} ({len(r.input_ids)} tokens, {r.n_trained} trained; trained text in [[ ]])",
+            highlight=False,
+        )
         console.print(mask_rich(r, tokenizer))
     for w in ins.warnings:
         console.print(f"warning: {w}", style="yellow", highlight=False)

@@ -12,7 +12,7 @@ same pairs in every process (a resumed synth run cleans to the very same item se
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable
+from collections.abc import Hashable, Iterable
 
 NUM_PERM = 128
 # The chance that a pair exactly at the threshold shares a band (higher above it). 0.999 finds every near-duplicate
@@ -31,7 +31,7 @@ def bands(threshold: float, num_perm: int = NUM_PERM, recall: float = RECALL) ->
     """
     for rows in range(num_perm // 2, 0, -1):  # datasketch wants two bands at least
         count = num_perm // rows
-        if 1 - (1 - threshold ** rows) ** count >= recall:
+        if 1 - (1 - threshold**rows) ** count >= recall:
             return count, rows
     return num_perm, 1
 

@@ -21,7 +21,6 @@ renderer, whichever way it finds the trained tokens, sees only what the template
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from phinetune.errors import DataError
 from phinetune.models.specs import ModelSpec
@@ -48,8 +47,10 @@ def for_template(sample: dict, spec: ModelSpec) -> dict:
     tools = sample.get("tools")
     if tools:
         if spec.tool_format != "phi4-mini":
-            raise DataError(f"this record has tool definitions, but the {spec.key} chat template has no place for them; "
-                            "tool calling is supported for Phi-4-mini (model.name=microsoft/Phi-4-mini-instruct)")
+            raise DataError(
+                f"this record has tool definitions, but the {spec.key} chat template has no place for them; "
+                "tool calling is supported for Phi-4-mini (model.name=microsoft/Phi-4-mini-instruct)"
+            )
         messages = _with_system(messages, spec)
         messages[0] = {**messages[0], "tools": json.dumps(tools, ensure_ascii=False)}
     elif spec.system_prompt and not spec.system_prompt_in_template:
@@ -66,16 +67,24 @@ def _with_system(messages: list[dict], spec: ModelSpec) -> list[dict]:
 def _message(m: dict, spec: ModelSpec) -> dict:
     role, content = m["role"], m.get("content") or ""
     if role == "tool" and spec.tool_format != "phi4-mini":
-        raise DataError(f"this record has a tool turn, but the {spec.key} chat template has no tool role; "
-                        "tool calling is supported for Phi-4-mini (model.name=microsoft/Phi-4-mini-instruct)")
+        raise DataError(
+            f"this record has a tool turn, but the {spec.key} chat template has no tool role; "
+            "tool calling is supported for Phi-4-mini (model.name=microsoft/Phi-4-mini-instruct)"
+        )
     if role != "assistant":  # a system turn already in template form keeps its tools (normalizing twice is a no-op)
-        return {"role": role, "content": content, **({"tools": m["tools"]} if role == "system" and m.get("tools") else {})}
+        return {
+            "role": role,
+            "content": content,
+            **({"tools": m["tools"]} if role == "system" and m.get("tools") else {}),
+        }
     if m.get("reasoning"):
         content = reasoning_text(m["reasoning"], content, spec)
     if m.get("tool_calls"):
         if spec.tool_format != "phi4-mini":
-            raise DataError(f"this record has tool calls, but the {spec.key} chat template has no way to write them; "
-                            "tool calling is supported for Phi-4-mini (model.name=microsoft/Phi-4-mini-instruct)")
+            raise DataError(
+                f"this record has tool calls, but the {spec.key} chat template has no way to write them; "
+                "tool calling is supported for Phi-4-mini (model.name=microsoft/Phi-4-mini-instruct)"
+            )
         content += tool_call_text(m["tool_calls"])
     return {"role": "assistant", "content": content}
 
@@ -96,13 +105,15 @@ def canonical_tool_calls(calls, where: str, field: str) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: field '{field}[{i}].arguments' is not valid JSON ({exc.msg})") from None
         if not isinstance(name, str) or not name or not isinstance(args, dict):
-            raise DataError(f"{where}: field '{field}[{i}]' must be {{name: str, arguments: object}} "
-                            f"(or OpenAI's {{type: function, function: {{name, arguments}}}}), got {call!r:.80}")
+            raise DataError(
+                f"{where}: field '{field}[{i}]' must be {{name: str, arguments: object}} "
+                f"(or OpenAI's {{type: function, function: {{name, arguments}}}}), got {call!r:.80}"
+            )
         out.append({"name": name, "arguments": args})
     return out
 
 
-def canonical_tools(tools, where: str) -> Optional[list[dict]]:
+def canonical_tools(tools, where: str) -> list[dict] | None:
     """Tool definitions as the function objects Phi-4-mini's model card lists ({name, description, parameters})."""
     if tools is None:
         return None
@@ -112,7 +123,9 @@ def canonical_tools(tools, where: str) -> Optional[list[dict]]:
     for i, t in enumerate(tools):
         fn = t.get("function", t) if t.get("type", "function") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise DataError(f"{where}: field 'tools[{i}]' must be {{name, description, parameters}} or "
-                            f"{{type: function, function: {{...}}}}, got {t!r:.80}")
+            raise DataError(
+                f"{where}: field 'tools[{i}]' must be {{name, description, parameters}} or "
+                f"{{type: function, function: {{...}}}}, got {t!r:.80}"
+            )
         out.append(fn)
     return out

@@ -82,4 +82,4 @@ def batches(rows: list[Row], batch_size: int, seed: int, epoch: int, shuffle: bo
     order = list(range(len(rows)))
     if shuffle:
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return [[rows[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+    return [[rows[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 from phinetune.data.formats import GUANACO_ROLES, ROLES, RowError
 from phinetune.data.normalize import for_template
@@ -40,7 +39,7 @@ OBJECTIVE_DATA = {"dpo": PAIRED, "ipo": PAIRED, "orpo": PAIRED, "simpo": PAIRED,
 class PrefRecord:
     prompt: list[dict]  # the conversation so far, ending on a user turn
     chosen: str  # for KTO: the completion
-    rejected: Optional[str]  # None for KTO
+    rejected: str | None  # None for KTO
     where: str
     desirable: bool = True  # KTO label
 
@@ -68,17 +67,31 @@ class PrefInfo:
 
 # ---------------------------------------------------------------- reading
 
+
 def _turns(value, where: str, name: str) -> list[dict]:
     if isinstance(value, str):
         if not value.strip():
             raise RowError(where, f"empty field '{name}'", f"field '{name}' is empty; expected non-empty text")
         return [{"role": "assistant" if name != "prompt" else "user", "content": value}]
     if not isinstance(value, list) or not value:
-        raise RowError(where, f"wrong type in '{name}'", f"field '{name}' must be a string or a non-empty list of {{role, content}} turns, got {type(value).__name__}")
+        raise RowError(
+            where,
+            f"wrong type in '{name}'",
+            f"field '{name}' must be a string or a non-empty list of {{role, content}} turns, got {type(value).__name__}",
+        )
     out = []
     for i, t in enumerate(value):
-        if not isinstance(t, dict) or t.get("role") not in ROLES or not isinstance(t.get("content"), str) or not t["content"].strip():
-            raise RowError(where, "bad turn", f"field '{name}[{i}]' must be {{role: system|user|assistant, content: non-empty str}}, got {t!r:.80}")
+        if (
+            not isinstance(t, dict)
+            or t.get("role") not in ROLES
+            or not isinstance(t.get("content"), str)
+            or not t["content"].strip()
+        ):
+            raise RowError(
+                where,
+                "bad turn",
+                f"field '{name}[{i}]' must be {{role: system|user|assistant, content: non-empty str}}, got {t!r:.80}",
+            )
         out.append({"role": t["role"], "content": t["content"]})
     return out
 
@@ -92,20 +105,30 @@ def _hh(text: str, where: str, name: str) -> list[dict]:
 
 def _reply(turns: list[dict], where: str, name: str) -> str:
     if len(turns) != 1 or turns[0]["role"] != "assistant":
-        raise RowError(where, f"'{name}' is not one reply", f"field '{name}' must be one assistant reply after the prompt, got {len(turns)} turn(s) ending with {turns[-1]['role']}")
+        raise RowError(
+            where,
+            f"'{name}' is not one reply",
+            f"field '{name}' must be one assistant reply after the prompt, got {len(turns)} turn(s) ending with {turns[-1]['role']}",
+        )
     return turns[0]["content"]
 
 
 def _check_prompt(prompt: list[dict], where: str) -> list[dict]:
     body = [m["role"] for m in prompt if m["role"] != "system"]
     if not body or body[-1] != "user":
-        raise RowError(where, "prompt does not end on a user turn", "the prompt must end with a user turn (the replies answer it)")
+        raise RowError(
+            where, "prompt does not end on a user turn", "the prompt must end with a user turn (the replies answer it)"
+        )
     return prompt
 
 
 def pair_from_row(row: dict, where: str) -> PrefRecord:
     if "chosen" not in row or "rejected" not in row:
-        raise RowError(where, "missing chosen/rejected", f"a preference row needs 'chosen' and 'rejected' (fields present: {', '.join(sorted(row)) or 'none'})")
+        raise RowError(
+            where,
+            "missing chosen/rejected",
+            f"a preference row needs 'chosen' and 'rejected' (fields present: {', '.join(sorted(row)) or 'none'})",
+        )
     chosen, rejected = row["chosen"], row["rejected"]
     prompt_field = row.get("prompt", row.get("messages"))
     if prompt_field is None and isinstance(chosen, str) and isinstance(rejected, str):
@@ -114,7 +137,11 @@ def pair_from_row(row: dict, where: str) -> PrefRecord:
     if prompt_field is None or (len(c) > 1 and len(r) > 1):
         # Full conversations (UltraFeedback, HH): the shared prefix is the prompt, the last turn the reply.
         if c[:-1] != r[:-1]:
-            raise RowError(where, "chosen and rejected differ before the reply", "'chosen' and 'rejected' must share every turn but the last (the prompt)")
+            raise RowError(
+                where,
+                "chosen and rejected differ before the reply",
+                "'chosen' and 'rejected' must share every turn but the last (the prompt)",
+            )
         prompt, c, r = c[:-1], c[-1:], r[-1:]
     else:
         prompt = _turns(prompt_field, where, "prompt")
@@ -124,16 +151,35 @@ def pair_from_row(row: dict, where: str) -> PrefRecord:
 def unpaired_from_row(row: dict, where: str) -> PrefRecord:
     for name in ("prompt", "completion", "label"):
         if name not in row:
-            raise RowError(where, f"missing field '{name}'", f"a KTO row needs prompt, completion and label (fields present: {', '.join(sorted(row))})")
+            raise RowError(
+                where,
+                f"missing field '{name}'",
+                f"a KTO row needs prompt, completion and label (fields present: {', '.join(sorted(row))})",
+            )
     if not isinstance(row["label"], bool):
-        raise RowError(where, "label is not a boolean", f"field 'label' must be true (desirable) or false (undesirable), got {row['label']!r:.40}")
+        raise RowError(
+            where,
+            "label is not a boolean",
+            f"field 'label' must be true (desirable) or false (undesirable), got {row['label']!r:.40}",
+        )
     prompt = _turns(row["prompt"], where, "prompt")
-    return PrefRecord(_check_prompt(prompt, where), _reply(_turns(row["completion"], where, "completion"), where, "completion"),
-                      None, where, desirable=row["label"])
+    return PrefRecord(
+        _check_prompt(prompt, where),
+        _reply(_turns(row["completion"], where, "completion"), where, "completion"),
+        None,
+        where,
+        desirable=row["label"],
+    )
 
 
-def read_preferences(source: str, kind: str, skip_bad: bool = False, limit: Optional[int] = None,
-                     split: str = "train", report: Optional[ReadReport] = None) -> list[PrefRecord]:
+def read_preferences(
+    source: str,
+    kind: str,
+    skip_bad: bool = False,
+    limit: int | None = None,
+    split: str = "train",
+    report: ReadReport | None = None,
+) -> list[PrefRecord]:
     convert = unpaired_from_row if kind == UNPAIRED else pair_from_row
     report = report if report is not None else ReadReport()
     out: list[PrefRecord] = []
@@ -151,13 +197,18 @@ def read_preferences(source: str, kind: str, skip_bad: bool = False, limit: Opti
     report.read += len(out)
     report.format = kind
     if not out:
-        raise DataError(f"{source}: no usable preference records" + (f" ({report.summary()})" if report.skipped else ""))
+        raise DataError(
+            f"{source}: no usable preference records" + (f" ({report.summary()})" if report.skipped else "")
+        )
     if kind == UNPAIRED and len({r.desirable for r in out}) < 2:
-        raise DataError(f"{source}: every KTO row has label={out[0].desirable}; KTO needs both desirable and undesirable examples")
+        raise DataError(
+            f"{source}: every KTO row has label={out[0].desirable}; KTO needs both desirable and undesirable examples"
+        )
     return out
 
 
 # ---------------------------------------------------------------- rendering
+
 
 def in_template_form(records: list[PrefRecord], spec: ModelSpec) -> list[PrefRecord]:
     """The prompts written as SFT and inference write them (data/normalize.py: the spec's default system prompt,
@@ -172,20 +223,28 @@ def prompt_length(r: Rendered) -> int:
 
 def render_pair(tokenizer, prompt: list[dict], a: str, b: str, where: str, max_length: int, eot: str) -> PrefSample:
     try:
-        ra = render_sample(tokenizer, {"messages": prompt + [{"role": "assistant", "content": a}]}, max_length, "last_assistant", eot)
-        rb = render_sample(tokenizer, {"messages": prompt + [{"role": "assistant", "content": b}]}, max_length, "last_assistant", eot)
+        ra = render_sample(
+            tokenizer, {"messages": prompt + [{"role": "assistant", "content": a}]}, max_length, "last_assistant", eot
+        )
+        rb = render_sample(
+            tokenizer, {"messages": prompt + [{"role": "assistant", "content": b}]}, max_length, "last_assistant", eot
+        )
     except DataError as exc:
         raise DataError(f"{where}: {exc}") from None
     pa, pb = prompt_length(ra), prompt_length(rb)
     if pa != pb or ra.input_ids[:pa] != rb.input_ids[:pb]:
         first = next((i for i, (x, y) in enumerate(zip(ra.input_ids, rb.input_ids)) if x != y), min(pa, pb))
-        raise DataError(f"{where}: the prompt renders to different tokens before the chosen and the rejected reply "
-                        f"(they differ at token {first}: {tokenizer.decode(ra.input_ids[first:first + 3])!r} vs "
-                        f"{tokenizer.decode(rb.input_ids[first:first + 3])!r}); the two log-probabilities would not share a prompt")
+        raise DataError(
+            f"{where}: the prompt renders to different tokens before the chosen and the rejected reply "
+            f"(they differ at token {first}: {tokenizer.decode(ra.input_ids[first : first + 3])!r} vs "
+            f"{tokenizer.decode(rb.input_ids[first : first + 3])!r}); the two log-probabilities would not share a prompt"
+        )
     return PrefSample(ra, rb, pa, where)
 
 
-def render_preferences(records: list[PrefRecord], tokenizer, max_length: int, eot: str, info: PrefInfo) -> list[PrefSample]:
+def render_preferences(
+    records: list[PrefRecord], tokenizer, max_length: int, eot: str, info: PrefInfo
+) -> list[PrefSample]:
     """Rendered samples; a pair whose replies were truncated away entirely is counted and left out."""
     out = []
     for i, rec in enumerate(records):
@@ -219,8 +278,18 @@ def overlap(a: str, b: str) -> float:
 
 # ---------------------------------------------------------------- inspection
 
-def inspect_preferences(source: str, kind: str, tokenizer, max_length: int, eot: str, limit: Optional[int] = None,
-                        skip_bad: bool = False, split: str = "train", spec: Optional[ModelSpec] = None) -> dict:
+
+def inspect_preferences(
+    source: str,
+    kind: str,
+    tokenizer,
+    max_length: int,
+    eot: str,
+    limit: int | None = None,
+    skip_bad: bool = False,
+    split: str = "train",
+    spec: ModelSpec | None = None,
+) -> dict:
     """What `data inspect --objective dpo|kto` reports: reply lengths, length bias, overlap, truncation, with the
     prompts in the form training renders them (`spec`)."""
     from phinetune.data.inspect import _stats
@@ -231,9 +300,17 @@ def inspect_preferences(source: str, kind: str, tokenizer, max_length: int, eot:
     info = PrefInfo(read=len(records), kind=kind)
     samples = render_preferences(records, tokenizer, max_length, eot, info)
     chosen = [s.chosen.n_trained for s in samples]
-    out = {"source": source, "kind": kind, "records": len(records), "usable": len(samples), "read_summary": report.summary(),
-           "truncated": info.truncated, "dropped": info.skipped, "prompt_tokens": _stats([s.prompt_tokens for s in samples]),
-           "prompt_identical_token_for_token": len(samples)}  # render_pair refuses any pair where it is not
+    out = {
+        "source": source,
+        "kind": kind,
+        "records": len(records),
+        "usable": len(samples),
+        "read_summary": report.summary(),
+        "truncated": info.truncated,
+        "dropped": info.skipped,
+        "prompt_tokens": _stats([s.prompt_tokens for s in samples]),
+        "prompt_identical_token_for_token": len(samples),
+    }  # render_pair refuses any pair where it is not
     if kind == UNPAIRED:
         out["desirable"] = sum(r.desirable for r in records)
         out["undesirable"] = len(records) - out["desirable"]
@@ -241,14 +318,27 @@ def inspect_preferences(source: str, kind: str, tokenizer, max_length: int, eot:
         return out
     rejected = [s.rejected.n_trained for s in samples]
     overlaps = [overlap(r.chosen, r.rejected) for r in records]
-    out.update(chosen_tokens=_stats(chosen), rejected_tokens=_stats(rejected),
-               chosen_longer_share=round(sum(c > r for c, r in zip(chosen, rejected)) / max(len(samples), 1), 4),
-               word_overlap=_stats([round(o, 3) for o in overlaps]) if overlaps else {}, identical_pairs=info.identical)
+    out.update(
+        chosen_tokens=_stats(chosen),
+        rejected_tokens=_stats(rejected),
+        chosen_longer_share=round(sum(c > r for c, r in zip(chosen, rejected)) / max(len(samples), 1), 4),
+        word_overlap=_stats([round(o, 3) for o in overlaps]) if overlaps else {},
+        identical_pairs=info.identical,
+    )
     return out
 
 
-def report_preferences(source: str, objective: str, model: str, spec_key: Optional[str], max_length: int, limit: Optional[int],
-                       skip_bad: bool, split: str, out: Path) -> dict:
+def report_preferences(
+    source: str,
+    objective: str,
+    model: str,
+    spec_key: str | None,
+    max_length: int,
+    limit: int | None,
+    skip_bad: bool,
+    split: str,
+    out: Path,
+) -> dict:
     """`data inspect --objective dpo|kto ...`: `inspect_preferences` with --model's tokenizer, written to OUT/report.json
     and printed."""
     import json
@@ -259,8 +349,17 @@ def report_preferences(source: str, objective: str, model: str, spec_key: Option
     if objective not in OBJECTIVE_DATA:
         raise DataError(f"--objective {objective}: expected sft, {', '.join(OBJECTIVE_DATA)}")
     tokenizer, eot = load_inspect_tokenizer(model, spec_key)
-    stats = inspect_preferences(source, OBJECTIVE_DATA[objective], tokenizer, max_length, eot, limit, skip_bad, split,
-                                inspect_spec(model, spec_key))
+    stats = inspect_preferences(
+        source,
+        OBJECTIVE_DATA[objective],
+        tokenizer,
+        max_length,
+        eot,
+        limit,
+        skip_bad,
+        split,
+        inspect_spec(model, spec_key),
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
     console.rule(f"[bold]data inspect ({objective}): {source}")

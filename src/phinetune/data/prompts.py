@@ -13,8 +13,10 @@ from pathlib import Path
 from phinetune.errors import DataError
 
 # What a prompt file holds, shown with every error about one (generate --input, compare/judge --prompts).
-PROMPT_LINES = ('one JSON object per line with a "prompt" (a string) or "messages" (a list of {"role", "content"}) field, '
-                'e.g. {"prompt": "What has keys?"} or {"messages": [{"role": "user", "content": "What has keys?"}]}')
+PROMPT_LINES = (
+    'one JSON object per line with a "prompt" (a string) or "messages" (a list of {"role", "content"}) field, '
+    'e.g. {"prompt": "What has keys?"} or {"messages": [{"role": "user", "content": "What has keys?"}]}'
+)
 
 ARRAY = "a JSON array, not JSON Lines"
 JSON_TYPES = {str: "string", int: "number", float: "number", bool: "true/false", type(None): "null"}
@@ -27,7 +29,9 @@ def read_prompt_rows(path: Path) -> list[dict]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is accepted
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); re-save the file as UTF-8") from None
+        raise DataError(
+            f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); re-save the file as UTF-8"
+        ) from None
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -40,8 +44,13 @@ def read_prompt_rows(path: Path) -> list[dict]:
         if isinstance(row, dict) and isinstance(row.get("prompt"), str):
             row = {**row, "messages": [{"role": "user", "content": row["prompt"]}]}
         if not (isinstance(row, dict) and _valid_messages(row.get("messages"))):
-            got = (f"an object with {', '.join(repr(k) for k in list(row)[:5]) or 'no keys'}" if isinstance(row, dict) else
-                   ARRAY if isinstance(row, list) else f"a JSON {JSON_TYPES.get(type(row), 'value')}")
+            got = (
+                f"an object with {', '.join(repr(k) for k in list(row)[:5]) or 'no keys'}"
+                if isinstance(row, dict)
+                else ARRAY
+                if isinstance(row, list)
+                else f"a JSON {JSON_TYPES.get(type(row), 'value')}"
+            )
             raise DataError(f"{path}:{n}: {got}; expected {PROMPT_LINES}")
         rows.append(row)
     if not rows:
@@ -50,5 +59,11 @@ def read_prompt_rows(path: Path) -> list[dict]:
 
 
 def _valid_messages(messages) -> bool:
-    return isinstance(messages, list) and bool(messages) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    )

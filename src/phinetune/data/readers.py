@@ -12,10 +12,10 @@ import codecs
 import difflib
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Optional
 
 from phinetune.data.formats import FORMATS, NOTE, RowError, detect_format
 from phinetune.errors import DataError
@@ -52,7 +52,10 @@ class ReadReport:
         """'skipped 3 bad row(s): invalid JSON x2 (a.jsonl:3, a.jsonl:7); missing field 'output' x1 (a.jsonl:9)'."""
         lines = [f"{note} in {len(wheres)} row(s) ({_some(wheres)})" for note, wheres in self.notes.items()]
         if self.skipped:
-            parts = [f"{kind} x{len(wheres)} ({_some(wheres)})" for kind, wheres in sorted(self.reasons.items(), key=lambda kv: -len(kv[1]))]
+            parts = [
+                f"{kind} x{len(wheres)} ({_some(wheres)})"
+                for kind, wheres in sorted(self.reasons.items(), key=lambda kv: -len(kv[1]))
+            ]
             lines.append(f"skipped {len(self.skipped)} bad row(s): " + "; ".join(parts))
         return "\n".join(lines)
 
@@ -63,6 +66,7 @@ def _some(wheres: list[str], n: int = 3) -> str:
 
 # ---------------------------------------------------------------- files
 
+
 def _read_jsonl(path: Path) -> Iterator[tuple[Row, str]]:
     with path.open("rb") as fh:
         n = 0
@@ -70,18 +74,24 @@ def _read_jsonl(path: Path) -> Iterator[tuple[Row, str]]:
             n += 1
             where = f"{path}:{n}"
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                raise DataError(f"{where}: line is longer than the {MAX_LINE_BYTES // 2**20} MiB limit per JSON line; "
-                                "is this really a JSON Lines file? split the record or convert the file")
+                raise DataError(
+                    f"{where}: line is longer than the {MAX_LINE_BYTES // 2**20} MiB limit per JSON line; "
+                    "is this really a JSON Lines file? split the record or convert the file"
+                )
             if n == 1:  # a UTF-8 byte-order mark (Windows editors write one) is not part of the first record
                 raw = raw.removeprefix(codecs.BOM_UTF8)
             yield _parse_line(raw, where), where
 
 
-def _parse_line(raw: bytes, where: str) -> Optional[Row]:
+def _parse_line(raw: bytes, where: str) -> Row | None:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return RowError(where, "not UTF-8", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); re-save the file as UTF-8")
+        return RowError(
+            where,
+            "not UTF-8",
+            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); re-save the file as UTF-8",
+        )
     if not line.strip():
         return None
     try:
@@ -100,7 +110,9 @@ def _read_json(path: Path) -> Iterator[tuple[Row, str]]:
         text = raw.decode("utf-8-sig")  # a byte-order mark is accepted
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); re-save the file as UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); re-save the file as UTF-8"
+        ) from None
     if not text.lstrip().startswith("["):
         _refuse_single_object(text, path)
         yield from _read_jsonl(path)
@@ -117,7 +129,14 @@ def _read_json(path: Path) -> Iterator[tuple[Row, str]]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON at column {exc.colno} ({exc.msg})") from None
         where = f"{path}:{line}"
-        yield (row if isinstance(row, dict) else RowError(where, "not a JSON object", f"expected a JSON object, got {type(row).__name__}")), where
+        yield (
+            (
+                row
+                if isinstance(row, dict)
+                else RowError(where, "not a JSON object", f"expected a JSON object, got {type(row).__name__}")
+            ),
+            where,
+        )
         k = _skip_space(text, end)
         line += text.count("\n", j, k)
         if k < len(text) and text[k] == ",":
@@ -136,7 +155,9 @@ def _refuse_single_object(text: str, path: Path) -> None:
     if isinstance(obj, dict) and len(text.strip().splitlines()) > 1:
         lists = [k for k, v in obj.items() if isinstance(v, list)]
         hint = f"; the records look like they are under '{lists[0]}': save that list as the file" if lists else ""
-        raise DataError(f"{path}: holds one JSON object (keys {sorted(obj)[:5]}), expected a JSON array of records or one object per line{hint}")
+        raise DataError(
+            f"{path}: holds one JSON object (keys {sorted(obj)[:5]}), expected a JSON array of records or one object per line{hint}"
+        )
 
 
 def _skip_space(text: str, i: int) -> int:
@@ -191,6 +212,7 @@ def read_rows(path: Path) -> Iterator[tuple[Row, str]]:
 
 # ---------------------------------------------------------------- sources
 
+
 def builtin_names() -> list[str]:
     """The bundled data sets, as `builtin:NAME` takes them (every .jsonl in phinetune/assets)."""
     return sorted(Path(str(p)).stem for p in resources.files("phinetune.assets").iterdir() if str(p).endswith(".jsonl"))
@@ -202,8 +224,11 @@ def builtin_path(name: str) -> Path:
     if not name or "/" in name or "\\" in name or not path.exists():
         names = builtin_names()
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-        raise DataError(f"builtin:{name}: no such bundled dataset; " + (f"did you mean builtin:{close[0]}? " if close else "") +
-                        f"the bundled ones are {', '.join('builtin:' + n for n in names)}")
+        raise DataError(
+            f"builtin:{name}: no such bundled dataset; "
+            + (f"did you mean builtin:{close[0]}? " if close else "")
+            + f"the bundled ones are {', '.join('builtin:' + n for n in names)}"
+        )
     return path
 
 
@@ -240,10 +265,14 @@ def _load_hub(source: str, split: str):
     check_dataset_access()  # an unreachable Hub: cache only, no minute of retries
     try:
         return datasets.load_dataset(source, split=split)
-    except Exception as exc:  # datasets raises many types (not found, offline, bad split); all mean the same to the user
+    except (
+        Exception
+    ) as exc:  # datasets raises many types (not found, offline, bad split); all mean the same to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"data source '{source}' is not a local file or folder, and `datasets` could not load it "
-                        f"(split '{split}'): {first}") from None
+        raise DataError(
+            f"data source '{source}' is not a local file or folder, and `datasets` could not load it "
+            f"(split '{split}'): {first}"
+        ) from None
 
 
 def _disk_dataset(path: Path, split: str) -> Iterator[tuple[Row, str]]:
@@ -289,8 +318,16 @@ def content_fingerprint(source: str, split: str = "train") -> str:
 
 # ---------------------------------------------------------------- records
 
-def read_records(source: str, fmt: str = "auto", columns: Optional[dict] = None, skip_bad: bool = False,
-                 limit: Optional[int] = None, report: Optional[ReadReport] = None, split: str = "train") -> list[Record]:
+
+def read_records(
+    source: str,
+    fmt: str = "auto",
+    columns: dict | None = None,
+    skip_bad: bool = False,
+    limit: int | None = None,
+    report: ReadReport | None = None,
+    split: str = "train",
+) -> list[Record]:
     """Read and validate every row of `source`; stop at the first bad row unless skip_bad."""
     report = report if report is not None else ReadReport()
     columns = _check_columns(columns or {})
@@ -325,8 +362,10 @@ def read_records(source: str, fmt: str = "auto", columns: Optional[dict] = None,
 def _check_columns(columns: dict) -> dict:
     unknown = [k for k in columns if k not in FIELDS]
     if unknown:
-        raise DataError(f"data.columns: '{unknown[0]}' is not a field phinetune reads; keys are our field names "
-                        f"({', '.join(FIELDS)}) and values are the names in your data, e.g. {{prompt: QUESTIONS}}")
+        raise DataError(
+            f"data.columns: '{unknown[0]}' is not a field phinetune reads; keys are our field names "
+            f"({', '.join(FIELDS)}) and values are the names in your data, e.g. {{prompt: QUESTIONS}}"
+        )
     return columns
 
 
@@ -336,7 +375,11 @@ def _rename(row: dict, columns: dict, where: str) -> dict:
         return row
     for ours, theirs in columns.items():
         if theirs not in row:
-            raise RowError(where, f"missing column '{theirs}'", f"missing field '{theirs}' (mapped to '{ours}' by data.columns); "
-                           f"fields present: {', '.join(sorted(row))}")
+            raise RowError(
+                where,
+                f"missing column '{theirs}'",
+                f"missing field '{theirs}' (mapped to '{ours}' by data.columns); "
+                f"fields present: {', '.join(sorted(row))}",
+            )
     inverse = {theirs: ours for ours, theirs in columns.items()}
     return {inverse.get(k, k): v for k, v in row.items() if k not in columns or k in inverse}

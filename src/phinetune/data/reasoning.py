@@ -14,17 +14,20 @@ from dataclasses import replace
 from phinetune.data.render import IGNORE, Rendered
 from phinetune.errors import DataError
 
-REASONING_VIEWS = ("show", "hide")  # what generate and chat print of a reply's trace: all of it, or the final answer only
+REASONING_VIEWS = (
+    "show",
+    "hide",
+)  # what generate and chat print of a reply's trace: all of it, or the final answer only
 
 
 def _offsets(rendered: Rendered, tokenizer) -> list[tuple[int, int]]:
     enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    if ids[:len(rendered.input_ids)] != rendered.input_ids:
+    if ids[: len(rendered.input_ids)] != rendered.input_ids:
         # The ids came from somewhere other than tokenizing the text (a renderer change): character
         # positions would not line up with tokens, so refuse rather than mask the wrong ones.
         raise DataError("cannot place the reasoning mask: the rendered ids differ from the tokenized text")
-    return offsets[:len(rendered.input_ids)]
+    return offsets[: len(rendered.input_ids)]
 
 
 def _trained_runs(rendered: Rendered, offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -55,8 +58,11 @@ def trace_positions(rendered: Rendered, tokenizer, tags: tuple[str, str]) -> lis
     """Indices of trained tokens that lie inside a reasoning trace."""
     offsets = _offsets(rendered, tokenizer)
     spans = [s for lo, hi in _trained_runs(rendered, offsets) for s in trace_spans(rendered.text, lo, hi, tags)]
-    return [i for i, (lo, hi) in enumerate(offsets)
-            if rendered.labels[i] != IGNORE and hi > lo and any(a <= lo and hi <= b for a, b in spans)]
+    return [
+        i
+        for i, (lo, hi) in enumerate(offsets)
+        if rendered.labels[i] != IGNORE and hi > lo and any(a <= lo and hi <= b for a, b in spans)
+    ]
 
 
 def mask_traces(rendered: Rendered, tokenizer, tags: tuple[str, str]) -> Rendered:
@@ -76,7 +82,7 @@ def split_reasoning(text: str, tags: tuple[str, str]) -> tuple[str | None, str]:
     close = text.find(close_tag)
     if close < 0:
         return None, text
-    head, answer = text[:close], text[close + len(close_tag):]
+    head, answer = text[:close], text[close + len(close_tag) :]
     start = head.find(open_tag)
-    trace = head[start + len(open_tag):] if start >= 0 else head
+    trace = head[start + len(open_tag) :] if start >= 0 else head
     return trace.strip(), answer.strip()

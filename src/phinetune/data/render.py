@@ -35,7 +35,7 @@ differently once later turns follow (the prompt is not a text prefix of the conv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from phinetune.errors import DataError
 
@@ -101,10 +101,12 @@ def check_nothing_dropped(tokenizer, messages: list[dict]) -> None:
         emptied = messages[:i] + [{**msg, "content": ""}]
         if render_text(tokenizer, messages[: i + 1]) == render_text(tokenizer, emptied):
             hint = f"; {FOLD_HINT}" if msg["role"] == "system" else ""
-            raise DataError(f"the chat template drops {msg['role']} messages (message {i} would not reach the model){hint}")
+            raise DataError(
+                f"the chat template drops {msg['role']} messages (message {i} would not reach the model){hint}"
+            )
 
 
-def assistant_turns(tokenizer, messages: list[dict], eot_id: Optional[int]) -> tuple[str, list[int], list[list[int]]]:
+def assistant_turns(tokenizer, messages: list[dict], eot_id: int | None) -> tuple[str, list[int], list[list[int]]]:
     """(text, ids, [start, end, eot] per assistant turn) of a conversation, found from the template's structure."""
     text = render_text(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -118,14 +120,18 @@ def assistant_turns(tokenizer, messages: list[dict], eot_id: Optional[int]) -> t
             raise DataError("a conversation cannot start with an assistant message (there is no prompt before it)")
         prompt_text = render_text(tokenizer, messages[:i], generation_prompt=True)
         if not text.startswith(prompt_text):
-            raise DataError(f"the chat template renders the turns before assistant turn {k} differently once later turns follow, "
-                            "so its trained tokens cannot be placed by construction")
+            raise DataError(
+                f"the chat template renders the turns before assistant turn {k} differently once later turns follow, "
+                "so its trained tokens cannot be placed by construction"
+            )
         prompt = _encode(tokenizer, prompt_text)
         start = _common(prompt, ids)
         # Only the one token straddling the cut may differ (BPE merging the prompt's tail with the reply).
         if start < floor or (start < len(prompt) and (start >= len(ids) or offsets[start][1] <= len(prompt_text))):
-            raise DataError(f"the tokenizer splits the prompt before assistant turn {k} differently once the reply follows, "
-                            "so its trained tokens cannot be placed exactly")
+            raise DataError(
+                f"the tokenizer splits the prompt before assistant turn {k} differently once the reply follows, "
+                "so its trained tokens cannot be placed exactly"
+            )
         end = _common(_encode(tokenizer, render_text(tokenizer, messages[: i + 1])), ids)
         if end <= start:
             raise DataError(f"assistant turn {k} renders no tokens of its own in the chat template")
@@ -146,8 +152,9 @@ def trained_mask(n: int, turns: list[list[int]], policy: MaskPolicy) -> list[boo
     return mask
 
 
-def render_sample(tokenizer, sample: dict, max_length: int, policy: MaskPolicy = "assistant", eot: str = "",
-                  fold_system: bool = False) -> Rendered:
+def render_sample(
+    tokenizer, sample: dict, max_length: int, policy: MaskPolicy = "assistant", eot: str = "", fold_system: bool = False
+) -> Rendered:
     """Tokenize one sample ({messages: [...]} or {text: ...}) into ids and labels."""
     if "messages" in sample:
         messages = fold_system_turn(sample["messages"]) if fold_system else sample["messages"]
@@ -162,7 +169,7 @@ def render_sample(tokenizer, sample: dict, max_length: int, policy: MaskPolicy =
     return Rendered(ids[:max_length], labels[:max_length], text, truncated, len(ids), turns)
 
 
-def token_id(tokenizer, token: str) -> Optional[int]:
+def token_id(tokenizer, token: str) -> int | None:
     """The id of a single token string, or None when it is not one token of this vocabulary."""
     if not token:
         return None

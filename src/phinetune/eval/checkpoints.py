@@ -12,7 +12,7 @@ import gc
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -26,12 +26,11 @@ if TYPE_CHECKING:
     from phinetune.train.loop import TrainHooks
 
 
-def training_hooks(cfg) -> Optional["TrainHooks"]:
+def training_hooks(cfg) -> TrainHooks | None:
     """What eval.tasks adds to `phinetune train`: the contamination pre-flight, and task scores at each checkpoint (train.keep)."""
     from phinetune.eval.contamination import preflight_check
-    from phinetune.train.loop import TrainHooks
-
     from phinetune.eval.tasks import get_task
+    from phinetune.train.loop import TrainHooks
 
     if not cfg.eval.tasks:
         return None
@@ -78,14 +77,26 @@ def evaluate_checkpoints(run_path: str, plan, spec: str) -> dict:
     for point in points:
         loaded = load_for_inference(str(run.path), adapter=point.adapter, checkpoint=point.checkpoint)
         results = score_model(loaded.model, loaded.tokenizer, plan, point.label)
-        rows.append({"label": point.label, "step": point.step,
-                     "scores": {f"{t}:{m}": v for t, r in results.items() for m, v in r.metrics.items()},
-                     "stderr": {f"{t}:{m}": v for t, r in results.items() for m, v in r.stderr.items()},
-                     "n": {t: r.n for t, r in results.items()}})
+        rows.append(
+            {
+                "label": point.label,
+                "step": point.step,
+                "scores": {f"{t}:{m}": v for t, r in results.items() for m, v in r.metrics.items()},
+                "stderr": {f"{t}:{m}": v for t, r in results.items() for m, v in r.stderr.items()},
+                "n": {t: r.n for t, r in results.items()},
+            }
+        )
         del loaded
         gc.collect()  # one model in memory at a time
-    report = {"run": str(run.path), "tasks": [t.name for t in plan.tasks], "limit": plan.limit, "shots": plan.shots,
-              "decontaminated": plan.decontaminate, "seconds": round(time.perf_counter() - start, 2), "points": rows}
+    report = {
+        "run": str(run.path),
+        "tasks": [t.name for t in plan.tasks],
+        "limit": plan.limit,
+        "shots": plan.shots,
+        "decontaminated": plan.decontaminate,
+        "seconds": round(time.perf_counter() - start, 2),
+        "points": rows,
+    }
     run.checkpoint_eval.write_text(json.dumps(report, indent=1))
     plot_scores(report, run.read_metrics(), run.checkpoint_plot)
     console.print(scores_table(report))
@@ -95,7 +106,9 @@ def evaluate_checkpoints(run_path: str, plan, spec: str) -> dict:
 
 def scores_table(report: dict) -> Table:
     keys = list(report["points"][0]["scores"]) if report["points"] else []
-    table = Table(title=f"task scores per checkpoint ({report['shots']}-shot, {report['limit'] or 'all'} items per task)")
+    table = Table(
+        title=f"task scores per checkpoint ({report['shots']}-shot, {report['limit'] or 'all'} items per task)"
+    )
     for col in ["checkpoint", "step", *keys]:
         table.add_column(col, justify="left" if col == "checkpoint" else "right")
     for p in report["points"]:
@@ -106,7 +119,9 @@ def scores_table(report: dict) -> Table:
 def plot_scores(report: dict, metrics: list[dict], out: Path) -> Path:
     """Two panels: the run's loss chart, and each task:metric against step (error bars: one standard error)."""
     points = report["points"]
-    scores = tuple(Line(key, [(p["step"], p["scores"][key]) for p in points], errors=[p["stderr"][key] for p in points])
-                   for key in (points[0]["scores"] if points else {}))
+    scores = tuple(
+        Line(key, [(p["step"], p["scores"][key]) for p in points], errors=[p["stderr"][key] for p in points])
+        for key in (points[0]["scores"] if points else {})
+    )
     panel = Panel("Task score per kept checkpoint", "optimizer step (0: base)", "score", scores)
     return save([curve(LOSS, metrics), panel], out, size=(6, 4))

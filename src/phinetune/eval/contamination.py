@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
 
 from phinetune.data.near_duplicates import NearDuplicates, minhash
 from phinetune.data.readers import Record
@@ -73,7 +73,7 @@ def sample_text(sample: dict) -> str:
 
 def shingles(text: str) -> frozenset[str]:
     joined = " ".join(words(text))
-    return frozenset(joined[i:i + SHINGLE] for i in range(max(1, len(joined) - SHINGLE + 1)))
+    return frozenset(joined[i : i + SHINGLE] for i in range(max(1, len(joined) - SHINGLE + 1)))
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,13 @@ class Hit:
     detail: str  # the shared words, or the Jaccard similarity
 
     def as_dict(self) -> dict:
-        return {"task": self.task, "item": self.item, "sample": self.sample, "method": self.method, "detail": self.detail}
+        return {
+            "task": self.task,
+            "item": self.item,
+            "sample": self.sample,
+            "method": self.method,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -99,13 +105,24 @@ class Contamination:
         return {h.item - 1 for h in self.hits if h.task == task}
 
     def per_task(self) -> dict[str, dict]:
-        return {t: {"items": n, "contaminated": len(self.contaminated(t)),
-                    "samples": len({h.sample for h in self.hits if h.task == t}), "source": self.sources.get(t, "")}
-                for t, n in self.items.items()}
+        return {
+            t: {
+                "items": n,
+                "contaminated": len(self.contaminated(t)),
+                "samples": len({h.sample for h in self.hits if h.task == t}),
+                "source": self.sources.get(t, ""),
+            }
+            for t, n in self.items.items()
+        }
 
     def as_dict(self) -> dict:
-        return {"ngram": NGRAM, "min_phrase": MIN_PHRASE, "jaccard": JACCARD, "per_task": self.per_task(),
-                "hits": [h.as_dict() for h in self.hits]}
+        return {
+            "ngram": NGRAM,
+            "min_phrase": MIN_PHRASE,
+            "jaccard": JACCARD,
+            "per_task": self.per_task(),
+            "hits": [h.as_dict() for h in self.hits],
+        }
 
 
 class _Index:
@@ -119,17 +136,17 @@ class _Index:
                 w = words(piece)
                 if len(w) >= NGRAM:
                     for k in range(len(w) - NGRAM + 1):
-                        self.grams.setdefault(NGRAM, {}).setdefault(" ".join(w[k:k + NGRAM]), set()).add(i)
+                        self.grams.setdefault(NGRAM, {}).setdefault(" ".join(w[k : k + NGRAM]), set()).add(i)
                 elif len(w) >= MIN_PHRASE:
                     self.grams.setdefault(len(w), {}).setdefault(" ".join(w), set()).add(i)
             self.near.add(i, shingles(item_text(doc)))
 
-    def overlaps(self, sample: "_Sample") -> dict[int, tuple[str, str]]:
+    def overlaps(self, sample: _Sample) -> dict[int, tuple[str, str]]:
         """item index -> (method, detail) for one training sample."""
         w, found = sample.words, {}
         for n, table in sorted(self.grams.items(), reverse=True):
             for k in range(len(w) - n + 1):
-                gram = " ".join(w[k:k + n])
+                gram = " ".join(w[k : k + n])
                 for i in table.get(gram, ()):
                     found.setdefault(i, ("13-gram" if n == NGRAM else "phrase", gram))
         for i, score in self.near.find(sample.shingles, sample.minhash).items():
@@ -146,7 +163,9 @@ class _Sample:
         self.minhash = minhash(self.shingles)
 
 
-def check(records: Iterable[Record], tasks: dict[str, list[Doc]], sources: Optional[dict[str, str]] = None) -> Contamination:
+def check(
+    records: Iterable[Record], tasks: dict[str, list[Doc]], sources: dict[str, str] | None = None
+) -> Contamination:
     """Every (training sample, benchmark item) overlap, for the items of each task."""
     samples = [_Sample(rec) for rec in records]
     out = Contamination(items={t: len(d) for t, d in tasks.items()}, sources=dict(sources or {}))
@@ -158,7 +177,9 @@ def check(records: Iterable[Record], tasks: dict[str, list[Doc]], sources: Optio
     return out
 
 
-def check_tasks(records: Iterable[Record], tasks: list[Task], data_dir: Optional[Path], limit: Optional[int] = None) -> Contamination:
+def check_tasks(
+    records: Iterable[Record], tasks: list[Task], data_dir: Path | None, limit: int | None = None
+) -> Contamination:
     """`check` against the items `phinetune eval` would score (official files under data_dir, else the Hub)."""
     from phinetune.eval.tasks import load_docs, local_file
 
@@ -177,7 +198,9 @@ def print_contamination(result: Contamination, show: int = 20) -> None:
         table.add_column(col, justify="right" if col in ("items", "contaminated", "training samples") else "left")
     for task, row in result.per_task().items():
         style = "bold red" if row["contaminated"] else None
-        table.add_row(task, str(row["items"]), str(row["contaminated"]), str(row["samples"]), row["source"], style=style)
+        table.add_row(
+            task, str(row["items"]), str(row["contaminated"]), str(row["samples"]), row["source"], style=style
+        )
     console.print(table)
     for h in result.hits[:show]:
         console.print(f"  {h.sample}: {h.task} item {h.item} ({h.method}: {h.detail})", highlight=False, markup=False)
@@ -191,7 +214,7 @@ def save(result: Contamination, path: Path) -> Path:
     return path
 
 
-def check_data(data, tasks: list[Task], data_dir: Optional[Path], out: Path) -> Contamination:
+def check_data(data, tasks: list[Task], data_dir: Path | None, out: Path) -> Contamination:
     """`data inspect --against`: the records `data` (a DataConfig) selects against the benchmarks' items; printed, and
     saved as OUT/benchmark-contamination.json."""
     from phinetune.data.readers import read_records
@@ -210,14 +233,20 @@ def preflight_check(cfg, records: list[Record], save_to: Path) -> Contamination:
     from phinetune.eval.tasks import get_task
     from phinetune.progress import console
 
-    result = check_tasks(records, [get_task(t) for t in cfg.eval.tasks], Path(cfg.eval.data_dir) if cfg.eval.data_dir else None)
+    result = check_tasks(
+        records, [get_task(t) for t in cfg.eval.tasks], Path(cfg.eval.data_dir) if cfg.eval.data_dir else None
+    )
     save(result, save_to)
     if not result.hits:
-        console.print(f"contamination: no training sample overlaps the items of {', '.join(cfg.eval.tasks)}", highlight=False)
+        console.print(
+            f"contamination: no training sample overlaps the items of {', '.join(cfg.eval.tasks)}", highlight=False
+        )
         return result
     print_contamination(result, show=5)
-    message = (f"{len({h.sample for h in result.hits})} training sample(s) overlap benchmark items of eval.tasks (listed in {save_to}); "
-               "their scores would measure recall: remove those samples, or score the clean items with `phinetune eval --decontaminate`")
+    message = (
+        f"{len({h.sample for h in result.hits})} training sample(s) overlap benchmark items of eval.tasks (listed in {save_to}); "
+        "their scores would measure recall: remove those samples, or score the clean items with `phinetune eval --decontaminate`"
+    )
     if cfg.eval.contamination == "refuse":
         raise PreflightError(message + " (or set eval.contamination=warn)")
     console.print(f"warning: {message}", style="yellow", highlight=False)

@@ -19,7 +19,6 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from rich.table import Table
 
@@ -28,35 +27,47 @@ from phinetune.progress import clip, console
 from phinetune.runs.folders import open_run
 from phinetune.runs.run_dir import RunDir
 from phinetune.teachers.calls import Call
-from phinetune.teachers.config import RequestSampling as JudgeSampling, TeacherConfig
+from phinetune.teachers.config import RequestSampling as JudgeSampling
+from phinetune.teachers.config import TeacherConfig
 from phinetune.teachers.journal import Entry, Journal, call_hash, call_key
 from phinetune.teachers.refusals import REFUSALS, is_refusal
 
 # MT-Bench's pairwise judge prompt ("pair-v2"), which asks for an explanation first and then a fixed verdict format.
-SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user "
-          "question displayed below. You should choose the assistant that follows the user's instructions and answers the user's "
-          "question better. Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, "
-          "and level of detail of their responses. Begin your evaluation by comparing the two responses and provide a short "
-          "explanation. Avoid any position biases and ensure that the order in which the responses were presented does not "
-          "influence your decision. Do not allow the length of the responses to influence your evaluation. Be as objective as "
-          "possible. After providing your explanation, output your final verdict by strictly following this format: \"[[A]]\" if "
-          "assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie.")
-PAIR = ("[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{first}\n[The End of Assistant A's Answer]\n\n"
-        "[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]")
+SYSTEM = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user "
+    "question displayed below. You should choose the assistant that follows the user's instructions and answers the user's "
+    "question better. Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, "
+    "and level of detail of their responses. Begin your evaluation by comparing the two responses and provide a short "
+    "explanation. Avoid any position biases and ensure that the order in which the responses were presented does not "
+    "influence your decision. Do not allow the length of the responses to influence your evaluation. Be as objective as "
+    'possible. After providing your explanation, output your final verdict by strictly following this format: "[[A]]" if '
+    'assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.'
+)
+PAIR = (
+    "[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{first}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]"
+)
 VERDICT = re.compile(r"\[\[([ABC])\]\]")
 Z95 = 1.959964
 # The judge's settings as `phinetune judge` spells them (its errors name these, not synth's teacher.* keys).
-JUDGE_FLAGS = {"kind": "--judge-kind", "model": "--judge-model", "base_url": "--base-url", "api_key_env": "--api-key-env",
-               "concurrency": "--concurrency", "price_input_per_1m": "--price-input-per-1m", "price_output_per_1m": "--price-output-per-1m"}
+JUDGE_FLAGS = {
+    "kind": "--judge-kind",
+    "model": "--judge-model",
+    "base_url": "--base-url",
+    "api_key_env": "--api-key-env",
+    "concurrency": "--concurrency",
+    "price_input_per_1m": "--price-input-per-1m",
+    "price_output_per_1m": "--price-output-per-1m",
+}
 
 
-def parse_verdict(text: str) -> Optional[str]:
+def parse_verdict(text: str) -> str | None:
     """'first', 'second' or 'tie' from the judge's last [[A]]/[[B]]/[[C]]; None when it gave none."""
     found = VERDICT.findall(text or "")
     return {"A": "first", "B": "second", "C": "tie"}[found[-1]] if found else None
 
 
-def no_verdict_reason(entry: Entry, max_tokens: int) -> Optional[str]:
+def no_verdict_reason(entry: Entry, max_tokens: int) -> str | None:
     """Why a judge reply counts as no verdict, in words, with an excerpt of the reply; None when it has a verdict."""
     text = entry.text or ""
     if parse_verdict(text) is not None:
@@ -75,7 +86,7 @@ def no_verdict_reason(entry: Entry, max_tokens: int) -> Optional[str]:
     return f'no [[A]], [[B]] or [[C]] in the reply: "{excerpt}"'
 
 
-def combine(ab: Optional[str], ba: Optional[str]) -> str:
+def combine(ab: str | None, ba: str | None) -> str:
     """Outcome for B from the verdicts with B second (ab) and B first (ba): win, loss, tie, or invalid."""
     if ab is None or ba is None:
         return "invalid"
@@ -115,7 +126,9 @@ def answers_digest(sides: Sides, prompts: list[list[dict]], max_new_tokens: int)
     return hashlib.sha256(json.dumps([prompts, sides.a, sides.b, max_new_tokens]).encode()).hexdigest()[:16]
 
 
-def cached_answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int) -> Optional[dict[str, list[str]]]:
+def cached_answers(
+    run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int
+) -> dict[str, list[str]] | None:
     """The answers RUN/judge/answers.json holds for these prompts, sides and length, else None."""
     if not run.judge_answers.exists():
         return None
@@ -123,7 +136,9 @@ def cached_answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new
     return cached["answers"] if cached.get("digest") == answers_digest(sides, prompts, max_new_tokens) else None
 
 
-def answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> dict[str, list[str]]:
+def answers(
+    run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens: int, batch_size: int
+) -> dict[str, list[str]]:
     """Greedy answers of both sides, cached in RUN/judge/answers.json (reused while prompts, sides and length match)."""
     from phinetune.infer.complete import Sampling
     from phinetune.infer.generate import answer_all
@@ -134,16 +149,33 @@ def answers(run: RunDir, sides: Sides, prompts: list[list[dict]], max_new_tokens
         return cached
     points = [side_point(run, "--a", sides.a), side_point(run, "--b", sides.b)]
     if points[0] == points[1]:
-        raise PhinetuneError(f"judge: --a {sides.a} and --b {sides.b} are the same weights ({points[0].label}); pick two different ones")
+        raise PhinetuneError(
+            f"judge: --a {sides.a} and --b {sides.b} are the same weights ({points[0].label}); pick two different ones"
+        )
     out = {}
     for side, p in zip(("a", "b"), points):
         loaded = load_for_inference(str(run.path), adapter=p.adapter, checkpoint=p.checkpoint)
-        out[side] = [a.text.strip() for a in answer_all(loaded, prompts, Sampling(max_new_tokens=max_new_tokens), batch_size, p.label)]
+        out[side] = [
+            a.text.strip()
+            for a in answer_all(loaded, prompts, Sampling(max_new_tokens=max_new_tokens), batch_size, p.label)
+        ]
         del loaded
         gc.collect()
     path = run.judge_answers
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"digest": answers_digest(sides, prompts, max_new_tokens), "a": sides.a, "b": sides.b, "prompts": prompts, "answers": out}, indent=1, ensure_ascii=False))
+    path.write_text(
+        json.dumps(
+            {
+                "digest": answers_digest(sides, prompts, max_new_tokens),
+                "a": sides.a,
+                "b": sides.b,
+                "prompts": prompts,
+                "answers": out,
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+    )
     return out
 
 
@@ -159,15 +191,24 @@ def side_point(run: RunDir, flag: str, name: str):
         raise PhinetuneError(re.sub(r"--checkpoints?\b", flag, str(exc))) from None
 
 
-def judge_calls(teacher: TeacherConfig, sampling: JudgeSampling, prompts: list[list[dict]], ans: dict[str, list[str]]) -> list[Call]:
+def judge_calls(
+    teacher: TeacherConfig, sampling: JudgeSampling, prompts: list[list[dict]], ans: dict[str, list[str]]
+) -> list[Call]:
     """Two calls per prompt: B second ("ab"), then B first ("ba"). Keys hash everything sent, as synth's do."""
     calls = []
     for i, prompt in enumerate(prompts):
         q, a, b = question_text(prompt), ans["a"][i], ans["b"][i]
         for order, (first, second) in (("ab", (a, b)), ("ba", (b, a))):
-            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PAIR.format(question=q, first=first, second=second)}]
+            messages = [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": PAIR.format(question=q, first=first, second=second)},
+            ]
             payload = {"model": teacher.model, "messages": messages, "sampling": sampling.model_dump()}
-            calls.append(Call(call_key("judge", str(i), {"ab": 0, "ba": 1}[order], call_hash(payload)), messages, sampling, seed=0))
+            calls.append(
+                Call(
+                    call_key("judge", str(i), {"ab": 0, "ba": 1}[order], call_hash(payload)), messages, sampling, seed=0
+                )
+            )
     return calls
 
 
@@ -182,8 +223,16 @@ def refuse_unreachable(teacher: TeacherConfig) -> None:
         probe.close()
 
 
-def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), prompts_file=None, n: int = 10,
-              max_new_tokens: int = 128, batch_size: int = 8, judge_max_tokens: int = 512) -> dict:
+def judge_run(
+    run_path: str,
+    teacher: TeacherConfig,
+    sides: Sides = Sides(),
+    prompts_file=None,
+    n: int = 10,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    judge_max_tokens: int = 512,
+) -> dict:
     from phinetune.teachers.make import make_teacher
 
     run = open_run(run_path)
@@ -193,10 +242,14 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
     probed = teacher.kind == "openai" and not run.judge_answers.exists()
     if probed:
         refuse_unreachable(teacher)
-    from phinetune.infer.compare import default_prompts
     from phinetune.data.prompts import read_prompt_rows
+    from phinetune.infer.compare import default_prompts
 
-    pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
+    pairs = (
+        [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)]
+        if prompts_file
+        else default_prompts(run, n)
+    )
     prompts = [p for p, _ in pairs]
     if teacher.kind == "openai" and not probed and cached_answers(run, sides, prompts, max_new_tokens) is None:
         refuse_unreachable(teacher)
@@ -208,7 +261,9 @@ def judge_run(run_path: str, teacher: TeacherConfig, sides: Sides = Sides(), pro
         reused = len(calls) - len(todo)
         if todo:
             judge = make_teacher(teacher, JUDGE_FLAGS)
-            console.print(f"judging {len(prompts)} prompt(s) in both orders with {judge.describe}: {len(todo)} call(s) to make, {reused} from the journal")
+            console.print(
+                f"judging {len(prompts)} prompt(s) in both orders with {judge.describe}: {len(todo)} call(s) to make, {reused} from the journal"
+            )
             try:
                 judge.run(todo, lambda call, entry: journal.append(entry))
             finally:
@@ -231,17 +286,47 @@ def summarise(run: RunDir, teacher: TeacherConfig, sides: Sides, prompts, ans, e
         va, vb = parse_verdict(ab.text), parse_verdict(ba.text)
         outcome = combine(va, vb)
         counts[outcome] += 1
-        rows.append({"prompt": question_text(prompt), "last_turn": prompt[-1]["content"], "a": ans["a"][i], "b": ans["b"][i], "outcome": outcome,
-                     "verdict_b_second": va, "verdict_b_first": vb, "reason_b_second": ab.text, "reason_b_first": ba.text,
-                     "no_verdict_b_second": no_verdict_reason(ab, max_tokens), "no_verdict_b_first": no_verdict_reason(ba, max_tokens)})
+        rows.append(
+            {
+                "prompt": question_text(prompt),
+                "last_turn": prompt[-1]["content"],
+                "a": ans["a"][i],
+                "b": ans["b"][i],
+                "outcome": outcome,
+                "verdict_b_second": va,
+                "verdict_b_first": vb,
+                "reason_b_second": ab.text,
+                "reason_b_first": ba.text,
+                "no_verdict_b_second": no_verdict_reason(ab, max_tokens),
+                "no_verdict_b_first": no_verdict_reason(ba, max_tokens),
+            }
+        )
     judged = counts["win"] + counts["tie"] + counts["loss"]
-    rates = {k: {"rate": counts[k] / judged if judged else 0.0, "ci95": list(wilson(counts[k], judged))} for k in ("win", "tie", "loss")}
-    consistent = sum(1 for r in rows if r["outcome"] in ("win", "loss") or (r["verdict_b_second"] == r["verdict_b_first"] == "tie"))
-    spend = {"prompt_tokens": sum(e.prompt_tokens for e in entries), "completion_tokens": sum(e.completion_tokens for e in entries),
-             "cost": round(sum(e.cost for e in entries), 6)}
-    return {"run": str(run.path), "a": sides.a, "b": sides.b, "judge": f"{teacher.kind}:{teacher.model}", "prompts": len(prompts),
-            "judged": judged, "counts": counts, "rates": rates, "consistent_share": consistent / judged if judged else 0.0,
-            "spend": spend, "rows": rows}
+    rates = {
+        k: {"rate": counts[k] / judged if judged else 0.0, "ci95": list(wilson(counts[k], judged))}
+        for k in ("win", "tie", "loss")
+    }
+    consistent = sum(
+        1 for r in rows if r["outcome"] in ("win", "loss") or (r["verdict_b_second"] == r["verdict_b_first"] == "tie")
+    )
+    spend = {
+        "prompt_tokens": sum(e.prompt_tokens for e in entries),
+        "completion_tokens": sum(e.completion_tokens for e in entries),
+        "cost": round(sum(e.cost for e in entries), 6),
+    }
+    return {
+        "run": str(run.path),
+        "a": sides.a,
+        "b": sides.b,
+        "judge": f"{teacher.kind}:{teacher.model}",
+        "prompts": len(prompts),
+        "judged": judged,
+        "counts": counts,
+        "rates": rates,
+        "consistent_share": consistent / judged if judged else 0.0,
+        "spend": spend,
+        "rows": rows,
+    }
 
 
 SHOWN_NO_VERDICTS = 5  # prompts whose missing verdicts are explained on the console (all of them are in judge.json)
@@ -264,7 +349,9 @@ def no_verdict_lines(result: dict) -> list[str]:
 
 
 def result_table(result: dict) -> Table:
-    table = Table(title=f"judge {result['judge']}: {result['b']} vs {result['a']} on {result['prompts']} prompt(s), both orders")
+    table = Table(
+        title=f"judge {result['judge']}: {result['b']} vs {result['a']} on {result['prompts']} prompt(s), both orders"
+    )
     for col in ("outcome for " + result["b"], "count", "rate", "95% interval"):
         table.add_column(col, justify="left" if col.startswith("outcome") else "right")
     for k in ("win", "tie", "loss"):

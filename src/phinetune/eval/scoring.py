@@ -40,7 +40,14 @@ class TaskResult:
     items: list[dict] = field(default_factory=list)  # per item: hits {metric: 0/1}, and gold/lls/preds from our scorer
 
     def as_dict(self) -> dict:
-        return {"task": self.task, "n": self.n, "shots": self.shots, "metrics": self.metrics, "stderr": self.stderr, "items": self.items}
+        return {
+            "task": self.task,
+            "n": self.n,
+            "shots": self.shots,
+            "metrics": self.metrics,
+            "stderr": self.stderr,
+            "items": self.items,
+        }
 
 
 def fewshot_prefixes(docs: list[Doc], pool: list[Doc], shots: int, seed: int = FEWSHOT_SEED) -> list[str]:
@@ -59,8 +66,10 @@ def fewshot_prefixes(docs: list[Doc], pool: list[Doc], shots: int, seed: int = F
 
 
 def build_requests(docs: list[Doc], prefixes: list[str]) -> list[list[Request]]:
-    return [[Request(prefix + ctx, TARGET_DELIMITER + cont) for ctx, cont in zip(doc.contexts, doc.continuations)]
-            for doc, prefix in zip(docs, prefixes)]
+    return [
+        [Request(prefix + ctx, TARGET_DELIMITER + cont) for ctx, cont in zip(doc.contexts, doc.continuations)]
+        for doc, prefix in zip(docs, prefixes)
+    ]
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -74,7 +83,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         return [prefix], tokenizer.encode(continuation)
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def max_context(model) -> int:
@@ -83,7 +92,9 @@ def max_context(model) -> int:
 
 
 @torch.no_grad()
-def loglikelihoods(model, tokenizer, requests: list[Request], batch_size: int = 16, show: str = "") -> list[tuple[float, bool]]:
+def loglikelihoods(
+    model, tokenizer, requests: list[Request], batch_size: int = 16, show: str = ""
+) -> list[tuple[float, bool]]:
     """(sum of log-probs of the continuation, whether greedy decoding would produce it) per request.
 
     Requests are sorted longest-first so each batch pads little, right-padded, and scattered back in order.
@@ -92,9 +103,9 @@ def loglikelihoods(model, tokenizer, requests: list[Request], batch_size: int = 
     encoded = []
     for r in requests:
         ctx, cont = encode_pair(tokenizer, r.context, r.continuation)
-        encoded.append(((ctx + cont)[-(limit + 1):][:-1], len(cont), cont))
+        encoded.append(((ctx + cont)[-(limit + 1) :][:-1], len(cont), cont))
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
@@ -104,14 +115,14 @@ def loglikelihoods(model, tokenizer, requests: list[Request], batch_size: int = 
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, i in enumerate(batch):
             seq = encoded[i][0]
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for row, i in enumerate(batch):
             seq, n_cont, cont = encoded[i]
             # Only the continuation's positions go through log_softmax (a full-vocab softmax over every position
             # would cost batch x length x vocab memory for nothing).
-            piece = torch.log_softmax(logits[row, len(seq) - n_cont:len(seq)].float(), dim=-1)
+            piece = torch.log_softmax(logits[row, len(seq) - n_cont : len(seq)].float(), dim=-1)
             target = torch.tensor(cont, device=piece.device)
             ll = piece.gather(1, target[:, None]).sum().item()
             out[i] = (ll, bool((piece.argmax(-1) == target).all()))
@@ -140,21 +151,29 @@ def score_items(task: Task, docs: list[Doc], lls: list[list[float]], shots: int)
         hits = {"acc": float(pred == doc.gold), "acc_norm": float(pred_norm == doc.gold)}
         for m in task.metrics:
             per_metric[m].append(hits[m])
-        items.append({"hits": {m: hits[m] for m in task.metrics}, "gold": doc.gold, "lls": [round(v, 6) for v in ll],
-                      "pred": pred, "pred_norm": pred_norm})
+        items.append(
+            {
+                "hits": {m: hits[m] for m in task.metrics},
+                "gold": doc.gold,
+                "lls": [round(v, 6) for v in ll],
+                "pred": pred,
+                "pred_norm": pred_norm,
+            }
+        )
     metrics = {m: sum(v) / max(len(v), 1) for m, v in per_metric.items()}
     stderr = {m: mean_stderr(v) for m, v in per_metric.items()}
     return TaskResult(task.name, len(docs), shots, metrics, stderr, items)
 
 
-def evaluate_task(model, tokenizer, task: Task, docs: list[Doc], pool: list[Doc], shots: int = 0,
-                  batch_size: int = 16, show: str = "") -> TaskResult:
+def evaluate_task(
+    model, tokenizer, task: Task, docs: list[Doc], pool: list[Doc], shots: int = 0, batch_size: int = 16, show: str = ""
+) -> TaskResult:
     """Zero- or few-shot scores of `docs` (already limited by the caller)."""
     requests = build_requests(docs, fewshot_prefixes(docs, pool, shots))
     flat = [r for group in requests for r in group]
     results = loglikelihoods(model, tokenizer, flat, batch_size, show)
     lls, k = [], 0
     for group in requests:
-        lls.append([ll for ll, _ in results[k:k + len(group)]])
+        lls.append([ll for ll, _ in results[k : k + len(group)]])
         k += len(group)
     return score_items(task, docs, lls, shots)

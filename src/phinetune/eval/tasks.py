@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from phinetune.errors import DataError, PhinetuneError
 from phinetune.models.hub import check_dataset_access
@@ -43,6 +43,7 @@ def choice_doc(query: str, choices: list[str], gold: int) -> Doc:
 
 
 # ---- one parser per task: a raw record (official file or Hub row) -> Doc ----
+
 
 def _arc(rec: dict) -> Doc:
     q = rec["question"]
@@ -76,12 +77,13 @@ def _winogrande(rec: dict) -> Doc:
     sentence = rec["sentence"]
     cut = sentence.index("_")
     options = [rec["option1"], rec["option2"]]
-    suffix = sentence[cut + 1:].strip()
+    suffix = sentence[cut + 1 :].strip()
     contexts = tuple(sentence[:cut] + opt for opt in options)
     return Doc(contexts, (suffix, suffix), {"1": 0, "2": 1}[str(rec["answer"])], tuple(len(c) for c in contexts))
 
 
 # ---- readers: file -> raw records ----
+
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
@@ -101,7 +103,9 @@ def read_with_labels(path: Path) -> list[dict]:
     if labels_file.exists() and rows and "label" not in rows[0] and "answer" not in rows[0]:
         labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
         if len(labels) != len(rows):
-            raise DataError(f"{labels_file}: {len(labels)} labels for {len(rows)} rows in {path.name}; the files must be aligned")
+            raise DataError(
+                f"{labels_file}: {len(labels)} labels for {len(rows)} rows in {path.name}; the files must be aligned"
+            )
         key = "answer" if "sentence" in rows[0] else "label"
         rows = [{**r, key: lab} for r, lab in zip(rows, labels)]
     return rows
@@ -123,22 +127,57 @@ class Task:
     metrics: tuple[str, ...]
     files: tuple[str, ...]  # eval split file names, looked up under --data-dir (first found wins)
     fewshot_files: tuple[str, ...]  # training split for few-shot examples; absent: drawn from the eval split
-    hub: tuple[str, Optional[str], str]  # dataset path, config name, split (lm-eval's choices)
+    hub: tuple[str, str | None, str]  # dataset path, config name, split (lm-eval's choices)
     hub_fewshot_split: str = "train"
 
 
 ACC = ("acc", "acc_norm")
-TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("arc_easy", _arc, ACC, ("ARC-Easy-Test.jsonl",), ("ARC-Easy-Train.jsonl",), ("allenai/ai2_arc", "ARC-Easy", "test")),
-    Task("arc_challenge", _arc, ACC, ("ARC-Challenge-Test.jsonl",), ("ARC-Challenge-Train.jsonl",),
-         ("allenai/ai2_arc", "ARC-Challenge", "test")),
-    Task("hellaswag", _hellaswag, ACC, ("hellaswag_val.jsonl", "hellaswag_val_llamacpp_converted.jsonl"), ("hellaswag_train.jsonl",),
-         ("Rowan/hellaswag", None, "validation")),
-    Task("piqa", _piqa, ACC, ("piqa/valid.jsonl", "valid.jsonl"), ("piqa/train.jsonl", "train.jsonl"), ("baber/piqa", None, "validation")),
-    # WinoGrande scores the same suffix after each option, so acc_norm would equal acc: lm-eval reports acc only.
-    Task("winogrande", _winogrande, ("acc",), ("dev.jsonl", "winogrande_dev_with_preds.csv"),
-         ("train_xl.jsonl", "train_l.jsonl", "train_m.jsonl", "train_s.jsonl"), ("allenai/winogrande", "winogrande_xl", "validation")),
-]}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        Task(
+            "arc_easy",
+            _arc,
+            ACC,
+            ("ARC-Easy-Test.jsonl",),
+            ("ARC-Easy-Train.jsonl",),
+            ("allenai/ai2_arc", "ARC-Easy", "test"),
+        ),
+        Task(
+            "arc_challenge",
+            _arc,
+            ACC,
+            ("ARC-Challenge-Test.jsonl",),
+            ("ARC-Challenge-Train.jsonl",),
+            ("allenai/ai2_arc", "ARC-Challenge", "test"),
+        ),
+        Task(
+            "hellaswag",
+            _hellaswag,
+            ACC,
+            ("hellaswag_val.jsonl", "hellaswag_val_llamacpp_converted.jsonl"),
+            ("hellaswag_train.jsonl",),
+            ("Rowan/hellaswag", None, "validation"),
+        ),
+        Task(
+            "piqa",
+            _piqa,
+            ACC,
+            ("piqa/valid.jsonl", "valid.jsonl"),
+            ("piqa/train.jsonl", "train.jsonl"),
+            ("baber/piqa", None, "validation"),
+        ),
+        # WinoGrande scores the same suffix after each option, so acc_norm would equal acc: lm-eval reports acc only.
+        Task(
+            "winogrande",
+            _winogrande,
+            ("acc",),
+            ("dev.jsonl", "winogrande_dev_with_preds.csv"),
+            ("train_xl.jsonl", "train_l.jsonl", "train_m.jsonl", "train_s.jsonl"),
+            ("allenai/winogrande", "winogrande_xl", "validation"),
+        ),
+    ]
+}
 
 
 def get_task(name: str) -> Task:
@@ -155,7 +194,7 @@ def parse_tasks(spec: str) -> list[Task]:
     return [get_task(n) for n in dict.fromkeys(names)]
 
 
-def find_file(data_dir: Path, names: tuple[str, ...]) -> Optional[Path]:
+def find_file(data_dir: Path, names: tuple[str, ...]) -> Path | None:
     """The first of `names` directly under data_dir, else anywhere below it (sorted, so deterministic)."""
     for name in names:
         if (data_dir / name).is_file():
@@ -179,7 +218,9 @@ def parse_records(task: Task, records: list[dict], where: Path) -> list[Doc]:
         try:
             docs.append(task.parse(rec))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise DataError(f"{where}: item {n}: not a {task.name} record in the official format ({type(exc).__name__}: {exc})") from None
+            raise DataError(
+                f"{where}: item {n}: not a {task.name} record in the official format ({type(exc).__name__}: {exc})"
+            ) from None
     return docs
 
 
@@ -187,7 +228,7 @@ def docs_from_file(task: Task, path: Path) -> list[Doc]:
     return parse_records(task, read_records(path), path)
 
 
-def local_file(task: Task, data_dir: Path, fewshot: bool = False) -> Optional[Path]:
+def local_file(task: Task, data_dir: Path, fewshot: bool = False) -> Path | None:
     """The eval (or few-shot) file of `task` under data_dir; None for a missing few-shot file."""
     if not Path(data_dir).is_dir():
         raise PhinetuneError(f"--data-dir {data_dir} is not a folder")
@@ -205,12 +246,14 @@ def docs_from_hub(task: Task, split: str) -> list[Doc]:
     try:
         rows = datasets.load_dataset(path, name, split=split)
     except Exception as exc:  # offline, no cache, renamed dataset: say which and how to work around it
-        raise PhinetuneError(f"could not load {task.name} from the Hub ({path}, split {split}): {type(exc).__name__}: {exc}; "
-                             f"pass --data-dir with the official files instead") from None
+        raise PhinetuneError(
+            f"could not load {task.name} from the Hub ({path}, split {split}): {type(exc).__name__}: {exc}; "
+            f"pass --data-dir with the official files instead"
+        ) from None
     return [task.parse(dict(r)) for r in rows]
 
 
-def load_docs(task: Task, data_dir: Optional[Path], fewshot: bool = False) -> list[Doc]:
+def load_docs(task: Task, data_dir: Path | None, fewshot: bool = False) -> list[Doc]:
     """The eval items of `task` (or its few-shot pool), from data_dir when given, else the Hub.
 
     A missing few-shot training file gives [] (the caller then draws examples from the eval split, as lm-eval does).

@@ -41,8 +41,10 @@ _EXPERTS = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.
 
 def supported_arch(model_type: str) -> str:
     if model_type not in ARCHES:
-        raise PhinetuneError(f"GGUF export supports the Phi architectures {', '.join(sorted(ARCHES))} (config.json model_type); "
-                             f"this model is '{model_type}'")
+        raise PhinetuneError(
+            f"GGUF export supports the Phi architectures {', '.join(sorted(ARCHES))} (config.json model_type); "
+            f"this model is '{model_type}'"
+        )
     return ARCHES[model_type]
 
 
@@ -83,8 +85,12 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "f16") -> Path:
     for name, tensor in _tensors(model_dir, config):
         gguf_name = name if name.startswith("rope_factors") else names.get_name(name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            raise PhinetuneError(f"{model_dir}: tensor '{name}' has no llama.cpp name for {config.model_type}; this checkpoint layout is not supported")
-        data, raw_dtype = _encode(gguf_name, tensor.float().numpy(), qtype, tied=getattr(config, "tie_word_embeddings", False))
+            raise PhinetuneError(
+                f"{model_dir}: tensor '{name}' has no llama.cpp name for {config.model_type}; this checkpoint layout is not supported"
+            )
+        data, raw_dtype = _encode(
+            gguf_name, tensor.float().numpy(), qtype, tied=getattr(config, "tie_word_embeddings", False)
+        )
         writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -96,8 +102,13 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "f16") -> Path:
 def _file_type(qtype: str):
     import gguf
 
-    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]
+    return {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    }[qtype]
 
 
 def _rope(config) -> dict:
@@ -123,8 +134,11 @@ def _hparams(w, config) -> None:
         return
     w.add_feed_forward_length(config.intermediate_size)
     w.add_layer_norm_rms_eps(config.rms_norm_eps)
-    w.add_rope_scaling_orig_ctx_len(rope.get("original_max_position_embeddings") or getattr(config, "original_max_position_embeddings", None)
-                                    or config.max_position_embeddings)
+    w.add_rope_scaling_orig_ctx_len(
+        rope.get("original_max_position_embeddings")
+        or getattr(config, "original_max_position_embeddings", None)
+        or config.max_position_embeddings
+    )
     # llama.cpp tells Phi-4-mini (no sliding window) from Phi-3 by a zero window.
     w.add_sliding_window(getattr(config, "sliding_window", None) or 0)
     if config.model_type == "phimoe":
@@ -165,7 +179,9 @@ def _vocab(w, model_dir: Path, tokenizer, n_vocab: int) -> None:
         w.add_tokenizer_pre(_bpe_pre(tok_json, model_dir))
         load_merges = True
     else:
-        raise PhinetuneError(f"{model_dir / 'tokenizer.json'}: tokenizer model '{model.get('type')}' is not one llama.cpp reads (expected BPE)")
+        raise PhinetuneError(
+            f"{model_dir / 'tokenizer.json'}: tokenizer model '{model.get('type')}' is not one llama.cpp reads (expected BPE)"
+        )
     for i in range(len(tokens), n_vocab):  # embedding rows past the tokenizer (Phi-3 pads 32011 -> 32064)
         tokens.append(f"[PAD{i}]".encode())
         types.append(gguf.TokenType.UNUSED)
@@ -178,7 +194,9 @@ def _vocab(w, model_dir: Path, tokenizer, n_vocab: int) -> None:
     special = gguf.SpecialVocab(model_dir, load_merges=load_merges, n_vocab=len(tokens))
     special.chat_template = tokenizer.chat_template or special.chat_template
     special.add_to_gguf(w, quiet=True)
-    w.add_add_bos_token(bool(tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]))
+    w.add_add_bos_token(
+        bool(tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id])
+    )
     eot = _end_of_turn(model_dir, tokenizer)
     if eot is not None:
         w.add_eot_token_id(eot)
@@ -187,7 +205,6 @@ def _vocab(w, model_dir: Path, tokenizer, n_vocab: int) -> None:
 def _end_of_turn(model_dir: Path, tokenizer):
     """The spec's end-of-turn token (recorded by merge in the merged folder's marker); llama.cpp stops there."""
     from phinetune.models.specs import SPECS
-
     from phinetune.runs.run_dir import merged_spec_key
 
     spec = SPECS.get(merged_spec_key(model_dir) or "")
@@ -233,8 +250,10 @@ def _bpe_pre(tok_json: dict, model_dir: Path) -> str:
     splits = [p for p in parts if p.get("type") == "Split"]
     if splits and str(splits[0].get("pattern", {}).get("Regex", "")).startswith(_GPT4O):
         return "gpt-4o"
-    raise PhinetuneError(f"{model_dir / 'tokenizer.json'}: its pre-tokenizer is neither GPT-2's byte-level split nor GPT-4o's, "
-                         "so llama.cpp would tokenize text differently; GGUF export supports those two")
+    raise PhinetuneError(
+        f"{model_dir / 'tokenizer.json'}: its pre-tokenizer is neither GPT-2's byte-level split nor GPT-4o's, "
+        "so llama.cpp would tokenize text differently; GGUF export supports those two"
+    )
 
 
 def _tensors(model_dir: Path, config):
@@ -252,7 +271,10 @@ def _tensors(model_dir: Path, config):
                 group = experts.setdefault((layer, w_name), {})
                 group[xid] = f.get_tensor(name)
                 if len(group) == n_experts:
-                    yield f"model.layers.{layer}.block_sparse_moe.experts.{w_name}.weight", torch.stack([group[i] for i in range(n_experts)])
+                    yield (
+                        f"model.layers.{layer}.block_sparse_moe.experts.{w_name}.weight",
+                        torch.stack([group[i] for i in range(n_experts)]),
+                    )
                     del experts[(layer, w_name)]
     if experts:
         raise PhinetuneError(f"{model_dir}: incomplete expert tensors for layers {sorted({k[0] for k in experts})}")

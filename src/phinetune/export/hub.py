@@ -13,7 +13,6 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from phinetune.errors import PhinetuneError
 from phinetune.export.run import check_run, merged_folder
@@ -27,8 +26,17 @@ CARD = "README.md"  # the Hub shows a repository's README.md as its model card
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # owner/name
 
 
-def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = False, out: Optional[str] = None,
-         quant: str = "q8_0", private: bool = False, token: Optional[str] = None, local_base: bool = False) -> Path:
+def push(
+    run_path: str,
+    repo_id: str,
+    mode: str = "adapter",
+    dry_run: bool = False,
+    out: str | None = None,
+    quant: str = "q8_0",
+    private: bool = False,
+    token: str | None = None,
+    local_base: bool = False,
+) -> Path:
     """`local_base`: upload an adapter whose base is a local model all the same (refused without it: see check_base)."""
     if mode not in MODES:
         raise PhinetuneError(f"push mode must be one of {', '.join(MODES)} (got '{mode}')")
@@ -51,7 +59,9 @@ def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = Fal
         folder = build_folder(run, spec, repo_id, mode, quant, staging)
         if dry_run:
             folder.rename(out)
-            console.print(f"dry run: the folder that would be uploaded to {repo_id} is {out} (card: {Path(out) / CARD})")
+            console.print(
+                f"dry run: the folder that would be uploaded to {repo_id} is {out} (card: {Path(out) / CARD})"
+            )
             return Path(out)
         _upload(folder, repo_id, private, token)
         console.print(f"pushed {mode} of {run.path} to https://huggingface.co/{repo_id}")
@@ -62,7 +72,7 @@ def push(run_path: str, repo_id: str, mode: str = "adapter", dry_run: bool = Fal
             shutil.rmtree(parent, ignore_errors=True)
 
 
-def hub_base(base_model: str) -> Optional[str]:
+def hub_base(base_model: str) -> str | None:
     """The Hub id a run's base came from (the id itself, or the repository of a Hugging Face cache snapshot folder),
     or None for a local model (a built-in tiny base, a merged or other folder): an adapter on it loads nowhere else."""
     snapshot = snapshot_repo(base_model)
@@ -82,8 +92,10 @@ def check_base(run: RunDir, allowed: bool) -> None:
     base = run.read_info().base_model
     if hub_base(base) is not None:
         return
-    problem = (f"the adapter's base is the local model {base}, so the uploaded adapter would load only where that folder exists; "
-               "push --merged to upload standalone weights")
+    problem = (
+        f"the adapter's base is the local model {base}, so the uploaded adapter would load only where that folder exists; "
+        "push --merged to upload standalone weights"
+    )
     if not allowed:
         raise PhinetuneError(f"{problem}, or pass --local-base to upload the adapter anyway (nothing was uploaded)")
     console.print(f"[bold yellow]warning:[/bold yellow] {escape(problem)}", markup=True)
@@ -94,8 +106,10 @@ def _token() -> str:
 
     token = get_token()
     if not token:
-        raise PhinetuneError("pushing to the Hub needs a token and none is set: run `hf auth login` or set HF_TOKEN "
-                             "(nothing was uploaded; --dry-run --out DIR shows what would be)")
+        raise PhinetuneError(
+            "pushing to the Hub needs a token and none is set: run `hf auth login` or set HF_TOKEN "
+            "(nothing was uploaded; --dry-run --out DIR shows what would be)"
+        )
     return token
 
 
@@ -110,9 +124,11 @@ def _check_reachable(run: RunDir, repo_id: str) -> None:
     if offline_env():
         raise PhinetuneError(OFFLINE)
     if not hub_reachable():
-        raise PhinetuneError(f"cannot reach the Hugging Face Hub at {endpoint()} to push to {repo_id}: nothing was uploaded "
-                             f"and {run.path} is unchanged; run the same command again once the network is back "
-                             "(--dry-run --out DIR writes the folder that would be uploaded meanwhile)")
+        raise PhinetuneError(
+            f"cannot reach the Hugging Face Hub at {endpoint()} to push to {repo_id}: nothing was uploaded "
+            f"and {run.path} is unchanged; run the same command again once the network is back "
+            "(--dry-run --out DIR writes the folder that would be uploaded meanwhile)"
+        )
 
 
 def _transport_errors() -> tuple[type, ...]:
@@ -142,8 +158,10 @@ def _upload(folder: Path, repo_id: str, private: bool, token: str) -> None:
     except OfflineModeIsEnabled:
         raise PhinetuneError(OFFLINE) from None
     except (HfHubHTTPError, OSError, *_transport_errors()) as exc:
-        raise PhinetuneError(f"upload to {repo_id} failed ({endpoint()}): {str(exc).splitlines()[0] or type(exc).__name__}; "
-                             "the run folder is unchanged: run the same command again to retry") from None
+        raise PhinetuneError(
+            f"upload to {repo_id} failed ({endpoint()}): {str(exc).splitlines()[0] or type(exc).__name__}; "
+            "the run folder is unchanged: run the same command again to retry"
+        ) from None
 
 
 def build_folder(run: RunDir, spec, repo_id: str, mode: str, quant: str, dest: Path) -> Path:
@@ -189,22 +207,47 @@ def model_card(run: RunDir, spec, repo_id: str, mode: str, gguf_files: list[str]
     steps = max((m.get("step", 0) for m in metrics), default=0)
     preflight, evaluated = preflight_section(run), eval_section(run)
     tokenizer_dir = run.tokenizer
-    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text()).get("added_tokens", []) if (tokenizer_dir / "tokenizer.json").exists() else []
+    vocab = (
+        json.loads((tokenizer_dir / "tokenizer.json").read_text()).get("added_tokens", [])
+        if (tokenizer_dir / "tokenizer.json").exists()
+        else []
+    )
     stop_ids = [t["id"] for t in vocab if t["content"] in spec.stop_tokens]
     hub_id = hub_base(info.base_model)
-    contents = {"adapter": "PEFT LoRA adapter", "merged": "merged model (safetensors)", "gguf": f"GGUF file for llama.cpp and Ollama ({', '.join(gguf_files)})"}[mode]
+    contents = {
+        "adapter": "PEFT LoRA adapter",
+        "merged": "merged model (safetensors)",
+        "gguf": f"GGUF file for llama.cpp and Ollama ({', '.join(gguf_files)})",
+    }[mode]
     flag = {"adapter": "--adapter", "merged": "--merged", "gguf": "--gguf"}[mode]
     template = read_template("model_card.md.jinja")
     env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
     return env.from_string(template).render(
-        repo_id=repo_id, base_model=hub_id or info.base_model, base_is_hub=hub_id is not None, spec_key=spec.key, model_type=spec.model_type,
-        method=info.method, quant=info.quant, data=cfg.data.train, steps=steps,
+        repo_id=repo_id,
+        base_model=hub_id or info.base_model,
+        base_is_hub=hub_id is not None,
+        spec_key=spec.key,
+        model_type=spec.model_type,
+        method=info.method,
+        quant=info.quant,
+        data=cfg.data.train,
+        steps=steps,
         eval_loss=(f"{evals[0]:.4f} at the start -> {evals[-1]:.4f} at the end" if evals else "not measured"),
-        end_of_turn=spec.end_of_turn, config_yaml=run.config.read_text().rstrip(),
+        end_of_turn=spec.end_of_turn,
+        config_yaml=run.config.read_text().rstrip(),
         preflight=preflight.md if preflight else "_No pre-flight report in the run folder._",
-        eval_table=evaluated.md if evaluated else f"_Not evaluated yet: `phinetune eval {run.path.name}` writes this table._",
-        has_plot=has_plot, library="peft" if mode == "adapter" else ("gguf" if mode == "gguf" else "transformers"),
-        extra_tags=["lora"] if mode == "adapter" else (["gguf"] if mode == "gguf" else []), contents=contents,
-        run_name=run.path.name, gguf_files=gguf_files, gguf_stem=run.path.name, ollama_name=ollama_name(run.path.name),
-        stop_ids=stop_ids, command=f"phinetune push {run.path.name} {repo_id} {flag}",
-        command_merged=f"phinetune push {run.path.name} {repo_id} --merged")
+        eval_table=evaluated.md
+        if evaluated
+        else f"_Not evaluated yet: `phinetune eval {run.path.name}` writes this table._",
+        has_plot=has_plot,
+        library="peft" if mode == "adapter" else ("gguf" if mode == "gguf" else "transformers"),
+        extra_tags=["lora"] if mode == "adapter" else (["gguf"] if mode == "gguf" else []),
+        contents=contents,
+        run_name=run.path.name,
+        gguf_files=gguf_files,
+        gguf_stem=run.path.name,
+        ollama_name=ollama_name(run.path.name),
+        stop_ids=stop_ids,
+        command=f"phinetune push {run.path.name} {repo_id} {flag}",
+        command_merged=f"phinetune push {run.path.name} {repo_id} --merged",
+    )

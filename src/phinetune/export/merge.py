@@ -20,15 +20,14 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.progress import console, progress_console
 from phinetune.runs.checkpoints import pick_checkpoint
-from phinetune.runs.loading import Loaded, apply_checkpoint, load_for_inference
 from phinetune.runs.folders import open_run
+from phinetune.runs.loading import Loaded, apply_checkpoint, load_for_inference
 from phinetune.runs.run_dir import RunDir, write_merged_marker
 
 BASES = ("dequantized", "original")
@@ -55,34 +54,50 @@ def readable_by_all(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
-def merge_run(run_path: str, out: str, dtype: str = "auto", max_shard_size: str = "2GB", overwrite: bool = False,
-              base: Optional[str] = None, checkpoint: Optional[str] = None, announce: bool = True) -> Path:
+def merge_run(
+    run_path: str,
+    out: str,
+    dtype: str = "auto",
+    max_shard_size: str = "2GB",
+    overwrite: bool = False,
+    base: str | None = None,
+    checkpoint: str | None = None,
+    announce: bool = True,
+) -> Path:
     """`checkpoint` ('last', 'step-N', 'best'): merge that training checkpoint's weights instead of the final adapter.
     `announce=False`: no "merged model written to" line (export and push merge into a staging folder that is gone when they finish)."""
     run = open_run(run_path)
-    pick_checkpoint(run, checkpoint)  # an unfinished or damaged run, or a missing checkpoint: one sentence before any loading
+    pick_checkpoint(
+        run, checkpoint
+    )  # an unfinished or damaged run, or a missing checkpoint: one sentence before any loading
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise PhinetuneError(f"merge output {out_dir} is not empty; choose another --out or pass --overwrite")
     if run.is_full:
         raise PhinetuneError(f"{run.path} is a full fine-tune: its model/ folder is already a standalone model")
     if base is not None and base not in BASES:
-        raise ConfigError(f"merge --base '{base}' is unknown; choose dequantized (the NF4 weights that were trained) or original (the full-precision checkpoint)")
+        raise ConfigError(
+            f"merge --base '{base}' is unknown; choose dequantized (the NF4 weights that were trained) or original (the full-precision checkpoint)"
+        )
     qlora = run.read_info().quant == "nf4"
     if not qlora:
         if base == "dequantized":
-            console.print("note: this run trained a LoRA on an unquantized base; that base is merged (--base applies to QLoRA runs)")
+            console.print(
+                "note: this run trained a LoRA on an unquantized base; that base is merged (--base applies to QLoRA runs)"
+            )
         (merged, loaded), gap = merge_into(run, dtype, "original", checkpoint), None
     else:
         merged, loaded, gap = merge_qlora(run, dtype, base or "dequantized", checkpoint)
     base = base or ("dequantized" if qlora else "original")
     write(merged, loaded, run, out_dir, max_shard_size, base, gap, qlora)
     if announce:
-        console.print(f"merged model written to {out_dir} ({base} base)" if qlora else f"merged model written to {out_dir}")
+        console.print(
+            f"merged model written to {out_dir} ({base} base)" if qlora else f"merged model written to {out_dir}"
+        )
     return out_dir
 
 
-def merge_into(run: RunDir, dtype: str, base: str, checkpoint: Optional[str] = None) -> tuple[torch.nn.Module, Loaded]:
+def merge_into(run: RunDir, dtype: str, base: str, checkpoint: str | None = None) -> tuple[torch.nn.Module, Loaded]:
     """The run's adapter merged into one base (the original checkpoint, or its NF4 quantization dequantized),
     and the Loaded it came from (tokenizer, spec, stop ids)."""
     if base == "original":
@@ -95,18 +110,23 @@ def merge_into(run: RunDir, dtype: str, base: str, checkpoint: Optional[str] = N
         loaded = load_for_inference(str(run.path), dtype=dtype, quant="nf4", adapter=False)
         # Before any forward: on CPU, bitsandbytes repacks NF4 weights for its kernel at the first forward,
         # and dequantizing repacked data gives wrong weights.
-        if any(getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False) for m in loaded.model.modules()):
+        if any(
+            getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)
+            for m in loaded.model.modules()
+        ):
             raise PhinetuneError("internal: the NF4 weights were repacked for the CPU kernel before being dequantized")
         plain = loaded.model.dequantize(dtype=next(p.dtype for p in loaded.model.parameters() if p.is_floating_point()))
         weights = pick_checkpoint(run, checkpoint)
-        loaded.model = PeftModel.from_pretrained(plain, str(run.adapter)) if weights is None else apply_checkpoint(plain, weights)
+        loaded.model = (
+            PeftModel.from_pretrained(plain, str(run.adapter)) if weights is None else apply_checkpoint(plain, weights)
+        )
     with progress_console.status(f"Merging the adapter into the {base} base"):
         merged = loaded.model.merge_and_unload()
     merged.eval()
     return merged, loaded
 
 
-def merge_qlora(run: RunDir, dtype: str, base: str, checkpoint: Optional[str] = None):
+def merge_qlora(run: RunDir, dtype: str, base: str, checkpoint: str | None = None):
     """Both merges, the other one first (its logits kept, its weights freed), then the chosen one."""
     other = "original" if base == "dequantized" else "dequantized"
     merged, loaded = merge_into(run, dtype, other, checkpoint)
@@ -116,11 +136,15 @@ def merge_qlora(run: RunDir, dtype: str, base: str, checkpoint: Optional[str] = 
     merged, loaded = merge_into(run, dtype, base, checkpoint)
     gap = logit_gap(logits(merged, ids), other_logits) if ids else None
     if gap is None:
-        console.print("logit gap between --base original and --base dequantized: not measured (no held-out sample could be read)")
+        console.print(
+            "logit gap between --base original and --base dequantized: not measured (no held-out sample could be read)"
+        )
     else:
-        console.print(f"logit gap, --base original vs dequantized, on {gap.samples} held-out samples ({gap.tokens} tokens): "
-                      f"max |diff| {gap.max_abs:.3g}, mean |diff| {gap.mean_abs:.3g}, same top-1 token at {gap.top1_agreement:.1%} of positions",
-                      highlight=False)
+        console.print(
+            f"logit gap, --base original vs dequantized, on {gap.samples} held-out samples ({gap.tokens} tokens): "
+            f"max |diff| {gap.max_abs:.3g}, mean |diff| {gap.mean_abs:.3g}, same top-1 token at {gap.top1_agreement:.1%} of positions",
+            highlight=False,
+        )
     return merged, loaded, gap
 
 
@@ -138,7 +162,15 @@ def held_out_ids(run: RunDir, tokenizer, n: int = GAP_SAMPLES) -> list[list[int]
     out = []
     for rec in held[:n]:
         try:
-            out.append(render_sample(tokenizer, rec.sample, min(cfg.data.max_length, GAP_MAX_TOKENS), "all", fold_system=cfg.data.fold_system).input_ids)
+            out.append(
+                render_sample(
+                    tokenizer,
+                    rec.sample,
+                    min(cfg.data.max_length, GAP_MAX_TOKENS),
+                    "all",
+                    fold_system=cfg.data.fold_system,
+                ).input_ids
+            )
         except DataError:
             continue
     return out
@@ -156,7 +188,16 @@ def logit_gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> LogitGap:
     return LogitGap(len(a), int(same.numel()), float(diffs.max()), float(diffs.mean()), float(same.float().mean()))
 
 
-def write(merged, loaded: Loaded, run: RunDir, out_dir: Path, max_shard_size: str, base: str, gap: Optional[LogitGap], qlora: bool) -> None:
+def write(
+    merged,
+    loaded: Loaded,
+    run: RunDir,
+    out_dir: Path,
+    max_shard_size: str,
+    base: str,
+    gap: LogitGap | None,
+    qlora: bool,
+) -> None:
     with progress_console.status(f"Writing {out_dir}"):
         out_dir.mkdir(parents=True, exist_ok=True)
         # Stop at the end-of-turn token too (Phi-3's config only names <|endoftext|>), and record the spec

@@ -14,24 +14,39 @@ from phinetune.models.specs import ModelSpec
 
 # {{- range .Messages }} walks the whole conversation (system, user, assistant turns); the prompt ends with
 # the opening of the assistant turn, as apply_chat_template(add_generation_prompt=True) does.
-_PHI3 = ('{{- range .Messages }}{{ if or (eq .Role "system") (eq .Role "user") (eq .Role "assistant") }}<|{{ .Role }}|>\n'
-         '{{ .Content }}<|end|>\n{{ end }}{{ end }}<|assistant|>\n')
+_PHI3 = (
+    '{{- range .Messages }}{{ if or (eq .Role "system") (eq .Role "user") (eq .Role "assistant") }}<|{{ .Role }}|>\n'
+    "{{ .Content }}<|end|>\n{{ end }}{{ end }}<|assistant|>\n"
+)
 # Phi-3.5's template drops an empty system prompt.
-_PHI35 = ('{{- range .Messages }}{{ if and (eq .Role "system") (not .Content) }}{{ else if or (eq .Role "system") (eq .Role "user") (eq .Role "assistant") }}'
-          '<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}<|assistant|>\n')
+_PHI35 = (
+    '{{- range .Messages }}{{ if and (eq .Role "system") (not .Content) }}{{ else if or (eq .Role "system") (eq .Role "user") (eq .Role "assistant") }}'
+    "<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}<|assistant|>\n"
+)
 # Phi-3-mini-128k has no system role and opens the assistant turn right after each user turn.
-_PHI3_128K = ('{{- range .Messages }}{{ if eq .Role "user" }}<|user|>\n{{ .Content }}<|end|>\n<|assistant|>\n'
-              '{{ else if eq .Role "assistant" }}{{ .Content }}<|end|>\n{{ end }}{{ end }}')
-_PHI4 = '{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>'
-_CHATML = '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n'
+_PHI3_128K = (
+    '{{- range .Messages }}{{ if eq .Role "user" }}<|user|>\n{{ .Content }}<|end|>\n<|assistant|>\n'
+    '{{ else if eq .Role "assistant" }}{{ .Content }}<|end|>\n{{ end }}{{ end }}'
+)
+_PHI4 = "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"
+_CHATML = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 
 # Phi-4 (and the reasoning models): ChatML with <|im_sep|> after the role, no newlines.
-_PHI4_CHATML = ('{{- range .Messages }}{{ if or (eq .Role "system") (eq .Role "user") (eq .Role "assistant") }}'
-                '<|im_start|>{{ .Role }}<|im_sep|>{{ .Content }}<|im_end|>{{ end }}{{ end }}<|im_start|>assistant<|im_sep|>')
+_PHI4_CHATML = (
+    '{{- range .Messages }}{{ if or (eq .Role "system") (eq .Role "user") (eq .Role "assistant") }}'
+    "<|im_start|>{{ .Role }}<|im_sep|>{{ .Content }}<|im_end|>{{ end }}{{ end }}<|im_start|>assistant<|im_sep|>"
+)
 # phi4-reasoning.jinja also writes the model card's system prompt when a conversation has none; Ollama does that
 # through the Modelfile's SYSTEM line (its default system message), so the Go template is Phi-4's.
-GO_TEMPLATES = {"phi3.jinja": _PHI3, "phi3.5.jinja": _PHI35, "phi3-128k.jinja": _PHI3_128K, "phi4.jinja": _PHI4, "chatml.jinja": _CHATML,
-                "phi4-chatml.jinja": _PHI4_CHATML, "phi4-reasoning.jinja": _PHI4_CHATML}
+GO_TEMPLATES = {
+    "phi3.jinja": _PHI3,
+    "phi3.5.jinja": _PHI35,
+    "phi3-128k.jinja": _PHI3_128K,
+    "phi4.jinja": _PHI4,
+    "chatml.jinja": _CHATML,
+    "phi4-chatml.jinja": _PHI4_CHATML,
+    "phi4-reasoning.jinja": _PHI4_CHATML,
+}
 
 # Ollama's own default temperature is 0.8; an instruction fine-tune answers more faithfully nearer greedy.
 # num_ctx: Ollama's default window is shorter than Phi's; 4096 unless the model's own context is shorter.
@@ -40,8 +55,10 @@ SAMPLING = {"temperature": 0.2, "top_p": 0.9, "num_ctx": 4096}
 
 def go_template(spec: ModelSpec) -> str:
     if spec.template not in GO_TEMPLATES:
-        raise PhinetuneError(f"no Ollama template for chat template '{spec.template or 'none'}' (spec {spec.key}); "
-                             f"Ollama export supports {', '.join(sorted(GO_TEMPLATES))}")
+        raise PhinetuneError(
+            f"no Ollama template for chat template '{spec.template or 'none'}' (spec {spec.key}); "
+            f"Ollama export supports {', '.join(sorted(GO_TEMPLATES))}"
+        )
     return GO_TEMPLATES[spec.template]
 
 

@@ -24,9 +24,15 @@ CUDA_ARCHES = {**CPU_ARCHES, "phimoe": "PhiMoEForCausalLM"}
 def check_supported(model_type: str, provider: str) -> None:
     arches = CUDA_ARCHES if provider == "cuda" else CPU_ARCHES
     if model_type not in arches:
-        extra = " (its MoE operator runs on CUDA only; pass --device cuda on a GPU machine)" if model_type == "phimoe" else ""
-        raise PhinetuneError(f"the onnxruntime-genai builder does not build '{model_type}' models for {provider}{extra}; "
-                             f"it supports {', '.join(sorted(arches))} there")
+        extra = (
+            " (its MoE operator runs on CUDA only; pass --device cuda on a GPU machine)"
+            if model_type == "phimoe"
+            else ""
+        )
+        raise PhinetuneError(
+            f"the onnxruntime-genai builder does not build '{model_type}' models for {provider}{extra}; "
+            f"it supports {', '.join(sorted(arches))} there"
+        )
 
 
 def prepare_input(model_dir: Path) -> None:
@@ -40,23 +46,43 @@ def prepare_input(model_dir: Path) -> None:
     path = model_dir / "config.json"
     config = json.loads(path.read_text())
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if config.get("model_type") == "phi3" and str(rope.get("rope_type", rope.get("type", ""))).lower() not in ("longrope", "su"):
+    if config.get("model_type") == "phi3" and str(rope.get("rope_type", rope.get("type", ""))).lower() not in (
+        "longrope",
+        "su",
+    ):
         config["original_max_position_embeddings"] = config["max_position_embeddings"]
         path.write_text(json.dumps(config, indent=2))
 
 
-def build_onnx(model_dir: Path, out_dir: Path, precision: str, provider: str, stop_ids: list[int], cache_dir: Path | None = None) -> Path:
+def build_onnx(
+    model_dir: Path, out_dir: Path, precision: str, provider: str, stop_ids: list[int], cache_dir: Path | None = None
+) -> Path:
     """Run the builder into `out_dir` (genai_config.json, model.onnx + data, tokenizer, chat template)."""
     if precision not in PRECISIONS:
         raise PhinetuneError(f"--precision must be one of {', '.join(PRECISIONS)} (got '{precision}')")
     if provider not in PROVIDERS:
         raise PhinetuneError(f"--device must be one of {', '.join(PROVIDERS)} (got '{provider}')")
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out_dir),
-           "-p", precision, "-e", provider, "-c", str(cache_dir or out_dir.parent / ".onnx-cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(model_dir),
+        "-o",
+        str(out_dir),
+        "-p",
+        precision,
+        "-e",
+        provider,
+        "-c",
+        str(cache_dir or out_dir.parent / ".onnx-cache"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0 or not (out_dir / "genai_config.json").exists():
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise PhinetuneError(f"the onnxruntime-genai builder failed for {model_dir} ({precision}, {provider}): {last[0]}")
+        raise PhinetuneError(
+            f"the onnxruntime-genai builder failed for {model_dir} ({precision}, {provider}): {last[0]}"
+        )
     _set_stop_tokens(out_dir / "genai_config.json", stop_ids)
     return out_dir
 

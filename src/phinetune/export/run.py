@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 from phinetune.errors import PhinetuneError
 from phinetune.export.targets import ExportPlan, Target, get_target
@@ -49,7 +48,9 @@ def export_run(run_path: str, out: str, plan: ExportPlan) -> Path:
     return out_dir
 
 
-def check_run(run_path: str, checkpoint: Optional[str] = None, use_checkpoint: Optional[str] = LOAD_OFFER) -> tuple[RunDir, ModelSpec]:
+def check_run(
+    run_path: str, checkpoint: str | None = None, use_checkpoint: str | None = LOAD_OFFER
+) -> tuple[RunDir, ModelSpec]:
     """A finished, intact run, or any run when a checkpoint of it is asked for (as generate and merge take them).
     `use_checkpoint`: how the calling command takes the last checkpoint of an unfinished or damaged run (None: it cannot)."""
     run = open_run(run_path, "--checkpoint" if use_checkpoint else None)
@@ -69,15 +70,17 @@ def check_target(plan: ExportPlan, spec: ModelSpec, out_dir: Path) -> Target:
     return target
 
 
-def merged_folder(run: RunDir, dest: Path, checkpoint: Optional[str] = None) -> Path:
+def merged_folder(run: RunDir, dest: Path, checkpoint: str | None = None) -> Path:
     """A standalone transformers folder of the run: the adapter merged in fp32 (merge.py), or the full model."""
     if not run.is_full:
         from phinetune.export.merge import merge_run
 
         return merge_run(str(run.path), str(dest), dtype="fp32", checkpoint=checkpoint, announce=False)
     if checkpoint is not None:
-        raise PhinetuneError(f"--checkpoint {checkpoint}: {run.path} is a full fine-tune; export takes its final model/ folder "
-                             "(a checkpoint holds only training state there)")
+        raise PhinetuneError(
+            f"--checkpoint {checkpoint}: {run.path} is a full fine-tune; export takes its final model/ folder "
+            "(a checkpoint holds only training state there)"
+        )
     shutil.copytree(run.full_model, dest)
     for item in run.tokenizer.iterdir():
         shutil.copy2(item, dest / item.name)

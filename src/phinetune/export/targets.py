@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 from phinetune.errors import PhinetuneError
 from phinetune.extras import require
@@ -35,7 +36,7 @@ class ExportPlan:
     precisions: tuple[str, ...] = ("fp32",)  # onnx
     device: str = "cpu"  # onnx execution provider
     overwrite: bool = False
-    checkpoint: Optional[str] = None  # 'last', 'step-N', 'best': that training checkpoint instead of the final weights
+    checkpoint: str | None = None  # 'last', 'step-N', 'best': that training checkpoint instead of the final weights
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Target:
     write: Callable[[Path, Path, str, ModelSpec, ExportPlan], None]  # (merged folder, out folder, run name, spec, plan)
     # The runtime's greedy answer to prompt token ids, from each model in a written folder: {file or folder: new ids}
     verify: Callable[[Path, list[int], int], dict[str, list[int]]]
-    next_step: Callable[[Path, str], Optional[str]] = lambda out, stem: None  # a command to print after the export
+    next_step: Callable[[Path, str], str | None] = lambda out, stem: None  # a command to print after the export
 
 
 def gguf_name(stem: str, quant: str) -> str:
@@ -61,6 +62,7 @@ def ollama_name(stem: str) -> str:
 
 
 # ---------------------------------------------------------------- GGUF (llama.cpp) and Ollama
+
 
 def _check_gguf(plan: ExportPlan, spec: ModelSpec) -> None:
     from phinetune.export.gguf import QTYPES, supported_arch
@@ -116,6 +118,7 @@ def _verify_ollama(out: Path, ids: list[int], max_new_tokens: int) -> dict[str, 
 
 # ---------------------------------------------------------------- ONNX Runtime GenAI
 
+
 def _check_onnx(plan: ExportPlan, spec: ModelSpec) -> None:
     from phinetune.export.onnx import PRECISIONS, check_supported
 
@@ -133,8 +136,14 @@ def _write_onnx(model_dir: Path, out: Path, stem: str, spec: ModelSpec, plan: Ex
     prepare_input(model_dir)
     for precision in plan.precisions:
         with console.status(f"Building ONNX ({plan.device}, {precision})"):
-            build_onnx(model_dir, out / f"{plan.device}-{precision}", precision, plan.device, stop_ids,
-                       cache_dir=out.parent / "onnx-cache")
+            build_onnx(
+                model_dir,
+                out / f"{plan.device}-{precision}",
+                precision,
+                plan.device,
+                stop_ids,
+                cache_dir=out.parent / "onnx-cache",
+            )
 
 
 def _verify_onnx(out: Path, ids: list[int], max_new_tokens: int) -> dict[str, list[int]]:
@@ -148,15 +157,31 @@ def _verify_onnx(out: Path, ids: list[int], max_new_tokens: int) -> dict[str, li
 
 # ---------------------------------------------------------------- the table
 
-TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("gguf", "llama.cpp", "one GGUF file per --quant", ("gguf",), _check_gguf, _write_gguf, _verify_gguf),
-    Target("ollama", "Ollama", "one GGUF file and a Modelfile (chat template as Go, stop tokens, sampling)", ("gguf",),
-           _check_ollama, _write_ollama, _verify_ollama,
-           next_step=lambda out, stem: f"ollama create {ollama_name(stem)} -f {out / 'Modelfile'}"),
-    Target("onnx", "ONNX Runtime GenAI",
-           "one folder per --precision (DEVICE-PRECISION/: genai_config.json, model.onnx)",
-           ("onnxruntime_genai", "onnx_ir"), _check_onnx, _write_onnx, _verify_onnx),
-)}
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("gguf", "llama.cpp", "one GGUF file per --quant", ("gguf",), _check_gguf, _write_gguf, _verify_gguf),
+        Target(
+            "ollama",
+            "Ollama",
+            "one GGUF file and a Modelfile (chat template as Go, stop tokens, sampling)",
+            ("gguf",),
+            _check_ollama,
+            _write_ollama,
+            _verify_ollama,
+            next_step=lambda out, stem: f"ollama create {ollama_name(stem)} -f {out / 'Modelfile'}",
+        ),
+        Target(
+            "onnx",
+            "ONNX Runtime GenAI",
+            "one folder per --precision (DEVICE-PRECISION/: genai_config.json, model.onnx)",
+            ("onnxruntime_genai", "onnx_ir"),
+            _check_onnx,
+            _write_onnx,
+            _verify_onnx,
+        ),
+    )
+}
 
 
 def get_target(name: str) -> Target:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from phinetune.data.reasoning import REASONING_VIEWS, split_reasoning
 from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling, stream_reply
 from phinetune.models.load_options import LoadOptions
-from phinetune.runs.loading import Loaded, load_for_inference
 from phinetune.progress import console
+from phinetune.runs.loading import Loaded, load_for_inference
 
 
-def chat_loop(loaded: Loaded, sampling: Sampling, system: Optional[str] = None, read: Callable[[str], str] = input,
-              reasoning: str = "show") -> None:
+def chat_loop(
+    loaded: Loaded,
+    sampling: Sampling,
+    system: str | None = None,
+    read: Callable[[str], str] = input,
+    reasoning: str = "show",
+) -> None:
     """`reasoning=hide` prints only what follows a reply's </think>; the history keeps the answer only either way
     (earlier traces are not fed back, as reasoning models are prompted)."""
     history: list[dict] = [{"role": "system", "content": system}] if system else []
@@ -59,8 +64,11 @@ def _stream(loaded: Loaded, history: list[dict], sampling: Sampling, reasoning: 
     return reply
 
 
-COMMANDS = {"/help": "list these commands", "/reset": "clear the conversation (a system prompt is kept)",
-            "/exit": "quit (also /quit or Ctrl-D)"}
+COMMANDS = {
+    "/help": "list these commands",
+    "/reset": "clear the conversation (a system prompt is kept)",
+    "/exit": "quit (also /quit or Ctrl-D)",
+}
 
 
 def answer_command(command: str, system: bool) -> None:
@@ -71,23 +79,39 @@ def answer_command(command: str, system: bool) -> None:
     elif command == "/help":
         for name, what in COMMANDS.items():
             console.print(f"  {name:<7} {what}", markup=False, highlight=False)
-        console.print("  A message that starts with / is sent when written with // (//etc/hosts sends /etc/hosts).", markup=False, highlight=False)
+        console.print(
+            "  A message that starts with / is sent when written with // (//etc/hosts sends /etc/hosts).",
+            markup=False,
+            highlight=False,
+        )
     else:
-        console.print(f"unknown command {command}: not sent to the model; the commands are {', '.join(COMMANDS)} "
-                      "(start a message with // to send one that begins with /)", markup=False, highlight=False)
+        console.print(
+            f"unknown command {command}: not sent to the model; the commands are {', '.join(COMMANDS)} "
+            "(start a message with // to send one that begins with /)",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _after_trace(reply: str, tags: tuple[str, str]) -> str:
     """What to show of a reply so far with the trace hidden: nothing while a trace may be open."""
     if reply.lstrip().startswith(tags[0]) or (tags[0].startswith(reply.lstrip()) and reply.strip()):
         close = reply.find(tags[1])
-        return "" if close < 0 else reply[close + len(tags[1]):].lstrip()
+        return "" if close < 0 else reply[close + len(tags[1]) :].lstrip()
     return reply
 
 
-def run_chat(target: str, sampling: Sampling, load: LoadOptions = LoadOptions(), checkpoint: Optional[str] = None,
-             system: Optional[str] = None, reasoning: str = "show") -> None:
+def run_chat(
+    target: str,
+    sampling: Sampling,
+    load: LoadOptions = LoadOptions(),
+    checkpoint: str | None = None,
+    system: str | None = None,
+    reasoning: str = "show",
+) -> None:
     """`phinetune chat`: load `target` (a run folder, merged folder or model id), then `chat_loop`."""
     if reasoning not in REASONING_VIEWS:
         raise PhinetuneError(f"--reasoning must be {' or '.join(REASONING_VIEWS)} (got {reasoning})")
-    chat_loop(load_for_inference(target, load.dtype, load.quant, checkpoint=checkpoint), sampling, system, reasoning=reasoning)
+    chat_loop(
+        load_for_inference(target, load.dtype, load.quant, checkpoint=checkpoint), sampling, system, reasoning=reasoning
+    )

@@ -11,7 +11,6 @@ import gc
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from rich.table import Table
 
@@ -20,11 +19,11 @@ from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Sampling
 from phinetune.infer.generate import answer_all
 from phinetune.markdown import md_table
-from phinetune.progress import console
-from phinetune.runs.held_out import held_out_prompts
-from phinetune.runs.checkpoints import select
 from phinetune.models.load_options import LoadOptions
+from phinetune.progress import console
+from phinetune.runs.checkpoints import select
 from phinetune.runs.folders import open_run
+from phinetune.runs.held_out import held_out_prompts
 from phinetune.runs.loading import base_and_tuned, load_for_inference
 from phinetune.runs.run_dir import RunDir
 
@@ -32,26 +31,39 @@ from phinetune.runs.run_dir import RunDir
 @dataclass
 class Row:
     prompt: list[dict]
-    reference: Optional[str]
+    reference: str | None
     base: str
     tuned: str
 
 
-def default_prompts(run: RunDir, n: int) -> list[tuple[list[dict], Optional[str]]]:
+def default_prompts(run: RunDir, n: int) -> list[tuple[list[dict], str | None]]:
     """The run's held-out prompts (runs/held_out.py: the conversation up to its last answer, and that answer)."""
     try:
         pairs = held_out_prompts(run, n)
     except PhinetuneError as exc:
         raise PhinetuneError(f"{exc}; pass --prompts FILE.jsonl") from None
     if not pairs:
-        raise PhinetuneError(f"the eval data of {run.path} holds no conversations to take prompts from; pass --prompts FILE.jsonl")
+        raise PhinetuneError(
+            f"the eval data of {run.path} holds no conversations to take prompts from; pass --prompts FILE.jsonl"
+        )
     return pairs
 
 
-def compare_run(run_path: str, prompts_file: Optional[Path] = None, n: int = 5, sampling: Optional[Sampling] = None,
-                batch_size: int = 8, load: LoadOptions = LoadOptions(), out: Optional[Path] = None) -> list[Row]:
+def compare_run(
+    run_path: str,
+    prompts_file: Path | None = None,
+    n: int = 5,
+    sampling: Sampling | None = None,
+    batch_size: int = 8,
+    load: LoadOptions = LoadOptions(),
+    out: Path | None = None,
+) -> list[Row]:
     run = open_run(run_path)
-    pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
+    pairs = (
+        [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)]
+        if prompts_file
+        else default_prompts(run, n)
+    )
     sampling = sampling or Sampling()
     convs = [p for p, _ in pairs]
     base, tuned = _answers(run, convs, sampling, batch_size, load)
@@ -64,8 +76,10 @@ def compare_run(run_path: str, prompts_file: Optional[Path] = None, n: int = 5, 
 
 
 def _answers(run: RunDir, convs, sampling, batch_size, load: LoadOptions):
-    answers = {label: answer_all(loaded, convs, sampling, batch_size, "Base model" if label == "base" else "Fine-tuned")
-               for label, loaded in base_and_tuned(run, load.dtype, load.quant)}
+    answers = {
+        label: answer_all(loaded, convs, sampling, batch_size, "Base model" if label == "base" else "Fine-tuned")
+        for label, loaded in base_and_tuned(run, load.dtype, load.quant)
+    }
     return answers["base"], answers["tuned"]
 
 
@@ -86,32 +100,67 @@ def render_table(rows: list[Row], title: str) -> Table:
 def render_markdown(rows: list[Row], run: str, sampling: Sampling) -> str:
     with_ref = any(r.reference for r in rows)
     head = ["#", "prompt", *(["reference"] if with_ref else []), "base", "fine-tuned"]
-    cells = [[k, _last_user(r.prompt), *([r.reference or ""] if with_ref else []), r.base, r.tuned] for k, r in enumerate(rows, start=1)]
-    return "\n".join([f"# Base vs fine-tuned: `{run}`", "",
-                      f"Sampling: temperature={sampling.temperature}, top_k={sampling.top_k}, top_p={sampling.top_p}, "
-                      f"max_new_tokens={sampling.max_new_tokens}, seed={sampling.seed}.", "", md_table(head, cells)]) + "\n"
+    cells = [
+        [k, _last_user(r.prompt), *([r.reference or ""] if with_ref else []), r.base, r.tuned]
+        for k, r in enumerate(rows, start=1)
+    ]
+    return (
+        "\n".join(
+            [
+                f"# Base vs fine-tuned: `{run}`",
+                "",
+                f"Sampling: temperature={sampling.temperature}, top_k={sampling.top_k}, top_p={sampling.top_p}, "
+                f"max_new_tokens={sampling.max_new_tokens}, seed={sampling.seed}.",
+                "",
+                md_table(head, cells),
+            ]
+        )
+        + "\n"
+    )
 
 
 # ---------------------------------------------------------------- compare --checkpoints
 
-def compare_checkpoints(run_path: str, spec: str, prompts_file: Optional[Path] = None, n: int = 5, sampling: Optional[Sampling] = None,
-                        batch_size: int = 8, load: LoadOptions = LoadOptions(), out: Optional[Path] = None) -> dict:
+
+def compare_checkpoints(
+    run_path: str,
+    spec: str,
+    prompts_file: Path | None = None,
+    n: int = 5,
+    sampling: Sampling | None = None,
+    batch_size: int = 8,
+    load: LoadOptions = LoadOptions(),
+    out: Path | None = None,
+) -> dict:
     """The same prompts answered by the base, each selected checkpoint and the final weights: one column each.
 
     Loaded one at a time (a checkpoint's trainable weights over the run's model), so memory stays that of one model."""
     run = open_run(run_path)
     points = select(run, spec)
-    pairs = [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)] if prompts_file else default_prompts(run, n)
+    pairs = (
+        [(r["messages"], r.get("reference")) for r in read_prompt_rows(prompts_file)]
+        if prompts_file
+        else default_prompts(run, n)
+    )
     sampling = sampling or Sampling()
     columns = {}
     for point in points:
-        loaded = load_for_inference(str(run.path), load.dtype, load.quant, adapter=point.adapter, checkpoint=point.checkpoint)
-        columns[point.label] = [a.text.strip() for a in answer_all(loaded, [p for p, _ in pairs], sampling, batch_size, point.label)]
+        loaded = load_for_inference(
+            str(run.path), load.dtype, load.quant, adapter=point.adapter, checkpoint=point.checkpoint
+        )
+        columns[point.label] = [
+            a.text.strip() for a in answer_all(loaded, [p for p, _ in pairs], sampling, batch_size, point.label)
+        ]
         del loaded
         gc.collect()
-    result = {"run": str(run.path), "points": [{"label": p.label, "step": p.step} for p in points],
-              "rows": [{"prompt": _last_user(p), "reference": ref, "answers": {k: v[i] for k, v in columns.items()}}
-                       for i, (p, ref) in enumerate(pairs)]}
+    result = {
+        "run": str(run.path),
+        "points": [{"label": p.label, "step": p.step} for p in points],
+        "rows": [
+            {"prompt": _last_user(p), "reference": ref, "answers": {k: v[i] for k, v in columns.items()}}
+            for i, (p, ref) in enumerate(pairs)
+        ],
+    }
     table = Table(title=f"answers per checkpoint: {run.path.name}", show_lines=True, expand=True)
     for name in ["prompt", *columns]:
         table.add_column(name, overflow="fold", ratio=1)
@@ -122,6 +171,8 @@ def compare_checkpoints(run_path: str, spec: str, prompts_file: Optional[Path] =
     head = ["#", "prompt", *(f"{p.label} (step {p.step})" for p in points)]
     cells = [[k, row["prompt"], *row["answers"].values()] for k, row in enumerate(result["rows"], start=1)]
     out = out or run.checkpoint_compare
-    out.write_text("\n".join([f"# Answers per checkpoint: `{run.path}`", "", md_table(head, cells)]) + "\n", encoding="utf-8")
+    out.write_text(
+        "\n".join([f"# Answers per checkpoint: `{run.path}`", "", md_table(head, cells)]) + "\n", encoding="utf-8"
+    )
     console.print(f"Markdown written to {out}")
     return result

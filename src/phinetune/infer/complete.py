@@ -7,10 +7,10 @@ so batching, sampling, stop tokens and token counting behave the same everywhere
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from threading import Thread
-from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, TextStreamer
@@ -18,7 +18,6 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from phinetune.data.normalize import TOOL_CALL, for_template
 from phinetune.infer.sampling import Sampling
 from phinetune.runs.loading import Loaded
-
 
 # Weight dtypes whose one-row matmuls (batch-1 decode) run faster in PyTorch's own GEMV than in oneDNN on CPU.
 # Profiled on a 2-core AMD EPYC (Zen 4, avx512_bf16), torch 2.13, Phi-3-mini-width bf16 weights, one thread,
@@ -55,7 +54,12 @@ def decode(loaded: Loaded, ids: list[int]) -> str:
 
 def _generate_kwargs(loaded: Loaded, sampling: Sampling) -> dict:
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
-    return dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=loaded.stop_ids or None, pad_token_id=pad, **sampling.kwargs())
+    return dict(
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=loaded.stop_ids or None,
+        pad_token_id=pad,
+        **sampling.kwargs(),
+    )
 
 
 class _Cancelled(StoppingCriteria):
@@ -69,8 +73,14 @@ class _Cancelled(StoppingCriteria):
 
 
 @torch.no_grad()
-def complete(loaded: Loaded, prompts: Sequence[Union[str, list[int]]], sampling: Sampling, stop: Sequence[str] = (),
-             streamer=None, cancel: Optional[threading.Event] = None) -> list[Completion]:
+def complete(
+    loaded: Loaded,
+    prompts: Sequence[str | list[int]],
+    sampling: Sampling,
+    stop: Sequence[str] = (),
+    streamer=None,
+    cancel: threading.Event | None = None,
+) -> list[Completion]:
     """Continue already-templated prompt texts (or token ids), as one left-padded batch (every prompt ends where generation starts)."""
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)
@@ -82,7 +92,7 @@ def complete(loaded: Loaded, prompts: Sequence[Union[str, list[int]]], sampling:
         extra["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancel)])
     with decode_kernels(loaded.model, enc["input_ids"].shape[0]):
         out = loaded.model.generate(**enc, **_generate_kwargs(loaded, sampling), streamer=streamer, **extra)
-    new = out[:, enc["input_ids"].shape[1]:]
+    new = out[:, enc["input_ids"].shape[1] :]
     prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
     return [_finish(loaded, row, n, stop) for row, n in zip(new.tolist(), prompt_lens)]
 
@@ -129,7 +139,7 @@ def _quantized(model) -> bool:
     return any(p.dtype == torch.uint8 for p in model.parameters())
 
 
-def encode_prompts(tok, prompts: Sequence[Union[str, list[int]]]):
+def encode_prompts(tok, prompts: Sequence[str | list[int]]):
     """Left-padded input_ids and attention_mask; a prompt given as token ids is used as it is (what lm-eval sends)."""
     if all(isinstance(p, str) for p in prompts):
         return tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
@@ -145,11 +155,13 @@ def _finish(loaded: Loaded, row: list[int], prompt_tokens: int, stop: Sequence[s
     reason = "length" if cut is None else "stop"
     hits = [text.index(s) for s in stop if s in text]
     if hits:
-        text, reason = text[:min(hits)], "stop"
+        text, reason = text[: min(hits)], "stop"
         while kept and len(loaded.tokenizer.decode(kept, skip_special_tokens=True)) > len(text):
             kept = kept[:-1]  # the tokens behind the text that is kept
     elif cut is not None:
-        kept = row[:cut + 1]  # the stop token was generated too (its logprob is what lm-eval's echo scoring drops last)
+        kept = row[
+            : cut + 1
+        ]  # the stop token was generated too (its logprob is what lm-eval's echo scoring drops last)
     return Completion(text, int(prompt_tokens), len(row) if cut is None else cut + 1, reason, list(kept))
 
 

@@ -10,32 +10,37 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 from phinetune.data.prompts import read_prompt_rows
 from phinetune.data.reasoning import REASONING_VIEWS, split_reasoning
-from phinetune.errors import DataError, PhinetuneError
+from phinetune.errors import PhinetuneError
 from phinetune.infer.complete import Completion, Sampling, chat_prompt, complete
 from phinetune.models.load_options import LoadOptions
-from phinetune.runs.loading import Loaded, load_for_inference
 from phinetune.progress import console, track
+from phinetune.runs.loading import Loaded, load_for_inference
 
 
-def refuse_same_file(input: Optional[Path], output: Optional[Path]) -> None:
+def refuse_same_file(input: Path | None, output: Path | None) -> None:
     """--output naming --input (under any spelling: ./x, an absolute path, a link) would overwrite the prompts."""
     if input is None or output is None:
         return
     same = output.exists() and input.exists() and os.path.samefile(input, output)
     if same or output.expanduser().resolve() == input.expanduser().resolve():
-        raise PhinetuneError(f"--output {output} is the --input file {input}: writing the answers would replace the prompts; "
-                             "choose another --output (each output line keeps its input fields)")
+        raise PhinetuneError(
+            f"--output {output} is the --input file {input}: writing the answers would replace the prompts; "
+            "choose another --output (each output line keeps its input fields)"
+        )
 
 
-def answer_all(loaded: Loaded, convs: list[list[dict]], sampling: Sampling, batch_size: int, label: str = "Generating") -> list[Completion]:
+def answer_all(
+    loaded: Loaded, convs: list[list[dict]], sampling: Sampling, batch_size: int, label: str = "Generating"
+) -> list[Completion]:
     if batch_size < 1:
         raise PhinetuneError(f"--batch-size must be >= 1 (got {batch_size})")
-    groups = [convs[k:k + batch_size] for k in range(0, len(convs), batch_size)]
-    return [c for group in track(groups, label) for c in complete(loaded, [chat_prompt(loaded, m) for m in group], sampling)]
+    groups = [convs[k : k + batch_size] for k in range(0, len(convs), batch_size)]
+    return [
+        c for group in track(groups, label) for c in complete(loaded, [chat_prompt(loaded, m) for m in group], sampling)
+    ]
 
 
 def shown_reply(text: str, loaded: Loaded, reasoning: str) -> str:
@@ -44,9 +49,17 @@ def shown_reply(text: str, loaded: Loaded, reasoning: str) -> str:
     return (split_reasoning(text, loaded.spec.reasoning_tags)[1] if reasoning == "hide" else text).strip()
 
 
-def run_generate(target: str, prompt: Optional[str], input: Optional[Path], output: Optional[Path], sampling: Sampling,
-                 batch_size: int = 8, load: LoadOptions = LoadOptions(), checkpoint: Optional[str] = None,
-                 reasoning: str = "show") -> list[str]:
+def run_generate(
+    target: str,
+    prompt: str | None,
+    input: Path | None,
+    output: Path | None,
+    sampling: Sampling,
+    batch_size: int = 8,
+    load: LoadOptions = LoadOptions(),
+    checkpoint: str | None = None,
+    reasoning: str = "show",
+) -> list[str]:
     """`reasoning`: show a reply's <think> trace (default) or hide it (keep the final answer only)."""
     if (prompt is None) == (input is None):
         raise PhinetuneError("give either a PROMPT or --input FILE.jsonl (exactly one)")
@@ -59,7 +72,12 @@ def run_generate(target: str, prompt: Optional[str], input: Optional[Path], outp
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", encoding="utf-8") as fh:
             for row, res, answer in zip(rows, results, answers):
-                out = {**row, "response": answer, "finish_reason": res.finish_reason, "completion_tokens": res.completion_tokens}
+                out = {
+                    **row,
+                    "response": answer,
+                    "finish_reason": res.finish_reason,
+                    "completion_tokens": res.completion_tokens,
+                }
                 fh.write(json.dumps(out, ensure_ascii=False) + "\n")
         console.print(f"{len(answers)} answers written to {output}")
     else:

@@ -48,8 +48,12 @@ def _mask(**kwargs):
     mask, no cache offset; transformers' SDPA mask otherwise."""
     from transformers.masking_utils import sdpa_mask
 
-    if kwargs.get("attention_mask") is None and kwargs["q_length"] == kwargs["kv_length"] and not kwargs.get("q_offset") \
-            and not kwargs.get("kv_offset"):
+    if (
+        kwargs.get("attention_mask") is None
+        and kwargs["q_length"] == kwargs["kv_length"]
+        and not kwargs.get("q_offset")
+        and not kwargs.get("kv_offset")
+    ):
         return None
     return sdpa_mask(**kwargs)
 
@@ -62,7 +66,9 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     q_length, kv_length = query.shape[2], key.shape[2]
     window = kwargs.get("sliding_window")
     if attention_mask is not None or position_ids is None or q_length != kv_length or q_length == 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     rows = segments(position_ids, query.shape[0])
     if window is not None and any(e - s > window for row in rows for s, e in row):
         # a sample longer than the window: the window mask per sample (quadratic in that sample only)
@@ -78,8 +84,12 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     outs = []
     for q, k, v, row in zip(query.unbind(0), key.unbind(0), value.unbind(0), rows):
         lengths = [e - s for s, e in row]
-        parts = [F.scaled_dot_product_attention(qs[None], ks[None], vs[None], dropout_p=dropout, scale=scaling, is_causal=True)
-                 for qs, ks, vs in zip(q.split(lengths, dim=1), k.split(lengths, dim=1), v.split(lengths, dim=1))]
+        parts = [
+            F.scaled_dot_product_attention(
+                qs[None], ks[None], vs[None], dropout_p=dropout, scale=scaling, is_causal=True
+            )
+            for qs, ks, vs in zip(q.split(lengths, dim=1), k.split(lengths, dim=1), v.split(lengths, dim=1))
+        ]
         outs.append(torch.cat(parts, dim=2))
     return torch.cat(outs, dim=0).transpose(1, 2).contiguous(), None
 
@@ -96,8 +106,16 @@ def _windowed(module, query, key, value, rows, window: int, dropout: float, scal
         for s, e in row:
             i = torch.arange(e - s, device=query.device)
             allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)  # as transformers' sliding window
-            parts.append(F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                                                        attn_mask=allowed, dropout_p=dropout, scale=scaling))
+            parts.append(
+                F.scaled_dot_product_attention(
+                    query[b : b + 1, :, s:e],
+                    key[b : b + 1, :, s:e],
+                    value[b : b + 1, :, s:e],
+                    attn_mask=allowed,
+                    dropout_p=dropout,
+                    scale=scaling,
+                )
+            )
         outs.append(torch.cat(parts, dim=2))
     return torch.cat(outs, dim=0).transpose(1, 2).contiguous(), None
 
@@ -131,8 +149,16 @@ def _install_fused_phi3() -> None:
         if rows is None:
             return original(self, hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs)
         cos, sin = position_embeddings
-        out = fused_qkv_attention(self.qkv_proj(hidden_states), cos, sin, rows, self.config.num_attention_heads,
-                                  self.num_key_value_heads, self.head_dim, self.scaling)
+        out = fused_qkv_attention(
+            self.qkv_proj(hidden_states),
+            cos,
+            sin,
+            rows,
+            self.config.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+            self.scaling,
+        )
         return self.o_proj(out), None
 
     forward._phinetune_fused = True
@@ -142,9 +168,16 @@ def _install_fused_phi3() -> None:
 def _fusable_rows(module, hidden_states, attention_mask, cache, kwargs) -> list[list[tuple[int, int]]] | None:
     """The rows' samples where the fused path computes exactly what the original would, else None."""
     position_ids = kwargs.get("position_ids")
-    if (module.config._attn_implementation != NAME or attention_mask is not None or cache is not None
-            or kwargs.get("past_key_values") is not None or position_ids is None or hidden_states.device.type != "cpu"
-            or (module.training and module.attention_dropout > 0) or hidden_states.shape[1] == 1):
+    if (
+        module.config._attn_implementation != NAME
+        or attention_mask is not None
+        or cache is not None
+        or kwargs.get("past_key_values") is not None
+        or position_ids is None
+        or hidden_states.device.type != "cpu"
+        or (module.training and module.attention_dropout > 0)
+        or hidden_states.shape[1] == 1
+    ):
         return None
     rows = segments(position_ids, hidden_states.shape[0])
     window = getattr(module.config, "sliding_window", None)
@@ -153,8 +186,16 @@ def _fusable_rows(module, hidden_states, attention_mask, cache, kwargs) -> list[
     return rows
 
 
-def fused_qkv_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: list[list[tuple[int, int]]],
-                        heads: int, kv_heads: int, head_dim: int, scale: float) -> torch.Tensor:
+def fused_qkv_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    rows: list[list[tuple[int, int]]],
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    scale: float,
+) -> torch.Tensor:
     """Phi-3's attention from its fused (batch, seq, (heads + 2 kv_heads) x dim) projection: rotary on q and k,
     causal attention within each [start, end) sample of each row; (batch, seq, heads x dim), o_proj's input."""
     return _FusedQKVAttention.apply(qkv, cos, sin, rows, heads, kv_heads, head_dim, scale)
@@ -209,14 +250,17 @@ def _attend(q, k, v, scale: float):
     a fresh mapping) its per-sample squares of scores page-fault in on every sample, and the fused attention with
     it measured 0.81x the unfused one, against 1.34x with the flash kernel (reference shape, interleaved A/B, one
     thread). Not re-measured since the threshold became one hidden state of the micro-batch (48 MiB there)."""
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q[None], k[None], v[None], 0.0, True, scale=scale)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q[None], k[None], v[None], 0.0, True, scale=scale
+    )
     return out[0], lse[0]
 
 
 def _attend_backward(grad, q, k, v, out, lse, scale: float):
     """One sample's (dq, dk, dv) for output gradient `grad`, shapes as `_attend`'s inputs."""
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        grad[None], q[None], k[None], v[None], out[None], lse[None].contiguous(), 0.0, True, scale=scale)
+        grad[None], q[None], k[None], v[None], out[None], lse[None].contiguous(), 0.0, True, scale=scale
+    )
     return dq[0], dk[0], dv[0]
 
 
@@ -254,9 +298,15 @@ class _FusedQKVAttention(torch.autograd.Function):
         with torch.autocast(qkv.device.type, enabled=False):
             for i, row in enumerate(ctx.rows):
                 for s, e in row:
-                    gq, gk, gv = _attend_backward(_heads_first(grad[i, s:e]), _heads_first(qr[i, s:e]),
-                                                  _heads_first(kr[i, s:e]), _heads_first(v[i, s:e]),
-                                                  _heads_first(out[i, s:e]), lse[i, s:e].transpose(0, 1), scale)
+                    gq, gk, gv = _attend_backward(
+                        _heads_first(grad[i, s:e]),
+                        _heads_first(qr[i, s:e]),
+                        _heads_first(kr[i, s:e]),
+                        _heads_first(v[i, s:e]),
+                        _heads_first(out[i, s:e]),
+                        lse[i, s:e].transpose(0, 1),
+                        scale,
+                    )
                     dqr[i, s:e], dkr[i, s:e], dv[i, s:e] = gq.transpose(0, 1), gk.transpose(0, 1), gv.transpose(0, 1)
         # whole tensors rather than per sample: each elementwise op is a parallel region, and on a busy
         # machine every region waits for both threads (measured: a 0.5M-element op took 20 ms on 2 threads)

@@ -55,7 +55,9 @@ class AddmmLoraVariant(LoraVariant):
             return result + lora_B(h) * scaling  # PEFT's line
         weight_t = lora_B.weight.t().to(h.dtype)  # in-place ops are not autocast: the rank-wide cast by hand
         if result._base is not None:  # a view (a biased Linear's 3-D output): into a new tensor, out of place
-            flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), weight_t, alpha=scaling)
+            flat = torch.addmm(
+                result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), weight_t, alpha=scaling
+            )
             return flat.view(result.shape)
         if result.dim() == 2:
             return result.addmm_(h, weight_t, alpha=scaling)

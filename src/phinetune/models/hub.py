@@ -9,20 +9,18 @@ switches the libraries to offline mode, so cached names load at once and uncache
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional
 
 from phinetune.errors import PhinetuneError
 
 PROBE_TIMEOUT = 3.0
 
 
-def snapshot_repo(path: str) -> Optional[str]:
+def snapshot_repo(path: str) -> str | None:
     """The Hub id whose Hugging Face cache snapshot folder `path` is (models--owner--name/snapshots/REV), else None.
 
     Such a folder is a copy of a Hub model, not the user's own: where it is gone, the id fetches it again."""
@@ -44,7 +42,9 @@ def looks_like_path(name: str) -> bool:
 
 
 def offline_env() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,7 +73,7 @@ def go_offline() -> None:
         sys.modules["datasets.config"].HF_HUB_OFFLINE = True
 
 
-def is_cached(repo_id: str, revision: Optional[str] = None) -> bool:
+def is_cached(repo_id: str, revision: str | None = None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     for filename in ("config.json", "tokenizer_config.json"):
@@ -99,7 +99,7 @@ def download_advice(name: str) -> str:
     return f"run `hf download {name}` on a connected machine"
 
 
-def check_model_name(name: str, revision: Optional[str] = None, what: str = "model") -> None:
+def check_model_name(name: str, revision: str | None = None, what: str = "model") -> None:
     """Return when `name` can be loaded without a long wait; else one sentence saying what to do.
 
     Local folders and built-in tiny names pass; a cached Hub id passes (offline mode is switched on when the
@@ -110,20 +110,26 @@ def check_model_name(name: str, revision: Optional[str] = None, what: str = "mod
     if name in TINY_MODELS or Path(name).expanduser().exists():
         return
     if looks_like_path(name):
-        raise PhinetuneError(f"could not load {what} '{name}': no such folder; pass a run folder from `phinetune train`, "
-                             f"a merged or model folder, a Hub id, or a built-in model ({builtin_hint(name)})")
+        raise PhinetuneError(
+            f"could not load {what} '{name}': no such folder; pass a run folder from `phinetune train`, "
+            f"a merged or model folder, a Hub id, or a built-in model ({builtin_hint(name)})"
+        )
     reachable = hub_reachable()
     if reachable or is_cached(name, revision):
         return
     close = closest_name(name)
     if close:  # a typo of a Phi id or a built-in name: that is the news, the rest is why it failed
-        raise PhinetuneError(f"could not load {what} '{name}': did you mean {close}? ('{name}' is not a local folder, a built-in "
-                             f"model or in the local Hugging Face cache, and the Hub, {endpoint()}, cannot be reached)")
+        raise PhinetuneError(
+            f"could not load {what} '{name}': did you mean {close}? ('{name}' is not a local folder, a built-in "
+            f"model or in the local Hugging Face cache, and the Hub, {endpoint()}, cannot be reached)"
+        )
     # The folder comes first: `runs/nope` run from a folder without runs/ is as likely a mistyped path as a Hub id.
-    raise PhinetuneError(f"could not load {what} '{name}': there is no folder {name} here ({Path.cwd()}), it is not a built-in "
-                         f"model ({builtin_hint(name)}), and no Hub model of that id is in the local Hugging Face cache "
-                         f"(the Hub, {endpoint()}, cannot be reached); pass a folder that exists, or for a Hub id "
-                         f"{download_advice(name)}")
+    raise PhinetuneError(
+        f"could not load {what} '{name}': there is no folder {name} here ({Path.cwd()}), it is not a built-in "
+        f"model ({builtin_hint(name)}), and no Hub model of that id is in the local Hugging Face cache "
+        f"(the Hub, {endpoint()}, cannot be reached); pass a folder that exists, or for a Hub id "
+        f"{download_advice(name)}"
+    )
 
 
 def check_dataset_access() -> None:
@@ -136,7 +142,9 @@ def dataset_cached(repo_id: str) -> bool:
     from huggingface_hub import constants
 
     hub = Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}"
-    arrow = Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets")) / repo_id.replace("/", "___")
+    arrow = Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets")) / repo_id.replace(
+        "/", "___"
+    )
     return hub.exists() or arrow.exists()
 
 
@@ -144,5 +152,7 @@ def require_datasets(repo_ids: list[str], what: str, instead: str) -> None:
     """Fail in seconds, before loading any model, when Hub datasets are neither reachable nor cached."""
     missing = [r for r in repo_ids if not dataset_cached(r)]
     if missing and not hub_reachable():
-        raise PhinetuneError(f"{what} reads {', '.join(missing)} from the Hub ({endpoint()}), which cannot be reached, "
-                             f"and they are not in the local cache; {instead}")
+        raise PhinetuneError(
+            f"{what} reads {', '.join(missing)} from the Hub ({endpoint()}), which cannot be reached, "
+            f"and they are not in the local cache; {instead}"
+        )

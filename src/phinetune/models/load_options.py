@@ -15,8 +15,10 @@ DTYPE_NAMES = ("bf16", "fp16", "fp32")
 DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 DTYPE_CHOICES = "auto, bf16 (bfloat16), fp16 (float16, half) or fp32 (float32, float)"
 # Every accepted spelling, in the order DTYPE_CHOICES reads them (the command line's choices)
-DTYPE_SPELLINGS = ("auto", *(spelling for name in DTYPE_NAMES
-                             for spelling in (name, *[a for a, n in DTYPE_ALIASES.items() if n == name])))
+DTYPE_SPELLINGS = (
+    "auto",
+    *(spelling for name in DTYPE_NAMES for spelling in (name, *[a for a, n in DTYPE_ALIASES.items() if n == name])),
+)
 QUANTS = ("none", "nf4")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 from pathlib import Path
 
 import torch
@@ -20,9 +19,9 @@ from phinetune.kernels.attention import implementation
 from phinetune.kernels.norm import fuse_norms
 from phinetune.models.hub import builtin_hint, check_model_name, download_advice
 from phinetune.models.load_options import DTYPE_NAMES, dtype_name
+from phinetune.models.pad import fix_pad
 from phinetune.models.specs import TINY_MODELS, ModelSpec
 from phinetune.models.templates import read_template
-from phinetune.models.pad import fix_pad
 from phinetune.paths import cache_root
 
 PAD_TOKEN = "<PAD>"  # what pad_policy="add" adds
@@ -48,11 +47,15 @@ def choose_dtype(requested: str, spec: ModelSpec) -> DtypePlan:
             return DtypePlan(torch.bfloat16, "bf16", "CUDA GPU with bf16 support")
         if "fp16" not in spec.refused_dtypes:
             return DtypePlan(torch.float16, "fp16", "CUDA GPU without bf16")
-        return DtypePlan(torch.float32, "fp32", f"GPU without bf16, and fp16 is refused for {spec.key}: {spec.refused_dtypes['fp16']}")
+        return DtypePlan(
+            torch.float32,
+            "fp32",
+            f"GPU without bf16, and fp16 is refused for {spec.key}: {spec.refused_dtypes['fp16']}",
+        )
     return DtypePlan(torch.float32, "fp32", "no GPU: fp32 on CPU")
 
 
-def materialize_tiny(name: str, seed: int = 0, folder: Optional[Path] = None) -> Path:
+def materialize_tiny(name: str, seed: int = 0, folder: Path | None = None) -> Path:
     """The one place a built-in tiny base is built: saved once as a Hugging Face folder, then reused.
 
     Into `folder` when given (training passes RUN/base, so a run needs nothing outside itself), else into the
@@ -66,7 +69,7 @@ def materialize_tiny(name: str, seed: int = 0, folder: Optional[Path] = None) ->
     return out
 
 
-def resolve_model_path(cfg: ModelConfig, base_dir: Optional[Path] = None, seed: int = 0) -> str:
+def resolve_model_path(cfg: ModelConfig, base_dir: Path | None = None, seed: int = 0) -> str:
     """Tiny names become a local checkpoint (in `base_dir`, else the cache); everything else is passed through.
 
     The tiny checkpoint's path is absolute: PEFT records the path a model was loaded from in the adapter's config,
@@ -77,7 +80,11 @@ def resolve_model_path(cfg: ModelConfig, base_dir: Optional[Path] = None, seed: 
 
 
 def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
-    tokenizer = _hub_call(path, cfg.revision, lambda: AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code))
+    tokenizer = _hub_call(
+        path,
+        cfg.revision,
+        lambda: AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code),
+    )
     new = [t for t in spec.added_tokens if t not in tokenizer.get_vocab() and t != PAD_TOKEN]
     if new:
         tokenizer.add_special_tokens({"additional_special_tokens": new})
@@ -94,16 +101,27 @@ def load_tokenizer(path: str, cfg: ModelConfig, spec: ModelSpec):
     return tokenizer
 
 
-def load_model(path: str, cfg: ModelConfig, spec: ModelSpec, tokenizer, dtype: DtypePlan, device_map=None) -> PreTrainedModel:
-    kwargs = dict(revision=cfg.revision, dtype=dtype.dtype, attn_implementation=implementation(cfg.attn_implementation),
-                  trust_remote_code=cfg.trust_remote_code)
+def load_model(
+    path: str, cfg: ModelConfig, spec: ModelSpec, tokenizer, dtype: DtypePlan, device_map=None
+) -> PreTrainedModel:
+    kwargs = dict(
+        revision=cfg.revision,
+        dtype=dtype.dtype,
+        attn_implementation=implementation(cfg.attn_implementation),
+        trust_remote_code=cfg.trust_remote_code,
+    )
     if cfg.quant == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype.dtype,
             # FSDP flattens each wrapped layer into one tensor of one dtype: 4-bit packed weights must then be
             # stored in the compute dtype (QLoRA + FSDP). accelerate launch sets ACCELERATE_USE_FSDP.
-            bnb_4bit_quant_storage=dtype.dtype if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else torch.uint8)
+            bnb_4bit_quant_storage=dtype.dtype
+            if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+            else torch.uint8,
+        )
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = _hub_call(path, cfg.revision, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))
@@ -115,16 +133,28 @@ def load_model(path: str, cfg: ModelConfig, spec: ModelSpec, tokenizer, dtype: D
 def resize_for_tokenizer(model: PreTrainedModel, tokenizer, spec: ModelSpec) -> None:
     """Grow the embedding when tokens were added (Phi-2 ChatML), padded to a multiple for speed."""
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=spec.resize_multiple or None, mean_resizing=True)
+        model.resize_token_embeddings(
+            len(tokenizer), pad_to_multiple_of=spec.resize_multiple or None, mean_resizing=True
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def _hub_call(name: str, revision: Optional[str], fn):
-    check_model_name(name, revision)  # a path-like name or an unreachable Hub: one sentence now, not after 50 s of retries
+def _hub_call(name: str, revision: str | None, fn):
+    check_model_name(
+        name, revision
+    )  # a path-like name or an unreachable Hub: one sentence now, not after 50 s of retries
     try:
         return fn()
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
-        hint = ("it is not in the local Hugging Face cache and the Hub cannot be reached; "
-                f"{download_advice(name)}, or set model.name to a local folder") if offline else str(exc).splitlines()[0]
+        offline = (
+            os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+        )
+        hint = (
+            (
+                "it is not in the local Hugging Face cache and the Hub cannot be reached; "
+                f"{download_advice(name)}, or set model.name to a local folder"
+            )
+            if offline
+            else str(exc).splitlines()[0]
+        )
         raise PhinetuneError(f"could not load model '{name}': {hint} ({builtin_hint(name)})") from None

@@ -8,14 +8,12 @@ stop on the very token the model must learn. Phi-4 shipped pad = eos; its spec n
 
 from __future__ import annotations
 
-from typing import Optional
-
 from phinetune.models.specs import ModelSpec
 
 FALLBACK_PAD = "<|phinetune_pad|>"  # added only when the vocabulary has no other token to pad with
 
 
-def fix_pad(tokenizer, spec: ModelSpec, eot: str) -> Optional[str]:
+def fix_pad(tokenizer, spec: ModelSpec, eot: str) -> str | None:
     """Make pad a token distinct from end-of-turn (and from eos, where the spec names a better one).
 
     Returns a sentence saying what was changed, or None. Order: the spec's pad token; the tokenizer's unk;

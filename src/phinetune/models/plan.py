@@ -8,8 +8,9 @@ dtype), SDPA attention (no seq x seq matrix kept, kernels/attention.py), and the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING
 
 from phinetune.errors import PhinetuneError
 from phinetune.models.inspect import SHAPES, ModelFacts, count_params, lora_params
@@ -85,8 +86,14 @@ class Gpu:
 
 
 # Smallest first; A100 80GB before H100 80GB: same memory, the cheaper and more common card.
-GPUS = (Gpu("T4 16GB", 15.0, False), Gpu("24GB consumer (RTX 3090/4090)", 23.6, True), Gpu("A100 40GB", 39.4, True),
-        Gpu("A100 80GB", 79.2, True), Gpu("H100 80GB", 79.2, True), Gpu("H200 141GB", 139.8, True))
+GPUS = (
+    Gpu("T4 16GB", 15.0, False),
+    Gpu("24GB consumer (RTX 3090/4090)", 23.6, True),
+    Gpu("A100 40GB", 39.4, True),
+    Gpu("A100 80GB", 79.2, True),
+    Gpu("H100 80GB", 79.2, True),
+    Gpu("H200 141GB", 139.8, True),
+)
 
 
 @dataclass
@@ -115,7 +122,9 @@ def linear_inputs(facts: ModelFacts, names=None) -> int:
     q, kv = facts.get("num_attention_heads") * facts.head_dim, facts.kv_heads * facts.head_dim
     routed = facts.get("num_experts_per_tok") or 1
     shapes = SHAPES.get(facts.get("model_type"), SHAPES["phi3"])(h, q, kv, inter, 1)
-    return sum(i * (routed if "experts" in name else 1) for name, (i, o, n) in shapes.items() if names is None or name in names)
+    return sum(
+        i * (routed if "experts" in name else 1) for name, (i, o, n) in shapes.items() if names is None or name in names
+    )
 
 
 def adapted_names(facts: ModelFacts, preset: str) -> list[str]:
@@ -126,9 +135,16 @@ def adapted_names(facts: ModelFacts, preset: str) -> list[str]:
     return list(SHAPES.get(facts.get("model_type"), SHAPES["phi3"])(h, h, h, h, 1))
 
 
-def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method: str = "lora", preset: str = "all-linear",
-                                     lora_dropout: float = 0.05, adapter_bytes: int = ADAPTER_BYTES, device: str = "cuda",
-                                     norm_bytes: int = NORM_INPUT_BYTES) -> float:
+def activation_bytes_per_token_layer(
+    facts: ModelFacts,
+    dtype_bytes: int,
+    method: str = "lora",
+    preset: str = "all-linear",
+    lora_dropout: float = 0.05,
+    adapter_bytes: int = ADAPTER_BYTES,
+    device: str = "cuda",
+    norm_bytes: int = NORM_INPUT_BYTES,
+) -> float:
     """Bytes one decoder layer keeps for backward, per token (see NORM_INPUT_BYTES above for the rules).
 
     Always kept, in the model dtype: the fused q/k/v output, the rotated q and k, the attention output; MLP:
@@ -153,7 +169,9 @@ def activation_bytes_per_token_layer(facts: ModelFacts, dtype_bytes: int, method
     return out
 
 
-def loss_bytes(facts: ModelFacts, tokens: int, dtype_bytes: int, norm_bytes: int = NORM_INPUT_BYTES) -> tuple[float, float]:
+def loss_bytes(
+    facts: ModelFacts, tokens: int, dtype_bytes: int, norm_bytes: int = NORM_INPUT_BYTES
+) -> tuple[float, float]:
     """The loss path's memory (train/loss.py): one chunk of logits, alive during the forward only; and, kept into
     the backward, the final norm's input (norm_input_bytes), the gathered hidden states and their gradient."""
     vocab = facts.get("vocab_size")
@@ -161,26 +179,47 @@ def loss_bytes(facts: ModelFacts, tokens: int, dtype_bytes: int, norm_bytes: int
     return rows * vocab * LOGIT_BYTES, tokens * facts.get("hidden_size") * (norm_bytes + 2 * dtype_bytes)
 
 
-def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing: bool = False, dtype: str = "bf16",
-             r: int = 16, preset: str = "all-linear", lora_dropout: float = 0.05, device: str = "cuda") -> Estimate:
+def estimate(
+    facts: ModelFacts,
+    method: str,
+    seq: int,
+    batch: int,
+    checkpointing: bool = False,
+    dtype: str = "bf16",
+    r: int = 16,
+    preset: str = "all-linear",
+    lora_dropout: float = 0.05,
+    device: str = "cuda",
+) -> Estimate:
     """The run's memory; `lora_dropout` is the LoRA dropout probability (0: none)."""
     if method not in ("lora", "qlora", "full"):
         raise PhinetuneError(f"--method {method} is not one of {', '.join(METHODS)}")
     if seq < 1 or batch < 1:
         raise PhinetuneError("--seq and --batch must be at least 1")
     count, e = count_params(facts), DTYPE_BYTES[dtype]
-    weights = {"full": count.total * e, "lora": count.total * e,
-               "qlora": count.linear * NF4_BYTES + (count.total - count.linear) * e}[method]
+    weights = {
+        "full": count.total * e,
+        "lora": count.total * e,
+        "qlora": count.linear * NF4_BYTES + (count.total - count.linear) * e,
+    }[method]
     trainable = count.total if method == "full" else lora_params(facts, preset, r)
     state_bytes = e if method == "full" else ADAPTER_BYTES  # grads and AdamW states follow the parameter dtype
     tokens, layers = seq * batch, facts.get("num_hidden_layers")
-    adapter_compute = e if (device == "cpu" and dtype == "bf16" and method == "lora") else ADAPTER_BYTES  # adapter_autocast
+    adapter_compute = (
+        e if (device == "cpu" and dtype == "bf16" and method == "lora") else ADAPTER_BYTES
+    )  # adapter_autocast
     norm = norm_input_bytes(facts, e, method, device)
-    per_layer = activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout, adapter_compute, device, norm) * tokens
+    per_layer = (
+        activation_bytes_per_token_layer(facts, e, method, preset, lora_dropout, adapter_compute, device, norm) * tokens
+    )
     boundary = facts.get("hidden_size") * e * tokens  # what checkpointing keeps per layer: its input
     chunk, kept = loss_bytes(facts, tokens, e, norm)
-    backward = (tokens * (facts.get("intermediate_size") or 4 * facts.get("hidden_size")) * (facts.get("num_experts_per_tok") or 1)
-                * BACKWARD_MLP_BYTES.get(adapter_compute, 12))
+    backward = (
+        tokens
+        * (facts.get("intermediate_size") or 4 * facts.get("hidden_size"))
+        * (facts.get("num_experts_per_tok") or 1)
+        * BACKWARD_MLP_BYTES.get(adapter_compute, 12)
+    )
     # The peak is the larger of the forward's end (a logits chunk alive) and the start of the backward (its
     # gradient buffers); without checkpointing every layer's activations are alive at both, with it only the
     # layer inputs, plus one layer recomputed at a time in the backward.
@@ -198,8 +237,17 @@ def estimate(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing
     return Estimate(method, dtype, seq, batch, checkpointing, parts, full_acts if checkpointing else ckpt_acts)
 
 
-def smallest_gpu(facts: ModelFacts, method: str, seq: int, batch: int, checkpointing: bool, refused: dict,
-                 r: int = 16, preset: str = "all-linear", lora_dropout: float = 0.05) -> tuple[Optional[Gpu], str]:
+def smallest_gpu(
+    facts: ModelFacts,
+    method: str,
+    seq: int,
+    batch: int,
+    checkpointing: bool,
+    refused: dict,
+    r: int = 16,
+    preset: str = "all-linear",
+    lora_dropout: float = 0.05,
+) -> tuple[Gpu | None, str]:
     """The first GPU whose memory holds the run, in the dtype that GPU would use."""
     for gpu in GPUS:
         dtype = "bf16" if gpu.bf16 else ("fp32" if "fp16" in refused else "fp16")
@@ -210,22 +258,29 @@ def smallest_gpu(facts: ModelFacts, method: str, seq: int, batch: int, checkpoin
 
 # ---------------------------------------------------------------- what is planned: flags, a run config, or defaults
 
+
 @dataclass(frozen=True)
 class Settings:
     method: str = "lora"
     seq: int = 2048
     batch: int = 1
-    checkpointing: Union[bool, str] = False  # True, False, or "auto" (a run config's default: on when the run would not fit)
+    checkpointing: bool | str = False  # True, False, or "auto" (a run config's default: on when the run would not fit)
     r: int = 16
     targets: str = "all-linear"  # a preset
     dropout: float = 0.05
-    dtype: Optional[str] = None  # None: bf16 where the model has it, else fp32
+    dtype: str | None = None  # None: bf16 where the model has it, else fp32
 
 
 # Each setting as the user sets it: the flag, and the run-config key it comes from.
-FLAGS = {"method": ("--method", "adapter.method / model.quant"), "seq": ("--seq", "data.max_length"),
-         "batch": ("--batch", "train.batch_size"), "checkpointing": ("--grad-checkpointing", "model.gradient_checkpointing"),
-         "r": ("--r", "adapter.r"), "targets": ("--targets", "adapter.targets"), "dropout": ("(no flag)", "adapter.dropout")}
+FLAGS = {
+    "method": ("--method", "adapter.method / model.quant"),
+    "seq": ("--seq", "data.max_length"),
+    "batch": ("--batch", "train.batch_size"),
+    "checkpointing": ("--grad-checkpointing", "model.gradient_checkpointing"),
+    "r": ("--r", "adapter.r"),
+    "targets": ("--targets", "adapter.targets"),
+    "dropout": ("(no flag)", "adapter.dropout"),
+}
 
 
 def method_of(cfg: RunConfig) -> str:
@@ -238,8 +293,16 @@ def config_settings(cfg: RunConfig) -> Settings:
     planned as all-linear (an upper bound), as train/recompute.py does."""
     targets = cfg.adapter.targets if isinstance(cfg.adapter.targets, str) else "all-linear"
     dtype = cfg.model.dtype if cfg.model.dtype in DTYPE_BYTES else None
-    return Settings(method_of(cfg), cfg.data.max_length, cfg.train.batch_size, cfg.model.gradient_checkpointing, cfg.adapter.r,
-                    targets, cfg.adapter.dropout, dtype)
+    return Settings(
+        method_of(cfg),
+        cfg.data.max_length,
+        cfg.train.batch_size,
+        cfg.model.gradient_checkpointing,
+        cfg.adapter.r,
+        targets,
+        cfg.adapter.dropout,
+        dtype,
+    )
 
 
 def _shown(name: str, value) -> str:
@@ -250,33 +313,39 @@ def _shown(name: str, value) -> str:
     return f"{name} {value}"
 
 
-def describe_settings(settings: Settings, given: set[str], config: Optional[str]) -> str:
+def describe_settings(settings: Settings, given: set[str], config: str | None) -> str:
     """One line saying where every planned setting came from: the flags given, the run config, or plan's defaults."""
     rest = [n for n in FLAGS if n not in given and not (settings.method == "full" and n in ("r", "targets", "dropout"))]
     flags = ", ".join(_shown(n, getattr(settings, n)) for n in FLAGS if n in given)
     if config:
-        text = f"settings from {config}: " + ", ".join(f"{_shown(n, getattr(settings, n))} ({FLAGS[n][1]})" for n in rest)
+        text = f"settings from {config}: " + ", ".join(
+            f"{_shown(n, getattr(settings, n))} ({FLAGS[n][1]})" for n in rest
+        )
         return text + (f"; from the flags: {flags}" if flags else "")
     if not rest:
         return f"settings from the flags: {flags}"
     settable = [FLAGS[n][0] for n in rest if FLAGS[n][0] != "(no flag)"]
     how = f"set with {', '.join(settable)}, or plan" if settable else "plan"
-    return (f"assumed (not given; {how} a run config to use its settings): "
-            + ", ".join(_shown(n, getattr(settings, n)) for n in rest) + (f"; from the flags: {flags}" if flags else ""))
+    return (
+        f"assumed (not given; {how} a run config to use its settings): "
+        + ", ".join(_shown(n, getattr(settings, n)) for n in rest)
+        + (f"; from the flags: {flags}" if flags else "")
+    )
 
 
 # ---------------------------------------------------------------- `phinetune plan`: what is planned, printed
 
 
-
-def planned_settings(target: str, flags: dict) -> tuple[str, Settings, set[str], Optional[str]]:
+def planned_settings(target: str, flags: dict) -> tuple[str, Settings, set[str], str | None]:
     """(model, settings, the settings given as flags, the run config) for `plan TARGET`: a run config (.yaml) plans
     its model and settings, anything else is a model with plan's defaults; a flag that is not None wins either way."""
     from phinetune.config import load_config
 
     if not target:
-        raise PhinetuneError("plan needs a MODEL (a spec key such as phi3.5-mini, a Hub id or a config.json), a run folder, "
-                             "a run config (.yaml), or --validate")
+        raise PhinetuneError(
+            "plan needs a MODEL (a spec key such as phi3.5-mini, a Hub id or a config.json), a run folder, "
+            "a run config (.yaml), or --validate"
+        )
     config = target if target.endswith((".yaml", ".yml")) else None
     model, base = target, Settings()
     if config:
@@ -286,7 +355,7 @@ def planned_settings(target: str, flags: dict) -> tuple[str, Settings, set[str],
     return model, replace(base, **given), set(given), config
 
 
-def print_plan(target: str, flags: dict, facts_of: Callable[[str], ModelFacts]) -> Optional[Gpu]:
+def print_plan(target: str, flags: dict, facts_of: Callable[[str], ModelFacts]) -> Gpu | None:
     """`phinetune plan`: the memory breakdown of `target` (planned_settings) and the smallest common GPU it fits on,
     printed; None when none does. `facts_of` reads a model's facts (the CLI's also takes a run folder: its base)."""
     from phinetune.progress import console
@@ -295,23 +364,37 @@ def print_plan(target: str, flags: dict, facts_of: Callable[[str], ModelFacts]) 
     facts = facts_of(model)
     dtype = s.dtype or ("fp32" if "bf16" not in facts.spec.dtypes else "bf16")
     auto = s.checkpointing == "auto"  # as training decides: on when the run without it does not fit
-    est = estimate(facts, s.method, s.seq, s.batch, bool(s.checkpointing) and not auto, dtype, s.r, s.targets, s.dropout)
+    est = estimate(
+        facts, s.method, s.seq, s.batch, bool(s.checkpointing) and not auto, dtype, s.r, s.targets, s.dropout
+    )
     shown = "auto (estimated without it)" if auto else "on" if s.checkpointing else "off"
-    console.print(f"{facts.spec.key}: {s.method}, seq {s.seq} x batch {s.batch}, {dtype}, gradient checkpointing {shown}")
+    console.print(
+        f"{facts.spec.key}: {s.method}, seq {s.seq} x batch {s.batch}, {dtype}, gradient checkpointing {shown}"
+    )
     console.print(describe_settings(s, given, config))
     for part, size in est.parts.items():
         console.print(f"  {part:<12} {size / GiB:8.2f} GiB")
-    console.print(f"  {'total':<12} {est.total / GiB:8.2f} GiB   (activations with checkpointing "
-                  f"{'off' if est.checkpointing else 'on'}: {est.activations_other / GiB:.2f} GiB)")
-    console.print(f"  needed       {est.needed() / GiB:8.2f} GiB   (+{MARGIN:.0%} fragmentation, +{OVERHEAD_GIB:g} GiB CUDA context)")
+    console.print(
+        f"  {'total':<12} {est.total / GiB:8.2f} GiB   (activations with checkpointing "
+        f"{'off' if est.checkpointing else 'on'}: {est.activations_other / GiB:.2f} GiB)"
+    )
+    console.print(
+        f"  needed       {est.needed() / GiB:8.2f} GiB   (+{MARGIN:.0%} fragmentation, +{OVERHEAD_GIB:g} GiB CUDA context)"
+    )
     args, rest = (facts, s.method, s.seq, s.batch), (facts.spec.refused_dtypes, s.r, s.targets, s.dropout)
     gpu, gpu_dtype = smallest_gpu(*args, bool(s.checkpointing), *rest)
     if gpu is None:
-        console.print("smallest GPU: none of the common single GPUs fits; try --method qlora, --grad-checkpointing, a shorter --seq, "
-                      "or several GPUs")
+        console.print(
+            "smallest GPU: none of the common single GPUs fits; try --method qlora, --grad-checkpointing, a shorter --seq, "
+            "or several GPUs"
+        )
         return None
     note = ""
     if auto:  # the smallest GPU that holds the run with checkpointing; auto keeps it off there if it fits without
         note = f" (auto: checkpointing {'off' if smallest_gpu(*args, False, *rest)[0] == gpu else 'on'} there)"
-    console.print(f"smallest GPU: {gpu.name}" + (f" (runs in {gpu_dtype}: no bf16 on this card)" if gpu_dtype != dtype else "") + note)
+    console.print(
+        f"smallest GPU: {gpu.name}"
+        + (f" (runs in {gpu_dtype}: no bf16 on this card)" if gpu_dtype != dtype else "")
+        + note
+    )
     return gpu

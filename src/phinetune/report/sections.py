@@ -10,8 +10,11 @@ from importlib import resources
 import jinja2
 from markupsafe import Markup, escape
 
-ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.files("phinetune.report") / "templates")),
-                         autoescape=True, keep_trailing_newline=True)
+ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(resources.files("phinetune.report") / "templates")),
+    autoescape=True,
+    keep_trailing_newline=True,
+)
 
 
 @dataclass
@@ -34,6 +37,8 @@ BLOCKS = ENV.get_template("blocks.html.jinja").module  # macros: table, pre, not
 BEFORE_AFTER = ENV.get_template("before_after.html.jinja").module  # macros: glance, judge, checkpoints, conversations
 
 
-def html_table(header: list[str], rows: list[list], numeric: set[int] = frozenset(), row_class=None, css: str = "") -> str:
+def html_table(
+    header: list[str], rows: list[list], numeric: set[int] = frozenset(), row_class=None, css: str = ""
+) -> str:
     classes = [row_class(k) or "" for k in range(len(rows))] if row_class else []
     return BLOCKS.table(header, rows, numeric, classes, css)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from phinetune.errors import PhinetuneError
 from phinetune.runs.run_dir import CHECKPOINT_PREFIX, CHECKPOINT_STATE, RunDir
@@ -31,7 +30,7 @@ def score_key(criterion: str) -> str:
     return criterion if criterion in OWN_EVALUATIONS or ":" in criterion else f"{criterion}:acc"
 
 
-def best_checkpoint(found: list[tuple[int, Path]], criterion: str) -> Optional[Path]:
+def best_checkpoint(found: list[tuple[int, Path]], criterion: str) -> Path | None:
     """The checkpoint with the lowest eval loss, or the highest eval reward or task score; the earliest wins a tie."""
     key, sign = score_key(criterion), (1 if criterion == "eval_loss" else -1)
     scored = []
@@ -50,13 +49,15 @@ def best_of_run(run: RunDir) -> Path:
     best = next((b for b in (best_checkpoint(found, c) for c in criteria) if b is not None), None)
     if best is None:
         names = ", ".join(p.name for _, p in found) or "none"
-        raise PhinetuneError(f"--checkpoint best: no checkpoint of {run.path} has scores (kept: {names}); "
-                             "train with train.keep=[eval_loss] (grpo: [eval_reward]) to record them, "
-                             "or pass --checkpoint step-N")
+        raise PhinetuneError(
+            f"--checkpoint best: no checkpoint of {run.path} has scores (kept: {names}); "
+            "train with train.keep=[eval_loss] (grpo: [eval_reward]) to record them, "
+            "or pass --checkpoint step-N"
+        )
     return best
 
 
-def pick_checkpoint(run: RunDir, choice: Optional[str]) -> Optional[Path]:
+def pick_checkpoint(run: RunDir, choice: str | None) -> Path | None:
     """The checkpoint `choice` names; None (final weights) when not asked and the run finished."""
     found = run.checkpoint_dirs()
     if choice is None:
@@ -67,7 +68,9 @@ def pick_checkpoint(run: RunDir, choice: Optional[str]) -> Optional[Path]:
     picked = _named_checkpoint(run, found, choice)
     missing = checkpoint_missing(run, picked)
     if missing:
-        raise PhinetuneError(f"--checkpoint {choice}: {missing[0]} is missing, so {picked.name} of {run.path} cannot be loaded")
+        raise PhinetuneError(
+            f"--checkpoint {choice}: {missing[0]} is missing, so {picked.name} of {run.path} cannot be loaded"
+        )
     return picked
 
 
@@ -80,8 +83,10 @@ def _named_checkpoint(run: RunDir, found: list[tuple[int, Path]], choice: str) -
     for n, path in found:
         if step.isdigit() and n == int(step):
             return path
-    raise PhinetuneError(f"--checkpoint {choice}: no such checkpoint in {run.path}; it has "
-                         f"{', '.join(p.name for _, p in found)} (or pass 'last' or 'best')")
+    raise PhinetuneError(
+        f"--checkpoint {choice}: no such checkpoint in {run.path}; it has "
+        f"{', '.join(p.name for _, p in found)} (or pass 'last' or 'best')"
+    )
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class Point:
     label: str  # base, step-N, last
     step: int
     adapter: bool  # False: the base model alone
-    checkpoint: Optional[str]  # passed to load_for_inference
+    checkpoint: str | None  # passed to load_for_inference
 
 
 def select(run: RunDir, spec: str) -> list[Point]:
@@ -101,7 +106,11 @@ def select(run: RunDir, spec: str) -> list[Point]:
     for a run that has none), so a column of answers "at the end" means what was actually saved at the end."""
     found = run.checkpoint_dirs()
     final_step = max((m["step"] for m in run.read_metrics() if "step" in m), default=found[-1][0] if found else 0)
-    names = ["base", *(p.name for _, p in found), "last"] if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    names = (
+        ["base", *(p.name for _, p in found), "last"]
+        if spec.strip() == "all"
+        else [n.strip() for n in spec.split(",") if n.strip()]
+    )
     if not names:
         raise PhinetuneError("--checkpoints is empty; pass all, or a list like base,step-10,best,last")
     points: dict[str, Point] = {}
@@ -109,7 +118,9 @@ def select(run: RunDir, spec: str) -> list[Point]:
         if name == "base":
             points["base"] = Point("base", 0, False, None)
             continue
-        if name == "last" and (run.has_final_weights or run_status(run).state == "finished"):  # a damaged run says what is missing
+        if name == "last" and (
+            run.has_final_weights or run_status(run).state == "finished"
+        ):  # a damaged run says what is missing
             require_final_weights(run, use_checkpoint="name its last checkpoint ({name}) instead of last")
             path = None
         else:
@@ -117,7 +128,7 @@ def select(run: RunDir, spec: str) -> list[Point]:
         if path is None:  # the final weights
             points["last"] = Point("last", final_step, True, None)
         else:
-            step = int(path.name[len(CHECKPOINT_PREFIX):])
+            step = int(path.name[len(CHECKPOINT_PREFIX) :])
             if step == final_step and "last" in names:
                 continue  # the final checkpoint holds the final weights: listed once, as last
             points[path.name] = Point(path.name, step, True, path.name)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from phinetune.errors import PhinetuneError
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX, MERGED_MARKER, RunDir
@@ -37,9 +36,14 @@ RUNS, EMPTY, FILE, OTHER, MISSING = "runs", "empty", "file", "other", "missing"
 MODEL_KINDS = (RUN, MERGED, MODEL)  # what a verb that loads a model can load
 IN_A_RUN = (ADAPTER, CHECKPOINT, CHECKPOINTS, RUN_PART)  # parts of a run that are no model of their own
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")  # either makes a folder a tokenizer's (AutoTokenizer loads it)
-ANY_MODEL = ("pass a run folder from `phinetune train`, a merged folder (`phinetune merge RUN --out DIR`), "
-             "a Hugging Face model folder (config.json and weights) or a Hub id")
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "tokenizer.json",
+)  # either makes a folder a tokenizer's (AutoTokenizer loads it)
+ANY_MODEL = (
+    "pass a run folder from `phinetune train`, a merged folder (`phinetune merge RUN --out DIR`), "
+    "a Hugging Face model folder (config.json and weights) or a Hub id"
+)
 ANY_RUN = "pass the output.dir of a `phinetune train` run (e.g. runs/default)"
 
 
@@ -47,8 +51,8 @@ ANY_RUN = "pass the output.dir of a `phinetune train` run (e.g. runs/default)"
 class Folder:
     path: Path
     kind: str
-    run: Optional[Path] = None  # the run folder it belongs to (adapter, checkpoint, run part; a merged folder's source)
-    step: Optional[str] = None  # a checkpoint's name, step-N
+    run: Path | None = None  # the run folder it belongs to (adapter, checkpoint, run part; a merged folder's source)
+    step: str | None = None  # a checkpoint's name, step-N
     inside: str = ""  # where it sits in its run (tokenizer, checkpoints/step-4/...)
     runs: tuple[str, ...] = field(default_factory=tuple)  # a folder of runs: their names
     seen: tuple[str, ...] = field(default_factory=tuple)  # a few of the names an unknown folder holds
@@ -63,10 +67,12 @@ def looks_like_run(folder: Path) -> bool:
     run = RunDir(folder)
     if run.info_file.is_file():
         return True
-    return run.config.is_file() and any(p.exists() for p in (run.adapter, run.full_model, run.checkpoints, run.tokenizer, run.metrics))
+    return run.config.is_file() and any(
+        p.exists() for p in (run.adapter, run.full_model, run.checkpoints, run.tokenizer, run.metrics)
+    )
 
 
-def enclosing_run(folder: Path, depth: int = 4) -> Optional[Path]:
+def enclosing_run(folder: Path, depth: int = 4) -> Path | None:
     for parent in list(folder.parents)[:depth]:
         if looks_like_run(parent):
             return parent
@@ -113,7 +119,7 @@ def classify(path: str | Path) -> Folder:
     return Folder(p, OTHER, seen=tuple(names[:3]))
 
 
-def _merged_from(folder: Path) -> Optional[Path]:
+def _merged_from(folder: Path) -> Path | None:
     try:
         source = json.loads((folder / MERGED_MARKER).read_text()).get("merged_from")
     except (OSError, ValueError, AttributeError):
@@ -124,8 +130,11 @@ def _merged_from(folder: Path) -> Optional[Path]:
 def what(f: Folder) -> str:
     """What the folder is, as the start of a sentence."""
     if f.kind == ADAPTER:
-        return (f"{f.path} is the adapter folder inside the run {f.run}" if f.run else
-                f"{f.path} holds a PEFT adapter but is not inside a phinetune run folder")
+        return (
+            f"{f.path} is the adapter folder inside the run {f.run}"
+            if f.run
+            else f"{f.path} holds a PEFT adapter but is not inside a phinetune run folder"
+        )
     if f.kind == CHECKPOINT:
         return f"{f.path} is {'checkpoint ' + f.step if f.step else 'part of a checkpoint'} of the run {f.run}"
     if f.kind in (CHECKPOINTS, RUN_PART):
@@ -145,7 +154,7 @@ def what(f: Folder) -> str:
     return descriptions[f.kind]
 
 
-def model_problem(f: Folder, checkpoint_flag: Optional[str] = "--checkpoint", tokenizer_only: bool = False) -> Optional[str]:
+def model_problem(f: Folder, checkpoint_flag: str | None = "--checkpoint", tokenizer_only: bool = False) -> str | None:
     """None when a verb that loads a model can load this folder (a run, merged or model folder); else one sentence.
     `tokenizer_only`: the verb reads only the tokenizer (`data inspect --model`), so a tokenizer folder will do.
 
@@ -153,25 +162,29 @@ def model_problem(f: Folder, checkpoint_flag: Optional[str] = "--checkpoint", to
     if f.kind not in MODEL_KINDS and not (tokenizer_only and f.kind == TOKENIZER):
         return f"{what(f)}; {_instead(f, checkpoint_flag, ANY_MODEL)}"
     if f.kind == MERGED and not has_weights(f.path):
-        return (f"{f.path} is a merged model folder without its weights (no *.safetensors); "
-                "merge the run again (phinetune merge RUN --out DIR --overwrite)")
+        return (
+            f"{f.path} is a merged model folder without its weights (no *.safetensors); "
+            "merge the run again (phinetune merge RUN --out DIR --overwrite)"
+        )
     return None
 
 
-def run_problem(f: Folder, checkpoint_flag: Optional[str] = "--checkpoint") -> Optional[str]:
+def run_problem(f: Folder, checkpoint_flag: str | None = "--checkpoint") -> str | None:
     """None for a run folder; else one sentence saying what the folder is and which run folder to pass.
     `checkpoint_flag`: how the calling command takes a checkpoint (--checkpoint, --checkpoints, --b), None if it takes none."""
     if f.kind == RUN:
         return None
     if f.kind == MERGED:
         source = f"pass the run it was merged from: {f.run}" if f.run else "pass the run folder it was merged from"
-        return f"{what(f)}, not a run folder; this command reads a run's records (config, metrics, checkpoints): {source}"
+        return (
+            f"{what(f)}, not a run folder; this command reads a run's records (config, metrics, checkpoints): {source}"
+        )
     if f.kind == MODEL and f.run is None:
         return f"{what(f)}, not a run folder from `phinetune train`; {ANY_RUN}"
     return f"{what(f)}; {_instead(f, checkpoint_flag, ANY_RUN)}"
 
 
-def _instead(f: Folder, checkpoint_flag: Optional[str], otherwise: str) -> str:
+def _instead(f: Folder, checkpoint_flag: str | None, otherwise: str) -> str:
     if f.kind == CHECKPOINT and f.step and checkpoint_flag:
         return f"pass the run folder with the checkpoint: {f.run} {checkpoint_flag} {f.step}"
     if f.kind == CHECKPOINTS and checkpoint_flag:
@@ -185,7 +198,9 @@ def _instead(f: Folder, checkpoint_flag: Optional[str], otherwise: str) -> str:
     return otherwise
 
 
-def require_model(path: str | Path, checkpoint_flag: Optional[str] = "--checkpoint", tokenizer_only: bool = False) -> Folder:
+def require_model(
+    path: str | Path, checkpoint_flag: str | None = "--checkpoint", tokenizer_only: bool = False
+) -> Folder:
     """The folder at an existing `path` when a model can be loaded from it; else PhinetuneError (one sentence)."""
     f = classify(path)
     problem = model_problem(f, checkpoint_flag, tokenizer_only)
@@ -194,7 +209,7 @@ def require_model(path: str | Path, checkpoint_flag: Optional[str] = "--checkpoi
     return f
 
 
-def open_run(path: str | Path, checkpoint_flag: Optional[str] = "--checkpoint") -> RunDir:
+def open_run(path: str | Path, checkpoint_flag: str | None = "--checkpoint") -> RunDir:
     """The run folder at `path`; any other folder (the run's adapter/ or a checkpoint of it, a merged folder, an
     empty one) is refused with one sentence saying what it is and what to pass.
     `checkpoint_flag`: how the calling command takes a checkpoint, for that advice."""
@@ -202,7 +217,7 @@ def open_run(path: str | Path, checkpoint_flag: Optional[str] = "--checkpoint") 
     return RunDir(Path(path))
 
 
-def require_run(path: str | Path, checkpoint_flag: Optional[str] = "--checkpoint") -> Folder:
+def require_run(path: str | Path, checkpoint_flag: str | None = "--checkpoint") -> Folder:
     """The run folder at `path`, holding the records every verb reads (run.json, config.yaml); else one sentence."""
     f = classify(path)
     if f.kind == MISSING:
@@ -213,5 +228,7 @@ def require_run(path: str | Path, checkpoint_flag: Optional[str] = "--checkpoint
     run = RunDir(f.path)
     lost = [p for p in (run.info_file, run.config) if not p.is_file()]
     if lost:
-        raise PhinetuneError(f"{f.path} is a damaged run folder: {lost[0]} is missing; train it again with output.overwrite=true")
+        raise PhinetuneError(
+            f"{f.path} is a damaged run folder: {lost[0]} is missing; train it again with output.overwrite=true"
+        )
     return f

@@ -9,8 +9,6 @@ turn's prompt carries the whole earlier conversation, as the model sees it when 
 
 from __future__ import annotations
 
-from typing import Optional
-
 from phinetune.data.dataset import split_records
 from phinetune.data.readers import Record
 from phinetune.errors import PhinetuneError
@@ -19,7 +17,7 @@ from phinetune.runs.run_dir import RunDir
 Prompt = tuple[list[dict], str]  # (messages before the answer, the reference answer)
 
 
-def prompt_and_answer(messages: list[dict]) -> Optional[Prompt]:
+def prompt_and_answer(messages: list[dict]) -> Prompt | None:
     """(messages before the last assistant turn, its content); None without an assistant turn after a prompt."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=0)
     return (messages[:last], messages[last]["content"]) if last > 0 else None

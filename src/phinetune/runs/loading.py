@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import gc
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import torch
 from peft import PeftModel
 
 from phinetune.config.schema import ModelConfig
-from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.data.end_of_turn import stop_token_ids
+from phinetune.errors import ConfigError, PhinetuneError
 from phinetune.models.load_options import QUANTS, dtype_name
 from phinetune.models.loading import choose_dtype, load_model, load_tokenizer, materialize_tiny
 from phinetune.models.specs import TINY_MODELS, ModelSpec, get_spec, spec_from_config
 from phinetune.progress import progress_console, verbose
+from phinetune.runs.checkpoints import pick_checkpoint
 from phinetune.runs.folders import RUN, classify, model_problem, what
 from phinetune.runs.run_dir import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, RunDir, merged_spec_key
-from phinetune.runs.checkpoints import pick_checkpoint
 from phinetune.runs.status import require_final_weights
 
 
@@ -43,8 +43,9 @@ def is_run_dir(path: str) -> bool:
     return classify(path).kind == RUN
 
 
-def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", adapter: bool = True,
-                       checkpoint: Optional[str] = None) -> Loaded:
+def load_for_inference(
+    target: str, dtype: str = "auto", quant: str = "none", adapter: bool = True, checkpoint: str | None = None
+) -> Loaded:
     """`adapter=False` on a run folder gives the base model alone (for before/after comparisons).
 
     `checkpoint` ('last', 'best', 'step-N' or 'N') takes a run's trainable weights from that training checkpoint
@@ -68,7 +69,7 @@ def load_for_inference(target: str, dtype: str = "auto", quant: str = "none", ad
         return _load_plain(target, dtype, quant)
 
 
-def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool, checkpoint: Optional[Path] = None) -> Loaded:
+def _load_run(run: RunDir, dtype: str, quant: str, adapter: bool, checkpoint: Path | None = None) -> Loaded:
     info, cfg = run.read_info(), run.read_config()
     spec = get_spec(cfg.model.name, cfg.model.spec)
     mcfg = cfg.model.model_copy(update={"quant": quant, "dtype": dtype})
@@ -102,12 +103,16 @@ def apply_checkpoint(model, checkpoint: Path):
                 # The checkpoint's config names the base path training loaded (relative to where it ran, or a folder
                 # since moved), and the run's base is attached here on purpose: PEFT's warning that the path "was
                 # renamed" leaves a user nothing to do. Kept under --verbose.
-                warnings.filterwarnings("ignore", message=r"The PEFT config's `base_model_name_or_path` was renamed", category=UserWarning)
+                warnings.filterwarnings(
+                    "ignore", message=r"The PEFT config's `base_model_name_or_path` was renamed", category=UserWarning
+                )
             model = get_peft_model(model, PeftConfig.from_pretrained(str(checkpoint)))
     saved = load_file(str(checkpoint / CHECKPOINT_WEIGHTS), device=str(_device(model)))
     unexpected = model.load_state_dict(saved, strict=False).unexpected_keys
     if unexpected:
-        raise PhinetuneError(f"{checkpoint} holds weights this run's model does not have (e.g. {unexpected[0]}); it belongs to another run")
+        raise PhinetuneError(
+            f"{checkpoint} holds weights this run's model does not have (e.g. {unexpected[0]}); it belongs to another run"
+        )
     return model
 
 

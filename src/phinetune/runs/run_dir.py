@@ -73,22 +73,28 @@ class RunDir:
     mlflow_run_id = property(lambda self: self.path / "mlflow_run_id")
     reference_logps = property(lambda self: self.path / "reference_logps.safetensors")
     contamination = property(lambda self: self.path / "contamination.json")  # training samples overlapping eval.tasks
-    checkpoint_eval = property(lambda self: self.path / "checkpoint_eval.json")  # `eval --checkpoints`: task scores per step
+    checkpoint_eval = property(
+        lambda self: self.path / "checkpoint_eval.json"
+    )  # `eval --checkpoints`: task scores per step
     checkpoint_plot = property(lambda self: self.path / "checkpoint_scores.png")
     checkpoint_compare = property(lambda self: self.path / "compare_checkpoints.md")  # `compare --checkpoints`
     checkpoint_answers = property(lambda self: self.path / "compare_checkpoints.json")
     judge_journal = property(lambda self: self.path / "judge" / "journal.jsonl")  # one line per judge call (resume)
     judge_answers = property(lambda self: self.path / "judge" / "answers.json")  # the answers being judged
     judge_result = property(lambda self: self.path / "judge.json")  # win/tie/loss rates with intervals and reasons
-    lock = property(lambda self: self.path / "train.lock")  # flock'ed by the training process; who holds it (runs/status.py)
+    lock = property(
+        lambda self: self.path / "train.lock"
+    )  # flock'ed by the training process; who holds it (runs/status.py)
 
     @classmethod
-    def create(cls, cfg: RunConfig) -> "RunDir":
+    def create(cls, cfg: RunConfig) -> RunDir:
         """Start an empty run folder. Whether an existing one may be replaced or resumed is decided before
         (train/checkpoint.py start_or_resume, which removes it); here it must be absent or empty."""
         run = cls(Path(cfg.output.dir))
         if run.path.exists() and any(run.path.iterdir()):
-            raise PhinetuneError(f"output folder {run.path} is not empty; a new run starts only in an absent or empty folder")
+            raise PhinetuneError(
+                f"output folder {run.path} is not empty; a new run starts only in an absent or empty folder"
+            )
         run.path.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run.config)
         return run
@@ -100,9 +106,13 @@ class RunDir:
         try:
             return RunInfo(**json.loads(self.info_file.read_text()))
         except FileNotFoundError:
-            raise PhinetuneError(f"{self.info_file} is missing: the run folder {self.path} is damaged (train writes it at the start)") from None
+            raise PhinetuneError(
+                f"{self.info_file} is missing: the run folder {self.path} is damaged (train writes it at the start)"
+            ) from None
         except (ValueError, TypeError) as exc:
-            raise PhinetuneError(f"{self.info_file} is not a run record phinetune wrote ({exc}); the run folder {self.path} is damaged") from None
+            raise PhinetuneError(
+                f"{self.info_file} is not a run record phinetune wrote ({exc}); the run folder {self.path} is damaged"
+            ) from None
 
     def read_config(self) -> RunConfig:
         return load_config(self.config)
@@ -130,14 +140,19 @@ class RunDir:
         if not self.checkpoints.exists():
             return []
         n = len(CHECKPOINT_PREFIX)
-        found = [(int(p.name[n:]), p) for p in self.checkpoints.iterdir()
-                 if p.name.startswith(CHECKPOINT_PREFIX) and p.name[n:].isdigit() and (p / CHECKPOINT_STATE).exists()]
+        found = [
+            (int(p.name[n:]), p)
+            for p in self.checkpoints.iterdir()
+            if p.name.startswith(CHECKPOINT_PREFIX) and p.name[n:].isdigit() and (p / CHECKPOINT_STATE).exists()
+        ]
         return sorted(found)
 
 
 def write_merged_marker(folder: Path, spec_key: str, run: RunDir, **details) -> None:
     """`details`: what else the merge records (which base a QLoRA run merged into, the measured logit gap)."""
-    (Path(folder) / MERGED_MARKER).write_text(json.dumps({"spec": spec_key, "merged_from": str(run.path), **details}, indent=2))
+    (Path(folder) / MERGED_MARKER).write_text(
+        json.dumps({"spec": spec_key, "merged_from": str(run.path), **details}, indent=2)
+    )
 
 
 def merged_spec_key(folder: Path) -> str | None:

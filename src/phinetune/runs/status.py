@@ -23,7 +23,6 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from phinetune.errors import PhinetuneError
 from phinetune.models.hub import snapshot_repo
@@ -50,17 +49,21 @@ class RunLock:
     """The training process's hold on RUN/train.lock (see the module docstring); `release` at the end."""
 
     def __init__(self, run: RunDir):
-        self.fd: Optional[int] = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd: int | None = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + TAKE_LOCK_S
         while not _try_lock(self.fd):
             if time.monotonic() > deadline:
                 recorded = _read_holder(self.fd)
                 os.close(self.fd)
-                raise PhinetuneError(f"another process is training in {run.path} ({holder_text(recorded)}); wait for it to end "
-                                     "or choose another output.dir")
+                raise PhinetuneError(
+                    f"another process is training in {run.path} ({holder_text(recorded)}); wait for it to end "
+                    "or choose another output.dir"
+                )
             time.sleep(0.02)
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
+        os.write(
+            self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode()
+        )
 
     def release(self) -> None:
         if self.fd is not None:
@@ -72,7 +75,7 @@ def hold_run(run: RunDir) -> RunLock:
     return RunLock(run)
 
 
-def holder(run: RunDir) -> Optional[dict]:
+def holder(run: RunDir) -> dict | None:
     """Who is training `run` now ({"pid", "host", "started"}, possibly {} while it starts), or None: nobody."""
     try:
         fd = os.open(run.lock, os.O_RDONLY)
@@ -131,7 +134,7 @@ def _pid_alive(recorded: dict) -> bool:
     return True
 
 
-def holder_text(recorded: Optional[dict]) -> str:
+def holder_text(recorded: dict | None) -> str:
     if not recorded or not recorded.get("pid"):
         return "a process is starting"
     since = time.strftime("%Y-%m-%d %H:%M", time.localtime(recorded["started"])) if recorded.get("started") else "?"
@@ -152,8 +155,11 @@ def run_status(run: RunDir) -> RunStatus:
             return RunStatus("running", f"running: {holder_text(live)}")
         last = run.checkpoint_dirs()
         after = f" after checkpoint {last[-1][1].name}" if last else " before its first checkpoint"
-        return RunStatus("interrupted", f"interrupted{after}: no process holds the run, though run.json still says running, "
-                                        "so its training process was killed")
+        return RunStatus(
+            "interrupted",
+            f"interrupted{after}: no process holds the run, though run.json still says running, "
+            "so its training process was killed",
+        )
     for state in ("interrupted", "failed"):
         if recorded.startswith(state):
             return RunStatus(state, recorded)
@@ -191,7 +197,12 @@ def missing_files(run: RunDir) -> list[Path]:
 
 def checkpoint_missing(run: RunDir, checkpoint: Path) -> list[Path]:
     """What loading the model at `checkpoint` needs that is not there (its weights, the run's tokenizer and base)."""
-    needed = [checkpoint / CHECKPOINT_WEIGHTS, run.config, run.tokenizer, *(run.tokenizer / name for name in RUN_TOKENIZER_FILES)]
+    needed = [
+        checkpoint / CHECKPOINT_WEIGHTS,
+        run.config,
+        run.tokenizer,
+        *(run.tokenizer / name for name in RUN_TOKENIZER_FILES),
+    ]
     try:
         base = run.read_info().base_model
     except PhinetuneError:
@@ -206,7 +217,9 @@ NO_SAMPLES = "pass --samples 0 to write the report without sample answers"  # a 
 ANY_OFFER = "its last checkpoint ({name}) is intact: generate, chat, merge and export take it with --checkpoint last"
 
 
-def final_weights_problem(run: RunDir, use_checkpoint: Optional[str] = LOAD_OFFER, instead: Optional[str] = None) -> Optional[str]:
+def final_weights_problem(
+    run: RunDir, use_checkpoint: str | None = LOAD_OFFER, instead: str | None = None
+) -> str | None:
     """None when the run's final weights can be loaded; else one sentence: unfinished (interrupted, failed, killed,
     still training) or damaged (naming the missing file), and what works instead.
 
@@ -236,7 +249,7 @@ def final_weights_problem(run: RunDir, use_checkpoint: Optional[str] = LOAD_OFFE
     return f"{run.path} is an unfinished run ({status.text}) with no final weights; {offer}"
 
 
-def require_final_weights(run: RunDir, use_checkpoint: Optional[str] = LOAD_OFFER, instead: Optional[str] = None) -> None:
+def require_final_weights(run: RunDir, use_checkpoint: str | None = LOAD_OFFER, instead: str | None = None) -> None:
     problem = final_weights_problem(run, use_checkpoint, instead)
     if problem:
         raise PhinetuneError(problem)

@@ -8,17 +8,23 @@ the checks that matter for callers that come another way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from phinetune.errors import PhinetuneError
 
 # model.name naming a run folder: training starts from weights, which a run holds only as an adapter on its base
-TRAIN_FROM_RUN = ("model.name takes a model to train: to go on from this run, merge it (phinetune merge RUN --out DIR) and set "
-                  "model.name=DIR, or resume it with its own config; to train its base again, set model.name={base}")
+TRAIN_FROM_RUN = (
+    "model.name takes a model to train: to go on from this run, merge it (phinetune merge RUN --out DIR) and set "
+    "model.name=DIR, or resume it with its own config; to train its base again, set model.name={base}"
+)
 
 
-def check_source(target: str, revision: Optional[str] = None, checkpoint: Optional[str] = None, run_advice: Optional[str] = None,
-                 tokenizer_only: bool = False) -> None:
+def check_source(
+    target: str,
+    revision: str | None = None,
+    checkpoint: str | None = None,
+    run_advice: str | None = None,
+    tokenizer_only: bool = False,
+) -> None:
     """A TARGET or model.name that is a missing path or an unreachable, uncached Hub id fails here; so does a folder
     that holds no model (runs/folders.py), and a run whose final weights cannot be loaded (unfinished, damaged:
     runs/status.py) unless a `checkpoint` of it is asked for. `run_advice`: for a verb that cannot take a run folder,
@@ -62,7 +68,7 @@ def final_weights_named(run: str) -> bool:
     return RunDir(Path(run)).has_final_weights or run_status(RunDir(Path(run))).state == "finished"
 
 
-def check_run(run: str, checkpoint_flag: Optional[str] = "--checkpoint", final: bool = True, **offer: Optional[str]) -> None:
+def check_run(run: str, checkpoint_flag: str | None = "--checkpoint", final: bool = True, **offer: str | None) -> None:
     """RUN must be a run folder (anything else: one sentence saying what it is and what to pass, runs/folders.py);
     `final`: this command loads the run's final weights, so an unfinished or damaged run is refused here. `offer`:
     `use_checkpoint` (how this command takes the last checkpoint; None: it cannot) and `instead`, as

@@ -10,20 +10,19 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from peft import PeftModel
 
 from phinetune.errors import PhinetuneError
-from phinetune.runs.loading import Loaded, is_run_dir, load_for_inference
 from phinetune.runs.folders import open_run
+from phinetune.runs.loading import Loaded, is_run_dir, load_for_inference
 from phinetune.runs.run_dir import RunDir
 
 
 @dataclass
 class Served:
     loaded: Loaded
-    models: dict[str, Optional[str]]  # model id clients send -> PEFT adapter name (None: the model without adapters)
+    models: dict[str, str | None]  # model id clients send -> PEFT adapter name (None: the model without adapters)
     memory: list[str] = field(default_factory=list)  # what loading each adapter cost, for the startup banner
 
     @property
@@ -31,7 +30,7 @@ class Served:
         return next(iter(self.models))
 
     @classmethod
-    def single(cls, loaded: Loaded, name: str) -> "Served":
+    def single(cls, loaded: Loaded, name: str) -> Served:
         """One loaded model under one id (a run's adapter stays on; the base is not offered)."""
         return cls(loaded, {name: loaded.model.active_adapter if isinstance(loaded.model, PeftModel) else None})
 
@@ -57,28 +56,37 @@ def default_model_name(target: str) -> str:
     return path.resolve().name if path.exists() else target
 
 
-def load_served(targets: list[str], dtype: str = "auto", quant: str = "none", first_name: Optional[str] = None,
-                checkpoint: Optional[str] = None) -> Served:
+def load_served(
+    targets: list[str],
+    dtype: str = "auto",
+    quant: str = "none",
+    first_name: str | None = None,
+    checkpoint: str | None = None,
+) -> Served:
     """One model for all targets: a single base/merged/run target, or several LoRA runs on the same base.
     `checkpoint` (step-N, best, last) serves that checkpoint of a single run folder."""
     if not targets:
         raise PhinetuneError("serve needs at least one run folder, merged folder or model id")
     names = [first_name or default_model_name(targets[0])] + [default_model_name(t) for t in targets[1:]]
     if len(set(names)) != len(names):
-        raise PhinetuneError(f"two targets would be served under the same model id ({', '.join(names)}); "
-                             "rename a run folder or serve them separately")
+        raise PhinetuneError(
+            f"two targets would be served under the same model id ({', '.join(names)}); "
+            "rename a run folder or serve them separately"
+        )
     if len(targets) > 1:
         for t in targets:
             if not is_run_dir(t) or open_run(t).is_full:
-                raise PhinetuneError(f"{t}: serving several targets needs LoRA run folders (with adapter/) on one base; "
-                                     "serve a merged folder or full fine-tune on its own")
+                raise PhinetuneError(
+                    f"{t}: serving several targets needs LoRA run folders (with adapter/) on one base; "
+                    "serve a merged folder or full fine-tune on its own"
+                )
     if checkpoint is not None and len(targets) > 1:
         raise PhinetuneError("--checkpoint applies to one run folder; serve several runs with their final adapters")
     loaded = load_for_inference(targets[0], dtype, quant, checkpoint=checkpoint)
     if not isinstance(loaded.model, PeftModel):
         return Served(loaded, {names[0]: None})
     base_model = open_run(targets[0]).read_info().base_model
-    models: dict[str, Optional[str]] = {names[0]: loaded.model.active_adapter}
+    models: dict[str, str | None] = {names[0]: loaded.model.active_adapter}
     total = tensor_bytes(loaded.model)
     memory = [f"base + adapter '{names[0]}': {_mib(total)}"]
     for i, (target, name) in enumerate(zip(targets[1:], names[1:]), start=1):
@@ -92,11 +100,18 @@ def load_served(targets: list[str], dtype: str = "auto", quant: str = "none", fi
 def _add_adapter(loaded: Loaded, run: RunDir, base_model: str, adapter_name: str) -> str:
     info = run.read_info()
     if not same_base(info.base_model, base_model):
-        raise PhinetuneError(f"{run.path}: trained on {info.base_model}, not on {base_model} like the first run; "
-                             "only runs on the same base can share it")
+        raise PhinetuneError(
+            f"{run.path}: trained on {info.base_model}, not on {base_model} like the first run; "
+            "only runs on the same base can share it"
+        )
     tokenizer = _tokenizer(run)
-    if tokenizer.get_vocab() != loaded.tokenizer.get_vocab() or tokenizer.chat_template != loaded.tokenizer.chat_template:
-        raise PhinetuneError(f"{run.path}: its tokenizer or chat template differs from the first run's; serve it separately")
+    if (
+        tokenizer.get_vocab() != loaded.tokenizer.get_vocab()
+        or tokenizer.chat_template != loaded.tokenizer.chat_template
+    ):
+        raise PhinetuneError(
+            f"{run.path}: its tokenizer or chat template differs from the first run's; serve it separately"
+        )
     loaded.model.load_adapter(str(run.adapter), adapter_name=adapter_name)
     return adapter_name
 
@@ -109,6 +124,7 @@ def same_base(a: str, b: str) -> bool:
     pa, pb = Path(a), Path(b)
     if not (pa.is_dir() and pb.is_dir()):
         return False
+
     def listing(folder: Path) -> list[str]:
         return sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".safetensors"))
 
@@ -117,7 +133,8 @@ def same_base(a: str, b: str) -> bool:
         return False
     weights = [f for f in files if f.endswith(".safetensors")]
     return (pa / "config.json").read_bytes() == (pb / "config.json").read_bytes() and all(
-        (pa / f).stat().st_size == (pb / f).stat().st_size and _digest(pa / f) == _digest(pb / f) for f in weights)
+        (pa / f).stat().st_size == (pb / f).stat().st_size and _digest(pa / f) == _digest(pb / f) for f in weights
+    )
 
 
 def _digest(path: Path) -> str:
@@ -142,7 +159,7 @@ def _base_name(base_model: str, models: dict) -> str:
 
 
 @contextmanager
-def use_adapter(model, name: Optional[str]):
+def use_adapter(model, name: str | None):
     """Run `model` with adapter `name` active, or with none (the base) for None."""
     if not isinstance(model, PeftModel):
         with nullcontext():

@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 import time
-from typing import AsyncIterator, Optional, Union
+from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,7 +38,14 @@ log = logging.getLogger("phinetune.serve")
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: Optional[str] = None, code: Optional[str] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -47,10 +54,18 @@ def error_body(status: int, message: str, type: str = "invalid_request_error", p
     return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # pydantic names the union member it tried in `loc`
+_UNION_TAGS = {
+    "str",
+    "int",
+    "float",
+    "bool",
+    "list",
+    "dict",
+    "none",
+}  # pydantic names the union member it tried in `loc`
 
 
-def validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]:
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """One clear sentence for the first problem, naming the field."""
     err = exc.errors()[0]
     loc = [str(p) for p in err.get("loc", ()) if p != "body" and "[" not in str(p) and str(p) not in _UNION_TAGS]
@@ -59,19 +74,24 @@ def validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]
     if kind == "json_invalid":
         return f"request body is not valid JSON ({err.get('ctx', {}).get('error', msg)})", None
     if kind == "extra_forbidden":
-        return f"unknown field '{field_}': this server does not support it (see GET /docs for the accepted fields)", field_
+        return (
+            f"unknown field '{field_}': this server does not support it (see GET /docs for the accepted fields)",
+            field_,
+        )
     if kind == "missing":
         return f"missing required field '{field_}'", field_
     if kind == "value_error" and not loc:  # a check across fields (schemas.py's model validators)
         return msg, None
-    if kind == "value_error" and field_ and msg.startswith(field_.split(".")[-1]):  # the sentence names the field itself
+    if (
+        kind == "value_error" and field_ and msg.startswith(field_.split(".")[-1])
+    ):  # the sentence names the field itself
         return msg, field_
     if not loc:
         return f"request body must be a JSON object ({msg})", None
     return f"invalid value for '{field_}': {msg} (got {str(err.get('input'))[:80]!r})", field_
 
 
-def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAPI:
+def create_app(served: Served | Loaded, settings: ServeSettings) -> FastAPI:
     """Serve `served` (several models on one base) or one loaded model, named settings.model_name."""
     if isinstance(served, Loaded):
         served = Served.single(served, settings.model_name or default_model_name(served.source))
@@ -84,8 +104,12 @@ def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAP
     app.state.worker, app.state.settings, app.state.metrics, app.state.served = worker, settings, metrics, served
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
     app.add_middleware(AccessLog, metrics=metrics)  # outermost: counts every answer
     app.router.add_event_handler("shutdown", worker.stop)
     _add_error_handlers(app)
@@ -94,8 +118,13 @@ def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAP
 
     @app.get("/health")
     async def health():
-        body = {"status": "ok" if worker.alive else "worker stopped", "model": served.default, "models": list(served.models),
-                "queued": worker.queued, "served": worker.served}
+        body = {
+            "status": "ok" if worker.alive else "worker stopped",
+            "model": served.default,
+            "models": list(served.models),
+            "queued": worker.queued,
+            "served": worker.served,
+        }
         return JSONResponse(body, status_code=200 if worker.alive else 503)
 
     @app.get("/metrics")
@@ -117,17 +146,31 @@ def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAP
         name, adapter = api.resolve(req.model)
         tools, spec = req.tool_defs(), loaded.spec
         if tools and req.stream:
-            raise APIError(400, "stream=true with tools is not supported: tool calls are parsed from the finished reply; "
-                                "send stream=false", param="stream")
+            raise APIError(
+                400,
+                "stream=true with tools is not supported: tool calls are parsed from the finished reply; "
+                "send stream=false",
+                param="stream",
+            )
         try:  # tools, tool calls and reasoning written as the model was trained to see them (serve/tools.py)
             messages = request_messages([m.template_dict() for m in req.messages], tools, spec)
         except ToolRequestError as exc:
             raise APIError(400, str(exc), param=exc.param) from None
         if req.wants_json() and not any("json" in m["content"].lower() for m in messages):
-            raise APIError(400, "response_format json_object needs the word 'JSON' in the messages (as OpenAI requires): "
-                                "tell the model to answer in JSON", param="messages")
-        job = Job([api.render(messages)] * req.n, api.sampling(req), req.stops(), adapter=adapter, logprobs=req.top_k_logprobs(),
-                  param="messages")
+            raise APIError(
+                400,
+                "response_format json_object needs the word 'JSON' in the messages (as OpenAI requires): "
+                "tell the model to answer in JSON",
+                param="messages",
+            )
+        job = Job(
+            [api.render(messages)] * req.n,
+            api.sampling(req),
+            req.stops(),
+            adapter=adapter,
+            logprobs=req.top_k_logprobs(),
+            param="messages",
+        )
         api.note(request, name, req, messages)
         return await api.respond(job, req, name, ReplyFormat(spec, settings.reasoning, bool(tools)), request)
 
@@ -135,8 +178,15 @@ def create_app(served: Union[Served, Loaded], settings: ServeSettings) -> FastAP
     async def completions(req: CompletionRequest, request: Request):
         name, adapter = api.resolve(req.model)
         prompts = [p for p in req.prompts() for _ in range(req.n)]
-        job = Job(prompts, api.sampling(req), req.stops(), adapter=adapter, logprobs=req.logprobs, echo=req.echo,
-                  generate=req.max_tokens != 0)
+        job = Job(
+            prompts,
+            api.sampling(req),
+            req.stops(),
+            adapter=adapter,
+            logprobs=req.logprobs,
+            echo=req.echo,
+            generate=req.max_tokens != 0,
+        )
         api.note(request, name, req, req.prompts())
         return await api.respond(job, req, name, TEXT, request)
 
@@ -150,20 +200,29 @@ class _Api:
         self.served, self.settings, self.worker, self.metrics = served, settings, worker, metrics
 
     def card(self, name: str) -> dict:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "phinetune",
-                "parent": None if self.served.models.get(name) is None else self.base_name}
+        return {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "phinetune",
+            "parent": None if self.served.models.get(name) is None else self.base_name,
+        }
 
     @property
-    def base_name(self) -> Optional[str]:
+    def base_name(self) -> str | None:
         return next((n for n, a in self.served.models.items() if a is None), None)
 
-    def adapter(self, requested: str) -> Optional[str]:
+    def adapter(self, requested: str) -> str | None:
         if requested not in self.served.models:
-            raise APIError(404, f"model '{requested}' is not served here; this server serves: {', '.join(self.served.models)}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model '{requested}' is not served here; this server serves: {', '.join(self.served.models)}",
+                param="model",
+                code="model_not_found",
+            )
         return self.served.models[requested]
 
-    def resolve(self, requested: Optional[str]) -> tuple[str, Optional[str]]:
+    def resolve(self, requested: str | None) -> tuple[str, str | None]:
         name = requested or self.served.default
         return name, self.adapter(name)
 
@@ -205,8 +264,11 @@ class _Api:
             self.submit(job)  # before the response starts, so a full queue is still a clean 429
             await self.wait(job, job.admitted, deadline)  # and a refused prompt a clean 400
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self.stream(job, queue, name, fmt, include_usage, deadline, request), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                self.stream(job, queue, name, fmt, include_usage, deadline, request),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         outputs = await self.wait(job, self.submit(job), deadline)
         if isinstance(req, ChatCompletionRequest) and req.wants_json():
             _check_json(outputs)
@@ -221,14 +283,27 @@ class _Api:
             raise APIError(400, str(exc), param=exc.param, code=exc.code) from None
         except asyncio.TimeoutError:
             job.cancel.set()
-            raise APIError(504, f"the answer took longer than this server's limit of {self.settings.request_timeout:g} s "
-                                "(serve --request-timeout); lower max_tokens or retry", type="timeout_error", code="timeout") from None
+            raise APIError(
+                504,
+                f"the answer took longer than this server's limit of {self.settings.request_timeout:g} s "
+                "(serve --request-timeout); lower max_tokens or retry",
+                type="timeout_error",
+                code="timeout",
+            ) from None
         except asyncio.CancelledError:
             job.cancel.set()
             raise
 
-    async def stream(self, job: Job, queue: asyncio.Queue, name: str, fmt: TextFormat, include_usage: bool, deadline: float,
-                     request: Request) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        job: Job,
+        queue: asyncio.Queue,
+        name: str,
+        fmt: TextFormat,
+        include_usage: bool,
+        deadline: float,
+        request: Request,
+    ) -> AsyncIterator[str]:
         ident, stops, started = fmt.new_id(), StopFilter(job.stop), time.monotonic()
         try:
             if (opening := fmt.opening()) is not None:
@@ -238,8 +313,12 @@ class _Api:
                 try:
                     piece = await asyncio.wait_for(queue.get(), max(deadline - time.monotonic(), 0.001))
                 except asyncio.TimeoutError:
-                    yield sse(_error_event(f"the answer took longer than this server's limit of {self.settings.request_timeout:g} s",
-                                           "timeout_error"))
+                    yield sse(
+                        _error_event(
+                            f"the answer took longer than this server's limit of {self.settings.request_timeout:g} s",
+                            "timeout_error",
+                        )
+                    )
                     return
                 if piece is None:
                     break
@@ -273,9 +352,13 @@ class _Api:
 def _sampling(req, settings: ServeSettings) -> Sampling:
     wanted, cap = req.requested_tokens(), settings.max_tokens
     if wanted is not None and wanted > cap:
-        raise APIError(400, f"max_tokens={wanted} is over this server's limit of {cap} (serve --max-tokens)", param="max_tokens")
+        raise APIError(
+            400, f"max_tokens={wanted} is over this server's limit of {cap} (serve --max-tokens)", param="max_tokens"
+        )
     default = min(req.default_tokens or cap, cap)
-    return Sampling(wanted or default, req.temperature, req.top_k, req.top_p, req.seed)  # max_tokens=0 scores only: never generates
+    return Sampling(
+        wanted or default, req.temperature, req.top_k, req.top_p, req.seed
+    )  # max_tokens=0 scores only: never generates
 
 
 def _error_event(message: str, type: str, param=None, code=None) -> dict:
@@ -291,20 +374,29 @@ def _check_json(outputs: list[Output]) -> None:
         except ValueError:
             ok = False
         if not ok:
-            raise APIError(400, f"the model's reply (choice {i}) is not a JSON object; response_format json_object is validated, "
-                                f"not constrained: retry, or ask for JSON more plainly. Reply: {out.completion.text[:200]!r}",
-                           param="response_format", code="json_validate_failed")
+            raise APIError(
+                400,
+                f"the model's reply (choice {i}) is not a JSON object; response_format json_object is validated, "
+                f"not constrained: retry, or ask for JSON more plainly. Reply: {out.completion.text[:200]!r}",
+                param="response_format",
+                code="json_validate_failed",
+            )
 
 
-def _auth_dependency(api_key: Optional[str]):
+def _auth_dependency(api_key: str | None):
     async def check(request: Request) -> None:
         if api_key is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", type="authentication_error",
-                           code="invalid_api_key")
+            raise APIError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+
     return check
 
 
@@ -320,7 +412,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return error_body(exc.status_code, str(exc.detail), type="not_found_error" if exc.status_code == 404 else "invalid_request_error")
+        return error_body(
+            exc.status_code,
+            str(exc.detail),
+            type="not_found_error" if exc.status_code == 404 else "invalid_request_error",
+        )
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):

@@ -40,9 +40,22 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
-        payload = json.dumps({"error": {"message": f"request body is larger than this server's limit of {self.max_bytes} bytes "
-                                                   "(serve --max-body-kb)", "type": "invalid_request_error", "param": None,
-                                        "code": "request_too_large"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        payload = json.dumps(
+            {
+                "error": {
+                    "message": f"request body is larger than this server's limit of {self.max_bytes} bytes "
+                    "(serve --max-body-kb)",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "request_too_large",
+                }
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})

@@ -9,7 +9,6 @@ as vLLM's default), and it is the computation eval/scoring.py does, so the two a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -19,7 +18,7 @@ FLOOR = -9999.0  # OpenAI's stand-in for -inf (JSON has no infinity)
 @dataclass
 class TokenLogprob:
     token: str
-    logprob: Optional[float]  # None for the very first token: nothing comes before it to condition on
+    logprob: float | None  # None for the very first token: nothing comes before it to condition on
     top: list[tuple[str, float]]  # the k most likely tokens at this position, best first
 
 
@@ -32,13 +31,15 @@ def score_tokens(loaded, ids: list[int], start: int, top_k: int) -> list[TokenLo
     out = [TokenLogprob(tok.decode([ids[0]]), None, [])] if start == 0 and ids else []
     if first >= len(ids):
         return out
-    logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, first - 1:len(ids) - 1].float()
+    logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, first - 1 : len(ids) - 1].float()
     logp = torch.log_softmax(logits, dim=-1)  # row j predicts token first + j
     chosen = logp.gather(1, torch.tensor(ids[first:], device=device)[:, None])[:, 0].tolist()
     tops = torch.topk(logp, top_k, dim=-1) if top_k else None
     for j, token in enumerate(ids[first:]):
         top = list(zip(tops.indices[j].tolist(), tops.values[j].tolist())) if tops is not None else []
-        out.append(TokenLogprob(tok.decode([token]), max(chosen[j], FLOOR), [(tok.decode([t]), max(v, FLOOR)) for t, v in top]))
+        out.append(
+            TokenLogprob(tok.decode([token]), max(chosen[j], FLOOR), [(tok.decode([t]), max(v, FLOOR)) for t, v in top])
+        )
     return out
 
 
@@ -49,8 +50,12 @@ def completion_logprobs(tokens: list[TokenLogprob]) -> dict:
         offsets.append(at)
         at += len(t.token)
     tops = [None if t.logprob is None else _top_dict(t) for t in tokens]
-    return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens], "top_logprobs": tops,
-            "text_offset": offsets}
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
 
 
 def _top_dict(t: TokenLogprob) -> dict:
@@ -64,5 +69,7 @@ def chat_logprobs(tokens: list[TokenLogprob]) -> dict:
     def entry(token: str, logprob: float) -> dict:
         return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
-    return {"content": [entry(t.token, t.logprob) | {"top_logprobs": [entry(s, v) for s, v in t.top]} for t in tokens],
-            "refusal": None}
+    return {
+        "content": [entry(t.token, t.logprob) | {"top_logprobs": [entry(s, v) for s, v in t.top]} for t in tokens],
+        "refusal": None,
+    }

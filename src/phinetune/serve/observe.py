@@ -12,8 +12,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -26,15 +26,35 @@ class Metrics:
     def __init__(self, queued: Callable[[], int], busy: Callable[[], bool]):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("phinetune_requests", "HTTP requests answered, by endpoint and status.", ["endpoint", "status"], registry=r)
-        self.tokens = Counter("phinetune_tokens", "Tokens read (prompt) and generated (completion), by model.", ["model", "kind"], registry=r)
-        self.latency = Histogram("phinetune_request_latency_seconds", "Time from request to the last byte of the answer.",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.first_token = Histogram("phinetune_time_to_first_token_seconds", "Streaming: time from request to the first text.",
-                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.batch = Histogram("phinetune_batch_prompts", "Prompts per generate call.", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.requests = Counter(
+            "phinetune_requests", "HTTP requests answered, by endpoint and status.", ["endpoint", "status"], registry=r
+        )
+        self.tokens = Counter(
+            "phinetune_tokens",
+            "Tokens read (prompt) and generated (completion), by model.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "phinetune_request_latency_seconds",
+            "Time from request to the last byte of the answer.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "phinetune_time_to_first_token_seconds",
+            "Streaming: time from request to the first text.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch = Histogram(
+            "phinetune_batch_prompts", "Prompts per generate call.", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
         Gauge("phinetune_queue_depth", "Requests waiting for the model.", registry=r).set_function(queued)
-        Gauge("phinetune_worker_busy", "1 while a batch is on the model.", registry=r).set_function(lambda: float(busy()))
+        Gauge("phinetune_worker_busy", "1 while a batch is on the model.", registry=r).set_function(
+            lambda: float(busy())
+        )
 
     def count_tokens(self, model: str, usage: dict) -> None:
         self.tokens.labels(model, "prompt").inc(usage["prompt_tokens"])
@@ -76,8 +96,15 @@ class AccessLog:
         self.metrics.latency.labels(endpoint).observe(seconds)
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client") or ("", 0)
-            line = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "method": scope.get("method"), "path": path,
-                    "status": status, "latency_ms": round(seconds * 1000, 2), "client": client[0], **entry}
+            line = {
+                "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                "method": scope.get("method"),
+                "path": path,
+                "status": status,
+                "latency_ms": round(seconds * 1000, 2),
+                "client": client[0],
+                **entry,
+            }
             access_log.info(json.dumps(line, ensure_ascii=False))
 
 

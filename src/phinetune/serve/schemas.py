@@ -4,7 +4,7 @@ never silently ignored (a client sending a field this server does not implement 
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
@@ -19,7 +19,9 @@ def _encodable(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"not valid Unicode text: a lone surrogate {text[exc.start:exc.end]!r} at character {exc.start}") from None
+        raise ValueError(
+            f"not valid Unicode text: a lone surrogate {text[exc.start : exc.end]!r} at character {exc.start}"
+        ) from None
     return text
 
 
@@ -41,16 +43,16 @@ class FunctionCall(_Strict):
 
 
 class ToolCall(_Strict):
-    id: Optional[str] = None
+    id: str | None = None
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
 class FunctionDef(_Strict):
     name: str
-    description: Optional[str] = None
-    parameters: Optional[dict] = None
-    strict: Optional[bool] = None
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
 
 
 class ToolDef(_Strict):
@@ -60,16 +62,22 @@ class ToolDef(_Strict):
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "tool"]
-    content: Optional[Union[Text, list[TextPart]]] = None
-    name: Optional[Text] = None
-    tool_calls: Optional[list[ToolCall]] = Field(None, description="Calls an assistant turn made (tool calling, Phi-4-mini).")
-    tool_call_id: Optional[str] = Field(None, description="On a tool turn: the call it answers.")
-    reasoning_content: Optional[str] = Field(None, description="An assistant turn's reasoning trace, as this server returns it.")
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
+    tool_calls: list[ToolCall] | None = Field(
+        None, description="Calls an assistant turn made (tool calling, Phi-4-mini)."
+    )
+    tool_call_id: str | None = Field(None, description="On a tool turn: the call it answers.")
+    reasoning_content: str | None = Field(
+        None, description="An assistant turn's reasoning trace, as this server returns it."
+    )
 
     @model_validator(mode="after")
-    def _content_or_calls(self) -> "ChatMessage":
+    def _content_or_calls(self) -> ChatMessage:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"a {self.role} message needs content (only an assistant message with tool_calls may omit it)")
+            raise ValueError(
+                f"a {self.role} message needs content (only an assistant message with tool_calls may omit it)"
+            )
         if self.tool_calls and self.role != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
         return self
@@ -94,18 +102,23 @@ class StreamOptions(_Strict):
 
 
 class ResponseFormat(_Strict):
-    type: Literal["text", "json_object"] = Field(..., description="json_object: the reply is validated as a JSON object "
-                                                 "(not constrained): a reply that is not one is a 400 json_validate_failed.")
+    type: Literal["text", "json_object"] = Field(
+        ...,
+        description="json_object: the reply is validated as a JSON object "
+        "(not constrained): a reply that is not one is a 400 json_validate_failed.",
+    )
 
 
-def _no_penalty(value: Optional[float], info) -> Optional[float]:
+def _no_penalty(value: float | None, info) -> float | None:
     if value:
-        raise ValueError(f"{info.field_name} {value:g} is not supported: this server applies no {info.field_name.replace('_', ' ')}; "
-                         "send 0 or leave it out")
+        raise ValueError(
+            f"{info.field_name} {value:g} is not supported: this server applies no {info.field_name.replace('_', ' ')}; "
+            "send 0 or leave it out"
+        )
     return value
 
 
-def _no_bias(value: Optional[dict], info) -> Optional[dict]:
+def _no_bias(value: dict | None, info) -> dict | None:
     if value and any(v != 0 for v in value.values()):
         raise ValueError("logit_bias is not supported: this server does not bias tokens; send {} or leave it out")
     return value
@@ -115,25 +128,39 @@ def _no_bias(value: Optional[dict], info) -> Optional[dict]:
 # as that value, which samples exactly as leaving them out does; any other value changes sampling in a way this
 # server does not implement, so it is a 400 rather than silently ignored. The schema (GET /docs, and the bodies the
 # tests generate from it) says so: only the neutral value.
-Penalty = Annotated[Optional[float], AfterValidator(_no_penalty),
-                    WithJsonSchema({"anyOf": [{"const": 0}, {"type": "null"}], "description": "Accepted only as 0 (no penalty)."})]
-LogitBias = Annotated[Optional[dict[str, float]], AfterValidator(_no_bias),
-                      WithJsonSchema({"anyOf": [{"type": "object", "maxProperties": 0}, {"type": "null"}],
-                                      "description": "Accepted only without a bias: {} (or every bias 0)."})]
+Penalty = Annotated[
+    float | None,
+    AfterValidator(_no_penalty),
+    WithJsonSchema({"anyOf": [{"const": 0}, {"type": "null"}], "description": "Accepted only as 0 (no penalty)."}),
+]
+LogitBias = Annotated[
+    dict[str, float] | None,
+    AfterValidator(_no_bias),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "object", "maxProperties": 0}, {"type": "null"}],
+            "description": "Accepted only without a bias: {} (or every bias 0).",
+        }
+    ),
+]
 
 
 class _Sampling(_Strict):
-    model: Optional[str] = Field(None, description="One of the ids GET /v1/models lists (an adapter or the base); default: the first.")
-    max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate; capped by the server's --max-tokens.")
+    model: str | None = Field(
+        None, description="One of the ids GET /v1/models lists (an adapter or the base); default: the first."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Most tokens to generate; capped by the server's --max-tokens."
+    )
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="Extension (vLLM-style): top-k sampling, 0 = off.")
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Same seed, same request: same sampled answer.")
-    stop: Optional[Union[Text, list[Text]]] = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed, same request: same sampled answer.")
+    stop: Text | list[Text] | None = None
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
+    stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
-    user: Optional[str] = None
+    user: str | None = None
     frequency_penalty: Penalty = None
     presence_penalty: Penalty = None
     logit_bias: LogitBias = None
@@ -160,15 +187,21 @@ class _Sampling(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=256)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, description="Newer name of max_tokens.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
     logprobs: bool = Field(False, description="Return each generated token's log-probability.")
-    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="Also the k most likely tokens at each position.")
-    response_format: Optional[ResponseFormat] = None
-    tools: Optional[list[ToolDef]] = Field(None, max_length=128, description="Functions the model may call (models with a tool format: Phi-4-mini).")
-    tool_choice: Optional[Literal["none", "auto"]] = Field(None, description="auto (default with tools) or none; forcing a call is not supported.")
-    parallel_tool_calls: Optional[bool] = None
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="Also the k most likely tokens at each position."
+    )
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDef] | None = Field(
+        None, max_length=128, description="Functions the model may call (models with a tool format: Phi-4-mini)."
+    )
+    tool_choice: Literal["none", "auto"] | None = Field(
+        None, description="auto (default with tools) or none; forcing a call is not supported."
+    )
+    parallel_tool_calls: bool | None = None
 
-    def tool_defs(self) -> Optional[list[dict]]:
+    def tool_defs(self) -> list[dict] | None:
         if not self.tools or self.tool_choice == "none":
             return None
         return [t.model_dump(exclude_none=True) for t in self.tools]
@@ -188,28 +221,35 @@ class ChatCompletionRequest(_Sampling):
             raise ValueError("logprobs are not streamed by this server; use stream=false")
         return self
 
-    def requested_tokens(self) -> Optional[int]:
+    def requested_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def top_k_logprobs(self) -> Optional[int]:
+    def top_k_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def wants_json(self) -> bool:
         return self.response_format is not None and self.response_format.type == "json_object"
 
-    default_tokens: ClassVar[Optional[int]] = None  # chat: up to the server's cap
+    default_tokens: ClassVar[int | None] = None  # chat: up to the server's cap
 
 
 TokenIds = list[int]
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[Text, list[Text], TokenIds, list[TokenIds]] = Field(
-        ..., description="A prompt, a list of at most 16 prompts, or the same as token ids (what lm-eval sends).")
-    max_tokens: Optional[int] = Field(None, ge=0, description="Default 16, as OpenAI's completions; 0 (with echo) scores the prompt only.")
+    prompt: Text | list[Text] | TokenIds | list[TokenIds] = Field(
+        ..., description="A prompt, a list of at most 16 prompts, or the same as token ids (what lm-eval sends)."
+    )
+    max_tokens: int | None = Field(
+        None, ge=0, description="Default 16, as OpenAI's completions; 0 (with echo) scores the prompt only."
+    )
     echo: bool = Field(False, description="Return the prompt before the completion (and its tokens' logprobs).")
-    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
-                                    description="Log-probabilities of the chosen tokens and of the k most likely at each position.")
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="Log-probabilities of the chosen tokens and of the k most likely at each position.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -218,7 +258,9 @@ class CompletionRequest(_Sampling):
         if not 1 <= len(prompts) <= MAX_PROMPTS:
             raise ValueError(f"prompt must be a string, a list of token ids, or a list of 1 to {MAX_PROMPTS} of either")
         if any(len(p) == 0 for p in prompts):
-            raise ValueError("an empty prompt gives the model nothing to continue; send at least one character (or token id)")
+            raise ValueError(
+                "an empty prompt gives the model nothing to continue; send at least one character (or token id)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -233,12 +275,12 @@ class CompletionRequest(_Sampling):
             raise ValueError(f"prompts x n must be at most {MAX_CHOICES} (got {len(self.prompts())} x {self.n})")
         return self
 
-    def prompts(self) -> list[Union[str, TokenIds]]:
+    def prompts(self) -> list[str | TokenIds]:
         if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
             return [self.prompt]
         return list(self.prompt)
 
-    def requested_tokens(self) -> Optional[int]:
+    def requested_tokens(self) -> int | None:
         return self.max_tokens
 
-    default_tokens: ClassVar[Optional[int]] = 16
+    default_tokens: ClassVar[int | None] = 16

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Optional
 
 from phinetune.errors import PhinetuneError
 
-REASONING_MODES = ("separate", "hide", "inline")  # a reply's <think> trace: reasoning_content field / dropped / left in content
+REASONING_MODES = (
+    "separate",
+    "hide",
+    "inline",
+)  # a reply's <think> trace: reasoning_content field / dropped / left in content
 
 
 @dataclass
 class ServeSettings:
-    model_name: Optional[str] = None  # id of a single served model (None: its folder name or id)
-    api_key: Optional[str] = None
+    model_name: str | None = None  # id of a single served model (None: its folder name or id)
+    api_key: str | None = None
     max_tokens: int = 512  # cap on max_tokens of one request; also the default for chat
     max_body_bytes: int = 1 << 20
     max_queue: int = 64
     max_batch: int = 8
     request_timeout: float = 300.0  # seconds from arrival to the last byte of the answer (504 after)
-    cors_origins: list[str] = field(default_factory=list)  # none: no CORS headers, browsers on other origins are refused
+    cors_origins: list[str] = field(
+        default_factory=list
+    )  # none: no CORS headers, browsers on other origins are refused
     log_prompts: bool = False  # put prompt text in the access log
     reasoning: str = "separate"  # a reply's <think> trace: reasoning_content (separate), dropped (hide) or left inline
 
@@ -50,5 +55,7 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise PhinetuneError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (another server there?); "
-                                 "pass another --port or stop the other server") from None
+            raise PhinetuneError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (another server there?); "
+                "pass another --port or stop the other server"
+            ) from None

@@ -39,5 +39,5 @@ class StopFilter:
         return "" if self.stopped else self._take(len(self.buffer))
 
     def _take(self, upto: int) -> str:
-        out, self.sent = self.buffer[self.sent:upto], max(self.sent, upto)
+        out, self.sent = self.buffer[self.sent : upto], max(self.sent, upto)
         return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Optional
 
 from phinetune.data.normalize import TOOL_CALL, canonical_tool_calls, canonical_tools, for_template
 from phinetune.data.reasoning import split_reasoning
@@ -33,7 +32,7 @@ class ToolRequestError(ValueError):
         self.param = param
 
 
-def request_messages(messages: list[dict], tools: Optional[list[dict]], spec: ModelSpec) -> list[dict]:
+def request_messages(messages: list[dict], tools: list[dict] | None, spec: ModelSpec) -> list[dict]:
     """OpenAI request messages (+ tools) as the messages the chat template takes."""
     turns = []
     for i, m in enumerate(messages):
@@ -65,7 +64,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
         content = _CALL_BLOCK.sub("", text) if calls else text
     elif (match := _FUNCTOOLS.search(text)) is not None:
         calls = _calls_from_json(match.group(1))
-        content = text[:match.start()] if calls else text
+        content = text[: match.start()] if calls else text
     return content.strip(), [_openai_call(c) for c in calls]
 
 
@@ -86,11 +85,19 @@ def _calls_from_json(body: str) -> list[dict]:
 
 def _openai_call(call: dict) -> dict:
     args = call["arguments"]
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": call["name"], "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}}
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {
+            "name": call["name"],
+            "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False),
+        },
+    }
 
 
-def assistant_message(text: str, spec: ModelSpec, reasoning: str = "separate", tools: bool = False) -> tuple[dict, Optional[str]]:
+def assistant_message(
+    text: str, spec: ModelSpec, reasoning: str = "separate", tools: bool = False
+) -> tuple[dict, str | None]:
     """(the response message, finish_reason override) for one generated reply."""
     message: dict = {"role": "assistant", "content": text}
     if reasoning != "inline":

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
 
 from phinetune.infer.complete import CallbackStreamer, Completion, Sampling, complete
 from phinetune.runs.loading import Loaded
@@ -32,7 +32,7 @@ class QueueFull(Exception):
 class Refused(Exception):
     """A request the model cannot take (answered 400 with this message, naming `param`)."""
 
-    def __init__(self, message: str, param: str = "prompt", code: Optional[str] = None):
+    def __init__(self, message: str, param: str = "prompt", code: str | None = None):
         super().__init__(message)
         self.param, self.code = param, code
 
@@ -50,23 +50,23 @@ class Output:
 
     completion: Completion
     prompt_ids: list[int]
-    logprobs: Optional[list[TokenLogprob]] = None
-    prompt_text: Optional[str] = None  # set when the prompt is echoed
+    logprobs: list[TokenLogprob] | None = None
+    prompt_text: str | None = None  # set when the prompt is echoed
 
 
 @dataclass
 class Job:
-    prompts: list[Union[str, list[int]]]
+    prompts: list[str | list[int]]
     sampling: Sampling
     stop: list[str] = field(default_factory=list)
-    on_text: Optional[Callable[[str], None]] = None  # set for streaming: called from the worker thread
+    on_text: Callable[[str], None] | None = None  # set for streaming: called from the worker thread
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
     # Resolved once the prompts are admitted (None) or refused (Refused): a stream waits for it before its
     # response starts, so a refusal is still a clean 400 rather than an error inside a 200 stream.
     admitted: Future = field(default_factory=Future)
-    adapter: Optional[str] = None  # the PEFT adapter to run (None: the model without adapters)
-    logprobs: Optional[int] = None  # top-k alternatives to return per token (None: no logprobs)
+    adapter: str | None = None  # the PEFT adapter to run (None: the model without adapters)
+    logprobs: int | None = None  # top-k alternatives to return per token (None: no logprobs)
     echo: bool = False  # also score the prompt's tokens (completions' echo)
     generate: bool = True  # False: max_tokens=0, score the prompt only
     param: str = "prompt"  # the request field the prompts came from, for error messages
@@ -81,14 +81,14 @@ class Job:
         except InvalidStateError:  # already admitted or refused
             pass
 
-    def key(self) -> Optional[tuple]:
+    def key(self) -> tuple | None:
         """Jobs with equal non-None keys may be batched together."""
         base = self.sampling.batch_key()
         return None if base is None or self.on_text or not self.generate else (base, tuple(self.stop), self.adapter)
 
 
 class Worker:
-    def __init__(self, loaded: Loaded, max_queue: int = 64, max_batch: int = 8, context_length: Optional[int] = None):
+    def __init__(self, loaded: Loaded, max_queue: int = 64, max_batch: int = 8, context_length: int | None = None):
         self.loaded, self.max_queue, self.max_batch = loaded, max_queue, max_batch
         self.context_length = context_length
         self._jobs: deque[Job] = deque()
@@ -96,7 +96,7 @@ class Worker:
         self._stopped = False
         self.served = 0
         self.busy = False  # a batch is on the model now
-        self.on_batch: Optional[Callable[[list[Job], list[Output]], None]] = None  # metrics hook
+        self.on_batch: Callable[[list[Job], list[Output]], None] | None = None  # metrics hook
         self._thread = threading.Thread(target=self._loop, name="phinetune-generate", daemon=True)
         self._thread.start()
 
@@ -105,7 +105,9 @@ class Worker:
             if self._stopped:
                 raise QueueFull("server shutting down; retry on another instance")
             if len(self._jobs) >= self.max_queue:
-                raise QueueFull(f"server busy: {len(self._jobs)} requests already queued (--max-queue {self.max_queue}); retry later")
+                raise QueueFull(
+                    f"server busy: {len(self._jobs)} requests already queued (--max-queue {self.max_queue}); retry later"
+                )
             self._jobs.append(job)
             self._cv.notify()
         return job.future
@@ -136,7 +138,7 @@ class Worker:
             finally:
                 self.busy = False
 
-    def _next_group(self) -> Optional[list[Job]]:
+    def _next_group(self) -> list[Job] | None:
         with self._cv:
             while not self._jobs and not self._stopped:
                 self._cv.wait()
@@ -167,7 +169,11 @@ class Worker:
             return
         try:
             with self._adapter(live[0].adapter):
-                results = self._generate(live) if live[0].generate else [Completion("", len(i), 0, "length") for i in live[0].ids]
+                results = (
+                    self._generate(live)
+                    if live[0].generate
+                    else [Completion("", len(i), 0, "length") for i in live[0].ids]
+                )
                 outputs = self._score(live, results)
         except BaseException as exc:  # never let the worker thread die: the request gets the error
             for job in live:
@@ -175,7 +181,7 @@ class Worker:
             return
         at = 0
         for job in live:
-            job.future.set_result(outputs[at:at + len(job.prompts)])
+            job.future.set_result(outputs[at : at + len(job.prompts)])
             at += len(job.prompts)
         self.served += len(live)
         if self.on_batch:
@@ -193,14 +199,17 @@ class Worker:
         job.admitted.set_result(None)
         return True
 
-    def _encode(self, prompt: Union[str, list[int]], index: int, job: Job) -> list[int]:
+    def _encode(self, prompt: str | list[int], index: int, job: Job) -> list[int]:
         if self.loaded is None:  # tests drive the queue with a stand-in model
             return [0] * max(len(prompt), 1)
         where = job.param if len(job.prompts) == 1 else f"{job.param}[{index}]"
         if isinstance(prompt, str):
             ids = self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             if not ids:
-                raise Refused(f"{where} tokenizes to no tokens at all ({prompt[:40]!r}); send some text for the model to continue", job.param)
+                raise Refused(
+                    f"{where} tokenizes to no tokens at all ({prompt[:40]!r}); send some text for the model to continue",
+                    job.param,
+                )
             return ids
         vocab = self.loaded.model.get_input_embeddings().num_embeddings
         bad = [t for t in prompt if not 0 <= t < vocab]
@@ -216,10 +225,13 @@ class Worker:
         if longest + wanted > self.context_length:
             room = self.context_length - longest
             hint = f"lower max_tokens to at most {room}" if room > 0 else "shorten the prompt"
-            raise PromptTooLong(f"the prompt has {longest} tokens and max_tokens is {wanted}: together more than the model's "
-                                f"context of {self.context_length} tokens; {hint}", job.param)
+            raise PromptTooLong(
+                f"the prompt has {longest} tokens and max_tokens is {wanted}: together more than the model's "
+                f"context of {self.context_length} tokens; {hint}",
+                job.param,
+            )
 
-    def _adapter(self, name: Optional[str]):
+    def _adapter(self, name: str | None):
         from phinetune.serve.adapters import use_adapter
 
         return use_adapter(self.loaded.model, name) if self.loaded is not None else nullcontext()
@@ -228,7 +240,14 @@ class Worker:
         first = jobs[0]
         streamer = CallbackStreamer(self.loaded.tokenizer, first.on_text) if first.on_text else None
         prompts = [i for j in jobs for i in j.ids]
-        return complete(self.loaded, prompts, first.sampling, first.stop, streamer=streamer, cancel=first.cancel if len(jobs) == 1 else None)
+        return complete(
+            self.loaded,
+            prompts,
+            first.sampling,
+            first.stop,
+            streamer=streamer,
+            cancel=first.cancel if len(jobs) == 1 else None,
+        )
 
     def _score(self, jobs: list[Job], results: list[Completion]) -> list[Output]:
         outputs, at = [], 0

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional
 
 from phinetune.data.near_duplicates import NearDuplicates, minhash
 from phinetune.synth.config import CleanStage
 from phinetune.teachers.refusals import is_refusal
 
-NUMBERING = re.compile(r"^\s*(?:[-*•·]+|\(?\d{1,3}[.):\]]|\(?[a-zA-Z][.)]\s|(?:riddle|question|q)\s*\d*\s*[:.)-])\s*", re.IGNORECASE)
+NUMBERING = re.compile(
+    r"^\s*(?:[-*•·]+|\(?\d{1,3}[.):\]]|\(?[a-zA-Z][.)]\s|(?:riddle|question|q)\s*\d*\s*[:.)-])\s*", re.IGNORECASE
+)
 QUOTES = "\"'“”‘’`«»"
 ROLE_PREFIX = re.compile(r"^\s*(?:\*\*)?(?:user|human|kid|child|question)\s*(?:\*\*)?\s*:\s*", re.IGNORECASE)
 
@@ -54,10 +55,11 @@ SHINGLE = 5
 
 def shingles(text: str) -> frozenset[str]:
     c = canonical(text)
-    return frozenset(c[i:i + SHINGLE] for i in range(max(1, len(c) - SHINGLE + 1)))
+    return frozenset(c[i : i + SHINGLE] for i in range(max(1, len(c) - SHINGLE + 1)))
 
 
 # --- the filter chain -----------------------------------------------------------------------------
+
 
 @dataclass
 class CleanReport:
@@ -72,10 +74,15 @@ class CleanReport:
             ex.append(text[:160])
 
     def as_dict(self) -> dict:
-        return {"kept": self.kept, "removed": self.removed, "removed_total": sum(self.removed.values()), "examples": self.examples}
+        return {
+            "kept": self.kept,
+            "removed": self.removed,
+            "removed_total": sum(self.removed.values()),
+            "examples": self.examples,
+        }
 
 
-def _reason(text: str, cfg: CleanStage) -> Optional[str]:
+def _reason(text: str, cfg: CleanStage) -> str | None:
     checks = (
         ("empty", lambda t: not t.strip()),
         ("too_short", lambda t: len(t) < cfg.min_chars),
@@ -86,7 +93,9 @@ def _reason(text: str, cfg: CleanStage) -> Optional[str]:
     return next((name for name, failed in checks if failed(text)), None)
 
 
-def clean_items(items: list[tuple[str, str, str]], seeds: list[str], cfg: CleanStage) -> tuple[list[tuple[str, str, str]], CleanReport]:
+def clean_items(
+    items: list[tuple[str, str, str]], seeds: list[str], cfg: CleanStage
+) -> tuple[list[tuple[str, str, str]], CleanReport]:
     """items: (id, text, origin) in a deterministic order; returns the survivors and what each filter removed.
 
     Every item is checked against the items kept before it; synthetic items are also checked against
@@ -116,14 +125,14 @@ def clean_items(items: list[tuple[str, str, str]], seeds: list[str], cfg: CleanS
         kept_index.add(ident, sh, sig)
         kept.append((ident, text, origin))
     if cfg.max_items is not None and len(kept) > cfg.max_items:
-        for _, text, _ in kept[cfg.max_items:]:
+        for _, text, _ in kept[cfg.max_items :]:
             report.drop("over_max_items", text)
-        kept = kept[:cfg.max_items]
+        kept = kept[: cfg.max_items]
     report.kept = len(kept)
     return kept, report
 
 
-def _duplicate(key: str, sh: frozenset, sig, exact: set[str], index: NearDuplicates, suffix: str) -> Optional[str]:
+def _duplicate(key: str, sh: frozenset, sig, exact: set[str], index: NearDuplicates, suffix: str) -> str | None:
     if key in exact:
         return "exact_duplicate" + suffix
     if index.find(sh, sig):

@@ -22,6 +22,7 @@ PREFERENCES = "preferences.jsonl"  # written when the recipe ends with pairs + j
 @dataclass
 class Spend:
     """Tokens and cost over the whole journal (what this dataset has cost so far, resumed runs included)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
@@ -80,8 +81,10 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     seeds, skipped = read_seeds(cfg.seeds)
     session = _Session(cfg, out)
     if session.journal.entries:
-        console.print(f"resuming: {len(session.journal.entries)} teacher answers already in {session.journal.path}"
-                      + (" (a torn last line from a kill was cut off)" if session.journal.recovered_torn_line else ""))
+        console.print(
+            f"resuming: {len(session.journal.entries)} teacher answers already in {session.journal.path}"
+            + (" (a torn last line from a kill was cut off)" if session.journal.recovered_torn_line else "")
+        )
     items, reports, made, reused = seed_items(seeds), {}, 0, 0
     try:
         for name, stage in cfg.stages.items():
@@ -99,8 +102,10 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
         session.close()
     stats = _stats(cfg, seeds, skipped, items, reports, session, made, reused, time.time() - started)
     _write_outputs(out, items, stats, reports)
-    console.print(f"{len(items)} conversations -> {out / 'conversations.jsonl'}  ({made} teacher calls made, {reused} from the journal; "
-                  f"{session.spend.line(session.retries)})")
+    console.print(
+        f"{len(items)} conversations -> {out / 'conversations.jsonl'}  ({made} teacher calls made, {reused} from the journal; "
+        f"{session.spend.line(session.retries)})"
+    )
     return SynthResult(out, len(items), made, reused, stats)
 
 
@@ -109,7 +114,9 @@ def _call_missing(session: _Session, name: str, calls: list[Call]) -> int:
     if not calls:
         return 0
     with progress() as bar:
-        task = bar.add_task(name, total=len(calls), completed=len(calls) - len(missing), info=session.spend.line(session.retries))
+        task = bar.add_task(
+            name, total=len(calls), completed=len(calls) - len(missing), info=session.spend.line(session.retries)
+        )
 
         def on_done(call: Call, entry: Entry) -> None:
             session.journal.append(entry)  # on disk (fsynced) before anything else happens
@@ -121,19 +128,34 @@ def _call_missing(session: _Session, name: str, calls: list[Call]) -> int:
     return len(missing)
 
 
-def _stats(cfg, seeds, skipped, items: list[Item], reports: dict[str, StageReport], session: _Session, made: int, reused: int, elapsed: float) -> dict:
+def _stats(
+    cfg,
+    seeds,
+    skipped,
+    items: list[Item],
+    reports: dict[str, StageReport],
+    session: _Session,
+    made: int,
+    reused: int,
+    elapsed: float,
+) -> dict:
     users = [t for it in items for t in it.turns[0::2]]
     assistants = [t for it in items for t in it.turns[1::2]]
     teacher = session.teacher
     return {
-        "seeds": len(seeds), "seed_rows_skipped": skipped,
+        "seeds": len(seeds),
+        "seed_rows_skipped": skipped,
         "conversations": len(items),
         "by_origin": {o: sum(it.origin == o for it in items) for o in ("seed", "synthetic")},
         "turns_per_conversation": len(items[0].turns) if items else 0,
         "mean_chars": {"user": _mean(users), "assistant": _mean(assistants)},
         "teacher": {"kind": cfg.teacher.kind, "model": cfg.teacher.model},
-        "calls": {"made_this_run": made, "from_journal": reused, "retries_this_run": session.retries,
-                  "errors_this_run": teacher.counters.errors if teacher else {}},
+        "calls": {
+            "made_this_run": made,
+            "from_journal": reused,
+            "retries_this_run": session.retries,
+            "errors_this_run": teacher.counters.errors if teacher else {},
+        },
         "spend_total": asdict(session.spend),
         "stages": {name: asdict(r) for name, r in reports.items()},
         "elapsed_s": round(elapsed, 2),
@@ -141,22 +163,39 @@ def _stats(cfg, seeds, skipped, items: list[Item], reports: dict[str, StageRepor
 
 
 def _write_outputs(out: Path, items: list[Item], stats: dict, reports: dict[str, StageReport]) -> None:
-    rows = [json.dumps({"id": it.id, "origin": it.origin, "messages": it.messages()}, ensure_ascii=False) for it in items]
+    rows = [
+        json.dumps({"id": it.id, "origin": it.origin, "messages": it.messages()}, ensure_ascii=False) for it in items
+    ]
     _atomic_write(out / "conversations.jsonl", "".join(r + "\n" for r in rows))
     if any(it.rejected is not None for it in items):
         # TRL's conversational preference layout: what `train.objective: dpo` reads as is (data/preference.py).
-        prefs = [json.dumps({"id": it.id, "origin": it.origin, "prompt": it.messages()[:-1],
-                             "chosen": [{"role": "assistant", "content": it.turns[-1]}],
-                             "rejected": [{"role": "assistant", "content": it.rejected}]}, ensure_ascii=False) for it in items]
+        prefs = [
+            json.dumps(
+                {
+                    "id": it.id,
+                    "origin": it.origin,
+                    "prompt": it.messages()[:-1],
+                    "chosen": [{"role": "assistant", "content": it.turns[-1]}],
+                    "rejected": [{"role": "assistant", "content": it.rejected}],
+                },
+                ensure_ascii=False,
+            )
+            for it in items
+        ]
         _atomic_write(out / PREFERENCES, "".join(r + "\n" for r in prefs))
     _atomic_write(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-    cleaning = {name: {"removed": r.removed, "examples": r.examples, "items_in": r.items_in, "items_out": r.items_out}
-                for name, r in reports.items()}
+    cleaning = {
+        name: {"removed": r.removed, "examples": r.examples, "items_in": r.items_in, "items_out": r.items_out}
+        for name, r in reports.items()
+    }
     _atomic_write(out / "clean_report.json", json.dumps(cleaning, indent=2, ensure_ascii=False) + "\n")
 
 
 def _save_config(cfg: SynthConfig, out: Path) -> None:
-    _atomic_write(out / "synth_config.yaml", yaml.safe_dump(cfg.model_dump(mode="json", exclude={"teacher": {"api_key"}}), sort_keys=False))
+    _atomic_write(
+        out / "synth_config.yaml",
+        yaml.safe_dump(cfg.model_dump(mode="json", exclude={"teacher": {"api_key"}}), sort_keys=False),
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from phinetune.data.readers import source_rows
 from phinetune.errors import DataError
@@ -31,7 +31,7 @@ class Item:
     origin: str  # "seed" or "synthetic"
     turns: list[str]  # alternating user / assistant, starting with the question
     candidates: list[str] = field(default_factory=list)  # the pairs stage's two sampled replies
-    rejected: Optional[str] = None  # after the judge: the losing reply (the winner is the last turn)
+    rejected: str | None = None  # after the judge: the losing reply (the winner is the last turn)
 
     def messages(self) -> list[dict]:
         return [{"role": ROLES[i % 2], "content": t} for i, t in enumerate(self.turns)]
@@ -55,6 +55,7 @@ class StageReport:
 
 # --- seeds ----------------------------------------------------------------------------------------
 
+
 def read_seeds(cfg: SeedsConfig) -> tuple[list[str], int]:
     """The seed texts and how many rows had none (empty or missing values are skipped, and counted)."""
     seeds, skipped = [], 0
@@ -71,7 +72,7 @@ def read_seeds(cfg: SeedsConfig) -> tuple[list[str], int]:
     return seeds, skipped
 
 
-def _seed_text(row: dict, where: str, name: str) -> Optional[str]:
+def _seed_text(row: dict, where: str, name: str) -> str | None:
     if name == "auto":
         return _auto_text(row, where)
     if name not in row:
@@ -82,7 +83,7 @@ def _seed_text(row: dict, where: str, name: str) -> Optional[str]:
     return value.strip() if isinstance(value, str) else None  # NaN from an empty CSV cell is a float
 
 
-def _auto_text(row: dict, where: str) -> Optional[str]:
+def _auto_text(row: dict, where: str) -> str | None:
     msgs = row.get("messages")
     if isinstance(msgs, list) and msgs:
         first = msgs[0]
@@ -95,7 +96,9 @@ def _auto_text(row: dict, where: str) -> Optional[str]:
         if name in lower:
             value = row[lower[name]]
             return value.strip() if isinstance(value, str) else None
-    raise DataError(f"{where}: cannot tell which field holds the seed text (fields: {sorted(map(str, row))}); set seeds.field")
+    raise DataError(
+        f"{where}: cannot tell which field holds the seed text (fields: {sorted(map(str, row))}); set seeds.field"
+    )
 
 
 def seed_items(seeds: list[str]) -> list[Item]:
@@ -104,13 +107,20 @@ def seed_items(seeds: list[str]) -> list[Item]:
 
 # --- calls ----------------------------------------------------------------------------------------
 
+
 def make_call(cfg: SynthConfig, stage_name: str, item: str, sample: int, messages: list[dict], stage) -> Call:
     if cfg.teacher.system:
         messages = [{"role": "system", "content": cfg.teacher.system}] + messages
     sampling = cfg.sampling_for(stage)
     seed = zlib.crc32(f"{cfg.seed}:{stage_name}:{item}:{sample}".encode())
-    digest = call_hash({"teacher": [cfg.teacher.kind, cfg.teacher.model], "messages": messages,
-                        "sampling": sampling.model_dump(), "seed": seed})
+    digest = call_hash(
+        {
+            "teacher": [cfg.teacher.kind, cfg.teacher.model],
+            "messages": messages,
+            "sampling": sampling.model_dump(),
+            "seed": seed,
+        }
+    )
     return Call(call_key(stage_name, item, sample, digest), messages, sampling, seed)
 
 
@@ -134,7 +144,9 @@ def plan_expand(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Call]
     return calls
 
 
-def apply_expand(stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport) -> list[Item]:
+def apply_expand(
+    stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport
+) -> list[Item]:
     _, name, seeds = ctx
     out = seed_items(seeds) if stage.keep_seeds else []
     for ident, call in planned:
@@ -170,11 +182,25 @@ def plan_assistant(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Ca
 
 def plan_user(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Call]]:
     cfg, name, _ = ctx
-    return [(it.id, make_call(cfg, name, it.id, 0, [{"role": "user", "content": stage.prompt.format(conversation=render_conversation(it))}], stage))
-            for it in items]
+    return [
+        (
+            it.id,
+            make_call(
+                cfg,
+                name,
+                it.id,
+                0,
+                [{"role": "user", "content": stage.prompt.format(conversation=render_conversation(it))}],
+                stage,
+            ),
+        )
+        for it in items
+    ]
 
 
-def apply_turn(stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport) -> list[Item]:
+def apply_turn(
+    stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport
+) -> list[Item]:
     """Append the teacher's turn to each conversation; drop the conversation when the turn is unusable."""
     out = []
     for item, (_, call) in zip(items, planned):
@@ -188,19 +214,28 @@ def apply_turn(stage, ctx: Context, items: list[Item], planned, answers: dict[st
     return out
 
 
-def _turn_problem(text: str, stage) -> Optional[str]:
-    checks = (("empty_turn", lambda t: not t), ("refusal", lambda t: is_refusal(t, REFUSALS)),
-              ("too_long", lambda t: stage.kind == "user" and len(t) > stage.max_chars))
+def _turn_problem(text: str, stage) -> str | None:
+    checks = (
+        ("empty_turn", lambda t: not t),
+        ("refusal", lambda t: is_refusal(t, REFUSALS)),
+        ("too_long", lambda t: stage.kind == "user" and len(t) > stage.max_chars),
+    )
     return next((name for name, bad in checks if bad(text)), None)
 
 
 def plan_pairs(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Call]]:
     """Two samples of the same conversation (call index 0 and 1: two seeds), for a judge to choose between."""
     cfg, name, _ = ctx
-    return [(item.id, make_call(cfg, name, item.id, k, assistant_messages(stage, item), stage)) for item in items for k in (0, 1)]
+    return [
+        (item.id, make_call(cfg, name, item.id, k, assistant_messages(stage, item), stage))
+        for item in items
+        for k in (0, 1)
+    ]
 
 
-def apply_pairs(stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport) -> list[Item]:
+def apply_pairs(
+    stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport
+) -> list[Item]:
     out = []
     for k, item in enumerate(items):
         texts = [answers[planned[2 * k + j][1].key].text.strip() for j in (0, 1)]
@@ -232,7 +267,9 @@ def plan_judge(stage, ctx: Context, items: list[Item]) -> list[tuple[str, Call]]
 VERDICT = re.compile(r"\b([AB])\b")
 
 
-def apply_judge(stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport) -> list[Item]:
+def apply_judge(
+    stage, ctx: Context, items: list[Item], planned, answers: dict[str, Entry], report: StageReport
+) -> list[Item]:
     cfg = ctx[0]
     out = []
     for item, (_, call) in zip(items, planned):

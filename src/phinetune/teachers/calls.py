@@ -4,8 +4,8 @@ progress bar shows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from phinetune.errors import PhinetuneError
 from phinetune.teachers.config import RequestSampling

@@ -10,7 +10,6 @@ import os
 import socket
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Optional
 from urllib.parse import urlsplit
 
 from phinetune.teachers.calls import Call, Counters, OnDone, TeacherError
@@ -24,7 +23,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CONFIG_KEYS = {"base_url": "teacher.base_url", "api_key": "teacher.api_key", "model": "teacher.model"}
 
 
-def refused(exc: Optional[BaseException]) -> bool:
+def refused(exc: BaseException | None) -> bool:
     """Whether a connection attempt was refused (nothing listens at that address), anywhere in the exception chain."""
     while exc is not None:
         if isinstance(exc, ConnectionRefusedError):
@@ -62,22 +61,34 @@ class OpenAITeacher:
     turn its final errors into sentences that name the settings as `names` spells them.
     """
 
-    def __init__(self, cfg: TeacherConfig, names: Optional[dict] = None):
+    def __init__(self, cfg: TeacherConfig, names: dict | None = None):
         import openai
 
         self.cfg, self.names = cfg, names or CONFIG_KEYS
-        self.base_url = (cfg.base_url or os.environ.get("PHINETUNE_TEACHER_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.base_url = (
+            cfg.base_url
+            or os.environ.get("PHINETUNE_TEACHER_BASE_URL")
+            or os.environ.get("OPENAI_BASE_URL")
+            or DEFAULT_BASE_URL
+        ).rstrip("/")
         self.api_key = cfg.api_key or os.environ.get(cfg.api_key_env)
         if self.base_url == DEFAULT_BASE_URL and not self.api_key:
             key = f"${cfg.api_key_env}" + (f" or {self.names['api_key']}" if "api_key" in self.names else "")
-            raise TeacherError(f"{self.names['base_url']} is the OpenAI API but no key was found; set {key} "
-                               f"(or point {self.names['base_url']} at a local server)")
+            raise TeacherError(
+                f"{self.names['base_url']} is the OpenAI API but no key was found; set {key} "
+                f"(or point {self.names['base_url']} at a local server)"
+            )
         self.counters, self._lock, self._mine = Counters(), threading.Lock(), threading.local()
         # No connection limit of our own: the thread pool already bounds the requests in flight.
         http = _http_client({"request": [self._on_request], "response": [self._on_response]})
         # A keyless local server still needs a non-empty key for the SDK; it sends no header we rely on.
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "none", max_retries=cfg.max_retries,
-                                    timeout=cfg.timeout_s, http_client=http)
+        self.client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=self.api_key or "none",
+            max_retries=cfg.max_retries,
+            timeout=cfg.timeout_s,
+            http_client=http,
+        )
         self.describe = f"{cfg.model} at {self.base_url}"
 
     def check_listening(self) -> None:
@@ -94,8 +105,10 @@ class OpenAITeacher:
                 raise self._refused_error() from None
 
     def _refused_error(self) -> TeacherError:
-        return TeacherError(f"teacher {self.base_url}: connection refused, nothing listens there; start the server "
-                            f"or point {self.names['base_url']} at one")
+        return TeacherError(
+            f"teacher {self.base_url}: connection refused, nothing listens there; start the server "
+            f"or point {self.names['base_url']} at one"
+        )
 
     def _on_request(self, request) -> None:
         self._mine.attempts = getattr(self._mine, "attempts", 0) + 1
@@ -140,22 +153,33 @@ class OpenAITeacher:
         try:
             for _ in range(self.cfg.max_retries + 1):  # the SDK retries failures; a malformed 200 is ours to retry
                 resp = self.client.chat.completions.with_raw_response.create(
-                    model=self.cfg.model, messages=call.messages, max_tokens=call.sampling.max_tokens,
-                    temperature=call.sampling.temperature, top_p=call.sampling.top_p, seed=call.seed)
+                    model=self.cfg.model,
+                    messages=call.messages,
+                    max_tokens=call.sampling.max_tokens,
+                    temperature=call.sampling.temperature,
+                    top_p=call.sampling.top_p,
+                    seed=call.seed,
+                )
                 entry = self._parse(resp.http_response, call)
                 if entry is not None:
                     return entry
                 self._count("malformed 200 response")
-            raise TeacherError(f"teacher {url}: still failing (malformed 200 response) after {self.cfg.max_retries} retries; "
-                               "answers so far are journaled, re-run to resume")
+            raise TeacherError(
+                f"teacher {url}: still failing (malformed 200 response) after {self.cfg.max_retries} retries; "
+                "answers so far are journaled, re-run to resume"
+            )
         except openai.APITimeoutError:
-            raise TeacherError(f"teacher {url}: timeout (over {self.cfg.timeout_s}s) after {self.cfg.max_retries} retries; "
-                               "answers so far are journaled, re-run to resume") from None
+            raise TeacherError(
+                f"teacher {url}: timeout (over {self.cfg.timeout_s}s) after {self.cfg.max_retries} retries; "
+                "answers so far are journaled, re-run to resume"
+            ) from None
         except openai.APIConnectionError as exc:
             if refused(exc):
                 raise self._refused_error() from None
-            raise TeacherError(f"teacher {url}: connection error ({exc.__cause__ or exc}) after {self.cfg.max_retries} retries; "
-                               "answers so far are journaled, re-run to resume") from None
+            raise TeacherError(
+                f"teacher {url}: connection error ({exc.__cause__ or exc}) after {self.cfg.max_retries} retries; "
+                "answers so far are journaled, re-run to resume"
+            ) from None
         except openai.APIStatusError as exc:
             raise self._status_error(exc, url) from None
         finally:
@@ -169,13 +193,17 @@ class OpenAITeacher:
             source = self.names["api_key"] if self.cfg.api_key else f"${self.cfg.api_key_env}"
             return TeacherError(f"teacher {url} rejected the API key (HTTP {code}); check {source} ({detail})")
         if code == 404:
-            return TeacherError(f"teacher {url} answered 404: check {self.names['base_url']} (it should end in /v1) and "
-                                f"{self.names['model']} {self.cfg.model!r} ({detail})")
+            return TeacherError(
+                f"teacher {url} answered 404: check {self.names['base_url']} (it should end in /v1) and "
+                f"{self.names['model']} {self.cfg.model!r} ({detail})"
+            )
         if code in (408, 409, 429) or code >= 500:  # retryable: the SDK gave up after max_retries
-            return TeacherError(f"teacher {url}: still failing ({code}) after {self.cfg.max_retries} retries; answers so far are journaled, re-run to resume")
+            return TeacherError(
+                f"teacher {url}: still failing ({code}) after {self.cfg.max_retries} retries; answers so far are journaled, re-run to resume"
+            )
         return TeacherError(f"teacher {url} refused the request (HTTP {code}): {detail}")
 
-    def _parse(self, resp, call: Call) -> Optional[Entry]:
+    def _parse(self, resp, call: Call) -> Entry | None:
         try:
             data = resp.json()
             choice = data["choices"][0]

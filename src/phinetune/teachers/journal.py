@@ -12,7 +12,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from phinetune.errors import DataError
 
@@ -33,12 +32,19 @@ class Entry:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
-    finish_reason: Optional[str] = None
+    finish_reason: str | None = None
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
-        row = {"key": self.key, "text": self.text, "prompt_tokens": self.prompt_tokens,
-               "completion_tokens": self.completion_tokens, "cost": self.cost, "finish_reason": self.finish_reason, **self.extra}
+        row = {
+            "key": self.key,
+            "text": self.text,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost": self.cost,
+            "finish_reason": self.finish_reason,
+            **self.extra,
+        }
         return json.dumps(row, ensure_ascii=False)
 
 
@@ -62,13 +68,22 @@ class Journal:
             complete = line.endswith(b"\n")
             try:
                 row = json.loads(line)
-                entry = Entry(row.pop("key"), row.pop("text"), row.pop("prompt_tokens", 0), row.pop("completion_tokens", 0),
-                              row.pop("cost", 0.0), row.pop("finish_reason", None), row)
+                entry = Entry(
+                    row.pop("key"),
+                    row.pop("text"),
+                    row.pop("prompt_tokens", 0),
+                    row.pop("completion_tokens", 0),
+                    row.pop("cost", 0.0),
+                    row.pop("finish_reason", None),
+                    row,
+                )
             except (ValueError, KeyError, TypeError):
                 if good + len(line) == len(data):  # the last line: a write cut short by a kill
                     self._truncate(good)
                     return
-                raise DataError(f"{self.path}:{n}: corrupt journal line (not a JSON object with key and text); fix or remove that line") from None
+                raise DataError(
+                    f"{self.path}:{n}: corrupt journal line (not a JSON object with key and text); fix or remove that line"
+                ) from None
             if not complete:  # valid JSON but no newline: finish the line so the next append starts cleanly
                 with self.path.open("ab") as fh:
                     fh.write(b"\n")
@@ -84,7 +99,7 @@ class Journal:
     def __contains__(self, key: str) -> bool:
         return key in self.entries
 
-    def get(self, key: str) -> Optional[Entry]:
+    def get(self, key: str) -> Entry | None:
         return self.entries.get(key)
 
     def append(self, entry: Entry) -> None:
@@ -97,7 +112,7 @@ class Journal:
     def close(self) -> None:
         self._fh.close()
 
-    def __enter__(self) -> "Journal":
+    def __enter__(self) -> Journal:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from phinetune.teachers.config import TeacherConfig
 
 
-def make_teacher(cfg: TeacherConfig, names: Optional[dict] = None):
+def make_teacher(cfg: TeacherConfig, names: dict | None = None):
     """`names`: how the caller's user spells the settings (default: synth's teacher.* keys)."""
     if cfg.kind == "local":
         from phinetune.teachers.local import LocalTeacher

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
 from phinetune.config.schema import AdapterConfig, ModelConfig, PreflightConfig
 from phinetune.errors import ConfigError, PreflightError
-from phinetune.models.specs import ModelSpec
 from phinetune.kernels.lora_addmm import install_lora_addmm
 from phinetune.kernels.lora_dropout import install_lora_dropout
+from phinetune.models.specs import ModelSpec
 from phinetune.train.targets import match_targets, target_problems
 
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
@@ -34,7 +33,9 @@ def resolve_targets(spec: ModelSpec, cfg: AdapterConfig) -> Targets:
     if isinstance(cfg.targets, str):
         preset = spec.lora_presets.get(cfg.targets)
         if preset is None:
-            raise ConfigError(f"adapter.targets '{cfg.targets}' is not a preset of {spec.key}; choose one of {', '.join(spec.lora_presets)} or give a list of module names")
+            raise ConfigError(
+                f"adapter.targets '{cfg.targets}' is not a preset of {spec.key}; choose one of {', '.join(spec.lora_presets)} or give a list of module names"
+            )
         return Targets(list(preset.modules), list(preset.parameters) + list(cfg.target_parameters))
     return Targets(list(cfg.targets), list(cfg.target_parameters))
 
@@ -64,19 +65,30 @@ def modules_to_save(spec: ModelSpec, cfg: AdapterConfig) -> list[str]:
     return list(dict.fromkeys(list(cfg.modules_to_save) + extra))
 
 
-def lora_config(spec: ModelSpec, cfg: AdapterConfig, targets: Optional[Targets] = None) -> LoraConfig:
+def lora_config(spec: ModelSpec, cfg: AdapterConfig, targets: Targets | None = None) -> LoraConfig:
     targets = targets or resolve_targets(spec, cfg)
     if targets.parameters and cfg.dropout:
-        raise ConfigError(f"adapter.dropout={cfg.dropout} cannot be used with target_parameters ({', '.join(targets.parameters)}): "
-                          "PEFT adapts fused MoE experts without LoRA dropout; set adapter.dropout=0 or adapter.targets=attention")
+        raise ConfigError(
+            f"adapter.dropout={cfg.dropout} cannot be used with target_parameters ({', '.join(targets.parameters)}): "
+            "PEFT adapts fused MoE experts without LoRA dropout; set adapter.dropout=0 or adapter.targets=attention"
+        )
     modules = targets.modules[0] if targets.all_linear else targets.modules
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules or None,
-                      target_parameters=targets.parameters or None, modules_to_save=modules_to_save(spec, cfg) or None,
-                      trainable_token_indices=targets.token_rows or None, task_type="CAUSAL_LM", bias="none",
-                      use_dora=cfg.dora, use_rslora=cfg.rslora)
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=modules or None,
+        target_parameters=targets.parameters or None,
+        modules_to_save=modules_to_save(spec, cfg) or None,
+        trainable_token_indices=targets.token_rows or None,
+        task_type="CAUSAL_LM",
+        bias="none",
+        use_dora=cfg.dora,
+        use_rslora=cfg.rslora,
+    )
 
 
-def check_targets(model, spec: ModelSpec, targets: Targets, preflight: Optional[PreflightConfig]) -> None:
+def check_targets(model, spec: ModelSpec, targets: Targets, preflight: PreflightConfig | None) -> None:
     """Refuse dead target names before PEFT, which would silently skip them when others match."""
     if targets.all_linear or (preflight and preflight.allow_unmatched_targets):
         return
@@ -85,8 +97,14 @@ def check_targets(model, spec: ModelSpec, targets: Targets, preflight: Optional[
         raise PreflightError("pre-flight failed:\n  " + "\n  ".join(problems))
 
 
-def apply_adapter(model, spec: ModelSpec, cfg: AdapterConfig, model_cfg: ModelConfig, tokenizer=None,
-                  preflight: Optional[PreflightConfig] = None):
+def apply_adapter(
+    model,
+    spec: ModelSpec,
+    cfg: AdapterConfig,
+    model_cfg: ModelConfig,
+    tokenizer=None,
+    preflight: PreflightConfig | None = None,
+):
     model = _apply_adapter(model, spec, cfg, model_cfg, tokenizer, preflight)
     if cfg.neftune_alpha is not None:
         add_neftune(model, cfg.neftune_alpha)
@@ -116,13 +134,26 @@ def loraplus_optimizer(model, cfg):
     if cfg.adapter.method != "lora":
         raise ConfigError("adapter.loraplus_ratio needs adapter.method=lora")
     if cfg.train.optimizer != "adamw":
-        raise ConfigError(f"adapter.loraplus_ratio is implemented with torch AdamW; set train.optimizer=adamw (got {cfg.train.optimizer})")
-    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.train.learning_rate, loraplus_lr_ratio=cfg.adapter.loraplus_ratio,
-                                     weight_decay=cfg.train.weight_decay)
+        raise ConfigError(
+            f"adapter.loraplus_ratio is implemented with torch AdamW; set train.optimizer=adamw (got {cfg.train.optimizer})"
+        )
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=cfg.train.learning_rate,
+        loraplus_lr_ratio=cfg.adapter.loraplus_ratio,
+        weight_decay=cfg.train.weight_decay,
+    )
 
 
-def _apply_adapter(model, spec: ModelSpec, cfg: AdapterConfig, model_cfg: ModelConfig, tokenizer=None,
-                   preflight: Optional[PreflightConfig] = None):
+def _apply_adapter(
+    model,
+    spec: ModelSpec,
+    cfg: AdapterConfig,
+    model_cfg: ModelConfig,
+    tokenizer=None,
+    preflight: PreflightConfig | None = None,
+):
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)

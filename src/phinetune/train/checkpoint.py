@@ -20,35 +20,63 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
 
 from phinetune.config import RunConfig
 from phinetune.errors import PhinetuneError
-from phinetune.train.distributed.elastic import check_global_batch, global_batch, is_sharded, load_other_layout, seed_ranks_without_state
-from phinetune.train.guards import disk_guard
-from phinetune.train.distributed.sharding import load_sharded, save_sharded
-from phinetune.runs.run_dir import (CHECKPOINT_PREFIX as PREFIX, CHECKPOINT_STATE as STATE,
-                                    CHECKPOINT_TMP_PREFIX as TMP_PREFIX, CHECKPOINT_WEIGHTS, RunDir)
 from phinetune.runs.checkpoints import best_checkpoint
+from phinetune.runs.run_dir import (
+    CHECKPOINT_PREFIX as PREFIX,
+)
+from phinetune.runs.run_dir import (
+    CHECKPOINT_STATE as STATE,
+)
+from phinetune.runs.run_dir import (
+    CHECKPOINT_TMP_PREFIX as TMP_PREFIX,
+)
+from phinetune.runs.run_dir import (
+    CHECKPOINT_WEIGHTS,
+    RunDir,
+)
 from phinetune.runs.status import holder, holder_text
+from phinetune.train.distributed.elastic import (
+    check_global_batch,
+    global_batch,
+    is_sharded,
+    load_other_layout,
+    seed_ranks_without_state,
+)
+from phinetune.train.distributed.sharding import load_sharded, save_sharded
+from phinetune.train.guards import disk_guard
 
 if TYPE_CHECKING:
     from phinetune.train.loop import Loop
 
 # Keys that change how a run is saved or reported, not what it computes: a resume may change them.
-IGNORED_FOR_IDENTITY = {("output", "overwrite"), ("train", "keep_checkpoints"), ("train", "save_every"),
-                        ("train", "report_to"), ("train", "log_every"), ("train", "recall_check"), ("train", "keep"),
-                        ("eval", "tasks"), ("eval", "data_dir"), ("eval", "limit"), ("eval", "contamination")}
+IGNORED_FOR_IDENTITY = {
+    ("output", "overwrite"),
+    ("train", "keep_checkpoints"),
+    ("train", "save_every"),
+    ("train", "report_to"),
+    ("train", "log_every"),
+    ("train", "recall_check"),
+    ("train", "keep"),
+    ("eval", "tasks"),
+    ("eval", "data_dir"),
+    ("eval", "limit"),
+    ("eval", "contamination"),
+}
 # How the global batch is split may change on resume (another process count); the product is checked instead (train/distributed/elastic.py).
 CHECKED_AT_LOAD = {("train", "batch_size"), ("train", "grad_accum")}
 
 
 # ---------------------------------------------------------------- start or resume
 
-def start_or_resume(cfg: RunConfig, resume: bool, accelerator) -> tuple[RunDir, Optional[Path]]:
+
+def start_or_resume(cfg: RunConfig, resume: bool, accelerator) -> tuple[RunDir, Path | None]:
     """Create the run folder, or reopen it to resume. Returns the checkpoint to load (None: start at step 0).
 
     An existing folder resumes when it holds the same run (same config) that has not finished. Without a
@@ -66,11 +94,13 @@ def start_or_resume(cfg: RunConfig, resume: bool, accelerator) -> tuple[RunDir, 
     return run, checkpoint
 
 
-def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
+def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Path | None:
     live = holder(run) if run.lock.exists() else None
     if live is not None:  # replacing or resuming it would pull the folder from under a process still writing it
-        raise PhinetuneError(f"a process is still training in {run.path} ({holder_text(live)}); "
-                             "wait for it to end, stop it, or choose another output.dir")
+        raise PhinetuneError(
+            f"a process is still training in {run.path} ({holder_text(live)}); "
+            "wait for it to end, stop it, or choose another output.dir"
+        )
     occupied = run.path.exists() and any(run.path.iterdir())
     if not occupied or (cfg.output.overwrite and not resume):
         if resume:
@@ -80,10 +110,14 @@ def _decide(run: RunDir, cfg: RunConfig, resume: bool) -> Optional[Path]:
         return None  # nothing to keep (a wrong data path, a failed pre-flight): the corrected command replaces it
     differences = config_differences(run, cfg)
     if differences:
-        raise PhinetuneError(f"output folder {run.path} already holds a different run ({'; '.join(differences[:4])}); "
-                             "resume it with its own config, choose another output.dir, or pass output.overwrite=true to replace it")
+        raise PhinetuneError(
+            f"output folder {run.path} already holds a different run ({'; '.join(differences[:4])}); "
+            "resume it with its own config, choose another output.dir, or pass output.overwrite=true to replace it"
+        )
     if run.info_file.exists() and run.read_info().status == "finished":
-        raise PhinetuneError(f"the run in {run.path} already finished; choose another output.dir or pass output.overwrite=true to train it again")
+        raise PhinetuneError(
+            f"the run in {run.path} already finished; choose another output.dir or pass output.overwrite=true to train it again"
+        )
     return latest_checkpoint(run)
 
 
@@ -92,8 +126,11 @@ def never_trained(run: RunDir) -> bool:
 
     Only folders that hold nothing but run-folder files count, so an output.dir pointed at a folder with
     other files in it is never deleted."""
-    known = {value.fget(run).name for value in vars(RunDir).values()
-             if isinstance(value, property) and isinstance(value.fget(run), Path)}
+    known = {
+        value.fget(run).name
+        for value in vars(RunDir).values()
+        if isinstance(value, property) and isinstance(value.fget(run), Path)
+    }
     if not run.config.exists() or any(p.name not in known for p in run.path.iterdir()):
         return False
     finished = run.info_file.exists() and run.read_info().status == "finished"
@@ -108,18 +145,22 @@ def config_differences(run: RunDir, cfg: RunConfig) -> list[str]:
     except PhinetuneError as exc:
         return [f"its config.yaml is unreadable: {exc}"]
     now = cfg.model_dump(mode="json")
-    return [f"{section}.{key}: {saved[section].get(key)!r} there, {value!r} now"
-            for section, fields in now.items() for key, value in fields.items()
-            if (section, key) not in IGNORED_FOR_IDENTITY | CHECKED_AT_LOAD and saved.get(section, {}).get(key) != value]
+    return [
+        f"{section}.{key}: {saved[section].get(key)!r} there, {value!r} now"
+        for section, fields in now.items()
+        for key, value in fields.items()
+        if (section, key) not in IGNORED_FOR_IDENTITY | CHECKED_AT_LOAD and saved.get(section, {}).get(key) != value
+    ]
 
 
 # ---------------------------------------------------------------- listing
+
 
 def checkpoints(run: RunDir) -> list[tuple[int, Path]]:
     return run.checkpoint_dirs()
 
 
-def latest_checkpoint(run: RunDir) -> Optional[Path]:
+def latest_checkpoint(run: RunDir) -> Path | None:
     found = checkpoints(run)
     return found[-1][1] if found else None
 
@@ -134,7 +175,8 @@ def rows_digest(rows) -> str:
 
 # ---------------------------------------------------------------- save
 
-def save_checkpoint(loop: "Loop", step: int, scores: Optional[dict] = None) -> Path:
+
+def save_checkpoint(loop: Loop, step: int, scores: dict | None = None) -> Path:
     """Write RUN/checkpoints/step-<step> atomically (all processes call this), then keep the newest N and the train.keep bests.
 
     `scores` (eval_loss, task:metric -> value) go into trainer_state.json, where pruning and `--checkpoint best` read them."""
@@ -153,9 +195,16 @@ def save_checkpoint(loop: "Loop", step: int, scores: Optional[dict] = None) -> P
             acc.wait_for_everyone()
             if acc.is_main_process:
                 train = loop.cfg.train
-                state = {"step": step, "num_processes": acc.num_processes, "batch_size": train.batch_size, "grad_accum": train.grad_accum,
-                         "global_batch": global_batch(train.batch_size, train.grad_accum, acc.num_processes), "rows": rows_digest(loop.train_rows),
-                         "total_steps": loop.total_steps, "scores": scores or {}}
+                state = {
+                    "step": step,
+                    "num_processes": acc.num_processes,
+                    "batch_size": train.batch_size,
+                    "grad_accum": train.grad_accum,
+                    "global_batch": global_batch(train.batch_size, train.grad_accum, acc.num_processes),
+                    "rows": rows_digest(loop.train_rows),
+                    "total_steps": loop.total_steps,
+                    "scores": scores or {},
+                }
                 (tmp / STATE).write_text(json.dumps(state, indent=2))
                 _save_adapter_config(acc.unwrap_model(loop.model), tmp)
                 _fsync_tree(tmp)
@@ -184,7 +233,7 @@ def kept_checkpoints(found: list[tuple[int, Path]], keep: int, criteria: list[st
     return kept | {b for b in (best_checkpoint(found, c) for c in criteria) if b is not None}
 
 
-def prune(run: RunDir, keep: int, criteria: Optional[list[str]] = None) -> None:
+def prune(run: RunDir, keep: int, criteria: list[str] | None = None) -> None:
     found = checkpoints(run)
     kept = kept_checkpoints(found, keep, criteria or [])
     for _, path in found:
@@ -211,7 +260,8 @@ def _fsync_tree(root: Path) -> None:
 
 # ---------------------------------------------------------------- load
 
-def load_checkpoint(loop: "Loop", path: Path) -> int:
+
+def load_checkpoint(loop: Loop, path: Path) -> int:
     """Restore model, optimizer, scheduler and RNG state; return the step to continue from.
 
     The process count may differ from the one that wrote the checkpoint, and so may its layout (plain or
@@ -220,8 +270,10 @@ def load_checkpoint(loop: "Loop", path: Path) -> int:
     acc, train = loop.accelerator, loop.cfg.train
     check_global_batch(path, state, loop.run, train.batch_size, train.grad_accum, acc.num_processes)
     if state["rows"] != rows_digest(loop.train_rows):
-        raise PhinetuneError(f"{path}: the training data changed since this checkpoint (different packed rows); "
-                             "resume with the same data files, or start a new run")
+        raise PhinetuneError(
+            f"{path}: the training data changed since this checkpoint (different packed rows); "
+            "resume with the same data files, or start a new run"
+        )
     if is_sharded(path) != loop.sharded:
         load_other_layout(loop, path)
     else:
@@ -252,7 +304,9 @@ def register_trainable_only(accelerator, model: torch.nn.Module) -> None:
             saved = unwrapped_names(load_file(str(file)))  # also a checkpoint DDP wrote before names were unwrapped
             missing = trainable - set(saved)
             if missing:
-                raise PhinetuneError(f"{file} lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); it belongs to another run")
+                raise PhinetuneError(
+                    f"{file} lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); it belongs to another run"
+                )
             accelerator.unwrap_model(m).load_state_dict(saved, strict=False)
         models.clear()  # loaded here; accelerate must not load them again with strict=True
 
@@ -279,7 +333,9 @@ def truncate_metrics(run: RunDir, step: int, last_step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # the line a kill cut in half
-        rerun_final_eval = step >= last_step and record.get("step") == last_step and ("eval_loss" in record or "eval_reward" in record)
+        rerun_final_eval = (
+            step >= last_step and record.get("step") == last_step and ("eval_loss" in record or "eval_reward" in record)
+        )
         if record.get("step", 0) <= step and not rerun_final_eval:
             kept.append(json.dumps(record))
     tmp = run.metrics.with_suffix(".tmp")

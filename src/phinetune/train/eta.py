@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
 
 WARMUP = 3  # steps after a (re)start whose time is left out
 WINDOW = 20  # recent steady-state steps averaged
@@ -66,13 +65,16 @@ class Eta:
         times = self.pauses[kind]
         return sum(times) / len(times) if times else 0.0
 
-    def seconds_left(self, done: int) -> Optional[float]:
+    def seconds_left(self, done: int) -> float | None:
         """None until MIN_STEPS steady-state steps have been timed."""
         if not self.ready():
             return None
         s = self.schedule
-        return (self.step_seconds() * max(s.total - done, 0) + self.pause_seconds("eval") * s.evals_after(done)
-                + self.pause_seconds("save") * s.saves_after(done))
+        return (
+            self.step_seconds() * max(s.total - done, 0)
+            + self.pause_seconds("eval") * s.evals_after(done)
+            + self.pause_seconds("save") * s.saves_after(done)
+        )
 
     def short(self, done: int) -> str:
         """For the progress bar: '~2 min left (estimate)', or '' while there is none."""
@@ -82,9 +84,14 @@ class Eta:
     def announce(self, done: int) -> str:
         """The one line printed once the estimate exists: the figure and what it is made of."""
         s = self.schedule
-        parts = [f"{max(s.total - done, 0):,} steps at {self.step_seconds():.2f} s (mean of the last {len(self.steps)}; "
-                 f"the first {WARMUP} after the start are warm-up, left out)"]
-        for kind, count, noun in (("eval", s.evals_after(done), "evaluation"), ("save", s.saves_after(done), "checkpoint save")):
+        parts = [
+            f"{max(s.total - done, 0):,} steps at {self.step_seconds():.2f} s (mean of the last {len(self.steps)}; "
+            f"the first {WARMUP} after the start are warm-up, left out)"
+        ]
+        for kind, count, noun in (
+            ("eval", s.evals_after(done), "evaluation"),
+            ("save", s.saves_after(done), "checkpoint save"),
+        ):
             if count:
                 cost = f"at ~{self.pause_seconds(kind):.1f} s each" if self.pauses[kind] else "(not timed yet)"
                 parts.append(f"{count} {noun}{'s' if count > 1 else ''} {cost}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Optional
 
 import torch
 
@@ -24,7 +23,7 @@ ENV = "PHINETUNE_INJECT_FAULT"
 KINDS = ("nan", "oom", "kill", "hang")
 
 
-def injected(step: int, rank: int) -> Optional[str]:
+def injected(step: int, rank: int) -> str | None:
     """The fault to inject now (0-based `step`), after raising or dying for oom and kill; "nan" is the caller's to apply."""
     spec = os.environ.get(ENV)
     if not spec:

@@ -1,9 +1,9 @@
 """Guards that turn the usual ways a long run dies into one clear message (and a checkpoint where possible).
 
-    NaN/inf loss   -> stop, naming the step, the micro-batch and the samples in it
-    full disk      -> stop, naming what was being written and the last good checkpoint
-    out of memory  -> stop, suggesting settings that use less memory
-    SIGTERM/Ctrl-C -> finish the current step, save a checkpoint, exit (resume continues exactly)
+NaN/inf loss   -> stop, naming the step, the micro-batch and the samples in it
+full disk      -> stop, naming what was being written and the last good checkpoint
+out of memory  -> stop, suggesting settings that use less memory
+SIGTERM/Ctrl-C -> finish the current step, save a checkpoint, exit (resume continues exactly)
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import math
 import shutil
 import signal
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -31,7 +30,10 @@ class TrainingStopped(PhinetuneError):
 
 # ---------------------------------------------------------------- NaN / inf
 
-def check_finite(loss: float, step: int, micro: list, tokenizer, accelerator=None, local_loss: Optional[float] = None) -> None:
+
+def check_finite(
+    loss: float, step: int, micro: list, tokenizer, accelerator=None, local_loss: float | None = None
+) -> None:
     """`micro`: the rows of each micro-batch this process trained on at `step` (0-based step index).
 
     `loss` is the step's loss summed over processes, the same number on every rank, so all ranks stop here
@@ -44,12 +46,16 @@ def check_finite(loss: float, step: int, micro: list, tokenizer, accelerator=Non
         from accelerate.utils import gather_object
 
         seen = gather_object([(accelerator.process_index, local_loss is None or math.isfinite(local_loss), batch)])
-        culprits = [(rank, text) for rank, finite, text in seen if not finite] or [(rank, text) for rank, _, text in seen]
+        culprits = [(rank, text) for rank, finite, text in seen if not finite] or [
+            (rank, text) for rank, _, text in seen
+        ]
         where = f" on rank {', '.join(str(rank) for rank, _ in culprits)} of {accelerator.num_processes}"
         batch = culprits[0][1]
-    raise PhinetuneError(f"loss became {loss} at step {step + 1}{where}; nothing after step {step} was saved. "
-                         f"The batch held: {batch}. Lower train.learning_rate, keep "
-                         "train.max_grad_norm, use model.dtype=bf16 rather than fp16, or check these samples")
+    raise PhinetuneError(
+        f"loss became {loss} at step {step + 1}{where}; nothing after step {step} was saved. "
+        f"The batch held: {batch}. Lower train.learning_rate, keep "
+        "train.max_grad_norm, use model.dtype=bf16 rather than fp16, or check these samples"
+    )
 
 
 def describe_batch(micro: list, tokenizer, limit: int = 3) -> str:
@@ -72,8 +78,9 @@ def split_samples(row) -> list[list[int]]:
 
 # ---------------------------------------------------------------- full disk
 
+
 @contextlib.contextmanager
-def disk_guard(what: str, last_good: Optional[Path] = None):
+def disk_guard(what: str, last_good: Path | None = None):
     """Turn ENOSPC (disk full) while writing `what` into one sentence that says what is safe."""
     try:
         yield
@@ -85,14 +92,19 @@ def disk_guard(what: str, last_good: Optional[Path] = None):
             folder = folder.parent
         free = shutil.disk_usage(folder).free / 2**20
         safe = f"the last complete checkpoint is {last_good}" if last_good else "no checkpoint was completed"
-        raise PhinetuneError(f"disk full while writing {what} ({free:.0f} MiB free there); {safe}. "
-                             "Free some space (or lower train.keep_checkpoints) and resume with `phinetune train --resume`") from None
+        raise PhinetuneError(
+            f"disk full while writing {what} ({free:.0f} MiB free there); {safe}. "
+            "Free some space (or lower train.keep_checkpoints) and resume with `phinetune train --resume`"
+        ) from None
 
 
 # ---------------------------------------------------------------- out of memory
 
+
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
 
 
 def oom_message(cfg, step: int, where: str = "") -> str:
@@ -101,7 +113,9 @@ def oom_message(cfg, step: int, where: str = "") -> str:
     tips = []
     if t.batch_size > 1:
         half = max(1, t.batch_size // 2)
-        tips.append(f"train.batch_size={half} train.grad_accum={t.grad_accum * t.batch_size // half} (same global batch)")
+        tips.append(
+            f"train.batch_size={half} train.grad_accum={t.grad_accum * t.batch_size // half} (same global batch)"
+        )
     tips.append(f"data.max_length={max(8, cfg.data.max_length // 2)}")
     if m.gradient_checkpointing is not True:
         tips.append("model.gradient_checkpointing=true")
@@ -115,16 +129,17 @@ def oom_message(cfg, step: int, where: str = "") -> str:
 
 # ---------------------------------------------------------------- SIGTERM / Ctrl-C
 
+
 class StopRequests:
     """Record SIGTERM/SIGINT instead of dying mid-step; the loop checks `signal_name` after each step."""
 
     SIGNALS = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("Ctrl-C", 130)}
 
     def __init__(self):
-        self.received: Optional[int] = None
+        self.received: int | None = None
         self._previous = {}
 
-    def __enter__(self) -> "StopRequests":
+    def __enter__(self) -> StopRequests:
         for sig in self.SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -148,5 +163,8 @@ class StopRequests:
 
     def stopped(self, step: int, checkpoint: Path) -> TrainingStopped:
         name, code = self.SIGNALS.get(self.received, ("a signal", 143))
-        return TrainingStopped(f"stopped by {name} after step {step}; checkpoint saved in {checkpoint}. "
-                               "Run the same command again (or add --resume) to continue exactly where it stopped", code)
+        return TrainingStopped(
+            f"stopped by {name} after step {step}; checkpoint saved in {checkpoint}. "
+            "Run the same command again (or add --resume) to continue exactly where it stopped",
+            code,
+        )

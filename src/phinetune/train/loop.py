@@ -10,8 +10,9 @@ process count, trains on exactly the rows the uninterrupted one would have.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from accelerate import Accelerator
@@ -121,10 +122,14 @@ class Loop:
     objective: Objective  # train.objective's data, step, evaluation and state (train/objectives/)
     start_step: int = 0  # > 0 when resumed from a checkpoint
     done: int = 0  # optimizer steps completed so far (what run.json's status reports when a run stops)
-    hooks: Optional[TrainHooks] = None
-    sharded: bool = False  # FSDP2 applied by us on CPU (train/distributed/sharding.py): the model is not accelerate-prepared
-    adapter_dtype: Optional[torch.dtype] = None  # LoRA adapters computed in this dtype in training steps (train/precision.py)
-    lock: Optional[RunLock] = None  # the main process's hold on RUN/train.lock while it trains (runs/status.py)
+    hooks: TrainHooks | None = None
+    sharded: bool = (
+        False  # FSDP2 applied by us on CPU (train/distributed/sharding.py): the model is not accelerate-prepared
+    )
+    adapter_dtype: torch.dtype | None = (
+        None  # LoRA adapters computed in this dtype in training steps (train/precision.py)
+    )
+    lock: RunLock | None = None  # the main process's hold on RUN/train.lock while it trains (runs/status.py)
 
 
 def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -137,8 +142,11 @@ def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     import bitsandbytes as bnb
 
-    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-           "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[cfg.train.optimizer]
+    cls = {
+        "adamw_8bit": bnb.optim.AdamW8bit,
+        "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+        "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
+    }[cfg.train.optimizer]
     return cls(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
 
 
@@ -149,7 +157,7 @@ def micro_batches(loop: Loop, step: int) -> list[list[TrainRow]]:
     epoch, index = divmod(step * per_step, loop.steps_per_epoch * per_step)
     order = batches(loop.train_rows, cfg.batch_size, cfg.seed, epoch)
     chosen = [order[(index + k) % len(order)] for k in range(per_step)]
-    return chosen[acc.process_index::acc.num_processes]
+    return chosen[acc.process_index :: acc.num_processes]
 
 
 def optimizer_step(loop: Loop) -> float:

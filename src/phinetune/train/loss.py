@@ -60,7 +60,9 @@ def split_head(model):
     config = getattr(lm, "config", None)
     if decoder is None or head is None or config is None or type(lm).__name__ not in PLAIN_HEAD_MODELS:
         return None
-    if any(hasattr(p, "ds_id") for p in head.parameters()):  # ZeRO-3: the head's weight is gathered only inside the engine's hooks
+    if any(
+        hasattr(p, "ds_id") for p in head.parameters()
+    ):  # ZeRO-3: the head's weight is gathered only inside the engine's hooks
         return None
     return decoder, head
 
@@ -73,7 +75,14 @@ def _is_fsdp2(model) -> bool:
 
 # Causal LMs whose forward is exactly `lm_head(model(...).last_hidden_state)` (read in transformers v5):
 # no logit scaling or soft-capping. Others fall back to the full-logits path.
-PLAIN_HEAD_MODELS = {"Phi3ForCausalLM", "PhiForCausalLM", "PhimoeForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+PLAIN_HEAD_MODELS = {
+    "Phi3ForCausalLM",
+    "PhiForCausalLM",
+    "PhimoeForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+}
 
 
 def chunk_rows(vocab: int) -> int:
@@ -88,8 +97,8 @@ def chunked_head_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch
         return _ChunkedHeadCE.apply(hidden, labels, head, rows, *params)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], rows):
-        logits = head(hidden[start:start + rows]).float()
-        total = total + F.cross_entropy(logits, labels[start:start + rows], reduction="sum")
+        logits = head(hidden[start : start + rows]).float()
+        total = total + F.cross_entropy(logits, labels[start : start + rows], reduction="sum")
     return total
 
 
@@ -100,8 +109,9 @@ def _out_features(head: torch.nn.Module) -> int:
     return 32_000
 
 
-def cross_entropy_and_grad(logits: torch.Tensor, labels: torch.Tensor,
-                           scratch: "Scratch | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_entropy_and_grad(
+    logits: torch.Tensor, labels: torch.Tensor, scratch: Scratch | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of one chunk (in fp32) and its gradient w.r.t. the logits (in the logits' dtype).
 
     Written out because autograd's cross-entropy makes five passes over the chunk's batch x vocab logits
@@ -144,14 +154,14 @@ class Scratch:
     def fp32(self, logits: torch.Tensor) -> torch.Tensor:
         if self._fp32 is None or self._fp32.shape[0] < logits.shape[0]:
             self._fp32 = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-        return self._fp32[:logits.shape[0]].copy_(logits)
+        return self._fp32[: logits.shape[0]].copy_(logits)
 
     def low(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if dtype == torch.float32:
             return z
         if self._low is None or self._low.shape[0] < z.shape[0] or self._low.dtype != dtype:
             self._low = torch.empty(z.shape, dtype=dtype, device=z.device)
-        return self._low[:z.shape[0]].copy_(z)
+        return self._low[: z.shape[0]].copy_(z)
 
 
 class _ChunkedHeadCE(torch.autograd.Function):
@@ -169,13 +179,13 @@ class _ChunkedHeadCE(torch.autograd.Function):
         scratch = Scratch()
         for start in range(0, hidden.shape[0], rows):
             with torch.enable_grad():
-                h = hidden[start:start + rows].detach().requires_grad_(grad_hidden is not None)
+                h = hidden[start : start + rows].detach().requires_grad_(grad_hidden is not None)
                 logits = head(h)
-            loss, grad_logits = cross_entropy_and_grad(logits.detach(), labels[start:start + rows], scratch)
+            loss, grad_logits = cross_entropy_and_grad(logits.detach(), labels[start : start + rows], scratch)
             wrt = ([h] if grad_hidden is not None else []) + list(params)
             grads = torch.autograd.grad(logits, wrt, grad_outputs=grad_logits, allow_unused=True) if wrt else []
             if grad_hidden is not None:
-                grad_hidden[start:start + rows] = grads[0]
+                grad_hidden[start : start + rows] = grads[0]
                 grads = grads[1:]
             for acc, g in zip(grad_params, grads):
                 if g is not None:

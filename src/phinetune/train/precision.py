@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import torch
+
 from phinetune.config.schema import RunConfig
 from phinetune.models.loading import DtypePlan, choose_dtype
 from phinetune.models.specs import ModelSpec
-
-import torch
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MIN_HIDDEN = 1024
@@ -64,16 +64,21 @@ def choose_train_dtype(cfg: RunConfig, spec: ModelSpec, path: str) -> DtypePlan:
     return DtypePlan(torch.bfloat16, "bf16", "CPU with avx512_bf16/AMX: bf16 frozen base, fp32 LoRA adapters")
 
 
-def adapter_compute_dtype(cfg: RunConfig, plan: DtypePlan) -> "torch.dtype | None":
+def adapter_compute_dtype(cfg: RunConfig, plan: DtypePlan) -> torch.dtype | None:
     """bf16 where a frozen bf16 base trains fp32 LoRA adapters on CPU: the adapters then compute in bf16 (see
     `adapter_autocast`); None elsewhere (fp32 runs, QLoRA, full fine-tuning, CUDA: not measured there)."""
-    if torch.cuda.is_available() or plan.dtype != torch.bfloat16 or cfg.adapter.method != "lora" or cfg.model.quant != "none":
+    if (
+        torch.cuda.is_available()
+        or plan.dtype != torch.bfloat16
+        or cfg.adapter.method != "lora"
+        or cfg.model.quant != "none"
+    ):
         return None
     return torch.bfloat16
 
 
 @contextlib.contextmanager
-def adapter_autocast(model, dtype: "torch.dtype | None"):
+def adapter_autocast(model, dtype: torch.dtype | None):
     """The forward of a training step with LoRA adapters computed in `dtype` (None: unchanged).
 
     Why: PEFT casts each adapter's input to the adapter's fp32 dtype, so with a bf16 base every LoRA layer
@@ -92,7 +97,7 @@ def adapter_autocast(model, dtype: "torch.dtype | None"):
 
 
 @contextlib.contextmanager
-def adapter_recompute(model, dtype: "torch.dtype | None"):
+def adapter_recompute(model, dtype: torch.dtype | None):
     """The backward of a step run under `adapter_autocast`: PEFT's input cast stays off, so that gradient
     checkpointing's recompute (in the backward; torch restores autocast itself) runs the adapters as the forward
     did. Without it the recompute copied every LoRA'd input to fp32 (measured at 8192 tokens, hidden 3072: peak

@@ -10,17 +10,17 @@ the same data and the same adapter. Nothing here writes to a run folder; the cal
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from phinetune.config import RunConfig
 from phinetune.data.dataset import PreparedData
 from phinetune.data.end_of_turn import end_of_turn
 from phinetune.models.loading import DtypePlan, load_model, load_tokenizer, resolve_model_path
 from phinetune.models.specs import ModelSpec, get_spec
-from phinetune.runs.run_dir import merged_spec_key
 from phinetune.progress import progress_console
+from phinetune.runs.run_dir import merged_spec_key
 from phinetune.train.adapter import apply_adapter
 from phinetune.train.loop import Objective
 from phinetune.train.objectives import objective
@@ -35,7 +35,7 @@ class Prepared:
     dtype: DtypePlan
     tokenizer: object
     model: object  # the base with its adapter applied (PEFT model for LoRA)
-    data: Optional[PreparedData]  # None when prepare(..., with_data=False)
+    data: PreparedData | None  # None when prepare(..., with_data=False)
     path: str  # where the base was loaded from (a built-in tiny model's materialized folder)
     eot: str  # end_of_turn(tokenizer, spec): the token every assistant turn must end with
     objective: Objective  # train.objective's, which read `data` and trains on it (train/objectives/)
@@ -51,8 +51,12 @@ def with_merged_spec(cfg: RunConfig) -> RunConfig:
     return cfg if key is None else cfg.model_copy(update={"model": cfg.model.model_copy(update={"spec": key})})
 
 
-def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-            with_data: bool = True) -> Prepared:
+def prepare(
+    cfg: RunConfig,
+    base_dir: Path | None = None,
+    first: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    with_data: bool = True,
+) -> Prepared:
     """Load, tokenize and adapt exactly as training does. `base_dir` receives a built-in tiny model's
     weights (training passes RUN/base; None: the shared cache); `first` guards writing them (accelerate's main_process_first when several processes start)."""
     spec = get_spec(cfg.model.name, cfg.model.spec)
@@ -61,11 +65,15 @@ def prepare(cfg: RunConfig, base_dir: Optional[Path] = None, first: Callable[[],
     with first():  # a tiny base is written once, then read by the others
         path = resolve_model_path(cfg.model, base_dir, seed=cfg.train.seed)
     dtype = choose_train_dtype(cfg, spec, path)
-    with progress_console.status(f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"):
+    with progress_console.status(
+        f"Loading {cfg.model.name} ({dtype.name}{', nf4' if cfg.model.quant == 'nf4' else ''})"
+    ):
         tokenizer = load_tokenizer(path, cfg.model, spec)
         model = load_model(path, cfg.model, spec, tokenizer, dtype)
     if with_data and not spec.context_length:
-        context_note = context_check(cfg.data.max_length, cfg.model.name, spec, getattr(model.config, "max_position_embeddings", 0) or 0)
+        context_note = context_check(
+            cfg.data.max_length, cfg.model.name, spec, getattr(model.config, "max_position_embeddings", 0) or 0
+        )
     if context_note:
         progress_console.print(f"note: {context_note}", style="yellow", highlight=False, markup=False)
     eot = end_of_turn(tokenizer, spec, cfg.model.end_of_turn)

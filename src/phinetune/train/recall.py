@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import re
 
-from phinetune.config import RunConfig
-from phinetune.data.readers import Record
-from phinetune.infer.complete import Sampling, generate_batch
-from phinetune.runs.held_out import prompts_of
-from phinetune.runs.loading import Loaded
-from phinetune.data.end_of_turn import stop_token_ids
-from phinetune.models.specs import get_spec
 from rich.text import Text
 
+from phinetune.config import RunConfig
+from phinetune.data.end_of_turn import stop_token_ids
+from phinetune.data.readers import Record
+from phinetune.infer.complete import Sampling, generate_batch
+from phinetune.models.specs import get_spec
 from phinetune.progress import clip, console
+from phinetune.runs.held_out import prompts_of
+from phinetune.runs.loading import Loaded
 
 
 def _norm(text: str) -> str:
@@ -42,9 +42,11 @@ def recall_check(model, tokenizer, records: list[Record], cfg: RunConfig) -> tup
     expected = [first_sentence(answer) for _, answer in pairs]
     answers = []
     for k in range(0, len(prompts), 8):
-        answers += generate_batch(loaded, prompts[k:k + 8], Sampling(max_new_tokens=48))
+        answers += generate_batch(loaded, prompts[k : k + 8], Sampling(max_new_tokens=48))
     hits = sum(_norm(a).startswith(_norm(e)) for a, e in zip(answers, expected))
     console.rule(Text("recall check", style="bold"))
     show_examples([p[-1]["content"] for p in prompts], expected, answers)
-    console.print(f"[bold]recall: {hits:d}/{len(expected):d} training answers reproduced (greedy decoding)", markup=True)
+    console.print(
+        f"[bold]recall: {hits:d}/{len(expected):d} training answers reproduced (greedy decoding)", markup=True
+    )
     return hits, len(expected)

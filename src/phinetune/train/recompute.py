@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from phinetune.config.schema import RunConfig
 from phinetune.errors import PhinetuneError
-from phinetune.models.plan import GiB, MARGIN, estimate, method_of
+from phinetune.models.plan import MARGIN, GiB, estimate, method_of
 from phinetune.progress import progress_console
 
 
@@ -33,10 +32,12 @@ class Checkpointing:
         return f"gradient checkpointing: {'on' if self.on else 'off'} ({self.free or self.reason})"
 
     def announce(self) -> None:
-        progress_console.print(self.line(), highlight=False, markup=False, soft_wrap=True)  # one line at any terminal width
+        progress_console.print(
+            self.line(), highlight=False, markup=False, soft_wrap=True
+        )  # one line at any terminal width
 
 
-def free_memory() -> tuple[Optional[int], str]:
+def free_memory() -> tuple[int | None, str]:
     """Bytes free on the training device now, and what they are ("GPU memory", "RAM"); None where it cannot be read."""
     import torch
 
@@ -54,7 +55,9 @@ def free_memory() -> tuple[Optional[int], str]:
 def choose_checkpointing(cfg: RunConfig, path: str, dtype: str) -> Checkpointing:
     setting = cfg.model.gradient_checkpointing
     if setting != "auto":
-        return Checkpointing(bool(setting), f"set in the config: model.gradient_checkpointing: {str(bool(setting)).lower()}")
+        return Checkpointing(
+            bool(setting), f"set in the config: model.gradient_checkpointing: {str(bool(setting)).lower()}"
+        )
     import torch
 
     from phinetune.models.inspect import load_facts
@@ -65,14 +68,26 @@ def choose_checkpointing(cfg: RunConfig, path: str, dtype: str) -> Checkpointing
         return Checkpointing(False, f"auto: plan cannot read the model ({exc}); left off")
     preset = cfg.adapter.targets if isinstance(cfg.adapter.targets, str) else "all-linear"
     cuda = torch.cuda.is_available()
-    est = estimate(facts, method_of(cfg), cfg.data.max_length, cfg.train.batch_size, False,
-                   dtype if dtype in ("bf16", "fp16", "fp32") else "bf16", cfg.adapter.r, preset, cfg.adapter.dropout,
-                   "cuda" if cuda else "cpu")
+    est = estimate(
+        facts,
+        method_of(cfg),
+        cfg.data.max_length,
+        cfg.train.batch_size,
+        False,
+        dtype if dtype in ("bf16", "fp16", "fp32") else "bf16",
+        cfg.adapter.r,
+        preset,
+        cfg.adapter.dropout,
+        "cuda" if cuda else "cpu",
+    )
     need = est.needed() if cuda else est.total * (1 + MARGIN)
     free, what = free_memory()
     needs = f"auto: plan estimates ~{need / GiB:.1f} GiB without it"
     if free is None:
         return Checkpointing(False, f"{needs}; left off, the free {what} could not be read")
     on = need > free
-    return Checkpointing(on, f"{needs}, {'more than' if on else 'which fits in'} the free {what}",
-                         f"{needs}, {'more than the' if on else 'and'} {free / GiB:.1f} GiB of {what} {'free' if on else 'is free'}")
+    return Checkpointing(
+        on,
+        f"{needs}, {'more than' if on else 'which fits in'} the free {what}",
+        f"{needs}, {'more than the' if on else 'and'} {free / GiB:.1f} GiB of {what} {'free' if on else 'is free'}",
+    )

@@ -74,10 +74,13 @@ def unmatched_message(pattern: str, spec: ModelSpec, kind: str = "module") -> st
         if preset.parameters:
             real += f" and target_parameters [{', '.join(preset.parameters)}]"
         real += f" (presets: {', '.join(spec.lora_presets)})"
-    return (f"LoRA target {kind} '{pattern}' matches nothing in {spec.key}{meant}{real} "
-            f"(override: preflight.allow_unmatched_targets=true)")
+    return (
+        f"LoRA target {kind} '{pattern}' matches nothing in {spec.key}{meant}{real} "
+        f"(override: preflight.allow_unmatched_targets=true)"
+    )
 
 
 def target_problems(match: TargetMatch, spec: ModelSpec) -> list[str]:
-    return ([unmatched_message(p, spec) for p, hits in match.modules.items() if not hits]
-            + [unmatched_message(p, spec, "parameter") for p, hits in match.parameters.items() if not hits])
+    return [unmatched_message(p, spec) for p, hits in match.modules.items() if not hits] + [
+        unmatched_message(p, spec, "parameter") for p, hits in match.parameters.items() if not hits
+    ]

@@ -31,7 +31,11 @@ class Trackers:
     def __init__(self, accelerator, run: RunDir, cfg, resume_step: int = 0):
         self.accelerator = accelerator
         names = cfg.train.report_to
-        flat = {f"{section}.{key}": str(value) for section, fields in cfg.model_dump(mode="json").items() for key, value in fields.items()}
+        flat = {
+            f"{section}.{key}": str(value)
+            for section, fields in cfg.model_dump(mode="json").items()
+            for key, value in fields.items()
+        }
         kwargs = {}
         if "tensorboard" in names:
             # purge_step drops events past the checkpoint, so a resumed curve has no duplicate points.
@@ -62,4 +66,10 @@ class Trackers:
 
 def check_installed(names: list[str]) -> None:
     for name in names:
-        require(f"train.report_to '{name}'", "track", PACKAGES[name], error=ConfigError, instead=", or remove it from train.report_to")
+        require(
+            f"train.report_to '{name}'",
+            "track",
+            PACKAGES[name],
+            error=ConfigError,
+            instead=", or remove it from train.report_to",
+        )

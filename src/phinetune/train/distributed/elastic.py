@@ -38,6 +38,7 @@ from phinetune.train.distributed.sharding import load_sharded
 if TYPE_CHECKING:
     from phinetune.train.loop import Loop
 
+
 def global_batch(batch_size: int, grad_accum: int, processes: int) -> int:
     return batch_size * grad_accum * processes
 
@@ -57,18 +58,23 @@ def check_global_batch(path: Path, state: dict, run: RunDir, batch_size: int, gr
     if then == now:
         return
     fit = then // (batch_size * processes) if then % (batch_size * processes) == 0 else None
-    hint = (f"e.g. train.grad_accum={fit} with train.batch_size={batch_size} on {processes} process(es)" if fit
-            else f"choose train.batch_size x train.grad_accum x processes = {then}")
-    raise PhinetuneError(f"{path} was trained with a global batch of {then} sequences per step (train.batch_size={b} x "
-                         f"train.grad_accum={a} x {n} process(es)), this run's is {now} ({batch_size} x {grad_accum} x "
-                         f"{processes}); a resumed run must keep the global batch: {hint}")
+    hint = (
+        f"e.g. train.grad_accum={fit} with train.batch_size={batch_size} on {processes} process(es)"
+        if fit
+        else f"choose train.batch_size x train.grad_accum x processes = {then}"
+    )
+    raise PhinetuneError(
+        f"{path} was trained with a global batch of {then} sequences per step (train.batch_size={b} x "
+        f"train.grad_accum={a} x {n} process(es)), this run's is {now} ({batch_size} x {grad_accum} x "
+        f"{processes}); a resumed run must keep the global batch: {hint}"
+    )
 
 
 def is_sharded(path: Path) -> bool:
     return (path / CHECKPOINT_SHARDED).is_dir()
 
 
-def load_other_layout(loop: "Loop", path: Path) -> None:
+def load_other_layout(loop: Loop, path: Path) -> None:
     """Model, optimizer, scheduler and this rank's RNG from a checkpoint whose layout is not this run's."""
     acc = loop.accelerator
     if loop.sharded:  # a plain checkpoint into this rank's shards
@@ -98,11 +104,15 @@ def by_name(saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimize
     ours = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     numbered = [i for group in saved["param_groups"] for i in group["params"]]
     if len(numbered) != len(ours):
-        raise PhinetuneError(f"the optimizer state in the checkpoint holds {len(numbered)} parameters, this run trains "
-                             f"{len(ours)}; it belongs to another run")
+        raise PhinetuneError(
+            f"the optimizer state in the checkpoint holds {len(numbered)} parameters, this run trains "
+            f"{len(ours)}; it belongs to another run"
+        )
     name_of = dict(zip(numbered, ours))
-    return {"state": {name_of[i]: value for i, value in saved["state"].items()},
-            "param_groups": [{**group, "params": [name_of[i] for i in group["params"]]} for group in saved["param_groups"]]}
+    return {
+        "state": {name_of[i]: value for i, value in saved["state"].items()},
+        "param_groups": [{**group, "params": [name_of[i] for i in group["params"]]} for group in saved["param_groups"]],
+    }
 
 
 def seed_ranks_without_state(path: Path, seed: int, step: int, rank: int) -> None:

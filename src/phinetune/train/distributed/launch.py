@@ -19,7 +19,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -45,47 +44,82 @@ class Nodes:
             raise PhinetuneError(f"--node-rank {self.rank}: expected 0 to {self.count - 1} for --nnodes {self.count}")
         host, _, port = self.endpoint.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise PhinetuneError(f"--rdzv-endpoint {self.endpoint!r}: expected HOST:PORT of node 0, e.g. 127.0.0.1:29500")
+            raise PhinetuneError(
+                f"--rdzv-endpoint {self.endpoint!r}: expected HOST:PORT of node 0, e.g. 127.0.0.1:29500"
+            )
 
     def torchrun_args(self) -> list[str]:
         # c10d assigns the global ranks itself (torchrun ignores --node_rank with it); is_host makes node 0's
         # agent the one that serves the rendezvous store, instead of whichever matches the host name first.
-        return ["--nnodes", str(self.count), "--rdzv_backend", "c10d", "--rdzv_endpoint", self.endpoint,
-                "--rdzv_id", self.job_id, "--rdzv_conf", f"is_host={int(self.rank == 0)}"]
+        return [
+            "--nnodes",
+            str(self.count),
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            self.endpoint,
+            "--rdzv_id",
+            self.job_id,
+            "--rdzv_conf",
+            f"is_host={int(self.rank == 0)}",
+        ]
 
     def accelerate_args(self, nproc: int) -> list[str]:
         host, _, port = self.endpoint.rpartition(":")
-        return ["--num_machines", str(self.count), "--machine_rank", str(self.rank), "--main_process_ip", host,
-                "--main_process_port", port, "--rdzv_backend", "c10d", "--num_processes", str(nproc * self.count)]
+        return [
+            "--num_machines",
+            str(self.count),
+            "--machine_rank",
+            str(self.rank),
+            "--main_process_ip",
+            host,
+            "--main_process_port",
+            port,
+            "--rdzv_backend",
+            "c10d",
+            "--num_processes",
+            str(nproc * self.count),
+        ]
 
 
-def nodes_from_options(nnodes: int, node_rank: int, endpoint: Optional[str], job_id: str) -> Optional[Nodes]:
+def nodes_from_options(nnodes: int, node_rank: int, endpoint: str | None, job_id: str) -> Nodes | None:
     """`--nnodes/--node-rank/--rdzv-endpoint/--rdzv-id` as a Nodes, or None for a one-node launch."""
     if nnodes == 1 and not endpoint:  # with an endpoint, a 1-node job still meets there (a 1-node cluster template)
         if node_rank:
             raise PhinetuneError(f"--node-rank {node_rank} is for multi-node jobs; pass --nnodes too (e.g. --nnodes 2)")
         return None
     if not endpoint:
-        raise PhinetuneError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT of node 0 (e.g. 127.0.0.1:29500 for two launches on one machine)")
+        raise PhinetuneError(
+            f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT of node 0 (e.g. 127.0.0.1:29500 for two launches on one machine)"
+        )
     return Nodes(nnodes, node_rank, endpoint, job_id)
 
 
-def launch_command(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None,
-                   use_gpu: Optional[bool] = None, nodes: Optional[Nodes] = None,
-                   module: Optional[list[str]] = None) -> tuple[list[str], dict]:
+def launch_command(
+    nproc: int,
+    train_args: list[str],
+    accelerate_config: Path | None = None,
+    use_gpu: bool | None = None,
+    nodes: Nodes | None = None,
+    module: list[str] | None = None,
+) -> tuple[list[str], dict]:
     """The command and environment that run `phinetune train TRAIN_ARGS` on `nproc` processes (per node).
     `module`: another entry point to launch the same way instead (`bench train --nproc`: ["-m", "phinetune.bench.scale_child", ...])."""
     use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
     env = {**os.environ, "PHINETUNE_LAUNCHED": "1"}
     target = module or ["-m", "phinetune", "train", *train_args]
     if accelerate_config is not None and not accelerate_config.exists():
-        raise PhinetuneError(f"--accelerate-config {accelerate_config} does not exist; see configs/accelerate/ for DDP, FSDP and DeepSpeed configs")
+        raise PhinetuneError(
+            f"--accelerate-config {accelerate_config} does not exist; see configs/accelerate/ for DDP, FSDP and DeepSpeed configs"
+        )
     stage = deepspeed_stage(accelerate_config) if accelerate_config is not None else None
     if stage is not None:
         require(f"--accelerate-config {accelerate_config} (DeepSpeed)", "deepspeed", "deepspeed")
     if use_gpu or stage == 2:
         total = nproc * (nodes.count if nodes else 1)  # one process in all (bench train --nproc 1,...): no --multi_gpu
-        config = ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"] if total > 1 else []
+        config = (
+            ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"] if total > 1 else []
+        )
         processes = nodes.accelerate_args(nproc) if nodes else ["--num_processes", str(nproc)]
         if nodes and stage is not None:  # torchrun on every node, not DeepSpeed's own ssh (pdsh) launcher
             processes += ["--deepspeed_multinode_launcher", "standard"]
@@ -95,12 +129,16 @@ def launch_command(nproc: int, train_args: list[str], accelerate_config: Optiona
         return [sys.executable, "-m", "accelerate.commands.launch", *config, *processes, *precision, *target], env
     if accelerate_config is not None:
         if stage == 3:
-            raise PhinetuneError(f"--accelerate-config {accelerate_config} (DeepSpeed ZeRO-3) is GPU-check-only: on CPU it trains, but its gradient "
-                                 "norms differ from one process and it saves modules_to_save weights empty (docs/scale-and-resume.md); "
-                                 "use configs/accelerate/deepspeed-zero2.yaml or fsdp.yaml on CPU")
+            raise PhinetuneError(
+                f"--accelerate-config {accelerate_config} (DeepSpeed ZeRO-3) is GPU-check-only: on CPU it trains, but its gradient "
+                "norms differ from one process and it saves modules_to_save weights empty (docs/scale-and-resume.md); "
+                "use configs/accelerate/deepspeed-zero2.yaml or fsdp.yaml on CPU"
+            )
         if not is_fsdp2(accelerate_config):
-            raise PhinetuneError(f"--accelerate-config {accelerate_config} needs GPUs (on CPU only an FSDP config with fsdp_version: 2 "
-                                 "and DeepSpeed ZeRO-2 run, e.g. configs/accelerate/fsdp.yaml); drop it to train with DDP over gloo on CPU")
+            raise PhinetuneError(
+                f"--accelerate-config {accelerate_config} needs GPUs (on CPU only an FSDP config with fsdp_version: 2 "
+                "and DeepSpeed ZeRO-2 run, e.g. configs/accelerate/fsdp.yaml); drop it to train with DDP over gloo on CPU"
+            )
         env[SHARDING_ENV] = "1"
     env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
     where = nodes.torchrun_args() if nodes else ["--standalone"]
@@ -108,10 +146,12 @@ def launch_command(nproc: int, train_args: list[str], accelerate_config: Optiona
 
 
 def read_accelerate_config(path: Path) -> dict:
-    return read_yaml(Path(path), "accelerate config", "configs/accelerate/fsdp.yaml", "distributed_type, num_processes, ...")
+    return read_yaml(
+        Path(path), "accelerate config", "configs/accelerate/fsdp.yaml", "distributed_type, num_processes, ..."
+    )
 
 
-def deepspeed_stage(path: Path) -> Optional[int]:
+def deepspeed_stage(path: Path) -> int | None:
     """The ZeRO stage of a DeepSpeed accelerate config, None for any other config."""
     config = read_accelerate_config(path)
     if config.get("distributed_type") != "DEEPSPEED":
@@ -126,7 +166,7 @@ def is_fsdp2(path: Path) -> bool:
     return config.get("distributed_type") == "FSDP" and int(fsdp.get("fsdp_version", 1)) == 2
 
 
-def launch(nproc: int, train_args: list[str], accelerate_config: Optional[Path] = None, nodes: Optional[Nodes] = None) -> int:
+def launch(nproc: int, train_args: list[str], accelerate_config: Path | None = None, nodes: Nodes | None = None) -> int:
     """Run the launcher, passing its output through; when a rank fails, end with one sentence naming it.
 
     Bounded time: torchrun (and accelerate launch, which runs it) stops every other worker as soon as one
@@ -161,7 +201,9 @@ def record_for_launcher(message: str) -> None:
         return
     one_line = " ".join(message.split())
     try:
-        Path(path).write_text(json.dumps({"message": {"message": one_line, "extraInfo": {"timestamp": str(int(time.time()))}}}))
+        Path(path).write_text(
+            json.dumps({"message": {"message": one_line, "extraInfo": {"timestamp": str(int(time.time()))}}})
+        )
     except OSError:
         pass  # the exit code still tells the launcher that this rank failed
 
@@ -176,7 +218,9 @@ def failures(report: str) -> list[tuple[int, int, str]]:
     ordered = [blocks[-1].split("=" * 20)[0], *blocks[-2].split("Failures:")[-1:]]
     found = []
     for block in ordered:
-        for rank, code, message in re.findall(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+).*?traceback\s*:\s*([^\n]*)", block, re.S):
+        for rank, code, message in re.findall(
+            r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+).*?traceback\s*:\s*([^\n]*)", block, re.S
+        ):
             found.append((int(rank), int(code), message.strip()))
     return found
 
@@ -199,16 +243,26 @@ def failure_sentence(stderr: str, code: int) -> str:
     resume = "Run the same command again to resume from the latest checkpoint"
     if ec < 0:
         return f"training failed: rank {r} was killed by {signals.Signals(-ec).name}; the launcher stopped the other ranks. {resume}"
-    if r in ours and len(ours) > 1 and len(set(ours.values())) == 1:  # every rank stopped with the same sentence: a joint decision
+    if (
+        r in ours and len(ours) > 1 and len(set(ours.values())) == 1
+    ):  # every rank stopped with the same sentence: a joint decision
         return f"training failed: {ours[r].rstrip('.')} (every rank stopped at once). {resume}"
     own = [msg for who, msg in errors if int(who) == r]
     if own and re.search(r"Timed out waiting|timed out|Timeout", own[-1]):  # gloo / NCCL: a peer never answered
         others = ", ".join(str(rank) for rank, _, _ in found[1:]) or "another rank"
         waited = re.search(r"(\d+)\s*ms", own[-1])  # the rank's own timeout (its environment may differ from ours)
         seconds = int(waited.group(1)) // 1000 if waited else DIST_TIMEOUT_S
-        return (f"training failed: rank {r} waited {seconds} s (PHINETUNE_DIST_TIMEOUT) in a collective for the other "
-                f"ranks ({others}) and gave up: one of them is stuck or far slower; the launcher stopped them. {resume}")
-    cause = f"failed: {ours[r]}" if r in ours else f"failed with {own[-1].strip()[:300]}" if own else f"exited with code {ec}"
+        return (
+            f"training failed: rank {r} waited {seconds} s (PHINETUNE_DIST_TIMEOUT) in a collective for the other "
+            f"ranks ({others}) and gave up: one of them is stuck or far slower; the launcher stopped them. {resume}"
+        )
+    cause = (
+        f"failed: {ours[r]}"
+        if r in ours
+        else f"failed with {own[-1].strip()[:300]}"
+        if own
+        else f"exited with code {ec}"
+    )
     return f"training failed: rank {r} {cause.rstrip('.')}; the launcher stopped the other ranks. {resume}"
 
 
@@ -216,10 +270,14 @@ def check_distributed(accelerator, cfg) -> None:
     """Settings phinetune's loop does not support under a given engine, refused before any step."""
     kind = str(accelerator.distributed_type).split(".")[-1]
     if kind == "DEEPSPEED" and cfg.train.grad_accum > 1:
-        raise PhinetuneError(f"DeepSpeed steps its engine on every backward, so train.grad_accum={cfg.train.grad_accum} would "
-                             "silently step each micro-batch; use train.grad_accum=1 and a larger train.batch_size")
+        raise PhinetuneError(
+            f"DeepSpeed steps its engine on every backward, so train.grad_accum={cfg.train.grad_accum} would "
+            "silently step each micro-batch; use train.grad_accum=1 and a larger train.batch_size"
+        )
     if kind == "FSDP" and cfg.model.quant == "nf4" and cfg.model.dtype not in ("bf16", "fp16"):
-        raise PhinetuneError("QLoRA + FSDP needs model.dtype=bf16 (or fp16): the 4-bit weights are stored in that dtype to be sharded")
+        raise PhinetuneError(
+            "QLoRA + FSDP needs model.dtype=bf16 (or fp16): the 4-bit weights are stored in that dtype to be sharded"
+        )
 
 
 def configure_engine(accelerator, cfg) -> None:
@@ -228,7 +286,9 @@ def configure_engine(accelerator, cfg) -> None:
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
-        plugin.deepspeed_config["train_batch_size"] = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+        plugin.deepspeed_config["train_batch_size"] = (
+            cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+        )
 
 
 def deepspeed_on_cpu() -> bool:

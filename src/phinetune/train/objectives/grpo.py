@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
 from phinetune.config import RunConfig
 from phinetune.data.dataset import DataInfo, PreparedData, split_records
-from phinetune.data.packing import Row, batches, collate
 from phinetune.data.normalize import for_template
+from phinetune.data.packing import Row, batches, collate
 from phinetune.data.readers import ReadReport, Record
 from phinetune.data.render import IGNORE, render_sample
 from phinetune.errors import DataError
@@ -66,7 +65,7 @@ class GrpoState:
 
     loaded: Loaded  # the policy as infer.complete samples from it (the training model itself)
     rewards: Rewards
-    ref_model: Optional[torch.nn.Module] = None  # full fine-tuning with grpo.beta: a frozen copy of the start
+    ref_model: torch.nn.Module | None = None  # full fine-tuning with grpo.beta: a frozen copy of the start
     zero_std_total: int = 0  # groups so far whose completions all got the same reward (reported at the end)
 
 
@@ -110,6 +109,7 @@ class Grpo:
 
 # ---------------------------------------------------------------- data
 
+
 def split_prompt(messages: list[dict], where: str) -> tuple[list[dict], str]:
     """The conversation up to its last assistant turn is the prompt; that turn is the reference answer."""
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
@@ -123,13 +123,28 @@ def load_data(cfg: RunConfig, tokenizer, eot: str) -> GrpoData:
     train_recs, eval_recs, dups = split_records(cfg.data, cfg.data.skip_bad_rows, report)
     # Prompts written as SFT and inference write them (the spec's default system prompt, its tool format).
     spec = get_spec(cfg.model.name, cfg.model.spec)
-    train_recs, eval_recs = ([Record(for_template(r.sample, spec), r.where) for r in recs] for recs in (train_recs, eval_recs))
+    train_recs, eval_recs = (
+        [Record(for_template(r.sample, spec), r.where) for r in recs] for recs in (train_recs, eval_recs)
+    )
     # The pre-flight checks the reference answers render with a trained end-of-turn token, as for SFT.
     renders = [render_sample(tokenizer, r.sample, cfg.data.max_length, "last_assistant", eot) for r in train_recs]
-    info = DataInfo(read=report.read, format=report.format, duplicates=dups, skipped=report.skipped,
-                    read_summary=report.summary(), train=len(train_recs), eval=len(eval_recs))
-    return GrpoData(renders, [], train_recs, info, prompt_rows=_prompt_rows(train_recs, tokenizer),
-                    eval_prompt_rows=_prompt_rows(eval_recs, tokenizer))
+    info = DataInfo(
+        read=report.read,
+        format=report.format,
+        duplicates=dups,
+        skipped=report.skipped,
+        read_summary=report.summary(),
+        train=len(train_recs),
+        eval=len(eval_recs),
+    )
+    return GrpoData(
+        renders,
+        [],
+        train_recs,
+        info,
+        prompt_rows=_prompt_rows(train_recs, tokenizer),
+        eval_prompt_rows=_prompt_rows(eval_recs, tokenizer),
+    )
 
 
 def _prompt_rows(records, tokenizer) -> list[PromptRow]:
@@ -149,6 +164,7 @@ def _prompt_text(tok, prompt: list[dict]) -> str:
 
 # ---------------------------------------------------------------- sampling and scoring
 
+
 @torch.no_grad()
 def sample(loop: Loop, state: GrpoState, items: list[PromptRow], seed: int, greedy: bool = False):
     from phinetune.infer.complete import Sampling, complete
@@ -160,7 +176,9 @@ def sample(loop: Loop, state: GrpoState, items: list[PromptRow], seed: int, gree
     model.eval()  # sampling sees no dropout
     n = 1 if greedy else g.group_size
     prompts = [_prompt_text(loop.tokenizer, r.prompt) for r in items for _ in range(n)]
-    sampling = Sampling(max_new_tokens=g.max_completion_length, temperature=0.0 if greedy else g.temperature, top_p=g.top_p, seed=seed)
+    sampling = Sampling(
+        max_new_tokens=g.max_completion_length, temperature=0.0 if greedy else g.temperature, top_p=g.top_p, seed=seed
+    )
     try:
         outs = complete(loaded, prompts, sampling)
     finally:
@@ -171,8 +189,13 @@ def sample(loop: Loop, state: GrpoState, items: list[PromptRow], seed: int, gree
 
 def score(state: GrpoState, items: list[PromptRow], outs, n: int) -> torch.Tensor:
     rewards = state.rewards
-    return torch.tensor([rewards.score(o.text.strip(), items[i // n].answer, items[i // n].prompt, items[i // n].where)
-                         for i, o in enumerate(outs)], dtype=torch.float32).view(len(items), n)
+    return torch.tensor(
+        [
+            rewards.score(o.text.strip(), items[i // n].answer, items[i // n].prompt, items[i // n].where)
+            for i, o in enumerate(outs)
+        ],
+        dtype=torch.float32,
+    ).view(len(items), n)
 
 
 def advantages(rewards: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -191,13 +214,19 @@ def _sequences(items: list[PromptRow], outs, n: int, pad_id: int) -> dict[str, t
 
 # ---------------------------------------------------------------- step
 
+
 def train_step(loop: Loop, state: GrpoState, step: int) -> StepStats:
     acc, cfg, g = loop.accelerator, loop.cfg, loop.cfg.grpo
     micro = micro_batches(loop, step)
     # Generate and score everything first: the loss is normalised by the completion tokens of the whole step.
     rollouts, all_rewards, zero_std = [], [], 0
     for i, items in enumerate(micro):
-        outs = sample(loop, state, items, seed=(cfg.train.seed * 1_000_003 + step) * 1_000 + i * acc.num_processes + acc.process_index)
+        outs = sample(
+            loop,
+            state,
+            items,
+            seed=(cfg.train.seed * 1_000_003 + step) * 1_000 + i * acc.num_processes + acc.process_index,
+        )
         rewards = score(state, items, outs, g.group_size)
         adv, zeros = advantages(rewards)
         zero_std += zeros
@@ -227,17 +256,33 @@ def train_step(loop: Loop, state: GrpoState, step: int) -> StepStats:
     check_finite(step_loss, step, [[r for r in m] for m in micro], loop.tokenizer)
     grad_norm = optimizer_step(loop)
     rewards = torch.cat(all_rewards)
-    stats = acc.reduce(torch.tensor([float(rewards.sum()), rewards.numel(), float((rewards ** 2).sum()), zero_std, total_kl],
-                                    dtype=torch.float64, device=acc.device), "sum").cpu().tolist()
+    stats = (
+        acc.reduce(
+            torch.tensor(
+                [float(rewards.sum()), rewards.numel(), float((rewards**2).sum()), zero_std, total_kl],
+                dtype=torch.float64,
+                device=acc.device,
+            ),
+            "sum",
+        )
+        .cpu()
+        .tolist()
+    )
     mean = stats[0] / stats[1]
     state.zero_std_total += int(stats[3])
-    metrics = {"reward_mean": mean, "reward_std": max(stats[2] / stats[1] - mean ** 2, 0.0) ** 0.5,
-               "zero_std_groups": int(stats[3]), "completion_tokens": n_tokens / max(stats[1], 1)}
+    metrics = {
+        "reward_mean": mean,
+        "reward_std": max(stats[2] / stats[1] - mean**2, 0.0) ** 0.5,
+        "zero_std_groups": int(stats[3]),
+        "completion_tokens": n_tokens / max(stats[1], 1),
+    }
     if g.beta:
         metrics["kl"] = stats[4] / max(n_tokens, 1)
     if step + 1 == loop.total_steps and acc.is_main_process and state.zero_std_total:
-        console.print(f"GRPO: {state.zero_std_total} group(s) had all-equal rewards and taught nothing "
-                      f"(see zero_std_groups in metrics.jsonl); a larger grpo.group_size or a graded reward helps")
+        console.print(
+            f"GRPO: {state.zero_std_total} group(s) had all-equal rewards and taught nothing "
+            f"(see zero_std_groups in metrics.jsonl); a larger grpo.group_size or a graded reward helps"
+        )
     tokens = global_count(acc, sum(int(b["n_real"]) for b, _ in rollouts))
     return StepStats(step_loss, grad_norm, loop.scheduler.get_last_lr()[0], tokens, n_tokens, metrics)
 
@@ -256,7 +301,9 @@ def evaluate(loop: Loop, state: GrpoState) -> float:
     """Mean reward of greedy completions of the eval prompts (all processes)."""
     acc = loop.accelerator
     total, count = 0.0, 0
-    for group in batches(loop.eval_rows[acc.process_index::acc.num_processes], loop.cfg.train.batch_size, 0, 0, shuffle=False):
+    for group in batches(
+        loop.eval_rows[acc.process_index :: acc.num_processes], loop.cfg.train.batch_size, 0, 0, shuffle=False
+    ):
         outs = sample(loop, state, group, seed=0, greedy=True)
         r = score(state, group, outs, 1)
         total, count = total + float(r.sum()), count + r.numel()

@@ -11,8 +11,8 @@ kto_trainer.py) so tests/test_pref_losses.py can check ours against TRL's own tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +26,10 @@ class Logps:
     rejected: torch.Tensor  # (B,) of the rejected (KTO: unused here; see `kl`)
     chosen_n: torch.Tensor  # (B,) trained tokens per chosen reply
     rejected_n: torch.Tensor
-    ref_chosen: Optional[torch.Tensor] = None
-    ref_rejected: Optional[torch.Tensor] = None
-    desirable: Optional[torch.Tensor] = None  # (B,) bool, KTO
-    kl: Optional[torch.Tensor] = None  # scalar, KTO's detached KL estimate
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+    desirable: torch.Tensor | None = None  # (B,) bool, KTO
+    kl: torch.Tensor | None = None  # scalar, KTO's detached KL estimate
 
 
 @dataclass
@@ -70,22 +70,35 @@ def simpo(lp: Logps, cfg: PreferenceConfig) -> PrefLoss:
 def orpo(lp: Logps, cfg: PreferenceConfig) -> PrefLoss:
     # NLL on the chosen reply + lambda * odds-ratio term (TRL ORPOTrainer: loss = nll - beta * logsigmoid(log_odds)).
     chosen_avg, rejected_avg = lp.chosen / lp.chosen_n.clamp(min=1), lp.rejected / lp.rejected_n.clamp(min=1)
-    log_odds = (chosen_avg - rejected_avg) - (torch.log1p(-torch.exp(chosen_avg)) - torch.log1p(-torch.exp(rejected_avg)))
+    log_odds = (chosen_avg - rejected_avg) - (
+        torch.log1p(-torch.exp(chosen_avg)) - torch.log1p(-torch.exp(rejected_avg))
+    )
     per = -cfg.orpo_lambda * F.logsigmoid(log_odds)
-    return PrefLoss(per, cfg.orpo_lambda * chosen_avg.detach(), cfg.orpo_lambda * rejected_avg.detach(), -lp.chosen.sum())
+    return PrefLoss(
+        per, cfg.orpo_lambda * chosen_avg.detach(), cfg.orpo_lambda * rejected_avg.detach(), -lp.chosen.sum()
+    )
 
 
 def kto(lp: Logps, cfg: PreferenceConfig) -> PrefLoss:
     # Eqn (7) of the KTO paper as TRL's KTOTrainer writes it; `kl` is the batch's detached, clamped KL estimate.
     logratio = lp.chosen - lp.ref_chosen
     good = lp.desirable
-    per = torch.where(good, cfg.kto_desirable_weight * (1 - torch.sigmoid(cfg.beta * (logratio - lp.kl))),
-                      cfg.kto_undesirable_weight * (1 - torch.sigmoid(cfg.beta * (lp.kl - logratio))))
+    per = torch.where(
+        good,
+        cfg.kto_desirable_weight * (1 - torch.sigmoid(cfg.beta * (logratio - lp.kl))),
+        cfg.kto_undesirable_weight * (1 - torch.sigmoid(cfg.beta * (lp.kl - logratio))),
+    )
     reward = cfg.beta * logratio.detach()
     nan = torch.full_like(reward, float("nan"))
     # "chosen" = desirable samples' rewards, "rejected" = undesirable ones' (NaN where the other kind).
     return PrefLoss(per, torch.where(good, reward, nan), torch.where(good, nan, reward), per.new_zeros(()))
 
 
-LOSSES: dict[str, Callable[[Logps, PreferenceConfig], PrefLoss]] = {"dpo": dpo, "ipo": ipo, "simpo": simpo, "orpo": orpo, "kto": kto}
+LOSSES: dict[str, Callable[[Logps, PreferenceConfig], PrefLoss]] = {
+    "dpo": dpo,
+    "ipo": ipo,
+    "simpo": simpo,
+    "orpo": orpo,
+    "kto": kto,
+}
 REFERENCE_FREE = {"simpo", "orpo"}

@@ -19,7 +19,6 @@ import contextlib
 import copy
 import os
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +28,15 @@ from torch.utils.checkpoint import checkpoint
 from phinetune.config import RunConfig
 from phinetune.data.dataset import DataInfo, PreparedData, dialect, hold_out
 from phinetune.data.packing import Row, batches, collate, unpacked
-from phinetune.data.preference import (UNPAIRED, PrefInfo, PrefSample, as_sft_records, in_template_form, read_preferences,
-                                       render_preferences)
+from phinetune.data.preference import (
+    UNPAIRED,
+    PrefInfo,
+    PrefSample,
+    as_sft_records,
+    in_template_form,
+    read_preferences,
+    render_preferences,
+)
 from phinetune.data.readers import ReadReport, Record
 from phinetune.data.render import IGNORE, Rendered
 from phinetune.errors import ConfigError
@@ -48,7 +54,7 @@ class PrefRow:
     chosen: Row
     rejected: Row
     desirable: bool = True
-    ref: Optional[tuple[float, float]] = None  # cached reference log-probs (chosen, rejected)
+    ref: tuple[float, float] | None = None  # cached reference log-probs (chosen, rejected)
 
     # The views checkpoint.rows_digest and guards.describe_batch read (position ids restart per sequence).
     input_ids = property(lambda self: self.chosen.input_ids + self.rejected.input_ids)
@@ -70,8 +76,8 @@ class PrefData(PreparedData):
 class PreferenceState:
     """Where the reference log-probabilities come from, set up by Preference.begin."""
 
-    reference: Optional[str]  # adapter_off, copy or cached; None for the reference-free losses (orpo, simpo)
-    ref_model: Optional[torch.nn.Module] = None  # reference == copy: a frozen copy of the starting weights
+    reference: str | None  # adapter_off, copy or cached; None for the reference-free losses (orpo, simpo)
+    ref_model: torch.nn.Module | None = None  # reference == copy: a frozen copy of the starting weights
 
 
 class Preference:
@@ -113,14 +119,20 @@ class Preference:
 
 # ---------------------------------------------------------------- data
 
+
 def load_data(cfg: RunConfig, tokenizer, eot: str) -> PrefData:
     """Read and render the pairs, or take them from the tokenized-data cache (data/cache.py) as SFT data is."""
     from phinetune.data import cache
 
     kind = UNPAIRED if cfg.train.objective == "kto" else "pairs"
     spec = get_spec(cfg.model.name, cfg.model.spec)
-    key = cache.cache_key(cfg.data, tokenizer, eot, None if spec is GENERIC else dialect(spec),
-                          layout=f"preference-{kind}") if cfg.data.cache else None
+    key = (
+        cache.cache_key(
+            cfg.data, tokenizer, eot, None if spec is GENERIC else dialect(spec), layout=f"preference-{kind}"
+        )
+        if cfg.data.cache
+        else None
+    )
     hit = _from_entry(cache.load_entry(cfg.data, key)) if key else None
     if hit is not None:
         return hit
@@ -131,22 +143,35 @@ def load_data(cfg: RunConfig, tokenizer, eot: str) -> PrefData:
 
 
 def _to_entry(data: PrefData) -> dict:
-    return {"pairs": [asdict(p) for p in data.pairs], "eval_pairs": [asdict(p) for p in data.eval_pairs],
-            "train_records": [asdict(r) for r in data.train_records], "info": asdict(data.info), "pref_info": asdict(data.pref_info)}
+    return {
+        "pairs": [asdict(p) for p in data.pairs],
+        "eval_pairs": [asdict(p) for p in data.eval_pairs],
+        "train_records": [asdict(r) for r in data.train_records],
+        "info": asdict(data.info),
+        "pref_info": asdict(data.pref_info),
+    }
 
 
-def _from_entry(entry: Optional[dict]) -> Optional[PrefData]:
+def _from_entry(entry: dict | None) -> PrefData | None:
     if entry is None:
         return None
 
     def sample(d: dict) -> PrefSample:
-        return PrefSample(Rendered(**d["chosen"]), Rendered(**d["rejected"]), d["prompt_tokens"], d["where"], d["desirable"])
+        return PrefSample(
+            Rendered(**d["chosen"]), Rendered(**d["rejected"]), d["prompt_tokens"], d["where"], d["desirable"]
+        )
 
     try:
         pairs, eval_pairs = [sample(d) for d in entry["pairs"]], [sample(d) for d in entry["eval_pairs"]]
-        return PrefData([p.chosen for p in pairs], [p.chosen for p in eval_pairs], [Record(**r) for r in entry["train_records"]],
-                        DataInfo(**{**entry["info"], "cached": True}), pairs=pairs, eval_pairs=eval_pairs,
-                        pref_info=PrefInfo(**entry["pref_info"]))
+        return PrefData(
+            [p.chosen for p in pairs],
+            [p.chosen for p in eval_pairs],
+            [Record(**r) for r in entry["train_records"]],
+            DataInfo(**{**entry["info"], "cached": True}),
+            pairs=pairs,
+            eval_pairs=eval_pairs,
+            pref_info=PrefInfo(**entry["pref_info"]),
+        )
     except (KeyError, TypeError):
         return None  # a damaged entry is rebuilt, never trusted
 
@@ -162,13 +187,27 @@ def _read_and_render(cfg: RunConfig, tokenizer, eot: str, kind: str, spec: Model
     pinfo = PrefInfo(read=report.read, kind=kind, skipped=list(report.skipped))
     pairs = render_preferences(train_recs, tokenizer, d.max_length, eot, pinfo)
     eval_pairs = render_preferences(eval_recs, tokenizer, d.max_length, eot, pinfo) if eval_recs else []
-    info = DataInfo(read=report.read, format=f"preference ({kind})", skipped=pinfo.skipped, read_summary=report.summary(),
-                    train=len(pairs), eval=len(eval_pairs), truncated=pinfo.truncated)
+    info = DataInfo(
+        read=report.read,
+        format=f"preference ({kind})",
+        skipped=pinfo.skipped,
+        read_summary=report.summary(),
+        train=len(pairs),
+        eval=len(eval_pairs),
+        truncated=pinfo.truncated,
+    )
     # The pre-flight reads the chosen (KTO: the completion) renders, in step with their records.
     kept = {p.where for p in pairs}
     sft_records = [r for r in as_sft_records(train_recs) if r.where in kept]
-    return PrefData([p.chosen for p in pairs], [p.chosen for p in eval_pairs], sft_records, info,
-                    pairs=pairs, eval_pairs=eval_pairs, pref_info=pinfo)
+    return PrefData(
+        [p.chosen for p in pairs],
+        [p.chosen for p in eval_pairs],
+        sft_records,
+        info,
+        pairs=pairs,
+        eval_pairs=eval_pairs,
+        pref_info=pinfo,
+    )
 
 
 def rows(data: PrefData, cfg: RunConfig) -> tuple[list[PrefRow], list[PrefRow]]:
@@ -179,6 +218,7 @@ def rows(data: PrefData, cfg: RunConfig) -> tuple[list[PrefRow], list[PrefRow]]:
 
 
 # ---------------------------------------------------------------- log-probabilities
+
 
 def _token_logps(head, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -F.cross_entropy(head(h).float(), y, reduction="none")
@@ -205,12 +245,18 @@ def token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
         tok = -F.cross_entropy(logits[keep].float(), labels[keep], reduction="none")
     else:
         decoder, head = parts
-        hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)[0][:, :-1][keep]
+        hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)[0][:, :-1][
+            keep
+        ]
         step = chunk_rows(head.weight.shape[0] if hasattr(head, "weight") else 32_000)
         pieces = []
         for s in range(0, hidden.shape[0], step):
-            h, y = hidden[s:s + step], labels[keep][s:s + step]
-            pieces.append(checkpoint(_token_logps, head, h, y, use_reentrant=False) if torch.is_grad_enabled() else _token_logps(head, h, y))
+            h, y = hidden[s : s + step], labels[keep][s : s + step]
+            pieces.append(
+                checkpoint(_token_logps, head, h, y, use_reentrant=False)
+                if torch.is_grad_enabled()
+                else _token_logps(head, h, y)
+            )
         tok = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     return tok, row_of, keep
 
@@ -222,20 +268,24 @@ def _collate(items: list[PrefRow], pad_id: int, device) -> dict[str, torch.Tenso
 
 # ---------------------------------------------------------------- reference
 
-def reference_mode(cfg: RunConfig) -> Optional[str]:
+
+def reference_mode(cfg: RunConfig) -> str | None:
     if cfg.train.objective in REFERENCE_FREE:
         return None
     mode = cfg.preference.reference
     if mode == "auto":
         return "adapter_off" if cfg.adapter.method == "lora" else "cached"
     if mode == "adapter_off" and cfg.adapter.method != "lora":
-        raise ConfigError("preference.reference=adapter_off needs adapter.method=lora (full fine-tuning has no adapter to switch off); use copy or cached")
+        raise ConfigError(
+            "preference.reference=adapter_off needs adapter.method=lora (full fine-tuning has no adapter to switch off); use copy or cached"
+        )
     return mode
 
 
 @torch.no_grad()
-def reference_logps(loop: Loop, state: PreferenceState, model_batch: dict,
-                    items: list[PrefRow]) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logps(
+    loop: Loop, state: PreferenceState, model_batch: dict, items: list[PrefRow]
+) -> tuple[torch.Tensor, torch.Tensor]:
     mode, acc = state.reference, loop.accelerator
     b = len(items)
     if mode == "cached":
@@ -273,15 +323,19 @@ def cache_reference(loop: Loop) -> None:
     saved = load_file(str(path))
     for name, items in (("train", loop.train_rows), ("eval", loop.eval_rows)):
         if saved[name].shape[0] != len(items):
-            raise ConfigError(f"{path} holds reference log-probs for {saved[name].shape[0]} {name} pairs, this run has {len(items)}; delete it to recompute")
+            raise ConfigError(
+                f"{path} holds reference log-probs for {saved[name].shape[0]} {name} pairs, this run has {len(items)}; delete it to recompute"
+            )
         for row, (c, r) in zip(items, saved[name].tolist()):
             row.ref = (c, r)
 
 
 # ---------------------------------------------------------------- loss
 
-def pair_losses(loop: Loop, state: PreferenceState, items: list[PrefRow],
-                collective: bool = True) -> tuple[PrefLoss, torch.Tensor]:
+
+def pair_losses(
+    loop: Loop, state: PreferenceState, items: list[PrefRow], collective: bool = True
+) -> tuple[PrefLoss, torch.Tensor]:
     """PrefLoss of one micro-batch, and the trained tokens of its chosen replies.
 
     `collective`: KTO's KL estimate is the mean over every process's micro-batch (one all-reduce), as TRL
@@ -302,8 +356,16 @@ def pair_losses(loop: Loop, state: PreferenceState, items: list[PrefRow],
                 ref_c, ref_twin = reference_logps(loop, state, batch, items)
                 kl = (twin_sums - ref_twin).mean()
                 kl = (acc.reduce(kl, "mean") if collective else kl).clamp(min=0)
-            lp = Logps(sums, sums, counts, counts, ref_c, ref_c,
-                       torch.tensor([r.desirable for r in items], device=acc.device), kl)
+            lp = Logps(
+                sums,
+                sums,
+                counts,
+                counts,
+                ref_c,
+                ref_c,
+                torch.tensor([r.desirable for r in items], device=acc.device),
+                kl,
+            )
         else:
             sums, counts = sequence_logps(loop.model, batch)
             ref = reference_logps(loop, state, batch, items) if state.reference else (None, None)
@@ -316,7 +378,10 @@ def train_step(loop: Loop, state: PreferenceState, step: int) -> StepStats:
     acc, model = loop.accelerator, loop.model
     micro = micro_batches(loop, step)
     n_pairs = global_count(acc, sum(len(m) for m in micro))
-    n_tokens = global_count(acc, sum(sum(int((r.chosen.labels[i] != IGNORE)) for i in range(1, len(r.chosen.labels))) for m in micro for r in m))
+    n_tokens = global_count(
+        acc,
+        sum(sum(int(r.chosen.labels[i] != IGNORE) for i in range(1, len(r.chosen.labels))) for m in micro for r in m),
+    )
     totals = _Totals()
     for i, items in enumerate(micro):
         sync = acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
@@ -338,7 +403,9 @@ def evaluate(loop: Loop, state: PreferenceState) -> float:
     acc = loop.accelerator
     loop.model.eval()
     totals, count = _Totals(), 0
-    for group in batches(loop.eval_rows[acc.process_index::acc.num_processes], loop.cfg.train.batch_size, 0, 0, shuffle=False):
+    for group in batches(
+        loop.eval_rows[acc.process_index :: acc.num_processes], loop.cfg.train.batch_size, 0, 0, shuffle=False
+    ):
         out, n = pair_losses(loop, state, group, collective=False)
         totals.add(out, out.per_pair.sum() + out.token_sum / max(float(n.sum()), 1) * len(group))
         count += len(group)
@@ -357,12 +424,18 @@ class _Totals:
         self.loss += float(loss)
         c, r = out.reward_chosen.double().cpu(), out.reward_rejected.double().cpu()
         both = ~(c.isnan() | r.isnan())
-        self.sums += torch.stack([c.nan_to_num().sum(), (~c.isnan()).sum(), r.nan_to_num().sum(), (~r.isnan()).sum(),
-                                  ((c > r) & both).sum()]).double()
+        self.sums += torch.stack(
+            [c.nan_to_num().sum(), (~c.isnan()).sum(), r.nan_to_num().sum(), (~r.isnan()).sum(), ((c > r) & both).sum()]
+        ).double()
         self.pairs = getattr(self, "pairs", 0) + int(both.sum())
 
     def reduce(self, acc) -> dict:
-        s = acc.reduce(torch.cat([self.sums, torch.tensor([self.loss, getattr(self, "pairs", 0)], dtype=torch.float64)]).to(acc.device), "sum").cpu()
+        s = acc.reduce(
+            torch.cat([self.sums, torch.tensor([self.loss, getattr(self, "pairs", 0)], dtype=torch.float64)]).to(
+                acc.device
+            ),
+            "sum",
+        ).cpu()
         out = {"loss": s[5].item()}
         if s[1]:
             out["rewards_chosen"] = (s[0] / s[1]).item()

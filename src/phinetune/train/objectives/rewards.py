@@ -13,7 +13,7 @@ import inspect
 import math
 import re
 import string
-from typing import Callable
+from collections.abc import Callable
 
 from phinetune.config.schema import GRPOConfig
 from phinetune.errors import ConfigError, PhinetuneError
@@ -38,7 +38,9 @@ def exact_answer(completion: str, answer: str) -> float:
 def contains_answer(completion: str, answer: str) -> float:
     """1 when the reference's short answer appears anywhere in the completion."""
     ref = extract_answer(answer)
-    text = " ".join(w for w in completion.lower().translate(str.maketrans("", "", string.punctuation)).split() if w not in ARTICLES)
+    text = " ".join(
+        w for w in completion.lower().translate(str.maketrans("", "", string.punctuation)).split() if w not in ARTICLES
+    )
     return float(bool(ref) and f" {ref} " in f" {text} ")
 
 
@@ -52,15 +54,21 @@ def length_reward(completion: str, config: GRPOConfig) -> float:
     return max(0.0, 1.0 - abs(len(completion.split()) - config.target_length) / config.target_length)
 
 
-BUILTIN: dict[str, Callable] = {"exact_answer": exact_answer, "contains_answer": contains_answer,
-                                "format": format_reward, "length": length_reward}
+BUILTIN: dict[str, Callable] = {
+    "exact_answer": exact_answer,
+    "contains_answer": contains_answer,
+    "format": format_reward,
+    "length": length_reward,
+}
 
 
 def resolve(name: str) -> Callable:
     if name in BUILTIN:
         return BUILTIN[name]
     if ":" not in name:
-        raise ConfigError(f"grpo.rewards: '{name}' is neither a built-in ({', '.join(BUILTIN)}) nor a dotted path like mypkg.rewards:score")
+        raise ConfigError(
+            f"grpo.rewards: '{name}' is neither a built-in ({', '.join(BUILTIN)}) nor a dotted path like mypkg.rewards:score"
+        )
     module, attr = name.split(":", 1)
     try:
         fn = getattr(importlib.import_module(module), attr)
@@ -78,7 +86,9 @@ class Rewards:
             raise ConfigError("grpo.rewards is empty; name at least one reward function, e.g. [exact_answer]")
         self.weights = list(cfg.reward_weights) if cfg.reward_weights is not None else [1.0] * len(self.names)
         if len(self.weights) != len(self.names):
-            raise ConfigError(f"grpo.reward_weights has {len(self.weights)} weights for {len(self.names)} reward functions")
+            raise ConfigError(
+                f"grpo.reward_weights has {len(self.weights)} weights for {len(self.names)} reward functions"
+            )
         self.fns = [resolve(n) for n in self.names]
         self.cfg = cfg
 
@@ -102,5 +112,7 @@ def call(name: str, fn: Callable, context: dict, where: str) -> float:
     if isinstance(value, bool):
         value = float(value)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PhinetuneError(f"reward function {name} returned {value!r:.40} on {sample}; a reward must be a finite number")
+        raise PhinetuneError(
+            f"reward function {name} returned {value!r:.40} on {sample}; a reward must be a finite number"
+        )
     return float(value)

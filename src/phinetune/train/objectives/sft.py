@@ -46,7 +46,9 @@ class Sft:
         acc, model = loop.accelerator, loop.model
         fault = injected(step, acc.process_index)  # None but in the failure tests (train/faults.py)
         micro_rows = micro_batches(loop, step)
-        with record_function("phinetune.data"):  # the scopes name the parts of `bench train --profile` (bench/step_profile.py)
+        with record_function(
+            "phinetune.data"
+        ):  # the scopes name the parts of `bench train --profile` (bench/step_profile.py)
             micro = [collate(rows, loop.tokenizer.pad_token_id) for rows in micro_rows]
         n_tokens = global_count(acc, sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro))
         total_loss = 0.0
@@ -58,7 +60,9 @@ class Sft:
                 with acc.autocast(), adapter_autocast(model, loop.adapter_dtype):
                     loss, _ = loss_sum(model, batch)
                     loss = loss * float("nan") if fault == "nan" else loss
-                with adapter_recompute(model, loop.adapter_dtype):  # checkpointing's recompute runs the adapters as the forward did
+                with adapter_recompute(
+                    model, loop.adapter_dtype
+                ):  # checkpointing's recompute runs the adapters as the forward did
                     acc.backward(loss * acc.num_processes / max(n_tokens, 1))
             total_loss += loss.item()
         step_loss = acc.reduce(torch.tensor(total_loss, device=acc.device), "sum").item() / max(n_tokens, 1)
@@ -76,7 +80,7 @@ class Sft:
         total, count = 0.0, 0
         # Under FSDP2 every rank must run the same forwards (each gathers weights from all ranks), so every
         # rank evaluates all rows and nothing is summed across ranks.
-        rows = loop.eval_rows if loop.sharded else loop.eval_rows[acc.process_index::acc.num_processes]
+        rows = loop.eval_rows if loop.sharded else loop.eval_rows[acc.process_index :: acc.num_processes]
         for group in batches(rows, loop.cfg.train.batch_size, 0, 0, shuffle=False):
             batch = {k: v.to(acc.device) for k, v in collate(group, loop.tokenizer.pad_token_id).items()}
             with acc.autocast():
